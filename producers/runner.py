@@ -1,0 +1,67 @@
+"""Runs sources outside a worker: owns one idempotent Kafka producer (acks=all) and one aiohttp
+session, and sends every record a source yields to its raw topic, keyed by symbol.
+
+    python -m producers simulated --rate 5000 --seconds 60
+
+The worker runs the same sources leader-only (streams/produce.py); this runner is for producing from
+separate processes (and for the benchmark's load generator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import aiohttp
+from aiokafka import AIOKafkaProducer
+
+from producers.base import RawRecord, Source, encode
+from streams.catalog import Catalog
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def new_producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=settings.kafka.producer_linger_ms,
+        max_batch_size=settings.kafka.producer_max_batch_bytes,
+        request_timeout_ms=30000,
+    )
+
+
+async def send_batch(producer: AIOKafkaProducer, topic: str, records: Sequence[RawRecord]) -> int:
+    """Send and wait for every ack (the runner's unit of durability)."""
+    futures = [await producer.send(topic, r.value, key=r.key) for r in records]
+    await asyncio.gather(*futures)
+    return len(futures)
+
+
+class SourceRunner:
+    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+        self.settings = settings
+        self.catalog = catalog
+
+    async def run(self, source: Source, *, seconds: float | None = None, limit: int | None = None) -> int:
+        topic = self.catalog.raw(source.name).name
+        producer = new_producer(self.settings)
+        await producer.start()
+        sent = 0
+        deadline = time.monotonic() + seconds if seconds else None
+        try:
+            async with aiohttp.ClientSession() as session:
+                async for batch in source.fetch(session):
+                    if limit is not None:
+                        batch = batch[: limit - sent]
+                    sent += await send_batch(producer, topic, [encode(r) for r in batch])
+                    if (limit is not None and sent >= limit) or (deadline and time.monotonic() >= deadline):
+                        break
+        finally:
+            await producer.stop()
+        logger.info("%s: sent %d records to %s", source.name, sent, topic)
+        return sent

@@ -1,0 +1,178 @@
+"""PostgreSQL writer: COPY a batch into a per-connection staging table, then one
+INSERT ... ON CONFLICT DO NOTHING into market_data, all in one transaction.
+
+COPY is the fastest way into PostgreSQL; the staging hop keeps the write idempotent on the natural key
+(a replayed batch inserts nothing twice). Errors are sorted by SQLSTATE family into retriable
+(connection, shutdown, resources: SinkUnavailable) and data errors (SinkError).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from sinks.base import BatchWriter, WriteResult
+from sinks.schema import MARKET_DATA_COLUMNS, MIGRATIONS
+from streams.errors import SinkError, SinkUnavailable
+from streams.settings import PostgresSettings
+
+logger = logging.getLogger(__name__)
+
+_STAGE = "tickflow_stage"
+# SQLSTATE classes that mean "the database, not the data": connection (08), resources (53),
+# operator intervention / shutdown (57), system errors (58), and serialization/deadlock (40).
+_RETRIABLE_CLASSES = ("08", "53", "57", "58", "40")
+
+
+def classify(exc: BaseException, where: str) -> SinkError:
+    """Map a driver exception onto our tree; the message carries no DSN password."""
+    if isinstance(exc, SinkError):
+        return exc
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    retriable = (
+        isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError))
+        or sqlstate[:2] in _RETRIABLE_CLASSES
+    )
+    cls = SinkUnavailable if retriable else SinkError
+    err = cls(f"{where}: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+def _ts(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _date(value: Any) -> date | None:
+    return date.fromisoformat(value) if value is not None else None
+
+
+def row_from_record(d: dict[str, Any]) -> tuple[Any, ...]:
+    """A canonical record (decoded JSON from ticks.clean) -> a market_data row in MARKET_DATA_COLUMNS order."""
+    g = d.get
+    return (
+        d["source"], d["symbol"], g("data_type", "tick"), datetime.fromisoformat(d["timestamp"]),
+        g("item_id", ""), g("price"), g("volume"), g("bid"), g("ask"), g("bid_size"), g("ask_size"),
+        g("open"), g("high"), g("low"), g("close"), g("interval"), g("value"),
+        _date(g("realtime_start")), _date(g("realtime_end")), g("headline"), g("text"), g("url"),
+        g("sentiment"), g("flags") or [], orjson.dumps(g("metadata") or {}).decode(), _ts(g("ingested_at")),
+    )
+
+
+class PostgresTickWriter(BatchWriter):
+    """Owns an asyncpg pool; `start` migrates the schema (under an advisory lock) and opens the pool."""
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        self.settings = settings
+        self.schema = settings.db_schema
+        self.pool: asyncpg.Pool | None = None
+        cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
+        self._insert = (
+            f"WITH ins AS (INSERT INTO {self.schema}.market_data ({cols}) SELECT {cols} FROM {_STAGE} "
+            "ON CONFLICT DO NOTHING RETURNING source) SELECT source, count(*)::int AS n FROM ins GROUP BY source"
+        )
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "host": s.host,
+            "port": s.port,
+            "user": s.user,
+            "password": s.password.get_secret_value() or None,
+            "database": s.database,
+            "timeout": 10,
+            "command_timeout": 60,
+        }
+
+    async def migrate(self) -> None:
+        try:
+            conn = await asyncpg.connect(**self._connect_kwargs())
+        except Exception as exc:
+            raise classify(exc, f"connect {self.settings.dsn_for_display()}") from None
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"tickflow:{self.schema}")
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self.schema}.schema_migrations "
+                    "(version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {self.schema}.schema_migrations")}
+                for version, sql in MIGRATIONS:
+                    if version in done:
+                        continue
+                    await conn.execute(sql.format(schema=self.schema))
+                    await conn.execute(f"INSERT INTO {self.schema}.schema_migrations (version) VALUES ($1)", version)
+                    logger.info("applied migration %d to schema %s", version, self.schema)
+        finally:
+            await conn.close()
+
+    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
+            f"(LIKE {self.schema}.market_data INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+
+    async def start(self) -> None:
+        if self.pool is not None:
+            return
+        await self.migrate()
+        try:
+            self.pool = await asyncpg.create_pool(
+                **self._connect_kwargs(),
+                min_size=self.settings.pool_min,
+                max_size=self.settings.pool_max,
+                init=self._init_connection,
+            )
+        except Exception as exc:
+            raise classify(exc, f"pool {self.settings.dsn_for_display()}") from None
+        logger.info("connected to %s (schema %s)", self.settings.dsn_for_display(), self.schema)
+
+    async def stop(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def write(self, rows: Sequence[tuple[Any, ...]]) -> WriteResult:
+        if not rows:
+            return WriteResult(0, 0)
+        if self.pool is None:
+            await self.start()
+        assert self.pool is not None
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.copy_records_to_table(_STAGE, records=rows, columns=MARKET_DATA_COLUMNS)
+                counts = await conn.fetch(self._insert)
+        except Exception as exc:
+            raise classify(exc, "write market_data") from None
+        by_source = {r["source"]: r["n"] for r in counts}
+        inserted = sum(by_source.values())
+        return WriteResult(inserted, len(rows) - inserted, by_source)
+
+    async def write_metrics(self, worker: str, snapshots: dict[str, dict[str, Any]]) -> None:
+        if self.pool is None:
+            await self.start()
+        assert self.pool is not None
+        records = [
+            (
+                worker, source, s["processed"], s["valid"], s["rejected"], s["written"], s["duplicates"],
+                s["throughput_per_sec"], s["avg_latency_ms"], s["p50_latency_ms"], s["p95_latency_ms"],
+                s["p99_latency_ms"], orjson.dumps(s["rejected_by_rule"]).decode(),
+            )
+            for source, s in snapshots.items()
+        ]
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.executemany(
+                    f"INSERT INTO {self.schema}.data_quality_metrics (worker, source, processed, valid, rejected,"
+                    " written, duplicates, throughput_per_sec, avg_latency_ms, p50_latency_ms, p95_latency_ms,"
+                    " p99_latency_ms, rejected_by_rule) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13::jsonb)",
+                    records,
+                )
+        except Exception as exc:
+            raise classify(exc, "write data_quality_metrics") from None

@@ -1,0 +1,61 @@
+"""The Faust App, alone. Stage modules import it; it imports none of them (only the Settings leaf),
+which avoids the import cycles and the double App that Faust projects often hit.
+
+Agents, tables, timers and pages are found by autodiscovery of the modules listed below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
+
+from streams.settings import Settings, get_settings
+
+STAGE_MODULES = ["streams.validate", "streams.write", "streams.metrics", "streams.web", "streams.produce"]
+
+
+class IdempotentProducer(AIOKafkaFaustProducer):
+    """Faust's aiokafka producer with idempotence and acks=all, so a retried send never duplicates
+    and an acknowledged record survives a broker restart."""
+
+    def _settings_extra(self) -> dict[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+class TickflowApp(faust.App):
+    def _new_producer(self) -> IdempotentProducer:  # type: ignore[override]
+        return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
+
+
+def create_app(settings: Settings) -> TickflowApp:
+    brokers = ";".join(f"kafka://{hp.strip()}" for hp in settings.kafka.bootstrap_servers.split(","))
+    w = settings.worker
+    return TickflowApp(
+        w.app_id,
+        broker=brokers,
+        store=w.store,
+        autodiscover=STAGE_MODULES,
+        origin="streams",
+        web_host=w.web_host,
+        web_port=w.web_port,
+        web_bind=w.web_host,
+        canonical_url=f"http://{w.web_host}:{w.web_port}",
+        topic_partitions=4,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=5000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=16384,
+        producer_linger_ms=settings.kafka.producer_linger_ms,
+        producer_max_batch_size=settings.kafka.producer_max_batch_bytes,
+        table_standby_replicas=0,
+        web_transport="tcp://",
+        logging_config=None,
+    )
+
+
+settings = get_settings()
+app = create_app(settings)

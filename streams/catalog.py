@@ -1,0 +1,113 @@
+"""topics.yaml -> typed topic specs. Pure: no Faust, no Kafka client, so producers, sinks and tests
+can import it without starting anything."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from streams.errors import ConfigError
+
+TOPICS_FILE = Path(__file__).resolve().parent.parent / "topics.yaml"
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+Role = Literal["raw", "clean", "rejected", "anomalies"]
+
+
+def parse_retention(value: str | int) -> int:
+    """'7d' -> milliseconds; 'forever' -> -1 (Kafka's "keep")."""
+    if isinstance(value, int):
+        return value
+    if value == "forever":
+        return -1
+    match = re.fullmatch(r"(\d+)\s*(ms|s|m|h|d)", value.strip())
+    if not match:
+        raise ValueError(f"retention {value!r} is not a number with a unit (ms, s, m, h, d) or 'forever'")
+    return int(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+class TopicSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    role: Role
+    source: str | None = None
+    partitions: int = Field(ge=1, le=1024)
+    replication_factor: int = 1
+    retention_ms: int
+    cleanup_policy: Literal["delete", "compact", "compact,delete"] = "delete"
+    value: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _legal_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", v):
+            raise ValueError(f"{v!r} is not a legal Kafka topic name")
+        return v
+
+    def with_suffix(self, suffix: str) -> TopicSpec:
+        return self if not suffix else self.model_copy(update={"name": f"{self.name}{suffix}"})
+
+    def kafka_config(self) -> dict[str, str]:
+        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    topics: tuple[TopicSpec, ...]
+
+    def by_role(self, role: Role) -> list[TopicSpec]:
+        return [t for t in self.topics if t.role == role]
+
+    def one(self, role: Role) -> TopicSpec:
+        found = self.by_role(role)
+        if len(found) != 1:
+            raise ConfigError(f"topics.yaml must declare exactly one {role} topic, found {len(found)}")
+        return found[0]
+
+    def raw(self, source: str) -> TopicSpec:
+        for t in self.by_role("raw"):
+            if t.source == source:
+                return t
+        raise ConfigError(f"topics.yaml declares no raw topic for source {source!r}")
+
+    @property
+    def sources(self) -> list[str]:
+        return [t.source for t in self.by_role("raw") if t.source]
+
+    def with_suffix(self, suffix: str) -> Catalog:
+        return Catalog(topics=tuple(t.with_suffix(suffix) for t in self.topics))
+
+
+def load_catalog(path: Path = TOPICS_FILE, suffix: str = "") -> Catalog:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    defaults = doc.get("defaults", {}) or {}
+    specs = []
+    for name, body in (doc.get("topics") or {}).items():
+        body = {**defaults, **(body or {})}
+        try:
+            body["retention_ms"] = parse_retention(body.pop("retention", "7d"))
+            specs.append(TopicSpec(name=name, **body))
+        except (ValueError, ValidationError, TypeError) as exc:
+            raise ConfigError(f"{path}: topic {name}: {exc}") from None
+    catalog = Catalog(topics=tuple(specs))
+    for role in ("clean", "rejected", "anomalies"):
+        catalog.one(role)  # type: ignore[arg-type]
+    for raw in catalog.by_role("raw"):
+        if not raw.source:
+            raise ConfigError(f"{path}: raw topic {raw.name} needs a 'source'")
+    return catalog.with_suffix(suffix)
+
+
+@lru_cache(maxsize=8)
+def catalog_for(suffix: str = "") -> Catalog:
+    return load_catalog(suffix=suffix)

@@ -1,0 +1,46 @@
+"""One exception tree for tickflow.
+
+`retriable` tells the caller what to do: bad data is never retriable (it goes to the dead-letter topic
+with its rule), an outage of the broker or the database is (the stage pauses and retries in place).
+"""
+
+from __future__ import annotations
+
+
+class TickflowError(Exception):
+    retriable: bool = False
+
+
+class ConfigError(TickflowError):
+    """Settings or topics.yaml are wrong; the worker refuses to start."""
+
+
+class TopicMismatchError(ConfigError):
+    """An existing topic disagrees with topics.yaml (partition count, cleanup policy)."""
+
+
+class RejectedRecord(TickflowError):
+    """A record failed a validation rule. `rule` is a stable code, `reason` a sentence for people."""
+
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(f"{rule}: {reason}")
+        self.rule = rule
+        self.reason = reason
+
+
+class SinkError(TickflowError):
+    """The sink could not write a batch."""
+
+
+class SinkUnavailable(SinkError):
+    """The database is down or unreachable: retry the same batch later."""
+
+    retriable = True
+
+
+class SourceError(TickflowError):
+    """A provider request failed."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable

@@ -1,0 +1,46 @@
+"""A fixed-bucket latency histogram that merges by adding counts, so deltas from many batches and
+many workers combine exactly in one table value (what a Prometheus histogram does)."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+
+# Upper bounds in milliseconds; the last bucket is open-ended.
+BOUNDS_MS: tuple[float, ...] = (
+    0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500,
+    750, 1000, 2000, 5000, 10_000, 30_000, 60_000, float("inf"),
+)
+
+
+def empty() -> list[int]:
+    return [0] * len(BOUNDS_MS)
+
+
+def observe_many(counts: list[int], values_ms: Iterable[float]) -> None:
+    for v in values_ms:
+        counts[bisect_left(BOUNDS_MS, v)] += 1
+
+
+def merge(a: Sequence[int], b: Sequence[int]) -> list[int]:
+    if len(a) != len(b):  # a histogram from another version: keep the newer shape
+        return list(b)
+    return [x + y for x, y in zip(a, b, strict=True)]
+
+
+def percentile(counts: Sequence[int], q: float) -> float | None:
+    """The q-quantile (0..1), interpolated linearly inside its bucket; None when empty."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, c in enumerate(counts):
+        if c and seen + c >= rank:
+            lo = BOUNDS_MS[i - 1] if i else 0.0
+            hi = BOUNDS_MS[i]
+            if hi == float("inf"):
+                return lo
+            return lo + (hi - lo) * max(0.0, rank - seen) / c
+        seen += c
+    return BOUNDS_MS[-2]

@@ -1,0 +1,158 @@
+"""The pipeline's metrics: one Faust table, written by one agent.
+
+Reads: the internal `<app id>-metrics` topic (per-batch deltas sent by validate_ticks and write_ticks).
+Writes: the `pipeline_metrics` table (changelog-backed, so counts survive restarts and rebalances) and
+periodic snapshots into PostgreSQL's data_quality_metrics.
+
+Deltas are per batch, not per record, so metrics cost a few messages a second whatever the load.
+The topic has one partition, so one worker owns the whole table; the web views on other workers
+proxy to it (app.table_route).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+import orjson
+
+from streams import histogram
+from streams.app import app, settings
+from streams.db import ensure_writer
+
+logger = logging.getLogger(__name__)
+
+COUNTERS = ("processed", "valid", "rejected", "written", "duplicates")
+RATE_WINDOW_SECONDS = 10.0
+
+metrics_topic = app.topic(
+    f"{settings.worker.app_id}-metrics",
+    internal=True,
+    partitions=1,
+    key_type=bytes,
+    value_type=bytes,
+    key_serializer="raw",
+    value_serializer="raw",
+)
+metrics_table = app.Table(
+    "pipeline_metrics",
+    default=None,
+    partitions=1,
+    schema=faust.Schema(key_serializer="json", value_serializer="json"),
+    help="Per-source counters, rejects by rule, latency histogram, throughput samples.",
+)
+
+
+def new_delta() -> dict[str, Any]:
+    return {"rules": {}, "latency": histogram.empty(), "latency_sum_ms": 0.0, "latency_n": 0,
+            **{c: 0 for c in COUNTERS}}
+
+
+async def emit(source: str, delta: dict[str, Any]) -> None:
+    """Send one delta; awaited until acked so a metrics count is never ahead of a lost message."""
+    fut = await metrics_topic.send(key=source.encode(), value=orjson.dumps(delta))
+    await fut
+
+
+def fold(current: dict[str, Any] | None, delta: dict[str, Any], now: float) -> dict[str, Any]:
+    """Add a delta to a table value. Pure, so it is tested without Faust."""
+    cur = current or {**new_delta(), "samples": []}
+    out = {c: cur.get(c, 0) + delta.get(c, 0) for c in COUNTERS}
+    rules = dict(cur.get("rules", {}))
+    for rule, n in delta.get("rules", {}).items():
+        rules[rule] = rules.get(rule, 0) + n
+    out["rules"] = rules
+    out["latency"] = histogram.merge(cur.get("latency", histogram.empty()), delta.get("latency", histogram.empty()))
+    out["latency_sum_ms"] = cur.get("latency_sum_ms", 0.0) + delta.get("latency_sum_ms", 0.0)
+    out["latency_n"] = cur.get("latency_n", 0) + delta.get("latency_n", 0)
+    samples = [s for s in cur.get("samples", []) if now - s[0] <= 6 * RATE_WINDOW_SECONDS]
+    if not samples or now - samples[-1][0] >= 1.0:
+        samples.append([now, out["written"]])
+    else:
+        samples[-1] = [samples[-1][0], out["written"]]
+    out["samples"] = samples
+    return out
+
+
+def throughput(value: dict[str, Any], now: float) -> float:
+    """Rows written per second over the last RATE_WINDOW_SECONDS (decays to 0 when writes stop)."""
+    samples = value.get("samples") or []
+    if not samples:
+        return 0.0
+    start = now - RATE_WINDOW_SECONDS
+    base = samples[0]
+    for s in samples:
+        if s[0] <= start:
+            base = s
+    written_now = value.get("written", 0)
+    span = max(now - base[0], 1.0)
+    return max(0.0, (written_now - base[1]) / span)
+
+
+def snapshot(value: dict[str, Any], now: float) -> dict[str, Any]:
+    lat = value.get("latency", histogram.empty())
+    n = value.get("latency_n", 0)
+    return {
+        **{c: value.get(c, 0) for c in COUNTERS},
+        "rejected_by_rule": dict(value.get("rules", {})),
+        "throughput_per_sec": round(throughput(value, now), 3),
+        "avg_latency_ms": round(value.get("latency_sum_ms", 0.0) / n, 3) if n else None,
+        "p50_latency_ms": _round(histogram.percentile(lat, 0.50)),
+        "p95_latency_ms": _round(histogram.percentile(lat, 0.95)),
+        "p99_latency_ms": _round(histogram.percentile(lat, 0.99)),
+    }
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def summary(values: dict[str, dict[str, Any]], now: float, queue_size: int | None) -> dict[str, Any]:
+    """The brief's keys over all sources, plus the per-source snapshots."""
+    per_source = {src: snapshot(v, now) for src, v in sorted(values.items())}
+    total_lat = histogram.empty()
+    lat_sum, lat_n = 0.0, 0
+    for v in values.values():
+        total_lat = histogram.merge(total_lat, v.get("latency", histogram.empty()))
+        lat_sum += v.get("latency_sum_ms", 0.0)
+        lat_n += v.get("latency_n", 0)
+    tot = {c: sum(s[c] for s in per_source.values()) for c in COUNTERS}
+    return {
+        "total_processed": tot["processed"],
+        "valid_points": tot["valid"],
+        "rejected_points": tot["rejected"],
+        "written_points": tot["written"],
+        "duplicate_points": tot["duplicates"],
+        "throughput_per_sec": round(sum(s["throughput_per_sec"] for s in per_source.values()), 3),
+        "avg_latency_ms": round(lat_sum / lat_n, 3) if lat_n else None,
+        "p50_latency_ms": _round(histogram.percentile(total_lat, 0.50)),
+        "p95_latency_ms": _round(histogram.percentile(total_lat, 0.95)),
+        "p99_latency_ms": _round(histogram.percentile(total_lat, 0.99)),
+        "queue_size": queue_size,
+        "sources": per_source,
+    }
+
+
+@app.agent(metrics_topic, concurrency=1)
+async def record_metrics(stream: Any) -> None:
+    """The only writer of metrics_table; also snapshots it into data_quality_metrics."""
+    last_flush = time.monotonic()
+    async for key, raw in stream.items():
+        now = time.time()
+        try:
+            source = key.decode()
+            metrics_table[source] = fold(metrics_table.get(source), orjson.loads(raw), now)
+        except Exception:  # a malformed delta must not stop the metrics
+            logger.exception("dropping malformed metrics delta for %r", key)
+            continue
+        if time.monotonic() - last_flush >= settings.worker.metrics_flush_seconds:
+            last_flush = time.monotonic()
+            try:
+                writer = await ensure_writer()
+                values = {k: v for k, v in metrics_table.items() if v}
+                await writer.write_metrics(f"{app.conf.id}@{app.conf.canonical_url}",
+                                           {k: snapshot(v, now) for k, v in values.items()})
+            except Exception as exc:  # the database may be down; the table keeps counting
+                logger.warning("could not store metrics snapshot: %r", exc)

@@ -1,0 +1,114 @@
+"""Validation rules: raw bytes -> a canonical MarketDataPoint, or RejectedRecord(rule, reason).
+
+Plain Python, no Faust: the agent in streams/validate.py only wires this to topics. Rule codes are
+stable strings (they are the dead-letter header `tickflow.rule` and a metrics label):
+
+  size.too_large  schema.<pydantic error type>  symbol.pattern  price.missing  price.non_positive
+  volume.negative  quote.missing  quote.crossed  bar.missing  bar.inconsistent  timestamp.future
+  timestamp.too_old  news.missing_headline  social.missing_text
+
+The anomaly issue deepens this stage (streams/anomalies.py); a locked quote (bid == ask) is flagged,
+not rejected (Barndorff-Nielsen, Hansen, Lunde & Shephard 2009, Q2).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime, timedelta
+
+from pydantic import ValidationError
+
+from streams.errors import RejectedRecord
+from streams.models import DataType, MarketDataPoint
+from streams.settings import ValidationSettings
+
+_PRICE_FIELDS = ("price", "bid", "ask", "open", "high", "low", "close")
+_SIZE_FIELDS = ("volume", "bid_size", "ask_size")
+
+
+def _schema_rejection(exc: ValidationError) -> RejectedRecord:
+    err = exc.errors(include_url=False)[0]
+    kind = err["type"]
+    if kind == "json_invalid":
+        return RejectedRecord("schema.not_json", f"not valid JSON: {err['msg']}")
+    loc = ".".join(str(p) for p in err["loc"]) or "record"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return RejectedRecord(f"schema.{kind}", f"{loc}: {err['msg']}{more}")
+
+
+class Validator:
+    def __init__(self, settings: ValidationSettings) -> None:
+        self.settings = settings
+        self.max_bytes = settings.max_message_bytes
+        self.future = timedelta(seconds=settings.future_tolerance_seconds)
+        self.floor = datetime.fromisoformat(settings.timestamp_floor)
+        self.symbol_re = re.compile(settings.symbol_pattern)
+
+    def check(self, raw: bytes | None, *, source: str, ingested_at: datetime | None = None,
+              now: datetime | None = None) -> MarketDataPoint:
+        if raw is None:
+            raise RejectedRecord("schema.empty", "message has no value (tombstone)")
+        if len(raw) > self.max_bytes:
+            raise RejectedRecord("size.too_large", f"{len(raw)} bytes > limit {self.max_bytes}")
+        try:
+            point = MarketDataPoint.model_validate_json(raw)
+        except ValidationError as exc:
+            raise _schema_rejection(exc) from None
+        if point.source != source:
+            raise RejectedRecord("schema.source_mismatch", f"record says source {point.source!r}, topic is {source!r}")
+        self.check_point(point, now=now)
+        if point.ingested_at is None and ingested_at is not None:
+            point.ingested_at = ingested_at
+        return point
+
+    def check_point(self, p: MarketDataPoint, *, now: datetime | None = None) -> None:
+        s = self.settings
+        if len(p.symbol) > s.max_symbol_length or not self.symbol_re.match(p.symbol):
+            raise RejectedRecord("symbol.pattern", f"symbol {p.symbol[:40]!r} does not match {s.symbol_pattern}")
+        for name in _PRICE_FIELDS:
+            v = getattr(p, name)
+            if v is not None and v <= 0:
+                raise RejectedRecord("price.non_positive", f"{name} {v} <= 0")
+        for name in _SIZE_FIELDS:
+            v = getattr(p, name)
+            if v is not None and v < 0:
+                raise RejectedRecord("volume.negative", f"{name} {v} < 0")
+        for name in ("headline", "text"):
+            v = getattr(p, name)
+            if v is not None and len(v) > s.max_text_length:
+                raise RejectedRecord("text.too_long", f"{name} has {len(v)} characters > {s.max_text_length}")
+        kind = p.data_type
+        if kind in (DataType.TICK, DataType.TRADE) and p.price is None:
+            raise RejectedRecord("price.missing", f"a {kind} needs a price")
+        if kind == DataType.QUOTE:
+            if p.bid is None or p.ask is None:
+                raise RejectedRecord("quote.missing", "a quote needs bid and ask")
+        if p.bid is not None and p.ask is not None:
+            if p.bid > p.ask:
+                raise RejectedRecord("quote.crossed", f"bid {p.bid} > ask {p.ask}")
+            if p.bid == p.ask and "quote.locked" not in p.flags:
+                p.flags.append("quote.locked")
+        if kind == DataType.BAR:
+            ohlc = (p.open, p.high, p.low, p.close)
+            if any(v is None for v in ohlc):
+                raise RejectedRecord("bar.missing", "a bar needs open, high, low and close")
+            o, h, lo, c = ohlc  # type: ignore[misc]
+            if not (lo <= min(o, c) and h >= max(o, c) and lo <= h):  # type: ignore[operator]
+                raise RejectedRecord("bar.inconsistent", f"open {o} high {h} low {lo} close {c}")
+        if kind == DataType.ECONOMIC and p.value is None and "value.missing" not in p.flags:
+            p.flags.append("value.missing")
+        if kind == DataType.NEWS and not p.headline:
+            raise RejectedRecord("news.missing_headline", "a news item needs a headline")
+        if kind == DataType.SOCIAL and not p.text:
+            raise RejectedRecord("social.missing_text", "a social item needs text")
+        now = now or datetime.now(UTC)
+        if p.timestamp > now + self.future:
+            ahead = (p.timestamp - now).total_seconds()
+            raise RejectedRecord("timestamp.future", f"{ahead:.3f} s in the future (tolerance {self.future.total_seconds()} s)")
+        if p.timestamp < self.floor:
+            raise RejectedRecord("timestamp.too_old", f"{p.timestamp.isoformat()} is before {self.floor.isoformat()}")
+        for name in ("sentiment",):
+            v = getattr(p, name)
+            if v is not None and not math.isfinite(v):  # pragma: no cover - pydantic already refuses
+                raise RejectedRecord("schema.finite_number", f"{name} is not finite")

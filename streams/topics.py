@@ -1,0 +1,105 @@
+"""The catalog's topics as Faust topics, and the check that makes the cluster match topics.yaml.
+
+`ensure_topics` creates missing topics with their partitions, retention and cleanup policy, and refuses
+(TopicMismatchError) when an existing topic's partition count differs: a worker would otherwise start
+and route keys to the wrong partitions, which shows up much later as missing or misordered data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streams.app import app, settings
+from streams.catalog import Catalog, TopicSpec, catalog_for
+from streams.errors import ConfigError, TopicMismatchError
+
+logger = logging.getLogger(__name__)
+
+catalog: Catalog = catalog_for(settings.kafka.topic_suffix)
+
+
+def _faust_topic(*specs: TopicSpec):  # noqa: ANN202 - faust.TopicT
+    return app.topic(
+        *(s.name for s in specs),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+raw_topics = _faust_topic(*catalog.by_role("raw"))
+clean_topic = _faust_topic(catalog.one("clean"))
+rejected_topic_name = catalog.one("rejected").name
+anomalies_topic_name = catalog.one("anomalies").name
+source_of_topic: dict[str, str] = {t.name: t.source or "" for t in catalog.by_role("raw")}
+
+
+async def ensure_topics(catalog: Catalog, bootstrap_servers: str, *, create: bool = True) -> list[str]:
+    """Create what is missing; raise TopicMismatchError for partition-count drift. Returns created names."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15000)
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        raise ConfigError(f"cannot reach Kafka at {bootstrap_servers}: {exc!r} (is `make stack-up` running?)") from None
+    try:
+        existing = set(await admin.list_topics())
+        wanted = {t.name: t for t in catalog.topics}
+        missing = [t for name, t in wanted.items() if name not in existing]
+        created: list[str] = []
+        if missing and create:
+            try:
+                resp = await admin.create_topics(
+                    [NewTopic(t.name, t.partitions, t.replication_factor, topic_configs=t.kafka_config())
+                     for t in missing]
+                )
+                for name, code, message in getattr(resp, "topic_errors", []):
+                    if code not in (0, TopicAlreadyExistsError.errno):
+                        raise ConfigError(f"cannot create topic {name}: error {code} {message}")
+            except TopicAlreadyExistsError:
+                pass
+            created = [t.name for t in missing]
+        elif missing:
+            raise ConfigError(f"topics missing from the cluster: {', '.join(t.name for t in missing)}")
+        present = [name for name in wanted if name in existing]
+        if present:
+            problems = []
+            for desc in await admin.describe_topics(present):
+                name = desc["topic"]
+                have = len(desc["partitions"])
+                want = wanted[name].partitions
+                if have != want:
+                    problems.append(f"{name} has {have} partitions, topics.yaml says {want}")
+            if problems:
+                raise TopicMismatchError(
+                    "existing topics disagree with topics.yaml: " + "; ".join(problems)
+                    + ". Partition counts cannot shrink; recreate the topic or change topics.yaml."
+                )
+        return created
+    finally:
+        await admin.close()
+
+
+def ensure_topics_blocking() -> list[str]:
+    """For start-up hooks that run before the worker's event loop: a private loop, closed after."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(ensure_topics(catalog, settings.kafka.bootstrap_servers))
+    finally:
+        loop.close()
+
+
+@app.on_worker_init.connect
+def _ensure_topics_at_start(sender: object = None, **kwargs: object) -> None:
+    """Every worker checks the cluster against topics.yaml before it consumes anything."""
+    try:
+        created = ensure_topics_blocking()
+    except ConfigError as exc:
+        logger.critical("refusing to start: %s", exc)
+        raise SystemExit(f"tickflow: {exc}") from None
+    if created:
+        logger.info("created topics: %s", ", ".join(created))
