@@ -87,12 +87,24 @@ kafka_stop() {
   rm -f "$KAFKA_DIR/pid"
 }
 
+# PostgreSQL runs as $OS_USER, who must reach its data folder: a clone under a private folder (mktemp -d
+# is mode 700) is not reachable, so the cluster then lives in /tmp/tickflow-postgres-$PG_PORT instead.
+pg_pick_dir() {
+  if [[ "$(id -u)" == 0 ]]; then
+    mkdir -p "$PG_DIR"
+    chown "$OS_USER" "$PG_DIR"
+    if ! runuser -u "$OS_USER" -- test -w "$PG_DIR" 2>/dev/null; then
+      PG_DIR="/tmp/tickflow-postgres-$PG_PORT"
+      mkdir -p "$PG_DIR"; chown "$OS_USER" "$PG_DIR"; chmod 700 "$PG_DIR"
+    fi
+  fi
+}
+
 pg_running() { [[ -f "$PG_DIR/data/postmaster.pid" ]] && as_pg "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1; }
 
 pg_start() {
   local bin; bin="$(pg_bin)"
-  mkdir -p "$PG_DIR" "$LOG_DIR"
-  [[ "$(id -u)" == 0 ]] && chown "$OS_USER" "$PG_DIR" "$LOG_DIR"
+  mkdir -p "$LOG_DIR"
   if pg_running; then log "postgres already running on 127.0.0.1:$PG_PORT"; return; fi
   if [[ ! -f "$PG_DIR/data/PG_VERSION" ]]; then
     log "initialising PostgreSQL cluster in $PG_DIR/data"
@@ -106,8 +118,8 @@ synchronous_commit = on
 fsync = on
 CONF
   fi
-  log "starting postgres on 127.0.0.1:$PG_PORT (log $LOG_DIR/postgres.log)"
-  as_pg "$bin/pg_ctl" -D "$PG_DIR/data" -o "-p $PG_PORT" -l "$LOG_DIR/postgres.log" -w -t 60 start >/dev/null
+  log "starting postgres on 127.0.0.1:$PG_PORT (log $PG_DIR/postgres.log)"
+  as_pg "$bin/pg_ctl" -D "$PG_DIR/data" -o "-p $PG_PORT" -l "$PG_DIR/postgres.log" -w -t 60 start >/dev/null
   as_pg "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qtAc \
     "SELECT 1 FROM pg_roles WHERE rolname='$PG_USER'" | grep -q 1 || \
     as_pg "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qc "CREATE ROLE $PG_USER LOGIN SUPERUSER"
@@ -131,12 +143,13 @@ status() {
   if pg_running; then echo "postgres: running 127.0.0.1:$PG_PORT"; else echo "postgres: stopped"; fi
 }
 
+pg_pick_dir
 verb="${1:-status}"; what="${2:-all}"
 case "$verb" in
   setup)  kafka_setup; pg_bin >/dev/null ;;
   start)  [[ "$what" == postgres ]] || kafka_start; [[ "$what" == kafka ]] || pg_start ;;
   stop)   [[ "$what" == postgres ]] || kafka_stop; [[ "$what" == kafka ]] || pg_stop "${3:-fast}" ;;
   status) status ;;
-  logs)   tail -n 50 "$LOG_DIR/${what/all/kafka}.log" ;;
+  logs)   if [[ "$what" == postgres ]]; then tail -n 50 "$PG_DIR/postgres.log"; else tail -n 50 "$LOG_DIR/kafka.log"; fi ;;
   *) echo "usage: $0 setup|start|stop|status|logs [kafka|postgres]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,68 @@
+# tickflow — the two commands a user needs are `make run` and `make test`; the rest are their parts.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .cache/venv
+PY := $(VENV)/bin/python
+KAFKA_PORT ?= 19092
+PG_PORT ?= 15432
+export KAFKA_PORT PG_PORT
+export TICKFLOW_KAFKA__BOOTSTRAP_SERVERS ?= 127.0.0.1:$(KAFKA_PORT)
+export TICKFLOW_POSTGRES__PORT ?= $(PG_PORT)
+PYTEST_ARGS ?=
+
+.PHONY: help setup venv stack-setup stack-up stack-down stack-status topics db run worker test test-unit lint bench clean
+
+help:
+	@echo "make run        start the local stack and a worker on the simulated feed (RUN_SECONDS=N to stop after N s)"
+	@echo "make test       set up, start the stack, run the whole test suite (unit + integration)"
+	@echo "make stack-up / stack-down / stack-status   the local Kafka broker and PostgreSQL"
+	@echo "make topics     create/check the topics of topics.yaml;  make db   migrate the schema"
+	@echo "make lint       ruff;  make bench   throughput/latency benchmark (bench/)"
+
+setup: venv stack-setup
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $@
+
+stack-setup:
+	dev/stack.sh setup
+
+stack-up: setup
+	dev/stack.sh start
+
+stack-down:
+	dev/stack.sh stop
+
+stack-status:
+	dev/stack.sh status
+
+topics: venv
+	$(PY) -m streams topics create
+
+db: venv
+	$(PY) -m streams db migrate
+
+run: setup
+	$(PY) dev/run.py
+
+worker: venv
+	$(PY) -m streams worker -l info
+
+test: stack-up
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: stack-up
+	$(PY) bench/throughput.py
+
+clean: stack-down
+	rm -rf .cache/stack

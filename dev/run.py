@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""`make run`: start what is missing of the local stack, create topics and tables, start one Faust worker on
+the simulated feed, and print live progress until Ctrl-C (or RUN_SECONDS). Then stop what it started and
+print a summary with the row count in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+STACK = str(ROOT / "dev" / "stack.sh")
+
+
+def stack_status() -> dict[str, bool]:
+    out = subprocess.run([STACK, "status"], capture_output=True, text=True, check=True).stdout
+    return {line.split(":")[0]: "running" in line for line in out.splitlines() if ":" in line}
+
+
+def metrics(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/pipeline/metrics", timeout=2) as resp:
+            return json.loads(resp.read())
+    except Exception:
+        return None
+
+
+async def row_count() -> int:
+    import asyncpg
+
+    from streams.settings import get_settings
+
+    pg = get_settings().postgres
+    conn = await asyncpg.connect(host=pg.host, port=pg.port, user=pg.user, database=pg.database,
+                                 password=pg.password.get_secret_value() or None)
+    try:
+        return await conn.fetchval(f"SELECT count(*) FROM {pg.db_schema}.market_data")
+    finally:
+        await conn.close()
+
+
+def fmt(v: float | None, unit: str = "") -> str:
+    return "-" if v is None else f"{v:,.1f}{unit}"
+
+
+def main() -> int:
+    run_seconds = float(os.environ.get("RUN_SECONDS", "0") or 0)
+    before = stack_status()
+    started = [name for name, up in before.items() if not up]
+    subprocess.run([STACK, "start"], check=True)
+    py = sys.executable
+    for cmd in (["-m", "streams", "topics", "create"], ["-m", "streams", "db", "migrate"]):
+        subprocess.run([py, *cmd], check=True, cwd=ROOT)
+
+    from streams.settings import get_settings
+
+    port = get_settings().worker.web_port
+    log_path = ROOT / ".cache" / "stack" / "logs" / "worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"worker log: {log_path}   metrics: http://127.0.0.1:{port}/pipeline/metrics")
+    with open(log_path, "ab") as log:
+        worker = subprocess.Popen([py, "-m", "streams", "worker", "-l", "info"], cwd=ROOT,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    t0 = time.monotonic()
+    last: dict | None = None
+    print(f"{'time':>6} {'points/s':>10} {'processed':>11} {'rejected':>9} {'written':>10} "
+          f"{'p50 ms':>8} {'p99 ms':>8} {'lag':>7}")
+    try:
+        while not stop["now"]:
+            time.sleep(1.0)
+            if worker.poll() is not None:
+                print(f"worker exited with code {worker.returncode}; see {log_path}", file=sys.stderr)
+                break
+            m = metrics(port)
+            if m:
+                last = m
+                print(f"{time.monotonic() - t0:6.0f} {fmt(m['throughput_per_sec']):>10} {m['total_processed']:>11,} "
+                      f"{m['rejected_points']:>9,} {m['written_points']:>10,} {fmt(m['p50_latency_ms']):>8} "
+                      f"{fmt(m['p99_latency_ms']):>8} {m['queue_size'] if m['queue_size'] is not None else '-':>7}",
+                      flush=True)
+            if run_seconds and time.monotonic() - t0 >= run_seconds:
+                break
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        rows = asyncio.run(row_count())
+        print("\n== summary ==")
+        if last:
+            print(f"processed {last['total_processed']:,}  valid {last['valid_points']:,}  "
+                  f"rejected {last['rejected_points']:,}  written {last['written_points']:,}")
+            print(f"latency avg {fmt(last['avg_latency_ms'], ' ms')}  p50 {fmt(last['p50_latency_ms'], ' ms')}  "
+                  f"p95 {fmt(last['p95_latency_ms'], ' ms')}  p99 {fmt(last['p99_latency_ms'], ' ms')}")
+            rules = last["sources"].get("simulated", {}).get("rejected_by_rule", {})
+            if rules:
+                print("rejected by rule: " + ", ".join(f"{k} {v}" for k, v in sorted(rules.items())))
+        print(f"rows in PostgreSQL market_data: {rows:,}")
+        for name in started:
+            subprocess.run([STACK, "stop", name], check=False)
+    return 0 if worker.returncode in (0, None, -signal.SIGTERM) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
