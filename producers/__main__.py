@@ -23,7 +23,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
     sim = settings.sources.simulated
-    updates = {k: v for k, v in {"rate_per_second": args.rate, "invalid_ratio": args.invalid_ratio}.items() if v is not None}
+    given = {"rate_per_second": args.rate, "invalid_ratio": args.invalid_ratio}
+    updates = {k: v for k, v in given.items() if v is not None}
     source = SimulatedSource(sim.model_copy(update=updates))
     runner = SourceRunner(settings, catalog_for(settings.kafka.topic_suffix))
     sent = asyncio.run(runner.run(source, seconds=args.seconds, limit=args.count))

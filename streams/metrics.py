@@ -17,6 +17,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 
 from streams import histogram
 from streams.app import app, settings
@@ -137,22 +138,27 @@ def summary(values: dict[str, dict[str, Any]], now: float, queue_size: int | Non
 
 @app.agent(metrics_topic, concurrency=1)
 async def record_metrics(stream: Any) -> None:
-    """The only writer of metrics_table; also snapshots it into data_quality_metrics."""
-    last_flush = time.monotonic()
+    """The only writer of metrics_table."""
     async for key, raw in stream.items():
-        now = time.time()
         try:
             source = key.decode()
-            metrics_table[source] = fold(metrics_table.get(source), orjson.loads(raw), now)
+            metrics_table[source] = fold(metrics_table.get(source), orjson.loads(raw), time.time())
         except Exception:  # a malformed delta must not stop the metrics
             logger.exception("dropping malformed metrics delta for %r", key)
-            continue
-        if time.monotonic() - last_flush >= settings.worker.metrics_flush_seconds:
-            last_flush = time.monotonic()
-            try:
-                writer = await ensure_writer()
-                values = {k: v for k, v in metrics_table.items() if v}
-                await writer.write_metrics(f"{app.conf.id}@{app.conf.canonical_url}",
-                                           {k: snapshot(v, now) for k, v in values.items()})
-            except Exception as exc:  # the database may be down; the table keeps counting
-                logger.warning("could not store metrics snapshot: %r", exc)
+
+
+@app.timer(settings.worker.metrics_flush_seconds, name="store_metrics")
+async def store_metrics() -> None:
+    """Snapshot the table into data_quality_metrics. Only the worker that owns the table's one partition
+    holds its values (no standbys), so exactly one worker writes each snapshot."""
+    owned = TP(metrics_table.changelog_topic.get_topic_name(), 0) in app.assignor.assigned_actives()
+    values = {k: v for k, v in metrics_table.items() if v} if owned else {}
+    if not values:
+        return
+    now = time.time()
+    try:
+        writer = await ensure_writer()
+        await writer.write_metrics(f"{app.conf.id}@{app.conf.canonical_url}",
+                                   {k: snapshot(v, now) for k, v in values.items()})
+    except Exception as exc:  # the database may be down; the table keeps counting
+        logger.warning("could not store metrics snapshot: %r", exc)

@@ -105,7 +105,8 @@ class Validator:
         now = now or datetime.now(UTC)
         if p.timestamp > now + self.future:
             ahead = (p.timestamp - now).total_seconds()
-            raise RejectedRecord("timestamp.future", f"{ahead:.3f} s in the future (tolerance {self.future.total_seconds()} s)")
+            tolerance = self.future.total_seconds()
+            raise RejectedRecord("timestamp.future", f"{ahead:.3f} s in the future (tolerance {tolerance} s)")
         if p.timestamp < self.floor:
             raise RejectedRecord("timestamp.too_old", f"{p.timestamp.isoformat()} is before {self.floor.isoformat()}")
         for name in ("sentiment",):

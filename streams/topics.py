@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 catalog: Catalog = catalog_for(settings.kafka.topic_suffix)
 
 
-def _faust_topic(*specs: TopicSpec):  # noqa: ANN202 - faust.TopicT
+def _faust_topic(*specs: TopicSpec):
     return app.topic(
         *(s.name for s in specs),
         key_type=bytes,

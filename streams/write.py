@@ -51,7 +51,9 @@ async def write_with_retry(rows: list[tuple[Any, ...]]) -> WriteResult:
             delay = min(delay * 2, settings.sink.retry_max_seconds)
 
 
-async def write_isolating(rows: list[tuple[Any, ...]], events: list[Any]) -> tuple[WriteResult, list[tuple[Any, SinkError]]]:
+async def write_isolating(
+    rows: list[tuple[Any, ...]], events: list[Any]
+) -> tuple[WriteResult, list[tuple[Any, SinkError]]]:
     """Write rows; when the database refuses the batch for its data, bisect to find the bad rows."""
     try:
         return await write_with_retry(rows), []
