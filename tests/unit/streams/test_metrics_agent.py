@@ -1,0 +1,20 @@
+"""The metrics agent under Faust's test_context: deltas fold into the table, bad deltas are skipped."""
+
+from __future__ import annotations
+
+import orjson
+
+from streams.metrics import metrics_table, new_delta, record_metrics
+
+
+async def test_record_metrics_folds_deltas_into_the_table() -> None:
+    d = new_delta()
+    d.update(processed=5, valid=4, rejected=1)
+    d["rules"] = {"schema.missing": 1}
+    async with record_metrics.test_context() as agent:
+        await agent.put(key=b"simulated", value=orjson.dumps(d))
+        await agent.put(key=b"simulated", value=b"{broken json")
+        await agent.put(key=b"simulated", value=orjson.dumps(d))
+        v = metrics_table["simulated"]
+        assert (v["processed"], v["valid"], v["rejected"]) == (10, 8, 2)
+        assert v["rules"] == {"schema.missing": 2}

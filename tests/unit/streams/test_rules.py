@@ -1,0 +1,77 @@
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from streams.errors import RejectedRecord
+from streams.rules import Validator
+from streams.settings import ValidationSettings
+
+NOW = datetime(2024, 5, 1, 15, 0, tzinfo=UTC)
+
+
+def raw(**fields: object) -> bytes:
+    base = {"symbol": "AAPL", "timestamp": "2024-05-01T14:59:59Z", "source": "sim", "price": 10.0}
+    base.update(fields)
+    return orjson.dumps({k: v for k, v in base.items() if v is not None})
+
+
+def rule_of(value: bytes | None, **kw: object) -> str:
+    with pytest.raises(RejectedRecord) as info:
+        Validator(ValidationSettings(**kw)).check(value, source="sim", now=NOW)
+    return info.value.rule
+
+
+def test_valid_record_passes_and_gets_ingested_at() -> None:
+    t = datetime(2024, 5, 1, 14, 59, 59, 500000, tzinfo=UTC)
+    p = Validator(ValidationSettings()).check(raw(), source="sim", ingested_at=t, now=NOW)
+    assert p.price == 10.0 and p.ingested_at == t
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        (b"{nope", "schema.not_json"),
+        (b"", "schema.not_json"),
+        (b"[]", "schema.model_type"),
+        (raw(price="ten"), "schema.float_parsing"),
+        (raw(symbol=None), "schema.missing"),
+        (raw(price=0), "price.non_positive"),
+        (raw(price=-3), "price.non_positive"),
+        (raw(volume=-1), "volume.negative"),
+        (raw(data_type="quote", bid=10.2, ask=10.1), "quote.crossed"),
+        (raw(data_type="quote", bid=10.2), "quote.missing"),
+        (raw(data_type="bar", open=1, high=2, low=0.5), "bar.missing"),
+        (raw(data_type="bar", open=1, high=0.9, low=0.5, close=1), "bar.inconsistent"),
+        (raw(data_type="trade", price=None), "price.missing"),
+        (raw(data_type="news", price=None), "news.missing_headline"),
+        (raw(data_type="social", price=None), "social.missing_text"),
+        (raw(symbol="AA PL"), "symbol.pattern"),
+        (raw(timestamp="2024-05-01T15:00:06Z"), "timestamp.future"),
+        (raw(timestamp="1960-01-01T00:00:00Z"), "timestamp.too_old"),
+        (raw(source="other"), "schema.source_mismatch"),
+        (None, "schema.empty"),
+    ],
+)
+def test_rules(value: bytes | None, rule: str) -> None:
+    assert rule_of(value) == rule
+
+
+def test_size_cap_applies_before_parsing() -> None:
+    big = raw(metadata={"blob": "x" * 70_000})
+    assert rule_of(big) == "size.too_large"
+    assert rule_of(b"\xff" * 100, max_message_bytes=50) == "size.too_large"
+
+
+def test_future_tolerance_is_configurable() -> None:
+    v = Validator(ValidationSettings(future_tolerance_seconds=60))
+    p = v.check(raw(timestamp=(NOW + timedelta(seconds=30)).isoformat()), source="sim", now=NOW)
+    assert p.timestamp > NOW
+
+
+def test_locked_quote_is_flagged_not_rejected_and_missing_economic_value_flagged() -> None:
+    v = Validator(ValidationSettings())
+    p = v.check(raw(data_type="quote", bid=10.0, ask=10.0), source="sim", now=NOW)
+    assert p.flags == ["quote.locked"]
+    e = v.check(raw(data_type="economic", price=None, symbol="GDP"), source="sim", now=NOW)
+    assert e.flags == ["value.missing"]
