@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> TickflowApp:
         web_host=w.web_host,
         web_port=w.web_port,
         web_bind=w.web_host,
-        canonical_url=f"http://{w.web_host}:{w.web_port}",
+        canonical_url=f"http://{w.advertised_host or w.web_host}:{w.web_port}",
         topic_partitions=4,
         topic_replication_factor=1,
         topic_allow_declare=True,

@@ -58,6 +58,8 @@ class WorkerSettings(_Section):
     app_id: str = "tickflow"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    # The host other workers use to reach this one (table-routed requests); defaults to web_host.
+    advertised_host: str | None = None
     # Where Faust keeps table state; memory:// rebuilds tables from their changelogs at start.
     store: str = "memory://"
     metrics_flush_seconds: float = 10.0

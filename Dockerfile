@@ -1,0 +1,14 @@
+# The tickflow worker. Build: docker build -t tickflow .   Run: see docker-compose.yml.
+FROM python:3.11-slim
+WORKDIR /app
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY pyproject.toml constraints.txt README.md ./
+COPY streams ./streams
+COPY producers ./producers
+COPY sinks ./sinks
+COPY topics.yaml ./
+RUN pip install --no-cache-dir -c constraints.txt . && useradd --system --uid 10001 tickflow
+USER tickflow
+EXPOSE 6066
+# Other workers reach this one by its container hostname (table-routed HTTP requests).
+CMD ["sh", "-c", "TICKFLOW_WORKER__ADVERTISED_HOST=${TICKFLOW_WORKER__ADVERTISED_HOST:-$(hostname)} exec python -m streams worker -l info"]
