@@ -6,6 +6,16 @@ from streams.errors import ConfigError
 from streams.settings import load_settings
 
 
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Makefile exports TICKFLOW_* variables; these tests set their own."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("TICKFLOW_"):
+            monkeypatch.delenv(name)
+
+
 def test_yaml_then_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "pipeline_config.yaml"
     cfg.write_text("kafka:\n  bootstrap_servers: yaml:1\nsink:\n  batch_size: 123\n")
