@@ -51,10 +51,12 @@ def new_delta() -> dict[str, Any]:
             **{c: 0 for c in COUNTERS}}
 
 
-async def emit(source: str, delta: dict[str, Any]) -> None:
-    """Send one delta; awaited until acked so a metrics count is never ahead of a lost message."""
-    fut = await metrics_topic.send(key=source.encode(), value=orjson.dumps(delta))
-    await fut
+async def emit(deltas: dict[str, dict[str, Any]]) -> None:
+    """Send one batch's deltas (all sources in one message). Queued on the idempotent producer, not
+    awaited: the next batch's own acknowledged sends keep the pipeline honest, and a metrics message is
+    never worth a stall on the data path."""
+    if deltas:
+        await metrics_topic.send(key=b"batch", value=orjson.dumps(deltas))
 
 
 def fold(current: dict[str, Any] | None, delta: dict[str, Any], now: float) -> dict[str, Any]:
@@ -139,12 +141,13 @@ def summary(values: dict[str, dict[str, Any]], now: float, queue_size: int | Non
 @app.agent(metrics_topic, concurrency=1)
 async def record_metrics(stream: Any) -> None:
     """The only writer of metrics_table."""
-    async for key, raw in stream.items():
+    async for raw in stream:
         try:
-            source = key.decode()
-            metrics_table[source] = fold(metrics_table.get(source), orjson.loads(raw), time.time())
+            now = time.time()
+            for source, delta in orjson.loads(raw).items():
+                metrics_table[source] = fold(metrics_table.get(source), delta, now)
         except Exception:  # a malformed delta must not stop the metrics
-            logger.exception("dropping malformed metrics delta for %r", key)
+            logger.exception("dropping malformed metrics message %r", raw[:200])
 
 
 @app.timer(settings.worker.metrics_flush_seconds, name="store_metrics")

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 STAGE = "validate"
 BATCH = 1000
-WITHIN = 0.02
+WITHIN = 0.005
 CLEAN_TOPIC = clean_topic.get_topic_name()
 
 
@@ -66,5 +66,4 @@ async def validate_ticks(stream: Any) -> None:
     async for events in stream.take_events(BATCH, within=WITHIN):
         deltas: dict[str, dict[str, Any]] = defaultdict(metrics.new_delta)
         await send_all([route(validator, ev, deltas) for ev in events])
-        for source, delta in deltas.items():
-            await metrics.emit(source, delta)
+        await metrics.emit(deltas)

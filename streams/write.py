@@ -124,5 +124,4 @@ async def write_ticks(stream: Any) -> None:
             deltas[src]["duplicates"] -= n
         if dead:
             await send_all(dead)
-        for source, delta in deltas.items():
-            await metrics.emit(source, delta)
+        await metrics.emit(deltas)

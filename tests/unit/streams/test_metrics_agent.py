@@ -12,9 +12,10 @@ async def test_record_metrics_folds_deltas_into_the_table() -> None:
     d.update(processed=5, valid=4, rejected=1)
     d["rules"] = {"schema.missing": 1}
     async with record_metrics.test_context() as agent:
-        await agent.put(key=b"simulated", value=orjson.dumps(d))
-        await agent.put(key=b"simulated", value=b"{broken json")
-        await agent.put(key=b"simulated", value=orjson.dumps(d))
+        await agent.put(key=b"batch", value=orjson.dumps({"simulated": d}))
+        await agent.put(key=b"batch", value=b"{broken json")
+        await agent.put(key=b"batch", value=orjson.dumps({"simulated": d, "other": d}))
         v = metrics_table["simulated"]
         assert (v["processed"], v["valid"], v["rejected"]) == (10, 8, 2)
         assert v["rules"] == {"schema.missing": 2}
+        assert metrics_table["other"]["processed"] == 5
