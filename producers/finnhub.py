@@ -1,0 +1,477 @@
+"""Finnhub: quotes, candles, company news and news sentiment over REST (FinnhubSource), and trades over
+the websocket (FinnhubTradeStream). Both write raw.finnhub with source "finnhub".
+
+- REST: GET /api/v1/quote, /api/v1/stock/candle, /api/v1/company-news, /api/v1/news-sentiment. The
+  token goes in the X-Finnhub-Token header by default (so it is in no URL at all), or as the `token`
+  query parameter; either way it is redacted from every log line and exception.
+- Timestamps: REST quote, candles and news are epoch seconds, websocket trades epoch milliseconds.
+- Candles are Finnhub's unadjusted prices (the endpoint has no adjustment switch for stocks): raw
+  prices are what this source stores.
+- Candles and news-sentiment are premium on the free tier: Finnhub answers 403 {"error": "You don't have
+  access to this resource."}; that is a non-retriable FinnhubAccessDenied, and the source stops asking
+  for that endpoint until restarted.
+- Free tier: 60 calls/minute, the default RateLimiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from yarl import URL
+
+from producers.base import Record, Source
+from producers.http import RateLimiter, get_json, redact
+from streams.errors import ConfigError, SourceError
+from streams.models import DataType, MarketDataPoint
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "finnhub"
+Endpoint = Literal["quote", "candle", "company_news", "news_sentiment"]
+
+# Finnhub candle resolutions -> the interval label stored on bars.
+RESOLUTIONS: dict[str, str] = {
+    "1": "1m", "5": "5m", "15": "15m", "30": "30m", "60": "1h", "D": "1d", "W": "1wk", "M": "1mo",
+}
+
+
+class FinnhubSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
+    interval_seconds: float = 60.0
+    # Finnhub free tier: 60 calls/minute.
+    rate_limit_calls: float = 60.0
+    rate_limit_per_seconds: float = 60.0
+    base_url: str = "https://finnhub.io"
+    token_in: Literal["header", "query"] = "header"
+    endpoints: list[Endpoint] = Field(default_factory=lambda: ["quote"])
+    candle_resolution: Literal["1", "5", "15", "30", "60", "D", "W", "M"] = "D"
+    candle_lookback_days: int = Field(default=5, ge=1)
+    news_lookback_days: int = Field(default=2, ge=1, le=30)
+    request_timeout_seconds: float = 20.0
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: float = 0.5
+    # Websocket trades (FinnhubTradeStream).
+    websocket: bool = False
+    ws_url: str = "wss://ws.finnhub.io"
+    ws_batch_size: int = Field(default=500, ge=1)
+    ws_flush_seconds: float = Field(default=0.5, gt=0)
+    ws_heartbeat_seconds: float = 30.0
+    reconnect_base_seconds: float = Field(default=1.0, gt=0)
+    reconnect_max_seconds: float = Field(default=60.0, gt=0)
+
+
+def finnhub_api_key(env: Mapping[str, str] | None = None) -> SecretStr | None:
+    """FINNHUB_API_KEY from the environment (never from a config file)."""
+    value = (os.environ if env is None else env).get("FINNHUB_API_KEY", "").strip()
+    return SecretStr(value) if value else None
+
+
+class FinnhubAccessDenied(SourceError):
+    """403: the endpoint is not in the key's plan. Retrying will not help."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=False)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _expect_dict(doc: Any, what: str) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise SourceError(f"unexpected Finnhub {what} payload: {type(doc).__name__}")
+    if doc.get("error"):
+        raise SourceError(f"Finnhub {what} error: {str(doc['error'])[:300]}")
+    return doc
+
+
+def parse_quote(doc: Any, symbol: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
+    """/quote -> one tick (price = c at t). An unknown symbol comes back as all zeros: no point."""
+    d = _expect_dict(doc, "quote")
+    if not d.get("t") or not d.get("c"):
+        return []
+    meta = {k: d[src] for k, src in (("prev_close", "pc"), ("change", "d"), ("change_percent", "dp"))
+            if d.get(src) is not None}
+    return [MarketDataPoint(
+        symbol=symbol.upper(), timestamp=_utc(d["t"]), source=source, data_type=DataType.TICK,
+        price=float(d["c"]), open=_num(d.get("o")), high=_num(d.get("h")), low=_num(d.get("l")),
+        item_id="quote", metadata=meta,
+    )]
+
+
+def parse_candles(doc: Any, symbol: str, resolution: str = "D", *, source: str = SOURCE) -> list[MarketDataPoint]:
+    """/stock/candle -> bars; {"s": "no_data"} is an empty result, not an error."""
+    d = _expect_dict(doc, "candle")
+    status = d.get("s")
+    if status == "no_data":
+        return []
+    if status != "ok":
+        raise SourceError(f"Finnhub candle status {status!r} for {symbol}")
+    cols = {k: d.get(k) or [] for k in ("t", "o", "h", "l", "c", "v")}
+    n = len(cols["t"])
+    if any(len(v) != n for k, v in cols.items() if k != "v") or (cols["v"] and len(cols["v"]) != n):
+        raise SourceError(f"Finnhub candle arrays differ in length for {symbol}")
+    interval = RESOLUTIONS.get(resolution, resolution)
+    return [
+        MarketDataPoint(
+            symbol=symbol.upper(), timestamp=_utc(cols["t"][i]), source=source, data_type=DataType.BAR,
+            open=float(cols["o"][i]), high=float(cols["h"][i]), low=float(cols["l"][i]),
+            close=float(cols["c"][i]), volume=_num(cols["v"][i]) if cols["v"] else None,
+            interval=interval, item_id=interval,
+        )
+        for i in range(n)
+    ]
+
+
+def parse_company_news(doc: Any, symbol: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
+    """/company-news -> news items (Finnhub gives no per-article score; sentiment stays empty here)."""
+    if not isinstance(doc, list):
+        raise SourceError(f"unexpected Finnhub company-news payload: {type(doc).__name__}")
+    out = []
+    for a in doc:
+        if not isinstance(a, dict) or not a.get("headline") or not a.get("datetime"):
+            continue
+        related = [t.strip().upper() for t in str(a.get("related") or "").split(",") if t.strip()]
+        meta = {"tickers": related or [symbol.upper()]}
+        for key, name in (("source", "publisher"), ("category", "category"), ("image", "image")):
+            if a.get(key):
+                meta[name] = a[key]
+        out.append(MarketDataPoint(
+            symbol=symbol.upper(), timestamp=_utc(a["datetime"]), source=source, data_type=DataType.NEWS,
+            headline=a["headline"], text=a.get("summary") or None, url=a.get("url") or None,
+            item_id=str(a.get("id") or a.get("url") or a["headline"])[:256], metadata=meta,
+        ))
+    return out
+
+
+def sentiment_from_news_score(score: float) -> float:
+    """Finnhub's companyNewsScore is in [0, 1] with 0.5 neutral; map it linearly to [-1, 1]: 2*s - 1."""
+    return max(-1.0, min(1.0, 2.0 * float(score) - 1.0))
+
+
+def parse_news_sentiment(doc: Any, symbol: str, now: datetime, *, source: str = SOURCE) -> list[MarketDataPoint]:
+    """/news-sentiment -> one news item per symbol, stamped with the poll time (Finnhub gives none)."""
+    d = _expect_dict(doc, "news-sentiment")
+    score = d.get("companyNewsScore")
+    if score is None:
+        return []
+    sym = str(d.get("symbol") or symbol).upper()
+    buzz = d.get("buzz") or {}
+    senti = d.get("sentiment") or {}
+    meta: dict[str, Any] = {
+        "tickers": [sym],
+        "company_news_score": score,
+        "buzz": buzz.get("buzz"),
+        "articles_in_last_week": buzz.get("articlesInLastWeek"),
+        "weekly_average": buzz.get("weeklyAverage"),
+        "bullish_percent": senti.get("bullishPercent"),
+        "bearish_percent": senti.get("bearishPercent"),
+        "sector_average_bullish_percent": d.get("sectorAverageBullishPercent"),
+        "sector_average_news_score": d.get("sectorAverageNewsScore"),
+        "sentiment_method": "finnhub_company_news_score",
+    }
+    return [MarketDataPoint(
+        symbol=sym, timestamp=now, source=source, data_type=DataType.NEWS,
+        headline=f"Finnhub news sentiment for {sym}", sentiment=sentiment_from_news_score(score),
+        item_id=f"news-sentiment:{sym}", metadata={k: v for k, v in meta.items() if v is not None},
+    )]
+
+
+def parse_trades(doc: Any, *, source: str = SOURCE) -> list[MarketDataPoint]:
+    """A websocket {"type": "trade", "data": [...]} message -> trade points.
+
+    item_id = "s:t:p:v:n", n counting identical (s, t, p, v) trades within the message, so two equal
+    prints in one millisecond stay two rows while a replayed message maps onto the same keys.
+    """
+    d = _expect_dict(doc, "trade")
+    out = []
+    seen: Counter[tuple[Any, ...]] = Counter()
+    for trade in d.get("data") or []:
+        if not isinstance(trade, dict) or not trade.get("s") or trade.get("p") is None or trade.get("t") is None:
+            continue
+        s, t, p, v = str(trade["s"]), int(trade["t"]), trade["p"], trade.get("v")
+        n = seen[(s, t, p, v)]
+        seen[(s, t, p, v)] += 1
+        meta = {"conditions": trade["c"]} if trade.get("c") else {}
+        out.append(MarketDataPoint(
+            symbol=s.upper(), timestamp=datetime.fromtimestamp(t / 1000.0, UTC), source=source,
+            data_type=DataType.TRADE, price=float(p), volume=_num(v), item_id=f"{s}:{t}:{p}:{v}:{n}",
+            metadata=meta,
+        ))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- REST
+
+
+class FinnhubClient:
+    """Finnhub REST calls: one rate limiter, the token attached and redacted, payloads parsed."""
+
+    def __init__(self, api_key: SecretStr, *, base_url: str = "https://finnhub.io", calls: float = 60.0,
+                 per_seconds: float = 60.0, timeout: float = 20.0, attempts: int = 5, base_delay: float = 0.5,
+                 token_in: Literal["header", "query"] = "header") -> None:
+        self.api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.limiter = RateLimiter(calls, per_seconds)
+        self.timeout = timeout
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.token_in = token_in
+
+    def redact(self, text: str) -> str:
+        return redact(text, [self.api_key])
+
+    @staticmethod
+    def is_access_denied(exc: BaseException) -> bool:
+        return isinstance(exc, FinnhubAccessDenied)
+
+    async def get(self, session: aiohttp.ClientSession, path: str, params: Mapping[str, Any]) -> Any:
+        params = dict(params)
+        headers: dict[str, str] = {}
+        if self.token_in == "query":
+            params["token"] = self.api_key.get_secret_value()
+        else:
+            headers["X-Finnhub-Token"] = self.api_key.get_secret_value()
+        try:
+            doc = await get_json(session, f"{self.base_url}{path}", params=params, headers=headers,
+                                 secrets=[self.api_key], limiter=self.limiter, attempts=self.attempts,
+                                 base_delay=self.base_delay, timeout=self.timeout)
+        except SourceError as exc:
+            message = self.redact(str(exc))
+            if not exc.retriable and message.startswith("HTTP 403"):
+                raise FinnhubAccessDenied(message) from None
+            raise SourceError(message, retriable=exc.retriable) from None
+        if isinstance(doc, dict) and doc.get("error"):
+            raise SourceError(f"Finnhub {path}: {self.redact(str(doc['error']))[:300]}")
+        return doc
+
+    async def quote(self, session: aiohttp.ClientSession, symbol: str, *,
+                    source: str = SOURCE) -> list[MarketDataPoint]:
+        return parse_quote(await self.get(session, "/api/v1/quote", {"symbol": symbol}), symbol, source=source)
+
+    async def candles(self, session: aiohttp.ClientSession, symbol: str, *, resolution: str, start: datetime,
+                      end: datetime, source: str = SOURCE) -> list[MarketDataPoint]:
+        params = {"symbol": symbol, "resolution": resolution,
+                  "from": int(start.timestamp()), "to": int(end.timestamp())}
+        return parse_candles(await self.get(session, "/api/v1/stock/candle", params), symbol, resolution, source=source)
+
+    async def company_news(self, session: aiohttp.ClientSession, symbol: str, *, now: datetime, days: int,
+                           source: str = SOURCE) -> list[MarketDataPoint]:
+        params = {"symbol": symbol, "from": (now - timedelta(days=days)).date().isoformat(),
+                  "to": now.date().isoformat()}
+        return parse_company_news(await self.get(session, "/api/v1/company-news", params), symbol, source=source)
+
+    async def news_sentiment(self, session: aiohttp.ClientSession, symbol: str, *, now: datetime,
+                             source: str = SOURCE) -> list[MarketDataPoint]:
+        doc = await self.get(session, "/api/v1/news-sentiment", {"symbol": symbol})
+        return parse_news_sentiment(doc, symbol, now, source=source)
+
+
+def _require_key(api_key: SecretStr | None, env: Mapping[str, str] | None) -> SecretStr:
+    key = api_key or finnhub_api_key(env)
+    if key is None:
+        raise ConfigError("the finnhub source needs FINNHUB_API_KEY in the environment")
+    return key
+
+
+class FinnhubSource(Source):
+    """Polls the configured REST endpoints for every symbol once per interval."""
+
+    name = SOURCE
+
+    def __init__(self, settings: FinnhubSettings, api_key: SecretStr | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.api_key = _require_key(api_key, env)
+        self.client = FinnhubClient(
+            self.api_key, base_url=settings.base_url, calls=settings.rate_limit_calls,
+            per_seconds=settings.rate_limit_per_seconds, timeout=settings.request_timeout_seconds,
+            attempts=settings.retry_attempts, base_delay=settings.retry_base_delay, token_in=settings.token_in,
+        )
+        self.endpoints: list[Endpoint] = list(dict.fromkeys(settings.endpoints))
+        self._last_quote: dict[str, datetime] = {}
+        self._last_bar: dict[str, datetime] = {}
+        self._news_window: dict[str, set[str]] = {}
+
+    async def _poll(self, session: aiohttp.ClientSession, endpoint: Endpoint, symbol: str,
+                    now: datetime) -> list[MarketDataPoint]:
+        s = self.settings
+        if endpoint == "quote":
+            points = await self.client.quote(session, symbol)
+            if points and self._last_quote.get(symbol) == points[0].timestamp:
+                return []  # market closed: the same quote again
+            if points:
+                self._last_quote[symbol] = points[0].timestamp
+            return points
+        if endpoint == "candle":
+            start = now - timedelta(days=s.candle_lookback_days)
+            bars = await self.client.candles(session, symbol, resolution=s.candle_resolution, start=start, end=now)
+            # Older bars of the window were sent by an earlier poll; the latest may still be forming.
+            last = self._last_bar.get(symbol)
+            bars = [b for b in bars if last is None or b.timestamp >= last]
+            if bars:
+                self._last_bar[symbol] = max(b.timestamp for b in bars)
+            return bars
+        if endpoint == "company_news":
+            points = await self.client.company_news(session, symbol, now=now, days=s.news_lookback_days)
+            previous = self._news_window.get(symbol, set())
+            self._news_window[symbol] = {p.item_id for p in points}
+            return [p for p in points if p.item_id not in previous]
+        return await self.client.news_sentiment(session, symbol, now=now)
+
+    async def poll_once(self, session: aiohttp.ClientSession, now: datetime | None = None) -> list[MarketDataPoint]:
+        """One round over every endpoint and symbol; a failure is logged and skips only that call."""
+        now = now or datetime.now(UTC).replace(microsecond=0)
+        out: list[MarketDataPoint] = []
+        for endpoint in list(self.endpoints):
+            for symbol in (x.upper() for x in self.settings.symbols):
+                if endpoint not in self.endpoints:
+                    break
+                try:
+                    out.extend(await self._poll(session, endpoint, symbol, now))
+                except FinnhubAccessDenied as exc:
+                    logger.warning("finnhub: %s is not in this key's plan, not asking again: %s",
+                                   endpoint, self.client.redact(str(exc)))
+                    self.endpoints.remove(endpoint)
+                except (SourceError, ValueError, TypeError, KeyError) as exc:
+                    logger.warning("finnhub: %s for %s failed: %s", endpoint, symbol,
+                                   self.client.redact(f"{type(exc).__name__}: {exc}"))
+        return out
+
+    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
+        own = session is None
+        session = session or aiohttp.ClientSession()
+        try:
+            while True:
+                started = time.monotonic()
+                points = await self.poll_once(session)
+                if points:
+                    yield list(points)
+                await asyncio.sleep(max(0.0, self.settings.interval_seconds - (time.monotonic() - started)))
+        finally:
+            if own:
+                await session.close()
+
+
+# ---------------------------------------------------------------------------------------------- websocket
+
+
+class FinnhubTradeStream(Source):
+    """Trades from wss://ws.finnhub.io: subscribe per symbol, batch, reconnect and resubscribe forever.
+
+    Batches are flushed at ws_batch_size trades or ws_flush_seconds after the first buffered trade,
+    whichever comes first. Reconnects wait min(max, base * 2**attempt) scaled by a jitter in [0.5, 1);
+    the attempt count resets once a connection delivers a message.
+    """
+
+    name = SOURCE
+
+    def __init__(self, settings: FinnhubSettings, api_key: SecretStr | None = None,
+                 env: Mapping[str, str] | None = None, *, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.api_key = _require_key(api_key, env)
+        self.symbols: list[str] = list(dict.fromkeys(s.upper() for s in settings.symbols))
+        self.rng = rng or random.Random()
+        self.connects = 0
+
+    def url(self) -> URL:
+        return URL(self.settings.ws_url).update_query(token=self.api_key.get_secret_value())
+
+    def redact(self, text: str) -> str:
+        return redact(text, [self.api_key])
+
+    def backoff(self, attempt: int) -> float:
+        s = self.settings
+        return min(s.reconnect_max_seconds, s.reconnect_base_seconds * 2**attempt) * (0.5 + self.rng.random() / 2)
+
+    def _handle(self, raw: str | bytes) -> list[MarketDataPoint]:
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            logger.warning("finnhub ws: message is not JSON: %r", self.redact(str(raw)[:200]))
+            return []
+        kind = doc.get("type") if isinstance(doc, dict) else None
+        if kind == "trade":
+            try:
+                return parse_trades(doc)
+            except (SourceError, ValueError, TypeError) as exc:
+                logger.warning("finnhub ws: bad trade message: %s", self.redact(str(exc)))
+        elif kind == "error":
+            logger.warning("finnhub ws: server error: %s", self.redact(str(doc.get("msg"))[:300]))
+        elif kind != "ping":
+            logger.debug("finnhub ws: ignored message type %r", kind)
+        return []
+
+    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
+        own = session is None
+        session = session or aiohttp.ClientSession()
+        s = self.settings
+        buffer: list[MarketDataPoint] = []
+        first_at = 0.0
+        attempt = 0
+        try:
+            while True:
+                try:
+                    async with session.ws_connect(self.url(), heartbeat=s.ws_heartbeat_seconds or None) as ws:
+                        self.connects += 1
+                        for symbol in self.symbols:
+                            await ws.send_str(orjson.dumps({"type": "subscribe", "symbol": symbol}).decode())
+                        logger.info("finnhub ws: connected (#%d), subscribed to %d symbols",
+                                    self.connects, len(self.symbols))
+                        while True:
+                            wait = (first_at + s.ws_flush_seconds - time.monotonic()) if buffer else None
+                            if wait is not None and wait <= 0:
+                                yield buffer
+                                buffer = []
+                                continue
+                            try:
+                                msg = await ws.receive(timeout=wait)
+                            except TimeoutError:
+                                continue  # the flush deadline: loop round and yield
+                            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                                attempt = 0
+                                points = self._handle(msg.data)
+                                if points and not buffer:
+                                    first_at = time.monotonic()
+                                buffer.extend(points)
+                                if len(buffer) >= s.ws_batch_size:
+                                    yield buffer
+                                    buffer = []
+                            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                                              aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                                logger.warning("finnhub ws: connection closed (%s, code %s)", msg.type.name,
+                                               ws.close_code)
+                                break
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    logger.warning("finnhub ws: %s", self.redact(f"{type(exc).__name__}: {exc}"))
+                if buffer:
+                    yield buffer
+                    buffer = []
+                delay = self.backoff(attempt)
+                attempt += 1
+                logger.info("finnhub ws: reconnecting in %.2f s", delay)
+                await asyncio.sleep(delay)
+        finally:
+            if own:
+                await session.close()

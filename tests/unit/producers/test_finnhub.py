@@ -1,0 +1,429 @@
+"""Finnhub REST and websocket against a local aiohttp server serving hand-written fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from producers.finnhub import (
+    FinnhubAccessDenied,
+    FinnhubClient,
+    FinnhubSettings,
+    FinnhubSource,
+    FinnhubTradeStream,
+    finnhub_api_key,
+    parse_candles,
+    parse_company_news,
+    parse_news_sentiment,
+    parse_quote,
+    parse_trades,
+    sentiment_from_news_score,
+)
+from streams.errors import ConfigError, SourceError
+
+FIX = Path(__file__).parent / "fixtures" / "finnhub"
+KEY = "fk_SECRET_finnhub_1234567890"
+
+
+def load(name: str) -> Any:
+    return json.loads((FIX / name).read_text())
+
+
+Serve = Callable[[web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)  # the fake logs no URLs
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+class FakeFinnhub:
+    """Answers (path, symbol) with a configured status/body; records every request it saw."""
+
+    def __init__(self) -> None:
+        self.responses: dict[tuple[str, str], tuple[int, bytes, dict[str, str], float]] = {}
+        self.seen: list[tuple[str, dict[str, str], dict[str, str]]] = []
+
+    def set(self, path: str, symbol: str, *, status: int = 200, body: bytes | str = b"",
+            fixture: str | None = None, headers: dict[str, str] | None = None, delay: float = 0.0) -> None:
+        data = (FIX / fixture).read_bytes() if fixture else body.encode() if isinstance(body, str) else body
+        self.responses[(path, symbol)] = (status, data, headers or {}, delay)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((request.path, dict(request.query), dict(request.headers)))
+        status, body, headers, delay = self.responses.get(
+            (request.path, request.query.get("symbol", "")), (404, b'{"error":"not found"}', {}, 0.0))
+        if delay:
+            await asyncio.sleep(delay)
+        # An unfriendly provider: error bodies echo the request URL, token and all.
+        body = body.replace(b"{url}", str(request.url).encode())
+        return web.Response(status=status, body=body, headers=headers, content_type="application/json")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self.handle)
+        return app
+
+    def calls(self, path: str) -> int:
+        return sum(1 for p, _, _ in self.seen if p == path)
+
+
+def settings(base_url: str, **kw: Any) -> FinnhubSettings:
+    defaults: dict[str, Any] = {
+        "symbols": ["MSFT"], "base_url": base_url, "retry_attempts": 2, "retry_base_delay": 0.01,
+        "request_timeout_seconds": 2.0, "rate_limit_calls": 1000, "interval_seconds": 0.01,
+    }
+    return FinnhubSettings(**{**defaults, **kw})
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+
+
+def test_parse_quote_maps_fields_and_epoch_seconds() -> None:
+    [p] = parse_quote(load("quote_msft.json"), "msft")
+    assert (p.symbol, p.source, p.data_type, p.price) == ("MSFT", "finnhub", "tick", 415.5)
+    assert p.timestamp == datetime(2024, 5, 31, 20, 0, tzinfo=UTC)
+    assert (p.open, p.high, p.low) == (412.0, 417.0, 411.2)
+    assert p.metadata == {"prev_close": 413.4, "change": 2.1, "change_percent": 0.508}
+
+
+def test_parse_quote_unknown_symbol_is_empty_and_error_body_is_an_error() -> None:
+    assert parse_quote(load("quote_unknown_symbol.json"), "NOPE") == []
+    with pytest.raises(SourceError, match="don't have access"):
+        parse_quote(load("error_no_access.json"), "MSFT")
+
+
+def test_parse_candles_bars_and_no_data() -> None:
+    bars = parse_candles(load("candle_msft_d.json"), "MSFT", "D")
+    assert len(bars) == 3
+    b = bars[1]
+    assert (b.data_type, b.interval, b.item_id) == ("bar", "1d", "1d")
+    assert (b.open, b.high, b.low, b.close, b.volume) == (425.0, 430.0, 423.1, 428.7, 18250000.0)
+    assert b.timestamp == datetime(2024, 5, 28, tzinfo=UTC)
+    assert parse_candles(load("candle_no_data.json"), "MSFT") == []
+
+
+def test_parse_candles_rejects_ragged_arrays_and_bad_status() -> None:
+    doc = load("candle_msft_d.json")
+    doc["c"] = doc["c"][:2]
+    with pytest.raises(SourceError, match="length"):
+        parse_candles(doc, "MSFT")
+    with pytest.raises(SourceError, match="status"):
+        parse_candles({"s": "weird"}, "MSFT")
+
+
+def test_parse_company_news() -> None:
+    items = parse_company_news(load("company_news_msft.json"), "MSFT")
+    assert [i.item_id for i in items] == ["120001", "120002"]  # the headline-less item is skipped
+    first, second = items
+    assert first.data_type == "news" and first.headline.startswith("Microsoft beats")
+    assert first.url == "https://example.com/news/120001" and first.text == "Revenue rose on Azure demand."
+    assert first.timestamp == datetime(2024, 5, 31, 17, 0, tzinfo=UTC)
+    assert first.sentiment is None
+    assert first.metadata["publisher"] == "Reuters"
+    assert second.metadata["tickers"] == ["MSFT", "GOOGL"] and second.text is None
+
+
+@pytest.mark.parametrize(("score", "expected"), [(0.0, -1.0), (0.5, 0.0), (1.0, 1.0), (0.25, -0.5), (1.2, 1.0)])
+def test_sentiment_mapping(score: float, expected: float) -> None:
+    assert sentiment_from_news_score(score) == pytest.approx(expected)
+
+
+def test_parse_news_sentiment() -> None:
+    now = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+    [p] = parse_news_sentiment(load("news_sentiment_msft.json"), "MSFT", now)
+    assert (p.data_type, p.symbol, p.timestamp, p.item_id) == ("news", "MSFT", now, "news-sentiment:MSFT")
+    assert p.sentiment == pytest.approx(-0.5)
+    assert p.headline
+    assert p.metadata["buzz"] == 1.25 and p.metadata["bullish_percent"] == 0.3
+    assert p.metadata["bearish_percent"] == 0.7 and p.metadata["articles_in_last_week"] == 40
+    assert parse_news_sentiment({}, "MSFT", now) == []
+
+
+def test_parse_trades_millis_and_distinct_ids() -> None:
+    trades = parse_trades(load("ws_trades.json"))
+    assert [t.symbol for t in trades] == ["AAPL", "AAPL", "TSLA", "AAPL"]
+    assert all(t.data_type == "trade" and t.source == "finnhub" for t in trades)
+    assert trades[0].timestamp == datetime(2024, 5, 31, 16, 0, 0, 123000, tzinfo=UTC)
+    assert (trades[2].price, trades[2].volume) == (178.02, 5.0)
+    # Two identical prints in the same millisecond stay two records.
+    assert trades[0].item_id != trades[1].item_id
+    assert len({(t.symbol, t.timestamp, t.item_id) for t in trades}) == 4
+    assert trades[0].metadata == {"conditions": ["1", "12"]} and trades[2].metadata == {}
+
+
+def test_key_from_environment_only() -> None:
+    assert finnhub_api_key({}) is None
+    key = finnhub_api_key({"FINNHUB_API_KEY": KEY})
+    assert isinstance(key, SecretStr) and key.get_secret_value() == KEY
+    assert KEY not in repr(key)
+    with pytest.raises(ConfigError):
+        FinnhubSource(FinnhubSettings(), env={})
+
+
+# ---------------------------------------------------------------------------------------------- REST
+
+
+async def test_source_polls_all_endpoints_with_header_token(serve: Serve) -> None:
+    fake = FakeFinnhub()
+    fake.set("/api/v1/quote", "MSFT", fixture="quote_msft.json")
+    fake.set("/api/v1/stock/candle", "MSFT", fixture="candle_msft_d.json")
+    fake.set("/api/v1/company-news", "MSFT", fixture="company_news_msft.json")
+    fake.set("/api/v1/news-sentiment", "MSFT", fixture="news_sentiment_msft.json")
+    base = await serve(fake.app())
+    src = FinnhubSource(settings(base, endpoints=["quote", "candle", "company_news", "news_sentiment"]),
+                        api_key=SecretStr(KEY))
+    now = datetime(2024, 6, 1, tzinfo=UTC)
+    async with aiohttp.ClientSession() as session:
+        first = await src.poll_once(session, now=now)
+        second = await src.poll_once(session, now=now)
+    kinds = [p.data_type for p in first]
+    assert kinds == ["tick", "bar", "bar", "bar", "news", "news", "news"]
+    assert all(p.source == "finnhub" and p.timestamp.tzinfo is not None for p in first)
+    # The unchanged quote, older bars and seen articles are not produced again; the latest bar (it may
+    # still be forming) and the sentiment snapshot are.
+    assert [(p.item_id, p.timestamp.day) for p in second] == [("1d", 29), ("news-sentiment:MSFT", 1)]
+    for _path, query, headers in fake.seen:
+        assert headers["X-Finnhub-Token"] == KEY and "token" not in query
+    candle_query = next(q for p, q, _ in fake.seen if p == "/api/v1/stock/candle")
+    assert candle_query["resolution"] == "D" and int(candle_query["to"]) == int(now.timestamp())
+    news_query = next(q for p, q, _ in fake.seen if p == "/api/v1/company-news")
+    assert (news_query["from"], news_query["to"]) == ("2024-05-30", "2024-06-01")
+
+
+async def test_403_is_not_retried_and_endpoint_is_dropped(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeFinnhub()
+    fake.set("/api/v1/quote", "MSFT", fixture="quote_msft.json")
+    fake.set("/api/v1/stock/candle", "MSFT", status=403, fixture="error_no_access.json")
+    base = await serve(fake.app())
+    client = FinnhubClient(SecretStr(KEY), base_url=base, attempts=3, base_delay=0.01)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(FinnhubAccessDenied) as err:
+            await client.candles(session, "MSFT", resolution="D", start=datetime(2024, 5, 1, tzinfo=UTC),
+                                 end=datetime(2024, 6, 1, tzinfo=UTC))
+        assert err.value.retriable is False and "don't have access" in str(err.value)
+        assert fake.calls("/api/v1/stock/candle") == 1
+
+        src = FinnhubSource(settings(base, endpoints=["quote", "candle"]), api_key=SecretStr(KEY))
+        caplog.set_level(logging.WARNING)
+        first = await src.poll_once(session)
+        await src.poll_once(session)
+    assert [p.data_type for p in first] == ["tick"]
+    assert src.endpoints == ["quote"]
+    assert fake.calls("/api/v1/stock/candle") == 2  # once by the client above, once by the source
+    assert "not in this key's plan" in caplog.text
+
+
+async def test_200_error_payload_is_an_error_not_data(serve: Serve) -> None:
+    fake = FakeFinnhub()
+    fake.set("/api/v1/quote", "MSFT", body='{"error": "Invalid API key."}')
+    base = await serve(fake.app())
+    client = FinnhubClient(SecretStr(KEY), base_url=base, attempts=1)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(SourceError, match="Invalid API key"):
+            await client.quote(session, "MSFT")
+
+
+@pytest.mark.parametrize(("status", "headers"), [(401, {}), (429, {"Retry-After": "0"}), (500, {})])
+async def test_token_never_in_errors_or_logs(serve: Serve, caplog: pytest.LogCaptureFixture, status: int,
+                                             headers: dict[str, str]) -> None:
+    fake = FakeFinnhub()
+    fake.set("/api/v1/quote", "BAD", status=status, body='{"error": "denied for {url}"}', headers=headers)
+    fake.set("/api/v1/quote", "MSFT", fixture="quote_msft.json")
+    base = await serve(fake.app())
+    caplog.set_level(logging.DEBUG)
+    src = FinnhubSource(settings(base, symbols=["BAD", "MSFT"], token_in="query"), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        points = await src.poll_once(session)
+        with pytest.raises(SourceError) as err:
+            await src.client.quote(session, "BAD")
+    assert [p.symbol for p in points] == ["MSFT"]  # the failing symbol did not stop the other
+    assert fake.seen[0][1]["token"] == KEY  # the token really was sent in the query
+    assert "BAD" in caplog.text and "failed" in caplog.text
+    assert KEY not in caplog.text
+    assert KEY not in str(err.value) and KEY not in repr(err.value.args)
+    assert str(status) in str(err.value)
+
+
+async def test_truncated_and_slow_responses(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeFinnhub()
+    fake.set("/api/v1/quote", "TRUNC", body=(FIX / "quote_msft.json").read_bytes()[:30])
+    fake.set("/api/v1/quote", "SLOW", fixture="quote_msft.json", delay=1.0)
+    fake.set("/api/v1/quote", "MSFT", fixture="quote_msft.json")
+    base = await serve(fake.app())
+    src = FinnhubSource(settings(base, symbols=["TRUNC", "SLOW", "MSFT"], request_timeout_seconds=0.2),
+                        api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        points = await src.poll_once(session)
+    assert [p.symbol for p in points] == ["MSFT"]
+    assert "not JSON" in caplog.text
+    assert "gave up after 2 attempts" in caplog.text and "TimeoutError" in caplog.text
+    assert KEY not in caplog.text
+
+
+async def test_fetch_loop_yields_batches_and_keeps_polling(serve: Serve) -> None:
+    fake = FakeFinnhub()
+    fake.set("/api/v1/company-news", "MSFT", fixture="company_news_msft.json")
+    fake.set("/api/v1/news-sentiment", "MSFT", fixture="news_sentiment_msft.json")
+    base = await serve(fake.app())
+    src = FinnhubSource(settings(base, endpoints=["company_news", "news_sentiment"]), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        gen = src.fetch(session)
+        first = await anext(gen)
+        second = await anext(gen)
+        await gen.aclose()
+    assert len(first) == 3 and [p.item_id for p in second] == ["news-sentiment:MSFT"]
+    assert fake.calls("/api/v1/company-news") == 2
+
+
+# ---------------------------------------------------------------------------------------------- websocket
+
+
+class FakeFinnhubWs:
+    """A websocket server that runs one script per connection; records subscriptions per connection."""
+
+    def __init__(self, scripts: list[Callable[[web.WebSocketResponse], Awaitable[None]]]) -> None:
+        self.scripts = scripts
+        self.subscriptions: list[list[str]] = []
+        self.tokens: list[str] = []
+        self.connections = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        n = self.connections
+        self.connections += 1
+        self.tokens.append(request.query.get("token", ""))
+        script = self.scripts[min(n, len(self.scripts) - 1)]
+        if script is REJECT:
+            return web.Response(status=401, text=f"bad token for {request.url}")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        subs: list[str] = []
+        self.subscriptions.append(subs)
+        reader = asyncio.create_task(self._read(ws, subs))
+        await script(ws)
+        await reader  # until the client (or the script) closes the connection
+        return ws
+
+    @staticmethod
+    async def _read(ws: web.WebSocketResponse, subs: list[str]) -> None:
+        async for msg in ws:
+            doc = json.loads(msg.data)
+            if doc.get("type") == "subscribe":
+                subs.append(doc["symbol"])
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self.handle)
+        return app
+
+
+async def REJECT(ws: web.WebSocketResponse) -> None:  # marker script: answer the handshake with 401
+    raise AssertionError("not run")
+
+
+async def wait_for_subscriptions(server: FakeFinnhubWs, n: int) -> None:
+    for _ in range(200):
+        if server.subscriptions and len(server.subscriptions[-1]) >= n:
+            return
+        await asyncio.sleep(0.01)
+
+
+def trade_msg(*trades: tuple[str, float, int, float]) -> str:
+    return json.dumps({"type": "trade", "data": [{"s": s, "p": p, "t": t, "v": v} for s, p, t, v in trades]})
+
+
+def ws_settings(url: str, **kw: Any) -> FinnhubSettings:
+    defaults: dict[str, Any] = {
+        "symbols": ["aapl", "TSLA"], "ws_url": url, "ws_batch_size": 3, "ws_flush_seconds": 0.05,
+        "reconnect_base_seconds": 0.01, "reconnect_max_seconds": 0.05, "ws_heartbeat_seconds": 5.0,
+    }
+    return FinnhubSettings(**{**defaults, **kw})
+
+
+async def test_ws_subscribe_batch_ping_and_resubscribe_after_drop(serve: Serve) -> None:
+    async def first(ws: web.WebSocketResponse) -> None:
+        await wait_for_subscriptions(server, 2)
+        await ws.send_str('{"type":"ping"}')
+        await ws.send_str((FIX / "ws_trades.json").read_text())  # 4 trades >= batch size 3: flushed at once
+        await ws.send_str(trade_msg(("AAPL", 190.0, 1717171201000, 1)))
+        await asyncio.sleep(0.01)
+        await ws.close()  # the provider drops the connection mid-stream
+
+    async def second(ws: web.WebSocketResponse) -> None:
+        await wait_for_subscriptions(server, 2)
+        await ws.send_str('{"type":"ping"}')
+        await ws.send_str(trade_msg(("TSLA", 180.0, 1717171202000, 3), ("AAPL", 190.5, 1717171202001, 7)))
+        # stays open: only the time-based flush can deliver these two
+
+    server = FakeFinnhubWs([first, second])
+    base = await serve(server.app())
+    stream = FinnhubTradeStream(ws_settings(base.replace("http", "ws") + "/"), api_key=SecretStr(KEY))
+    batches: list[list[Any]] = []
+    async with aiohttp.ClientSession() as session:
+        gen = stream.fetch(session)
+        async with asyncio.timeout(5):
+            while sum(len(b) for b in batches) < 7:
+                batches.append(await anext(gen))
+        await gen.aclose()
+    assert [len(b) for b in batches] == [4, 1, 2]
+    assert server.subscriptions == [["AAPL", "TSLA"], ["AAPL", "TSLA"]]
+    assert stream.connects == 2 and server.tokens == [KEY, KEY]
+    assert batches[0][0].item_id == "AAPL:1717171200123:189.5:100:0"
+    assert [(p.symbol, p.price) for p in batches[2]] == [("TSLA", 180.0), ("AAPL", 190.5)]
+    assert all(p.data_type == "trade" and p.source == "finnhub" for b in batches for p in b)
+
+
+async def test_ws_rejected_handshake_retries_without_leaking_token(serve: Serve,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    async def ok(ws: web.WebSocketResponse) -> None:
+        await wait_for_subscriptions(server, 1)
+        await ws.send_str(trade_msg(("AAPL", 190.0, 1717171201000, 1)))
+
+    server = FakeFinnhubWs([REJECT, REJECT, ok])
+    base = await serve(server.app())
+    caplog.set_level(logging.DEBUG)
+    stream = FinnhubTradeStream(ws_settings(base.replace("http", "ws") + "/", symbols=["AAPL"]),
+                                api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        gen = stream.fetch(session)
+        async with asyncio.timeout(5):
+            batch = await anext(gen)
+        await gen.aclose()
+    assert [p.price for p in batch] == [190.0]
+    assert server.connections == 3 and stream.connects == 1
+    assert "401" in caplog.text
+    assert KEY not in caplog.text
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    s = FinnhubSettings(reconnect_base_seconds=1.0, reconnect_max_seconds=8.0)
+    stream = FinnhubTradeStream(s, api_key=SecretStr(KEY), rng=random.Random(1))
+    for attempt, ceiling in [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (10, 8.0)]:
+        delays = [stream.backoff(attempt) for _ in range(50)]
+        assert all(ceiling * 0.5 <= d < ceiling for d in delays)
+        assert len(set(delays)) > 1  # jittered
+    assert KEY not in str(stream.redact(str(stream.url())))

@@ -1,0 +1,240 @@
+"""Nasdaq Data Link datasets and datatables against a local aiohttp server serving hand-written fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from producers.nasdaq_data_link import (
+    DatatableQuery,
+    NasdaqDataLinkSettings,
+    NasdaqDataLinkSource,
+    nasdaq_data_link_api_key,
+    normalise,
+    parse_dataset,
+    parse_datatable,
+    parse_table,
+)
+from streams.errors import ConfigError, SourceError
+
+FIX = Path(__file__).parent / "fixtures" / "nasdaq_data_link"
+KEY = "ndl_SECRET_key_abcdef123456"
+
+
+def load(name: str) -> Any:
+    return json.loads((FIX / name).read_text())
+
+
+Serve = Callable[[web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)  # the fake logs no URLs
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+
+
+def test_normalise_column_names() -> None:
+    assert normalise("Adj. Close") == "adj close"
+    assert normalise("per_end_date") == "per end date"
+    assert normalise("  SETTLE ") == "settle"
+
+
+def test_futures_dataset_settle_is_the_close_and_last_goes_to_metadata() -> None:
+    bars = parse_dataset(load("dataset_chris_cme_cl1.json"), "CHRIS/CME_CL1")
+    assert len(bars) == 3
+    b = bars[0]
+    assert (b.symbol, b.source, b.data_type, b.interval, b.item_id) == (
+        "CME_CL1", "nasdaq_data_link", "bar", "1d", "CHRIS/CME_CL1")
+    assert b.timestamp == datetime(2024, 5, 29, tzinfo=UTC)
+    assert (b.open, b.high, b.low, b.close, b.volume) == (79.5, 80.1, 78.9, 79.23, 250123.0)
+    assert b.metadata == {"Last": 79.2, "Change": -0.3, "Previous Day Open Interest": 310000.0}
+    assert bars[2].volume is None and "Change" not in bars[2].metadata
+
+
+def test_wiki_dataset_keeps_raw_prices_and_adjusted_in_metadata() -> None:
+    bars = parse_dataset(load("dataset_wiki_aapl.json"), "WIKI/AAPL")
+    assert len(bars) == 1  # the row without an Open is skipped, not half-filled
+    b = bars[0]
+    assert (b.symbol, b.close, b.volume) == ("AAPL", 168.34, 38962839.0)
+    assert b.metadata["Adj. Close"] == 168.34 and b.metadata["Split Ratio"] == 1.0
+    assert "Close" not in b.metadata and "Open" not in b.metadata
+
+
+def test_value_dataset_is_economic() -> None:
+    points = parse_dataset(load("dataset_fred_gdp.json"), "FRED/GDP")
+    assert [(p.symbol, p.data_type, p.value) for p in points] == [
+        ("GDP", "economic", 27956.998), ("GDP", "economic", 28269.174)]
+    assert points[1].timestamp == datetime(2024, 1, 1, tzinfo=UTC)
+    assert points[0].metadata == {} and points[0].interval is None
+
+
+def test_dataset_without_value_column_uses_first_numeric_and_year_as_date() -> None:
+    points = parse_dataset(load("dataset_snap_participation.json"), "USDAFNS/SNAP")
+    p = points[0]
+    assert (p.symbol, p.data_type, p.value) == ("SNAP", "economic", 46609072.0)
+    assert p.timestamp == datetime(2012, 12, 31, tzinfo=UTC)
+    assert p.metadata == {"value_column": "Avg Participation", "Avg Benefit per Person": 133.41}
+
+
+def test_parse_table_date_column_by_type_and_bad_rows() -> None:
+    rows = [["x", "2024-02-01", 1.5], ["y", "not a date", 2.0], ["z"]]
+    points = parse_table(["code", "as_at", "Rate"], rows, symbol="EUR", item_id="T/X",
+                         types=["String", "Date", "Float"])
+    assert [(p.timestamp.date(), p.value, p.metadata) for p in points] == [
+        (date(2024, 2, 1), 1.5, {"code": "x", "value_column": "Rate"})]
+
+
+def test_parse_datatable_symbol_column_and_cursor() -> None:
+    points, cursor = parse_datatable(load("datatable_prices_page1.json"), "WIKI/PRICES")
+    assert cursor == "cursor-page-2"
+    assert [(p.symbol, p.data_type, p.close) for p in points] == [("AAPL", "bar", 172.77), ("AAPL", "bar", 168.34)]
+    assert points[0].metadata == {"adj_close": 172.77} and points[0].item_id == "WIKI/PRICES"
+    _, last = parse_datatable(load("datatable_prices_page2.json"), "WIKI/PRICES")
+    assert last is None
+
+
+def test_parse_rejects_unexpected_payloads() -> None:
+    with pytest.raises(SourceError):
+        parse_dataset(load("error_incorrect_code.json"), "NOPE/NOPE")
+    with pytest.raises(SourceError):
+        parse_datatable([], "WIKI/PRICES")
+
+
+def test_key_env_names() -> None:
+    assert nasdaq_data_link_api_key({}) is None
+    assert nasdaq_data_link_api_key({"QUANDL_API_KEY": "q"}).get_secret_value() == "q"  # type: ignore[union-attr]
+    both = {"QUANDL_API_KEY": "q", "NASDAQ_DATA_LINK_API_KEY": "n"}
+    key = nasdaq_data_link_api_key(both)
+    assert isinstance(key, SecretStr) and key.get_secret_value() == "n"
+    with pytest.raises(ConfigError):
+        NasdaqDataLinkSource(NasdaqDataLinkSettings(), env={})
+
+
+# ---------------------------------------------------------------------------------------------- source
+
+
+class FakeNdl:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+
+    async def dataset(self, request: web.Request) -> web.Response:
+        self.seen.append((request.path, dict(request.query)))
+        name = f"{request.match_info['db']}/{request.match_info['code']}"
+        files = {"CHRIS/CME_CL1": "dataset_chris_cme_cl1.json", "FRED/GDP": "dataset_fred_gdp.json"}
+        if name == "SLOW/ONE":
+            await asyncio.sleep(1.0)
+        if name == "TRUNC/ONE":
+            return web.Response(body=(FIX / "dataset_fred_gdp.json").read_bytes()[:40], content_type="application/json")
+        if name == "LIMIT/ONE":
+            return web.json_response({"quandl_error": {"code": "QELx01", "message": f"limit for {request.url}"}},
+                                     status=429, headers={"Retry-After": "0"})
+        if name == "DOWN/ONE":
+            return web.json_response({"quandl_error": {"code": "QEMx01", "message": f"{request.url}"}}, status=500)
+        if name not in files:
+            body = load("error_incorrect_code.json")
+            body["quandl_error"]["message"] += f" ({request.url})"  # echoes the key back, as a careless API might
+            return web.json_response(body, status=404)
+        return web.Response(body=(FIX / files[name]).read_bytes(), content_type="application/json")
+
+    async def datatable(self, request: web.Request) -> web.Response:
+        self.seen.append((request.path, dict(request.query)))
+        page = "datatable_prices_page2.json" if request.query.get("qopts.cursor_id") else "datatable_prices_page1.json"
+        return web.Response(body=(FIX / page).read_bytes(), content_type="application/json")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/api/v3/datasets/{db}/{code}/data.json", self.dataset)
+        app.router.add_get("/api/v3/datatables/{db}/{code}.json", self.datatable)
+        return app
+
+
+def settings(base_url: str, **kw: Any) -> NasdaqDataLinkSettings:
+    defaults: dict[str, Any] = {
+        "base_url": base_url, "retry_attempts": 2, "retry_base_delay": 0.01, "request_timeout_seconds": 0.3,
+        "rate_limit_calls": 1000, "interval_seconds": 0.01,
+    }
+    return NasdaqDataLinkSettings(**{**defaults, **kw})
+
+
+async def test_source_datasets_and_paged_datatable(serve: Serve) -> None:
+    fake = FakeNdl()
+    base = await serve(fake.app())
+    s = settings(base, datasets=["CHRIS/CME_CL1", "FRED/GDP"], lookback_days=10,
+                 datatables=[DatatableQuery(code="WIKI/PRICES", params={"ticker": "AAPL,MSFT"})])
+    src = NasdaqDataLinkSource(s, api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        points = await src.poll_once(session, today=date(2024, 6, 1))
+    assert [p.data_type for p in points] == ["bar"] * 3 + ["economic"] * 2 + ["bar"] * 3
+    assert [p.symbol for p in points[-3:]] == ["AAPL", "AAPL", "MSFT"]
+    assert all(p.source == "nasdaq_data_link" for p in points)
+    assert all(q["api_key"] == KEY for _, q in fake.seen)
+    assert fake.seen[0][1]["start_date"] == "2024-05-22" and fake.seen[0][1]["order"] == "asc"
+    tables = [q for p, q in fake.seen if "datatables" in p]
+    assert [q.get("qopts.cursor_id") for q in tables] == [None, "cursor-page-2"]
+    assert all(q["ticker"] == "AAPL,MSFT" for q in tables)
+
+
+async def test_max_pages_bounds_pagination(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeNdl()
+    base = await serve(fake.app())
+    src = NasdaqDataLinkSource(settings(base, max_pages=1), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        points = await src.datatable(session, DatatableQuery(code="WIKI/PRICES"))
+    assert len(points) == 2 and len(fake.seen) == 1
+    assert "more than 1 pages" in caplog.text
+
+
+@pytest.mark.parametrize("dataset", ["NOPE/NOPE", "LIMIT/ONE", "DOWN/ONE", "SLOW/ONE", "TRUNC/ONE"])
+async def test_failures_are_logged_redacted_and_do_not_stop_others(
+        serve: Serve, caplog: pytest.LogCaptureFixture, dataset: str) -> None:
+    fake = FakeNdl()
+    base = await serve(fake.app())
+    src = NasdaqDataLinkSource(settings(base, datasets=[dataset, "FRED/GDP"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.DEBUG)
+    async with aiohttp.ClientSession() as session:
+        points = await src.poll_once(session)
+        with pytest.raises(SourceError) as err:
+            await src.dataset(session, dataset)
+    assert [p.symbol for p in points] == ["GDP", "GDP"]
+    assert f"dataset {dataset} failed" in caplog.text
+    assert KEY not in caplog.text and KEY not in str(err.value)
+    if dataset == "NOPE/NOPE":
+        assert "404" in str(err.value) and err.value.retriable is False
+        assert "api_key=***" in str(err.value)  # the echoed URL arrives, redacted
+
+
+async def test_fetch_yields_and_repeats(serve: Serve) -> None:
+    fake = FakeNdl()
+    base = await serve(fake.app())
+    src = NasdaqDataLinkSource(settings(base, datasets=["FRED/GDP"]), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        gen = src.fetch(session)
+        batches = [await anext(gen), await anext(gen)]
+        await gen.aclose()
+    assert [len(b) for b in batches] == [2, 2]
