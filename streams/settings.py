@@ -21,6 +21,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from producers.finnhub import FinnhubSettings
+from producers.nasdaq_data_link import NasdaqDataLinkSettings
+from producers.news import NewsSettings
+from producers.social import SocialSettings
 from streams.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +95,15 @@ class SimulatedSourceSettings(_Section):
 
 
 class SourcesSettings(_Section):
+    """One section per provider (producers/<name>.py defines its settings). API keys are never settings:
+    they come from the environment only (ALPHA_VANTAGE_API_KEY, FINNHUB_API_KEY, FRED_API_KEY,
+    NASDAQ_DATA_LINK_API_KEY or QUANDL_API_KEY, TWITTER_BEARER_TOKEN)."""
+
     simulated: SimulatedSourceSettings = Field(default_factory=SimulatedSourceSettings)
+    finnhub: FinnhubSettings = Field(default_factory=FinnhubSettings)
+    nasdaq_data_link: NasdaqDataLinkSettings = Field(default_factory=NasdaqDataLinkSettings)
+    news: NewsSettings = Field(default_factory=NewsSettings)
+    social: SocialSettings = Field(default_factory=SocialSettings)
 
 
 def config_file_from_env() -> Path | None:

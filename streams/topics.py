@@ -58,14 +58,16 @@ async def ensure_topics(catalog: Catalog, bootstrap_servers: str, *, create: boo
                      for t in missing]
                 )
                 for name, code, message in getattr(resp, "topic_errors", []):
-                    if code not in (0, TopicAlreadyExistsError.errno):
+                    if code == 0:
+                        created.append(name)
+                    elif code != TopicAlreadyExistsError.errno:
                         raise ConfigError(f"cannot create topic {name}: error {code} {message}")
             except TopicAlreadyExistsError:
                 pass
-            created = [t.name for t in missing]
         elif missing:
             raise ConfigError(f"topics missing from the cluster: {', '.join(t.name for t in missing)}")
-        present = [name for name in wanted if name in existing]
+        # Check everything we did not create just now (metadata may lag behind a fresh topic).
+        present = [name for name in wanted if name not in created]
         if present:
             problems = []
             for desc in await admin.describe_topics(present):

@@ -15,6 +15,7 @@ from faust.web import Request, Response, View
 from streams import metrics
 from streams.app import app, settings
 from streams.lag import LagReader
+from streams.produce import supervisor
 from streams.topics import catalog
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Health(View):
             "worker": app.conf.canonical_url.human_repr() if hasattr(app.conf.canonical_url, "human_repr")
             else str(app.conf.canonical_url),
             "leader": app.is_leader(),
+            "sources": sorted(supervisor.status.values(), key=lambda s: (s["source"], s["kind"])),
             "assigned": sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment()),
         }
         return self.json(body, status=503 if recovering else 200)

@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""End-to-end throughput and latency on the real stack, against a bare baseline measured in the same run.
+
+    make bench                      # defaults below
+    BENCH_POINTS=300000 BENCH_WORKERS=2 BENCH_LATENCY_SECONDS=30 make bench
+
+1. Preloads BENCH_POINTS simulated points into a fresh raw topic (idempotent producer, as fast as it can).
+2. Baseline: a bare aiokafka consumer reads that topic, validates with the same Validator (pydantic
+   codec + rules), builds the same rows and writes them with the same COPY + idempotent upsert
+   (sinks.postgres), committing offsets after each batch. No Faust.
+3. Pipeline: BENCH_WORKERS `python -m streams worker` processes drain the same topic through
+   validate_ticks -> ticks.clean -> write_ticks -> PostgreSQL. Rows committed per second are sampled
+   from PostgreSQL every second; worker CPU and RSS from /proc.
+4. Latency: the simulated producer runs at BENCH_RATE points/s (default 1000) for BENCH_LATENCY_SECONDS;
+   each row's latency is written_at (commit) - ingested_at (producer timestamp), read from PostgreSQL.
+Writes bench/results/throughput.json and, when matplotlib is installed, bench/results/throughput.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+from aiokafka import AIOKafkaConsumer  # noqa: E402
+
+from producers.base import encode  # noqa: E402
+from producers.runner import SourceRunner, new_producer, send_batch  # noqa: E402
+from producers.simulated import SimulatedSource  # noqa: E402
+from sinks.postgres import PostgresTickWriter, row_from_record  # noqa: E402
+from streams.catalog import load_catalog  # noqa: E402
+from streams.rules import Validator  # noqa: E402
+from streams.settings import PostgresSettings, SimulatedSourceSettings, load_settings  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
+
+POINTS = int(os.environ.get("BENCH_POINTS", "200000"))
+WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+RATE = float(os.environ.get("BENCH_RATE", "1000"))
+LATENCY_SECONDS = float(os.environ.get("BENCH_LATENCY_SECONDS", "30"))
+RESULTS = ROOT / "bench" / "results"
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(cpu seconds, rss bytes) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(parts[11]) + int(parts[12])) / ticks
+    rss = int(parts[21]) * os.sysconf("SC_PAGE_SIZE")
+    return cpu, rss
+
+
+async def preload(settings: Any, topic: str, n: int) -> float:
+    src = SimulatedSource(SimulatedSourceSettings(invalid_ratio=0.0, seed=1), run_id=uuid.uuid4().hex[:8])
+    producer = new_producer(settings)
+    await producer.start()
+    t0 = time.perf_counter()
+    try:
+        sent = 0
+        while sent < n:
+            k = min(5000, n - sent)
+            sent += await send_batch(producer, topic, [encode(r) for r in src.batch(k)])
+    finally:
+        await producer.stop()
+    return n / (time.perf_counter() - t0)
+
+
+async def count_rows(conn: asyncpg.Connection, schema: str) -> int:
+    try:
+        return await conn.fetchval(f"SELECT count(*) FROM {schema}.market_data")
+    except asyncpg.UndefinedTableError:
+        return 0
+
+
+async def baseline(settings: Any, topic: str, schema: str, n: int) -> dict[str, Any]:
+    pg = PostgresSettings(**{**settings.postgres.model_dump(), "db_schema": schema,
+                             "password": settings.postgres.password})
+    writer = PostgresTickWriter(pg)
+    await writer.start()
+    validator = Validator(settings.validation)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers,
+                                group_id=f"bench-baseline-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_poll_records=2000)
+    await consumer.start()
+    written = 0
+    t_first = None
+    try:
+        while written < n:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
+            rows = []
+            for msgs in batches.values():
+                for m in msgs:
+                    p = validator.check(m.value, source="simulated")
+                    rows.append(row_from_record(p.model_dump(mode="json")))
+            if rows:
+                t_first = t_first or time.perf_counter()
+                r = await writer.write(rows)
+                written += r.inserted + r.duplicates
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+        await writer.stop()
+    elapsed = time.perf_counter() - (t_first or time.perf_counter())
+    return {"rows": written, "seconds": round(elapsed, 2), "rows_per_sec": round(written / elapsed, 1)}
+
+
+def start_workers(env: dict[str, str], count: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for i in range(count):
+        e = {**env, "TICKFLOW_WORKER__WEB_PORT": str(17100 + i)}
+        log = open(log_dir / f"bench-worker-{i}.log", "wb")  # noqa: SIM115
+        procs.append(subprocess.Popen([sys.executable, "-m", "streams", "worker", "-l", "info"], cwd=ROOT, env=e,
+                                      stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+async def pipeline(env: dict[str, str], schema: str, n: int, conn: asyncpg.Connection) -> dict[str, Any]:
+    log_dir = RESULTS
+    procs = start_workers(env, WORKERS, log_dir)
+    samples: list[tuple[float, int]] = []
+    usage: list[tuple[float, float, int]] = []
+    t_start = time.perf_counter()
+    try:
+        while True:
+            await asyncio.sleep(1.0)
+            rows = await count_rows(conn, schema)
+            now = time.perf_counter() - t_start
+            samples.append((now, rows))
+            cpu = rss = 0
+            for p in procs:
+                c, r = proc_stats(p.pid)
+                cpu += c
+                rss += r
+            usage.append((now, cpu, rss))
+            if rows >= n or now > 900 or any(p.poll() is not None for p in procs):
+                break
+        first = next((t for t, r in samples if r > 0), samples[-1][0])
+        last_t, last_rows = samples[-1]
+        # steady state: from 10% to 90% of the rows, so start-up and the tail do not count
+        lo = next(((t, r) for t, r in samples if r >= 0.1 * n), samples[0])
+        hi = next(((t, r) for t, r in samples if r >= 0.9 * n), samples[-1])
+        steady = (hi[1] - lo[1]) / max(hi[0] - lo[0], 1e-9)
+        return {
+            "rows": last_rows, "seconds_first_to_last": round(last_t - first, 2),
+            "rows_per_sec_steady": round(steady, 1), "samples": samples, "usage": usage, "procs": procs,
+        }
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
+
+
+async def latency_run(settings: Any, env: dict[str, str], schema: str, rate: float, seconds: float,
+                      conn: asyncpg.Connection) -> dict[str, Any]:
+    run_id = f"lat{uuid.uuid4().hex[:6]}"
+    sim = SimulatedSourceSettings(invalid_ratio=0.0, rate_per_second=rate, seed=5)
+    runner = SourceRunner(settings, load_catalog(suffix=env["TICKFLOW_KAFKA__TOPIC_SUFFIX"]))
+    sent = await runner.run(SimulatedSource(sim, run_id=run_id), seconds=seconds)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        got = await conn.fetchval(f"SELECT count(*) FROM {schema}.market_data WHERE item_id LIKE $1", run_id + "-%")
+        if got >= sent:
+            break
+        await asyncio.sleep(1)
+    row = await conn.fetchrow(
+        f"SELECT count(*) AS n, percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms) AS p, "
+        f"max(ms) AS max, avg(ms) AS avg FROM (SELECT (extract(epoch FROM written_at - ingested_at) * 1000)::float8 AS ms "
+        f"FROM {schema}.market_data WHERE item_id LIKE $1) x", run_id + "-%")
+    p50, p95, p99 = row["p"]
+    return {"rate": rate, "sent": sent, "rows": row["n"], "p50_ms": round(p50, 2), "p95_ms": round(p95, 2),
+            "p99_ms": round(p99, 2), "max_ms": round(row["max"], 2), "avg_ms": round(row["avg"], 2)}
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    s = result["pipeline"]["samples"]
+    rates = [(s[i][0], (s[i][1] - s[i - 1][1]) / (s[i][0] - s[i - 1][0])) for i in range(1, len(s))]
+    a.plot([t for t, _ in rates], [r for _, r in rates], label=f"pipeline ({WORKERS} worker)")
+    a.axhline(result["baseline"]["rows_per_sec"], color="gray", linestyle="--", label="bare aiokafka+asyncpg baseline")
+    a.set_xlabel("seconds"), a.set_ylabel("rows committed / s"), a.legend(), a.set_title("throughput")
+    for lat in result["latency"]:
+        b.plot([50, 95, 99], [lat["p50_ms"], lat["p95_ms"], lat["p99_ms"]], marker="o", label=f"{lat['rate']:.0f}/s")
+    b.set_xlabel("percentile"), b.set_ylabel("ms, producer -> row committed"), b.legend(), b.set_title("latency")
+    fig.suptitle(f"tickflow on {result['machine']['cpus']} cores, {result['machine']['platform']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+async def main() -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    settings = load_settings()
+    tag = uuid.uuid4().hex[:8]
+    env = {**os.environ, "TICKFLOW_WORKER__APP_ID": f"bench-{tag}", "TICKFLOW_KAFKA__TOPIC_SUFFIX": f".bench-{tag}",
+           "TICKFLOW_POSTGRES__DB_SCHEMA": f"bench_{tag}", "TICKFLOW_SOURCES__SIMULATED__ENABLED": "false"}
+    catalog = load_catalog(suffix=env["TICKFLOW_KAFKA__TOPIC_SUFFIX"])
+    await ensure_topics(catalog, settings.kafka.bootstrap_servers)
+    raw = catalog.raw("simulated").name
+    print(f"preloading {POINTS:,} points into {raw} ...", flush=True)
+    produce_rate = await preload(settings, raw, POINTS)
+    print(f"  producer: {produce_rate:,.0f} points/s")
+    pg = settings.postgres
+    conn = await asyncpg.connect(host=pg.host, port=pg.port, user=pg.user, database=pg.database,
+                                 password=pg.password.get_secret_value() or None)
+    try:
+        print("baseline: bare aiokafka consumer -> same validator -> same COPY upsert ...", flush=True)
+        base = await baseline(settings, raw, f"bench_{tag}_base", POINTS)
+        print(f"  baseline: {base['rows_per_sec']:,.0f} rows/s")
+        print(f"pipeline: {WORKERS} worker(s) draining {POINTS:,} points ...", flush=True)
+        pipe = await pipeline(env, f"bench_{tag}", POINTS, conn)
+        procs = pipe.pop("procs")
+        print(f"  pipeline: {pipe['rows_per_sec_steady']:,.0f} rows/s steady "
+              f"({pipe['rows']:,} rows, ratio to baseline {pipe['rows_per_sec_steady'] / base['rows_per_sec']:.2f})")
+        latency = []
+        try:
+            for rate in sorted({RATE, round(0.8 * pipe["rows_per_sec_steady"], -2)}):
+                print(f"latency at {rate:,.0f} points/s for {LATENCY_SECONDS:.0f} s ...", flush=True)
+                lat = await latency_run(settings, env, f"bench_{tag}", rate, LATENCY_SECONDS, conn)
+                print(f"  p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms")
+                latency.append(lat)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(timeout=30)
+        usage = pipe["usage"]
+        cpu_s = usage[-1][1] - usage[0][1]
+        result = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "points": POINTS, "workers": WORKERS, "producer_points_per_sec": round(produce_rate, 1),
+            "baseline": base, "pipeline": pipe,
+            "ratio_pipeline_to_baseline": round(pipe["rows_per_sec_steady"] / base["rows_per_sec"], 3),
+            "worker_cpu_cores_avg": round(cpu_s / max(usage[-1][0] - usage[0][0], 1e-9), 2),
+            "worker_peak_rss_mb": round(max(u[2] for u in usage) / 2**20, 1),
+            "latency": latency,
+        }
+        name = f"throughput-{WORKERS}w"
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+        drew = plot(result, RESULTS / f"{name}.png")
+        print(json.dumps({k: v for k, v in result.items() if k != "pipeline"}, indent=2))
+        print(f"wrote {RESULTS / (name + '.json')}" + (f" and {name}.png" if drew else ""))
+        for schema in (f"bench_{tag}", f"bench_{tag}_base"):
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,24 @@
+from producers.registry import BUILDERS, enabled_sources
+from streams.catalog import load_catalog
+from streams.settings import SourcesSettings
+
+
+def test_every_source_has_its_raw_topic() -> None:
+    catalog = load_catalog()
+    for name in BUILDERS:
+        assert catalog.raw(name).name == f"raw.{name}"
+    assert set(catalog.sources) == set(BUILDERS)
+
+
+def test_only_enabled_sources_are_built_and_missing_keys_do_not_stop_others(monkeypatch) -> None:
+    for var in ("FINNHUB_API_KEY", "TWITTER_BEARER_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    s = SourcesSettings()
+    assert [src.name for src in enabled_sources(s)] == ["simulated"]
+    s.finnhub.enabled = True  # no key in the environment: logged and skipped
+    s.social.enabled = True
+    assert [src.name for src in enabled_sources(s)] == ["simulated"]
+    monkeypatch.setenv("FINNHUB_API_KEY", "k-123")
+    s.finnhub.websocket = True
+    names = [(src.name, type(src).__name__) for src in enabled_sources(s)]
+    assert names == [("simulated", "SimulatedSource"), ("finnhub", "FinnhubSource"), ("finnhub", "FinnhubTradeStream")]
