@@ -119,7 +119,7 @@ def start_workers(env: dict[str, str], count: int, log_dir: Path) -> list[subpro
     procs = []
     for i in range(count):
         e = {**env, "TICKFLOW_WORKER__WEB_PORT": str(17100 + i)}
-        log = open(log_dir / f"bench-worker-{i}.log", "wb")  # noqa: SIM115
+        log = open(log_dir / f"bench-worker-{i}.log", "wb")
         procs.append(subprocess.Popen([sys.executable, "-m", "streams", "worker", "-l", "info"], cwd=ROOT, env=e,
                                       stdout=log, stderr=subprocess.STDOUT))
     return procs
@@ -194,7 +194,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     s = result["pipeline"]["samples"]
     rates = [(s[i][0], (s[i][1] - s[i - 1][1]) / (s[i][0] - s[i - 1][0])) for i in range(1, len(s))]
     a.plot([t for t, _ in rates], [r for _, r in rates], label=f"pipeline ({WORKERS} worker)")
-    a.axhline(result["baseline"]["rows_per_sec"], color="gray", linestyle="--", label="bare aiokafka+asyncpg baseline")
+    a.axhline(result["baseline"]["rows_per_sec"], color="gray", linestyle="--",
+              label="bare aiokafka+asyncpg baseline")
     a.set_xlabel("seconds"), a.set_ylabel("rows committed / s"), a.legend(), a.set_title("throughput")
     for lat in result["latency"]:
         b.plot([50, 95, 99], [lat["p50_ms"], lat["p95_ms"], lat["p99_ms"]], marker="o", label=f"{lat['rate']:.0f}/s")
@@ -234,7 +235,8 @@ async def main() -> None:
             for rate in sorted({RATE, round(0.8 * pipe["rows_per_sec_steady"], -2)}):
                 print(f"latency at {rate:,.0f} points/s for {LATENCY_SECONDS:.0f} s ...", flush=True)
                 lat = await latency_run(settings, env, f"bench_{tag}", rate, LATENCY_SECONDS, conn)
-                print(f"  p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms")
+                print(f"  p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  p99 {lat['p99_ms']} ms  "
+                      f"max {lat['max_ms']} ms")
                 latency.append(lat)
         finally:
             for p in procs:
