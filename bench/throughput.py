@@ -175,7 +175,8 @@ async def latency_run(settings: Any, env: dict[str, str], schema: str, rate: flo
         await asyncio.sleep(1)
     row = await conn.fetchrow(
         f"SELECT count(*) AS n, percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms) AS p, "
-        f"max(ms) AS max, avg(ms) AS avg FROM (SELECT (extract(epoch FROM written_at - ingested_at) * 1000)::float8 AS ms "
+        f"max(ms) AS max, avg(ms) AS avg FROM "
+        f"(SELECT (extract(epoch FROM written_at - ingested_at) * 1000)::float8 AS ms "
         f"FROM {schema}.market_data WHERE item_id LIKE $1) x", run_id + "-%")
     p50, p95, p99 = row["p"]
     return {"rate": rate, "sent": sent, "rows": row["n"], "p50_ms": round(p50, 2), "p95_ms": round(p95, 2),
