@@ -180,6 +180,8 @@ async def producer(iso: Isolation) -> AsyncIterator[AIOKafkaProducer]:
 async def pg(iso: Isolation) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(**iso.pg)
     yield conn
+    if conn.is_closed():  # a fault test closed it to stop the server
+        conn = await asyncpg.connect(**iso.pg)
     await conn.execute(f"DROP SCHEMA IF EXISTS {iso.schema} CASCADE")
     await conn.close()
 
