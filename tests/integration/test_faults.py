@@ -33,7 +33,8 @@ async def check_oracles(iso, pg, expected_rule: dict[int, str], valid_keys: set[
             return False
 
     await wait_until(all_rows, 240, "every valid row after the fault")
-    got = [tuple(r) for r in await pg.fetch(f"SELECT source, symbol, data_type, ts, item_id FROM {iso.schema}.market_data")]
+    rows = await pg.fetch(f"SELECT source, symbol, data_type, ts, item_id FROM {iso.schema}.market_data")
+    got = [tuple(r) for r in rows]
     assert len(got) == len(set(got)), "a row was written twice"
     assert set(got) == valid_keys, "rows lost or invented"
 
@@ -66,9 +67,9 @@ async def test_kill_9_mid_flow_then_restart(iso, workers, producer, pg) -> None:
     for round_ in range(3):
         w = workers(f"victim{round_}")
 
-        async def some_rows() -> bool:
+        async def some_rows(at_least: int = 200 * (round_ + 1)) -> bool:
             try:
-                return await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.market_data") > 200 * (round_ + 1)
+                return await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.market_data") > at_least
             except asyncpg.UndefinedTableError:
                 return False
 
