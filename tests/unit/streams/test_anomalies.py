@@ -1,0 +1,375 @@
+import itertools
+import math
+import random
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.anomalies import (
+    AnomalySettings,
+    BarGaps,
+    BrownleesGallo,
+    ClearlyErroneous,
+    Detector,
+    DetectorSuite,
+    MidQuoteOutlier,
+    PriceBand,
+    SplitSuspect,
+    SpreadTooWide,
+    StaleFeed,
+    TradeOutsideQuote,
+    VolumeSpike,
+    weekdays_between,
+)
+from streams.models import MarketDataPoint
+
+T0 = datetime(2024, 5, 6, 14, 0, tzinfo=UTC)  # a Monday
+
+
+def trade(price: float, i: int = 0, volume: float = 100.0, **kw: Any) -> MarketDataPoint:
+    return MarketDataPoint(symbol="AAPL", timestamp=T0 + timedelta(seconds=i), source="sim", data_type="trade",
+                           price=price, volume=volume, **kw)
+
+
+def quote(bid: float, ask: float, i: int = 0, **kw: Any) -> MarketDataPoint:
+    kw.setdefault("bid_size", 100.0 + i % 7)
+    kw.setdefault("ask_size", 200.0 + i % 5)
+    return MarketDataPoint(symbol="AAPL", timestamp=T0 + timedelta(seconds=i), source="sim", data_type="quote",
+                           bid=bid, ask=ask, **kw)
+
+
+def bar(ts: datetime, o: float, c: float, interval: str = "1d", volume: float = 1e6) -> MarketDataPoint:
+    return MarketDataPoint(symbol="AAPL", timestamp=ts, source="sim", data_type="bar", open=o, high=max(o, c) * 1.01,
+                           low=min(o, c) * 0.99, close=c, volume=volume, interval=interval)
+
+
+def walk(n: int, seed: int = 1, start: float = 100.0, sigma: float = 3e-4) -> list[float]:
+    rng, p, out = random.Random(seed), start, []
+    for _ in range(n):
+        p *= math.exp(rng.gauss(0.0, sigma))
+        out.append(round(p, 2))
+    return out
+
+
+def garch_burst(n: int, seed: int = 2, start: float = 100.0, *, sudden: bool = False) -> list[float]:
+    """GARCH(1,1) returns (alpha 0.10, beta 0.89) whose long-run volatility rises ~6x over a third of the
+    series and decays back: volatility clusters, large but continuous moves. `sudden`: the 6x from one tick."""
+    rng, p, out = random.Random(seed), start, []
+    alpha, beta = 0.10, 0.89
+    var, r = 1e-7, 0.0
+    for i in range(n):
+        x = (i - n / 3) / (n / 6)
+        level = 1.0 + 35.0 * (math.exp(-x * x) if not sudden else float(n / 3 <= i < n / 2))
+        var = (1 - alpha - beta) * 1e-7 * level + alpha * r * r + beta * var
+        r = math.sqrt(var) * rng.gauss(0.0, 1.0)
+        p *= math.exp(r)
+        out.append(round(p, 2))
+    return out
+
+
+def feed(det: Detector, points: list[MarketDataPoint]) -> list[list[Any]]:
+    return [det.update(p) for p in points]
+
+
+def roundtrip(det: Detector) -> Detector:
+    return type(det).from_state(orjson.loads(orjson.dumps(det.to_state())), det.settings)
+
+
+# ---------------------------------------------------------------------------------------- Brownlees-Gallo
+
+
+def test_bg_flags_fat_finger_and_keeps_it_out_of_the_window() -> None:
+    bg = BrownleesGallo()
+    prices = walk(100)
+    assert not any(feed(bg, [trade(p, i) for i, p in enumerate(prices)]))
+    before = list(bg.window.values)
+    [a] = bg.update(trade(prices[-1] * 10, 100))
+    assert (a.detector, a.kind, a.symbol) == ("brownlees_gallo", "tick", "AAPL")
+    assert a.score >= a.threshold and a.record["price"] == pytest.approx(prices[-1] * 10)
+    assert list(bg.window.values) == before  # the fat finger did not enter the reference
+    assert bg.update(trade(prices[-1], 101)) == []
+
+
+def test_bg_does_not_judge_before_the_window_fills_then_does() -> None:
+    bg = BrownleesGallo(AnomalySettings(bg_min_window=20))
+    for i in range(19):
+        bg.update(trade(100.0 + 0.01 * (i % 3), i))
+    assert bg.update(trade(1000.0, 19)) == []  # 20th tick: the window had 19 values, still warming up
+    assert bg.update(trade(100.01, 20)) == []  # judged: the warm-up fat finger is trimmed from the reference
+    assert bg.update(trade(1000.0, 21))
+
+
+def test_bg_threshold_boundary_is_inclusive() -> None:
+    s = AnomalySettings(bg_min_window=4, bg_trim=0.0, bg_gamma_bps=0.0, bg_require_jump=False)
+    bg = BrownleesGallo(s)
+    for i, p in enumerate([99.0, 101.0, 99.0, 101.0]):
+        bg.update(trade(p, i))
+    sd = math.sqrt(4 / 3)
+    assert bg.update(trade(100.0 + 3 * sd - 1e-9, 5)) == []
+    bg2 = BrownleesGallo(s)
+    for i, p in enumerate([99.0, 101.0, 99.0, 101.0]):
+        bg2.update(trade(p, i))
+    assert bg2.update(trade(100.0 + 3 * sd + 1e-9, 5))
+
+
+def test_bg_genuine_level_shift_flags_only_its_first_tick() -> None:
+    bg = BrownleesGallo()
+    for i, p in enumerate(walk(100)):
+        bg.update(trade(p, i))
+    level = bg.window.values[-1] * 1.08  # a halt that reopens 8% higher
+    flags = [bool(bg.update(trade(level + 0.01 * (j % 2), 200 + j))) for j in range(100)]
+    assert flags == [True] + [False] * 99
+    assert bg.window.median() == pytest.approx(level, abs=0.02)
+
+
+def test_bg_without_the_jump_rule_reanchors_after_a_consistent_run() -> None:
+    bg = BrownleesGallo(AnomalySettings(level_shift_run=5, bg_require_jump=False))
+    for i, p in enumerate(walk(100)):
+        bg.update(trade(p, i))
+    level = bg.window.values[-1] * 1.08
+    flags = [bool(bg.update(trade(level + 0.01 * (j % 2), 200 + j))) for j in range(10)]
+    assert flags == [True] * 4 + [False] * 6
+
+
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_bg_does_not_flag_a_garch_volatility_burst(seed: int) -> None:
+    bg = BrownleesGallo()
+    assert not any(feed(bg, [trade(p, i) for i, p in enumerate(garch_burst(3000, seed))]))
+
+
+def test_bg_flags_at_most_the_onset_of_a_sudden_burst() -> None:
+    """A 6x volatility jump from one tick to the next: the causal window may flag its first big move (a
+    centred window would see the continuation), never the continuation."""
+    bg = BrownleesGallo()
+    flags = [i for i, out in enumerate(feed(bg, [trade(p, i) for i, p in enumerate(garch_burst(3000, sudden=True))]))
+             if out]
+    assert len(flags) <= 2 and all(b - a > 1 for a, b in itertools.pairwise(flags))
+
+
+# ------------------------------------------------------------------------------------ BNHLS Q4, Q3, T4
+
+
+def test_midquote_outlier_flags_a_jumped_quote_not_the_next_one() -> None:
+    mq = MidQuoteOutlier()
+    for i, m in enumerate(walk(60)):
+        assert mq.update(quote(m - 0.01, m + 0.01, i)) == []
+    m = mq.window.median()
+    [a] = mq.update(quote(m * 1.1 - 0.01, m * 1.1 + 0.01, 61))
+    assert a.detector == "midquote_outlier" and a.score > a.threshold
+    assert mq.update(quote(m - 0.01, m + 0.01, 62)) == []
+    assert mq.update(trade(500.0, 63)) == []  # not a quote
+
+
+def test_spread_too_wide_uses_the_days_median_and_resets_each_day() -> None:
+    sp = SpreadTooWide(AnomalySettings(spread_min_observations=20))
+    for i in range(30):
+        assert sp.update(quote(100.0, 100.02, i)) == []
+    median = sp.median()
+    assert median == pytest.approx(0.02, rel=0.02)
+    assert sp.update(quote(100.0, 100.0 + 49 * median, 31)) == []
+    [a] = sp.update(quote(100.0, 100.0 + 51 * median, 32))
+    assert a.threshold == pytest.approx(50 * median)
+    next_day = quote(100.0, 102.0, 0).model_copy(update={"timestamp": T0 + timedelta(days=1)})
+    assert sp.update(next_day) == []  # a new day: too few observations to judge
+    assert sp.day == next_day.timestamp.date().isoformat()
+
+
+def test_trade_outside_quote_against_the_last_quote() -> None:
+    t4 = TradeOutsideQuote()
+    assert t4.update(trade(100.0, 0)) == []  # no quote yet
+    t4.update(quote(100.00, 100.25, 1))
+    assert t4.update(trade(100.50, 2)) == []  # exactly ask + spread is not above it
+    [a] = t4.update(trade(100.51, 3))
+    assert a.score == pytest.approx(0.26) and a.threshold == pytest.approx(0.25)
+    [b] = t4.update(trade(99.74, 4))
+    assert "< bid" in b.message
+    assert t4.update(trade(200.0, 1000)) == []  # the quote is older than t4_max_quote_age_seconds
+
+
+# -------------------------------------------------------------------------------------- FINRA 11892
+
+
+@pytest.mark.parametrize(
+    ("reference", "move", "flagged"),
+    [(20.0, 0.099, False), (20.0, 0.101, True), (25.0, 0.099, False), (30.0, 0.049, False), (30.0, 0.051, True),
+     (50.0, 0.049, False), (100.0, 0.029, False), (100.0, 0.031, True), (100.0, -0.031, True)],
+)
+def test_clearly_erroneous_bands(reference: float, move: float, flagged: bool) -> None:
+    ce = ClearlyErroneous()
+    ce.update(trade(reference, 0))
+    assert bool(ce.update(trade(reference * (1 + move), 1))) is flagged
+    assert ce.reference == (reference if flagged else pytest.approx(reference * (1 + move)))
+
+
+def test_clearly_erroneous_bands_are_configurable() -> None:
+    ce = ClearlyErroneous(AnomalySettings(erroneous_bands=[PriceBand(max_price=None, max_move=0.5)]))
+    ce.update(trade(100.0, 0))
+    assert ce.update(trade(140.0, 1)) == []
+
+
+# ------------------------------------------------------------------------------------------- volume
+
+
+def test_volume_spike_above_median_plus_10_mad() -> None:
+    vs = VolumeSpike()
+    rng = random.Random(3)
+    for i in range(200):
+        assert vs.update(trade(100.0, i, volume=float(round(math.exp(rng.gauss(math.log(200), 0.3)))))) == []
+    [a] = vs.update(trade(100.0, 201, volume=20_000.0))
+    assert a.score == 20_000.0 and a.threshold < 20_000.0
+    assert vs.update(bar(T0, 1.0, 1.0, "1m", volume=1e6)) == []  # bars have their own window (warming up)
+
+
+# -------------------------------------------------------------------------------------------- stale
+
+
+def test_stale_feed_reports_once_at_k_identical_prices() -> None:
+    st = StaleFeed(AnomalySettings(stale_run=20))
+    out = feed(st, [trade(100.0, i) for i in range(40)])
+    assert [i for i, a in enumerate(out) if a] == [19]
+    assert out[19][0].kind == "feed" and out[19][0].score == 20
+    assert st.update(trade(100.01, 41)) == []
+
+
+def test_quotes_with_moving_sizes_are_not_stale() -> None:
+    st = StaleFeed()
+    assert not any(feed(st, [quote(100.0, 100.02, i) for i in range(50)]))
+
+
+def test_check_stale_after_three_expected_intervals() -> None:
+    st = StaleFeed()
+    for i in range(10):
+        st.update(trade(100.0 + i, i * 2))
+    last = T0 + timedelta(seconds=18)
+    assert st.check_stale(last + timedelta(seconds=6)) == []  # median interval 2 s: 6 s is exactly 3x
+    [a] = st.check_stale(last + timedelta(seconds=6.5))
+    assert a.kind == "feed" and a.threshold == pytest.approx(6.0)
+    assert st.check_stale(last + timedelta(seconds=60)) == []  # once per silence
+    st.update(trade(200.0, 100))
+    assert st.check_stale(T0 + timedelta(seconds=200))
+
+
+# --------------------------------------------------------------------------------------------- gaps
+
+
+def test_gaps_in_1m_bars_but_not_across_a_session_break() -> None:
+    g = BarGaps()
+    t = datetime(2024, 5, 6, 14, 0, tzinfo=UTC)
+    assert g.update(bar(t, 1, 1, "1m")) == []
+    assert g.update(bar(t + timedelta(minutes=1), 1, 1, "1m")) == []
+    [a] = g.update(bar(t + timedelta(minutes=4), 1, 1, "1m"))
+    assert a.kind == "gap" and a.score == 2
+    assert g.update(bar(t + timedelta(hours=20), 1, 1, "1m")) == []  # overnight
+    assert g.update(bar(t, 1, 1, "1m")) == []  # out of order: ignored
+
+
+def test_daily_gaps_skip_weekends_and_holidays() -> None:
+    g = BarGaps(AnomalySettings(gap_holidays=[date(2024, 5, 27)]))
+    fri, mon = datetime(2024, 5, 3, 20, tzinfo=UTC), datetime(2024, 5, 6, 20, tzinfo=UTC)
+    g.update(bar(fri, 1, 1))
+    assert g.update(bar(mon, 1, 1)) == []
+    [a] = g.update(bar(mon + timedelta(days=3), 1, 1))  # Thursday: Tuesday and Wednesday are missing
+    assert a.score == 2
+    g.update(bar(datetime(2024, 5, 24, 20, tzinfo=UTC), 1, 1))
+    assert g.update(bar(datetime(2024, 5, 28, 20, tzinfo=UTC), 1, 1)) == []  # Memorial Day
+    assert weekdays_between(date(2024, 1, 1), date(2024, 12, 31)) == 260
+
+
+# -------------------------------------------------------------------------------------------- split
+
+
+@pytest.mark.parametrize(("ratio", "flagged"), [(0.5, True), (0.505, True), (0.515, False), (3.0, True), (1.1, False)])
+def test_split_suspect_on_daily_bars(ratio: float, flagged: bool) -> None:
+    sp = SplitSuspect()
+    sp.update(bar(datetime(2024, 5, 6, 20, tzinfo=UTC), 100.0, 100.0))
+    out = sp.update(bar(datetime(2024, 5, 7, 20, tzinfo=UTC), 100.0 * ratio, 100.0 * ratio))
+    assert bool(out) is flagged
+    if flagged:
+        assert out[0].kind == "corporate_action"
+
+
+def test_suite_split_is_a_corporate_action_not_an_error_and_the_next_day_is_clean() -> None:
+    suite = DetectorSuite()
+    prices = walk(200, seed=4)
+    for i, p in enumerate(prices):
+        suite.update(quote(p - 0.01, p + 0.01, 2 * i))
+        assert suite.update(trade(p, 2 * i + 1)) == []
+    day2 = timedelta(hours=20)
+    half = [round(p / 2, 2) for p in walk(200, seed=5, start=prices[-1])]
+    first = trade(half[0], 0, volume=200.0).model_copy(update={"timestamp": T0 + day2})
+    out = suite.update(first)
+    assert [a.detector for a in out] == ["split_suspect"]
+    for i, p in enumerate(half[1:], 1):
+        ts = T0 + day2 + timedelta(seconds=2 * i)
+        suite.update(quote(p - 0.01, p + 0.01, 0).model_copy(update={"timestamp": ts}))
+        assert suite.update(trade(p, 0, volume=200.0).model_copy(update={"timestamp": ts})) == []
+
+
+# -------------------------------------------------------------------------------- suite, state, memory
+
+
+def mixed_stream(n: int, seed: int, step: int = 2) -> list[MarketDataPoint]:
+    rng = random.Random(seed)
+    out: list[MarketDataPoint] = []
+    for i, p in enumerate(walk(n, seed=seed)):
+        out.append(quote(round(p - 0.01, 2), round(p + 0.01, 2), step * i))
+        price = p * (10 if rng.random() < 0.01 else 1)
+        out.append(trade(round(price, 2), step * i + 1, volume=float(rng.randint(1, 5) * 100)))
+    return out
+
+
+def decisions(suite: DetectorSuite, points: list[MarketDataPoint]) -> list[list[tuple[str, float]]]:
+    return [[(a.detector, round(a.score, 9)) for a in suite.update(p)] for p in points]
+
+
+def test_suite_state_round_trips_through_json_with_the_same_decisions() -> None:
+    points = mixed_stream(1500, seed=6)
+    warm, rest = points[:1500], points[1500:]
+    a = DetectorSuite()
+    decisions(a, warm)
+    b = DetectorSuite.from_state(orjson.loads(orjson.dumps(a.to_state())))
+    assert b.to_state() == a.to_state()
+    da, db = decisions(a, rest), decisions(b, rest)
+    assert da == db and any(da)  # same decisions, and there were some to make
+
+
+def test_each_detector_round_trips_through_json() -> None:
+    points = mixed_stream(300, seed=7) + [bar(T0 + timedelta(minutes=i), 1, 1, "1m") for i in (0, 1, 5)]
+    for cls in (BrownleesGallo, MidQuoteOutlier, SpreadTooWide, TradeOutsideQuote, ClearlyErroneous, VolumeSpike,
+                StaleFeed, BarGaps, SplitSuspect):
+        det = cls()
+        feed(det, points)
+        assert roundtrip(det).to_state() == det.to_state(), cls.__name__
+
+
+def test_state_size_is_bounded() -> None:
+    """Three days of a quote and a trade every 30 s: the state at the same time on days 2 and 3 is the same
+    size (the per-day structures refill the same way), and every container is at its bound."""
+    suite = DetectorSuite()
+    points = mixed_stream(8640, seed=8, step=30)  # 2880 quotes + 2880 trades a day
+    sizes = []
+    for k in range(3):
+        decisions(suite, points[k * 5760:(k + 1) * 5760])
+        sizes.append(len(orjson.dumps(suite.to_state())))
+    assert (len(suite.bg.window), len(suite.midquote.window), len(suite.volume.windows["trade"])) == (80, 50, 100)
+    assert len(suite.midquote.day_mids) <= suite.midquote.day_mids.maxlen == 288
+    assert abs(sizes[2] - sizes[1]) < 0.1 * sizes[1]  # float reprs vary in length
+    assert max(sizes) < 16_000
+
+
+def test_suite_does_not_flag_a_garch_burst_with_quotes() -> None:
+    suite = DetectorSuite()
+    flags = []
+    for i, p in enumerate(garch_burst(3000, seed=9)):
+        flags += suite.update(quote(round(p - 0.01, 2), round(p + 0.01, 2), 2 * i))
+        flags += suite.update(trade(p, 2 * i + 1, volume=100.0 + i % 50))
+    assert [a for a in flags if a.kind == "tick"] == []
+
+
+def test_anomaly_to_dict_is_json_able() -> None:
+    ce = ClearlyErroneous()
+    assert ce.update(trade(10.0, 0)) == []  # the first price is the reference, not judged
+    [b] = ce.update(trade(20.0, 1))
+    assert orjson.loads(orjson.dumps(b.to_dict()))["record"]["price"] == 20.0
