@@ -37,21 +37,25 @@ class SimulatedSource(Source):
         self._last = time.monotonic()
 
     def point(self, now: datetime | None = None) -> MarketDataPoint:
+        # A mid-price random walk (1 bp per update) with a 5 bp spread on a one-cent grid; trades print at
+        # the bid, the ask or inside, so the clean feed looks like a liquid stock to the detectors.
         sym = self.rng.choice(self.settings.symbols)
-        price = self.prices[sym] * math.exp(self.rng.gauss(0.0, 0.0004))
-        self.prices[sym] = price
+        mid = self.prices[sym] * math.exp(self.rng.gauss(0.0, 0.0001))
+        self.prices[sym] = mid
         self.seq += 1
-        spread = max(0.01, round(price * 0.0002, 2))
-        bid = round(price - spread / 2, 2)
+        half = max(0.01, round(mid * 0.00025, 2))
+        bid, ask = round(mid - half, 2), round(mid + half, 2)
+        is_quote = self.seq % 2 == 1
+        price = round(mid, 4) if is_quote else self.rng.choice((bid, ask, round(mid, 2)))
         return MarketDataPoint(
             symbol=sym,
             timestamp=now or datetime.now(UTC),
             source=self.name,
-            data_type=DataType.QUOTE if self.seq % 2 else DataType.TRADE,
-            price=round(price, 4),
-            volume=float(self.rng.randint(1, 50) * 100),
+            data_type=DataType.QUOTE if is_quote else DataType.TRADE,
+            price=price,
+            volume=float(self.rng.lognormvariate(5.5, 0.8) // 1 + 1),
             bid=bid,
-            ask=round(bid + spread, 2),
+            ask=ask,
             item_id=f"{self.run_id}-{self.seq}",
         )
 

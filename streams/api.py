@@ -260,7 +260,7 @@ class ConfigurationManager:
                   "# these values; secrets (database password, API keys) belong in .env.pipeline, not here.\n")
         self.path.write_text(header + yaml.safe_dump(defaults, sort_keys=False))
         if not self.env_path.exists():
-            names = sorted(set(API_KEY_ENV.values())) + ["TICKFLOW_POSTGRES__PASSWORD"]
+            names = [*sorted(set(API_KEY_ENV.values())), "TICKFLOW_POSTGRES__PASSWORD"]
             self.env_path.write_text("# Secrets for tickflow; load with `set -a; . ./.env.pipeline; set +a`.\n"
                                      + "".join(f"# {n}=\n" for n in names))
             self.env_path.chmod(0o600)

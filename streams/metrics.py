@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 COUNTERS = ("processed", "valid", "rejected", "written", "duplicates")
 RATE_WINDOW_SECONDS = 10.0
+RECENT_ANOMALIES = 20
 
 metrics_topic = app.topic(
     f"{settings.worker.app_id}-metrics",
@@ -76,6 +77,11 @@ def fold(current: dict[str, Any] | None, delta: dict[str, Any], now: float) -> d
     else:
         samples[-1] = [samples[-1][0], out["written"]]
     out["samples"] = samples
+    anomalies = dict(cur.get("anomalies", {}))
+    for detector, n in delta.get("anomalies", {}).items():
+        anomalies[detector] = anomalies.get(detector, 0) + n
+    out["anomalies"] = anomalies
+    out["recent"] = (cur.get("recent", []) + delta.get("recent", []))[-RECENT_ANOMALIES:]
     return out
 
 
@@ -100,6 +106,7 @@ def snapshot(value: dict[str, Any], now: float) -> dict[str, Any]:
     return {
         **{c: value.get(c, 0) for c in COUNTERS},
         "rejected_by_rule": dict(value.get("rules", {})),
+        "anomalies_by_detector": dict(value.get("anomalies", {})),
         "throughput_per_sec": round(throughput(value, now), 3),
         "avg_latency_ms": round(value.get("latency_sum_ms", 0.0) / n, 3) if n else None,
         "p50_latency_ms": _round(histogram.percentile(lat, 0.50)),
@@ -134,6 +141,9 @@ def summary(values: dict[str, dict[str, Any]], now: float, queue_size: int | Non
         "p95_latency_ms": _round(histogram.percentile(total_lat, 0.95)),
         "p99_latency_ms": _round(histogram.percentile(total_lat, 0.99)),
         "queue_size": queue_size,
+        "anomalies_by_detector": {src: s["anomalies_by_detector"] for src, s in per_source.items()},
+        "recent_anomalies": sorted((a for v in values.values() for a in v.get("recent", [])),
+                                   key=lambda a: a.get("detected_at", 0))[-RECENT_ANOMALIES:],
         "sources": per_source,
     }
 

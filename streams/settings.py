@@ -25,6 +25,7 @@ from producers.finnhub import FinnhubSettings
 from producers.nasdaq_data_link import NasdaqDataLinkSettings
 from producers.news import NewsSettings
 from producers.social import SocialSettings
+from streams.anomalies import AnomalySettings
 from streams.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,13 @@ class ValidationSettings(_Section):
     max_symbol_length: int = 32
     symbol_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9.\-_=^/:]{0,31}$"
     max_text_length: int = 20_000
+    # Run the anomaly detectors (streams/anomalies.py) after the rules.
+    detect_anomalies: bool = True
+    # Sources whose anomalous ticks are quarantined to ticks.rejected (rule anomaly.<detector>)
+    # instead of being flagged and passed on to ticks.clean.
+    quarantine_sources: list[str] = Field(default_factory=list)
+    # How often per symbol the detectors' state is saved to its changelog-backed table.
+    anomaly_state_flush_seconds: float = 1.0
 
 
 class SinkSettings(_Section):
@@ -127,6 +135,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
+    anomalies: AnomalySettings = Field(default_factory=AnomalySettings)
     sources: SourcesSettings = Field(default_factory=SourcesSettings)
 
     @classmethod

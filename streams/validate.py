@@ -4,9 +4,13 @@ Reads: every raw.<source> topic in topics.yaml (bytes as the producer wrote them
 Writes: ticks.clean (canonical MarketDataPoint JSON, key = symbol) for valid records;
 ticks.rejected (original key, value, timestamp and headers + tickflow.* reason headers) for the rest.
 
+      ticks.anomalies (anomaly events) from the detectors (streams/anomalies.py via streams/detect.py);
+      a tick anomaly flags the clean record (`anomaly:<detector>`), or quarantines it to ticks.rejected
+      (rule `anomaly.<detector>`) for the sources listed in validation.quarantine_sources.
+
 Bad data is caught per record and dead-lettered; nothing is dropped silently and the worker never dies
 of a record. A batch's source offsets are acked only after every output of the batch is acknowledged
-by the broker. The anomaly detectors (streams/anomalies.py) plug in after the rules here.
+by the broker.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from streams import metrics
 from streams.app import app, settings
+from streams.detect import event_for, stage
 from streams.errors import RejectedRecord
+from streams.models import MarketDataPoint
 from streams.publish import Outgoing, Rejection, send_all
 from streams.rules import Validator
-from streams.topics import clean_topic, raw_topics, rejected_topic_name, source_of_topic
+from streams.topics import anomalies_topic_name, clean_topic, raw_topics, rejected_topic_name, source_of_topic
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +37,8 @@ STAGE = "validate"
 BATCH = 1000
 WITHIN = 0.005
 CLEAN_TOPIC = clean_topic.get_topic_name()
+DETECT = settings.validation.detect_anomalies
+QUARANTINE = set(settings.validation.quarantine_sources)
 
 
 def _headers(message: Any) -> list[tuple[str, bytes]]:
@@ -37,18 +47,24 @@ def _headers(message: Any) -> list[tuple[str, bytes]]:
     return [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in items]
 
 
-def route(validator: Validator, event: Any, deltas: dict[str, dict[str, Any]]) -> Outgoing:
-    """One raw event -> its clean or dead-letter message (and the metrics delta it counts toward)."""
+def route(validator: Validator, event: Any, deltas: dict[str, dict[str, Any]]) -> list[Outgoing]:
+    """One raw event -> its clean or dead-letter message, its anomaly events, and its metrics delta."""
     msg = event.message
     source = source_of_topic.get(msg.topic, msg.topic)
     d = deltas[source]
     d["processed"] += 1
     ts_seconds = msg.timestamp if msg.timestamp and msg.timestamp > 0 else None
+    events: list[Outgoing] = []
     try:
         ingested = datetime.fromtimestamp(ts_seconds, UTC) if ts_seconds else None
         point = validator.check(event.value, source=source, ingested_at=ingested)
-        d["valid"] += 1
-        return Outgoing(CLEAN_TOPIC, point.symbol.encode(), point.to_json())
+        quarantine: tuple[str, str] | None = None
+        if DETECT:
+            events, quarantine = detect(point, source, d)
+        if quarantine is None:
+            d["valid"] += 1
+            return [*events, Outgoing(CLEAN_TOPIC, point.symbol.encode(), point.to_json())]
+        (rule, error), exc_name = quarantine, "Anomaly"
     except RejectedRecord as rej:
         rule, error, exc_name = rej.rule, rej.reason, type(rej).__name__
     except Exception as exc:  # a bug in a rule must dead-letter the record, not kill the worker
@@ -57,7 +73,33 @@ def route(validator: Validator, event: Any, deltas: dict[str, dict[str, Any]]) -
     d["rejected"] += 1
     d["rules"][rule] = d["rules"].get(rule, 0) + 1
     why = Rejection(STAGE, rule, error, exc_name, msg.topic, msg.partition, msg.offset, _headers(msg))
-    return Outgoing(rejected_topic_name, event.key, event.value, ts_seconds, why.headers())
+    return [*events, Outgoing(rejected_topic_name, event.key, event.value, ts_seconds, why.headers())]
+
+
+def detect(point: MarketDataPoint, source: str, d: dict[str, Any]) -> tuple[list[Outgoing], tuple[str, str] | None]:
+    """Run the detectors: anomaly events to send, and (rule, reason) when the record is quarantined."""
+    try:
+        found = stage.detect(point)
+    except Exception:  # a detector bug must not cost the record: pass it on unflagged, loudly
+        logger.exception("anomaly detectors failed on %s/%s", source, point.symbol)
+        d["rules"]["anomaly.internal_error"] = d["rules"].get("anomaly.internal_error", 0) + 1
+        return [], None
+    events: list[Outgoing] = []
+    quarantine: tuple[str, str] | None = None
+    for a in found:
+        by = d.setdefault("anomalies", {})
+        by[a.detector] = by.get(a.detector, 0) + 1
+        event = event_for(a, source)
+        d.setdefault("recent", []).append(
+            {k: event[k] for k in ("detector", "symbol", "score", "threshold", "kind", "message", "detected_at")})
+        events.append(Outgoing(anomalies_topic_name, point.symbol.encode(), orjson.dumps(event, default=str)))
+        if a.kind == "tick":
+            point.flags.append(f"anomaly:{a.detector}")
+            if source in QUARANTINE and quarantine is None:
+                quarantine = (f"anomaly.{a.detector}", a.message)
+        elif a.kind == "corporate_action":
+            point.flags.append("corporate_action.suspect")
+    return events, quarantine
 
 
 @app.agent(raw_topics, name="validate_ticks", concurrency=1)
@@ -65,5 +107,8 @@ async def validate_ticks(stream: Any) -> None:
     validator = Validator(settings.validation)
     async for events in stream.take_events(BATCH, within=WITHIN):
         deltas: dict[str, dict[str, Any]] = defaultdict(metrics.new_delta)
-        await send_all([route(validator, ev, deltas) for ev in events])
+        outgoing = [m for ev in events for m in route(validator, ev, deltas)]
+        if DETECT:
+            stage.save()
+        await send_all(outgoing)
         await metrics.emit(deltas)

@@ -1,0 +1,101 @@
+"""Anomaly detection inside validate_ticks (streams/validate.py calls it per batch).
+
+Reads: the points of a batch that passed the rules. Writes: flags on those points (they go on to
+ticks.clean), anomaly events for ticks.anomalies (detector, score, threshold, the record), and the
+per-symbol detector state in the `anomaly_state` table.
+
+The detectors (streams/anomalies.py) are plain classes; this module only keeps their state. The table is
+keyed by symbol and uses the producer's partitioner, so a symbol's state lives in the same partition
+number as the symbol's raw records and moves with them on a rebalance; it is recovered from its
+changelog after a restart. Suites are kept in memory between batches and saved at most every
+`anomaly_state_flush_seconds` per symbol (the state is a few KB: saving it on every record would
+multiply the changelog traffic), so after a crash a symbol's detectors resume from a state at most that
+old, and the records replayed from the last committed offset warm them up again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+
+from streams.anomalies import Anomaly, AnomalySettings, DetectorSuite
+from streams.app import app, settings
+from streams.models import MarketDataPoint
+from streams.topics import catalog
+
+logger = logging.getLogger(__name__)
+
+anomaly_state = app.Table(
+    "anomaly_state",
+    default=None,
+    partitions=catalog.by_role("raw")[0].partitions,
+    use_partitioner=True,
+    schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+    help="Per-symbol detector state: {source: DetectorSuite.to_state()}.",
+)
+
+
+class AnomalyStage:
+    def __init__(self, anomaly_settings: AnomalySettings, flush_seconds: float) -> None:
+        self.settings = anomaly_settings
+        self.flush_seconds = flush_seconds
+        self.suites: dict[str, dict[str, DetectorSuite]] = {}
+        self.saved_at: dict[str, float] = {}
+        self.dirty: set[str] = set()
+
+    def _suites_for(self, symbol: str) -> dict[str, DetectorSuite]:
+        suites = self.suites.get(symbol)
+        if suites is None:
+            state = anomaly_state.get(symbol) or {}
+            suites = {}
+            for source, st in state.items():
+                try:
+                    suites[source] = DetectorSuite.from_state(st, self.settings)
+                except Exception:  # state from an older version: start that symbol afresh
+                    logger.warning("discarding unreadable detector state for %s/%s", source, symbol)
+            self.suites[symbol] = suites
+        return suites
+
+    def detect(self, point: MarketDataPoint) -> list[Anomaly]:
+        suites = self._suites_for(point.symbol)
+        suite = suites.get(point.source)
+        if suite is None:
+            suite = suites[point.source] = DetectorSuite(self.settings)
+        self.dirty.add(point.symbol)
+        return suite.update(point)
+
+    def save(self, now: float | None = None, *, force: bool = False) -> int:
+        now = time.monotonic() if now is None else now
+        saved = 0
+        for symbol in list(self.dirty):
+            if force or now - self.saved_at.get(symbol, 0.0) >= self.flush_seconds:
+                anomaly_state[symbol] = {src: s.to_state() for src, s in self.suites[symbol].items()}
+                self.saved_at[symbol] = now
+                self.dirty.discard(symbol)
+                saved += 1
+        return saved
+
+    def forget(self) -> None:
+        """After a rebalance the table is the truth again: drop the in-memory suites."""
+        self.suites.clear()
+        self.dirty.clear()
+
+
+stage = AnomalyStage(settings.anomalies, settings.validation.anomaly_state_flush_seconds)
+
+
+@app.on_partitions_revoked.connect
+async def _on_revoked(sender: Any = None, revoked: Any = None, **kwargs: Any) -> None:
+    # Save what we have while we still own it, then forget it.
+    try:
+        stage.save(force=True)
+    except Exception as exc:
+        logger.warning("could not save detector state on revoke: %r", exc)
+    stage.forget()
+
+
+def event_for(anomaly: Anomaly, source: str) -> dict[str, Any]:
+    return {**anomaly.to_dict(), "source": source, "detected_at": time.time()}
