@@ -70,7 +70,7 @@ async def test_fat_finger_flagged_after_restart(iso, workers, producer, pg) -> N
 async def test_quarantine_sends_anomalous_ticks_to_the_dead_letter_topic(iso, workers, producer, pg) -> None:
     await ensure_topics_for(iso)
     raw = iso.raw_topic()
-    warm, bad, item = warmup_and_fat_finger()
+    warm, bad, _ = warmup_and_fat_finger()
     for v in [*warm, bad]:
         await producer.send(raw, v, key=b"ZZZ")
     await producer.flush()
