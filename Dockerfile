@@ -1,13 +1,15 @@
 # The tickflow worker. Build: docker build -t tickflow .   Run: see docker-compose.yml.
 FROM python:3.11-slim
 WORKDIR /app
-ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Faust keeps its table data under F_DATADIR; the app folder is read-only for the worker's user.
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 F_DATADIR=/var/lib/tickflow
 COPY pyproject.toml constraints.txt README.md ./
 COPY streams ./streams
 COPY producers ./producers
 COPY sinks ./sinks
 COPY topics.yaml ./
-RUN pip install --no-cache-dir -c constraints.txt . && useradd --system --uid 10001 tickflow
+RUN pip install --no-cache-dir -c constraints.txt . && useradd --system --uid 10001 tickflow \
+    && mkdir -p /var/lib/tickflow && chown tickflow /var/lib/tickflow
 USER tickflow
 EXPOSE 6066
 # Other workers reach this one by its container hostname (table-routed HTTP requests).

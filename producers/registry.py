@@ -10,12 +10,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from producers.alpha_vantage import AlphaVantageSource
 from producers.base import Source
 from producers.finnhub import FinnhubSource, FinnhubTradeStream
+from producers.fred import FredSource
 from producers.nasdaq_data_link import NasdaqDataLinkSource
 from producers.news import NewsSentimentSource
+from producers.replay import ReplaySource
 from producers.simulated import SimulatedSource
 from producers.social import SocialSource
+from producers.yahoo import YahooSource
 from streams.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -30,10 +34,14 @@ def _finnhub(settings: Any) -> list[Source]:
 
 BUILDERS: dict[str, Callable[[Any], list[Source]]] = {
     "simulated": lambda s: [SimulatedSource(s)],
+    "yahoo": lambda s: [YahooSource(s)],
+    "alpha_vantage": lambda s: [AlphaVantageSource(s)],
     "finnhub": _finnhub,
+    "fred": lambda s: [FredSource(s)],
     "nasdaq_data_link": lambda s: [NasdaqDataLinkSource(s)],
     "news": lambda s: [NewsSentimentSource(s)],
     "social": lambda s: [SocialSource(s)],
+    "replay": lambda s: [ReplaySource(s)],
 }
 
 

@@ -13,7 +13,10 @@ from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 
 from streams.settings import Settings, get_settings
 
-STAGE_MODULES = ["streams.validate", "streams.write", "streams.metrics", "streams.web", "streams.produce"]
+STAGE_MODULES = [
+    "streams.validate", "streams.write", "streams.metrics", "streams.web", "streams.produce",
+    "streams.prometheus", "streams.dashboard",
+]
 
 
 class IdempotentProducer(AIOKafkaFaustProducer):

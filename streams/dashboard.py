@@ -42,7 +42,8 @@ HTML = """<!doctype html>
   .stat { background: var(--panel); border: 1px solid var(--line); border-radius: 6px; padding: 8px 12px; }
   .stat .v { font-size: 22px; font-variant-numeric: tabular-nums; }
   .stat .k { color: var(--dim); font-size: 12px; }
-  .chart { position: relative; height: 160px; border-left: 1px solid var(--line); border-bottom: 1px solid var(--line); }
+  .chart { position: relative; height: 160px; border-left: 1px solid var(--line);
+           border-bottom: 1px solid var(--line); }
   .chart svg { position: absolute; inset: 0; width: 100%; height: 100%; }
   .chart polyline { fill: none; stroke-width: 2; vector-effect: non-scaling-stroke; stroke-linejoin: round; }
   .chart .grid-line { stroke: var(--line); stroke-width: 1; vector-effect: non-scaling-stroke; }
@@ -65,19 +66,20 @@ HTML = """<!doctype html>
 <header>
   <h1>tickflow</h1>
   <span id="status" class="dim">connecting…</span>
-  <span class="dim">worker <span id="worker">–</span> · <span id="role">–</span> · health <span id="health">–</span></span>
+  <span class="dim">worker <span id="worker">&ndash;</span> · <span id="role">&ndash;</span>
+    · health <span id="health">&ndash;</span></span>
 </header>
 
 <section class="totals">
-  <div class="stat"><div class="v" id="total-processed">–</div><div class="k">processed</div></div>
-  <div class="stat"><div class="v" id="total-valid">–</div><div class="k">valid</div></div>
-  <div class="stat"><div class="v" id="total-rejected">–</div><div class="k">rejected</div></div>
-  <div class="stat"><div class="v" id="total-written">–</div><div class="k">written</div></div>
-  <div class="stat"><div class="v" id="total-duplicates">–</div><div class="k">duplicates</div></div>
-  <div class="stat"><div class="v" id="total-queue">–</div><div class="k">queue size (lag)</div></div>
-  <div class="stat"><div class="v" id="total-throughput">–</div><div class="k">rows/s</div></div>
-  <div class="stat"><div class="v" id="total-p50">–</div><div class="k">p50 latency</div></div>
-  <div class="stat"><div class="v" id="total-p99">–</div><div class="k">p99 latency</div></div>
+  <div class="stat"><div class="v" id="total-processed">&ndash;</div><div class="k">processed</div></div>
+  <div class="stat"><div class="v" id="total-valid">&ndash;</div><div class="k">valid</div></div>
+  <div class="stat"><div class="v" id="total-rejected">&ndash;</div><div class="k">rejected</div></div>
+  <div class="stat"><div class="v" id="total-written">&ndash;</div><div class="k">written</div></div>
+  <div class="stat"><div class="v" id="total-duplicates">&ndash;</div><div class="k">duplicates</div></div>
+  <div class="stat"><div class="v" id="total-queue">&ndash;</div><div class="k">queue size (lag)</div></div>
+  <div class="stat"><div class="v" id="total-throughput">&ndash;</div><div class="k">rows/s</div></div>
+  <div class="stat"><div class="v" id="total-p50">&ndash;</div><div class="k">p50 latency</div></div>
+  <div class="stat"><div class="v" id="total-p99">&ndash;</div><div class="k">p99 latency</div></div>
 </section>
 
 <section class="grid">
@@ -91,7 +93,7 @@ HTML = """<!doctype html>
       <span class="ylab" style="top:2px" id="throughput-ymax"></span>
       <span class="ylab" style="top:calc(50% - 8px)" id="throughput-ymid"></span>
     </div>
-    <div class="xlab"><span>−5 min</span><span>now</span></div>
+    <div class="xlab"><span>&minus;5 min</span><span>now</span></div>
   </div>
   <div class="panel">
     <h2>End-to-end latency (ms, last 5 min)</h2>
@@ -104,7 +106,7 @@ HTML = """<!doctype html>
       <span class="ylab" style="top:2px" id="latency-ymax"></span>
       <span class="ylab" style="top:calc(50% - 8px)" id="latency-ymid"></span>
     </div>
-    <div class="xlab"><span>−5 min</span>
+    <div class="xlab"><span>&minus;5 min</span>
       <span class="legend"><span><i class="sw" style="background:var(--p50)"></i>p50</span><span><i class="sw"
         style="background:var(--p99)"></i>p99</span></span><span>now</span></div>
   </div>
@@ -121,7 +123,8 @@ HTML = """<!doctype html>
     <h2>Per source</h2>
     <table>
       <thead><tr><th>source</th><th class="num">processed</th><th class="num">rejected</th>
-        <th class="num">written</th><th class="num">rows/s</th><th class="num">p50 ms</th><th class="num">p99 ms</th></tr></thead>
+        <th class="num">written</th><th class="num">rows/s</th><th class="num">p50 ms</th>
+        <th class="num">p99 ms</th></tr></thead>
       <tbody id="per-source-body"></tbody>
     </table>
   </div>
@@ -147,7 +150,7 @@ HTML = """<!doctype html>
   <div class="panel" id="recent-anomalies-panel" hidden>
     <h2>Recent anomalies</h2>
     <table>
-      <thead><tr><th>detector</th><th>symbol</th><th class="num">score</th><th class="num">threshold</th>
+      <thead><tr><th>time</th><th>detector</th><th>symbol</th><th class="num">score</th><th class="num">threshold</th>
         <th>message</th><th>record</th></tr></thead>
       <tbody id="recent-anomalies-body"></tbody>
     </table>
@@ -164,9 +167,9 @@ HTML = """<!doctype html>
   const $ = (id) => document.getElementById(id);
   const setText = (id, v) => { $(id).textContent = v; };
   const isNum = (v) => typeof v === "number" && isFinite(v);
-  const fmtInt = (v) => isNum(v) ? Math.round(v).toLocaleString() : "–";
-  const fmtNum = (v, d) => isNum(v) ? v.toLocaleString(undefined, {maximumFractionDigits: d}) : "–";
-  const fmtMs = (v) => isNum(v) ? fmtNum(v, 1) + " ms" : "–";
+  const fmtInt = (v) => isNum(v) ? Math.round(v).toLocaleString() : "\u2013";
+  const fmtNum = (v, d) => isNum(v) ? v.toLocaleString(undefined, {maximumFractionDigits: d}) : "\u2013";
+  const fmtMs = (v) => isNum(v) ? fmtNum(v, 1) + " ms" : "\u2013";
 
   function row(cells, numeric) {
     const tr = document.createElement("tr");
@@ -263,18 +266,19 @@ HTML = """<!doctype html>
     if (Array.isArray(recent)) {
       fill("recent-anomalies-body", recent.slice().reverse().map((a) => {
         const code = document.createElement("code");
-        const rec = JSON.stringify(a.record === undefined ? null : a.record);
+        const rec = a.record === undefined || a.record === null ? "" : JSON.stringify(a.record);
         code.textContent = rec.length > 300 ? rec.slice(0, 300) + "…" : rec;
         code.title = rec;
-        return [a.detector, a.symbol, fmtNum(a.score, 3), fmtNum(a.threshold, 3), a.message, code];
-      }), 6, "no anomalies", [2, 3]);
+        const when = isNum(a.detected_at) ? new Date(a.detected_at * 1000).toLocaleTimeString() : "";
+        return [when, a.detector, a.symbol, fmtNum(a.score, 3), fmtNum(a.threshold, 3), a.message, code];
+      }), 7, "no anomalies", [3, 4]);
     }
   }
 
   function renderHealth(h) {
-    setText("worker", h.worker || "–");
+    setText("worker", h.worker || "\u2013");
     setText("role", h.leader ? "leader" : "follower");
-    setText("health", h.status || "–");
+    setText("health", h.status || "\u2013");
     $("health").className = h.status === "ok" ? "ok" : "bad";
     fill("sources-body", (h.sources || []).map((s) => {
       const state = document.createElement("span");
@@ -283,7 +287,9 @@ HTML = """<!doctype html>
       return [s.source, s.kind, state, fmtInt(s.sent), fmtInt(s.failures), ago(s.last_sent_at), s.last_error || ""];
     }), 7, "no sources run on this worker (they run on the leader)", [3, 4]);
     const parts = $("partitions");
-    const items = (h.assigned || []).map((p) => { const li = document.createElement("li"); li.textContent = p; return li; });
+    const items = (h.assigned || []).map((p) => {
+      const li = document.createElement("li"); li.textContent = p; return li;
+    });
     if (!items.length) {
       const li = document.createElement("li"); li.className = "dim"; li.textContent = "none"; items.push(li);
     }

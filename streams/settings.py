@@ -21,10 +21,14 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from producers.alpha_vantage import AlphaVantageSettings
 from producers.finnhub import FinnhubSettings
+from producers.fred import FredSettings
 from producers.nasdaq_data_link import NasdaqDataLinkSettings
 from producers.news import NewsSettings
+from producers.replay import ReplaySettings
 from producers.social import SocialSettings
+from producers.yahoo import YahooSettings
 from streams.anomalies import AnomalySettings
 from streams.errors import ConfigError
 
@@ -75,7 +79,8 @@ class ValidationSettings(_Section):
     future_tolerance_seconds: float = 5.0
     timestamp_floor: str = "1970-01-02T00:00:00Z"
     max_symbol_length: int = 32
-    symbol_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9.\-_=^/:]{0,31}$"
+    # Tickers, FX and crypto pairs, indices (^GSPC), futures (ES=F), vendor prefixes (CRYPTO:BTC).
+    symbol_pattern: str = r"^[A-Za-z0-9^][A-Za-z0-9.\-_=^/:]{0,31}$"
     max_text_length: int = 20_000
     # Run the anomaly detectors (streams/anomalies.py) after the rules.
     detect_anomalies: bool = True
@@ -108,10 +113,14 @@ class SourcesSettings(_Section):
     NASDAQ_DATA_LINK_API_KEY or QUANDL_API_KEY, TWITTER_BEARER_TOKEN)."""
 
     simulated: SimulatedSourceSettings = Field(default_factory=SimulatedSourceSettings)
+    yahoo: YahooSettings = Field(default_factory=YahooSettings)
+    alpha_vantage: AlphaVantageSettings = Field(default_factory=AlphaVantageSettings)
     finnhub: FinnhubSettings = Field(default_factory=FinnhubSettings)
+    fred: FredSettings = Field(default_factory=FredSettings)
     nasdaq_data_link: NasdaqDataLinkSettings = Field(default_factory=NasdaqDataLinkSettings)
     news: NewsSettings = Field(default_factory=NewsSettings)
     social: SocialSettings = Field(default_factory=SocialSettings)
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)
 
 
 def config_file_from_env() -> Path | None:

@@ -1,0 +1,418 @@
+"""Alpha Vantage: intraday and daily bars, global quotes and NEWS_SENTIMENT, written to raw.alpha_vantage
+with source "alpha_vantage".
+
+- One endpoint, GET {base_url}/query?function=...&apikey=... The key is in the query string, so every
+  URL and message goes through http.redact before it can reach a log line or an exception.
+- Alpha Vantage answers throttling and errors with HTTP 200 and a body holding "Note" (per-minute
+  limit), "Information" (daily limit, premium endpoint, bad key) or "Error Message" (bad call, unknown
+  symbol). check_payload recognises them before any parsing: throttling is AlphaVantageThrottled
+  (retriable, and it ends the poll round, the remaining calls would be throttled too); "Error Message",
+  premium and key problems are not retriable.
+- Free tier: 5 calls/minute and 25/day; the source holds a per-minute and a per-day token bucket.
+- Timestamps: time-series keys are local to the Meta Data "Time Zone" (US/Eastern for equities),
+  converted to UTC with zoneinfo; daily keys (a date) are stored at UTC midnight of that trading date,
+  like every daily bar in tickflow. Global quote has only a trading day: stored at its UTC midnight, so a
+  day's quote is one row that re-polls update. News time_published carries no zone; it is read as UTC
+  (news_time_zone), which fits the recorded responses (pre-market "futures" stories at 13:xx).
+- Adjustment: raw prices are stored. Intraday is requested with adjusted=false; DAILY_ADJUSTED's raw OHLC
+  are the bar, its adjusted close, dividend and split coefficient go to metadata.
+- News: one item per configured symbol per article (tickers=SYMBOL), sentiment = overall_sentiment_score
+  clipped to [-1, 1], that ticker's own score and relevance plus every ticker mentioned in metadata;
+  item_id is a hash of the url.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from producers.base import Record, Source
+from producers.http import RateLimiter, get_json, redact
+from producers.news import SeenIds, clip
+from streams.errors import ConfigError, SourceError
+from streams.models import DataType, MarketDataPoint
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "alpha_vantage"
+Function = Literal["intraday", "daily", "daily_adjusted", "global_quote", "news_sentiment"]
+IntradayInterval = Literal["1min", "5min", "15min", "30min", "60min"]
+
+FUNCTIONS: dict[str, str] = {
+    "intraday": "TIME_SERIES_INTRADAY", "daily": "TIME_SERIES_DAILY", "daily_adjusted": "TIME_SERIES_DAILY_ADJUSTED",
+    "global_quote": "GLOBAL_QUOTE", "news_sentiment": "NEWS_SENTIMENT",
+}
+# Alpha Vantage interval names -> the interval label stored on bars (as Yahoo and Finnhub bars).
+INTERVALS: dict[str, str] = {
+    "1min": "1m", "5min": "5m", "15min": "15m", "30min": "30m", "60min": "1h",
+    "daily": "1d", "weekly": "1wk", "monthly": "1mo",
+}
+_BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume"}
+_META_FIELDS = {"adjusted close": "adj_close", "dividend amount": "dividend", "split coefficient": "split_coefficient"}
+_THROTTLE_WORDS = ("call frequency", "rate limit", "requests per day", "per minute", "per day", "spreading out")
+_FATAL_WORDS = ("premium", "apikey is invalid", "invalid api key", "api key is invalid", "missing")
+
+
+class AlphaVantageSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
+    functions: list[Function] = Field(default_factory=lambda: ["global_quote"])
+    # 2 symbols x 1 function every 2 h = 24 calls/day: inside the free tier's 25.
+    interval_seconds: float = 7200.0
+    intraday_interval: IntradayInterval = "5min"
+    outputsize: Literal["compact", "full"] = "compact"
+    news_limit: int = Field(default=50, ge=1, le=1000)
+    news_time_zone: str = "UTC"
+    rate_limit_calls: float = 5.0
+    rate_limit_per_seconds: float = 60.0
+    daily_limit_calls: float = 25.0
+    base_url: str = "https://www.alphavantage.co"
+    request_timeout_seconds: float = 30.0
+    retry_attempts: int = Field(default=3, ge=1)
+    retry_base_delay: float = 1.0
+
+
+def alpha_vantage_api_key(env: Mapping[str, str] | None = None) -> SecretStr | None:
+    """ALPHA_VANTAGE_API_KEY from the environment (never from a config file)."""
+    value = (os.environ if env is None else env).get("ALPHA_VANTAGE_API_KEY", "").strip()
+    return SecretStr(value) if value else None
+
+
+class AlphaVantageThrottled(SourceError):
+    """A 200 whose body says the call budget is spent: retry later, not now."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=True)
+
+
+class AlphaVantagePremium(SourceError):
+    """The function is not in the key's plan (TIME_SERIES_DAILY_ADJUSTED on the free tier): stop asking."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=False)
+
+
+class DailyLimitedRateLimiter(RateLimiter):
+    """The per-minute bucket, after a per-day one (Alpha Vantage limits both)."""
+
+    def __init__(self, calls: float, per_seconds: float, daily_calls: float) -> None:
+        super().__init__(calls, per_seconds)
+        self.daily = RateLimiter(daily_calls, 86400.0)
+
+    async def acquire(self) -> None:
+        await self.daily.acquire()
+        await super().acquire()
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def check_payload(doc: Any, what: str) -> dict[str, Any]:
+    """Refuse Alpha Vantage's 200-with-an-error bodies before anything parses them as data."""
+    if not isinstance(doc, dict):
+        raise SourceError(f"unexpected Alpha Vantage {what} payload: {type(doc).__name__}")
+    if "Error Message" in doc:
+        raise SourceError(f"Alpha Vantage {what} error: {str(doc['Error Message'])[:300]}", retriable=False)
+    for field in ("Note", "Information"):
+        if field in doc:
+            text = str(doc[field])
+            lowered = text.lower()
+            if field == "Information" and any(w in lowered for w in _FATAL_WORDS) \
+                    and not any(w in lowered for w in _THROTTLE_WORDS):
+                if "premium" in lowered:
+                    raise AlphaVantagePremium(f"Alpha Vantage {what}: {text[:300]}")
+                raise SourceError(f"Alpha Vantage {what}: {text[:300]}", retriable=False)
+            raise AlphaVantageThrottled(f"Alpha Vantage {what} throttled ({field}): {text[:300]}")
+    return doc
+
+
+def _field(key: str) -> str:
+    """ "1. open" -> "open", "07. latest trading day" -> "latest trading day"."""
+    return key.split(". ", 1)[1].strip().lower() if ". " in key else key.strip().lower()
+
+
+def _fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {_field(k): v for k, v in row.items()}
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    text = str(value).strip().rstrip("%")
+    if not text or text.lower() in ("none", "null", "nan", "-", "."):
+        return None
+    return float(text)
+
+
+def parse_local(text: str, tz: ZoneInfo) -> datetime:
+    """An Alpha Vantage key: a date -> UTC midnight of it; a local date-time -> UTC."""
+    text = text.strip()
+    if len(text) == 10:
+        d = date.fromisoformat(text)
+        return datetime(d.year, d.month, d.day, tzinfo=UTC)
+    return datetime.fromisoformat(text).replace(tzinfo=tz).astimezone(UTC)
+
+
+def parse_time_series(doc: Any, symbol: str | None = None, *, source: str = SOURCE) -> list[MarketDataPoint]:
+    """TIME_SERIES_* (and FX_*) -> bars, oldest first."""
+    d = check_payload(doc, "time series")
+    meta = _fields(d.get("Meta Data") or {})
+    series_key = next((k for k in d if k.startswith("Time Series")), None)
+    if series_key is None:
+        raise SourceError(f"Alpha Vantage time series for {symbol} has no 'Time Series' object")
+    tz = ZoneInfo(str(meta.get("time zone") or "US/Eastern"))
+    label = series_key[series_key.find("(") + 1:series_key.rfind(")")].lower() if "(" in series_key else ""
+    interval = INTERVALS.get(str(meta.get("interval") or label), str(meta.get("interval") or label or "1d"))
+    if meta.get("from symbol") and meta.get("to symbol"):
+        sym = f"{meta['from symbol']}{meta['to symbol']}"
+    else:
+        sym = str(symbol or meta.get("symbol") or "")
+    if not sym:
+        raise SourceError("Alpha Vantage time series without a symbol")
+    out: list[MarketDataPoint] = []
+    skipped = 0
+    for key, raw in (d.get(series_key) or {}).items():
+        row = _fields(raw)
+        try:
+            values = {dst: _float(row.get(src)) for src, dst in _BAR_FIELDS.items()}
+            extra = {dst: v for src, dst in _META_FIELDS.items() if (v := _float(row.get(src))) is not None}
+            ts = parse_local(key, tz)
+        except ValueError:
+            skipped += 1
+            continue
+        if any(values[k] is None for k in ("open", "high", "low", "close")):
+            skipped += 1
+            continue
+        if extra.get("dividend") == 0.0:
+            del extra["dividend"]
+        if extra.get("split_coefficient") == 1.0:
+            del extra["split_coefficient"]
+        out.append(MarketDataPoint(symbol=sym.upper(), timestamp=ts, source=source, data_type=DataType.BAR,
+                                   interval=interval, item_id=interval, metadata=extra, **values))
+    if skipped:
+        logger.info("alpha_vantage: %s: skipped %d rows without a time or OHLC", sym, skipped)
+    out.sort(key=lambda p: p.timestamp)
+    return out
+
+
+def parse_global_quote(doc: Any, symbol: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
+    """GLOBAL_QUOTE -> one tick at the trading day's UTC midnight; an empty quote (unknown symbol) -> []."""
+    d = check_payload(doc, "global quote")
+    q = _fields(d.get("Global Quote") or {})
+    price, day = _float(q.get("price")), q.get("latest trading day")
+    if price is None or not day:
+        return []
+    d0 = date.fromisoformat(str(day))
+    extra = {dst: v for src, dst in (("volume", "day_volume"), ("previous close", "prev_close"),
+                                     ("change", "change"), ("change percent", "change_percent"))
+             if (v := _float(q.get(src))) is not None}
+    return [MarketDataPoint(
+        symbol=str(q.get("symbol") or symbol).upper(), timestamp=datetime(d0.year, d0.month, d0.day, tzinfo=UTC),
+        source=source, data_type=DataType.TICK, price=price, open=_float(q.get("open")), high=_float(q.get("high")),
+        low=_float(q.get("low")), item_id="global_quote", metadata=extra,
+    )]
+
+
+def url_id(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:32]
+
+
+def parse_news(doc: Any, symbols: Iterable[str] | None = None, *, time_zone: str = "UTC",
+               source: str = SOURCE) -> list[MarketDataPoint]:
+    """NEWS_SENTIMENT -> news items: one per article and requested symbol (None: per ticker mentioned)."""
+    d = check_payload(doc, "news sentiment")
+    feed = d.get("feed")
+    if not isinstance(feed, list):
+        raise SourceError("Alpha Vantage news sentiment has no feed")
+    tz = ZoneInfo(time_zone)
+    wanted = None if symbols is None else [s.upper() for s in symbols]
+    out: list[MarketDataPoint] = []
+    for article in feed:
+        url, title, published = article.get("url"), article.get("title"), article.get("time_published")
+        if not url or not title or not published:
+            continue
+        try:
+            ts = datetime.strptime(str(published), "%Y%m%dT%H%M%S").replace(tzinfo=tz).astimezone(UTC)
+        except ValueError:
+            continue
+        tickers = {str(t.get("ticker", "")).upper(): t for t in article.get("ticker_sentiment") or []
+                   if t.get("ticker")}
+        overall = _float(article.get("overall_sentiment_score"))
+        for sym in (wanted if wanted is not None else list(tickers)):
+            mine = tickers.get(sym, {})
+            meta: dict[str, Any] = {
+                "provider_source": article.get("source"),
+                "overall_sentiment_label": article.get("overall_sentiment_label"),
+                "tickers": sorted(tickers),
+                "ticker_sentiment": {
+                    t: {"score": _float(v.get("ticker_sentiment_score")), "relevance": _float(v.get("relevance_score")),
+                        "label": v.get("ticker_sentiment_label")} for t, v in tickers.items()},
+            }
+            if mine:
+                meta["ticker_sentiment_score"] = _float(mine.get("ticker_sentiment_score"))
+                meta["ticker_relevance"] = _float(mine.get("relevance_score"))
+            out.append(MarketDataPoint(
+                symbol=sym, timestamp=ts, source=source, data_type=DataType.NEWS, headline=str(title),
+                text=article.get("summary") or None, url=str(url)[:2048],
+                sentiment=None if overall is None else clip(overall), item_id=url_id(str(url)),
+                metadata={k: v for k, v in meta.items() if v is not None},
+            ))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- source
+
+
+class AlphaVantageSource(Source):
+    """Polls the configured functions for every symbol once per interval, inside both rate limits."""
+
+    name = SOURCE
+
+    def __init__(self, settings: AlphaVantageSettings, api_key: SecretStr | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        key = api_key or alpha_vantage_api_key(env)
+        if key is None:
+            raise ConfigError("the alpha_vantage source needs ALPHA_VANTAGE_API_KEY in the environment")
+        self.settings = settings
+        self.api_key = key
+        self.base_url = settings.base_url.rstrip("/")
+        self.limiter = DailyLimitedRateLimiter(settings.rate_limit_calls, settings.rate_limit_per_seconds,
+                                               settings.daily_limit_calls)
+        self.functions: list[Function] = list(dict.fromkeys(settings.functions))
+        self._last_bar: dict[tuple[str, str], datetime] = {}
+        self._last_quote: dict[str, tuple[Any, ...]] = {}
+        self.seen = SeenIds()
+
+    def redact(self, text: str) -> str:
+        return redact(text, [self.api_key])
+
+    async def query(self, session: aiohttp.ClientSession, function: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """One call, checked for the error bodies; every message redacted."""
+        s = self.settings
+        try:
+            doc = await get_json(
+                session, f"{self.base_url}/query",
+                params={"function": function, **params, "apikey": self.api_key.get_secret_value()},
+                secrets=[self.api_key], limiter=self.limiter, attempts=s.retry_attempts,
+                base_delay=s.retry_base_delay, timeout=s.request_timeout_seconds,
+            )
+            return check_payload(doc, function)
+        except AlphaVantageThrottled as exc:
+            raise AlphaVantageThrottled(self.redact(str(exc))) from None
+        except AlphaVantagePremium as exc:
+            raise AlphaVantagePremium(self.redact(str(exc))) from None
+        except SourceError as exc:
+            raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
+
+    async def intraday(self, session: aiohttp.ClientSession, symbol: str, *, interval: str | None = None,
+                       month: str | None = None, outputsize: str | None = None) -> list[MarketDataPoint]:
+        params = {"symbol": symbol, "interval": interval or self.settings.intraday_interval,
+                  "outputsize": outputsize or self.settings.outputsize, "adjusted": "false"}
+        if month:
+            params["month"] = month
+        return parse_time_series(await self.query(session, FUNCTIONS["intraday"], params), symbol)
+
+    async def daily(self, session: aiohttp.ClientSession, symbol: str, *, adjusted: bool = False,
+                    outputsize: str | None = None) -> list[MarketDataPoint]:
+        function = FUNCTIONS["daily_adjusted" if adjusted else "daily"]
+        params = {"symbol": symbol, "outputsize": outputsize or self.settings.outputsize}
+        return parse_time_series(await self.query(session, function, params), symbol)
+
+    async def global_quote(self, session: aiohttp.ClientSession, symbol: str) -> list[MarketDataPoint]:
+        return parse_global_quote(await self.query(session, FUNCTIONS["global_quote"], {"symbol": symbol}), symbol)
+
+    async def news(self, session: aiohttp.ClientSession, symbol: str) -> list[MarketDataPoint]:
+        params = {"tickers": symbol, "sort": "LATEST", "limit": self.settings.news_limit}
+        doc = await self.query(session, FUNCTIONS["news_sentiment"], params)
+        return parse_news(doc, [symbol], time_zone=self.settings.news_time_zone)
+
+    async def history(self, session: aiohttp.ClientSession, symbol: str, start: date | datetime,
+                      end: date | datetime, interval: str = "1d") -> list[MarketDataPoint]:
+        """Bars with start <= timestamp < end (a date `end` inclusive): daily from the full series, intraday
+        month by month (interval "1min".."60min")."""
+        begin = start if isinstance(start, datetime) else datetime(start.year, start.month, start.day, tzinfo=UTC)
+        if isinstance(end, datetime):
+            stop = end
+        else:
+            stop = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
+        begin, stop = (t.replace(tzinfo=UTC) if t.tzinfo is None else t for t in (begin, stop))
+        if interval in ("1d", "daily"):
+            bars = await self.daily(session, symbol, outputsize="full")
+        else:
+            bars = []
+            year, month = begin.year, begin.month
+            while (year, month) <= (stop.year, stop.month):
+                bars.extend(await self.intraday(session, symbol, interval=interval, month=f"{year:04d}-{month:02d}",
+                                                outputsize="full"))
+                year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        by_time = {b.timestamp: b for b in bars if begin <= b.timestamp < stop}
+        return [by_time[t] for t in sorted(by_time)]
+
+    async def _poll(self, session: aiohttp.ClientSession, function: Function, symbol: str) -> list[MarketDataPoint]:
+        if function == "global_quote":
+            points = await self.global_quote(session, symbol)
+            sig = tuple((p.timestamp, p.price, p.metadata.get("day_volume")) for p in points)
+            if not points or self._last_quote.get(symbol) == sig:
+                return []
+            self._last_quote[symbol] = sig
+            return points
+        if function == "news_sentiment":
+            return self.seen.new(await self.news(session, symbol))
+        if function == "intraday":
+            bars = await self.intraday(session, symbol)
+        else:
+            bars = await self.daily(session, symbol, adjusted=function == "daily_adjusted")
+        # Older bars of the window were sent already; the latest may still be forming, so it is re-sent.
+        last = self._last_bar.get((function, symbol))
+        bars = [b for b in bars if last is None or b.timestamp >= last]
+        if bars:
+            self._last_bar[(function, symbol)] = bars[-1].timestamp
+        return bars
+
+    async def poll_once(self, session: aiohttp.ClientSession) -> list[MarketDataPoint]:
+        """One round; a failing call is logged and skipped, a throttled one ends the round."""
+        out: list[MarketDataPoint] = []
+        for function in list(self.functions):
+            for symbol in (x.upper() for x in self.settings.symbols):
+                if function not in self.functions:
+                    break
+                try:
+                    out.extend(await self._poll(session, function, symbol))
+                except AlphaVantagePremium as exc:
+                    logger.warning("alpha_vantage: %s is not in this key's plan, not asking again: %s",
+                                   function, self.redact(str(exc)))
+                    self.functions.remove(function)
+                except AlphaVantageThrottled as exc:
+                    logger.warning("alpha_vantage: throttled at %s for %s, ending this round: %s",
+                                   function, symbol, self.redact(str(exc)))
+                    return out
+                except (SourceError, ValueError, TypeError, KeyError) as exc:
+                    logger.warning("alpha_vantage: %s for %s failed: %s", function, symbol,
+                                   self.redact(f"{type(exc).__name__}: {exc}"))
+        return out
+
+    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
+        own = session is None
+        session = session or aiohttp.ClientSession()
+        try:
+            while True:
+                started = time.monotonic()
+                points = await self.poll_once(session)
+                if points:
+                    yield list(points)
+                await asyncio.sleep(max(0.0, self.settings.interval_seconds - (time.monotonic() - started)))
+        finally:
+            if own:
+                await session.close()

@@ -1,0 +1,226 @@
+"""File replay: CSV bar files pushed through the pipeline as if they were arriving now, written to
+raw.replay with source "replay", so history goes through the same validation as live data.
+
+Formats (detected from the header):
+- yfinance, flat: Date|Datetime,Open,High,Low,Close[,Adj Close],Volume (what older yfinance and
+  pandas' to_csv of one ticker write).
+- yfinance >= 0.2.51, three header rows: "Price,Close,High,..." / "Ticker,AAPL,AAPL,..." / "Date,,,";
+  several tickers in one file are several symbols.
+- Alpha Vantage datatype=csv: timestamp,open,high,low,close[,adjusted_close],volume[,dividend_amount,
+  split_coefficient], newest first; its intraday times are naive US/Eastern (`time_zone`).
+Timestamps become UTC. Rows whose times are all local midnights (daily and longer) are stored at UTC
+midnight of their date, as every daily bar in tickflow. Close is the file's Close; "Adj Close" and
+adjusted_close go to metadata["adj_close"], never into the bar (a yfinance >= 0.2.51 file with
+auto_adjust=True has an adjusted Close already: the file does not say so, the user does).
+The interval (item_id) is inferred from the smallest gap between rows unless configured.
+
+Speed: 1 = the gaps between rows in real time, 10 = ten times faster, 0 = as fast as possible.
+The symbol comes from the constructor/settings, else from the Ticker row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field
+
+from producers.base import Record, Source
+from streams.models import DataType, MarketDataPoint
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "replay"
+
+_DATE_NAMES = ("date", "datetime", "timestamp", "time")
+_BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume"}
+_META_FIELDS = {
+    "adj close": "adj_close", "adjusted close": "adj_close", "dividends": "dividend", "dividend amount": "dividend",
+    "stock splits": "split", "split coefficient": "split_coefficient",
+}
+_NO_EVENT = {"dividend": 0.0, "split": 0.0, "split_coefficient": 1.0}
+_INTRADAY = {60: "1m", 120: "2m", 300: "5m", 900: "15m", 1800: "30m", 3600: "1h", 5400: "90m"}
+_DAILY = {1: "1d", 7: "1wk", 28: "1mo", 29: "1mo", 30: "1mo", 31: "1mo", 90: "3mo", 91: "3mo", 92: "3mo"}
+
+
+class ReplaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    files: list[str] = Field(default_factory=list)
+    symbol: str | None = None
+    speed: float = Field(default=0.0, ge=0.0)  # 1 real time, 10 ten times faster, 0 as fast as possible
+    interval: str | None = None  # inferred from the rows when not set
+    time_zone: str = "America/New_York"  # of naive date-times (Alpha Vantage intraday CSV)
+    batch_size: int = Field(default=500, ge=1)
+    max_wait_seconds: float | None = Field(default=None, gt=0)  # caps one wait (nights, weekends at 1x)
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.strip().lower().replace("_", " ").split())
+
+
+def _float(text: str) -> float | None:
+    s = text.strip()
+    if not s or s.lower() in ("nan", "null", "none", "-"):
+        return None
+    return float(s)
+
+
+def _parse_time(text: str, tz: ZoneInfo) -> tuple[datetime, bool]:
+    """(aware datetime, whether it is a plain date or a local midnight)."""
+    s = text.strip()
+    if len(s) == 10:
+        d = datetime.fromisoformat(s)
+        return d.replace(tzinfo=UTC), True
+    dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=tz)
+    return dt, (dt.hour, dt.minute, dt.second, dt.microsecond) == (0, 0, 0, 0)
+
+
+def infer_interval(stamps: Sequence[datetime], daily: bool) -> str:
+    """The interval label from the smallest gap between distinct timestamps."""
+    distinct = sorted(set(stamps))
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(distinct)]
+    if not gaps:
+        return "1d" if daily else ""
+    gap = min(gaps)
+    if daily:
+        days = round(gap / 86400)
+        return _DAILY.get(days, f"{days}d")
+    return _INTRADAY.get(int(gap), f"{int(gap)}s")
+
+
+def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America/New_York",
+              interval: str | None = None, source: str = SOURCE, origin: str | None = None) -> list[MarketDataPoint]:
+    """A yfinance or Alpha Vantage CSV -> bars sorted by time (then symbol); rows without OHLC skipped."""
+    rows = [r for r in csv.reader(io.StringIO(text.lstrip("\ufeff"))) if r and any(c.strip() for c in r)]
+    if not rows:
+        return []
+    names = [_norm(c) for c in rows[0]]
+    if names[0] == "price" and len(rows) > 1 and _norm(rows[1][0]) == "ticker":
+        tickers: list[str | None] = [None, *(t.strip().upper() or None for t in rows[1][1:])]
+        body = rows[2:]
+        if body and _norm(body[0][0]) in _DATE_NAMES and not any(c.strip() for c in body[0][1:]):
+            body = body[1:]
+        date_col = 0
+    else:
+        date_col = next((names.index(n) for n in _DATE_NAMES if n in names), -1)
+        if date_col < 0:
+            raise ValueError(f"no date column in header {rows[0]!r}")
+        tickers = [None] * len(names)
+        body = rows[1:]
+    distinct = {t for i, t in enumerate(tickers) if i != date_col and t}
+    if symbol and len(distinct) <= 1:
+        tickers = [None if i == date_col else symbol.upper() for i in range(len(names))]
+    elif not distinct:
+        raise ValueError("no symbol: give one, or a file with a Ticker row")
+    tz = ZoneInfo(time_zone)
+    parsed: list[tuple[datetime, bool, str, dict[str, Any]]] = []
+    skipped = 0
+    for row in body:
+        try:
+            ts, midnight = _parse_time(row[date_col], tz)
+            groups: dict[str, dict[str, Any]] = {}
+            for i, cell in enumerate(row):
+                if i == date_col or i >= len(names) or tickers[i] is None:
+                    continue
+                name = names[i]
+                key = _BAR_FIELDS.get(name) or _META_FIELDS.get(name)
+                if key is not None:
+                    groups.setdefault(str(tickers[i]), {})[key] = _float(cell)
+        except (ValueError, IndexError):
+            skipped += 1
+            continue
+        for sym, values in groups.items():
+            if any(values.get(k) is None for k in ("open", "high", "low", "close")):
+                skipped += 1
+                continue
+            parsed.append((ts, midnight, sym, values))
+    daily = bool(parsed) and all(m for _, m, _, _ in parsed)
+    stamps = [datetime(t.year, t.month, t.day, tzinfo=UTC) if daily else t.astimezone(UTC) for t, _, _, _ in parsed]
+    label = interval or infer_interval(stamps, daily)
+    out: list[MarketDataPoint] = []
+    for ts, (_, _, sym, values) in zip(stamps, parsed, strict=True):
+        bar = {k: values.get(k) for k in _BAR_FIELDS.values()}
+        meta: dict[str, Any] = {k: v for k, v in values.items()
+                                if k not in bar and v is not None and _NO_EVENT.get(k) != v}
+        if origin:
+            meta["file"] = origin
+        out.append(MarketDataPoint(symbol=sym, timestamp=ts, source=source, data_type=DataType.BAR,
+                                   interval=label or None, item_id=label, metadata=meta, **bar))
+    if skipped:
+        logger.info("replay: %s: skipped %d rows without a time or OHLC", origin or "csv", skipped)
+    out.sort(key=lambda p: (p.timestamp, p.symbol))
+    return out
+
+
+class ReplaySource(Source):
+    """Replays the configured files, merged into one timeline, at the configured speed; then stops."""
+
+    name = SOURCE
+
+    def __init__(self, settings: ReplaySettings, *, symbol: str | None = None) -> None:
+        self.settings = settings
+        self.symbol = symbol or settings.symbol
+
+    def load(self) -> list[MarketDataPoint]:
+        """Every file's bars, sorted by time; a file that cannot be read is logged and skipped."""
+        s = self.settings
+        points: list[MarketDataPoint] = []
+        for name in s.files:
+            path = Path(name)
+            try:
+                points.extend(parse_csv(path.read_text(encoding="utf-8"), self.symbol, time_zone=s.time_zone,
+                                        interval=s.interval, origin=path.name))
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                logger.error("replay: %s skipped: %s: %s", name, type(exc).__name__, exc)
+        points.sort(key=lambda p: (p.timestamp, p.symbol))
+        return points
+
+    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
+        s = self.settings
+        points = self.load()
+        logger.info("replay: %d bars from %d files at speed %s", len(points), len(s.files), s.speed or "max")
+        if not points:
+            return
+        if s.speed <= 0:
+            for i in range(0, len(points), s.batch_size):
+                yield list(points[i:i + s.batch_size])
+                await asyncio.sleep(0)
+            return
+        # Each row is due at start + (its time since the first row) / speed, with every wait capped; rows
+        # already due go out together, so a slow consumer does not stretch the replay.
+        start = time.monotonic()
+        offset = 0.0
+        previous = points[0].timestamp
+        batch: list[Record] = []
+        for p in points:
+            gap = (p.timestamp - previous).total_seconds() / s.speed
+            previous = p.timestamp
+            offset += min(gap, s.max_wait_seconds) if s.max_wait_seconds else gap
+            wait = start + offset - time.monotonic()
+            if wait > 0:
+                if batch:
+                    yield batch
+                    batch = []
+                    wait = start + offset - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            batch.append(p)
+            if len(batch) >= s.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch

@@ -1,0 +1,38 @@
+"""Workers joining and leaving every few seconds during a flow: after the flow drains, every valid input
+is in market_data exactly once and every invalid one is dead-lettered (no offset is committed past a
+record that was not processed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from tests.integration.conftest import ensure_topics_for, wait_until
+from tests.integration.test_faults import check_oracles, produce_all
+from tests.integration.test_pipeline import build_inputs
+
+
+async def test_workers_join_and_leave_during_the_flow(iso, workers, producer, pg) -> None:
+    await ensure_topics_for(iso)
+    messages, expected_rule, valid_keys = build_inputs(seed=41)
+    steady = workers("steady")
+    await produce_all(producer, iso.raw_topic(), messages[:4000])
+
+    async def started() -> bool:
+        try:
+            return await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.market_data") > 100
+        except asyncpg.UndefinedTableError:
+            return False
+
+    await wait_until(started, 90, "the first rows")
+    chunk = (len(messages) - 4000) // 4
+    for i in range(4):
+        extra = workers(f"churn{i}")
+        start = 4000 + i * chunk
+        end = len(messages) if i == 3 else start + chunk
+        await produce_all(producer, iso.raw_topic(), messages[start:end], start)
+        await asyncio.sleep(4)
+        extra.stop()
+    await check_oracles(iso, pg, expected_rule, valid_keys)
+    assert steady.alive()

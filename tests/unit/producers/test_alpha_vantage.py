@@ -1,0 +1,276 @@
+"""Alpha Vantage parsing, its 200-with-an-error bodies, and AlphaVantageSource against a local aiohttp server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from producers.alpha_vantage import (
+    AlphaVantagePremium,
+    AlphaVantageSettings,
+    AlphaVantageSource,
+    AlphaVantageThrottled,
+    DailyLimitedRateLimiter,
+    alpha_vantage_api_key,
+    check_payload,
+    parse_global_quote,
+    parse_news,
+    parse_time_series,
+    url_id,
+)
+from streams.errors import ConfigError, SourceError
+
+FIX = Path(__file__).parent / "fixtures" / "alpha_vantage"
+KEY = "AVKEYSECRET0123456789"
+
+Serve = Callable[[web.Application], Awaitable[str]]
+
+
+def load(name: str) -> Any:
+    return json.loads((FIX / name).read_text())
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+
+
+def test_intraday_eastern_keys_become_utc_across_dst() -> None:
+    bars = parse_time_series(load("intraday_ibm_5min.json"))
+    assert [b.timestamp for b in bars] == [
+        datetime(2024, 3, 8, 20, 55, tzinfo=UTC), datetime(2024, 3, 8, 21, 0, tzinfo=UTC),  # EST, UTC-5
+        datetime(2024, 3, 11, 13, 30, tzinfo=UTC), datetime(2024, 3, 11, 13, 35, tzinfo=UTC),  # EDT, UTC-4
+    ]
+    b = bars[-1]
+    assert (b.symbol, b.source, b.data_type, b.interval, b.item_id) == ("IBM", "alpha_vantage", "bar", "5m", "5m")
+    assert (b.open, b.high, b.low, b.close, b.volume) == (195.9, 196.2, 195.5, 196.05, 48210.0)
+
+
+def test_daily_adjusted_stores_raw_prices_and_events_in_metadata() -> None:
+    bars = parse_time_series(load("daily_adjusted_ibm.json"), "IBM")
+    assert [b.timestamp for b in bars] == [datetime(2024, 11, d, tzinfo=UTC) for d in (8, 11, 12)]
+    assert bars[0].close == 416.0 and bars[0].metadata == {"adj_close": 206.35, "split_coefficient": 2.0}
+    assert bars[1].close == 210.0 and bars[1].metadata == {"adj_close": 208.33, "dividend": 1.67}
+    assert bars[2].metadata == {"adj_close": 211.45} and bars[2].interval == "1d"
+    plain = parse_time_series(load("daily_ibm.json"), "IBM")
+    assert [(b.close, b.metadata) for b in plain] == [(210.0, {}), (211.45, {})]
+
+
+def test_global_quote_and_empty_quote() -> None:
+    [q] = parse_global_quote(load("global_quote_ibm.json"), "ibm")
+    assert (q.symbol, q.data_type, q.price, q.open, q.high, q.low, q.item_id) == (
+        "IBM", "tick", 211.45, 210.0, 212.1, 209.0, "global_quote")
+    assert q.timestamp == datetime(2024, 11, 12, tzinfo=UTC)
+    assert q.metadata == {"day_volume": 3512004.0, "prev_close": 210.0, "change": 1.45, "change_percent": 0.6905}
+    assert parse_global_quote(load("global_quote_empty.json"), "NOPE") == []
+
+
+def test_news_items_per_configured_symbol() -> None:
+    items = parse_news(load("news_sentiment_ibm.json"), ["ibm"])
+    assert [i.symbol for i in items] == ["IBM", "IBM"]
+    a = items[0]
+    assert (a.data_type, a.headline, a.url, a.sentiment) == (
+        "news", "IBM beats on software revenue", "https://news.example.com/ibm-beats", 0.412)
+    assert a.timestamp == datetime(2024, 11, 12, 21, 30, tzinfo=UTC)
+    assert a.item_id == url_id("https://news.example.com/ibm-beats") and len(a.item_id) == 32
+    assert a.metadata["ticker_sentiment_score"] == 0.51 and a.metadata["ticker_relevance"] == 0.95
+    assert a.metadata["tickers"] == ["IBM", "MSFT"]
+    assert a.metadata["ticker_sentiment"]["MSFT"] == {"score": -0.05, "relevance": 0.2, "label": "Neutral"}
+    assert items[1].sentiment == -0.281
+
+
+def test_news_per_ticker_mentioned_time_zone_and_clipping() -> None:
+    doc = load("news_sentiment_ibm.json")
+    doc["feed"][0]["overall_sentiment_score"] = 1.7
+    doc["feed"][1]["overall_sentiment_score"] = "-1.25"
+    items = parse_news(doc, None, time_zone="US/Eastern")
+    assert [(i.symbol, i.sentiment) for i in items] == [("IBM", 1.0), ("MSFT", 1.0), ("IBM", -1.0)]
+    assert items[0].timestamp == datetime(2024, 11, 13, 2, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("name,kind,retriable", [
+    ("note_call_frequency.json", AlphaVantageThrottled, True),
+    ("information_daily_limit.json", AlphaVantageThrottled, True),
+    ("information_premium.json", AlphaVantagePremium, False),
+    ("error_message.json", SourceError, False),
+])
+def test_error_bodies_are_never_parsed_as_data(name: str, kind: type[SourceError], retriable: bool) -> None:
+    for parse in (lambda d: parse_time_series(d, "IBM"), lambda d: parse_global_quote(d, "IBM"), parse_news):
+        with pytest.raises(kind) as err:
+            parse(load(name))
+        assert err.value.retriable is retriable
+    check_payload({"Time Series (Daily)": {}}, "x")  # data passes
+
+
+def test_key_from_environment_only() -> None:
+    assert alpha_vantage_api_key({}) is None
+    key = alpha_vantage_api_key({"ALPHA_VANTAGE_API_KEY": " k1 "})
+    assert isinstance(key, SecretStr) and key.get_secret_value() == "k1" and "k1" not in repr(key)
+    with pytest.raises(ConfigError):
+        AlphaVantageSource(AlphaVantageSettings(), env={})
+
+
+async def test_daily_limiter_blocks_after_the_day_budget() -> None:
+    limiter = DailyLimitedRateLimiter(100.0, 1.0, daily_calls=2)
+    await limiter.acquire()
+    await limiter.acquire()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(limiter.acquire(), 0.1)
+
+
+# ---------------------------------------------------------------------------------------------- source
+
+FILES = {
+    "TIME_SERIES_INTRADAY": "intraday_ibm_5min.json", "TIME_SERIES_DAILY": "daily_ibm.json",
+    "TIME_SERIES_DAILY_ADJUSTED": "daily_adjusted_ibm.json", "GLOBAL_QUOTE": "global_quote_ibm.json",
+    "NEWS_SENTIMENT": "news_sentiment_ibm.json",
+}
+
+
+class FakeAlphaVantage:
+    """GET /query; `script[(function, symbol)]` lists answers (status, fixture or None, headers) given first."""
+
+    def __init__(self, script: dict[tuple[str, str], list[tuple[int, str | None, dict[str, str]]]] | None = None):
+        self.seen: list[dict[str, str]] = []
+        self.script = script or {}
+
+    async def query(self, request: web.Request) -> web.Response:
+        q = dict(request.query)
+        self.seen.append(q)
+        function, symbol = q["function"], q.get("symbol") or q.get("tickers", "")
+        steps = self.script.get((function, symbol))
+        if steps:
+            status, name, headers = steps.pop(0)
+            if name is None:  # a careless error page that echoes the whole URL, key included
+                return web.json_response({"message": f"denied: {request.url}"}, status=status, headers=headers)
+            return web.Response(body=(FIX / name).read_bytes(), status=status, headers=headers,
+                                content_type="application/json")
+        return web.Response(body=(FIX / FILES[function]).read_bytes(), content_type="application/json")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/query", self.query)
+        return app
+
+
+def settings(base_url: str, **kw: Any) -> AlphaVantageSettings:
+    defaults: dict[str, Any] = {"base_url": base_url, "retry_attempts": 3, "retry_base_delay": 0.01,
+                                "request_timeout_seconds": 2.0, "rate_limit_calls": 1000, "daily_limit_calls": 1000,
+                                "interval_seconds": 0.01}
+    return AlphaVantageSettings(**{**defaults, **kw})
+
+
+async def test_poll_all_functions(serve: Serve) -> None:
+    fake = FakeAlphaVantage()
+    s = settings(await serve(fake.app()), symbols=["ibm"],
+                 functions=["intraday", "daily", "daily_adjusted", "global_quote", "news_sentiment"])
+    src = AlphaVantageSource(s, api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        first = await src.poll_once(session)
+        second = await src.poll_once(session)
+    kinds = [(p.data_type, p.item_id if p.data_type != "news" else "-") for p in first]
+    assert kinds == [("bar", "5m")] * 4 + [("bar", "1d")] * 5 + [("tick", "global_quote")] + [("news", "-")] * 2
+    assert all(p.source == "alpha_vantage" and p.symbol == "IBM" for p in first)
+    # Unchanged quote and seen news are not repeated; each bar series re-sends only its latest bar.
+    assert [(p.data_type, p.item_id) for p in second] == [("bar", "5m"), ("bar", "1d"), ("bar", "1d")]
+    intraday = next(q for q in fake.seen if q["function"] == "TIME_SERIES_INTRADAY")
+    assert intraday == {"function": "TIME_SERIES_INTRADAY", "symbol": "IBM", "interval": "5min",
+                        "outputsize": "compact", "adjusted": "false", "apikey": KEY}
+    news = next(q for q in fake.seen if q["function"] == "NEWS_SENTIMENT")
+    assert news["tickers"] == "IBM" and news["sort"] == "LATEST" and news["limit"] == "50"
+
+
+@pytest.mark.parametrize("status,headers", [(429, {"Retry-After": "0"}), (500, {})])
+async def test_retry_then_success(serve: Serve, status: int, headers: dict[str, str]) -> None:
+    fake = FakeAlphaVantage({("GLOBAL_QUOTE", "IBM"): [(status, "error_message.json", headers)]})
+    src = AlphaVantageSource(settings(await serve(fake.app())), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        [q] = await src.global_quote(session, "IBM")
+    assert q.price == 211.45 and len(fake.seen) == 2
+
+
+async def test_throttle_body_ends_the_round_and_is_logged_redacted(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeAlphaVantage({("GLOBAL_QUOTE", "IBM"): [(200, "note_call_frequency.json", {})]})
+    src = AlphaVantageSource(settings(await serve(fake.app()), symbols=["IBM", "MSFT"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.DEBUG)
+    async with aiohttp.ClientSession() as session:
+        assert await src.poll_once(session) == []
+        assert [p.symbol for p in await src.poll_once(session)] == ["IBM", "IBM"]  # MSFT answered with IBM's file
+    assert [q["symbol"] for q in fake.seen] == ["IBM", "IBM", "MSFT"]  # MSFT was not asked in the throttled round
+    assert "throttled at global_quote for IBM" in caplog.text
+    assert KEY not in caplog.text
+
+
+async def test_premium_function_is_dropped_and_others_continue(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeAlphaVantage({("TIME_SERIES_DAILY_ADJUSTED", "IBM"): [(200, "information_premium.json", {})]})
+    src = AlphaVantageSource(settings(await serve(fake.app()), symbols=["IBM", "MSFT"],
+                                      functions=["daily_adjusted", "global_quote"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        points = await src.poll_once(session)
+    assert [q["function"] for q in fake.seen] == ["TIME_SERIES_DAILY_ADJUSTED", "GLOBAL_QUOTE", "GLOBAL_QUOTE"]
+    assert src.functions == ["global_quote"] and [p.data_type for p in points] == ["tick", "tick"]
+    assert "not in this key's plan" in caplog.text
+
+
+@pytest.mark.parametrize("step", [
+    (200, "error_message.json", {}), (401, None, {}), (429, None, {"Retry-After": "0"}), (500, None, {}),
+])
+async def test_key_never_in_errors_or_logs(serve: Serve, caplog: pytest.LogCaptureFixture,
+                                           step: tuple[int, str | None, dict[str, str]]) -> None:
+    fake = FakeAlphaVantage({("TIME_SERIES_INTRADAY", "BAD"): [step] * 6})
+    src = AlphaVantageSource(settings(await serve(fake.app()), symbols=["BAD", "IBM"], functions=["intraday"]),
+                             api_key=SecretStr(KEY))
+    caplog.set_level(logging.DEBUG)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(SourceError) as err:
+            await src.intraday(session, "BAD")
+        points = await src.poll_once(session)
+    assert fake.seen[0]["apikey"] == KEY  # it was sent...
+    assert KEY not in str(err.value) and KEY not in caplog.text  # ...and never shown
+    assert err.value.retriable is (step[0] in (429, 500))
+    assert {p.symbol for p in points} == {"IBM"}
+    assert "intraday for BAD failed" in caplog.text
+    if step[0] == 401:
+        assert "apikey=***" in str(err.value)
+
+
+async def test_history_daily_filter_and_intraday_months(serve: Serve) -> None:
+    fake = FakeAlphaVantage()
+    src = AlphaVantageSource(settings(await serve(fake.app())), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        daily = await src.history(session, "IBM", date(2024, 11, 12), date(2024, 11, 12))
+        minute = await src.history(session, "IBM", datetime(2024, 2, 20, tzinfo=UTC),
+                                   datetime(2024, 3, 11, 13, 35, tzinfo=UTC), interval="5min")
+    assert [b.timestamp for b in daily] == [datetime(2024, 11, 12, tzinfo=UTC)]
+    assert fake.seen[0]["outputsize"] == "full" and fake.seen[0]["function"] == "TIME_SERIES_DAILY"
+    assert [q.get("month") for q in fake.seen[1:]] == ["2024-02", "2024-03"]
+    # Both months answered with the same fixture: no duplicates, and the end is exclusive.
+    assert [b.timestamp.hour * 60 + b.timestamp.minute for b in minute] == [20 * 60 + 55, 21 * 60, 13 * 60 + 30]

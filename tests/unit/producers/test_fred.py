@@ -1,0 +1,201 @@
+"""FRED observations parsing and FredSource against a local aiohttp server serving hand-written responses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from producers.fred import FredSettings, FredSource, fred_api_key, parse_observations
+from streams.errors import ConfigError, SourceError
+
+FIX = Path(__file__).parent / "fixtures" / "fred"
+KEY = "abcdef0123456789abcdef0123456789"
+
+Serve = Callable[[web.Application], Awaitable[str]]
+
+
+def load(name: str) -> Any:
+    return json.loads((FIX / name).read_text())
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+
+
+def test_vintages_are_distinct_rows_and_dot_is_missing() -> None:
+    points = parse_observations(load("observations_gdp_vintages.json"), "gdp")
+    assert [(p.timestamp.date(), p.item_id, p.value) for p in points] == [
+        (date(2024, 4, 1), "2024-07-25", 28629.153),
+        (date(2024, 4, 1), "2024-08-29", 28652.337),
+        (date(2024, 4, 1), "2024-09-26", 29016.714),
+        (date(2024, 7, 1), "2024-10-30", 29349.924),
+        (date(2024, 10, 1), "2024-10-30", None),
+    ]
+    p = points[0]
+    assert (p.symbol, p.source, p.data_type) == ("GDP", "fred", "economic")
+    assert (p.realtime_start, p.realtime_end) == (date(2024, 7, 25), date(2024, 8, 28))
+    assert points[2].realtime_end == date(9999, 12, 31)
+    assert p.timestamp == datetime(2024, 4, 1, tzinfo=UTC)
+    assert len({q.natural_key() for q in points}) == len(points)
+
+
+def test_error_and_unexpected_payloads() -> None:
+    with pytest.raises(SourceError, match="does not exist") as err:
+        parse_observations(load("error_series_not_found.json"), "NOPE")
+    assert err.value.retriable is False
+    with pytest.raises(SourceError):
+        parse_observations({"seriess": []}, "GDP")
+    with pytest.raises(SourceError):
+        parse_observations([], "GDP")
+    doc = load("observations_unrate.json")
+    doc["observations"].append({"date": "2024-12-01"})  # no realtime dates: skipped, not fatal
+    assert len(parse_observations(doc, "UNRATE")) == 2
+
+
+def test_key_from_environment_only() -> None:
+    assert fred_api_key({}) is None
+    key = fred_api_key({"FRED_API_KEY": KEY})
+    assert isinstance(key, SecretStr) and key.get_secret_value() == KEY and KEY not in repr(key)
+    with pytest.raises(ConfigError):
+        FredSource(FredSettings(), env={})
+
+
+# ---------------------------------------------------------------------------------------------- source
+
+
+class FakeFred:
+    def __init__(self, failures: dict[str, list[tuple[int, dict[str, str]]]] | None = None) -> None:
+        self.seen: list[dict[str, str]] = []
+        self.failures = failures or {}
+        self.revise = False
+
+    async def observations(self, request: web.Request) -> web.Response:
+        q = dict(request.query)
+        self.seen.append(q)
+        series = q["series_id"]
+        script = self.failures.get(series)
+        if script:
+            status, headers = script.pop(0)
+            return web.json_response({"error_code": status, "error_message": f"try later {request.url}"},
+                                     status=status, headers=headers)
+        if series == "NOPE":
+            return web.json_response(load("error_series_not_found.json"), status=400)
+        if q.get("api_key") != KEY:
+            body = load("error_bad_api_key.json")
+            body["error_message"] += f" (api_key={q.get('api_key')})"  # echoes the key, as a careless API might
+            return web.json_response(body, status=400)
+        doc = load({"GDP": "observations_gdp_vintages.json", "UNRATE": "observations_unrate.json"}[series])
+        if self.revise and series == "UNRATE":
+            doc["observations"][1]["realtime_end"] = "2025-01-09"  # superseded...
+            doc["observations"].append({"realtime_start": "2025-01-10", "realtime_end": "9999-12-31",
+                                        "date": "2024-11-01", "value": "4.3"})  # ...by a revision
+        return web.json_response(doc)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/fred/series/observations", self.observations)
+        return app
+
+
+def settings(base_url: str, **kw: Any) -> FredSettings:
+    defaults: dict[str, Any] = {"base_url": base_url, "retry_attempts": 3, "retry_base_delay": 0.01,
+                                "request_timeout_seconds": 2.0, "rate_limit_calls": 1000, "interval_seconds": 0.01,
+                                "series": ["GDP", "UNRATE"]}
+    return FredSettings(**{**defaults, **kw})
+
+
+async def test_poll_params_and_only_new_or_changed_rows(serve: Serve) -> None:
+    fake = FakeFred()
+    src = FredSource(settings(await serve(fake.app()), lookback_days=365), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        first = await src.poll_once(session, today=date(2025, 1, 15))
+        assert await src.poll_once(session, today=date(2025, 1, 15)) == []
+        fake.revise = True
+        revised = await src.poll_once(session, today=date(2025, 1, 15))
+    assert [p.symbol for p in first] == ["GDP"] * 5 + ["UNRATE"] * 2
+    assert all(p.source == "fred" for p in first)
+    assert fake.seen[0] == {"series_id": "GDP", "file_type": "json", "api_key": KEY, "realtime_start": "1776-07-04",
+                            "realtime_end": "9999-12-31", "observation_start": "2024-01-16"}
+    assert [(p.timestamp.date(), p.item_id, p.realtime_end, p.value) for p in revised] == [
+        (date(2024, 11, 1), "2024-12-06", date(2025, 1, 9), 4.2),
+        (date(2024, 11, 1), "2025-01-10", date(9999, 12, 31), 4.3),
+    ]
+
+
+async def test_without_vintages_and_history(serve: Serve) -> None:
+    fake = FakeFred()
+    src = FredSource(settings(await serve(fake.app()), vintages=False), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        points = await src.history(session, "unrate", date(2024, 1, 1), date(2024, 12, 31))
+    assert len(points) == 2
+    assert fake.seen[0] == {"series_id": "UNRATE", "file_type": "json", "api_key": KEY,
+                            "observation_start": "2024-01-01", "observation_end": "2024-12-31"}
+
+
+@pytest.mark.parametrize("status,headers", [(429, {"Retry-After": "0"}), (500, {})])
+async def test_retry_then_success(serve: Serve, status: int, headers: dict[str, str]) -> None:
+    fake = FakeFred({"GDP": [(status, headers)]})
+    src = FredSource(settings(await serve(fake.app())), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        points = await src.observations(session, "GDP")
+    assert len(points) == 5 and len(fake.seen) == 2
+
+
+@pytest.mark.parametrize("series", ["NOPE", "BADKEY", "DOWN", "LIMIT"])
+async def test_failures_redacted_and_others_continue(serve: Serve, caplog: pytest.LogCaptureFixture,
+                                                     series: str) -> None:
+    fake = FakeFred({"DOWN": [(500, {})] * 6, "LIMIT": [(429, {"Retry-After": "0"})] * 6})
+    base = await serve(fake.app())
+    wrong = "0000wrongkey0000wrongkey0000wron"
+    key = wrong if series == "BADKEY" else KEY
+    src = FredSource(settings(base, series=[series if series != "BADKEY" else "GDP", "UNRATE"]),
+                     api_key=SecretStr(key))
+    caplog.set_level(logging.DEBUG)
+    async with aiohttp.ClientSession() as session:
+        points = await src.poll_once(session)
+        with pytest.raises(SourceError) as err:
+            await src.observations(session, series if series != "BADKEY" else "GDP")
+    assert key not in caplog.text and key not in str(err.value)
+    assert err.value.retriable is (series in ("DOWN", "LIMIT"))
+    if series == "BADKEY":
+        assert points == [] and "api_key=***" in str(err.value)
+    else:
+        assert [p.symbol for p in points] == ["UNRATE", "UNRATE"]
+        assert f"fred: {series} failed" in caplog.text
+
+
+async def test_fetch_yields_then_waits_for_changes(serve: Serve) -> None:
+    fake = FakeFred()
+    src = FredSource(settings(await serve(fake.app()), series=["UNRATE"]), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        gen = src.fetch(session)
+        first = await anext(gen)
+        fake.revise = True
+        second = await anext(gen)
+        await gen.aclose()
+    assert [len(first), len(second)] == [2, 2]

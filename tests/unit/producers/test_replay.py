@@ -1,0 +1,146 @@
+"""File replay: yfinance and Alpha Vantage CSV formats, and pacing at 1x, 10x and as fast as possible."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from producers.replay import ReplaySettings, ReplaySource, infer_interval, parse_csv
+
+FIX = Path(__file__).parent / "fixtures" / "replay"
+
+
+def read(name: str) -> str:
+    return (FIX / name).read_text()
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def test_yfinance_flat_daily_with_adj_close_in_metadata() -> None:
+    bars = parse_csv(read("yf_flat_aapl_1d.csv"), "aapl", origin="yf_flat_aapl_1d.csv")
+    assert len(bars) == 5
+    b = bars[0]
+    assert (b.symbol, b.source, b.data_type, b.interval, b.item_id) == ("AAPL", "replay", "bar", "1d", "1d")
+    assert b.timestamp == datetime(2024, 1, 2, tzinfo=UTC)
+    assert (b.open, b.high, b.low, b.close, b.volume) == (187.15, 188.44, 183.89, 185.64, 82488700.0)
+    assert b.metadata == {"adj_close": 184.73, "file": "yf_flat_aapl_1d.csv"}
+    assert bars[3].metadata == {"file": "yf_flat_aapl_1d.csv"}  # empty Adj Close: no key, the bar stays
+    assert bars[-1].timestamp == datetime(2024, 1, 8, tzinfo=UTC)  # weekend gap: still "1d"
+
+
+def test_yfinance_multi_header_several_tickers(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    bars = parse_csv(read("yf_multi_aapl_msft_1d.csv"), origin="multi.csv")
+    assert "multi.csv: skipped 1 rows" in caplog.text  # the "Date,,," header row is not a data row
+    assert [(b.timestamp.day, b.symbol) for b in bars] == [(2, "AAPL"), (2, "MSFT"), (3, "AAPL"), (3, "MSFT"),
+                                                          (4, "AAPL")]  # MSFT's empty row skipped
+    m = bars[1]
+    assert (m.open, m.high, m.low, m.close, m.volume) == (371.22, 373.70, 365.96, 368.86, 25258600.0)
+
+
+def test_yfinance_multi_header_intraday_and_symbol_override() -> None:
+    bars = parse_csv(read("yf_multi_aapl_1h.csv"))
+    assert [b.timestamp for b in bars] == [datetime(2024, 1, 2, h, 30, tzinfo=UTC) for h in (14, 15, 16)]
+    assert {b.symbol for b in bars} == {"AAPL"} and bars[0].interval == "1h"
+    assert {b.symbol for b in parse_csv(read("yf_multi_aapl_1h.csv"), "aapl.x")} == {"AAPL.X"}
+
+
+def test_yfinance_history_local_midnights_are_dates_and_events_kept() -> None:
+    bars = parse_csv(read("yf_history_msft_1d_tz.csv"), "MSFT")
+    assert [b.timestamp for b in bars] == [datetime(2024, 11, d, tzinfo=UTC) for d in (20, 21, 22)]
+    assert [b.metadata for b in bars] == [{}, {"dividend": 0.83}, {"split": 2.0}]
+    assert bars[0].interval == "1d"
+
+
+def test_alpha_vantage_csv_naive_eastern_newest_first() -> None:
+    bars = parse_csv(read("av_intraday_ibm_5min.csv"), "IBM")
+    assert [b.timestamp for b in bars] == [
+        datetime(2024, 3, 8, 20, 55, tzinfo=UTC), datetime(2024, 3, 8, 21, 0, tzinfo=UTC),
+        datetime(2024, 3, 11, 13, 30, tzinfo=UTC), datetime(2024, 3, 11, 13, 35, tzinfo=UTC),
+    ]
+    assert bars[0].interval == "5m" and bars[-1].close == 196.05
+    utc = parse_csv(read("av_intraday_ibm_5min.csv"), "IBM", time_zone="UTC")
+    assert utc[0].timestamp == datetime(2024, 3, 8, 15, 55, tzinfo=UTC)
+
+
+def test_alpha_vantage_daily_adjusted_csv() -> None:
+    bars = parse_csv(read("av_daily_adjusted_ibm.csv"), "IBM", interval="1d")
+    assert [(b.timestamp.day, b.close, b.metadata) for b in bars] == [
+        (11, 210.0, {"adj_close": 208.33, "dividend": 1.67}), (12, 211.45, {"adj_close": 211.45})]
+
+
+def test_missing_symbol_and_bad_header() -> None:
+    with pytest.raises(ValueError, match="no symbol"):
+        parse_csv(read("yf_flat_aapl_1d.csv"))
+    with pytest.raises(ValueError, match="no date column"):
+        parse_csv("a,b\n1,2\n", "X")
+    assert parse_csv("", "X") == []
+    bad = "Date,Open,High,Low,Close,Volume\nnot-a-date,1,2,0.5,1.5,10\n2024-01-02,1,2,0.5,1.5,10\n"
+    assert [b.timestamp.day for b in parse_csv(bad, "X")] == [2]
+
+
+def test_infer_interval() -> None:
+    t = [datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 8, tzinfo=UTC), datetime(2024, 1, 15, tzinfo=UTC)]
+    assert infer_interval(t, daily=True) == "1wk"
+    assert infer_interval(t[:1], daily=True) == "1d"
+    assert infer_interval([datetime(2024, 1, 1, 0, 0, s, tzinfo=UTC) for s in (0, 30)], daily=False) == "30s"
+
+
+# ---------------------------------------------------------------------------------------------- source
+
+
+def write_seconds(tmp_path: Path, gaps: list[int]) -> str:
+    """A yfinance intraday file with rows `gaps` seconds apart."""
+    lines = ["Datetime,Open,High,Low,Close,Volume"]
+    t = 0
+    for g in [0, *gaps]:
+        t += g
+        lines.append(f"2024-01-02 14:{30 + t // 60:02d}:{t % 60:02d}+00:00,10,11,9,10.5,100")
+    path = tmp_path / "ticks.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+async def replay(**kw: Any) -> tuple[float, list[list[Any]]]:
+    symbol = kw.pop("symbol_arg", None)
+    src = ReplaySource(ReplaySettings(**kw), symbol=symbol)
+    started = time.monotonic()
+    batches = [batch async for batch in src.fetch(None)]
+    return time.monotonic() - started, batches
+
+
+async def test_speed_zero_is_as_fast_as_possible_in_batches() -> None:
+    files = [str(FIX / "yf_flat_aapl_1d.csv"), str(FIX / "yf_multi_aapl_msft_1d.csv")]
+    elapsed, batches = await replay(files=files, symbol="AAPL", batch_size=4)
+    assert elapsed < 0.5
+    assert [len(b) for b in batches] == [4, 4, 2]
+    stamps = [p.timestamp for b in batches for p in b]
+    assert stamps == sorted(stamps)  # the two files merged into one timeline
+    assert all(p.source == "replay" for b in batches for p in b)
+
+
+@pytest.mark.parametrize("speed,low,high", [(1.0, 0.9, 1.6), (10.0, 0.08, 0.6)])
+async def test_speed_follows_the_gaps(tmp_path: Path, speed: float, low: float, high: float) -> None:
+    elapsed, batches = await replay(files=[write_seconds(tmp_path, [1])], symbol="X", speed=speed)
+    assert low <= elapsed < high
+    assert [len(b) for b in batches] == [1, 1]
+
+
+async def test_rows_due_together_go_together_and_waits_are_capped(tmp_path: Path) -> None:
+    elapsed, batches = await replay(files=[str(FIX / "yf_multi_aapl_msft_1d.csv")], speed=1.0, max_wait_seconds=0.05)
+    assert elapsed < 0.5  # two one-day gaps, each wait capped at 50 ms
+    assert [[p.symbol for p in b] for b in batches] == [["AAPL", "MSFT"], ["AAPL", "MSFT"], ["AAPL"]]
+
+
+async def test_unreadable_file_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    files = [str(tmp_path / "missing.csv"), str(FIX / "av_intraday_ibm_5min.csv")]
+    _, batches = await replay(files=files, symbol_arg="IBM")
+    assert [p.symbol for b in batches for p in b] == ["IBM"] * 4
+    assert "missing.csv skipped" in caplog.text

@@ -1,0 +1,84 @@
+"""GET /metrics's text: parses as Prometheus exposition, counts match the table, histograms are cumulative."""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from streams import histogram
+from streams.metrics import fold, new_delta
+from streams.prometheus import BOUNDS_SECONDS, render
+
+
+def _values() -> dict[str, dict]:
+    d1 = new_delta()
+    d1.update(processed=100, valid=97, rejected=3)
+    d1["rules"] = {"schema.not_json": 2, "quote.crossed": 1}
+    d2 = new_delta()
+    d2.update(written=90, duplicates=7)
+    lat_ms = [0.3] * 10 + [4.0] * 50 + [80.0] * 25 + [70_000.0] * 5  # last ones land in the open bucket
+    histogram.observe_many(d2["latency"], lat_ms)
+    d2["latency_sum_ms"], d2["latency_n"] = sum(lat_ms), len(lat_ms)
+    other = new_delta()
+    other.update(processed=5, valid=5)
+    return {"simulated": fold(fold(None, d1, 100.0), d2, 101.0), "finnhub": fold(None, other, 100.0)}
+
+
+def _samples(text: str) -> dict[str, list[Sample]]:
+    out: dict[str, list[Sample]] = {}
+    for fam in text_string_to_metric_families(text):
+        out[fam.name] = list(fam.samples)
+    return out
+
+
+def _one(samples: list[Sample], name: str, **labels: str) -> float:
+    found = [s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+def test_counters_parse_and_match_the_table() -> None:
+    sources = [{"source": "simulated", "kind": "SimulatedSource", "state": "running", "failures": 2},
+               {"source": "finnhub", "kind": "FinnhubQuotes", "state": "failing", "failures": 5}]
+    text = render(_values(), {"raw.simulated": 12, "ticks.clean": 0}, sources, now=101.0).decode()
+    fams = _samples(text)
+    assert _one(fams["tickflow_points_processed"], "tickflow_points_processed_total", source="simulated") == 100
+    assert _one(fams["tickflow_points_processed"], "tickflow_points_processed_total", source="finnhub") == 5
+    assert _one(fams["tickflow_points_valid"], "tickflow_points_valid_total", source="simulated") == 97
+    rejected = fams["tickflow_points_rejected"]
+    assert _one(rejected, "tickflow_points_rejected_total", source="simulated", rule="schema.not_json") == 2
+    assert _one(rejected, "tickflow_points_rejected_total", source="simulated", rule="quote.crossed") == 1
+    assert _one(fams["tickflow_rows_written"], "tickflow_rows_written_total", source="simulated") == 90
+    assert _one(fams["tickflow_rows_duplicate"], "tickflow_rows_duplicate_total", source="simulated") == 7
+    assert _one(fams["tickflow_consumer_lag"], "tickflow_consumer_lag", topic="raw.simulated") == 12
+    assert _one(fams["tickflow_source_up"], "tickflow_source_up", source="simulated") == 1
+    assert _one(fams["tickflow_source_up"], "tickflow_source_up", source="finnhub") == 0
+    assert _one(fams["tickflow_source_failures"], "tickflow_source_failures_total", source="finnhub") == 5
+    assert _one(fams["tickflow_throughput_rows_per_second"], "tickflow_throughput_rows_per_second",
+                source="simulated") > 0
+
+
+def test_latency_histogram_is_cumulative_in_seconds() -> None:
+    values = _values()
+    text = render(values, None, [], now=101.0).decode()
+    samples = _samples(text)["tickflow_end_to_end_latency_seconds"]
+    buckets = [s for s in samples if s.name.endswith("_bucket") and s.labels["source"] == "simulated"]
+    assert len(buckets) == len(histogram.BOUNDS_MS)
+    les = [float(s.labels["le"]) for s in buckets]
+    assert les == list(BOUNDS_SECONDS) and les[-1] == math.inf and les[0] == 0.0005
+    counts = [s.value for s in buckets]
+    assert counts == sorted(counts), "buckets must be cumulative"
+    assert _one(buckets, "tickflow_end_to_end_latency_seconds_bucket", source="simulated", le="0.005") == 60
+    assert _one(buckets, "tickflow_end_to_end_latency_seconds_bucket", source="simulated", le="60.0") == 85
+    n = values["simulated"]["latency_n"]
+    assert counts[-1] == n == 90
+    assert _one(samples, "tickflow_end_to_end_latency_seconds_count", source="simulated") == n
+    assert math.isclose(_one(samples, "tickflow_end_to_end_latency_seconds_sum", source="simulated"),
+                        values["simulated"]["latency_sum_ms"] / 1000.0)
+
+
+def test_lag_failure_and_empty_table_still_render() -> None:
+    fams = _samples(render({}, None, [], now=0.0).decode())
+    assert fams["tickflow_consumer_lag"] == [] and fams["tickflow_points_processed"] == []

@@ -1,0 +1,136 @@
+"""deploy/k8s: every manifest parses, and what it says agrees with the code (pages, port, settings, partitions)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streams.catalog import load_catalog
+from streams.settings import Settings, WorkerSettings
+
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+SECRET_KEYS = {"TICKFLOW_POSTGRES__PASSWORD", "ALPHA_VANTAGE_API_KEY", "FINNHUB_API_KEY", "FRED_API_KEY",
+               "NASDAQ_DATA_LINK_API_KEY", "TWITTER_BEARER_TOKEN"}
+
+
+def _docs() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def _one(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in _docs() if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def _container() -> dict[str, Any]:
+    containers = _one("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def _env() -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in _container()["env"]}
+
+
+def test_kustomization_lists_every_manifest_and_the_kinds_are_there() -> None:
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kust["resources"]) == files
+    kinds = {d["kind"] for d in _docs()}
+    assert {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget",
+            "HorizontalPodAutoscaler"} <= kinds
+    ns = _one("Namespace")["metadata"]["name"]
+    assert kust["namespace"] == ns
+
+
+def test_probes_hit_a_page_the_app_serves_on_the_container_port() -> None:
+    import streams.web  # noqa: F401  (registers /health)
+    from streams.app import app
+
+    c = _container()
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": WorkerSettings().web_port}
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = c[probe]["httpGet"]
+        assert get["path"] == "/health" and get["path"] in app.web.views
+        assert ports.get(get["port"], get["port"]) == WorkerSettings().web_port
+    assert c["livenessProbe"]["initialDelaySeconds"] >= c["readinessProbe"].get("initialDelaySeconds", 0)
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    assert _one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 60
+
+
+def test_env_names_are_settings_the_worker_reads() -> None:
+    env = _env()
+    assert env["TICKFLOW_WORKER__WEB_HOST"]["value"] == "0.0.0.0"
+    assert env["TICKFLOW_WORKER__ADVERTISED_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert {"TICKFLOW_KAFKA__BOOTSTRAP_SERVERS", "TICKFLOW_POSTGRES__HOST", "TICKFLOW_CONFIG"} <= set(env)
+    secret_env = set(_one("Secret")["stringData"])
+    assert secret_env == SECRET_KEYS
+    fields = {name: f.annotation.model_fields for name, f in Settings.model_fields.items()}
+    for name in set(env) | secret_env:
+        if not name.startswith("TICKFLOW_") or name == "TICKFLOW_CONFIG":
+            continue
+        section, _, key = name.removeprefix("TICKFLOW_").lower().partition("__")
+        assert section in fields and key in fields[section], f"{name} is not a setting"
+    refs = [e["secretRef"]["name"] for e in _container()["envFrom"]]
+    assert refs == [_one("Secret")["metadata"]["name"]]
+
+
+def test_configmap_is_a_valid_pipeline_config_mounted_where_tickflow_config_points(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cm = _one("ConfigMap")
+    spec = _one("Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v.get("configMap", {}).get("name") == cm["metadata"]["name"])
+    mount = next(m for m in _container()["volumeMounts"] if m["name"] == volume["name"])
+    assert _env()["TICKFLOW_CONFIG"]["value"] == f"{mount['mountPath']}/pipeline_config.yaml"
+
+    path = tmp_path / "pipeline_config.yaml"
+    path.write_text(cm["data"]["pipeline_config.yaml"])
+    for var in [v for v in os.environ if v.startswith("TICKFLOW_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("TICKFLOW_CONFIG", str(path))
+    settings = Settings()  # unknown keys or wrong types raise here
+    assert settings.worker.web_port == WorkerSettings().web_port
+
+
+def test_replicas_never_exceed_the_partitions() -> None:
+    partitions = load_catalog().one("clean").partitions
+    deploy, hpa = _one("Deployment"), _one("HorizontalPodAutoscaler")
+    assert 1 <= deploy["spec"]["replicas"] <= partitions
+    assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= partitions
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deploy["metadata"]["name"]}
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_selectors_match_the_pods() -> None:
+    labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert _one("Deployment")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert _one("PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert _one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    services = [d for d in _docs() if d["kind"] == "Service"]
+    assert sorted(s["spec"].get("clusterIP", "") == "None" for s in services) == [False, True]
+    for s in services:
+        assert s["spec"]["selector"].items() <= labels.items()
+        assert [p["targetPort"] for p in s["spec"]["ports"]] == ["http"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_kustomize_renders_everything_into_the_namespace() -> None:
+    out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=True)
+    rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert len(rendered) == len(_docs())
+    ns = _one("Namespace")["metadata"]["name"]
+    assert all(d["metadata"].get("namespace") == ns for d in rendered if d["kind"] != "Namespace")
