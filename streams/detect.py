@@ -5,9 +5,9 @@ ticks.clean), anomaly events for ticks.anomalies (detector, score, threshold, th
 per-symbol detector state in the `anomaly_state` table.
 
 The detectors (streams/anomalies.py) are plain classes; this module only keeps their state. The table is
-keyed by symbol and uses the producer's partitioner, so a symbol's state lives in the same partition
-number as the symbol's raw records and moves with them on a rebalance; it is recovered from its
-changelog after a restart. Suites are kept in memory between batches and saved at most every
+keyed by symbol and global (every worker reads the whole changelog), so whichever worker the validate
+group hands a symbol's partition to finds the symbol's state; it is recovered from its changelog after a
+restart, before the validate stage starts. Suites are kept in memory between batches and saved at most every
 `anomaly_state_flush_seconds` per symbol (the state is a few KB: saving it on every record would
 multiply the changelog traffic), so after a crash a symbol's detectors resume from a state at most that
 old, and the records replayed from the last committed offset warm them up again.
@@ -28,7 +28,7 @@ from streams.topics import catalog
 
 logger = logging.getLogger(__name__)
 
-anomaly_state = app.Table(
+anomaly_state = app.GlobalTable(
     "anomaly_state",
     default=None,
     partitions=catalog.by_role("raw")[0].partitions,
@@ -85,16 +85,6 @@ class AnomalyStage:
 
 
 stage = AnomalyStage(settings.anomalies, settings.validation.anomaly_state_flush_seconds)
-
-
-@app.on_partitions_revoked.connect
-async def _on_revoked(sender: Any = None, revoked: Any = None, **kwargs: Any) -> None:
-    # Save what we have while we still own it, then forget it.
-    try:
-        stage.save(force=True)
-    except Exception as exc:
-        logger.warning("could not save detector state on revoke: %r", exc)
-    stage.forget()
 
 
 def event_for(anomaly: Anomaly, source: str) -> dict[str, Any]:

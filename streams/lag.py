@@ -1,5 +1,5 @@
-"""Consumer lag of the worker's group, read from the cluster (committed offsets vs. end offsets), so
-every worker reports the same number whatever partitions it owns."""
+"""Consumer lag of the stages' groups, read from the cluster (committed offsets vs. end offsets), so every
+worker reports the same number whatever partitions it owns."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ logger = logging.getLogger(__name__)
 
 
 class LagReader:
-    def __init__(self, bootstrap_servers: str, group_id: str, topics: list[str], cache_seconds: float = 1.0) -> None:
+    def __init__(self, bootstrap_servers: str, groups: dict[str, list[str]], cache_seconds: float = 1.0) -> None:
         self.bootstrap_servers = bootstrap_servers
-        self.group_id = group_id
-        self.topics = topics
+        self.groups = groups
         self.cache_seconds = cache_seconds
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -38,19 +37,22 @@ class LagReader:
             if self._cached and time.monotonic() - self._cached[0] < self.cache_seconds:
                 return self._cached[1]
             admin, consumer = await self._clients()
-            tps = []
-            for topic in self.topics:
-                for p in consumer.partitions_for_topic(topic) or ():
-                    tps.append(TopicPartition(topic, p))
-                if not consumer.partitions_for_topic(topic):
-                    await consumer._client.force_metadata_update()
-            committed = await admin.list_consumer_group_offsets(self.group_id, partitions=tps or None)
-            ends = await consumer.end_offsets(tps) if tps else {}
-            lag: dict[str, int] = {t: 0 for t in self.topics}
-            for tp, end in ends.items():
-                meta = committed.get(tp)
-                pos = meta.offset if meta is not None and meta.offset >= 0 else 0
-                lag[tp.topic] += max(0, end - pos)
+            lag: dict[str, int] = {}
+            for group, topics in self.groups.items():
+                tps = []
+                for topic in topics:
+                    if not consumer.partitions_for_topic(topic):
+                        await consumer._client.force_metadata_update()
+                    for p in consumer.partitions_for_topic(topic) or ():
+                        tps.append(TopicPartition(topic, p))
+                if not tps:
+                    continue
+                committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+                ends = await consumer.end_offsets(tps)
+                for tp, end in ends.items():
+                    meta = committed.get(tp)
+                    pos = meta.offset if meta is not None and meta.offset >= 0 else 0
+                    lag[tp.topic] = lag.get(tp.topic, 0) + max(0, end - pos)
             self._cached = (time.monotonic(), lag)
             return lag
 

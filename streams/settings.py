@@ -93,7 +93,6 @@ class ValidationSettings(_Section):
 
 class SinkSettings(_Section):
     batch_size: int = 2000
-    batch_within_seconds: float = 0.01
     retry_initial_seconds: float = 0.2
     retry_max_seconds: float = 10.0
 

@@ -1,4 +1,4 @@
-"""The catalog's topics as Faust topics, and the check that makes the cluster match topics.yaml.
+"""The catalog's topic names for this deployment, and the check that makes the cluster match topics.yaml.
 
 `ensure_topics` creates missing topics with their partitions, retention and cleanup policy, and refuses
 (TopicMismatchError) when an existing topic's partition count differs: a worker would otherwise start
@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.app import app, settings
-from streams.catalog import Catalog, TopicSpec, catalog_for
+from streams.catalog import Catalog, catalog_for
 from streams.errors import ConfigError, TopicMismatchError
 
 logger = logging.getLogger(__name__)
@@ -22,18 +22,7 @@ logger = logging.getLogger(__name__)
 catalog: Catalog = catalog_for(settings.kafka.topic_suffix)
 
 
-def _faust_topic(*specs: TopicSpec):
-    return app.topic(
-        *(s.name for s in specs),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-
-
-raw_topics = _faust_topic(*catalog.by_role("raw"))
-clean_topic = _faust_topic(catalog.one("clean"))
+clean_topic_name = catalog.one("clean").name
 rejected_topic_name = catalog.one("rejected").name
 anomalies_topic_name = catalog.one("anomalies").name
 source_of_topic: dict[str, str] = {t.name: t.source or "" for t in catalog.by_role("raw")}

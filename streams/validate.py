@@ -2,15 +2,14 @@
 
 Reads: every raw.<source> topic in topics.yaml (bytes as the producer wrote them).
 Writes: ticks.clean (canonical MarketDataPoint JSON, key = symbol) for valid records;
-ticks.rejected (original key, value, timestamp and headers + tickflow.* reason headers) for the rest.
-
-      ticks.anomalies (anomaly events) from the detectors (streams/anomalies.py via streams/detect.py);
-      a tick anomaly flags the clean record (`anomaly:<detector>`), or quarantines it to ticks.rejected
-      (rule `anomaly.<detector>`) for the sources listed in validation.quarantine_sources.
+        ticks.rejected (original key, value, timestamp and headers + tickflow.* reason headers);
+        ticks.anomalies (anomaly events) from the detectors (streams/anomalies.py via streams/detect.py);
+        a tick anomaly flags the clean record (`anomaly:<detector>`), or quarantines it to ticks.rejected
+        (rule `anomaly.<detector>`) for the sources listed in validation.quarantine_sources.
 
 Bad data is caught per record and dead-lettered; nothing is dropped silently and the worker never dies
-of a record. A batch's source offsets are acked only after every output of the batch is acknowledged
-by the broker.
+of a record. A batch's source offsets are committed only after every output of the batch is acknowledged
+by the broker (streams/stage.py says why this stage owns its commits).
 """
 
 from __future__ import annotations
@@ -21,65 +20,58 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from aiokafka import TopicPartition
 
 from streams import metrics
 from streams.app import app, settings
-from streams.detect import event_for, stage
+from streams.detect import event_for
+from streams.detect import stage as anomaly_stage
 from streams.errors import RejectedRecord
 from streams.models import MarketDataPoint
 from streams.publish import Outgoing, Rejection, send_all
 from streams.rules import Validator
-from streams.topics import anomalies_topic_name, clean_topic, raw_topics, rejected_topic_name, source_of_topic
+from streams.stage import BatchStage
+from streams.topics import anomalies_topic_name, catalog, clean_topic_name, rejected_topic_name, source_of_topic
 
 logger = logging.getLogger(__name__)
 
 STAGE = "validate"
-BATCH = 1000
-WITHIN = 0.005
-CLEAN_TOPIC = clean_topic.get_topic_name()
 DETECT = settings.validation.detect_anomalies
 QUARANTINE = set(settings.validation.quarantine_sources)
 
 
-def _headers(message: Any) -> list[tuple[str, bytes]]:
-    raw = message.headers or []
-    items = raw.items() if isinstance(raw, dict) else raw
-    return [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in items]
-
-
-def route(validator: Validator, event: Any, deltas: dict[str, dict[str, Any]]) -> list[Outgoing]:
-    """One raw event -> its clean or dead-letter message, its anomaly events, and its metrics delta."""
-    msg = event.message
-    source = source_of_topic.get(msg.topic, msg.topic)
+def route(validator: Validator, rec: Any, deltas: dict[str, dict[str, Any]]) -> list[Outgoing]:
+    """One raw record -> its clean or dead-letter message, its anomaly events, and its metrics delta."""
+    source = source_of_topic.get(rec.topic, rec.topic)
     d = deltas[source]
     d["processed"] += 1
-    ts_seconds = msg.timestamp if msg.timestamp and msg.timestamp > 0 else None
+    ts_seconds = rec.timestamp / 1000.0 if rec.timestamp and rec.timestamp > 0 else None
     events: list[Outgoing] = []
     try:
         ingested = datetime.fromtimestamp(ts_seconds, UTC) if ts_seconds else None
-        point = validator.check(event.value, source=source, ingested_at=ingested)
+        point = validator.check(rec.value, source=source, ingested_at=ingested)
         quarantine: tuple[str, str] | None = None
         if DETECT:
             events, quarantine = detect(point, source, d)
         if quarantine is None:
             d["valid"] += 1
-            return [*events, Outgoing(CLEAN_TOPIC, point.symbol.encode(), point.to_json())]
+            return [*events, Outgoing(clean_topic_name, point.symbol.encode(), point.to_json())]
         (rule, error), exc_name = quarantine, "Anomaly"
     except RejectedRecord as rej:
         rule, error, exc_name = rej.rule, rej.reason, type(rej).__name__
     except Exception as exc:  # a bug in a rule must dead-letter the record, not kill the worker
-        logger.exception("validator failed on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+        logger.exception("validator failed on %s[%d]@%d", rec.topic, rec.partition, rec.offset)
         rule, error, exc_name = "internal.error", repr(exc), type(exc).__name__
     d["rejected"] += 1
     d["rules"][rule] = d["rules"].get(rule, 0) + 1
-    why = Rejection(STAGE, rule, error, exc_name, msg.topic, msg.partition, msg.offset, _headers(msg))
-    return [*events, Outgoing(rejected_topic_name, event.key, event.value, ts_seconds, why.headers())]
+    why = Rejection(STAGE, rule, error, exc_name, rec.topic, rec.partition, rec.offset, list(rec.headers or []))
+    return [*events, Outgoing(rejected_topic_name, rec.key, rec.value, ts_seconds, why.headers())]
 
 
 def detect(point: MarketDataPoint, source: str, d: dict[str, Any]) -> tuple[list[Outgoing], tuple[str, str] | None]:
     """Run the detectors: anomaly events to send, and (rule, reason) when the record is quarantined."""
     try:
-        found = stage.detect(point)
+        found = anomaly_stage.detect(point)
     except Exception:  # a detector bug must not cost the record: pass it on unflagged, loudly
         logger.exception("anomaly detectors failed on %s/%s", source, point.symbol)
         d["rules"]["anomaly.internal_error"] = d["rules"].get("anomaly.internal_error", 0) + 1
@@ -102,13 +94,28 @@ def detect(point: MarketDataPoint, source: str, d: dict[str, Any]) -> tuple[list
     return events, quarantine
 
 
-@app.agent(raw_topics, name="validate_ticks", concurrency=1)
-async def validate_ticks(stream: Any) -> None:
-    validator = Validator(settings.validation)
-    async for events in stream.take_events(BATCH, within=WITHIN):
+@app.service
+class ValidateTicks(BatchStage):
+    """validate_ticks: raw.* -> ticks.clean | ticks.rejected | ticks.anomalies."""
+
+    stage = STAGE
+    topics = tuple(t.name for t in catalog.by_role("raw"))
+    max_records = 2000
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.validator = Validator(settings.validation)
+
+    async def process(self, records: list[Any]) -> None:
         deltas: dict[str, dict[str, Any]] = defaultdict(metrics.new_delta)
-        outgoing = [m for ev in events for m in route(validator, ev, deltas)]
+        outgoing = [m for rec in records for m in route(self.validator, rec, deltas)]
         if DETECT:
-            stage.save()
+            anomaly_stage.save()
         await send_all(outgoing)
         await metrics.emit(deltas)
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # The detector state of the symbols we may lose is saved while we still own them.
+        if DETECT:
+            anomaly_stage.save(force=True)
+            anomaly_stage.forget()

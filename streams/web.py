@@ -16,14 +16,17 @@ from streams import metrics
 from streams.app import app, settings
 from streams.lag import LagReader
 from streams.produce import supervisor
+from streams.stage import stages
 from streams.topics import catalog
 
 logger = logging.getLogger(__name__)
 
 lag_reader = LagReader(
     settings.kafka.bootstrap_servers,
-    settings.worker.app_id,
-    [t.name for t in catalog.by_role("raw")] + [catalog.one("clean").name],
+    {
+        f"{settings.worker.app_id}-validate": [t.name for t in catalog.by_role("raw")],
+        f"{settings.worker.app_id}-write": [catalog.one("clean").name],
+    },
 )
 
 
@@ -53,7 +56,9 @@ class Health(View):
             else str(app.conf.canonical_url),
             "leader": app.is_leader(),
             "sources": sorted(supervisor.status.values(), key=lambda s: (s["source"], s["kind"])),
-            "assigned": sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment()),
+            "stages": {name: st.status() for name, st in sorted(stages.items())},
+            "assigned": sorted({f"{tp.topic}[{tp.partition}]" for st in stages.values() for tp in st.assignment()} | {
+                f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment()}),
         }
         return self.json(body, status=503 if recovering else 200)
 

@@ -3,11 +3,10 @@
 Reads: ticks.clean. Writes: PostgreSQL market_data (through sinks.postgres, COPY + idempotent upsert),
 and ticks.rejected for the rare row the database refuses (stage `write`).
 
-A batch from take_events() is written in one transaction; Faust acks its events (and so later
-commits their offsets) only when this loop body ends, which happens only after the rows committed.
-A database outage is retried in place with capped exponential backoff and jitter: the loop does not
-pull more records meanwhile, so Faust's bounded stream buffer fills and fetching pauses. No database
-error may escape the loop: Faust would ack the buffered events and they would be lost.
+A batch is written in one transaction, and its offsets are committed to Kafka only after that
+transaction commits (streams/stage.py). A database outage is retried in place with capped exponential
+backoff and jitter: the stage fetches nothing meanwhile, so memory stays bounded by one batch plus the
+consumer's fetch buffer, and it resumes where it stopped when the database returns.
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ from streams.app import app, settings
 from streams.db import ensure_writer
 from streams.errors import SinkError, SinkUnavailable
 from streams.publish import Outgoing, Rejection, send_all
-from streams.topics import clean_topic, rejected_topic_name
+from streams.stage import BatchStage
+from streams.topics import clean_topic_name, rejected_topic_name
 
 logger = logging.getLogger(__name__)
 
@@ -70,58 +70,66 @@ async def write_isolating(
     return merged, bad_left + bad_right
 
 
-def _rejection(event: Any, rule: str, exc: BaseException) -> Outgoing:
-    msg = event.message
-    why = Rejection(STAGE, rule, str(exc), type(exc).__name__, msg.topic, msg.partition, msg.offset)
-    return Outgoing(rejected_topic_name, event.key, event.value, msg.timestamp or None, why.headers())
+def _rejection(rec: Any, rule: str, exc: BaseException) -> Outgoing:
+    why = Rejection(STAGE, rule, str(exc), type(exc).__name__, rec.topic, rec.partition, rec.offset)
+    ts = rec.timestamp / 1000.0 if rec.timestamp and rec.timestamp > 0 else None
+    return Outgoing(rejected_topic_name, rec.key, rec.value, ts, why.headers())
 
 
-@app.agent(clean_topic, name="write_ticks", concurrency=1)
-async def write_ticks(stream: Any) -> None:
-    batch_size, within = settings.sink.batch_size, settings.sink.batch_within_seconds
-    async for events in stream.take_events(batch_size, within=within):
-        rows: list[tuple[Any, ...]] = []
-        kept: list[Any] = []
-        sources: list[str] = []
-        ingested: list[float | None] = []
-        dead: list[Outgoing] = []
-        deltas: dict[str, dict[str, Any]] = defaultdict(metrics.new_delta)
-        for ev in events:
-            try:
-                rec = orjson.loads(ev.value)
-                row = row_from_record(rec)
-            except Exception as exc:
-                dead.append(_rejection(ev, "write.decode", exc))
-                deltas["unknown"]["rules"]["write.decode"] = deltas["unknown"]["rules"].get("write.decode", 0) + 1
-                continue
-            rows.append(row)
-            kept.append(ev)
-            sources.append(row[0])
-            ing = row[-1]
-            ingested.append(ing.timestamp() if ing is not None else None)
-        result, bad = await write_isolating(rows, kept)
-        committed_at = time.time()
-        bad_ids = set()
-        for ev, exc in bad:
-            bad_ids.add(id(ev))
-            dead.append(_rejection(ev, "write.refused", exc))
-        for ev, src, ing in zip(kept, sources, ingested, strict=True):
-            if id(ev) in bad_ids:
-                deltas[src]["rules"]["write.refused"] = deltas[src]["rules"].get("write.refused", 0) + 1
-                continue
-            d = deltas[src]
-            if ing is not None:
-                ms = (committed_at - ing) * 1000.0
-                histogram.observe_many(d["latency"], (ms,))
-                d["latency_sum_ms"] += ms
-                d["latency_n"] += 1
-        for src, n in result.inserted_by_source.items():
-            deltas[src]["written"] += n
-        for ev, src in zip(kept, sources, strict=True):
-            if id(ev) not in bad_ids:
-                deltas[src]["duplicates"] += 1
-        for src, n in result.inserted_by_source.items():
-            deltas[src]["duplicates"] -= n
-        if dead:
-            await send_all(dead)
-        await metrics.emit(deltas)
+async def write_batch(records: list[Any]) -> None:
+    """Decode, write in one transaction (bisecting around refused rows), dead-letter what cannot be written,
+    and emit the batch's metrics. Returns only when every row is committed or dead-lettered."""
+    rows: list[tuple[Any, ...]] = []
+    kept: list[Any] = []
+    sources: list[str] = []
+    ingested: list[float | None] = []
+    dead: list[Outgoing] = []
+    deltas: dict[str, dict[str, Any]] = defaultdict(metrics.new_delta)
+    for rec in records:
+        try:
+            row = row_from_record(orjson.loads(rec.value))
+        except Exception as exc:
+            dead.append(_rejection(rec, "write.decode", exc))
+            rules = deltas["unknown"]["rules"]
+            rules["write.decode"] = rules.get("write.decode", 0) + 1
+            continue
+        rows.append(row)
+        kept.append(rec)
+        sources.append(row[0])
+        ing = row[-1]
+        ingested.append(ing.timestamp() if ing is not None else None)
+    result, bad = await write_isolating(rows, kept)
+    committed_at = time.time()
+    bad_ids = set()
+    for rec, exc in bad:
+        bad_ids.add(id(rec))
+        dead.append(_rejection(rec, "write.refused", exc))
+    for rec, src, ing in zip(kept, sources, ingested, strict=True):
+        d = deltas[src]
+        if id(rec) in bad_ids:
+            d["rules"]["write.refused"] = d["rules"].get("write.refused", 0) + 1
+            continue
+        d["duplicates"] += 1  # corrected below by what was inserted
+        if ing is not None:
+            ms = (committed_at - ing) * 1000.0
+            histogram.observe_many(d["latency"], (ms,))
+            d["latency_sum_ms"] += ms
+            d["latency_n"] += 1
+    for src, n in result.inserted_by_source.items():
+        deltas[src]["written"] += n
+        deltas[src]["duplicates"] -= n
+    if dead:
+        await send_all(dead)
+    await metrics.emit(deltas)
+
+
+@app.service
+class WriteTicks(BatchStage):
+    """write_ticks: ticks.clean -> PostgreSQL market_data."""
+
+    stage = STAGE
+    topics = (clean_topic_name,)
+    max_records = settings.sink.batch_size
+
+    async def process(self, records: list[Any]) -> None:
+        await write_batch(records)

@@ -36,3 +36,13 @@ async def test_workers_join_and_leave_during_the_flow(iso, workers, producer, pg
         extra.stop()
     await check_oracles(iso, pg, expected_rule, valid_keys)
     assert steady.alive()
+
+
+async def test_two_workers_start_together_on_a_backlog(iso, workers, producer, pg) -> None:
+    """The case that lost rows with Faust-managed stream offsets: both join while records wait."""
+    await ensure_topics_for(iso)
+    messages, expected_rule, valid_keys = build_inputs(seed=43)
+    await produce_all(producer, iso.raw_topic(), messages)
+    a, b = workers("a"), workers("b")
+    await check_oracles(iso, pg, expected_rule, valid_keys)
+    assert a.alive() and b.alive()

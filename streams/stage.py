@@ -1,0 +1,164 @@
+"""The base of the two data-plane stages (validate_ticks, write_ticks): a Faust service that owns its
+consumer group and commits a batch's offsets only after the batch is fully done.
+
+Why not a Faust agent: on a rebalance, Faust's stream machinery can ack events that were never
+processed, and then commits past them. We reproduced it (two workers starting together on 10,000
+preloaded records lost 40 consecutive rows in one run of three; the benchmark with two workers lost 31
+of 100,000), and faust-streaming has open reports of the same family (#221, #312, #502). The sink's
+contract — offsets committed only after the rows commit, nothing lost — needs the commit in our hands:
+
+- one aiokafka consumer per stage and worker, group `<app id>-<stage>`, auto-commit off;
+- `getmany()` -> `process(batch)` -> `commit(batch's next offsets)`; `process` never raises for bad
+  data (it dead-letters) and retries outages in place, so a batch is never half-acknowledged;
+- on a rebalance, revocation waits for the batch in flight to finish and commit before the partitions
+  move, so the next owner starts exactly after it;
+- a commit that fails (the group moved on while this worker was paused) is logged, not fatal: the new
+  owner re-reads those records, and every output is idempotent downstream (natural-key upsert).
+
+It is also ~5x faster per record than Faust's per-event stream path on this machine (bench/), because
+work is per batch. The stages still run inside `faust worker` and scale by the same partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from mode import Service
+
+from streams.app import settings
+
+logger = logging.getLogger(__name__)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, stage: BatchStage) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.stage.batch_lock:  # the batch in flight finishes and commits first
+            await self.stage.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.stage.on_assigned(set(assigned))
+
+
+# The stage services of this worker, by stage name (read by /health and /metrics).
+stages: dict[str, BatchStage] = {}
+
+
+class BatchStage(Service):
+    """Subclasses set `stage` and `topics`, and implement `process(records)`."""
+
+    stage: str = "stage"
+    topics: Sequence[str] = ()
+    max_records: int = 2000
+    poll_timeout_ms: int = 100
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch_lock = asyncio.Lock()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.batches = 0
+        self.last_batch_at: float | None = None
+        self.commit_failures = 0
+        stages[self.stage] = self
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "group": self.group_id,
+            "assigned": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.assignment()),
+            "batches": self.batches,
+            "last_batch_at": self.last_batch_at,
+            "commit_failures": self.commit_failures,
+        }
+
+    @property
+    def group_id(self) -> str:
+        return f"{settings.worker.app_id}-{self.stage}"
+
+    async def on_start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            group_id=self.group_id,
+            client_id=f"tickflow-{self.stage}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_records,
+            fetch_max_wait_ms=self.poll_timeout_ms,
+            max_partition_fetch_bytes=2 * 1024 * 1024,
+            session_timeout_ms=30_000,
+            heartbeat_interval_ms=3_000,
+            # A database outage holds a batch for as long as it lasts; stay in the group meanwhile.
+            max_poll_interval_ms=30 * 60 * 1000,
+        )
+        self.consumer.subscribe(topics=list(self.topics), listener=_Listener(self))
+        await self.consumer.start()
+        logger.info("%s: consuming %s as group %s", self.stage, ", ".join(self.topics), self.group_id)
+        self.add_future(self._run())
+
+    async def on_stop(self) -> None:
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.consumer.assignment()) if self.consumer is not None else set()
+
+    async def _run(self) -> None:
+        assert self.consumer is not None
+        consumer = self.consumer
+        while not self.should_stop:
+            try:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=self.max_records)
+            except (KafkaError, IllegalStateError) as exc:
+                logger.warning("%s: fetch failed (%r); retrying", self.stage, exc)
+                await asyncio.sleep(1.0)
+                continue
+            if not batch:
+                continue
+            async with self.batch_lock:
+                records = [r for tp in sorted(batch) for r in batch[tp]]
+                try:
+                    await self.process(records)
+                except Exception as exc:  # a bug, not bad data: stop loudly, commit nothing
+                    logger.exception("%s: processing failed; stopping the worker (nothing committed)", self.stage)
+                    await self.crash(exc)
+                    return
+                offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs}
+                await self._commit(consumer, offsets)
+                self.batches += 1
+                self.last_batch_at = time.time()
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await consumer.commit(offsets)
+                return
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group rebalanced away from us (e.g. we were paused past the session timeout):
+                # the new owner re-reads these records; our outputs were idempotent.
+                self.commit_failures += 1
+                logger.warning("%s: commit refused (%r); the partitions' new owner will re-read them", self.stage,
+                               exc)
+                return
+            except KafkaError as exc:
+                if delay >= 10:
+                    logger.warning("%s: commit failing (%r); retrying", self.stage, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def process(self, records: list[Any]) -> None:
+        raise NotImplementedError
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Called with the batch lock held, after the batch in flight committed."""
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Called when partitions arrive; the consumer starts at their committed offsets."""
