@@ -62,7 +62,12 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 bench: stack-up
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(PY) bench/throughput.py
+	$(PY) bench/anomaly_quality.py
+
+bench-soak: stack-up
+	BENCH_SOAK=$${BENCH_SOAK:-600} $(PY) bench/throughput.py
 
 clean: stack-down
 	rm -rf .cache/stack
