@@ -48,6 +48,7 @@ POINTS = int(os.environ.get("BENCH_POINTS", "200000"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 RATE = float(os.environ.get("BENCH_RATE", "1000"))
 LATENCY_SECONDS = float(os.environ.get("BENCH_LATENCY_SECONDS", "30"))
+SOAK_SECONDS = float(os.environ.get("BENCH_SOAK", "0"))
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -183,6 +184,31 @@ async def latency_run(settings: Any, env: dict[str, str], schema: str, rate: flo
             "p99_ms": round(p99, 2), "max_ms": round(row["max"], 2), "avg_ms": round(row["avg"], 2)}
 
 
+async def soak_run(settings: Any, env: dict[str, str], procs: list[subprocess.Popen[bytes]],
+                   seconds: float) -> dict[str, Any]:
+    """Steady 1,000 points/s for `seconds`; worker RSS sampled every 10 s. Growth compares the mean RSS of
+    the last tenth of the run with that of the second tenth (the first is warm-up)."""
+    print(f"soak: {RATE:,.0f} points/s for {seconds:.0f} s ...", flush=True)
+    sim = SimulatedSourceSettings(invalid_ratio=0.001, rate_per_second=RATE, seed=9)
+    runner = SourceRunner(settings, load_catalog(suffix=env["TICKFLOW_KAFKA__TOPIC_SUFFIX"]))
+    task = asyncio.create_task(runner.run(SimulatedSource(sim, run_id=f"soak{uuid.uuid4().hex[:6]}"),
+                                          seconds=seconds))
+    samples: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+    while not task.done():
+        await asyncio.sleep(10)
+        samples.append((time.monotonic() - t0, sum(proc_stats(p.pid)[1] for p in procs)))
+    sent = await task
+    n = max(1, len(samples) // 10)
+    early = sum(r for _, r in samples[n:2 * n]) / n if len(samples) >= 2 * n else samples[0][1]
+    late = sum(r for _, r in samples[-n:]) / n
+    growth = (late - early) / early * 100
+    print(f"  RSS {early / 2**20:.1f} MB -> {late / 2**20:.1f} MB ({growth:+.1f}%) over {sent:,} points")
+    return {"seconds": seconds, "sent": sent, "rss_mb_early": round(early / 2**20, 1),
+            "rss_mb_late": round(late / 2**20, 1), "rss_growth_percent": round(growth, 2),
+            "samples": samples}
+
+
 def plot(result: dict[str, Any], path: Path) -> bool:
     try:
         import matplotlib
@@ -239,6 +265,7 @@ async def main() -> None:
                 print(f"  p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  p99 {lat['p99_ms']} ms  "
                       f"max {lat['max_ms']} ms")
                 latency.append(lat)
+            soak = await soak_run(settings, env, procs, SOAK_SECONDS) if SOAK_SECONDS else None
         finally:
             for p in procs:
                 p.terminate()
@@ -255,6 +282,7 @@ async def main() -> None:
             "worker_cpu_cores_avg": round(cpu_s / max(usage[-1][0] - usage[0][0], 1e-9), 2),
             "worker_peak_rss_mb": round(max(u[2] for u in usage) / 2**20, 1),
             "latency": latency,
+            "soak": soak,
         }
         name = f"throughput-{WORKERS}w"
         (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))

@@ -5,6 +5,9 @@
   topics [create|check]                make the cluster match topics.yaml (check only reports)
   db migrate                           create or migrate the PostgreSQL schema
   status [--url URL]                   sources, lag, throughput and rejects from a running worker
+  backfill SOURCE --symbols A,B --start YYYY-MM-DD --end YYYY-MM-DD [--interval 1d]
+                                       load history (yahoo, alpha_vantage, fred) through raw.<source>;
+                                       rate-limited like the live source, safe to re-run (natural keys)
   replay-dlq [--rule R] [--source S] [--rate N] [--limit N] [--dry-run]
                                        re-inject dead-lettered records into their raw topic after a fix
 """
@@ -164,6 +167,60 @@ async def replay_dlq(args: argparse.Namespace) -> tuple[int, int]:
     return scanned, matched
 
 
+BACKFILL_SOURCES = ("yahoo", "alpha_vantage", "fred")
+
+
+async def backfill(args: argparse.Namespace) -> int:
+    """History through the raw topic: the same validation, anomaly detection and idempotent sink as live data."""
+    from datetime import date
+
+    import aiohttp
+
+    from producers.base import encode
+    from producers.registry import BUILDERS
+    from producers.runner import new_producer, send_batch
+    from streams.catalog import catalog_for
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    cfg = getattr(settings.sources, args.source)
+    (source,) = BUILDERS[args.source](cfg)  # raises ConfigError when the key is missing
+    topic = catalog_for(settings.kafka.topic_suffix).raw(args.source).name
+    start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
+    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    producer = new_producer(settings)
+    await producer.start()
+    total = failed = 0
+    try:
+        async with aiohttp.ClientSession() as session:
+            for i, symbol in enumerate(symbols, 1):
+                try:
+                    if args.source == "fred":
+                        points = await source.history(session, symbol, start, end)  # type: ignore[attr-defined]
+                    else:
+                        points = await source.history(session, symbol, start, end,  # type: ignore[attr-defined]
+                                                      args.interval)
+                except Exception as exc:  # one symbol failing does not stop the others
+                    failed += 1
+                    print(f"\n{symbol}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    continue
+                sent = await send_batch(producer, topic, [encode(p) for p in points])
+                total += sent
+                bar = "#" * int(30 * i / len(symbols))
+                print(f"\r[{bar:<30}] {i}/{len(symbols)} {symbol}: {sent:,} points ({total:,} in all)",
+                      end="", flush=True)
+        print()
+    finally:
+        await producer.stop()
+    print(f"backfilled {total:,} points from {args.source} into {topic}" + (f"; {failed} symbols failed" if failed
+                                                                           else ""))
+    return 1 if failed and not total else 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    return asyncio.run(backfill(args))
+
+
 def cmd_replay_dlq(args: argparse.Namespace) -> int:
     asyncio.run(replay_dlq(args))
     return 0
@@ -186,6 +243,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status")
     s.add_argument("--url")
     s.set_defaults(func=cmd_status)
+    s = sub.add_parser("backfill")
+    s.add_argument("source", choices=BACKFILL_SOURCES)
+    s.add_argument("--symbols", required=True, help="comma-separated symbols or FRED series ids")
+    s.add_argument("--start", required=True)
+    s.add_argument("--end", required=True)
+    s.add_argument("--interval", default="1d", help="bar interval (yahoo: 1m..1d; alpha_vantage: 1min..60min, 1d)")
+    s.set_defaults(func=cmd_backfill)
     s = sub.add_parser("replay-dlq")
     s.add_argument("--rule", help="only records whose rule starts with this (e.g. schema., quote.crossed)")
     s.add_argument("--source", help="only records from raw.<source>")
@@ -196,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-OURS = {"init", "topics", "db", "status", "replay-dlq"}
+OURS = {"init", "topics", "db", "status", "backfill", "replay-dlq"}
 
 
 def main(argv: list[str] | None = None) -> None:
