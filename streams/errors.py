@@ -28,6 +28,10 @@ class RejectedRecord(TickflowError):
         self.reason = reason
 
 
+class CircuitOpen(TickflowError):
+    """Too many records rejected in a row of records: the worker stops rather than dead-letter them all."""
+
+
 class SinkError(TickflowError):
     """The sink could not write a batch."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import deque
 from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
@@ -35,6 +36,30 @@ def _schema_rejection(exc: ValidationError) -> RejectedRecord:
     loc = ".".join(str(p) for p in err["loc"]) or "record"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return RejectedRecord(f"schema.{kind}", f"{loc}: {err['msg']}{more}")
+
+
+class CircuitBreaker:
+    """Trips when the rejected share of the last `window` records exceeds `ratio` (and the window is full).
+
+    A bad deploy or a provider changing its format would otherwise send every record to the dead-letter
+    topic while the pipeline looks healthy; stopping makes the outage visible and the records wait in
+    their raw topic (uncommitted) for the fix."""
+
+    def __init__(self, ratio: float, window: int) -> None:
+        self.ratio = ratio
+        self.window = window
+        self.outcomes: deque[bool] = deque(maxlen=window)
+        self.rejected = 0
+
+    def record(self, rejected: bool) -> None:
+        if len(self.outcomes) == self.window and self.outcomes[0]:
+            self.rejected -= 1
+        self.outcomes.append(rejected)
+        self.rejected += rejected
+
+    @property
+    def tripped(self) -> bool:
+        return self.ratio < 1.0 and len(self.outcomes) == self.window and self.rejected > self.ratio * self.window
 
 
 class Validator:

@@ -87,6 +87,11 @@ class ValidationSettings(_Section):
     # Sources whose anomalous ticks are quarantined to ticks.rejected (rule anomaly.<detector>)
     # instead of being flagged and passed on to ticks.clean.
     quarantine_sources: list[str] = Field(default_factory=list)
+    # Circuit breaker: stop the worker (clearly logged) when more than this share of the last
+    # `circuit_breaker_window` records was rejected, instead of dead-lettering everything after a bad
+    # deploy or a provider format change. 1.0 turns it off.
+    circuit_breaker_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
+    circuit_breaker_window: int = Field(default=2000, ge=10)
     # How often per symbol the detectors' state is saved to its changelog-backed table.
     anomaly_state_flush_seconds: float = 1.0
 

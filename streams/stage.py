@@ -32,6 +32,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from mode import Service
 
 from streams.app import settings
+from streams.errors import CircuitOpen
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,10 @@ class BatchStage(Service):
                 records = [r for tp in sorted(batch) for r in batch[tp]]
                 try:
                     await self.process(records)
+                except CircuitOpen as exc:
+                    logger.critical("%s: %s", self.stage, exc)
+                    await self.crash(exc)
+                    return
                 except Exception as exc:  # a bug, not bad data: stop loudly, commit nothing
                     logger.exception("%s: processing failed; stopping the worker (nothing committed)", self.stage)
                     await self.crash(exc)

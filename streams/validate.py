@@ -26,10 +26,10 @@ from streams import metrics
 from streams.app import app, settings
 from streams.detect import event_for
 from streams.detect import stage as anomaly_stage
-from streams.errors import RejectedRecord
+from streams.errors import CircuitOpen, RejectedRecord
 from streams.models import MarketDataPoint
 from streams.publish import Outgoing, Rejection, send_all
-from streams.rules import Validator
+from streams.rules import CircuitBreaker, Validator
 from streams.stage import BatchStage
 from streams.topics import anomalies_topic_name, catalog, clean_topic_name, rejected_topic_name, source_of_topic
 
@@ -105,10 +105,22 @@ class ValidateTicks(BatchStage):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.validator = Validator(settings.validation)
+        v = settings.validation
+        self.breaker = CircuitBreaker(v.circuit_breaker_ratio, v.circuit_breaker_window)
 
     async def process(self, records: list[Any]) -> None:
         deltas: dict[str, dict[str, Any]] = defaultdict(metrics.new_delta)
-        outgoing = [m for rec in records for m in route(self.validator, rec, deltas)]
+        outgoing = []
+        for rec in records:
+            routed = route(self.validator, rec, deltas)
+            self.breaker.record(routed[-1].topic == rejected_topic_name)
+            outgoing.extend(routed)
+        if self.breaker.tripped:
+            # Nothing of this batch is sent or committed: the records wait in their raw topic for the fix.
+            raise CircuitOpen(
+                f"circuit breaker: {self.breaker.rejected} of the last {self.breaker.window} records were rejected "
+                f"(limit {self.breaker.ratio:.0%}); stopping instead of dead-lettering everything. Rules: "
+                + ", ".join(f"{k} {v}" for d in deltas.values() for k, v in d["rules"].items()))
         if DETECT:
             anomaly_stage.save()
         await send_all(outgoing)

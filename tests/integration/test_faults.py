@@ -113,3 +113,19 @@ async def test_postgres_outage_during_flow(iso, workers, producer, pg) -> None:
         await conn.close()
     assert w.alive()
     assert "PostgreSQL unavailable" in w.log_text()
+
+
+async def test_circuit_breaker_stops_the_worker_instead_of_dead_lettering_everything(iso, workers, producer) -> None:
+    await ensure_topics_for(iso)
+    for i in range(300):  # a provider changed its format: nothing parses any more
+        await producer.send(iso.raw_topic(), b'{"sym": "AAPL", "px": %d}' % i, key=b"AAPL")
+    await producer.flush()
+    w = workers(TICKFLOW_VALIDATION__CIRCUIT_BREAKER_WINDOW="100")
+
+    def stopped() -> bool:
+        return not w.alive()
+
+    await wait_until(stopped, 90, "the worker to stop")
+    assert w.proc.returncode != 0
+    assert "circuit breaker" in w.log_text()
+    assert await read_topic(iso.bootstrap, iso.topic("rejected")) == []  # nothing dead-lettered, nothing committed

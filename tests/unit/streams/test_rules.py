@@ -75,3 +75,20 @@ def test_locked_quote_is_flagged_not_rejected_and_missing_economic_value_flagged
     assert p.flags == ["quote.locked"]
     e = v.check(raw(data_type="economic", price=None, symbol="GDP"), source="sim", now=NOW)
     assert e.flags == ["value.missing"]
+
+
+def test_circuit_breaker_trips_only_on_a_full_window_over_the_ratio() -> None:
+    from streams.rules import CircuitBreaker
+
+    b = CircuitBreaker(ratio=0.5, window=10)
+    for _ in range(9):
+        b.record(True)
+    assert not b.tripped  # window not full yet
+    b.record(True)
+    assert b.tripped
+    for _ in range(5):
+        b.record(False)
+    assert not b.tripped and b.rejected == 5  # 5 of 10: not over the limit
+    b.record(True)
+    assert b.tripped is False and b.rejected == 5  # one rejected in, one rejected out
+    assert not CircuitBreaker(ratio=1.0, window=10).tripped
