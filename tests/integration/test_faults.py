@@ -129,3 +129,32 @@ async def test_circuit_breaker_stops_the_worker_instead_of_dead_lettering_everyt
     assert w.proc.returncode != 0
     assert "circuit breaker" in w.log_text()
     assert await read_topic(iso.bootstrap, iso.topic("rejected")) == []  # nothing dead-lettered, nothing committed
+
+
+async def test_paused_worker_does_not_lose_or_double_rows(iso, workers, producer, pg) -> None:
+    """A worker frozen (SIGSTOP) past the session timeout loses its partitions; when it wakes up, its stale
+    batch's commit is refused and the new owner's re-read writes nothing twice (natural-key upsert)."""
+    await ensure_topics_for(iso)
+    messages, expected_rule, valid_keys = build_inputs(seed=47)
+    a, b = workers("a"), workers("b")
+
+    def both_assigned() -> bool:
+        owned = []
+        for w in (a, b):
+            status, h = w.get("/health")
+            owned.append(status == 200 and bool(h["stages"]["validate"]["assigned"]))
+        return all(owned)
+
+    await wait_until(both_assigned, 90, "both workers to own raw partitions")
+    third = len(messages) // 3
+    await produce_all(producer, iso.raw_topic(), messages[:third])
+    await asyncio.sleep(1.0)
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        await produce_all(producer, iso.raw_topic(), messages[third:2 * third], third)
+        await asyncio.sleep(40)  # past the stages' 30 s session timeout: b takes a's partitions
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    await produce_all(producer, iso.raw_topic(), messages[2 * third:], 2 * third)
+    await check_oracles(iso, pg, expected_rule, valid_keys)
+    assert b.alive()
