@@ -54,6 +54,8 @@ def create_app(settings: Settings) -> TickflowApp:
         stream_buffer_maxsize=16384,
         producer_linger_ms=settings.kafka.producer_linger_ms,
         producer_max_batch_size=settings.kafka.producer_max_batch_bytes,
+        # Dead letters carry the original bytes, up to the broker's message.max.bytes (4 MiB here).
+        producer_max_request_size=4 * 1024 * 1024 + 64 * 1024,
         table_standby_replicas=0,
         web_transport="tcp://",
         logging_config=None,

@@ -13,12 +13,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from aiokafka.errors import MessageSizeTooLargeError
+
 from streams.app import app
 
 logger = logging.getLogger(__name__)
 
 HEADER_PREFIX = "tickflow."
 MAX_ERROR_CHARS = 1000
+TRUNCATE_TO = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -59,6 +62,15 @@ class Rejection:
         return kept + [(HEADER_PREFIX + k, v.encode()) for k, v in own]
 
 
+def _shrink(m: Outgoing) -> Outgoing:
+    """A record larger than the broker takes can only go on truncated; the headers say so and how big it was."""
+    size = len(m.value or b"")
+    logger.error("%s: a %d-byte record exceeds the broker's limit; sending its first %d bytes", m.topic, size,
+                 TRUNCATE_TO)
+    headers = [*(m.headers or []), (HEADER_PREFIX + "value.truncated_from", str(size).encode())]
+    return Outgoing(m.topic, m.key, (m.value or b"")[:TRUNCATE_TO], m.timestamp, headers, m.partition)
+
+
 async def send_all(messages: Sequence[Outgoing], *, max_delay: float = 10.0) -> None:
     """Send all messages and wait for every ack; retry the failed ones until they are acked."""
     pending = list(messages)
@@ -77,7 +89,8 @@ async def send_all(messages: Sequence[Outgoing], *, max_delay: float = 10.0) -> 
                 pending = pending[:i]
                 break
         results = await asyncio.gather(*futures, return_exceptions=True)
-        failed = [m for m, r in zip(pending, results, strict=True) if isinstance(r, BaseException)] + failed
+        failed = [_shrink(m) if isinstance(r, MessageSizeTooLargeError) else m
+                  for m, r in zip(pending, results, strict=True) if isinstance(r, BaseException)] + failed
         if failed:
             first = next((r for r in results if isinstance(r, BaseException)), None)
             logger.warning("%d sends not acknowledged (%r); retrying in %.1f s", len(failed), first, delay)

@@ -170,7 +170,8 @@ async def wait_until(check: Callable[[], Any], timeout: float, what: str, interv
 
 @pytest.fixture
 async def producer(iso: Isolation) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=iso.bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    p = AIOKafkaProducer(bootstrap_servers=iso.bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+                         max_request_size=4 * 1024 * 1024)
     await p.start()
     yield p
     await p.stop()

@@ -26,6 +26,7 @@ INVALID = {
     "crossed": (lambda d: orjson.dumps({**d, "bid": d["ask"] + 1}), "quote.crossed"),
     "empty": (lambda d: b"", "schema.not_json"),
     "array": (lambda d: b"[1,2,3]", "schema.model_type"),
+    "two_mib": (lambda d: b'{"symbol": "' + b"A" * (2 * 1024 * 1024) + b'"}', "size.too_large"),
 }
 
 
