@@ -154,6 +154,40 @@ class PostgresTickWriter(BatchWriter):
         inserted = sum(by_source.values())
         return WriteResult(inserted, len(rows) - inserted, by_source)
 
+    async def delete_older_than(self, cutoff: datetime, batch_rows: int) -> int:
+        """Delete rows older than `cutoff` a batch at a time (short transactions, no long locks)."""
+        if self.pool is None:
+            await self.start()
+        assert self.pool is not None
+        deleted = 0
+        targets = ((f"{self.schema}.market_data", "ts"), (f"{self.schema}.data_quality_metrics", "recorded_at"))
+        try:
+            for table, column in targets:
+                while True:
+                    status = await self.pool.execute(
+                        f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE {column} < $1 LIMIT $2)",
+                        cutoff, batch_rows)
+                    n = int(status.rsplit(" ", 1)[-1])
+                    deleted += n
+                    if n < batch_rows:
+                        break
+        except Exception as exc:
+            raise classify(exc, "retention delete") from None
+        return deleted
+
+    async def recent(self, symbol: str, limit: int) -> list[dict[str, Any]]:
+        if self.pool is None:
+            await self.start()
+        assert self.pool is not None
+        cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
+        try:
+            rows = await self.pool.fetch(
+                f"SELECT {cols}, written_at FROM {self.schema}.market_data WHERE symbol = $1 "
+                "ORDER BY ts DESC LIMIT $2", symbol, limit)
+        except Exception as exc:
+            raise classify(exc, "read market_data") from None
+        return [dict(r) for r in rows]
+
     async def write_metrics(self, worker: str, snapshots: dict[str, dict[str, Any]]) -> None:
         if self.pool is None:
             await self.start()

@@ -15,7 +15,7 @@ from streams.settings import Settings, get_settings
 
 STAGE_MODULES = [
     "streams.validate", "streams.write", "streams.metrics", "streams.web", "streams.produce",
-    "streams.prometheus", "streams.dashboard",
+    "streams.prometheus", "streams.dashboard", "streams.retention",
 ]
 
 

@@ -72,6 +72,9 @@ class WorkerSettings(_Section):
     # Where Faust keeps table state; memory:// rebuilds tables from their changelogs at start.
     store: str = "memory://"
     metrics_flush_seconds: float = 10.0
+    # /health answers 503 ("stuck") when a stage owns partitions with lag but finished no batch for this
+    # long, so an orchestrator restarts the worker.
+    stuck_after_seconds: float = 300.0
 
 
 class ValidationSettings(_Section):
@@ -100,6 +103,11 @@ class SinkSettings(_Section):
     batch_size: int = 2000
     retry_initial_seconds: float = 0.2
     retry_max_seconds: float = 10.0
+    # Rows of market_data (by timestamp) and data_quality_metrics older than this are deleted, in bounded
+    # batches, by the leader every `retention_check_seconds`. 0 keeps everything.
+    data_retention_days: float = Field(default=0, ge=0)
+    retention_check_seconds: float = Field(default=3600, gt=0)
+    retention_batch_rows: int = Field(default=10_000, ge=100)
 
 
 class SimulatedSourceSettings(_Section):

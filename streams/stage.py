@@ -68,7 +68,12 @@ class BatchStage(Service):
         self.batches = 0
         self.last_batch_at: float | None = None
         self.commit_failures = 0
+        self.started_at = time.time()
         stages[self.stage] = self
+
+    def stuck(self, lag: int, now: float, after: float) -> bool:
+        """Owns partitions with lag, yet no batch finished for `after` seconds."""
+        return bool(self.assignment()) and lag > 0 and now - (self.last_batch_at or self.started_at) > after
 
     def status(self) -> dict[str, Any]:
         return {

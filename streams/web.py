@@ -10,10 +10,12 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from faust.web import Request, Response, View
 
 from streams import metrics
 from streams.app import app, settings
+from streams.db import ensure_writer
 from streams.lag import LagReader
 from streams.produce import supervisor
 from streams.stage import stages
@@ -46,12 +48,52 @@ class PipelineMetrics(View):
         return self.json(metrics.summary(values, time.time(), await queue_size()))
 
 
+@app.page("/pipeline/data/{symbol}")
+class RecentData(View):
+    """Recent clean rows of a symbol, newest first (the brief's frontend example reads this)."""
+
+    async def get(self, request: Request, symbol: str) -> Response:
+        try:
+            limit = max(1, min(int(request.query.get("limit", "100")), 5000))
+        except ValueError:
+            return self.json({"error": "limit must be an integer"}, status=400)
+        try:
+            rows = await (await ensure_writer()).recent(symbol, limit)
+        except Exception as exc:
+            return self.json({"error": f"database unavailable: {type(exc).__name__}"}, status=503)
+        return self.json({"symbol": symbol, "count": len(rows), "data": jsonable(rows)})
+
+
+def jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        d = {}
+        for k, v in r.items():
+            if v is None:
+                continue
+            if k == "ts":
+                k = "timestamp"
+            d[k] = v.isoformat() if hasattr(v, "isoformat") else (orjson.loads(v) if k == "metadata" else v)
+        out.append(d)
+    return out
+
+
 @app.page("/health")
 class Health(View):
     async def get(self, request: Request) -> Response:
         recovering = not app.tables.recovery.completed.is_set() if app.tables else False
+        try:
+            lag = await lag_reader.lag_by_topic()
+        except Exception:
+            lag = {}
+        now = time.time()
+        stuck = [name for name, st in stages.items()
+                 if st.stuck(sum(lag.get(t, 0) for t in st.topics), now, settings.worker.stuck_after_seconds)]
+        status = "recovering" if recovering else "stuck" if stuck else "ok"
         body: dict[str, Any] = {
-            "status": "recovering" if recovering else "ok",
+            "status": status,
+            "stuck_stages": stuck,
+            "lag": lag,
             "worker": app.conf.canonical_url.human_repr() if hasattr(app.conf.canonical_url, "human_repr")
             else str(app.conf.canonical_url),
             "leader": app.is_leader(),
@@ -60,7 +102,7 @@ class Health(View):
             "assigned": sorted({f"{tp.topic}[{tp.partition}]" for st in stages.values() for tp in st.assignment()} | {
                 f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment()}),
         }
-        return self.json(body, status=503 if recovering else 200)
+        return self.json(body, status=200 if status == "ok" else 503)
 
 
 @app.on_before_shutdown.connect

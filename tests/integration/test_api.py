@@ -67,3 +67,37 @@ async def test_pipeline_api_and_examples(iso, workers, pg, tmp_path) -> None:
     for key in ("total_processed", "valid_points", "rejected_points", "throughput_per_sec", "avg_latency_ms",
                 "p95_latency_ms", "queue_size"):
         assert key in m
+
+
+async def test_retention_and_recent_data_endpoint(iso, workers, producer, pg) -> None:
+    from datetime import timedelta
+
+    from tests.integration.conftest import ensure_topics_for
+
+    await ensure_topics_for(iso)
+    now = datetime.now(UTC)
+    for i in range(40):  # 20 rows 40 days old, 20 from the last minute
+        ts = now - (timedelta(days=40) if i < 20 else timedelta(seconds=60 - i))
+        p = MarketDataPoint(symbol="RET", timestamp=ts, price=50 + i, source="simulated", item_id=f"ret-{i}")
+        await producer.send(iso.raw_topic(), p.to_json(), key=b"RET")
+    await producer.flush()
+    w = workers(TICKFLOW_SINK__DATA_RETENTION_DAYS="30", TICKFLOW_SINK__RETENTION_CHECK_SECONDS="2")
+
+    async def only_recent_left() -> bool:
+        try:
+            table = f"{iso.schema}.market_data"
+            n_old = await pg.fetchval(f"SELECT count(*) FROM {table} WHERE ts < now() - interval '30 days'")
+            n_new = await pg.fetchval(f"SELECT count(*) FROM {table} WHERE ts >= now() - interval '1 day'")
+        except Exception:
+            return False
+        return n_old == 0 and n_new == 20
+
+    await wait_until(only_recent_left, 90, "old rows deleted and recent rows kept")
+    _, m = w.get("/pipeline/metrics")
+    assert m["written_points"] == 40  # the old rows were written first, then deleted by retention
+    status, body = w.get("/pipeline/data/RET?limit=5")
+    assert status == 200 and body["count"] == 5
+    stamps = [r["timestamp"] for r in body["data"]]
+    assert stamps == sorted(stamps, reverse=True)
+    assert body["data"][0]["item_id"] == "ret-39" and body["data"][0]["price"] == 89.0
+    assert w.get("/pipeline/data/RET?limit=x")[0] == 400

@@ -38,3 +38,21 @@ def test_throughput_over_window_and_decay() -> None:
         v = fold(v, delta(written=100), 1000.0 + t)
     assert 95 <= throughput(v, 1020.0) <= 105
     assert throughput(v, 1040.0) == 0.0
+
+
+def test_stage_is_stuck_only_with_partitions_lag_and_no_progress() -> None:
+    from streams.stage import BatchStage
+
+    class Fake(BatchStage):
+        stage = "fake-stuck"
+
+        def assignment(self):  # type: ignore[no-untyped-def]
+            return {("t", 0)}
+
+    s = Fake.__new__(Fake)
+    s.started_at, s.last_batch_at = 1000.0, None
+    assert not s.stuck(lag=10, now=1100.0, after=300)
+    assert s.stuck(lag=10, now=1400.0, after=300)
+    assert not s.stuck(lag=0, now=1400.0, after=300)
+    s.last_batch_at = 1350.0
+    assert not s.stuck(lag=10, now=1400.0, after=300)
