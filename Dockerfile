@@ -12,5 +12,7 @@ RUN pip install --no-cache-dir -c constraints.txt . && useradd --system --uid 10
     && mkdir -p /var/lib/tickflow && chown tickflow /var/lib/tickflow
 USER tickflow
 EXPOSE 6066
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=4 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:6066/health', timeout=4)"
 # Other workers reach this one by its container hostname (table-routed HTTP requests).
 CMD ["sh", "-c", "TICKFLOW_WORKER__ADVERTISED_HOST=${TICKFLOW_WORKER__ADVERTISED_HOST:-$(hostname)} exec python -m streams worker -l info"]
