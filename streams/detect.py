@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -45,6 +46,8 @@ class AnomalyStage:
         self.suites: dict[str, dict[str, DetectorSuite]] = {}
         self.saved_at: dict[str, float] = {}
         self.dirty: set[str] = set()
+        self.arrived_at: dict[str, float] = {}  # wall clock of the last point per symbol
+        self.stale_feeds: dict[tuple[str, str], dict[str, Any]] = {}  # (source, symbol) -> what /health shows
 
     def _suites_for(self, symbol: str) -> dict[str, DetectorSuite]:
         suites = self.suites.get(symbol)
@@ -65,7 +68,24 @@ class AnomalyStage:
         if suite is None:
             suite = suites[point.source] = DetectorSuite(self.settings)
         self.dirty.add(point.symbol)
+        self.arrived_at[point.symbol] = time.time()
+        self.stale_feeds.pop((point.source, point.symbol), None)
         return suite.update(point)
+
+    def check_stale(self, now: float | None = None, live_within: float = 3600.0) -> list[tuple[str, Anomaly]]:
+        """Feed-level staleness for the symbols this worker owns that were live recently (a backfill's
+        old timestamps say nothing about a feed). Returns (source, anomaly) pairs, each reported once."""
+        now = time.time() if now is None else now
+        found = []
+        for symbol, suites in self.suites.items():
+            if now - self.arrived_at.get(symbol, 0.0) > live_within:
+                continue
+            for source, suite in suites.items():
+                for a in suite.check_stale(datetime.fromtimestamp(now, UTC)):
+                    self.stale_feeds[(source, symbol)] = {"source": source, "symbol": symbol, "detector": a.detector,
+                                                          "message": a.message, "since": a.record.get("timestamp")}
+                    found.append((source, a))
+        return found
 
     def save(self, now: float | None = None, *, force: bool = False) -> int:
         now = time.monotonic() if now is None else now
@@ -82,6 +102,7 @@ class AnomalyStage:
         """After a rebalance the table is the truth again: drop the in-memory suites."""
         self.suites.clear()
         self.dirty.clear()
+        self.stale_feeds.clear()
 
 
 stage = AnomalyStage(settings.anomalies, settings.validation.anomaly_state_flush_seconds)

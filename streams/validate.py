@@ -94,6 +94,24 @@ def detect(point: MarketDataPoint, source: str, d: dict[str, Any]) -> tuple[list
     return events, quarantine
 
 
+@app.timer(5.0, name="check_stale_feeds")
+async def check_stale_feeds() -> None:
+    """Stale feeds are feed-level events: on ticks.anomalies, in the metrics and in /health."""
+    if not DETECT:
+        return
+    found = anomaly_stage.check_stale()
+    if not found:
+        return
+    deltas: dict[str, dict[str, Any]] = defaultdict(metrics.new_delta)
+    out = []
+    for source, a in found:
+        by = deltas[source].setdefault("anomalies", {})
+        by[a.detector] = by.get(a.detector, 0) + 1
+        out.append(Outgoing(anomalies_topic_name, a.symbol.encode(), orjson.dumps(event_for(a, source), default=str)))
+    await send_all(out)
+    await metrics.emit(deltas)
+
+
 @app.service
 class ValidateTicks(BatchStage):
     """validate_ticks: raw.* -> ticks.clean | ticks.rejected | ticks.anomalies."""

@@ -16,6 +16,7 @@ from faust.web import Request, Response, View
 from streams import metrics
 from streams.app import app, settings
 from streams.db import ensure_writer
+from streams.detect import stage as anomaly_stage
 from streams.lag import LagReader
 from streams.produce import supervisor
 from streams.stage import stages
@@ -99,6 +100,7 @@ class Health(View):
             "leader": app.is_leader(),
             "sources": sorted(supervisor.status.values(), key=lambda s: (s["source"], s["kind"])),
             "stages": {name: st.status() for name, st in sorted(stages.items())},
+            "stale_feeds": sorted(anomaly_stage.stale_feeds.values(), key=lambda f: (f["source"], f["symbol"])),
             "assigned": sorted({f"{tp.topic}[{tp.partition}]" for st in stages.values() for tp in st.assignment()} | {
                 f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment()}),
         }

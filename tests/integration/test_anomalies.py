@@ -84,3 +84,29 @@ async def test_quarantine_sends_anomalous_ticks_to_the_dead_letter_topic(iso, wo
     h = {k: v.decode() for k, v in rec.headers}
     assert h["tickflow.rule"].startswith("anomaly.") and rec.value == bad
     assert await rows(pg, iso.schema, "item_id = 'fat-finger'") == 0
+
+
+async def test_a_feed_that_goes_quiet_is_reported_stale(iso, workers, producer, pg) -> None:
+    import asyncio
+
+    await ensure_topics_for(iso)
+    w = workers()
+    src = SimulatedSource(SimulatedSourceSettings(symbols=["QUIET"], invalid_ratio=0.0, seed=8), run_id="st")
+    for _ in range(80):  # a live feed at ~20 updates/s, then silence
+        await producer.send(iso.raw_topic(), src.point(datetime.now(UTC)).to_json(), key=b"QUIET")
+        await asyncio.sleep(0.05)
+    await producer.flush()
+
+    def stale() -> list:
+        _, h = w.get("/health")
+        return [f for f in (h or {}).get("stale_feeds", []) if f["symbol"] == "QUIET"]
+
+    (feed,) = await wait_until(stale, 60, "QUIET reported stale in /health")
+    assert feed["source"] == "simulated" and "no update" in feed["message"]
+
+    async def announced() -> list:
+        recs = await read_topic(iso.bootstrap, iso.topic("anomalies"))
+        return [e for e in (orjson.loads(r.value) for r in recs) if e["kind"] == "feed" and e["symbol"] == "QUIET"]
+
+    (event,) = await wait_until(announced, 30, "a feed-level anomaly event")
+    assert event["score"] > event["threshold"]
