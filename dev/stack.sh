@@ -71,7 +71,7 @@ kafka_start() {
   log "starting kafka on 127.0.0.1:$KAFKA_PORT (heap $KAFKA_HEAP, log $LOG_DIR/kafka.log)"
   (kafka_java "$LOG_DIR/kafka.log" kafka.Kafka "$KAFKA_DIR/server.properties") > "$LOG_DIR/kafka.out" 2>&1 &
   echo $! > "$KAFKA_DIR/pid"
-  "$ROOT/dev/wait_for.py" kafka "127.0.0.1:$KAFKA_PORT" 90 || {
+  "$ROOT/dev/wait_for.py" kafka "127.0.0.1:$KAFKA_PORT" "${KAFKA_START_TIMEOUT:-240}" || {
     log "kafka did not answer; last lines of $LOG_DIR/kafka.log:"; tail -20 "$LOG_DIR/kafka.log" >&2 || true; exit 1; }
   log "kafka ready"
 }
