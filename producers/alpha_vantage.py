@@ -23,12 +23,10 @@ with source "alpha_vantage".
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -36,7 +34,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from producers.base import Record, Source
+from producers.base import PollingSource
 from producers.http import RateLimiter, get_json, redact
 from producers.news import SeenIds, clip
 from streams.errors import ConfigError, SourceError
@@ -275,7 +273,7 @@ def parse_news(doc: Any, symbols: Iterable[str] | None = None, *, time_zone: str
 # ---------------------------------------------------------------------------------------------- source
 
 
-class AlphaVantageSource(Source):
+class AlphaVantageSource(PollingSource):
     """Polls the configured functions for every symbol once per interval, inside both rate limits."""
 
     name = SOURCE
@@ -403,16 +401,3 @@ class AlphaVantageSource(Source):
                                    self.redact(f"{type(exc).__name__}: {exc}"))
         return out
 
-    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
-        own = session is None
-        session = session or aiohttp.ClientSession()
-        try:
-            while True:
-                started = time.monotonic()
-                points = await self.poll_once(session)
-                if points:
-                    yield list(points)
-                await asyncio.sleep(max(0.0, self.settings.interval_seconds - (time.monotonic() - started)))
-        finally:
-            if own:
-                await session.close()

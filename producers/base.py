@@ -5,9 +5,12 @@ raw.<name>. The HTTP session is injected, so tests point a source at a local ser
 
 from __future__ import annotations
 
+import asyncio
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -37,3 +40,27 @@ class Source(ABC):
     @abstractmethod
     def fetch(self, session: aiohttp.ClientSession | None) -> AsyncIterator[list[Record]]:
         """Yield batches of records, pacing itself (poll interval, rate limit) between batches."""
+
+
+class PollingSource(Source):
+    """A source that asks its provider every `settings.interval_seconds` (measured from the start of a round,
+    so a slow provider does not stretch the period). Subclasses implement one round in `poll_once`."""
+
+    settings: Any
+
+    @abstractmethod
+    async def poll_once(self, session: aiohttp.ClientSession) -> list[MarketDataPoint]: ...
+
+    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
+        own = session is None
+        session = session or aiohttp.ClientSession()
+        try:
+            while True:
+                started = time.monotonic()
+                points = await self.poll_once(session)
+                if points:
+                    yield list(points)
+                await asyncio.sleep(max(0.0, self.settings.interval_seconds - (time.monotonic() - started)))
+        finally:
+            if own:
+                await session.close()

@@ -30,7 +30,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from yarl import URL
 
-from producers.base import Record, Source
+from producers.base import PollingSource, Record, Source
 from producers.http import RateLimiter, get_json, redact
 from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
@@ -295,7 +295,7 @@ def _require_key(api_key: SecretStr | None, env: Mapping[str, str] | None) -> Se
     return key
 
 
-class FinnhubSource(Source):
+class FinnhubSource(PollingSource):
     """Polls the configured REST endpoints for every symbol once per interval."""
 
     name = SOURCE
@@ -359,19 +359,6 @@ class FinnhubSource(Source):
                                    self.client.redact(f"{type(exc).__name__}: {exc}"))
         return out
 
-    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
-        own = session is None
-        session = session or aiohttp.ClientSession()
-        try:
-            while True:
-                started = time.monotonic()
-                points = await self.poll_once(session)
-                if points:
-                    yield list(points)
-                await asyncio.sleep(max(0.0, self.settings.interval_seconds - (time.monotonic() - started)))
-        finally:
-            if own:
-                await session.close()
 
 
 # ---------------------------------------------------------------------------------------------- websocket

@@ -18,18 +18,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from producers.base import Record, Source
+from producers.base import PollingSource
 from producers.http import RateLimiter, get_json, redact
 from producers.news import SeenIds
 from streams.errors import ConfigError, SourceError
@@ -111,7 +109,7 @@ def parse_observations(doc: Any, series_id: str, *, source: str = SOURCE) -> lis
 # ---------------------------------------------------------------------------------------------- source
 
 
-class FredSource(Source):
+class FredSource(PollingSource):
     """Polls every configured series once per interval; `history` loads a date range for backfills."""
 
     name = SOURCE
@@ -169,16 +167,3 @@ class FredSource(Source):
                        if self.seen.add(f"{p.symbol}|{p.timestamp.date()}|{p.item_id}|{p.realtime_end}|{p.value}"))
         return out
 
-    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
-        own = session is None
-        session = session or aiohttp.ClientSession()
-        try:
-            while True:
-                started = time.monotonic()
-                points = await self.poll_once(session)
-                if points:
-                    yield list(points)
-                await asyncio.sleep(max(0.0, self.settings.interval_seconds - (time.monotonic() - started)))
-        finally:
-            if own:
-                await session.close()

@@ -17,19 +17,17 @@ raw.nasdaq_data_link with source "nasdaq_data_link".
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
-import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from producers.base import Record, Source
+from producers.base import PollingSource
 from producers.http import RateLimiter, get_json, redact
 from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
@@ -211,7 +209,7 @@ def parse_datatable(doc: Any, code: str, *, source: str = SOURCE) -> tuple[list[
 # ---------------------------------------------------------------------------------------------- source
 
 
-class NasdaqDataLinkSource(Source):
+class NasdaqDataLinkSource(PollingSource):
     """Polls the configured datasets (over a lookback window) and datatables (all pages) once per interval."""
 
     name = SOURCE
@@ -286,16 +284,3 @@ class NasdaqDataLinkSource(Source):
                                self.redact(f"{type(exc).__name__}: {exc}"))
         return out
 
-    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
-        own = session is None
-        session = session or aiohttp.ClientSession()
-        try:
-            while True:
-                started = time.monotonic()
-                points = await self.poll_once(session)
-                if points:
-                    yield list(points)
-                await asyncio.sleep(max(0.0, self.settings.interval_seconds - (time.monotonic() - started)))
-        finally:
-            if own:
-                await session.close()

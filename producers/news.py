@@ -19,18 +19,16 @@ Finnhub article):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from producers.base import Record, Source
+from producers.base import PollingSource
 from producers.finnhub import FinnhubClient, finnhub_api_key
 from streams.errors import ConfigError, SourceError
 from streams.models import MarketDataPoint
@@ -187,7 +185,7 @@ class NewsSettings(BaseModel):
     retry_base_delay: float = 0.5
 
 
-class NewsSentimentSource(Source):
+class NewsSentimentSource(PollingSource):
     """Finnhub articles (scored with the lexicon, Finnhub gives no per-article score) plus Finnhub's own
     per-symbol news sentiment, as news items with source "news"."""
 
@@ -231,16 +229,3 @@ class NewsSentimentSource(Source):
                 logger.warning("news: sentiment for %s failed: %s", symbol, self.client.redact(str(exc)))
         return out
 
-    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
-        own = session is None
-        session = session or aiohttp.ClientSession()
-        try:
-            while True:
-                started = time.monotonic()
-                points = await self.poll_once(session)
-                if points:
-                    yield list(points)
-                await asyncio.sleep(max(0.0, self.settings.interval_seconds - (time.monotonic() - started)))
-        finally:
-            if own:
-                await session.close()

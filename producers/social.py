@@ -15,19 +15,17 @@ with source "social".
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
-import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from producers.base import Record, Source
+from producers.base import PollingSource
 from producers.http import RateLimiter, get_json, redact
 from producers.news import SENTIMENT_METHOD, lexicon_sentiment, parse_iso
 from streams.errors import ConfigError, SourceError
@@ -105,7 +103,7 @@ def parse_search(doc: Any, symbol: str, *, source: str = SOURCE) -> tuple[list[M
     return out, token or None
 
 
-class SocialSource(Source):
+class SocialSource(PollingSource):
     """Polls X recent search once per interval for each symbol's cashtag, newer than the last post seen."""
 
     name = SOURCE
@@ -172,16 +170,3 @@ class SocialSource(Source):
                                self.redact(f"{type(exc).__name__}: {exc}"))
         return out
 
-    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
-        own = session is None
-        session = session or aiohttp.ClientSession()
-        try:
-            while True:
-                started = time.monotonic()
-                points = await self.poll_once(session)
-                if points:
-                    yield list(points)
-                await asyncio.sleep(max(0.0, self.settings.interval_seconds - (time.monotonic() - started)))
-        finally:
-            if own:
-                await session.close()

@@ -20,10 +20,8 @@ written to raw.yahoo with source "yahoo".
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import quote as urlquote
@@ -32,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
-from producers.base import Record, Source
+from producers.base import PollingSource
 from producers.http import RateLimiter, get_json, redact
 from streams.errors import SourceError
 from streams.models import DataType, MarketDataPoint
@@ -219,7 +217,7 @@ def _as_utc(value: date | datetime, *, end: bool = False) -> datetime:
 # ---------------------------------------------------------------------------------------------- source
 
 
-class YahooSource(Source):
+class YahooSource(PollingSource):
     """Polls every symbol's chart once per interval; `history` loads a date range for backfills."""
 
     name = SOURCE
@@ -282,16 +280,3 @@ class YahooSource(Source):
                 logger.warning("yahoo: %s failed: %s", symbol, redact(f"{type(exc).__name__}: {exc}"))
         return out
 
-    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
-        own = session is None
-        session = session or aiohttp.ClientSession()
-        try:
-            while True:
-                started = time.monotonic()
-                points = await self.poll_once(session)
-                if points:
-                    yield list(points)
-                await asyncio.sleep(max(0.0, self.settings.interval_seconds - (time.monotonic() - started)))
-        finally:
-            if own:
-                await session.close()
