@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,29 +25,14 @@ from producers.news import (
 )
 from streams.errors import ConfigError
 from streams.models import DataType, MarketDataPoint
+from tests.unit.producers.conftest import Serve
 
 FIX = Path(__file__).parent / "fixtures" / "finnhub"
 KEY = "fk_SECRET_news_0987654321"
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
-Serve = Callable[[web.Application], Awaitable[str]]
 
 
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)  # the fake logs no URLs
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from producers.social import (
     twitter_bearer_token,
 )
 from streams.errors import ConfigError, SourceError
+from tests.unit.producers.conftest import Serve
 
 FIX = Path(__file__).parent / "fixtures" / "social"
 TOKEN = "AAAAAAAAAAAAAAAAAAAAA_SECRET_bearer_%2Fxyz"
@@ -33,24 +33,8 @@ def load(name: str) -> Any:
     return json.loads((FIX / name).read_text())
 
 
-Serve = Callable[[web.Application], Awaitable[str]]
 
 
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)  # the fake logs no URLs
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------- sentiment

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -16,32 +15,17 @@ from aiohttp import web
 
 from producers.yahoo import YahooSettings, YahooSource, parse_chart, parse_tick
 from streams.errors import SourceError
+from tests.unit.producers.conftest import Serve
 
 FIX = Path(__file__).parent / "fixtures" / "yahoo"
 T0 = 1732285800  # 2024-11-22 14:30 UTC, the live fixture's first minute
 
-Serve = Callable[[web.Application], Awaitable[str]]
 
 
 def load(name: str) -> Any:
     return json.loads((FIX / name).read_text())
 
 
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------- parsers
