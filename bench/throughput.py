@@ -12,7 +12,8 @@
    validate_ticks -> ticks.clean -> write_ticks -> PostgreSQL. Rows committed per second are sampled
    from PostgreSQL every second; worker CPU and RSS from /proc.
 4. Latency: the simulated producer runs at BENCH_RATE points/s (default 1000) for BENCH_LATENCY_SECONDS;
-   each row's latency is written_at (commit) - ingested_at (producer timestamp), read from PostgreSQL.
+   each row's latency is written_at (commit) - ingested_at (producer timestamp), read from PostgreSQL
+   (streams/measure.py, which `tickflow selftest` uses too).
 Writes bench/results/throughput.json and, when matplotlib is installed, bench/results/throughput.png.
 """
 
@@ -35,11 +36,12 @@ sys.path.insert(0, str(ROOT))
 import asyncpg  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
-from producers.base import encode  # noqa: E402
-from producers.runner import SourceRunner, new_producer, send_batch  # noqa: E402
+from producers.runner import SourceRunner  # noqa: E402
 from producers.simulated import SimulatedSource  # noqa: E402
 from sinks.postgres import PostgresTickWriter, row_from_record  # noqa: E402
+from streams import measure  # noqa: E402
 from streams.catalog import load_catalog  # noqa: E402
+from streams.measure import count_rows, preload  # noqa: E402
 from streams.rules import Validator  # noqa: E402
 from streams.settings import PostgresSettings, SimulatedSourceSettings, load_settings  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
@@ -62,28 +64,6 @@ def proc_stats(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-async def preload(settings: Any, topic: str, n: int) -> float:
-    src = SimulatedSource(SimulatedSourceSettings(invalid_ratio=0.0, seed=1), run_id=uuid.uuid4().hex[:8])
-    producer = new_producer(settings)
-    await producer.start()
-    t0 = time.perf_counter()
-    try:
-        sent = 0
-        while sent < n:
-            k = min(5000, n - sent)
-            sent += await send_batch(producer, topic, [encode(r) for r in src.batch(k)])
-    finally:
-        await producer.stop()
-    return n / (time.perf_counter() - t0)
-
-
-async def count_rows(conn: asyncpg.Connection, schema: str) -> int:
-    try:
-        return await conn.fetchval(f"SELECT count(*) FROM {schema}.market_data")
-    except asyncpg.UndefinedTableError:
-        return 0
-
-
 async def baseline(settings: Any, topic: str, schema: str, n: int) -> dict[str, Any]:
     pg = PostgresSettings(**{**settings.postgres.model_dump(), "db_schema": schema,
                              "password": settings.postgres.password})
@@ -92,7 +72,8 @@ async def baseline(settings: Any, topic: str, schema: str, n: int) -> dict[str, 
     validator = Validator(settings.validation)
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers,
                                 group_id=f"bench-baseline-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_poll_records=2000)
+                                auto_offset_reset="earliest", max_poll_records=2000,
+                                **settings.kafka.client_kwargs())
     await consumer.start()
     written = 0
     t_first = None
@@ -119,7 +100,7 @@ async def baseline(settings: Any, topic: str, schema: str, n: int) -> dict[str, 
 def start_workers(env: dict[str, str], count: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
     procs = []
     for i in range(count):
-        e = {**env, "TICKFLOW_WORKER__WEB_PORT": str(17100 + i)}
+        e = {**env, "TICKFLOW_WORKER__WEB_PORT": str(17100 + i), "F_DATADIR": str(log_dir / f"bench-data-{i}")}
         log = open(log_dir / f"bench-worker-{i}.log", "wb")
         procs.append(subprocess.Popen([sys.executable, "-m", "streams", "worker", "-l", "info"], cwd=ROOT, env=e,
                                       stdout=log, stderr=subprocess.STDOUT))
@@ -164,24 +145,8 @@ async def pipeline(env: dict[str, str], schema: str, n: int, conn: asyncpg.Conne
 
 async def latency_run(settings: Any, env: dict[str, str], schema: str, rate: float, seconds: float,
                       conn: asyncpg.Connection) -> dict[str, Any]:
-    run_id = f"lat{uuid.uuid4().hex[:6]}"
-    sim = SimulatedSourceSettings(invalid_ratio=0.0, rate_per_second=rate, seed=5)
-    runner = SourceRunner(settings, load_catalog(suffix=env["TICKFLOW_KAFKA__TOPIC_SUFFIX"]))
-    sent = await runner.run(SimulatedSource(sim, run_id=run_id), seconds=seconds)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        got = await conn.fetchval(f"SELECT count(*) FROM {schema}.market_data WHERE item_id LIKE $1", run_id + "-%")
-        if got >= sent:
-            break
-        await asyncio.sleep(1)
-    row = await conn.fetchrow(
-        f"SELECT count(*) AS n, percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms) AS p, "
-        f"max(ms) AS max, avg(ms) AS avg FROM "
-        f"(SELECT (extract(epoch FROM written_at - ingested_at) * 1000)::float8 AS ms "
-        f"FROM {schema}.market_data WHERE item_id LIKE $1) x", run_id + "-%")
-    p50, p95, p99 = row["p"]
-    return {"rate": rate, "sent": sent, "rows": row["n"], "p50_ms": round(p50, 2), "p95_ms": round(p95, 2),
-            "p99_ms": round(p99, 2), "max_ms": round(row["max"], 2), "avg_ms": round(row["avg"], 2)}
+    catalog = load_catalog(suffix=env["TICKFLOW_KAFKA__TOPIC_SUFFIX"])
+    return await measure.latency_run(settings, catalog, conn, schema, rate, seconds)
 
 
 async def soak_run(settings: Any, env: dict[str, str], procs: list[subprocess.Popen[bytes]],
@@ -240,14 +205,13 @@ async def main() -> None:
     env = {**os.environ, "TICKFLOW_WORKER__APP_ID": f"bench-{tag}", "TICKFLOW_KAFKA__TOPIC_SUFFIX": f".bench-{tag}",
            "TICKFLOW_POSTGRES__DB_SCHEMA": f"bench_{tag}", "TICKFLOW_SOURCES__SIMULATED__ENABLED": "false"}
     catalog = load_catalog(suffix=env["TICKFLOW_KAFKA__TOPIC_SUFFIX"])
-    await ensure_topics(catalog, settings.kafka.bootstrap_servers)
+    await ensure_topics(catalog, settings.kafka.bootstrap_servers, kafka=settings.kafka)
     raw = catalog.raw("simulated").name
     print(f"preloading {POINTS:,} points into {raw} ...", flush=True)
     produce_rate = await preload(settings, raw, POINTS)
     print(f"  producer: {produce_rate:,.0f} points/s")
     pg = settings.postgres
-    conn = await asyncpg.connect(host=pg.host, port=pg.port, user=pg.user, database=pg.database,
-                                 password=pg.password.get_secret_value() or None)
+    conn = await asyncpg.connect(**pg.connect_kwargs())
     try:
         print("baseline: bare aiokafka consumer -> same validator -> same COPY upsert ...", flush=True)
         base = await baseline(settings, raw, f"bench_{tag}_base", POINTS)

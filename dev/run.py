@@ -36,13 +36,13 @@ def metrics(port: int) -> dict | None:
 async def row_count() -> int:
     import asyncpg
 
+    from sinks.schema import quote_ident
     from streams.settings import get_settings
 
     pg = get_settings().postgres
-    conn = await asyncpg.connect(host=pg.host, port=pg.port, user=pg.user, database=pg.database,
-                                 password=pg.password.get_secret_value() or None)
+    conn = await asyncpg.connect(**pg.connect_kwargs())
     try:
-        return await conn.fetchval(f"SELECT count(*) FROM {pg.db_schema}.market_data")
+        return await conn.fetchval(f"SELECT count(*) FROM {quote_ident(pg.db_schema)}.market_data")
     finally:
         await conn.close()
 

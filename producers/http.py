@@ -4,7 +4,8 @@
 - 429 honours Retry-After (seconds or an HTTP date), then retries.
 - Other 4xx are not retriable: SourceError(retriable=False).
 - Secrets never leave this module in clear: every URL or message that can reach a log line, an
-  exception or a dead-letter header goes through `redact()` first.
+  exception or a dead-letter header goes through `redact()` first (streams/redact.py, the same function
+  the process-wide log redaction uses).
 - RateLimiter is a token bucket; in-worker sources run leader-only (streams/produce.py), so one
   limiter per source is the limit for the whole group.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
@@ -24,18 +24,9 @@ import orjson
 from pydantic import SecretStr
 
 from streams.errors import SourceError
+from streams.redact import redact
 
-_SECRET_PARAMS = re.compile(r"(?i)((?:api_?key|apikey|token|access_token|key|secret|password)=)[^&\s#]+")
-
-
-def redact(text: str, secrets: Iterable[SecretStr | str | None] = ()) -> str:
-    """Remove secret values and secret-looking query parameters from text."""
-    out = _SECRET_PARAMS.sub(r"\1***", text)
-    for s in secrets:
-        value = s.get_secret_value() if isinstance(s, SecretStr) else s
-        if value:
-            out = out.replace(value, "***")
-    return out
+__all__ = ["RateLimiter", "get_json", "redact", "retry_after_seconds"]
 
 
 class RateLimiter:

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def new_producer(settings: Settings) -> AIOKafkaProducer:
+    """The idempotent producer of every process outside the worker (runner, CLI, Python API, benchmark)."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap_servers,
         acks="all",
@@ -32,6 +33,7 @@ def new_producer(settings: Settings) -> AIOKafkaProducer:
         linger_ms=settings.kafka.producer_linger_ms,
         max_batch_size=settings.kafka.producer_max_batch_bytes,
         request_timeout_ms=30000,
+        **settings.kafka.client_kwargs(),  # SSL/SASL
     )
 
 

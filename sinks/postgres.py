@@ -17,7 +17,8 @@ import asyncpg
 import orjson
 
 from sinks.base import BatchWriter, WriteResult
-from sinks.schema import MARKET_DATA_COLUMNS, MIGRATIONS
+from sinks.schema import MARKET_DATA_COLUMNS, MIGRATIONS, quote_ident
+from streams import faults
 from streams.errors import SinkError, SinkUnavailable
 from streams.settings import PostgresSettings
 
@@ -70,24 +71,24 @@ class PostgresTickWriter(BatchWriter):
     def __init__(self, settings: PostgresSettings) -> None:
         self.settings = settings
         self.schema = settings.db_schema
+        # The schema is the one name from settings that reaches SQL text: checked and quoted (sinks/schema.py);
+        # every value is a bound parameter.
+        self._q = quote_ident(self.schema)
         self.pool: asyncpg.Pool | None = None
+        self._warned_transport = False
         cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
         self._insert = (
-            f"WITH ins AS (INSERT INTO {self.schema}.market_data ({cols}) SELECT {cols} FROM {_STAGE} "
+            f"WITH ins AS (INSERT INTO {self._q}.market_data ({cols}) SELECT {cols} FROM {_STAGE} "
             "ON CONFLICT DO NOTHING RETURNING source) SELECT source, count(*)::int AS n FROM ins GROUP BY source"
         )
 
     def _connect_kwargs(self) -> dict[str, Any]:
-        s = self.settings
-        return {
-            "host": s.host,
-            "port": s.port,
-            "user": s.user,
-            "password": s.password.get_secret_value() or None,
-            "database": s.database,
-            "timeout": 10,
-            "command_timeout": 60,
-        }
+        if not self._warned_transport:
+            self._warned_transport = True
+            warning = self.settings.transport_warning()
+            if warning:
+                logger.warning("%s", warning)
+        return {**self.settings.connect_kwargs(), "timeout": 10, "command_timeout": 60}
 
     async def migrate(self) -> None:
         try:
@@ -95,27 +96,41 @@ class PostgresTickWriter(BatchWriter):
         except Exception as exc:
             raise classify(exc, f"connect {self.settings.dsn_for_display()}") from None
         try:
+            if not await self._pending(conn):
+                return
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"tickflow:{self.schema}")
-                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+                # Even with IF NOT EXISTS, CREATE SCHEMA needs the CREATE privilege on the database.
+                if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                                           self.schema):
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
                 await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self.schema}.schema_migrations "
+                    f"CREATE TABLE IF NOT EXISTS {self._q}.schema_migrations "
                     "(version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
                 )
-                done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {self.schema}.schema_migrations")}
+                done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {self._q}.schema_migrations")}
                 for version, sql in MIGRATIONS:
                     if version in done:
                         continue
-                    await conn.execute(sql.format(schema=self.schema))
-                    await conn.execute(f"INSERT INTO {self.schema}.schema_migrations (version) VALUES ($1)", version)
+                    await conn.execute(sql.format(schema=self._q))
+                    await conn.execute(f"INSERT INTO {self._q}.schema_migrations (version) VALUES ($1)", version)
                     logger.info("applied migration %d to schema %s", version, self.schema)
         finally:
             await conn.close()
 
+    async def _pending(self, conn: asyncpg.Connection) -> bool:
+        """Whether a migration is missing, asked read-only first: a worker running as a least-privilege writer
+        role (README "Security": no CREATE privilege, so not even CREATE ... IF NOT EXISTS) starts on a
+        schema the owner role migrated."""
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{self._q}.schema_migrations"):
+            return True
+        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {self._q}.schema_migrations")}
+        return any(version not in done for version, _ in MIGRATIONS)
+
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
-            f"(LIKE {self.schema}.market_data INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            f"(LIKE {self._q}.market_data INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
 
     async def start(self) -> None:
@@ -148,6 +163,7 @@ class PostgresTickWriter(BatchWriter):
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.copy_records_to_table(_STAGE, records=rows, columns=MARKET_DATA_COLUMNS)
                 counts = await conn.fetch(self._insert)
+                faults.reach("write.after_insert")
         except Exception as exc:
             raise classify(exc, "write market_data") from None
         by_source = {r["source"]: r["n"] for r in counts}
@@ -160,7 +176,7 @@ class PostgresTickWriter(BatchWriter):
             await self.start()
         assert self.pool is not None
         deleted = 0
-        targets = ((f"{self.schema}.market_data", "ts"), (f"{self.schema}.data_quality_metrics", "recorded_at"))
+        targets = ((f"{self._q}.market_data", "ts"), (f"{self._q}.data_quality_metrics", "recorded_at"))
         try:
             for table, column in targets:
                 while True:
@@ -182,7 +198,7 @@ class PostgresTickWriter(BatchWriter):
         cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
         try:
             rows = await self.pool.fetch(
-                f"SELECT {cols}, written_at FROM {self.schema}.market_data WHERE symbol = $1 "
+                f"SELECT {cols}, written_at FROM {self._q}.market_data WHERE symbol = $1 "
                 "ORDER BY ts DESC LIMIT $2", symbol, limit)
         except Exception as exc:
             raise classify(exc, "read market_data") from None
@@ -203,7 +219,7 @@ class PostgresTickWriter(BatchWriter):
         try:
             async with self.pool.acquire() as conn:
                 await conn.executemany(
-                    f"INSERT INTO {self.schema}.data_quality_metrics (worker, source, processed, valid, rejected,"
+                    f"INSERT INTO {self._q}.data_quality_metrics (worker, source, processed, valid, rejected,"
                     " written, duplicates, throughput_per_sec, avg_latency_ms, p50_latency_ms, p95_latency_ms,"
                     " p99_latency_ms, rejected_by_rule) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13::jsonb)",
                     records,

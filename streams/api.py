@@ -22,8 +22,10 @@ from typing import Any
 
 import yaml
 from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
 
 from producers.base import Source, encode
+from streams import redact
 from streams.catalog import Catalog, load_catalog
 from streams.errors import ConfigError, RejectedRecord
 from streams.models import DataType, MarketDataPoint
@@ -43,6 +45,17 @@ API_KEY_ENV = {
     "news": "FINNHUB_API_KEY",
     "social": "TWITTER_BEARER_TOKEN",
 }
+
+
+def _secret_settings() -> dict[str, list[str]]:
+    """The SecretStr settings by section (postgres.password, kafka.sasl_password, kafka.ssl_key_password)."""
+    found: dict[str, list[str]] = {}
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        for key, f in getattr(model, "model_fields", {}).items():
+            if f.annotation is SecretStr or f.annotation == SecretStr | None:
+                found.setdefault(section, []).append(key)
+    return found
 
 
 def _as_settings(config: Settings | dict[str, Any] | str | Path | None) -> Settings:
@@ -72,6 +85,9 @@ class DataIngestionPipeline:
 
     def __init__(self, config: Settings | dict[str, Any] | str | Path | None = None) -> None:
         self.settings = _as_settings(config)
+        # Our exceptions never carry these settings' secrets; your process's logging is left as it is
+        # (streams.redact.install(settings) adds the log redaction the worker has).
+        redact.register(*redact.secrets_in(self.settings))
         self.catalog: Catalog = load_catalog(suffix=self.settings.kafka.topic_suffix)
         self.validator = Validator(self.settings.validation)
         self._producer: AIOKafkaProducer | None = None
@@ -80,7 +96,7 @@ class DataIngestionPipeline:
     async def start(self) -> None:
         from streams.topics import ensure_topics
 
-        await ensure_topics(self.catalog, self.settings.kafka.bootstrap_servers)
+        await ensure_topics(self.catalog, self.settings.kafka.bootstrap_servers, kafka=self.settings.kafka)
         if self._producer is None:
             from producers.runner import new_producer
 
@@ -199,13 +215,15 @@ class ConfigurationManager:
 
     def settings(self) -> Settings:
         """Settings from this file with the environment on top (the worker's precedence)."""
-        os.environ.setdefault("TICKFLOW_CONFIG", str(self.path))
-        old = os.environ["TICKFLOW_CONFIG"]
+        old = os.environ.get("TICKFLOW_CONFIG")
         os.environ["TICKFLOW_CONFIG"] = str(self.path)
         try:
             return load_settings()
-        finally:
-            os.environ["TICKFLOW_CONFIG"] = old
+        finally:  # put the process's environment back as it was (it leaked into later settings before)
+            if old is None:
+                del os.environ["TICKFLOW_CONFIG"]
+            else:
+                os.environ["TICKFLOW_CONFIG"] = old
 
     def get_config(self) -> dict[str, Any]:
         return self.settings().model_dump(mode="json")
@@ -252,15 +270,21 @@ class ConfigurationManager:
         self.path.write_text(yaml.safe_dump(self._doc, sort_keys=False))
 
     def generate(self) -> None:
-        """Write pipeline_config.yaml with every setting at its default, and a .env.pipeline template."""
+        """Write pipeline_config.yaml with every setting at its default, and a .env.pipeline template.
+        Secret settings (every SecretStr field) are left out of the YAML and listed in the template instead:
+        a masked default dumped into the YAML would read back as the password "**********"."""
         defaults = {name: field.default_factory().model_dump(mode="json")  # type: ignore[misc]
                     for name, field in Settings.model_fields.items()}
-        defaults["postgres"].pop("password", None)
+        secret_env: list[str] = []
+        for section, keys in _secret_settings().items():
+            for key in keys:
+                defaults[section].pop(key, None)
+                secret_env.append(f"TICKFLOW_{section.upper()}__{key.upper()}")
         header = ("# tickflow pipeline configuration. Environment variables TICKFLOW_<SECTION>__<KEY> override\n"
-                  "# these values; secrets (database password, API keys) belong in .env.pipeline, not here.\n")
+                  "# these values; secrets (passwords, API keys) belong in .env.pipeline, not here.\n")
         self.path.write_text(header + yaml.safe_dump(defaults, sort_keys=False))
         if not self.env_path.exists():
-            names = [*sorted(set(API_KEY_ENV.values())), "TICKFLOW_POSTGRES__PASSWORD"]
+            names = [*sorted(set(API_KEY_ENV.values())), *secret_env]
             self.env_path.write_text("# Secrets for tickflow; load with `set -a; . ./.env.pipeline; set +a`.\n"
                                      + "".join(f"# {n}=\n" for n in names))
             self.env_path.chmod(0o600)

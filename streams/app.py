@@ -38,6 +38,8 @@ def create_app(settings: Settings) -> TickflowApp:
     return TickflowApp(
         w.app_id,
         broker=brokers,
+        # SSL/SASL from settings.kafka; Faust passes them to its own consumer and producers (None: PLAINTEXT).
+        broker_credentials=settings.kafka.faust_credentials(),
         store=w.store,
         autodiscover=STAGE_MODULES,
         origin="streams",
@@ -62,5 +64,5 @@ def create_app(settings: Settings) -> TickflowApp:
     )
 
 
-settings = get_settings()
+settings = get_settings()  # also installs the log redaction (streams/redact.py) for the worker
 app = create_app(settings)

@@ -10,6 +10,9 @@
                                        rate-limited like the live source, safe to re-run (natural keys)
   replay-dlq [--rule R] [--source S] [--rate N] [--limit N] [--dry-run]
                                        re-inject dead-lettered records into their raw topic after a fix
+  selftest [--keep] [--throughput-points N]
+                                       the brief's test report, measured on the local stack with a worker
+                                       of its own (isolated topics, schema, groups; removed afterwards)
 """
 
 from __future__ import annotations
@@ -108,7 +111,8 @@ async def replay_dlq(args: argparse.Namespace) -> tuple[int, int]:
     cat = catalog_for(settings.kafka.topic_suffix)
     dlq = cat.one("rejected").name
     raw_names = {t.name for t in cat.by_role("raw")}
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False,
+                                **settings.kafka.client_kwargs())
     await consumer.start()
     producer = None if args.dry_run else new_producer(settings)
     if producer is not None:
@@ -226,6 +230,12 @@ def cmd_replay_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from streams.selftest import main as selftest
+
+    return selftest(keep=args.keep, throughput_points=args.throughput_points)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tickflow", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -257,10 +267,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int)
     s.add_argument("--dry-run", action="store_true")
     s.set_defaults(func=cmd_replay_dlq)
+    s = sub.add_parser("selftest", help="run the brief's test report on the local stack (exit 0: all passed)")
+    s.add_argument("--keep", action="store_true", help="keep the topics, schema and worker logs for inspection")
+    s.add_argument("--throughput-points", type=int, default=20_000, help="points for the throughput check")
+    s.set_defaults(func=cmd_selftest)
     return p
 
 
-OURS = {"init", "topics", "db", "status", "backfill", "replay-dlq"}
+OURS = {"init", "topics", "db", "status", "backfill", "replay-dlq", "selftest"}
 
 
 def main(argv: list[str] | None = None) -> None:

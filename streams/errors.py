@@ -6,9 +6,19 @@ with its rule), an outage of the broker or the database is (the stage pauses and
 
 from __future__ import annotations
 
+from typing import Any
+
+from streams.redact import redact
+
 
 class TickflowError(Exception):
+    """Messages are redacted when the exception is made (streams/redact.py), so no str(), repr(), log line,
+    dead-letter header or /health field built from one of ours can carry a password or an API key."""
+
     retriable: bool = False
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(TickflowError):
@@ -23,6 +33,7 @@ class RejectedRecord(TickflowError):
     """A record failed a validation rule. `rule` is a stable code, `reason` a sentence for people."""
 
     def __init__(self, rule: str, reason: str) -> None:
+        reason = redact(reason)
         super().__init__(f"{rule}: {reason}")
         self.rule = rule
         self.reason = reason

@@ -10,14 +10,19 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.settings import KafkaSettings, get_settings
+
 logger = logging.getLogger(__name__)
 
 
 class LagReader:
-    def __init__(self, bootstrap_servers: str, groups: dict[str, list[str]], cache_seconds: float = 1.0) -> None:
+    def __init__(self, bootstrap_servers: str, groups: dict[str, list[str]], cache_seconds: float = 1.0, *,
+                 kafka: KafkaSettings | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.groups = groups
         self.cache_seconds = cache_seconds
+        # SSL/SASL for the two clients; None: the process's settings (the worker's own).
+        self.kafka = kafka
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._cached: tuple[float, dict[str, int]] | None = None
@@ -25,8 +30,10 @@ class LagReader:
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
+            security = (self.kafka or get_settings().kafka).client_kwargs()
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, **security)
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
+                                        **security)
             await admin.start()
             await consumer.start()
             self._admin, self._consumer = admin, consumer

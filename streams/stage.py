@@ -25,16 +25,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from mode import Service
 
-from streams.app import settings
+from streams import faults
+from streams.app import app, settings
 from streams.errors import CircuitOpen
 
 logger = logging.getLogger(__name__)
+BatchStageT = TypeVar("BatchStageT", bound="BatchStage")
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -42,6 +44,8 @@ class _Listener(ConsumerRebalanceListener):
         self.stage = stage
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:  # aiokafka also calls this, with nothing, before the first join
+            faults.reach(f"{self.stage.stage}.in_revoke")
         async with self.stage.batch_lock:  # the batch in flight finishes and commits first
             await self.stage.flush_commit()
             await self.stage.on_revoked(set(revoked))
@@ -52,6 +56,19 @@ class _Listener(ConsumerRebalanceListener):
 
 # The stage services of this worker, by stage name (read by /health and /metrics).
 stages: dict[str, BatchStage] = {}
+# The stages this worker will run. Faust starts its web server before it instantiates the services, so
+# /health compares the two and says "starting" until every declared stage has its consumer.
+declared_stages: list[str] = []
+
+
+def stage_service(cls: type[BatchStageT]) -> type[BatchStageT]:
+    """`@app.service` for a stage, recorded so /health knows to wait for it."""
+    declared_stages.append(cls.stage)
+    return app.service(cls)
+
+
+def missing_stages() -> list[str]:
+    return [name for name in declared_stages if name not in stages or stages[name].consumer is None]
 
 
 class BatchStage(Service):
@@ -104,6 +121,7 @@ class BatchStage(Service):
             heartbeat_interval_ms=3_000,
             # A database outage holds a batch for as long as it lasts; stay in the group meanwhile.
             max_poll_interval_ms=30 * 60 * 1000,
+            **settings.kafka.client_kwargs(),  # SSL/SASL (streams/settings.py KafkaSettings)
         )
         self.consumer.subscribe(topics=list(self.topics), listener=_Listener(self))
         await self.consumer.start()
@@ -152,6 +170,7 @@ class BatchStage(Service):
                     await self.crash(exc)
                     return
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs}
+                faults.reach(f"{self.stage}.before_offset_commit")
                 # The commit overlaps the next fetch (one round trip off every record's latency); the next
                 # batch's commit, a revocation and a stop all wait for it first, so commits stay in order.
                 await self.flush_commit()

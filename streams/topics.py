@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from streams.app import app, settings
 from streams.catalog import Catalog, catalog_for
 from streams.errors import ConfigError, TopicMismatchError
+from streams.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +29,12 @@ anomalies_topic_name = catalog.one("anomalies").name
 source_of_topic: dict[str, str] = {t.name: t.source or "" for t in catalog.by_role("raw")}
 
 
-async def ensure_topics(catalog: Catalog, bootstrap_servers: str, *, create: bool = True) -> list[str]:
-    """Create what is missing; raise TopicMismatchError for partition-count drift. Returns created names."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15000)
+async def ensure_topics(catalog: Catalog, bootstrap_servers: str, *, create: bool = True,
+                        kafka: KafkaSettings | None = None) -> list[str]:
+    """Create what is missing; raise TopicMismatchError for partition-count drift. Returns created names.
+    `kafka` gives the SSL/SASL settings; None: the process's own (streams.app.settings)."""
+    security = (kafka or settings.kafka).client_kwargs()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15000, **security)
     try:
         await admin.start()
     except KafkaError as exc:
@@ -79,7 +83,7 @@ def ensure_topics_blocking() -> list[str]:
     """For start-up hooks that run before the worker's event loop: a private loop, closed after."""
     loop = asyncio.new_event_loop()
     try:
-        return loop.run_until_complete(ensure_topics(catalog, settings.kafka.bootstrap_servers))
+        return loop.run_until_complete(ensure_topics(catalog, settings.kafka.bootstrap_servers, kafka=settings.kafka))
     finally:
         loop.close()
 

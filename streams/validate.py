@@ -30,7 +30,7 @@ from streams.errors import CircuitOpen, RejectedRecord
 from streams.models import MarketDataPoint
 from streams.publish import Outgoing, Rejection, send_all
 from streams.rules import CircuitBreaker, Validator
-from streams.stage import BatchStage
+from streams.stage import BatchStage, stage_service
 from streams.topics import anomalies_topic_name, catalog, clean_topic_name, rejected_topic_name, source_of_topic
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ async def check_stale_feeds() -> None:
     await metrics.emit(deltas)
 
 
-@app.service
+@stage_service
 class ValidateTicks(BatchStage):
     """validate_ticks: raw.* -> ticks.clean | ticks.rejected | ticks.anomalies."""
 

@@ -19,7 +19,7 @@ from streams.db import ensure_writer
 from streams.detect import stage as anomaly_stage
 from streams.lag import LagReader
 from streams.produce import supervisor
-from streams.stage import stages
+from streams.stage import missing_stages, stages
 from streams.topics import catalog
 
 logger = logging.getLogger(__name__)
@@ -90,9 +90,11 @@ class Health(View):
         now = time.time()
         stuck = [name for name, st in stages.items()
                  if st.stuck(sum(lag.get(t, 0) for t in st.topics), now, settings.worker.stuck_after_seconds)]
-        status = "recovering" if recovering else "stuck" if stuck else "ok"
+        starting = missing_stages()
+        status = "recovering" if recovering else "starting" if starting else "stuck" if stuck else "ok"
         body: dict[str, Any] = {
             "status": status,
+            "starting_stages": starting,
             "stuck_stages": stuck,
             "lag": lag,
             "worker": app.conf.canonical_url.human_repr() if hasattr(app.conf.canonical_url, "human_repr")

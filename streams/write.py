@@ -23,11 +23,11 @@ import orjson
 from sinks.base import WriteResult
 from sinks.postgres import row_from_record
 from streams import histogram, metrics
-from streams.app import app, settings
+from streams.app import settings
 from streams.db import ensure_writer
 from streams.errors import SinkError, SinkUnavailable
 from streams.publish import Outgoing, Rejection, send_all
-from streams.stage import BatchStage
+from streams.stage import BatchStage, stage_service
 from streams.topics import clean_topic_name, rejected_topic_name
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ async def write_batch(records: list[Any]) -> None:
     await metrics.emit(deltas)
 
 
-@app.service
+@stage_service
 class WriteTicks(BatchStage):
     """write_ticks: ticks.clean -> PostgreSQL market_data."""
 

@@ -12,91 +12,42 @@ import signal
 import subprocess
 
 import asyncpg
+import pytest
 
 from tests.integration.conftest import ROOT, ensure_topics_for, read_topic, wait_until
-from tests.integration.test_pipeline import build_inputs
+from tests.integration.oracles import check_oracles, fault_inputs, produce_all, wait_for_rows
 
 STACK = str(ROOT / "dev" / "stack.sh")
 
 
-async def produce_all(producer, topic: str, messages: list[tuple[bytes, bytes]], start: int = 0) -> None:
-    futures = [await producer.send(topic, v, key=k, headers=[("test.index", str(i).encode())])
-               for i, (k, v) in enumerate(messages, start)]
-    await asyncio.gather(*futures)
-
-
-async def check_oracles(iso, pg, expected_rule: dict[int, str], valid_keys: set[tuple]) -> None:
-    async def all_rows() -> bool:
-        try:
-            return await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.market_data") >= len(valid_keys)
-        except asyncpg.UndefinedTableError:
-            return False
-
-    await wait_until(all_rows, 240, "every valid row after the fault")
-    rows = await pg.fetch(f"SELECT source, symbol, data_type, ts, item_id FROM {iso.schema}.market_data")
-    got = [tuple(r) for r in rows]
-    assert len(got) == len(set(got)), "a row was written twice"
-    assert set(got) == valid_keys, "rows lost or invented"
-
-    async def dead() -> dict[int, str] | None:
-        by_index = {}
-        for rec in await read_topic(iso.bootstrap, iso.topic("rejected")):
-            h = {k: v.decode() for k, v in rec.headers}
-            by_index[int(h["test.index"])] = h["tickflow.rule"]
-        return by_index if set(by_index) >= set(expected_rule) else None
-
-    try:
-        seen = await wait_until(dead, 60, "every invalid record dead-lettered")
-    except AssertionError:
-        recs = await read_topic(iso.bootstrap, iso.topic("rejected"))
-        have = {int(dict(r.headers)["test.index"].decode()) for r in recs}
-        missing = sorted(set(expected_rule) - have)
-        raw = await read_topic(iso.bootstrap, iso.raw_topic())
-        info = [(r.partition, r.offset, dict(r.headers)["test.index"]) for r in raw
-                if int(dict(r.headers)["test.index"].decode()) in missing[:20]]
-        raise AssertionError(f"{len(missing)} missing of {len(expected_rule)}, {len(recs)} dead letters; "
-                             f"first: {[(i, expected_rule[i]) for i in missing[:10]]}; raw: {info}") from None
-    assert seen == expected_rule  # re-sent dead letters after a crash carry the same rule
-
-
 async def test_kill_9_mid_flow_then_restart(iso, workers, producer, pg) -> None:
     await ensure_topics_for(iso)
-    messages, expected_rule, valid_keys = build_inputs(seed=31)
+    inputs = fault_inputs(seed=31)
+    messages = inputs.messages
     rng = random.Random(31)
     await produce_all(producer, iso.raw_topic(), messages[:5000])
     for round_ in range(3):
         w = workers(f"victim{round_}")
 
-        async def some_rows(at_least: int = 200 * (round_ + 1)) -> bool:
-            try:
-                return await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.market_data") > at_least
-            except asyncpg.UndefinedTableError:
-                return False
-
-        await wait_until(some_rows, 90, "the worker to be writing")
+        await wait_for_rows(iso, pg, 200 * (round_ + 1), "the worker to be writing")
         await asyncio.sleep(rng.uniform(0.0, 1.5))  # kill at a random point of a batch
         os.kill(w.pid, signal.SIGKILL)
         w.proc.wait(timeout=10)
         if round_ == 0:
             await produce_all(producer, iso.raw_topic(), messages[5000:], 5000)
     survivor = workers("survivor")
-    await check_oracles(iso, pg, expected_rule, valid_keys)
+    await check_oracles(iso, pg, inputs, "kill -9 x3, random timing")
     assert survivor.alive()
 
 
 async def test_postgres_outage_during_flow(iso, workers, producer, pg) -> None:
     await ensure_topics_for(iso)
-    messages, expected_rule, valid_keys = build_inputs(seed=37)
+    inputs = fault_inputs(seed=37)
+    messages = inputs.messages
     w = workers()
     await produce_all(producer, iso.raw_topic(), messages[:3000])
 
-    async def some_rows() -> bool:
-        try:
-            return await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.market_data") > 100
-        except asyncpg.UndefinedTableError:
-            return False
-
-    await wait_until(some_rows, 90, "the worker to be writing")
+    await wait_for_rows(iso, pg, 100, "the worker to be writing")
     await pg.close()
     subprocess.run([STACK, "stop", "postgres", "immediate"], check=True, timeout=60)
     try:
@@ -107,7 +58,7 @@ async def test_postgres_outage_during_flow(iso, workers, producer, pg) -> None:
         subprocess.run([STACK, "start", "postgres"], check=True, timeout=120)
     conn = await asyncpg.connect(**iso.pg)
     try:
-        await check_oracles(iso, conn, expected_rule, valid_keys)
+        await check_oracles(iso, conn, inputs, "PostgreSQL stopped 20 s (immediate)")
     finally:
         await conn.execute(f"DROP SCHEMA IF EXISTS {iso.schema} CASCADE")
         await conn.close()
@@ -135,14 +86,15 @@ async def test_paused_worker_does_not_lose_or_double_rows(iso, workers, producer
     """A worker frozen (SIGSTOP) past the session timeout loses its partitions; when it wakes up, its stale
     batch's commit is refused and the new owner's re-read writes nothing twice (natural-key upsert)."""
     await ensure_topics_for(iso)
-    messages, expected_rule, valid_keys = build_inputs(seed=47)
+    inputs = fault_inputs(seed=47)
+    messages = inputs.messages
     a, b = workers("a"), workers("b")
 
     def both_assigned() -> bool:
         owned = []
         for w in (a, b):
             status, h = w.get("/health")
-            owned.append(status == 200 and bool(h["stages"]["validate"]["assigned"]))
+            owned.append(status == 200 and bool(h.get("stages", {}).get("validate", {}).get("assigned")))
         return all(owned)
 
     await wait_until(both_assigned, 90, "both workers to own raw partitions")
@@ -156,5 +108,41 @@ async def test_paused_worker_does_not_lose_or_double_rows(iso, workers, producer
     finally:
         os.kill(a.pid, signal.SIGCONT)
     await produce_all(producer, iso.raw_topic(), messages[2 * third:], 2 * third)
-    await check_oracles(iso, pg, expected_rule, valid_keys)
+    await check_oracles(iso, pg, inputs, "worker paused (SIGSTOP) 40 s")
     assert b.alive()
+
+
+@pytest.mark.parametrize("point", ["write.after_insert", "write.before_offset_commit",
+                                   "validate.before_offset_commit"])
+async def test_kill_9_at_a_fault_point_then_restart(iso, workers, producer, pg, point: str) -> None:
+    """The worker kills itself (SIGKILL, streams/faults.py) exactly between two steps of a batch: rows
+    inserted but not committed; rows committed but offsets not; clean records sent but offsets not."""
+    await ensure_topics_for(iso)
+    inputs = fault_inputs(seed=61 + len(point))
+    await produce_all(producer, iso.raw_topic(), inputs.messages)
+    nth = random.Random(point).randint(1, 3)
+    victim = workers("victim", TICKFLOW_FAULT_POINT=f"{point}@{nth}")
+    await wait_until(lambda: not victim.alive(), 120, f"the worker to die at {point}")
+    assert victim.proc.returncode == -signal.SIGKILL
+    assert f"fault point {point} reached ({nth})" in victim.log_text()
+    survivor = workers("survivor")
+    await check_oracles(iso, pg, inputs, f"kill -9 at {point} (batch {nth})")
+    assert survivor.alive()
+
+
+async def test_kill_9_inside_a_rebalance(iso, workers, producer, pg) -> None:
+    """A second worker joins; the first dies while its partitions are being revoked."""
+    await ensure_topics_for(iso)
+    inputs = fault_inputs(seed=67)
+    half = len(inputs.messages) // 2
+    await produce_all(producer, iso.raw_topic(), inputs.messages[:half])
+    victim = workers("victim", TICKFLOW_FAULT_POINT="validate.in_revoke")
+
+    await wait_for_rows(iso, pg, 100, "the first worker to be writing")
+    joiner = workers("joiner")
+    await produce_all(producer, iso.raw_topic(), inputs.messages[half:], half)
+    await wait_until(lambda: not victim.alive(), 120, "the first worker to die inside the rebalance")
+    assert victim.proc.returncode == -signal.SIGKILL
+    assert "fault point validate.in_revoke reached" in victim.log_text()
+    await check_oracles(iso, pg, inputs, "kill -9 inside a rebalance")
+    assert joiner.alive()

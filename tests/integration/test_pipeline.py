@@ -128,3 +128,7 @@ async def test_ten_thousand_points_end_to_end(iso, workers, producer, pg) -> Non
     assert "Crashed reason" not in worker.log_text()
     status, health = worker.get("/health")
     assert status == 200 and health["status"] == "ok"
+
+    from tests.integration.oracles import Inputs, check_oracles
+
+    await check_oracles(iso, pg, Inputs(messages, expected_rule, valid_keys), "poison pills in the flow, no crash")

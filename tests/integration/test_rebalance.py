@@ -6,26 +6,18 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
-
-from tests.integration.conftest import ensure_topics_for, wait_until
-from tests.integration.test_faults import check_oracles, produce_all
-from tests.integration.test_pipeline import build_inputs
+from tests.integration.conftest import ensure_topics_for
+from tests.integration.oracles import check_oracles, fault_inputs, produce_all, wait_for_rows
 
 
 async def test_workers_join_and_leave_during_the_flow(iso, workers, producer, pg) -> None:
     await ensure_topics_for(iso)
-    messages, expected_rule, valid_keys = build_inputs(seed=41)
+    inputs = fault_inputs(seed=41)
+    messages = inputs.messages
     steady = workers("steady")
     await produce_all(producer, iso.raw_topic(), messages[:4000])
 
-    async def started() -> bool:
-        try:
-            return await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.market_data") > 100
-        except asyncpg.UndefinedTableError:
-            return False
-
-    await wait_until(started, 90, "the first rows")
+    await wait_for_rows(iso, pg, 100, "the first rows")
     chunk = (len(messages) - 4000) // 4
     for i in range(4):
         extra = workers(f"churn{i}")
@@ -34,15 +26,16 @@ async def test_workers_join_and_leave_during_the_flow(iso, workers, producer, pg
         await produce_all(producer, iso.raw_topic(), messages[start:end], start)
         await asyncio.sleep(4)
         extra.stop()
-    await check_oracles(iso, pg, expected_rule, valid_keys)
+    await check_oracles(iso, pg, inputs, "worker added/removed every 4 s")
     assert steady.alive()
 
 
 async def test_two_workers_start_together_on_a_backlog(iso, workers, producer, pg) -> None:
     """The case that lost rows with Faust-managed stream offsets: both join while records wait."""
     await ensure_topics_for(iso)
-    messages, expected_rule, valid_keys = build_inputs(seed=43)
+    inputs = fault_inputs(seed=43)
+    messages = inputs.messages
     await produce_all(producer, iso.raw_topic(), messages)
     a, b = workers("a"), workers("b")
-    await check_oracles(iso, pg, expected_rule, valid_keys)
+    await check_oracles(iso, pg, inputs, "two workers start on a backlog")
     assert a.alive() and b.alive()

@@ -11,8 +11,7 @@ import subprocess
 from pathlib import Path
 
 from tests.integration.conftest import ROOT, ensure_topics_for
-from tests.integration.test_faults import check_oracles, produce_all
-from tests.integration.test_pipeline import build_inputs
+from tests.integration.oracles import check_oracles, fault_inputs, produce_all, wait_for_rows
 
 STACK = str(ROOT / "dev" / "stack.sh")
 
@@ -24,11 +23,13 @@ def broker_pid() -> int:
 
 async def test_broker_kill_9_and_restart_during_production(iso, workers, producer, pg) -> None:
     await ensure_topics_for(iso)
-    messages, expected_rule, valid_keys = build_inputs(seed=53)
+    inputs = fault_inputs(seed=53)
+    messages = inputs.messages
     w = workers()
     half = len(messages) // 2
     await produce_all(producer, iso.raw_topic(), messages[:half])
-    await asyncio.sleep(2)
+
+    await wait_for_rows(iso, pg, 100, "the worker to be writing")
     pid = broker_pid()
     os.kill(pid, signal.SIGKILL)
     await asyncio.sleep(3)
@@ -37,5 +38,5 @@ async def test_broker_kill_9_and_restart_during_production(iso, workers, produce
                                       capture_output=True, text=True)
     assert restart.returncode == 0, restart.stderr[-3000:]
     await produce_all(producer, iso.raw_topic(), messages[half:], half)
-    await check_oracles(iso, pg, expected_rule, valid_keys)
+    await check_oracles(iso, pg, inputs, "broker kill -9 + restart")
     assert w.alive(), w.log_text()[-3000:]

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,13 @@ def test_password_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.postgres.password.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
     assert "hunter2" not in s.postgres.dsn_for_display()
+
+
+def test_configuration_manager_leaves_the_environment_as_it_was(tmp_path, monkeypatch) -> None:
+    from streams.api import ConfigurationManager
+
+    monkeypatch.delenv("TICKFLOW_CONFIG", raising=False)
+    cfg = tmp_path / "pipeline_config.yaml"
+    cfg.write_text("sink:\n  batch_size: 123\n")
+    assert ConfigurationManager(cfg).get_section("sink")["batch_size"] == 123
+    assert "TICKFLOW_CONFIG" not in os.environ  # it leaked into every later load_settings() before

@@ -1,0 +1,44 @@
+"""Fault points for the crash tests: the process kills itself with SIGKILL at a named point of the data
+path, so a test can crash a worker exactly between two steps of the delivery contract instead of at a
+random moment (the way Kafka's own system tests place their faults).
+
+`TICKFLOW_FAULT_POINT=<point>@<n>` arms one point, fired the n-th time execution reaches it (default 1).
+It is read once at import and meant for tests only; unset, `reach()` is one comparison. The points:
+
+- `write.after_insert`: the batch's rows are inserted, their transaction is not committed;
+- `<stage>.before_offset_commit`: the batch is done (rows committed, or outputs acknowledged), its
+  offsets are not committed to Kafka; `<stage>` is `validate` or `write`;
+- `<stage>.in_revoke`: inside a rebalance, as the stage's partitions are being revoked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = ("write.after_insert", "validate.before_offset_commit", "write.before_offset_commit",
+          "validate.in_revoke", "write.in_revoke")
+
+
+def _parse(spec: str) -> tuple[str, int]:
+    if not spec:
+        return "", 0
+    name, _, nth = spec.partition("@")
+    if name not in POINTS:
+        raise ValueError(f"TICKFLOW_FAULT_POINT: unknown point {name!r}; known: {', '.join(POINTS)}")
+    return name, int(nth or 1)
+
+
+_armed, _nth = _parse(os.environ.get("TICKFLOW_FAULT_POINT", ""))
+_reached = 0
+
+
+def reach(point: str) -> None:
+    """Die here, without cleanup, if this is the armed point's n-th passage."""
+    global _reached
+    if point != _armed:
+        return
+    _reached += 1
+    if _reached >= _nth:
+        os.write(2, f"tickflow fault point {point} reached ({_reached}): SIGKILL\n".encode())
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,118 @@
+"""Measurements on the real stack, shared by bench/throughput.py and `tickflow selftest` (streams/selftest.py).
+
+- `preload`: simulated points into a raw topic as fast as the idempotent producer goes (acks=all).
+- `latency_run`: the simulated feed at a fixed rate for some seconds, then every row's end-to-end latency
+  read back from PostgreSQL: `written_at` (set by the database when the row is inserted) minus
+  `ingested_at` (the producer's record timestamp), as avg / p50 / p95 / p99 / max in milliseconds.
+
+Rows of one run are found by their item_id prefix: the simulated source stamps `<run_id>-<seq>`, so a run
+id must be plain letters and digits (it is used in a LIKE pattern).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from producers.base import encode
+from producers.runner import SourceRunner, new_producer, send_batch
+from producers.simulated import SimulatedSource
+from streams.catalog import Catalog
+from streams.settings import Settings, SimulatedSourceSettings
+
+
+async def count_rows(conn: asyncpg.Connection, schema: str, run_id: str | None = None) -> int:
+    """Rows in <schema>.market_data (of one run when `run_id` is given); 0 before the table exists."""
+    try:
+        if run_id is None:
+            return await conn.fetchval(f"SELECT count(*) FROM {schema}.market_data")
+        return await conn.fetchval(f"SELECT count(*) FROM {schema}.market_data WHERE item_id LIKE $1", run_id + "-%")
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+        return 0
+
+
+async def wait_for_rows(conn: asyncpg.Connection, schema: str, run_id: str, n: int, timeout: float,
+                        interval: float = 0.2) -> int:
+    """Poll until the run has `n` rows or `timeout` seconds passed; returns the last count."""
+    deadline = time.monotonic() + timeout
+    got = await count_rows(conn, schema, run_id)
+    while got < n and time.monotonic() < deadline:
+        await asyncio.sleep(interval)
+        got = await count_rows(conn, schema, run_id)
+    return got
+
+
+async def preload(settings: Settings, topic: str, n: int, *, run_id: str | None = None, seed: int = 1,
+                  chunk: int = 5000) -> float:
+    """Send `n` valid simulated points to `topic` as fast as possible; returns the producer's points/s."""
+    src = SimulatedSource(SimulatedSourceSettings(invalid_ratio=0.0, seed=seed), run_id=run_id or uuid.uuid4().hex[:8])
+    producer = new_producer(settings)
+    await producer.start()
+    t0 = time.perf_counter()
+    try:
+        sent = 0
+        while sent < n:
+            k = min(chunk, n - sent)
+            sent += await send_batch(producer, topic, [encode(r) for r in src.batch(k)])
+    finally:
+        await producer.stop()
+    return n / (time.perf_counter() - t0)
+
+
+async def latency_stats(conn: asyncpg.Connection, schema: str, run_id: str) -> dict[str, Any]:
+    """End-to-end latency of a run's rows (written_at - ingested_at), in ms; None values when it has none."""
+    row = await conn.fetchrow(
+        f"SELECT count(*) AS n, percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms) AS p, "
+        f"max(ms) AS max, avg(ms) AS avg FROM "
+        f"(SELECT (extract(epoch FROM written_at - ingested_at) * 1000)::float8 AS ms "
+        f"FROM {schema}.market_data WHERE item_id LIKE $1) x", run_id + "-%")
+    p50, p95, p99 = row["p"] or (None, None, None)
+
+    def r(v: float | None) -> float | None:
+        return None if v is None else round(v, 2)
+
+    return {"rows": row["n"], "p50_ms": r(p50), "p95_ms": r(p95), "p99_ms": r(p99), "max_ms": r(row["max"]),
+            "avg_ms": r(row["avg"])}
+
+
+async def latency_run(settings: Settings, catalog: Catalog, conn: asyncpg.Connection, schema: str, rate: float,
+                      seconds: float, *, run_id: str | None = None, wait_seconds: float = 120) -> dict[str, Any]:
+    """The simulated feed at `rate` points/s for `seconds` into the catalog's raw.simulated, then the latency
+    of every row of the run, once they are all in PostgreSQL (or after `wait_seconds`)."""
+    run_id = run_id or f"lat{uuid.uuid4().hex[:6]}"
+    sim = SimulatedSourceSettings(invalid_ratio=0.0, rate_per_second=rate, seed=5)
+    sent = await SourceRunner(settings, catalog).run(SimulatedSource(sim, run_id=run_id), seconds=seconds)
+    await wait_for_rows(conn, schema, run_id, sent, wait_seconds, interval=1.0)
+    return {"rate": rate, "sent": sent, **await latency_stats(conn, schema, run_id)}
+
+
+async def read_topic(bootstrap: str, topic: str, **client_kwargs: Any) -> list[Any]:
+    """Every record in a topic from the beginning up to its end offsets as of now (tests, selftest)."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **client_kwargs)
+    await c.start()
+    try:
+        parts = c.partitions_for_topic(topic)
+        if not parts:
+            await c._client.force_metadata_update()
+            parts = c.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        ends = await c.end_offsets(tps)
+        out: list[Any] = []
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            for tp, msgs in (await c.getmany(timeout_ms=1000)).items():
+                out.extend(m for m in msgs if m.offset < ends[tp])
+                if msgs and msgs[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+        return out
+    finally:
+        await c.stop()

@@ -1,0 +1,253 @@
+"""Secrets out of log lines and error messages: one `redact()`, a registry of this process's secret values,
+and a log-record factory that applies both to every record before any handler sees it.
+
+Why a record factory rather than a `logging.Filter`: a filter on the root logger does not run for records
+logged on child loggers (filters are checked by the logger a record is logged on, handlers by the handler),
+and `faust worker` rebuilds the root handlers after our modules are imported (mode's `setup_logging` clears
+them and runs dictConfig), so a handler filter added at import time would be gone. The factory is process
+wide: every record, from any logger, to whatever handlers exist now or later (the worker's file or
+stream handler, pytest's caplog, the spinner), is redacted once, when it is created. `RedactingFilter`
+does the same for a handler you configure yourself (e.g. in a `logging_config` dict).
+
+What is redacted, everywhere, into "***":
+- every registered secret value: the SecretStr fields of the process's Settings (postgres.password,
+  kafka.sasl_password, kafka.ssl_key_password, any under sources.*) and the providers' API keys, which
+  come from the environment only (producers/<name>.py);
+- secret-looking patterns: `api_key=`/`apikey=`/`token=`/`password=`... parameters, `Authorization:`
+  and `X-...-Token`/`X-...-Key` headers, long `Bearer` tokens, and the password of `scheme://user:pw@host`
+  URLs (PostgreSQL DSNs included).
+
+This module imports nothing from tickflow, so streams/errors.py can use it (exception messages are
+redacted when the exception is made).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, SecretBytes, SecretStr
+
+MASK = "***"
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # URL user info: postgresql://user:pw@host, kafka://u:pw@b, https://u:pw@h -> user:***@
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/?#\s@]*:)[^@/\s]+@"), rf"\1{MASK}@"),
+    # Query and key=value parameters; a bare `key=` only inside a query string (`?key=`, `&key=`).
+    (re.compile(r"(?i)(\b(?:api_?key|apikey|access_token|auth_token|token|secret|client_secret|password|passwd|pwd)=)"
+                r"[^&\s#'\"]+"), rf"\1{MASK}"),
+    (re.compile(r"(?i)([?&;]key=)[^&\s#'\"]+"), rf"\1{MASK}"),
+    # JSON / dict / YAML style: "password": "x", 'api_key': 'x'
+    (re.compile(r"(?i)([\"'](?:api_?key|apikey|access_token|token|secret|password|passwd)[\"']\s*:\s*[\"'])[^\"']+"),
+     rf"\1{MASK}"),
+    # Headers, as text or in a dict's repr: Authorization: Bearer x / Basic x, X-Finnhub-Token: x, X-Api-Key: x
+    (re.compile(r"(?i)(\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?)"
+                r"[^\s'\",}]+"), rf"\1{MASK}"),
+    (re.compile(r"(?i)(\bx-[a-z0-9-]*(?:token|key|secret)[\"']?\s*[:=]\s*[\"']?)[^\s'\",}]+"), rf"\1{MASK}"),
+    # A bearer token anywhere else (16+ characters, so the words "bearer token" stay readable).
+    (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9\-._~+/%]{16,}=*"), rf"\1{MASK}"),
+)
+
+# Every pattern above needs one of these (lower-cased); most log lines and rejection reasons have none, and
+# a few substring checks cost ~1 us where the seven patterns cost ~25 (this runs for every log record and
+# every error we make).
+_TRIGGERS = ("key", "token", "secret", "passw", "pwd", "auth", "bearer", "://")
+
+_lock = threading.Lock()
+_known: set[str] = set()
+_ordered: tuple[str, ...] = ()  # longest first, so a secret containing another is removed whole
+
+
+def _value(secret: SecretStr | SecretBytes | str | None) -> str:
+    if isinstance(secret, SecretStr):
+        return secret.get_secret_value()
+    if isinstance(secret, SecretBytes):
+        return secret.get_secret_value().decode(errors="replace")
+    return secret or ""
+
+
+def register(*secrets: SecretStr | SecretBytes | str | None) -> None:
+    """Add secret values that must never appear in a log line or an error message (empty ones are ignored)."""
+    global _ordered
+    values = {v for v in (_value(s) for s in secrets) if v}
+    if not values - _known:
+        return
+    with _lock:
+        _known.update(values)
+        _ordered = tuple(sorted(_known, key=len, reverse=True))
+
+
+def forget_all() -> None:
+    """Empty the registry (tests)."""
+    global _ordered
+    with _lock:
+        _known.clear()
+        _ordered = ()
+
+
+def known() -> tuple[str, ...]:
+    return _ordered
+
+
+def secrets_in(obj: Any) -> list[SecretStr | SecretBytes]:
+    """Every SecretStr/SecretBytes value inside a pydantic model (nested models, lists, dicts), so a secret
+    field added to Settings later is covered without touching this module."""
+    found: list[SecretStr | SecretBytes] = []
+    if isinstance(obj, (SecretStr, SecretBytes)):
+        found.append(obj)
+    elif isinstance(obj, BaseModel):
+        for name in type(obj).model_fields:
+            found += secrets_in(getattr(obj, name, None))
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            found += secrets_in(v)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for v in obj:
+            found += secrets_in(v)
+    return found
+
+
+def environment_secrets() -> list[SecretStr]:
+    """The providers' API keys: never settings, read from the environment by each provider module."""
+    from producers.alpha_vantage import alpha_vantage_api_key
+    from producers.finnhub import finnhub_api_key
+    from producers.fred import fred_api_key
+    from producers.nasdaq_data_link import nasdaq_data_link_api_key
+    from producers.social import twitter_bearer_token
+
+    keys = (alpha_vantage_api_key(), finnhub_api_key(), fred_api_key(), nasdaq_data_link_api_key(),
+            twitter_bearer_token())
+    return [k for k in keys if k is not None]
+
+
+def redact(text: str, secrets: Iterable[SecretStr | SecretBytes | str | None] = ()) -> str:
+    """`text` without the given secrets, the registered ones and secret-looking patterns."""
+    if not text:
+        return text
+    out = text
+    if secrets:
+        extra = sorted((v for v in (_value(s) for s in secrets) if v), key=len, reverse=True)
+        for value in extra:
+            if value in out:
+                out = out.replace(value, MASK)
+    for value in _ordered:
+        if value in out:
+            out = out.replace(value, MASK)
+    low = out.lower()
+    if any(t in low for t in _TRIGGERS):
+        for pattern, repl in _PATTERNS:
+            out = pattern.sub(repl, out)
+    return out
+
+
+def _redact_arg(arg: Any) -> Any:
+    if isinstance(arg, (int, float, bool)) or arg is None:
+        return arg
+    try:
+        shown = str(arg)
+    except Exception:
+        return arg
+    clean = redact(shown)
+    return arg if clean == shown else clean
+
+
+def redact_record(record: logging.LogRecord) -> None:
+    """Redact a record in place: its message (with its args), exception text and stack, once."""
+    if getattr(record, "_tickflow_redacted", False):
+        return
+    record._tickflow_redacted = True  # type: ignore[attr-defined]
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format string: keep it broken, but clean
+        record.msg = redact(str(record.msg))
+        if isinstance(record.args, Mapping):
+            record.args = {k: _redact_arg(v) for k, v in record.args.items()}
+        elif isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(a) for a in record.args)
+    else:
+        clean = redact(message)
+        if clean != message:  # only then: handlers that use msg/args as given keep them otherwise
+            record.msg, record.args = clean, ()
+    if record.exc_info and not record.exc_text:
+        # Formatters use a record's exc_text when it is set, instead of formatting exc_info again.
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+    elif record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+
+
+class RedactingFilter(logging.Filter):
+    """For a handler you configure yourself; the installed record factory already covers every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redact_record(record)
+        return True
+
+
+_previous_factory: Callable[..., logging.LogRecord] | None = None
+
+
+class RedactedLogRecord(logging.LogRecord):
+    """A record that redacts when it is read, not when it is made: most records are never formatted (a
+    DEBUG record under an INFO handler; aiokafka logs one per message sent), and redacting them all up
+    front cost a third of a worker's CPU when a logger was at DEBUG (measured with py-spy). Formatters and
+    handlers read `getMessage()`, `exc_text` and `stack_info`; all three come out redacted."""
+
+    def getMessage(self) -> str:
+        return redact(super().getMessage())
+
+    @property
+    def exc_text(self) -> str | None:
+        return self.__dict__.get("_exc_text")
+
+    @exc_text.setter
+    def exc_text(self, value: str | None) -> None:
+        self.__dict__["_exc_text"] = redact(value) if value else value
+
+    @property
+    def stack_info(self) -> str | None:
+        return self.__dict__.get("_stack_info")
+
+    @stack_info.setter
+    def stack_info(self, value: str | None) -> None:
+        self.__dict__["_stack_info"] = redact(value) if value else value
+
+
+def _factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    assert _previous_factory is not None
+    if _previous_factory is logging.LogRecord:
+        return RedactedLogRecord(*args, **kwargs)
+    record = _previous_factory(*args, **kwargs)  # someone else's factory: redact eagerly
+    redact_record(record)
+    return record
+
+
+def installed() -> bool:
+    return logging.getLogRecordFactory() is _factory
+
+
+def install(settings: BaseModel | None = None, *, environment: bool = True) -> None:
+    """Register the secrets of `settings` (and the providers' keys from the environment) and redact every
+    log record of this process from now on. Safe to call more than once."""
+    global _previous_factory
+    if settings is not None:
+        register(*secrets_in(settings))
+    if environment:
+        register(*environment_secrets())
+    with _lock:
+        if logging.getLogRecordFactory() is not _factory:
+            _previous_factory = logging.getLogRecordFactory()
+            logging.setLogRecordFactory(_factory)
+
+
+def uninstall() -> None:
+    """Put the previous record factory back (tests)."""
+    global _previous_factory
+    with _lock:
+        if logging.getLogRecordFactory() is _factory and _previous_factory is not None:
+            logging.setLogRecordFactory(_previous_factory)
+            _previous_factory = None
