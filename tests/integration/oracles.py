@@ -16,7 +16,8 @@ from typing import Any
 
 import asyncpg
 
-from tests.integration.conftest import read_topic, wait_until
+from streams.measure import read_topic
+from tests.integration.conftest import wait_until
 from tests.integration.test_pipeline import build_inputs
 
 

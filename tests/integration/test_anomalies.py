@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import orjson
 
 from producers.simulated import SimulatedSource
+from streams.measure import read_topic
 from streams.settings import SimulatedSourceSettings
-from tests.integration.conftest import ensure_topics_for, read_topic, wait_until
+from tests.integration.conftest import ensure_topics_for, wait_until
 
 
 def warmup_and_fat_finger(n: int = 300) -> tuple[list[bytes], bytes, str]:

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+from streams.measure import read_topic
 from streams.models import MarketDataPoint
-from tests.integration.conftest import ROOT, ensure_topics_for, read_topic, wait_until
+from tests.integration.conftest import ROOT, ensure_topics_for, wait_until
 
 
 def tickflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,8 +10,9 @@ from collections import Counter
 import orjson
 
 from producers.simulated import SimulatedSource
+from streams.measure import read_topic
 from streams.settings import SimulatedSourceSettings
-from tests.integration.conftest import ensure_topics_for, read_topic, wait_until
+from tests.integration.conftest import ensure_topics_for, wait_until
 
 N = 10_000
 
