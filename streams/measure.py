@@ -64,20 +64,25 @@ async def preload(settings: Settings, topic: str, n: int, *, run_id: str | None 
     return n / (time.perf_counter() - t0)
 
 
+_CDF_AT = [i / 100 for i in range(1, 100)] + [0.995, 0.999]
+
+
 async def latency_stats(conn: asyncpg.Connection, schema: str, run_id: str) -> dict[str, Any]:
     """End-to-end latency of a run's rows (written_at - ingested_at), in ms; None values when it has none."""
     row = await conn.fetchrow(
         f"SELECT count(*) AS n, percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms) AS p, "
+        f"percentile_cont($2::float8[]) WITHIN GROUP (ORDER BY ms) AS cdf, "
         f"max(ms) AS max, avg(ms) AS avg FROM "
         f"(SELECT (extract(epoch FROM written_at - ingested_at) * 1000)::float8 AS ms "
-        f"FROM {schema}.market_data WHERE item_id LIKE $1) x", run_id + "-%")
+        f"FROM {schema}.market_data WHERE item_id LIKE $1) x", run_id + "-%", _CDF_AT)
     p50, p95, p99 = row["p"] or (None, None, None)
 
     def r(v: float | None) -> float | None:
         return None if v is None else round(v, 2)
 
     return {"rows": row["n"], "p50_ms": r(p50), "p95_ms": r(p95), "p99_ms": r(p99), "max_ms": r(row["max"]),
-            "avg_ms": r(row["avg"])}
+            "avg_ms": r(row["avg"]),
+            "cdf": [[q, r(v)] for q, v in zip(_CDF_AT, row["cdf"] or [], strict=False)]}  # for the plot
 
 
 async def latency_run(settings: Settings, catalog: Catalog, conn: asyncpg.Connection, schema: str, rate: float,
