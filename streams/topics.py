@@ -63,7 +63,7 @@ async def ensure_topics(catalog: Catalog, bootstrap_servers: str, *, create: boo
         present = [name for name in wanted if name not in created]
         if present:
             problems = []
-            for desc in await admin.describe_topics(present):
+            for desc in await _settled_descriptions(admin, present):
                 name = desc["topic"]
                 have = len(desc["partitions"])
                 want = wanted[name].partitions
@@ -77,6 +77,24 @@ async def ensure_topics(catalog: Catalog, bootstrap_servers: str, *, create: boo
         return created
     finally:
         await admin.close()
+
+
+async def _settled_descriptions(admin: AIOKafkaAdminClient, names: list[str], wait: float = 10.0) -> list[dict]:
+    """Describe topics, asking again for those the controller has not settled yet: a topic created moments
+    ago (by another worker, or a user) can describe as 0 partitions, which is not a mismatch."""
+    deadline = asyncio.get_running_loop().time() + wait
+    settled: dict[str, dict] = {}
+    pending = list(names)
+    while pending:
+        for desc in await admin.describe_topics(pending):
+            if desc.get("error_code", 0) == 0 and desc["partitions"]:
+                settled[desc["topic"]] = desc
+            elif asyncio.get_running_loop().time() >= deadline:
+                settled[desc["topic"]] = desc
+        pending = [n for n in names if n not in settled]
+        if pending:
+            await asyncio.sleep(0.25)
+    return [settled[n] for n in names]
 
 
 def ensure_topics_blocking() -> list[str]:
