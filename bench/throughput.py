@@ -102,7 +102,8 @@ def start_workers(env: dict[str, str], count: int, log_dir: Path) -> list[subpro
     for i in range(count):
         e = {**env, "TICKFLOW_WORKER__WEB_PORT": str(17100 + i), "F_DATADIR": str(log_dir / f"bench-data-{i}")}
         log = open(log_dir / f"bench-worker-{i}.log", "wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "streams", "worker", "-l", "info"], cwd=ROOT, env=e,
+        wrap = os.environ.get("BENCH_WRAP", "").replace("{i}", str(i)).split()  # e.g. a profiler
+        procs.append(subprocess.Popen([*wrap, sys.executable, "-m", "streams", "worker", "-l", "info"], cwd=ROOT, env=e,
                                       stdout=log, stderr=subprocess.STDOUT))
     return procs
 

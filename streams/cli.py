@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -290,6 +292,10 @@ def main(argv: list[str] | None = None) -> None:
         parser().print_help()
         print("\nFaust commands (worker, agents, tables, ...): tickflow worker --help")
         sys.exit(0)
+    # uvloop unless F_LOOP says otherwise (Faust reads it when it is first imported, just below): the event
+    # loop's own overhead is a share of every record's cost in a worker.
+    if importlib.util.find_spec("uvloop") is not None:
+        os.environ.setdefault("F_LOOP", "uvloop")
     from streams.app import app
 
     sys.argv = [sys.argv[0], *argv]

@@ -70,4 +70,5 @@ class MarketDataPoint(BaseModel):
         return (self.source, self.symbol, str(self.data_type), self.timestamp, self.item_id)
 
     def to_json(self) -> bytes:
-        return self.model_dump_json(exclude_none=True, exclude_defaults=False).encode()
+        # model_dump_json's bytes without its decode to str (and our encode back): once per clean record
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
