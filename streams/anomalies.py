@@ -1022,11 +1022,19 @@ class DetectorSuite:
             for det in (self.bg, self.midquote, self.t4, self.erroneous, self.spread):
                 det.rescale(d["ratio"])
             self.volume.rescale_volume("trade", 1.0 / d["nominal"])
-        quote_flags = self.spread.update(point, f) + self.midquote.update(point, f)
+        # Detectors that would return at once for this kind of point are not called (a few per point).
+        quote_flags = self.spread.update(point, f) + self.midquote.update(point, f) if f.quote is not None else []
         t4 = self.t4.update(point, f, accept_quote=not quote_flags)
-        bg = self.bg.update(point, f, suspect=bool(t4))
-        out = quote_flags + t4 + bg + self.erroneous.update(point, f, suspect=bool(t4 or bg))
-        out += self.volume.update(point, f) + self.stale.update(point, f) + self.gaps.update(point, f)
+        if f.trade is not None:
+            bg = self.bg.update(point, f, suspect=bool(t4))
+            out = quote_flags + t4 + bg + self.erroneous.update(point, f, suspect=bool(t4 or bg))
+        else:
+            out = quote_flags + t4
+        if point.volume is not None:
+            out += self.volume.update(point, f)
+        out += self.stale.update(point, f)
+        if point.data_type == DataType.BAR:
+            out += self.gaps.update(point, f)
         if split:
             out = [a for a in out if a.detector not in self.PRICE_DETECTORS]
         return split + out

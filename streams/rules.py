@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections import deque
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -67,7 +68,9 @@ class Validator:
         self.settings = settings
         self.max_bytes = settings.max_message_bytes
         self.future = timedelta(seconds=settings.future_tolerance_seconds)
+        self.future_seconds = self.future.total_seconds()
         self.floor = datetime.fromisoformat(settings.timestamp_floor)
+        self.floor_ts = self.floor.timestamp()
         self.symbol_re = re.compile(settings.symbol_pattern)
 
     def check(self, raw: bytes | None, *, source: str, ingested_at: datetime | None = None,
@@ -88,52 +91,56 @@ class Validator:
         return point
 
     def check_point(self, p: MarketDataPoint, *, now: datetime | None = None) -> None:
+        # Runs for every record: fields read from the model's __dict__ once, times compared as floats.
         s = self.settings
-        if len(p.symbol) > s.max_symbol_length or not self.symbol_re.match(p.symbol):
-            raise RejectedRecord("symbol.pattern", f"symbol {p.symbol[:40]!r} does not match {s.symbol_pattern}")
+        d = p.__dict__
+        symbol = d["symbol"]
+        if len(symbol) > s.max_symbol_length or not self.symbol_re.match(symbol):
+            raise RejectedRecord("symbol.pattern", f"symbol {symbol[:40]!r} does not match {s.symbol_pattern}")
         for name in _PRICE_FIELDS:
-            v = getattr(p, name)
+            v = d[name]
             if v is not None and v <= 0:
                 raise RejectedRecord("price.non_positive", f"{name} {v} <= 0")
         for name in _SIZE_FIELDS:
-            v = getattr(p, name)
+            v = d[name]
             if v is not None and v < 0:
                 raise RejectedRecord("volume.negative", f"{name} {v} < 0")
         for name in ("headline", "text"):
-            v = getattr(p, name)
+            v = d[name]
             if v is not None and len(v) > s.max_text_length:
                 raise RejectedRecord("text.too_long", f"{name} has {len(v)} characters > {s.max_text_length}")
-        kind = p.data_type
-        if kind in (DataType.TICK, DataType.TRADE) and p.price is None:
+        kind = d["data_type"]
+        bid, ask = d["bid"], d["ask"]
+        if (kind == DataType.TICK or kind == DataType.TRADE) and d["price"] is None:
             raise RejectedRecord("price.missing", f"a {kind} needs a price")
-        if kind == DataType.QUOTE:
-            if p.bid is None or p.ask is None:
-                raise RejectedRecord("quote.missing", "a quote needs bid and ask")
-        if p.bid is not None and p.ask is not None:
-            if p.bid > p.ask:
-                raise RejectedRecord("quote.crossed", f"bid {p.bid} > ask {p.ask}")
-            if p.bid == p.ask and "quote.locked" not in p.flags:
+        if kind == DataType.QUOTE and (bid is None or ask is None):
+            raise RejectedRecord("quote.missing", "a quote needs bid and ask")
+        if bid is not None and ask is not None:
+            if bid > ask:
+                raise RejectedRecord("quote.crossed", f"bid {bid} > ask {ask}")
+            if bid == ask and "quote.locked" not in p.flags:
                 p.flags.append("quote.locked")
         if kind == DataType.BAR:
-            ohlc = (p.open, p.high, p.low, p.close)
-            if any(v is None for v in ohlc):
+            ohlc = (d["open"], d["high"], d["low"], d["close"])
+            if None in ohlc:
                 raise RejectedRecord("bar.missing", "a bar needs open, high, low and close")
-            o, h, lo, c = ohlc  # type: ignore[misc]
-            if not (lo <= min(o, c) and h >= max(o, c) and lo <= h):  # type: ignore[operator]
+            o, h, lo, c = ohlc
+            if not (lo <= min(o, c) and h >= max(o, c) and lo <= h):
                 raise RejectedRecord("bar.inconsistent", f"open {o} high {h} low {lo} close {c}")
-        if kind == DataType.ECONOMIC and p.value is None and "value.missing" not in p.flags:
+        elif kind == DataType.ECONOMIC and d["value"] is None and "value.missing" not in p.flags:
             p.flags.append("value.missing")
-        if kind == DataType.NEWS and not p.headline:
+        elif kind == DataType.NEWS and not d["headline"]:
             raise RejectedRecord("news.missing_headline", "a news item needs a headline")
-        if kind == DataType.SOCIAL and not p.text:
+        elif kind == DataType.SOCIAL and not d["text"]:
             raise RejectedRecord("social.missing_text", "a social item needs text")
-        now = now or datetime.now(UTC)
-        if p.timestamp > now + self.future:
-            ahead = (p.timestamp - now).total_seconds()
-            tolerance = self.future.total_seconds()
-            raise RejectedRecord("timestamp.future", f"{ahead:.3f} s in the future (tolerance {tolerance} s)")
-        if p.timestamp < self.floor:
-            raise RejectedRecord("timestamp.too_old", f"{p.timestamp.isoformat()} is before {self.floor.isoformat()}")
+        ts = d["timestamp"].timestamp()
+        now_ts = now.timestamp() if now is not None else time.time()
+        if ts > now_ts + self.future_seconds:
+            raise RejectedRecord("timestamp.future",
+                                 f"{ts - now_ts:.3f} s in the future (tolerance {self.future_seconds} s)")
+        if ts < self.floor_ts:
+            raise RejectedRecord("timestamp.too_old",
+                                 f"{p.timestamp.isoformat()} is before {self.floor.isoformat()}")
         for name in ("sentiment",):
             v = getattr(p, name)
             if v is not None and not math.isfinite(v):  # pragma: no cover - pydantic already refuses

@@ -14,6 +14,7 @@ by the broker (streams/stage.py says why this stage owns its commits).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from streams.topics import anomalies_topic_name, catalog, clean_topic_name, reje
 logger = logging.getLogger(__name__)
 
 STAGE = "validate"
+YIELD_EVERY = 200  # records between two pauses for the other tasks of the worker (the write stage first)
 DETECT = settings.validation.detect_anomalies
 QUARANTINE = set(settings.validation.quarantine_sources)
 
@@ -129,7 +131,11 @@ class ValidateTicks(BatchStage):
     async def process(self, records: list[Any]) -> None:
         deltas: dict[str, dict[str, Any]] = defaultdict(metrics.new_delta)
         outgoing = []
-        for rec in records:
+        for i, rec in enumerate(records):
+            if i % YIELD_EVERY == 0 and i:
+                # A batch is ~100 ms of CPU; without a pause the write stage (same event loop) waits that long at
+                # each of its awaits, falls behind, and the committed-rows rate drops to half the validated rate.
+                await asyncio.sleep(0)
             routed = route(self.validator, rec, deltas)
             self.breaker.record(routed[-1].topic == rejected_topic_name)
             outgoing.extend(routed)
