@@ -62,14 +62,19 @@ class AnomalyStage:
             self.suites[symbol] = suites
         return suites
 
-    def detect(self, point: MarketDataPoint) -> list[Anomaly]:
-        suites = self._suites_for(point.symbol)
-        suite = suites.get(point.source)
+    def detect(self, point: MarketDataPoint, now: float | None = None) -> list[Anomaly]:
+        """`now`: the wall clock, which a caller with a batch of points reads once for all of them."""
+        symbol, source = point.symbol, point.source
+        suites = self.suites.get(symbol)
+        if suites is None:
+            suites = self._suites_for(symbol)
+        suite = suites.get(source)
         if suite is None:
-            suite = suites[point.source] = DetectorSuite(self.settings)
-        self.dirty.add(point.symbol)
-        self.arrived_at[point.symbol] = time.time()
-        self.stale_feeds.pop((point.source, point.symbol), None)
+            suite = suites[source] = DetectorSuite(self.settings)
+        self.dirty.add(symbol)
+        self.arrived_at[symbol] = time.time() if now is None else now
+        if self.stale_feeds:
+            self.stale_feeds.pop((source, symbol), None)
         return suite.update(point)
 
     def check_stale(self, now: float | None = None, live_within: float = 3600.0) -> list[tuple[str, Anomaly]]:

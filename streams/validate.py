@@ -15,7 +15,9 @@ by the broker (streams/stage.py says why this stage owns its commits).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -42,19 +44,27 @@ DETECT = settings.validation.detect_anomalies
 QUARANTINE = set(settings.validation.quarantine_sources)
 
 
-def route(validator: Validator, rec: Any, deltas: dict[str, dict[str, Any]]) -> list[Outgoing]:
-    """One raw record -> its clean or dead-letter message, its anomaly events, and its metrics delta."""
+@functools.lru_cache(maxsize=256)
+def _ingested_at(ms: int) -> datetime:
+    """A producer timestamp as a datetime; records arrive in runs with the same millisecond, so remembered."""
+    return datetime.fromtimestamp(ms / 1000.0, UTC)
+
+
+def route(validator: Validator, rec: Any, deltas: dict[str, dict[str, Any]], now: float | None = None
+          ) -> list[Outgoing]:
+    """One raw record -> its clean or dead-letter message, its anomaly events, and its metrics delta.
+    `now`: the batch's wall clock (for the detectors' liveness bookkeeping)."""
     source = source_of_topic.get(rec.topic, rec.topic)
     d = deltas[source]
     d["processed"] += 1
     ts_seconds = rec.timestamp / 1000.0 if rec.timestamp and rec.timestamp > 0 else None
     events: list[Outgoing] = []
     try:
-        ingested = datetime.fromtimestamp(ts_seconds, UTC) if ts_seconds else None
+        ingested = _ingested_at(rec.timestamp) if ts_seconds else None
         point = validator.check(rec.value, source=source, ingested_at=ingested)
         quarantine: tuple[str, str] | None = None
         if DETECT:
-            events, quarantine = detect(point, source, d)
+            events, quarantine = detect(point, source, d, now)
         if quarantine is None:
             d["valid"] += 1
             return [*events, Outgoing(clean_topic_name, point.symbol.encode(), point.to_json())]
@@ -70,10 +80,11 @@ def route(validator: Validator, rec: Any, deltas: dict[str, dict[str, Any]]) -> 
     return [*events, Outgoing(rejected_topic_name, rec.key, rec.value, ts_seconds, why.headers())]
 
 
-def detect(point: MarketDataPoint, source: str, d: dict[str, Any]) -> tuple[list[Outgoing], tuple[str, str] | None]:
+def detect(point: MarketDataPoint, source: str, d: dict[str, Any], now: float | None = None
+           ) -> tuple[list[Outgoing], tuple[str, str] | None]:
     """Run the detectors: anomaly events to send, and (rule, reason) when the record is quarantined."""
     try:
-        found = anomaly_stage.detect(point)
+        found = anomaly_stage.detect(point, now)
     except Exception:  # a detector bug must not cost the record: pass it on unflagged, loudly
         logger.exception("anomaly detectors failed on %s/%s", source, point.symbol)
         d["rules"]["anomaly.internal_error"] = d["rules"].get("anomaly.internal_error", 0) + 1
@@ -131,12 +142,13 @@ class ValidateTicks(BatchStage):
     async def process(self, records: list[Any]) -> None:
         deltas: dict[str, dict[str, Any]] = defaultdict(metrics.new_delta)
         outgoing = []
+        now = time.time()
         for i, rec in enumerate(records):
             if i % YIELD_EVERY == 0 and i:
                 # A batch is ~100 ms of CPU; without a pause the write stage (same event loop) waits that long at
                 # each of its awaits, falls behind, and the committed-rows rate drops to half the validated rate.
                 await asyncio.sleep(0)
-            routed = route(self.validator, rec, deltas)
+            routed = route(self.validator, rec, deltas, now)
             self.breaker.record(routed[-1].topic == rejected_topic_name)
             outgoing.extend(routed)
         if self.breaker.tripped:
