@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.anomalies import (
     AnomalySettings,
@@ -21,9 +23,15 @@ from streams.anomalies import (
     StaleFeed,
     TradeOutsideQuote,
     VolumeSpike,
+    _Facts,
+    _iso_day,
+    _median_abs_dev,
+    _median_sorted,
+    _SumWindow,
+    _trimmed_mean_sd,
     weekdays_between,
 )
-from streams.models import MarketDataPoint
+from streams.models import DataType, MarketDataPoint
 
 T0 = datetime(2024, 5, 6, 14, 0, tzinfo=UTC)  # a Monday
 
@@ -373,3 +381,45 @@ def test_anomaly_to_dict_is_json_able() -> None:
     assert ce.update(trade(10.0, 0)) == []  # the first price is the reference, not judged
     [b] = ce.update(trade(20.0, 1))
     assert orjson.loads(orjson.dumps(b.to_dict()))["record"]["price"] == 20.0
+
+
+# ------------------------------------------------------------------ the fast paths equal the plain definitions
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(-5, 5).map(float), st.floats(-1e6, 1e6)), min_size=1, max_size=120),
+       st.one_of(st.integers(-6, 6).map(float), st.floats(-1e6, 1e6), st.none()))
+def test_median_abs_dev_by_selection_equals_sorting_the_distances(values: list[float], centre: float | None) -> None:
+    s = sorted(values)
+    c = _median_sorted(s) if centre is None else centre
+    assert _median_abs_dev(s, c) == _median_sorted(sorted(abs(x - c) for x in s))
+
+
+def test_sum_window_trimmed_mean_sd_matches_the_reference_after_wrapping() -> None:
+    rng = random.Random(4)
+    w = _SumWindow(80)
+    for i in range(5000):
+        w.push(100.0 + rng.gauss(0, 1) + (i // 700))  # level steps, so the anchor moves
+        if i >= 10 and i % 37 == 0:
+            got, ref = w.trimmed_mean_sd(0.1), _trimmed_mean_sd(w.sorted, 0.1)
+            assert got == pytest.approx(ref, rel=1e-9, abs=1e-9)
+            assert w.sorted == sorted(w.values)
+
+
+@pytest.mark.parametrize("stamp", [
+    "2024-05-06T23:59:59.999999Z", "2024-05-07T00:00:00Z", "2024-05-06T23:30:00-02:00", "2024-05-07T01:00:00+03:00",
+    "1970-01-02T00:00:00Z", "2099-12-31T23:59:59.5Z"])
+def test_facts_day_is_the_utc_date(stamp: str) -> None:
+    p = MarketDataPoint.model_validate({"symbol": "A", "timestamp": stamp, "source": "s", "price": 1.0})
+    f = _Facts(p)
+    assert _iso_day(f.day) == p.timestamp.astimezone(UTC).date().isoformat()
+    assert f.ts == p.timestamp.timestamp() and f.trade == 1.0 and f.quote is None and f.stream == "trade"
+
+
+def test_kinds_set_as_enum_members_are_judged_like_strings() -> None:
+    """Validation stores kinds as strings; a point built without validation (model_copy) may hold the enum member.
+    The detectors compare kinds with plain strings for speed: both must give the same decisions."""
+    points = mixed_stream(400, seed=12)
+    as_enum = [p.model_copy(update={"data_type": DataType(p.data_type)}) for p in points]
+    assert isinstance(as_enum[0].data_type, DataType)
+    assert decisions(DetectorSuite(), as_enum) == decisions(DetectorSuite(), points)

@@ -4,6 +4,7 @@ import orjson
 import pytest
 
 from streams.errors import RejectedRecord
+from streams.models import DataType, MarketDataPoint
 from streams.rules import Validator
 from streams.settings import ValidationSettings
 
@@ -92,3 +93,20 @@ def test_circuit_breaker_trips_only_on_a_full_window_over_the_ratio() -> None:
     b.record(True)
     assert b.tripped is False and b.rejected == 5  # one rejected in, one rejected out
     assert not CircuitBreaker(ratio=1.0, window=10).tripped
+
+
+@pytest.mark.parametrize(("kind", "fields", "rule"), [
+    ("quote", {"price": None, "bid": 10.0}, "quote.missing"),
+    ("trade", {"price": None}, "price.missing"),
+    ("bar", {"open": 1.0, "high": 2.0, "low": 1.5, "close": 1.8}, "bar.inconsistent"),
+    ("news", {"headline": ""}, "news.missing_headline"),
+])
+def test_kinds_set_as_enum_members_get_the_same_rules(kind: str, fields: dict[str, object], rule: str) -> None:
+    """check_point compares kinds with plain strings for speed; a point built without validation may hold
+    the enum member, and must be judged the same."""
+    v = Validator(ValidationSettings())
+    base = MarketDataPoint.model_validate_json(raw(data_type=kind))
+    for p in (base.model_copy(update=fields), base.model_copy(update={**fields, "data_type": DataType(kind)})):
+        with pytest.raises(RejectedRecord) as info:
+            v.check_point(p, now=NOW)
+        assert info.value.rule == rule
