@@ -53,6 +53,10 @@ def _date(value: Any) -> date | None:
     return date.fromisoformat(value) if value is not None else None
 
 
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode() if value else "{}"  # most records carry no metadata
+
+
 def row_from_record(d: dict[str, Any]) -> tuple[Any, ...]:
     """A canonical record (decoded JSON from ticks.clean) -> a market_data row in MARKET_DATA_COLUMNS order."""
     g = d.get
@@ -61,7 +65,7 @@ def row_from_record(d: dict[str, Any]) -> tuple[Any, ...]:
         g("item_id", ""), g("price"), g("volume"), g("bid"), g("ask"), g("bid_size"), g("ask_size"),
         g("open"), g("high"), g("low"), g("close"), g("interval"), g("value"),
         _date(g("realtime_start")), _date(g("realtime_end")), g("headline"), g("text"), g("url"),
-        g("sentiment"), g("flags") or [], orjson.dumps(g("metadata") or {}).decode(), _ts(g("ingested_at")),
+        g("sentiment"), g("flags") or [], _json_text(g("metadata")), _ts(g("ingested_at")),
     )
 
 

@@ -226,6 +226,13 @@ def _median_abs_dev(s: list[float], c: float) -> float:
     return (kth(n // 2 - 1) + kth(n // 2)) / 2.0
 
 
+def _mad_lower_bound(s: list[float], c: float) -> float:
+    """A lower bound of `_median_abs_dev(s, median)`, from two order statistics: at least half the values lie
+    within the MAD of the median, which the quarter below s[n//4] and the quarter above s[n-1-n//4] cannot."""
+    q = len(s) // 4
+    return max(0.0, min(c - s[q], s[len(s) - 1 - q] - c))
+
+
 def _put_bounded(d: dict[str, Any], key: str, value: Any, cap: int) -> None:
     """Insert into a dict holding at most `cap` keys, evicting the least recently inserted."""
     if key not in d:
@@ -412,6 +419,16 @@ class BrownleesGallo(Detector):
             if not suspect:
                 w.push(p)
             return []
+        if s.bg_require_jump and previous is not None:
+            # The threshold is at least gamma x the trimmed mean, and that mean at least the smallest value kept
+            # after trimming (less a rounding margin): a move from the previous trade below that bound passes
+            # whatever the sd, so the usual tick is judged without computing the trimmed statistics.
+            floor = s.bg_gamma_bps * _BPS * w.sorted[int(s.bg_trim * len(w))] * (1.0 - 1e-9)
+            if abs(p - previous) < floor:
+                if not suspect:
+                    w.push(p)
+                    self.pending.clear()
+                return []
         mean, sd = w.trimmed_mean_sd(s.bg_trim)
         threshold = s.bg_sd_multiplier * sd + s.bg_gamma_bps * _BPS * mean
         dev = abs(p - mean)
@@ -777,7 +794,8 @@ class VolumeSpike(Detector):
             w = _Window(s.volume_window)
             _put_bounded(self.windows, key, w, s.max_streams)
         out: list[Anomaly] = []
-        if len(w) >= s.volume_min_window and v > (med := w.median()):  # the threshold is >= the median
+        if len(w) >= s.volume_min_window and v > (med := w.median()) and v > med + s.volume_mad_multiplier * (
+                s.volume_mad_scale * _mad_lower_bound(w.sorted, med)):  # the threshold is >= both
             mad = self.settings.volume_mad_scale * _median_abs_dev(w.sorted, med)
             threshold = med + s.volume_mad_multiplier * mad
             if v > threshold:

@@ -104,17 +104,21 @@ async def write_batch(records: list[Any]) -> None:
     for rec, exc in bad:
         bad_ids.add(id(rec))
         dead.append(_rejection(rec, "write.refused", exc))
+    # Per-source latency: the milliseconds grouped by source first, then one histogram update per source.
+    latencies: dict[str, list[float]] = defaultdict(list)
     for rec, src, ing in zip(kept, sources, ingested, strict=True):
-        d = deltas[src]
-        if id(rec) in bad_ids:
-            d["rules"]["write.refused"] = d["rules"].get("write.refused", 0) + 1
+        if bad_ids and id(rec) in bad_ids:
+            rules = deltas[src]["rules"]
+            rules["write.refused"] = rules.get("write.refused", 0) + 1
             continue
-        d["duplicates"] += 1  # corrected below by what was inserted
+        deltas[src]["duplicates"] += 1  # corrected below by what was inserted
         if ing is not None:
-            ms = (committed_at - ing) * 1000.0
-            histogram.observe_many(d["latency"], (ms,))
-            d["latency_sum_ms"] += ms
-            d["latency_n"] += 1
+            latencies[src].append((committed_at - ing) * 1000.0)
+    for src, ms in latencies.items():
+        d = deltas[src]
+        histogram.observe_many(d["latency"], ms)
+        d["latency_sum_ms"] += sum(ms)
+        d["latency_n"] += len(ms)
     for src, n in result.inserted_by_source.items():
         deltas[src]["written"] += n
         deltas[src]["duplicates"] -= n

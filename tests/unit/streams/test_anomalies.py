@@ -25,6 +25,7 @@ from streams.anomalies import (
     VolumeSpike,
     _Facts,
     _iso_day,
+    _mad_lower_bound,
     _median_abs_dev,
     _median_sorted,
     _SumWindow,
@@ -423,3 +424,23 @@ def test_kinds_set_as_enum_members_are_judged_like_strings() -> None:
     as_enum = [p.model_copy(update={"data_type": DataType(p.data_type)}) for p in points]
     assert isinstance(as_enum[0].data_type, DataType)
     assert decisions(DetectorSuite(), as_enum) == decisions(DetectorSuite(), points)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(1, 8).map(float), st.floats(0.01, 1e6)), min_size=2, max_size=120))
+def test_the_mad_lower_bound_never_exceeds_the_mad(values: list[float]) -> None:
+    """VolumeSpike skips the MAD when the volume is within median + 10 x this bound: exact only if it is a bound."""
+    s = sorted(values)
+    c = _median_sorted(s)
+    assert _mad_lower_bound(s, c) <= _median_abs_dev(s, c)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.01, 1e6), min_size=20, max_size=300), st.sampled_from([0.0, 0.05, 0.1, 0.2]))
+def test_the_trimmed_mean_is_at_least_the_smallest_value_kept(values: list[float], trim: float) -> None:
+    """Brownlees-Gallo skips the trimmed statistics for a move below gamma x this floor: exact only if it is one."""
+    w = _SumWindow(80)
+    for v in values:
+        w.push(v)
+    mean, _ = w.trimmed_mean_sd(trim)
+    assert mean >= w.sorted[int(trim * len(w))] * (1.0 - 1e-9)
