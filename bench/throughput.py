@@ -3,6 +3,7 @@
 
     make bench                      # defaults below
     BENCH_POINTS=300000 BENCH_WORKERS=2 BENCH_LATENCY_SECONDS=30 make bench
+    BENCH_SOAK=600 make bench       # and a 10-minute soak at BENCH_RATE for the worker's RSS
 
 1. Preloads BENCH_POINTS simulated points into a fresh raw topic (idempotent producer, as fast as it can).
 2. Baseline: a bare aiokafka consumer reads that topic, validates with the same Validator (pydantic
@@ -46,7 +47,8 @@ from streams.rules import Validator  # noqa: E402
 from streams.settings import PostgresSettings, SimulatedSourceSettings, load_settings  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 
-POINTS = int(os.environ.get("BENCH_POINTS", "200000"))
+# Enough for the steady window (10% to 90% of the rows) to last over 60 s at ~25,000 rows/s.
+POINTS = int(os.environ.get("BENCH_POINTS", "2000000"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 RATE = float(os.environ.get("BENCH_RATE", "1000"))
 LATENCY_SECONDS = float(os.environ.get("BENCH_LATENCY_SECONDS", "30"))
@@ -102,8 +104,7 @@ def start_workers(env: dict[str, str], count: int, log_dir: Path) -> list[subpro
     for i in range(count):
         e = {**env, "TICKFLOW_WORKER__WEB_PORT": str(17100 + i), "F_DATADIR": str(log_dir / f"bench-data-{i}")}
         log = open(log_dir / f"bench-worker-{i}.log", "wb")
-        wrap = os.environ.get("BENCH_WRAP", "").replace("{i}", str(i)).split()  # e.g. a profiler
-        procs.append(subprocess.Popen([*wrap, sys.executable, "-m", "streams", "worker", "-l", "info"], cwd=ROOT, env=e,
+        procs.append(subprocess.Popen([sys.executable, "-m", "streams", "worker", "-l", "info"], cwd=ROOT, env=e,
                                       stdout=log, stderr=subprocess.STDOUT))
     return procs
 
@@ -131,12 +132,19 @@ async def pipeline(env: dict[str, str], schema: str, n: int, conn: asyncpg.Conne
         first = next((t for t, r in samples if r > 0), samples[-1][0])
         last_t, last_rows = samples[-1]
         # steady state: from 10% to 90% of the rows, so start-up and the tail do not count
-        lo = next(((t, r) for t, r in samples if r >= 0.1 * n), samples[0])
-        hi = next(((t, r) for t, r in samples if r >= 0.9 * n), samples[-1])
+        i_lo = next((i for i, (_, r) in enumerate(samples) if r >= 0.1 * n), 0)
+        i_hi = next((i for i, (_, r) in enumerate(samples) if r >= 0.9 * n), len(samples) - 1)
+        lo, hi = samples[i_lo], samples[i_hi]
         steady = (hi[1] - lo[1]) / max(hi[0] - lo[0], 1e-9)
+        cpu_steady = (usage[i_hi][1] - usage[i_lo][1]) / max(hi[0] - lo[0], 1e-9)
+        if hi[0] - lo[0] < 60:
+            print(f"  note: the steady window lasted {hi[0] - lo[0]:.0f} s, under the 60 s the issue asks; "
+                  "raise BENCH_POINTS", flush=True)
         return {
             "rows": last_rows, "seconds_first_to_last": round(last_t - first, 2),
-            "rows_per_sec_steady": round(steady, 1), "samples": samples, "usage": usage, "procs": procs,
+            "rows_per_sec_steady": round(steady, 1), "steady_seconds": round(hi[0] - lo[0], 1),
+            "worker_cpu_cores_steady": round(cpu_steady, 2),
+            "samples": samples, "usage": usage, "procs": procs,
         }
     except BaseException:
         for p in procs:
@@ -223,7 +231,8 @@ async def main() -> None:
         print(f"pipeline: {WORKERS} worker(s) draining {POINTS:,} points ...", flush=True)
         pipe = await pipeline(env, f"bench_{tag}", POINTS, conn)
         procs = pipe.pop("procs")
-        print(f"  pipeline: {pipe['rows_per_sec_steady']:,.0f} rows/s steady "
+        print(f"  pipeline: {pipe['rows_per_sec_steady']:,.0f} rows/s steady over {pipe['steady_seconds']:.0f} s, "
+              f"{pipe['worker_cpu_cores_steady']:.2f} cores "
               f"({pipe['rows']:,} rows, ratio to baseline {pipe['rows_per_sec_steady'] / base['rows_per_sec']:.2f})")
         latency = []
         try:
