@@ -275,6 +275,9 @@ class ValidationSettings(_Section):
     circuit_breaker_window: int = Field(default=2000, ge=10)
     # How often per symbol the detectors' state is saved to its changelog-backed table.
     anomaly_state_flush_seconds: float = 1.0
+    # Raw records per validate batch (per fetch, per producer flush, per offset commit): larger amortises
+    # those, and under load each record waits for its batch (README, Performance: tuning knobs).
+    batch_size: int = Field(default=2000, ge=1, le=100_000)
 
 
 class SinkSettings(_Section):

@@ -131,7 +131,7 @@ class ValidateTicks(BatchStage):
 
     stage = STAGE
     topics = tuple(t.name for t in catalog.by_role("raw"))
-    max_records = 2000
+    max_records = settings.validation.batch_size
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
