@@ -291,9 +291,7 @@ async def main() -> None:
         print("baseline: bare aiokafka consumer -> same validator -> same COPY upsert ...", flush=True)
         base = await baseline(settings, raw, f"bench_{tag}_base", POINTS)
         print(f"  baseline: {base['rows_per_sec']:,.0f} rows/s")
-        # Dropped now: autovacuum would otherwise visit its 2,000,000 fresh rows in the middle of the pipeline's
-        # run (a dip of a quarter ~50 s in, on two cores), which is the benchmark's doing, not the pipeline's.
-        await conn.execute(f"DROP SCHEMA IF EXISTS bench_{tag}_base CASCADE")
+        await conn.execute(f"DROP SCHEMA IF EXISTS bench_{tag}_base CASCADE")  # not needed any more
         print(f"pipeline: {WORKERS} worker(s) draining {POINTS:,} points ...", flush=True)
         pipe = await pipeline(env, f"bench_{tag}", POINTS, conn)
         procs = pipe.pop("procs")
