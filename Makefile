@@ -17,7 +17,7 @@ help:
 	@echo "make test       set up, start the stack, run the whole test suite (unit + integration)"
 	@echo "make stack-up / stack-down / stack-status   the local Kafka broker and PostgreSQL"
 	@echo "make topics     create/check the topics of topics.yaml;  make db   migrate the schema"
-	@echo "make lint       ruff;  make bench   throughput/latency benchmark (bench/)"
+	@echo "make lint       ruff and the import rules (import-linter);  make bench   throughput/latency benchmark (bench/)"
 
 setup: venv stack-setup
 
@@ -60,6 +60,7 @@ test-unit: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench: stack-up
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,bench]'

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Quality of the anomaly detectors (streams/anomalies.py) on simulated series with labelled anomalies.
+"""Quality of the anomaly detectors (streams/anomalies/detectors.py) on simulated series with labelled anomalies.
 
     .cache/venv/bin/python bench/anomaly_quality.py            # seed 20240501
     ANOMALY_BENCH_SEED=7 .cache/venv/bin/python bench/anomaly_quality.py

@@ -15,7 +15,7 @@
    from PostgreSQL every second; worker CPU and RSS from /proc.
 4. Latency: the simulated producer runs at BENCH_RATE points/s (default 1000) for BENCH_LATENCY_SECONDS;
    each row's latency is written_at (commit) - ingested_at (producer timestamp), read from PostgreSQL
-   (streams/measure.py, which `tickflow selftest` uses too).
+   (streams/tools/measure.py, which `tickflow selftest` uses too).
 Writes bench/results/throughput-<workers>w.json (or $BENCH_NAME.json) and, when matplotlib is installed, a PNG
 of the same name.
 """
@@ -43,11 +43,11 @@ from producers.runner import SourceRunner  # noqa: E402
 from producers.simulated import SimulatedSource  # noqa: E402
 from sinks.postgres import PostgresTickWriter, row_from_record  # noqa: E402
 from streams import measure  # noqa: E402
+from streams.broker import ensure_topics  # noqa: E402
 from streams.catalog import load_catalog  # noqa: E402
-from streams.measure import count_rows, preload  # noqa: E402
 from streams.rules import Validator  # noqa: E402
 from streams.settings import PostgresSettings, SimulatedSourceSettings, load_settings  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
+from streams.tools.measure import count_rows, preload  # noqa: E402
 
 # Enough for the steady window (10% to 90% of the rows) to last over 60 s at ~25,000 rows/s.
 POINTS = int(os.environ.get("BENCH_POINTS", "2000000"))

@@ -25,26 +25,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import SecretStr
 
-from producers.base import PollingSource
+from producers.base import PollingSource, SeenIds
 from producers.http import RateLimiter, get_json, redact
-from producers.news import SeenIds, clip
+from producers.sentiment import clip
+from streams.config import AlphaVantageSettings, Function
 from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
 
 logger = logging.getLogger(__name__)
 
 SOURCE = "alpha_vantage"
-Function = Literal["intraday", "daily", "daily_adjusted", "global_quote", "news_sentiment"]
-IntradayInterval = Literal["1min", "5min", "15min", "30min", "60min"]
 
 FUNCTIONS: dict[str, str] = {
     "intraday": "TIME_SERIES_INTRADAY", "daily": "TIME_SERIES_DAILY", "daily_adjusted": "TIME_SERIES_DAILY_ADJUSTED",
@@ -59,33 +57,6 @@ _BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "
 _META_FIELDS = {"adjusted close": "adj_close", "dividend amount": "dividend", "split coefficient": "split_coefficient"}
 _THROTTLE_WORDS = ("call frequency", "rate limit", "requests per day", "per minute", "per day", "spreading out")
 _FATAL_WORDS = ("premium", "apikey is invalid", "invalid api key", "api key is invalid", "missing")
-
-
-class AlphaVantageSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
-    functions: list[Function] = Field(default_factory=lambda: ["global_quote"])
-    # 2 symbols x 1 function every 2 h = 24 calls/day: inside the free tier's 25.
-    interval_seconds: float = 7200.0
-    intraday_interval: IntradayInterval = "5min"
-    outputsize: Literal["compact", "full"] = "compact"
-    news_limit: int = Field(default=50, ge=1, le=1000)
-    news_time_zone: str = "UTC"
-    rate_limit_calls: float = 5.0
-    rate_limit_per_seconds: float = 60.0
-    daily_limit_calls: float = 25.0
-    base_url: str = "https://www.alphavantage.co"
-    request_timeout_seconds: float = 30.0
-    retry_attempts: int = Field(default=3, ge=1)
-    retry_base_delay: float = 1.0
-
-
-def alpha_vantage_api_key(env: Mapping[str, str] | None = None) -> SecretStr | None:
-    """ALPHA_VANTAGE_API_KEY from the environment (never from a config file)."""
-    value = (os.environ if env is None else env).get("ALPHA_VANTAGE_API_KEY", "").strip()
-    return SecretStr(value) if value else None
 
 
 class AlphaVantageThrottled(SourceError):
@@ -280,7 +251,7 @@ class AlphaVantageSource(PollingSource):
 
     def __init__(self, settings: AlphaVantageSettings, api_key: SecretStr | None = None,
                  env: Mapping[str, str] | None = None) -> None:
-        key = api_key or alpha_vantage_api_key(env)
+        key = api_key or settings.api_key(env)
         if key is None:
             raise ConfigError("the alpha_vantage source needs ALPHA_VANTAGE_API_KEY in the environment")
         self.settings = settings

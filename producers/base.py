@@ -1,5 +1,5 @@
 """The one source contract. A source knows its provider and nothing of Kafka: it yields records, the
-runner (producers/runner.py, or the worker's leader-only task in streams/produce.py) sends them to
+runner (producers/runner.py, or the worker's leader-only task in streams/stages/produce.py) sends them to
 raw.<name>. The HTTP session is injected, so tests point a source at a local server instead of patching.
 """
 
@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -64,3 +66,36 @@ class PollingSource(Source):
         finally:
             if own:
                 await session.close()
+
+
+def from_epoch(value: float | int | str, *, millis: bool = False) -> datetime:
+    """Provider epoch (seconds, or milliseconds) to an aware UTC datetime."""
+    seconds = float(value) / 1000.0 if millis else float(value)
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def parse_iso(value: str) -> datetime:
+    """ISO 8601 (with Z or an offset; naive means UTC) to an aware UTC datetime."""
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+class SeenIds:
+    """Bounded memory of item ids already yielded, so a poll over an overlapping window repeats nothing."""
+
+    def __init__(self, maxlen: int = 10_000) -> None:
+        self._order: deque[str] = deque(maxlen=maxlen)
+        self._set: set[str] = set()
+
+    def add(self, key: str) -> bool:
+        """True if the key is new (and remembers it)."""
+        if key in self._set:
+            return False
+        if len(self._order) == self._order.maxlen:
+            self._set.discard(self._order[0])
+        self._order.append(key)
+        self._set.add(key)
+        return True
+
+    def new(self, points: Iterable[MarketDataPoint]) -> list[MarketDataPoint]:
+        return [p for p in points if self.add(f"{p.symbol}|{p.data_type}|{p.item_id}")]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections import Counter
@@ -27,57 +26,24 @@ from typing import Any, Literal
 
 import aiohttp
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import SecretStr
 from yarl import URL
 
-from producers.base import PollingSource, Record, Source
+from producers.base import PollingSource, Record, SeenIds, Source
 from producers.http import RateLimiter, get_json, redact
+from producers.sentiment import score_missing
+from streams.config import Endpoint, FinnhubSettings, NewsSettings
 from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
 
 logger = logging.getLogger(__name__)
 
 SOURCE = "finnhub"
-Endpoint = Literal["quote", "candle", "company_news", "news_sentiment"]
 
 # Finnhub candle resolutions -> the interval label stored on bars.
 RESOLUTIONS: dict[str, str] = {
     "1": "1m", "5": "5m", "15": "15m", "30": "30m", "60": "1h", "D": "1d", "W": "1wk", "M": "1mo",
 }
-
-
-class FinnhubSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
-    interval_seconds: float = 60.0
-    # Finnhub free tier: 60 calls/minute.
-    rate_limit_calls: float = 60.0
-    rate_limit_per_seconds: float = 60.0
-    base_url: str = "https://finnhub.io"
-    token_in: Literal["header", "query"] = "header"
-    endpoints: list[Endpoint] = Field(default_factory=lambda: ["quote"])
-    candle_resolution: Literal["1", "5", "15", "30", "60", "D", "W", "M"] = "D"
-    candle_lookback_days: int = Field(default=5, ge=1)
-    news_lookback_days: int = Field(default=2, ge=1, le=30)
-    request_timeout_seconds: float = 20.0
-    retry_attempts: int = Field(default=5, ge=1)
-    retry_base_delay: float = 0.5
-    # Websocket trades (FinnhubTradeStream).
-    websocket: bool = False
-    ws_url: str = "wss://ws.finnhub.io"
-    ws_batch_size: int = Field(default=500, ge=1)
-    ws_flush_seconds: float = Field(default=0.5, gt=0)
-    ws_heartbeat_seconds: float = 30.0
-    reconnect_base_seconds: float = Field(default=1.0, gt=0)
-    reconnect_max_seconds: float = Field(default=60.0, gt=0)
-
-
-def finnhub_api_key(env: Mapping[str, str] | None = None) -> SecretStr | None:
-    """FINNHUB_API_KEY from the environment (never from a config file)."""
-    value = (os.environ if env is None else env).get("FINNHUB_API_KEY", "").strip()
-    return SecretStr(value) if value else None
 
 
 class FinnhubAccessDenied(SourceError):
@@ -289,7 +255,7 @@ class FinnhubClient:
 
 
 def _require_key(api_key: SecretStr | None, env: Mapping[str, str] | None) -> SecretStr:
-    key = api_key or finnhub_api_key(env)
+    key = api_key or FinnhubSettings.model_construct().api_key(env)
     if key is None:
         raise ConfigError("the finnhub source needs FINNHUB_API_KEY in the environment")
     return key
@@ -358,7 +324,6 @@ class FinnhubSource(PollingSource):
                     logger.warning("finnhub: %s for %s failed: %s", endpoint, symbol,
                                    self.client.redact(f"{type(exc).__name__}: {exc}"))
         return out
-
 
 
 # ---------------------------------------------------------------------------------------------- websocket
@@ -462,3 +427,48 @@ class FinnhubTradeStream(Source):
         finally:
             if own:
                 await session.close()
+
+
+class NewsSentimentSource(PollingSource):
+    """Finnhub articles (scored with the lexicon, Finnhub gives no per-article score) plus Finnhub's own
+    per-symbol news sentiment, as news items with source "news"."""
+
+    name = "news"
+
+    def __init__(self, settings: NewsSettings, api_key: SecretStr | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        key = api_key or settings.api_key(env)
+        if key is None:
+            raise ConfigError("the news source needs FINNHUB_API_KEY in the environment")
+        self.settings = settings
+        self.client = FinnhubClient(
+            key, base_url=settings.base_url, calls=settings.rate_limit_calls,
+            per_seconds=settings.rate_limit_per_seconds, timeout=settings.request_timeout_seconds,
+            attempts=settings.retry_attempts, base_delay=settings.retry_base_delay,
+        )
+        self.seen = SeenIds()
+        self.sentiment_enabled = settings.sentiment
+
+    async def poll_once(self, session: aiohttp.ClientSession, now: datetime | None = None) -> list[MarketDataPoint]:
+        now = now or datetime.now(UTC).replace(microsecond=0)
+        out: list[MarketDataPoint] = []
+        for symbol in (s.upper() for s in self.settings.symbols):
+            try:
+                news = await self.client.company_news(session, symbol, now=now, days=self.settings.lookback_days,
+                                                      source=self.name)
+                out.extend(self.seen.new(score_missing(news)))
+            except (SourceError, ValueError, TypeError, KeyError) as exc:
+                logger.warning("news: company news for %s failed: %s", symbol, self.client.redact(str(exc)))
+            if not self.sentiment_enabled:
+                continue
+            try:
+                out.extend(await self.client.news_sentiment(session, symbol, now=now, source=self.name))
+            except SourceError as exc:
+                if self.client.is_access_denied(exc):
+                    logger.warning("news: Finnhub news-sentiment is not in this plan; writing articles only")
+                    self.sentiment_enabled = False
+                else:
+                    logger.warning("news: sentiment for %s failed: %s", symbol, self.client.redact(str(exc)))
+            except (ValueError, TypeError, KeyError) as exc:
+                logger.warning("news: sentiment for %s failed: %s", symbol, self.client.redact(str(exc)))
+        return out

@@ -19,17 +19,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import SecretStr
 
-from producers.base import PollingSource
+from producers.base import PollingSource, SeenIds
 from producers.http import RateLimiter, get_json, redact
-from producers.news import SeenIds
+from streams.config import FredSettings
 from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
 
@@ -37,29 +36,6 @@ logger = logging.getLogger(__name__)
 
 SOURCE = "fred"
 ALL_REALTIME = {"realtime_start": "1776-07-04", "realtime_end": "9999-12-31"}
-
-
-class FredSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    series: list[str] = Field(default_factory=lambda: ["GDP", "UNRATE", "FEDFUNDS", "CPIAUCSL"])
-    interval_seconds: float = 3600.0
-    lookback_days: int = Field(default=730, ge=1)
-    vintages: bool = True
-    # FRED: 120 requests per minute per key.
-    rate_limit_calls: float = 120.0
-    rate_limit_per_seconds: float = 60.0
-    base_url: str = "https://api.stlouisfed.org"
-    request_timeout_seconds: float = 20.0
-    retry_attempts: int = Field(default=5, ge=1)
-    retry_base_delay: float = 0.5
-
-
-def fred_api_key(env: Mapping[str, str] | None = None) -> SecretStr | None:
-    """FRED_API_KEY from the environment (never from a config file)."""
-    value = (os.environ if env is None else env).get("FRED_API_KEY", "").strip()
-    return SecretStr(value) if value else None
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -116,7 +92,7 @@ class FredSource(PollingSource):
 
     def __init__(self, settings: FredSettings, api_key: SecretStr | None = None,
                  env: Mapping[str, str] | None = None) -> None:
-        key = api_key or fred_api_key(env)
+        key = api_key or settings.api_key(env)
         if key is None:
             raise ConfigError("the fred source needs FRED_API_KEY in the environment")
         self.settings = settings

@@ -6,7 +6,7 @@
 - Secrets never leave this module in clear: every URL or message that can reach a log line, an
   exception or a dead-letter header goes through `redact()` first (streams/redact.py, the same function
   the process-wide log redaction uses).
-- RateLimiter is a token bucket; in-worker sources run leader-only (streams/produce.py), so one
+- RateLimiter is a token bucket; in-worker sources run leader-only (streams/stages/produce.py), so one
   limiter per source is the limit for the whole group.
 """
 

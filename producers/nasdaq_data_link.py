@@ -18,17 +18,17 @@ raw.nasdaq_data_link with source "nasdaq_data_link".
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import SecretStr
 
 from producers.base import PollingSource
 from producers.http import RateLimiter, get_json, redact
+from streams.config import DatatableQuery, NasdaqDataLinkSettings
 from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
 
@@ -44,41 +44,6 @@ _FIELD_NAMES: dict[str, str] = {
 }
 _SYMBOL_NAMES = ("ticker", "symbol")
 _FREQUENCIES = {"daily": "1d", "weekly": "1wk", "monthly": "1mo", "quarterly": "3mo", "annual": "1y"}
-
-
-class DatatableQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    code: str  # e.g. "WIKI/PRICES" or "ZACKS/FC"
-    params: dict[str, str] = Field(default_factory=dict)  # row filters, e.g. {"ticker": "AAPL"}
-
-
-class NasdaqDataLinkSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    datasets: list[str] = Field(default_factory=list)  # "DB/CODE", e.g. "FRED/GDP", "CHRIS/CME_CL1"
-    datatables: list[DatatableQuery] = Field(default_factory=list)
-    interval_seconds: float = 3600.0
-    # Authenticated users: 300 calls per 10 s and 2,000 per 10 min; stay well below.
-    rate_limit_calls: float = 60.0
-    rate_limit_per_seconds: float = 60.0
-    base_url: str = "https://data.nasdaq.com"
-    lookback_days: int = Field(default=30, ge=1)
-    max_pages: int = Field(default=20, ge=1)
-    request_timeout_seconds: float = 30.0
-    retry_attempts: int = Field(default=5, ge=1)
-    retry_base_delay: float = 0.5
-
-
-def nasdaq_data_link_api_key(env: Mapping[str, str] | None = None) -> SecretStr | None:
-    """NASDAQ_DATA_LINK_API_KEY, else the legacy QUANDL_API_KEY, from the environment only."""
-    env = os.environ if env is None else env
-    for name in ("NASDAQ_DATA_LINK_API_KEY", "QUANDL_API_KEY"):
-        value = env.get(name, "").strip()
-        if value:
-            return SecretStr(value)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -216,7 +181,7 @@ class NasdaqDataLinkSource(PollingSource):
 
     def __init__(self, settings: NasdaqDataLinkSettings, api_key: SecretStr | None = None,
                  env: Mapping[str, str] | None = None) -> None:
-        key = api_key or nasdaq_data_link_api_key(env)
+        key = api_key or settings.api_key(env)
         if key is None:
             raise ConfigError("the nasdaq_data_link source needs NASDAQ_DATA_LINK_API_KEY (or QUANDL_API_KEY)")
         self.settings = settings

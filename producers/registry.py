@@ -1,6 +1,6 @@
 """Which sources exist, and how to build the enabled ones from Settings.
 
-One entry per provider module. The worker (streams/produce.py) and the standalone runner both build
+One entry per provider module. The worker (streams/stages/produce.py) and the standalone runner both build
 sources from here; tests check that every entry has its raw.<name> topic in topics.yaml.
 """
 
@@ -12,10 +12,9 @@ from typing import Any
 
 from producers.alpha_vantage import AlphaVantageSource
 from producers.base import Source
-from producers.finnhub import FinnhubSource, FinnhubTradeStream
+from producers.finnhub import FinnhubSource, FinnhubTradeStream, NewsSentimentSource
 from producers.fred import FredSource
 from producers.nasdaq_data_link import NasdaqDataLinkSource
-from producers.news import NewsSentimentSource
 from producers.replay import ReplaySource
 from producers.simulated import SimulatedSource
 from producers.social import SocialSource

@@ -33,9 +33,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field
 
 from producers.base import Record, Source
+from streams.config import ReplaySettings
 from streams.models import DataType, MarketDataPoint
 
 logger = logging.getLogger(__name__)
@@ -51,19 +51,6 @@ _META_FIELDS = {
 _NO_EVENT = {"dividend": 0.0, "split": 0.0, "split_coefficient": 1.0}
 _INTRADAY = {60: "1m", 120: "2m", 300: "5m", 900: "15m", 1800: "30m", 3600: "1h", 5400: "90m"}
 _DAILY = {1: "1d", 7: "1wk", 28: "1mo", 29: "1mo", 30: "1mo", 31: "1mo", 90: "3mo", 91: "3mo", 92: "3mo"}
-
-
-class ReplaySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    files: list[str] = Field(default_factory=list)
-    symbol: str | None = None
-    speed: float = Field(default=0.0, ge=0.0)  # 1 real time, 10 ten times faster, 0 as fast as possible
-    interval: str | None = None  # inferred from the rows when not set
-    time_zone: str = "America/New_York"  # of naive date-times (Alpha Vantage intraday CSV)
-    batch_size: int = Field(default=500, ge=1)
-    max_wait_seconds: float | None = Field(default=None, gt=0)  # caps one wait (nights, weekends at 1x)
 
 
 def _norm(name: str) -> str:

@@ -3,7 +3,7 @@ session, and sends every record a source yields to its raw topic, keyed by symbo
 
     python -m producers simulated --rate 5000 --seconds 60
 
-The worker runs the same sources leader-only (streams/produce.py); this runner is for producing from
+The worker runs the same sources leader-only (streams/stages/produce.py); this runner is for producing from
 separate processes (and for the benchmark's load generator).
 """
 

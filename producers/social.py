@@ -6,7 +6,7 @@ with source "social".
   meta.next_token; since_id (the newest id seen per symbol) kept between polls, so a poll only asks for
   what is new. The first poll reads one page (the recent-search window is 7 days; a backfill is not
   what a live poll should spend the quota on).
-- X gives no sentiment: each post is scored with producers.news.lexicon_sentiment ("finance_lexicon_v1",
+- X gives no sentiment: each post is scored with producers.sentiment.lexicon_sentiment ("finance_lexicon_v1",
   documented there) and metadata["sentiment_method"] says so.
 - A post without created_at (the field was not requested) is stamped from its snowflake id.
 - Rate limits: X's tiers differ (Free: 1 recent-search request per 15 min; Basic: 60 per 15 min); the
@@ -16,18 +16,18 @@ with source "social".
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import SecretStr
 
-from producers.base import PollingSource
+from producers.base import PollingSource, parse_iso
 from producers.http import RateLimiter, get_json, redact
-from producers.news import SENTIMENT_METHOD, lexicon_sentiment, parse_iso
+from producers.sentiment import SENTIMENT_METHOD, lexicon_sentiment
+from streams.config import SocialSettings
 from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
 
@@ -37,30 +37,6 @@ SOURCE = "social"
 TWEET_FIELDS = "created_at,public_metrics,lang,author_id"
 _TWITTER_EPOCH_MS = 1288834974657
 _CASHTAG = re.compile(r"\$([A-Za-z][A-Za-z0-9.]{0,9})\b")
-
-
-class SocialSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "TSLA"])
-    interval_seconds: float = 300.0
-    # X API v2 Basic tier: 60 recent-search requests per 15 minutes.
-    rate_limit_calls: float = 60.0
-    rate_limit_per_seconds: float = 900.0
-    base_url: str = "https://api.twitter.com"
-    query_suffix: str = "-is:retweet"
-    max_results: int = Field(default=100, ge=10, le=100)
-    max_pages: int = Field(default=5, ge=1)
-    request_timeout_seconds: float = 20.0
-    retry_attempts: int = Field(default=5, ge=1)
-    retry_base_delay: float = 0.5
-
-
-def twitter_bearer_token(env: Mapping[str, str] | None = None) -> SecretStr | None:
-    """TWITTER_BEARER_TOKEN from the environment only."""
-    value = (os.environ if env is None else env).get("TWITTER_BEARER_TOKEN", "").strip()
-    return SecretStr(value) if value else None
 
 
 def snowflake_time(tweet_id: str | int) -> datetime:
@@ -110,7 +86,7 @@ class SocialSource(PollingSource):
 
     def __init__(self, settings: SocialSettings, bearer_token: SecretStr | None = None,
                  env: Mapping[str, str] | None = None) -> None:
-        token = bearer_token or twitter_bearer_token(env)
+        token = bearer_token or settings.api_key(env)
         if token is None:
             raise ConfigError("the social source needs TWITTER_BEARER_TOKEN in the environment")
         self.settings = settings

@@ -23,22 +23,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote as urlquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field
 
 from producers.base import PollingSource
 from producers.http import RateLimiter, get_json, redact
+from streams.config import Interval, YahooSettings
 from streams.errors import SourceError
 from streams.models import DataType, MarketDataPoint
 
 logger = logging.getLogger(__name__)
 
 SOURCE = "yahoo"
-Interval = Literal["1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h", "1d", "5d", "1wk", "1mo", "3mo"]
 
 _INTRADAY_SECONDS: dict[str, int] = {
     "1m": 60, "2m": 120, "5m": 300, "15m": 900, "30m": 1800, "60m": 3600, "90m": 5400, "1h": 3600,
@@ -52,24 +51,6 @@ HEADERS: dict[str, str] = {
     "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
     "Accept": "application/json",
 }
-
-
-class YahooSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
-    interval_seconds: float = 60.0
-    live_interval: Interval = "1m"
-    live_range: str = "1d"
-    bars: bool = True  # also send the live range's new bars, not only the tick
-    # Yahoo publishes no limit; bursts get 429s. One call per second is well clear of them.
-    rate_limit_calls: float = 60.0
-    rate_limit_per_seconds: float = 60.0
-    base_url: str = "https://query1.finance.yahoo.com"
-    request_timeout_seconds: float = 20.0
-    retry_attempts: int = Field(default=5, ge=1)
-    retry_base_delay: float = 0.5
 
 
 # ---------------------------------------------------------------------------------------------- parsing

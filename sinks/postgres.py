@@ -19,7 +19,7 @@ import orjson
 from sinks.base import BatchWriter, WriteResult
 from sinks.schema import MARKET_DATA_COLUMNS, MIGRATIONS, quote_ident
 from streams import faults
-from streams.errors import SinkError, SinkUnavailable
+from streams.errors import SinkError, SinkRefused, SinkUnavailable
 from streams.settings import PostgresSettings
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def classify(exc: BaseException, where: str) -> SinkError:
         isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError))
         or sqlstate[:2] in _RETRIABLE_CLASSES
     )
-    cls = SinkUnavailable if retriable else SinkError
+    cls = SinkUnavailable if retriable else SinkRefused
     err = cls(f"{where}: {type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err

@@ -6,21 +6,7 @@ natural key; data_quality_metrics holds periodic snapshots of the pipeline's met
 
 from __future__ import annotations
 
-import re
-
-# Identifiers that reach SQL text (the schema comes from settings) are checked against this, refused when
-# PostgreSQL reserves them, and always double-quoted: a value never becomes SQL, only a checked name does.
-IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_RESERVED = re.compile(r"^(pg_.*|information_schema)$")
-
-
-def check_identifier(name: str) -> str:
-    """`name` if it is a plain lower-case identifier PostgreSQL lets us create; ValueError otherwise."""
-    if not IDENTIFIER.match(name):
-        raise ValueError(f"{name!r} is not a plain identifier (lower-case letters, digits, _; at most 63)")
-    if _RESERVED.match(name):
-        raise ValueError(f"{name!r} is reserved by PostgreSQL")
-    return name
+from streams.config import check_identifier
 
 
 def quote_ident(name: str) -> str:

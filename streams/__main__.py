@@ -1,6 +1,6 @@
-"""`python -m streams ...` is the `tickflow` command (streams/cli.py)."""
+"""`python -m streams ...` is the `tickflow` command (streams/tools/cli.py)."""
 
-from streams.cli import main
+from streams.tools.cli import main
 
 if __name__ == "__main__":
     main()

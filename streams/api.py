@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from producers.base import Source, encode
 from streams import redact
 from streams.catalog import Catalog, load_catalog
+from streams.config import key_env_by_source
 from streams.errors import ConfigError, RejectedRecord
 from streams.models import DataType, MarketDataPoint
 from streams.rules import Validator
@@ -36,15 +37,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ConfigurationManager", "DataConnectorManager", "DataIngestionPipeline", "DataType", "MarketDataPoint"]
 
-# Environment variable that carries each source's secret (never written to pipeline_config.yaml).
-API_KEY_ENV = {
-    "alpha_vantage": "ALPHA_VANTAGE_API_KEY",
-    "finnhub": "FINNHUB_API_KEY",
-    "fred": "FRED_API_KEY",
-    "nasdaq_data_link": "NASDAQ_DATA_LINK_API_KEY",
-    "news": "FINNHUB_API_KEY",
-    "social": "TWITTER_BEARER_TOKEN",
-}
+# Environment variable that carries each source's secret (never written to pipeline_config.yaml), from each
+# provider section's own declaration (streams/config.py `key_env`; the first name is the documented one).
+API_KEY_ENV = {name: names[0] for name, names in key_env_by_source().items()}
 
 
 def _secret_settings() -> dict[str, list[str]]:
@@ -94,7 +89,7 @@ class DataIngestionPipeline:
         self.local_counts = {"ingested": 0, "refused": 0}
 
     async def start(self) -> None:
-        from streams.topics import ensure_topics
+        from streams.broker import ensure_topics
 
         await ensure_topics(self.catalog, self.settings.kafka.bootstrap_servers, kafka=self.settings.kafka)
         if self._producer is None:

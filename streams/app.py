@@ -14,8 +14,8 @@ from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 from streams.settings import Settings, get_settings
 
 STAGE_MODULES = [
-    "streams.validate", "streams.write", "streams.metrics", "streams.web", "streams.produce",
-    "streams.prometheus", "streams.dashboard", "streams.retention",
+    "streams.stages.validate", "streams.stages.write", "streams.stages.metrics", "streams.stages.produce",
+    "streams.stages.retention", "streams.web.health", "streams.web.prometheus", "streams.web.dashboard",
 ]
 
 

@@ -44,11 +44,18 @@ class CircuitOpen(TickflowError):
 
 
 class SinkError(TickflowError):
-    """The sink could not write a batch."""
+    """The sink could not write a batch. Callers decide by `retriable`, never by which subclass they caught."""
+
+
+class SinkRefused(SinkError):
+    """The database refused the data itself (a constraint, a value out of range): the rows are dead-lettered."""
+
+    retriable = False
 
 
 class SinkUnavailable(SinkError):
-    """The database is down or unreachable: retry the same batch later."""
+    """Not about the data (down, unreachable, read-only after a failover, permissions, a missing table):
+    the same batch is retried later and nothing is dead-lettered."""
 
     retriable = True
 

@@ -31,6 +31,8 @@ from typing import Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr
 
+from streams import config
+
 MASK = "***"
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -111,16 +113,9 @@ def secrets_in(obj: Any) -> list[SecretStr | SecretBytes]:
 
 
 def environment_secrets() -> list[SecretStr]:
-    """The providers' API keys: never settings, read from the environment by each provider module."""
-    from producers.alpha_vantage import alpha_vantage_api_key
-    from producers.finnhub import finnhub_api_key
-    from producers.fred import fred_api_key
-    from producers.nasdaq_data_link import nasdaq_data_link_api_key
-    from producers.social import twitter_bearer_token
-
-    keys = (alpha_vantage_api_key(), finnhub_api_key(), fred_api_key(), nasdaq_data_link_api_key(),
-            twitter_bearer_token())
-    return [k for k in keys if k is not None]
+    """The providers' API keys: never settings, read from the environment where each provider's section
+    (streams/config.py, `key_env`) says."""
+    return config.environment_secrets()
 
 
 def redact(text: str, secrets: Iterable[SecretStr | SecretBytes | str | None] = ()) -> str:

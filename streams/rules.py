@@ -1,13 +1,13 @@
 """Validation rules: raw bytes -> a canonical MarketDataPoint, or RejectedRecord(rule, reason).
 
-Plain Python, no Faust: the agent in streams/validate.py only wires this to topics. Rule codes are
+Plain Python, no Faust: the agent in streams/stages/validate.py only wires this to topics. Rule codes are
 stable strings (they are the dead-letter header `tickflow.rule` and a metrics label):
 
   size.too_large  schema.<pydantic error type>  symbol.pattern  price.missing  price.non_positive
   volume.negative  quote.missing  quote.crossed  bar.missing  bar.inconsistent  timestamp.future
   timestamp.too_old  news.missing_headline  social.missing_text
 
-The anomaly issue deepens this stage (streams/anomalies.py); a locked quote (bid == ask) is flagged,
+The anomaly issue deepens this stage (streams/anomalies/detectors.py); a locked quote (bid == ask) is flagged,
 not rejected (Barndorff-Nielsen, Hansen, Lunde & Shephard 2009, Q2).
 """
 

@@ -217,7 +217,7 @@ async def pg(iso: Isolation) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def ensure_topics_for(iso: Isolation) -> None:
-    from streams.topics import ensure_topics
+    from streams.broker import ensure_topics
 
     await ensure_topics(iso.catalog, iso.bootstrap)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from streams.measure import read_topic
+from streams.tools.measure import read_topic
 from tests.integration.conftest import wait_until
 from tests.integration.test_pipeline import build_inputs
 

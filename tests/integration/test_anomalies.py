@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import orjson
 
 from producers.simulated import SimulatedSource
-from streams.measure import read_topic
 from streams.settings import SimulatedSourceSettings
+from streams.tools.measure import read_topic
 from tests.integration.conftest import ensure_topics_for, wait_until
 
 

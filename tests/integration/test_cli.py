@@ -7,8 +7,8 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
-from streams.measure import read_topic
 from streams.models import MarketDataPoint
+from streams.tools.measure import read_topic
 from tests.integration.conftest import ROOT, ensure_topics_for, wait_until
 
 

@@ -14,7 +14,7 @@ import subprocess
 import asyncpg
 import pytest
 
-from streams.measure import read_topic
+from streams.tools.measure import read_topic
 from tests.integration.conftest import ROOT, ensure_topics_for, wait_until
 from tests.integration.oracles import check_oracles, fault_inputs, produce_all, wait_for_rows
 

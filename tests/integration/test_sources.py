@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from streams.measure import read_topic
+from streams.tools.measure import read_topic
 from tests.integration.conftest import ROOT, ensure_topics_for, wait_until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "producers" / "fixtures"

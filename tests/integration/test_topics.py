@@ -10,8 +10,8 @@ import sys
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streams.broker import ensure_topics
 from streams.errors import TopicMismatchError
-from streams.topics import ensure_topics
 from tests.integration.conftest import ROOT
 
 

@@ -56,7 +56,7 @@ def test_kustomization_lists_every_manifest_and_the_kinds_are_there() -> None:
 
 
 def test_probes_hit_a_page_the_app_serves_on_the_container_port() -> None:
-    import streams.web  # noqa: F401  (registers /health)
+    import streams.web.health  # noqa: F401  (registers /health)
     from streams.app import app
 
     c = _container()

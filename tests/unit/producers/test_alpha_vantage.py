@@ -20,7 +20,6 @@ from producers.alpha_vantage import (
     AlphaVantageSource,
     AlphaVantageThrottled,
     DailyLimitedRateLimiter,
-    alpha_vantage_api_key,
     check_payload,
     parse_global_quote,
     parse_news,
@@ -112,8 +111,8 @@ def test_error_bodies_are_never_parsed_as_data(name: str, kind: type[SourceError
 
 
 def test_key_from_environment_only() -> None:
-    assert alpha_vantage_api_key({}) is None
-    key = alpha_vantage_api_key({"ALPHA_VANTAGE_API_KEY": " k1 "})
+    assert AlphaVantageSettings().api_key({}) is None
+    key = AlphaVantageSettings().api_key({"ALPHA_VANTAGE_API_KEY": " k1 "})
     assert isinstance(key, SecretStr) and key.get_secret_value() == "k1" and "k1" not in repr(key)
     with pytest.raises(ConfigError):
         AlphaVantageSource(AlphaVantageSettings(), env={})

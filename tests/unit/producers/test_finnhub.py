@@ -22,7 +22,6 @@ from producers.finnhub import (
     FinnhubSettings,
     FinnhubSource,
     FinnhubTradeStream,
-    finnhub_api_key,
     parse_candles,
     parse_company_news,
     parse_news_sentiment,
@@ -161,8 +160,8 @@ def test_parse_trades_millis_and_distinct_ids() -> None:
 
 
 def test_key_from_environment_only() -> None:
-    assert finnhub_api_key({}) is None
-    key = finnhub_api_key({"FINNHUB_API_KEY": KEY})
+    assert FinnhubSettings().api_key({}) is None
+    key = FinnhubSettings().api_key({"FINNHUB_API_KEY": KEY})
     assert isinstance(key, SecretStr) and key.get_secret_value() == KEY
     assert KEY not in repr(key)
     with pytest.raises(ConfigError):

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from producers.fred import FredSettings, FredSource, fred_api_key, parse_observations
+from producers.fred import FredSettings, FredSource, parse_observations
 from streams.errors import ConfigError, SourceError
 from tests.unit.producers.conftest import Serve
 
@@ -62,8 +62,8 @@ def test_error_and_unexpected_payloads() -> None:
 
 
 def test_key_from_environment_only() -> None:
-    assert fred_api_key({}) is None
-    key = fred_api_key({"FRED_API_KEY": KEY})
+    assert FredSettings().api_key({}) is None
+    key = FredSettings().api_key({"FRED_API_KEY": KEY})
     assert isinstance(key, SecretStr) and key.get_secret_value() == KEY and KEY not in repr(key)
     with pytest.raises(ConfigError):
         FredSource(FredSettings(), env={})

@@ -18,7 +18,6 @@ from producers.nasdaq_data_link import (
     DatatableQuery,
     NasdaqDataLinkSettings,
     NasdaqDataLinkSource,
-    nasdaq_data_link_api_key,
     normalise,
     parse_dataset,
     parse_datatable,
@@ -110,10 +109,10 @@ def test_parse_rejects_unexpected_payloads() -> None:
 
 
 def test_key_env_names() -> None:
-    assert nasdaq_data_link_api_key({}) is None
-    assert nasdaq_data_link_api_key({"QUANDL_API_KEY": "q"}).get_secret_value() == "q"  # type: ignore[union-attr]
+    assert NasdaqDataLinkSettings().api_key({}) is None
+    assert NasdaqDataLinkSettings().api_key({"QUANDL_API_KEY": "q"}).get_secret_value() == "q"  # type: ignore[union-attr]
     both = {"QUANDL_API_KEY": "q", "NASDAQ_DATA_LINK_API_KEY": "n"}
-    key = nasdaq_data_link_api_key(both)
+    key = NasdaqDataLinkSettings().api_key(both)
     assert isinstance(key, SecretStr) and key.get_secret_value() == "n"
     with pytest.raises(ConfigError):
         NasdaqDataLinkSource(NasdaqDataLinkSettings(), env={})

@@ -13,14 +13,13 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from producers.news import SENTIMENT_METHOD, lexicon_sentiment, sentiment_counts
+from producers.sentiment import SENTIMENT_METHOD, lexicon_sentiment, sentiment_counts
 from producers.social import (
     SocialSettings,
     SocialSource,
     cashtags,
     parse_search,
     snowflake_time,
-    twitter_bearer_token,
 )
 from streams.errors import ConfigError, SourceError
 from tests.unit.producers.conftest import Serve
@@ -109,8 +108,8 @@ def test_cashtags() -> None:
 
 
 def test_token_from_environment_only() -> None:
-    assert twitter_bearer_token({}) is None
-    token = twitter_bearer_token({"TWITTER_BEARER_TOKEN": TOKEN})
+    assert SocialSettings().api_key({}) is None
+    token = SocialSettings().api_key({"TWITTER_BEARER_TOKEN": TOKEN})
     assert isinstance(token, SecretStr) and TOKEN not in repr(token)
     with pytest.raises(ConfigError):
         SocialSource(SocialSettings(), env={})

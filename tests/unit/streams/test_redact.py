@@ -256,9 +256,9 @@ async def test_kafka_sasl_connection_failures(worker_logging: Captured) -> None:
     from aiokafka.errors import KafkaError
 
     from producers.runner import new_producer
+    from streams.broker import ensure_topics
     from streams.catalog import load_catalog
-    from streams.lag import LagReader
-    from streams.topics import ensure_topics
+    from streams.web.lag import LagReader
 
     settings = worker_logging.settings
     kafka = settings.kafka

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-import streams.write as write_stage
+import streams.stages.write as write_stage
 from sinks.base import BatchWriter, WriteResult
 from sinks.postgres import classify, row_from_record
 from sinks.schema import MARKET_DATA_COLUMNS

@@ -9,15 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.anomalies import (
-    AnomalySettings,
+from streams.anomalies.detectors import (
     BarGaps,
     BrownleesGallo,
     ClearlyErroneous,
     Detector,
     DetectorSuite,
     MidQuoteOutlier,
-    PriceBand,
     SplitSuspect,
     SpreadTooWide,
     StaleFeed,
@@ -32,6 +30,7 @@ from streams.anomalies import (
     _trimmed_mean_sd,
     weekdays_between,
 )
+from streams.config import AnomalySettings, PriceBand
 from streams.models import DataType, MarketDataPoint
 
 T0 = datetime(2024, 5, 6, 14, 0, tzinfo=UTC)  # a Monday

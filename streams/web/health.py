@@ -13,14 +13,14 @@ from typing import Any
 import orjson
 from faust.web import Request, Response, View
 
-from streams import metrics
 from streams.app import app, settings
-from streams.db import ensure_writer
-from streams.detect import stage as anomaly_stage
-from streams.lag import LagReader
-from streams.produce import supervisor
-from streams.stage import missing_stages, stages
-from streams.topics import catalog
+from streams.stages import metrics
+from streams.stages.base import missing_stages, stages
+from streams.stages.db import ensure_writer
+from streams.stages.detect import stage as anomaly_stage
+from streams.stages.produce import supervisor
+from streams.stages.topics import catalog
+from streams.web.lag import LagReader
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Reads: ticks.clean. Writes: PostgreSQL market_data (through sinks.postgres, COPY
 and ticks.rejected for the rare row the database refuses (stage `write`).
 
 A batch is written in one transaction, and its offsets are committed to Kafka only after that
-transaction commits (streams/stage.py). A database outage is retried in place with capped exponential
+transaction commits (streams/stages/base.py). A database outage is retried in place with capped exponential
 backoff and jitter: the stage fetches nothing meanwhile, so memory stays bounded by one batch plus the
 consumer's fetch buffer, and it resumes where it stopped when the database returns.
 """
@@ -22,13 +22,14 @@ import orjson
 
 from sinks.base import WriteResult
 from sinks.postgres import row_from_record
-from streams import histogram, metrics
+from streams import histogram
 from streams.app import settings
-from streams.db import ensure_writer
 from streams.errors import SinkError, SinkUnavailable
-from streams.publish import Outgoing, Rejection, send_all
-from streams.stage import BatchStage, stage_service
-from streams.topics import clean_topic_name, rejected_topic_name
+from streams.stages import metrics
+from streams.stages.base import BatchStage, stage_service
+from streams.stages.db import ensure_writer
+from streams.stages.publish import Outgoing, Rejection, send_all
+from streams.stages.topics import clean_topic_name, rejected_topic_name
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from streams import histogram
-from streams.metrics import fold, new_delta
-from streams.prometheus import BOUNDS_SECONDS, render
+from streams.stages.metrics import fold, new_delta
+from streams.web.prometheus import BOUNDS_SECONDS, render
 
 
 def _values() -> dict[str, dict]:

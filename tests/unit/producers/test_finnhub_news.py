@@ -1,4 +1,5 @@
-"""NewsSentimentSource (Finnhub articles + Finnhub sentiment) and the shared news helpers."""
+"""NewsSentimentSource (producers/finnhub.py: Finnhub articles + sentiment) and the shared helpers it uses
+(producers/sentiment.py, producers/base.py)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,10 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from producers.news import (
-    SENTIMENT_METHOD,
-    NewsSentimentSource,
-    NewsSettings,
-    SeenIds,
-    from_epoch,
-    lexicon_sentiment,
-    parse_iso,
-    score_missing,
-    tokenize,
-)
+from producers.base import SeenIds, from_epoch, parse_iso
+from producers.finnhub import NewsSentimentSource
+from producers.sentiment import SENTIMENT_METHOD, lexicon_sentiment, score_missing, tokenize
+from streams.config import NewsSettings
 from streams.errors import ConfigError
 from streams.models import DataType, MarketDataPoint
 from tests.unit.producers.conftest import Serve

@@ -11,11 +11,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams import metrics
 from streams.rules import Validator
 from streams.settings import ValidationSettings
-from streams.topics import clean_topic_name, rejected_topic_name
-from streams.validate import route
+from streams.stages import metrics
+from streams.stages.topics import clean_topic_name, rejected_topic_name
+from streams.stages.validate import route
 
 
 @dataclass

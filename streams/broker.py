@@ -1,39 +1,28 @@
-"""The catalog's topic names for this deployment, and the check that makes the cluster match topics.yaml.
+"""The broker, without the App: topic admin that makes the cluster match topics.yaml.
 
 `ensure_topics` creates missing topics with their partitions, retention and cleanup policy, and refuses
 (TopicMismatchError) when an existing topic's partition count differs: a worker would otherwise start
 and route keys to the wrong partitions, which shows up much later as missing or misordered data.
+Tools, the API and tests use it without building a Faust App (streams/stages/topics.py runs it at start).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from streams.app import app, settings
-from streams.catalog import Catalog, catalog_for
+from streams.catalog import Catalog
+from streams.config import KafkaSettings
 from streams.errors import ConfigError, TopicMismatchError
-from streams.settings import KafkaSettings
-
-logger = logging.getLogger(__name__)
-
-catalog: Catalog = catalog_for(settings.kafka.topic_suffix)
-
-
-clean_topic_name = catalog.one("clean").name
-rejected_topic_name = catalog.one("rejected").name
-anomalies_topic_name = catalog.one("anomalies").name
-source_of_topic: dict[str, str] = {t.name: t.source or "" for t in catalog.by_role("raw")}
 
 
 async def ensure_topics(catalog: Catalog, bootstrap_servers: str, *, create: bool = True,
                         kafka: KafkaSettings | None = None) -> list[str]:
     """Create what is missing; raise TopicMismatchError for partition-count drift. Returns created names.
-    `kafka` gives the SSL/SASL settings; None: the process's own (streams.app.settings)."""
-    security = (kafka or settings.kafka).client_kwargs()
+    `kafka` gives the SSL/SASL settings; None: PLAINTEXT (the local stack)."""
+    security = (kafka or KafkaSettings()).client_kwargs()
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15000, **security)
     try:
         await admin.start()
@@ -95,24 +84,3 @@ async def _settled_descriptions(admin: AIOKafkaAdminClient, names: list[str], wa
         if pending:
             await asyncio.sleep(0.25)
     return [settled[n] for n in names]
-
-
-def ensure_topics_blocking() -> list[str]:
-    """For start-up hooks that run before the worker's event loop: a private loop, closed after."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(ensure_topics(catalog, settings.kafka.bootstrap_servers, kafka=settings.kafka))
-    finally:
-        loop.close()
-
-
-@app.on_worker_init.connect
-def _ensure_topics_at_start(sender: object = None, **kwargs: object) -> None:
-    """Every worker checks the cluster against topics.yaml before it consumes anything."""
-    try:
-        created = ensure_topics_blocking()
-    except ConfigError as exc:
-        logger.critical("refusing to start: %s", exc)
-        raise SystemExit(f"tickflow: {exc}") from None
-    if created:
-        logger.info("created topics: %s", ", ".join(created))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from streams.metrics import metrics_table, new_delta, record_metrics
+from streams.stages.metrics import metrics_table, new_delta, record_metrics
 
 
 async def test_record_metrics_folds_deltas_into_the_table() -> None:

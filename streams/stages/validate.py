@@ -3,13 +3,14 @@
 Reads: every raw.<source> topic in topics.yaml (bytes as the producer wrote them).
 Writes: ticks.clean (canonical MarketDataPoint JSON, key = symbol) for valid records;
         ticks.rejected (original key, value, timestamp and headers + tickflow.* reason headers);
-        ticks.anomalies (anomaly events) from the detectors (streams/anomalies.py via streams/detect.py);
+        ticks.anomalies (anomaly events) from the detectors (streams/anomalies/ via
+        streams/stages/detect.py);
         a tick anomaly flags the clean record (`anomaly:<detector>`), or quarantines it to ticks.rejected
         (rule `anomaly.<detector>`) for the sources listed in validation.quarantine_sources.
 
 Bad data is caught per record and dead-lettered; nothing is dropped silently and the worker never dies
 of a record. A batch's source offsets are committed only after every output of the batch is acknowledged
-by the broker (streams/stage.py says why this stage owns its commits).
+by the broker (streams/stages/base.py says why this stage owns its commits).
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from streams import metrics
 from streams.app import app, settings
-from streams.detect import event_for
-from streams.detect import stage as anomaly_stage
 from streams.errors import CircuitOpen, RejectedRecord
 from streams.models import MarketDataPoint
-from streams.publish import Outgoing, Rejection, send_all
 from streams.rules import CircuitBreaker, Validator
-from streams.stage import BatchStage, stage_service
-from streams.topics import anomalies_topic_name, catalog, clean_topic_name, rejected_topic_name, source_of_topic
+from streams.stages import metrics
+from streams.stages.base import BatchStage, stage_service
+from streams.stages.detect import event_for
+from streams.stages.detect import stage as anomaly_stage
+from streams.stages.publish import Outgoing, Rejection, send_all
+from streams.stages.topics import anomalies_topic_name, catalog, clean_topic_name, rejected_topic_name, source_of_topic
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from streams.app import app, settings
-from streams.db import ensure_writer
+from streams.stages.db import ensure_writer
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 from streams import histogram
-from streams.metrics import fold, new_delta, summary, throughput
+from streams.stages.metrics import fold, new_delta, summary, throughput
 
 
 def delta(**kw: int) -> dict:
@@ -41,7 +41,7 @@ def test_throughput_over_window_and_decay() -> None:
 
 
 def test_stage_is_stuck_only_with_partitions_lag_and_no_progress() -> None:
-    from streams.stage import BatchStage
+    from streams.stages.base import BatchStage
 
     class Fake(BatchStage):
         stage = "fake-stuck"

@@ -1,4 +1,4 @@
-"""Measurements on the real stack, shared by bench/throughput.py and `tickflow selftest` (streams/selftest.py).
+"""Measurements on the real stack, shared by bench/throughput.py and `tickflow selftest` (streams/tools/selftest.py).
 
 - `preload`: simulated points into a raw topic as fast as the idempotent producer goes (acks=all).
 - `latency_run`: the simulated feed at a fixed rate for some seconds, then every row's end-to-end latency

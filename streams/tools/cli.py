@@ -47,13 +47,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
+    from streams.broker import ensure_topics
     from streams.catalog import catalog_for
     from streams.settings import get_settings
-    from streams.topics import ensure_topics
 
     settings = get_settings()
     cat = catalog_for(settings.kafka.topic_suffix)
-    created = asyncio.run(ensure_topics(cat, settings.kafka.bootstrap_servers, create=args.action == "create"))
+    created = asyncio.run(ensure_topics(cat, settings.kafka.bootstrap_servers, create=args.action == "create",
+                                         kafka=settings.kafka))
     for t in cat.topics:
         print(f"{t.name:32} partitions={t.partitions:<3} retention.ms={t.retention_ms:<12} "
               f"cleanup={t.cleanup_policy}{'  (created)' if t.name in created else ''}")
@@ -233,7 +234,7 @@ def cmd_replay_dlq(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    from streams.selftest import main as selftest
+    from streams.tools.selftest import main as selftest
 
     return selftest(keep=args.keep, throughput_points=args.throughput_points)
 
@@ -296,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     # loop's own overhead is a share of every record's cost in a worker.
     if importlib.util.find_spec("uvloop") is not None:
         os.environ.setdefault("F_LOOP", "uvloop")
-    from streams.app import app
+    # Faust's own command line, told where the App is by name: the tools never import the worker's App.
+    from faust.cli.faust import cli as faust_cli
 
     sys.argv = [sys.argv[0], *argv]
-    app.main()
+    faust_cli(["-A", "streams.app:app", *argv])

@@ -1,10 +1,10 @@
-"""Anomaly detection inside validate_ticks (streams/validate.py calls it per batch).
+"""Anomaly detection inside validate_ticks (streams/stages/validate.py calls it per batch).
 
 Reads: the points of a batch that passed the rules. Writes: flags on those points (they go on to
 ticks.clean), anomaly events for ticks.anomalies (detector, score, threshold, the record), and the
 per-symbol detector state in the `anomaly_state` table.
 
-The detectors (streams/anomalies.py) are plain classes; this module only keeps their state. The table is
+The detectors (streams/anomalies/detectors.py) are plain classes; this module only keeps their state. The table is
 keyed by symbol and global (every worker reads the whole changelog), so whichever worker the validate
 group hands a symbol's partition to finds the symbol's state; it is recovered from its changelog after a
 restart, before the validate stage starts. Suites are kept in memory between batches and saved at most every
@@ -25,7 +25,7 @@ import faust
 from streams.anomalies import Anomaly, AnomalySettings, DetectorSuite
 from streams.app import app, settings
 from streams.models import MarketDataPoint
-from streams.topics import catalog
+from streams.stages.topics import catalog
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import aiohttp
 from producers.base import Source, encode
 from producers.registry import enabled_sources
 from streams.app import app, settings
-from streams.publish import Outgoing, send_all
-from streams.topics import catalog
+from streams.stages.publish import Outgoing, send_all
+from streams.stages.topics import catalog
 
 logger = logging.getLogger(__name__)
 

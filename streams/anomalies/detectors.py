@@ -41,8 +41,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from streams.config import AnomalySettings
 from streams.models import DataType, MarketDataPoint
 
 AnomalyKind = Literal["tick", "feed", "gap", "corporate_action"]
@@ -51,68 +50,6 @@ _BPS = 1e-4
 # The kinds as plain strings: comparing with a str is ~8x faster than with an enum member (an attribute lookup
 # on the enum class each time), and the detectors compare several times per record.
 _TICK, _TRADE, _QUOTE, _BAR = DataType.TICK.value, DataType.TRADE.value, DataType.QUOTE.value, DataType.BAR.value
-
-
-class PriceBand(BaseModel):
-    """One FINRA 11892 band: moves of `max_move` (a fraction) or more from the reference are erroneous."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_price: float | None = Field(default=None, gt=0)  # inclusive upper bound of the reference; None = no bound
-    max_move: float = Field(gt=0)
-
-
-def _finra_bands() -> list[PriceBand]:
-    # FINRA Rule 11892 (clearly erroneous executions), numerical guidelines for regular trading hours.
-    return [PriceBand(max_price=25.0, max_move=0.10), PriceBand(max_price=50.0, max_move=0.05),
-            PriceBand(max_price=None, max_move=0.03)]
-
-
-class AnomalySettings(BaseModel):
-    """Every detector's parameters; the defaults are the literature's (sources in each detector)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # Brownlees & Gallo (2006); TAQMNGR defaults k=80, delta=0.10. gamma=0.04 $ there, on ~$40 stocks ~ 10 bps.
-    bg_window: int = Field(default=80, ge=4)
-    bg_trim: float = Field(default=0.10, ge=0.0, lt=0.5)
-    bg_sd_multiplier: float = Field(default=3.0, gt=0)
-    bg_gamma_bps: float = Field(default=10.0, ge=0)
-    bg_min_window: int = Field(default=20, ge=2)
-    bg_require_jump: bool = True  # causal stand-in for centring: also far from the previous trade
-    # BNHLS (2009) Q4: 10 mean absolute deviations from the median of 50 mids.
-    midquote_window: int = Field(default=50, ge=4)
-    midquote_mad_multiplier: float = Field(default=10.0, gt=0)
-    midquote_min_window: int = Field(default=10, ge=2)
-    midquote_mad_floor_bps: float = Field(default=0.5, ge=0)  # sticky quotes: a zero deviation is not a scale
-    midquote_day_sample_seconds: float = Field(default=300.0, gt=0)  # the day's deviation unit, one mid per 5 min
-    # BNHLS (2009) Q3: spread > 50 x the day's median spread.
-    spread_multiplier: float = Field(default=50.0, gt=1)
-    spread_min_observations: int = Field(default=20, ge=1)
-    spread_bucket_ratio: float = Field(default=1.02, gt=1)  # the day's median from a log histogram, 1% precision
-    # BNHLS (2009) T4: trade above ask + spread or below bid - spread.
-    t4_max_quote_age_seconds: float = Field(default=300.0, gt=0)
-    # FINRA Rule 11892 bands by reference price.
-    erroneous_bands: list[PriceBand] = Field(default_factory=_finra_bands, min_length=1)
-    # Volume spikes: rolling median + 10 median absolute deviations.
-    volume_window: int = Field(default=100, ge=4)
-    volume_mad_multiplier: float = Field(default=10.0, gt=0)
-    volume_mad_scale: float = Field(default=1.4826, gt=0)  # normal-consistent MAD, as R's mad(); 1 for raw
-    volume_min_window: int = Field(default=20, ge=2)
-    # Stale feeds.
-    stale_run: int = Field(default=20, ge=2)
-    stale_interval_multiplier: float = Field(default=3.0, gt=1)
-    stale_expected_interval_seconds: float | None = Field(default=None, gt=0)  # None: median observed interval
-    stale_interval_window: int = Field(default=50, ge=5)
-    # Bar gaps: weekday holidays (no exchange calendar here) are not gaps in 1d bars.
-    gap_holidays: list[date] = Field(default_factory=list)
-    # Split-like jumps at the open.
-    split_ratios: list[float] = Field(default_factory=lambda: [2.0, 3.0, 0.5, 1.0 / 3.0])
-    split_tolerance: float = Field(default=0.02, gt=0, lt=0.2)
-    # Shared: a silence this long is a session break (overnight, weekend), not a gap in intraday bars.
-    session_break_seconds: float = Field(default=4 * 3600.0, gt=0)
-    level_shift_run: int = Field(default=5, ge=2)
-    max_streams: int = Field(default=8, ge=1)  # per-symbol sub-streams (trade, quote, bar:1m...) kept at most
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from faust.types import TP
 
 from streams import histogram
 from streams.app import app, settings
-from streams.db import ensure_writer
+from streams.stages.db import ensure_writer
 
 logger = logging.getLogger(__name__)
 

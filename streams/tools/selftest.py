@@ -10,7 +10,7 @@ numbers (throughput in points/s, average end-to-end latency in ms). Exit code 0 
   throughput          20,000 points produced as fast as possible; rows/s from the first producer timestamp to
                       the last row's insert (PASS at >= 1,000/s)
   latency             the simulated feed at 1,000 points/s for 5 s; written_at - ingested_at of every row
-                      (streams/measure.py, as bench/throughput.py), PASS when the average is < 50 ms
+                      (streams/tools/measure.py, as bench/throughput.py), PASS when the average is < 50 ms
   connectors offline  yahoo, fred, alpha_vantage and finnhub against a local aiohttp server answering in each
                       provider's documented format (through their base_url setting); every point validates
   integration         GET /health is ok; GET /pipeline/metrics counts exactly what was sent, rejected, written
@@ -51,7 +51,6 @@ from pydantic import SecretStr
 from producers.base import RawRecord, encode
 from producers.runner import SourceRunner, new_producer
 from producers.simulated import INVALID_KINDS, SimulatedSource
-from streams import measure
 from streams.catalog import Catalog, load_catalog
 from streams.errors import ConfigError, RejectedRecord
 from streams.models import MarketDataPoint
@@ -64,6 +63,7 @@ from streams.settings import (
     get_settings,
     load_settings,
 )
+from streams.tools import measure
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -607,10 +607,10 @@ class SelfTest:
         try:
             if not self.stack_problem:
                 try:
-                    from streams.topics import ensure_topics
+                    from streams.broker import ensure_topics
 
                     self.topics_created = True  # from here on, cleanup deletes them (even if this fails half-way)
-                    await ensure_topics(self.catalog, self.bootstrap)
+                    await ensure_topics(self.catalog, self.bootstrap, kafka=self.settings.kafka)
                     self.conn = await asyncpg.connect(**self.settings.postgres.connect_kwargs(), timeout=10)
                     self.start_worker("1")  # starts up while the in-process checks run
                 except Exception as exc:

@@ -1,7 +1,7 @@
 """GET /metrics: the pipeline's metrics in Prometheus text exposition (prometheus-client).
 
 The numbers are not kept in prometheus-client's global counters: they already live in the
-changelog-backed metrics table (streams/metrics.py), summed over every worker. A custom collector reads
+changelog-backed metrics table (streams/stages/metrics.py), summed over every worker. A custom collector reads
 the table's values at scrape time and yields metric families from them, so nothing is counted twice and a
 restarted worker reports the same totals as before.
 
@@ -24,9 +24,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from streams import histogram, metrics, web
+from streams import histogram
 from streams.app import app
-from streams.produce import supervisor
+from streams.stages import metrics
+from streams.stages.produce import supervisor
+from streams.web import health as web
 
 logger = logging.getLogger(__name__)
 

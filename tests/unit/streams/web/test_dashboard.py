@@ -7,7 +7,7 @@ import re
 from aiohttp.test_utils import TestClient, TestServer
 
 from streams.app import app
-from streams.dashboard import HTML
+from streams.web.dashboard import HTML
 
 
 async def _get_dashboard() -> tuple[int, str, str, str]:

@@ -1,0 +1,584 @@
+"""The settings sections: plain pydantic models, one per part of the pipeline and one per provider.
+
+A leaf: it imports nothing of ours, so settings are validated (unknown keys refused) before any client,
+stage or provider module is loaded. streams/settings.py composes these into the one Settings object.
+A provider's section declares `key_env`, the environment variables its key comes from (never a setting).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import urllib.parse
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+if TYPE_CHECKING:
+    import ssl
+
+    from faust.types.auth import CredentialsT
+
+# Identifiers that reach SQL text (the schema comes from settings) are checked against this, refused when
+# PostgreSQL reserves them, and always double-quoted: a value never becomes SQL, only a checked name does.
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_RESERVED = re.compile(r"^(pg_.*|information_schema)$")
+
+
+def check_identifier(name: str) -> str:
+    """`name` if it is a plain lower-case identifier PostgreSQL lets us create; ValueError otherwise."""
+    if not IDENTIFIER.match(name):
+        raise ValueError(f"{name!r} is not a plain identifier (lower-case letters, digits, _; at most 63)")
+    if _RESERVED.match(name):
+        raise ValueError(f"{name!r} is reserved by PostgreSQL")
+    return name
+
+
+class _Section(BaseModel):
+    # hide_input_in_errors: a validation error must not echo what it was given (a password, say).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+def _existing_file(path: Path | None) -> Path | None:
+    """Certificate and key files are checked at start-up, not at the first connection an hour later."""
+    if path is not None and not path.is_file():
+        raise ValueError(f"file {path} does not exist or is not a file")
+    return path
+
+
+def _ignored(what: str, fields: dict[str, bool], hint: str = "") -> None:
+    """A security setting that the chosen protocol or mode would silently not use is an error, like a typo."""
+    names = [name for name, is_set in fields.items() if is_set]
+    if names:
+        raise ValueError(f"{', '.join(names)} set, but {what} does not use {'it' if len(names) == 1 else 'them'}"
+                         + hint)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    # Test runs and side-by-side deployments add a suffix to every catalog topic name.
+    topic_suffix: str = ""
+    # 0: send as soon as the previous request is done; batches still form under load (measured: p50 16 ms
+    # -> 5 ms at 1,000 points/s, same throughput). Raise it to trade latency for fewer requests.
+    producer_linger_ms: int = 0
+    producer_max_batch_bytes: int = 1_048_576
+    # Security (README "Security"). PLAINTEXT is the local stack; managed clusters usually want SASL_SSL.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    # PEM files. ssl_cafile: the CA of the brokers' certificates (default: the system's CAs);
+    # ssl_certfile/ssl_keyfile (+ ssl_key_password if the key is encrypted): a client certificate (mutual TLS).
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr = SecretStr("")
+    # Off only for brokers reached by an address their certificate does not name; the chain is still verified.
+    ssl_check_hostname: bool = True
+
+    _files_exist = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")(_existing_file)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSettings:
+        p = self.security_protocol
+        if self.uses_sasl and not (self.sasl_username and self.sasl_password.get_secret_value()):
+            raise ValueError(f"security_protocol {p} needs sasl_username and sasl_password "
+                             "(TICKFLOW_KAFKA__SASL_USERNAME, TICKFLOW_KAFKA__SASL_PASSWORD)")
+        if not self.uses_sasl:
+            _ignored(f"security_protocol {p}", {
+                "sasl_mechanism": self.sasl_mechanism != "PLAIN", "sasl_username": bool(self.sasl_username),
+                "sasl_password": bool(self.sasl_password.get_secret_value())})
+        if not self.uses_tls:
+            _ignored(f"security_protocol {p}", {
+                "ssl_cafile": self.ssl_cafile is not None, "ssl_certfile": self.ssl_certfile is not None,
+                "ssl_keyfile": self.ssl_keyfile is not None,
+                "ssl_key_password": bool(self.ssl_key_password.get_secret_value()),
+                "ssl_check_hostname": not self.ssl_check_hostname})
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate it belongs to)")
+        if self.ssl_key_password.get_secret_value() and self.ssl_certfile is None:
+            raise ValueError("ssl_key_password needs ssl_certfile (and ssl_keyfile when the key is separate)")
+        return self
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for SSL and SASL_SSL (None otherwise), made by aiokafka's helper: server
+        certificates verified against ssl_cafile or the system's CAs, TLS 1.2+."""
+        if not self.uses_tls:
+            return None
+        from aiokafka.helpers import create_ssl_context
+
+        context = create_ssl_context(
+            cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile,
+            password=self.ssl_key_password.get_secret_value() or None,
+        )
+        context.check_hostname = self.ssl_check_hostname
+        return context
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Security keyword arguments for every aiokafka client we build (producer, consumer, admin).
+        PLAINTEXT gives aiokafka's own default, so the local stack behaves as before."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        if self.uses_sasl:
+            kwargs.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                          sasl_plain_password=self.sasl_password.get_secret_value())
+        return kwargs
+
+    def faust_credentials(self) -> CredentialsT | None:
+        """The Faust app's `broker_credentials`: Faust turns them into the same aiokafka arguments for its
+        own consumer and producers (faust.transport.drivers.aiokafka.credentials_to_aiokafka_auth)."""
+        if self.security_protocol == "PLAINTEXT":
+            return None
+        import faust
+
+        context = self.ssl_context()
+        if not self.uses_sasl:
+            return faust.SSLCredentials(context)
+        # SASLCredentials means SASL_SSL when it has a context, SASL_PLAINTEXT when not.
+        return faust.SASLCredentials(username=self.sasl_username, password=self.sasl_password.get_secret_value(),
+                                     ssl_context=context, mechanism=self.sasl_mechanism)
+
+
+def _is_local(host: str) -> bool:
+    if host.startswith("/") or host == "localhost":  # a unix socket directory, or this machine
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class PostgresSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 15432
+    user: str = "tickflow"
+    password: SecretStr = SecretStr("")
+    database: str = "tickflow"
+    # Tables live in this schema; tests use one schema each. Checked (sinks/schema.py) and always quoted.
+    db_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    pool_min: int = 1
+    pool_max: int = 4
+    # TLS, with libpq's meanings. The default "prefer" is libpq's and asyncpg's own: it keeps the local stack
+    # (no TLS) working and encrypts whenever the server offers TLS, but it verifies nothing and silently
+    # falls back to plaintext. Production: "verify-full" (or at least "require"); a non-local host with
+    # less than "require" is logged as a warning when the sink connects.
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    # PEM files: the CA of the server's certificate (require, verify-ca, verify-full), and a client
+    # certificate and its key for certificate authentication.
+    sslrootcert: Path | None = None
+    sslcert: Path | None = None
+    sslkey: Path | None = None
+
+    _files_exist = field_validator("sslrootcert", "sslcert", "sslkey")(_existing_file)
+
+    @field_validator("db_schema")
+    @classmethod
+    def _schema_name(cls, value: str) -> str:
+        check_identifier(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PostgresSettings:
+        if self.sslmode == "disable":
+            _ignored("sslmode disable", {"sslrootcert": self.sslrootcert is not None,
+                                         "sslcert": self.sslcert is not None, "sslkey": self.sslkey is not None})
+        elif self.sslmode in ("allow", "prefer"):
+            _ignored(f"sslmode {self.sslmode}", {"sslrootcert": self.sslrootcert is not None},
+                     " (it verifies no certificate: use verify-full)")
+        if self.sslkey is not None and self.sslcert is None:
+            raise ValueError("sslkey needs sslcert (the client certificate it belongs to)")
+        return self
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """asyncpg.connect()/create_pool() arguments: address, credentials and TLS. Every connection we open
+        (the sink, `tickflow db`, `make run`, the benchmark) is described here, so they all connect alike."""
+        kwargs: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password.get_secret_value() or None,
+            "database": self.database,
+            "ssl": self.sslmode,
+        }
+        files = {k: str(v) for k, v in (("sslrootcert", self.sslrootcert), ("sslcert", self.sslcert),
+                                        ("sslkey", self.sslkey)) if v is not None}
+        if files:
+            # asyncpg takes certificate files only from a DSN's query (or PG* variables), and then applies them
+            # with libpq's rules for the sslmode; the address and credentials stay keyword arguments.
+            kwargs["dsn"] = "postgresql://?" + urllib.parse.urlencode(files)
+        return kwargs
+
+    def transport_warning(self) -> str | None:
+        """Why this connection may travel in clear over a network, or None."""
+        if self.sslmode in ("require", "verify-ca", "verify-full") or _is_local(self.host):
+            return None
+        why = ("is not encrypted" if self.sslmode == "disable"
+               else "is not verified and falls back to plaintext without a word")
+        return f"postgres.sslmode={self.sslmode} to {self.host}: the connection {why}; use verify-full or require"
+
+    def dsn_for_display(self) -> str:
+        """The connection address without the password, for logs and errors."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+class WorkerSettings(_Section):
+    app_id: str = "tickflow"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    # The host other workers use to reach this one (table-routed requests); defaults to web_host.
+    advertised_host: str | None = None
+    # Where Faust keeps table state; memory:// rebuilds tables from their changelogs at start.
+    store: str = "memory://"
+    metrics_flush_seconds: float = 10.0
+    # /health answers 503 ("stuck") when a stage owns partitions with lag but finished no batch for this
+    # long, so an orchestrator restarts the worker.
+    stuck_after_seconds: float = 300.0
+
+
+class ValidationSettings(_Section):
+    max_message_bytes: int = 64 * 1024
+    future_tolerance_seconds: float = 5.0
+    timestamp_floor: str = "1970-01-02T00:00:00Z"
+    max_symbol_length: int = 32
+    # Tickers, FX and crypto pairs, indices (^GSPC), futures (ES=F), vendor prefixes (CRYPTO:BTC).
+    symbol_pattern: str = r"^[A-Za-z0-9^][A-Za-z0-9.\-_=^/:]{0,31}$"
+    max_text_length: int = 20_000
+    # Run the anomaly detectors (streams/anomalies/detectors.py) after the rules.
+    detect_anomalies: bool = True
+    # Sources whose anomalous ticks are quarantined to ticks.rejected (rule anomaly.<detector>)
+    # instead of being flagged and passed on to ticks.clean.
+    quarantine_sources: list[str] = Field(default_factory=list)
+    # Circuit breaker: stop the worker (clearly logged) when more than this share of the last
+    # `circuit_breaker_window` records was rejected, instead of dead-lettering everything after a bad
+    # deploy or a provider format change. 1.0 turns it off.
+    circuit_breaker_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
+    circuit_breaker_window: int = Field(default=2000, ge=10)
+    # How often per symbol the detectors' state is saved to its changelog-backed table.
+    anomaly_state_flush_seconds: float = 1.0
+    # Raw records per validate batch (per fetch, per producer flush, per offset commit): larger amortises
+    # those, and under load each record waits for its batch (README, Performance: tuning knobs).
+    batch_size: int = Field(default=2000, ge=1, le=100_000)
+
+
+class SinkSettings(_Section):
+    batch_size: int = 2000
+    retry_initial_seconds: float = 0.2
+    retry_max_seconds: float = 10.0
+    # Rows of market_data (by timestamp) and data_quality_metrics older than this are deleted, in bounded
+    # batches, by the leader every `retention_check_seconds`. 0 keeps everything.
+    data_retention_days: float = Field(default=0, ge=0)
+    retention_check_seconds: float = Field(default=3600, gt=0)
+    retention_batch_rows: int = Field(default=10_000, ge=100)
+
+
+class SourceSection(_Section):
+    """A provider's section. `key_env`: where its API key comes from, first non-empty wins."""
+
+    key_env: ClassVar[tuple[str, ...]] = ()
+
+    def api_key(self, env: Mapping[str, str] | None = None) -> SecretStr | None:
+        env = os.environ if env is None else env
+        for name in self.key_env:
+            value = env.get(name, "").strip()
+            if value:
+                return SecretStr(value)
+        return None
+
+
+class SimulatedSourceSettings(SourceSection):
+    enabled: bool = True
+    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "TSLA", "SPY", "QQQ"])
+    rate_per_second: float = 1000.0
+    # Share of deliberately bad records (schema or rule violations) so the dead-letter path shows up.
+    invalid_ratio: float = Field(default=0.001, ge=0.0, le=1.0)
+    seed: int = 7
+
+
+Function = Literal["intraday", "daily", "daily_adjusted", "global_quote", "news_sentiment"]
+
+
+IntradayInterval = Literal["1min", "5min", "15min", "30min", "60min"]
+
+
+# producers/alpha_vantage.py
+class AlphaVantageSettings(SourceSection):
+    key_env = ('ALPHA_VANTAGE_API_KEY',)
+
+    enabled: bool = False
+    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
+    functions: list[Function] = Field(default_factory=lambda: ["global_quote"])
+    # 2 symbols x 1 function every 2 h = 24 calls/day: inside the free tier's 25.
+    interval_seconds: float = 7200.0
+    intraday_interval: IntradayInterval = "5min"
+    outputsize: Literal["compact", "full"] = "compact"
+    news_limit: int = Field(default=50, ge=1, le=1000)
+    news_time_zone: str = "UTC"
+    rate_limit_calls: float = 5.0
+    rate_limit_per_seconds: float = 60.0
+    daily_limit_calls: float = 25.0
+    base_url: str = "https://www.alphavantage.co"
+    request_timeout_seconds: float = 30.0
+    retry_attempts: int = Field(default=3, ge=1)
+    retry_base_delay: float = 1.0
+
+
+Endpoint = Literal["quote", "candle", "company_news", "news_sentiment"]
+
+
+# producers/finnhub.py
+class FinnhubSettings(SourceSection):
+    key_env = ('FINNHUB_API_KEY',)
+
+    enabled: bool = False
+    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
+    interval_seconds: float = 60.0
+    # Finnhub free tier: 60 calls/minute.
+    rate_limit_calls: float = 60.0
+    rate_limit_per_seconds: float = 60.0
+    base_url: str = "https://finnhub.io"
+    token_in: Literal["header", "query"] = "header"
+    endpoints: list[Endpoint] = Field(default_factory=lambda: ["quote"])
+    candle_resolution: Literal["1", "5", "15", "30", "60", "D", "W", "M"] = "D"
+    candle_lookback_days: int = Field(default=5, ge=1)
+    news_lookback_days: int = Field(default=2, ge=1, le=30)
+    request_timeout_seconds: float = 20.0
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: float = 0.5
+    # Websocket trades (FinnhubTradeStream).
+    websocket: bool = False
+    ws_url: str = "wss://ws.finnhub.io"
+    ws_batch_size: int = Field(default=500, ge=1)
+    ws_flush_seconds: float = Field(default=0.5, gt=0)
+    ws_heartbeat_seconds: float = 30.0
+    reconnect_base_seconds: float = Field(default=1.0, gt=0)
+    reconnect_max_seconds: float = Field(default=60.0, gt=0)
+
+
+# producers/fred.py
+class FredSettings(SourceSection):
+    key_env = ('FRED_API_KEY',)
+
+    enabled: bool = False
+    series: list[str] = Field(default_factory=lambda: ["GDP", "UNRATE", "FEDFUNDS", "CPIAUCSL"])
+    interval_seconds: float = 3600.0
+    lookback_days: int = Field(default=730, ge=1)
+    vintages: bool = True
+    # FRED: 120 requests per minute per key.
+    rate_limit_calls: float = 120.0
+    rate_limit_per_seconds: float = 60.0
+    base_url: str = "https://api.stlouisfed.org"
+    request_timeout_seconds: float = 20.0
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: float = 0.5
+
+
+class DatatableQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str  # e.g. "WIKI/PRICES" or "ZACKS/FC"
+    params: dict[str, str] = Field(default_factory=dict)  # row filters, e.g. {"ticker": "AAPL"}
+
+
+# producers/nasdaq_data_link.py
+class NasdaqDataLinkSettings(SourceSection):
+    key_env = ('NASDAQ_DATA_LINK_API_KEY', 'QUANDL_API_KEY')
+
+    enabled: bool = False
+    datasets: list[str] = Field(default_factory=list)  # "DB/CODE", e.g. "FRED/GDP", "CHRIS/CME_CL1"
+    datatables: list[DatatableQuery] = Field(default_factory=list)
+    interval_seconds: float = 3600.0
+    # Authenticated users: 300 calls per 10 s and 2,000 per 10 min; stay well below.
+    rate_limit_calls: float = 60.0
+    rate_limit_per_seconds: float = 60.0
+    base_url: str = "https://data.nasdaq.com"
+    lookback_days: int = Field(default=30, ge=1)
+    max_pages: int = Field(default=20, ge=1)
+    request_timeout_seconds: float = 30.0
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: float = 0.5
+
+
+# producers/finnhub.py (NewsSentimentSource)
+class NewsSettings(SourceSection):
+    key_env = ('FINNHUB_API_KEY',)
+
+    enabled: bool = False
+    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
+    interval_seconds: float = 900.0
+    # Shares Finnhub's free tier (60 calls/minute) with the finnhub source: keep the two under it together.
+    rate_limit_calls: float = 30.0
+    rate_limit_per_seconds: float = 60.0
+    base_url: str = "https://finnhub.io"
+    lookback_days: int = Field(default=2, ge=1, le=30)
+    # news-sentiment is a premium Finnhub endpoint (403 on the free tier); then only articles are written.
+    sentiment: bool = True
+    request_timeout_seconds: float = 20.0
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: float = 0.5
+
+
+# producers/social.py
+class SocialSettings(SourceSection):
+    key_env = ('TWITTER_BEARER_TOKEN',)
+
+    enabled: bool = False
+    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "TSLA"])
+    interval_seconds: float = 300.0
+    # X API v2 Basic tier: 60 recent-search requests per 15 minutes.
+    rate_limit_calls: float = 60.0
+    rate_limit_per_seconds: float = 900.0
+    base_url: str = "https://api.twitter.com"
+    query_suffix: str = "-is:retweet"
+    max_results: int = Field(default=100, ge=10, le=100)
+    max_pages: int = Field(default=5, ge=1)
+    request_timeout_seconds: float = 20.0
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: float = 0.5
+
+
+Interval = Literal["1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h", "1d", "5d", "1wk", "1mo", "3mo"]
+
+
+# producers/yahoo.py
+class YahooSettings(SourceSection):
+
+    enabled: bool = False
+    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
+    interval_seconds: float = 60.0
+    live_interval: Interval = "1m"
+    live_range: str = "1d"
+    bars: bool = True  # also send the live range's new bars, not only the tick
+    # Yahoo publishes no limit; bursts get 429s. One call per second is well clear of them.
+    rate_limit_calls: float = 60.0
+    rate_limit_per_seconds: float = 60.0
+    base_url: str = "https://query1.finance.yahoo.com"
+    request_timeout_seconds: float = 20.0
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: float = 0.5
+
+
+# producers/replay.py
+class ReplaySettings(SourceSection):
+
+    enabled: bool = False
+    files: list[str] = Field(default_factory=list)
+    symbol: str | None = None
+    speed: float = Field(default=0.0, ge=0.0)  # 1 real time, 10 ten times faster, 0 as fast as possible
+    interval: str | None = None  # inferred from the rows when not set
+    time_zone: str = "America/New_York"  # of naive date-times (Alpha Vantage intraday CSV)
+    batch_size: int = Field(default=500, ge=1)
+    max_wait_seconds: float | None = Field(default=None, gt=0)  # caps one wait (nights, weekends at 1x)
+
+
+class SourcesSettings(_Section):
+    """One section per provider (producers/<name>.py is its code). API keys are never settings: each
+    section's `key_env` names the environment variables its key is read from, and redaction and the
+    API's key table are derived from those declarations."""
+
+    simulated: SimulatedSourceSettings = Field(default_factory=SimulatedSourceSettings)
+    yahoo: YahooSettings = Field(default_factory=YahooSettings)
+    alpha_vantage: AlphaVantageSettings = Field(default_factory=AlphaVantageSettings)
+    finnhub: FinnhubSettings = Field(default_factory=FinnhubSettings)
+    fred: FredSettings = Field(default_factory=FredSettings)
+    nasdaq_data_link: NasdaqDataLinkSettings = Field(default_factory=NasdaqDataLinkSettings)
+    news: NewsSettings = Field(default_factory=NewsSettings)
+    social: SocialSettings = Field(default_factory=SocialSettings)
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)
+
+
+class PriceBand(BaseModel):
+    """One FINRA 11892 band: moves of `max_move` (a fraction) or more from the reference are erroneous."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_price: float | None = Field(default=None, gt=0)  # inclusive upper bound of the reference; None = no bound
+    max_move: float = Field(gt=0)
+
+
+def _finra_bands() -> list[PriceBand]:
+    # FINRA Rule 11892 (clearly erroneous executions), numerical guidelines for regular trading hours.
+    return [PriceBand(max_price=25.0, max_move=0.10), PriceBand(max_price=50.0, max_move=0.05),
+            PriceBand(max_price=None, max_move=0.03)]
+
+
+class AnomalySettings(BaseModel):
+    """Every detector's parameters; the defaults are the literature's (sources in each detector)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Brownlees & Gallo (2006); TAQMNGR defaults k=80, delta=0.10. gamma=0.04 $ there, on ~$40 stocks ~ 10 bps.
+    bg_window: int = Field(default=80, ge=4)
+    bg_trim: float = Field(default=0.10, ge=0.0, lt=0.5)
+    bg_sd_multiplier: float = Field(default=3.0, gt=0)
+    bg_gamma_bps: float = Field(default=10.0, ge=0)
+    bg_min_window: int = Field(default=20, ge=2)
+    bg_require_jump: bool = True  # causal stand-in for centring: also far from the previous trade
+    # BNHLS (2009) Q4: 10 mean absolute deviations from the median of 50 mids.
+    midquote_window: int = Field(default=50, ge=4)
+    midquote_mad_multiplier: float = Field(default=10.0, gt=0)
+    midquote_min_window: int = Field(default=10, ge=2)
+    midquote_mad_floor_bps: float = Field(default=0.5, ge=0)  # sticky quotes: a zero deviation is not a scale
+    midquote_day_sample_seconds: float = Field(default=300.0, gt=0)  # the day's deviation unit, one mid per 5 min
+    # BNHLS (2009) Q3: spread > 50 x the day's median spread.
+    spread_multiplier: float = Field(default=50.0, gt=1)
+    spread_min_observations: int = Field(default=20, ge=1)
+    spread_bucket_ratio: float = Field(default=1.02, gt=1)  # the day's median from a log histogram, 1% precision
+    # BNHLS (2009) T4: trade above ask + spread or below bid - spread.
+    t4_max_quote_age_seconds: float = Field(default=300.0, gt=0)
+    # FINRA Rule 11892 bands by reference price.
+    erroneous_bands: list[PriceBand] = Field(default_factory=_finra_bands, min_length=1)
+    # Volume spikes: rolling median + 10 median absolute deviations.
+    volume_window: int = Field(default=100, ge=4)
+    volume_mad_multiplier: float = Field(default=10.0, gt=0)
+    volume_mad_scale: float = Field(default=1.4826, gt=0)  # normal-consistent MAD, as R's mad(); 1 for raw
+    volume_min_window: int = Field(default=20, ge=2)
+    # Stale feeds.
+    stale_run: int = Field(default=20, ge=2)
+    stale_interval_multiplier: float = Field(default=3.0, gt=1)
+    stale_expected_interval_seconds: float | None = Field(default=None, gt=0)  # None: median observed interval
+    stale_interval_window: int = Field(default=50, ge=5)
+    # Bar gaps: weekday holidays (no exchange calendar here) are not gaps in 1d bars.
+    gap_holidays: list[date] = Field(default_factory=list)
+    # Split-like jumps at the open.
+    split_ratios: list[float] = Field(default_factory=lambda: [2.0, 3.0, 0.5, 1.0 / 3.0])
+    split_tolerance: float = Field(default=0.02, gt=0, lt=0.2)
+    # Shared: a silence this long is a session break (overnight, weekend), not a gap in intraday bars.
+    session_break_seconds: float = Field(default=4 * 3600.0, gt=0)
+    level_shift_run: int = Field(default=5, ge=2)
+    max_streams: int = Field(default=8, ge=1)  # per-symbol sub-streams (trade, quote, bar:1m...) kept at most
+
+
+def environment_secrets(env: Mapping[str, str] | None = None) -> list[SecretStr]:
+    """Every provider key present in the environment, from the sections' `key_env` declarations."""
+    found = []
+    for field in SourcesSettings.model_fields.values():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, SourceSection) and section.key_env:
+            key = section.model_construct().api_key(env)
+            if key is not None:
+                found.append(key)
+    return found
+
+
+def key_env_by_source() -> dict[str, tuple[str, ...]]:
+    """Provider name -> the environment variables its key is read from (the API's key table, the docs)."""
+    out = {}
+    for name, field in SourcesSettings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, SourceSection) and section.key_env:
+            out[name] = section.key_env
+    return out

@@ -1,0 +1,43 @@
+"""The catalog's topic names for this worker, and the start-up check that the cluster matches topics.yaml
+(streams/broker.py does the admin work; this module binds it to the App's settings and start hook)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from streams.app import app, settings
+from streams.broker import ensure_topics
+from streams.catalog import Catalog, catalog_for
+from streams.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+catalog: Catalog = catalog_for(settings.kafka.topic_suffix)
+
+
+clean_topic_name = catalog.one("clean").name
+rejected_topic_name = catalog.one("rejected").name
+anomalies_topic_name = catalog.one("anomalies").name
+source_of_topic: dict[str, str] = {t.name: t.source or "" for t in catalog.by_role("raw")}
+
+
+def ensure_topics_blocking() -> list[str]:
+    """For start-up hooks that run before the worker's event loop: a private loop, closed after."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(ensure_topics(catalog, settings.kafka.bootstrap_servers, kafka=settings.kafka))
+    finally:
+        loop.close()
+
+
+@app.on_worker_init.connect
+def _ensure_topics_at_start(sender: object = None, **kwargs: object) -> None:
+    """Every worker checks the cluster against topics.yaml before it consumes anything."""
+    try:
+        created = ensure_topics_blocking()
+    except ConfigError as exc:
+        logger.critical("refusing to start: %s", exc)
+        raise SystemExit(f"tickflow: {exc}") from None
+    if created:
+        logger.info("created topics: %s", ", ".join(created))

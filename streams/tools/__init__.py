@@ -1,0 +1,1 @@
+"""Commands that run outside the worker: the `tickflow` CLI, selftest, measuring helpers."""

@@ -1,0 +1,1 @@
+"""The worker's HTTP pages: /health, /metrics (Prometheus), the dashboard, consumer lag."""
