@@ -42,7 +42,7 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 from producers.runner import SourceRunner  # noqa: E402
 from producers.simulated import SimulatedSource  # noqa: E402
 from sinks.postgres import PostgresTickWriter, row_from_record  # noqa: E402
-from streams import measure  # noqa: E402
+from streams.tools import measure  # noqa: E402
 from streams.broker import ensure_topics  # noqa: E402
 from streams.catalog import load_catalog  # noqa: E402
 from streams.rules import Validator  # noqa: E402

@@ -5,7 +5,7 @@ stable strings (they are the dead-letter header `tickflow.rule` and a metrics la
 
   size.too_large  schema.<pydantic error type>  symbol.pattern  price.missing  price.non_positive
   volume.negative  quote.missing  quote.crossed  bar.missing  bar.inconsistent  timestamp.future
-  timestamp.too_old  news.missing_headline  social.missing_text
+  timestamp.too_old  ingested_at.future  news.missing_headline  social.missing_text
 
 The anomaly issue deepens this stage (streams/anomalies/detectors.py); a locked quote (bid == ask) is flagged,
 not rejected (Barndorff-Nielsen, Hansen, Lunde & Shephard 2009, Q2).
@@ -85,7 +85,8 @@ class Validator:
         if len(raw) > self.max_bytes:
             raise RejectedRecord("size.too_large", f"{len(raw)} bytes > limit {self.max_bytes}")
         try:
-            point = MarketDataPoint.model_validate_json(raw)
+            # strict: `"price": true` or `"price": "1.5"` is a schema error, not 1.0 and 1.5 (ints are numbers).
+            point = MarketDataPoint.model_validate_json(raw, strict=True)
         except ValidationError as exc:
             raise _schema_rejection(exc) from None
         if point.source != source:
@@ -100,7 +101,8 @@ class Validator:
         s = self.settings
         d = p.__dict__
         symbol = d["symbol"]
-        if len(symbol) > s.max_symbol_length or not self.symbol_re.match(symbol):
+        # fullmatch: a pattern's `$` also matches before a trailing newline, so "AAPL\n" would pass match().
+        if len(symbol) > s.max_symbol_length or not self.symbol_re.fullmatch(symbol):
             raise RejectedRecord("symbol.pattern", f"symbol {symbol[:40]!r} does not match {s.symbol_pattern}")
         for name in _PRICE_FIELDS:
             v = d[name]
@@ -146,6 +148,12 @@ class Validator:
         if ts < self.floor_ts:
             raise RejectedRecord("timestamp.too_old",
                                  f"{p.timestamp.isoformat()} is before {self.floor.isoformat()}")
+        ingested = d["ingested_at"]
+        if ingested is not None and ingested.timestamp() > now_ts + self.future_seconds:
+            # A producer clock far ahead would drive every latency figure negative for good.
+            raise RejectedRecord("ingested_at.future",
+                                 f"ingested_at {ingested.isoformat()} is {ingested.timestamp() - now_ts:.3f} s "
+                                 f"in the future (tolerance {self.future_seconds} s)")
         for name in ("sentiment",):
             v = getattr(p, name)
             if v is not None and not math.isfinite(v):  # pragma: no cover - pydantic already refuses

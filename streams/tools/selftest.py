@@ -69,7 +69,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # The rule each deliberately invalid simulated record must be refused with (producers/simulated.py).
 EXPECTED_RULE = {
-    "not_json": "schema.not_json", "wrong_type": "schema.float_parsing", "missing_field": "schema.missing",
+    "not_json": "schema.not_json", "wrong_type": "schema.float_type", "missing_field": "schema.missing",
     "nan": "schema.finite_number", "negative_price": "price.non_positive", "crossed": "quote.crossed",
 }
 THROUGHPUT_FLOOR = 1000.0  # points/s, the brief's figure

@@ -19,7 +19,7 @@ N = 10_000
 # (bytes transform, expected rule) — each kind of bad input the issue names.
 INVALID = {
     "not_json": (lambda d: b"{this is not json", "schema.not_json"),
-    "wrong_type": (lambda d: orjson.dumps({**d, "price": "12.3.4"}), "schema.float_parsing"),
+    "wrong_type": (lambda d: orjson.dumps({**d, "price": "12.3.4"}), "schema.float_type"),
     "missing_field": (lambda d: orjson.dumps({k: v for k, v in d.items() if k != "timestamp"}), "schema.missing"),
     "nan": (lambda d: orjson.dumps({**d, "price": "__x__"}).replace(b'"__x__"', b"NaN"), "schema.finite_number"),
     "inf": (lambda d: orjson.dumps({**d, "bid": "__x__"}).replace(b'"__x__"', b"Infinity"), "schema.finite_number"),

@@ -35,7 +35,7 @@ def test_valid_record_passes_and_gets_ingested_at() -> None:
         (b"{nope", "schema.not_json"),
         (b"", "schema.not_json"),
         (b"[]", "schema.model_type"),
-        (raw(price="ten"), "schema.float_parsing"),
+        (raw(price="ten"), "schema.float_type"),
         (raw(symbol=None), "schema.missing"),
         (raw(price=0), "price.non_positive"),
         (raw(price=-3), "price.non_positive"),
