@@ -8,7 +8,7 @@ import logging
 
 from producers.runner import SourceRunner
 from producers.simulated import SimulatedSource
-from streams.catalog import catalog_for
+from streams.catalog import catalog_of
 from streams.settings import get_settings
 
 
@@ -26,7 +26,7 @@ def main() -> None:
     given = {"rate_per_second": args.rate, "invalid_ratio": args.invalid_ratio}
     updates = {k: v for k, v in given.items() if v is not None}
     source = SimulatedSource(sim.model_copy(update=updates))
-    runner = SourceRunner(settings, catalog_for(settings.kafka.topic_suffix))
+    runner = SourceRunner(settings, catalog_of(settings.kafka))
     sent = asyncio.run(runner.run(source, seconds=args.seconds, limit=args.count))
     print(f"sent {sent}")
 

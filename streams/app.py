@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> TickflowApp:
         web_bind=w.web_host,
         canonical_url=f"http://{w.advertised_host or w.web_host}:{w.web_port}",
         topic_partitions=4,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.kafka.replication_factor or 1,
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         broker_commit_every=5000,

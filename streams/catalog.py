@@ -11,6 +11,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from streams.config import KafkaSettings
 from streams.errors import ConfigError
 
 TOPICS_FILE = Path(__file__).resolve().parent.parent / "topics.yaml"
@@ -39,6 +40,7 @@ class TopicSpec(BaseModel):
     source: str | None = None
     partitions: int = Field(ge=1, le=1024)
     replication_factor: int = 1
+    min_insync_replicas: int | None = None  # None: the broker's default
     retention_ms: int
     cleanup_policy: Literal["delete", "compact", "compact,delete"] = "delete"
     value: str = ""
@@ -54,7 +56,10 @@ class TopicSpec(BaseModel):
         return self if not suffix else self.model_copy(update={"name": f"{self.name}{suffix}"})
 
     def kafka_config(self) -> dict[str, str]:
-        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+        config = {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+        if self.min_insync_replicas is not None:
+            config["min.insync.replicas"] = str(self.min_insync_replicas)
+        return config
 
 
 class Catalog(BaseModel):
@@ -84,6 +89,23 @@ class Catalog(BaseModel):
     def with_suffix(self, suffix: str) -> Catalog:
         return Catalog(topics=tuple(t.with_suffix(suffix) for t in self.topics))
 
+    def for_cluster(self, replication_factor: int | None, min_insync_replicas: int | None) -> Catalog:
+        """The same topics with this environment's durability (kafka.replication_factor and
+        kafka.min_insync_replicas override topics.yaml: 1 on a laptop, 3 and 2 in production)."""
+        update: dict[str, int] = {}
+        if replication_factor is not None:
+            update["replication_factor"] = replication_factor
+        if min_insync_replicas is not None:
+            update["min_insync_replicas"] = min_insync_replicas
+        if not update:
+            return self
+        topics = tuple(t.model_copy(update=update) for t in self.topics)
+        for t in topics:
+            if t.min_insync_replicas is not None and t.min_insync_replicas > t.replication_factor:
+                raise ConfigError(f"topic {t.name}: min.insync.replicas {t.min_insync_replicas} > replication "
+                                  f"factor {t.replication_factor}: every acks=all write would fail")
+        return Catalog(topics=topics)
+
 
 def load_catalog(path: Path = TOPICS_FILE, suffix: str = "") -> Catalog:
     try:
@@ -109,5 +131,11 @@ def load_catalog(path: Path = TOPICS_FILE, suffix: str = "") -> Catalog:
 
 
 @lru_cache(maxsize=8)
-def catalog_for(suffix: str = "") -> Catalog:
-    return load_catalog(suffix=suffix)
+def catalog_for(suffix: str = "", replication_factor: int | None = None,
+                min_insync_replicas: int | None = None) -> Catalog:
+    return load_catalog(suffix=suffix).for_cluster(replication_factor, min_insync_replicas)
+
+
+def catalog_of(kafka: KafkaSettings) -> Catalog:
+    """The catalog as this deployment's Kafka settings make it (suffix, replication, min ISR)."""
+    return catalog_for(kafka.topic_suffix, kafka.replication_factor, kafka.min_insync_replicas)

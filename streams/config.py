@@ -62,6 +62,11 @@ class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:19092"
     # Test runs and side-by-side deployments add a suffix to every catalog topic name.
     topic_suffix: str = ""
+    # Durability of every topic, tickflow's and Faust's internal ones (changelogs, leader election): None keeps
+    # topics.yaml's replication factor (1, for one local broker) and the broker's min.insync.replicas.
+    # Production: 3 and 2 with acks=all (our producers' setting), so one broker can fail without loss.
+    replication_factor: int | None = Field(default=None, ge=1)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
     # 0: send as soon as the previous request is done; batches still form under load (measured: p50 16 ms
     # -> 5 ms at 1,000 points/s, same throughput). Raise it to trade latency for fewer requests.
     producer_linger_ms: int = 0

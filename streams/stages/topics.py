@@ -8,12 +8,12 @@ import logging
 
 from streams.app import app, settings
 from streams.broker import ensure_topics
-from streams.catalog import Catalog, catalog_for
+from streams.catalog import Catalog, catalog_of
 from streams.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-catalog: Catalog = catalog_for(settings.kafka.topic_suffix)
+catalog: Catalog = catalog_of(settings.kafka)
 
 
 clean_topic_name = catalog.one("clean").name

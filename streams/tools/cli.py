@@ -48,11 +48,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_topics(args: argparse.Namespace) -> int:
     from streams.broker import ensure_topics
-    from streams.catalog import catalog_for
+    from streams.catalog import catalog_of
     from streams.settings import get_settings
 
     settings = get_settings()
-    cat = catalog_for(settings.kafka.topic_suffix)
+    cat = catalog_of(settings.kafka)
     created = asyncio.run(ensure_topics(cat, settings.kafka.bootstrap_servers, create=args.action == "create",
                                          kafka=settings.kafka))
     for t in cat.topics:
@@ -107,11 +107,11 @@ async def replay_dlq(args: argparse.Namespace) -> tuple[int, int]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from producers.runner import new_producer
-    from streams.catalog import catalog_for
+    from streams.catalog import catalog_of
     from streams.settings import get_settings
 
     settings = get_settings()
-    cat = catalog_for(settings.kafka.topic_suffix)
+    cat = catalog_of(settings.kafka)
     dlq = cat.one("rejected").name
     raw_names = {t.name for t in cat.by_role("raw")}
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False,
@@ -186,13 +186,13 @@ async def backfill(args: argparse.Namespace) -> int:
     from producers.base import encode
     from producers.registry import BUILDERS
     from producers.runner import new_producer, send_batch
-    from streams.catalog import catalog_for
+    from streams.catalog import catalog_of
     from streams.settings import get_settings
 
     settings = get_settings()
     cfg = getattr(settings.sources, args.source)
     (source,) = BUILDERS[args.source](cfg)  # raises ConfigError when the key is missing
-    topic = catalog_for(settings.kafka.topic_suffix).raw(args.source).name
+    topic = catalog_of(settings.kafka).raw(args.source).name
     start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     producer = new_producer(settings)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.catalog import TOPICS_FILE, load_catalog, parse_retention
+from streams.catalog import TOPICS_FILE, catalog_of, load_catalog, parse_retention
 from streams.errors import ConfigError
 
 
@@ -31,3 +31,21 @@ def test_bad_catalog_names_the_file_and_topic(tmp_path: Path) -> None:
     bad.write_text(TOPICS_FILE.read_text().replace("retention: 7d", "retention: a week", 1))
     with pytest.raises(ConfigError, match=r"topics.yaml: topic ticks.clean: .*retention"):
         load_catalog(bad)
+
+
+def test_the_environment_sets_every_topics_durability() -> None:
+    from streams.config import KafkaSettings
+
+    cat = catalog_of(KafkaSettings(replication_factor=3, min_insync_replicas=2))
+    assert {t.replication_factor for t in cat.topics} == {3}
+    assert all(t.kafka_config()["min.insync.replicas"] == "2" for t in cat.topics)
+    local = catalog_of(KafkaSettings())
+    assert {t.replication_factor for t in local.topics} == {1}  # topics.yaml's, for one local broker
+    assert all("min.insync.replicas" not in t.kafka_config() for t in local.topics)
+
+
+def test_min_isr_above_the_replication_factor_is_refused() -> None:
+    from streams.config import KafkaSettings
+
+    with pytest.raises(ConfigError, match=r"min\.insync\.replicas 3 > replication factor 2"):
+        catalog_of(KafkaSettings(replication_factor=2, min_insync_replicas=3))
