@@ -10,7 +10,7 @@ export TICKFLOW_KAFKA__BOOTSTRAP_SERVERS ?= 127.0.0.1:$(KAFKA_PORT)
 export TICKFLOW_POSTGRES__PORT ?= $(PG_PORT)
 PYTEST_ARGS ?=
 
-.PHONY: help setup venv stack-setup stack-up stack-down stack-status topics db run worker test test-unit lint bench clean
+.PHONY: help setup system system-test venv stack-setup stack-up stack-down stack-status topics db run worker test test-unit lint bench clean
 
 help:
 	@echo "make run        start the local stack and a worker on the simulated feed (RUN_SECONDS=N to stop after N s)"
@@ -19,11 +19,18 @@ help:
 	@echo "make topics     create/check the topics of topics.yaml;  make db   migrate the schema"
 	@echo "make lint       ruff and the import rules (import-linter);  make bench   throughput/latency benchmark (bench/)"
 
-setup: venv stack-setup
+setup: system venv stack-setup
+
+# System packages from Debian's packages, only those missing (dev/system-packages.sh says which).
+system:
+	dev/system-packages.sh run
+
+system-test:
+	dev/system-packages.sh test
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt | system
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $@
@@ -52,7 +59,7 @@ run: setup
 worker: venv
 	$(PY) -m streams worker -l info
 
-test: stack-up
+test: system-test stack-up
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
