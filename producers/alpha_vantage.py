@@ -16,6 +16,15 @@ with source "alpha_vantage".
   (news_time_zone), which fits the recorded responses (pre-market "futures" stories at 13:xx).
 - Adjustment: raw prices are stored. Intraday is requested with adjusted=false; DAILY_ADJUSTED's raw OHLC
   are the bar, its adjusted close, dividend and split coefficient go to metadata.
+- FX and crypto (settings.fx_pairs / settings.crypto, "EUR/USD"): CURRENCY_EXCHANGE_RATE is a tick (bid/ask
+  when given) at "Last Refreshed" in its "Time Zone"; FX_INTRADAY / FX_DAILY and DIGITAL_CURRENCY_DAILY are
+  bars (no volume for FX; crypto in the market currency, the older "1a. open (CNY)" layout included), stored
+  under the joined symbol ("EURUSD", "BTCUSD"); crypto days are UTC days.
+- Sessions: US/Eastern intraday bars carry metadata["session"]: pre (04:00-09:30), regular (09:30-16:00)
+  or post (16:00-20:00), judged on the bar's start in exchange time.
+- Nothing is dropped in silence: a body of a shape no parser here reads (an exchange-rate body on the quote
+  path, say) raises AlphaVantageUnexpected, logged once per function and cause and counted in
+  `self.unexpected[function]`; an empty global quote (unknown symbol) is logged once per symbol and counted.
 - News: one item per configured symbol per article (tickers=SYMBOL), sentiment = overall_sentiment_score
   clipped to [-1, 1], that ticker's own score and relevance plus every ticker mentioned in metadata;
   item_id is a hash of the url.
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -47,12 +57,16 @@ SOURCE = "alpha_vantage"
 FUNCTIONS: dict[str, str] = {
     "intraday": "TIME_SERIES_INTRADAY", "daily": "TIME_SERIES_DAILY", "daily_adjusted": "TIME_SERIES_DAILY_ADJUSTED",
     "global_quote": "GLOBAL_QUOTE", "news_sentiment": "NEWS_SENTIMENT",
+    "currency_exchange_rate": "CURRENCY_EXCHANGE_RATE", "fx_intraday": "FX_INTRADAY", "fx_daily": "FX_DAILY",
+    "digital_currency_daily": "DIGITAL_CURRENCY_DAILY",
 }
 # Alpha Vantage interval names -> the interval label stored on bars (as Yahoo and Finnhub bars).
 INTERVALS: dict[str, str] = {
     "1min": "1m", "5min": "5m", "15min": "15m", "30min": "30m", "60min": "1h",
     "daily": "1d", "weekly": "1wk", "monthly": "1mo",
+    "digital currency daily": "1d", "digital currency weekly": "1wk", "digital currency monthly": "1mo",
 }
+_EASTERN = ("US/Eastern", "America/New_York")
 _BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume"}
 _META_FIELDS = {"adjusted close": "adj_close", "dividend amount": "dividend", "split coefficient": "split_coefficient"}
 _THROTTLE_WORDS = ("call frequency", "rate limit", "requests per day", "per minute", "per day", "spreading out")
@@ -68,6 +82,13 @@ class AlphaVantageThrottled(SourceError):
 
 class AlphaVantagePremium(SourceError):
     """The function is not in the key's plan (TIME_SERIES_DAILY_ADJUSTED on the free tier): stop asking."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=False)
+
+
+class AlphaVantageUnexpected(SourceError):
+    """A 200 body of a shape no parser here reads: never turned into an empty result."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retriable=False)
@@ -134,18 +155,50 @@ def parse_local(text: str, tz: ZoneInfo) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=tz).astimezone(UTC)
 
 
+_INTRADAY = {"1m", "5m", "15m", "30m", "1h"}
+
+
+def us_session(local_key: str) -> str | None:
+    """An exchange-local "YYYY-MM-DD HH:MM:SS" -> pre (04:00-09:30), regular (09:30-16:00), post (16:00-20:00)."""
+    if len(local_key.strip()) <= 10:
+        return None
+    t = datetime.fromisoformat(local_key.strip())
+    minutes = t.hour * 60 + t.minute
+    if 240 <= minutes < 570:
+        return "pre"
+    if 570 <= minutes < 960:
+        return "regular"
+    if 960 <= minutes < 1200:
+        return "post"
+    return None
+
+
+def _market_fields(row: dict[str, Any], market: str) -> dict[str, Any]:
+    """DIGITAL_CURRENCY_* rows: "open" as is, or the older "open (usd)" of the requested market."""
+    out = dict(row)
+    for name in ("open", "high", "low", "close"):
+        if name not in out and f"{name} ({market})" in out:
+            out[name] = out[f"{name} ({market})"]
+    return out
+
+
 def parse_time_series(doc: Any, symbol: str | None = None, *, source: str = SOURCE) -> list[MarketDataPoint]:
     """TIME_SERIES_* (and FX_*) -> bars, oldest first."""
     d = check_payload(doc, "time series")
     meta = _fields(d.get("Meta Data") or {})
     series_key = next((k for k in d if k.startswith("Time Series")), None)
     if series_key is None:
-        raise SourceError(f"Alpha Vantage time series for {symbol} has no 'Time Series' object")
+        raise AlphaVantageUnexpected(f"Alpha Vantage time series for {symbol} has no 'Time Series' object "
+                                     f"(keys: {sorted(d)[:6]})")
     tz = ZoneInfo(str(meta.get("time zone") or "US/Eastern"))
     label = series_key[series_key.find("(") + 1:series_key.rfind(")")].lower() if "(" in series_key else ""
     interval = INTERVALS.get(str(meta.get("interval") or label), str(meta.get("interval") or label or "1d"))
+    market = str(meta.get("market code") or "").lower()
+    sessions = interval in _INTRADAY and str(meta.get("time zone") or "US/Eastern") in _EASTERN
     if meta.get("from symbol") and meta.get("to symbol"):
         sym = f"{meta['from symbol']}{meta['to symbol']}"
+    elif meta.get("digital currency code") and market:
+        sym = f"{meta['digital currency code']}{market.upper()}"
     else:
         sym = str(symbol or meta.get("symbol") or "")
     if not sym:
@@ -153,7 +206,7 @@ def parse_time_series(doc: Any, symbol: str | None = None, *, source: str = SOUR
     out: list[MarketDataPoint] = []
     skipped = 0
     for key, raw in (d.get(series_key) or {}).items():
-        row = _fields(raw)
+        row = _market_fields(_fields(raw), market) if market else _fields(raw)
         try:
             values = {dst: _float(row.get(src)) for src, dst in _BAR_FIELDS.items()}
             extra = {dst: v for src, dst in _META_FIELDS.items() if (v := _float(row.get(src))) is not None}
@@ -168,6 +221,8 @@ def parse_time_series(doc: Any, symbol: str | None = None, *, source: str = SOUR
             del extra["dividend"]
         if extra.get("split_coefficient") == 1.0:
             del extra["split_coefficient"]
+        if sessions and (session := us_session(key)) is not None:
+            extra["session"] = session
         out.append(MarketDataPoint(symbol=sym.upper(), timestamp=ts, source=source, data_type=DataType.BAR,
                                    interval=interval, item_id=interval, metadata=extra, **values))
     if skipped:
@@ -179,7 +234,10 @@ def parse_time_series(doc: Any, symbol: str | None = None, *, source: str = SOUR
 def parse_global_quote(doc: Any, symbol: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
     """GLOBAL_QUOTE -> one tick at the trading day's UTC midnight; an empty quote (unknown symbol) -> []."""
     d = check_payload(doc, "global quote")
-    q = _fields(d.get("Global Quote") or {})
+    if not isinstance(d.get("Global Quote"), dict):
+        raise AlphaVantageUnexpected(f"Alpha Vantage global quote for {symbol} has no 'Global Quote' object "
+                                     f"(keys: {sorted(d)[:6]})")
+    q = _fields(d["Global Quote"])
     price, day = _float(q.get("price")), q.get("latest trading day")
     if price is None or not day:
         return []
@@ -192,6 +250,40 @@ def parse_global_quote(doc: Any, symbol: str, *, source: str = SOURCE) -> list[M
         source=source, data_type=DataType.TICK, price=price, open=_float(q.get("open")), high=_float(q.get("high")),
         low=_float(q.get("low")), item_id="global_quote", metadata=extra,
     )]
+
+
+def parse_exchange_rate(doc: Any, *, source: str = SOURCE) -> list[MarketDataPoint]:
+    """CURRENCY_EXCHANGE_RATE -> one tick for FROMTO at "Last Refreshed" (in its "Time Zone"), bid/ask if given."""
+    d = check_payload(doc, "exchange rate")
+    body = d.get("Realtime Currency Exchange Rate")
+    if not isinstance(body, dict):
+        raise AlphaVantageUnexpected(f"Alpha Vantage exchange rate has no 'Realtime Currency Exchange Rate' "
+                                     f"object (keys: {sorted(d)[:6]})")
+    r = _fields(body)
+    base, quote = r.get("from_currency code"), r.get("to_currency code")
+    price, when = _float(r.get("exchange rate")), r.get("last refreshed")
+    if not base or not quote or price is None or not when:
+        raise AlphaVantageUnexpected(f"Alpha Vantage exchange rate without codes, rate or time: {sorted(r)}")
+    ts = parse_local(str(when), ZoneInfo(str(r.get("time zone") or "UTC")))
+    meta = {k: r[src] for k, src in (("from_name", "from_currency name"), ("to_name", "to_currency name"))
+            if r.get(src)}
+    return [MarketDataPoint(
+        symbol=f"{base}{quote}".upper(), timestamp=ts, source=source, data_type=DataType.TICK, price=price,
+        bid=_float(r.get("bid price")), ask=_float(r.get("ask price")), item_id="exchange_rate", metadata=meta,
+    )]
+
+
+def split_pair(pair: str) -> tuple[str, str]:
+    """ "EUR/USD", "EUR-USD" or "EURUSD" -> ("EUR", "USD")."""
+    text = pair.strip().upper()
+    for sep in ("/", "-", ":"):
+        if sep in text:
+            a, b = (x.strip() for x in text.split(sep, 1))
+            if a and b:
+                return a, b
+    if len(text) == 6 and text.isalpha():
+        return text[:3], text[3:]
+    raise ConfigError(f"alpha_vantage: {pair!r} is not a currency pair (write it as 'EUR/USD')")
 
 
 def url_id(url: str) -> str:
@@ -263,6 +355,12 @@ class AlphaVantageSource(PollingSource):
         self._last_bar: dict[tuple[str, str], datetime] = {}
         self._last_quote: dict[str, tuple[Any, ...]] = {}
         self.seen = SeenIds()
+        self.fx_pairs = [split_pair(p) for p in settings.fx_pairs]
+        self.crypto = [split_pair(p) for p in settings.crypto]
+        self.unexpected: Counter[str] = Counter()  # per function: bodies of a shape nothing could read
+        self.unknown: Counter[str] = Counter()  # per symbol: empty answers (unknown symbol)
+        self._warned: set[str] = set()
+        self._dropped: set[str] = set()  # functions not in the key's plan: not asked again
 
     def redact(self, text: str) -> str:
         return redact(text, [self.api_key])
@@ -302,6 +400,28 @@ class AlphaVantageSource(PollingSource):
     async def global_quote(self, session: aiohttp.ClientSession, symbol: str) -> list[MarketDataPoint]:
         return parse_global_quote(await self.query(session, FUNCTIONS["global_quote"], {"symbol": symbol}), symbol)
 
+    async def exchange_rate(self, session: aiohttp.ClientSession, base: str, quote: str) -> list[MarketDataPoint]:
+        doc = await self.query(session, FUNCTIONS["currency_exchange_rate"],
+                               {"from_currency": base, "to_currency": quote})
+        return parse_exchange_rate(doc)
+
+    async def fx_series(self, session: aiohttp.ClientSession, base: str, quote: str, *, intraday: bool,
+                        interval: str | None = None, outputsize: str | None = None) -> list[MarketDataPoint]:
+        params = {"from_symbol": base, "to_symbol": quote, "outputsize": outputsize or self.settings.outputsize}
+        if intraday:
+            params["interval"] = interval or self.settings.intraday_interval
+        doc = await self.query(session, FUNCTIONS["fx_intraday" if intraday else "fx_daily"], params)
+        return parse_time_series(doc, f"{base}{quote}")
+
+    async def crypto_daily(self, session: aiohttp.ClientSession, base: str, market: str) -> list[MarketDataPoint]:
+        doc = await self.query(session, FUNCTIONS["digital_currency_daily"], {"symbol": base, "market": market})
+        return parse_time_series(doc, f"{base}{market}")
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message, *args)
+
     async def news(self, session: aiohttp.ClientSession, symbol: str) -> list[MarketDataPoint]:
         params = {"tickers": symbol, "sort": "LATEST", "limit": self.settings.news_limit}
         doc = await self.query(session, FUNCTIONS["news_sentiment"], params)
@@ -332,6 +452,11 @@ class AlphaVantageSource(PollingSource):
     async def _poll(self, session: aiohttp.ClientSession, function: Function, symbol: str) -> list[MarketDataPoint]:
         if function == "global_quote":
             points = await self.global_quote(session, symbol)
+            if not points:
+                self.unknown[symbol] += 1
+                self._warn_once(f"unknown|{symbol}", "alpha_vantage: GLOBAL_QUOTE for %s is empty: unknown symbol? "
+                                "(counted, not warned again)", symbol)
+                return []
             sig = tuple((p.timestamp, p.price, p.metadata.get("day_volume")) for p in points)
             if not points or self._last_quote.get(symbol) == sig:
                 return []
@@ -350,25 +475,67 @@ class AlphaVantageSource(PollingSource):
             self._last_bar[(function, symbol)] = bars[-1].timestamp
         return bars
 
+    def _new_bars(self, key: tuple[str, str], bars: list[MarketDataPoint]) -> list[MarketDataPoint]:
+        """Older bars of the window were sent already; the latest may still be forming, so it is re-sent."""
+        last = self._last_bar.get(key)
+        bars = [b for b in bars if last is None or b.timestamp >= last]
+        if bars:
+            self._last_bar[key] = bars[-1].timestamp
+        return bars
+
+    async def _poll_pair(self, session: aiohttp.ClientSession, function: str, base: str,
+                         quote: str) -> list[MarketDataPoint]:
+        sym = f"{base}{quote}"
+        if function == "currency_exchange_rate":
+            points = await self.exchange_rate(session, base, quote)
+            sig = tuple((p.timestamp, p.price) for p in points)
+            if self._last_quote.get(sym) == sig:
+                return []
+            self._last_quote[sym] = sig
+            return points
+        if function == "digital_currency_daily":
+            bars = await self.crypto_daily(session, base, quote)
+        else:
+            bars = await self.fx_series(session, base, quote, intraday=function == "fx_intraday")
+        return self._new_bars((function, sym), bars)
+
+    def _calls(self) -> list[tuple[str, str, str | None]]:
+        """(function, symbol or base, quote currency or None) for one round."""
+        calls: list[tuple[str, str, str | None]] = [
+            (f, sym, None) for f in self.functions for sym in dict.fromkeys(x.upper() for x in self.settings.symbols)]
+        calls += [(f, a, b) for f in dict.fromkeys(self.settings.fx_functions) for a, b in self.fx_pairs]
+        calls += [(f, a, b) for f in dict.fromkeys(self.settings.crypto_functions) for a, b in self.crypto]
+        return calls
+
     async def poll_once(self, session: aiohttp.ClientSession) -> list[MarketDataPoint]:
         """One round; a failing call is logged and skipped, a throttled one ends the round."""
         out: list[MarketDataPoint] = []
-        for function in list(self.functions):
-            for symbol in (x.upper() for x in self.settings.symbols):
-                if function not in self.functions:
-                    break
-                try:
-                    out.extend(await self._poll(session, function, symbol))
-                except AlphaVantagePremium as exc:
-                    logger.warning("alpha_vantage: %s is not in this key's plan, not asking again: %s",
-                                   function, self.redact(str(exc)))
-                    self.functions.remove(function)
-                except AlphaVantageThrottled as exc:
-                    logger.warning("alpha_vantage: throttled at %s for %s, ending this round: %s",
-                                   function, symbol, self.redact(str(exc)))
-                    return out
-                except (SourceError, ValueError, TypeError, KeyError) as exc:
-                    logger.warning("alpha_vantage: %s for %s failed: %s", function, symbol,
-                                   self.redact(f"{type(exc).__name__}: {exc}"))
+        dropped = self._dropped
+        for function, symbol, quote in self._calls():
+            if function in dropped or (quote is None and function not in self.functions):
+                continue
+            what = symbol if quote is None else f"{symbol}/{quote}"
+            try:
+                if quote is None:
+                    out.extend(await self._poll(session, function, symbol))  # type: ignore[arg-type]
+                else:
+                    out.extend(await self._poll_pair(session, function, symbol, quote))
+            except AlphaVantageUnexpected as exc:
+                self.unexpected[function] += 1
+                text = self.redact(str(exc))
+                self._warn_once(f"{function}|{text}", "alpha_vantage: unexpected %s body for %s (counted in "
+                                "unexpected[%r], not warned again): %s", function, what, function, text)
+            except AlphaVantagePremium as exc:
+                logger.warning("alpha_vantage: %s is not in this key's plan, not asking again: %s",
+                               function, self.redact(str(exc)))
+                dropped.add(function)
+                if function in self.functions:
+                    self.functions.remove(function)  # type: ignore[arg-type]
+            except AlphaVantageThrottled as exc:
+                logger.warning("alpha_vantage: throttled at %s for %s, ending this round: %s",
+                               function, what, self.redact(str(exc)))
+                return out
+            except (SourceError, ValueError, TypeError, KeyError) as exc:
+                logger.warning("alpha_vantage: %s for %s failed: %s", function, what,
+                               self.redact(f"{type(exc).__name__}: {exc}"))
         return out
-

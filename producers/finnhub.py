@@ -20,17 +20,18 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import aiohttp
 import orjson
 from pydantic import SecretStr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential
 from yarl import URL
 
 from producers.base import PollingSource, Record, SeenIds, Source
-from producers.http import RateLimiter, get_json, redact
+from producers.http import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRY_AFTER, RateLimiter, get_json, redact
 from producers.sentiment import score_missing
 from streams.config import Endpoint, FinnhubSettings, NewsSettings
 from streams.errors import ConfigError, SourceError
@@ -196,7 +197,8 @@ class FinnhubClient:
 
     def __init__(self, api_key: SecretStr, *, base_url: str = "https://finnhub.io", calls: float = 60.0,
                  per_seconds: float = 60.0, timeout: float = 20.0, attempts: int = 5, base_delay: float = 0.5,
-                 token_in: Literal["header", "query"] = "header") -> None:
+                 token_in: Literal["header", "query"] = "header", max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_retry_after: float = DEFAULT_MAX_RETRY_AFTER) -> None:
         self.api_key = api_key
         self.base_url = base_url.rstrip("/")
         self.limiter = RateLimiter(calls, per_seconds)
@@ -204,6 +206,8 @@ class FinnhubClient:
         self.attempts = attempts
         self.base_delay = base_delay
         self.token_in = token_in
+        self.max_bytes = max_bytes
+        self.max_retry_after = max_retry_after
 
     def redact(self, text: str) -> str:
         return redact(text, [self.api_key])
@@ -222,7 +226,8 @@ class FinnhubClient:
         try:
             doc = await get_json(session, f"{self.base_url}{path}", params=params, headers=headers,
                                  secrets=[self.api_key], limiter=self.limiter, attempts=self.attempts,
-                                 base_delay=self.base_delay, timeout=self.timeout)
+                                 base_delay=self.base_delay, timeout=self.timeout, max_bytes=self.max_bytes,
+                                 max_retry_after=self.max_retry_after)
         except SourceError as exc:
             message = self.redact(str(exc))
             if not exc.retriable and message.startswith("HTTP 403"):
@@ -274,6 +279,7 @@ class FinnhubSource(PollingSource):
             self.api_key, base_url=settings.base_url, calls=settings.rate_limit_calls,
             per_seconds=settings.rate_limit_per_seconds, timeout=settings.request_timeout_seconds,
             attempts=settings.retry_attempts, base_delay=settings.retry_base_delay, token_in=settings.token_in,
+            max_bytes=settings.max_response_bytes, max_retry_after=settings.max_retry_after_seconds,
         )
         self.endpoints: list[Endpoint] = list(dict.fromkeys(settings.endpoints))
         self._last_quote: dict[str, datetime] = {}
@@ -329,22 +335,42 @@ class FinnhubSource(PollingSource):
 # ---------------------------------------------------------------------------------------------- websocket
 
 
+class _Reconnect(Exception):
+    """A websocket connection ended (or never opened): tenacity waits, then the stream connects again."""
+
+
+class _JitteredExponential(wait_exponential):
+    """tenacity's capped exponential wait (base * 2**(attempt - 1), at most `cap`) times a jitter in [0.5, 1):
+    never a reconnect storm from many clients at once, never less than half the intended wait."""
+
+    def __init__(self, base: float, cap: float, rng: random.Random) -> None:
+        super().__init__(multiplier=base, max=cap)
+        self.rng = rng
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        return float(super().__call__(retry_state)) * (0.5 + self.rng.random() / 2)
+
+
 class FinnhubTradeStream(Source):
     """Trades from wss://ws.finnhub.io: subscribe per symbol, batch, reconnect and resubscribe forever.
 
     Batches are flushed at ws_batch_size trades or ws_flush_seconds after the first buffered trade,
-    whichever comes first. Reconnects wait min(max, base * 2**attempt) scaled by a jitter in [0.5, 1);
-    the attempt count resets once a connection delivers a message.
+    whichever comes first. Reconnecting is tenacity's loop: each connection is an attempt that ends in
+    `_Reconnect`, waiting min(max, base * 2**attempt) scaled by a jitter in [0.5, 1); the attempt count
+    resets once a connection delivers a message. `sleep` and `rng` are injectable (tests).
     """
 
     name = SOURCE
 
     def __init__(self, settings: FinnhubSettings, api_key: SecretStr | None = None,
-                 env: Mapping[str, str] | None = None, *, rng: random.Random | None = None) -> None:
+                 env: Mapping[str, str] | None = None, *, rng: random.Random | None = None,
+                 sleep: Callable[[float], Awaitable[Any]] | None = None) -> None:
         self.settings = settings
         self.api_key = _require_key(api_key, env)
         self.symbols: list[str] = list(dict.fromkeys(s.upper() for s in settings.symbols))
         self.rng = rng or random.Random()
+        self.sleep = sleep or asyncio.sleep
+        self.wait = _JitteredExponential(settings.reconnect_base_seconds, settings.reconnect_max_seconds, self.rng)
         self.connects = 0
 
     def url(self) -> URL:
@@ -354,8 +380,15 @@ class FinnhubTradeStream(Source):
         return redact(text, [self.api_key])
 
     def backoff(self, attempt: int) -> float:
-        s = self.settings
-        return min(s.reconnect_max_seconds, s.reconnect_base_seconds * 2**attempt) * (0.5 + self.rng.random() / 2)
+        """The wait after the `attempt`-th failed connection in a row (0-based)."""
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = attempt + 1
+        return self.wait(state)
+
+    @staticmethod
+    def _log_reconnect(state: RetryCallState) -> None:
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.info("finnhub ws: reconnecting in %.2f s (attempt %d)", wait, state.attempt_number)
 
     def _handle(self, raw: str | bytes) -> list[MarketDataPoint]:
         try:
@@ -381,49 +414,50 @@ class FinnhubTradeStream(Source):
         s = self.settings
         buffer: list[MarketDataPoint] = []
         first_at = 0.0
-        attempt = 0
+        # Only _Reconnect is retried: GeneratorExit (aclose) and CancelledError, which the attempt's context
+        # records like any exception, are raised again by the next iteration and end the stream.
+        retrying = AsyncRetrying(stop=stop_never, wait=self.wait, sleep=self.sleep, before_sleep=self._log_reconnect,
+                                 retry=retry_if_exception_type(_Reconnect))
         try:
-            while True:
-                try:
-                    async with session.ws_connect(self.url(), heartbeat=s.ws_heartbeat_seconds or None) as ws:
-                        self.connects += 1
-                        for symbol in self.symbols:
-                            await ws.send_str(orjson.dumps({"type": "subscribe", "symbol": symbol}).decode())
-                        logger.info("finnhub ws: connected (#%d), subscribed to %d symbols",
-                                    self.connects, len(self.symbols))
-                        while True:
-                            wait = (first_at + s.ws_flush_seconds - time.monotonic()) if buffer else None
-                            if wait is not None and wait <= 0:
-                                yield buffer
-                                buffer = []
-                                continue
-                            try:
-                                msg = await ws.receive(timeout=wait)
-                            except TimeoutError:
-                                continue  # the flush deadline: loop round and yield
-                            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                                attempt = 0
-                                points = self._handle(msg.data)
-                                if points and not buffer:
-                                    first_at = time.monotonic()
-                                buffer.extend(points)
-                                if len(buffer) >= s.ws_batch_size:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        async with session.ws_connect(self.url(), heartbeat=s.ws_heartbeat_seconds or None) as ws:
+                            self.connects += 1
+                            for symbol in self.symbols:
+                                await ws.send_str(orjson.dumps({"type": "subscribe", "symbol": symbol}).decode())
+                            logger.info("finnhub ws: connected (#%d), subscribed to %d symbols",
+                                        self.connects, len(self.symbols))
+                            while True:
+                                wait = (first_at + s.ws_flush_seconds - time.monotonic()) if buffer else None
+                                if wait is not None and wait <= 0:
                                     yield buffer
                                     buffer = []
-                            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                                              aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                                logger.warning("finnhub ws: connection closed (%s, code %s)", msg.type.name,
-                                               ws.close_code)
-                                break
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    logger.warning("finnhub ws: %s", self.redact(f"{type(exc).__name__}: {exc}"))
-                if buffer:
-                    yield buffer
-                    buffer = []
-                delay = self.backoff(attempt)
-                attempt += 1
-                logger.info("finnhub ws: reconnecting in %.2f s", delay)
-                await asyncio.sleep(delay)
+                                    continue
+                                try:
+                                    msg = await ws.receive(timeout=wait)
+                                except TimeoutError:
+                                    continue  # the flush deadline: loop round and yield
+                                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                                    attempt.retry_state.attempt_number = 1  # alive: the next wait is the shortest
+                                    points = self._handle(msg.data)
+                                    if points and not buffer:
+                                        first_at = time.monotonic()
+                                    buffer.extend(points)
+                                    if len(buffer) >= s.ws_batch_size:
+                                        yield buffer
+                                        buffer = []
+                                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                                                  aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                                    logger.warning("finnhub ws: connection closed (%s, code %s)", msg.type.name,
+                                                   ws.close_code)
+                                    break
+                    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                        logger.warning("finnhub ws: %s", self.redact(f"{type(exc).__name__}: {exc}"))
+                    if buffer:
+                        yield buffer
+                        buffer = []
+                    raise _Reconnect
         finally:
             if own:
                 await session.close()
@@ -445,6 +479,7 @@ class NewsSentimentSource(PollingSource):
             key, base_url=settings.base_url, calls=settings.rate_limit_calls,
             per_seconds=settings.rate_limit_per_seconds, timeout=settings.request_timeout_seconds,
             attempts=settings.retry_attempts, base_delay=settings.retry_base_delay,
+            max_bytes=settings.max_response_bytes, max_retry_after=settings.max_retry_after_seconds,
         )
         self.seen = SeenIds()
         self.sentiment_enabled = settings.sentiment

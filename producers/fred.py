@@ -118,7 +118,8 @@ class FredSource(PollingSource):
         try:
             doc = await get_json(session, f"{self.base_url}/fred/series/observations", params=params,
                                  secrets=[self.api_key], limiter=self.limiter, attempts=s.retry_attempts,
-                                 base_delay=s.retry_base_delay, timeout=s.request_timeout_seconds)
+                                 base_delay=s.retry_base_delay, timeout=s.request_timeout_seconds,
+                                 max_bytes=s.max_response_bytes, max_retry_after=s.max_retry_after_seconds)
             return parse_observations(doc, series_id)
         except SourceError as exc:
             raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None

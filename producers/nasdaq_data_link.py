@@ -199,6 +199,7 @@ class NasdaqDataLinkSource(PollingSource):
                 session, f"{self.base_url}{path}", params={**params, "api_key": self.api_key.get_secret_value()},
                 secrets=[self.api_key], limiter=self.limiter, attempts=s.retry_attempts,
                 base_delay=s.retry_base_delay, timeout=s.request_timeout_seconds,
+                max_bytes=s.max_response_bytes, max_retry_after=s.max_retry_after_seconds,
             )
         except SourceError as exc:
             raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None

@@ -4,8 +4,10 @@ with source "social".
 - GET {base_url}/2/tweets/search/recent?query=$AAPL -is:retweet ... with Authorization: Bearer
   <TWITTER_BEARER_TOKEN>; tweet.fields=created_at,public_metrics,lang,author_id; pages via
   meta.next_token; since_id (the newest id seen per symbol) kept between polls, so a poll only asks for
-  what is new. The first poll reads one page (the recent-search window is 7 days; a backfill is not
-  what a live poll should spend the quota on).
+  what is new. The first poll reads `lookback_seconds` back (start_time), not the whole 7-day window (a
+  backfill is not what a live poll should spend the quota on). No page is skipped: a result set longer
+  than max_pages is continued on the next poll (SocialSource).
+- A post is written for a symbol only when its text carries that cashtag (X also matches quoted posts).
 - X gives no sentiment: each post is scored with producers.sentiment.lexicon_sentiment ("finance_lexicon_v1",
   documented there) and metadata["sentiment_method"] says so.
 - A post without created_at (the field was not requested) is stamped from its snowflake id.
@@ -18,7 +20,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 SOURCE = "social"
 TWEET_FIELDS = "created_at,public_metrics,lang,author_id"
 _TWITTER_EPOCH_MS = 1288834974657
+_SEARCH_WINDOW = timedelta(days=7) - timedelta(minutes=5)
 _CASHTAG = re.compile(r"\$([A-Za-z][A-Za-z0-9.]{0,9})\b")
 
 
@@ -48,8 +52,30 @@ def cashtags(text: str) -> list[str]:
     return list(dict.fromkeys(m.upper() for m in _CASHTAG.findall(text)))
 
 
-def parse_search(doc: Any, symbol: str, *, source: str = SOURCE) -> tuple[list[MarketDataPoint], str | None]:
-    """One recent-search page -> (social items for `symbol`, meta.next_token)."""
+@dataclass(slots=True)
+class SearchPage:
+    """One recent-search page: the posts tagged with the symbol, and where the result set goes on."""
+
+    points: list[MarketDataPoint]
+    next_token: str | None
+    newest_id: str | None  # of every post on the page, tagged or not
+    oldest_id: str | None
+    untagged: int  # posts whose text does not carry the symbol's cashtag (not written)
+
+
+def _max_id(ids: list[str | None]) -> str | None:
+    known = [i for i in ids if i]
+    return max(known, key=int) if known else None
+
+
+def _min_id(ids: list[str | None]) -> str | None:
+    known = [i for i in ids if i]
+    return min(known, key=int) if known else None
+
+
+def parse_page(doc: Any, symbol: str, *, source: str = SOURCE) -> SearchPage:
+    """One recent-search page -> the social items for `symbol` (only posts whose text has its cashtag, any
+    case: X also matches a cashtag in a quoted post or a link card, which would tag the wrong conversation)."""
     if not isinstance(doc, dict):
         raise SourceError(f"unexpected X search payload: {type(doc).__name__}")
     data = doc.get("data")
@@ -57,30 +83,68 @@ def parse_search(doc: Any, symbol: str, *, source: str = SOURCE) -> tuple[list[M
         first = doc["errors"][0] if isinstance(doc["errors"], list) and doc["errors"] else {}
         detail = first.get("detail") or first.get("message") or first.get("title") if isinstance(first, dict) else first
         raise SourceError(f"X search error: {str(detail)[:300]}")
+    symbol = symbol.upper()
     users = {u.get("id"): u.get("username") for u in (doc.get("includes") or {}).get("users") or []
              if isinstance(u, dict)}
     out = []
+    ids: list[str | None] = []
+    untagged = 0
     for tweet in data or []:
-        if not isinstance(tweet, dict) or not tweet.get("id") or not tweet.get("text"):
+        if not isinstance(tweet, dict) or not tweet.get("id"):
             continue
-        tid, text = str(tweet["id"]), str(tweet["text"])
+        tid = str(tweet["id"])
+        ids.append(tid)
+        text = str(tweet.get("text") or "")
+        tags = cashtags(text)
+        if symbol not in tags:
+            untagged += 1
+            continue
         ts = parse_iso(tweet["created_at"]) if tweet.get("created_at") else snowflake_time(tid)
-        meta: dict[str, Any] = {"sentiment_method": SENTIMENT_METHOD, "cashtags": cashtags(text)}
+        meta: dict[str, Any] = {"sentiment_method": SENTIMENT_METHOD, "cashtags": tags}
         for key in ("lang", "author_id", "public_metrics"):
             if tweet.get(key) is not None:
                 meta[key] = tweet[key]
         if users.get(tweet.get("author_id")):
             meta["author_username"] = users[tweet["author_id"]]
         out.append(MarketDataPoint(
-            symbol=symbol.upper(), timestamp=ts, source=source, data_type=DataType.SOCIAL, text=text,
+            symbol=symbol, timestamp=ts, source=source, data_type=DataType.SOCIAL, text=text,
             url=f"https://x.com/i/web/status/{tid}", sentiment=lexicon_sentiment(text), item_id=tid, metadata=meta,
         ))
-    token = (doc.get("meta") or {}).get("next_token")
-    return out, token or None
+    meta_doc = doc.get("meta") or {}
+    return SearchPage(
+        points=out, next_token=meta_doc.get("next_token") or None,
+        newest_id=_max_id([meta_doc.get("newest_id"), *ids]), oldest_id=_min_id([meta_doc.get("oldest_id"), *ids]),
+        untagged=untagged,
+    )
+
+
+def parse_search(doc: Any, symbol: str, *, source: str = SOURCE) -> tuple[list[MarketDataPoint], str | None]:
+    """One recent-search page -> (social items for `symbol`, meta.next_token)."""
+    page = parse_page(doc, symbol, source=source)
+    return page.points, page.next_token
+
+
+@dataclass(slots=True)
+class _Walk:
+    """A result set being read newest to oldest, page by page, possibly over several polls. `params` are the
+    ones its next_token belongs to (X pagination tokens are only valid with the same query)."""
+
+    params: dict[str, str]
+    next_token: str | None = None
+    newest_id: str | None = None  # becomes since_id when the last page has been read
+    oldest_id: str | None = None  # where to resume with until_id if a next_token is refused
+    pages: int = 0
+    posts: int = 0
 
 
 class SocialSource(PollingSource):
-    """Polls X recent search once per interval for each symbol's cashtag, newer than the last post seen."""
+    """Polls X recent search once per interval for each symbol's cashtag.
+
+    Each symbol reads one result set at a time to its last page: the first covers `lookback_seconds`
+    (start_time), each later one what is newer than the newest post of the previous (since_id). At most
+    `max_pages` pages per symbol and poll; a result set with more is continued from its next_token on the
+    next poll (with a WARNING), so no page is skipped; since_id moves only once a result set is read whole.
+    """
 
     name = SOURCE
 
@@ -94,6 +158,8 @@ class SocialSource(PollingSource):
         self.base_url = settings.base_url.rstrip("/")
         self.limiter = RateLimiter(settings.rate_limit_calls, settings.rate_limit_per_seconds)
         self.since_id: dict[str, str] = {}
+        self.start_time: dict[str, datetime] = {}
+        self.walks: dict[str, _Walk] = {}
 
     def redact(self, text: str) -> str:
         return redact(text, [self.token])
@@ -101,48 +167,86 @@ class SocialSource(PollingSource):
     def query(self, symbol: str) -> str:
         return f"${symbol.upper()} {self.settings.query_suffix}".strip()
 
-    async def search(self, session: aiohttp.ClientSession, symbol: str) -> list[MarketDataPoint]:
-        """Every page newer than since_id (one page on the first poll); advances since_id."""
+    def _new_walk(self, symbol: str, now: datetime) -> _Walk:
         s = self.settings
-        symbol = symbol.upper()
+        params = {"query": self.query(symbol), "tweet.fields": TWEET_FIELDS, "max_results": str(s.max_results)}
         since = self.since_id.get(symbol)
+        if since:
+            params["since_id"] = since
+        else:  # nothing seen yet: the lookback window, fixed at the first poll until a post shows up
+            start = self.start_time.setdefault(symbol, now - timedelta(seconds=s.lookback_seconds))
+            start = max(start, now - _SEARCH_WINDOW)  # X refuses a start_time older than its 7 days
+            params["start_time"] = start.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return _Walk(params)
+
+    async def _page(self, session: aiohttp.ClientSession, params: Mapping[str, str]) -> Any:
+        s = self.settings
         headers = {"Authorization": f"Bearer {self.token.get_secret_value()}"}
+        try:
+            return await get_json(session, f"{self.base_url}/2/tweets/search/recent", params=params,
+                                  headers=headers, secrets=[self.token], limiter=self.limiter,
+                                  attempts=s.retry_attempts, base_delay=s.retry_base_delay,
+                                  timeout=s.request_timeout_seconds, max_bytes=s.max_response_bytes,
+                                  max_retry_after=s.max_retry_after_seconds)
+        except SourceError as exc:
+            raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
+
+    async def search(self, session: aiohttp.ClientSession, symbol: str,
+                     now: datetime | None = None) -> list[MarketDataPoint]:
+        """Up to max_pages pages of the symbol's current result set. A failure on the first page of this
+        poll raises; a later one returns what was read, and the next poll asks for the failed page again."""
+        symbol = symbol.upper()
+        now = now or datetime.now(UTC)
+        walk = self.walks.pop(symbol, None) or self._new_walk(symbol, now)
         out: list[MarketDataPoint] = []
-        next_token: str | None = None
-        for _ in range(s.max_pages if since else 1):
-            params: dict[str, Any] = {"query": self.query(symbol), "tweet.fields": TWEET_FIELDS,
-                                      "max_results": s.max_results}
-            if since:
-                params["since_id"] = since
-            if next_token:
-                params["next_token"] = next_token
+        untagged = 0
+        for n in range(self.settings.max_pages):
+            params = dict(walk.params)
+            if walk.next_token:
+                params["next_token"] = walk.next_token
             try:
-                doc = await get_json(session, f"{self.base_url}/2/tweets/search/recent", params=params,
-                                     headers=headers, secrets=[self.token], limiter=self.limiter,
-                                     attempts=s.retry_attempts, base_delay=s.retry_base_delay,
-                                     timeout=s.request_timeout_seconds)
+                page = parse_page(await self._page(session, params), symbol)
             except SourceError as exc:
-                raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
-            points, next_token = parse_search(doc, symbol)
-            out.extend(points)
-            if not next_token:
+                if walk.next_token and not exc.retriable and walk.oldest_id:
+                    # A refused (expired) next_token: go on below the oldest post read, by id.
+                    logger.warning("social: %s: page token refused (%s); continuing below id %s", symbol,
+                                   self.redact(str(exc)), walk.oldest_id)
+                    walk.params = {k: v for k, v in walk.params.items() if k != "until_id"}
+                    walk.params["until_id"] = walk.oldest_id
+                    walk.next_token = None
+                if n == 0:
+                    self.walks[symbol] = walk
+                    raise
+                logger.warning("social: %s: page %d failed, %d posts read this poll kept, the rest next poll: %s",
+                               symbol, walk.pages + 1, len(out), self.redact(str(exc)))
+                self.walks[symbol] = walk
+                return out
+            out.extend(page.points)
+            untagged += page.untagged
+            walk.pages += 1
+            walk.posts += len(page.points)
+            walk.newest_id = _max_id([walk.newest_id, page.newest_id])
+            walk.oldest_id = _min_id([walk.oldest_id, page.oldest_id])
+            walk.next_token = page.next_token
+            if not page.next_token:
                 break
-        else:
-            if next_token and since:
-                logger.info("social: %s has more than %d new pages; older ones are skipped", symbol, s.max_pages)
-        if out:
-            newest = max(out, key=lambda p: int(p.item_id)).item_id
-            if since is None or int(newest) > int(since):
-                self.since_id[symbol] = newest
+        if untagged:
+            logger.debug("social: %s: %d posts without $%s in their text not written", symbol, untagged, symbol)
+        if walk.next_token:
+            self.walks[symbol] = walk
+            logger.warning("social: %s: max_pages (%d) reached with more pages left: %d posts from %d pages read "
+                           "so far, %d this poll; the rest is read on the next poll", symbol,
+                           self.settings.max_pages, walk.posts, walk.pages, len(out))
+        elif walk.newest_id and (symbol not in self.since_id or int(walk.newest_id) > int(self.since_id[symbol])):
+            self.since_id[symbol] = walk.newest_id
         return out
 
-    async def poll_once(self, session: aiohttp.ClientSession) -> list[MarketDataPoint]:
+    async def poll_once(self, session: aiohttp.ClientSession, now: datetime | None = None) -> list[MarketDataPoint]:
         out: list[MarketDataPoint] = []
         for symbol in self.settings.symbols:
             try:
-                out.extend(await self.search(session, symbol))
+                out.extend(await self.search(session, symbol, now))
             except (SourceError, ValueError, TypeError, KeyError) as exc:
                 logger.warning("social: search for %s failed: %s", symbol.upper(),
                                self.redact(f"{type(exc).__name__}: {exc}"))
         return out
-

@@ -1,36 +1,56 @@
-"""Yahoo Finance: live polling (latest price as a tick, plus the day's new bars) and historical bars,
-written to raw.yahoo with source "yahoo".
+"""Yahoo Finance through yfinance: live polling (a tick, plus the day's new bars), quotes, historical bars,
+and optionally live prices from yfinance's streaming feed; written to raw.yahoo with source "yahoo".
 
-- Talks to the chart endpoint yfinance itself uses, GET {base_url}/v8/finance/chart/{symbol}, directly
-  with aiohttp: yfinance is blocking and owns its own HTTP session, this keeps the event loop free and
-  lets tests point the source at a local server. Yahoo needs no key, but it answers 429 to clients
-  without a browser-like User-Agent, so one is sent.
-- Bars: chart.result[0].timestamp + indicators.quote[0] open/high/low/close/volume. Yahoo pads with
-  null rows (halts, the forming minute, holidays): those are skipped. chart.error is a SourceError.
-- Adjustment: Yahoo's OHLC are split-adjusted, not dividend-adjusted; that is what is stored.
-  indicators.adjclose (split and dividend adjusted) goes to metadata["adj_close"] and the split and
-  dividend events of a bar's day to metadata["split"] / metadata["dividend"], so the two are never
-  mixed in one series.
-- Timestamps: daily and longer bars come stamped with the session open, and the forming day with the
-  last trade time; they are stored at UTC midnight of the exchange-local trading date (as yfinance
-  does), so a re-poll maps onto the same natural key. Intraday bars keep Yahoo's epoch; the forming
-  bar, stamped with the last trade time, is snapped back onto the bar grid.
-- item_id is the bar interval ("1m", "1d", ...), "quote" for the tick.
+- Why yfinance: since spring 2025 Yahoo answers clients that do not look like a browser at the TLS level
+  with 429 "Too Many Requests". yfinance fixed it by impersonating a browser through curl_cffi (yfinance
+  PRs #2430, #2452; issues #2422, #2472) and keeps up with Yahoo's cookie/crumb dance, so every Yahoo
+  request goes through it. yfinance is blocking: its calls run in a bounded thread pool
+  (settings.max_workers), never on the event loop, each after a token from the source's rate limiter.
+- base_url: a Yahoo host leaves yfinance's URLs alone; any other URL gets a curl_cffi session that sends
+  every Yahoo request (chart, quote, cookie, crumb) to that host with the same path and query, which is
+  how tests and the selftest serve recorded responses locally.
+- Bars: Ticker.history(auto_adjust=False, actions=True, repair=False): raw (split-adjusted, not
+  dividend-adjusted) OHLC as Yahoo gives them; "Adj Close" -> metadata["adj_close"], the day's dividend
+  and split -> metadata["dividend"] / ["split"], so the two series are never mixed.
+- Timestamps: daily and longer bars at UTC midnight of the exchange-local trading date (yfinance indexes
+  them at local midnight of that date); intraday bars at their start in UTC. The exchange timezone is the
+  chart's meta.exchangeTimezoneName.
+- Tick: from the chart meta (regularMarketPrice at regularMarketTime), or with tick_from="quote" from
+  Ticker.info (the v7 quote): bid/ask, and a pre/post-market price as its own tick with its session.
+- Streaming (settings.stream): yfinance.AsyncWebSocket; each decoded PricingData is a tick whose
+  metadata["session"] comes from its market_hours; a dropped connection is reopened with backoff.
+- Errors: Yahoo's explained refusals (unknown symbol) are not retriable; 429s, timeouts, connection
+  errors and 5xx are retried with capped, jittered backoff; a payload of an unexpected shape logs one
+  warning per cause and counts in `self.unexpected`, never an empty result in silence.
+- The pure JSON parsers (parse_chart, parse_tick, parse_quote_response) read Yahoo's documented bodies
+  directly: used to check recordings and by callers holding a chart body.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import logging
-from collections.abc import Mapping
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
-from urllib.parse import quote as urlquote
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
+import yfinance as yf
+from curl_cffi import requests as curl_requests
+from yfinance import exceptions as yf_errors
+from yfinance.data import YfData
 
-from producers.base import PollingSource
-from producers.http import RateLimiter, get_json, redact
+from producers.base import PollingSource, Record
+from producers.http import RateLimiter, redact
 from streams.config import Interval, YahooSettings
 from streams.errors import SourceError
 from streams.models import DataType, MarketDataPoint
@@ -38,6 +58,7 @@ from streams.models import DataType, MarketDataPoint
 logger = logging.getLogger(__name__)
 
 SOURCE = "yahoo"
+T = TypeVar("T")
 
 _INTRADAY_SECONDS: dict[str, int] = {
     "1m": 60, "2m": 120, "5m": 300, "15m": 900, "30m": 1800, "60m": 3600, "90m": 5400, "1h": 3600,
@@ -47,19 +68,36 @@ _MAX_SPAN: dict[str, timedelta] = {
     "1m": timedelta(days=7), "2m": timedelta(days=60), "5m": timedelta(days=60), "15m": timedelta(days=60),
     "30m": timedelta(days=60), "60m": timedelta(days=730), "90m": timedelta(days=60), "1h": timedelta(days=730),
 }
-HEADERS: dict[str, str] = {
-    "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
-    "Accept": "application/json",
-}
+# PricingData.market_hours (Yahoo's MarketHoursType); proto3 leaves 0 out of a message, so absent is 0.
+MARKET_HOURS: dict[int, str] = {0: "pre", 1: "regular", 2: "post", 3: "extended"}
+# v7 quote marketState -> session.
+MARKET_STATE: dict[str, str] = {"PREPRE": "pre", "PRE": "pre", "REGULAR": "regular", "POST": "post",
+                                "POSTPOST": "post", "CLOSED": "closed"}
 
 
-# ---------------------------------------------------------------------------------------------- parsing
+class YahooUnexpected(SourceError):
+    """A Yahoo payload of a shape nothing here can read (logged once per cause, counted)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=False)
 
 
-def _num(values: list[Any] | None, i: int) -> float | None:
-    if not values or i >= len(values) or values[i] is None:
+# ---------------------------------------------------------------------------------------------- JSON parsing
+
+
+def _num(values: Any, i: int | None = None) -> float | None:
+    value = values
+    if i is not None:
+        if not isinstance(values, list) or i >= len(values):
+            return None
+        value = values[i]
+    if value is None or isinstance(value, bool):
         return None
-    return float(values[i])
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
 
 
 def _exchange_tz(meta: Mapping[str, Any]) -> ZoneInfo | None:
@@ -85,7 +123,7 @@ def _trading_date(epoch: int, meta: Mapping[str, Any]) -> datetime:
 def chart_result(payload: Any, symbol: str) -> dict[str, Any] | None:
     """chart.result[0], None for an empty result; chart.error raises."""
     if not isinstance(payload, dict) or not isinstance(payload.get("chart"), dict):
-        raise SourceError(f"unexpected Yahoo chart payload for {symbol}: {type(payload).__name__}")
+        raise YahooUnexpected(f"unexpected Yahoo chart payload for {symbol}: {type(payload).__name__}")
     chart = payload["chart"]
     error = chart.get("error")
     if error:
@@ -99,7 +137,7 @@ def chart_result(payload: Any, symbol: str) -> dict[str, Any] | None:
         return None
     result = results[0]
     if not isinstance(result, dict):
-        raise SourceError(f"unexpected Yahoo chart result for {symbol}")
+        raise YahooUnexpected(f"unexpected Yahoo chart result for {symbol}")
     return result
 
 
@@ -110,6 +148,10 @@ def _events(result: Mapping[str, Any], kind: str) -> dict[int, Mapping[str, Any]
         if isinstance(value, dict) and value.get("date") is not None:
             out[int(value["date"])] = value
     return out
+
+
+def _split_text(ev: Mapping[str, Any]) -> str:
+    return str(ev.get("splitRatio") or f"{ev.get('numerator')}:{ev.get('denominator')}")
 
 
 def parse_chart(payload: Any, symbol: str, interval: str | None = None, *,
@@ -147,7 +189,7 @@ def parse_chart(payload: Any, symbol: str, interval: str | None = None, *,
                     meta_row["dividend"] = float(ev["amount"])
             for when, ev in splits.items():
                 if _trading_date(when, meta).date() == day:
-                    meta_row["split"] = str(ev.get("splitRatio") or f"{ev.get('numerator')}:{ev.get('denominator')}")
+                    meta_row["split"] = _split_text(ev)
         else:
             # Only the forming bar is off the grid (stamped with the last trade): snap it to its bar start.
             anchor = int(stamps[0]) if stamps[0] is not None else epoch
@@ -162,29 +204,170 @@ def parse_chart(payload: Any, symbol: str, interval: str | None = None, *,
     return [by_time[t] for t in sorted(by_time)]
 
 
+def _epoch(value: Any) -> datetime | None:
+    """An epoch in seconds, or a datetime/pandas Timestamp (yfinance formats some meta fields), as UTC."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def tick_from_meta(meta: Mapping[str, Any], symbol: str, *, source: str = SOURCE) -> MarketDataPoint | None:
+    """A chart's meta: regularMarketPrice at regularMarketTime as a tick; None if either is missing."""
+    price, ts = _num(meta.get("regularMarketPrice")), _epoch(meta.get("regularMarketTime"))
+    if price is None or ts is None:
+        return None
+    extra = {k: meta[src] for k, src in (
+        ("currency", "currency"), ("exchange", "exchangeName"), ("day_volume", "regularMarketVolume"),
+        ("prev_close", "chartPreviousClose")) if meta.get(src) is not None}
+    extra["session"] = "regular"
+    return MarketDataPoint(
+        symbol=symbol.upper(), timestamp=ts, source=source, data_type=DataType.TICK, price=price,
+        high=_num(meta.get("regularMarketDayHigh")), low=_num(meta.get("regularMarketDayLow")),
+        item_id="quote", metadata=extra,
+    )
+
+
 def parse_tick(payload: Any, symbol: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
     """meta.regularMarketPrice at meta.regularMarketTime as a tick; else the latest bar's close."""
     result = chart_result(payload, symbol)
     if result is None:
         return []
+    tick = tick_from_meta(result.get("meta") or {}, symbol, source=source)
+    if tick is not None:
+        return [tick]
+    bars = parse_chart(payload, symbol, source=source)
+    if not bars:
+        return []
     meta = result.get("meta") or {}
-    price, when = meta.get("regularMarketPrice"), meta.get("regularMarketTime")
-    if price is None or when is None:
-        bars = parse_chart(payload, symbol, source=source)
-        if not bars:
-            return []
-        price, ts = bars[-1].close, bars[-1].timestamp
-    else:
-        ts = datetime.fromtimestamp(int(when), UTC)
-    extra = {k: meta[src] for k, src in (
-        ("currency", "currency"), ("exchange", "exchangeName"), ("day_volume", "regularMarketVolume"),
-        ("prev_close", "chartPreviousClose")) if meta.get(src) is not None}
-    day_high, day_low = meta.get("regularMarketDayHigh"), meta.get("regularMarketDayLow")
-    return [MarketDataPoint(
-        symbol=symbol.upper(), timestamp=ts, source=source, data_type=DataType.TICK, price=float(price),
-        high=None if day_high is None else float(day_high), low=None if day_low is None else float(day_low),
-        item_id="quote", metadata=extra,
+    extra = {k: meta[src] for k, src in (("currency", "currency"), ("exchange", "exchangeName"))
+             if meta.get(src) is not None}
+    return [MarketDataPoint(symbol=symbol.upper(), timestamp=bars[-1].timestamp, source=source,
+                            data_type=DataType.TICK, price=bars[-1].close, item_id="quote", metadata=extra)]
+
+
+def parse_quote(info: Mapping[str, Any], symbol: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
+    """One v7 quote (or yfinance's Ticker.info, which merges it in) -> the regular-market tick, plus the
+    pre- or post-market price as its own tick when it is newer. No price or time -> YahooUnexpected."""
+    sym = str(info.get("symbol") or symbol).upper()
+    price, ts = _num(info.get("regularMarketPrice")), _epoch(info.get("regularMarketTime"))
+    if price is None or ts is None:
+        raise YahooUnexpected(f"Yahoo quote for {sym} has no regularMarketPrice/regularMarketTime")
+    state = str(info.get("marketState") or "")
+    common = {k: info[src] for k, src in (
+        ("currency", "currency"), ("exchange", "exchange"), ("quote_type", "quoteType"),
+        ("exchange_tz", "exchangeTimezoneName")) if info.get(src) is not None}
+    if state:
+        common["market_state"] = state
+    regular = {**common, "session": "regular"}
+    for key, src in (("day_volume", "regularMarketVolume"), ("prev_close", "regularMarketPreviousClose"),
+                     ("change", "regularMarketChange"), ("change_percent", "regularMarketChangePercent")):
+        if (v := _num(info.get(src))) is not None:
+            regular[key] = v
+    out = [MarketDataPoint(
+        symbol=sym, timestamp=ts, source=source, data_type=DataType.TICK, price=price,
+        open=_num(info.get("regularMarketOpen")), high=_num(info.get("regularMarketDayHigh")),
+        low=_num(info.get("regularMarketDayLow")), bid=_num(info.get("bid")) or None,
+        ask=_num(info.get("ask")) or None, bid_size=_num(info.get("bidSize")), ask_size=_num(info.get("askSize")),
+        item_id="quote", metadata=regular,
     )]
+    for session in ("pre", "post"):
+        p, t = _num(info.get(f"{session}MarketPrice")), _epoch(info.get(f"{session}MarketTime"))
+        if p is not None and t is not None and t > ts:
+            out.append(MarketDataPoint(symbol=sym, timestamp=t, source=source, data_type=DataType.TICK, price=p,
+                                       item_id="quote", metadata={**common, "session": session}))
+    return out
+
+
+def parse_quote_response(payload: Any, *, source: str = SOURCE) -> list[MarketDataPoint]:
+    """A v7 /finance/quote body (quoteResponse.result[]) -> ticks; quoteResponse.error raises."""
+    body = payload.get("quoteResponse") if isinstance(payload, dict) else None
+    if not isinstance(body, dict) or not isinstance(body.get("result"), list):
+        raise YahooUnexpected(f"unexpected Yahoo quote payload: {str(payload)[:200]}")
+    if body.get("error"):
+        raise SourceError(f"Yahoo quote error: {str(body['error'])[:300]}", retriable=False)
+    out: list[MarketDataPoint] = []
+    for item in body["result"]:
+        if isinstance(item, dict):
+            out.extend(parse_quote(item, str(item.get("symbol") or "")))
+    return out
+
+
+def parse_stream_message(msg: Mapping[str, Any], *, source: str = SOURCE) -> MarketDataPoint:
+    """One decoded PricingData (yfinance's AsyncWebSocket hands it as a dict) -> a tick."""
+    if "error" in msg and "id" not in msg:
+        raise YahooUnexpected(f"undecodable Yahoo stream message: {str(msg.get('error'))[:200]}")
+    sym, price, when = msg.get("id"), _num(msg.get("price")), msg.get("time")
+    if not sym or price is None or when is None:
+        raise YahooUnexpected(f"Yahoo stream message without id/price/time: {sorted(msg)}")
+    ts = datetime.fromtimestamp(int(when) / 1000.0, UTC)  # PricingData.time is epoch milliseconds
+    extra: dict[str, Any] = {"session": MARKET_HOURS.get(int(msg.get("market_hours") or 0), "unknown")}
+    for key, src in (("currency", "currency"), ("exchange", "exchange"), ("day_volume", "day_volume"),
+                     ("change_percent", "change_percent"), ("prev_close", "previous_close")):
+        if msg.get(src) not in (None, ""):
+            extra[key] = _num(msg[src]) if key in ("day_volume", "change_percent", "prev_close") else msg[src]
+    return MarketDataPoint(
+        symbol=str(sym).upper(), timestamp=ts, source=source, data_type=DataType.TICK, price=price,
+        volume=_num(msg.get("last_size")), bid=_num(msg.get("bid")) or None, ask=_num(msg.get("ask")) or None,
+        high=_num(msg.get("day_high")), low=_num(msg.get("day_low")), item_id="stream", metadata=extra,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- yfinance frames
+
+
+def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
+    """A yfinance history DataFrame (auto_adjust=False, actions=True) -> bars, oldest first."""
+    if df is None or len(df) == 0:
+        return []
+    missing = {"Open", "High", "Low", "Close"} - set(df.columns)
+    if missing:
+        raise YahooUnexpected(f"yfinance history for {symbol} lacks columns {sorted(missing)}")
+    step = _INTRADAY_SECONDS.get(interval)
+    sym = symbol.upper()
+    by_time: dict[datetime, MarketDataPoint] = {}
+    anchor: int | None = None
+    for stamp, row in df.iterrows():
+        o, h, lo, c = (_num(row.get(k)) for k in ("Open", "High", "Low", "Close"))
+        if o is None or h is None or lo is None or c is None:
+            continue
+        local = stamp.to_pydatetime()
+        if step is None:
+            # yfinance indexes daily+ bars at local midnight of the exchange's trading date.
+            ts = datetime(local.year, local.month, local.day, tzinfo=UTC)
+        else:
+            epoch = int(local.timestamp())
+            anchor = epoch if anchor is None else anchor
+            epoch -= (epoch - anchor) % step
+            ts = datetime.fromtimestamp(epoch, UTC)
+        extra: dict[str, Any] = {}
+        if (adj := _num(row.get("Adj Close"))) is not None:
+            extra["adj_close"] = adj
+        if (div := _num(row.get("Dividends"))):
+            extra["dividend"] = div
+        if (split := _num(row.get("Stock Splits"))):
+            extra["split"] = f"{split:g}:1" if split >= 1 else f"1:{1 / split:g}"
+        by_time[ts] = MarketDataPoint(
+            symbol=sym, timestamp=ts, source=source, data_type=DataType.BAR, open=o, high=h, low=lo, close=c,
+            volume=_num(row.get("Volume")), interval=interval, item_id=interval, metadata=extra,
+        )
+    return [by_time[t] for t in sorted(by_time)]
+
+
+_META_KEYS = ("exchangeTimezoneName", "instrumentType", "currency", "exchangeName", "regularMarketPrice",
+              "regularMarketTime", "regularMarketVolume", "regularMarketDayHigh", "regularMarketDayLow",
+              "chartPreviousClose")
+
+
+def _chart_meta(ticker: Any) -> dict[str, Any]:
+    """The chart meta yfinance kept from its last history call. Only plain keys are read: its lazy
+    "tradingPeriods" would cost another request."""
+    md = ticker.get_history_metadata() or {}
+    return {k: md[k] for k in _META_KEYS if k in md and md[k] is not None}
 
 
 def _as_utc(value: date | datetime, *, end: bool = False) -> datetime:
@@ -195,69 +378,303 @@ def _as_utc(value: date | datetime, *, end: bool = False) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=UTC)
 
 
+# ---------------------------------------------------------------------------------------------- sessions
+
+
+def _is_yahoo(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "yahoo.com" or host.endswith(".yahoo.com")
+
+
+class RedirectingSession(curl_requests.Session):  # type: ignore[misc]
+    """A browser-impersonating curl_cffi session that sends yfinance's Yahoo requests to another host
+    (same path and query): a mirror, or a local server of recorded responses."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(impersonate="chrome")
+        self.base_url = base_url.rstrip("/")
+
+    def rewrite(self, url: str) -> str:
+        if not _is_yahoo(url):
+            return url
+        parts = urlsplit(url)
+        return f"{self.base_url}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+
+    def request(self, method: Any, url: str, *args: Any, **kwargs: Any) -> Any:
+        return super().request(method, self.rewrite(url), *args, **kwargs)
+
+
+def yfinance_session(base_url: str) -> curl_requests.Session | None:
+    """None (yfinance's own session) for a Yahoo base URL, else a RedirectingSession to it."""
+    return None if _is_yahoo(base_url) else RedirectingSession(base_url)
+
+
 # ---------------------------------------------------------------------------------------------- source
 
 
 class YahooSource(PollingSource):
-    """Polls every symbol's chart once per interval; `history` loads a date range for backfills."""
+    """Polls every symbol through yfinance once per interval (or streams, settings.stream); `history` loads
+    a date range for backfills."""
 
     name = SOURCE
 
-    def __init__(self, settings: YahooSettings) -> None:
+    def __init__(self, settings: YahooSettings, *, session: Any | None = None,
+                 websocket_factory: Callable[[str], Any] | None = None) -> None:
         self.settings = settings
-        self.base_url = settings.base_url.rstrip("/")
+        if settings.cache_dir:
+            yf.set_tz_cache_location(settings.cache_dir)
+        self.session = session if session is not None else yfinance_session(settings.base_url)
         self.limiter = RateLimiter(settings.rate_limit_calls, settings.rate_limit_per_seconds)
-        self._last_tick: dict[str, datetime] = {}
+        self.pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="yfinance")
+        self.websocket_factory = websocket_factory or (lambda url: yf.AsyncWebSocket(url=url, verbose=False))
+        self.unexpected: Counter[str] = Counter()  # per endpoint: payloads of a shape nothing could read
+        self._warned: set[str] = set()
+        self._tickers: dict[str, Any] = {}
+        self._last_tick: dict[tuple[str, str], datetime] = {}
         self._last_bar: dict[str, datetime] = {}
 
-    async def chart(self, session: aiohttp.ClientSession, symbol: str, params: Mapping[str, Any]) -> Any:
-        s = self.settings
-        url = f"{self.base_url}/v8/finance/chart/{urlquote(symbol, safe='')}"
-        return await get_json(session, url, params=params, headers=HEADERS, limiter=self.limiter,
-                               attempts=s.retry_attempts, base_delay=s.retry_base_delay,
-                               timeout=s.request_timeout_seconds)
+    # -------------------------------------------------------------------------------- plumbing
 
-    async def latest(self, session: aiohttp.ClientSession, symbol: str) -> list[MarketDataPoint]:
+    def ticker(self, symbol: str) -> Any:
+        """One yf.Ticker per symbol (it keeps the symbol's exchange timezone)."""
+        sym = symbol.upper()
+        if sym not in self._tickers:
+            self._tickers[sym] = yf.Ticker(sym, session=self.session)
+        return self._tickers[sym]
+
+    def _unexpected(self, endpoint: str, cause: str) -> None:
+        """Count a payload of an unexpected shape; one warning per endpoint and cause."""
+        self.unexpected[endpoint] += 1
+        key = f"{endpoint}|{cause}"
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("yahoo: unexpected %s payload (counted in unexpected[%r], not warned again): %s",
+                           endpoint, endpoint, redact(cause))
+
+    @staticmethod
+    def _classify(exc: BaseException, symbol: str) -> SourceError:
+        """yfinance's and curl_cffi's exceptions -> SourceError with the right `retriable`."""
+        text = redact(f"{type(exc).__name__}: {exc}")[:400]
+        if isinstance(exc, SourceError):
+            return exc
+        if isinstance(exc, yf_errors.YFRateLimitError):
+            return SourceError(f"429 Too Many Requests for {symbol}", retriable=True)
+        if isinstance(exc, yf_errors.YFPricesMissingError) and exc.yahoo_reason:
+            return SourceError(f"Yahoo refused {symbol}: {exc.yahoo_reason}", retriable=False)
+        if isinstance(exc, yf_errors.YFTzMissingError):
+            return SourceError(f"Yahoo knows no timezone for {symbol} (unknown or delisted symbol)",
+                               retriable=False)
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int):
+            return SourceError(f"HTTP {status} for {symbol}: {text}", retriable=status == 429 or status >= 500)
+        if isinstance(exc, ValueError) and ("JSON" in text or "Expecting" in text):
+            return SourceError(f"Yahoo answer for {symbol} is not JSON: {text}", retriable=True)
+        if isinstance(exc, (curl_requests.RequestsError, OSError, TimeoutError)):
+            return SourceError(f"{text} for {symbol}", retriable=True)
+        return YahooUnexpected(f"yfinance failed on {symbol}'s payload: {text}")
+
+    async def _call(self, endpoint: str, symbol: str, fn: Callable[[], T]) -> T:
+        """Run a blocking yfinance call in the pool, inside the rate limit, retrying what is worth it."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        last: SourceError | None = None
+        for attempt in range(s.retry_attempts):
+            await self.limiter.acquire()
+            try:
+                return await loop.run_in_executor(self.pool, fn)
+            except Exception as exc:  # yfinance raises many kinds; _classify sorts them
+                err = self._classify(exc, symbol)
+                # yfinance memoises past-range chart answers (failed ones too) and a Ticker keeps the timezone
+                # it failed to get: forget both, so a retry or the next poll really asks again.
+                self._tickers.pop(symbol.upper(), None)
+                YfData.cache_get.cache_clear()
+                if isinstance(err, YahooUnexpected):
+                    self._unexpected(endpoint, str(err))
+                    raise err from None
+                if not err.retriable:
+                    raise err from None
+                last = err
+                await asyncio.sleep(min(30.0, s.retry_base_delay * 2**attempt) * random.random())
+        raise SourceError(f"gave up after {s.retry_attempts} attempts: {last}", retriable=True)
+
+    def _history_blocking(self, symbol: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """Ticker.history plus the chart meta it came with; no data with a chart meta -> an empty frame, no
+        data and no meta (not a chart body) -> YahooUnexpected."""
+        t = self.ticker(symbol)
+        try:
+            df = t.history(auto_adjust=False, back_adjust=False, repair=False, keepna=False,
+                           raise_errors=True, timeout=self.settings.request_timeout_seconds, **kwargs)
+        except yf_errors.YFPricesMissingError as exc:
+            if exc.yahoo_reason:
+                raise
+            meta = _chart_meta(t)
+            if not meta.get("exchangeTimezoneName"):
+                raise YahooUnexpected(f"Yahoo chart answer for {symbol} is not a chart: {exc}") from None
+            return None, meta
+        return df, _chart_meta(t)
+
+    # -------------------------------------------------------------------------------- endpoints
+
+    async def quote(self, symbol: str) -> list[MarketDataPoint]:
+        """Ticker.info (yfinance's quoteSummary + v7 quote) -> ticks."""
+        info = await self._call("quote", symbol, lambda: dict(self.ticker(symbol).info or {}))
+        try:
+            return parse_quote(info, symbol)
+        except YahooUnexpected as exc:
+            self._unexpected("quote", str(exc))
+            raise
+
+    async def chart(self, symbol: str, interval: str, **kwargs: Any) -> tuple[list[MarketDataPoint], dict[str, Any]]:
+        """Bars and the chart meta for one history request."""
+        df, meta = await self._call("chart", symbol,
+                                    lambda: self._history_blocking(symbol, interval=interval, **kwargs))
+        bars = frame_to_bars(df, symbol, interval)
+        if not bars:
+            logger.info("yahoo: %s: no %s bars in this range", symbol.upper(), interval)
+        return bars, meta
+
+    async def latest(self, session: aiohttp.ClientSession | None, symbol: str) -> list[MarketDataPoint]:
         """The tick if it moved since the last poll, plus bars from the last one sent (it may have grown)."""
         s = self.settings
-        doc = await self.chart(session, symbol, {"range": s.live_range, "interval": s.live_interval,
-                                                 "includePrePost": "false"})
+        bars: list[MarketDataPoint] = []
+        meta: dict[str, Any] = {}
+        if s.bars or s.tick_from == "chart":
+            bars, meta = await self.chart(symbol, s.live_interval, period=s.live_range, actions=False,
+                                          prepost=False)
+        if s.tick_from == "quote":
+            ticks = await self.quote(symbol)
+        else:
+            tick = tick_from_meta(meta, symbol)
+            if tick is None and bars:
+                tick = MarketDataPoint(symbol=symbol.upper(), timestamp=bars[-1].timestamp, source=SOURCE,
+                                       data_type=DataType.TICK, price=bars[-1].close, item_id="quote")
+            ticks = [tick] if tick is not None else []
         out: list[MarketDataPoint] = []
-        for tick in parse_tick(doc, symbol):
-            if self._last_tick.get(symbol) != tick.timestamp:
-                self._last_tick[symbol] = tick.timestamp
+        for tick in ticks:
+            key = (symbol, str(tick.metadata.get("session")))
+            if self._last_tick.get(key) != tick.timestamp:
+                self._last_tick[key] = tick.timestamp
                 out.append(tick)
         if s.bars:
             last = self._last_bar.get(symbol)
-            bars = [b for b in parse_chart(doc, symbol, s.live_interval) if last is None or b.timestamp >= last]
+            bars = [b for b in bars if last is None or b.timestamp >= last]
             if bars:
                 self._last_bar[symbol] = bars[-1].timestamp
             out.extend(bars)
         return out
 
-    async def history(self, session: aiohttp.ClientSession, symbol: str, start: date | datetime,
+    async def history(self, session: aiohttp.ClientSession | None, symbol: str, start: date | datetime,
                       end: date | datetime, interval: Interval = "1d") -> list[MarketDataPoint]:
-        """Bars in [start, end) (a date `end` is inclusive), in as many requests as Yahoo's span limits need."""
+        """Bars in [start, end) (a date `end` is inclusive), in as many requests as Yahoo's span limits need.
+        `session` is unused (yfinance owns its HTTP) and kept for the backfill contract."""
         begin, stop = _as_utc(start), _as_utc(end, end=True)
         span = _MAX_SPAN.get(interval, stop - begin + timedelta(days=1))
         by_time: dict[datetime, MarketDataPoint] = {}
         cursor = begin
         while cursor < stop:
             upto = min(stop, cursor + span)
-            params = {"period1": int(cursor.timestamp()), "period2": int(upto.timestamp()), "interval": interval,
-                      "events": "div|split", "includePrePost": "false"}
-            for bar in parse_chart(await self.chart(session, symbol, params), symbol, interval):
+            bars, _ = await self.chart(symbol, interval, start=cursor, end=upto, actions=True, prepost=False)
+            for bar in bars:
                 if begin <= bar.timestamp < stop:
                     by_time[bar.timestamp] = bar
             cursor = upto
         return [by_time[t] for t in sorted(by_time)]
 
-    async def poll_once(self, session: aiohttp.ClientSession) -> list[MarketDataPoint]:
+    async def poll_once(self, session: aiohttp.ClientSession | None = None) -> list[MarketDataPoint]:
+        """Every symbol at once (the pool bounds the threads); a failing symbol is logged, the others go on."""
+        symbols = list(dict.fromkeys(x.upper() for x in self.settings.symbols))
+        results = await asyncio.gather(*(self.latest(session, sym) for sym in symbols), return_exceptions=True)
         out: list[MarketDataPoint] = []
-        for symbol in (x.upper() for x in self.settings.symbols):
-            try:
-                out.extend(await self.latest(session, symbol))
-            except (SourceError, ValueError, TypeError, KeyError, IndexError) as exc:
-                logger.warning("yahoo: %s failed: %s", symbol, redact(f"{type(exc).__name__}: {exc}"))
+        for sym, res in zip(symbols, results, strict=True):
+            if isinstance(res, BaseException):
+                if not isinstance(res, Exception):
+                    raise res
+                logger.warning("yahoo: %s failed: %s", sym, redact(f"{type(res).__name__}: {res}"))
+            else:
+                out.extend(res)
         return out
 
+    # -------------------------------------------------------------------------------- streaming
+
+    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
+        if not self.settings.stream:
+            async for batch in super().fetch(session):
+                yield batch
+            return
+        async for batch in self.stream():
+            yield batch
+
+    async def stream(self) -> AsyncIterator[list[Record]]:
+        """yfinance.AsyncWebSocket -> batches of ticks; reconnects with capped backoff when the feed drops.
+
+        yfinance connects, subscribes (and re-subscribes every 15 s) and decodes; the messages are read
+        here rather than through its listen(), which keeps reading a closed socket instead of reopening it."""
+        s = self.settings
+        symbols = list(dict.fromkeys(x.upper() for x in s.symbols))
+        failures = 0
+        while True:
+            queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            ws = self.websocket_factory(s.ws_url)
+            reader: asyncio.Task[None] | None = None
+            try:
+                await ws.subscribe(symbols)
+                reader = asyncio.create_task(self._read(ws, queue))
+                while not (reader.done() and queue.empty()):
+                    batch = await self._drain(queue, reader)
+                    if batch:
+                        failures = 0
+                        yield batch
+                if reader.exception() is not None:
+                    logger.warning("yahoo: stream dropped: %s", redact(repr(reader.exception())))
+                else:
+                    logger.warning("yahoo: stream closed by the server, reconnecting")
+            except (OSError, TimeoutError, ValueError) as exc:
+                logger.warning("yahoo: stream failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+            finally:
+                if reader is not None and not reader.done():
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
+                try:
+                    await ws.close()
+                except Exception as exc:  # a broken socket may fail to close; reconnect anyway
+                    logger.debug("yahoo: closing the stream: %s", exc)
+            failures += 1
+            delay = min(s.reconnect_max_seconds, s.reconnect_base_seconds * 2 ** min(failures - 1, 16))
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    @staticmethod
+    async def _read(ws: Any, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        """The open connection's frames, decoded by yfinance, onto the queue; returns when it closes."""
+        async for raw in ws._ws:
+            try:
+                doc = json.loads(raw)
+                queue.put_nowait(ws._decode_message(doc.get("message", "")))
+            except (ValueError, AttributeError) as exc:
+                queue.put_nowait({"error": f"{type(exc).__name__}: {exc}"})
+
+    async def _drain(self, queue: asyncio.Queue[dict[str, Any]], reader: asyncio.Task[None]) -> list[Record]:
+        """Up to ws_batch_size ticks, waiting at most ws_flush_seconds."""
+        s = self.settings
+        out: list[Record] = []
+        deadline = time.monotonic() + s.ws_flush_seconds
+        while len(out) < s.ws_batch_size:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0 or (queue.empty() and reader.done()):
+                break
+            try:
+                msg = await asyncio.wait_for(queue.get(), timeout)
+            except TimeoutError:
+                break
+            try:
+                out.append(parse_stream_message(msg))
+            except (YahooUnexpected, ValueError, TypeError) as exc:
+                self._unexpected("stream", str(exc))
+        return out
+
+
+def encode_pricing(fields: Mapping[str, Any]) -> str:
+    """A PricingData message as the stream sends it (base64 protobuf): for local feeds and tests."""
+    from yfinance.pricing_pb2 import PricingData
+
+    return base64.b64encode(PricingData(**fields).SerializeToString()).decode()

@@ -59,6 +59,9 @@ def _ignored(what: str, fields: dict[str, bool], hint: str = "") -> None:
 
 
 class KafkaSettings(_Section):
+    # false: the Python API runs validation, detection and the PostgreSQL sink in its own process (no broker;
+    # streams/api.py); the worker always needs Kafka.
+    enabled: bool = True
     bootstrap_servers: str = "127.0.0.1:19092"
     # Test runs and side-by-side deployments add a suffix to every catalog topic name.
     topic_suffix: str = ""
@@ -168,6 +171,8 @@ def _is_local(host: str) -> bool:
 
 
 class PostgresSettings(_Section):
+    # false: the Python API's in-process pipeline (kafka.enabled false) validates and counts but writes nothing.
+    enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 15432
     user: str = "tickflow"
@@ -267,16 +272,31 @@ class ValidationSettings(_Section):
     # Sources whose anomalous ticks are quarantined to ticks.rejected (rule anomaly.<detector>)
     # instead of being flagged and passed on to ticks.clean.
     quarantine_sources: list[str] = Field(default_factory=list)
-    # Circuit breaker: stop the worker (clearly logged) when more than this share of the last
-    # `circuit_breaker_window` records was rejected, instead of dead-lettering everything after a bad
-    # deploy or a provider format change. 1.0 turns it off.
+    # Circuit breaker, per source: pause that source's raw partitions (clearly logged, shown in /health) when
+    # more than this share of its last `circuit_breaker_window` records was rejected, instead of dead-lettering
+    # everything after a bad deploy or a provider format change. 1.0 turns it off.
     circuit_breaker_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
     circuit_breaker_window: int = Field(default=2000, ge=10)
+    # A tripped breaker pauses only its source's raw partitions, for this long, then tries them again.
+    circuit_breaker_cooldown_seconds: float = Field(default=60.0, gt=0.0)
     # How often per symbol the detectors' state is saved to its changelog-backed table.
     anomaly_state_flush_seconds: float = 1.0
     # Raw records per validate batch (per fetch, per producer flush, per offset commit): larger amortises
     # those, and under load each record waits for its batch (README, Performance: tuning knobs).
     batch_size: int = Field(default=2000, ge=1, le=100_000)
+
+
+class PipelineSettings(_Section):
+    """The Python API's own settings (streams/api.py): its in-process pipeline when kafka.enabled is false."""
+
+    # Longest wait for a partial batch before it is written (the batch size is validation.batch_size).
+    batch_timeout_seconds: float = Field(default=1.0, gt=0)
+    # Points waiting for the sink; ingest_data_point waits while it is full (back-pressure, bounded memory).
+    max_queue_size: int = Field(default=10_000, ge=1)
+    # Level of the tickflow loggers (streams, producers, sinks) set by the API; None leaves logging alone.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = None
+    # Write the in-process pipeline's counters to data_quality_metrics (every worker.metrics_flush_seconds).
+    metrics_enabled: bool = True
 
 
 class SinkSettings(_Section):
@@ -294,6 +314,11 @@ class SourceSection(_Section):
     """A provider's section. `key_env`: where its API key comes from, first non-empty wins."""
 
     key_env: ClassVar[tuple[str, ...]] = ()
+
+    # Provider HTTP (producers/http.py): a bigger body (decompressed bytes count) is refused, not buffered;
+    # a Retry-After beyond the cap waits the cap (a broken or hostile value must not park a source for a day).
+    max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_retry_after_seconds: float = Field(default=300.0, ge=0)
 
     def api_key(self, env: Mapping[str, str] | None = None) -> SecretStr | None:
         env = os.environ if env is None else env
@@ -326,6 +351,13 @@ class AlphaVantageSettings(SourceSection):
     enabled: bool = False
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
     functions: list[Function] = Field(default_factory=lambda: ["global_quote"])
+    # FX and crypto, as "EUR/USD" / "BTC/USD" (or "EURUSD"); stored under the joined symbol ("EURUSD").
+    fx_pairs: list[str] = Field(default_factory=list)
+    fx_functions: list[Literal["currency_exchange_rate", "fx_intraday", "fx_daily"]] = Field(
+        default_factory=lambda: ["currency_exchange_rate"])
+    crypto: list[str] = Field(default_factory=list)
+    crypto_functions: list[Literal["currency_exchange_rate", "digital_currency_daily"]] = Field(
+        default_factory=lambda: ["currency_exchange_rate"])
     # 2 symbols x 1 function every 2 h = 24 calls/day: inside the free tier's 25.
     interval_seconds: float = 7200.0
     intraday_interval: IntradayInterval = "5min"
@@ -449,7 +481,9 @@ class SocialSettings(SourceSection):
     base_url: str = "https://api.twitter.com"
     query_suffix: str = "-is:retweet"
     max_results: int = Field(default=100, ge=10, le=100)
-    max_pages: int = Field(default=5, ge=1)
+    max_pages: int = Field(default=5, ge=1)  # per symbol and poll; the rest is read on the next poll
+    # The first poll reads back this far (every page); later polls read what is newer than the newest seen.
+    lookback_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
     request_timeout_seconds: float = 20.0
     retry_attempts: int = Field(default=5, ge=1)
     retry_base_delay: float = 0.5
@@ -467,9 +501,24 @@ class YahooSettings(SourceSection):
     live_interval: Interval = "1m"
     live_range: str = "1d"
     bars: bool = True  # also send the live range's new bars, not only the tick
+    # Where the live tick comes from: "chart" (the chart's meta, no extra call) or "quote" (yfinance's
+    # Ticker.info: v7 quote + quoteSummary; bid/ask, market state, pre/post-market prices).
+    tick_from: Literal["chart", "quote"] = "chart"
+    # Live prices through yfinance's streaming feed (yfinance.AsyncWebSocket) instead of polling.
+    stream: bool = False
+    ws_url: str = "wss://streamer.finance.yahoo.com/?version=2"
+    ws_batch_size: int = Field(default=500, ge=1)
+    ws_flush_seconds: float = Field(default=0.5, gt=0)
+    reconnect_base_seconds: float = Field(default=1.0, gt=0)
+    reconnect_max_seconds: float = Field(default=60.0, gt=0)
+    # yfinance is blocking: its calls run in a thread pool of this many threads, never on the event loop.
+    max_workers: int = Field(default=4, ge=1, le=32)
+    cache_dir: str | None = None  # yfinance's timezone/cookie cache folder (None: its default)
     # Yahoo publishes no limit; bursts get 429s. One call per second is well clear of them.
     rate_limit_calls: float = 60.0
     rate_limit_per_seconds: float = 60.0
+    # A Yahoo host: yfinance's own URLs. Any other URL (a mirror, a local recording server): every request
+    # yfinance makes (chart, quote, cookie, crumb) goes there instead, same path and query.
     base_url: str = "https://query1.finance.yahoo.com"
     request_timeout_seconds: float = 20.0
     retry_attempts: int = Field(default=5, ge=1)
@@ -520,6 +569,34 @@ def _finra_bands() -> list[PriceBand]:
             PriceBand(max_price=None, max_move=0.03)]
 
 
+class BarCheckSettings(BaseModel):
+    """The bar price checks' thresholds for one family of intervals (intraday, or daily and longer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Return outliers: |log return - median| / max(1.4826 MAD, floor) of the last `return_window` clean returns.
+    return_window: int = Field(default=60, ge=8)
+    min_returns: int = Field(default=20, ge=5)
+    outlier_sigma: float = Field(default=6.0, gt=0)
+    scale_floor: float = Field(default=0.002, gt=0)  # a log-return scale never below this (flat, quantised series)
+    # A suspect bar is an error when the next bar comes back: |log(next / level before)| <= revert_fraction x
+    # the suspect's own return; otherwise the level persisted and it was a real move.
+    revert_fraction: float = Field(default=0.5, gt=0, lt=1)
+    # Decimal shifts: the close within decimal_tolerance (in log10) of 10^k x the level, k != 0.
+    decimal_tolerance: float = Field(default=0.15, gt=0, lt=0.5)
+    # OHLC: a wick beyond max/min(open, close) of more than range_multiplier x the median log range.
+    range_window: int = Field(default=60, ge=8)
+    range_multiplier: float = Field(default=15.0, gt=1)
+    range_floor: float = Field(default=0.002, gt=0)
+    ohlc_tolerance: float = Field(default=1e-6, ge=0)  # relative slack for rounded high/low
+    # Bar volumes: above median + volume_mad_multiplier MAD AND at least this many times the median.
+    volume_min_ratio: float = Field(default=20.0, ge=1)
+
+
+def _intraday_bar_checks() -> BarCheckSettings:
+    return BarCheckSettings(scale_floor=0.0002, range_floor=0.0002, outlier_sigma=8.0, range_multiplier=25.0)
+
+
 class AnomalySettings(BaseModel):
     """Every detector's parameters; the defaults are the literature's (sources in each detector)."""
 
@@ -556,7 +633,7 @@ class AnomalySettings(BaseModel):
     stale_interval_multiplier: float = Field(default=3.0, gt=1)
     stale_expected_interval_seconds: float | None = Field(default=None, gt=0)  # None: median observed interval
     stale_interval_window: int = Field(default=50, ge=5)
-    # Bar gaps: weekday holidays (no exchange calendar here) are not gaps in 1d bars.
+    # Bar gaps: extra closures on top of the exchange calendar (or the only ones when there is none).
     gap_holidays: list[date] = Field(default_factory=list)
     # Split-like jumps at the open.
     split_ratios: list[float] = Field(default_factory=lambda: [2.0, 3.0, 0.5, 1.0 / 3.0])
@@ -565,6 +642,17 @@ class AnomalySettings(BaseModel):
     session_break_seconds: float = Field(default=4 * 3600.0, gt=0)
     level_shift_run: int = Field(default=5, ge=2)
     max_streams: int = Field(default=8, ge=1)  # per-symbol sub-streams (trade, quote, bar:1m...) kept at most
+    # Bars: thresholds per interval family (intraday vs daily/weekly/monthly).
+    bar_daily: BarCheckSettings = Field(default_factory=BarCheckSettings)
+    bar_intraday: BarCheckSettings = Field(default_factory=_intraday_bar_checks)
+    # A price outside (0, max_price] or not finite never enters any detector's state (issue 15).
+    max_price: float = Field(default=1e12, gt=0)
+    # Exchange calendars (exchange_calendars MIC codes, or "24/5", "24/7"): symbol -> calendar; other symbols
+    # by their form (.DE XETR, .L XLON, =X 24/5, -USD 24/7, ...), else default_exchange. None: weekdays only.
+    exchanges: dict[str, str] = Field(default_factory=dict)
+    default_exchange: str | None = "XNYS"
+    # A feed is live (stale_feed may judge its silence) when its records arrive within this of their event time.
+    stale_live_lag_seconds: float = Field(default=900.0, gt=0)
 
 
 def environment_secrets(env: Mapping[str, str] | None = None) -> list[SecretStr]:

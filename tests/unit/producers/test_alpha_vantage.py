@@ -19,11 +19,14 @@ from producers.alpha_vantage import (
     AlphaVantageSettings,
     AlphaVantageSource,
     AlphaVantageThrottled,
+    AlphaVantageUnexpected,
     DailyLimitedRateLimiter,
     check_payload,
+    parse_exchange_rate,
     parse_global_quote,
     parse_news,
     parse_time_series,
+    split_pair,
     url_id,
 )
 from streams.errors import ConfigError, SourceError
@@ -131,7 +134,8 @@ async def test_daily_limiter_blocks_after_the_day_budget() -> None:
 FILES = {
     "TIME_SERIES_INTRADAY": "intraday_ibm_5min.json", "TIME_SERIES_DAILY": "daily_ibm.json",
     "TIME_SERIES_DAILY_ADJUSTED": "daily_adjusted_ibm.json", "GLOBAL_QUOTE": "global_quote_ibm.json",
-    "NEWS_SENTIMENT": "news_sentiment_ibm.json",
+    "NEWS_SENTIMENT": "news_sentiment_ibm.json", "CURRENCY_EXCHANGE_RATE": "currency_exchange_rate_usd_jpy.json",
+    "FX_DAILY": "fx_daily_eurusd.json", "DIGITAL_CURRENCY_DAILY": "digital_currency_daily_btc_eur.json",
 }
 
 
@@ -257,3 +261,99 @@ async def test_history_daily_filter_and_intraday_months(serve: Serve) -> None:
     assert [q.get("month") for q in fake.seen[1:]] == ["2024-02", "2024-03"]
     # Both months answered with the same fixture: no duplicates, and the end is exclusive.
     assert [b.timestamp.hour * 60 + b.timestamp.minute for b in minute] == [20 * 60 + 55, 21 * 60, 13 * 60 + 30]
+
+
+# ---------------------------------------------------------------------------------------------- FX, crypto, sessions
+
+
+def test_exchange_rate_is_a_tick_with_bid_and_ask() -> None:
+    [t] = parse_exchange_rate(load("currency_exchange_rate_usd_jpy.json"))
+    assert (t.symbol, t.data_type, t.price, t.bid, t.ask, t.item_id) == (
+        "USDJPY", "tick", 154.712, 154.708, 154.716, "exchange_rate")
+    assert t.timestamp == datetime(2024, 11, 22, 15, 4, 1, tzinfo=UTC)
+    assert t.metadata == {"from_name": "United States Dollar", "to_name": "Japanese Yen"}
+
+
+def test_exchange_rate_body_on_the_quote_path_is_refused_not_empty() -> None:
+    with pytest.raises(AlphaVantageUnexpected, match="no 'Global Quote' object"):
+        parse_global_quote(load("currency_exchange_rate_usd_jpy.json"), "USDJPY")
+    with pytest.raises(AlphaVantageUnexpected, match="no 'Realtime Currency Exchange Rate'"):
+        parse_exchange_rate(load("global_quote_ibm.json"))
+    with pytest.raises(AlphaVantageUnexpected, match="no 'Time Series' object"):
+        parse_time_series(load("currency_exchange_rate_usd_jpy.json"), "EURUSD")
+
+
+def test_fx_daily_and_digital_currency_daily_bars() -> None:
+    fx = parse_time_series(load("fx_daily_eurusd.json"))
+    assert [(b.symbol, b.timestamp.day, b.interval, b.close, b.volume) for b in fx] == [
+        ("EURUSD", 21, "1d", 1.0472, None), ("EURUSD", 22, "1d", 1.0379, None)]
+    assert fx[0].timestamp == datetime(2024, 11, 21, tzinfo=UTC) and "session" not in fx[0].metadata
+    btc = parse_time_series(load("digital_currency_daily_btc_eur.json"))
+    assert [(b.symbol, b.timestamp, b.interval, b.open, b.close, b.volume) for b in btc] == [
+        ("BTCEUR", datetime(2024, 11, 21, tzinfo=UTC), "1d", 87520.0, 93410.1, 402.55106),
+        ("BTCEUR", datetime(2024, 11, 22, tzinfo=UTC), "1d", 93410.1, 94102.5, 161.2384)]
+    # the older layout: one column per currency, "1a. open (CNY)" / "1b. open (USD)"
+    old = {"Meta Data": {"2. Digital Currency Code": "BTC", "4. Market Code": "CNY", "7. Time Zone": "UTC"},
+           "Time Series (Digital Currency Daily)": {"2019-03-01": {
+               "1a. open (CNY)": "25000.0", "1b. open (USD)": "3800.0", "2a. high (CNY)": "25500.0",
+               "2b. high (USD)": "3850.0", "3a. low (CNY)": "24800.0", "3b. low (USD)": "3780.0",
+               "4a. close (CNY)": "25400.0", "4b. close (USD)": "3830.0", "5. volume": "9000.5",
+               "6. market cap (USD)": "34000000.0"}}}
+    [b] = parse_time_series(old)
+    assert (b.symbol, b.open, b.high, b.low, b.close, b.volume) == ("BTCCNY", 25000.0, 25500.0, 24800.0, 25400.0,
+                                                                    9000.5)
+
+
+def test_intraday_bars_carry_their_us_session() -> None:
+    doc = {"Meta Data": {"2. Symbol": "IBM", "4. Interval": "5min", "6. Time Zone": "US/Eastern"},
+           "Time Series (5min)": {k: {"1. open": "1", "2. high": "1", "3. low": "1", "4. close": "1", "5. volume": "1"}
+                                  for k in ("2024-03-11 04:00:00", "2024-03-11 09:25:00", "2024-03-11 09:30:00",
+                                            "2024-03-11 15:55:00", "2024-03-11 16:00:00", "2024-03-11 19:55:00")}}
+    bars = parse_time_series(doc)
+    assert [b.metadata.get("session") for b in bars] == ["pre", "pre", "regular", "regular", "post", "post"]
+    assert bars[2].timestamp == datetime(2024, 3, 11, 13, 30, tzinfo=UTC)  # 09:30 EDT
+    assert all("session" not in b.metadata for b in parse_time_series(load("daily_ibm.json")))
+
+
+def test_pairs_are_read_or_refused() -> None:
+    assert split_pair("eur/usd") == ("EUR", "USD") and split_pair("BTCUSD") == ("BTC", "USD")
+    with pytest.raises(ConfigError):
+        split_pair("EURO")
+
+
+async def test_poll_fx_pairs_and_crypto(serve: Serve) -> None:
+    fake = FakeAlphaVantage()
+    s = settings(await serve(fake.app()), symbols=[], fx_pairs=["USD/JPY"], crypto=["BTC/EUR"],
+                 fx_functions=["currency_exchange_rate", "fx_daily"],
+                 crypto_functions=["digital_currency_daily"])
+    src = AlphaVantageSource(s, api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        first = await src.poll_once(session)
+        second = await src.poll_once(session)
+    assert [(p.symbol, p.data_type) for p in first] == [("USDJPY", "tick"), ("EURUSD", "bar"), ("EURUSD", "bar"),
+                                                        ("BTCEUR", "bar"), ("BTCEUR", "bar")]
+    assert [(p.symbol, p.timestamp.day) for p in second] == [("EURUSD", 22), ("BTCEUR", 22)]  # unchanged rate: none
+    by_function = {q["function"]: q for q in fake.seen}
+    assert by_function["CURRENCY_EXCHANGE_RATE"]["from_currency"] == "USD"
+    assert by_function["CURRENCY_EXCHANGE_RATE"]["to_currency"] == "JPY"
+    assert (by_function["FX_DAILY"]["from_symbol"], by_function["FX_DAILY"]["to_symbol"]) == ("USD", "JPY")
+    assert (by_function["DIGITAL_CURRENCY_DAILY"]["symbol"], by_function["DIGITAL_CURRENCY_DAILY"]["market"]) == (
+        "BTC", "EUR")
+
+
+async def test_odd_body_and_unknown_symbol_are_warned_once_and_counted(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeAlphaVantage({("GLOBAL_QUOTE", "USDJPY"): [(200, "currency_exchange_rate_usd_jpy.json", {})] * 2,
+                             ("GLOBAL_QUOTE", "NOPE"): [(200, "global_quote_empty.json", {})] * 2})
+    src = AlphaVantageSource(settings(await serve(fake.app()), symbols=["USDJPY", "NOPE", "IBM"]),
+                             api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        first = await src.poll_once(session)
+        await src.poll_once(session)
+    assert [p.symbol for p in first] == ["IBM"]
+    assert src.unexpected["global_quote"] == 2 and src.unknown["NOPE"] == 2
+    odd = [r for r in caplog.records if "unexpected global_quote body" in r.getMessage()]
+    unknown = [r for r in caplog.records if "GLOBAL_QUOTE for NOPE is empty" in r.getMessage()]
+    assert len(odd) == 1 and "USDJPY" in odd[0].getMessage() and len(unknown) == 1
+    assert KEY not in caplog.text

@@ -31,11 +31,6 @@ TOKEN = "AAAAAAAAAAAAAAAAAAAAA_SECRET_bearer_%2Fxyz"
 def load(name: str) -> Any:
     return json.loads((FIX / name).read_text())
 
-
-
-
-
-
 # ---------------------------------------------------------------------------------------------- sentiment
 
 
@@ -97,7 +92,7 @@ def test_parse_search_empty_and_errors() -> None:
 
 
 def test_snowflake_time_when_created_at_is_missing() -> None:
-    doc = {"data": [{"id": "1578516068309794817", "text": "hello"}], "meta": {"result_count": 1}}
+    doc = {"data": [{"id": "1578516068309794817", "text": "hello $AAPL"}], "meta": {"result_count": 1}}
     [p], _ = parse_search(doc, "AAPL")
     assert p.timestamp == snowflake_time("1578516068309794817")
     assert p.timestamp.replace(microsecond=0) == datetime(2022, 10, 7, 22, 42, 12, tzinfo=UTC)
@@ -119,27 +114,53 @@ def test_token_from_environment_only() -> None:
 
 
 class FakeX:
-    def __init__(self) -> None:
+    """X API v2 recent search over an in-memory timeline, as documented: newest first, `max_results` per page,
+    since_id / until_id / start_time filters, meta {newest_id, oldest_id, result_count, next_token}; a
+    next_token is valid only with the query it came from. Every post matches the query (X's matching is
+    looser than the text: the source checks the cashtag itself)."""
+
+    def __init__(self, tweets: list[dict[str, str]] | None = None) -> None:
+        self.tweets = tweets or []
         self.seen: list[tuple[dict[str, str], dict[str, str]]] = []
+        self.fail_tokens: dict[str, int] = {}  # next_token -> status to answer once
+
+    def post(self, n: int, text: str = "$AAPL looks strong", start: int = 0) -> list[str]:
+        ids = [str(1796000000000000000 + start + i) for i in range(n)]
+        for tid in ids:
+            self.tweets.append({"id": tid, "text": text, "created_at": "2024-05-30T14:00:00.000Z"})
+        return ids
 
     async def search(self, request: web.Request) -> web.Response:
-        self.seen.append((dict(request.query), dict(request.headers)))
+        q = dict(request.query)
+        self.seen.append((dict(q), dict(request.headers)))
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return web.Response(status=401, body=(FIX / "unauthorized.json").read_bytes(),
                                 content_type="application/json")
-        q = request.query
         if q["query"].startswith("$FAIL"):
             # Echo the credentials back in an error, as a careless proxy might.
             return web.json_response({"detail": f"{request.headers['Authorization']} at {request.url}"}, status=403)
+        token = q.pop("next_token", None)
+        if token and token in self.fail_tokens:
+            return web.json_response({"title": "Invalid Request"}, status=self.fail_tokens.pop(token))
+        rows = sorted(self.tweets, key=lambda t: int(t["id"]), reverse=True)
         if q["query"].startswith("$NONE"):
-            name = "search_empty.json"
-        elif "next_token" in q:
-            name = "search_aapl_page2.json"
-        elif "since_id" in q:
-            name = "search_aapl_newer.json" if len(self.seen) > 3 else "search_aapl_page1.json"
-        else:
-            name = "search_aapl_page1.json"
-        return web.Response(body=(FIX / name).read_bytes(), content_type="application/json")
+            rows = []
+        if "since_id" in q:
+            rows = [t for t in rows if int(t["id"]) > int(q["since_id"])]
+        if "until_id" in q:
+            rows = [t for t in rows if int(t["id"]) < int(q["until_id"])]
+        if token:  # a cursor: the posts below the last one of the previous page, whatever arrived since
+            key, _, below = token.rpartition(":")
+            assert key == str(hash(tuple(sorted(q.items())))), "next_token used with other parameters"
+            rows = [t for t in rows if int(t["id"]) < int(below)]
+        size = int(q["max_results"])
+        page = rows[:size]
+        meta: dict[str, Any] = {"result_count": len(page)}
+        if page:
+            meta.update(newest_id=page[0]["id"], oldest_id=page[-1]["id"])
+        if size < len(rows):
+            meta["next_token"] = f"{hash(tuple(sorted(q.items())))}:{page[-1]['id']}"
+        return web.json_response({"data": page, "meta": meta} if page else {"meta": meta})
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -149,42 +170,101 @@ class FakeX:
 
 def settings(base_url: str, **kw: Any) -> SocialSettings:
     defaults: dict[str, Any] = {
-        "symbols": ["AAPL"], "base_url": base_url, "retry_attempts": 2, "retry_base_delay": 0.01,
-        "request_timeout_seconds": 2.0, "rate_limit_calls": 1000, "interval_seconds": 0.01,
+        "symbols": ["AAPL"], "base_url": base_url, "retry_attempts": 1, "retry_base_delay": 0.01,
+        "request_timeout_seconds": 2.0, "rate_limit_calls": 1000, "interval_seconds": 0.01, "max_results": 10,
     }
     return SocialSettings(**{**defaults, **kw})
 
 
-async def test_first_poll_one_page_then_since_id_and_pagination(serve: Serve) -> None:
+NOW = datetime(2024, 5, 30, 15, 0, tzinfo=UTC)
+
+
+async def test_every_page_is_read_across_polls_none_skipped(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeX()
+    first_batch = fake.post(25)
+    base = await serve(fake.app())
+    src = SocialSource(settings(base, max_pages=2), bearer_token=SecretStr(TOKEN))
+    caplog.set_level(logging.INFO)
+    async with aiohttp.ClientSession() as session:
+        one = await src.poll_once(session, NOW)  # 2 of 3 pages: the cap
+        assert "max_pages (2) reached" in caplog.text and "20 posts from 2 pages" in caplog.text
+        assert any(r.levelno == logging.WARNING for r in caplog.records if "max_pages" in r.getMessage())
+        assert src.since_id == {}  # not moved before the result set is read whole
+        newer = fake.post(3, start=100)  # arrive meanwhile
+        two = await src.poll_once(session, NOW)  # the third page, same start_time, then since_id moves
+        assert src.since_id == {"AAPL": max(first_batch, key=int)}
+        three = await src.poll_once(session, NOW)  # what arrived meanwhile
+        four = await src.poll_once(session, NOW)
+    read = [p.item_id for p in one + two + three]
+    assert sorted(read) == sorted(first_batch + newer) and len(read) == len(set(read))  # each once, none lost
+    assert [len(one), len(two), len(three), four] == [20, 5, 3, []]
+    queries = [q for q, _ in fake.seen]
+    assert queries[0]["start_time"] == "2024-05-30T14:00:00Z" and "since_id" not in queries[0]
+    assert queries[2]["start_time"] == "2024-05-30T14:00:00Z" and "next_token" in queries[2]
+    assert queries[3]["since_id"] == max(first_batch, key=int) and "start_time" not in queries[3]
+    assert queries[0]["tweet.fields"] == "created_at,public_metrics,lang,author_id"
+    assert queries[0]["query"] == "$AAPL -is:retweet"
+    assert all(h["Authorization"] == f"Bearer {TOKEN}" for _, h in fake.seen)
+
+
+async def test_only_posts_with_the_cashtag_in_their_text_are_tagged(serve: Serve) -> None:
+    fake = FakeX()
+    tagged = fake.post(1, "$aapl breaking out", start=0) + fake.post(1, "long $MSFT and $AAPL", start=1)
+    fake.post(1, "AAPL without the dollar", start=2)
+    fake.post(1, "quoting a post about $AAPLX", start=3)
+    fake.post(1, "look at this chart", start=4)  # matched by a quoted post or a link card only
     base = await serve(fake.app())
     src = SocialSource(settings(base), bearer_token=SecretStr(TOKEN))
     async with aiohttp.ClientSession() as session:
-        first = await src.poll_once(session)
-        assert [p.item_id for p in first] == ["1796000000000000003", "1796000000000000002"]
-        assert src.since_id == {"AAPL": "1796000000000000003"}
-        second = await src.poll_once(session)  # since_id sent, two pages followed
-        third = await src.poll_once(session)
-    q0, h0 = fake.seen[0]
-    assert q0["query"] == "$AAPL -is:retweet" and "since_id" not in q0
-    assert q0["tweet.fields"] == "created_at,public_metrics,lang,author_id" and q0["max_results"] == "100"
-    assert h0["Authorization"] == f"Bearer {TOKEN}"
-    assert fake.seen[1][0]["since_id"] == "1796000000000000003" and fake.seen[2][0]["next_token"] == "page-2-token"
-    assert len(second) == 3
-    assert [p.item_id for p in third] == ["1796000000000000010"] and third[0].sentiment < 0
-    assert src.since_id["AAPL"] == "1796000000000000010"
-    assert fake.seen[3][0]["since_id"] == "1796000000000000003"
-    assert all(p.source == "social" and p.symbol == "AAPL" for p in first + second + third)
+        points = await src.poll_once(session, NOW)
+    assert sorted(p.item_id for p in points) == sorted(tagged)
+    assert all(p.symbol == "AAPL" and p.source == "social" for p in points)
+    assert src.since_id["AAPL"] == "1796000000000000004"  # the untagged newest still counts as read
+
+
+async def test_a_failed_page_is_asked_again_next_poll(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeX()
+    ids = fake.post(25)
+    base = await serve(fake.app())
+    src = SocialSource(settings(base, max_pages=5), bearer_token=SecretStr(TOKEN))
+    async with aiohttp.ClientSession() as session:
+        doc = await (await session.get(f"{base}/2/tweets/search/recent", headers={"Authorization": f"Bearer {TOKEN}"},
+                                       params=src._new_walk("AAPL", NOW).params)).json()
+        fake.fail_tokens[doc["meta"]["next_token"]] = 503
+        fake.seen.clear()
+        one = await src.poll_once(session, NOW)
+        assert "page 2 failed, 10 posts read this poll kept" in caplog.text
+        two = await src.poll_once(session, NOW)
+    assert len(one) == 10 and len(two) == 15
+    assert sorted(p.item_id for p in one + two) == sorted(ids)
+    assert fake.seen[2][0]["next_token"] == fake.seen[1][0]["next_token"]  # the same page again
+
+
+async def test_a_refused_page_token_goes_on_below_the_oldest_read(serve: Serve) -> None:
+    fake = FakeX()
+    ids = fake.post(25)
+    base = await serve(fake.app())
+    src = SocialSource(settings(base, max_pages=1), bearer_token=SecretStr(TOKEN))
+    async with aiohttp.ClientSession() as session:
+        one = await src.poll_once(session, NOW)
+        fake.fail_tokens[src.walks["AAPL"].next_token or ""] = 400  # expired
+        assert await src.poll_once(session, NOW) == []
+        two = await src.poll_once(session, NOW)
+        three = await src.poll_once(session, NOW)
+    assert fake.seen[2][0]["until_id"] == min((p.item_id for p in one), key=int)
+    assert sorted(p.item_id for p in one + two + three) == sorted(ids)
+    assert src.since_id["AAPL"] == max(ids, key=int)
 
 
 async def test_failing_symbol_is_logged_redacted_and_others_continue(
         serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeX()
+    fake.post(2)
     base = await serve(fake.app())
     src = SocialSource(settings(base, symbols=["FAIL", "NONE", "AAPL"]), bearer_token=SecretStr(TOKEN))
     caplog.set_level(logging.DEBUG)
     async with aiohttp.ClientSession() as session:
-        points = await src.poll_once(session)
+        points = await src.poll_once(session, NOW)
         with pytest.raises(SourceError) as err:
             await src.search(session, "FAIL")
     assert {p.symbol for p in points} == {"AAPL"} and "NONE" not in src.since_id
@@ -208,10 +288,13 @@ async def test_bad_token_401_never_leaks(serve: Serve, caplog: pytest.LogCapture
 
 async def test_fetch_yields_only_new_posts(serve: Serve) -> None:
     fake = FakeX()
+    fake.post(2)
     base = await serve(fake.app())
     src = SocialSource(settings(base), bearer_token=SecretStr(TOKEN))
     async with aiohttp.ClientSession() as session:
         gen = src.fetch(session)
-        batches = [await anext(gen), await anext(gen)]
+        first = await anext(gen)
+        fake.post(3, start=10)
+        second = await anext(gen)
         await gen.aclose()
-    assert [len(b) for b in batches] == [2, 3]
+    assert [len(first), len(second)] == [2, 3]

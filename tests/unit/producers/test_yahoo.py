@@ -1,4 +1,5 @@
-"""Yahoo chart parsing and YahooSource against a local aiohttp server serving hand-written chart responses."""
+"""Yahoo: the JSON parsers, and YahooSource (yfinance underneath) against a local server serving hand-written
+responses to yfinance through a RedirectingSession: cookie, crumb, chart, v7 quote and the price stream."""
 
 from __future__ import annotations
 
@@ -9,11 +10,24 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
+import yfinance as yf
 from aiohttp import web
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from yfinance.data import YfData
 
-from producers.yahoo import YahooSettings, YahooSource, parse_chart, parse_tick
+from producers.yahoo import (
+    RedirectingSession,
+    YahooSettings,
+    YahooSource,
+    encode_pricing,
+    parse_chart,
+    parse_quote_response,
+    parse_stream_message,
+    parse_tick,
+    yfinance_session,
+)
 from streams.errors import SourceError
 from tests.unit.producers.conftest import Serve
 
@@ -55,6 +69,7 @@ def test_tick_from_meta() -> None:
     assert tick.timestamp == datetime.fromtimestamp(T0 + 207, UTC)
     assert (tick.high, tick.low) == (417.9, 411.06)
     assert tick.metadata["day_volume"] == 1523400 and tick.metadata["prev_close"] == 412.87
+    assert tick.metadata["session"] == "regular"
 
 
 def test_tick_falls_back_to_the_latest_bar() -> None:
@@ -74,118 +89,234 @@ def test_chart_error_and_empty_result() -> None:
         parse_chart({"finance": {"error": "x"}}, "MSFT")
 
 
+def test_v7_quote_gives_regular_and_post_market_ticks() -> None:
+    regular, post = parse_quote_response(load("quote_msft.json"))
+    assert (regular.symbol, regular.price, regular.bid, regular.ask, regular.item_id) == ("MSFT", 417.0, 416.9, 417.2,
+                                                                                           "quote")
+    assert regular.timestamp == datetime.fromtimestamp(1732309201, UTC)
+    assert regular.metadata["session"] == "regular" and regular.metadata["market_state"] == "POST"
+    assert (post.price, post.timestamp, post.metadata["session"]) == (417.35, datetime.fromtimestamp(1732312800, UTC),
+                                                                      "post")
+    with pytest.raises(SourceError, match="unexpected Yahoo quote payload"):
+        parse_quote_response({"chart": {}})
+    with pytest.raises(SourceError, match="no regularMarketPrice"):
+        parse_quote_response({"quoteResponse": {"result": [{"symbol": "MSFT"}], "error": None}})
+
+
+def test_stream_message_session_from_market_hours() -> None:
+    tick = parse_stream_message({"id": "MSFT", "price": 417.5, "time": "1732309201500", "market_hours": 2,
+                                 "day_volume": "24814600", "exchange": "NMS"})
+    assert (tick.symbol, tick.price, tick.item_id) == ("MSFT", 417.5, "stream")
+    assert tick.timestamp == datetime.fromtimestamp(1732309201.5, UTC)
+    assert tick.metadata["session"] == "post" and tick.metadata["day_volume"] == 24814600.0
+    # proto3 leaves market_hours 0 (pre-market) out of the message
+    assert parse_stream_message({"id": "MSFT", "price": 1.0, "time": "1"}).metadata["session"] == "pre"
+    with pytest.raises(SourceError):
+        parse_stream_message({"error": "bad base64", "raw_base64": "xx"})
+
+
+def test_session_redirects_only_yahoo_hosts() -> None:
+    assert yfinance_session("https://query1.finance.yahoo.com") is None
+    s = yfinance_session("http://127.0.0.1:9")
+    assert isinstance(s, RedirectingSession)
+    assert s.rewrite("https://query2.finance.yahoo.com/v8/finance/chart/MSFT?range=1d") == \
+        "http://127.0.0.1:9/v8/finance/chart/MSFT?range=1d"
+    assert s.rewrite("https://fc.yahoo.com") == "http://127.0.0.1:9/"
+    assert s.rewrite("https://example.org/x") == "https://example.org/x"
+
+
 # ---------------------------------------------------------------------------------------------- source
 
 
-class FakeYahoo:
-    """Serves the fixtures; per-symbol scripted failures before the real answer."""
+@pytest.fixture(scope="session", autouse=True)
+def _yf_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """yfinance's timezone and cookie caches in a temporary folder, not the user's."""
+    yf.set_tz_cache_location(str(tmp_path_factory.mktemp("yfinance")))
 
-    def __init__(self, failures: dict[str, list[tuple[int, dict[str, str]]]] | None = None) -> None:
-        self.seen: list[tuple[str, dict[str, str], str]] = []
+
+@pytest.fixture(autouse=True)
+def _fresh_yfinance() -> None:
+    """yfinance memoises past-range chart answers and the crumb process-wide: each test starts clean."""
+    YfData.cache_get.cache_clear()
+    YfData()._crumb = None
+    YfData()._cookie = None
+
+
+class FakeYahoo:
+    """Everything yfinance asks Yahoo for, on one local server; per-symbol scripted failures first."""
+
+    def __init__(self, failures: dict[str, list[int]] | None = None) -> None:
+        self.charts: list[tuple[str, dict[str, str]]] = []
+        self.quotes: list[dict[str, str]] = []
+        self.agents: list[str] = []
         self.failures = failures or {}
 
     async def chart(self, request: web.Request) -> web.Response:
         symbol = request.match_info["symbol"]
-        self.seen.append((symbol, dict(request.query), request.headers.get("User-Agent", "")))
+        self.charts.append((symbol, dict(request.query)))
+        self.agents.append(request.headers.get("User-Agent", ""))
         script = self.failures.get(symbol)
         if script:
-            status, headers = script.pop(0)
-            return web.json_response({"finance": {"error": {"code": "x"}}}, status=status, headers=headers)
+            return web.Response(status=script.pop(0), text="<html>Will be back</html>")
         if symbol == "NOPE":
             return web.json_response(load("chart_not_found.json"), status=404)
-        if symbol == "TRUNC":
-            return web.Response(body=(FIX / "chart_msft_1d.json").read_bytes()[:60], content_type="application/json")
-        if symbol == "SLOW":
-            await asyncio.sleep(1.0)
         if symbol == "EMPTY":
             return web.json_response(load("chart_empty.json"))
+        if symbol == "ODD":
+            return web.json_response(load("chart_garbage.json"))
         name = "chart_msft_1d.json" if request.query.get("interval") == "1d" else "chart_msft_1m_live.json"
         return web.Response(body=(FIX / name).read_bytes(), content_type="application/json")
+
+    async def quote(self, request: web.Request) -> web.Response:
+        self.quotes.append(dict(request.query))
+        return web.json_response(load("quote_msft.json"))
+
+    async def summary(self, request: web.Request) -> web.Response:
+        return web.json_response(load("quote_summary_msft.json"))
+
+    async def timeseries(self, request: web.Request) -> web.Response:  # Ticker.info asks for trailingPegRatio
+        return web.json_response(load("timeseries_msft_peg.json"))
+
+    async def crumb(self, request: web.Request) -> web.Response:
+        return web.Response(text="local-crumb")
+
+    async def other(self, request: web.Request) -> web.Response:  # fc.yahoo.com's cookie page, consent pages
+        return web.Response(text="ok")
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v8/finance/chart/{symbol}", self.chart)
+        app.router.add_get("/v7/finance/quote", self.quote)
+        app.router.add_get("/v10/finance/quoteSummary/{symbol}", self.summary)
+        app.router.add_get("/ws/fundamentals-timeseries/v1/finance/timeseries/{symbol}", self.timeseries)
+        app.router.add_get("/v1/test/getcrumb", self.crumb)
+        app.router.add_route("*", "/{tail:.*}", self.other)
         return app
 
 
 def settings(base_url: str, **kw: Any) -> YahooSettings:
     defaults: dict[str, Any] = {"base_url": base_url, "retry_attempts": 3, "retry_base_delay": 0.01,
-                                "request_timeout_seconds": 2.0, "rate_limit_calls": 1000, "interval_seconds": 0.01}
+                                "request_timeout_seconds": 5.0, "rate_limit_calls": 1000, "interval_seconds": 0.01}
     return YahooSettings(**{**defaults, **kw})
 
 
-async def test_live_poll_sends_tick_and_new_bars_only(serve: Serve) -> None:
+async def test_live_poll_through_yfinance_sends_tick_and_new_bars_only(serve: Serve) -> None:
     fake = FakeYahoo()
     src = YahooSource(settings(await serve(fake.app()), symbols=["msft"]))
-    async with aiohttp.ClientSession() as session:
-        first = await src.poll_once(session)
-        second = await src.poll_once(session)
+    first = await src.poll_once(None)
+    second = await src.poll_once(None)
     assert [p.data_type for p in first] == ["tick", "bar", "bar", "bar"]
     assert all(p.source == "yahoo" and p.symbol == "MSFT" for p in first)
-    # Same tick time: no tick; only the last (possibly forming) bar again.
+    assert first[0].price == 417.25 and first[0].timestamp == datetime.fromtimestamp(T0 + 207, UTC)
+    # the forming minute (stamped T0+207) sits on its bar's start; the null minute is skipped
+    assert [int(p.timestamp.timestamp()) - T0 for p in first[1:]] == [0, 60, 180]
     assert [(p.data_type, int(p.timestamp.timestamp()) - T0) for p in second] == [("bar", 180)]
-    symbol, query, agent = fake.seen[0]
-    assert symbol == "MSFT" and query["range"] == "1d" and query["interval"] == "1m"
-    assert agent.startswith("Mozilla/")
+    symbol, query = next((sym, q) for sym, q in fake.charts if q.get("interval") == "1m")
+    assert symbol == "MSFT" and query["range"] == "1d"
+    assert query["includePrePost"] == "false" and query["crumb"] == "local-crumb"  # yfinance's cookie/crumb flow
+    assert "Chrome" in fake.agents[0]  # curl_cffi impersonating a browser
 
 
-async def test_history_params_and_intraday_chunks(serve: Serve) -> None:
+async def test_history_daily_through_yfinance(serve: Serve) -> None:
     fake = FakeYahoo()
     src = YahooSource(settings(await serve(fake.app())))
-    async with aiohttp.ClientSession() as session:
-        daily = await src.history(session, "MSFT", date(2024, 11, 19), date(2024, 11, 21))
-        await src.history(session, "MSFT", datetime(2024, 11, 1, tzinfo=UTC), datetime(2024, 11, 11, tzinfo=UTC),
-                          interval="1m")
-    assert [b.timestamp.day for b in daily] == [19, 21]  # the 22nd is outside the inclusive end date
-    q = fake.seen[0][1]
-    assert q["period1"] == str(int(datetime(2024, 11, 19, tzinfo=UTC).timestamp()))
-    assert q["period2"] == str(int(datetime(2024, 11, 22, tzinfo=UTC).timestamp()))
-    assert q["interval"] == "1d" and q["events"] == "div|split"
-    minute = [q for _, q, _ in fake.seen[1:]]
+    daily = await src.history(None, "MSFT", date(2024, 11, 19), date(2024, 11, 21))
+    assert [b.timestamp for b in daily] == [datetime(2024, 11, d, tzinfo=UTC) for d in (19, 21)]
+    assert (daily[0].open, daily[0].high, daily[0].low, daily[0].close, daily[0].volume) == (
+        413.11, 418.4, 412.1, 417.79, 18133500.0)
+    assert daily[0].metadata == {"adj_close": 416.97}
+    assert daily[1].metadata == {"adj_close": 412.05, "split": "2:1"}
+    history = [q for _, q in fake.charts if "period1" in q]
+    assert len(history) == 1 and history[0]["interval"] == "1d"
+    assert history[0]["period1"] == str(int(datetime(2024, 11, 19, tzinfo=UTC).timestamp()))
+    assert history[0]["period2"] == str(int(datetime(2024, 11, 22, tzinfo=UTC).timestamp()))
+
+
+async def test_history_intraday_in_chunks_of_yahoos_span(serve: Serve) -> None:
+    fake = FakeYahoo()
+    src = YahooSource(settings(await serve(fake.app())))
+    bars = await src.history(None, "MSFT", datetime(2024, 11, 15, tzinfo=UTC), datetime(2024, 11, 25, tzinfo=UTC),
+                             interval="1m")
+    minute = [q for _, q in fake.charts if q.get("interval") == "1m"]
     assert len(minute) == 2  # 10 days of 1m bars: two requests of at most 7 days
     assert int(minute[0]["period2"]) - int(minute[0]["period1"]) == 7 * 86400
-    assert minute[1]["period2"] == str(int(datetime(2024, 11, 11, tzinfo=UTC).timestamp()))
+    assert minute[1]["period2"] == str(int(datetime(2024, 11, 25, tzinfo=UTC).timestamp()))
+    assert [int(b.timestamp.timestamp()) - T0 for b in bars] == [0, 60, 180]
 
 
-@pytest.mark.parametrize("status,headers", [(429, {"Retry-After": "0"}), (500, {})])
-async def test_retries_then_success(serve: Serve, status: int, headers: dict[str, str]) -> None:
-    fake = FakeYahoo({"MSFT": [(status, headers)]})
+async def test_5xx_is_retried_then_succeeds(serve: Serve) -> None:
+    fake = FakeYahoo({"MSFT": [500, 502]})  # yfinance itself re-asks once after a >= 400
     src = YahooSource(settings(await serve(fake.app())))
-    async with aiohttp.ClientSession() as session:
-        bars = await src.history(session, "MSFT", date(2024, 11, 19), date(2024, 11, 22))
-    assert len(bars) == 3 and len(fake.seen) == 2
+    bars = await src.history(None, "MSFT", date(2024, 11, 19), date(2024, 11, 22))
+    assert len(bars) == 3
+    assert len([q for _, q in fake.charts if "period1" in q]) == 3
 
 
-async def test_failing_symbol_is_logged_and_others_continue(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
-    fake = FakeYahoo({"AAPL": [(500, {})] * 3})
-    src = YahooSource(settings(await serve(fake.app()), symbols=["NOPE", "AAPL", "MSFT"]))
+async def test_unknown_symbol_and_exhausted_retries_are_logged_others_continue(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeYahoo({"AAPL": [500] * 20})
+    src = YahooSource(settings(await serve(fake.app()), symbols=["NOPE", "AAPL", "MSFT"], retry_attempts=2))
     caplog.set_level(logging.WARNING)
-    async with aiohttp.ClientSession() as session:
-        points = await src.poll_once(session)
+    points = await src.poll_once(None)
     assert {p.symbol for p in points} == {"MSFT"}
-    assert "yahoo: NOPE failed" in caplog.text and "404" in caplog.text
-    assert "yahoo: AAPL failed" in caplog.text and "gave up after 3 attempts" in caplog.text
+    assert "yahoo: NOPE failed" in caplog.text and "No data found, symbol may be delisted" in caplog.text
+    assert "yahoo: AAPL failed" in caplog.text and "gave up after 2 attempts" in caplog.text
 
 
-@pytest.mark.parametrize("symbol,message", [("TRUNC", "not JSON"), ("SLOW", "TimeoutError"), ("EMPTY", None)])
-async def test_truncated_slow_and_empty_answers(serve: Serve, caplog: pytest.LogCaptureFixture, symbol: str,
-                                                message: str | None) -> None:
-    src = YahooSource(settings(await serve(FakeYahoo().app()), symbols=[symbol, "MSFT"], retry_attempts=2,
-                               request_timeout_seconds=0.2))
-    caplog.set_level(logging.WARNING)
-    async with aiohttp.ClientSession() as session:
-        points = await src.poll_once(session)
-    assert {p.symbol for p in points} == {"MSFT"}
-    if message:
-        assert f"yahoo: {symbol} failed" in caplog.text and message in caplog.text
-    else:
-        assert "failed" not in caplog.text
+async def test_empty_range_is_logged_and_odd_payload_warned_once_and_counted(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    src = YahooSource(settings(await serve(FakeYahoo().app()), symbols=["EMPTY", "ODD"]))
+    caplog.set_level(logging.INFO)
+    assert await src.poll_once(None) == []
+    assert await src.poll_once(None) == []
+    assert "EMPTY: no 1m bars in this range" in caplog.text
+    assert src.unexpected["chart"] == 2
+    warned = [r for r in caplog.records if "unexpected chart payload" in r.getMessage()]
+    assert len(warned) == 1 and "ODD" in warned[0].getMessage()
+
+
+async def test_tick_from_the_v7_quote(serve: Serve) -> None:
+    fake = FakeYahoo()
+    src = YahooSource(settings(await serve(fake.app()), symbols=["MSFT"], tick_from="quote", bars=False))
+    ticks = await src.poll_once(None)
+    assert [(t.price, t.metadata["session"]) for t in ticks] == [(417.0, "regular"), (417.35, "post")]
+    assert ticks[0].bid == 416.9 and ticks[0].ask == 417.2
+    assert fake.quotes and fake.quotes[0]["symbols"] == "MSFT"
+    assert await src.poll_once(None) == []  # nothing moved
 
 
 async def test_fetch_yields_and_repeats(serve: Serve) -> None:
     src = YahooSource(settings(await serve(FakeYahoo().app()), symbols=["MSFT"]))
-    async with aiohttp.ClientSession() as session:
-        gen = src.fetch(session)
-        batches = [await anext(gen), await anext(gen)]
-        await gen.aclose()
+    gen = src.fetch(None)
+    batches = [await anext(gen), await anext(gen)]
+    await gen.aclose()
     assert [len(b) for b in batches] == [4, 1]
+
+
+async def test_stream_through_yfinance_websocket_reconnects() -> None:
+    subscribed: list[Any] = []
+    prices = iter([417.1, 417.2, 417.3])
+
+    async def handler(conn: ServerConnection) -> None:
+        subscribed.append(json.loads(await conn.recv()))
+        for _ in range(2 if len(subscribed) == 1 else 1):
+            msg = encode_pricing({"id": "MSFT", "price": next(prices), "time": 1732309201000 + len(subscribed),
+                                  "market_hours": 1})
+            await conn.send(json.dumps({"type": "pricing", "message": msg}))
+        await conn.send(json.dumps({"type": "pricing", "message": "not-protobuf!"}))
+        await conn.close()  # the feed drops: the source must reopen it
+
+    async with ws_serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        src = YahooSource(settings("http://127.0.0.1:9", symbols=["msft"], stream=True,
+                                   ws_url=f"ws://127.0.0.1:{port}", ws_flush_seconds=0.05,
+                                   reconnect_base_seconds=0.01))
+        gen = src.fetch(None)
+        got: list[Any] = []
+        while len(got) < 3:
+            got.extend(await asyncio.wait_for(anext(gen), 10))
+        await gen.aclose()
+    assert [p.price for p in got] == pytest.approx([417.1, 417.2, 417.3])
+    assert all(p.symbol == "MSFT" and p.metadata["session"] == "regular" for p in got)
+    assert len(subscribed) == 2 and subscribed[0] == {"subscribe": ["MSFT"]}
+    assert src.unexpected["stream"] >= 1
