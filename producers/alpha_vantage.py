@@ -232,7 +232,9 @@ def parse_time_series(doc: Any, symbol: str | None = None, *, source: str = SOUR
 
 
 def parse_global_quote(doc: Any, symbol: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
-    """GLOBAL_QUOTE -> one tick at the trading day's UTC midnight; an empty quote (unknown symbol) -> []."""
+    """GLOBAL_QUOTE -> the trading day's forming daily bar (close = the latest price) at its UTC midnight, so
+    each re-poll is a newer revision of the same row as TIME_SERIES_DAILY's bar for that day (sinks/ keeps the
+    newest). Without open/high/low it is a tick at that midnight. An empty quote (unknown symbol) -> []."""
     d = check_payload(doc, "global quote")
     if not isinstance(d.get("Global Quote"), dict):
         raise AlphaVantageUnexpected(f"Alpha Vantage global quote for {symbol} has no 'Global Quote' object "
@@ -242,14 +244,21 @@ def parse_global_quote(doc: Any, symbol: str, *, source: str = SOURCE) -> list[M
     if price is None or not day:
         return []
     d0 = date.fromisoformat(str(day))
-    extra = {dst: v for src, dst in (("volume", "day_volume"), ("previous close", "prev_close"),
-                                     ("change", "change"), ("change percent", "change_percent"))
-             if (v := _float(q.get(src))) is not None}
-    return [MarketDataPoint(
-        symbol=str(q.get("symbol") or symbol).upper(), timestamp=datetime(d0.year, d0.month, d0.day, tzinfo=UTC),
-        source=source, data_type=DataType.TICK, price=price, open=_float(q.get("open")), high=_float(q.get("high")),
-        low=_float(q.get("low")), item_id="global_quote", metadata=extra,
-    )]
+    extra: dict[str, Any] = {
+        dst: v for src, dst in (("previous close", "prev_close"), ("change", "change"),
+                                ("change percent", "change_percent"))
+        if (v := _float(q.get(src))) is not None}
+    extra["from"] = "global_quote"
+    ts = datetime(d0.year, d0.month, d0.day, tzinfo=UTC)
+    sym = str(q.get("symbol") or symbol).upper()
+    o, h, lo, vol = _float(q.get("open")), _float(q.get("high")), _float(q.get("low")), _float(q.get("volume"))
+    if o is not None and h is not None and lo is not None:
+        return [MarketDataPoint(symbol=sym, timestamp=ts, source=source, data_type=DataType.BAR, interval="1d",
+                                item_id="1d", open=o, high=h, low=lo, close=price, volume=vol, metadata=extra)]
+    if vol is not None:
+        extra["day_volume"] = vol
+    return [MarketDataPoint(symbol=sym, timestamp=ts, source=source, data_type=DataType.TICK, price=price,
+                            item_id="global_quote", metadata=extra)]
 
 
 def parse_exchange_rate(doc: Any, *, source: str = SOURCE) -> list[MarketDataPoint]:
@@ -457,7 +466,8 @@ class AlphaVantageSource(PollingSource):
                 self._warn_once(f"unknown|{symbol}", "alpha_vantage: GLOBAL_QUOTE for %s is empty: unknown symbol? "
                                 "(counted, not warned again)", symbol)
                 return []
-            sig = tuple((p.timestamp, p.price, p.metadata.get("day_volume")) for p in points)
+            sig = tuple((p.timestamp, p.price, p.close, p.high, p.low, p.volume, p.metadata.get("day_volume"))
+                        for p in points)
             if not points or self._last_quote.get(symbol) == sig:
                 return []
             self._last_quote[symbol] = sig

@@ -496,7 +496,7 @@ class SelfTest:
         expected: dict[str, Callable[[list[MarketDataPoint]], bool]] = {
             "yahoo": lambda ps: [p.data_type for p in ps] == ["tick", "bar", "bar", "bar"] and ps[0].price == 417.25,
             "fred": lambda ps: [p.value for p in ps] == [4.1, None] and "value.missing" in ps[1].flags,
-            "alpha_vantage": lambda ps: [(p.symbol, p.price) for p in ps] == [("IBM", 211.45)],
+            "alpha_vantage": lambda ps: [(p.symbol, p.data_type, p.close) for p in ps] == [("IBM", "bar", 211.45)],
             "finnhub": lambda ps: [(p.symbol, p.price) for p in ps] == [("MSFT", 415.5)],
         }
         validator = Validator(self.settings.validation)

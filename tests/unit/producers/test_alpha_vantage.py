@@ -68,11 +68,12 @@ def test_daily_adjusted_stores_raw_prices_and_events_in_metadata() -> None:
 
 
 def test_global_quote_and_empty_quote() -> None:
+    # The day's forming bar: a revision of the same row as TIME_SERIES_DAILY's bar for that day.
     [q] = parse_global_quote(load("global_quote_ibm.json"), "ibm")
-    assert (q.symbol, q.data_type, q.price, q.open, q.high, q.low, q.item_id) == (
-        "IBM", "tick", 211.45, 210.0, 212.1, 209.0, "global_quote")
+    assert (q.symbol, q.data_type, q.interval, q.open, q.high, q.low, q.close, q.volume, q.item_id) == (
+        "IBM", "bar", "1d", 210.0, 212.1, 209.0, 211.45, 3512004.0, "1d")
     assert q.timestamp == datetime(2024, 11, 12, tzinfo=UTC)
-    assert q.metadata == {"day_volume": 3512004.0, "prev_close": 210.0, "change": 1.45, "change_percent": 0.6905}
+    assert q.metadata == {"prev_close": 210.0, "change": 1.45, "change_percent": 0.6905, "from": "global_quote"}
     assert parse_global_quote(load("global_quote_empty.json"), "NOPE") == []
 
 
@@ -181,7 +182,7 @@ async def test_poll_all_functions(serve: Serve) -> None:
         first = await src.poll_once(session)
         second = await src.poll_once(session)
     kinds = [(p.data_type, p.item_id if p.data_type != "news" else "-") for p in first]
-    assert kinds == [("bar", "5m")] * 4 + [("bar", "1d")] * 5 + [("tick", "global_quote")] + [("news", "-")] * 2
+    assert kinds == [("bar", "5m")] * 4 + [("bar", "1d")] * 5 + [("bar", "1d")] + [("news", "-")] * 2
     assert all(p.source == "alpha_vantage" and p.symbol == "IBM" for p in first)
     # Unchanged quote and seen news are not repeated; each bar series re-sends only its latest bar.
     assert [(p.data_type, p.item_id) for p in second] == [("bar", "5m"), ("bar", "1d"), ("bar", "1d")]
@@ -198,7 +199,7 @@ async def test_retry_then_success(serve: Serve, status: int, headers: dict[str, 
     src = AlphaVantageSource(settings(await serve(fake.app())), api_key=SecretStr(KEY))
     async with aiohttp.ClientSession() as session:
         [q] = await src.global_quote(session, "IBM")
-    assert q.price == 211.45 and len(fake.seen) == 2
+    assert q.close == 211.45 and len(fake.seen) == 2
 
 
 async def test_throttle_body_ends_the_round_and_is_logged_redacted(
@@ -223,7 +224,7 @@ async def test_premium_function_is_dropped_and_others_continue(
     async with aiohttp.ClientSession() as session:
         points = await src.poll_once(session)
     assert [q["function"] for q in fake.seen] == ["TIME_SERIES_DAILY_ADJUSTED", "GLOBAL_QUOTE", "GLOBAL_QUOTE"]
-    assert src.functions == ["global_quote"] and [p.data_type for p in points] == ["tick", "tick"]
+    assert src.functions == ["global_quote"] and [p.data_type for p in points] == ["bar", "bar"]
     assert "not in this key's plan" in caplog.text
 
 
