@@ -1,10 +1,21 @@
 """Finnhub: quotes, candles, company news and news sentiment over REST (FinnhubSource), and trades over
 the websocket (FinnhubTradeStream). Both write raw.finnhub with source "finnhub".
 
-- REST: GET /api/v1/quote, /api/v1/stock/candle, /api/v1/company-news, /api/v1/news-sentiment. The
-  token goes in the X-Finnhub-Token header by default (so it is in no URL at all), or as the `token`
-  query parameter; either way it is redacted from every log line and exception.
+- REST: GET /api/v1/quote, /api/v1/stock/candle, /api/v1/forex/candle, /api/v1/crypto/candle,
+  /api/v1/company-news, /api/v1/news-sentiment. The token goes in the X-Finnhub-Token header by default
+  (so it is in no URL at all), or as the `token` query parameter; either way it is redacted from every log
+  line and exception.
+- Forex and crypto candles: settings.forex_symbols ("OANDA:EUR_USD") and settings.crypto_symbols
+  ("BINANCE:BTCUSDT"), stored under that symbol. Forex "volume" is a tick count (quotes, not traded
+  units): it goes to metadata["tick_count"] and volume stays None. Crypto volume is the exchange's traded
+  base-asset volume and is kept as volume.
 - Timestamps: REST quote, candles and news are epoch seconds, websocket trades epoch milliseconds.
+  Intraday candles keep their start instant. Daily, weekly and monthly candles are stored at UTC midnight
+  of their trading date (`trading_date`), like Yahoo's and Alpha Vantage's daily bars, so the same day
+  from two sources lines up; the provider's own start instant stays in metadata["period_start"].
+- Unknown symbols ({"s": "no_data"} on candles, an all-zero quote) are logged once per symbol and counted
+  in `FinnhubSource.unknown[symbol]`; payloads of a shape nothing here reads raise FinnhubUnexpected,
+  logged once per endpoint and cause and counted in `FinnhubSource.unexpected[endpoint]`.
 - Candles are Finnhub's unadjusted prices (the endpoint has no adjustment switch for stocks): raw
   prices are what this source stores.
 - Candles and news-sentiment are premium on the free tier: Finnhub answers 403 {"error": "You don't have
@@ -21,8 +32,10 @@ import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import orjson
@@ -47,6 +60,24 @@ RESOLUTIONS: dict[str, str] = {
 }
 
 
+CandleKind = Literal["stock", "forex", "crypto"]
+CANDLE_PATHS: dict[str, str] = {
+    "stock": "/api/v1/stock/candle", "forex": "/api/v1/forex/candle", "crypto": "/api/v1/crypto/candle",
+}
+DAILY_RESOLUTIONS = frozenset({"D", "W", "M"})
+NEW_YORK = ZoneInfo("America/New_York")
+FX_ROLL = dtime(17, 0)  # the FX trading day rolls at 17:00 New York
+
+
+class FinnhubUnexpected(SourceError):
+    """A payload of a shape nothing here can read. `cause` names the problem without the symbol, so the
+    source warns once per endpoint and cause, and counts every occurrence."""
+
+    def __init__(self, cause: str, detail: str = "") -> None:
+        super().__init__(f"unexpected Finnhub payload: {cause}{f' ({detail})' if detail else ''}", retriable=False)
+        self.cause = cause
+
+
 class FinnhubAccessDenied(SourceError):
     """403: the endpoint is not in the key's plan. Retrying will not help."""
 
@@ -67,54 +98,104 @@ def _num(value: Any) -> float | None:
 
 def _expect_dict(doc: Any, what: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
-        raise SourceError(f"unexpected Finnhub {what} payload: {type(doc).__name__}")
+        raise FinnhubUnexpected(f"{what} payload is a {type(doc).__name__}, not an object")
     if doc.get("error"):
         raise SourceError(f"Finnhub {what} error: {str(doc['error'])[:300]}")
     return doc
 
 
+def trading_date(seconds: float) -> date:
+    """The trading date of a daily (weekly, monthly) Finnhub candle that starts at epoch `seconds`.
+
+    Rule: take the start in New York time; a start at or after 17:00 New York belongs to the next calendar
+    day (the FX convention: the trading day for date D runs 17:00 New York on D-1 to 17:00 on D), else to
+    its own New York date. So:
+    - forex (OANDA): 21:00Z in New York summer time, 22:00Z in winter time -> 17:00 New York -> next day;
+    - stocks: 04:00Z (summer) / 05:00Z (winter) = midnight New York -> that day;
+    - crypto (BINANCE): 00:00Z = 19:00/20:00 New York the evening before -> the UTC date, as exchanges count.
+    A start at UTC midnight (some feeds) also maps onto its UTC date. DST is New York's, from the tz database.
+    """
+    local = datetime.fromtimestamp(seconds, NEW_YORK)
+    day = local.date()
+    return day + timedelta(days=1) if local.time() >= FX_ROLL else day
+
+
 def parse_quote(doc: Any, symbol: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
-    """/quote -> one tick (price = c at t). An unknown symbol comes back as all zeros: no point."""
+    """/quote -> one tick (price = c at t). An unknown symbol comes back as all zeros: [] (the source counts
+    it); a body without c and t is FinnhubUnexpected."""
     d = _expect_dict(doc, "quote")
-    if not d.get("t") or not d.get("c"):
+    if "c" not in d or "t" not in d:
+        raise FinnhubUnexpected("quote without c and t", f"keys {sorted(d)[:8]}")
+    try:
+        price, stamp = float(d["c"] or 0), float(d["t"] or 0)
+        meta = {k: float(d[src]) for k, src in (("prev_close", "pc"), ("change", "d"), ("change_percent", "dp"))
+                if d.get(src) is not None}
+        o, h, lo = _num(d.get("o")), _num(d.get("h")), _num(d.get("l"))
+    except (TypeError, ValueError):
+        raise FinnhubUnexpected("quote with non-numeric fields") from None
+    if not stamp or not price:
         return []
-    meta = {k: d[src] for k, src in (("prev_close", "pc"), ("change", "d"), ("change_percent", "dp"))
-            if d.get(src) is not None}
     return [MarketDataPoint(
-        symbol=symbol.upper(), timestamp=_utc(d["t"]), source=source, data_type=DataType.TICK,
-        price=float(d["c"]), open=_num(d.get("o")), high=_num(d.get("h")), low=_num(d.get("l")),
-        item_id="quote", metadata=meta,
+        symbol=symbol.upper(), timestamp=_utc(stamp), source=source, data_type=DataType.TICK,
+        price=price, open=o or None, high=h or None, low=lo or None, item_id="quote", metadata=meta,
     )]
 
 
-def parse_candles(doc: Any, symbol: str, resolution: str = "D", *, source: str = SOURCE) -> list[MarketDataPoint]:
-    """/stock/candle -> bars; {"s": "no_data"} is an empty result, not an error."""
+def parse_candles(doc: Any, symbol: str, resolution: str = "D", *, kind: CandleKind = "stock",
+                  source: str = SOURCE) -> list[MarketDataPoint]:
+    """/{stock,forex,crypto}/candle -> bars; {"s": "no_data"} is [] (the source counts it as an unknown symbol).
+
+    Daily and longer candles sit at UTC midnight of `trading_date`; forex volume is a tick count, kept as
+    metadata["tick_count"] with volume None."""
     d = _expect_dict(doc, "candle")
     status = d.get("s")
     if status == "no_data":
         return []
     if status != "ok":
-        raise SourceError(f"Finnhub candle status {status!r} for {symbol}")
-    cols = {k: d.get(k) or [] for k in ("t", "o", "h", "l", "c", "v")}
+        raise FinnhubUnexpected(f"candle status {str(status)[:40]!r}")
+    cols: dict[str, list[Any]] = {}
+    for k in ("t", "o", "h", "l", "c", "v"):
+        v = d.get(k)
+        if v is None and k == "v":
+            v = []
+        if not isinstance(v, list):
+            raise FinnhubUnexpected(f"candle field {k!r} is not an array")
+        cols[k] = v
     n = len(cols["t"])
     if any(len(v) != n for k, v in cols.items() if k != "v") or (cols["v"] and len(cols["v"]) != n):
-        raise SourceError(f"Finnhub candle arrays differ in length for {symbol}")
+        raise FinnhubUnexpected("candle arrays differ in length")
     interval = RESOLUTIONS.get(resolution, resolution)
-    return [
-        MarketDataPoint(
-            symbol=symbol.upper(), timestamp=_utc(cols["t"][i]), source=source, data_type=DataType.BAR,
-            open=float(cols["o"][i]), high=float(cols["h"][i]), low=float(cols["l"][i]),
-            close=float(cols["c"][i]), volume=_num(cols["v"][i]) if cols["v"] else None,
-            interval=interval, item_id=interval,
-        )
-        for i in range(n)
-    ]
+    daily = resolution in DAILY_RESOLUTIONS
+    out = []
+    try:
+        for i in range(n):
+            start = float(cols["t"][i])
+            meta: dict[str, Any] = {}
+            if daily:
+                day = trading_date(start)
+                ts = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                meta["period_start"] = _utc(start).isoformat()
+            else:
+                ts = _utc(start)
+            volume = _num(cols["v"][i]) if cols["v"] else None
+            if kind == "forex":
+                if volume is not None:
+                    meta["tick_count"] = int(volume)
+                volume = None
+            out.append(MarketDataPoint(
+                symbol=symbol.upper(), timestamp=ts, source=source, data_type=DataType.BAR,
+                open=float(cols["o"][i]), high=float(cols["h"][i]), low=float(cols["l"][i]),
+                close=float(cols["c"][i]), volume=volume, interval=interval, item_id=interval, metadata=meta,
+            ))
+    except (TypeError, ValueError):
+        raise FinnhubUnexpected("candle with non-numeric values") from None
+    return out
 
 
 def parse_company_news(doc: Any, symbol: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
     """/company-news -> news items (Finnhub gives no per-article score; sentiment stays empty here)."""
     if not isinstance(doc, list):
-        raise SourceError(f"unexpected Finnhub company-news payload: {type(doc).__name__}")
+        raise FinnhubUnexpected(f"company-news payload is a {type(doc).__name__}, not an array")
     out = []
     for a in doc:
         if not isinstance(a, dict) or not a.get("headline") or not a.get("datetime"):
@@ -242,10 +323,12 @@ class FinnhubClient:
         return parse_quote(await self.get(session, "/api/v1/quote", {"symbol": symbol}), symbol, source=source)
 
     async def candles(self, session: aiohttp.ClientSession, symbol: str, *, resolution: str, start: datetime,
-                      end: datetime, source: str = SOURCE) -> list[MarketDataPoint]:
+                      end: datetime, kind: CandleKind = "stock", source: str = SOURCE) -> list[MarketDataPoint]:
+        """Candles of a stock, forex ("OANDA:EUR_USD") or crypto ("BINANCE:BTCUSDT") symbol."""
         params = {"symbol": symbol, "resolution": resolution,
                   "from": int(start.timestamp()), "to": int(end.timestamp())}
-        return parse_candles(await self.get(session, "/api/v1/stock/candle", params), symbol, resolution, source=source)
+        doc = await self.get(session, CANDLE_PATHS[kind], params)
+        return parse_candles(doc, symbol, resolution, kind=kind, source=source)
 
     async def company_news(self, session: aiohttp.ClientSession, symbol: str, *, now: datetime, days: int,
                            source: str = SOURCE) -> list[MarketDataPoint]:
@@ -267,7 +350,10 @@ def _require_key(api_key: SecretStr | None, env: Mapping[str, str] | None) -> Se
 
 
 class FinnhubSource(PollingSource):
-    """Polls the configured REST endpoints for every symbol once per interval."""
+    """Polls the configured REST endpoints for every stock symbol, and candles for every forex and crypto
+    symbol, once per interval. Unknown symbols and unexpected payloads are logged once and counted:
+    `unknown[symbol]`, `unexpected[endpoint]` (endpoint: quote, candle, forex_candle, crypto_candle,
+    company_news, news_sentiment)."""
 
     name = SOURCE
 
@@ -282,29 +368,55 @@ class FinnhubSource(PollingSource):
             max_bytes=settings.max_response_bytes, max_retry_after=settings.max_retry_after_seconds,
         )
         self.endpoints: list[Endpoint] = list(dict.fromkeys(settings.endpoints))
+        self.candle_kinds: list[CandleKind] = [k for k, syms in (("forex", settings.forex_symbols),
+                                                                 ("crypto", settings.crypto_symbols)) if syms]
         self._last_quote: dict[str, datetime] = {}
-        self._last_bar: dict[str, datetime] = {}
+        self._last_bar: dict[tuple[str, str], datetime] = {}
         self._news_window: dict[str, set[str]] = {}
+        self.unknown: Counter[str] = Counter()  # per symbol: no_data candles, all-zero quotes
+        self.unexpected: Counter[str] = Counter()  # per endpoint: payloads of a shape nothing could read
+        self._warned: set[str] = set()
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message, *args)
+
+    def _unknown(self, endpoint: str, symbol: str) -> None:
+        self.unknown[symbol] += 1
+        self._warn_once(f"unknown|{symbol}", "finnhub: %s for %s came back empty (no_data or an all-zero quote): "
+                        "unknown symbol? Counted in unknown[%r], not warned again", endpoint, symbol, symbol)
+
+    async def _candles(self, session: aiohttp.ClientSession, kind: CandleKind, symbol: str,
+                       now: datetime) -> list[MarketDataPoint]:
+        s = self.settings
+        start = now - timedelta(days=s.candle_lookback_days)
+        bars = await self.client.candles(session, symbol, resolution=s.candle_resolution, start=start, end=now,
+                                         kind=kind)
+        if not bars:
+            self._unknown(f"{kind} candles", symbol)
+            return []
+        # Older bars of the window were sent by an earlier poll; the latest may still be forming.
+        last = self._last_bar.get((kind, symbol))
+        bars = [b for b in bars if last is None or b.timestamp >= last]
+        if bars:
+            self._last_bar[(kind, symbol)] = max(b.timestamp for b in bars)
+        return bars
 
     async def _poll(self, session: aiohttp.ClientSession, endpoint: Endpoint, symbol: str,
                     now: datetime) -> list[MarketDataPoint]:
         s = self.settings
         if endpoint == "quote":
             points = await self.client.quote(session, symbol)
-            if points and self._last_quote.get(symbol) == points[0].timestamp:
+            if not points:
+                self._unknown("quote", symbol)
+                return []
+            if self._last_quote.get(symbol) == points[0].timestamp:
                 return []  # market closed: the same quote again
-            if points:
-                self._last_quote[symbol] = points[0].timestamp
+            self._last_quote[symbol] = points[0].timestamp
             return points
         if endpoint == "candle":
-            start = now - timedelta(days=s.candle_lookback_days)
-            bars = await self.client.candles(session, symbol, resolution=s.candle_resolution, start=start, end=now)
-            # Older bars of the window were sent by an earlier poll; the latest may still be forming.
-            last = self._last_bar.get(symbol)
-            bars = [b for b in bars if last is None or b.timestamp >= last]
-            if bars:
-                self._last_bar[symbol] = max(b.timestamp for b in bars)
-            return bars
+            return await self._candles(session, "stock", symbol, now)
         if endpoint == "company_news":
             points = await self.client.company_news(session, symbol, now=now, days=s.news_lookback_days)
             previous = self._news_window.get(symbol, set())
@@ -312,23 +424,43 @@ class FinnhubSource(PollingSource):
             return [p for p in points if p.item_id not in previous]
         return await self.client.news_sentiment(session, symbol, now=now)
 
+    def _calls(self) -> list[tuple[str, str]]:
+        """(endpoint, symbol) for one round: stock endpoints first, then forex and crypto candles."""
+        stocks = list(dict.fromkeys(x.upper() for x in self.settings.symbols))
+        calls = [(str(e), sym) for e in self.endpoints for sym in stocks]
+        for kind in self.candle_kinds:
+            syms = self.settings.forex_symbols if kind == "forex" else self.settings.crypto_symbols
+            calls += [(f"{kind}_candle", sym) for sym in dict.fromkeys(x.upper() for x in syms)]
+        return calls
+
     async def poll_once(self, session: aiohttp.ClientSession, now: datetime | None = None) -> list[MarketDataPoint]:
         """One round over every endpoint and symbol; a failure is logged and skips only that call."""
         now = now or datetime.now(UTC).replace(microsecond=0)
         out: list[MarketDataPoint] = []
-        for endpoint in list(self.endpoints):
-            for symbol in (x.upper() for x in self.settings.symbols):
-                if endpoint not in self.endpoints:
-                    break
-                try:
-                    out.extend(await self._poll(session, endpoint, symbol, now))
-                except FinnhubAccessDenied as exc:
-                    logger.warning("finnhub: %s is not in this key's plan, not asking again: %s",
-                                   endpoint, self.client.redact(str(exc)))
-                    self.endpoints.remove(endpoint)
-                except (SourceError, ValueError, TypeError, KeyError) as exc:
-                    logger.warning("finnhub: %s for %s failed: %s", endpoint, symbol,
-                                   self.client.redact(f"{type(exc).__name__}: {exc}"))
+        for endpoint, symbol in self._calls():
+            kind = endpoint.removesuffix("_candle")
+            if endpoint not in self.endpoints and kind not in self.candle_kinds:
+                continue  # dropped earlier in this round (not in the key's plan)
+            try:
+                if kind in ("forex", "crypto"):
+                    out.extend(await self._candles(session, kind, symbol, now))  # type: ignore[arg-type]
+                else:
+                    out.extend(await self._poll(session, endpoint, symbol, now))  # type: ignore[arg-type]
+            except FinnhubAccessDenied as exc:
+                logger.warning("finnhub: %s is not in this key's plan, not asking again: %s",
+                               endpoint, self.client.redact(str(exc)))
+                if endpoint in self.endpoints:
+                    self.endpoints.remove(endpoint)  # type: ignore[arg-type]
+                if kind in self.candle_kinds:
+                    self.candle_kinds.remove(kind)  # type: ignore[arg-type]
+            except FinnhubUnexpected as exc:
+                self.unexpected[endpoint] += 1
+                self._warn_once(f"{endpoint}|{exc.cause}", "finnhub: unexpected %s payload for %s (counted in "
+                                "unexpected[%r], not warned again for this cause): %s", endpoint, symbol, endpoint,
+                                self.client.redact(str(exc)))
+            except (SourceError, ValueError, TypeError, KeyError) as exc:
+                logger.warning("finnhub: %s for %s failed: %s", endpoint, symbol,
+                               self.client.redact(f"{type(exc).__name__}: {exc}"))
         return out
 
 

@@ -39,7 +39,7 @@ from yarl import URL
 from streams.errors import SourceError
 from streams.redact import redact
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_RETRY_AFTER", "RateLimiter", "get_json", "redact",
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_RETRY_AFTER", "RateLimiter", "get_json", "get_text", "redact",
            "retry_after_seconds"]
 
 logger = logging.getLogger(__name__)
@@ -252,3 +252,11 @@ async def get_json(
     except orjson.JSONDecodeError:
         snippet = redact(body[:200].decode(errors="replace"), values)
         raise SourceError(f"response from {shown} is not JSON: {snippet!r}") from None
+
+
+async def get_text(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> str:
+    """GET a URL whose body is not JSON (CSV, say) as text: get_json's retries, rate limit, size cap, redirects
+    and redaction, without the JSON decoding. Takes get_json's keyword arguments."""
+    kwargs["as_text"] = True
+    text: str = await get_json(session, url, **kwargs)
+    return text

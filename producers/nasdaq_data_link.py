@@ -1,7 +1,16 @@
 """Nasdaq Data Link (formerly Quandl): dataset time series and datatables, written to
 raw.nasdaq_data_link with source "nasdaq_data_link".
 
-- Datasets: GET /api/v3/datasets/{db}/{code}/data.json -> dataset_data.column_names + data rows.
+- Datasets: GET /api/v3/datasets/{db}/{code}/data.json -> dataset_data.column_names + data rows, or
+  data.csv (DatasetQuery.format = "csv") -> a header line + rows. CSV bodies (v3 data.csv, and the legacy
+  v1 /api/v1/datasets/{db}/{code}.csv, the same layout) are parsed whatever was asked for: a body is read as
+  JSON when it starts with "{" or "[", else as CSV, never refused as "not JSON".
+- Transformed or collapsed series (DatasetQuery transform = diff|rdiff|rdiff_from|cumul|normalize, collapse
+  = daily|weekly|monthly|quarterly|annual; the JSON answer's own dataset_data.transform/collapse win) are
+  economic points, never bars: a row of an rdiff series is a change, not a price, and a collapsed row is the
+  period's last row (its "Open" is the last day's open), not a bar of the period. metadata["transform"] and
+  metadata["collapse"] say so, item_id is "DB/CODE|transform=rdiff|collapse=monthly" (so the plain series
+  never shares a key with it) and interval is the period plus the transform ("1mo:rdiff").
 - Datatables: GET /api/v3/datatables/{code}.json -> datatable.columns [{name, type}] + data, paged
   with meta.next_cursor_id (sent back as qopts.cursor_id).
 - Column names are matched case-insensitively after dropping punctuation ("Adj. Close" -> "adj close").
@@ -13,22 +22,29 @@ raw.nasdaq_data_link with source "nasdaq_data_link".
 - Symbol: a dataset's code ("WIKI/AAPL" -> "AAPL"), a datatable row's ticker/symbol column, else the
   datatable code. item_id is the dataset or datatable path, so two databases never share a key.
 - Key: NASDAQ_DATA_LINK_API_KEY, else QUANDL_API_KEY, sent as `api_key` and redacted everywhere.
+- An unknown dataset (quandl_error QECx02, "incorrect ... code") is logged once and counted in
+  `unknown[code]`; a payload of a shape nothing here reads (NdlUnexpected) once per kind and cause, counted in
+  `unexpected[kind]` (kind: dataset, datatable).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import orjson
 from pydantic import SecretStr
 
 from producers.base import PollingSource
-from producers.http import RateLimiter, get_json, redact
-from streams.config import DatatableQuery, NasdaqDataLinkSettings
+from producers.http import RateLimiter, get_text, redact
+from streams.config import DatasetQuery, DatatableQuery, NasdaqDataLinkSettings
 from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
 
@@ -44,6 +60,22 @@ _FIELD_NAMES: dict[str, str] = {
 }
 _SYMBOL_NAMES = ("ticker", "symbol")
 _FREQUENCIES = {"daily": "1d", "weekly": "1wk", "monthly": "1mo", "quarterly": "3mo", "annual": "1y"}
+_UNKNOWN_CODES = ("QECx02",)
+
+
+class NdlUnexpected(SourceError):
+    """A Nasdaq Data Link payload of a shape nothing here can read; `cause` leaves the code out."""
+
+    def __init__(self, cause: str, what: str = "") -> None:
+        super().__init__(f"unexpected Nasdaq Data Link payload{f' for {what}' if what else ''}: {cause}",
+                         retriable=False)
+        self.cause = cause
+
+
+def is_unknown_code(exc: BaseException) -> bool:
+    """The provider's "you have submitted an incorrect code" (QECx02), in an error body or a 404's snippet."""
+    text = str(exc)
+    return any(c in text for c in _UNKNOWN_CODES) or "incorrect Quandl code" in text
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -91,8 +123,11 @@ def parse_table(
     source: str = SOURCE,
     extra_meta: Mapping[str, Any] | None = None,
     interval: str = "1d",
+    economic: bool = False,
+    value_interval: str | None = None,
 ) -> list[MarketDataPoint]:
-    """Rows of a dataset or datatable -> bar or economic points, by the column names."""
+    """Rows of a dataset or datatable -> bar or economic points, by the column names. `economic` forces
+    economic points (transformed or collapsed series), whose interval is then `value_interval`."""
     names = [normalise(c) for c in columns]
     di = _date_index(names, types)
     sym_i = next((names.index(n) for n in _SYMBOL_NAMES if n in names), None)
@@ -100,7 +135,7 @@ def parse_table(
     # "settle" is the close of a futures table, unless there is a real close too.
     if "close" in names and "settle" in names:
         fields.pop(names.index("settle"))
-    is_bar = {"open", "high", "low", "close"} <= set(fields.values())
+    is_bar = not economic and {"open", "high", "low", "close"} <= set(fields.values())
     value_i: int | None = None
     if not is_bar:
         value_i = next((names.index(n) for n in _VALUE_NAMES if n in names and names.index(n) != di), None)
@@ -138,31 +173,100 @@ def parse_table(
         out.append(MarketDataPoint(
             symbol=row_symbol, timestamp=ts, source=source,
             data_type=DataType.BAR if is_bar else DataType.ECONOMIC,
-            interval=interval if is_bar else None, item_id=item_id, metadata=meta, **typed,
+            interval=interval if is_bar else value_interval, item_id=item_id, metadata=meta, **typed,
         ))
+    if rows and not out:
+        raise NdlUnexpected(f"none of {len(rows)} rows has a date and values", item_id)
     if skipped:
         logger.info("nasdaq_data_link: %s: skipped %d rows without a date or OHLC", item_id, skipped)
     return out
 
 
-def parse_dataset(doc: Any, dataset: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
-    """/datasets/{db}/{code}/data.json -> points; the symbol is the code."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("dataset_data"), dict):
-        raise SourceError(f"unexpected Nasdaq Data Link dataset payload for {dataset}")
-    dd = doc["dataset_data"]
-    columns = dd.get("column_names") or []
+def _check_error(doc: Any, what: str) -> None:
+    if isinstance(doc, dict) and isinstance(doc.get("quandl_error"), dict):
+        err = doc["quandl_error"]
+        raise SourceError(f"Nasdaq Data Link error for {what}: {str(err.get('code'))[:20]} "
+                          f"{str(err.get('message'))[:300]}", retriable=False)
+
+
+def series_points(columns: Sequence[str], rows: Sequence[Sequence[Any]], dataset: str, *,
+                  frequency: str | None = None, transform: str | None = None, collapse: str | None = None,
+                  source: str = SOURCE) -> list[MarketDataPoint]:
+    """A dataset's rows -> points, recording a transform or collapse (then economic points, see the module)."""
     symbol = dataset.split("/")[-1].upper()
-    frequency = str(dd.get("frequency") or "daily")
-    return parse_table(columns, dd.get("data") or [], symbol=symbol, item_id=dataset.upper(), source=source,
-                       interval=_FREQUENCIES.get(frequency, frequency[:16]))
+    t = None if transform in (None, "", "none") else str(transform)[:16]
+    c = None if collapse in (None, "", "none") else str(collapse)[:16]
+    freq = str(c or frequency or "daily")
+    period = _FREQUENCIES.get(freq, freq[:16])
+    if not t and not c:
+        return parse_table(columns, rows, symbol=symbol, item_id=dataset.upper(), source=source, interval=period)
+    extra = {k: v for k, v in (("transform", t), ("collapse", c)) if v}
+    item_id = "|".join([dataset.upper(), *(f"{k}={v}" for k, v in extra.items())])
+    return parse_table(columns, rows, symbol=symbol, item_id=item_id, source=source, extra_meta=extra,
+                       economic=True, value_interval=f"{period}:{t}"[:16] if t else period)
+
+
+def parse_dataset(doc: Any, dataset: str, *, transform: str | None = None, collapse: str | None = None,
+                  source: str = SOURCE) -> list[MarketDataPoint]:
+    """/datasets/{db}/{code}/data.json -> points; the symbol is the code. The answer's own transform and
+    collapse (dataset_data.transform/collapse) win over the requested ones."""
+    _check_error(doc, dataset)
+    if not isinstance(doc, dict) or not isinstance(doc.get("dataset_data"), dict):
+        raise NdlUnexpected("no dataset_data object", dataset)
+    dd = doc["dataset_data"]
+    columns, data = dd.get("column_names") or [], dd.get("data") or []
+    if not isinstance(columns, list) or not isinstance(data, list) or (data and not columns):
+        raise NdlUnexpected("dataset_data without column_names or data arrays", dataset)
+    return series_points(columns, data, dataset, frequency=dd.get("frequency"),
+                         transform=dd.get("transform") or transform, collapse=dd.get("collapse") or collapse,
+                         source=source)
+
+
+def _cell(text: str) -> Any:
+    """A CSV cell: "" -> None, a number -> float, anything else stays text."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_csv(text: str, dataset: str, *, transform: str | None = None, collapse: str | None = None,
+              source: str = SOURCE) -> list[MarketDataPoint]:
+    """A dataset as CSV (v3 data.csv or legacy v1 .csv): a header line, then one row per date."""
+    lines = [row for row in csv.reader(io.StringIO(text.lstrip("\ufeff"))) if row and any(c.strip() for c in row)]
+    if not lines or len(lines[0]) < 2 or any(not c.strip() for c in lines[0]):
+        raise NdlUnexpected("CSV without a header of at least two named columns", dataset)
+    header = [c.strip() for c in lines[0]]
+    rows = [[_cell(c) for c in row] for row in lines[1:]]
+    return series_points(header, rows, dataset, transform=transform, collapse=collapse, source=source)
+
+
+def parse_body(body: str, dataset: str, *, transform: str | None = None, collapse: str | None = None,
+               source: str = SOURCE) -> list[MarketDataPoint]:
+    """A dataset body of either kind: JSON when it starts with { or [, else CSV."""
+    head = body.lstrip("\ufeff \t\r\n")[:1]
+    if head in ("{", "["):
+        try:
+            doc = orjson.loads(body.encode())
+        except orjson.JSONDecodeError:
+            raise NdlUnexpected("body starts like JSON but does not parse", dataset) from None
+        return parse_dataset(doc, dataset, transform=transform, collapse=collapse, source=source)
+    return parse_csv(body, dataset, transform=transform, collapse=collapse, source=source)
 
 
 def parse_datatable(doc: Any, code: str, *, source: str = SOURCE) -> tuple[list[MarketDataPoint], str | None]:
     """/datatables/{code}.json -> (points, next_cursor_id)."""
+    _check_error(doc, code)
     if not isinstance(doc, dict) or not isinstance(doc.get("datatable"), dict):
-        raise SourceError(f"unexpected Nasdaq Data Link datatable payload for {code}")
+        raise NdlUnexpected("no datatable object", code)
     dt = doc["datatable"]
     cols = dt.get("columns") or []
+    if not isinstance(cols, list) or not all(isinstance(c, dict) for c in cols) or not isinstance(
+            dt.get("data") or [], list):
+        raise NdlUnexpected("datatable without a columns array of objects or a data array", code)
     names = [str(c.get("name", "")) for c in cols]
     types = [str(c.get("type", "")) for c in cols]
     points = parse_table(names, dt.get("data") or [], symbol=code.split("/")[-1].upper(), item_id=code.upper(),
@@ -175,7 +279,8 @@ def parse_datatable(doc: Any, code: str, *, source: str = SOURCE) -> tuple[list[
 
 
 class NasdaqDataLinkSource(PollingSource):
-    """Polls the configured datasets (over a lookback window) and datatables (all pages) once per interval."""
+    """Polls the configured datasets (over a lookback window) and datatables (all pages) once per interval.
+    Unknown codes and unexpected payloads are logged once and counted (`unknown`, `unexpected`)."""
 
     name = SOURCE
 
@@ -188,14 +293,24 @@ class NasdaqDataLinkSource(PollingSource):
         self.api_key = key
         self.base_url = settings.base_url.rstrip("/")
         self.limiter = RateLimiter(settings.rate_limit_calls, settings.rate_limit_per_seconds)
+        self.queries: list[DatasetQuery] = [DatasetQuery(code=c) for c in settings.datasets]
+        self.queries += settings.dataset_queries
+        self.unknown: Counter[str] = Counter()  # per dataset/datatable code: "incorrect code" answers
+        self.unexpected: Counter[str] = Counter()  # per kind (dataset, datatable): unreadable payloads
+        self._warned: set[str] = set()
 
     def redact(self, text: str) -> str:
         return redact(text, [self.api_key])
 
-    async def _get(self, session: aiohttp.ClientSession, path: str, params: Mapping[str, Any]) -> Any:
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message, *args)
+
+    async def _get_text(self, session: aiohttp.ClientSession, path: str, params: Mapping[str, Any]) -> str:
         s = self.settings
         try:
-            return await get_json(
+            return await get_text(
                 session, f"{self.base_url}{path}", params={**params, "api_key": self.api_key.get_secret_value()},
                 secrets=[self.api_key], limiter=self.limiter, attempts=s.retry_attempts,
                 base_delay=s.retry_base_delay, timeout=s.request_timeout_seconds,
@@ -204,17 +319,28 @@ class NasdaqDataLinkSource(PollingSource):
         except SourceError as exc:
             raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
 
-    async def dataset(self, session: aiohttp.ClientSession, dataset: str, *, start: date | None = None,
-                      end: date | None = None) -> list[MarketDataPoint]:
-        db, _, code = dataset.partition("/")
+    async def dataset(self, session: aiohttp.ClientSession, dataset: str | DatasetQuery, *,
+                      start: date | None = None, end: date | None = None) -> list[MarketDataPoint]:
+        q = dataset if isinstance(dataset, DatasetQuery) else DatasetQuery(code=dataset)
+        db, _, code = q.code.partition("/")
         if not db or not code:
-            raise SourceError(f"dataset {dataset!r} is not DB/CODE")
+            raise SourceError(f"dataset {q.code!r} is not DB/CODE")
         params = {"order": "asc"}
         if start:
             params["start_date"] = start.isoformat()
         if end:
             params["end_date"] = end.isoformat()
-        return parse_dataset(await self._get(session, f"/api/v3/datasets/{db}/{code}/data.json", params), dataset)
+        if q.transform != "none":
+            params["transform"] = q.transform
+        if q.collapse != "none":
+            params["collapse"] = q.collapse
+        body = await self._get_text(session, f"/api/v3/datasets/{db}/{code}/data.{q.format}", params)
+        try:
+            return parse_body(body, q.code, transform=q.transform, collapse=q.collapse)
+        except NdlUnexpected:
+            raise
+        except SourceError as exc:  # an error body may echo the request URL, key and all
+            raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
 
     async def datatable(self, session: aiohttp.ClientSession, query: DatatableQuery) -> list[MarketDataPoint]:
         out: list[MarketDataPoint] = []
@@ -223,8 +349,17 @@ class NasdaqDataLinkSource(PollingSource):
             params = dict(query.params)
             if cursor:
                 params["qopts.cursor_id"] = cursor
-            points, cursor = parse_datatable(await self._get(session, f"/api/v3/datatables/{query.code}.json", params),
-                                             query.code)
+            body = await self._get_text(session, f"/api/v3/datatables/{query.code}.json", params)
+            try:
+                doc = orjson.loads(body.encode())
+            except orjson.JSONDecodeError:
+                raise NdlUnexpected("datatable body is not JSON", query.code) from None
+            try:
+                points, cursor = parse_datatable(doc, query.code)
+            except NdlUnexpected:
+                raise
+            except SourceError as exc:
+                raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
             out.extend(points)
             if not cursor:
                 return out
@@ -232,21 +367,31 @@ class NasdaqDataLinkSource(PollingSource):
                        query.code, self.settings.max_pages)
         return out
 
+    def _failed(self, kind: str, code: str, exc: Exception) -> None:
+        text = self.redact(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, NdlUnexpected):
+            self.unexpected[kind] += 1
+            self._warn_once(f"{kind}|{exc.cause}", "nasdaq_data_link: %s %s failed: unexpected payload (counted in "
+                            "unexpected[%r], not warned again for this cause): %s", kind, code, kind, text)
+        elif is_unknown_code(exc):
+            self.unknown[code] += 1
+            self._warn_once(f"unknown|{code}", "nasdaq_data_link: %s %s failed: unknown code (counted in "
+                            "unknown[%r], not warned again): %s", kind, code, code, text)
+        else:
+            logger.warning("nasdaq_data_link: %s %s failed: %s", kind, code, text)
+
     async def poll_once(self, session: aiohttp.ClientSession, today: date | None = None) -> list[MarketDataPoint]:
         today = today or datetime.now(UTC).date()
         start = today - timedelta(days=self.settings.lookback_days)
         out: list[MarketDataPoint] = []
-        for dataset in self.settings.datasets:
+        for query in self.queries:
             try:
-                out.extend(await self.dataset(session, dataset, start=start))
+                out.extend(await self.dataset(session, query, start=start))
             except (SourceError, ValueError, TypeError, KeyError) as exc:
-                logger.warning("nasdaq_data_link: dataset %s failed: %s", dataset,
-                               self.redact(f"{type(exc).__name__}: {exc}"))
-        for query in self.settings.datatables:
+                self._failed("dataset", query.code, exc)
+        for table in self.settings.datatables:
             try:
-                out.extend(await self.datatable(session, query))
+                out.extend(await self.datatable(session, table))
             except (SourceError, ValueError, TypeError, KeyError) as exc:
-                logger.warning("nasdaq_data_link: datatable %s failed: %s", query.code,
-                               self.redact(f"{type(exc).__name__}: {exc}"))
+                self._failed("datatable", table.code, exc)
         return out
-

@@ -18,6 +18,7 @@ from producers.nasdaq_data_link import NasdaqDataLinkSource
 from producers.replay import ReplaySource
 from producers.simulated import SimulatedSource
 from producers.social import SocialSource
+from producers.stocktwits import StocktwitsSource
 from producers.yahoo import YahooSource
 from streams.errors import ConfigError
 
@@ -40,6 +41,7 @@ BUILDERS: dict[str, Callable[[Any], list[Source]]] = {
     "nasdaq_data_link": lambda s: [NasdaqDataLinkSource(s)],
     "news": lambda s: [NewsSentimentSource(s)],
     "social": lambda s: [SocialSource(s)],
+    "stocktwits": lambda s: [StocktwitsSource(s)],
     "replay": lambda s: [ReplaySource(s)],
 }
 

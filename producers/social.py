@@ -8,7 +8,7 @@ with source "social".
   backfill is not what a live poll should spend the quota on). No page is skipped: a result set longer
   than max_pages is continued on the next poll (SocialSource).
 - A post is written for a symbol only when its text carries that cashtag (X also matches quoted posts).
-- X gives no sentiment: each post is scored with producers.sentiment.lexicon_sentiment ("finance_lexicon_v1",
+- X gives no sentiment: each post is scored with producers.sentiment.lexicon_sentiment (its SENTIMENT_METHOD,
   documented there) and metadata["sentiment_method"] says so.
 - A post without created_at (the field was not requested) is stamped from its snowflake id.
 - Rate limits: X's tiers differ (Free: 1 recent-search request per 15 min; Basic: 60 per 15 min); the
@@ -83,6 +83,9 @@ def parse_page(doc: Any, symbol: str, *, source: str = SOURCE) -> SearchPage:
         first = doc["errors"][0] if isinstance(doc["errors"], list) and doc["errors"] else {}
         detail = first.get("detail") or first.get("message") or first.get("title") if isinstance(first, dict) else first
         raise SourceError(f"X search error: {str(detail)[:300]}")
+    if "data" not in doc and "meta" not in doc:  # an empty X result still has meta.result_count
+        hint = " (a StockTwits stream body?)" if "messages" in doc or "cursor" in doc else ""
+        raise SourceError(f"not an X search response{hint}: no data or meta, keys {sorted(map(str, doc))[:8]}")
     symbol = symbol.upper()
     users = {u.get("id"): u.get("username") for u in (doc.get("includes") or {}).get("users") or []
              if isinstance(u, dict)}

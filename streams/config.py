@@ -389,6 +389,9 @@ class FinnhubSettings(SourceSection):
     base_url: str = "https://finnhub.io"
     token_in: Literal["header", "query"] = "header"
     endpoints: list[Endpoint] = Field(default_factory=lambda: ["quote"])
+    # Candles of these are polled every round (/forex/candle, /crypto/candle): "OANDA:EUR_USD", "BINANCE:BTCUSDT".
+    forex_symbols: list[str] = Field(default_factory=list)
+    crypto_symbols: list[str] = Field(default_factory=list)
     candle_resolution: Literal["1", "5", "15", "30", "60", "D", "W", "M"] = "D"
     candle_lookback_days: int = Field(default=5, ge=1)
     news_lookback_days: int = Field(default=2, ge=1, le=30)
@@ -414,6 +417,20 @@ class FredSettings(SourceSection):
     interval_seconds: float = 3600.0
     lookback_days: int = Field(default=730, ge=1)
     vintages: bool = True
+    # Real-time period (vintages): narrows the one `vintages` asks for, or sets one without it.
+    realtime_start: date | None = None
+    realtime_end: date | None = None
+    # FRED's output_type: 1 by real-time period (default), 2 all vintages, 3 new and revised only,
+    # 4 initial release only.
+    output_type: Literal[1, 2, 3, 4] = 1
+    # /fred/series once per series per poll: units, frequency, seasonal adjustment, last_updated, title.
+    series_metadata: bool = True
+
+    @model_validator(mode="after")
+    def _realtime_order(self) -> FredSettings:
+        if self.realtime_start and self.realtime_end and self.realtime_start > self.realtime_end:
+            raise ValueError("fred realtime_start is after realtime_end")
+        return self
     # FRED: 120 requests per minute per key.
     rate_limit_calls: float = 120.0
     rate_limit_per_seconds: float = 60.0
@@ -430,6 +447,18 @@ class DatatableQuery(BaseModel):
     params: dict[str, str] = Field(default_factory=dict)  # row filters, e.g. {"ticker": "AAPL"}
 
 
+class DatasetQuery(BaseModel):
+    """One Nasdaq Data Link time series and how to ask for it. A transformed or collapsed series is stored as
+    economic values saying so (metadata, item_id, interval), never as plain prices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str  # "DB/CODE", e.g. "WIKI/AAPL"
+    transform: Literal["none", "diff", "rdiff", "rdiff_from", "cumul", "normalize"] = "none"
+    collapse: Literal["none", "daily", "weekly", "monthly", "quarterly", "annual"] = "none"
+    format: Literal["json", "csv"] = "json"
+
+
 # producers/nasdaq_data_link.py
 class NasdaqDataLinkSettings(SourceSection):
     key_env = ('NASDAQ_DATA_LINK_API_KEY', 'QUANDL_API_KEY')
@@ -437,6 +466,8 @@ class NasdaqDataLinkSettings(SourceSection):
     enabled: bool = False
     datasets: list[str] = Field(default_factory=list)  # "DB/CODE", e.g. "FRED/GDP", "CHRIS/CME_CL1"
     datatables: list[DatatableQuery] = Field(default_factory=list)
+    # Datasets with a transform, collapse or CSV format (plain `datasets` are JSON, untransformed).
+    dataset_queries: list[DatasetQuery] = Field(default_factory=list)
     interval_seconds: float = 3600.0
     # Authenticated users: 300 calls per 10 s and 2,000 per 10 min; stay well below.
     rate_limit_calls: float = 60.0
@@ -484,6 +515,25 @@ class SocialSettings(SourceSection):
     max_pages: int = Field(default=5, ge=1)  # per symbol and poll; the rest is read on the next poll
     # The first poll reads back this far (every page); later polls read what is newer than the newest seen.
     lookback_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
+    request_timeout_seconds: float = 20.0
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: float = 0.5
+
+
+# producers/stocktwits.py
+class StocktwitsSettings(SourceSection):
+    # Public streams need no key; an OAuth access token (optional) raises the rate limit.
+    key_env = ('STOCKTWITS_ACCESS_TOKEN',)
+
+    enabled: bool = False
+    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "TSLA"])  # /streams/symbol/{SYMBOL}.json
+    users: list[str] = Field(default_factory=list)  # user ids or usernames: /streams/user/{user}.json
+    interval_seconds: float = 120.0
+    # StockTwits allows 200 unauthenticated requests per hour (per IP).
+    rate_limit_calls: float = 200.0
+    rate_limit_per_seconds: float = 3600.0
+    base_url: str = "https://api.stocktwits.com"
+    max_pages: int = Field(default=5, ge=1)  # per stream and poll; the rest is read on the next poll
     request_timeout_seconds: float = 20.0
     retry_attempts: int = Field(default=5, ge=1)
     retry_base_delay: float = 0.5
@@ -551,6 +601,7 @@ class SourcesSettings(_Section):
     nasdaq_data_link: NasdaqDataLinkSettings = Field(default_factory=NasdaqDataLinkSettings)
     news: NewsSettings = Field(default_factory=NewsSettings)
     social: SocialSettings = Field(default_factory=SocialSettings)
+    stocktwits: StocktwitsSettings = Field(default_factory=StocktwitsSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
 
 
@@ -580,7 +631,7 @@ class BarCheckSettings(BaseModel):
     outlier_sigma: float = Field(default=6.0, gt=0)
     scale_floor: float = Field(default=0.002, gt=0)  # a log-return scale never below this (flat, quantised series)
     # A suspect bar is an error when the next bar comes back: |log(next / level before)| <= revert_fraction x
-    # the suspect's own return; otherwise the level persisted and it was a real move.
+    # the suspect's own return (and not an outlier from that level); otherwise the level persisted: a real move.
     revert_fraction: float = Field(default=0.5, gt=0, lt=1)
     # Decimal shifts: the close within decimal_tolerance (in log10) of 10^k x the level, k != 0.
     decimal_tolerance: float = Field(default=0.15, gt=0, lt=0.5)

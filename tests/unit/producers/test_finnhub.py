@@ -7,7 +7,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,14 @@ from producers.finnhub import (
     FinnhubSettings,
     FinnhubSource,
     FinnhubTradeStream,
+    FinnhubUnexpected,
     parse_candles,
     parse_company_news,
     parse_news_sentiment,
     parse_quote,
     parse_trades,
     sentiment_from_news_score,
+    trading_date,
 )
 from streams.errors import ConfigError, SourceError
 from tests.unit.producers.conftest import Serve
@@ -411,3 +413,117 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
         assert all(ceiling * 0.5 <= d < ceiling for d in delays)
         assert len(set(delays)) > 1  # jittered
     assert KEY not in str(stream.redact(str(stream.url())))
+
+
+# ---------------------------------------------------------------------------------------------- forex, crypto, dates
+
+
+def test_trading_date_rule_across_new_york_dst() -> None:
+    # FX days start 17:00 New York: 22:00Z before the 2024-03-10 DST change, 21:00Z after; both are the next day.
+    assert trading_date(datetime(2024, 3, 7, 22, tzinfo=UTC).timestamp()) == date(2024, 3, 8)
+    assert trading_date(datetime(2024, 3, 10, 21, tzinfo=UTC).timestamp()) == date(2024, 3, 11)
+    # 21:00Z before the change is 16:00 New York: still that day's session, not the next.
+    assert trading_date(datetime(2024, 3, 7, 21, tzinfo=UTC).timestamp()) == date(2024, 3, 7)
+    # Stocks start at New York midnight (05:00Z winter, 04:00Z summer); crypto and UTC-midnight feeds at 00:00Z.
+    assert trading_date(datetime(2024, 3, 8, 5, tzinfo=UTC).timestamp()) == date(2024, 3, 8)
+    assert trading_date(datetime(2024, 3, 11, 4, tzinfo=UTC).timestamp()) == date(2024, 3, 11)
+    assert trading_date(datetime(2024, 11, 3, 0, tzinfo=UTC).timestamp()) == date(2024, 11, 3)
+    assert trading_date(datetime(2024, 11, 4, 0, tzinfo=UTC).timestamp()) == date(2024, 11, 4)  # after DST end
+
+
+def test_forex_daily_candles_at_trading_date_midnight_with_tick_count_not_volume() -> None:
+    bars = parse_candles(load("forex_candle_eur_usd_d.json"), "OANDA:EUR_USD", "D", kind="forex")
+    assert [b.timestamp for b in bars] == [datetime(2024, 3, d, tzinfo=UTC) for d in (8, 11, 12)]
+    assert all(b.volume is None for b in bars)
+    assert [b.metadata["tick_count"] for b in bars] == [101234, 3310, 95117]
+    assert bars[1].metadata["period_start"] == "2024-03-10T21:00:00+00:00"
+    assert (bars[0].symbol, bars[0].interval, bars[0].close) == ("OANDA:EUR_USD", "1d", 1.0947)
+
+
+def test_stock_and_crypto_daily_candles_line_up_at_utc_midnight() -> None:
+    stock = parse_candles(load("candle_aapl_d_dst.json"), "AAPL", "D")
+    assert [b.timestamp for b in stock] == [datetime(2024, 3, d, tzinfo=UTC) for d in (8, 11, 12)]
+    assert stock[0].volume == 76267041.0 and "tick_count" not in stock[0].metadata
+    crypto = parse_candles(load("crypto_candle_btcusdt_d.json"), "BINANCE:BTCUSDT", "D", kind="crypto")
+    assert [b.timestamp for b in crypto] == [datetime(2024, 11, d, tzinfo=UTC) for d in (1, 2, 3)]
+    assert crypto[0].volume == 40301.24  # traded base-asset volume stays volume
+
+
+def test_intraday_candles_keep_their_instant() -> None:
+    bars = parse_candles(load("forex_candle_eur_usd_d.json"), "OANDA:EUR_USD", "60", kind="forex")
+    assert bars[0].timestamp == datetime(2024, 3, 7, 22, tzinfo=UTC) and bars[0].interval == "1h"
+    assert "period_start" not in bars[0].metadata and bars[0].metadata["tick_count"] == 101234
+
+
+@pytest.mark.parametrize(("doc", "cause"), [
+    ([1, 2], "not an object"),
+    ({"s": "ok", "t": [1], "o": [1], "h": [1], "l": [1]}, "'c' is not an array"),
+    ({"s": "ok", "t": [1], "o": ["x"], "h": [1], "l": [1], "c": [1]}, "non-numeric"),
+    ({"s": "weird"}, "status"),
+])
+def test_unexpected_candle_shapes_raise_finnhub_unexpected(doc: Any, cause: str) -> None:
+    with pytest.raises(FinnhubUnexpected, match=cause):
+        parse_candles(doc, "MSFT")
+
+
+def test_quote_without_price_fields_is_unexpected_not_unknown() -> None:
+    with pytest.raises(FinnhubUnexpected, match="without c and t"):
+        parse_quote(load("quote_no_fields.json"), "MSFT")
+
+
+async def test_forex_and_crypto_candles_use_their_endpoints(serve: Serve) -> None:
+    fake = FakeFinnhub()
+    fake.set("/api/v1/forex/candle", "OANDA:EUR_USD", fixture="forex_candle_eur_usd_d.json")
+    fake.set("/api/v1/crypto/candle", "BINANCE:BTCUSDT", fixture="crypto_candle_btcusdt_d.json")
+    base = await serve(fake.app())
+    src = FinnhubSource(settings(base, symbols=[], forex_symbols=["OANDA:EUR_USD"],
+                                 crypto_symbols=["BINANCE:BTCUSDT"]), api_key=SecretStr(KEY))
+    now = datetime(2024, 11, 4, tzinfo=UTC)
+    async with aiohttp.ClientSession() as session:
+        first = await src.poll_once(session, now=now)
+        second = await src.poll_once(session, now=now)
+    assert [p.symbol for p in first] == ["OANDA:EUR_USD"] * 3 + ["BINANCE:BTCUSDT"] * 3
+    assert fake.calls("/api/v1/stock/candle") == 0
+    assert fake.calls("/api/v1/forex/candle") == 2 and fake.calls("/api/v1/crypto/candle") == 2
+    # Only each series' latest bar (it may still be forming) comes again.
+    assert [(p.symbol, p.timestamp.day) for p in second] == [("OANDA:EUR_USD", 12), ("BINANCE:BTCUSDT", 3)]
+    fx_query = next(q for p, q, _ in fake.seen if p == "/api/v1/forex/candle")
+    assert fx_query["resolution"] == "D" and fx_query["symbol"] == "OANDA:EUR_USD"
+    assert src.unknown == {} and src.unexpected == {}
+
+
+async def test_unknown_symbols_are_warned_once_and_counted(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeFinnhub()
+    fake.set("/api/v1/quote", "NOPE", fixture="quote_unknown_symbol.json")
+    fake.set("/api/v1/stock/candle", "NOPE", fixture="candle_no_data.json")
+    fake.set("/api/v1/forex/candle", "OANDA:XXX_YYY", fixture="candle_no_data.json")
+    fake.set("/api/v1/quote", "MSFT", fixture="quote_msft.json")
+    base = await serve(fake.app())
+    src = FinnhubSource(settings(base, symbols=["NOPE", "MSFT"], endpoints=["quote", "candle"],
+                                 forex_symbols=["OANDA:XXX_YYY"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        await src.poll_once(session)
+        await src.poll_once(session)
+    assert src.unknown == {"NOPE": 4, "OANDA:XXX_YYY": 2}
+    assert caplog.text.count("unknown symbol?") == 2  # once per symbol
+    assert "NOPE" in caplog.text and "OANDA:XXX_YYY" in caplog.text
+
+
+async def test_unexpected_payloads_are_warned_once_per_cause_and_counted(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeFinnhub()
+    fake.set("/api/v1/quote", "AAA", body='["not", "a", "quote"]')
+    fake.set("/api/v1/quote", "BBB", body='["still", "not"]')
+    fake.set("/api/v1/quote", "CCC", fixture="quote_no_fields.json")
+    fake.set("/api/v1/quote", "MSFT", fixture="quote_msft.json")
+    base = await serve(fake.app())
+    src = FinnhubSource(settings(base, symbols=["AAA", "BBB", "CCC", "MSFT"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        points = await src.poll_once(session)
+        await src.poll_once(session)
+    assert [p.symbol for p in points] == ["MSFT"]
+    assert src.unexpected == {"quote": 6}
+    assert caplog.text.count("unexpected quote payload") == 2  # two causes: a list, an object without c/t
+    assert src.unknown == {}

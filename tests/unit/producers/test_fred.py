@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from producers.fred import FredSettings, FredSource, parse_observations
+from producers.fred import FredSettings, FredSource, FredUnexpected, parse_observations, parse_series
 from streams.errors import ConfigError, SourceError
 from tests.unit.producers.conftest import Serve
 
@@ -77,6 +77,8 @@ class FakeFred:
         self.seen: list[dict[str, str]] = []
         self.failures = failures or {}
         self.revise = False
+        self.series_seen: list[dict[str, str]] = []
+        self.series_body: Any = None  # /fred/series answer; None: the route is not there (404)
 
     async def observations(self, request: web.Request) -> web.Response:
         q = dict(request.query)
@@ -100,9 +102,19 @@ class FakeFred:
                                         "date": "2024-11-01", "value": "4.3"})  # ...by a revision
         return web.json_response(doc)
 
+    async def series(self, request: web.Request) -> web.Response:
+        self.series_seen.append(dict(request.query))
+        if self.series_body is None:
+            return web.json_response({"error_code": 404, "error_message": "Not Found"}, status=404)
+        if request.query["series_id"] == "NOPE":
+            return web.json_response(load("error_series_not_found.json"), status=400)
+        body = self.series_body(request.query["series_id"]) if callable(self.series_body) else self.series_body
+        return web.json_response(body)
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/fred/series/observations", self.observations)
+        app.router.add_get("/fred/series", self.series)
         return app
 
 
@@ -183,3 +195,115 @@ async def test_fetch_yields_then_waits_for_changes(serve: Serve) -> None:
         second = await anext(gen)
         await gen.aclose()
     assert [len(first), len(second)] == [2, 2]
+
+
+# ---------------------------------------------------------------------------------------------- metadata, vintages
+
+
+def unrate_series(series_id: str = "UNRATE", last_updated: str = "2025-01-10 07:48:02-06") -> dict[str, Any]:
+    doc = load("series_unrate.json")
+    doc["seriess"][0]["id"] = series_id
+    doc["seriess"][0]["last_updated"] = last_updated
+    return doc
+
+
+def test_parse_series_metadata() -> None:
+    meta = parse_series(load("series_unrate.json"), "UNRATE")
+    assert meta == {
+        "title": "Unemployment Rate", "units": "Percent", "units_short": "%", "frequency": "Monthly",
+        "frequency_short": "M", "seasonal_adjustment": "Seasonally Adjusted", "seasonal_adjustment_short": "SA",
+        "last_updated": "2025-01-10T13:48:02+00:00",
+    }
+    with pytest.raises(FredUnexpected, match="seriess"):
+        parse_series({"seriess": []}, "UNRATE")
+    with pytest.raises(SourceError, match="does not exist"):
+        parse_series(load("error_series_not_found.json"), "NOPE")
+
+
+def test_by_vintage_rows_give_one_point_per_published_vintage() -> None:
+    points = parse_observations(load("observations_gdp_by_vintage.json"), "GDP", metadata={"units": "Bil. $"})
+    assert [(p.timestamp.date(), p.realtime_start, p.item_id, p.value) for p in points] == [
+        (date(2024, 4, 1), date(2024, 7, 25), "2024-07-25", 28629.153),
+        (date(2024, 4, 1), date(2024, 8, 29), "2024-08-29", 28652.337),
+        (date(2024, 4, 1), date(2024, 9, 26), "2024-09-26", 29016.714),
+        (date(2024, 7, 1), date(2024, 10, 30), "2024-10-30", 29349.924),
+    ]
+    assert all(p.realtime_end is None for p in points)
+    assert points[0].metadata == {"units": "Bil. $", "output_type": 3}
+
+
+def test_observations_of_no_readable_shape_are_unexpected() -> None:
+    with pytest.raises(FredUnexpected, match="none of 2"):
+        parse_observations({"observations": [{"when": "x"}, {"date": "2024-01-01", "val": "1"}]}, "GDP")
+
+
+async def test_metadata_attached_and_unchanged_series_not_asked_again(serve: Serve) -> None:
+    fake = FakeFred()
+    fake.series_body = unrate_series
+    src = FredSource(settings(await serve(fake.app()), series=["UNRATE"]), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        first = await src.poll_once(session, today=date(2025, 1, 15))
+        again = await src.poll_once(session, today=date(2025, 1, 15))
+        fake.revise = True
+        fake.series_body = lambda sid: unrate_series(sid, "2025-01-10 08:30:00-06")
+        revised = await src.poll_once(session, today=date(2025, 1, 15))
+    assert len(first) == 2 and again == [] and len(revised) == 2
+    assert first[0].metadata["units"] == "Percent" and first[0].metadata["frequency_short"] == "M"
+    assert first[0].metadata["seasonal_adjustment"] == "Seasonally Adjusted"
+    assert first[0].metadata["title"] == "Unemployment Rate"
+    assert revised[0].metadata["last_updated"] == "2025-01-10T14:30:00+00:00"
+    assert len(fake.series_seen) == 3  # once per series per cycle
+    assert len(fake.seen) == 2  # the unchanged cycle asked no observations
+    assert fake.series_seen[0] == {"series_id": "UNRATE", "file_type": "json", "api_key": KEY}
+
+
+async def test_metadata_failure_still_fetches_observations_and_warns_once(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeFred()
+    fake.series_body = {"seriess": "nope"}
+    src = FredSource(settings(await serve(fake.app()), series=["GDP", "UNRATE"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        first = await src.poll_once(session, today=date(2025, 1, 15))
+        await src.poll_once(session, today=date(2025, 1, 15))
+    assert len(first) == 7 and all("units" not in p.metadata for p in first)
+    assert src.unexpected == {"series": 4}
+    assert caplog.text.count("unexpected /fred/series payload") == 1
+    assert KEY not in caplog.text
+
+
+async def test_unknown_series_is_warned_once_and_counted(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeFred()
+    fake.series_body = unrate_series
+    src = FredSource(settings(await serve(fake.app()), series=["NOPE", "UNRATE"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            await src.poll_once(session, today=date(2025, 1, 15))
+    assert src.unknown == {"NOPE": 3}
+    assert caplog.text.count("does not know this series") == 1
+    assert not any(q["series_id"] == "NOPE" for q in fake.seen)  # /fred/series said so: no observations call
+
+
+@pytest.mark.parametrize(("kw", "expected"), [
+    ({}, {"realtime_start": "1776-07-04", "realtime_end": "9999-12-31"}),
+    ({"output_type": 2}, {"realtime_start": "1776-07-04", "realtime_end": "9999-12-31", "output_type": "2"}),
+    ({"output_type": 4, "realtime_start": date(2020, 1, 1)},
+     {"realtime_start": "2020-01-01", "realtime_end": "9999-12-31", "output_type": "4"}),
+    ({"vintages": False, "realtime_start": date(2024, 1, 1), "realtime_end": date(2024, 6, 30), "output_type": 3},
+     {"realtime_start": "2024-01-01", "realtime_end": "2024-06-30", "output_type": "3"}),
+    ({"vintages": False}, {}),
+])
+async def test_vintage_settings_reach_the_request(serve: Serve, kw: dict[str, Any], expected: dict[str, str]) -> None:
+    fake = FakeFred()
+    src = FredSource(settings(await serve(fake.app()), series_metadata=False, **kw), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        await src.observations(session, "UNRATE")
+    sent = {k: v for k, v in fake.seen[0].items() if k in ("realtime_start", "realtime_end", "output_type")}
+    assert sent == expected
+    assert fake.series_seen == []
+
+
+def test_realtime_period_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="after"):
+        FredSettings(realtime_start=date(2025, 1, 2), realtime_end=date(2025, 1, 1))

@@ -15,10 +15,14 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from producers.nasdaq_data_link import (
+    DatasetQuery,
     DatatableQuery,
     NasdaqDataLinkSettings,
     NasdaqDataLinkSource,
+    NdlUnexpected,
     normalise,
+    parse_body,
+    parse_csv,
     parse_dataset,
     parse_datatable,
     parse_table,
@@ -128,7 +132,13 @@ class FakeNdl:
     async def dataset(self, request: web.Request) -> web.Response:
         self.seen.append((request.path, dict(request.query)))
         name = f"{request.match_info['db']}/{request.match_info['code']}"
-        files = {"CHRIS/CME_CL1": "dataset_chris_cme_cl1.json", "FRED/GDP": "dataset_fred_gdp.json"}
+        files = {"CHRIS/CME_CL1": "dataset_chris_cme_cl1.json", "FRED/GDP": "dataset_fred_gdp.json",
+                 "WIKI/AAPL": "dataset_wiki_aapl.csv", "USDAFNS/SNAP": "dataset_snap_v1_legacy.csv",
+                 "WIKI/RDIFF": "dataset_wiki_aapl_rdiff_monthly.json"}
+        if name == "ODD/SHAPE":
+            return web.json_response({"dataset": {"data": []}})
+        if name == "ODD/CSV":
+            return web.Response(text="just one line without columns\n", content_type="text/csv")
         if name == "SLOW/ONE":
             await asyncio.sleep(1.0)
         if name == "TRUNC/ONE":
@@ -142,7 +152,8 @@ class FakeNdl:
             body = load("error_incorrect_code.json")
             body["quandl_error"]["message"] += f" ({request.url})"  # echoes the key back, as a careless API might
             return web.json_response(body, status=404)
-        return web.Response(body=(FIX / files[name]).read_bytes(), content_type="application/json")
+        kind = "text/csv" if files[name].endswith(".csv") else "application/json"
+        return web.Response(body=(FIX / files[name]).read_bytes(), content_type=kind)
 
     async def datatable(self, request: web.Request) -> web.Response:
         self.seen.append((request.path, dict(request.query)))
@@ -152,6 +163,7 @@ class FakeNdl:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/api/v3/datasets/{db}/{code}/data.json", self.dataset)
+        app.router.add_get("/api/v3/datasets/{db}/{code}/data.csv", self.dataset)
         app.router.add_get("/api/v3/datatables/{db}/{code}.json", self.datatable)
         return app
 
@@ -221,3 +233,82 @@ async def test_fetch_yields_and_repeats(serve: Serve) -> None:
         batches = [await anext(gen), await anext(gen)]
         await gen.aclose()
     assert [len(b) for b in batches] == [2, 2]
+
+
+# ---------------------------------------------------------------------------------------------- CSV, transforms
+
+
+def test_v3_csv_dataset_gives_the_same_raw_bars_as_json() -> None:
+    bars = parse_csv((FIX / "dataset_wiki_aapl.csv").read_text(), "WIKI/AAPL")
+    assert [(b.timestamp.date(), b.data_type, b.interval, b.close, b.volume) for b in bars] == [
+        (date(2018, 3, 26), "bar", "1d", 172.77, 36272617.0), (date(2018, 3, 27), "bar", "1d", 168.34, 38962839.0)]
+    assert bars[1].metadata["Adj. Close"] == 168.34 and "Close" not in bars[1].metadata
+    assert bars[0].item_id == "WIKI/AAPL"
+
+
+def test_legacy_v1_csv_is_parsed_not_refused() -> None:
+    points = parse_body((FIX / "dataset_snap_v1_legacy.csv").read_text(), "USDAFNS/SNAP")
+    assert [(p.timestamp.date(), p.value) for p in points] == [
+        (date(2013, 12, 31), 47636084.0), (date(2012, 12, 31), 46609072.0), (date(2011, 12, 31), 44709000.0)]
+    assert points[0].data_type == "economic" and points[0].metadata == {"value_column": "Avg Participation"}
+
+
+def test_transformed_series_is_never_a_price() -> None:
+    points = parse_dataset(load("dataset_wiki_aapl_rdiff_monthly.json"), "WIKI/AAPL")
+    assert [p.data_type for p in points] == ["economic", "economic"]
+    assert all(p.close is None and p.open is None for p in points)
+    assert [p.value for p in points] == [-0.0106, 0.0638]  # the Close column's relative change
+    p = points[0]
+    assert p.metadata["transform"] == "rdiff" and p.metadata["collapse"] == "monthly"
+    assert p.metadata["value_column"] == "Close" and p.metadata["Open"] == 0.0134
+    assert p.item_id == "WIKI/AAPL|transform=rdiff|collapse=monthly" and p.interval == "1mo:rdiff"
+    # The requested transform is recorded when the body (CSV) cannot say it.
+    [q, *_] = parse_csv((FIX / "dataset_wiki_aapl.csv").read_text(), "WIKI/AAPL", transform="normalize")
+    assert (q.data_type, q.metadata["transform"], q.interval, q.value) == ("economic", "normalize", "1d:normalize",
+                                                                           172.77)
+    [c, *_] = parse_csv((FIX / "dataset_wiki_aapl.csv").read_text(), "WIKI/AAPL", collapse="weekly")
+    assert (c.data_type, c.interval, c.item_id) == ("economic", "1wk", "WIKI/AAPL|collapse=weekly")
+
+
+@pytest.mark.parametrize("text", ["", "Date\n2024-01-01\n", "Date,Value\nnot a date,x\n"])
+def test_unreadable_csv_is_unexpected(text: str) -> None:
+    with pytest.raises(NdlUnexpected):
+        parse_csv(text, "X/Y")
+
+
+async def test_source_asks_for_csv_and_transforms_and_parses_csv_on_the_json_path(serve: Serve) -> None:
+    fake = FakeNdl()
+    base = await serve(fake.app())
+    s = settings(base, datasets=["USDAFNS/SNAP"], dataset_queries=[
+        DatasetQuery(code="WIKI/AAPL", format="csv"),
+        DatasetQuery(code="WIKI/RDIFF", transform="rdiff", collapse="monthly")])
+    src = NasdaqDataLinkSource(s, api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        points = await src.poll_once(session, today=date(2024, 6, 1))
+    assert [(p.symbol, p.data_type) for p in points] == (
+        [("SNAP", "economic")] * 3 + [("AAPL", "bar")] * 2 + [("RDIFF", "economic")] * 2)
+    paths = [p for p, _ in fake.seen]
+    assert paths == ["/api/v3/datasets/USDAFNS/SNAP/data.json", "/api/v3/datasets/WIKI/AAPL/data.csv",
+                     "/api/v3/datasets/WIKI/RDIFF/data.json"]
+    rdiff_query = fake.seen[2][1]
+    assert (rdiff_query["transform"], rdiff_query["collapse"]) == ("rdiff", "monthly")
+    assert "transform" not in fake.seen[1][1] and "collapse" not in fake.seen[1][1]
+    assert src.unexpected == {} and src.unknown == {}
+
+
+async def test_unknown_codes_and_odd_payloads_are_warned_once_and_counted(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeNdl()
+    base = await serve(fake.app())
+    src = NasdaqDataLinkSource(settings(base, datasets=["NOPE/NOPE", "ODD/SHAPE", "ODD/CSV", "FRED/GDP"]),
+                               api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            points = await src.poll_once(session)
+            assert [p.symbol for p in points] == ["GDP", "GDP"]
+    assert src.unknown == {"NOPE/NOPE": 2}
+    assert src.unexpected == {"dataset": 4}
+    assert caplog.text.count("unknown code") == 1
+    assert caplog.text.count("unexpected payload") == 2  # two causes: no dataset_data, a CSV without a header
+    assert KEY not in caplog.text

@@ -1,4 +1,5 @@
-"""X recent search and the finance-lexicon sentiment, against a local aiohttp server with hand-written fixtures."""
+"""X recent search (scored by producers/sentiment.py, tested in test_sentiment.py), against a local aiohttp server
+with hand-written fixtures."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from producers.sentiment import SENTIMENT_METHOD, lexicon_sentiment, sentiment_counts
+from producers.sentiment import SENTIMENT_METHOD, lexicon_sentiment
 from producers.social import (
     SocialSettings,
     SocialSource,
@@ -31,42 +32,6 @@ TOKEN = "AAAAAAAAAAAAAAAAAAAAA_SECRET_bearer_%2Fxyz"
 def load(name: str) -> Any:
     return json.loads((FIX / name).read_text())
 
-# ---------------------------------------------------------------------------------------------- sentiment
-
-
-def test_lexicon_positive() -> None:
-    assert sentiment_counts("Beat estimates, strong growth, bullish") == (4, 0)
-    assert lexicon_sentiment("Beat estimates, strong growth, bullish") == pytest.approx(4 / 5)
-    assert lexicon_sentiment("$AAPL to the moon 🚀") == pytest.approx(2 / 3)
-
-
-def test_lexicon_negative() -> None:
-    assert lexicon_sentiment("Weak guidance, time to short and dump") == pytest.approx(-3 / 4)
-    assert lexicon_sentiment("lawsuit") == pytest.approx(-0.5)
-
-
-def test_lexicon_negation_flips_within_the_window() -> None:
-    assert sentiment_counts("not bullish") == (0, 1)
-    assert lexicon_sentiment("I'm not bullish here") == pytest.approx(-0.5)
-    assert lexicon_sentiment("don\u2019t short this") == pytest.approx(0.5)  # curly apostrophe too
-    assert lexicon_sentiment("no reason to sell") == pytest.approx(0.5)
-    # Punctuation ends the negation window; a far-away word is not negated.
-    assert sentiment_counts("not today. bullish") == (1, 0)
-    assert sentiment_counts("never said that it was going to rally") == (1, 0)
-
-
-def test_lexicon_neutral_and_mixed() -> None:
-    assert lexicon_sentiment("Watching $AAPL at the open.") == 0.0
-    assert lexicon_sentiment("") == 0.0
-    assert lexicon_sentiment("strong quarter but weak guidance") == 0.0
-
-
-def test_lexicon_is_bounded() -> None:
-    many = " ".join(["bullish"] * 500)
-    assert 0.99 < lexicon_sentiment(many) <= 1.0
-    assert -1.0 <= lexicon_sentiment(" ".join(["crash"] * 500)) < -0.99
-
-
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -79,7 +44,7 @@ def test_parse_search_page() -> None:
     assert bull.url == "https://x.com/i/web/status/1796000000000000003"
     assert bull.timestamp == datetime(2024, 5, 30, 14, 0, 3, tzinfo=UTC)
     assert bull.text.startswith("$AAPL bullish")
-    assert bull.sentiment is not None and bull.sentiment > 0 and bear.sentiment is not None and bear.sentiment < 0
+    assert (bull.sentiment, bear.sentiment) == (lexicon_sentiment(bull.text), lexicon_sentiment(bear.text))
     assert bull.metadata["sentiment_method"] == SENTIMENT_METHOD
     assert bull.metadata["public_metrics"]["like_count"] == 10 and bull.metadata["lang"] == "en"
     assert bear.metadata["cashtags"] == ["AAPL", "MSFT"]
