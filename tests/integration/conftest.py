@@ -30,7 +30,15 @@ from streams.catalog import Catalog, load_catalog
 from streams.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.integration
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/integration/ needs the stack: mark it, so `-m integration` (and `-m "not
+    integration"`) select what they say. (A module-level pytestmark in conftest.py applies to nothing.)"""
+    for item in items:
+        if HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.integration)
 
 
 def free_port() -> int:
@@ -155,6 +163,17 @@ class Worker:
             return exc.code, json.loads(exc.read() or b"null")
         except (OSError, ValueError):
             return 0, None
+
+    def owned(self, topic: str, stage: str | None = None) -> set[str]:
+        """The partitions of `topic` this worker's stages (or one stage) own now, from its /health."""
+        if not self.alive():
+            raise AssertionError(f"worker {self.name} exited ({self.proc.returncode if self.proc else None}):\n"
+                                 + self.log_text()[-3000:])
+        status, h = self.get("/health")
+        if status == 0 or not isinstance(h, dict):
+            return set()
+        names = h.get("assigned", []) if stage is None else h.get("stages", {}).get(stage, {}).get("assigned", [])
+        return {p for p in names if p.startswith(topic + "[")}
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

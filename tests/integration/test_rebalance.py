@@ -6,27 +6,39 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.integration.conftest import ensure_topics_for
-from tests.integration.oracles import check_oracles, fault_inputs, produce_all, wait_for_rows
+from tests.integration.conftest import ensure_topics_for, wait_until
+from tests.integration.oracles import check_oracles, fault_inputs, produce_all, produce_paced, wait_for_rows
 
 
 async def test_workers_join_and_leave_during_the_flow(iso, workers, producer, pg) -> None:
+    """Each churn worker is confirmed to have joined (it owned raw partitions) before it is stopped."""
     await ensure_topics_for(iso)
     inputs = fault_inputs(seed=41)
     messages = inputs.messages
+    raw = iso.raw_topic()
     steady = workers("steady")
-    await produce_all(producer, iso.raw_topic(), messages[:4000])
+    await produce_all(producer, raw, messages[:4000])
 
     await wait_for_rows(iso, pg, 100, "the first rows")
     chunk = (len(messages) - 4000) // 4
+    joined: list[tuple[str, set[str]]] = []
     for i in range(4):
         extra = workers(f"churn{i}")
         start = 4000 + i * chunk
         end = len(messages) if i == 3 else start + chunk
-        await produce_all(producer, iso.raw_topic(), messages[start:end], start)
-        await asyncio.sleep(4)
-        extra.stop()
-    await check_oracles(iso, pg, inputs, "worker added/removed every 4 s")
+        feeder = asyncio.create_task(produce_paced(producer, raw, messages[start:end], start, every=0.2))
+        try:
+            owned = await wait_until(lambda extra=extra: extra.owned(raw, "validate"), 120,
+                                     f"churn{i} to join and own raw partitions")
+            joined.append((extra.name, owned))
+            await asyncio.sleep(2)  # work a little as a member, then leave mid-flow
+        finally:
+            await feeder
+        code = extra.stop()
+        if code != 0:  # reported, not asserted here: a SIGTERM mid-join can crash a stage's stop (see report)
+            print(f"churn{i} exited {code} on SIGTERM")
+    assert [n for n, _ in joined] == [f"churn{i}" for i in range(4)]
+    await check_oracles(iso, pg, inputs, "worker added/removed x4, each confirmed joined")
     assert steady.alive()
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -107,40 +107,85 @@ def write_seconds(tmp_path: Path, gaps: list[int]) -> str:
     return str(path)
 
 
-async def replay(**kw: Any) -> tuple[float, list[list[Any]]]:
+class FakeClock:
+    """Stands in for producers.replay's `time.monotonic` and `asyncio.sleep`: a sleep advances the clock
+    at once, so pacing is checked exactly and without waiting (no wall-clock asserts)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(0.0, seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    import producers.replay as module
+
+    fake = FakeClock()
+    monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=fake.monotonic))
+    monkeypatch.setattr(module, "asyncio", SimpleNamespace(sleep=fake.sleep))
+    return fake
+
+
+async def replay(clock: FakeClock, **kw: Any) -> tuple[float, list[list[Any]]]:
+    """Run a replay to its end; returns the seconds it took on the fake clock and the batches."""
     symbol = kw.pop("symbol_arg", None)
     src = ReplaySource(ReplaySettings(**kw), symbol=symbol)
-    started = time.monotonic()
+    started = clock.now
     batches = [batch async for batch in src.fetch(None)]
-    return time.monotonic() - started, batches
+    return clock.now - started, batches
 
 
-async def test_speed_zero_is_as_fast_as_possible_in_batches() -> None:
+async def test_speed_zero_is_as_fast_as_possible_in_batches(clock: FakeClock) -> None:
     files = [str(FIX / "yf_flat_aapl_1d.csv"), str(FIX / "yf_multi_aapl_msft_1d.csv")]
-    elapsed, batches = await replay(files=files, symbol="AAPL", batch_size=4)
-    assert elapsed < 0.5
+    elapsed, batches = await replay(clock, files=files, symbol="AAPL", batch_size=4)
+    assert elapsed == 0.0 and all(s == 0 for s in clock.sleeps)  # only yields to the loop, never waits
     assert [len(b) for b in batches] == [4, 4, 2]
     stamps = [p.timestamp for b in batches for p in b]
     assert stamps == sorted(stamps)  # the two files merged into one timeline
     assert all(p.source == "replay" for b in batches for p in b)
 
 
-@pytest.mark.parametrize("speed,low,high", [(1.0, 0.9, 1.6), (10.0, 0.08, 0.6)])
-async def test_speed_follows_the_gaps(tmp_path: Path, speed: float, low: float, high: float) -> None:
-    elapsed, batches = await replay(files=[write_seconds(tmp_path, [1])], symbol="X", speed=speed)
-    assert low <= elapsed < high
+@pytest.mark.parametrize("speed,expected", [(1.0, 1.0), (10.0, 0.1)])
+async def test_speed_follows_the_gaps(tmp_path: Path, clock: FakeClock, speed: float, expected: float) -> None:
+    elapsed, batches = await replay(clock, files=[write_seconds(tmp_path, [1])], symbol="X", speed=speed)
+    assert elapsed == pytest.approx(expected)  # a one-second gap, divided by the speed
     assert [len(b) for b in batches] == [1, 1]
 
 
-async def test_rows_due_together_go_together_and_waits_are_capped(tmp_path: Path) -> None:
-    elapsed, batches = await replay(files=[str(FIX / "yf_multi_aapl_msft_1d.csv")], speed=1.0, max_wait_seconds=0.05)
-    assert elapsed < 0.5  # two one-day gaps, each wait capped at 50 ms
+async def test_rows_due_together_go_together_and_waits_are_capped(tmp_path: Path, clock: FakeClock) -> None:
+    elapsed, batches = await replay(clock, files=[str(FIX / "yf_multi_aapl_msft_1d.csv")], speed=1.0,
+                                    max_wait_seconds=0.05)
+    assert clock.sleeps == pytest.approx([0.05, 0.05])  # two one-day gaps, each wait capped at 50 ms
+    assert elapsed == pytest.approx(0.1)
     assert [[p.symbol for p in b] for b in batches] == [["AAPL", "MSFT"], ["AAPL", "MSFT"], ["AAPL"]]
 
 
-async def test_unreadable_file_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_unreadable_file_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture, clock: FakeClock) -> None:
     caplog.set_level(logging.INFO)
     files = [str(tmp_path / "missing.csv"), str(FIX / "av_intraday_ibm_5min.csv")]
-    _, batches = await replay(files=files, symbol_arg="IBM")
+    _, batches = await replay(clock, files=files, symbol_arg="IBM")
     assert [p.symbol for b in batches for p in b] == ["IBM"] * 4
     assert "missing.csv skipped" in caplog.text
+
+
+def test_a_folder_replays_every_file_with_its_symbol_from_mapping_ticker_row_or_file_name(tmp_path: Path) -> None:
+    from producers.replay import ReplaySource
+    from streams.config import ReplaySettings
+
+    flat = "Date,Open,High,Low,Close,Volume\n2024-05-06,1,2,0.5,1.5,10\n"
+    (tmp_path / "sap.de.csv").write_text(flat)
+    (tmp_path / "x.csv").write_text(flat)
+    (tmp_path / "multi.csv").write_text("Price,Close,High,Low,Open,Volume\nTicker,IBM,IBM,IBM,IBM,IBM\n"
+                                        "Date,,,,,\n2024-05-06,1.5,2,0.5,1,10\n")
+    (tmp_path / "notes.txt").write_text("not a csv")
+    src = ReplaySource(ReplaySettings(files=[str(tmp_path)]), symbols={"x": "MSFT"})
+    assert sorted(p.symbol for p in src.load()) == ["IBM", "MSFT", "SAP.DE"]
+    globbed = ReplaySource(ReplaySettings(files=[str(tmp_path / "s*.csv")]))
+    assert [p.symbol for p in globbed.load()] == ["SAP.DE"]
