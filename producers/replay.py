@@ -15,18 +15,22 @@ auto_adjust=True has an adjusted Close already: the file does not say so, the us
 The interval (item_id) is inferred from the smallest gap between rows unless configured.
 
 Speed: 1 = the gaps between rows in real time, 10 = ten times faster, 0 = as fast as possible.
-The symbol comes from the constructor/settings, else from the Ticker row.
+Files: each entry of `files` is a file, a folder (its *.csv files) or a glob pattern; one source replays
+them all, merged into one timeline. A file's symbol: the mapping (`symbols`: file name or stem -> symbol),
+else the configured `symbol` (for one-ticker files), else the file's Ticker row, else the file's name
+(AAPL.csv -> AAPL, SAP.DE.csv -> SAP.DE): leave `symbol` unset to replay a folder of per-symbol files.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import glob
 import io
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,10 @@ _META_FIELDS = {
 _NO_EVENT = {"dividend": 0.0, "split": 0.0, "split_coefficient": 1.0}
 _INTRADAY = {60: "1m", 120: "2m", 300: "5m", 900: "15m", 1800: "30m", 3600: "1h", 5400: "90m"}
 _DAILY = {1: "1d", 7: "1wk", 28: "1mo", 29: "1mo", 30: "1mo", 31: "1mo", 90: "3mo", 91: "3mo", 92: "3mo"}
+
+
+class NoSymbol(ValueError):
+    """A file with no Ticker row, and no symbol given for it."""
 
 
 def _norm(name: str) -> str:
@@ -112,7 +120,7 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
     if symbol and len(distinct) <= 1:
         tickers = [None if i == date_col else symbol.upper() for i in range(len(names))]
     elif not distinct:
-        raise ValueError("no symbol: give one, or a file with a Ticker row")
+        raise NoSymbol("no symbol: give one, or a file with a Ticker row")
     tz = ZoneInfo(time_zone)
     parsed: list[tuple[datetime, bool, str, dict[str, Any]]] = []
     skipped = 0
@@ -158,28 +166,54 @@ class ReplaySource(Source):
 
     name = SOURCE
 
-    def __init__(self, settings: ReplaySettings, *, symbol: str | None = None) -> None:
+    def __init__(self, settings: ReplaySettings, *, symbol: str | None = None,
+                 symbols: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.symbol = symbol or settings.symbol
+        self.symbols = {k: v.upper() for k, v in (symbols or settings.symbols).items()}
+
+    def paths(self) -> list[Path]:
+        """The files to replay: each entry as a file, a folder's *.csv, or a glob's matches (sorted, once each)."""
+        out: list[Path] = []
+        for name in self.settings.files:
+            path = Path(name)
+            if path.is_dir():
+                found = sorted(p for p in path.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+            elif any(c in name for c in "*?["):
+                found = sorted(Path(p) for p in glob.glob(name, recursive=True) if Path(p).is_file())
+            else:
+                found = [path]
+            if not found:
+                logger.warning("replay: %s matches no file", name)
+            out.extend(p for p in found if p not in out)
+        return out
+
+    def symbol_for(self, path: Path) -> str | None:
+        """The mapping's symbol for this file, else the configured one; None: the file says."""
+        return self.symbols.get(path.name) or self.symbols.get(path.stem) or self.symbol
 
     def load(self) -> list[MarketDataPoint]:
         """Every file's bars, sorted by time; a file that cannot be read is logged and skipped."""
         s = self.settings
+        paths = self.paths()
         points: list[MarketDataPoint] = []
-        for name in s.files:
-            path = Path(name)
+        for path in paths:
             try:
-                points.extend(parse_csv(path.read_text(encoding="utf-8"), self.symbol, time_zone=s.time_zone,
-                                        interval=s.interval, origin=path.name))
+                text = path.read_text(encoding="utf-8")
+                kw: dict[str, Any] = {"time_zone": s.time_zone, "interval": s.interval, "origin": path.name}
+                try:
+                    points.extend(parse_csv(text, self.symbol_for(path), **kw))
+                except NoSymbol:  # no Ticker row either: the file's name is the symbol
+                    points.extend(parse_csv(text, path.stem.upper(), **kw))
             except (OSError, ValueError, UnicodeDecodeError) as exc:
-                logger.error("replay: %s skipped: %s: %s", name, type(exc).__name__, exc)
+                logger.error("replay: %s skipped: %s: %s", path, type(exc).__name__, exc)
         points.sort(key=lambda p: (p.timestamp, p.symbol))
         return points
 
     async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
         s = self.settings
         points = self.load()
-        logger.info("replay: %d bars from %d files at speed %s", len(points), len(s.files), s.speed or "max")
+        logger.info("replay: %d bars from %d files at speed %s", len(points), len(self.paths()), s.speed or "max")
         if not points:
             return
         if s.speed <= 0:

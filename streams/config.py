@@ -579,8 +579,11 @@ class YahooSettings(SourceSection):
 class ReplaySettings(SourceSection):
 
     enabled: bool = False
-    files: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)  # files, folders or globs, replayed as one timeline
+    # One symbol for every file (leave unset for a folder of per-symbol files); `symbols` maps a file's name or
+    # stem to its symbol; otherwise the file's Ticker row, else its stem.
     symbol: str | None = None
+    symbols: dict[str, str] = Field(default_factory=dict)
     speed: float = Field(default=0.0, ge=0.0)  # 1 real time, 10 ten times faster, 0 as fast as possible
     interval: str | None = None  # inferred from the rows when not set
     time_zone: str = "America/New_York"  # of naive date-times (Alpha Vantage intraday CSV)

@@ -189,3 +189,6 @@ def test_a_folder_replays_every_file_with_its_symbol_from_mapping_ticker_row_or_
     assert sorted(p.symbol for p in src.load()) == ["IBM", "MSFT", "SAP.DE"]
     globbed = ReplaySource(ReplaySettings(files=[str(tmp_path / "s*.csv")]))
     assert [p.symbol for p in globbed.load()] == ["SAP.DE"]
+    # The same mapping from the settings (sources.replay.symbols), as a user configures it.
+    configured = ReplaySource(ReplaySettings(files=[str(tmp_path)], symbols={"x.csv": "msft"}))
+    assert sorted(p.symbol for p in configured.load()) == ["IBM", "MSFT", "SAP.DE"]

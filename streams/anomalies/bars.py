@@ -1,0 +1,312 @@
+"""Bar detectors for every interval (1m ... 1d, 1wk): return outliers, decimal shifts, OHLC consistency and
+split suspects. Thresholds come from the interval's family (`bar_intraday` or `bar_daily` in AnomalySettings).
+
+The trade-off for return outliers (issue 12): a bar whose close is far from the previous clean close on
+the local scale of log returns looks the same on arrival whether it is a bad print or a real crash
+(1987-10-19, October 2008, March 2020, an earnings gap). What tells them apart is the NEXT bar: a bad
+print comes back (the next close is near the level before it), a real move persists. So BarOutlier
+holds a suspect bar for one bar and publishes its verdict then, as a follow-up anomaly about the suspect
+record (`details.follow_up`, the suspect's own record): one bar of latency on the verdict, no flag on a
+real move, and a spike of 8 local sigma caught whatever the market did. What it costs: a real move that
+is more than half undone by the next bar is called an error (rare on daily bars, a takeover rumour
+denied), a bad print lasting two bars or more is taken for a real move (DecimalShift and OHLC checks
+still flag each such bar on arrival), and the last bar of a series has no verdict until the next one.
+DecimalShift and OhlcConsistency judge on arrival: no real market move is 10^k times the level, nor
+closes above its own high.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any
+
+from streams.anomalies.core import _BAR, Anomaly, Detector, _Facts, _put_bounded, _record, bar_checks, finite_price
+from streams.anomalies.feed import interval_seconds
+from streams.anomalies.windows import _consistent_run, _mean_abs_dev_sorted, _median_abs_dev, _Window
+from streams.config import AnomalySettings
+from streams.models import MarketDataPoint
+
+_MAD_SCALE = 1.4826  # normal-consistent MAD
+
+
+class BarOutlier(Detector):
+    """Close-to-close log returns against a robust local scale, confirmed by the next bar (module docstring).
+
+    Scale: max(1.4826 x the median absolute deviation of the last `return_window` clean log returns,
+    `scale_floor`); a bar is suspect when |r - median| >= outlier_sigma x scale (r vs the last clean close).
+    The suspect is an error when the next close is back near the level before it: |log(next / level)| <=
+    revert_fraction x |r| and not itself an outlier from that level. Errors stay out of the state; a move
+    that persisted enters it. Score: |r - median| / scale (sigmas); threshold: outlier_sigma.
+    """
+
+    name = "bar_outlier"
+
+    def __init__(self, settings: AnomalySettings | None = None) -> None:
+        super().__init__(settings)
+        # stream -> {"ref": last clean close, "ts": last bar time, "returns": [...], "pending": {...} | None}
+        self.streams: dict[str, dict[str, Any]] = {}
+        self._windows: dict[str, _Window] = {}
+
+    def _stream(self, key: str, interval: str | None) -> tuple[dict[str, Any], _Window]:
+        st = self.streams.get(key)
+        if st is None:
+            st = {"ref": None, "ts": None, "pending": None, "interval": interval}
+            _put_bounded(self.streams, key, st, self.settings.max_streams)
+        w = self._windows.get(key)
+        if w is None:
+            w = self._windows[key] = _Window(bar_checks(self.settings, interval).return_window)
+            for k in list(self._windows):
+                if k not in self.streams:
+                    del self._windows[k]
+        return st, w
+
+    def _scale(self, w: _Window, floor: float) -> tuple[float, float]:
+        """The median and the scale: the largest of 1.4826 MAD, the sd implied by the mean absolute deviation
+        (1.2533 x; for quantised prices whose MAD is 0), the smallest non-zero move (one price tick) and the floor."""
+        srt = w.sorted
+        med = w.median()
+        i = bisect.bisect_right(srt, 0.0)
+        tick = min(abs(srt[i - 1]) if i and srt[i - 1] else math.inf, srt[i] if i < len(srt) else math.inf)
+        mean_abs = 1.2533 * _mean_abs_dev_sorted(srt, med)
+        return med, max(_MAD_SCALE * _median_abs_dev(srt, med), mean_abs, floor, tick if tick < math.inf else 0.0)
+
+    def update(self, point: MarketDataPoint, f: _Facts | None = None, *, suspect: bool = False) -> list[Anomaly]:
+        """`suspect=True` (the suite: flagged on arrival by another bar check): never enters the state as is."""
+        c = point.close
+        if point.data_type != _BAR or not finite_price(c, self.settings.max_price):
+            return []
+        f = f or _Facts(point)
+        self.symbol = point.symbol
+        cfg = bar_checks(self.settings, point.interval)
+        st, w = self._stream(f.stream, point.interval)
+        if st["ts"] is not None and f.ts <= st["ts"]:
+            return []  # out of order or a revision of a bar already judged
+        st["ts"] = f.ts
+        out: list[Anomaly] = []
+        pending = st["pending"]
+        if pending is not None:
+            st["pending"] = None
+            back = math.log(c / pending["ref"])
+            med, scale = self._scale(w, cfg.scale_floor) if len(w) else (0.0, cfg.scale_floor)
+            if abs(back) <= cfg.revert_fraction * abs(pending["r"]) and abs(back - med) < cfg.outlier_sigma * scale:
+                out.append(Anomaly(self.name, point.symbol, pending["z"], cfg.outlier_sigma, self.kind,
+                                   f"close {pending['close']:.6g} was {pending['z']:.1f} sigma from"
+                                   f" {pending['ref']:.6g}"
+                                   f" and the next bar came back ({c:.6g}): an error, not a move",
+                                   pending["record"], {"follow_up": True, "confirmed_by": point.timestamp.isoformat(),
+                                                       "return": pending["r"], "scale": pending["scale"]}))
+            else:  # the level persisted: a real move
+                w.push(pending["r"])
+                st["ref"] = pending["close"]
+        ref = st["ref"]
+        if ref is None:
+            if not suspect:
+                st["ref"] = c
+            return out
+        r = math.log(c / ref)
+        if len(w) < cfg.min_returns:
+            if not suspect:
+                w.push(r)
+                st["ref"] = c
+            return out
+        med, scale = self._scale(w, cfg.scale_floor)
+        z = abs(r - med) / scale
+        if z >= cfg.outlier_sigma or suspect:
+            st["pending"] = {"r": r, "z": z, "ref": ref, "close": c, "scale": scale, "record": _record(point)}
+        else:
+            w.push(r)
+            st["ref"] = c
+        return out
+
+    def rescale(self, price_factor: float) -> None:
+        for st in self.streams.values():
+            self.rescale_stream(st, price_factor)
+
+    def rescale_stream(self, st: dict[str, Any], price_factor: float) -> None:
+        if st["ref"] is not None:
+            st["ref"] *= price_factor
+        st["pending"] = None
+
+    def _dump(self) -> dict[str, Any]:
+        return {"streams": {k: {**st, "returns": list(self._windows[k].values) if k in self._windows else []}
+                            for k, st in self.streams.items()}}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        for k, st in state.get("streams", {}).items():
+            st = dict(st)
+            returns = st.pop("returns", [])
+            _, w = self._stream(k, st.get("interval"))
+            self.streams[k].update(st)
+            for x in returns:
+                w.push(float(x))
+
+
+class DecimalShift(Detector):
+    """A close near 10^k times the level (k != 0): a misplaced decimal point, or a unit change (pence for
+    pounds, cents for dollars). Judged on arrival. Level: the median of the last 5 clean closes; a run of
+    `level_shift_run` shifted closes that agree re-anchors it (a lasting change of units is then reported
+    on its first bars only). Score: |log10(close / level)|; threshold: the nearest k, +- decimal_tolerance.
+    """
+
+    name = "decimal_shift"
+    _LEVEL = 5
+
+    def __init__(self, settings: AnomalySettings | None = None) -> None:
+        super().__init__(settings)
+        self.levels: dict[str, list[Any]] = {}  # stream -> [recent clean closes, pending shifted closes]
+
+    def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
+        c = point.close
+        if point.data_type != _BAR or not finite_price(c, self.settings.max_price):
+            return []
+        f = f or _Facts(point)
+        self.symbol = point.symbol
+        tol = bar_checks(self.settings, point.interval).decimal_tolerance
+        entry = self.levels.get(f.stream)
+        if entry is None:
+            entry = [[], []]
+            _put_bounded(self.levels, f.stream, entry, self.settings.max_streams)
+        closes, pending = entry
+        if closes:
+            level = sorted(closes)[len(closes) // 2]
+            x = math.log10(c / level)
+            k = round(x)
+            if k != 0 and abs(x - k) <= tol:
+                pending.append(x)
+                del pending[:-self.settings.level_shift_run]
+                if _consistent_run(pending, self.settings.level_shift_run, tol) is None:  # type: ignore[arg-type]
+                    return [self._flag(point, abs(x), float(abs(k)),
+                                       f"close {c:.6g} ~ 10^{k} x the level {level:.6g}: a decimal shift?",
+                                       {"level": level, "power": k, "log10_ratio": x})]
+                closes.clear()
+        pending.clear()
+        closes.append(c)
+        del closes[:-self._LEVEL]
+        return []
+
+    def rescale(self, price_factor: float) -> None:
+        for closes, pending in self.levels.values():
+            closes[:] = [x * price_factor for x in closes]
+            pending.clear()
+
+    def _dump(self) -> dict[str, Any]:
+        return {"levels": self.levels}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        for k, (closes, pending) in state.get("levels", {}).items():
+            _put_bounded(self.levels, k, [[float(x) for x in closes], [float(x) for x in pending]],
+                         self.settings.max_streams)
+
+
+class OhlcConsistency(Detector):
+    """A bar that contradicts itself: high < low, open or close outside [low, high] (beyond a rounding
+    tolerance), or a wick (high above max(open, close), low below min(open, close)) longer than
+    range_multiplier x the median log range (high/low) of recent clean bars, floored at range_floor. A real
+    crash closes near its low (a long body, not a wick), so it is not a wick outlier. Judged on arrival.
+    Score: the violation (relative, or the wick in log units); threshold: the tolerance or the wick limit.
+    """
+
+    name = "ohlc_inconsistent"
+
+    def __init__(self, settings: AnomalySettings | None = None) -> None:
+        super().__init__(settings)
+        self.ranges: dict[str, _Window] = {}
+
+    def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
+        o, h, lo, c = point.open, point.high, point.low, point.close
+        if point.data_type != _BAR or o is None or h is None or lo is None or c is None:
+            return []
+        limit = self.settings.max_price
+        if not all(finite_price(x, limit) for x in (o, h, lo, c)):
+            return []
+        f = f or _Facts(point)
+        self.symbol = point.symbol
+        cfg = bar_checks(self.settings, point.interval)
+        tol = cfg.ohlc_tolerance
+        top, bottom = max(o, c), min(o, c)
+        if h < lo * (1 - tol) or top > h * (1 + tol) or bottom < lo * (1 - tol):
+            worst = max(lo / h - 1, top / h - 1, 1 - bottom / lo)
+            return [self._flag(point, worst, tol, f"OHLC inconsistent: open {o:.6g} high {h:.6g} low {lo:.6g}"
+                                                  f" close {c:.6g}", {"check": "bounds"})]
+        w = self.ranges.get(f.stream)
+        if w is None:
+            w = _Window(cfg.range_window)
+            _put_bounded(self.ranges, f.stream, w, self.settings.max_streams)
+        wick = max(math.log(h / top), math.log(bottom / lo))
+        out: list[Anomaly] = []
+        if len(w) >= cfg.min_returns:
+            srt = w.sorted
+            tick = srt[bisect.bisect_right(srt, 0.0)] if srt[-1] > 0 else 0.0  # the smallest non-zero range
+            limit_wick = cfg.range_multiplier * max(w.median(), cfg.range_floor, tick)
+            if wick > limit_wick:
+                out.append(self._flag(point, wick, limit_wick,
+                                      f"wick {wick:.4f} (log) > {cfg.range_multiplier:g} x the median range",
+                                      {"check": "range", "median_range": w.median()}))
+                return out
+        w.push(math.log(h / lo))
+        return out
+
+    def _dump(self) -> dict[str, Any]:
+        return {"ranges": {k: list(w.values) for k, w in self.ranges.items()}}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        for k, values in state.get("ranges", {}).items():
+            w = _Window(bar_checks(self.settings, k.partition(":")[2]).range_window, values)
+            _put_bounded(self.ranges, k, w, self.settings.max_streams)
+
+
+class SplitSuspect(Detector):
+    """A split-like jump at the open: open / previous close within 2% of 2, 3, 1/2 or 1/3 (a 1:2, 1:3, 2:1,
+    3:1 split or reverse split). A corporate-action suspect, NOT an error. The open is each daily bar's open,
+    or the first trade/quote (mid) after a silence of session_break_seconds, or the first intraday bar after
+    one. Score: open / previous close; threshold: the nominal ratio matched (details.tolerance).
+    """
+
+    name = "split_suspect"
+    kind = "corporate_action"
+
+    def __init__(self, settings: AnomalySettings | None = None) -> None:
+        super().__init__(settings)
+        self.last: dict[str, list[float]] = {}  # family -> [last price, its timestamp]
+
+    def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
+        f = f or _Facts(point)
+        s = self.settings
+        ts = f.ts
+        if point.data_type == _BAR:
+            step = interval_seconds(point.interval)
+            daily = step is not None and step >= 86400
+            open_, close = point.open, point.close
+        else:
+            daily = False
+            q = f.quote
+            p = f.trade
+            open_ = close = p if p is not None else ((q[0] + q[1]) / 2.0 if q is not None else None)
+        if open_ is None or close is None:
+            return []
+        self.symbol = point.symbol
+        key = f.stream if point.data_type == _BAR else "tick"  # the family
+        prev = self.last.get(key)
+        if prev is not None and ts < prev[1]:
+            return []
+        _put_bounded(self.last, key, [close, ts], s.max_streams)
+        if prev is None or not (daily or ts - prev[1] >= s.session_break_seconds):
+            return []
+        ratio = open_ / prev[0]
+        for nominal in s.split_ratios:
+            if abs(ratio / nominal - 1.0) <= s.split_tolerance:
+                label = f"{round(1 / nominal)}:1 split" if nominal < 1 else f"1:{round(nominal)} reverse split"
+                return [self._flag(point, ratio, nominal,
+                                   f"open {open_:.6g} / previous close {prev[0]:.6g} = {ratio:.4f} ~ {nominal:.4g}"
+                                   f" ({label}?)",
+                                   {"ratio": ratio, "nominal": nominal, "tolerance": s.split_tolerance,
+                                    "family": key})]
+        return []
+
+    def _dump(self) -> dict[str, Any]:
+        return {"last": self.last}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        for k, v in state.get("last", {}).items():
+            _put_bounded(self.last, k, [float(v[0]), float(v[1])], self.settings.max_streams)

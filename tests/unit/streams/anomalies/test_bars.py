@@ -1,0 +1,154 @@
+"""Bar checks (issue 12), calendars, event-time staleness and the overflow guard (issue 15 item 3)."""
+
+import math
+import random
+from datetime import UTC, datetime, timedelta
+
+from streams.anomalies import AnomalySettings, DetectorSuite
+from streams.anomalies.detectors import BarGaps, StaleFeed, _SumWindow, _trimmed_mean_sd
+from streams.models import MarketDataPoint
+
+D0 = datetime(2012, 1, 3, tzinfo=UTC)
+
+
+def bar(day: datetime, close: float, sym: str = "SPY", volume: float = 1e6, **kw: object) -> MarketDataPoint:
+    o = kw.pop("open", close)
+    return MarketDataPoint(symbol=sym, timestamp=day, source="replay", data_type="bar", interval="1d", item_id="1d",
+                           open=o, high=max(o, close) * 1.003, low=min(o, close) * 0.997, close=close,
+                           volume=volume, **kw)
+
+
+def weekdays(n: int, start: datetime = D0) -> list[datetime]:
+    out, d = [], start
+    while len(out) < n:
+        if d.weekday() < 5:
+            out.append(d)
+        d += timedelta(days=1)
+    return out
+
+
+def run(closes: list[float]) -> list[tuple[str, str]]:
+    suite = DetectorSuite()
+    flags = []
+    for day, c in zip(weekdays(len(closes)), closes, strict=True):
+        for a in suite.update(bar(day, c)):
+            if a.kind == "tick":
+                flags.append((a.detector, a.record["timestamp"][:10]))
+    return flags
+
+
+def walk(n: int, seed: int = 1) -> list[float]:
+    rng = random.Random(seed)
+    p, out = 100.0, []
+    for _ in range(n):
+        p *= math.exp(rng.gauss(0, 0.01))
+        out.append(p)
+    return out
+
+
+def test_a_spike_that_comes_back_is_flagged_on_its_own_record_by_the_next_bar() -> None:
+    closes = walk(80)
+    closes[60] *= math.exp(0.12)  # ~12 sigma, back on the next bar
+    days = weekdays(80)
+    flags = run(closes)
+    assert ("bar_outlier", days[60].date().isoformat()) in flags
+    assert all(d == days[60].date().isoformat() for _, d in flags)
+
+
+def test_a_crash_whose_level_persists_is_not_flagged() -> None:
+    closes = walk(80)
+    for i in range(60, 80):  # -20% on day 60 (1987-10-19 style), the level stays
+        closes[i] *= 0.8
+    assert run(closes) == []
+
+
+def test_a_decimal_shift_is_flagged_on_arrival() -> None:
+    suite = DetectorSuite()
+    closes = walk(40)
+    closes[30] *= 10
+    days = weekdays(40)
+    got = {}
+    for day, c in zip(days, closes, strict=True):
+        got[day] = [a.detector for a in suite.update(bar(day, c)) if not a.details.get("follow_up")]
+    assert "decimal_shift" in got[days[30]]
+    assert all("decimal_shift" not in v for d, v in got.items() if d != days[30])
+
+
+def test_a_close_above_its_high_is_inconsistent() -> None:
+    suite = DetectorSuite()
+    p = MarketDataPoint(symbol="SPY", timestamp=D0, source="replay", data_type="bar", interval="1d", open=10.0,
+                        high=10.5, low=9.5, close=11.0, volume=1.0)
+    assert [a.detector for a in suite.update(p)] == ["ohlc_inconsistent"]
+
+
+def test_a_price_of_1e154_is_kept_out_and_the_detectors_go_on_normally() -> None:
+    suite = DetectorSuite()
+    t0 = datetime(2024, 5, 6, 14, 0, tzinfo=UTC)
+
+    def trade(price: float, i: int) -> MarketDataPoint:
+        return MarketDataPoint(symbol="X", timestamp=t0 + timedelta(seconds=i), source="sim", data_type="trade",
+                               price=price, volume=100.0)
+
+    rng = random.Random(3)
+    for i in range(100):
+        assert suite.update(trade(100 + rng.uniform(-0.05, 0.05), i)) == []
+    assert [a.detector for a in suite.update(trade(1e154, 100))] == ["price_out_of_range"]
+    for i in range(101, 300):
+        assert suite.update(trade(100 + rng.uniform(-0.05, 0.05), i)) == []
+    assert "brownlees_gallo" in [a.detector for a in suite.update(trade(130.0, 300))]
+
+
+def test_sum_window_survives_huge_and_non_finite_values() -> None:
+    w = _SumWindow(20)
+    for v in [1.0, 2.0, 1e154, 1e200, math.inf, math.nan, *[100.0 + i for i in range(30)]]:
+        w.push(v)
+    assert list(w.values) == [100.0 + i for i in range(10, 30)]
+    m, sd = w.trimmed_mean_sd(0.1)
+    rm, rsd = _trimmed_mean_sd(sorted(w.values), 0.1)
+    assert math.isclose(m, rm) and math.isclose(sd, rsd)
+
+
+def test_exchange_closures_are_not_gaps_but_a_missing_session_is() -> None:
+    gaps = {}
+    for days in (["2001-09-10", "2001-09-17"],  # 9/11 closure
+                 ["2012-10-26", "2012-10-31", "2012-11-21", "2012-11-23", "2012-12-03", "2012-12-05"]):
+        g = BarGaps()
+        for d in days:
+            gaps[(days[0], d)] = g.update(bar(datetime.fromisoformat(d).replace(tzinfo=UTC), 10.0))
+    k = "2012-10-26"
+    assert gaps[("2001-09-10", "2001-09-17")] == [] and gaps[(k, "2012-10-31")] == []  # 9/11, Sandy
+    assert gaps[(k, "2012-11-23")] == []  # Thanksgiving
+    assert [a.score for a in gaps[(k, "2012-11-21")]] == [14.0]  # 2012-11-01..20 are sessions
+    assert [a.score for a in gaps[(k, "2012-12-05")]] == [1.0]  # 12-04 was a session
+
+
+def test_a_replay_is_never_stale_and_a_live_feed_only_while_the_market_is_open() -> None:
+    old = StaleFeed()
+    t = datetime(2024, 5, 6, 14, 0, tzinfo=UTC)  # Monday, NYSE open
+    for i in range(10):
+        ts = datetime(1999, 1, 4, 15, tzinfo=UTC) + timedelta(minutes=i)
+        old.update(MarketDataPoint(symbol="AAPL", timestamp=ts, source="replay", data_type="trade", price=1.0 + i,
+                                   ingested_at=t))
+    assert old.check_stale(t + timedelta(hours=1)) == []
+    live = StaleFeed()
+    for i in range(10):
+        ts = t + timedelta(seconds=2 * i)
+        live.update(MarketDataPoint(symbol="AAPL", timestamp=ts, source="x", data_type="trade", price=1.0 + i,
+                                    ingested_at=ts))
+    assert live.check_stale(datetime(2024, 5, 6, 23, 0, tzinfo=UTC)) == []  # after the close
+    assert len(live.check_stale(t + timedelta(minutes=5))) == 1
+
+
+def test_split_on_daily_bars_rescales_prices_and_volumes() -> None:
+    closes = walk(80)
+    suite = DetectorSuite()
+    flags = []
+    for i, (day, c) in enumerate(zip(weekdays(80), closes, strict=True)):
+        k = 2.0 if i >= 50 else 1.0
+        flags += [(i, a.detector) for a in suite.update(bar(day, c / k, volume=1e6 * k))]
+    assert flags == [(50, "split_suspect")]
+
+
+def test_intraday_and_daily_bars_use_their_own_thresholds() -> None:
+    s = AnomalySettings()
+    assert s.bar_intraday.scale_floor < s.bar_daily.scale_floor
