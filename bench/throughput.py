@@ -1,23 +1,34 @@
 #!/usr/bin/env python3
-"""End-to-end throughput and latency on the real stack, against a bare baseline measured in the same run.
+"""End-to-end throughput and latency on the real stack, side by side with its peers on the same job (issue 17).
 
     make bench                      # defaults below
     BENCH_POINTS=300000 BENCH_WORKERS=2 BENCH_LATENCY_SECONDS=30 make bench
+    BENCH_PEERS=quix,bare make bench  # only these peers (default all: quix,quix-stock,faust,bare; "none")
     BENCH_SOAK=600 make bench       # and a 10-minute soak at BENCH_RATE for the worker's RSS
     BENCH_PG_STALL=60 make bench    # and the local PostgreSQL stopped 60 s under 5,000 points/s (RSS, catch-up)
 
-1. Preloads BENCH_POINTS simulated points into a fresh raw topic (idempotent producer, as fast as it can).
-2. Baseline: a bare aiokafka consumer reads that topic, validates with the same Validator (pydantic
-   codec + rules), builds the same rows and writes them with the same COPY + idempotent upsert
-   (sinks.postgres), committing offsets after each batch. No Faust.
-3. Pipeline: BENCH_WORKERS `python -m streams worker` processes drain the same topic through
-   validate_ticks -> ticks.clean -> write_ticks -> PostgreSQL. Rows committed per second are sampled
-   from PostgreSQL every second; worker CPU and RSS from /proc.
-4. Latency: the simulated producer runs at BENCH_RATE points/s (default 1000) for BENCH_LATENCY_SECONDS;
-   each row's latency is written_at (commit) - ingested_at (producer timestamp), read from PostgreSQL
-   (streams/tools/measure.py, which `tickflow selftest` uses too).
-Writes bench/results/throughput-<workers>w.json (or $BENCH_NAME.json) and, when matplotlib is installed, a PNG
-of the same name.
+1. Preloads BENCH_POINTS simulated points (all valid; quotes and trades) into a fresh raw topic (idempotent
+   producer, as fast as it can).
+2. Peers (bench/peers/, BENCH_PEERS), one after the other, each its own process on the same raw topic with
+   its own consumer group, clean and rejected topics and PostgreSQL schema; all validate with the same
+   `streams.rules.Validator` and write the same table and natural key:
+   - quix: Quix Streams 3.28.1 (in .cache/bench-quix-venv), raw -> validate -> clean -> a BatchingSink doing
+     tickflow's COPY + revision upsert (its stock PostgreSQLSink cannot store mixed kinds: see quix-stock);
+   - quix-stock: not a speed run: Quix's own PostgreSQLSink on a small mixed topic (quotes, trades, bars;
+     BENCH_QUIX_STOCK_POINTS), with its schema auto-update and without, and what it stored as NULL or lost;
+   - faust: plain faust-streaming, two `@app.agent`s with `stream.take(2000, within=1)`, asyncpg COPY + upsert;
+   - bare: the floor, a bare aiokafka consumer that validates and COPYs in ONE hop (no clean topic).
+3. tickflow: BENCH_WORKERS `python -m streams worker` processes drain the same topic through
+   validate_ticks -> ticks.clean -> write_ticks -> PostgreSQL (its 9 detectors on).
+   For every system alike: rows committed are counted in PostgreSQL every second; sustained rows/s and app
+   CPU per row over the same window (from 10% to 90% of the rows; CPU from /proc of the system's own
+   processes), peak RSS, and rows lost or duplicated against the preloaded keys.
+4. Latency (tickflow): the simulated producer runs at BENCH_RATE points/s (default 1000) and at 80% of the
+   measured maximum for BENCH_LATENCY_SECONDS; each row's latency is written_at (commit) - ingested_at
+   (producer timestamp), read from PostgreSQL (streams/tools/measure.py, which `tickflow selftest` uses too).
+Writes bench/results/throughput-<workers>w.json (or $BENCH_NAME.json) with a per-system table ("systems"),
+and, when matplotlib is installed, two PNGs: <name>.png (tickflow over time, latency CDF) and
+<name>-peers.png (the systems compared).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -37,16 +49,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
-from aiokafka import AIOKafkaConsumer  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
-from producers.runner import SourceRunner  # noqa: E402
+from producers.base import encode  # noqa: E402
+from producers.runner import SourceRunner, new_producer, send_batch  # noqa: E402
 from producers.simulated import SimulatedSource  # noqa: E402
-from sinks.postgres import PostgresTickWriter, row_from_record  # noqa: E402
-from streams.tools import measure  # noqa: E402
+from sinks.postgres import PostgresTickWriter  # noqa: E402
 from streams.broker import ensure_topics  # noqa: E402
 from streams.catalog import load_catalog  # noqa: E402
-from streams.rules import Validator  # noqa: E402
+from streams.models import DataType, MarketDataPoint  # noqa: E402
 from streams.settings import PostgresSettings, SimulatedSourceSettings, load_settings  # noqa: E402
+from streams.tools import measure  # noqa: E402
 from streams.tools.measure import count_rows, preload  # noqa: E402
 
 # Enough for the steady window (10% to 90% of the rows) to last over 60 s at ~25,000 rows/s.
@@ -59,8 +72,17 @@ SOAK_SECONDS = float(os.environ.get("BENCH_SOAK", "0"))
 # must stay bounded (the write stage fetches nothing while it retries) and the backlog drain afterwards.
 STALL_SECONDS = float(os.environ.get("BENCH_PG_STALL", "0"))
 STALL_RATE = float(os.environ.get("BENCH_PG_STALL_RATE", "5000"))
+# The peers to run beside tickflow (bench/peers/), in this order; "none" for tickflow alone.
+ALL_PEERS = ("bare", "quix", "quix-stock", "faust")
+PEERS = [p.strip() for p in os.environ.get("BENCH_PEERS", ",".join(ALL_PEERS)).split(",")
+         if p.strip() and p.strip() != "none"]
+PEER_TIMEOUT = float(os.environ.get("BENCH_PEER_TIMEOUT", "1800"))
+STOCK_POINTS = int(os.environ.get("BENCH_QUIX_STOCK_POINTS", "20000"))
 STACK = ROOT / "dev" / "stack.sh"
 RESULTS = ROOT / "bench" / "results"
+PEERS_DIR = ROOT / "bench" / "peers"
+STATE = ROOT / ".cache" / "bench-state"  # the peers' local state dirs, removed after each run
+QUIX_PYTHON = ROOT / ".cache" / "bench-quix-venv" / "bin" / "python"
 
 
 def proc_stats(pid: int) -> tuple[float, int]:
@@ -73,37 +95,244 @@ def proc_stats(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-async def baseline(settings: Any, topic: str, schema: str, n: int) -> dict[str, Any]:
+def _stats_of(procs: list[subprocess.Popen[bytes]]) -> tuple[float, int]:
+    """Summed CPU seconds and RSS bytes of running processes (a finished one counts 0)."""
+    cpu = rss = 0
+    for p in procs:
+        try:
+            c, r = proc_stats(p.pid)
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        cpu += c
+        rss += r
+    return cpu, rss
+
+
+async def watch(procs: list[subprocess.Popen[bytes]], schema: str, n: int, conn: asyncpg.Connection,
+                label: str) -> dict[str, Any]:
+    """Sample rows landed in PostgreSQL and the processes' CPU and RSS every second until `n` rows landed (or
+    a process ended, or nothing landed for 120 s, or BENCH_PEER_TIMEOUT). The same measure for every system:
+    sustained rows/s and CPU per row over the window from 10% to 90% of the rows."""
+    samples: list[tuple[float, int]] = []
+    usage: list[tuple[float, float, int]] = []
+    t_start = time.perf_counter()
+    last_progress = 0.0
+    ended = None
+    while True:
+        await asyncio.sleep(1.0)
+        rows = await count_rows(conn, schema)
+        now = time.perf_counter() - t_start
+        cpu, rss = _stats_of(procs)
+        if not samples or rows > samples[-1][1]:
+            last_progress = now
+        samples.append((now, rows))
+        usage.append((now, cpu, rss))
+        if rows >= n:
+            break
+        if any(p.poll() is not None for p in procs):
+            ended = "a process ended"
+            break
+        if now - last_progress > 120 or now > PEER_TIMEOUT:
+            ended = "no progress for 120 s" if now - last_progress > 120 else "BENCH_PEER_TIMEOUT"
+            break
+    if ended:
+        print(f"  {label}: stopped early ({ended}) at {samples[-1][1]:,} of {n:,} rows", flush=True)
+    first = next((t for t, r in samples if r > 0), samples[-1][0])
+    last_t, last_rows = samples[-1]
+    # steady state: from 10% to 90% of the rows, so start-up and the tail do not count
+    i_lo = next((i for i, (_, r) in enumerate(samples) if r >= 0.1 * n), 0)
+    i_hi = next((i for i, (_, r) in enumerate(samples) if r >= 0.9 * n), len(samples) - 1)
+    lo, hi = samples[i_lo], samples[i_hi]
+    span = max(hi[0] - lo[0], 1e-9)
+    steady = (hi[1] - lo[1]) / span
+    cpu_window = usage[i_hi][1] - usage[i_lo][1]
+    if span < 30:
+        print(f"  note: {label}'s steady window lasted {span:.0f} s (under 30 s: raise BENCH_POINTS for a "
+              "figure to quote)", flush=True)
+    return {
+        "rows": last_rows, "seconds_first_to_last": round(last_t - first, 2),
+        "rows_per_sec_steady": round(steady, 1), "steady_seconds": round(span, 1),
+        "cpu_cores_steady": round(cpu_window / span, 2),
+        "cpu_us_per_row_steady": round(cpu_window / max(hi[1] - lo[1], 1) * 1e6, 1),
+        # the whole run (start-up included) per row landed: a check on the window's figure for a system
+        # whose sink lands rows in bursts (Quix flushes at each checkpoint, so CPU and rows can fall apart)
+        "cpu_us_per_row_total": round((usage[-1][1] - usage[0][1]) / max(last_rows, 1) * 1e6, 1),
+        "peak_rss_mb": round(max(u[2] for u in usage) / 2**20, 1),
+        "stopped_early": ended,
+        "samples": samples, "usage": usage,
+    }
+
+
+async def key_check(conn: asyncpg.Connection, schema: str, run_id: str, n: int) -> dict[str, int]:
+    """Rows lost or duplicated, counted in PostgreSQL against the n preloaded keys (item_id <run_id>-1..n,
+    each sent once, all valid): lost = keys missing; duplicated = rows beyond one per key (the primary key
+    forbids two rows with the same natural key, so a duplicate would be the same point under another key)."""
+    row = await conn.fetchrow(
+        f"SELECT count(*) FILTER (WHERE item_id LIKE $1) AS rows, "
+        f"count(DISTINCT item_id) FILTER (WHERE item_id LIKE $1) AS keys FROM {schema}.market_data",
+        run_id + "-%")
+    rows, keys = row["rows"] or 0, row["keys"] or 0
+    return {"landed": rows, "lost": n - keys, "duplicated": rows - keys}
+
+
+async def make_topics(settings: Any, names: list[str], partitions: int = 4) -> None:
+    """The peers' own clean and rejected topics, with the raw topic's partition count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                **settings.kafka.client_kwargs())
+    await admin.start()
+    try:
+        rf = settings.kafka.replication_factor or 1
+        await admin.create_topics([NewTopic(name, partitions, rf) for name in names])
+    finally:
+        await admin.close()
+
+
+async def drop_topics(settings: Any, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                **settings.kafka.client_kwargs())
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    except Exception as exc:  # leftovers are harmless; say so and go on
+        print(f"  note: could not delete topics {names}: {exc}", flush=True)
+    finally:
+        await admin.close()
+
+
+def peer_command(peer: str) -> list[str]:
+    if peer in ("quix", "quix-stock"):
+        if not QUIX_PYTHON.exists():
+            raise SystemExit(f"{QUIX_PYTHON} is missing: `make bench` makes it "
+                             "(bench/peers/requirements-quix.txt), or BENCH_PEERS without quix")
+        script = "quix_peer.py" if peer == "quix" else "quix_stock_sink.py"
+        return [str(QUIX_PYTHON), str(PEERS_DIR / script)]
+    if peer == "faust":
+        return [sys.executable, str(PEERS_DIR / "faust_peer.py"), "worker", "-l", "warn"]
+    if peer == "bare":
+        return [sys.executable, str(PEERS_DIR / "bare_peer.py")]
+    raise SystemExit(f"unknown peer {peer!r} in BENCH_PEERS (known: {', '.join(ALL_PEERS)})")
+
+
+async def prepare_peer(settings: Any, tag: str, peer: str, raw: str) -> dict[str, str]:
+    """A peer's own topics, consumer group and migrated schema (sinks.schema through the writer)."""
+    slug = peer.replace("-", "_")
+    names = {"clean": f"bench-{tag}.{peer}.clean", "rejected": f"bench-{tag}.{peer}.rejected"}
+    await make_topics(settings, list(names.values()))
+    schema = f"bench_{tag}_{slug}"
     pg = PostgresSettings(**{**settings.postgres.model_dump(), "db_schema": schema,
                              "password": settings.postgres.password})
     writer = PostgresTickWriter(pg)
-    await writer.start()
-    validator = Validator(settings.validation)
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers,
-                                group_id=f"bench-baseline-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_poll_records=2000,
-                                **settings.kafka.client_kwargs())
-    await consumer.start()
-    written = 0
-    t_first = None
+    await writer.migrate()
+    return {"BENCH_PEER_RAW": raw, "BENCH_PEER_CLEAN": names["clean"], "BENCH_PEER_REJECTED": names["rejected"],
+            "BENCH_PEER_SCHEMA": schema, "BENCH_PEER_GROUP": f"bench-{tag}-{peer}",
+            "BENCH_QUIX_STATE_DIR": str(STATE / f"bench-{tag}-{peer}-state"),
+            "BENCH_FAUST_DATADIR": str(STATE / f"bench-{tag}-{peer}-data")}
+
+
+def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A peer process with its output in `log` (a sync helper: the bench's loop only waits on it)."""
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+
+
+async def run_peer(settings: Any, tag: str, peer: str, raw: str, run_id: str, n: int,
+                   conn: asyncpg.Connection) -> dict[str, Any]:
+    """One peer on the preloaded raw topic: started, watched like tickflow, stopped, its keys checked."""
+    job = await prepare_peer(settings, tag, peer, raw)
+    env = {**os.environ, **job, "PYTHONUNBUFFERED": "1"}
+    log = RESULTS / f"bench-peer-{peer}.log"
+    proc = spawn(peer_command(peer), env, log)
     try:
-        while written < n:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
-            rows = []
-            for msgs in batches.values():
-                for m in msgs:
-                    p = validator.check(m.value, source="simulated")
-                    rows.append(row_from_record(p.model_dump(mode="json")))
-            if rows:
-                t_first = t_first or time.perf_counter()
-                r = await writer.write(rows)
-                written += r.inserted + r.duplicates
-                await consumer.commit()
+        res = await watch([proc], job["BENCH_PEER_SCHEMA"], n, conn, peer)
     finally:
-        await consumer.stop()
-        await writer.stop()
-    elapsed = time.perf_counter() - (t_first or time.perf_counter())
-    return {"rows": written, "seconds": round(elapsed, 2), "rows_per_sec": round(written / elapsed, 1)}
+        _stop([proc])
+    res.update(await key_check(conn, job["BENCH_PEER_SCHEMA"], run_id, n))
+    res["exit_code"] = proc.returncode
+    res["log"] = str(log.relative_to(ROOT))
+    await conn.execute(f"DROP SCHEMA IF EXISTS {job['BENCH_PEER_SCHEMA']} CASCADE")
+    await drop_topics(settings, [job["BENCH_PEER_CLEAN"], job["BENCH_PEER_REJECTED"]])
+    for key in ("BENCH_QUIX_STATE_DIR", "BENCH_FAUST_DATADIR"):
+        shutil.rmtree(job[key], ignore_errors=True)
+    return res
+
+
+def mixed_points(n: int, run_id: str) -> list[Any]:
+    """n valid points mixing quotes, trades and bars (every third a 1-minute bar), each with a unique item_id."""
+    sim = SimulatedSource(SimulatedSourceSettings(invalid_ratio=0.0, seed=3), run_id=run_id)
+    out = []
+    for i, p in enumerate(sim.batch(n)):
+        if i % 3 == 2:
+            mid = p.price or 100.0
+            p = MarketDataPoint(symbol=p.symbol, timestamp=p.timestamp, source=p.source, data_type=DataType.BAR,
+                                open=mid, high=round(mid * 1.001, 4), low=round(mid * 0.999, 4),
+                                close=round(mid * 1.0005, 4), volume=p.volume, interval="1m", item_id=p.item_id)
+        out.append(p)
+    return out
+
+
+async def quix_stock_check(settings: Any, tag: str, conn: asyncpg.Connection) -> dict[str, Any]:
+    """Quix's own PostgreSQLSink on STOCK_POINTS mixed points, with its default schema auto-update and without:
+    whether it ran, what landed, and how many rows lost a field they were sent with (stored as NULL)."""
+    raw = f"bench-{tag}.quix-stock.raw"
+    await make_topics(settings, [raw])
+    run_id = f"stk{tag}"
+    points = mixed_points(STOCK_POINTS, run_id)
+    producer = new_producer(settings)
+    await producer.start()
+    try:
+        for i in range(0, len(points), 5000):
+            await send_batch(producer, raw, [encode(p) for p in points[i:i + 5000]])
+    finally:
+        await producer.stop()
+    sent = {k: sum(1 for p in points if getattr(p.data_type, "value", p.data_type) == k)
+            for k in ("quote", "trade", "bar")}
+    out: dict[str, Any] = {"points": STOCK_POINTS, "sent_by_kind": sent, "modes": {}}
+    for mode in ("auto", "fixed"):
+        job = await prepare_peer(settings, tag, f"quix-stock-{mode}", raw)
+        env = {**os.environ, **job, "BENCH_QUIX_STOCK_MODE": mode, "PYTHONUNBUFFERED": "1"}
+        log = RESULTS / f"bench-peer-quix-stock-{mode}.log"
+        print(f"  quix-stock ({mode}): Quix's PostgreSQLSink on {STOCK_POINTS:,} mixed points ...", flush=True)
+        proc = spawn(peer_command("quix-stock"), env, log)
+        try:
+            code = await asyncio.to_thread(proc.wait, 300)
+        except subprocess.TimeoutExpired:
+            _stop([proc])
+            code = proc.returncode
+        schema = job["BENCH_PEER_SCHEMA"]
+        by_kind = {r["data_type"]: dict(r) for r in await conn.fetch(
+            f"SELECT data_type, count(*) AS landed, "
+            f"count(*) FILTER (WHERE price IS NULL OR bid IS NULL OR ask IS NULL OR volume IS NULL) "
+            f"  AS quote_trade_fields_null, "
+            f"count(*) FILTER (WHERE \"open\" IS NULL OR high IS NULL OR low IS NULL OR \"close\" IS NULL "
+            f"  OR \"interval\" IS NULL OR volume IS NULL) AS bar_fields_null "
+            f"FROM {schema}.market_data WHERE item_id LIKE $1 GROUP BY data_type", run_id + "-%")}
+        landed = sum(r["landed"] for r in by_kind.values())
+        nulled = sum(r["quote_trade_fields_null"] for k, r in by_kind.items() if k in ("quote", "trade")) + \
+            sum(r["bar_fields_null"] for k, r in by_kind.items() if k == "bar")
+        error = next((line.strip() for line in reversed(log.read_text(errors="replace").splitlines())
+                      if "Error" in line or "Exception" in line or "Invalid" in line), None)
+        out["modes"][mode] = {"exit_code": code, "landed": landed, "lost": STOCK_POINTS - landed,
+                              "rows_with_sent_fields_null": nulled, "by_kind": by_kind, "last_error": error,
+                              "log": str(log.relative_to(ROOT))}
+        print(f"    exit {code}: {landed:,} of {STOCK_POINTS:,} rows landed, {nulled:,} with a sent field "
+              f"stored as NULL" + (f"; {error[:160]}" if error and (code or landed < STOCK_POINTS) else ""),
+              flush=True)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await drop_topics(settings, [job["BENCH_PEER_CLEAN"], job["BENCH_PEER_REJECTED"]])
+    await drop_topics(settings, [raw])
+    return out
 
 
 def start_workers(env: dict[str, str], count: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
@@ -117,46 +346,15 @@ def start_workers(env: dict[str, str], count: int, log_dir: Path) -> list[subpro
 
 
 async def pipeline(env: dict[str, str], schema: str, n: int, conn: asyncpg.Connection) -> dict[str, Any]:
-    log_dir = RESULTS
-    procs = start_workers(env, WORKERS, log_dir)
-    samples: list[tuple[float, int]] = []
-    usage: list[tuple[float, float, int]] = []
-    t_start = time.perf_counter()
+    procs = start_workers(env, WORKERS, RESULTS)
     try:
-        while True:
-            await asyncio.sleep(1.0)
-            rows = await count_rows(conn, schema)
-            now = time.perf_counter() - t_start
-            samples.append((now, rows))
-            cpu = rss = 0
-            for p in procs:
-                c, r = proc_stats(p.pid)
-                cpu += c
-                rss += r
-            usage.append((now, cpu, rss))
-            if rows >= n or now > 900 or any(p.poll() is not None for p in procs):
-                break
-        first = next((t for t, r in samples if r > 0), samples[-1][0])
-        last_t, last_rows = samples[-1]
-        # steady state: from 10% to 90% of the rows, so start-up and the tail do not count
-        i_lo = next((i for i, (_, r) in enumerate(samples) if r >= 0.1 * n), 0)
-        i_hi = next((i for i, (_, r) in enumerate(samples) if r >= 0.9 * n), len(samples) - 1)
-        lo, hi = samples[i_lo], samples[i_hi]
-        steady = (hi[1] - lo[1]) / max(hi[0] - lo[0], 1e-9)
-        cpu_steady = (usage[i_hi][1] - usage[i_lo][1]) / max(hi[0] - lo[0], 1e-9)
-        if hi[0] - lo[0] < 60:
-            print(f"  note: the steady window lasted {hi[0] - lo[0]:.0f} s, under the 60 s the issue asks; "
-                  "raise BENCH_POINTS", flush=True)
-        return {
-            "rows": last_rows, "seconds_first_to_last": round(last_t - first, 2),
-            "rows_per_sec_steady": round(steady, 1), "steady_seconds": round(hi[0] - lo[0], 1),
-            "worker_cpu_cores_steady": round(cpu_steady, 2),
-            "samples": samples, "usage": usage, "procs": procs,
-        }
+        res = await watch(procs, schema, n, conn, "tickflow")
     except BaseException:
-        for p in procs:
-            p.terminate()
+        _stop(procs)
         raise
+    res["worker_cpu_cores_steady"] = res["cpu_cores_steady"]  # the name earlier results used
+    res["procs"] = procs
+    return res
 
 
 async def latency_run(settings: Any, env: dict[str, str], schema: str, rate: float, seconds: float,
@@ -246,6 +444,11 @@ async def stall_run(settings: Any, env: dict[str, str], procs: list[subprocess.P
             "samples": samples}
 
 
+def _rates(samples: list[Any]) -> list[tuple[float, float]]:
+    return [(samples[i][0], (samples[i][1] - samples[i - 1][1]) / (samples[i][0] - samples[i - 1][0]))
+            for i in range(1, len(samples))]
+
+
 def plot(result: dict[str, Any], path: Path) -> bool:
     try:
         import matplotlib
@@ -255,11 +458,11 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
-    s = result["pipeline"]["samples"]
-    rates = [(s[i][0], (s[i][1] - s[i - 1][1]) / (s[i][0] - s[i - 1][0])) for i in range(1, len(s))]
-    a.plot([t for t, _ in rates], [r for _, r in rates], label=f"pipeline ({WORKERS} worker)")
-    a.axhline(result["baseline"]["rows_per_sec"], color="gray", linestyle="--",
-              label="bare aiokafka+asyncpg baseline")
+    rates = _rates(result["pipeline"]["samples"])
+    a.plot([t for t, _ in rates], [r for _, r in rates], label=f"tickflow ({WORKERS} worker)")
+    bare = result["peers"].get("bare")
+    if bare:
+        a.axhline(bare["rows_per_sec_steady"], color="gray", linestyle="--", label="bare one-hop floor (steady)")
     a.set_xlabel("seconds"), a.set_ylabel("rows committed / s"), a.legend(), a.set_title("throughput")
     for lat in result["latency"]:
         cdf = [(ms, q) for q, ms in lat.get("cdf", []) if ms is not None]
@@ -270,11 +473,68 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     fig.suptitle(f"tickflow on {result['machine']['cpus']} cores, {result['machine']['platform']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
     return True
+
+
+def plot_peers(result: dict[str, Any], path: Path) -> bool:
+    """The systems side by side: rows committed per second over time, then sustained rows/s, CPU per row and
+    peak RSS (lost or duplicated rows written on the bars)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    systems = result["systems"]
+    series = {"tickflow": result["pipeline"], **result["peers"]}
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.5), gridspec_kw={"width_ratios": [2, 1, 1, 1]})
+    for name, res in series.items():
+        r = _rates(res["samples"])
+        axes[0].plot([t for t, _ in r], [v for _, v in r], label=name)
+    axes[0].set_xlabel("seconds from start"), axes[0].set_ylabel("rows committed / s")
+    axes[0].set_title("throughput over time"), axes[0].legend()
+    names = [s["system"] for s in systems]
+    for ax, key, title in ((axes[1], "rows_per_sec", "sustained rows/s (10-90%)"),
+                           (axes[2], "cpu_us_per_row", "app CPU µs per row"),
+                           (axes[3], "peak_rss_mb", "peak RSS, MB")):
+        bars = ax.bar(names, [s[key] or 0 for s in systems], color=[f"C{i}" for i in range(len(systems))])
+        ax.set_title(title), ax.tick_params(axis="x", rotation=30)
+        if key == "rows_per_sec":
+            for bar, s in zip(bars, systems, strict=True):
+                if s["lost"] or s["duplicated"]:
+                    ax.annotate(f"lost {s['lost']:,}\ndup {s['duplicated']:,}", (bar.get_x(), bar.get_height()),
+                                fontsize=7, color="red")
+    fig.suptitle(f"same job, {result['points']:,} preloaded points, {result['machine']['cpus']} cores "
+                 f"({result['when']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def system_row(name: str, res: dict[str, Any]) -> dict[str, Any]:
+    """One line of the per-system table."""
+    return {"system": name, "rows_per_sec": res["rows_per_sec_steady"], "cpu_us_per_row": res["cpu_us_per_row_steady"],
+            "cpu_us_per_row_whole_run": res["cpu_us_per_row_total"],
+            "cpu_cores": res["cpu_cores_steady"], "peak_rss_mb": res["peak_rss_mb"], "rows": res["landed"],
+            "lost": res["lost"], "duplicated": res["duplicated"], "steady_seconds": res["steady_seconds"],
+            "stopped_early": res["stopped_early"]}
+
+
+def print_table(systems: list[dict[str, Any]]) -> None:
+    print(f"{'system':<10} {'rows/s':>9} {'CPU µs/row':>11} {'cores':>6} {'peak RSS MB':>12} {'lost':>7} "
+          f"{'dup':>5} {'window s':>9}")
+    for s in systems:
+        print(f"{s['system']:<10} {s['rows_per_sec']:>9,.0f} {s['cpu_us_per_row']:>11.1f} {s['cpu_cores']:>6.2f} "
+              f"{s['peak_rss_mb']:>12.1f} {s['lost']:>7,} {s['duplicated']:>5,} {s['steady_seconds']:>9.1f}")
 
 
 async def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    for peer in PEERS:
+        peer_command(peer)  # an unknown name, or the Quix venv missing: say so before preloading
     settings = load_settings()
     tag = uuid.uuid4().hex[:8]
     env = {**os.environ, "TICKFLOW_WORKER__APP_ID": f"bench-{tag}", "TICKFLOW_KAFKA__TOPIC_SUFFIX": f".bench-{tag}",
@@ -282,22 +542,34 @@ async def main() -> None:
     catalog = load_catalog(suffix=env["TICKFLOW_KAFKA__TOPIC_SUFFIX"])
     await ensure_topics(catalog, settings.kafka.bootstrap_servers, kafka=settings.kafka)
     raw = catalog.raw("simulated").name
+    run_id = f"pre{tag}"
     print(f"preloading {POINTS:,} points into {raw} ...", flush=True)
-    produce_rate = await preload(settings, raw, POINTS)
+    produce_rate = await preload(settings, raw, POINTS, run_id=run_id)
     print(f"  producer: {produce_rate:,.0f} points/s")
     pg = settings.postgres
     conn = await asyncpg.connect(**pg.connect_kwargs())
     try:
-        print("baseline: bare aiokafka consumer -> same validator -> same COPY upsert ...", flush=True)
-        base = await baseline(settings, raw, f"bench_{tag}_base", POINTS)
-        print(f"  baseline: {base['rows_per_sec']:,.0f} rows/s")
-        await conn.execute(f"DROP SCHEMA IF EXISTS bench_{tag}_base CASCADE")  # not needed any more
-        print(f"pipeline: {WORKERS} worker(s) draining {POINTS:,} points ...", flush=True)
+        peers: dict[str, dict[str, Any]] = {}
+        stock = None
+        for peer in PEERS:
+            if peer == "quix-stock":
+                print("quix-stock: Quix Streams' own PostgreSQLSink, correctness only ...", flush=True)
+                stock = await quix_stock_check(settings, tag, conn)
+                continue
+            print(f"{peer}: draining {POINTS:,} points (bench/peers/, log in bench/results/bench-peer-{peer}.log) ...",
+                  flush=True)
+            res = await run_peer(settings, tag, peer, raw, run_id, POINTS, conn)
+            peers[peer] = res
+            print(f"  {peer}: {res['rows_per_sec_steady']:,.0f} rows/s steady over {res['steady_seconds']:.0f} s, "
+                  f"{res['cpu_us_per_row_steady']:.1f} µs CPU per row, peak RSS {res['peak_rss_mb']:.1f} MB; "
+                  f"{res['landed']:,} rows, {res['lost']:,} lost, {res['duplicated']:,} duplicated", flush=True)
+        print(f"tickflow: {WORKERS} worker(s) draining {POINTS:,} points ...", flush=True)
         pipe = await pipeline(env, f"bench_{tag}", POINTS, conn)
         procs = pipe.pop("procs")
-        print(f"  pipeline: {pipe['rows_per_sec_steady']:,.0f} rows/s steady over {pipe['steady_seconds']:.0f} s, "
-              f"{pipe['worker_cpu_cores_steady']:.2f} cores "
-              f"({pipe['rows']:,} rows, ratio to baseline {pipe['rows_per_sec_steady'] / base['rows_per_sec']:.2f})")
+        pipe.update(await key_check(conn, f"bench_{tag}", run_id, POINTS))
+        print(f"  tickflow: {pipe['rows_per_sec_steady']:,.0f} rows/s steady over {pipe['steady_seconds']:.0f} s, "
+              f"{pipe['cpu_us_per_row_steady']:.1f} µs CPU per row, {pipe['worker_cpu_cores_steady']:.2f} cores; "
+              f"{pipe['landed']:,} rows, {pipe['lost']:,} lost, {pipe['duplicated']:,} duplicated", flush=True)
         latency = []
         try:
             for rate in sorted({RATE, round(0.8 * pipe["rows_per_sec_steady"], -2)}):
@@ -314,31 +586,37 @@ async def main() -> None:
             else:
                 stall = None
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(timeout=30)
+            _stop(procs)
         usage = pipe["usage"]
         cpu_s = usage[-1][1] - usage[0][1]
+        systems = [system_row("tickflow", pipe)] + [system_row(k, v) for k, v in peers.items()]
+        bare = peers.get("bare")
         result = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-            "points": POINTS, "workers": WORKERS, "producer_points_per_sec": round(produce_rate, 1),
-            "baseline": base, "pipeline": pipe,
-            "ratio_pipeline_to_baseline": round(pipe["rows_per_sec_steady"] / base["rows_per_sec"], 3),
+            "points": POINTS, "valid_points": POINTS, "workers": WORKERS,
+            "producer_points_per_sec": round(produce_rate, 1),
+            "systems": systems,
+            "ratios": {f"tickflow_to_{k}": round(pipe["rows_per_sec_steady"] / v["rows_per_sec_steady"], 3)
+                       for k, v in peers.items() if v["rows_per_sec_steady"]},
+            "quix_stock_sink": stock,
+            "pipeline": pipe, "peers": peers,
+            "baseline": {"rows_per_sec": bare["rows_per_sec_steady"]} if bare else None,
+            "ratio_pipeline_to_baseline": round(pipe["rows_per_sec_steady"] / bare["rows_per_sec_steady"], 3)
+            if bare and bare["rows_per_sec_steady"] else None,
             "worker_cpu_cores_avg": round(cpu_s / max(usage[-1][0] - usage[0][0], 1e-9), 2),
-            "worker_peak_rss_mb": round(max(u[2] for u in usage) / 2**20, 1),
+            "worker_peak_rss_mb": pipe["peak_rss_mb"],
             "latency": latency,
             "soak": soak,
             "postgres_outage": stall,
         }
         name = os.environ.get("BENCH_NAME", f"throughput-{WORKERS}w")
         (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
-        drew = plot(result, RESULTS / f"{name}.png")
-        print(json.dumps({k: v for k, v in result.items() if k != "pipeline"}, indent=2))
-        print(f"wrote {RESULTS / (name + '.json')}" + (f" and {name}.png" if drew else ""))
-        for schema in (f"bench_{tag}", f"bench_{tag}_base"):
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        drew = plot(result, RESULTS / f"{name}.png") and plot_peers(result, RESULTS / f"{name}-peers.png")
+        print(json.dumps({k: v for k, v in result.items() if k not in ("pipeline", "peers")}, indent=2))
+        print_table(systems)
+        print(f"wrote {RESULTS / (name + '.json')}" + (f", {name}.png and {name}-peers.png" if drew else ""))
+        await conn.execute(f"DROP SCHEMA IF EXISTS bench_{tag} CASCADE")
     finally:
         await conn.close()
 

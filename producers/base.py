@@ -38,6 +38,9 @@ def encode(record: Record) -> RawRecord:
 
 class Source(ABC):
     name: str
+    # A finite source (a file replay) ends when its fetch returns: the supervisor marks it finished instead of
+    # starting it again. Others are restarted whenever their fetch ends.
+    finite: bool = False
 
     @abstractmethod
     def fetch(self, session: aiohttp.ClientSession | None) -> AsyncIterator[list[Record]]:

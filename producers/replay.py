@@ -164,6 +164,8 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
 class ReplaySource(Source):
     """Replays the configured files, merged into one timeline, at the configured speed; then stops."""
 
+    finite = True  # replayed once per leadership; a restart replays the files again (rows dedupe by key)
+
     name = SOURCE
 
     def __init__(self, settings: ReplaySettings, *, symbol: str | None = None,

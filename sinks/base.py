@@ -1,8 +1,14 @@
-"""The batching-writer contract every sink implements.
+"""The batching-writer contract every sink implements, and the one revision policy every sink applies.
 
-A writer takes a whole batch and either commits all of it or raises: SinkUnavailable (retriable, the
-caller retries the same batch later) or SinkError (the batch holds data the store refuses; the caller
-bisects it to find the bad rows). Writes are idempotent on the natural key, so replays are harmless.
+A writer takes a whole batch and either commits all of it or raises a SinkError whose `retriable` decides:
+retriable (SinkUnavailable: the store, not the data) -> the caller retries the same batch later and
+dead-letters nothing; not retriable (SinkRefused: the data) -> the caller bisects the batch to find the bad
+rows. Writes are idempotent on the natural key, so replays are harmless.
+
+Revisions (issue 14). Immutable kinds (tick, trade, news, social) keep their first write: a re-send is a
+no-op. Revisable kinds (a forming bar re-sent as it grows, the day's quote re-polled, an economic
+observation whose vintage is closed on the next poll) keep their newest revision, judged by `revision_of`,
+so a replay or a reordering never lets an older revision overwrite a newer one.
 """
 
 from __future__ import annotations
@@ -10,15 +16,70 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+
+# The kinds whose stored row follows the newest revision; every other kind is immutable (first write wins).
+REVISABLE_KINDS: frozenset[str] = frozenset({"bar", "quote", "economic"})
+# FRED's "still current" realtime_end: an open vintage. A closed one (any other date) is final.
+OPEN_VINTAGE_END = date(9999, 12, 31)
+# Added to a closed vintage's revision so it beats every open one whatever the clocks said: once FRED has
+# closed a vintage it never reopens, so a late re-send of the open version must not win.
+CLOSED_VINTAGE_RANK = 1 << 56
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def revision_of(data_type: str, ingested_at: datetime | None, realtime_end: date | None) -> int:
+    """The monotonic revision key of one record (a bigint; larger = newer).
+
+    0 for immutable kinds (so nothing ever replaces their first write). For revisable kinds: the
+    microseconds since 1970 of `ingested_at`, the producer's publish time of this version (a re-poll is
+    published later than the poll it revises; an exact re-send carries the same time, so it is a no-op).
+    An economic observation whose realtime_end is a real date (a closed vintage) adds CLOSED_VINTAGE_RANK.
+    A revisable record without ingested_at gets the lowest revision of its rank, so any timed version wins.
+    """
+    if data_type not in REVISABLE_KINDS:
+        return 0
+    rev = (ingested_at - _EPOCH) // _MICROSECOND if ingested_at is not None else 0
+    if data_type == "economic" and realtime_end is not None and realtime_end != OPEN_VINTAGE_END:
+        rev += CLOSED_VINTAGE_RANK
+    return rev
+
+
+def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for k, n in b.items():
+        out[k] = out.get(k, 0) + n
+    return out
 
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
+    """What the sink did with one batch, counted by the sink itself. Every row is exactly one of:
+    inserted (a new natural key), updated (a newer revision replaced the stored one) or a duplicate
+    (ignored: an exact re-send, a stale revision, or superseded by a newer revision in the same batch)."""
+
     inserted: int
     duplicates: int
     # rows inserted per source, so metrics stay exact when a batch mixes sources
     inserted_by_source: dict[str, int] = field(default_factory=dict)
+    updated: int = 0
+    updated_by_source: dict[str, int] = field(default_factory=dict)
+    duplicates_by_source: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def written_by_source(self) -> dict[str, int]:
+        """Rows that changed the store (inserted or updated), per source."""
+        return _add(self.inserted_by_source, self.updated_by_source)
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(
+            self.inserted + other.inserted, self.duplicates + other.duplicates,
+            _add(self.inserted_by_source, other.inserted_by_source), self.updated + other.updated,
+            _add(self.updated_by_source, other.updated_by_source),
+            _add(self.duplicates_by_source, other.duplicates_by_source),
+        )
 
 
 class BatchWriter(ABC):
@@ -30,4 +91,4 @@ class BatchWriter(ABC):
 
     @abstractmethod
     async def write(self, rows: Sequence[tuple[Any, ...]]) -> WriteResult:
-        """Write all rows in one transaction; duplicates of existing natural keys are skipped."""
+        """Write all rows in one transaction, applying the revision policy above."""

@@ -1,23 +1,34 @@
-"""PostgreSQL writer: COPY a batch into a per-connection staging table, then one
-INSERT ... ON CONFLICT DO NOTHING into market_data, all in one transaction.
+"""PostgreSQL writer: COPY a batch into a per-connection staging table, then one upsert into market_data,
+all in one transaction.
 
-COPY is the fastest way into PostgreSQL; the staging hop keeps the write idempotent on the natural key
-(a replayed batch inserts nothing twice). Errors are sorted by SQLSTATE family into retriable
-(connection, shutdown, resources: SinkUnavailable) and data errors (SinkError).
+COPY is the fastest way into PostgreSQL; the staging hop keeps the write idempotent on the natural key (a
+replayed batch writes nothing twice) and applies the revision policy of sinks/base.py in one statement:
+immutable kinds keep their first write, revisable kinds their newest revision. Errors are sorted by
+`classify`: only errors about the data are SinkRefused; everything else is SinkUnavailable.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from datetime import date, datetime
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
-from sinks.base import BatchWriter, WriteResult
-from sinks.schema import MARKET_DATA_COLUMNS, MIGRATIONS, quote_ident
+from sinks.base import BatchWriter, WriteResult, revision_of
+from sinks.schema import (
+    ANOMALY_COLUMNS,
+    ANOMALY_KEY,
+    DEAD_LETTER_COLUMNS,
+    DEAD_LETTER_KEY,
+    MARKET_DATA_COLUMNS,
+    MARKET_DATA_KEY,
+    MIGRATIONS,
+    quote_ident,
+)
 from streams import faults
 from streams.errors import SinkError, SinkRefused, SinkUnavailable
 from streams.settings import PostgresSettings
@@ -25,24 +36,64 @@ from streams.settings import PostgresSettings
 logger = logging.getLogger(__name__)
 
 _STAGE = "tickflow_stage"
-# SQLSTATE classes that mean "the database, not the data": connection (08), resources (53),
-# operator intervention / shutdown (57), system errors (58), and serialization/deadlock (40).
-_RETRIABLE_CLASSES = ("08", "53", "57", "58", "40")
+# SQLSTATE classes that are about the data itself: 22 data exception (out of range, bad text
+# representation, invalid or untranslatable characters), 23 integrity constraint, 54 program limit
+# exceeded (a value too large to store or index). Every other class is about the database (down,
+# read-only after a failover, permissions, a missing table, a lock timeout, a bad password...).
+_DATA_CLASSES = ("22", "23", "54")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether the database (or the driver, encoding a value for it) refused the data rather than failed.
+
+    With a SQLSTATE: its class is one of _DATA_CLASSES. Without one: the driver could not encode a value
+    (asyncpg raises TypeError/ValueError/OverflowError for a value of the wrong type or out of range, and
+    UnicodeEncodeError for a lone surrogate). Anything else (OSError, timeouts, asyncpg.InterfaceError,
+    an unknown exception) is not the data's fault: retried, never dead-lettered.
+    """
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate[:2] in _DATA_CLASSES
+    if isinstance(exc, asyncpg.PostgresError):  # a server error without a SQLSTATE: not provably the data
+        return False
+    # asyncpg's client-side DataError is an InterfaceError *and* a ValueError: the ValueError side decides.
+    return isinstance(exc, (TypeError, ValueError, OverflowError))
 
 
 def classify(exc: BaseException, where: str) -> SinkError:
-    """Map a driver exception onto our tree; the message carries no DSN password."""
+    """Map a driver exception onto our tree (SinkRefused for data errors, SinkUnavailable for everything
+    else); the message carries no DSN password."""
     if isinstance(exc, SinkError):
         return exc
-    sqlstate = getattr(exc, "sqlstate", None) or ""
-    retriable = (
-        isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError))
-        or sqlstate[:2] in _RETRIABLE_CLASSES
-    )
-    cls = SinkUnavailable if retriable else SinkRefused
-    err = cls(f"{where}: {type(exc).__name__}: {exc}")
+    cls = SinkRefused if is_data_error(exc) else SinkUnavailable
+    sqlstate = getattr(exc, "sqlstate", None)
+    code = f" [{sqlstate}]" if isinstance(sqlstate, str) and sqlstate else ""
+    err = cls(f"{where}: {type(exc).__name__}{code}: {exc}")
     err.__cause__ = exc
     return err
+
+
+# NUL rule. PostgreSQL stores no U+0000 in text (22021) nor in jsonb strings (22P05), so one NUL would make
+# the database refuse the whole batch and force a bisection. Every U+0000 in a text field, in flags and in
+# any string of metadata (keys and values, at any depth) becomes U+FFFD, the Unicode replacement character.
+# Replacing rather than stripping keeps "a\0b" apart from "ab" (item_id is part of the natural key) and
+# shows where the byte was. Nothing else about the row changes.
+_NUL = "\x00"
+_REPLACEMENT = "\ufffd"
+
+
+def _text(value: Any) -> Any:
+    return value.replace(_NUL, _REPLACEMENT) if isinstance(value, str) and _NUL in value else value
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_text(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
 
 
 def _ts(value: Any) -> datetime | None:
@@ -54,19 +105,185 @@ def _date(value: Any) -> date | None:
 
 
 def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode() if value else "{}"  # most records carry no metadata
+    if not value:
+        return "{}"  # most records carry no metadata
+    text = orjson.dumps(value).decode()
+    # orjson writes U+0000 as the escape \u0000 (and a literal backslash as \\): only then walk the value.
+    return orjson.dumps(_scrub(value)).decode() if "\\u0000" in text else text
 
 
 def row_from_record(d: dict[str, Any]) -> tuple[Any, ...]:
-    """A canonical record (decoded JSON from ticks.clean) -> a market_data row in MARKET_DATA_COLUMNS order."""
+    """A canonical record (decoded JSON from ticks.clean) -> a market_data row in MARKET_DATA_COLUMNS order,
+    with its revision key (sinks/base.py revision_of).
+
+    NUL rule: every U+0000 is REPLACED by U+FFFD (not stripped) in each text field (source, symbol,
+    data_type, item_id, interval, headline, text, url), in each flag, and in every string of metadata,
+    keys and values at any depth. PostgreSQL refuses U+0000 in text and jsonb, which would otherwise make
+    it refuse the whole batch and force a bisection.
+    """
     g = d.get
+    kind = _text(g("data_type", "tick"))
+    realtime_end = _date(g("realtime_end"))
+    ingested_at = _ts(g("ingested_at"))
+    flags = g("flags") or []
     return (
-        d["source"], d["symbol"], g("data_type", "tick"), datetime.fromisoformat(d["timestamp"]),
-        g("item_id", ""), g("price"), g("volume"), g("bid"), g("ask"), g("bid_size"), g("ask_size"),
-        g("open"), g("high"), g("low"), g("close"), g("interval"), g("value"),
-        _date(g("realtime_start")), _date(g("realtime_end")), g("headline"), g("text"), g("url"),
-        g("sentiment"), g("flags") or [], _json_text(g("metadata")), _ts(g("ingested_at")),
+        _text(d["source"]), _text(d["symbol"]), kind, datetime.fromisoformat(d["timestamp"]),
+        _text(g("item_id", "")), g("price"), g("volume"), g("bid"), g("ask"), g("bid_size"), g("ask_size"),
+        g("open"), g("high"), g("low"), g("close"), _text(g("interval")), g("value"),
+        _date(g("realtime_start")), realtime_end, _text(g("headline")), _text(g("text")), _text(g("url")),
+        g("sentiment"), [_text(f) for f in flags] if flags else [], _json_text(g("metadata")),
+        revision_of(kind, ingested_at, realtime_end), ingested_at,
     )
+
+
+_SOURCE_AT = MARKET_DATA_COLUMNS.index("source")
+_INGESTED_AT = MARKET_DATA_COLUMNS.index("ingested_at")
+
+
+def row_origin(row: tuple[Any, ...]) -> tuple[str, datetime | None]:
+    """A row's source and ingested_at (for per-source metrics and latency), so callers need not know the layout."""
+    return row[_SOURCE_AT], row[_INGESTED_AT]
+
+
+# The natural key leads every row, so a batch's keys are row[:5] without a lookup.
+_KEY_LEN = len(MARKET_DATA_KEY)
+assert MARKET_DATA_COLUMNS[:_KEY_LEN] == MARKET_DATA_KEY
+
+
+# ------------------------------------------------------------------ anomaly events and dead letters (migration 5)
+
+_HEADER_PREFIX = "tickflow."  # the dead-letter headers streams/stages/publish.py Rejection writes
+_PEEK_LIMIT = 1 << 20  # a dead letter's value is parsed for its symbol and source only below this size
+
+
+def _epoch(seconds: Any) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(float(seconds), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def anomaly_row(event: Mapping[str, Any]) -> tuple[Any, ...]:
+    """An anomaly event (decoded JSON from ticks.anomalies: streams/stages/detect.py event_for) -> an
+    anomaly_events row in ANOMALY_COLUMNS order. `ts` is the flagged record's event time (a stale-feed event's
+    record is the feed's last point), else the detection time. The NUL rule of row_from_record applies."""
+    record = event.get("record") or {}
+    detected_at = _epoch(event.get("detected_at")) or datetime.now(UTC)
+    stamp = record.get("timestamp") if isinstance(record, dict) else None
+    ts = datetime.fromisoformat(stamp) if isinstance(stamp, str) else detected_at
+    return (
+        _text(str(event["symbol"])), _text(str(event["detector"])), ts,
+        _text(str(event.get("source") or (record.get("source") if isinstance(record, dict) else None) or "")),
+        _text(str(event.get("kind") or "")), _float(event.get("score")), _float(event.get("threshold")),
+        _text(str(event.get("message") or "")), _json_text(record), _json_text(event.get("details")), detected_at,
+    )
+
+
+def dead_letter_row(*, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                    timestamp_ms: int | None, headers: Sequence[tuple[str, bytes]] | None,
+                    source_of_topic: Mapping[str, str] | None = None) -> tuple[Any, ...]:
+    """A record of ticks.rejected -> a dead_letters row in DEAD_LETTER_COLUMNS order.
+
+    The key is where the refused record was read (tickflow.source.topic/partition/offset headers); a record
+    without them is keyed by its own place in `topic`, so it is still stored once. `source`: the raw topic's
+    source (`source_of_topic`), else the value's "source" field; `symbol`: the value's "symbol" field, else
+    the Kafka key. The original key and value bytes are kept as they were (bytea takes any byte)."""
+    hdr: dict[str, str] = {}
+    for k, v in headers or ():
+        hdr[_text(k)] = _text(v.decode("utf-8", "replace")) if isinstance(v, bytes | bytearray) else _text(str(v))
+
+    def own(name: str) -> str | None:
+        return hdr.get(_HEADER_PREFIX + name)
+
+    src_topic, src_part, src_off = own("source.topic"), own("source.partition"), own("source.offset")
+    if src_topic is not None and src_part is not None and src_off is not None:
+        try:
+            where = (src_topic, int(src_part), int(src_off))
+        except ValueError:
+            where = (topic, partition, offset)
+    else:
+        where = (topic, partition, offset)
+    fields: dict[str, Any] = {}
+    if value and value[:1] == b"{" and len(value) <= _PEEK_LIMIT:
+        try:
+            decoded = orjson.loads(value)
+            fields = decoded if isinstance(decoded, dict) else {}
+        except orjson.JSONDecodeError:
+            pass
+    source = (source_of_topic or {}).get(where[0]) or fields.get("source")
+    symbol = fields.get("symbol")
+    if not isinstance(symbol, str):
+        symbol = key.decode("utf-8", "replace") if key else None
+    record_ts = _epoch(timestamp_ms / 1000.0) if timestamp_ms and timestamp_ms > 0 else None
+    refused_at = _epoch(own("time")) or record_ts or datetime.now(UTC)
+    return (
+        _text(where[0]), where[1], where[2], _text(own("stage") or ""), _text(own("rule") or ""),
+        own("error") or "", own("exception.class"), _text(source) if isinstance(source, str) else None,
+        _text(symbol), refused_at, record_ts, key, value, orjson.dumps(hdr).decode(),
+    )
+
+
+_PG_TYPES = {
+    "symbol": "text", "detector": "text", "ts": "timestamptz", "source": "text", "kind": "text",
+    "score": "float8", "threshold": "float8", "message": "text", "record": "jsonb", "details": "jsonb",
+    "detected_at": "timestamptz", "topic": "text", "partition": "int4", "offset": "int8", "stage": "text",
+    "rule": "text", "error": "text", "exception": "text", "record_ts": "timestamptz", "key": "bytea",
+    "value": "bytea", "headers": "jsonb",
+}
+
+
+def insert_new_sql(schema: str, table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    """INSERT of a batch passed as one array per column (unnest), keeping the first write of each natural key:
+    a replayed batch, or a key twice in one batch, inserts nothing twice."""
+    cols = ", ".join(f'"{c}"' for c in columns)
+    arrays = ", ".join(f"${i}::{_PG_TYPES[c]}[]" for i, c in enumerate(columns, 1))
+    conflict = ", ".join(f'"{c}"' for c in key)
+    return (f"INSERT INTO {schema}.{table} ({cols}) SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT ({conflict}) DO NOTHING")
+
+
+def upsert_sql(schema: str, *, dedupe: bool = True) -> str:
+    """The one statement that applies the revision policy to a staged batch (schema: quoted identifier).
+
+    1. DISTINCT ON the natural key keeps one row per key from the batch: the highest revision, and on a tie
+       the first staged (ctid follows COPY order: the staging table is emptied at every commit). Without
+       it, a key twice in one batch makes ON CONFLICT DO UPDATE fail (21000). `dedupe=False` skips this
+       sort for the usual batch whose keys are all distinct (checked by the caller).
+    2. The upsert inserts new keys; on a conflict it replaces the stored row only with a strictly larger
+       revision. Immutable kinds all have revision 0, so their first write stays (an exact re-send, or
+       any re-send, is a no-op); a stale revision of a revisable kind is ignored the same way.
+    3. xmax = 0 tells an inserted row from an updated one; rows not returned were ignored.
+    """
+    cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
+    key = ", ".join(f'"{c}"' for c in MARKET_DATA_KEY)
+    sets = ", ".join(f'"{c}" = excluded."{c}"' for c in MARKET_DATA_COLUMNS if c not in MARKET_DATA_KEY)
+    rows = (f"(SELECT DISTINCT ON ({key}) {cols} FROM {_STAGE} ORDER BY {key}, revision DESC, ctid) AS s"
+            if dedupe else _STAGE)
+    return (
+        f"WITH up AS (INSERT INTO {schema}.market_data AS t ({cols}) SELECT {cols} FROM {rows} "
+        f"ON CONFLICT ({key}) DO UPDATE SET {sets}, written_at = clock_timestamp() "
+        "WHERE excluded.revision > t.revision "
+        "RETURNING t.source, (t.xmax = 0) AS ins) "
+        "SELECT source, count(*) FILTER (WHERE ins)::int AS inserted, count(*) FILTER (WHERE NOT ins)::int "
+        "AS updated FROM up GROUP BY source"
+    )
+
+
+def result_from_counts(staged: Counter[str], done: dict[str, tuple[int, int]]) -> WriteResult:
+    """Per-source rows staged and (inserted, updated) by the upsert -> the WriteResult; the rest were
+    ignored (duplicates or stale revisions)."""
+    inserted = {src: n for src, (n, _) in done.items() if n}
+    updated = {src: n for src, (_, n) in done.items() if n}
+    dups = {src: n - sum(done.get(src, (0, 0))) for src, n in staged.items()}
+    dups = {src: n for src, n in dups.items() if n}
+    return WriteResult(sum(inserted.values()), sum(dups.values()), inserted, sum(updated.values()), updated, dups)
 
 
 class PostgresTickWriter(BatchWriter):
@@ -80,11 +297,8 @@ class PostgresTickWriter(BatchWriter):
         self._q = quote_ident(self.schema)
         self.pool: asyncpg.Pool | None = None
         self._warned_transport = False
-        cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
-        self._insert = (
-            f"WITH ins AS (INSERT INTO {self._q}.market_data ({cols}) SELECT {cols} FROM {_STAGE} "
-            "ON CONFLICT DO NOTHING RETURNING source) SELECT source, count(*)::int AS n FROM ins GROUP BY source"
-        )
+        self._upsert = upsert_sql(self._q)
+        self._upsert_distinct = upsert_sql(self._q, dedupe=False)
 
     def _connect_kwargs(self) -> dict[str, Any]:
         if not self._warned_transport:
@@ -166,13 +380,39 @@ class PostgresTickWriter(BatchWriter):
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.copy_records_to_table(_STAGE, records=rows, columns=MARKET_DATA_COLUMNS)
-                counts = await conn.fetch(self._insert)
+                distinct = len({r[:_KEY_LEN] for r in rows}) == len(rows)
+                counts = await conn.fetch(self._upsert_distinct if distinct else self._upsert)
                 faults.reach("write.after_insert")
         except Exception as exc:
             raise classify(exc, "write market_data") from None
-        by_source = {r["source"]: r["n"] for r in counts}
-        inserted = sum(by_source.values())
-        return WriteResult(inserted, len(rows) - inserted, by_source)
+        return result_from_counts(Counter(r[0] for r in rows),
+                                  {r["source"]: (r["inserted"], r["updated"]) for r in counts})
+
+    async def _insert_new(self, table: str, columns: Sequence[str], key: Sequence[str],
+                          rows: Sequence[tuple[Any, ...]]) -> int:
+        """Insert rows (in `columns` order) in one statement, keeping the first write per key; returns how
+        many were new."""
+        if not rows:
+            return 0
+        if self.pool is None:
+            await self.start()
+        assert self.pool is not None
+        arrays = [list(col) for col in zip(*rows, strict=True)]
+        try:
+            status = await self.pool.execute(insert_new_sql(self._q, table, columns, key), *arrays)
+        except Exception as exc:
+            raise classify(exc, f"write {table}") from None
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def write_anomalies(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Store anomaly events (rows from anomaly_row); idempotent on (symbol, detector, ts, source).
+        Returns the rows that were new."""
+        return await self._insert_new("anomaly_events", ANOMALY_COLUMNS, ANOMALY_KEY, rows)
+
+    async def write_dead_letters(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Store dead letters (rows from dead_letter_row); idempotent on the source (topic, partition,
+        offset). Returns the rows that were new."""
+        return await self._insert_new("dead_letters", DEAD_LETTER_COLUMNS, DEAD_LETTER_KEY, rows)
 
     async def delete_older_than(self, cutoff: datetime, batch_rows: int) -> int:
         """Delete rows older than `cutoff` a batch at a time (short transactions, no long locks)."""
@@ -180,7 +420,8 @@ class PostgresTickWriter(BatchWriter):
             await self.start()
         assert self.pool is not None
         deleted = 0
-        targets = ((f"{self._q}.market_data", "ts"), (f"{self._q}.data_quality_metrics", "recorded_at"))
+        targets = ((f"{self._q}.market_data", "ts"), (f"{self._q}.data_quality_metrics", "recorded_at"),
+                   (f"{self._q}.anomaly_events", "ts"), (f"{self._q}.dead_letters", "ts"))
         try:
             for table, column in targets:
                 while True:
@@ -203,7 +444,7 @@ class PostgresTickWriter(BatchWriter):
         try:
             rows = await self.pool.fetch(
                 f"SELECT {cols}, written_at FROM {self._q}.market_data WHERE symbol = $1 "
-                "ORDER BY ts DESC LIMIT $2", symbol, limit)
+                'ORDER BY "timestamp" DESC LIMIT $2', symbol, limit)  # the indexed copy of ts (migration 3)
         except Exception as exc:
             raise classify(exc, "read market_data") from None
         return [dict(r) for r in rows]

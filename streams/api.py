@@ -2,185 +2,612 @@
 
     from streams import DataIngestionPipeline, MarketDataPoint, ConfigurationManager, DataConnectorManager
 
-`DataIngestionPipeline` is a client of the running pipeline: it validates a point with the same rules as
-validate_ticks and produces it to raw.<source>; the workers do the rest. `get_metrics()` reads the
-cluster's metrics from a worker's /pipeline/metrics, not a local guess. `ConfigurationManager` edits
-pipeline_config.yaml (and keeps API keys out of it, in .env.pipeline). `DataConnectorManager` runs the
-enabled provider sources in this process and feeds them through the pipeline.
+`DataIngestionPipeline` has two modes, chosen by `kafka.enabled`:
+- true (default): a client of the running pipeline. It validates a point with the same rules as
+  validate_ticks and produces it to raw.<source>; the workers do the rest. `get_metrics()` reads the
+  cluster's metrics from a worker's /pipeline/metrics, or, when no worker answers, what this client knows.
+- false: no broker. The same rules (streams/rules.py), the same anomaly detectors and the same PostgreSQL
+  sink (sinks/postgres.py) run in this process behind a bounded queue (notebooks, small jobs).
+`ConfigurationManager` edits pipeline_config.yaml (API keys go to .env.pipeline, mode 0600, which settings
+load automatically). `DataConnectorManager` runs the enabled provider sources in this process and feeds
+them through the pipeline; a failing source is logged, shown in `status()` and restarted with back-off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import json
 import logging
 import os
+import re
+import socket
+import tempfile
+import threading
+import time
 import urllib.request
-from collections.abc import Awaitable
+from collections import Counter
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
-from aiokafka import AIOKafkaProducer
-from pydantic import SecretStr
+from pydantic import Field, model_validator
 
-from producers.base import Source, encode
-from streams import redact
+from streams import histogram, redact
 from streams.catalog import Catalog, load_catalog
 from streams.config import key_env_by_source
 from streams.errors import ConfigError, RejectedRecord
-from streams.models import DataType, MarketDataPoint
+from streams.models import DataType, ShortStr
+from streams.models import MarketDataPoint as _CanonicalPoint
 from streams.rules import Validator
-from streams.settings import Settings, SourcesSettings, load_settings
+from streams.settings import (
+    BRIEF_SECTIONS,
+    Settings,
+    SourcesSettings,
+    as_brief,
+    load_settings,
+    read_config_file,
+    secret_paths,
+    to_settings_shape,
+)
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
+
+    from producers.base import Source
+    from sinks.postgres import PostgresTickWriter
+    from streams.anomalies import DetectorSuite
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = ["ConfigurationManager", "DataConnectorManager", "DataIngestionPipeline", "DataType", "MarketDataPoint"]
 
 # Environment variable that carries each source's secret (never written to pipeline_config.yaml), from each
 # provider section's own declaration (streams/config.py `key_env`; the first name is the documented one).
 API_KEY_ENV = {name: names[0] for name, names in key_env_by_source().items()}
+# The brief's service names -> our source names.
+SERVICE_NAMES = {brief: base[-1] for brief, base in BRIEF_SECTIONS.items() if base[0] == "sources"}
+
+# The brief's data_type words -> ours. "price": a price (and volume) observation, our tick.
+BRIEF_DATA_TYPES = {"price": DataType.TICK}
 
 
-def _secret_settings() -> dict[str, list[str]]:
-    """The SecretStr settings by section (postgres.password, kafka.sasl_password, kafka.ssl_key_password)."""
-    found: dict[str, list[str]] = {}
-    for section, field in Settings.model_fields.items():
-        model = field.annotation
-        for key, f in getattr(model, "model_fields", {}).items():
-            if f.annotation is SecretStr or f.annotation == SecretStr | None:
-                found.setdefault(section, []).append(key)
-    return found
+class MarketDataPoint(_CanonicalPoint):
+    """The canonical record, also accepting the brief's form: `source` defaults to "unknown" as in the brief,
+    `data_type="price"` is a tick, `metadata=None` is no metadata. Serialises exactly like the canonical one."""
+
+    source: ShortStr = "unknown"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _brief_form(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "metadata" in data and data["metadata"] is None:
+                data = {**data, "metadata": {}}
+            kind = data.get("data_type")
+            if isinstance(kind, str) and kind.lower() in BRIEF_DATA_TYPES:
+                data = {**data, "data_type": BRIEF_DATA_TYPES[kind.lower()]}
+        return data
 
 
-def _as_settings(config: Settings | dict[str, Any] | str | Path | None) -> Settings:
+def _as_settings(config: Settings | Mapping[str, Any] | str | Path | None) -> Settings:
     if config is None:
         return load_settings()
     if isinstance(config, Settings):
         return config
     if isinstance(config, (str, Path)):
         return ConfigurationManager(config).settings()
-    return load_settings(**config)
+    return load_settings(**dict(config))
 
 
-def _run_or_schedule(coro: Awaitable[None]) -> Awaitable[None]:
-    """Run `coro` now when no loop is running; otherwise schedule it and return the task (awaitable)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(coro)  # type: ignore[arg-type]
-        done: asyncio.Future[None] = asyncio.new_event_loop().create_future()
-        done.set_result(None)
-        return done
-    return loop.create_task(coro)  # type: ignore[arg-type]
+class _Done:
+    """What stop() returns: the work is done (or scheduled); awaiting it is optional."""
+
+    def __init__(self, task: asyncio.Future[Any] | None = None) -> None:
+        self.task = task
+
+    def __await__(self) -> Any:
+        if self.task is None:
+            return None
+        return (yield from self.task.__await__())
+
+
+class _Engine:
+    """The pipeline's own event loop, in a daemon thread. The Kafka producer or the in-process sink live here,
+    so `stop()` can finish its work synchronously whether or not the caller awaits it (the brief calls it bare
+    as the last line of `async def main`, after which asyncio.run cancels every task of the caller's loop),
+    and the pipeline outlives the loop that started it (the brief's Flask example starts it in a thread with
+    asyncio.run)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="tickflow-pipeline", daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(self.submit(coro))
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self.thread:
+            raise RuntimeError("stop() called from the pipeline's own thread")
+        return self.submit(coro).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+class _Stats:
+    """This process's counters: what get_metrics() reports when no worker answers, and the in-process
+    pipeline's metrics (and its data_quality_metrics rows)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.processed: Counter[str] = Counter()
+        self.valid: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.written: Counter[str] = Counter()
+        self.duplicates: Counter[str] = Counter()
+        self.by_rule: dict[str, Counter[str]] = {}
+        self.anomalies: Counter[str] = Counter()
+        self.latency: dict[str, list[int]] = {}
+        self.latency_sum: Counter[str] = Counter()
+        self.latency_n: Counter[str] = Counter()
+
+    def reject(self, source: str, rule: str) -> None:
+        self.processed[source] += 1
+        self.rejected[source] += 1
+        self.by_rule.setdefault(source, Counter())[rule] += 1
+
+    def observe(self, source: str, values_ms: list[float]) -> None:
+        histogram.observe_many(self.latency.setdefault(source, histogram.empty()), values_ms)
+        self.latency_sum[source] += sum(values_ms)
+        self.latency_n[source] += len(values_ms)
+
+    def _summary(self, sources: list[str]) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        counts = histogram.empty()
+        for s in sources:
+            counts = histogram.merge(counts, self.latency.get(s, histogram.empty()))
+        n = sum(self.latency_n[s] for s in sources)
+        rules: Counter[str] = Counter()
+        for s in sources:
+            rules.update(self.by_rule.get(s, Counter()))
+
+        def q(x: float) -> float:
+            return round(histogram.percentile(counts, x) or 0.0, 3)
+
+        return {
+            "processed": sum(self.processed[s] for s in sources),
+            "valid": sum(self.valid[s] for s in sources),
+            "rejected": sum(self.rejected[s] for s in sources),
+            "written": sum(self.written[s] for s in sources),
+            "duplicates": sum(self.duplicates[s] for s in sources),
+            "throughput_per_sec": sum(self.valid[s] for s in sources) / elapsed,
+            "avg_latency_ms": round(sum(self.latency_sum[s] for s in sources) / n, 3) if n else 0.0,
+            "p50_latency_ms": q(0.5), "p95_latency_ms": q(0.95), "p99_latency_ms": q(0.99),
+            "rejected_by_rule": dict(rules),
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        s = self._summary(list(self.processed))
+        return {"total_processed": s["processed"], "valid_points": s["valid"], "rejected_points": s["rejected"],
+                "written_points": s["written"], "duplicate_points": s["duplicates"],
+                "throughput_per_sec": s["throughput_per_sec"], "avg_latency_ms": s["avg_latency_ms"],
+                "p95_latency_ms": s["p95_latency_ms"], "p99_latency_ms": s["p99_latency_ms"],
+                "rejected_by_rule": s["rejected_by_rule"], "anomalies": dict(self.anomalies)}
+
+    def snapshots(self) -> dict[str, dict[str, Any]]:
+        return {source: self._summary([source]) for source in self.processed}
+
+
+class _InProcess:
+    """kafka.enabled false: rules, detectors and the PostgreSQL sink in this process, behind a bounded queue.
+    A point is validated and checked by the detectors when ingested (so ingest_data_point answers at once);
+    the sink writes batches of validation.batch_size, or what came within pipeline.batch_timeout_seconds."""
+
+    def __init__(self, settings: Settings, stats: _Stats) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.validator = Validator(settings.validation)
+        self.queue: asyncio.Queue[tuple[Any, float] | None] = asyncio.Queue(maxsize=settings.pipeline.max_queue_size)
+        self.suites: dict[tuple[str, str], DetectorSuite] = {}
+        self.writer: PostgresTickWriter | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.worker = f"api-{socket.gethostname()}-{os.getpid()}"
+        self.sink_error: str | None = None
+
+    async def start(self) -> None:
+        if self.settings.postgres.enabled:
+            from sinks.postgres import PostgresTickWriter
+
+            self.writer = PostgresTickWriter(self.settings.postgres)
+            await self.writer.start()
+        else:
+            logger.warning("kafka.enabled and postgres.enabled are both false: points are validated and counted, "
+                           "not stored")
+        self.task = asyncio.create_task(self._drain(), name="tickflow-in-process-sink")
+
+    def check(self, point: _CanonicalPoint) -> bool:
+        source = point.source
+        try:
+            self.validator.check_point(point)
+        except RejectedRecord as rej:
+            logger.warning("refused %s@%s: %s", point.symbol, point.timestamp.isoformat(), rej)
+            self.stats.reject(source, rej.rule)
+            return False
+        if self.settings.validation.detect_anomalies:
+            self._detect(point)
+        return True
+
+    def _detect(self, point: _CanonicalPoint) -> None:
+        from streams.anomalies import DetectorSuite
+
+        key = (point.source, point.symbol)
+        suite = self.suites.get(key)
+        if suite is None:
+            suite = self.suites[key] = DetectorSuite(self.settings.anomalies)
+        try:
+            found = suite.update(point)
+        except Exception:  # as in validate_ticks: a detector bug must not cost the record
+            logger.exception("anomaly detectors failed on %s/%s", point.source, point.symbol)
+            return
+        for a in found:
+            self.stats.anomalies[a.detector] += 1
+            if a.kind == "tick":
+                point.flags.append(f"anomaly:{a.detector}")
+            elif a.kind == "corporate_action":
+                point.flags.append("corporate_action.suspect")
+
+    async def put(self, point: _CanonicalPoint) -> None:
+        if self.task is None or self.task.done():
+            raise RuntimeError(f"the in-process sink is not running{': ' + self.sink_error if self.sink_error else ''}")
+        await self.queue.put((point, time.monotonic()))
+
+    async def _drain(self) -> None:
+        batch_size = self.settings.validation.batch_size
+        timeout = self.settings.pipeline.batch_timeout_seconds
+        flush_every = self.settings.worker.metrics_flush_seconds
+        last_metrics = time.monotonic()
+        closing = False
+        while not closing:
+            first = await self.queue.get()
+            if first is None:  # stop(): nothing after it
+                return
+            batch = [first]
+            deadline = time.monotonic() + timeout
+            while len(batch) < batch_size:
+                try:
+                    item = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), left)
+                    except TimeoutError:
+                        break
+                if item is None:  # stop(): write what we have now, without waiting out the timeout
+                    closing = True
+                    break
+                batch.append(item)
+            await self._write(batch)
+            if time.monotonic() - last_metrics >= flush_every:
+                last_metrics = time.monotonic()
+                await self.write_metrics()
+
+    async def _write(self, batch: list[tuple[Any, float]]) -> None:
+        import orjson
+
+        from sinks.postgres import row_from_record
+
+        delay = self.settings.sink.retry_initial_seconds
+        if self.writer is not None:
+            rows = [row_from_record(orjson.loads(p.to_json())) for p, _ in batch]
+            while True:
+                try:
+                    result = await self.writer.write(rows)
+                    break
+                except Exception as exc:
+                    if not getattr(exc, "retriable", False):
+                        self.sink_error = str(exc)
+                        logger.error("in-process sink failed, %d points lost: %s", len(batch), exc)
+                        raise
+                    logger.warning("in-process sink: %s; retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.sink.retry_max_seconds)
+            written = Counter(result.inserted_by_source)
+            by_source = Counter(p.source for p, _ in batch)
+            for source, n in by_source.items():
+                self.stats.written[source] += written.get(source, 0)
+                self.stats.duplicates[source] += n - written.get(source, 0)
+        done = time.monotonic()
+        per_source: dict[str, list[float]] = {}
+        for p, t0 in batch:
+            per_source.setdefault(p.source, []).append((done - t0) * 1000.0)
+        for source, values in per_source.items():
+            self.stats.observe(source, values)
+
+    async def write_metrics(self) -> None:
+        if self.writer is None or not self.settings.pipeline.metrics_enabled or not self.stats.processed:
+            return
+        try:
+            await self.writer.write_metrics(self.worker, self.stats.snapshots())
+        except Exception as exc:  # metrics must not stop the data
+            logger.warning("could not write data_quality_metrics: %s", exc)
+
+    async def stop(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            if not task.done():
+                await self.queue.put(None)  # after every point queued so far
+            with contextlib.suppress(Exception):  # a fatal sink error was logged where it happened
+                await task
+        await self.write_metrics()
+        if self.writer is not None:
+            await self.writer.stop()
+            self.writer = None
 
 
 class DataIngestionPipeline:
-    """Validate-and-produce client of the pipeline, as the brief's examples use it."""
+    """The brief's pipeline object: Kafka client (kafka.enabled, default) or in-process pipeline (false).
+    Its work runs on its own event loop in a daemon thread (_Engine); the methods are called from yours."""
 
-    def __init__(self, config: Settings | dict[str, Any] | str | Path | None = None) -> None:
+    def __init__(self, config: Settings | Mapping[str, Any] | str | Path | None = None) -> None:
         self.settings = _as_settings(config)
         # Our exceptions never carry these settings' secrets; your process's logging is left as it is
         # (streams.redact.install(settings) adds the log redaction the worker has).
         redact.register(*redact.secrets_in(self.settings))
+        level = self.settings.pipeline.log_level
+        if level is not None:
+            for name in ("streams", "producers", "sinks"):
+                logging.getLogger(name).setLevel(level)
         self.catalog: Catalog = load_catalog(suffix=self.settings.kafka.topic_suffix)
         self.validator = Validator(self.settings.validation)
         self._producer: AIOKafkaProducer | None = None
+        self._local: _InProcess | None = None
+        self._engine: _Engine | None = None
+        self._stats = _Stats()
+        self.source_errors: dict[str, str] = {}  # filled by DataConnectorManager: source -> last error
         self.local_counts = {"ingested": 0, "refused": 0}
 
+    @property
+    def in_process(self) -> bool:
+        return not self.settings.kafka.enabled
+
     async def start(self) -> None:
-        from streams.broker import ensure_topics
+        if self._engine is not None:
+            return
+        engine = _Engine()
+        try:
+            await engine.call(self._start())
+        except BaseException:
+            engine.run(self._close())
+            engine.close()
+            raise
+        self._engine = engine
 
-        await ensure_topics(self.catalog, self.settings.kafka.bootstrap_servers, kafka=self.settings.kafka)
-        if self._producer is None:
+    async def _start(self) -> None:
+        self._stats = _Stats()
+        if self.in_process:
+            self._local = _InProcess(self.settings, self._stats)
+            await self._local.start()
+        else:
             from producers.runner import new_producer
+            from streams.broker import ensure_topics
 
+            await ensure_topics(self.catalog, self.settings.kafka.bootstrap_servers, kafka=self.settings.kafka)
             self._producer = new_producer(self.settings)
             await self._producer.start()
 
-    def stop(self) -> Awaitable[None]:
-        """Flush and close. Await it inside a coroutine; called outside a loop it runs to completion."""
-        return _run_or_schedule(self._stop())
+    def stop(self) -> _Done:
+        """Flush (the in-process queue is written out) and close; returns when done. Awaiting the result is
+        optional, so the brief's bare `pipeline.stop()` and `await pipeline.stop()` both work."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            try:
+                engine.run(self._close())
+            finally:
+                engine.close()
+        return _Done()
 
-    async def _stop(self) -> None:
+    async def _close(self) -> None:
         producer, self._producer = self._producer, None
+        local, self._local = self._local, None
         if producer is not None:
             await producer.stop()
+        if local is not None:
+            await local.stop()
 
     async def __aenter__(self) -> DataIngestionPipeline:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._stop()
+        self.stop()
 
-    async def ingest_data_point(self, point: MarketDataPoint) -> bool:
-        """True once the point is acknowledged on raw.<source>; False (with the reason logged) when invalid."""
-        if self._producer is None:
+    async def ingest_data_point(self, point: _CanonicalPoint) -> bool:
+        """True once the point passed the rules and is acknowledged on raw.<source> (Kafka) or queued for the
+        in-process sink; False, with the reason logged and counted, when it is refused."""
+        engine = self._engine
+        if engine is None:
             raise RuntimeError("call `await pipeline.start()` first")
+        return await engine.call(self._ingest(point.model_copy(deep=True)))
+
+    async def _ingest(self, point: _CanonicalPoint) -> bool:
+        if self._local is not None:
+            if not self._local.check(point):
+                self.local_counts["refused"] += 1
+                return False
+            self._stats.processed[point.source] += 1
+            self._stats.valid[point.source] += 1
+            await self._local.put(point)
+            self.local_counts["ingested"] += 1
+            return True
         try:
             topic = self.catalog.raw(point.source).name
-        except ConfigError as exc:
-            logger.warning("refused %s: %s", point.symbol, exc)
+        except ConfigError:
+            logger.warning("refused %s: no raw topic for source %r; declare raw.%s (role raw, source %s) in "
+                           "topics.yaml, or set kafka.enabled false to run in-process", point.symbol,
+                           point.source, point.source, point.source)
+            self._stats.reject(point.source, "source.unknown")
             self.local_counts["refused"] += 1
             return False
         try:
-            self.validator.check_point(point.model_copy(deep=True))
+            self.validator.check_point(point)
         except RejectedRecord as rej:
             logger.warning("refused %s@%s: %s", point.symbol, point.timestamp.isoformat(), rej)
+            self._stats.reject(point.source, rej.rule)
             self.local_counts["refused"] += 1
             return False
-        rec = encode(point)
-        await (await self._producer.send(topic, rec.value, key=rec.key))
+        assert self._producer is not None
+        t0 = time.monotonic()
+        await (await self._producer.send(topic, point.to_json(), key=point.symbol.encode()))
+        self._stats.processed[point.source] += 1
+        self._stats.valid[point.source] += 1
+        self._stats.observe(point.source, [(time.monotonic() - t0) * 1000.0])
         self.local_counts["ingested"] += 1
         return True
 
     def get_metrics(self, *, url: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
-        """The brief's metrics, read from a worker (any worker answers for the whole group)."""
-        url = url or f"http://{self.settings.worker.advertised_host or self.settings.worker.web_host}:" \
-                     f"{self.settings.worker.web_port}/pipeline/metrics"
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            m = json.loads(resp.read())
-        return {**m, "p95_latency_ms": m.get("p95_latency_ms"), "queue_size": m.get("queue_size")}
+        """The brief's metrics. In-process: this process's. With Kafka: the cluster's, from a worker (any worker
+        answers for the whole group); when none answers, this client's own counts (`scope` says which, and
+        `worker_error` why), latency being the produce round trip. Latencies are 0.0 before the first row."""
+        local = self._local
+        extra = {"queue_size": local.queue.qsize() if local is not None else 0,
+                 "failed_sources": dict(self.source_errors)}
+        if self.in_process:
+            return {**self._stats.metrics(), **extra, "scope": "in_process",
+                    "sink_error": local.sink_error if local is not None else None}
+        w = self.settings.worker
+        url = url or f"http://{w.advertised_host or w.web_host}:{w.web_port}/pipeline/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                m = json.loads(resp.read())
+        except (OSError, ValueError) as exc:
+            return {**self._stats.metrics(), **extra, "scope": "client",
+                    "worker_error": f"no worker metrics at {url}: {getattr(exc, 'reason', exc)}"}
+        for key in ("avg_latency_ms", "p95_latency_ms", "p99_latency_ms", "throughput_per_sec"):
+            if m.get(key) is None:
+                m[key] = 0.0
+        m.setdefault("queue_size", 0)
+        return {**m, "failed_sources": dict(self.source_errors), "scope": "cluster"}
 
 
 class DataConnectorManager:
-    """Runs the enabled provider sources in this process, feeding every point through `pipeline`."""
+    """Runs the enabled provider sources in this process, feeding every point through `pipeline`. A source
+    that fails is logged with its error, shown in `status()` and in the pipeline's metrics
+    (`failed_sources`), and restarted after a back-off (1 s doubling to 60 s)."""
 
-    def __init__(self, pipeline: DataIngestionPipeline, config: Settings | dict[str, Any] | None = None) -> None:
+    def __init__(self, pipeline: DataIngestionPipeline,
+                 config: Settings | Mapping[str, Any] | None = None) -> None:
         self.pipeline = pipeline
         self.settings = _as_settings(config) if config is not None else pipeline.settings
         self._tasks: list[asyncio.Task[None]] = []
         self.sources: list[Source] = []
+        self.errors: dict[str, str] = {}
+        self.failures: Counter[str] = Counter()
+        self.ingested: Counter[str] = Counter()
+        self.backoff_initial = 1.0
+        self.backoff_max = 60.0
 
-    async def start_data_collection(self) -> None:
+    def start_data_collection(self) -> _Done:
+        """Start every enabled source. Awaiting it is optional (the brief awaits it): the sources are started
+        when it is called, inside a running event loop."""
         from producers.registry import enabled_sources
 
+        asyncio.get_running_loop()  # RuntimeError outside a loop: the sources need one to run in
         self.sources = enabled_sources(self.settings.sources)
+        if not self.sources:
+            logger.warning("no source is enabled (config['yfinance']['enabled'] = True, ...)")
         for source in self.sources:
             self._tasks.append(asyncio.create_task(self._run(source), name=f"collect-{source.name}"))
+        return _Done(None)
 
     async def _run(self, source: Source) -> None:
         import aiohttp
 
-        async with aiohttp.ClientSession() as session:
-            async for batch in source.fetch(session):
-                for record in batch:
-                    if isinstance(record, MarketDataPoint):
-                        await self.pipeline.ingest_data_point(record)
+        delay = self.backoff_initial
+        while True:
+            try:
+                async with aiohttp.ClientSession() as session:
+                    async for batch in source.fetch(session):
+                        for record in batch:
+                            if isinstance(record, _CanonicalPoint):
+                                if await self.pipeline.ingest_data_point(record):
+                                    self.ingested[source.name] += 1
+                        delay = self.backoff_initial
+                        self.errors.pop(source.name, None)
+                        self.pipeline.source_errors.pop(source.name, None)
+                return  # a finite source (replay) ended
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures[source.name] += 1
+                why = f"{type(exc).__name__}: {exc}"
+                self.errors[source.name] = why
+                self.pipeline.source_errors[source.name] = why
+                logger.error("source %s failed (%d times; retrying in %.0fs): %s", source.name,
+                             self.failures[source.name], delay, why, exc_info=exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
 
-    def stop(self) -> Awaitable[None]:
-        return _run_or_schedule(self._stop())
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per source: running, points ingested, failures so far and the last error (None when healthy)."""
+        tasks = {t.get_name().removeprefix("collect-"): t for t in self._tasks}
+        return {s.name: {"running": s.name in tasks and not tasks[s.name].done(),
+                         "ingested": self.ingested[s.name], "failures": self.failures[s.name],
+                         "error": self.errors.get(s.name)} for s in self.sources}
 
-    async def _stop(self) -> None:
+    def stop(self) -> _Done:
+        """Cancel every source (each stops at its next await). Awaiting the result is optional; awaited, it
+        returns once every source has stopped."""
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return _Done()
+        return _Done(asyncio.gather(*tasks, return_exceptions=True))
+
+
+_SAFE_ENV_VALUE = re.compile(r"^[^'\\\x00-\x1f\x7f]*$")
+
+
+def write_env_value(path: Path, var: str, value: str) -> None:
+    """Set `var` in a dotenv file that holds secrets. The new file is created with mode 0600 before the secret
+    is written into it and then renamed over the old one (never a moment where the secret is readable by
+    others); the value is single-quoted, which dotenv readers and `sh` both read literally."""
+    if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", var):
+        raise ConfigError(f"{var!r} is not an environment variable name")
+    if not _SAFE_ENV_VALUE.match(value):
+        raise ConfigError(f"the value for {var} contains a quote, a backslash or a control character; set it in "
+                          "the environment instead")
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [ln for ln in lines if not re.match(rf"^\s*(export\s+)?{var}\s*=", ln)]
+    lines.append(f"{var}='{value}'")
+    fd, tmp = tempfile.mkstemp(prefix=".env.", dir=path.parent)  # mkstemp: O_EXCL, mode 0600
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class ConfigurationManager:
-    """Reads and edits pipeline_config.yaml; every change is validated against the Settings model first."""
+    """Reads and edits pipeline_config.yaml (our section names or the brief's); every change is validated,
+    with the environment on top as at run time, before it is written."""
 
     def __init__(self, config_file: str | Path | None = None) -> None:
         self.path = Path(config_file or os.environ.get("TICKFLOW_CONFIG") or "pipeline_config.yaml")
@@ -190,38 +617,33 @@ class ConfigurationManager:
         self._doc = self._read()
 
     def _read(self) -> dict[str, Any]:
-        try:
-            doc = yaml.safe_load(self.path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{self.path}: not valid YAML: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{self.path}: the top level must be a mapping of sections")
+        read_config_file(self.path)  # the file's own errors (YAML, unknown keys), naming the file
+        doc = yaml.safe_load(self.path.read_text()) or {}
         self._check(doc)
         return doc
 
-    def _check(self, doc: dict[str, Any]) -> Settings:
-        from pydantic import ValidationError
-
-        try:
-            return Settings.model_validate(doc)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"{self.path}: {problems}") from None
+    def _check(self, doc: Mapping[str, Any]) -> Settings:
+        """Settings as the worker would build them with `doc` as the file: the environment wins over it."""
+        return load_settings(file_doc=doc, file_name=str(self.path))
 
     def settings(self) -> Settings:
         """Settings from this file with the environment on top (the worker's precedence)."""
-        old = os.environ.get("TICKFLOW_CONFIG")
-        os.environ["TICKFLOW_CONFIG"] = str(self.path)
-        try:
-            return load_settings()
-        finally:  # put the process's environment back as it was (it leaked into later settings before)
-            if old is None:
-                del os.environ["TICKFLOW_CONFIG"]
-            else:
-                os.environ["TICKFLOW_CONFIG"] = old
+        return self._check(self._doc)
 
     def get_config(self) -> dict[str, Any]:
-        return self.settings().model_dump(mode="json")
+        """The effective configuration as a plain dict in the brief's sections (pipeline, yfinance,
+        alpha_vantage, finnhub, fred, kafka, postgresql) and our others. Secrets are real values, for the
+        caller's memory: pass the dict on, never print it (display() masks them)."""
+        return as_brief(self.settings())
+
+    def display(self) -> dict[str, Any]:
+        """get_config() with every secret masked, for showing."""
+        config = self.get_config()
+        for section, key in secret_paths():
+            name = {"postgres": "postgresql"}.get(section, section)
+            if config.get(name, {}).get(key):
+                config[name][key] = "**********"
+        return config
 
     def get_section(self, name: str) -> dict[str, Any]:
         config = self.get_config()
@@ -230,10 +652,23 @@ class ConfigurationManager:
         return config[name]
 
     def update_config(self, section: str, key: str, value: Any) -> None:
-        doc = json.loads(json.dumps(self._doc))
-        node = doc.setdefault(section, {})
+        """Set `section`.`key` (a dotted key reaches deeper: update_config("sources", "yahoo.enabled", True));
+        brief names work too (update_config("yfinance", "enabled", True)). The setting is written where the
+        file already spells it, so a file never holds one setting twice."""
         parts = key.split(".")
+        update: dict[str, Any] = {}
+        node = update.setdefault(section, {})
         for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+        target = _leaf_paths(to_settings_shape(update, f"update_config({section!r}, {key!r})"))
+        doc = json.loads(json.dumps(self._doc, default=str))
+        for spelled in _spellings_in(doc):
+            if spelled[1] in target:
+                _delete(doc, spelled[0])
+        where = [section, *parts[:-1]]
+        node = doc
+        for p in where:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
         self._check(doc)
@@ -241,45 +676,93 @@ class ConfigurationManager:
         self._write()
 
     def enable_service(self, name: str, api_key: str | None = None) -> None:
-        if name not in SourcesSettings.model_fields:
-            raise ConfigError(f"unknown service {name!r} (known: {', '.join(SourcesSettings.model_fields)})")
-        self.update_config("sources", f"{name}.enabled", True)
+        """Enable a source (our name or the brief's: "yfinance"); `api_key` goes to .env.pipeline (0600),
+        which settings load automatically, and into this process's environment."""
+        source = self._source(name)
         if api_key:
-            var = API_KEY_ENV.get(name)
+            var = API_KEY_ENV.get(source)
             if var is None:
                 raise ConfigError(f"service {name!r} takes no API key")
-            self._set_env(var, api_key)
+            write_env_value(self.env_path, var, api_key)
+            os.environ[var] = api_key
+            redact.register(api_key)
+        self.update_config("sources", f"{source}.enabled", True)
 
     def disable_service(self, name: str) -> None:
-        if name not in SourcesSettings.model_fields:
-            raise ConfigError(f"unknown service {name!r}")
-        self.update_config("sources", f"{name}.enabled", False)
+        self.update_config("sources", f"{self._source(name)}.enabled", False)
 
-    def _set_env(self, var: str, value: str) -> None:
-        lines = self.env_path.read_text().splitlines() if self.env_path.exists() else []
-        lines = [ln for ln in lines if not ln.startswith(f"{var}=")] + [f"{var}={value}"]
-        self.env_path.write_text("\n".join(lines) + "\n")
-        self.env_path.chmod(0o600)
+    def _source(self, name: str) -> str:
+        source = SERVICE_NAMES.get(name, name)
+        if source not in SourcesSettings.model_fields:
+            known = [*SERVICE_NAMES, *(n for n in SourcesSettings.model_fields if n not in SERVICE_NAMES.values())]
+            raise ConfigError(f"unknown service {name!r} (known: {', '.join(known)})")
+        return source
 
     def _write(self) -> None:
         self.path.write_text(yaml.safe_dump(self._doc, sort_keys=False))
 
     def generate(self) -> None:
-        """Write pipeline_config.yaml with every setting at its default, and a .env.pipeline template.
-        Secret settings (every SecretStr field) are left out of the YAML and listed in the template instead:
-        a masked default dumped into the YAML would read back as the password "**********"."""
-        defaults = {name: field.default_factory().model_dump(mode="json")  # type: ignore[misc]
-                    for name, field in Settings.model_fields.items()}
-        secret_env: list[str] = []
-        for section, keys in _secret_settings().items():
-            for key in keys:
-                defaults[section].pop(key, None)
-                secret_env.append(f"TICKFLOW_{section.upper()}__{key.upper()}")
-        header = ("# tickflow pipeline configuration. Environment variables TICKFLOW_<SECTION>__<KEY> override\n"
-                  "# these values; secrets (passwords, API keys) belong in .env.pipeline, not here.\n")
+        """Write pipeline_config.yaml with every setting at its default, in the brief's sections, and a
+        .env.pipeline template. Secrets are left out of the YAML (they belong in the environment or
+        .env.pipeline, listed in the template)."""
+        defaults = as_brief(Settings.model_construct(**{n: f.default_factory()  # type: ignore[misc]
+                                                        for n, f in Settings.model_fields.items()}), secrets=False)
+        secret_env = [f"TICKFLOW_{section.upper()}__{key.upper()}" for section, key in secret_paths()]
+        header = ("# tickflow pipeline configuration (the README's configuration reference explains every key).\n"
+                  "# The environment overrides these values (TICKFLOW_<SECTION>__<KEY>, or POSTGRES_HOST and the\n"
+                  "# other short names); secrets (passwords, API keys) belong in .env or .env.pipeline, not here.\n")
         self.path.write_text(header + yaml.safe_dump(defaults, sort_keys=False))
         if not self.env_path.exists():
-            names = [*sorted(set(API_KEY_ENV.values())), *secret_env]
-            self.env_path.write_text("# Secrets for tickflow; load with `set -a; . ./.env.pipeline; set +a`.\n"
-                                     + "".join(f"# {n}=\n" for n in names))
-            self.env_path.chmod(0o600)
+            names = [*sorted(set(API_KEY_ENV.values())), "POSTGRES_PASSWORD", *secret_env]
+            fd = os.open(self.env_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("# Secrets for tickflow, read automatically at start-up (cp .env.pipeline .env works too).\n"
+                        + "".join(f"# {n}=\n" for n in names))
+
+
+def _leaf_paths(shape: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    out: set[tuple[str, ...]] = set()
+    for k, v in shape.items():
+        path = (*prefix, k)
+        if isinstance(v, Mapping) and (len(path) < 2 or (path[0] == "sources" and len(path) < 3)):
+            out |= _leaf_paths(v, path)
+        else:
+            out.add(path)
+    return out
+
+
+def _spellings_in(doc: Mapping[str, Any]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(where a key is written in `doc`, the setting it sets) for every leaf of the doc."""
+    found = []
+
+    def walk(node: Mapping[str, Any], at: tuple[str, ...]) -> None:
+        for k, v in node.items():
+            here = (*at, str(k))
+            if isinstance(v, Mapping) and v and (len(here) < 2 or (here[0] == "sources" and len(here) < 3)):
+                walk(v, here)
+                continue
+            try:
+                shape = to_settings_shape(_nest(here, v))
+            except ConfigError:
+                continue
+            for path in _leaf_paths(shape):
+                found.append((here, path))
+
+    walk(doc, ())
+    return found
+
+
+def _nest(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    for p in path[:-1]:
+        node = node.setdefault(p, {})
+    node[path[-1]] = value
+    return out
+
+
+def _delete(doc: dict[str, Any], path: tuple[str, ...]) -> None:
+    node = doc
+    for p in path[:-1]:
+        node = node.get(p, {})
+    node.pop(path[-1], None)

@@ -14,7 +14,8 @@ from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 from streams.settings import Settings, get_settings
 
 STAGE_MODULES = [
-    "streams.stages.validate", "streams.stages.write", "streams.stages.metrics", "streams.stages.produce",
+    "streams.stages.validate", "streams.stages.write", "streams.stages.archive", "streams.stages.metrics",
+    "streams.stages.produce",
     "streams.stages.retention", "streams.web.health", "streams.web.prometheus", "streams.web.dashboard",
 ]
 
@@ -25,6 +26,14 @@ class IdempotentProducer(AIOKafkaFaustProducer):
 
     def _settings_extra(self) -> dict[str, Any]:
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+    async def create_topic(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        """Faust refreshes metadata once after creating a topic, but the broker asked may not know the new
+        topic yet (on three loopback brokers, 7 of 10 times); a table write to that changelog then crashed
+        the worker (TypeError in key_partition). Wait until the producer's metadata has the topic."""
+        await super().create_topic(topic, *args, **kwargs)
+        if self.app.conf.topic_allow_declare:
+            await self._ensure_producer().partitions_for(topic)
 
 
 class TickflowApp(faust.App):

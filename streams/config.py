@@ -403,7 +403,7 @@ class FinnhubSettings(SourceSection):
     ws_url: str = "wss://ws.finnhub.io"
     ws_batch_size: int = Field(default=500, ge=1)
     ws_flush_seconds: float = Field(default=0.5, gt=0)
-    ws_heartbeat_seconds: float = 30.0
+    ws_heartbeat_seconds: float = Field(default=30.0, gt=0)  # the only guard against a half-open socket
     reconnect_base_seconds: float = Field(default=1.0, gt=0)
     reconnect_max_seconds: float = Field(default=60.0, gt=0)
 

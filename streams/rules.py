@@ -1,6 +1,6 @@
 """Validation rules: raw bytes -> a canonical MarketDataPoint, or RejectedRecord(rule, reason).
 
-Plain Python, no Faust: the agent in streams/stages/validate.py only wires this to topics. Rule codes are
+Plain Python, no Faust: the validate stage (streams/stages/validate.py) only wires this to topics. Rule codes are
 stable strings (they are the dead-letter header `tickflow.rule` and a metrics label):
 
   size.too_large  schema.<pydantic error type>  symbol.pattern  price.missing  price.non_positive
@@ -17,6 +17,8 @@ import math
 import re
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import ValidationError
@@ -48,8 +50,8 @@ class CircuitBreaker:
     """Trips when the rejected share of the last `window` records exceeds `ratio` (and the window is full).
 
     A bad deploy or a provider changing its format would otherwise send every record to the dead-letter
-    topic while the pipeline looks healthy; stopping makes the outage visible and the records wait in
-    their raw topic (uncommitted) for the fix."""
+    topic while the pipeline looks healthy; holding the records back makes the outage visible and they wait
+    in their raw topic (uncommitted) for the fix."""
 
     def __init__(self, ratio: float, window: int) -> None:
         self.ratio = ratio
@@ -63,9 +65,72 @@ class CircuitBreaker:
         self.outcomes.append(rejected)
         self.rejected += rejected
 
+    def reset(self) -> None:
+        self.outcomes.clear()
+        self.rejected = 0
+
     @property
     def tripped(self) -> bool:
         return self.ratio < 1.0 and len(self.outcomes) == self.window and self.rejected > self.ratio * self.window
+
+
+@dataclass(slots=True)
+class OpenBreaker:
+    """A source whose breaker tripped: paused since `opened_at` (the breakers' clock), and why."""
+
+    source: str
+    opened_at: float
+    rejected: int
+    window: int
+    rules: dict[str, int]
+
+
+class SourceBreakers:
+    """One CircuitBreaker per source, so one source sending garbage pauses that source only.
+
+    `trip(source)` opens it (the caller pauses the source's partitions); after `cooldown` seconds on `clock`
+    `due()` names it for resumption, with a fresh window, so a source that is still bad trips again."""
+
+    def __init__(self, ratio: float, window: int, cooldown: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ratio = ratio
+        self.window = window
+        self.cooldown = cooldown
+        self.clock = clock
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.open: dict[str, OpenBreaker] = {}
+
+    def breaker(self, source: str) -> CircuitBreaker:
+        b = self.breakers.get(source)
+        if b is None:
+            b = self.breakers[source] = CircuitBreaker(self.ratio, self.window)
+        return b
+
+    def record(self, source: str, rejected: bool) -> None:
+        self.breaker(source).record(rejected)
+
+    def tripped(self) -> list[str]:
+        """Sources over the limit that are not open yet."""
+        return sorted(s for s, b in self.breakers.items() if b.tripped and s not in self.open)
+
+    def trip(self, source: str, rules: dict[str, int] | None = None) -> OpenBreaker:
+        b = self.breakers[source]
+        opened = OpenBreaker(source, self.clock(), b.rejected, b.window, dict(rules or {}))
+        self.open[source] = opened
+        b.reset()
+        return opened
+
+    def due(self) -> list[str]:
+        """Open sources whose cool-down is over; they are closed (with an empty window) as they are returned."""
+        now = self.clock()
+        done = sorted(s for s, o in self.open.items() if now - o.opened_at >= self.cooldown)
+        for s in done:
+            del self.open[s]
+            self.breakers[s].reset()
+        return done
+
+    def is_open(self, source: str) -> bool:
+        return source in self.open
 
 
 class Validator:

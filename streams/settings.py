@@ -1,24 +1,33 @@
 """Settings, built once at start-up from pipeline_config.yaml and the environment.
 
 Order of precedence (highest first): keyword arguments, environment variables
-(`TICKFLOW_<SECTION>__<KEY>`, e.g. `TICKFLOW_KAFKA__BOOTSTRAP_SERVERS`), the YAML file named by
-`TICKFLOW_CONFIG` (default `pipeline_config.yaml` in the working directory, if present), defaults.
-Unknown keys are errors, so a typo never silently falls back to a default. Secrets are SecretStr.
+(`TICKFLOW_<SECTION>__<KEY>`, e.g. `TICKFLOW_KAFKA__BOOTSTRAP_SERVERS`, then the short names in ENV_ALIASES
+such as `POSTGRES_HOST`), the YAML file named by `TICKFLOW_CONFIG` (default `pipeline_config.yaml` in the
+working directory, if present), defaults. `.env` and `.env.pipeline` (in the working directory and beside the
+config file) are read into the environment first; a variable already set wins over them.
+
+The file and keyword arguments may use our section names or the product brief's (pipeline, yfinance,
+alpha_vantage, finnhub, fred, kafka, postgresql); BRIEF_KEYS is the one table of how the brief's keys map onto
+ours. Unknown keys and unknown TICKFLOW_* names are errors that suggest the closest known one, so a typo never
+silently falls back to a default. Secrets are SecretStr.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 from streams import redact
@@ -30,11 +39,13 @@ from streams.config import (
     KafkaSettings,
     NasdaqDataLinkSettings,
     NewsSettings,
+    PipelineSettings,
     PostgresSettings,
     ReplaySettings,
     SimulatedSourceSettings,
     SinkSettings,
     SocialSettings,
+    SourceSection,
     SourcesSettings,
     ValidationSettings,
     WorkerSettings,
@@ -44,13 +55,248 @@ from streams.errors import ConfigError
 
 # The sections are defined in streams/config.py; they are re-exported here for callers of the Settings API.
 __all__ = [
-    "AlphaVantageSettings", "AnomalySettings", "FinnhubSettings", "FredSettings", "KafkaSettings",
-    "NasdaqDataLinkSettings", "NewsSettings", "PostgresSettings", "ReplaySettings", "Settings",
-    "SimulatedSourceSettings", "SinkSettings", "SocialSettings", "SourcesSettings", "ValidationSettings",
-    "WorkerSettings", "YahooSettings", "get_settings", "load_settings",
+    "BRIEF_KEYS",
+    "ENV_ALIASES",
+    "AlphaVantageSettings",
+    "AnomalySettings",
+    "FinnhubSettings",
+    "FredSettings",
+    "KafkaSettings",
+    "NasdaqDataLinkSettings",
+    "NewsSettings",
+    "PipelineSettings",
+    "PostgresSettings",
+    "ReplaySettings",
+    "Settings",
+    "SimulatedSourceSettings",
+    "SinkSettings",
+    "SocialSettings",
+    "SourcesSettings",
+    "ValidationSettings",
+    "WorkerSettings",
+    "YahooSettings",
+    "as_brief",
+    "get_settings",
+    "load_dotenv_files",
+    "load_settings",
+    "secret_paths",
+    "to_settings_shape",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# ---------------------------------------------------------------------------------------------------------
+# The brief's configuration, mapped onto ours. One table, used in both directions (reading a file or dict,
+# and ConfigurationManager.get_config()) and printed in the README ("Configuration: the brief's keys").
+# ---------------------------------------------------------------------------------------------------------
+
+# Brief section -> our section (path). Keys not in BRIEF_KEYS keep their name inside the section.
+BRIEF_SECTIONS: dict[str, tuple[str, ...]] = {
+    "pipeline": ("pipeline",),
+    "yfinance": ("sources", "yahoo"),
+    "alpha_vantage": ("sources", "alpha_vantage"),
+    "finnhub": ("sources", "finnhub"),
+    "fred": ("sources", "fred"),
+    "kafka": ("kafka",),
+    "postgresql": ("postgres",),
+}
+
+# (brief key, our key or None when accepted without effect, why). Special cases: `rate_limit_delay` (seconds
+# between calls) sets our rate limit to 1 call per that many seconds; `api_key` must be empty (keys come
+# from the environment, never a settings file).
+BRIEF_KEYS: list[tuple[str, str | None, str]] = [
+    ("pipeline.batch_size", "validation.batch_size", "records per validate batch (worker and in-process)"),
+    ("pipeline.batch_timeout", "pipeline.batch_timeout_seconds", "in-process: longest wait for a partial batch"),
+    ("pipeline.max_queue_size", "pipeline.max_queue_size", "in-process: bounded queue before the sink"),
+    ("pipeline.log_level", "pipeline.log_level", "level of the streams/producers/sinks loggers"),
+    ("pipeline.metrics_enabled", "pipeline.metrics_enabled", "in-process: write data_quality_metrics"),
+    ("pipeline.data_retention_days", "sink.data_retention_days", "rows older than this are deleted"),
+    ("yfinance.collection_interval", "sources.yahoo.interval_seconds", "seconds between polls"),
+    ("yfinance.rate_limit_delay", "sources.yahoo.rate_limit_per_seconds", "1 call per this many seconds"),
+    ("alpha_vantage.collection_interval", "sources.alpha_vantage.interval_seconds", "seconds between polls"),
+    ("alpha_vantage.rate_limit_delay", "sources.alpha_vantage.rate_limit_per_seconds",
+     "1 call per this many seconds"),
+    ("alpha_vantage.api_key", None, "must be empty: ALPHA_VANTAGE_API_KEY in the environment or .env"),
+    ("finnhub.collection_interval", "sources.finnhub.interval_seconds", "seconds between polls"),
+    ("finnhub.rate_limit_delay", "sources.finnhub.rate_limit_per_seconds", "1 call per this many seconds"),
+    ("finnhub.websocket_enabled", "sources.finnhub.websocket", "also stream trades over the websocket"),
+    ("finnhub.api_key", None, "must be empty: FINNHUB_API_KEY in the environment or .env"),
+    ("fred.collection_interval", "sources.fred.interval_seconds", "seconds between polls"),
+    ("fred.rate_limit_delay", "sources.fred.rate_limit_per_seconds", "1 call per this many seconds"),
+    ("fred.api_key", None, "must be empty: FRED_API_KEY in the environment or .env"),
+    ("kafka.batch_size", "kafka.producer_max_batch_bytes", "producer batch size in bytes"),
+    ("kafka.linger_ms", "kafka.producer_linger_ms", "producer linger"),
+    ("kafka.compression_type", None, "accepted, no effect: records are small JSON, sent uncompressed"),
+    ("kafka.acks", None, "accepted, no effect: tickflow always uses acks=all with an idempotent producer"),
+    ("kafka.retries", None, "accepted, no effect: aiokafka retries until its request timeout"),
+    ("postgresql.min_connections", "postgres.pool_min", "connection pool minimum"),
+    ("postgresql.max_connections", "postgres.pool_max", "connection pool maximum"),
+]
+
+# The brief's environment names. A TICKFLOW_* name for the same setting wins over these.
+ENV_ALIASES: dict[str, str] = {
+    "POSTGRES_ENABLED": "postgres.enabled",
+    "POSTGRES_HOST": "postgres.host",
+    "POSTGRES_PORT": "postgres.port",
+    "POSTGRES_DATABASE": "postgres.database",
+    "POSTGRES_USER": "postgres.user",
+    "POSTGRES_PASSWORD": "postgres.password",
+    "KAFKA_ENABLED": "kafka.enabled",
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka.bootstrap_servers",
+    "PIPELINE_LOG_LEVEL": "pipeline.log_level",
+}
+
+# Brief keys that may also stand at the top level (the brief's DataIngestionPipeline({'batch_size': 50, ...})).
+_TOP_PIPELINE_KEYS = ("batch_size", "batch_timeout", "max_queue_size", "log_level", "metrics_enabled",
+                      "data_retention_days")
+_RENAMES: dict[tuple[str, str], tuple[str, ...] | None] = {
+    tuple(b.split(".", 1)): (tuple(o.split(".")) if o else None)  # type: ignore[misc]
+    for b, o, _ in BRIEF_KEYS
+}
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_at(path: tuple[str, ...]) -> type[BaseModel] | None:
+    """The settings model at `path` (() is Settings), or None past a leaf."""
+    model: Any = Settings
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _key_env(path: tuple[str, ...]) -> tuple[str, ...]:
+    model = _model_at(path)
+    return model.key_env if model is not None and issubclass(model, SourceSection) else ()
+
+
+def to_settings_shape(doc: Mapping[str, Any], where: str = "configuration") -> dict[str, Any]:
+    """A configuration in our names, the brief's, or a mix -> our nested shape. A key given twice (under two
+    names) and an unknown key are ConfigErrors naming the key, the closest known one and `where`."""
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections, not {type(doc).__name__}")
+    out: dict[str, Any] = {}
+    spelled: dict[tuple[str, ...], str] = {}
+
+    def put(path: tuple[str, ...], value: Any, name: str) -> None:
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        if path in spelled:
+            raise ConfigError(f"{where}: {name} and {spelled[path]} both set {'.'.join(path)}; keep one")
+        node[path[-1]] = value
+        spelled[path] = name
+
+    def section(name: str, body: Any, base: tuple[str, ...], brief: str | None) -> None:
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{where}: section {name!r} must be a mapping of keys, not {type(body).__name__}")
+        model = _model_at(base)
+        fields = set(model.model_fields) if model is not None else set()
+        brief_keys = {k for (s, k) in _RENAMES if s == brief}
+        delay = None
+        for key, value in body.items():
+            key = str(key)
+            if brief is not None and (brief, key) in _RENAMES:
+                target = _RENAMES[(brief, key)]
+                if key == "rate_limit_delay":
+                    delay = value
+                elif key == "api_key":
+                    if value:
+                        env = (_key_env(base) or ("the provider's key variable",))[0]
+                        raise ConfigError(f"{where}: {name}.api_key: API keys are not settings; set {env} in the "
+                                          f"environment or .env (or ConfigurationManager.enable_service("
+                                          f"{base[-1]!r}, api_key=...))")
+                elif target is not None:
+                    put(target, value, f"{name}.{key}")
+            elif key in fields:
+                if base == ("sources",) and isinstance(value, Mapping):
+                    section(f"{name}.{key}", value, (*base, key), None)
+                else:
+                    put((*base, key), value, f"{name}.{key}")
+            else:
+                raise ConfigError(f"{where}: unknown key {name}.{key}{_suggest(key, fields | brief_keys)}")
+        if delay is not None:  # rate_limit_delay: 1 call per `delay` s, unless the pair already says that
+            calls = out.get(base[0], {}).get(base[1], {}).get("rate_limit_calls") if len(base) == 2 else None
+            per = out.get(base[0], {}).get(base[1], {}).get("rate_limit_per_seconds") if len(base) == 2 else None
+            try:
+                same = calls is not None and per is not None and float(per) / float(calls) == float(delay)
+            except (TypeError, ValueError, ZeroDivisionError):
+                same = False
+            if not same:
+                node = out.setdefault(base[0], {}).setdefault(base[1], {})
+                node["rate_limit_calls"] = 1.0
+                node["rate_limit_per_seconds"] = delay
+                spelled[(*base, "rate_limit_calls")] = spelled[(*base, "rate_limit_per_seconds")] = \
+                    f"{name}.rate_limit_delay"
+
+    ours = set(Settings.model_fields)
+    for top, body in doc.items():
+        top = str(top)
+        if top in BRIEF_SECTIONS:
+            section(top, body, BRIEF_SECTIONS[top], top)
+        elif top in _TOP_PIPELINE_KEYS:
+            section("pipeline", {top: body}, ("pipeline",), "pipeline")
+        elif top in ours:
+            section(top, body, (top,), None)
+        else:
+            known = ours | set(BRIEF_SECTIONS) | set(_TOP_PIPELINE_KEYS)
+            raise ConfigError(f"{where}: unknown section {top!r}{_suggest(top, known)}")
+    return out
+
+
+def secret_paths() -> list[tuple[str, str]]:
+    """(section, key) of every SecretStr setting (postgres.password, kafka.sasl_password, ...)."""
+    found = []
+    for section, field in Settings.model_fields.items():
+        for key, f in getattr(field.annotation, "model_fields", {}).items():
+            if f.annotation is SecretStr or f.annotation == SecretStr | None:
+                found.append((section, key))
+    return found
+
+
+def as_brief(settings: Settings, *, secrets: bool = True) -> dict[str, Any]:
+    """Settings as a plain dict in the brief's sections (pipeline, yfinance, ..., postgresql) followed by our
+    other sections, each setting once. `secrets`: real secret values (for the caller's memory only; never
+    print it) or left out. to_settings_shape() reads it back unchanged."""
+    d = settings.model_dump(mode="json")
+    for section, key in secret_paths():
+        value = getattr(getattr(settings, section), key)
+        if secrets and value is not None:
+            d[section][key] = value.get_secret_value()
+        else:
+            d[section].pop(key, None)
+    out: dict[str, Any] = {}
+    for brief, base in BRIEF_SECTIONS.items():
+        node: dict[str, Any] = d
+        for part in base[:-1]:
+            node = node[part]
+        out[brief] = node.pop(base[-1])
+    for (brief, key), target in _RENAMES.items():
+        if target is None or key == "rate_limit_delay":
+            continue
+        node = d if target[0] != BRIEF_SECTIONS[brief][0] or target[:-1] != BRIEF_SECTIONS[brief] else None
+        if node is None:  # renamed inside its own section
+            out[brief][key] = out[brief].pop(target[-1])
+        else:  # lives in another of our sections (validation.batch_size -> pipeline.batch_size)
+            for part in target[:-1]:
+                node = node[part]
+            out[brief][key] = node.pop(target[-1])
+    for brief in ("yfinance", "alpha_vantage", "finnhub", "fred"):
+        s = out[brief]
+        s["rate_limit_delay"] = s["rate_limit_per_seconds"] / s["rate_limit_calls"]
+    out.update(d)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------
 
 
 def config_file_from_env() -> Path | None:
@@ -59,6 +305,101 @@ def config_file_from_env() -> Path | None:
         return Path(path)
     default = Path("pipeline_config.yaml")
     return default if default.exists() else None
+
+
+def _parse_env_file(path: Path) -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_dotenv_files(config_file: Path | None = None) -> list[Path]:
+    """Read .env then .env.pipeline (working directory, then beside the config file) into os.environ without
+    overriding what is set, so API keys (FINNHUB_API_KEY ...) reach the providers too. TICKFLOW_ENV_FILES
+    (comma-separated, empty for none) replaces the default list. Returns the files read."""
+    names = os.environ.get("TICKFLOW_ENV_FILES")
+    listed = [n.strip() for n in names.split(",") if n.strip()] if names is not None else [".env", ".env.pipeline"]
+    dirs = [Path.cwd()] + ([config_file.resolve().parent] if config_file is not None else [])
+    read: list[Path] = []
+    for d in dict.fromkeys(dirs):
+        for name in listed:
+            path = (d / name) if not Path(name).is_absolute() else Path(name)
+            if path in read or not path.is_file():
+                continue
+            for key, value in _parse_env_file(path).items():
+                os.environ.setdefault(key, value)
+            read.append(path)
+    return read
+
+
+def _known_env_names() -> set[str]:
+    names: set[str] = set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for key, field in model.model_fields.items():
+            name = f"{prefix}__{key.upper()}" if prefix != "TICKFLOW" else f"TICKFLOW_{key.upper()}"
+            names.add(name)
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, name)
+
+    walk(Settings, "TICKFLOW")
+    return names
+
+
+def check_env_names(env: Mapping[str, str] | None = None) -> None:
+    """A TICKFLOW_<SECTION>__<KEY> name that names no setting is an error with the closest name, instead of
+    being silently ignored (TICKFLOW_SOURCE__FINNHUB__ENABLED)."""
+    env = os.environ if env is None else env
+    known = _known_env_names()
+    for name in env:
+        upper = name.upper()
+        if upper.startswith("TICKFLOW_") and "__" in upper and upper not in known:
+            raise ConfigError(f"environment variable {name} names no setting{_suggest(upper, known)}")
+
+
+class _Layer(PydanticBaseSettingsSource):
+    """A ready dict as a settings source (the file, or the brief's environment aliases)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.data
+
+
+# The file layer of the Settings being built (set by load_settings; None: no file).
+_FILE_LAYER: ContextVar[dict[str, Any] | None] = ContextVar("tickflow_file_layer", default=None)
+
+
+def _alias_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, path in ENV_ALIASES.items():
+        value = env.get(name)
+        if value is None or value == "":
+            continue
+        section, key = path.split(".")
+        if key == "log_level":
+            value = value.upper()
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A settings file -> our nested shape (brief names accepted), errors naming the file."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    return to_settings_shape(doc or {}, str(path))
 
 
 class Settings(BaseSettings):
@@ -77,6 +418,7 @@ class Settings(BaseSettings):
     sink: SinkSettings = Field(default_factory=SinkSettings)
     anomalies: AnomalySettings = Field(default_factory=AnomalySettings)
     sources: SourcesSettings = Field(default_factory=SourcesSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -87,26 +429,52 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = config_file_from_env()
-        if path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
-        return tuple(sources)
+        layers: list[PydanticBaseSettingsSource] = [init_settings, env_settings,
+                                                     _Layer(settings_cls, _alias_layer(os.environ))]
+        file_layer = _FILE_LAYER.get()
+        if file_layer is None:
+            path = config_file_from_env()
+            file_layer = read_config_file(path) if path is not None and path.exists() else None
+        if file_layer:
+            layers.append(_Layer(settings_cls, file_layer))
+        return tuple(layers)
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build Settings, turning validation errors into a ConfigError that names the key and the file."""
+def _problems(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden" and loc:
+            model = _model_at(loc[:-1])
+            if model is not None:
+                msg = f"unknown key{_suggest(loc[-1], model.model_fields)}"
+        parts.append(f"{'.'.join(loc)}: {msg}")
+    return "; ".join(parts)
+
+
+def load_settings(*, file_doc: Mapping[str, Any] | None = None, file_name: str | None = None,
+                  **overrides: Any) -> Settings:
+    """Build Settings, turning every problem into a one-line ConfigError that names the key and where it
+    came from. `file_doc` stands in for the config file (ConfigurationManager checks an edit before writing
+    it); `overrides` may use the brief's names."""
     path = config_file_from_env()
-    if path is not None and not path.exists():
+    if file_doc is None and path is not None and not path.exists():
         raise ConfigError(f"config file {path} (from TICKFLOW_CONFIG) does not exist")
+    load_dotenv_files(path if file_name is None else Path(file_name))
+    check_env_names()
+    where_file = file_name or (str(path) if path else None)
+    layer = to_settings_shape(file_doc, where_file or "configuration") if file_doc is not None else (
+        read_config_file(path) if path is not None else {})
+    init = to_settings_shape(overrides, "keyword arguments") if overrides else {}
+    token = _FILE_LAYER.set(layer)
     try:
-        return Settings(**overrides)
+        return Settings(**init)
     except ValidationError as exc:
-        where = f"{path} or the TICKFLOW_* environment" if path else "the TICKFLOW_* environment"
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings in {where}: {problems}") from None
+        where = f"{where_file} or the environment" if where_file else "the environment"
+        raise ConfigError(f"invalid settings in {where}: {_problems(exc)}") from None
+    finally:
+        _FILE_LAYER.reset(token)
 
 
 @lru_cache(maxsize=1)

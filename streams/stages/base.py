@@ -1,5 +1,5 @@
-"""The base of the two data-plane stages (validate_ticks, write_ticks): a Faust service that owns its
-consumer group and commits a batch's offsets only after the batch is fully done.
+"""The base of the two data-plane stages (validate, write): a mode Service run by the Faust worker that owns
+its consumer group and commits a batch's offsets only after the batch is fully done.
 
 Why not a Faust agent: on a rebalance, Faust's stream machinery can ack events that were never
 processed, and then commits past them. We reproduced it (two workers starting together on 10,000
@@ -27,13 +27,13 @@ import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from mode import Service
 
 from streams import faults
-from streams.app import app, settings
-from streams.errors import CircuitOpen
+from streams.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 BatchStageT = TypeVar("BatchStageT", bound="BatchStage")
@@ -54,33 +54,40 @@ class _Listener(ConsumerRebalanceListener):
         await self.stage.on_assigned(set(assigned))
 
 
-# The stage services of this worker, by stage name (read by /health and /metrics).
+def consumer_group(app_id: str, stage: str) -> str:
+    """A stage's consumer group: the one place the name is made (the stage joins it, /health reads its lag)."""
+    return f"{app_id}-{stage}"
+
+
+# The stage services of this worker, by stage name (read by /health and /metrics through `status()`). Faust starts
+# its web server before it starts the services, so /health says "starting" until every stage has its consumer.
 stages: dict[str, BatchStage] = {}
-# The stages this worker will run. Faust starts its web server before it instantiates the services, so
-# /health compares the two and says "starting" until every declared stage has its consumer.
-declared_stages: list[str] = []
 
 
-def stage_service(cls: type[BatchStageT]) -> type[BatchStageT]:
-    """`@app.service` for a stage, recorded so /health knows to wait for it."""
-    declared_stages.append(cls.stage)
-    return app.service(cls)
+def stage_service(app: faust.App, stage: BatchStageT) -> BatchStageT:
+    """Run `stage` with the app (an instance, built with its collaborators), recorded so /health waits for it."""
+    stages[stage.stage] = stage
+    app.service(stage)  # type: ignore[arg-type]  # Faust starts an instance as it is
+    return stage
 
 
 def missing_stages() -> list[str]:
-    return [name for name in declared_stages if name not in stages or stages[name].consumer is None]
+    return [name for name, st in stages.items() if st.consumer is None]
 
 
 class BatchStage(Service):
-    """Subclasses set `stage` and `topics`, and implement `process(records)`."""
+    """Subclasses set `stage` and implement `process(records)`; the consumer's settings come in."""
 
     stage: str = "stage"
-    topics: Sequence[str] = ()
-    max_records: int = 2000
     poll_timeout_ms: int = 100
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, kafka: KafkaSettings, app_id: str, topics: Sequence[str], max_records: int = 2000,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.kafka = kafka
+        self.group_id = consumer_group(app_id, self.stage)
+        self.topics = tuple(topics)
+        self.max_records = max_records
         self.batch_lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
         self.batches = 0
@@ -88,13 +95,14 @@ class BatchStage(Service):
         self.commit_failures = 0
         self.started_at = time.time()
         self._commit_task: asyncio.Future[None] | None = None
-        stages[self.stage] = self
 
     def stuck(self, lag: int, now: float, after: float) -> bool:
         """Owns partitions with lag, yet no batch finished for `after` seconds."""
         return bool(self.assignment()) and lag > 0 and now - (self.last_batch_at or self.started_at) > after
 
     def status(self) -> dict[str, Any]:
+        """What /health shows for this stage (a subclass adds its own; a `stale_feeds` list is lifted to the
+        top of /health)."""
         return {
             "group": self.group_id,
             "assigned": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.assignment()),
@@ -103,13 +111,9 @@ class BatchStage(Service):
             "commit_failures": self.commit_failures,
         }
 
-    @property
-    def group_id(self) -> str:
-        return f"{settings.worker.app_id}-{self.stage}"
-
     async def on_start(self) -> None:
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka.bootstrap_servers,
+            bootstrap_servers=self.kafka.bootstrap_servers,
             group_id=self.group_id,
             client_id=f"tickflow-{self.stage}",
             enable_auto_commit=False,
@@ -121,7 +125,7 @@ class BatchStage(Service):
             heartbeat_interval_ms=3_000,
             # A database outage holds a batch for as long as it lasts; stay in the group meanwhile.
             max_poll_interval_ms=30 * 60 * 1000,
-            **settings.kafka.client_kwargs(),  # SSL/SASL (streams/settings.py KafkaSettings)
+            **self.kafka.client_kwargs(),  # SSL/SASL (streams/config.py KafkaSettings)
         )
         self.consumer.subscribe(topics=list(self.topics), listener=_Listener(self))
         await self.consumer.start()
@@ -146,9 +150,13 @@ class BatchStage(Service):
         return set(self.consumer.assignment()) if self.consumer is not None else set()
 
     async def _run(self) -> None:
-        assert self.consumer is not None
         consumer = self.consumer
+        if consumer is None:  # stopped (SIGTERM) before the loop got to run: nothing to do, nothing to commit
+            return
         while not self.should_stop:
+            resume = self.resumable() & self.assignment()
+            if resume:
+                consumer.resume(*resume)
             try:
                 batch = await consumer.getmany(timeout_ms=1000, max_records=self.max_records)
             except (KafkaError, IllegalStateError) as exc:
@@ -160,21 +168,25 @@ class BatchStage(Service):
             async with self.batch_lock:
                 records = [r for tp in sorted(batch) for r in batch[tp]]
                 try:
-                    await self.process(records)
-                except CircuitOpen as exc:
-                    logger.critical("%s: %s", self.stage, exc)
-                    await self.crash(exc)
-                    return
+                    held = await self.process(records) or set()
                 except Exception as exc:  # a bug, not bad data: stop loudly, commit nothing
                     logger.exception("%s: processing failed; stopping the worker (nothing committed)", self.stage)
                     await self.crash(exc)
                     return
-                offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs}
+                if held:
+                    # Partitions whose records this batch did not take: rewound to their first record here and
+                    # paused, committed no further, until `resumable()` names them.
+                    for tp in held:
+                        if batch.get(tp):
+                            consumer.seek(tp, batch[tp][0].offset)
+                    consumer.pause(*held)
+                offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs and tp not in held}
                 faults.reach(f"{self.stage}.before_offset_commit")
                 # The commit overlaps the next fetch (one round trip off every record's latency); the next
                 # batch's commit, a revocation and a stop all wait for it first, so commits stay in order.
                 await self.flush_commit()
-                self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets))
+                if offsets:  # empty when every partition of the batch was held back
+                    self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets))
                 self.batches += 1
                 self.last_batch_at = time.time()
 
@@ -197,8 +209,13 @@ class BatchStage(Service):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def process(self, records: list[Any]) -> None:
+    async def process(self, records: list[Any]) -> set[TopicPartition] | None:
+        """Handle a batch; return the partitions to hold back (not committed, paused), or None for none."""
         raise NotImplementedError
+
+    def resumable(self) -> set[TopicPartition]:
+        """Paused partitions to consume again (checked before every fetch)."""
+        return set()
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Called with the batch lock held, after the batch in flight committed."""

@@ -1,26 +1,50 @@
-"""The worker's one PostgreSQL writer, shared by the sink agent and the metrics agent.
+"""One PostgreSQL writer per worker, shared by the write stage, the metrics snapshots, retention and
+/pipeline/data.
 
-Started lazily by whichever agent needs it first (agents start before Faust's extra services), under a
-lock so two agents never open two pools; stopped when the app stops.
+`SharedWriter` starts the wrapped writer lazily, under a lock, so whichever user needs it first opens the one
+pool and two never open two; `writer` is this worker's instance (the wiring), stopped when the app stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from typing import Any
 
+from sinks.base import BatchWriter, WriteResult
 from sinks.postgres import PostgresTickWriter
 from streams.app import app, settings
 
-writer = PostgresTickWriter(settings.postgres)
-_lock = asyncio.Lock()
+
+class SharedWriter(BatchWriter):
+    """A BatchWriter started once, on first use, whoever uses it first."""
+
+    def __init__(self, inner: PostgresTickWriter) -> None:
+        self.inner = inner
+        self._lock = asyncio.Lock()
+        self._started = False
+
+    async def start(self) -> None:
+        if not self._started:
+            async with self._lock:
+                if not self._started:
+                    await self.inner.start()
+                    self._started = True
+
+    async def get(self) -> PostgresTickWriter:
+        """The started writer (for the calls beyond the BatchWriter contract: metrics, retention, reads)."""
+        await self.start()
+        return self.inner
+
+    async def stop(self) -> None:
+        self._started = False
+        await self.inner.stop()
+
+    async def write(self, rows: Sequence[tuple[Any, ...]]) -> WriteResult:
+        return await (await self.get()).write(rows)
 
 
-async def ensure_writer() -> PostgresTickWriter:
-    if writer.pool is None:
-        async with _lock:
-            if writer.pool is None:
-                await writer.start()
-    return writer
+writer = SharedWriter(PostgresTickWriter(settings.postgres))
 
 
 @app.on_before_shutdown.connect

@@ -1,4 +1,4 @@
-"""Anomaly detection inside validate_ticks (streams/stages/validate.py calls it per batch).
+"""Anomaly detection inside the validate stage (streams/stages/validate.py calls it per batch).
 
 Reads: the points of a batch that passed the rules. Writes: flags on those points (they go on to
 ticks.clean), anomaly events for ticks.anomalies (detector, score, threshold, the record), and the
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 
 from streams.anomalies import Anomaly, AnomalySettings, DetectorSuite
-from streams.app import app, settings
+from streams.app import app
 from streams.models import MarketDataPoint
 from streams.stages.topics import catalog
 
@@ -39,9 +40,14 @@ anomaly_state = app.GlobalTable(
 )
 
 
-class AnomalyStage:
-    def __init__(self, anomaly_settings: AnomalySettings, flush_seconds: float) -> None:
+class AnomalyTracker:
+    """The detector suites of the symbols this worker sees, kept in memory and saved to `store` (the
+    anomaly_state table in the worker; a dict in a test)."""
+
+    def __init__(self, anomaly_settings: AnomalySettings, flush_seconds: float,
+                 store: MutableMapping[str, Any]) -> None:
         self.settings = anomaly_settings
+        self.store = store
         self.flush_seconds = flush_seconds
         self.suites: dict[str, dict[str, DetectorSuite]] = {}
         self.saved_at: dict[str, float] = {}
@@ -52,7 +58,7 @@ class AnomalyStage:
     def _suites_for(self, symbol: str) -> dict[str, DetectorSuite]:
         suites = self.suites.get(symbol)
         if suites is None:
-            state = anomaly_state.get(symbol) or {}
+            state = self.store.get(symbol) or {}
             suites = {}
             for source, st in state.items():
                 try:
@@ -97,7 +103,7 @@ class AnomalyStage:
         saved = 0
         for symbol in list(self.dirty):
             if force or now - self.saved_at.get(symbol, 0.0) >= self.flush_seconds:
-                anomaly_state[symbol] = {src: s.to_state() for src, s in self.suites[symbol].items()}
+                self.store[symbol] = {src: s.to_state() for src, s in self.suites[symbol].items()}
                 self.saved_at[symbol] = now
                 self.dirty.discard(symbol)
                 saved += 1
@@ -108,9 +114,6 @@ class AnomalyStage:
         self.suites.clear()
         self.dirty.clear()
         self.stale_feeds.clear()
-
-
-stage = AnomalyStage(settings.anomalies, settings.validation.anomaly_state_flush_seconds)
 
 
 def event_for(anomaly: Anomaly, source: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""The pipeline's metrics: one Faust table, written by one agent.
+"""The pipeline's metrics: one Faust table, written by one Faust agent (record_metrics).
 
-Reads: the internal `<app id>-metrics` topic (per-batch deltas sent by validate_ticks and write_ticks).
+Reads: the internal `<app id>-metrics` topic (a MetricsDelta per batch, sent by the validate and write stages).
 Writes: the `pipeline_metrics` table (changelog-backed, so counts survive restarts and rebalances) and
 periodic snapshots into PostgreSQL's data_quality_metrics.
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -21,7 +23,7 @@ from faust.types import TP
 
 from streams import histogram
 from streams.app import app, settings
-from streams.stages.db import ensure_writer
+from streams.stages.db import writer as shared_writer
 
 logger = logging.getLogger(__name__)
 
@@ -47,30 +49,96 @@ metrics_table = app.Table(
 )
 
 
-def new_delta() -> dict[str, Any]:
-    return {"rules": {}, "latency": histogram.empty(), "latency_sum_ms": 0.0, "latency_n": 0,
-            **{c: 0 for c in COUNTERS}}
+@dataclass(slots=True)
+class SourceDelta:
+    """What one batch adds to one source's metrics. Sent as a JSON object (`to_dict`), folded into the table."""
+
+    processed: int = 0
+    valid: int = 0
+    rejected: int = 0
+    written: int = 0
+    duplicates: int = 0
+    rules: dict[str, int] = field(default_factory=dict)
+    latency: list[int] = field(default_factory=histogram.empty)
+    latency_sum_ms: float = 0.0
+    latency_n: int = 0
+    anomalies: dict[str, int] = field(default_factory=dict)
+    recent: list[dict[str, Any]] = field(default_factory=list)
+
+    def count_rule(self, rule: str) -> None:
+        self.rules[rule] = self.rules.get(rule, 0) + 1
+
+    def count_anomaly(self, detector: str) -> None:
+        self.anomalies[detector] = self.anomalies.get(detector, 0) + 1
+
+    def observe_latencies(self, ms: list[float]) -> None:
+        histogram.observe_many(self.latency, ms)
+        self.latency_sum_ms += sum(ms)
+        self.latency_n += len(ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {c: getattr(self, c) for c in COUNTERS}
+        d.update(rules=self.rules, latency=self.latency, latency_sum_ms=self.latency_sum_ms, latency_n=self.latency_n)
+        if self.anomalies:
+            d["anomalies"] = self.anomalies
+        if self.recent:
+            d["recent"] = self.recent
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SourceDelta:
+        return cls(**{f: d[f] for f in cls.__dataclass_fields__ if f in d})
 
 
-async def emit(deltas: dict[str, dict[str, Any]]) -> None:
-    """Send one batch's deltas (all sources in one message). Queued on the idempotent producer, not
-    awaited: the next batch's own acknowledged sends keep the pipeline honest, and a metrics message is
-    never worth a stall on the data path."""
-    if deltas:
-        await metrics_topic.send(key=b"batch", value=orjson.dumps(deltas))
+@dataclass(slots=True)
+class MetricsDelta:
+    """One batch's metrics, per source: what validate, write and the stale-feed check send to the metrics
+    stage (one message per batch, whatever the number of records)."""
+
+    sources: dict[str, SourceDelta] = field(default_factory=dict)
+
+    def of(self, source: str) -> SourceDelta:
+        d = self.sources.get(source)
+        if d is None:
+            d = self.sources[source] = SourceDelta()
+        return d
+
+    def drop(self, source: str) -> None:
+        """Forget a source's part (its records will be processed again, and counted then)."""
+        self.sources.pop(source, None)
+
+    def __bool__(self) -> bool:
+        return bool(self.sources)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({src: d.to_dict() for src, d in self.sources.items()})
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> MetricsDelta:
+        return cls({src: SourceDelta.from_dict(d) for src, d in orjson.loads(raw).items()})
 
 
-def fold(current: dict[str, Any] | None, delta: dict[str, Any], now: float) -> dict[str, Any]:
-    """Add a delta to a table value. Pure, so it is tested without Faust."""
-    cur = current or {**new_delta(), "samples": []}
-    out = {c: cur.get(c, 0) + delta.get(c, 0) for c in COUNTERS}
+Emit = Callable[[MetricsDelta], Awaitable[None]]
+
+
+async def emit(delta: MetricsDelta) -> None:
+    """Send one batch's delta (all sources in one message), on the idempotent producer."""
+    if delta:
+        await metrics_topic.send(key=b"batch", value=delta.to_json())
+
+
+def fold(current: dict[str, Any] | None, delta: SourceDelta, now: float) -> dict[str, Any]:
+    """Add a delta to a table value (a plain dict: the table's changelog format). Pure, so it is tested
+    without Faust."""
+    cur = current or {**SourceDelta().to_dict(), "samples": []}
+    out: dict[str, Any] = {c: cur.get(c, 0) + getattr(delta, c) for c in COUNTERS}
     rules = dict(cur.get("rules", {}))
-    for rule, n in delta.get("rules", {}).items():
+    for rule, n in delta.rules.items():
         rules[rule] = rules.get(rule, 0) + n
     out["rules"] = rules
-    out["latency"] = histogram.merge(cur.get("latency", histogram.empty()), delta.get("latency", histogram.empty()))
-    out["latency_sum_ms"] = cur.get("latency_sum_ms", 0.0) + delta.get("latency_sum_ms", 0.0)
-    out["latency_n"] = cur.get("latency_n", 0) + delta.get("latency_n", 0)
+    out["latency"] = histogram.merge(cur.get("latency", histogram.empty()), delta.latency)
+    out["latency_sum_ms"] = cur.get("latency_sum_ms", 0.0) + delta.latency_sum_ms
+    out["latency_n"] = cur.get("latency_n", 0) + delta.latency_n
     samples = [s for s in cur.get("samples", []) if now - s[0] <= 6 * RATE_WINDOW_SECONDS]
     if not samples or now - samples[-1][0] >= 1.0:
         samples.append([now, out["written"]])
@@ -78,10 +146,10 @@ def fold(current: dict[str, Any] | None, delta: dict[str, Any], now: float) -> d
         samples[-1] = [samples[-1][0], out["written"]]
     out["samples"] = samples
     anomalies = dict(cur.get("anomalies", {}))
-    for detector, n in delta.get("anomalies", {}).items():
+    for detector, n in delta.anomalies.items():
         anomalies[detector] = anomalies.get(detector, 0) + n
     out["anomalies"] = anomalies
-    out["recent"] = (cur.get("recent", []) + delta.get("recent", []))[-RECENT_ANOMALIES:]
+    out["recent"] = (cur.get("recent", []) + delta.recent)[-RECENT_ANOMALIES:]
     return out
 
 
@@ -154,7 +222,7 @@ async def record_metrics(stream: Any) -> None:
     async for raw in stream:
         try:
             now = time.time()
-            for source, delta in orjson.loads(raw).items():
+            for source, delta in MetricsDelta.from_json(raw).sources.items():
                 metrics_table[source] = fold(metrics_table.get(source), delta, now)
         except Exception:  # a malformed delta must not stop the metrics
             logger.exception("dropping malformed metrics message %r", raw[:200])
@@ -170,7 +238,7 @@ async def store_metrics() -> None:
         return
     now = time.time()
     try:
-        writer = await ensure_writer()
+        writer = await shared_writer.get()
         await writer.write_metrics(f"{app.conf.id}@{app.conf.canonical_url}",
                                    {k: snapshot(v, now) for k, v in values.items()})
     except Exception as exc:  # the database may be down; the table keeps counting

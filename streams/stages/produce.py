@@ -4,8 +4,11 @@ Reads: the providers (HTTP, websocket, the simulated feed). Writes: raw.<source>
 
 A timer checks leadership every second: the leader runs one task per enabled source, any other worker
 runs none, so two or more workers never produce the same data twice; when the leader changes, the new
-one takes over. A source that fails is restarted with capped backoff and reported in /health; it never
-stops the others.
+one takes over. What a source's failure means is its error's `retriable` (streams/errors.py): a retriable one
+(or an unexpected exception, a network error) restarts the source with capped exponential backoff (tenacity),
+counted from its last good batch; one that says it is not retriable (a rejected key, a bad configuration) marks
+the source `failed` in /health and it is not restarted. Either way it never stops the others, and the error
+shown in /health is redacted (streams/redact.py).
 """
 
 from __future__ import annotations
@@ -14,35 +17,115 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_exponential
+from tenacity.wait import wait_base
 
 from producers.base import Source, encode
 from producers.registry import enabled_sources
 from streams.app import app, settings
-from streams.stages.publish import Outgoing, send_all
+from streams.errors import TickflowError
+from streams.redact import redact
+from streams.stages.publish import Outgoing, Send, send_all
 from streams.stages.topics import catalog
 
 logger = logging.getLogger(__name__)
 
+MAX_ERROR_CHARS = 500
+
+
+@dataclass(slots=True)
+class SourceStatus:
+    """One source task, as /health, the dashboard and /metrics show it."""
+
+    source: str
+    kind: str
+    state: str = "idle"  # idle | running | failing (backing off) | failed (not retriable) | finished (a replay)
+    sent: int = 0
+    failures: int = 0
+    last_error: str | None = None  # redacted
+    last_sent_at: float | None = None
+    failures_in_row: int = 0  # since the last good batch: what the backoff counts
+
+
+def restartable(exc: BaseException) -> bool:
+    """Our errors decide by `retriable`; any other Exception (a network error, a parser bug) is worth a restart.
+    A cancellation (the supervisor stopping) is not an Exception and is never retried."""
+    if isinstance(exc, TickflowError):
+        return exc.retriable
+    return isinstance(exc, Exception)
+
+
+def describe(exc: BaseException) -> str:
+    """An error as /health shows it: redacted (an aiohttp error prints its URL, query string and key included)."""
+    return redact(f"{type(exc).__name__}: {exc}")[:MAX_ERROR_CHARS]
+
+
+class _SinceLastBatch(wait_base):
+    """tenacity's exponential wait with jitter, counted from the source's last good batch rather than from the
+    task's start, so a feed that drops once a day does not creep up to the cap."""
+
+    def __init__(self, st: SourceStatus, initial: float, cap: float) -> None:
+        self.st = st
+        self.cap = cap
+        self.exponential = wait_exponential(multiplier=initial, max=cap)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        # tenacity asks for the wait before `before_sleep` counts this failure: it is failure number n + 1.
+        attempt = cast(RetryCallState, _Attempt(self.st.failures_in_row + 1))
+        return min(self.cap, self.exponential(attempt) * (0.5 + random.random()))
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """The one field of a RetryCallState that tenacity's exponential wait reads."""
+
+    attempt_number: int
+
 
 class SourceSupervisor:
-    def __init__(self, sources: list[Source]) -> None:
-        self.sources = sources
-        self.tasks: dict[int, asyncio.Task[None]] = {}
-        self.status: dict[str, dict[str, Any]] = {}
+    """Runs the sources while this worker leads. `send` publishes records, `topic_for` names a source's raw
+    topic; `session` makes the HTTP session and `sleep` waits out the backoff (both swapped in tests)."""
 
-    def _state(self, source: Source) -> dict[str, Any]:
+    def __init__(self, sources: list[Source], *, send: Send, topic_for: Callable[[str], str],
+                 session: Callable[[], aiohttp.ClientSession] = aiohttp.ClientSession,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 initial_backoff: float = 1.0, max_backoff: float = 300.0) -> None:
+        self.sources = sources
+        self.send = send
+        self.topic_for = topic_for
+        self.session = session
+        self.sleep = sleep
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.states: dict[str, SourceStatus] = {}
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every source's state, for /health, the dashboard and /metrics (errors already redacted)."""
+        out = []
+        for st in sorted(self.states.values(), key=lambda s: (s.source, s.kind)):
+            d = asdict(st)
+            del d["failures_in_row"]
+            out.append(d)
+        return out
+
+    def _state(self, source: Source) -> SourceStatus:
         key = f"{source.name}:{type(source).__name__}"
-        return self.status.setdefault(key, {"source": source.name, "kind": type(source).__name__, "state": "idle",
-                                            "sent": 0, "failures": 0, "last_error": None, "last_sent_at": None})
+        st = self.states.get(key)
+        if st is None:
+            st = self.states[key] = SourceStatus(source.name, type(source).__name__)
+        return st
 
     async def reconcile(self, leader: bool) -> None:
         if leader:
             for i, source in enumerate(self.sources):
                 task = self.tasks.get(i)
-                if task is None or task.done():
+                if (task is None or task.done()) and self._state(source).state not in ("failed", "finished"):
                     self.tasks[i] = asyncio.create_task(self._run(source), name=f"source-{source.name}")
         else:
             await self.stop()
@@ -56,36 +139,64 @@ class SourceSupervisor:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
-        for st in self.status.values():
-            st["state"] = "idle"
+        for st in self.states.values():
+            if st.state not in ("failed", "finished"):
+                st.state = "idle"
+
+    async def _pump(self, source: Source, session: aiohttp.ClientSession, topic: str, st: SourceStatus) -> None:
+        st.state = "running"
+        async for batch in source.fetch(session):
+            if batch:
+                records = [encode(r) for r in batch]
+                await self.send([Outgoing(topic, r.key, r.value) for r in records])
+                st.sent += len(records)
+                st.last_sent_at = time.time()
+            st.failures_in_row = 0
+
+    def _failed_attempt(self, source: Source, st: SourceStatus, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        st.failures += 1
+        st.failures_in_row += 1
+        st.state = "failing"
+        st.last_error = describe(exc) if exc is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.warning("source %s failed (%s); restarting in %.0f s", source.name, st.last_error, wait)
 
     async def _run(self, source: Source) -> None:
-        topic = catalog.raw(source.name).name
+        topic = self.topic_for(source.name)
         st = self._state(source)
-        delay = 1.0
-        async with aiohttp.ClientSession() as session:
-            while True:
-                st["state"] = "running"
-                try:
-                    async for batch in source.fetch(session):
-                        if batch:
-                            records = [encode(r) for r in batch]
-                            await send_all([Outgoing(topic, r.key, r.value) for r in records])
-                            st["sent"] += len(records)
-                            st["last_sent_at"] = time.time()
-                        delay = 1.0
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # sources redact their secrets before raising
-                    st["failures"] += 1
-                    st["state"] = "failing"
-                    st["last_error"] = f"{type(exc).__name__}: {exc}"[:500]
-                    logger.warning("source %s failed (%s); restarting in %.0f s", source.name, st["last_error"], delay)
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 300.0)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(restartable),
+            wait=_SinceLastBatch(st, self.initial_backoff, self.max_backoff),
+            stop=stop_never,
+            sleep=self.sleep,
+            before_sleep=lambda state: self._failed_attempt(source, st, state),
+            reraise=True,
+        )
+        async with self.session() as session:
+            try:
+                while True:  # a fetch of an endless source that ends by itself is started again
+                    async for attempt in retrying:
+                        with attempt:
+                            await self._pump(source, session, topic, st)
+                    if source.finite:
+                        st.state = "finished"
+                        logger.info("source %s finished (%d records sent)", source.name, st.sent)
+                        return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # not retriable: retrying cannot help (a rejected key, a bad request)
+                st.failures += 1
+                st.state = "failed"
+                st.last_error = describe(exc)
+                logger.error("source %s failed and will not be restarted: %s", source.name, st.last_error)
 
 
-supervisor = SourceSupervisor(enabled_sources(settings.sources))
+
+
+# The Faust wiring: this worker's sources, supervised on the leader.
+supervisor = SourceSupervisor(enabled_sources(settings.sources), send=send_all,
+                              topic_for=lambda name: catalog.raw(name).name)
 
 
 @app.timer(1.0, name="supervise_sources")

@@ -1,6 +1,6 @@
-"""Sending from agents: every message is awaited until the broker acknowledges it, and a failed send
-is retried with capped backoff, so an agent never lets Faust ack (and later commit) a source offset
-whose output is not durably in Kafka. Also builds the dead-letter record (Kafka Connect's DLQ
+"""Sending from the stages: every message is awaited until the broker acknowledges it, and a failed send
+is retried with capped backoff, so a stage never commits a source offset whose output is not durably in
+Kafka. Also builds the dead-letter record (Kafka Connect's DLQ
 headers are the model): original key, value and timestamp plus `tickflow.*` headers.
 """
 
@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,10 @@ class Outgoing:
     timestamp: float | None = None  # seconds since the epoch; None lets the producer stamp it
     headers: list[tuple[str, bytes]] | None = None
     partition: int | None = None
+
+
+# What the stages are given to send with (send_all in the worker, a list's append in a test).
+Send = Callable[[Sequence[Outgoing]], Awaitable[None]]
 
 
 @dataclass(slots=True)

@@ -10,18 +10,19 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from streams.app import app, settings
-from streams.stages.db import ensure_writer
+from streams.settings import SinkSettings
+from streams.stages.db import SharedWriter
+from streams.stages.db import writer as shared_writer
 
 logger = logging.getLogger(__name__)
 
 
-async def apply_retention(now: datetime | None = None) -> int:
-    days = settings.sink.data_retention_days
+async def apply_retention(writer: SharedWriter, sink: SinkSettings, now: datetime | None = None) -> int:
+    days = sink.data_retention_days
     if not days:
         return 0
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
-    writer = await ensure_writer()
-    deleted = await writer.delete_older_than(cutoff, settings.sink.retention_batch_rows)
+    deleted = await (await writer.get()).delete_older_than(cutoff, sink.retention_batch_rows)
     if deleted:
         logger.info("retention: deleted %d rows older than %s", deleted, cutoff.isoformat())
     return deleted
@@ -30,6 +31,6 @@ async def apply_retention(now: datetime | None = None) -> int:
 @app.timer(settings.sink.retention_check_seconds, on_leader=True, name="apply_retention")
 async def retention_timer() -> None:
     try:
-        await apply_retention()
+        await apply_retention(shared_writer, settings.sink)
     except Exception as exc:  # the database may be down; try again next time
         logger.warning("retention skipped: %r", exc)

@@ -283,7 +283,8 @@ HTML = """<!doctype html>
     fill("sources-body", (h.sources || []).map((s) => {
       const state = document.createElement("span");
       state.textContent = s.state;
-      state.className = s.state === "running" ? "ok" : s.state === "failing" ? "bad" : "dim";
+      const good = s.state === "running" || s.state === "finished", bad = s.state === "failing" || s.state === "failed";
+      state.className = good ? "ok" : bad ? "bad" : "dim";
       return [s.source, s.kind, state, fmtInt(s.sent), fmtInt(s.failures), ago(s.last_sent_at), s.last_error || ""];
     }), 7, "no sources run on this worker (they run on the leader)", [3, 4]);
     const parts = $("partitions");

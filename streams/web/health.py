@@ -1,13 +1,18 @@
 """HTTP endpoints on every worker (Faust's web server).
 
 GET /pipeline/metrics  the brief's keys + per source (proxied to the worker that owns the metrics table)
+GET /pipeline/data/x   recent clean rows of a symbol
 GET /health            liveness/readiness as JSON: 200 when the worker is up and not recovering
+
+/health is built by `health_report` from what each part says of itself: a stage's `status()`, the source
+supervisor's `status()`, the lag reader; it reads no stage's internals.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -15,22 +20,20 @@ from faust.web import Request, Response, View
 
 from streams.app import app, settings
 from streams.stages import metrics
-from streams.stages.base import missing_stages, stages
-from streams.stages.db import ensure_writer
-from streams.stages.detect import stage as anomaly_stage
+from streams.stages.base import BatchStage, stages
+from streams.stages.db import writer as shared_writer
 from streams.stages.produce import supervisor
-from streams.stages.topics import catalog
-from streams.web.lag import LagReader
+from streams.web.lag import Groups, LagReader
 
 logger = logging.getLogger(__name__)
 
-lag_reader = LagReader(
-    settings.kafka.bootstrap_servers,
-    {
-        f"{settings.worker.app_id}-validate": [t.name for t in catalog.by_role("raw")],
-        f"{settings.worker.app_id}-write": [catalog.one("clean").name],
-    },
-)
+
+def lag_groups(of: Iterable[BatchStage]) -> Groups:
+    """Each stage's consumer group (named by the stage itself) -> the topics it reads."""
+    return {st.group_id: list(st.topics) for st in of}
+
+
+lag_reader = LagReader(settings.kafka.bootstrap_servers, lambda: lag_groups(stages.values()))
 
 
 async def queue_size() -> int | None:
@@ -39,6 +42,32 @@ async def queue_size() -> int | None:
     except Exception as exc:  # lag is informative; never fail the metrics page for it
         logger.warning("could not read consumer lag: %r", exc)
         return None
+
+
+def health_report(*, stages: Mapping[str, BatchStage], sources: list[dict[str, Any]], lag: dict[str, int],
+                  now: float, stuck_after: float, recovering: bool, leader: bool, worker: str,
+                  other_assigned: Iterable[str] = ()) -> dict[str, Any]:
+    """The /health body. Pure (no Faust), so it is tested with stages and a supervisor built in the test."""
+    starting = [name for name, st in stages.items() if st.consumer is None]
+    stuck = [name for name, st in stages.items()
+             if st.stuck(sum(lag.get(t, 0) for t in st.topics), now, stuck_after)]
+    status = "recovering" if recovering else "starting" if starting else "stuck" if stuck else "ok"
+    by_stage = {name: st.status() for name, st in sorted(stages.items())}
+    stale = [f for s in by_stage.values() for f in s.pop("stale_feeds", ())]
+    paused = [p for s in by_stage.values() for p in s.get("paused_sources", ())]
+    return {
+        "status": status,
+        "starting_stages": starting,
+        "stuck_stages": stuck,
+        "lag": lag,
+        "worker": worker,
+        "leader": leader,
+        "sources": sources,
+        "paused_sources": paused,
+        "stages": by_stage,
+        "stale_feeds": sorted(stale, key=lambda f: (f["source"], f["symbol"])),
+        "assigned": sorted({a for s in by_stage.values() for a in s["assigned"]} | set(other_assigned)),
+    }
 
 
 @app.page("/pipeline/metrics")
@@ -59,7 +88,7 @@ class RecentData(View):
         except ValueError:
             return self.json({"error": "limit must be an integer"}, status=400)
         try:
-            rows = await (await ensure_writer()).recent(symbol, limit)
+            rows = await (await shared_writer.get()).recent(symbol, limit)
         except Exception as exc:
             return self.json({"error": f"database unavailable: {type(exc).__name__}"}, status=503)
         return self.json({"symbol": symbol, "count": len(rows), "data": jsonable(rows)})
@@ -82,31 +111,23 @@ def jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @app.page("/health")
 class Health(View):
     async def get(self, request: Request) -> Response:
-        recovering = not app.tables.recovery.completed.is_set() if app.tables else False
         try:
             lag = await lag_reader.lag_by_topic()
         except Exception:
             lag = {}
-        now = time.time()
-        stuck = [name for name, st in stages.items()
-                 if st.stuck(sum(lag.get(t, 0) for t in st.topics), now, settings.worker.stuck_after_seconds)]
-        starting = missing_stages()
-        status = "recovering" if recovering else "starting" if starting else "stuck" if stuck else "ok"
-        body: dict[str, Any] = {
-            "status": status,
-            "starting_stages": starting,
-            "stuck_stages": stuck,
-            "lag": lag,
-            "worker": app.conf.canonical_url.human_repr() if hasattr(app.conf.canonical_url, "human_repr")
-            else str(app.conf.canonical_url),
-            "leader": app.is_leader(),
-            "sources": sorted(supervisor.status.values(), key=lambda s: (s["source"], s["kind"])),
-            "stages": {name: st.status() for name, st in sorted(stages.items())},
-            "stale_feeds": sorted(anomaly_stage.stale_feeds.values(), key=lambda f: (f["source"], f["symbol"])),
-            "assigned": sorted({f"{tp.topic}[{tp.partition}]" for st in stages.values() for tp in st.assignment()} | {
-                f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment()}),
-        }
-        return self.json(body, status=200 if status == "ok" else 503)
+        url = app.conf.canonical_url
+        body = health_report(
+            stages=stages,
+            sources=supervisor.status(),
+            lag=lag,
+            now=time.time(),
+            stuck_after=settings.worker.stuck_after_seconds,
+            recovering=not app.tables.recovery.completed.is_set() if app.tables else False,
+            leader=app.is_leader(),
+            worker=url.human_repr() if hasattr(url, "human_repr") else str(url),
+            other_assigned=(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment()),
+        )
+        return self.json(body, status=200 if body["status"] == "ok" else 503)
 
 
 @app.on_before_shutdown.connect

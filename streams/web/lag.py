@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -15,11 +16,17 @@ from streams.settings import KafkaSettings, get_settings
 logger = logging.getLogger(__name__)
 
 
+Groups = Mapping[str, Sequence[str]]
+
+
 class LagReader:
-    def __init__(self, bootstrap_servers: str, groups: dict[str, list[str]], cache_seconds: float = 1.0, *,
-                 kafka: KafkaSettings | None = None) -> None:
+    """`groups`: consumer group -> its topics, or a function returning that (read at each refresh, so the
+    reader can be made before the stages it measures)."""
+
+    def __init__(self, bootstrap_servers: str, groups: Groups | Callable[[], Groups], cache_seconds: float = 1.0,
+                 *, kafka: KafkaSettings | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
-        self.groups = groups
+        self._groups = groups
         self.cache_seconds = cache_seconds
         # SSL/SASL for the two clients; None: the process's settings (the worker's own).
         self.kafka = kafka
@@ -27,6 +34,9 @@ class LagReader:
         self._consumer: AIOKafkaConsumer | None = None
         self._cached: tuple[float, dict[str, int]] | None = None
         self._lock = asyncio.Lock()
+
+    def groups(self) -> Groups:
+        return self._groups() if callable(self._groups) else self._groups
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
@@ -45,7 +55,7 @@ class LagReader:
                 return self._cached[1]
             admin, consumer = await self._clients()
             lag: dict[str, int] = {}
-            for group, topics in self.groups.items():
+            for group, topics in self.groups().items():
                 tps = []
                 for topic in topics:
                     if not consumer.partitions_for_topic(topic):

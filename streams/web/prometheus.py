@@ -28,7 +28,7 @@ from streams import histogram
 from streams.app import app
 from streams.stages import metrics
 from streams.stages.produce import supervisor
-from streams.web import health as web
+from streams.web.health import lag_reader
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def render(values: dict[str, dict[str, Any]], lag: dict[str, int] | None, source
 
 async def _lag() -> dict[str, int] | None:
     try:
-        return await web.lag_reader.lag_by_topic()
+        return await lag_reader.lag_by_topic()
     except Exception as exc:  # lag is informative; a scrape must not fail for it
         logger.warning("could not read consumer lag: %r", exc)
         return None
@@ -133,6 +133,6 @@ class PrometheusMetrics(View):
     @app.table_route(table=metrics.metrics_table, exact_key="all")
     async def get(self, request: Request) -> Response:
         values = {k: v for k, v in metrics.metrics_table.items() if v}
-        body = render(values, await _lag(), list(supervisor.status.values()), time.time())
+        body = render(values, await _lag(), supervisor.status(), time.time())
         # aiohttp refuses a charset inside content_type=, so the full header goes in headers=.
         return self.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -11,8 +11,10 @@ import os
 import random
 import signal
 import subprocess
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 import pytest
 
 from streams.tools.measure import read_topic
@@ -96,19 +98,26 @@ async def test_postgres_outage_during_flow(iso, workers, producer, pg) -> None:
     assert "PostgreSQL unavailable" in w.log_text()
 
 
-async def test_circuit_breaker_stops_the_worker_instead_of_dead_lettering_everything(iso, workers, producer) -> None:
+async def test_circuit_breaker_pauses_only_the_failing_source(iso, workers, producer, pg) -> None:
+    """A provider changed its format: its records stop parsing. Its source's breaker pauses that source's
+    partitions (nothing dead-lettered, nothing committed) while the worker stays up and the other sources
+    go on."""
     await ensure_topics_for(iso)
-    for i in range(300):  # a provider changed its format: nothing parses any more
+    for i in range(300):  # nothing of the simulated source parses any more
         await producer.send(iso.raw_topic(), b'{"sym": "AAPL", "px": %d}' % i, key=b"AAPL")
+    t0 = datetime(2024, 5, 29, 14, 0, tzinfo=UTC)
+    for i in range(200):  # the yahoo source is fine
+        ts = (t0 + timedelta(seconds=i)).isoformat()
+        good = orjson.dumps({"symbol": "MSFT", "timestamp": ts, "source": "yahoo", "data_type": "trade",
+                             "price": 400.0 + i / 100, "volume": 10})
+        await producer.send(iso.raw_topic("yahoo"), good, key=b"MSFT")
     await producer.flush()
     w = workers(TICKFLOW_VALIDATION__CIRCUIT_BREAKER_WINDOW="100")
 
-    def stopped() -> bool:
-        return not w.alive()
-
-    await wait_until(stopped, 90, "the worker to stop")
-    assert w.proc.returncode != 0
-    assert "circuit breaker" in w.log_text()
+    await wait_until(lambda: "circuit breaker: source simulated" in w.log_text(), 90, "the breaker to trip")
+    await wait_for_rows(iso, pg, 199, "the other source's rows to land")
+    assert w.alive(), "the worker must stay up: only the failing source is paused"
+    assert await pg_count(iso, pg) == 200
     assert await read_topic(iso.bootstrap, iso.topic("rejected")) == []  # nothing dead-lettered, nothing committed
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sinks.postgres import PostgresTickWriter, row_from_record
+from sinks.schema import MIGRATIONS
 from streams.errors import SinkError, SinkUnavailable
 from streams.models import MarketDataPoint
 from streams.settings import PostgresSettings
@@ -35,16 +36,17 @@ async def test_migrate_twice_write_and_replay(iso, pg) -> None:
     try:
         batch = rows(1500) + rows(10, source="other")
         r1 = await w.write(batch)
-        assert (r1.inserted, r1.duplicates) == (1510, 0)
+        assert (r1.inserted, r1.updated, r1.duplicates) == (1510, 0, 0)
         assert r1.inserted_by_source == {"simulated": 1500, "other": 10}
         r2 = await w.write(batch[:700])  # a replay after a crash
-        assert (r2.inserted, r2.duplicates) == (0, 700)
+        assert (r2.inserted, r2.updated, r2.duplicates) == (0, 0, 700)
+        assert r2.duplicates_by_source == {"simulated": 700}
         assert await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.market_data") == 1510
         meta = await pg.fetchval(
             f"SELECT metadata->>'i' FROM {iso.schema}.market_data WHERE item_id='42' AND source='simulated'")
         assert meta == "42"
         versions = await pg.fetch(f"SELECT version FROM {iso.schema}.schema_migrations")
-        assert [r["version"] for r in versions] == [1]
+        assert sorted(r["version"] for r in versions) == [v for v, _ in MIGRATIONS]
     finally:
         await w.stop()
 

@@ -110,3 +110,34 @@ def test_kinds_set_as_enum_members_get_the_same_rules(kind: str, fields: dict[st
         with pytest.raises(RejectedRecord) as info:
             v.check_point(p, now=NOW)
         assert info.value.rule == rule
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breakers_are_per_source_and_reopen_after_the_cool_down() -> None:
+    from streams.rules import SourceBreakers
+
+    clock = FakeClock()
+    b = SourceBreakers(ratio=0.5, window=10, cooldown=60.0, clock=clock)
+    for i in range(10):
+        b.record("bad", True)
+        b.record("good", i % 3 == 0)  # 4 of 10 rejected: under the limit
+    assert b.tripped() == ["bad"]
+    opened = b.trip("bad", {"schema.missing": 10})
+    assert opened.rejected == 10 and b.is_open("bad") and not b.is_open("good")
+    assert b.tripped() == []  # open, and its window starts afresh
+    clock.now += 59.9
+    assert b.due() == [] and b.is_open("bad")
+    clock.now += 0.2
+    assert b.due() == ["bad"] and not b.is_open("bad")
+    for _ in range(9):
+        b.record("bad", True)
+    assert b.tripped() == []  # a fresh window: not full yet
+    b.record("bad", True)
+    assert b.tripped() == ["bad"]  # still bad after the pause: trips again

@@ -3,7 +3,6 @@ one clean or dead-letter message and never raises (the stage would otherwise sto
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +12,9 @@ from hypothesis import strategies as st
 
 from streams.rules import Validator
 from streams.settings import ValidationSettings
-from streams.stages import metrics
-from streams.stages.topics import clean_topic_name, rejected_topic_name
-from streams.stages.validate import route
+from streams.stages.metrics import MetricsDelta
+from streams.stages.topics import catalog, clean_topic_name, rejected_topic_name
+from streams.stages.validate import Router
 
 
 @dataclass
@@ -29,7 +28,7 @@ class Rec:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
-VALIDATOR = Validator(ValidationSettings())
+ROUTER = Router(Validator(ValidationSettings()), catalog)
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False),
                          st.text(max_size=40))
@@ -40,12 +39,12 @@ records = st.dictionaries(fields, json_scalars, max_size=12)
 
 
 def check(value: bytes | None) -> None:
-    deltas: dict[str, dict[str, Any]] = defaultdict(metrics.new_delta)
-    out = route(VALIDATOR, Rec(value), deltas)
+    delta = MetricsDelta()
+    out = ROUTER.route(Rec(value), delta)
     final = [m for m in out if m.topic in (clean_topic_name, rejected_topic_name)]
     assert len(final) == 1
-    d = deltas["simulated"]
-    assert d["processed"] == 1 and d["valid"] + d["rejected"] == 1
+    d = delta.of("simulated")
+    assert d.processed == 1 and d.valid + d.rejected == 1
     if final[0].topic == rejected_topic_name:
         assert final[0].value == value and dict(final[0].headers)["tickflow.rule"]
 
@@ -69,6 +68,5 @@ def test_poison_symbols_and_sources() -> None:
     poison = [("AAPL'; DROP TABLE market_data;--", "simulated"), ("\uff21\uff21\uff30\uff2c\U0001f4a5", "simulated"),
               ("AAPL", "unknown_source"), ("\x00", "simulated")]
     for sym, src in poison:
-        deltas: dict[str, dict[str, Any]] = defaultdict(metrics.new_delta)
-        (out,) = route(VALIDATOR, Rec(orjson.dumps({**base, "symbol": sym, "source": src})), deltas)
+        (out,) = ROUTER.route(Rec(orjson.dumps({**base, "symbol": sym, "source": src})), MetricsDelta())
         assert out.topic == rejected_topic_name

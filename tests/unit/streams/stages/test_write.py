@@ -1,26 +1,35 @@
-"""The batching writer's contract, without a database: rows built from canonical records, retries on
-outages, and bisection that isolates the rows the store refuses."""
+"""The write stage without a database or a broker: a WriteTicks built with a fake writer, a list to send to and
+a fake sleep. Rows built from canonical records, retries decided by `retriable`, bisection that isolates the
+rows the store refuses, and the batch's metrics delta."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
 
-import streams.stages.write as write_stage
 from sinks.base import BatchWriter, WriteResult
-from sinks.postgres import classify, row_from_record
+from sinks.postgres import classify, row_from_record, row_origin
 from sinks.schema import MARKET_DATA_COLUMNS
-from streams.errors import SinkError, SinkUnavailable
+from streams.errors import SinkError, SinkRefused, SinkUnavailable
 from streams.models import MarketDataPoint
+from streams.settings import KafkaSettings, SinkSettings
+from streams.stages.metrics import MetricsDelta
+from streams.stages.publish import Outgoing
+from streams.stages.write import WriteTicks
+
+PRICE = MARKET_DATA_COLUMNS.index("price")
 
 
 class FakeWriter(BatchWriter):
-    """Refuses rows whose price is 13; is 'down' for the first `outages` calls."""
+    """Refuses rows whose price is 13; raises the errors in `failures` first, one per call."""
 
-    def __init__(self, outages: int = 0) -> None:
-        self.outages = outages
+    def __init__(self, failures: Sequence[BaseException] = ()) -> None:
+        self.failures = list(failures)
         self.calls = 0
         self.stored: list[tuple] = []
 
@@ -30,26 +39,61 @@ class FakeWriter(BatchWriter):
 
     async def write(self, rows):  # type: ignore[no-untyped-def]
         self.calls += 1
-        if self.outages:
-            self.outages -= 1
-            raise SinkUnavailable("connection refused")
-        if any(r[5] == 13 for r in rows):
-            raise SinkError("numeric field overflow")
+        if self.failures:
+            raise self.failures.pop(0)
+        if any(r[PRICE] == 13 for r in rows):
+            raise SinkRefused("numeric field overflow")
         fresh = [r for r in rows if r not in self.stored]
         self.stored.extend(fresh)
         by: dict[str, int] = {}
-        for r in fresh:
-            by[r[0]] = by.get(r[0], 0) + 1
-        return WriteResult(len(fresh), len(rows) - len(fresh), by)
+        dups: dict[str, int] = {}
+        for r in rows:
+            src = row_origin(r)[0]
+            target = by if r in fresh else dups
+            target[src] = target.get(src, 0) + 1
+        return WriteResult(len(fresh), len(rows) - len(fresh), by, duplicates_by_source=dups)
+
+
+@dataclass
+class Collected:
+    sent: list[Outgoing] = field(default_factory=list)
+    deltas: list[MetricsDelta] = field(default_factory=list)
+    sleeps: list[float] = field(default_factory=list)
+
+    async def send(self, messages: Sequence[Outgoing]) -> None:
+        self.sent.extend(messages)
+
+    async def emit(self, delta: MetricsDelta) -> None:
+        self.deltas.append(delta)
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+def make_stage(writer: BatchWriter, out: Collected, **sink: Any) -> WriteTicks:
+    return WriteTicks(writer=writer, send=out.send, emit=out.emit, sleep=out.sleep,
+                      sink=SinkSettings(**{"retry_initial_seconds": 0.2, "retry_max_seconds": 10.0, **sink}),
+                      rejected_topic="rejected", kafka=KafkaSettings(), app_id="unit", topics=["clean"])
+
+
+def make_point(price: float, i: int, source: str = "s") -> MarketDataPoint:
+    return MarketDataPoint(symbol="X", timestamp=datetime(2024, 1, 2, tzinfo=UTC), source=source, price=price,
+                           item_id=str(i), ingested_at=datetime(2024, 1, 2, tzinfo=UTC))
 
 
 def make_rows(prices: list[float]) -> list[tuple]:
-    out = []
-    for i, price in enumerate(prices):
-        p = MarketDataPoint(symbol="X", timestamp=datetime(2024, 1, 2, tzinfo=UTC), source="s", price=price,
-                            item_id=str(i))
-        out.append(row_from_record(orjson.loads(p.to_json())))
-    return out
+    return [row_from_record(orjson.loads(make_point(p, i).to_json())) for i, p in enumerate(prices)]
+
+
+@dataclass
+class Rec:
+    value: bytes
+    offset: int
+    topic: str = "clean"
+    partition: int = 0
+    key: bytes = b"X"
+    timestamp: int = 1_700_000_000_000
+    headers: list = field(default_factory=list)
 
 
 def test_row_matches_the_column_list() -> None:
@@ -62,36 +106,71 @@ def test_row_matches_the_column_list() -> None:
     assert named["open"] == 1 and named["interval"] == "1d" and named["metadata"] == '{"a":1}'
     assert named["ts"] == datetime(2024, 1, 2, tzinfo=UTC)
     assert named["ingested_at"] == datetime(2024, 1, 2, 0, 0, 1, tzinfo=UTC)
+    assert row_origin(row) == ("s", datetime(2024, 1, 2, 0, 0, 1, tzinfo=UTC))
 
 
-async def test_outage_is_retried_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = FakeWriter(outages=3)
+async def test_outage_is_retried_in_place_with_capped_backoff() -> None:
+    fake, out = FakeWriter([SinkUnavailable("connection refused")] * 12), Collected()
+    stage = make_stage(fake, out, retry_initial_seconds=0.5, retry_max_seconds=4.0)
+    result = await stage.write_with_retry(make_rows([1.0, 2.0]))
+    assert fake.calls == 13 and result.inserted == 2
+    assert len(out.sleeps) == 12
+    # exponential from 0.5 s (plus up to 0.5 s of jitter), never past the cap plus the jitter
+    assert 0.5 <= out.sleeps[0] <= 1.0 and 1.0 <= out.sleeps[1] <= 1.5 and 2.0 <= out.sleeps[2] <= 2.5
+    assert all(4.0 <= s <= 4.5 for s in out.sleeps[4:])
+    assert stage.status()["database_retries"] == 0 and stage.status()["database_error"] is None
 
-    async def ensure() -> FakeWriter:
-        return fake
 
-    monkeypatch.setattr(write_stage, "ensure_writer", ensure)
-    monkeypatch.setattr(write_stage.settings.sink, "retry_initial_seconds", 0.001)
-    result = await write_stage.write_with_retry(make_rows([1.0, 2.0]))
-    assert fake.calls == 4 and result.inserted == 2
+async def test_retriable_decides_not_the_class_caught() -> None:
+    odd_outage = SinkError("read-only transaction")
+    odd_outage.retriable = True  # a SinkError that is not a SinkUnavailable, yet says so
+    fake, out = FakeWriter([odd_outage]), Collected()
+    assert (await make_stage(fake, out).write_with_retry(make_rows([1.0]))).inserted == 1 and fake.calls == 2
+
+    refusal = SinkUnavailable("looks like an outage")
+    refusal.retriable = False  # ... and the other way round: comes straight out, no sleep
+    fake, out = FakeWriter([refusal]), Collected()
+    with pytest.raises(SinkUnavailable):
+        await make_stage(fake, out).write_with_retry(make_rows([1.0]))
+    assert fake.calls == 1 and out.sleeps == []
 
 
-async def test_bisection_isolates_refused_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_bug_is_not_retried() -> None:
+    fake, out = FakeWriter([KeyError("bug")]), Collected()
+    with pytest.raises(KeyError):
+        await make_stage(fake, out).write_with_retry(make_rows([1.0]))
+    assert fake.calls == 1 and out.sleeps == []
+
+
+async def test_bisection_isolates_refused_rows() -> None:
     fake = FakeWriter()
-
-    async def ensure() -> FakeWriter:
-        return fake
-
-    monkeypatch.setattr(write_stage, "ensure_writer", ensure)
+    stage = make_stage(fake, Collected())
     prices = [float(p) for p in range(1, 40)]  # 13 is refused
     rows = make_rows(prices)
     events = list(range(len(rows)))
-    result, bad = await write_stage.write_isolating(rows, events)
+    result, bad = await stage.write_isolating(rows, events)
     assert [ev for ev, _ in bad] == [12]
-    assert isinstance(bad[0][1], SinkError)
+    assert isinstance(bad[0][1], SinkError) and not bad[0][1].retriable
     assert result.inserted == len(rows) - 1 and result.inserted_by_source == {"s": len(rows) - 1}
-    again, bad2 = await write_stage.write_isolating(rows, events)
+    again, bad2 = await stage.write_isolating(rows, events)
     assert again.inserted == 0 and again.duplicates == len(rows) - 1 and len(bad2) == 1
+
+
+async def test_a_batch_is_written_dead_lettered_and_counted() -> None:
+    fake, out = FakeWriter([SinkUnavailable("down")]), Collected()
+    stage = make_stage(fake, out)
+    recs = [Rec(make_point(p, i, "a" if i % 2 else "b").to_json(), i) for i, p in enumerate([1.0, 2.0, 13.0, 4.0])]
+    recs.append(Rec(b"{not json", 4))
+    assert await stage.process(recs) is None
+    assert [(m.topic, dict(m.headers or [])["tickflow.rule"]) for m in out.sent] == [
+        ("rejected", b"write.decode"), ("rejected", b"write.refused")]
+    (delta,) = out.deltas
+    assert delta.of("a").written == 2 and delta.of("b").written == 1
+    assert delta.of("b").rules == {"write.refused": 1} and delta.of("unknown").rules == {"write.decode": 1}
+    assert delta.of("a").latency_n == 2 and delta.of("b").latency_n == 1
+    await stage.process(recs[:2])  # a replay: duplicates, nothing written
+    assert out.deltas[1].of("b").duplicates == 1 and out.deltas[1].of("a").duplicates == 1
+    assert out.deltas[1].of("a").written == 0
 
 
 def test_classify_sorts_errors_by_family() -> None:

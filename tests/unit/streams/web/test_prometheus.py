@@ -8,21 +8,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from streams import histogram
-from streams.stages.metrics import fold, new_delta
+from streams.stages.metrics import SourceDelta, fold
 from streams.web.prometheus import BOUNDS_SECONDS, render
 
 
 def _values() -> dict[str, dict]:
-    d1 = new_delta()
-    d1.update(processed=100, valid=97, rejected=3)
-    d1["rules"] = {"schema.not_json": 2, "quote.crossed": 1}
-    d2 = new_delta()
-    d2.update(written=90, duplicates=7)
+    d1 = SourceDelta(processed=100, valid=97, rejected=3, rules={"schema.not_json": 2, "quote.crossed": 1})
+    d2 = SourceDelta(written=90, duplicates=7)
     lat_ms = [0.3] * 10 + [4.0] * 50 + [80.0] * 25 + [70_000.0] * 5  # last ones land in the open bucket
-    histogram.observe_many(d2["latency"], lat_ms)
-    d2["latency_sum_ms"], d2["latency_n"] = sum(lat_ms), len(lat_ms)
-    other = new_delta()
-    other.update(processed=5, valid=5)
+    d2.observe_latencies(lat_ms)
+    other = SourceDelta(processed=5, valid=5)
     return {"simulated": fold(fold(None, d1, 100.0), d2, 101.0), "finnhub": fold(None, other, 100.0)}
 
 

@@ -1,0 +1,184 @@
+"""Revision semantics per kind on the real server (issue 14): immutable kinds keep their first write,
+revisable kinds their newest revision whatever the order and the re-sends; FRED-like vintages end with
+exactly one current vintage per date; the sink counts what it did.
+
+FRED's open realtime_end (9999-12-31, Python's date.max) is stored as PostgreSQL's date 'infinity' (asyncpg
+maps date.max to infinity), so "current" is `realtime_end = 'infinity'`."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from sinks.postgres import PostgresTickWriter, row_from_record
+from streams.models import MarketDataPoint
+from streams.settings import PostgresSettings
+from tests.integration.conftest import Isolation
+
+T0 = datetime(2024, 5, 1, 14, 30, tzinfo=UTC)
+OPEN = date(9999, 12, 31)
+
+
+def row(**kw: Any) -> tuple:
+    return row_from_record(orjson.loads(MarketDataPoint(**kw).to_json()))
+
+
+@pytest.fixture
+async def writer(iso: Isolation, pg: asyncpg.Connection) -> AsyncIterator[PostgresTickWriter]:
+    w = PostgresTickWriter(PostgresSettings(host=iso.pg["host"], port=iso.pg["port"], db_schema=iso.schema))
+    await w.start()
+    yield w
+    await w.stop()
+
+
+async def test_newer_revision_updates_stale_and_resend_are_ignored(writer, pg, iso) -> None:
+    def bar(close: float, ing_s: int) -> tuple:
+        return row(symbol="X", timestamp=T0, source="y", data_type="bar", open=1, high=max(2, close), low=0.5,
+                   close=close, volume=ing_s, interval="1m", item_id="1m",
+                   ingested_at=T0 + timedelta(seconds=ing_s))
+
+    first = await writer.write([bar(1.0, 10)])
+    assert (first.inserted, first.updated, first.duplicates) == (1, 0, 0)
+    newer = await writer.write([bar(1.5, 20)])
+    assert (newer.inserted, newer.updated, newer.duplicates) == (0, 1, 0)
+    assert newer.updated_by_source == {"y": 1} and newer.written_by_source == {"y": 1}
+    stale = await writer.write([bar(1.2, 15), bar(1.5, 20)])  # an older revision and an exact re-send
+    assert (stale.inserted, stale.updated, stale.duplicates) == (0, 0, 2)
+    assert stale.duplicates_by_source == {"y": 2}
+    got = await pg.fetchrow(f"SELECT close, volume, revision FROM {iso.schema}.market_data")
+    assert (got["close"], got["volume"]) == (1.5, 20)
+    # a tick is immutable: a later, different version of its key changes nothing
+    tick = dict(symbol="X", timestamp=T0, source="y", price=5.0, item_id="t", ingested_at=T0)
+    await writer.write([row(**tick)])
+    again = await writer.write([row(**{**tick, "price": 6.0, "ingested_at": T0 + timedelta(hours=1)})])
+    assert (again.inserted, again.updated, again.duplicates) == (0, 0, 1)
+    assert await pg.fetchval(f"SELECT price FROM {iso.schema}.market_data WHERE data_type = 'tick'") == 5.0
+
+
+async def test_shuffled_revisions_in_many_batches_end_at_the_newest(writer, pg, iso) -> None:
+    rng = random.Random(14)
+    symbols, times, revisions = ["AAPL", "MSFT", "SPY"], 40, 6
+    sent: list[tuple] = []
+    newest: dict[tuple, tuple[float, float]] = {}
+    for sym in symbols:
+        for t in range(times):
+            ts = T0 + timedelta(minutes=t)
+            for r in range(revisions):  # a forming bar growing, and the day's quote re-polled
+                ing = ts + timedelta(seconds=5 * r + 1)
+                close = 100 + t + r / 10
+                sent.append(row(symbol=sym, timestamp=ts, source="yahoo", data_type="bar", open=100 + t,
+                                high=close + 1, low=99, close=close, volume=10 * (r + 1), interval="1m",
+                                item_id="1m", ingested_at=ing))
+                sent.append(row(symbol=sym, timestamp=ts, source="av", data_type="quote", price=close,
+                                bid=close - 0.01, ask=close + 0.01, item_id="q", ingested_at=ing))
+            newest[(sym, ts, "bar")] = (100 + t + (revisions - 1) / 10, 10 * revisions)
+            newest[(sym, ts, "quote")] = (100 + t + (revisions - 1) / 10, 1.0)
+    # immutable trades ride along, each sent twice
+    trades = [row(symbol="AAPL", timestamp=T0 + timedelta(seconds=i), source="fh", data_type="trade",
+                  price=1.0 + i, volume=1, item_id=str(i), ingested_at=T0) for i in range(50)]
+    stream = sent + trades + trades
+    rng.shuffle(stream)
+    batches = [stream[i:i + 97] for i in range(0, len(stream), 97)]
+    batches += [b for b in batches if rng.random() < 0.3]  # replays after a crash, out of order too
+    rng.shuffle(batches)
+    totals = {"inserted": 0, "updated": 0, "duplicates": 0}
+    for b in batches:
+        res = await writer.write(b)
+        assert res.inserted + res.updated + res.duplicates == len(b)
+        for k in totals:
+            totals[k] += getattr(res, k)
+    keys = len(newest) + len(trades)
+    assert totals["inserted"] == keys  # every key inserted exactly once
+    assert totals["updated"] > 0 and totals["duplicates"] > 0
+    assert await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.market_data") == keys
+    rows = await pg.fetch(f"SELECT symbol, ts, data_type, close, price, volume FROM {iso.schema}.market_data "
+                          "WHERE data_type IN ('bar', 'quote')")
+    assert len(rows) == len(newest)
+    for r in rows:
+        want_close, want_vol = newest[(r["symbol"], r["ts"], r["data_type"])]
+        if r["data_type"] == "bar":
+            assert (r["close"], r["volume"]) == (want_close, want_vol), r
+        else:
+            assert r["price"] == want_close, r
+    trade_prices = await pg.fetch(f"SELECT item_id, price FROM {iso.schema}.market_data WHERE data_type='trade'")
+    assert {r["item_id"]: r["price"] for r in trade_prices} == {str(i): 1.0 + i for i in range(50)}
+
+
+def fred_polls(dates: int, vintages: int) -> tuple[list[tuple], dict[date, tuple[date, float]]]:
+    """Poll k (published on day k) answers every vintage known so far with FRED's realtime fields: the
+    newest vintage of a date is open (9999-12-31); each older one closes the day before the next began."""
+    out: list[tuple] = []
+    current: dict[date, tuple[date, float]] = {}
+    first_day = date(2024, 1, 1)
+    for k in range(vintages):
+        published = datetime(2024, 2, 1, tzinfo=UTC) + timedelta(days=k)
+        starts = [first_day + timedelta(days=30 * j) for j in range(k + 1)]
+        for d in range(dates):
+            obs_day = date(2023, 1, 1) + timedelta(days=d)
+            for j, start in enumerate(starts):
+                end = OPEN if j == k else starts[j + 1] - timedelta(days=1)
+                value = 100.0 + d + j / 100
+                out.append(row(symbol="GDP", timestamp=datetime(obs_day.year, obs_day.month, obs_day.day,
+                                                                tzinfo=UTC),
+                               source="fred", data_type="economic", value=value, realtime_start=start,
+                               realtime_end=end, item_id=start.isoformat(), ingested_at=published))
+                if j == k:
+                    current[obs_day] = (start, value)
+    return out, current
+
+
+async def test_fred_vintages_one_current_per_date(writer, pg, iso) -> None:
+    rng = random.Random(7)
+    dates, vintages = 30, 5
+    sent, current = fred_polls(dates, vintages)
+    # the last poll is also delayed behind a stale re-send of the first polls: reordering across batches
+    rng.shuffle(sent)
+    batches = [sent[i:i + 53] for i in range(0, len(sent), 53)]
+    batches += [list(reversed(b)) for b in batches[::3]]
+    rng.shuffle(batches)
+    for b in batches:
+        await writer.write(b)
+    q = iso.schema
+    assert await pg.fetchval(f"SELECT count(*) FROM {q}.market_data") == dates * vintages
+    per_date = await pg.fetch(
+        f"SELECT ts::date AS d, count(*) FILTER (WHERE realtime_end = 'infinity') AS open_n, "
+        f"max(item_id) FILTER (WHERE realtime_end = 'infinity') AS open_start, "
+        f"max(value) FILTER (WHERE realtime_end = 'infinity') AS open_value "
+        f"FROM {q}.market_data GROUP BY 1")
+    assert len(per_date) == dates
+    for r in per_date:
+        assert r["open_n"] == 1, r
+        start, value = current[r["d"]]
+        assert (r["open_start"], r["open_value"]) == (start.isoformat(), value)
+    # every superseded vintage is closed the day before its successor began
+    bad = await pg.fetchval(
+        f"SELECT count(*) FROM {q}.market_data m WHERE isfinite(realtime_end) AND realtime_end + 1 <> "
+        f"(SELECT min(realtime_start) FROM {q}.market_data n WHERE n.ts = m.ts AND n.realtime_start > "
+        f"m.realtime_start)")
+    assert bad == 0
+    # a late re-send of the very first poll (the old vintage still open) reopens nothing
+    first_poll, _ = fred_polls(dates, 1)
+    res = await writer.write(first_poll)
+    assert (res.inserted, res.updated, res.duplicates) == (0, 0, dates)
+    assert await pg.fetchval(
+        f"SELECT count(*) FROM {q}.market_data WHERE realtime_end = 'infinity'") == dates
+
+
+async def test_in_one_batch_the_highest_revision_wins_and_ties_keep_the_first(writer, pg, iso) -> None:
+    tick = dict(symbol="X", timestamp=T0, source="y", item_id="t", ingested_at=T0)
+    quote = dict(symbol="X", timestamp=T0, source="y", data_type="quote", item_id="q")
+    res = await writer.write([
+        row(**tick, price=1.0), row(**tick, price=2.0),  # immutable, same key twice: the first staged stays
+        row(**quote, price=5.0, ingested_at=T0 + timedelta(seconds=2)),
+        row(**quote, price=9.0, ingested_at=T0 + timedelta(seconds=3)),  # the newest, staged in the middle
+        row(**quote, price=4.0, ingested_at=T0 + timedelta(seconds=1)),
+    ])
+    assert (res.inserted, res.updated, res.duplicates) == (2, 0, 3)
+    got = dict(await pg.fetch(f"SELECT data_type, price FROM {iso.schema}.market_data"))
+    assert got == {"tick": 1.0, "quote": 9.0}

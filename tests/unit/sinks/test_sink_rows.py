@@ -1,0 +1,107 @@
+"""Row building without a database: the revision key per kind (issue 14), the NUL rule (issue 15), and
+the sink's own per-batch counts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+
+import orjson
+import pytest
+
+from sinks.base import CLOSED_VINTAGE_RANK, REVISABLE_KINDS, WriteResult, revision_of
+from sinks.postgres import result_from_counts, row_from_record
+from sinks.schema import MARKET_DATA_COLUMNS
+from streams.models import DataType, MarketDataPoint
+
+T0 = datetime(2024, 5, 1, 14, 30, tzinfo=UTC)
+
+
+def named(p: MarketDataPoint) -> dict:
+    row = row_from_record(orjson.loads(p.to_json()))
+    assert len(row) == len(MARKET_DATA_COLUMNS)
+    return dict(zip(MARKET_DATA_COLUMNS, row, strict=True))
+
+
+def test_revisable_kinds_are_bar_quote_economic() -> None:
+    assert {DataType.BAR, DataType.QUOTE, DataType.ECONOMIC} == REVISABLE_KINDS
+    assert {str(k) for k in DataType} - REVISABLE_KINDS == {"tick", "trade", "news", "social"}
+
+
+@pytest.mark.parametrize("kind", ["tick", "trade", "news", "social"])
+def test_immutable_kinds_have_revision_zero(kind: str) -> None:
+    assert revision_of(kind, T0, None) == 0
+    assert revision_of(kind, T0 + timedelta(hours=1), date(2024, 1, 1)) == 0
+
+
+@pytest.mark.parametrize("kind", ["bar", "quote", "economic"])
+def test_revision_follows_the_publish_time_to_the_microsecond(kind: str) -> None:
+    r0 = revision_of(kind, T0, None)
+    assert r0 == int(T0.timestamp()) * 1_000_000
+    assert revision_of(kind, T0 + timedelta(microseconds=1), None) == r0 + 1
+    assert revision_of(kind, None, None) == 0 < r0  # untimed: the lowest, any timed version wins
+
+
+def test_a_closed_vintage_beats_every_open_one() -> None:
+    open_late = revision_of("economic", T0 + timedelta(days=3650), date(9999, 12, 31))
+    closed_early = revision_of("economic", T0, date(2024, 4, 30))
+    assert closed_early > open_late
+    assert closed_early == revision_of("economic", T0, None) + CLOSED_VINTAGE_RANK
+    # among closed ones, the publish time decides again
+    assert revision_of("economic", T0 + timedelta(seconds=1), date(2024, 4, 30)) > closed_early
+    # the bigint holds it for centuries
+    assert revision_of("economic", datetime(2999, 1, 1, tzinfo=UTC), date(2024, 1, 1)) < 2**63
+
+
+def test_row_carries_its_revision_and_keeps_ingested_at_last() -> None:
+    ing = T0 + timedelta(seconds=2)
+    bar = named(MarketDataPoint(symbol="X", timestamp=T0, source="s", data_type="bar", open=1, high=2, low=0.5,
+                                close=1.5, interval="1m", item_id="1m", ingested_at=ing))
+    assert bar["revision"] == revision_of("bar", ing, None)
+    assert MARKET_DATA_COLUMNS[-1] == "ingested_at" and bar["ingested_at"] == ing
+    tick = named(MarketDataPoint(symbol="X", timestamp=T0, source="s", price=1.0, ingested_at=ing))
+    assert tick["revision"] == 0
+    fred = named(MarketDataPoint(symbol="GDP", timestamp=T0, source="fred", data_type="economic", value=1.0,
+                                 realtime_start=date(2024, 1, 1), realtime_end=date(2024, 3, 1),
+                                 item_id="2024-01-01", ingested_at=ing))
+    assert fred["revision"] == revision_of("economic", ing, date(2024, 3, 1)) > CLOSED_VINTAGE_RANK
+
+
+def test_nul_is_replaced_in_every_text_field_flag_and_metadata_string() -> None:
+    p = MarketDataPoint(symbol="A\x00B", timestamp=T0, source="s\x00", data_type="news", headline="he\x00ad",
+                        text="\x00body\x00", url="https://x/\x00", item_id="id\x00", interval="1\x00m",
+                        flags=["f\x00"], metadata={"k\x00": ["v\x00", {"deep": "x\x00y"}], "n": 1})
+    row = named(p)
+    for col in ("symbol", "source", "headline", "text", "url", "item_id", "interval"):
+        assert "\x00" not in row[col] and "\ufffd" in row[col], col
+    assert row["symbol"] == "A\ufffdB" and row["text"] == "\ufffdbody\ufffd"
+    assert row["flags"] == ["f\ufffd"]
+    assert "\\u0000" not in row["metadata"]
+    assert orjson.loads(row["metadata"]) == {"k\ufffd": ["v\ufffd", {"deep": "x\ufffdy"}], "n": 1}
+
+
+def test_text_without_nul_is_untouched_even_a_literal_backslash_u0000() -> None:
+    meta = {"path": "C:\\u0000dir", "a": "plain"}  # the six characters \u0000, not a NUL
+    row = named(MarketDataPoint(symbol="X", timestamp=T0, source="s", price=1.0, metadata=meta,
+                                headline="\\u0000"))
+    assert orjson.loads(row["metadata"]) == meta
+    assert row["headline"] == "\\u0000"
+
+
+def test_counts_split_into_inserted_updated_and_duplicates() -> None:
+    staged = Counter({"a": 10, "b": 5, "c": 2})
+    r = result_from_counts(staged, {"a": (6, 3), "b": (0, 1)})
+    assert (r.inserted, r.updated, r.duplicates) == (6, 4, 1 + 4 + 2)
+    assert r.inserted_by_source == {"a": 6} and r.updated_by_source == {"a": 3, "b": 1}
+    assert r.duplicates_by_source == {"a": 1, "b": 4, "c": 2}
+    assert r.written_by_source == {"a": 9, "b": 1}
+
+
+def test_results_add_up_across_a_bisection() -> None:
+    left = WriteResult(2, 1, {"a": 2}, 1, {"a": 1}, {"a": 1})
+    right = WriteResult(1, 0, {"b": 1}, 2, {"a": 2}, {})
+    total = left + right
+    assert (total.inserted, total.updated, total.duplicates) == (3, 3, 1)
+    assert total.inserted_by_source == {"a": 2, "b": 1} and total.updated_by_source == {"a": 3}
+    assert total.duplicates_by_source == {"a": 1}
+    assert WriteResult(5, 2).updated == 0  # positional construction stays valid for older callers

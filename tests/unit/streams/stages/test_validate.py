@@ -1,0 +1,157 @@
+"""The validate stage without a broker: a ValidateTicks built with its router, per-source breakers on a fake
+clock, a list to send to and a fake consumer. One source sending garbage is held back and paused, the others go
+on; after the cool-down its partitions are consumed again."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+
+from streams.rules import SourceBreakers, Validator
+from streams.settings import KafkaSettings, ValidationSettings
+from streams.stages.base import BatchStage
+from streams.stages.metrics import MetricsDelta
+from streams.stages.publish import Outgoing
+from streams.stages.topics import catalog, clean_topic_name, rejected_topic_name
+from streams.stages.validate import Router, ValidateTicks
+
+GOOD, BAD = catalog.raw("simulated").name, catalog.raw("replay").name
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Rec:
+    topic: str
+    offset: int
+    value: bytes
+    partition: int = 0
+    key: bytes = b"AAPL"
+    timestamp: int = 1_700_000_000_000
+    headers: list = field(default_factory=list)
+
+
+def good(i: int) -> Rec:
+    doc = {"symbol": "AAPL", "timestamp": "2024-01-02T15:00:00Z", "source": "simulated", "price": 1.0 + i,
+           "item_id": str(i)}
+    return Rec(GOOD, i, orjson.dumps(doc))
+
+
+def bad(i: int) -> Rec:
+    return Rec(BAD, i, b'{"sym": "AAPL", "px": %d}' % i)
+
+
+class FakeConsumer:
+    def __init__(self, assigned: set[TopicPartition], batches: list[dict[TopicPartition, list[Rec]]]) -> None:
+        self.assigned = assigned
+        self.batches = batches
+        self.paused: set[TopicPartition] = set()
+        self.seeks: dict[TopicPartition, int] = {}
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.stage: BatchStage | None = None
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused -= set(tps)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks[tp] = offset
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Rec]]:
+        if not self.batches:
+            assert self.stage is not None
+            self.stage._stopped.set()
+            return {}
+        return {tp: recs for tp, recs in self.batches.pop(0).items() if tp not in self.paused}
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(offsets)
+
+
+@dataclass
+class Collected:
+    sent: list[Outgoing] = field(default_factory=list)
+    deltas: list[MetricsDelta] = field(default_factory=list)
+
+    async def send(self, messages: Sequence[Outgoing]) -> None:
+        self.sent.extend(messages)
+
+    async def emit(self, delta: MetricsDelta) -> None:
+        self.deltas.append(delta)
+
+
+def make_stage(clock: Clock, out: Collected) -> ValidateTicks:
+    return ValidateTicks(router=Router(Validator(ValidationSettings()), catalog),
+                         breakers=SourceBreakers(0.5, 10, 60.0, clock=clock), send=out.send, emit=out.emit,
+                         kafka=KafkaSettings(), app_id="unit", topics=[GOOD, BAD])
+
+
+async def test_a_bad_source_is_held_back_alone() -> None:
+    clock, out = Clock(), Collected()
+    stage = make_stage(clock, out)
+    records = [good(i) for i in range(20)] + [bad(i) for i in range(20)]
+    held = await stage.process(records)
+    assert held == {TopicPartition(BAD, 0)}
+    assert len(out.sent) == 20 and {m.topic for m in out.sent} == {clean_topic_name}  # nothing dead-lettered
+    (delta,) = out.deltas
+    assert set(delta.sources) == {"simulated"} and delta.of("simulated").valid == 20  # replay counted later
+    (paused,) = stage.status()["paused_sources"]
+    assert paused["source"] == "replay" and paused["resumes_in_seconds"] == 60.0 and paused["rules"]
+
+    # Within the cool-down nothing resumes; after it, the source's partitions do.
+    stage.consumer = FakeConsumer({TopicPartition(GOOD, 0), TopicPartition(BAD, 0), TopicPartition(BAD, 1)}, [])
+    clock.now = 59.0
+    assert stage.resumable() == set()
+    clock.now = 61.0
+    assert stage.resumable() == {TopicPartition(BAD, 0), TopicPartition(BAD, 1)}
+    assert stage.status()["paused_sources"] == []
+
+
+async def test_a_mostly_good_source_is_not_paused() -> None:
+    clock, out = Clock(), Collected()
+    stage = make_stage(clock, out)
+    records = [bad(i) if i % 3 == 0 else Rec(BAD, i, good(i).value.replace(b"simulated", b"replay"))
+               for i in range(30)]
+    assert await stage.process(records) is None
+    assert sum(m.topic == rejected_topic_name for m in out.sent) == 10  # dead-lettered, as usual
+    assert stage.status()["paused_sources"] == []
+
+
+async def test_the_batch_loop_rewinds_pauses_and_commits_only_the_healthy_partitions() -> None:
+    """BatchStage._run with a fake consumer: the held partition is sought back to its first record of the batch,
+    paused, left out of the commit; the others commit past the batch."""
+    clock, out = Clock(), Collected()
+    stage = make_stage(clock, out)
+    g, b = TopicPartition(GOOD, 0), TopicPartition(BAD, 0)
+    consumer = FakeConsumer({g, b}, [{g: [good(i) for i in range(5, 25)], b: [bad(i) for i in range(100, 120)]},
+                                     {g: [good(i) for i in range(25, 30)], b: [bad(120)]}])
+    consumer.stage = stage
+    stage.consumer = consumer  # type: ignore[assignment]
+    await stage._run()
+    await stage.flush_commit()
+    assert consumer.seeks == {b: 100} and consumer.paused == {b}
+    assert consumer.commits == [{g: 25}, {g: 30}]  # the bad partition's offsets never move
+    assert [d.of("simulated").valid for d in out.deltas] == [20, 5]
+
+
+def test_router_quarantine_and_metrics_are_per_source() -> None:
+    router = Router(Validator(ValidationSettings()), catalog)
+    delta = MetricsDelta()
+    routed: list[Any] = router.route(good(1), delta) + router.route(bad(1), delta)
+    assert [m.topic for m in routed] == [clean_topic_name, rejected_topic_name]
+    assert delta.of("simulated").valid == 1 and delta.of("replay").rejected == 1

@@ -1,0 +1,258 @@
+"""The API's configuration layer: the brief's keys and environment names, precedence, secrets, .env files."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streams import ConfigurationManager, MarketDataPoint
+from streams.errors import ConfigError
+from streams.models import MarketDataPoint as Canonical
+from streams.settings import BRIEF_KEYS, Settings, as_brief, load_settings, to_settings_shape
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Each test in its own directory and environment: .env files read into os.environ are undone after."""
+    saved = dict(os.environ)
+    for name in list(os.environ):
+        if name.startswith(("TICKFLOW_", "POSTGRES_", "KAFKA_", "PIPELINE_")) or name.endswith("_API_KEY"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _get(shape: dict, dotted: str) -> object:
+    node = shape
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("brief,ours", [(b, o) for b, o, _ in BRIEF_KEYS if o and "rate_limit_delay" not in b])
+def test_every_brief_key_reaches_its_setting(brief: str, ours: str) -> None:
+    section, key = brief.split(".")
+    value = {"log_level": "DEBUG", "metrics_enabled": False, "websocket_enabled": True}.get(key, 7)
+    shape = to_settings_shape({section: {key: value}})
+    assert _get(shape, ours) == value
+    settings = load_settings(**{section: {key: value}})
+    assert _get(settings.model_dump(), ours) == value
+
+
+def test_brief_yaml_file_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "pipeline_config.yaml"
+    path.write_text(yaml.safe_dump({
+        "pipeline": {"batch_size": 100, "batch_timeout": 1.0, "max_queue_size": 10000, "log_level": "INFO",
+                     "metrics_enabled": True, "data_retention_days": 30},
+        "yfinance": {"enabled": True, "collection_interval": 60, "symbols": ["AAPL", "SPY"], "rate_limit_delay": 0.5},
+        "alpha_vantage": {"enabled": False, "api_key": "", "collection_interval": 300, "symbols": ["TSLA"],
+                          "rate_limit_delay": 12},
+        "finnhub": {"enabled": False, "api_key": "", "symbols": ["AAPL"], "websocket_enabled": True},
+        "fred": {"enabled": False, "api_key": "", "series": ["GDP"], "collection_interval": 3600},
+        "kafka": {"enabled": False, "bootstrap_servers": "localhost:9092", "compression_type": "gzip",
+                  "batch_size": 16384, "linger_ms": 10, "retries": 3, "acks": "1"},
+        "postgresql": {"enabled": False, "host": "localhost", "port": 5432, "database": "trading_data",
+                       "user": "postgres", "password": "", "min_connections": 5, "max_connections": 20},
+    }))
+    monkeypatch.setenv("TICKFLOW_CONFIG", str(path))
+    s = load_settings()
+    assert (s.validation.batch_size, s.pipeline.log_level, s.sink.data_retention_days) == (100, "INFO", 30)
+    assert s.sources.yahoo.enabled and s.sources.yahoo.symbols == ["AAPL", "SPY"]
+    assert (s.sources.yahoo.rate_limit_calls, s.sources.yahoo.rate_limit_per_seconds) == (1.0, 0.5)
+    assert (s.sources.alpha_vantage.rate_limit_calls, s.sources.alpha_vantage.rate_limit_per_seconds) == (1.0, 12)
+    assert s.sources.finnhub.websocket and s.sources.fred.interval_seconds == 3600
+    assert (s.kafka.enabled, s.kafka.producer_linger_ms, s.kafka.producer_max_batch_bytes) == (False, 10, 16384)
+    assert (s.postgres.database, s.postgres.pool_min, s.postgres.pool_max, s.postgres.port) == (
+        "trading_data", 5, 20, 5432)
+
+
+def test_api_key_in_a_file_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="FINNHUB_API_KEY"):
+        to_settings_shape({"finnhub": {"api_key": "abc"}})
+
+
+@pytest.mark.parametrize("doc,suggestion", [
+    ({"yfinance": {"colection_interval": 5}}, "collection_interval"),
+    ({"postgresq": {"host": "x"}}, "postgresql"),
+    ({"kafka": {"linger_m": 5}}, "linger_ms"),
+    ({"batch_sise": 5}, "batch_size"),
+])
+def test_typo_is_an_error_with_the_right_key(doc: dict, suggestion: str) -> None:
+    with pytest.raises(ConfigError, match=f"did you mean '{suggestion}'"):
+        load_settings(**doc)
+
+
+def test_typo_in_a_nested_section_of_ours_suggests_too() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'rate_per_second'"):
+        load_settings(sources={"simulated": {"rate_per_secnd": 5}})
+
+
+def test_typo_in_an_environment_name_suggests_the_right_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TICKFLOW_SOURCE__FINNHUB__ENABLED", "true")
+    with pytest.raises(ConfigError, match="TICKFLOW_SOURCES__FINNHUB__ENABLED"):
+        load_settings()
+
+
+def test_one_setting_under_two_names_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"both set sources\.yahoo\.interval_seconds"):
+        to_settings_shape({"yfinance": {"collection_interval": 5},
+                           "sources": {"yahoo": {"interval_seconds": 6}}})
+
+
+def test_brief_environment_names_are_aliases_below_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTGRES_HOST", "db.example")
+    monkeypatch.setenv("POSTGRES_PORT", "5433")
+    monkeypatch.setenv("POSTGRES_DATABASE", "trading_data")
+    monkeypatch.setenv("POSTGRES_USER", "postgres")
+    monkeypatch.setenv("POSTGRES_PASSWORD", "pw-alias")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
+    monkeypatch.setenv("PIPELINE_LOG_LEVEL", "debug")
+    s = load_settings()
+    assert (s.postgres.host, s.postgres.port, s.postgres.database, s.postgres.user) == (
+        "db.example", 5433, "trading_data", "postgres")
+    assert s.postgres.password.get_secret_value() == "pw-alias"
+    assert (s.kafka.bootstrap_servers, s.pipeline.log_level) == ("kafka:9092", "DEBUG")
+    monkeypatch.setenv("TICKFLOW_POSTGRES__HOST", "ours.example")
+    assert load_settings().postgres.host == "ours.example"
+
+
+def test_get_config_round_trips_through_the_pipeline_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings(yfinance={"enabled": True, "collection_interval": 30}, postgresql={"max_connections": 9},
+                      pipeline={"batch_size": 77}, sources={"simulated": {"rate_per_second": 5}})
+    config = as_brief(s)
+    assert config["yfinance"]["collection_interval"] == 30 and config["pipeline"]["batch_size"] == 77
+    assert load_settings(**config) == s
+
+
+def test_environment_wins_over_the_file_in_configuration_manager(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"kafka": {"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u"},
+                                    "postgresql": {"host": "from-file"}}))
+    monkeypatch.setenv("TICKFLOW_KAFKA__SASL_PASSWORD", "kafka-secret")  # only the environment completes SASL
+    monkeypatch.setenv("TICKFLOW_POSTGRES__HOST", "from-env")
+    cm = ConfigurationManager(path)
+    s = cm.settings()
+    assert s.postgres.host == "from-env" and s.kafka.sasl_password.get_secret_value() == "kafka-secret"
+    cm.update_config("postgresql", "port", 6543)  # validated with the environment on top, so accepted
+    assert cm.get_config()["postgresql"]["port"] == 6543
+    assert yaml.safe_load(path.read_text())["postgresql"]["host"] == "from-file"
+
+
+def test_get_config_gives_real_secrets_and_display_masks_them(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    monkeypatch.setenv("POSTGRES_PASSWORD", "real-pw")
+    cm = ConfigurationManager(tmp_path / "pipeline_config.yaml")
+    assert cm.get_config()["postgresql"]["password"] == "real-pw"
+    assert cm.display()["postgresql"]["password"] == "**********"
+    assert "real-pw" not in (tmp_path / "pipeline_config.yaml").read_text()
+    # the brief's pattern: the dict goes back in and the password is still the real one
+    assert load_settings(**cm.get_config()).postgres.password.get_secret_value() == "real-pw"
+
+
+def test_brief_get_config_then_enable_a_source(tmp_path: Path) -> None:
+    from producers.registry import enabled_sources
+    from streams import DataConnectorManager, DataIngestionPipeline
+
+    config = ConfigurationManager(tmp_path / "pipeline_config.yaml").get_config()
+    assert {"pipeline", "yfinance", "alpha_vantage", "finnhub", "fred", "kafka", "postgresql"} <= set(config)
+    assert [s.name for s in enabled_sources(load_settings(**config).sources)] == ["simulated"]
+    config["yfinance"]["enabled"] = True
+    pipeline = DataIngestionPipeline(config)
+    manager = DataConnectorManager(pipeline, config)
+    assert [s.name for s in enabled_sources(manager.settings.sources)] == ["simulated", "yahoo"]
+
+
+def test_enable_service_key_goes_to_a_private_file_that_settings_load(tmp_path: Path) -> None:
+    old = os.umask(0)  # a permissive umask must not leak the key
+    try:
+        cm = ConfigurationManager(tmp_path / "pipeline_config.yaml")
+        cm.enable_service("finnhub", api_key="k3y-value")
+    finally:
+        os.umask(old)
+    env_file = tmp_path / ".env.pipeline"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert "FINNHUB_API_KEY='k3y-value'" in env_file.read_text().splitlines()
+    assert "k3y-value" not in (tmp_path / "pipeline_config.yaml").read_text()
+    del os.environ["FINNHUB_API_KEY"]  # a new process: only the file has it
+    s = load_settings()
+    assert s.sources.finnhub.enabled
+    assert s.sources.finnhub.api_key().get_secret_value() == "k3y-value"
+    cm.enable_service("finnhub", api_key="second")
+    assert [ln for ln in env_file.read_text().splitlines() if ln.startswith("FINNHUB_API_KEY=")] == [
+        "FINNHUB_API_KEY='second'"]
+
+
+def test_enable_service_refuses_values_it_cannot_quote(tmp_path: Path) -> None:
+    cm = ConfigurationManager(tmp_path / "pipeline_config.yaml")
+    with pytest.raises(ConfigError, match="quote"):
+        cm.enable_service("fred", api_key="a'b\nEVIL=1")
+    assert not (tmp_path / ".env.pipeline").read_text().count("EVIL")
+
+
+def test_brief_service_names_work(tmp_path: Path) -> None:
+    cm = ConfigurationManager(tmp_path / "pipeline_config.yaml")
+    cm.enable_service("yfinance")
+    assert cm.settings().sources.yahoo.enabled
+    cm.disable_service("yfinance")
+    assert not cm.settings().sources.yahoo.enabled
+    with pytest.raises(ConfigError, match="unknown service"):
+        cm.enable_service("quandl_typo")
+
+
+def test_update_config_never_writes_a_setting_twice(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline_config.yaml"
+    cm = ConfigurationManager(path)
+    cm.update_config("yfinance", "collection_interval", 30)
+    cm.update_config("sources", "yahoo.interval_seconds", 45)
+    cm.update_config("yfinance", "rate_limit_delay", 15)
+    assert ConfigurationManager(path).settings().sources.yahoo.interval_seconds == 45
+    s = cm.settings().sources.yahoo
+    assert (s.rate_limit_calls, s.rate_limit_per_seconds) == (1.0, 15)
+
+
+def test_dotenv_files_are_read_and_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("POSTGRES_HOST=from-dotenv\nPOSTGRES_USER=dotenv-user\n")
+    (tmp_path / ".env.pipeline").write_text("POSTGRES_USER=pipeline-user\nFRED_API_KEY='fred-k'\n")
+    monkeypatch.setenv("POSTGRES_HOST", "from-env")
+    s = load_settings()
+    assert s.postgres.host == "from-env"
+    assert s.postgres.user == "dotenv-user"  # .env wins over .env.pipeline (the brief copies one to the other)
+    assert s.sources.fred.api_key().get_secret_value() == "fred-k"
+
+
+def test_settings_default_has_the_api_sections() -> None:
+    s = Settings()
+    assert s.kafka.enabled and s.postgres.enabled and s.pipeline.max_queue_size == 10_000
+
+
+def test_brief_market_data_point_form() -> None:
+    ts = datetime(2024, 5, 1, 14, 30, tzinfo=UTC)
+    p = MarketDataPoint(symbol="CUSTOM", timestamp=ts, price=123.45, volume=1000, source="custom_feed",
+                        data_type="price", metadata={"custom_field": "value"})
+    assert p.data_type == "tick" and isinstance(p, Canonical)
+    assert Canonical.model_validate_json(p.to_json()) == Canonical(
+        symbol="CUSTOM", timestamp=ts, price=123.45, volume=1000, source="custom_feed",
+        metadata={"custom_field": "value"})
+    q = MarketDataPoint(symbol="X", timestamp=ts, price=1.0, volume=1, metadata=None)
+    assert q.source == "unknown" and q.metadata == {}
+    with pytest.raises(ValueError, match="data_type"):
+        MarketDataPoint(symbol="X", timestamp=ts, price=1.0, data_type="nonsense")
+
+
+def test_readme_documents_every_mapping_row_and_alias() -> None:
+    from streams.settings import ENV_ALIASES, ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    for brief, ours, why in BRIEF_KEYS:
+        assert f"| `{brief}` | {'`' + ours + '`' if ours else '(none)'} | {why} |" in readme, brief
+    for name, path in ENV_ALIASES.items():
+        assert f"`{name}` (`{path}`)" in readme, name

@@ -1,0 +1,67 @@
+"""/health's body from the stages' and the supervisor's own `status()`, without Faust's web server."""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+
+from streams.rules import SourceBreakers, Validator
+from streams.settings import KafkaSettings, SinkSettings, ValidationSettings
+from streams.stages.base import consumer_group
+from streams.stages.topics import catalog
+from streams.stages.validate import Router, ValidateTicks
+from streams.stages.write import WriteTicks
+from streams.web.health import health_report, lag_groups
+
+
+async def _nothing(*args: object) -> None:
+    return None
+
+
+class Consumer:
+    def __init__(self, *tps: TopicPartition) -> None:
+        self.tps = set(tps)
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.tps
+
+
+def stages(clock: list[float]) -> dict[str, object]:
+    raw = [t.name for t in catalog.by_role("raw")]
+    v = ValidateTicks(router=Router(Validator(ValidationSettings()), catalog),
+                      breakers=SourceBreakers(0.5, 10, 60.0, clock=lambda: clock[0]), send=_nothing, emit=_nothing,
+                      kafka=KafkaSettings(), app_id="app", topics=raw)
+    w = WriteTicks(writer=None, send=_nothing, emit=_nothing, sink=SinkSettings(), rejected_topic="r",  # type: ignore[arg-type]
+                   kafka=KafkaSettings(), app_id="app", topics=["ticks.clean"])
+    return {"validate": v, "write": w}
+
+
+def test_groups_come_from_one_function() -> None:
+    s = stages([0.0])
+    groups = lag_groups(s.values())  # type: ignore[arg-type]
+    assert groups == {consumer_group("app", "validate"): list(s["validate"].topics),  # type: ignore[attr-defined]
+                      consumer_group("app", "write"): ["ticks.clean"]}
+
+
+def test_report_is_built_from_the_stages_status() -> None:
+    clock = [0.0]
+    s = stages(clock)
+    v, w = s["validate"], s["write"]
+    body = health_report(stages=s, sources=[], lag={}, now=1.0, stuck_after=300.0, recovering=False, leader=True,
+                         worker="w")  # type: ignore[arg-type]
+    assert body["status"] == "starting" and body["starting_stages"] == ["validate", "write"]
+
+    bad = catalog.raw("replay").name
+    v.consumer = Consumer(TopicPartition(bad, 0))  # type: ignore[attr-defined]
+    w.consumer = Consumer(TopicPartition("ticks.clean", 1))  # type: ignore[attr-defined]
+    for _ in range(10):
+        v.breakers.record("replay", True)  # type: ignore[attr-defined]
+    v.breakers.trip("replay", {"schema.missing": 10})  # type: ignore[attr-defined]
+    w.outage_attempts, w.last_outage = 3, "SinkUnavailable: down"  # type: ignore[attr-defined]
+    body = health_report(stages=s, sources=[], lag={"ticks.clean": 5}, now=10_000.0 + w.started_at,  # type: ignore[attr-defined]
+                         stuck_after=300.0, recovering=False, leader=False, worker="w", other_assigned=["x[0]"])
+    assert body["status"] == "stuck" and body["stuck_stages"] == ["write"]
+    assert body["assigned"] == sorted([f"{bad}[0]", "ticks.clean[1]", "x[0]"])
+    assert [p["source"] for p in body["paused_sources"]] == ["replay"]
+    assert body["stages"]["write"]["database_retries"] == 3
+    assert body["stages"]["validate"]["group"] == consumer_group("app", "validate")
+    assert "stale_feeds" not in body["stages"]["validate"] and body["stale_feeds"] == []
