@@ -69,7 +69,15 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-bench: stack-up
+QUIX_VENV := .cache/bench-quix-venv
+
+# Quix Streams (a peer of bench/throughput.py) pins pydantic below tickflow's: its own venv, never $(VENV).
+$(QUIX_VENV)/.installed: bench/peers/requirements-quix.txt
+	@test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/python -m pip install -q --disable-pip-version-check -r bench/peers/requirements-quix.txt
+	@touch $@
+
+bench: stack-up $(QUIX_VENV)/.installed
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(PY) bench/throughput.py
 	$(PY) bench/anomaly_quality.py

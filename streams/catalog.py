@@ -3,6 +3,7 @@ can import it without starting anything."""
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from streams.config import KafkaSettings
 from streams.errors import ConfigError
 
-TOPICS_FILE = Path(__file__).resolve().parent.parent / "topics.yaml"
+# The packaged default: package data, so an installed tickflow has it (in the checkout, streams/topics.yaml
+# links to the one list at the top level). TICKFLOW_TOPICS_FILE names another file: a deployment's own topics
+# without rebuilding the package.
+TOPICS_FILE = Path(__file__).resolve().parent / "topics.yaml"
+TOPICS_FILE_ENV = "TICKFLOW_TOPICS_FILE"
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 Role = Literal["raw", "clean", "rejected", "anomalies"]
@@ -107,11 +112,21 @@ class Catalog(BaseModel):
         return Catalog(topics=topics)
 
 
-def load_catalog(path: Path = TOPICS_FILE, suffix: str = "") -> Catalog:
+def topics_file() -> Path:
+    """The topics file in force: $TICKFLOW_TOPICS_FILE if set, else the packaged one."""
+    override = os.environ.get(TOPICS_FILE_ENV, "").strip()
+    return Path(override).expanduser() if override else TOPICS_FILE
+
+
+def load_catalog(path: Path | None = None, suffix: str = "") -> Catalog:
+    path = topics_file() if path is None else path
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        hint = f" (set {TOPICS_FILE_ENV} to a readable topics file)" if isinstance(exc, OSError) else ""
+        raise ConfigError(f"cannot read {path}: {exc}{hint}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with a 'topics' section")
     defaults = doc.get("defaults", {}) or {}
     specs = []
     for name, body in (doc.get("topics") or {}).items():
@@ -130,10 +145,15 @@ def load_catalog(path: Path = TOPICS_FILE, suffix: str = "") -> Catalog:
     return catalog.with_suffix(suffix)
 
 
-@lru_cache(maxsize=8)
 def catalog_for(suffix: str = "", replication_factor: int | None = None,
                 min_insync_replicas: int | None = None) -> Catalog:
-    return load_catalog(suffix=suffix).for_cluster(replication_factor, min_insync_replicas)
+    return _catalog_for(topics_file(), suffix, replication_factor, min_insync_replicas)
+
+
+@lru_cache(maxsize=8)
+def _catalog_for(path: Path, suffix: str, replication_factor: int | None,
+                 min_insync_replicas: int | None) -> Catalog:
+    return load_catalog(path, suffix=suffix).for_cluster(replication_factor, min_insync_replicas)
 
 
 def catalog_of(kafka: KafkaSettings) -> Catalog:

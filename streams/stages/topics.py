@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import click
+
 from streams.app import app, settings
 from streams.broker import ensure_topics
 from streams.catalog import Catalog, catalog_of
@@ -33,7 +35,12 @@ def ensure_topics_blocking() -> list[str]:
 
 @app.on_worker_init.connect
 def _ensure_topics_at_start(sender: object = None, **kwargs: object) -> None:
-    """Every worker checks the cluster against topics.yaml before it consumes anything."""
+    """Every worker checks the cluster against topics.yaml before it consumes anything. Faust also sends this
+    signal when `faust -A streams.app --help` (or a typo'd command) merely imports the App: only the `worker`
+    command's own context, current while it builds the worker, means one is really starting."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.info_name != "worker":
+        return
     try:
         created = ensure_topics_blocking()
     except ConfigError as exc:

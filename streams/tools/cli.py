@@ -1,72 +1,293 @@
-"""The `tickflow` command line (also `python -m streams`). Faust's own commands (worker, agents, tables,
-...) pass through to the app; these are ours:
+"""The `tickflow` command line (also `python -m streams`), on click like Faust's own.
 
-  init [--config FILE]                 write pipeline_config.yaml and a .env.pipeline template
-  topics [create|check]                make the cluster match topics.yaml (check only reports)
-  db migrate                           create or migrate the PostgreSQL schema
-  status [--url URL]                   sources, lag, throughput and rejects from a running worker
-  backfill SOURCE --symbols A,B --start YYYY-MM-DD --end YYYY-MM-DD [--interval 1d]
-                                       load history (yahoo, alpha_vantage, fred) through raw.<source>;
-                                       rate-limited like the live source, safe to re-run (natural keys)
-  replay-dlq [--rule R] [--source S] [--rate N] [--limit N] [--dry-run]
-                                       re-inject dead-lettered records into their raw topic after a fix
-  selftest [--keep] [--throughput-points N]
-                                       the brief's test report, measured on the local stack with a worker
-                                       of its own (isolated topics, schema, groups; removed afterwards)
+Our commands (init, topics, db, status, backfill, replay-dlq, selftest) import what they need when they run,
+so `tickflow --help`, `tickflow --version` and every `--help` work without a broker and change nothing.
+Faust's commands (worker, agents, tables, ...) are handed to Faust's CLI with `-A streams.app:app`: the tools
+name the App, never import it (an import-linter contract). Every expected failure ends as one line on stderr
+that says what to do, never a traceback (TICKFLOW_DEBUG=1 shows one for an unexpected error).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.util
 import json
+import logging
 import os
 import sys
 import time
 import urllib.request
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from difflib import get_close_matches
+from functools import wraps
+from pathlib import Path
+from typing import Any, NoReturn
 
-from streams.errors import ConfigError
+import click
+
+from streams.errors import ConfigError, SinkUnavailable, TickflowError
+
+PROG = "tickflow"
+BACKFILL_SOURCES = ("yahoo", "alpha_vantage", "fred")
+# Faust's commands, listed here so `tickflow --help` shows them without importing Faust (a test keeps the list
+# equal to Faust's own).
+FAUST_COMMANDS: dict[str, str] = {
+    "agents": "List agents.",
+    "clean-versions": "Delete old version directories.",
+    "completion": "Output shell completion to be evaluated by the shell.",
+    "livecheck": "Manage LiveCheck instances.",
+    "model": "Show model detail.",
+    "models": "List all available models as a tabulated list.",
+    "reset": "Delete local table state.",
+    "send": "Send message to agent/topic.",
+    "tables": "List available tables.",
+    "worker": "Start worker instance for given app.",
+}
 
 
-def cmd_init(args: argparse.Namespace) -> int:
-    from pathlib import Path
+class Failure(click.ClickException):
+    """An expected failure: printed as `tickflow: <message>` on one line, exit code 2 (1 for a runtime one)."""
 
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(" ".join(message.split()))
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"{PROG}: {self.format_message()}", err=True)
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject's, through the package metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tickflow")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install .)"
+
+
+def _env_list_hint(exc: Exception) -> str:
+    """pydantic-settings says only 'error parsing value for field "sources"'; name the variable and the fix."""
+    text = str(exc)
+    field = text.split('field "', 1)[1].split('"', 1)[0] if 'field "' in text else ""
+    prefix = f"TICKFLOW_{field.upper()}__"
+    suspects = []
+    for name, value in sorted(os.environ.items()):
+        if not name.startswith(prefix):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            suspects.append((name, value))
+    if not suspects:
+        return f"an environment variable {prefix}* has a value that is not valid JSON ({text})"
+    name, value = next(((n, v) for n, v in suspects if "," in v), suspects[0])
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return (f"{name}={value}: a list or mapping in the environment must be JSON, e.g. "
+            f"{name}='{json.dumps(items)}'")
+
+
+def explain(exc: BaseException) -> str | None:
+    """The one-line message for an expected failure, or None for a bug (which keeps its traceback)."""
+    if isinstance(exc, SinkUnavailable):
+        return (f"PostgreSQL is unavailable: {exc}. Start it (`make stack-up`) or point TICKFLOW_POSTGRES__HOST, "
+                "TICKFLOW_POSTGRES__PORT and the credentials at a running server")
+    if isinstance(exc, TickflowError):
+        return str(exc)
+    if type(exc).__name__ == "SettingsError" and type(exc).__module__.startswith("pydantic_settings"):
+        return _env_list_hint(exc)
+    if type(exc).__name__ in {"KafkaConnectionError", "KafkaTimeoutError", "NoBrokersAvailable"}:
+        return (f"cannot reach Kafka ({exc}); start it (`make stack-up`) or set TICKFLOW_KAFKA__BOOTSTRAP_SERVERS "
+                "to a running broker")
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return f"{exc}: is the service running (`make stack-up`)?"
+    return None
+
+
+def friendly(fn: Callable[..., int | None]) -> Callable[..., None]:
+    """Run a command, turning every expected failure into a one-line `Failure`, and exit with its code."""
+
+    @wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            code = fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            message = explain(exc)
+            if message is None:
+                raise
+            raise Failure(message, 2 if isinstance(exc, ConfigError) else 1) from None
+        if code:
+            sys.exit(code)
+
+    return run
+
+
+class Bar:
+    """What a long command reports progress through; a no-op without a terminal."""
+
+    def __init__(self, progress: Any, task: Any) -> None:
+        self._progress, self._task = progress, task
+
+    def advance(self, n: int = 1, description: str | None = None) -> None:
+        self._progress.update(self._task, advance=n, **({"description": description} if description else {}))
+
+    def set_total(self, total: int) -> None:
+        self._progress.update(self._task, total=total)
+
+
+@contextmanager
+def progress(total: int | None, description: str, console: Any = None) -> Iterator[Bar]:
+    """A rich progress bar on stderr when it is a terminal (disabled otherwise, so captured output stays plain)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = console or Console(stderr=True)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console, disable=not console.is_terminal)
+    with bar:
+        yield Bar(bar, bar.add_task(description, total=total))
+
+
+class IsoDate(click.ParamType):
+    """YYYY-MM-DD only: 01/02/2024 is January or February depending on who reads it."""
+
+    name = "YYYY-MM-DD"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> date:
+        if isinstance(value, date):
+            return value
+        try:
+            return date.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a date as YYYY-MM-DD (e.g. 2024-01-02 for 2 January 2024)", param, ctx)
+
+
+class TickflowGroup(click.Group):
+    """Our commands plus Faust's, and usage errors as one line (with the closest command for a typo)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *FAUST_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in FAUST_COMMANDS:
+            return faust_command(name)
+        return super().get_command(ctx, name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                               list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = get_close_matches(name, self.list_commands(ctx), n=1)
+            hint = f"; did you mean `{PROG} {close[0]}`?" if close else f"; `{PROG} --help` lists them"
+            raise Failure(f"no command {name!r}{hint}")
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        ours = [(n, c.get_short_help_str(200)) for n, c in sorted(self.commands.items()) if not c.hidden]
+        with formatter.section("Commands"):
+            formatter.write_dl(ours)
+        with formatter.section("Faust commands (the worker's App, -A streams.app:app)"):
+            formatter.write_dl(sorted(FAUST_COMMANDS.items()))
+
+
+def faust_command(name: str) -> click.Command:
+    """A pass-through: everything after the name goes to Faust's CLI untouched (its own --help included)."""
+
+    def run(args: tuple[str, ...]) -> NoReturn:
+        handoff([name, *args])
+
+    return click.Command(name, callback=run, help=f"{FAUST_COMMANDS[name]} (Faust: `{PROG} {name} --help`)",
+                         params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+                         context_settings={"ignore_unknown_options": True, "help_option_names": []},
+                         add_help_option=False)
+
+
+def handoff(argv: list[str]) -> NoReturn:
+    """Faust's own command line, told where the App is by name: the tools never import the worker's App."""
+    # uvloop unless F_LOOP says otherwise (Faust reads it when it is first imported, just below): the event
+    # loop's own overhead is a share of every record's cost in a worker.
+    if importlib.util.find_spec("uvloop") is not None:
+        os.environ.setdefault("F_LOOP", "uvloop")
+    from faust.cli.faust import cli as faust_cli
+
+    sys.argv = [sys.argv[0], *argv]
+    faust_cli(["-A", "streams.app:app", *argv], prog_name=PROG)
+    raise SystemExit(0)  # not reached: click exits
+
+
+@click.group(cls=TickflowGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_version(), "-V", "--version", prog_name=PROG, message="%(prog)s %(version)s",
+                      help="Show the installed tickflow version and exit.")
+def cli() -> None:
+    """tickflow: market data from providers through Kafka, validated, into PostgreSQL.
+
+    Settings come from pipeline_config.yaml (or $TICKFLOW_CONFIG), .env and TICKFLOW_<SECTION>__<KEY>
+    environment variables; topics from the packaged topics.yaml (or $TICKFLOW_TOPICS_FILE).
+    """
+    # The Kafka client logs each failed connection attempt before raising; the raised error is reported once,
+    # as one line with its fix, so its log lines would only repeat it.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
+@cli.command()
+@click.option("--config", "config", default="pipeline_config.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the configuration; .env.pipeline (for secrets) goes next to it.")
+@click.option("--force", is_flag=True, help="Overwrite an existing configuration file with the defaults.")
+@friendly
+def init(config: str, force: bool) -> int:
+    """Write pipeline_config.yaml with every default, and a .env.pipeline template for secrets."""
     from streams.api import ConfigurationManager
 
-    path = Path(args.config)
-    if path.exists() and not args.force:
-        print(f"{path} exists; use --force to rewrite it with the defaults", file=sys.stderr)
-        return 1
+    path = Path(config)
+    if not path.parent.is_dir():
+        raise Failure(f"cannot write {path}: directory {path.parent} does not exist; create it (mkdir -p "
+                      f"{path.parent}) or pass another --config")
+    if path.exists() and not force:
+        raise Failure(f"{path} exists; pass --force to rewrite it with the defaults", 1)
     cm = ConfigurationManager.__new__(ConfigurationManager)
     cm.path, cm.env_path = path, path.with_name(".env.pipeline")
-    cm.generate()
-    print(f"wrote {path} and {cm.env_path} (secrets go in the latter; it is git-ignored)")
+    try:
+        cm.generate()
+    except OSError as exc:
+        raise Failure(f"cannot write {exc.filename or path}: {exc.strerror or exc}; choose a writable --config",
+                      1) from None
+    click.echo(f"wrote {path} and {cm.env_path} (secrets go in the latter; keep it out of version control)")
     return 0
 
 
-def cmd_topics(args: argparse.Namespace) -> int:
+@cli.command()
+@click.argument("action", type=click.Choice(["create", "check"]), default="create", metavar="[create|check]")
+@friendly
+def topics(action: str) -> int:
+    """Make the cluster match topics.yaml (create: add missing topics; check: only report)."""
     from streams.broker import ensure_topics
     from streams.catalog import catalog_of
     from streams.settings import get_settings
 
     settings = get_settings()
     cat = catalog_of(settings.kafka)
-    created = asyncio.run(ensure_topics(cat, settings.kafka.bootstrap_servers, create=args.action == "create",
-                                         kafka=settings.kafka))
+    created = asyncio.run(ensure_topics(cat, settings.kafka.bootstrap_servers, create=action == "create",
+                                        kafka=settings.kafka))
     for t in cat.topics:
-        print(f"{t.name:32} partitions={t.partitions:<3} retention.ms={t.retention_ms:<12} "
-              f"cleanup={t.cleanup_policy}{'  (created)' if t.name in created else ''}")
+        click.echo(f"{t.name:32} partitions={t.partitions:<3} retention.ms={t.retention_ms:<12} "
+                   f"cleanup={t.cleanup_policy}{'  (created)' if t.name in created else ''}")
     return 0
 
 
-def cmd_db(args: argparse.Namespace) -> int:
+@cli.command()
+@click.argument("action", type=click.Choice(["migrate"]), default="migrate", metavar="[migrate]")
+@friendly
+def db(action: str) -> int:
+    """Create or migrate the PostgreSQL schema (idempotent; safe while workers run)."""
     from sinks.postgres import PostgresTickWriter
     from streams.settings import get_settings
 
     asyncio.run(PostgresTickWriter(get_settings().postgres).migrate())
-    print("schema up to date")
+    click.echo("schema up to date")
     return 0
 
 
@@ -75,35 +296,112 @@ def _get(url: str) -> Any:
         return json.loads(resp.read())
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+@cli.command()
+@click.option("--url", metavar="URL",
+              help="A worker's web address (default: worker.advertised_host or web_host, and web_port).")
+@friendly
+def status(url: str | None) -> int:
+    """Sources, lag, throughput and rejects, read from a running worker."""
     from streams.settings import get_settings
 
     w = get_settings().worker
-    base = args.url or f"http://{w.advertised_host or w.web_host}:{w.web_port}"
+    base = url or f"http://{w.advertised_host or w.web_host}:{w.web_port}"
     try:
         m = _get(f"{base}/pipeline/metrics")
         h = _get(f"{base}/health")
     except OSError as exc:
-        print(f"no worker answers at {base} ({exc}); start one with `make run` or `make worker`", file=sys.stderr)
-        return 1
-    print(f"worker {h.get('worker')}  status {h.get('status')}  leader {h.get('leader')}  "
-          f"lag {m.get('queue_size')}  throughput {m.get('throughput_per_sec')}/s  "
-          f"p50 {m.get('p50_latency_ms')} ms  p99 {m.get('p99_latency_ms')} ms")
-    print(f"\n{'source':18} {'processed':>10} {'rejected':>9} {'written':>10} {'rows/s':>8} {'p99 ms':>8}  top rejects")
+        raise Failure(f"no worker answers at {base} ({exc}); start one with `make run` or `{PROG} worker`, "
+                      "or pass --url", 1) from None
+    click.echo(f"worker {h.get('worker')}  status {h.get('status')}  leader {h.get('leader')}  "
+               f"lag {m.get('queue_size')}  throughput {m.get('throughput_per_sec')}/s  "
+               f"p50 {m.get('p50_latency_ms')} ms  p99 {m.get('p99_latency_ms')} ms")
+    click.echo(f"\n{'source':18} {'processed':>10} {'rejected':>9} {'written':>10} {'rows/s':>8} {'p99 ms':>8}  "
+               "top rejects")
     for src, s in m.get("sources", {}).items():
         top = ", ".join(f"{k} {v}" for k, v in sorted(s["rejected_by_rule"].items(), key=lambda kv: -kv[1])[:3])
-        print(f"{src:18} {s['processed']:>10,} {s['rejected']:>9,} {s['written']:>10,} "
-              f"{s['throughput_per_sec']:>8.1f} {s['p99_latency_ms'] or '-':>8}  {top}")
+        click.echo(f"{src:18} {s['processed']:>10,} {s['rejected']:>9,} {s['written']:>10,} "
+                   f"{s['throughput_per_sec']:>8.1f} {s['p99_latency_ms'] or '-':>8}  {top}")
     if h.get("sources"):
-        print(f"\n{'producer':28} {'state':8} {'sent':>10} {'failures':>8}  last error")
+        click.echo(f"\n{'producer':28} {'state':8} {'sent':>10} {'failures':>8}  last error")
         for s in h["sources"]:
-            print(f"{s['source'] + '/' + s['kind']:28} {s['state']:8} {s['sent']:>10,} {s['failures']:>8}  "
-                  f"{(s['last_error'] or '')[:80]}")
+            click.echo(f"{s['source'] + '/' + s['kind']:28} {s['state']:8} {s['sent']:>10,} {s['failures']:>8}  "
+                       f"{(s['last_error'] or '')[:80]}")
     return 0
 
 
-async def replay_dlq(args: argparse.Namespace) -> tuple[int, int]:
-    """Re-produce matching dead letters to their original topic, keeping key, value and non-tickflow headers."""
+async def backfill_history(source_name: str, symbols: list[str], start: date, end: date, interval: str,
+                           bar: Bar | None = None) -> tuple[int, int, int]:
+    """History through the raw topic: the same validation, anomaly detection and idempotent sink as live data.
+    Returns (points sent, symbols done, symbols failed); one symbol failing does not stop the others."""
+    import aiohttp
+
+    from producers.base import encode
+    from producers.registry import BUILDERS
+    from producers.runner import new_producer, send_batch
+    from streams.catalog import catalog_of
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    cfg = getattr(settings.sources, source_name)
+    (source,) = BUILDERS[source_name](cfg)  # raises ConfigError when the key is missing
+    topic = catalog_of(settings.kafka).raw(source_name).name
+    producer = new_producer(settings)
+    await producer.start()
+    total = failed = 0
+    try:
+        async with aiohttp.ClientSession() as session:
+            for symbol in symbols:
+                try:
+                    if source_name == "fred":
+                        points = await source.history(session, symbol, start, end)  # type: ignore[attr-defined]
+                    else:
+                        points = await source.history(session, symbol, start, end,  # type: ignore[attr-defined]
+                                                      interval)
+                except Exception as exc:  # reported, then the next symbol
+                    failed += 1
+                    click.echo(f"{symbol}: {type(exc).__name__}: {exc}", err=True)
+                    if bar:
+                        bar.advance(description=f"{symbol}: failed")
+                    continue
+                sent = await send_batch(producer, topic, [encode(p) for p in points])
+                total += sent
+                if bar:
+                    bar.advance(description=f"{symbol}: {sent:,} points")
+    finally:
+        await producer.stop()
+    return total, len(symbols), failed
+
+
+@cli.command()
+@click.argument("source", type=click.Choice(BACKFILL_SOURCES))
+@click.option("--symbols", required=True, metavar="A,B,...", help="Comma-separated symbols (FRED: series ids).")
+@click.option("--start", required=True, type=IsoDate(), help="First day to load, YYYY-MM-DD.")
+@click.option("--end", required=True, type=IsoDate(), help="Last day to load, YYYY-MM-DD (inclusive).")
+@click.option("--interval", default="1d", show_default=True,
+              help="Bar interval (yahoo: 1m..1d; alpha_vantage: 1min..60min or 1d; ignored for fred).")
+@friendly
+def backfill(source: str, symbols: str, start: date, end: date, interval: str) -> int:
+    """Load history through raw.<source>: rate-limited like the live source, safe to re-run (natural keys)."""
+    if end < start:
+        raise Failure(f"--end {end} is before --start {start}; swap them")
+    names = [s.strip() for s in symbols.split(",") if s.strip()]
+    if not names:
+        raise Failure("--symbols is empty; give at least one, e.g. --symbols AAPL,MSFT")
+    with progress(len(names), f"backfill {source}") as bar:
+        total, done, failed = asyncio.run(backfill_history(source, names, start, end, interval, bar))
+    from streams.catalog import catalog_of
+    from streams.settings import get_settings
+
+    topic = catalog_of(get_settings().kafka).raw(source).name
+    click.echo(f"backfilled {total:,} points from {source} into {topic} ({done}/{len(names)} symbols"
+               + (f"; {failed} failed)" if failed else ")"))
+    return 1 if failed and not total else 0
+
+
+async def replay_dead_letters(rule: str | None, source: str | None, rate: float, limit: int | None, dry_run: bool,
+                              bar: Bar | None = None) -> tuple[int, int, int]:
+    """Re-produce matching dead letters to their original topic, keeping key, value and non-tickflow headers.
+    Returns (dead letters in the topic, scanned, matched)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from producers.runner import new_producer
@@ -114,27 +412,34 @@ async def replay_dlq(args: argparse.Namespace) -> tuple[int, int]:
     cat = catalog_of(settings.kafka)
     dlq = cat.one("rejected").name
     raw_names = {t.name for t in cat.by_role("raw")}
+    wanted_topic = cat.raw(source).name if source else None
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False,
                                 **settings.kafka.client_kwargs())
-    await consumer.start()
-    producer = None if args.dry_run else new_producer(settings)
-    if producer is not None:
-        await producer.start()
-    matched = scanned = 0
     try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()  # a failed start leaves its client open
+        raise
+    producer = None if dry_run else new_producer(settings)
+    matched = scanned = total = 0
+    try:
+        if producer is not None:
+            await producer.start()
         parts = consumer.partitions_for_topic(dlq)
         if not parts:
             await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(dlq)
         if not parts:
-            raise ConfigError(f"topic {dlq} does not exist (run `tickflow topics create`)")
+            raise ConfigError(f"topic {dlq} does not exist (run `{PROG} topics create`)")
         tps = [TopicPartition(dlq, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         total = sum(ends.values())
+        if bar:
+            bar.set_total(total)
         remaining = {tp for tp in tps if ends[tp] > 0}
-        interval = 1.0 / args.rate if args.rate else 0.0
+        interval = 1.0 / rate if rate else 0.0
         next_at = time.monotonic()
         while remaining:
             batch = await consumer.getmany(timeout_ms=1000)
@@ -144,12 +449,14 @@ async def replay_dlq(args: argparse.Namespace) -> tuple[int, int]:
                         remaining.discard(tp)
                         continue
                     scanned += 1
+                    if bar:
+                        bar.advance()
                     h = {k: v.decode(errors="replace") for k, v in (m.headers or [])}
                     target = h.get("tickflow.source.topic", "")
-                    if (target not in raw_names or (args.rule and not h.get("tickflow.rule", "").startswith(args.rule))
-                            or (args.source and target != cat.raw(args.source).name)):
+                    if (target not in raw_names or (rule and not h.get("tickflow.rule", "").startswith(rule))
+                            or (wanted_topic and target != wanted_topic)):
                         continue
-                    if args.limit and matched >= args.limit:
+                    if limit and matched >= limit:
                         remaining.clear()
                         break
                     matched += 1
@@ -164,141 +471,68 @@ async def replay_dlq(args: argparse.Namespace) -> tuple[int, int]:
                                             headers=[*kept, ("tickflow.replayed_from", origin)])
                     if m.offset + 1 >= ends[tp]:
                         remaining.discard(tp)
-            print(f"\rscanned {scanned:,}/{total:,}  {'would replay' if args.dry_run else 'replayed'} {matched:,}",
-                  end="", flush=True)
-        print()
+        if producer is not None:
+            await producer.flush()
     finally:
         if producer is not None:
             await producer.stop()
         await consumer.stop()
-    return scanned, matched
+    return total, scanned, matched
 
 
-BACKFILL_SOURCES = ("yahoo", "alpha_vantage", "fred")
-
-
-async def backfill(args: argparse.Namespace) -> int:
-    """History through the raw topic: the same validation, anomaly detection and idempotent sink as live data."""
-    from datetime import date
-
-    import aiohttp
-
-    from producers.base import encode
-    from producers.registry import BUILDERS
-    from producers.runner import new_producer, send_batch
-    from streams.catalog import catalog_of
-    from streams.settings import get_settings
-
-    settings = get_settings()
-    cfg = getattr(settings.sources, args.source)
-    (source,) = BUILDERS[args.source](cfg)  # raises ConfigError when the key is missing
-    topic = catalog_of(settings.kafka).raw(args.source).name
-    start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
-    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
-    producer = new_producer(settings)
-    await producer.start()
-    total = failed = 0
-    try:
-        async with aiohttp.ClientSession() as session:
-            for i, symbol in enumerate(symbols, 1):
-                try:
-                    if args.source == "fred":
-                        points = await source.history(session, symbol, start, end)  # type: ignore[attr-defined]
-                    else:
-                        points = await source.history(session, symbol, start, end,  # type: ignore[attr-defined]
-                                                      args.interval)
-                except Exception as exc:  # one symbol failing does not stop the others
-                    failed += 1
-                    print(f"\n{symbol}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                    continue
-                sent = await send_batch(producer, topic, [encode(p) for p in points])
-                total += sent
-                bar = "#" * int(30 * i / len(symbols))
-                print(f"\r[{bar:<30}] {i}/{len(symbols)} {symbol}: {sent:,} points ({total:,} in all)",
-                      end="", flush=True)
-        print()
-    finally:
-        await producer.stop()
-    print(f"backfilled {total:,} points from {args.source} into {topic}" + (f"; {failed} symbols failed" if failed
-                                                                           else ""))
-    return 1 if failed and not total else 0
-
-
-def cmd_backfill(args: argparse.Namespace) -> int:
-    return asyncio.run(backfill(args))
-
-
-def cmd_replay_dlq(args: argparse.Namespace) -> int:
-    asyncio.run(replay_dlq(args))
+@cli.command("replay-dlq")
+@click.option("--rule", metavar="PREFIX", help="Only records whose rule starts with this (e.g. schema., "
+              "quote.crossed, timestamp.future).")
+@click.option("--source", metavar="SOURCE", help="Only records that came from raw.<SOURCE>.")
+@click.option("--rate", type=click.FloatRange(min=0), default=1000.0, show_default=True,
+              help="Records per second to re-inject (0: unthrottled).")
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many matching records.")
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed; send nothing.")
+@friendly
+def replay_dlq(rule: str | None, source: str | None, rate: float, limit: int | None, dry_run: bool) -> int:
+    """Re-inject dead-lettered records into their raw topic after a fix (validation runs on them again)."""
+    with progress(None, "dead letters") as bar:
+        total, scanned, matched = asyncio.run(replay_dead_letters(rule, source, rate, limit, dry_run, bar))
+    click.echo(f"scanned {scanned:,}/{total:,} dead letters; {'would replay' if dry_run else 'replayed'} {matched:,}")
     return 0
 
 
-def cmd_selftest(args: argparse.Namespace) -> int:
-    from streams.tools.selftest import main as selftest
+@cli.command()
+@click.option("--keep", is_flag=True, help="Keep the test's topics, schema and worker logs for inspection.")
+@click.option("--throughput-points", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="Points sent for the throughput check.")
+@friendly
+def selftest(keep: bool, throughput_points: int) -> int:
+    """Run the test report on the local stack with a worker of its own (exit 0: all passed)."""
+    from streams.tools.selftest import main as run_selftest
 
-    return selftest(keep=args.keep, throughput_points=args.throughput_points)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tickflow", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("init")
-    s.add_argument("--config", default="pipeline_config.yaml")
-    s.add_argument("--force", action="store_true")
-    s.set_defaults(func=cmd_init)
-    s = sub.add_parser("topics")
-    s.add_argument("action", nargs="?", choices=["create", "check"], default="create")
-    s.set_defaults(func=cmd_topics)
-    s = sub.add_parser("db")
-    s.add_argument("action", nargs="?", choices=["migrate"], default="migrate")
-    s.set_defaults(func=cmd_db)
-    s = sub.add_parser("status")
-    s.add_argument("--url")
-    s.set_defaults(func=cmd_status)
-    s = sub.add_parser("backfill")
-    s.add_argument("source", choices=BACKFILL_SOURCES)
-    s.add_argument("--symbols", required=True, help="comma-separated symbols or FRED series ids")
-    s.add_argument("--start", required=True)
-    s.add_argument("--end", required=True)
-    s.add_argument("--interval", default="1d", help="bar interval (yahoo: 1m..1d; alpha_vantage: 1min..60min, 1d)")
-    s.set_defaults(func=cmd_backfill)
-    s = sub.add_parser("replay-dlq")
-    s.add_argument("--rule", help="only records whose rule starts with this (e.g. schema., quote.crossed)")
-    s.add_argument("--source", help="only records from raw.<source>")
-    s.add_argument("--rate", type=float, default=1000.0, help="records per second (0: unthrottled)")
-    s.add_argument("--limit", type=int)
-    s.add_argument("--dry-run", action="store_true")
-    s.set_defaults(func=cmd_replay_dlq)
-    s = sub.add_parser("selftest", help="run the brief's test report on the local stack (exit 0: all passed)")
-    s.add_argument("--keep", action="store_true", help="keep the topics, schema and worker logs for inspection")
-    s.add_argument("--throughput-points", type=int, default=20_000, help="points for the throughput check")
-    s.set_defaults(func=cmd_selftest)
-    return p
-
-
-OURS = {"init", "topics", "db", "status", "backfill", "replay-dlq", "selftest"}
+    return run_selftest(keep=keep, throughput_points=throughput_points)
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] and argv[0] in OURS:
-        args = parser().parse_args(argv)
-        try:
-            sys.exit(args.func(args))
-        except ConfigError as exc:
-            print(f"tickflow: {exc}", file=sys.stderr)
-            sys.exit(2)
-    if argv[:1] in (["-h"], ["--help"]):
-        parser().print_help()
-        print("\nFaust commands (worker, agents, tables, ...): tickflow worker --help")
-        sys.exit(0)
-    # uvloop unless F_LOOP says otherwise (Faust reads it when it is first imported, just below): the event
-    # loop's own overhead is a share of every record's cost in a worker.
-    if importlib.util.find_spec("uvloop") is not None:
-        os.environ.setdefault("F_LOOP", "uvloop")
-    # Faust's own command line, told where the App is by name: the tools never import the worker's App.
-    from faust.cli.faust import cli as faust_cli
-
-    sys.argv = [sys.argv[0], *argv]
-    faust_cli(["-A", "streams.app:app", *argv])
+    """Entry point of `tickflow` and `python -m streams`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] and argv[0] in FAUST_COMMANDS:
+        handoff(argv)  # Faust parses the rest itself, its --help included
+    try:
+        rc = cli.main(argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo(f"{PROG}: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else PROG
+        click.echo(f"{PROG}: {' '.join(exc.format_message().split())} (see `{cmd} --help`)", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo(f"{PROG}: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("TICKFLOW_DEBUG"):
+            raise
+        click.echo(f"{PROG}: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} (a bug: rerun with "
+                   "TICKFLOW_DEBUG=1 for the traceback and report it)", err=True)
+        sys.exit(1)
+    sys.exit(rc if isinstance(rc, int) else 0)

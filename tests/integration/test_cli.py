@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from streams.models import MarketDataPoint
 from streams.tools.measure import read_topic
 from tests.integration.conftest import ROOT, ensure_topics_for, wait_until
+from tests.integration.test_sources import KEYS, fake_provider  # noqa: F401  (a fixture, used by name)
 
 
 def tickflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -58,3 +60,16 @@ async def test_replay_dead_letters_after_a_fix(iso, workers, producer, pg, tmp_p
     await wait_until(landed, 60, "the replayed rows")
     assert await pg.fetchval(
         f"SELECT count(DISTINCT item_id) FROM {iso.schema}.market_data WHERE symbol = 'SKEW'") == 25
+
+
+async def test_python_m_producers_runs_a_provider(iso, fake_provider) -> None:  # noqa: F811
+    """Not only `simulated`: a provider source, its HTTP answered by a local fake, its records on raw.finnhub."""
+    await ensure_topics_for(iso)
+    env = {**os.environ, **iso.env, "FINNHUB_API_KEY": KEYS["FINNHUB_API_KEY"],
+           "TICKFLOW_SOURCES__FINNHUB__BASE_URL": fake_provider, "TICKFLOW_SOURCES__FINNHUB__WEBSOCKET": "false"}
+    out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "producers", "finnhub", "--symbols", "MSFT",
+                                                   "--count", "1", "--seconds", "60"],
+                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "sent 1" in out.stdout, out.stderr[-2000:]
+    recs = await read_topic(iso.bootstrap, iso.raw_topic("finnhub"))
+    assert len(recs) == 1 and recs[0].key == b"MSFT"

@@ -1,0 +1,221 @@
+"""The `tickflow` command line without a broker: help, version, listing, and every expected failure as one
+line that names the fix. Kafka and PostgreSQL are pointed at a closed port, so a command that tried to reach
+them would fail these tests rather than pass by luck."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from streams.tools import cli
+
+ROOT = Path(__file__).resolve().parents[4]
+NOWHERE = {"TICKFLOW_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1", "TICKFLOW_POSTGRES__PORT": "1",
+           "TICKFLOW_CONFIG": ""}
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m streams ...` in a subprocess: what a user runs, exit code and streams included."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TICKFLOW_")}
+    return subprocess.run([sys.executable, "-m", "streams", *args], cwd=cwd or ROOT, capture_output=True, text=True,
+                          env={**full, **NOWHERE, **(env or {})}, timeout=120)
+
+
+def one_line_error(out: subprocess.CompletedProcess[str]) -> str:
+    assert out.returncode != 0, out.stdout
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tickflow: "), out.stderr
+    return lines[0]
+
+
+def test_help_lists_ours_and_fausts_commands() -> None:
+    out = run("--help")
+    assert out.returncode == 0, out.stderr
+    for name in ("init", "topics", "db", "status", "backfill", "replay-dlq", "selftest", "worker", "agents"):
+        assert f"\n  {name} " in out.stdout, name
+    assert out.stderr == ""
+
+
+def test_version_is_the_package_metadata() -> None:
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"tickflow {version('tickflow')}"
+
+
+def test_faust_commands_listed_are_fausts_own() -> None:
+    from faust.cli.faust import cli as faust_cli
+
+    assert set(cli.FAUST_COMMANDS) == set(faust_cli.list_commands(click.Context(faust_cli)))
+
+
+def test_every_option_has_help_text() -> None:
+    missing = []
+    for name, cmd in cli.cli.commands.items():
+        assert cmd.help, f"{name} has no help"
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.help:
+                missing.append(f"{name} {p.opts}")
+    assert not missing
+
+
+@pytest.mark.parametrize("name", ["init", "topics", "db", "status", "backfill", "replay-dlq", "selftest"])
+def test_each_commands_help_needs_nothing(name: str) -> None:
+    result = CliRunner().invoke(cli.cli, [name, "--help"], env=NOWHERE)
+    assert result.exit_code == 0 and f"Usage: cli {name}" in result.output
+
+
+def test_worker_help_is_fausts_and_creates_nothing() -> None:
+    out = run("worker", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "--web-port" in out.stdout and "Kafka" not in out.stderr
+
+
+def test_faust_help_with_the_app_does_not_reach_kafka() -> None:
+    """Faust imports the App for --help; the topic check must wait for a worker (it would fail: no broker)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKFLOW_")}
+    out = subprocess.run([sys.executable, "-m", "faust", "-A", "streams.app", "--help"], cwd=ROOT, timeout=120,
+                         capture_output=True, text=True, env={**env, **NOWHERE})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "worker" in out.stdout and "cannot reach Kafka" not in out.stderr + out.stdout
+
+
+def test_typo_suggests_the_command() -> None:
+    assert "did you mean `tickflow worker`?" in one_line_error(run("wroker"))
+    assert "did you mean `tickflow topics`?" in one_line_error(run("topic", "check"))
+
+
+def test_bad_yaml_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("postgres:\n  host: [\n")
+    line = one_line_error(run("topics", "check", env={"TICKFLOW_CONFIG": str(bad)}))
+    assert str(bad) in line and "not valid YAML" in line
+
+
+def test_top_level_list_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("- postgres\n- kafka\n")
+    line = one_line_error(run("db", "migrate", env={"TICKFLOW_CONFIG": str(bad)}))
+    assert "must be a mapping" in line
+
+
+def test_comma_list_in_the_environment_says_json() -> None:
+    line = one_line_error(run("topics", "check", env={"TICKFLOW_SOURCES__YAHOO__SYMBOLS": "AAPL,MSFT"}))
+    assert "TICKFLOW_SOURCES__YAHOO__SYMBOLS" in line and "JSON" in line and '["AAPL", "MSFT"]' in line
+
+
+def test_env_list_hint_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TICKFLOW_SOURCES__FRED__SERIES", "UNRATE, GDP")
+    monkeypatch.setenv("TICKFLOW_SOURCES__YAHOO__ENABLED", "true")
+    hint = cli._env_list_hint(Exception('error parsing value for field "sources" from source "EnvSettingsSource"'))
+    assert hint.startswith("TICKFLOW_SOURCES__FRED__SERIES=UNRATE, GDP") and '["UNRATE", "GDP"]' in hint
+
+
+def test_db_migrate_with_postgres_down() -> None:
+    line = one_line_error(run("db", "migrate"))
+    assert "PostgreSQL is unavailable" in line and "TICKFLOW_POSTGRES__HOST" in line
+
+
+def test_topics_check_with_kafka_down() -> None:
+    assert "cannot reach Kafka" in one_line_error(run("topics", "check"))
+
+
+def test_replay_with_kafka_down() -> None:
+    line = one_line_error(run("replay-dlq", "--dry-run"))
+    assert "cannot reach Kafka" in line and "TICKFLOW_KAFKA__BOOTSTRAP_SERVERS" in line
+
+
+def test_backfill_date_must_be_iso() -> None:
+    line = one_line_error(run("backfill", "yahoo", "--symbols", "AAPL", "--start", "01/02/2024", "--end",
+                              "2024-01-31"))
+    assert "'01/02/2024' is not a date as YYYY-MM-DD" in line and "--start" in line
+
+
+def test_backfill_end_before_start() -> None:
+    result = CliRunner().invoke(cli.cli, ["backfill", "fred", "--symbols", "GDP", "--start",
+                                                        "2024-02-01", "--end", "2024-01-01"], env=NOWHERE)
+    assert result.exit_code == 2 and "swap them" in result.output
+
+
+def test_init_into_a_missing_directory() -> None:
+    line = one_line_error(run("init", "--config", "/no/dir/x.yaml"))
+    assert "directory /no/dir does not exist" in line and "--config" in line
+
+
+def test_init_writes_then_refuses_to_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    first = run("init", "--config", str(path))
+    assert first.returncode == 0 and path.exists() and (tmp_path / ".env.pipeline").exists()
+    assert "--force" in one_line_error(run("init", "--config", str(path)))
+    assert run("init", "--config", str(path), "--force").returncode == 0
+
+
+def test_status_without_a_worker() -> None:
+    line = one_line_error(run("status", "--url", "http://127.0.0.1:1"))
+    assert "no worker answers at http://127.0.0.1:1" in line
+
+
+def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    @cli.cli.command("boom-test", hidden=True)
+    @cli.friendly
+    def boom() -> int:
+        raise KeyError("x")
+
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["boom-test"])
+        assert exit_.value.code == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "unexpected KeyError" in err and "TICKFLOW_DEBUG=1" in err
+        monkeypatch.setenv("TICKFLOW_DEBUG", "1")
+        with pytest.raises(KeyError):
+            cli.main(["boom-test"])
+    finally:
+        cli.cli.commands.pop("boom-test")
+
+
+def test_progress_bar_draws_on_a_terminal_only() -> None:
+    term = io.StringIO()
+    with cli.progress(None, "dead letters", console=Console(file=term, force_terminal=True, width=80)) as bar:
+        bar.set_total(4)
+        for _ in range(4):
+            bar.advance()
+    assert "4/4" in term.getvalue()
+    plain = io.StringIO()
+    with cli.progress(2, "backfill", console=Console(file=plain, force_terminal=False)) as bar:
+        bar.advance(2)
+    assert plain.getvalue() == ""
+
+
+def test_producers_names_the_valid_sources() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKFLOW_")}
+    out = subprocess.run([sys.executable, "-m", "producers", "nope"], cwd=ROOT, capture_output=True, text=True,
+                         env={**env, **NOWHERE}, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    from producers.registry import BUILDERS
+
+    assert "unknown source 'nope'" in out.stderr and all(name in out.stderr for name in BUILDERS)
+
+
+def test_producers_accepts_every_registered_source() -> None:
+    from producers.__main__ import parser
+    from producers.registry import BUILDERS
+
+    for name in BUILDERS:
+        assert parser().parse_args([name]).source == name
+
+
+def test_producers_missing_key_is_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKFLOW_") and not k.endswith("_API_KEY")}
+    out = subprocess.run([sys.executable, "-m", "producers", "fred", "--count", "1"], cwd=ROOT, capture_output=True,
+                         text=True, env={**env, **NOWHERE}, timeout=120)
+    assert out.returncode == 2 and "FRED_API_KEY" in out.stderr and "Traceback" not in out.stderr
