@@ -4,6 +4,12 @@
 #
 #   dev/stack.sh setup|start|stop|status|logs [kafka|postgres]
 #
+# A separate three-node Kafka cluster (KRaft, each node broker and controller) for the replication fault
+# test, beside the single node and sharing the PostgreSQL above: brokers on 127.0.0.1:29092/29094/29096,
+# controllers on 29093/29095/29097, data under $STACK_DIR/cluster. N: one node (1-3), default all three.
+#
+#   dev/stack.sh cluster-start|cluster-stop [N] | cluster-status | cluster-logs N
+#
 # Every verb is safe to repeat: start skips what already runs, stop skips what is stopped.
 set -euo pipefail
 
@@ -48,7 +54,8 @@ kafka_setup() {
 # Runs the JVM with exec: call it in a subshell, so the pid of a background call is the JVM's own.
 kafka_java() {
   local logfile="$1"; shift
-  exec java -Xms128m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+  # shellcheck disable=SC2086  # KAFKA_JVM_EXTRA: extra flags, word-split on purpose (empty for the single node)
+  exec java -Xms128m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true ${KAFKA_JVM_EXTRA:-} \
     -Dlog4j2.configurationFile="$ROOT/dev/kafka/log4j2.properties" -Dkafka.logfile="$logfile" \
     -cp "$KAFKA_LIBS/*" "$@"
 }
@@ -142,6 +149,91 @@ pg_stop() {
   fi
 }
 
+# ---------------------------------------------------------------- the three-node cluster (cluster-* verbs)
+CLUSTER_DIR="$STACK_DIR/cluster"
+CLUSTER_BASE_PORT="${CLUSTER_BASE_PORT:-29092}"   # node i: broker BASE+2(i-1), controller BASE+2(i-1)+1
+CLUSTER_HEAP="${CLUSTER_HEAP:-256m}"
+# Three JVMs starting at once on two shared cores: the C1 compiler only and one CPU's worth of GC and
+# compiler threads start them faster; a test cluster does not need the C2-compiled peak throughput.
+CLUSTER_JVM_EXTRA="${CLUSTER_JVM_EXTRA:--XX:TieredStopAtLevel=1 -XX:ActiveProcessorCount=1}"
+CLUSTER_NODES=(1 2 3)
+
+node_broker_port() { echo $((CLUSTER_BASE_PORT + 2 * ($1 - 1))); }
+node_controller_port() { echo $((CLUSTER_BASE_PORT + 2 * ($1 - 1) + 1)); }
+node_dir() { echo "$CLUSTER_DIR/node$1"; }
+node_pid() { local f; f="$(node_dir "$1")/pid"; [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"; }
+cluster_bootstrap() { local n out=(); for n in "${CLUSTER_NODES[@]}"; do out+=("127.0.0.1:$(node_broker_port "$n")"); done
+                      (IFS=,; echo "${out[*]}"); }
+cluster_data_dirs() { local n out=(); for n in "${CLUSTER_NODES[@]}"; do out+=("$(node_dir "$n")/data"); done
+                      (IFS=,; echo "${out[*]}"); }
+
+cluster_node_start() {
+  local n="$1" dir voters="" m cid
+  dir="$(node_dir "$n")"
+  if node_pid "$n" >/dev/null; then log "cluster node $n already running (pid $(node_pid "$n"))"; return; fi
+  for m in "${CLUSTER_NODES[@]}"; do voters+="${voters:+,}$m@127.0.0.1:$(node_controller_port "$m")"; done
+  mkdir -p "$dir" "$CLUSTER_DIR/logs"
+  sed -e "s#@NODE_ID@#$n#g" -e "s#@VOTERS@#$voters#g" -e "s#@BROKER_PORT@#$(node_broker_port "$n")#g" \
+      -e "s#@CONTROLLER_PORT@#$(node_controller_port "$n")#g" -e "s#@DATA_DIR@#$dir/data#g" \
+      "$ROOT/dev/kafka/cluster.properties" > "$dir/server.properties"
+  if [[ ! -f "$dir/data/meta.properties" ]]; then
+    # One cluster id for the three nodes; the static voters list needs no --initial-controllers.
+    [[ -f "$CLUSTER_DIR/cluster.id" ]] || \
+      (kafka_java "$CLUSTER_DIR/logs/storage.log" kafka.tools.StorageTool random-uuid) > "$CLUSTER_DIR/cluster.id"
+    cid="$(cat "$CLUSTER_DIR/cluster.id")"
+    log "formatting cluster node $n storage in $dir/data (cluster id $cid)"
+    (kafka_java "$CLUSTER_DIR/logs/storage.log" kafka.tools.StorageTool format -t "$cid" \
+      -c "$dir/server.properties" >/dev/null)
+  fi
+  log "starting cluster node $n: broker 127.0.0.1:$(node_broker_port "$n"), controller :$(node_controller_port "$n") (heap $CLUSTER_HEAP)"
+  (KAFKA_HEAP="$CLUSTER_HEAP" KAFKA_JVM_EXTRA="$CLUSTER_JVM_EXTRA" kafka_java "$CLUSTER_DIR/logs/node$n.log" kafka.Kafka "$dir/server.properties") \
+    > "$CLUSTER_DIR/logs/node$n.out" 2>&1 &
+  echo $! > "$dir/pid"
+}
+
+cluster_start() {
+  local nodes=("$@") n leader started
+  [[ ${#nodes[@]} -gt 0 ]] || nodes=("${CLUSTER_NODES[@]}")
+  kafka_setup
+  started=$(date +%s%N)
+  for n in "${nodes[@]}"; do cluster_node_start "$n"; done   # all at once: a controller needs a majority
+  if ! leader="$("$ROOT/dev/kafka/cluster_ready.py" "${KAFKA_START_TIMEOUT:-240}" "${#CLUSTER_NODES[@]}" \
+                  "$(cluster_bootstrap)" "$(cluster_data_dirs)")"; then
+    log "the cluster did not come up; last lines of each node's log:"
+    for n in "${nodes[@]}"; do tail -8 "$CLUSTER_DIR/logs/node$n.log" >&2 || true; done
+    exit 1
+  fi
+  log "cluster ready in $(( ($(date +%s%N) - started) / 1000000 )) ms: every broker sees 3," \
+      "metadata quorum leader node $leader; bootstrap $(cluster_bootstrap)"
+}
+
+cluster_stop() {
+  local nodes=("$@") n pid pids=()
+  [[ ${#nodes[@]} -gt 0 ]] || nodes=("${CLUSTER_NODES[@]}")
+  for n in "${nodes[@]}"; do
+    if pid="$(node_pid "$n")"; then log "stopping cluster node $n (pid $pid)"; kill -TERM "$pid" 2>/dev/null || true; pids+=("$pid"); fi
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -0 "$pid" 2>/dev/null && { log "pid $pid did not stop in 30 s, killing"; kill -KILL "$pid" || true; }
+  done
+  for n in "${nodes[@]}"; do rm -f "$(node_dir "$n")/pid"; done
+}
+
+# Exit status 0 only when all three nodes run.
+cluster_status() {
+  local n pid up=0
+  for n in "${CLUSTER_NODES[@]}"; do
+    if pid="$(node_pid "$n")"; then
+      up=$((up + 1)); echo "cluster node $n: running (pid $pid) 127.0.0.1:$(node_broker_port "$n")"
+    else
+      echo "cluster node $n: stopped"
+    fi
+  done
+  echo "bootstrap: $(cluster_bootstrap)"
+  [[ $up == "${#CLUSTER_NODES[@]}" ]]
+}
+
 status() {
   if pid="$(kafka_pid)"; then echo "kafka: running (pid $pid) 127.0.0.1:$KAFKA_PORT"; else echo "kafka: stopped"; fi
   if pg_running; then echo "postgres: running 127.0.0.1:$PG_PORT"; else echo "postgres: stopped"; fi
@@ -155,5 +247,10 @@ case "$verb" in
   stop)   [[ "$what" == postgres ]] || kafka_stop; [[ "$what" == kafka ]] || pg_stop "${3:-fast}" ;;
   status) status ;;
   logs)   if [[ "$what" == postgres ]]; then tail -n 50 "$PG_DIR/postgres.log"; else tail -n 50 "$LOG_DIR/kafka.log"; fi ;;
-  *) echo "usage: $0 setup|start|stop|status|logs [kafka|postgres]" >&2; exit 2 ;;
+  cluster-start)  shift; cluster_start "$@" ;;
+  cluster-stop)   shift; cluster_stop "$@" ;;
+  cluster-status) cluster_status ;;
+  cluster-logs)   tail -n 50 "$CLUSTER_DIR/logs/node${2:-1}.log" ;;
+  *) echo "usage: $0 setup|start|stop|status|logs [kafka|postgres]" >&2
+     echo "       $0 cluster-start|cluster-stop [1|2|3] | cluster-status | cluster-logs 1|2|3" >&2; exit 2 ;;
 esac
