@@ -25,9 +25,10 @@ def stack_status() -> dict[str, bool]:
     return {line.split(":")[0]: "running" in line for line in out.splitlines() if ":" in line}
 
 
-def metrics(port: int) -> dict | None:
+def metrics(port: int, headers: dict[str, str] | None = None) -> dict | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/pipeline/metrics", timeout=2) as resp:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/pipeline/metrics", headers=headers or {})
+        with urllib.request.urlopen(request, timeout=2) as resp:
             return json.loads(resp.read())
     except Exception:
         return None
@@ -82,7 +83,7 @@ def main() -> int:
             if worker.poll() is not None:
                 print(f"worker exited with code {worker.returncode}; see {log_path}", file=sys.stderr)
                 break
-            m = metrics(port)
+            m = metrics(port, get_settings().worker.web_headers())
             if m:
                 last = m
                 print(f"{time.monotonic() - t0:6.0f} {fmt(m['throughput_per_sec']):>10} {m['total_processed']:>11,} "

@@ -490,7 +490,8 @@ class DataIngestionPipeline:
         w = self.settings.worker
         url = url or f"http://{w.advertised_host or w.web_host}:{w.web_port}/pipeline/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            request = urllib.request.Request(url, headers=w.web_headers())  # the token, when one is set
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 m = json.loads(resp.read())
         except (OSError, ValueError) as exc:
             return {**self._stats.metrics(), **extra, "scope": "client",

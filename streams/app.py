@@ -69,6 +69,7 @@ def create_app(settings: Settings) -> TickflowApp:
         producer_max_request_size=4 * 1024 * 1024 + 64 * 1024,
         table_standby_replicas=0,
         web_transport="tcp://",
+        web_tables_enabled=False, web_router_enabled=False,  # table data and cluster URLs, unauthenticated
         logging_config=None,
     )
 

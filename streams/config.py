@@ -74,6 +74,13 @@ class KafkaSettings(_Section):
     # -> 5 ms at 1,000 points/s, same throughput). Raise it to trade latency for fewer requests.
     producer_linger_ms: int = 0
     producer_max_batch_bytes: int = 1_048_576
+    # true: the validate stage writes ticks.clean/rejected/anomalies and commits its offsets in one Kafka
+    # transaction per batch and input partition (exactly-once for read_committed consumers); false: at-least-once
+    # (outputs acknowledged, then offsets committed; a crash in between re-sends a batch).
+    exactly_once: bool = True
+    # An open transaction of a producer that died is aborted by the broker after this long, unless the next
+    # owner of its partition fences it first (it does, as it starts); read_committed consumers wait meanwhile.
+    transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
     # Security (README "Security"). PLAINTEXT is the local stack; managed clusters usually want SASL_SSL.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
@@ -245,10 +252,25 @@ class PostgresSettings(_Section):
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
 
 
+def is_loopback(host: str) -> bool:
+    """A bind address only this machine reaches (not 0.0.0.0, ::, a name or an interface address)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class WorkerSettings(_Section):
     app_id: str = "tickflow"
+    # The web server's bind address. 127.0.0.1 by default: only this host reaches it.
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    # Bearer token for every page but /health, /metrics and the /dashboard page itself (streams/web/auth.py),
+    # from TICKFLOW_WORKER__WEB_TOKEN (never pipeline_config.yaml). Empty: those pages answer 403, except to
+    # loopback clients of a worker bound to loopback only (the local default, `make run`).
+    web_token: SecretStr = SecretStr("")
     # The host other workers use to reach this one (table-routed requests); defaults to web_host.
     advertised_host: str | None = None
     # Where Faust keeps table state; memory:// rebuilds tables from their changelogs at start.
@@ -257,6 +279,25 @@ class WorkerSettings(_Section):
     # /health answers 503 ("stuck") when a stage owns partitions with lag but finished no batch for this
     # long, so an orchestrator restarts the worker.
     stuck_after_seconds: float = 300.0
+
+    @field_validator("web_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value()
+        if token and (len(token) < 16 or token != token.strip()):
+            raise ValueError("web_token must be at least 16 characters without surrounding spaces "
+                             "(e.g. `openssl rand -hex 32`)")
+        return value
+
+    def web_loopback_only(self) -> bool:
+        """Whether the web server listens on loopback only (then an empty web_token leaves pages open to
+        loopback clients)."""
+        return is_loopback(self.web_host)
+
+    def web_headers(self) -> dict[str, str]:
+        """Headers a client of a worker's web pages sends (the token, when one is set)."""
+        token = self.web_token.get_secret_value()
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class ValidationSettings(_Section):
@@ -308,6 +349,13 @@ class SinkSettings(_Section):
     data_retention_days: float = Field(default=0, ge=0)
     retention_check_seconds: float = Field(default=3600, gt=0)
     retention_batch_rows: int = Field(default=10_000, ge=100)
+    # market_data is range-partitioned by ts (migration 6). The leader creates partitions of this period
+    # `partitions_ahead` periods ahead of now, every `partition_check_seconds`; retention drops whole
+    # partitions older than data_retention_days (the straddling one is trimmed by the batched DELETE).
+    # Migrations run with the defaults: the period applies to the partitions created afterwards.
+    partition_period: Literal["day", "week", "month"] = "month"
+    partitions_ahead: int = Field(default=3, ge=1, le=366)
+    partition_check_seconds: float = Field(default=3600, gt=0)
 
 
 class SourceSection(_Section):
@@ -636,6 +684,11 @@ class BarCheckSettings(BaseModel):
     # A suspect bar is an error when the next bar comes back: |log(next / level before)| <= revert_fraction x
     # the suspect's own return (and not an outlier from that level); otherwise the level persisted: a real move.
     revert_fraction: float = Field(default=0.5, gt=0, lt=1)
+    # ... and only when the suspect bar is detached from its neighbours: at least detach_share of its move was
+    # made in the gap before its open, or undone in the gap before the next bar's open (a bad bar is printed
+    # apart from the trading around it; a real crash trades its way down and back, 2011-08-08, 2018-02-05).
+    # Bars without opens are judged on the close alone.
+    detach_share: float = Field(default=0.5, ge=0, le=1)
     # Decimal shifts: the close within decimal_tolerance (in log10) of 10^k x the level, k != 0.
     decimal_tolerance: float = Field(default=0.15, gt=0, lt=0.5)
     # OHLC: a wick beyond max/min(open, close) of more than range_multiplier x the median log range.
@@ -692,6 +745,11 @@ class AnomalySettings(BaseModel):
     # Split-like jumps at the open.
     split_ratios: list[float] = Field(default_factory=lambda: [2.0, 3.0, 0.5, 1.0 / 3.0])
     split_tolerance: float = Field(default=0.02, gt=0, lt=0.2)
+    # On bars the band widens with the stream's own overnight gaps (open / previous close): to
+    # split_gap_multiplier x their median of the last 20, at most split_tolerance_max (a 3:1 split on a day
+    # that gapped 2% must still match; a real -52% day, AAPL 2000-09-29, must not).
+    split_gap_multiplier: float = Field(default=5.0, ge=0)
+    split_tolerance_max: float = Field(default=0.04, gt=0, lt=0.2)
     # Shared: a silence this long is a session break (overnight, weekend), not a gap in intraday bars.
     session_break_seconds: float = Field(default=4 * 3600.0, gt=0)
     level_shift_run: int = Field(default=5, ge=2)

@@ -13,9 +13,11 @@ What is redacted, everywhere, into "***":
 - every registered secret value: the SecretStr fields of the process's Settings (postgres.password,
   kafka.sasl_password, kafka.ssl_key_password, any under sources.*) and the providers' API keys, which
   come from the environment only (producers/<name>.py);
-- secret-looking patterns: `api_key=`/`apikey=`/`token=`/`password=`... parameters, `Authorization:`
-  and `X-...-Token`/`X-...-Key` headers, long `Bearer` tokens, and the password of `scheme://user:pw@host`
-  URLs (PostgreSQL DSNs included).
+- secret-looking patterns: `api_key=`/`apikey=`/`token=`/`password=`... parameters, also with a prefix
+  (`PGPASSWORD=`, `POSTGRES_PASSWORD=`), quoted or not (`password="x y"`, `'token': 'abc'`), in YAML or log
+  notation (`password: x`); `Authorization:` and `X-...-Token`/`X-...-Key` headers; `Bearer <token>` (any
+  length when spelled as the HTTP scheme, 16+ characters otherwise); and the password of
+  `scheme://user:pw@host` URLs up to the address's last `@` (PostgreSQL DSNs included).
 
 This module imports nothing from tickflow, so streams/errors.py can use it (exception messages are
 redacted when the exception is made).
@@ -35,26 +37,36 @@ from streams import config
 
 MASK = "***"
 
+# Names of secret-carrying keys, with any prefix (PGPASSWORD, POSTGRES_PASSWORD, client_secret, FINNHUB_API_KEY).
+_NAMES = r"[a-z0-9_\-]*(?:api_?key|apikey|token|secret|password|passwd|pwd)"
+# A quoted value, closed by its own quote character, backslash escapes skipped: "x y", 'it"s', "a\\"b".
+_QUOTED = r"([\"'])(?:\\.|(?!\2).)*\2"
+
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # URL user info: postgresql://user:pw@host, kafka://u:pw@b, https://u:pw@h -> user:***@
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/?#\s@]*:)[^@/\s]+@"), rf"\1{MASK}@"),
-    # Query and key=value parameters; a bare `key=` only inside a query string (`?key=`, `&key=`).
-    (re.compile(r"(?i)(\b(?:api_?key|apikey|access_token|auth_token|token|secret|client_secret|password|passwd|pwd)=)"
-                r"[^&\s#'\"]+"), rf"\1{MASK}"),
+    # URL user info: postgresql://user:pw@host, kafka://u:pw@b, https://u:pw@h -> user:***@. The password runs
+    # to the LAST @ of the address, so an unencoded @ or / in it (postgresql://u:p@ss/w@host/db) is hidden too.
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/?#\s@'\"]*:)[^\s'\"]*@"), rf"\1{MASK}@"),
+    # Quoted values after a secret's name, in any notation: password="x y", 'token': 'abc', secret: "x y".
+    (re.compile(rf"(?i)([\"']?\b{_NAMES}[\"']?\s*[:=]\s*){_QUOTED}"), rf"\1\2{MASK}\2"),
+    # Unquoted key=value: PGPASSWORD=x, api_key=x in a query; a bare `key=` only inside a query string.
+    (re.compile(rf"(?i)(\b{_NAMES}=)[^&\s#'\"]+"), rf"\1{MASK}"),
     (re.compile(r"(?i)([?&;]key=)[^&\s#'\"]+"), rf"\1{MASK}"),
-    # JSON / dict / YAML style: "password": "x", 'api_key': 'x'
-    (re.compile(r"(?i)([\"'](?:api_?key|apikey|access_token|token|secret|password|passwd)[\"']\s*:\s*[\"'])[^\"']+"),
-     rf"\1{MASK}"),
+    # Unquoted key: value (YAML, logs, a JSON number): password: x, "token": 12345
+    (re.compile(rf"(?i)([\"']?\b{_NAMES}[\"']?\s*:[ \t]*)(?![\"'])[^\s'\",}}]+"), rf"\1{MASK}"),
     # Headers, as text or in a dict's repr: Authorization: Bearer x / Basic x, X-Finnhub-Token: x, X-Api-Key: x
     (re.compile(r"(?i)(\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?)"
                 r"[^\s'\",}]+"), rf"\1{MASK}"),
     (re.compile(r"(?i)(\bx-[a-z0-9-]*(?:token|key|secret)[\"']?\s*[:=]\s*[\"']?)[^\s'\",}]+"), rf"\1{MASK}"),
+    # The HTTP scheme as spelled in headers (capital B), any length: Bearer abc. Words that describe the
+    # scheme stay readable (Bearer token, Bearer realm="tickflow").
+    (re.compile(r"(\bBearer\s+)(?!(?:token|tokens|auth|authentication|realm|scheme)\b)[A-Za-z0-9\-._~+/%]+=*"),
+     rf"\1{MASK}"),
     # A bearer token anywhere else (16+ characters, so the words "bearer token" stay readable).
     (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9\-._~+/%]{16,}=*"), rf"\1{MASK}"),
 )
 
 # Every pattern above needs one of these (lower-cased); most log lines and rejection reasons have none, and
-# a few substring checks cost ~1 us where the seven patterns cost ~25 (this runs for every log record and
+# a few substring checks cost ~1 us where the patterns cost ~25 or more (this runs for every log record and
 # every error we make).
 _TRIGGERS = ("key", "token", "secret", "passw", "pwd", "auth", "bearer", "://")
 

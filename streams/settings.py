@@ -399,7 +399,17 @@ def read_config_file(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
-    return to_settings_shape(doc or {}, str(path))
+    return refuse_file_secrets(to_settings_shape(doc or {}, str(path)), str(path))
+
+
+def refuse_file_secrets(layer: dict[str, Any], where: str) -> dict[str, Any]:
+    """A settings file holds no secret (README "Security"): a non-empty SecretStr setting in it is an error
+    naming the environment variable to use instead. Keyword arguments (the Python API's dict) may pass them."""
+    for section, key in secret_paths():
+        if layer.get(section, {}).get(key) not in (None, ""):
+            raise ConfigError(f"{where}: {section}.{key} is a secret and is not read from a settings file; set "
+                              f"TICKFLOW_{section.upper()}__{key.upper()} in the environment or .env.pipeline")
+    return layer
 
 
 class Settings(BaseSettings):
@@ -464,7 +474,8 @@ def load_settings(*, file_doc: Mapping[str, Any] | None = None, file_name: str |
     load_dotenv_files(path if file_name is None else Path(file_name))
     check_env_names()
     where_file = file_name or (str(path) if path else None)
-    layer = to_settings_shape(file_doc, where_file or "configuration") if file_doc is not None else (
+    layer = refuse_file_secrets(to_settings_shape(file_doc, where_file or "configuration"),
+                                where_file or "configuration") if file_doc is not None else (
         read_config_file(path) if path is not None else {})
     init = to_settings_shape(overrides, "keyword arguments") if overrides else {}
     token = _FILE_LAYER.set(layer)

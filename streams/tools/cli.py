@@ -291,8 +291,8 @@ def db(action: str) -> int:
     return 0
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def _get(url: str, headers: dict[str, str] | None = None) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
         return json.loads(resp.read())
 
 
@@ -307,7 +307,7 @@ def status(url: str | None) -> int:
     w = get_settings().worker
     base = url or f"http://{w.advertised_host or w.web_host}:{w.web_port}"
     try:
-        m = _get(f"{base}/pipeline/metrics")
+        m = _get(f"{base}/pipeline/metrics", w.web_headers())  # the web token, when one is set
         h = _get(f"{base}/health")
     except OSError as exc:
         raise Failure(f"no worker answers at {base} ({exc}); start one with `make run` or `{PROG} worker`, "

@@ -6,6 +6,11 @@ table's owner) and /health (this worker) every second and keeps the last 5 minut
 latency itself, so the worker stores no history for it. Every value from the API reaches the DOM through
 textContent or an SVG attribute, never innerHTML, so a symbol, rule or error message cannot inject markup;
 the Content-Security-Policy header also forbids loading anything from another origin.
+
+The page itself is open (streams/web/auth.py); its data endpoints (/pipeline/*) need the worker's bearer
+token. The page takes it from the URL fragment (`/dashboard#token=...`: a fragment never reaches a server
+or its access log, and the page removes it from the address bar) or from the token field, keeps it in this
+browser's localStorage, and sends it only in the Authorization header of its own same-origin fetch calls.
 """
 
 from __future__ import annotations
@@ -60,6 +65,11 @@ HTML = """<!doctype html>
   ul.parts { margin: 0; padding: 0; list-style: none; display: flex; flex-wrap: wrap; gap: 6px; }
   ul.parts li { background: var(--bg); border: 1px solid var(--line); border-radius: 4px; padding: 2px 6px;
                 font-size: 12px; }
+  #auth { display: flex; gap: 6px; align-items: center; margin-bottom: 12px; }
+  #auth input { background: var(--panel); color: var(--fg); border: 1px solid var(--line); border-radius: 4px;
+                padding: 4px 8px; width: 24em; }
+  #auth button { background: var(--panel); color: var(--fg); border: 1px solid var(--line); border-radius: 4px;
+                 padding: 4px 10px; cursor: pointer; }
 </style>
 </head>
 <body>
@@ -68,7 +78,14 @@ HTML = """<!doctype html>
   <span id="status" class="dim">connecting…</span>
   <span class="dim">worker <span id="worker">&ndash;</span> · <span id="role">&ndash;</span>
     · health <span id="health">&ndash;</span></span>
+  <button id="forget-token" type="button" hidden>forget token</button>
 </header>
+
+<div id="auth" hidden>
+  <label for="token-input">Web token (TICKFLOW_WORKER__WEB_TOKEN):</label>
+  <input id="token-input" type="password" autocomplete="off" spellcheck="false">
+  <button id="token-save" type="button">use</button>
+</div>
 
 <section class="totals">
   <div class="stat"><div class="v" id="total-processed">&ndash;</div><div class="k">processed</div></div>
@@ -163,6 +180,21 @@ HTML = """<!doctype html>
   const WINDOW_MS = 5 * 60 * 1000;
   const POLL_MS = 1000;
   const history = [];  // {t, thr, p50, p99}, the last WINDOW_MS, kept only in this page
+  const TOKEN_KEY = "tickflow.webToken";
+
+  // The token: from the fragment (#token=...), which never reaches a server, then kept in localStorage.
+  function storage() { try { return window.localStorage; } catch (e) { return null; } }
+  let token = "";
+  (function takeToken() {
+    const m = /(?:^#|&)token=([^&]*)/.exec(location.hash || "");
+    if (m) {
+      try { token = decodeURIComponent(m[1]); } catch (e) { token = m[1]; }
+      if (storage()) storage().setItem(TOKEN_KEY, token);
+      window.history.replaceState(null, "", location.pathname + location.search);
+    } else if (storage()) {
+      token = storage().getItem(TOKEN_KEY) || "";
+    }
+  })();
 
   const $ = (id) => document.getElementById(id);
   const setText = (id, v) => { $(id).textContent = v; };
@@ -297,11 +329,29 @@ HTML = """<!doctype html>
     parts.replaceChildren(...items);
   }
 
+  function setToken(value) {
+    token = value || "";
+    if (storage()) { if (token) storage().setItem(TOKEN_KEY, token); else storage().removeItem(TOKEN_KEY); }
+    $("forget-token").hidden = !token;
+  }
+  $("forget-token").hidden = !token;
+  $("forget-token").addEventListener("click", () => { setToken(""); $("auth").hidden = false; });
+  const save = () => { setToken($("token-input").value.trim()); $("token-input").value = ""; $("auth").hidden = true; };
+  $("token-save").addEventListener("click", save);
+  $("token-input").addEventListener("keydown", (e) => { if (e.key === "Enter") save(); });
+
   async function getJson(url) {
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), 5000);
+    const headers = {"Accept": "application/json"};
+    // Only to this page's own data endpoints (relative, so same origin); never in the URL.
+    if (token && url.startsWith("pipeline/")) headers["Authorization"] = "Bearer " + token;
     try {
-      const r = await fetch(url, {cache: "no-store", signal: ctl.signal, headers: {"Accept": "application/json"}});
+      const r = await fetch(url, {cache: "no-store", signal: ctl.signal, headers: headers, credentials: "omit"});
+      if (r.status === 401 || r.status === 403) {
+        $("auth").hidden = false;
+        throw new Error(token ? "the token was refused" : "a web token is needed");
+      }
       return await r.json();  // /health answers JSON with 503 while recovering: still worth showing
     } finally {
       clearTimeout(timer);

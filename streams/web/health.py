@@ -1,8 +1,11 @@
 """HTTP endpoints on every worker (Faust's web server).
 
 GET /pipeline/metrics  the brief's keys + per source (proxied to the worker that owns the metrics table)
-GET /pipeline/data/x   recent clean rows of a symbol
+GET /pipeline/data/x   recent clean rows of a symbol (at most DATA_LIMIT, on the web's own read pool)
 GET /health            liveness/readiness as JSON: 200 when the worker is up and not recovering
+
+Every page but /health, /metrics and /dashboard needs the bearer token (streams/web/auth.py, installed here
+on the worker's web application before it starts); Faust's /table and /router pages are off (streams/app.py).
 
 /health is built by `health_report` from what each part says of itself: a stage's `status()`, the source
 supervisor's `status()`, the lag reader; it reads no stage's internals.
@@ -21,11 +24,17 @@ from faust.web import Request, Response, View
 from streams.app import app, settings
 from streams.stages import metrics
 from streams.stages.base import BatchStage, stages
-from streams.stages.db import writer as shared_writer
+from streams.stages.db import reader
 from streams.stages.produce import supervisor
+from streams.web import auth
 from streams.web.lag import Groups, LagReader
 
 logger = logging.getLogger(__name__)
+
+# Rows /pipeline/data returns at most (each costs the shared event loop its decoding and JSON).
+DATA_LIMIT = 500
+
+auth.install(app.web.web_app, settings.worker)  # type: ignore[attr-defined]  # the aiohttp driver's app
 
 
 def lag_groups(of: Iterable[BatchStage]) -> Groups:
@@ -84,11 +93,11 @@ class RecentData(View):
 
     async def get(self, request: Request, symbol: str) -> Response:
         try:
-            limit = max(1, min(int(request.query.get("limit", "100")), 5000))
+            limit = max(1, min(int(request.query.get("limit", "100")), DATA_LIMIT))
         except ValueError:
             return self.json({"error": "limit must be an integer"}, status=400)
         try:
-            rows = await (await shared_writer.get()).recent(symbol, limit)
+            rows = await reader.recent(symbol, limit)
         except Exception as exc:
             return self.json({"error": f"database unavailable: {type(exc).__name__}"}, status=503)
         return self.json({"symbol": symbol, "count": len(rows), "data": jsonable(rows)})

@@ -16,7 +16,7 @@ from streams.settings import Settings, WorkerSettings
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 SECRET_KEYS = {"TICKFLOW_POSTGRES__PASSWORD", "ALPHA_VANTAGE_API_KEY", "FINNHUB_API_KEY", "FRED_API_KEY",
-               "NASDAQ_DATA_LINK_API_KEY", "TWITTER_BEARER_TOKEN"}
+               "NASDAQ_DATA_LINK_API_KEY", "TWITTER_BEARER_TOKEN", "TICKFLOW_WORKER__WEB_TOKEN"}
 
 
 def _docs() -> list[dict[str, Any]]:

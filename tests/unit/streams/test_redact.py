@@ -82,6 +82,42 @@ def test_patterns(registry: None, text: str, expected: str) -> None:
     assert redact.redact(text) == expected
 
 
+# Issue 15 item 8: each case with the pattern that catches it (a piece of that pattern's source), so the test
+# below also shows that the case fails without that pattern.
+GAPS = [
+    ("PGPASSWORD=hunter2 psql -h db", "PGPASSWORD=*** psql -h db", r"pwd)=)"),
+    ("export TICKFLOW_POSTGRES__PASSWORD=hunter2", "export TICKFLOW_POSTGRES__PASSWORD=***", r"pwd)=)"),
+    ("postgres:\n  password: hunter2\n  user: u", "postgres:\n  password: ***\n  user: u", r"*:[ \t]*)(?!"),
+    ("kafka: {sasl_password: hunter2}", "kafka: {sasl_password: ***}", r"*:[ \t]*)(?!"),
+    ('connect password="x y" host=db', 'connect password="***" host=db', r"(?!\2)"),
+    ("connect password='x y' host=db", "connect password='***' host=db", r"(?!\2)"),
+    ("{'token': 'abc'}", "{'token': '***'}", r"(?!\2)"),
+    ('secret: "x y"', 'secret: "***"', r"(?!\2)"),
+    ('{"password": "a\\"b c", "user": "u"}', '{"password": "***", "user": "u"}', r"(?!\2)"),
+    ("upstream answered 401 for Bearer abc", "upstream answered 401 for Bearer ***", r"(?!(?:token|tokens"),
+    ("postgresql://u:p@ss/w@host/db", "postgresql://u:***@host/db", r"://[^:/?#"),
+    ("connect postgresql://u:pa/ss@db:5432/x failed", "connect postgresql://u:***@db:5432/x failed", r"://[^:/?#"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected", "pattern"), GAPS)
+def test_gaps_of_issue_15_are_redacted_by_their_pattern(registry: None, monkeypatch: pytest.MonkeyPatch,
+                                                        text: str, expected: str, pattern: str) -> None:
+    assert redact.redact(text) == expected
+    others = tuple(p for p in redact._PATTERNS if pattern not in p[0].pattern)
+    assert len(others) == len(redact._PATTERNS) - 1, f"{pattern!r} must name exactly one pattern"
+    monkeypatch.setattr(redact, "_PATTERNS", others)
+    assert redact.redact(text) != expected  # that pattern, and no other, catches this case
+
+
+@pytest.mark.parametrize("text", [
+    "Bearer token missing", 'WWW-Authenticate: Bearer realm="tickflow"', "no bearer token configured",
+    "http://127.0.0.1:6066/pipeline/data/AAPL?limit=5", "tokens: 5 used", "session key rotated",
+])
+def test_words_about_secrets_stay_readable(registry: None, text: str) -> None:
+    assert redact.redact(text) == text
+
+
 def test_registered_values_go_everywhere_longest_first(registry: None) -> None:
     redact.register(SecretStr("abc"), "abcdef", None, "")
     assert redact.redact("x abcdef y abc") == "x *** y ***"
