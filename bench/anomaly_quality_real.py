@@ -63,8 +63,8 @@ CACHE = Path(os.environ.get("ANOMALY_BENCH_CACHE", Path.home() / ".cache" / "tic
 OUT = ROOT / "bench" / "results" / "anomaly_quality_real.json"
 PACKAGES = {"arch": "8.0.0", "pmdarima": "2.1.1", "bokeh_sampledata": "2026.1", "backtesting": "0.6.6"}
 CRASH_DAYS = ["1987-10-19", "1987-10-20", "1987-10-26", "2000-04-14", "2001-09-17", "2008-09-29", "2008-10-09",
-              "2008-10-13", "2008-10-15", "2008-10-22", "2008-12-01", "2010-05-06", "2011-08-08", "2015-08-24",
-              "2018-02-05"]
+              "2008-10-13", "2008-10-15", "2008-10-22", "2008-12-01", "2010-05-06", "2011-08-04", "2011-08-08",
+              "2011-08-10", "2015-08-24", "2018-02-05", "2018-02-08", "2020-03-12", "2020-03-16"]
 Bar = dict[str, Any]
 
 
@@ -176,6 +176,18 @@ def inject(series: dict[str, tuple[str, list[Bar]]], rng: random.Random) -> list
     return labels
 
 
+def largest_moves(series: dict[str, tuple[str, list[Bar]]], n: int) -> set[tuple[str, str]]:
+    """Each daily series' n largest close-to-close moves (either sign), from the data before injection: real
+    market moves, none of which may be flagged (with the hand-picked CRASH_DAYS)."""
+    out: set[tuple[str, str]] = set()
+    for sym, (iv, bars) in series.items():
+        if iv != "1d":
+            continue
+        moves = sorted(range(1, len(bars)), key=lambda i: -abs(math.log(bars[i]["close"] / bars[i - 1]["close"])))
+        out.update((sym, bars[i]["date"][:10]) for i in moves[:n])
+    return out
+
+
 def write_csv(folder: Path, sym: str, bars: list[Bar]) -> None:
     with open(folder / f"{sym}.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -190,6 +202,7 @@ def main() -> int:
     rng = random.Random(SEED)
     series = load_series()
     intervals = {sym: iv for sym, (iv, _) in series.items()}
+    big_moves = largest_moves(series, 10)
     labels = inject(series, rng)
     settings = worker_settings
     router = Router(Validator(settings.validation), catalog, AnomalyTracker(settings.anomalies, 1e9, {}))
@@ -240,7 +253,7 @@ def main() -> int:
     fps = sorted(k for k in flagged if k not in lab)
     tp = sum(1 for k in flagged if k in lab)
     n_unlabelled = len(points) - len(lab)
-    crash = sorted(k for k in flagged if k[1] in CRASH_DAYS and k not in lab)
+    crash = sorted(k for k in flagged if (k[1] in CRASH_DAYS or k in big_moves) and k not in lab)
     xnys = calendar("XNYS")
     holiday_flags = [k for k in flagged if intervals.get(k[0]) == "1d" and not k[0].endswith("=X") and xnys
                      and not xnys.is_session(datetime.fromisoformat(k[1]).toordinal() - 719163)]
@@ -262,6 +275,8 @@ def main() -> int:
         "false_positive_rate": len(fps) / max(n_unlabelled, 1),
         "per_kind": per_kind, "per_interval": by_interval,
         "false_positives": [f"{s} {d} {sorted(flagged[(s, d)])}" for s, d in fps],
+        "real_moves_checked": {"hand_picked_days": CRASH_DAYS,
+                               "largest_10_moves_per_daily_series": [f"{s} {d}" for s, d in sorted(big_moves)]},
         "crash_days_flagged": [f"{s} {d} {sorted(flagged[(s, d)])}" for s, d in crash],
         "holiday_flags": holiday_flags, "false_gap_events": len(false_gaps),
         "false_gap_examples": [f"{s} {d}" for s, d in false_gaps[:20]],

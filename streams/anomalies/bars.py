@@ -22,7 +22,6 @@ import math
 from typing import Any
 
 from streams.anomalies.core import _BAR, Anomaly, Detector, _Facts, _put_bounded, _record, bar_checks, finite_price
-from streams.anomalies.feed import interval_seconds
 from streams.anomalies.windows import _consistent_run, _mean_abs_dev_sorted, _median_abs_dev, _Window
 from streams.config import AnomalySettings
 from streams.models import MarketDataPoint
@@ -89,7 +88,12 @@ class BarOutlier(Detector):
             st["pending"] = None
             back = math.log(c / pending["ref"])
             med, scale = self._scale(w, cfg.scale_floor) if len(w) else (0.0, cfg.scale_floor)
-            if abs(back) <= cfg.revert_fraction * abs(pending["r"]) and abs(back - med) < cfg.outlier_sigma * scale:
+            into, out_ = self._gap_shares(pending, point.open)
+            share = cfg.detach_share
+            came_back = (abs(back) <= cfg.revert_fraction * abs(pending["r"])
+                         and abs(back - med) < cfg.outlier_sigma * scale)
+            if (came_back and (max(into, out_) >= share or (math.isnan(into) and math.isnan(out_)))) or (
+                    into >= share and out_ >= share):
                 out.append(Anomaly(self.name, point.symbol, pending["z"], cfg.outlier_sigma, self.kind,
                                    f"close {pending['close']:.6g} was {pending['z']:.1f} sigma from"
                                    f" {pending['ref']:.6g}"
@@ -113,11 +117,23 @@ class BarOutlier(Detector):
         med, scale = self._scale(w, cfg.scale_floor)
         z = abs(r - med) / scale
         if z >= cfg.outlier_sigma or suspect:
-            st["pending"] = {"r": r, "z": z, "ref": ref, "close": c, "scale": scale, "record": _record(point)}
+            o = point.open
+            st["pending"] = {"r": r, "z": z, "ref": ref, "close": c, "scale": scale, "record": _record(point),
+                             "into": math.log(o / ref) / r if r and finite_price(o, self.settings.max_price) else None}
         else:
             w.push(r)
             st["ref"] = c
         return out
+
+    @staticmethod
+    def _gap_shares(pending: dict[str, Any], next_open: float | None) -> tuple[float, float]:
+        """Was the suspect bar printed apart from the trading around it? The shares of its move made in the gap
+        before its own open (`into`) and undone in the gap before the next bar's open (`out`); NaN without
+        opens. A real move trades: the crash bar opens near the previous close and the rebound starts near the
+        crash close, so both shares are small (S&P 500 2011-08-08: 0.01 and 0.01)."""
+        into, r = pending.get("into"), pending["r"]
+        out = math.log(pending["close"] / next_open) / r if next_open and next_open > 0 and r else math.nan
+        return (math.nan if into is None else into), out
 
     def rescale(self, price_factor: float) -> None:
         for st in self.streams.values():
@@ -257,56 +273,71 @@ class OhlcConsistency(Detector):
 
 
 class SplitSuspect(Detector):
-    """A split-like jump at the open: open / previous close within 2% of 2, 3, 1/2 or 1/3 (a 1:2, 1:3, 2:1,
-    3:1 split or reverse split). A corporate-action suspect, NOT an error. The open is each daily bar's open,
-    or the first trade/quote (mid) after a silence of session_break_seconds, or the first intraday bar after
-    one. Score: open / previous close; threshold: the nominal ratio matched (details.tolerance).
+    """A split-like jump at the open: open / previous close within a tolerance of 2, 3, 1/2 or 1/3 (a 1:2,
+    1:3, 2:1, 3:1 split or reverse split). A corporate-action suspect, NOT an error. On bars the open is every
+    bar's open (bars are contiguous: an intraday bar never opens at half the last close by itself), and the
+    tolerance is split_tolerance widened by the stream's recent overnight gaps (split_gap_multiplier x their
+    median, at most split_tolerance_max). On trades/quotes it is the first price (mid) after a silence of
+    session_break_seconds. Score: open / previous close; threshold: the nominal ratio (details.tolerance).
     """
 
     name = "split_suspect"
     kind = "corporate_action"
+    _GAPS = 20
 
     def __init__(self, settings: AnomalySettings | None = None) -> None:
         super().__init__(settings)
         self.last: dict[str, list[float]] = {}  # family -> [last price, its timestamp]
+        self.gaps: dict[str, list[float]] = {}  # bar stream -> the last |log(open / previous close)|
 
     def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
         f = f or _Facts(point)
         s = self.settings
         ts = f.ts
-        if point.data_type == _BAR:
-            step = interval_seconds(point.interval)
-            daily = step is not None and step >= 86400
+        is_bar = point.data_type == _BAR
+        if is_bar:
             open_, close = point.open, point.close
         else:
-            daily = False
             q = f.quote
             p = f.trade
             open_ = close = p if p is not None else ((q[0] + q[1]) / 2.0 if q is not None else None)
         if open_ is None or close is None:
             return []
         self.symbol = point.symbol
-        key = f.stream if point.data_type == _BAR else "tick"  # the family
+        key = f.stream if is_bar else "tick"  # the family
         prev = self.last.get(key)
         if prev is not None and ts < prev[1]:
             return []
         _put_bounded(self.last, key, [close, ts], s.max_streams)
-        if prev is None or not (daily or ts - prev[1] >= s.session_break_seconds):
+        if prev is None or not (is_bar or ts - prev[1] >= s.session_break_seconds):
             return []
         ratio = open_ / prev[0]
+        tol = s.split_tolerance
+        if is_bar:
+            gaps = self.gaps.get(key)
+            if gaps is None:
+                gaps = []
+                _put_bounded(self.gaps, key, gaps, s.max_streams)
+            if gaps:
+                srt = sorted(gaps)
+                tol = min(max(tol, s.split_gap_multiplier * srt[len(srt) // 2]), s.split_tolerance_max)
         for nominal in s.split_ratios:
-            if abs(ratio / nominal - 1.0) <= s.split_tolerance:
+            if abs(ratio / nominal - 1.0) <= tol:
                 label = f"{round(1 / nominal)}:1 split" if nominal < 1 else f"1:{round(nominal)} reverse split"
                 return [self._flag(point, ratio, nominal,
                                    f"open {open_:.6g} / previous close {prev[0]:.6g} = {ratio:.4f} ~ {nominal:.4g}"
                                    f" ({label}?)",
-                                   {"ratio": ratio, "nominal": nominal, "tolerance": s.split_tolerance,
-                                    "family": key})]
+                                   {"ratio": ratio, "nominal": nominal, "tolerance": tol, "family": key})]
+        if is_bar and ratio > 0:
+            gaps.append(abs(math.log(ratio)))
+            del gaps[:-self._GAPS]
         return []
 
     def _dump(self) -> dict[str, Any]:
-        return {"last": self.last}
+        return {"last": self.last, "gaps": self.gaps}
 
     def _load(self, state: dict[str, Any]) -> None:
         for k, v in state.get("last", {}).items():
             _put_bounded(self.last, k, [float(v[0]), float(v[1])], self.settings.max_streams)
+        for k, v in state.get("gaps", {}).items():
+            _put_bounded(self.gaps, k, [float(x) for x in v], self.settings.max_streams)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, ClassVar, Self
 
 from streams.anomalies.bars import BarOutlier, DecimalShift, OhlcConsistency, SplitSuspect
-from streams.anomalies.core import _BAR, STATE_VERSION, Anomaly, Detector, _Facts, _record, finite_price
+from streams.anomalies.core import _BAR, STATE_VERSION, Anomaly, Detector, _Facts, _record, bar_checks, finite_price
 from streams.anomalies.feed import BarGaps, StaleFeed
 from streams.anomalies.price import (
     BrownleesGallo,
@@ -36,6 +37,8 @@ class DetectorSuite:
     3. A trade flagged by T4 stays out of the Brownlees-Gallo window, and one flagged by T4 or BG never becomes
        the FINRA "last clean price" (a spike just inside a band must not become the reference).
     4. A bar flagged on arrival (decimal shift, OHLC) is held by BarOutlier as a suspect, never its reference.
+    5. A bar whose return is an outlier is not judged for volume: a big move on big volume is the market. A bar
+       that opens back at the level before a held suspect is not a split suspect (it is the way back).
     """
 
     PRICE_DETECTORS: ClassVar[frozenset[str]] = frozenset(
@@ -79,6 +82,8 @@ class DetectorSuite:
             return [bad]
         f = _Facts(point)
         split = self.split.update(point, f)
+        if split and point.data_type == _BAR and self._reverts_suspect(point, f):
+            split = []  # the open is back at the level before a held suspect bar: that bar was the jump
         if split:
             d = split[0].details
             if d["family"] == "tick":
@@ -101,21 +106,35 @@ class DetectorSuite:
             out = quote_flags + t4 + bg + self.erroneous.update(point, f, suspect=bool(t4 or bg))
         else:
             out = quote_flags + t4
+        moved = arrival = False
         if point.data_type == _BAR:
             arrival = self.ohlc.update(point, f) + self.decimal.update(point, f)
             out += arrival + self.bar_outlier.update(point, f, suspect=bool(arrival))
+            st = self.bar_outlier.streams.get(f.stream)
+            moved = bool(st and st["pending"] and st["ts"] == f.ts)  # this bar's return is an outlier
             if arrival and (st := self.bar_outlier.streams.get(f.stream)) and (held := st["pending"]):
                 # a later verdict revises this record: it must keep the flags it gets now
                 held["record"]["flags"] = [*held["record"].get("flags", ()),
                                            *(f"anomaly:{a.detector}" for a in arrival)]
-        if point.volume is not None:
-            out += self.volume.update(point, f)
+        if point.volume is not None and not (moved and not arrival):
+            out += self.volume.update(point, f)  # a big move on big volume is the market (AAPL 2000-09-29)
         out += self.stale.update(point, f)
         if point.data_type == _BAR:
             out += self.gaps.update(point, f)
         if split:
             out = [a for a in out if a.detector not in self.PRICE_DETECTORS or a.details.get("follow_up")]
         return split + out
+
+    def _reverts_suspect(self, point: MarketDataPoint, f: _Facts) -> bool:
+        """Does this bar open back near the level before the bar BarOutlier holds as a suspect? Then a
+        split-like ratio to the suspect's close is the way back from a bad bar, not a corporate action."""
+        st = self.bar_outlier.streams.get(f.stream)
+        held = st["pending"] if st else None
+        o = point.open
+        if not held or o is None or o <= 0:
+            return False
+        cfg = bar_checks(self.settings, point.interval)
+        return abs(math.log(o / held["ref"])) <= cfg.revert_fraction * abs(held["r"])
 
     def check_stale(self, now: datetime, *, expected_interval: float | None = None) -> list[Anomaly]:
         return self.stale.check_stale(now, expected_interval=expected_interval)

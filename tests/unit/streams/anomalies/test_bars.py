@@ -152,3 +152,36 @@ def test_split_on_daily_bars_rescales_prices_and_volumes() -> None:
 def test_intraday_and_daily_bars_use_their_own_thresholds() -> None:
     s = AnomalySettings()
     assert s.bar_intraday.scale_floor < s.bar_daily.scale_floor
+
+
+def _crash_then_rebound(settings: AnomalySettings) -> list[tuple[str, str]]:
+    """-8% traded from the previous close, then half back the next day from the crash close (2011-08-08)."""
+    closes = walk(80)
+    suite, flags = DetectorSuite(settings), []
+    opens = list(closes)
+    for i in range(60, 80):
+        closes[i] *= 0.92 if i == 60 else 0.96
+    opens[60], opens[61] = closes[59], closes[60]
+    for day, o, c in zip(weekdays(80), opens, closes, strict=True):
+        flags += [(a.detector, a.record["timestamp"][:10]) for a in suite.update(bar(day, c, open=o))
+                  if a.kind == "tick"]
+    return flags
+
+
+def test_a_crash_half_undone_the_next_day_is_a_market_move_when_it_traded() -> None:
+    assert _crash_then_rebound(AnomalySettings()) == []
+    # without the detachment test the same series is called an error: the test can fail
+    lax = AnomalySettings(bar_daily={"detach_share": 0.0})
+    assert [d for d, _ in _crash_then_rebound(lax)] == ["bar_outlier"]
+
+
+def test_a_split_on_a_day_that_gapped_is_still_a_split() -> None:
+    rng = random.Random(3)
+    suite, flags, c = DetectorSuite(), [], 100.0
+    for i, day in enumerate(weekdays(60)):
+        o = c * math.exp(rng.choice((-1, 1)) * 0.006)  # overnight gaps of 0.6%
+        c = o * math.exp(rng.gauss(0, 0.005))
+        k = 3.0 if i >= 50 else 1.0
+        o2 = o * (1.022 if i == 50 else 1.0)  # the split day gapped 2.2% (2.8% at most with its own gap)
+        flags += [(i, a.detector) for a in suite.update(bar(day, c / k, open=o2 / k))]
+    assert (50, "split_suspect") in flags
