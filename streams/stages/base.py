@@ -95,6 +95,9 @@ class BatchStage(Service):
         self.commit_failures = 0
         self.started_at = time.time()
         self._commit_task: asyncio.Future[None] | None = None
+        # Per partition, the first offset this owner may process (set by a subclass that reads the committed
+        # offsets itself on assignment): records below it, fetched before, are dropped, never re-processed.
+        self.floor: dict[TopicPartition, int] = {}
 
     def stuck(self, lag: int, now: float, after: float) -> bool:
         """Owns partitions with lag, yet no batch finished for `after` seconds."""
@@ -118,6 +121,9 @@ class BatchStage(Service):
             client_id=f"tickflow-{self.stage}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Only records of committed transactions (the validate stage's outputs, streams/stages/validate.py);
+            # records of non-transactional producers (the raw topics) are read as before.
+            isolation_level="read_committed",
             max_poll_records=self.max_records,
             fetch_max_wait_ms=self.poll_timeout_ms,
             max_partition_fetch_bytes=2 * 1024 * 1024,
@@ -166,6 +172,10 @@ class BatchStage(Service):
             if not batch:
                 continue
             async with self.batch_lock:
+                if self.floor:
+                    batch = self.above_floor(batch)
+                    if not batch:
+                        continue
                 records = [r for tp in sorted(batch) for r in batch[tp]]
                 try:
                     held = await self.process(records) or set()
@@ -181,14 +191,29 @@ class BatchStage(Service):
                             consumer.seek(tp, batch[tp][0].offset)
                     consumer.pause(*held)
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs and tp not in held}
-                faults.reach(f"{self.stage}.before_offset_commit")
-                # The commit overlaps the next fetch (one round trip off every record's latency); the next
-                # batch's commit, a revocation and a stop all wait for it first, so commits stay in order.
-                await self.flush_commit()
-                if offsets:  # empty when every partition of the batch was held back
-                    self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets))
+                await self.commit_offsets(consumer, batch, offsets)
                 self.batches += 1
                 self.last_batch_at = time.time()
+
+    def above_floor(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
+        out = {}
+        for tp, msgs in batch.items():
+            low = self.floor.get(tp)
+            kept = msgs if low is None or not msgs or msgs[0].offset >= low else [m for m in msgs if m.offset >= low]
+            if kept:
+                out[tp] = kept
+        return out
+
+    async def commit_offsets(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]],
+                             offsets: dict[TopicPartition, int]) -> None:
+        """At-least-once: the batch's outputs are acknowledged (process returned); commit its offsets. A stage
+        that commits its offsets inside a transaction overrides this."""
+        faults.reach(f"{self.stage}.before_offset_commit")
+        # The commit overlaps the next fetch (one round trip off every record's latency); the next
+        # batch's commit, a revocation and a stop all wait for it first, so commits stay in order.
+        await self.flush_commit()
+        if offsets:  # empty when every partition of the batch was held back
+            self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets))
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         delay = 0.2

@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import InvalidProducerEpoch, MessageSizeTooLargeError, ProducerFenced
 
 from streams.app import app
+from streams.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 
@@ -181,3 +182,129 @@ async def send_all(messages: Sequence[Outgoing], *, max_delay: float = 10.0) -> 
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, max_delay)
         pending = failed
+
+
+# ------------------------------------------------------------------------------------------ exactly-once
+
+# The producer is fenced: another one took this transactional id (the partition has a new owner), or its
+# transaction outlived transaction_timeout_ms. Either way this process must not write for the partition again.
+FENCED = (ProducerFenced, InvalidProducerEpoch)
+
+
+def transactional_id(group_id: str, tp: TopicPartition) -> str:
+    """One id per input partition (Kafka Streams' EOS v1 scheme): whoever owns the partition next, a restarted
+    worker or another one, starts a producer with the same id and so fences the zombie and aborts its open
+    transaction. (The per-consumer KIP-447 scheme needs TxnOffsetCommit v3 with the group's generation;
+    aiokafka 0.14 sends v0 with the group id only, so the broker could not fence a paused zombie by it.)"""
+    return f"{group_id}-{tp.topic}-{tp.partition}"
+
+
+class PartitionTransactions:
+    """Exactly-once from a stage's input partitions into its output topics: per input partition, one
+    transactional producer; per batch and partition, one transaction that holds the outputs and the
+    partition's next offset (`send_offsets_to_transaction`), so outputs and offsets commit together or not
+    at all, and read_committed consumers never see the outputs of a batch whose offsets did not commit."""
+
+    def __init__(self, kafka: KafkaSettings, group_id: str, client_id: str = "tickflow") -> None:
+        self.kafka = kafka
+        self.group_id = group_id
+        self.client_id = client_id
+        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self.fenced = 0
+        self.aborted = 0
+
+    def _producer(self, tp: TopicPartition) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            client_id=f"{self.client_id}-{tp.topic}-{tp.partition}",
+            transactional_id=transactional_id(self.group_id, tp),
+            transaction_timeout_ms=self.kafka.transaction_timeout_ms,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=self.kafka.producer_linger_ms,
+            max_batch_size=self.kafka.producer_max_batch_bytes,
+            max_request_size=4 * 1024 * 1024 + 64 * 1024,  # as Faust's producer (streams/app.py)
+            **self.kafka.client_kwargs(),
+        )
+
+    async def open(self, tps: set[TopicPartition]) -> None:
+        """Start (init_transactions: fence the previous owner, finish its open transaction) a producer for
+        every partition of `tps` that has none. Must complete before the partitions' committed offsets are read."""
+        new = {tp: self._producer(tp) for tp in tps if tp not in self.producers}
+        results = await asyncio.gather(*(p.start() for p in new.values()), return_exceptions=True)
+        failed = [(tp, r) for (tp, p), r in zip(new.items(), results, strict=True) if isinstance(r, BaseException)]
+        for tp, p in new.items():
+            if all(tp != f for f, _ in failed):
+                self.producers[tp] = p
+        if failed:
+            await asyncio.gather(*(new[tp].stop() for tp, _ in failed), return_exceptions=True)
+            raise failed[0][1]
+
+    async def close(self, tps: set[TopicPartition] | None = None) -> None:
+        """Stop the producers of `tps` (all when None); an open transaction of theirs is aborted by the broker
+        when the next owner fences it."""
+        gone = [self.producers.pop(tp) for tp in list(self.producers) if tps is None or tp in tps]
+        await asyncio.gather(*(p.stop() for p in gone), return_exceptions=True)
+
+    async def commit(self, tp: TopicPartition, messages: Sequence[Outgoing], next_offset: int,
+                     before_commit: Callable[[], None] = lambda: None, max_delay: float = 10.0) -> bool:
+        """One transaction: `messages` and the offset `next_offset` of `tp` for the group. Retried whole (abort,
+        then again) until it commits; False, with nothing committed, when this producer is fenced (the
+        partition has another owner, which reads the batch again)."""
+        pending = list(messages)
+        delay = 0.1
+        while True:
+            producer = self.producers.get(tp)
+            if producer is None:
+                return False
+            try:
+                await producer.begin_transaction()
+                results = await _send_batched(producer, pending) if pending else []
+                failed = [r for r in results if r is not None]
+                if failed:
+                    pending = [_shrink(m) if isinstance(r, MessageSizeTooLargeError) else m
+                               for m, r in zip(pending, results, strict=True)]
+                    raise failed[0]
+                await producer.send_offsets_to_transaction({tp: next_offset}, self.group_id)
+                before_commit()
+                await producer.commit_transaction()
+                return True
+            except FENCED as exc:
+                self.fenced += 1
+                logger.warning("%s: transactional producer fenced (%r): the partition has a new owner; this "
+                               "batch is not committed", transactional_id(self.group_id, tp), exc)
+                await self.close({tp})
+                return False
+            except Exception as exc:  # an outage, a send refused: abort, and the same outputs again
+                self.aborted += 1
+                logger.warning("%s: transaction failed (%r); aborting, retrying in %.1f s",
+                               transactional_id(self.group_id, tp), exc, delay)
+                if not await self._abort(tp, producer):
+                    return False
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, max_delay)
+
+    async def _abort(self, tp: TopicPartition, producer: AIOKafkaProducer) -> bool:
+        """Abort the open transaction; a producer that cannot abort (a fatal state) is replaced by a new one
+        with the same id, which aborts it on the broker. False when fenced meanwhile."""
+        try:
+            if producer._txn_manager is not None and producer._txn_manager.is_in_transaction():
+                await producer.abort_transaction()
+            return True
+        except FENCED:
+            self.fenced += 1
+            await self.close({tp})
+            return False
+        except Exception as exc:
+            logger.warning("%s: abort failed (%r); starting a new producer", transactional_id(self.group_id, tp),
+                           exc)
+        await self.close({tp})
+        while True:
+            try:
+                await self.open({tp})
+                return True
+            except FENCED:
+                return False
+            except Exception as exc:
+                logger.warning("%s: producer not started (%r); retrying", transactional_id(self.group_id, tp), exc)
+                await asyncio.sleep(1.0)

@@ -11,8 +11,15 @@ Writes: ticks.clean (canonical MarketDataPoint JSON, key = symbol) for valid rec
 Bad data is caught per record and dead-lettered; nothing is dropped silently and the worker never dies
 of a record. A source whose records are mostly rejected (a provider changed its format, a bad deploy) trips
 its own circuit breaker: that source's partitions are paused, uncommitted, for a cool-down, and the other
-sources go on (streams/rules.py SourceBreakers). A batch's source offsets are committed only after every
-output of the batch is acknowledged by the broker (streams/stages/base.py says why this stage owns its commits).
+sources go on (streams/rules.py SourceBreakers).
+
+Delivery (kafka.exactly_once, default true): per batch and input partition, one Kafka transaction holds the
+partition's outputs and its next offset (streams/stages/publish.py PartitionTransactions), so a consumer that
+reads with isolation_level=read_committed (the write and archive stages do) sees each output exactly once, also
+after a kill -9 anywhere in the batch. Each input partition has its own transactional producer, started (which
+fences the partition's previous owner and ends its open transaction) before the partition's committed offset
+is read. With exactly_once false: at-least-once, a batch's offsets committed after every output is
+acknowledged (streams/stages/base.py says why this stage owns its commits).
 """
 
 from __future__ import annotations
@@ -26,18 +33,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams import contract, faults
 from streams.app import app, settings
 from streams.catalog import Catalog
 from streams.errors import RejectedRecord
 from streams.models import MarketDataPoint
 from streams.rules import SourceBreakers, Validator
 from streams.stages import metrics
-from streams.stages.base import BatchStage, stage_service
+from streams.stages.base import BatchStage, consumer_group, stage_service
 from streams.stages.detect import AnomalyTracker, anomaly_state, event_for
 from streams.stages.metrics import Emit, MetricsDelta, SourceDelta
-from streams.stages.publish import Outgoing, Rejection, Send, send_all
+from streams.stages.publish import Outgoing, PartitionTransactions, Rejection, Send, send_all
 from streams.stages.topics import catalog
 
 logger = logging.getLogger(__name__)
@@ -50,6 +58,12 @@ YIELD_EVERY = 200  # records between two pauses for the other tasks of the worke
 def _ingested_at(ms: int) -> datetime:
     """A producer timestamp as a datetime; records arrive in runs with the same millisecond, so remembered."""
     return datetime.fromtimestamp(ms / 1000.0, UTC)
+
+
+def _published(kind: str, ms: int | None) -> tuple[float | None, list[tuple[str, bytes]]]:
+    """streams/contract.py: a clean or anomaly record's Kafka timestamp is its event time, and it names its schema
+    and content type in headers. Returns Outgoing's (timestamp, headers)."""
+    return contract.outgoing_seconds(ms), contract.headers(kind)
 
 
 class Router:
@@ -85,7 +99,8 @@ class Router:
                 events, quarantine = self.detect(point, source, d, now)
             if quarantine is None:
                 d.valid += 1
-                return [*events, Outgoing(self.clean_topic, point.symbol.encode(), point.to_json())]
+                return [*events, Outgoing(self.clean_topic, point.symbol.encode(), point.to_json(),
+                                          *_published(contract.CLEAN, contract.event_time_ms(point.timestamp)))]
             (rule, error), exc_name = quarantine, "Anomaly"
         except RejectedRecord as rej:
             rule, error, exc_name = rej.rule, rej.reason, type(rej).__name__
@@ -114,11 +129,13 @@ class Router:
             event = event_for(a, source)
             d.recent.append(
                 {k: event[k] for k in ("detector", "symbol", "score", "threshold", "kind", "message", "detected_at")})
-            events.append(Outgoing(self.anomalies_topic, point.symbol.encode(), orjson.dumps(event, default=str)))
+            events.append(Outgoing(self.anomalies_topic, point.symbol.encode(), orjson.dumps(event, default=str),
+                                   *_published(contract.ANOMALIES, contract.anomaly_time_ms(event))))
             if a.details.get("follow_up"):  # a verdict on an EARLIER bar (confirmed by this one): a newer revision
                 rev = {**a.record, "flags": [*a.record.get("flags", ()), f"anomaly:{a.detector}"],
                        "ingested_at": datetime.now(UTC).isoformat()}  # of that bar's row, flagged
-                events.append(Outgoing(self.clean_topic, point.symbol.encode(), orjson.dumps(rev)))
+                events.append(Outgoing(self.clean_topic, point.symbol.encode(), orjson.dumps(rev),
+                                       *_published(contract.CLEAN, contract.event_time_ms(rev["timestamp"]))))
                 continue
             if a.kind == "tick":
                 point.flags.append(f"anomaly:{a.detector}")
@@ -136,8 +153,9 @@ class Router:
         out = []
         for source, a in self.anomalies.check_stale(now):
             delta.of(source).count_anomaly(a.detector)
-            out.append(Outgoing(self.anomalies_topic, a.symbol.encode(),
-                                orjson.dumps(event_for(a, source), default=str)))
+            event = event_for(a, source)
+            out.append(Outgoing(self.anomalies_topic, a.symbol.encode(), orjson.dumps(event, default=str),
+                                *_published(contract.ANOMALIES, contract.anomaly_time_ms(event))))
         return out, delta
 
 
@@ -146,29 +164,35 @@ class ValidateTicks(BatchStage):
 
     stage = STAGE
 
-    def __init__(self, *, router: Router, breakers: SourceBreakers, send: Send, emit: Emit, **kwargs: Any) -> None:
+    def __init__(self, *, router: Router, breakers: SourceBreakers, send: Send, emit: Emit,
+                 transactions: PartitionTransactions | None = None, **kwargs: Any) -> None:
+        """`transactions`: exactly-once (outputs and offsets in one transaction per input partition); None:
+        at-least-once through `send`."""
         super().__init__(**kwargs)
         self.router = router
         self.breakers = breakers
         self.send = send
         self.emit = emit
+        self.transactions = transactions
+        self._outputs: dict[TopicPartition, list[Outgoing]] = {}
 
     async def process(self, records: list[Any]) -> set[TopicPartition] | None:
         delta = MetricsDelta()
         router, breakers, rejected_topic = self.router, self.breakers, self.router.rejected_topic
-        out_by_source: dict[str, list[Outgoing]] = {}
+        out_by_tp: dict[TopicPartition, list[Outgoing]] = {}
         now = time.time()
         topic: str | None = None
+        partition = -1
         for i, rec in enumerate(records):
             if i % YIELD_EVERY == 0 and i:
                 # A batch is ~100 ms of CPU; without a pause the write stage (same event loop) waits that long at
                 # each of its awaits, falls behind, and the committed-rows rate drops to half the validated rate.
                 await asyncio.sleep(0)
-            if rec.topic != topic:  # records come grouped by partition: look the source up once per run
-                topic = rec.topic
+            if rec.topic != topic or rec.partition != partition:  # records come grouped by partition
+                topic, partition = rec.topic, rec.partition
                 source = router.source_of(topic)
                 breaker = breakers.breaker(source)
-                out = out_by_source.setdefault(source, [])
+                out = out_by_tp.setdefault(TopicPartition(topic, partition), [])
             routed = router.route(rec, delta, now, source)
             breaker.record(routed[-1].topic == rejected_topic)
             out.extend(routed)
@@ -179,16 +203,66 @@ class ValidateTicks(BatchStage):
                 "partitions for %.0f s instead of dead-lettering them (the other sources go on). Rules: %s",
                 source, opened.rejected, opened.window, breakers.ratio * 100, breakers.cooldown,
                 ", ".join(f"{k} {v}" for k, v in opened.rules.items()))
-        held = {s for s in out_by_source if breakers.is_open(s)}
+        held = {s for s in {router.source_of(tp.topic) for tp in out_by_tp} if breakers.is_open(s)}
         for source in held:  # nothing of these is sent, counted or committed: it is read again after the pause
             delta.drop(source)
+        held_tps = {tp for tp in out_by_tp if router.source_of(tp.topic) in held}
         if router.anomalies is not None:
             router.anomalies.save()
-        await self.send([m for s, msgs in out_by_source.items() if s not in held for m in msgs])
+        if self.transactions is None:
+            await self.send([m for tp, msgs in out_by_tp.items() if tp not in held_tps for m in msgs])
+        else:  # sent in the partitions' transactions, with their offsets (commit_offsets)
+            self._outputs = {tp: msgs for tp, msgs in out_by_tp.items() if tp not in held_tps}
         await self.emit(delta)
-        if not held:
-            return None
-        return {TopicPartition(r.topic, r.partition) for r in records if router.source_of(r.topic) in held}
+        return held_tps or None
+
+    async def commit_offsets(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]],
+                             offsets: dict[TopicPartition, int]) -> None:
+        """Exactly-once: per input partition, its outputs and next offset in one transaction (in parallel). A
+        partition whose transaction did not commit (fenced, or no producer) is rewound to the batch's first record
+        and claimed again (a new producer fences whoever wrote for it; its committed offset is read again)."""
+        if self.transactions is None:
+            await super().commit_offsets(consumer, batch, offsets)
+            return
+        outputs, self._outputs = self._outputs, {}
+        txns = self.transactions
+        tps = sorted(offsets)
+        done = await asyncio.gather(*(txns.commit(tp, outputs.get(tp, []), offsets[tp], self._before_commit)
+                                      for tp in tps))
+        lost = {tp for tp, ok in zip(tps, done, strict=True) if not ok} & self.assignment()
+        if lost:
+            self.commit_failures += len(lost)
+            for tp in lost:
+                consumer.seek(tp, batch[tp][0].offset)
+            await self.claim(lost)
+
+    def _before_commit(self) -> None:
+        faults.reach(f"{self.stage}.before_offset_commit")
+
+    async def claim(self, tps: set[TopicPartition]) -> None:
+        """Become the only writer for `tps`: a new transactional producer per partition (fencing the previous
+        owner, whose open transaction the broker ends), THEN their committed offsets, read again (aiokafka read
+        them as the assignment came, perhaps before a zombie's last transaction ended): the consumer starts
+        there and drops anything it fetched below."""
+        consumer, txns = self.consumer, self.transactions
+        if consumer is None or txns is None or not tps:
+            return
+        await txns.close(tps)
+        try:
+            await txns.open(tps)
+            committed = await asyncio.gather(*(consumer.committed(tp) for tp in sorted(tps)))
+        except Exception as exc:  # a partition without a producer is claimed again after its next batch
+            logger.warning("%s: could not claim %d partitions (%r); retrying with their next batch", self.stage,
+                           len(tps), exc)
+            await txns.close(tps)
+            await asyncio.sleep(1.0)
+            return
+        for tp, offset in zip(sorted(tps), committed, strict=True):
+            if offset is None:
+                self.floor.pop(tp, None)
+            else:
+                consumer.seek(tp, offset)
+                self.floor[tp] = offset
 
     def resumable(self) -> set[TopicPartition]:
         due = self.breakers.due()
@@ -199,6 +273,9 @@ class ValidateTicks(BatchStage):
         return {tp for tp in self.assignment() if self.router.source_of(tp.topic) in due}
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self.transactions is not None:
+            async with self.batch_lock:  # no batch of these partitions before their producers fenced the old owner
+                await self.claim(assigned)
         # A partition of an open source that comes (back) to us stays paused until the cool-down ends.
         paused = {tp for tp in assigned if self.breakers.is_open(self.router.source_of(tp.topic))}
         if paused and self.consumer is not None:
@@ -209,6 +286,15 @@ class ValidateTicks(BatchStage):
         if self.router.anomalies is not None:
             self.router.anomalies.save(force=True)
             self.router.anomalies.forget()
+        if self.transactions is not None:  # the next owner's producers fence these anyway; close ours cleanly
+            await self.transactions.close(revoked)
+        for tp in revoked:
+            self.floor.pop(tp, None)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if self.transactions is not None:
+            await self.transactions.close()
 
     async def check_stale(self, now: float | None = None) -> None:
         events, delta = self.router.stale_events(now)
@@ -219,6 +305,10 @@ class ValidateTicks(BatchStage):
     def status(self) -> dict[str, Any]:
         now = self.breakers.clock()
         st = super().status()
+        txns = self.transactions
+        st["exactly_once"] = txns is not None
+        if txns is not None:
+            st["transactions"] = {"producers": len(txns.producers), "fenced": txns.fenced, "aborted": txns.aborted}
         st["paused_sources"] = [
             {"source": o.source, "rejected": o.rejected, "window": o.window, "rules": o.rules,
              "resumes_in_seconds": round(max(0.0, self.breakers.cooldown - (now - o.opened_at)), 1)}
@@ -240,6 +330,8 @@ stage = stage_service(app, ValidateTicks(
     breakers=SourceBreakers(_v.circuit_breaker_ratio, _v.circuit_breaker_window, _v.circuit_breaker_cooldown_seconds),
     send=send_all,
     emit=metrics.emit,
+    transactions=PartitionTransactions(settings.kafka, consumer_group(settings.worker.app_id, STAGE),
+                                       f"tickflow-{STAGE}") if settings.kafka.exactly_once else None,
     kafka=settings.kafka,
     app_id=settings.worker.app_id,
     topics=[t.name for t in catalog.by_role("raw")],

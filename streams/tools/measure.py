@@ -116,8 +116,9 @@ async def read_topic(bootstrap: str, topic: str, **client_kwargs: Any) -> list[A
         while remaining:
             for tp, msgs in (await c.getmany(timeout_ms=1000)).items():
                 out.extend(m for m in msgs if m.offset < ends[tp])
-                if msgs and msgs[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
+            # By position, not by the last record's offset: a transaction's commit/abort marker (and aborted
+            # records, read_committed) take offsets no record is returned for, up to the end.
+            remaining = {tp for tp in remaining if await c.position(tp) < ends[tp]}
         return out
     finally:
         await c.stop()

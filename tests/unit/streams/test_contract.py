@@ -271,3 +271,34 @@ def test_the_seconds_handed_to_the_sender_come_back_as_the_same_ms(ms: int) -> N
     # streams/stages/publish.py (and Faust) turn Outgoing.timestamp into int(seconds * 1000)
     seconds = contract.outgoing_seconds(ms)
     assert seconds is not None and int(seconds * 1000) == ms
+
+
+# ------------------------------------------------------------------------- wired into the validate stage
+
+
+def test_the_validate_stage_stamps_clean_and_anomaly_records() -> None:
+    r = router()
+    out = route(r, [*KINDS, {**KINDS[0], "price": 2e12, "item_id": "t2"}])
+    closes = [100 + 0.1 * ((i * 7) % 5) for i in range(60)] + [150.0, 100.2]
+    out += route(r, [bar(i, c) for i, c in enumerate(closes)])
+    ticks = [{"symbol": "IBM", "timestamp": (T0 + timedelta(seconds=i)).isoformat(), "source": "simulated",
+              "price": 160.0 + i / 100} for i in range(10)]
+    out += route(r, ticks, step=1.0)
+    stale, _ = r.stale_events(T0.timestamp() + 120)
+    out += stale
+    out += r.route(Rec(RAW, 99, b'{"sym": "AAPL"}'), MetricsDelta(), T0.timestamp())
+    seen = {"ticks.clean": 0, "ticks.anomalies": 0, "ticks.rejected": 0}
+    for m in out:
+        seen[m.topic] += 1
+        doc = orjson.loads(m.value or b"")
+        if m.topic == "ticks.rejected":
+            assert m.timestamp == Rec.timestamp / 1000 and "content-type" not in dict(m.headers or [])
+            continue
+        kind = contract.CLEAN if m.topic == "ticks.clean" else contract.ANOMALIES
+        assert m.headers == contract.headers(kind)
+        assert m.timestamp is not None
+        want = (contract.event_time_ms(doc["timestamp"]) if kind == contract.CLEAN
+                else contract.anomaly_time_ms(doc))
+        assert int(m.timestamp * 1000) == want  # what publish.py hands the broker, to the millisecond
+    assert seen["ticks.clean"] >= 70 and seen["ticks.anomalies"] >= 3 and seen["ticks.rejected"] == 1
+    assert any(orjson.loads(m.value or b"")["kind"] == "feed" for m in stale)

@@ -58,6 +58,7 @@ class FakeConsumer:
         self.paused: set[TopicPartition] = set()
         self.seeks: dict[TopicPartition, int] = {}
         self.commits: list[dict[TopicPartition, int]] = []
+        self.committed_offsets: dict[TopicPartition, int] = {}
         self.stage: BatchStage | None = None
 
     def assignment(self) -> set[TopicPartition]:
@@ -81,6 +82,41 @@ class FakeConsumer:
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(offsets)
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.committed_offsets.get(tp)
+
+
+class FakeTransactions:
+    """PartitionTransactions' interface, recording: which partitions have a producer (open/close), and per
+    transaction the partition, its messages and offset; `fence` names partitions whose next commit is fenced."""
+
+    def __init__(self) -> None:
+        self.producers: dict[TopicPartition, object] = {}
+        self.committed: list[tuple[TopicPartition, list[Outgoing], int]] = []
+        self.opened: list[set[TopicPartition]] = []
+        self.fence: set[TopicPartition] = set()
+        self.fenced = self.aborted = 0
+        self.hook_calls = 0
+
+    async def open(self, tps: set[TopicPartition]) -> None:
+        self.opened.append(set(tps))
+        self.producers.update({tp: object() for tp in tps})
+
+    async def close(self, tps: set[TopicPartition] | None = None) -> None:
+        for tp in list(self.producers):
+            if tps is None or tp in tps:
+                del self.producers[tp]
+
+    async def commit(self, tp: TopicPartition, messages: Sequence[Outgoing], next_offset: int,
+                     before_commit: Any = None) -> bool:
+        if tp in self.fence or tp not in self.producers:
+            self.fence.discard(tp)
+            return False
+        before_commit()
+        self.hook_calls += 1
+        self.committed.append((tp, list(messages), next_offset))
+        return True
 
 
 @dataclass
@@ -155,3 +191,69 @@ def test_router_quarantine_and_metrics_are_per_source() -> None:
     routed: list[Any] = router.route(good(1), delta) + router.route(bad(1), delta)
     assert [m.topic for m in routed] == [clean_topic_name, rejected_topic_name]
     assert delta.of("simulated").valid == 1 and delta.of("replay").rejected == 1
+
+
+def make_eos_stage(clock: Clock, out: Collected, txns: FakeTransactions) -> ValidateTicks:
+    return ValidateTicks(router=Router(Validator(ValidationSettings()), catalog),
+                         breakers=SourceBreakers(0.5, 10, 60.0, clock=clock), send=out.send, emit=out.emit,
+                         transactions=txns,  # type: ignore[arg-type]
+                         kafka=KafkaSettings(), app_id="unit", topics=[GOOD, BAD])
+
+
+async def test_exactly_once_puts_each_partitions_outputs_and_offset_in_its_own_transaction() -> None:
+    """Nothing goes through the plain sender and the consumer commits nothing itself: per input partition one
+    transaction with exactly that partition's outputs and next offset; the held-back partition has none."""
+    clock, out, txns = Clock(), Collected(), FakeTransactions()
+    stage = make_eos_stage(clock, out, txns)
+    g0, g1, b = TopicPartition(GOOD, 0), TopicPartition(GOOD, 1), TopicPartition(BAD, 0)
+    second = [Rec(GOOD, i, good(i).value, partition=1) for i in range(40, 43)]
+    consumer = FakeConsumer({g0, g1, b}, [{g0: [good(i) for i in range(5, 25)], g1: second,
+                                           b: [bad(i) for i in range(100, 120)]}])
+    consumer.stage = stage
+    stage.consumer = consumer  # type: ignore[assignment]
+    await stage.on_assigned({g0, g1, b})
+    assert txns.opened == [{g0, g1, b}] and consumer.seeks == {}  # nothing committed yet: no seek
+    await stage._run()
+    await stage.flush_commit()
+    assert out.sent == [] and consumer.commits == []
+    by_tp = {tp: (msgs, off) for tp, msgs, off in txns.committed}
+    assert set(by_tp) == {g0, g1}
+    assert by_tp[g0][1] == 25 and by_tp[g1][1] == 43
+    assert [orjson.loads(m.value)["item_id"] for m in by_tp[g0][0]] == [str(i) for i in range(5, 25)]
+    assert [orjson.loads(m.value)["item_id"] for m in by_tp[g1][0]] == ["40", "41", "42"]
+    assert consumer.seeks == {b: 100} and consumer.paused == {b}  # held back, as at-least-once
+    assert stage.status()["transactions"]["producers"] == 3
+
+
+async def test_a_fenced_partition_is_rewound_claimed_again_and_never_reprocessed_below_its_committed_offset(
+        ) -> None:
+    clock, out, txns = Clock(), Collected(), FakeTransactions()
+    stage = make_eos_stage(clock, out, txns)
+    g = TopicPartition(GOOD, 0)
+    consumer = FakeConsumer({g}, [{g: [good(i) for i in range(0, 10)]},
+                                  {g: [good(i) for i in range(0, 12)]},  # fetched again from the old offset
+                                  {g: [good(i) for i in range(12, 15)]}])
+    consumer.stage = stage
+    stage.consumer = consumer  # type: ignore[assignment]
+    await stage.on_assigned({g})
+    txns.fence = {g}
+    consumer.committed_offsets = {g: 8}  # another owner committed up to 8 meanwhile
+    await stage._run()
+    # The fenced batch: rewound to its first record, then claimed (new producer, THEN the committed offset).
+    assert txns.opened == [{g}, {g}] and consumer.seeks == {g: 8}
+    assert stage.commit_failures == 1
+    # Below 8 nothing is processed again; the next transactions start at 8.
+    assert [(off, [orjson.loads(m.value)["item_id"] for m in msgs]) for _, msgs, off in txns.committed] == [
+        (12, [str(i) for i in range(8, 12)]), (15, ["12", "13", "14"])]
+
+
+async def test_at_least_once_when_there_are_no_transactions() -> None:
+    clock, out = Clock(), Collected()
+    stage = make_stage(clock, out)
+    g = TopicPartition(GOOD, 0)
+    consumer = FakeConsumer({g}, [{g: [good(i) for i in range(3)]}])
+    consumer.stage = stage
+    stage.consumer = consumer  # type: ignore[assignment]
+    await stage._run()
+    await stage.flush_commit()
+    assert len(out.sent) == 3 and consumer.commits == [{g: 3}] and stage.status()["exactly_once"] is False
