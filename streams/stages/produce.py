@@ -107,10 +107,16 @@ class SourceSupervisor:
 
     def status(self) -> list[dict[str, Any]]:
         """Every source's state, for /health, the dashboard and /metrics (errors already redacted)."""
+        by_key = {f"{s.name}:{type(s).__name__}": s for s in self.sources}
         out = []
-        for st in sorted(self.states.values(), key=lambda s: (s.source, s.kind)):
+        for key, st in sorted(self.states.items(), key=lambda kv: (kv[1].source, kv[1].kind)):
             d = asdict(st)
             del d["failures_in_row"]
+            # The provider's own counters (producers/*.py keep Counters): payloads of an unexpected shape per
+            # endpoint, and answers for unknown symbols (summed over symbols: labels stay bounded).
+            source = by_key.get(key)
+            d["unexpected"] = {str(k): int(v) for k, v in (getattr(source, "unexpected", None) or {}).items()}
+            d["unknown_symbols"] = sum(int(v) for v in (getattr(source, "unknown", None) or {}).values())
             out.append(d)
         return out
 

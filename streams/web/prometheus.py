@@ -104,12 +104,31 @@ class TableCollector(Collector):
                                labels=["source", "kind"])
         failures = CounterMetricFamily("tickflow_source_failures", "Times the source failed and was restarted.",
                                        labels=["source", "kind"])
+        unexpected = CounterMetricFamily("tickflow_source_unexpected",
+                                         "Provider payloads of a shape nothing could read, per endpoint.",
+                                         labels=["source", "endpoint"])
+        unknown = CounterMetricFamily("tickflow_source_unknown_symbols",
+                                      "Provider answers saying a configured symbol or series does not exist.",
+                                      labels=["source"])
+        per_endpoint: dict[tuple[str, str], float] = {}
+        per_source: dict[str, float] = {}
         for st in sorted(self.sources, key=lambda s: (str(s.get("source")), str(s.get("kind")))):
-            labels = [str(st.get("source")), str(st.get("kind"))]
+            name = str(st.get("source"))
+            labels = [name, str(st.get("kind"))]
             up.add_metric(labels, 1.0 if st.get("state") == "running" else 0.0)
             failures.add_metric(labels, float(st.get("failures", 0)))
+            for endpoint, n in (st.get("unexpected") or {}).items():  # one source may run as several kinds
+                per_endpoint[(name, str(endpoint))] = per_endpoint.get((name, str(endpoint)), 0.0) + float(n)
+            if "unknown_symbols" in st:
+                per_source[name] = per_source.get(name, 0.0) + float(st["unknown_symbols"])
+        for (name, endpoint), n in sorted(per_endpoint.items()):
+            unexpected.add_metric([name, endpoint], n)
+        for name, n in sorted(per_source.items()):
+            unknown.add_metric([name], n)
         yield up
         yield failures
+        yield unexpected
+        yield unknown
 
 
 def render(values: dict[str, dict[str, Any]], lag: dict[str, int] | None, sources: list[dict[str, Any]],

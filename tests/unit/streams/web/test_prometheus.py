@@ -77,3 +77,52 @@ def test_latency_histogram_is_cumulative_in_seconds() -> None:
 def test_lag_failure_and_empty_table_still_render() -> None:
     fams = _samples(render({}, None, [], now=0.0).decode())
     assert fams["tickflow_consumer_lag"] == [] and fams["tickflow_points_processed"] == []
+
+
+def test_provider_counters_per_source_and_endpoint() -> None:
+    """The providers' unexpected-shape and unknown-symbol counters (SourceSupervisor.status()) reach /metrics;
+    two kinds of one source add up under the source's name."""
+    sources = [
+        {"source": "finnhub", "kind": "FinnhubQuotes", "state": "running", "failures": 0,
+         "unexpected": {"quote": 2, "stock/candle": 1}, "unknown_symbols": 3},
+        {"source": "finnhub", "kind": "FinnhubCandles", "state": "running", "failures": 0,
+         "unexpected": {"quote": 1}, "unknown_symbols": 4},
+        {"source": "yahoo", "kind": "YahooSource", "state": "running", "failures": 0, "unexpected": {},
+         "unknown_symbols": 0},
+    ]
+    fams = _samples(render({}, None, sources, now=1.0).decode())
+    unexpected = fams["tickflow_source_unexpected"]
+    assert _one(unexpected, "tickflow_source_unexpected_total", source="finnhub", endpoint="quote") == 3
+    assert _one(unexpected, "tickflow_source_unexpected_total", source="finnhub", endpoint="stock/candle") == 1
+    assert not [s for s in unexpected if s.labels.get("source") == "yahoo"]
+    unknown = fams["tickflow_source_unknown_symbols"]
+    assert _one(unknown, "tickflow_source_unknown_symbols_total", source="finnhub") == 7
+    assert _one(unknown, "tickflow_source_unknown_symbols_total", source="yahoo") == 0
+
+
+def test_supervisor_status_carries_the_providers_own_counters() -> None:
+    """SourceSupervisor.status() reads the source's `unexpected` and `unknown` Counters, so /metrics shows them."""
+    from collections import Counter
+
+    from streams.stages.produce import SourceSupervisor
+
+    class Feed:
+        name = "fred"
+
+        def __init__(self) -> None:
+            self.unexpected: Counter[str] = Counter({"observations": 2})
+            self.unknown: Counter[str] = Counter({"NOSUCH": 2, "TYPO": 1})
+
+    async def send(*_: object) -> None:
+        return None
+
+    feed = Feed()
+    sup = SourceSupervisor([feed], send=send, topic_for=lambda s: f"raw.{s}")  # type: ignore[list-item]
+    sup._state(feed)  # type: ignore[arg-type]  # what running it records first
+    feed.unexpected["series"] += 1
+    (st,) = sup.status()
+    assert st["unexpected"] == {"observations": 2, "series": 1} and st["unknown_symbols"] == 3
+    fams = _samples(render({}, None, sup.status(), now=1.0).decode())
+    assert _one(fams["tickflow_source_unexpected"], "tickflow_source_unexpected_total", source="fred",
+                endpoint="series") == 1
+    assert _one(fams["tickflow_source_unknown_symbols"], "tickflow_source_unknown_symbols_total", source="fred") == 3
