@@ -411,10 +411,13 @@ async def replay_dead_letters(rule: str | None, source: str | None, rate: float,
     settings = get_settings()
     cat = catalog_of(settings.kafka)
     dlq = cat.one("rejected").name
-    raw_names = {t.name for t in cat.by_role("raw")}
+    # Dead letters go back where they were refused: a raw topic (the validate stage's) or the clean topic
+    # (the write stage's, after the database problem that refused them is fixed).
+    raw_names = {t.name for t in cat.by_role("raw")} | {cat.one("clean").name}
     wanted_topic = cat.raw(source).name if source else None
+    # read_committed: the validate stage writes dead letters in transactions; aborted ones are not dead letters.
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False,
-                                **settings.kafka.client_kwargs())
+                                isolation_level="read_committed", **settings.kafka.client_kwargs())
     try:
         await consumer.start()
     except BaseException:
@@ -469,8 +472,11 @@ async def replay_dead_letters(rule: str | None, source: str | None, rate: float,
                         origin = f"{tp.partition}:{m.offset}".encode()
                         await producer.send(target, m.value, key=m.key,
                                             headers=[*kept, ("tickflow.replayed_from", origin)])
-                    if m.offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
+            # Done with a partition once the consumer stands at its end: whether its last record matched the
+            # filters or not, and past transaction markers, which take offsets but are never returned.
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
         if producer is not None:
             await producer.flush()
     finally:
@@ -490,7 +496,8 @@ async def replay_dead_letters(rule: str | None, source: str | None, rate: float,
 @click.option("--dry-run", is_flag=True, help="Count what would be replayed; send nothing.")
 @friendly
 def replay_dlq(rule: str | None, source: str | None, rate: float, limit: int | None, dry_run: bool) -> int:
-    """Re-inject dead-lettered records into their raw topic after a fix (validation runs on them again)."""
+    """Re-inject dead letters into the topic that refused them (a raw topic: validation runs again; the clean
+    topic: the write stage tries again) after a fix."""
     with progress(None, "dead letters") as bar:
         total, scanned, matched = asyncio.run(replay_dead_letters(rule, source, rate, limit, dry_run, bar))
     click.echo(f"scanned {scanned:,}/{total:,} dead letters; {'would replay' if dry_run else 'replayed'} {matched:,}")
