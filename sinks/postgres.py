@@ -1,9 +1,10 @@
-"""PostgreSQL writer: COPY a batch into a per-connection staging table, then one upsert into market_data,
-all in one transaction.
+"""PostgreSQL writer: COPY a batch into a per-connection staging table, then an upsert into market_data
+(INSERT of the new keys, then UPDATE of newer revisions: see upsert_sql), all in one transaction.
 
 COPY is the fastest way into PostgreSQL; the staging hop keeps the write idempotent on the natural key (a
-replayed batch writes nothing twice) and applies the revision policy of sinks/base.py in one statement:
-immutable kinds keep their first write, revisable kinds their newest revision. Errors are sorted by
+replayed batch writes nothing twice) and applies the revision policy of sinks/base.py: immutable kinds keep
+their first write, revisable kinds their newest revision. market_data is partitioned by ts (migration 6):
+partitions are created ahead and dropped by retention through the schema's functions. Errors are sorted by
 `classify`: only errors about the data are SinkRefused; everything else is SinkUnavailable.
 """
 
@@ -104,10 +105,28 @@ def _date(value: Any) -> date | None:
     return date.fromisoformat(value) if value is not None else None
 
 
+# Big-integer rule (row_from_record): orjson writes integers from -2**63 to 2**64 - 1 only.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _bigints_as_text(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _bigints_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bigints_as_text(v) for v in value]
+    return value
+
+
 def _json_text(value: Any) -> str:
     if not value:
         return "{}"  # most records carry no metadata
-    text = orjson.dumps(value).decode()
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:  # an integer beyond 64 bits (anything else unwritable raises again below: a data error)
+        value = _bigints_as_text(value)
+        text = orjson.dumps(value).decode()
     # orjson writes U+0000 as the escape \u0000 (and a literal backslash as \\): only then walk the value.
     return orjson.dumps(_scrub(value)).decode() if "\\u0000" in text else text
 
@@ -120,6 +139,11 @@ def row_from_record(d: dict[str, Any]) -> tuple[Any, ...]:
     data_type, item_id, interval, headline, text, url), in each flag, and in every string of metadata,
     keys and values at any depth. PostgreSQL refuses U+0000 in text and jsonb, which would otherwise make
     it refuse the whole batch and force a bisection.
+
+    Big-integer rule: an integer in metadata (at any depth) that orjson cannot write, below -2**63 or above
+    2**64 - 1, is stored as its decimal string ("1180591620717411303424" for 2**70), so the row is built
+    instead of raising TypeError, which would count as a data error and bisect the batch. Every other
+    integer stays a JSON number.
     """
     g = d.get
     kind = _text(g("data_type", "tick"))
@@ -138,6 +162,7 @@ def row_from_record(d: dict[str, Any]) -> tuple[Any, ...]:
 
 _SOURCE_AT = MARKET_DATA_COLUMNS.index("source")
 _INGESTED_AT = MARKET_DATA_COLUMNS.index("ingested_at")
+_REVISION_AT = MARKET_DATA_COLUMNS.index("revision")
 
 
 def row_origin(row: tuple[Any, ...]) -> tuple[str, datetime | None]:
@@ -249,31 +274,40 @@ def insert_new_sql(schema: str, table: str, columns: Sequence[str], key: Sequenc
             f"ON CONFLICT ({conflict}) DO NOTHING")
 
 
-def upsert_sql(schema: str, *, dedupe: bool = True) -> str:
-    """The one statement that applies the revision policy to a staged batch (schema: quoted identifier).
+def upsert_sql(schema: str, *, dedupe: bool = True) -> tuple[str, str]:
+    """The two statements that apply the revision policy to a staged batch (schema: quoted identifier), run
+    in this order in the batch's transaction.
 
     1. DISTINCT ON the natural key keeps one row per key from the batch: the highest revision, and on a tie
-       the first staged (ctid follows COPY order: the staging table is emptied at every commit). Without
-       it, a key twice in one batch makes ON CONFLICT DO UPDATE fail (21000). `dedupe=False` skips this
-       sort for the usual batch whose keys are all distinct (checked by the caller).
-    2. The upsert inserts new keys; on a conflict it replaces the stored row only with a strictly larger
-       revision. Immutable kinds all have revision 0, so their first write stays (an exact re-send, or
-       any re-send, is a no-op); a stale revision of a revisable kind is ignored the same way.
-    3. xmax = 0 tells an inserted row from an updated one; rows not returned were ignored.
+       the first staged (ctid follows COPY order: the staging table is emptied at every commit). `dedupe=False`
+       skips this sort for the usual batch whose keys are all distinct (checked by the caller).
+    2. INSERT ... ON CONFLICT DO NOTHING inserts the new keys; RETURNING counts them per source.
+    3. UPDATE replaces a stored row only with a strictly larger revision; RETURNING counts them. Immutable
+       kinds all have revision 0, so their first write stays (any re-send is a no-op), and a stale revision
+       of a revisable kind is ignored the same way; the caller skips this statement for a batch with no
+       revision above 0.
+    Two statements, not one ON CONFLICT DO UPDATE: market_data is partitioned (migration 6), and PostgreSQL
+    15 returns no system column (the `xmax = 0` that told an insert from an update) from a partitioned
+    table. In READ COMMITTED the UPDATE takes a new snapshot, so a key another writer inserted while the
+    INSERT waited on it (and skipped) is seen and updated if ours is newer: no revision is lost.
     """
     cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
     key = ", ".join(f'"{c}"' for c in MARKET_DATA_KEY)
-    sets = ", ".join(f'"{c}" = excluded."{c}"' for c in MARKET_DATA_COLUMNS if c not in MARKET_DATA_KEY)
+    sets = ", ".join(f'"{c}" = s."{c}"' for c in MARKET_DATA_COLUMNS if c not in MARKET_DATA_KEY)
+    match = " AND ".join(f't."{c}" = s."{c}"' for c in MARKET_DATA_KEY)
     rows = (f"(SELECT DISTINCT ON ({key}) {cols} FROM {_STAGE} ORDER BY {key}, revision DESC, ctid) AS s"
-            if dedupe else _STAGE)
-    return (
-        f"WITH up AS (INSERT INTO {schema}.market_data AS t ({cols}) SELECT {cols} FROM {rows} "
-        f"ON CONFLICT ({key}) DO UPDATE SET {sets}, written_at = clock_timestamp() "
-        "WHERE excluded.revision > t.revision "
-        "RETURNING t.source, (t.xmax = 0) AS ins) "
-        "SELECT source, count(*) FILTER (WHERE ins)::int AS inserted, count(*) FILTER (WHERE NOT ins)::int "
-        "AS updated FROM up GROUP BY source"
+            if dedupe else f"{_STAGE} AS s")
+    insert = (
+        f"WITH ins AS (INSERT INTO {schema}.market_data AS t ({cols}) SELECT {cols} FROM {rows} "
+        f"ON CONFLICT ({key}) DO NOTHING RETURNING t.source) "
+        "SELECT source, count(*)::int AS n FROM ins GROUP BY source"
     )
+    update = (
+        f"WITH up AS (UPDATE {schema}.market_data AS t SET {sets}, written_at = clock_timestamp() "
+        f"FROM {rows} WHERE {match} AND s.revision > 0 AND s.revision > t.revision RETURNING t.source) "
+        "SELECT source, count(*)::int AS n FROM up GROUP BY source"
+    )
+    return insert, update
 
 
 def result_from_counts(staged: Counter[str], done: dict[str, tuple[int, int]]) -> WriteResult:
@@ -310,7 +344,8 @@ class PostgresTickWriter(BatchWriter):
 
     async def migrate(self) -> None:
         try:
-            conn = await asyncpg.connect(**self._connect_kwargs())
+            # No statement timeout: migration 6 copies market_data into its partitions (minutes for 10M rows).
+            conn = await asyncpg.connect(**{**self._connect_kwargs(), "command_timeout": None})
         except Exception as exc:
             raise classify(exc, f"connect {self.settings.dsn_for_display()}") from None
         try:
@@ -381,12 +416,16 @@ class PostgresTickWriter(BatchWriter):
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.copy_records_to_table(_STAGE, records=rows, columns=MARKET_DATA_COLUMNS)
                 distinct = len({r[:_KEY_LEN] for r in rows}) == len(rows)
-                counts = await conn.fetch(self._upsert_distinct if distinct else self._upsert)
+                insert, update = self._upsert_distinct if distinct else self._upsert
+                inserted = {r["source"]: r["n"] for r in await conn.fetch(insert)}
+                revisable = any(r[_REVISION_AT] for r in rows)
+                updated = {r["source"]: r["n"] for r in await conn.fetch(update)} if revisable else {}
                 faults.reach("write.after_insert")
         except Exception as exc:
             raise classify(exc, "write market_data") from None
         return result_from_counts(Counter(r[0] for r in rows),
-                                  {r["source"]: (r["inserted"], r["updated"]) for r in counts})
+                                  {src: (inserted.get(src, 0), updated.get(src, 0))
+                                   for src in inserted.keys() | updated.keys()})
 
     async def _insert_new(self, table: str, columns: Sequence[str], key: Sequence[str],
                           rows: Sequence[tuple[Any, ...]]) -> int:
@@ -424,10 +463,13 @@ class PostgresTickWriter(BatchWriter):
                    (f"{self._q}.anomaly_events", "ts"), (f"{self._q}.dead_letters", "ts"))
         try:
             for table, column in targets:
+                # A ctid is unique only within one table: on the partitioned market_data a batch is named by
+                # (tableoid, ctid), and the outer `column < $1` prunes it to the partitions that can hold old
+                # rows (the straddling one and DEFAULT once retention dropped the whole ones).
+                sql = (f"DELETE FROM {table} WHERE {column} < $1 AND (tableoid, ctid) IN "
+                       f"(SELECT tableoid, ctid FROM {table} WHERE {column} < $1 LIMIT $2)")
                 while True:
-                    status = await self.pool.execute(
-                        f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE {column} < $1 LIMIT $2)",
-                        cutoff, batch_rows)
+                    status = await self.pool.execute(sql, cutoff, batch_rows)
                     n = int(status.rsplit(" ", 1)[-1])
                     deleted += n
                     if n < batch_rows:
@@ -435,6 +477,45 @@ class PostgresTickWriter(BatchWriter):
         except Exception as exc:
             raise classify(exc, "retention delete") from None
         return deleted
+
+    async def create_partitions(self, period: str, now: datetime, ahead: int) -> list[str]:
+        """Create the missing market_data partitions of `period`: now's period and the `ahead` next ones
+        (migration 6's SECURITY DEFINER function: the writer role needs only EXECUTE on it). Rows the DEFAULT
+        partition holds for a new range are moved into it. Returns the partitions created."""
+        if self.pool is None:
+            await self.start()
+        assert self.pool is not None
+        try:
+            rows = await self.pool.fetch(
+                f"SELECT * FROM {self._q}.market_data_create_partitions($1::text, $2::timestamptz, "
+                "date_trunc($1::text, $2::timestamptz, 'UTC') + ($3::int + 1) * ('1 ' || $1::text)::interval)",
+                period, now, ahead)
+        except Exception as exc:
+            raise classify(exc, "create market_data partitions") from None
+        return [r[0] for r in rows]
+
+    async def drop_partitions_before(self, cutoff: datetime) -> list[tuple[str, int]]:
+        """Detach and drop the market_data partitions whose whole range is older than `cutoff` (one short
+        catalog change each, whatever their size). Returns (partition, planner's row estimate) per drop."""
+        if self.pool is None:
+            await self.start()
+        assert self.pool is not None
+        try:
+            rows = await self.pool.fetch(f"SELECT * FROM {self._q}.market_data_drop_partitions($1)", cutoff)
+        except Exception as exc:
+            raise classify(exc, "drop market_data partitions") from None
+        return [(r["partition_name"], r["approx_rows"]) for r in rows]
+
+    async def partitions(self) -> list[dict[str, Any]]:
+        """market_data's partitions and their [lower_bound, upper_bound) ranges, DEFAULT last."""
+        if self.pool is None:
+            await self.start()
+        assert self.pool is not None
+        try:
+            rows = await self.pool.fetch(f"SELECT * FROM {self._q}.market_data_partitions()")
+        except Exception as exc:
+            raise classify(exc, "list market_data partitions") from None
+        return [dict(r) for r in rows]
 
     async def recent(self, symbol: str, limit: int) -> list[dict[str, Any]]:
         if self.pool is None:

@@ -225,6 +225,174 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
+# Migration 6 (issue 14): market_data becomes a table range-partitioned by ts. A table cannot be partitioned
+# in place, so: functions that list, create and drop partitions; the old table renamed (with its indexes)
+# to market_data_unpartitioned; a partitioned market_data LIKE it (same columns in the same order, defaults,
+# the generated "timestamp", comments), the same primary key (it includes ts, so it is legal and ON CONFLICT
+# works) and index; a DEFAULT partition; monthly partitions for every month that holds rows plus the
+# current month and 3 ahead; the rows copied (INSERT ... SELECT under the migration's transaction and
+# advisory lock: writers and readers of market_data wait until it commits, so on a big table run
+# `tickflow db migrate` with the workers stopped); the old table's grants re-granted; the views re-created
+# (a view binds its table by oid, not by name; economic_as_of names it in its body, so it follows the
+# name); the old table dropped when it was empty, else left for the operator.
+#
+# Partition maintenance runs as SECURITY DEFINER functions owned by the migrating role, so a worker running
+# as the least-privilege writer (no CREATE, not the owner) creates and drops partitions through them, and the
+# partitions belong to the owner like the rest of the schema. EXECUTE is revoked from PUBLIC: grant it to the
+# writer (README "Security"). Bounds are UTC midnights (the functions fix timezone = 'UTC'); a partition is
+# named market_data_YYYYMMDD after its lower bound. Creating a partition whose range has rows in the DEFAULT
+# partition would fail (PostgreSQL checks it), so those rows are moved: the new partition is made as a plain
+# table, the DEFAULT's rows of its range moved into it, then it is attached. A period slot that overlaps
+# existing partitions (the period changed) is clipped to the uncovered part.
+_PARTITION_MARKET_DATA = r"""
+        CREATE OR REPLACE FUNCTION {schema}.market_data_partitions()
+        RETURNS TABLE (partition_name text, lower_bound timestamptz, upper_bound timestamptz, is_default boolean)
+        LANGUAGE sql STABLE SET timezone = 'UTC' AS $$
+            SELECT c.relname::text,
+                   (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
+                   (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)'))[1]::timestamptz,
+                   pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'
+            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = '{schema}.market_data'::regclass
+            ORDER BY 2 NULLS LAST
+        $$;
+        COMMENT ON FUNCTION {schema}.market_data_partitions() IS
+            'The partitions of market_data with their [lower_bound, upper_bound) ranges (UTC); DEFAULT last.';
+
+        CREATE OR REPLACE FUNCTION {schema}.market_data_create_partitions(period text, from_ts timestamptz,
+                                                                         to_ts timestamptz)
+        RETURNS SETOF text LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' SET lock_timeout = '10s' AS $$
+        DECLARE
+            step interval;
+            slot timestamptz;
+            lo timestamptz;
+            hi timestamptz;
+            edge timestamptz;
+            part text;
+            deflt text;
+            cols text;
+        BEGIN
+            IF period IS NULL OR period NOT IN ('day', 'week', 'month') THEN
+                RAISE EXCEPTION 'partition period must be day, week or month, not %', period
+                    USING ERRCODE = '22023';
+            END IF;
+            PERFORM pg_advisory_xact_lock(hashtext('tickflow-partitions:' || '{schema}'));
+            step := ('1 ' || period)::interval;
+            SELECT format('{schema}.%I', p.partition_name) INTO deflt
+            FROM {schema}.market_data_partitions() p WHERE p.is_default;
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+            FROM pg_attribute a WHERE a.attrelid = '{schema}.market_data'::regclass AND a.attnum > 0
+              AND NOT a.attisdropped AND a.attgenerated = '';
+            slot := date_trunc(period, from_ts);
+            WHILE slot < to_ts LOOP
+                lo := slot;
+                hi := slot + step;
+                slot := hi;
+                LOOP  -- past the partitions that already cover lo
+                    SELECT max(p.upper_bound) INTO edge FROM {schema}.market_data_partitions() p
+                    WHERE NOT p.is_default AND p.lower_bound <= lo AND p.upper_bound > lo;
+                    EXIT WHEN edge IS NULL;
+                    lo := edge;
+                END LOOP;
+                SELECT least(hi, min(p.lower_bound)) INTO hi FROM {schema}.market_data_partitions() p
+                WHERE NOT p.is_default AND p.lower_bound > lo AND p.lower_bound < hi;
+                CONTINUE WHEN lo >= hi;
+                part := 'market_data_' || to_char(lo, 'YYYYMMDD');
+                EXECUTE format('CREATE TABLE {schema}.%I (LIKE {schema}.market_data INCLUDING DEFAULTS '
+                               'INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMPRESSION)', part);
+                IF deflt IS NOT NULL THEN
+                    EXECUTE format('WITH moved AS (DELETE FROM %s WHERE ts >= $1 AND ts < $2 RETURNING %s) '
+                                   'INSERT INTO {schema}.%I (%s) SELECT %s FROM moved', deflt, cols, part, cols,
+                                   cols) USING lo, hi;
+                END IF;
+                EXECUTE format('ALTER TABLE {schema}.market_data ATTACH PARTITION {schema}.%I '
+                               'FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+                RETURN NEXT part;
+            END LOOP;
+        END
+        $$;
+        COMMENT ON FUNCTION {schema}.market_data_create_partitions(text, timestamptz, timestamptz) IS
+            'Create the missing partitions of period day, week or month covering [from_ts, to_ts), moving the '
+            'DEFAULT partition''s rows of their ranges into them; returns the names created.';
+
+        CREATE OR REPLACE FUNCTION {schema}.market_data_drop_partitions(cutoff timestamptz)
+        RETURNS TABLE (partition_name text, approx_rows bigint) LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' SET lock_timeout = '10s' AS $$
+        DECLARE
+            r record;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtext('tickflow-partitions:' || '{schema}'));
+            FOR r IN SELECT p.partition_name AS part, c.reltuples
+                     FROM {schema}.market_data_partitions() p
+                     JOIN pg_class c ON c.oid = format('{schema}.%I', p.partition_name)::regclass
+                     WHERE NOT p.is_default AND p.upper_bound <= cutoff ORDER BY p.lower_bound LOOP
+                EXECUTE format('ALTER TABLE {schema}.market_data DETACH PARTITION {schema}.%I', r.part);
+                EXECUTE format('DROP TABLE {schema}.%I', r.part);
+                partition_name := r.part;
+                approx_rows := greatest(r.reltuples, 0)::bigint;
+                RETURN NEXT;
+            END LOOP;
+        END
+        $$;
+        COMMENT ON FUNCTION {schema}.market_data_drop_partitions(timestamptz) IS
+            'Detach and drop the partitions whose whole range is older than cutoff; returns their names and '
+            'their planner row estimates.';
+        REVOKE EXECUTE ON FUNCTION {schema}.market_data_create_partitions(text, timestamptz, timestamptz),
+            {schema}.market_data_drop_partitions(timestamptz) FROM PUBLIC;
+
+        LOCK TABLE {schema}.market_data IN ACCESS EXCLUSIVE MODE;
+        ALTER TABLE {schema}.market_data RENAME TO market_data_unpartitioned;
+        ALTER INDEX {schema}.market_data_pkey RENAME TO market_data_unpartitioned_pkey;
+        ALTER INDEX {schema}.market_data_symbol_timestamp RENAME TO market_data_unpartitioned_symbol_timestamp;
+        CREATE TABLE {schema}.market_data (LIKE {schema}.market_data_unpartitioned INCLUDING DEFAULTS
+            INCLUDING GENERATED INCLUDING COMMENTS INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING STATISTICS)
+            PARTITION BY RANGE (ts);
+        ALTER TABLE {schema}.market_data ADD CONSTRAINT market_data_pkey
+            PRIMARY KEY (source, symbol, data_type, ts, item_id);
+        CREATE INDEX market_data_symbol_timestamp ON {schema}.market_data (symbol, "timestamp" DESC);
+        CREATE TABLE {schema}.market_data_default PARTITION OF {schema}.market_data DEFAULT;
+        COMMENT ON TABLE {schema}.market_data IS
+            'Every point, range-partitioned by ts (see market_data_partitions()); key (source, symbol, '
+            'data_type, ts, item_id).';
+        SELECT count(*) FROM (
+            SELECT {schema}.market_data_create_partitions('month', d.m, d.m + interval '1 month')
+            FROM (SELECT DISTINCT date_trunc('month', ts, 'UTC') AS m FROM {schema}.market_data_unpartitioned) d
+        ) made;
+        SELECT count(*) FROM {schema}.market_data_create_partitions('month', now(), now() + interval '3 months');
+        DO $$
+        DECLARE
+            cols text;
+            g record;
+        BEGIN
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+            FROM pg_attribute a WHERE a.attrelid = '{schema}.market_data_unpartitioned'::regclass
+              AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+            EXECUTE format('INSERT INTO {schema}.market_data (%s) SELECT %s FROM {schema}.market_data_unpartitioned',
+                           cols, cols);
+            FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable
+                     FROM pg_class c, aclexplode(c.relacl) a
+                     WHERE c.oid = '{schema}.market_data_unpartitioned'::regclass AND a.grantee <> c.relowner LOOP
+                EXECUTE format('GRANT %s ON {schema}.market_data TO %s%s', g.privilege_type,
+                               CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END,
+                               CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+            END LOOP;
+        END
+        $$;
+"""
+_DROP_UNPARTITIONED_IF_EMPTY = """
+        DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM {schema}.market_data_unpartitioned) THEN
+                DROP TABLE {schema}.market_data_unpartitioned;
+            END IF;
+        END
+        $$;
+        ANALYZE {schema}.market_data;
+"""
+assert MIGRATIONS[3][0] == 4  # the views and economic_as_of: CREATE OR REPLACE, re-bound to the new table
+MIGRATIONS.append((6, _PARTITION_MARKET_DATA + MIGRATIONS[3][1] + _DROP_UNPARTITIONED_IF_EMPTY))
+
 # Column order shared by the COPY into the staging table and the rows built by row_from_record().
 # Callers read a row through sinks.postgres.row_origin, never by position.
 MARKET_DATA_COLUMNS: tuple[str, ...] = (

@@ -1,7 +1,12 @@
-"""Data retention for PostgreSQL (Kafka's is per topic, in topics.yaml).
+"""Data retention and partition maintenance for PostgreSQL (Kafka's retention is per topic, in topics.yaml).
 
-Reads: nothing from Kafka. Writes: deletes rows older than sink.data_retention_days from market_data and
-data_quality_metrics, in bounded batches, on the group's leader only (one worker does it).
+Reads: nothing from Kafka. On the group's leader only (one worker does it):
+- every sink.partition_check_seconds, creates market_data's partitions sink.partitions_ahead periods of
+  sink.partition_period ahead (a row with no partition lands in the DEFAULT one and is moved out when its
+  range gets a partition);
+- every sink.retention_check_seconds, drops the market_data partitions wholly older than
+  sink.data_retention_days (DETACH + DROP: no row-by-row work), then deletes what is left older than the
+  cutoff (the straddling partition, DEFAULT, and the other tables) in bounded batches.
 """
 
 from __future__ import annotations
@@ -18,14 +23,38 @@ logger = logging.getLogger(__name__)
 
 
 async def apply_retention(writer: SharedWriter, sink: SinkSettings, now: datetime | None = None) -> int:
+    """Drop the whole partitions older than the cutoff, then delete the rest in batches; returns the rows
+    removed (dropped partitions count by the planner's estimate)."""
     days = sink.data_retention_days
     if not days:
         return 0
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
-    deleted = await (await writer.get()).delete_older_than(cutoff, sink.retention_batch_rows)
+    pg = await writer.get()
+    dropped = await pg.drop_partitions_before(cutoff)
+    if dropped:
+        logger.info("retention: dropped %d partitions older than %s (%s)", len(dropped), cutoff.isoformat(),
+                    ", ".join(f"{name} ~{rows} rows" for name, rows in dropped))
+    deleted = await pg.delete_older_than(cutoff, sink.retention_batch_rows)
     if deleted:
         logger.info("retention: deleted %d rows older than %s", deleted, cutoff.isoformat())
-    return deleted
+    return deleted + sum(rows for _, rows in dropped)
+
+
+async def create_partitions(writer: SharedWriter, sink: SinkSettings, now: datetime | None = None) -> list[str]:
+    """Create the partitions of the coming periods before rows arrive for them."""
+    made = await (await writer.get()).create_partitions(sink.partition_period, now or datetime.now(UTC),
+                                                        sink.partitions_ahead)
+    if made:
+        logger.info("partitions: created %s", ", ".join(made))
+    return made
+
+
+@app.timer(settings.sink.partition_check_seconds, on_leader=True, name="create_partitions")
+async def partition_timer() -> None:
+    try:
+        await create_partitions(shared_writer, settings.sink)
+    except Exception as exc:  # the database may be down, or the role lacks EXECUTE; try again next time
+        logger.warning("partition maintenance skipped: %r", exc)
 
 
 @app.timer(settings.sink.retention_check_seconds, on_leader=True, name="apply_retention")

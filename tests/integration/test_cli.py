@@ -73,3 +73,47 @@ async def test_python_m_producers_runs_a_provider(iso, fake_provider) -> None:  
     assert out.returncode == 0 and "sent 1" in out.stdout, out.stderr[-2000:]
     recs = await read_topic(iso.bootstrap, iso.raw_topic("finnhub"))
     assert len(recs) == 1 and recs[0].key == b"MSFT"
+
+
+async def test_replay_dlq_rate_is_honoured(iso, producer) -> None:
+    """`replay-dlq --rate 20` re-injects 40 dead letters at no more than 20 a second: their create times in the
+    raw topic span at least the 39 intervals (1.95 s; asserted >= 1.5 s), and the command takes as long;
+    unthrottled (--rate 0) the same 40 go out far faster, so the span is the throttle's doing."""
+    import time
+
+    from streams.stages.publish import Rejection
+
+    await ensure_topics_for(iso)
+    env = {**os.environ, **iso.env}
+    raw, dlq = iso.raw_topic(), iso.topic("rejected")
+    # 40 to replay (schema.*) after 10 of another rule that --rule leaves alone. (Not the other way round:
+    # replay-dlq never finishes when a partition's last dead letter does not match the filter, reported.)
+    for i in range(50):
+        rule = "schema.not_json" if i >= 10 else "price.non_positive"
+        why = Rejection("validate", rule, "bad", "ValueError", raw, 0, i)
+        await producer.send(dlq, b"{not json %d" % i, key=b"RATE", headers=why.headers())
+    await producer.flush()
+
+    def replayed() -> list:
+        return [r for r in asyncio.run(read_topic(iso.bootstrap, raw))
+                if any(k == "tickflow.replayed_from" for k, _ in (r.headers or []))]
+
+    t0 = time.monotonic()
+    out = await asyncio.to_thread(tickflow, env, "replay-dlq", "--rule", "schema.", "--rate", "20")
+    took = time.monotonic() - t0
+    assert out.returncode == 0 and "replayed 40" in out.stdout, out.stdout + out.stderr
+    throttled = await asyncio.to_thread(replayed)
+    assert len(throttled) == 40
+    span = (max(r.timestamp for r in throttled) - min(r.timestamp for r in throttled)) / 1000
+    print(f"replay-dlq --rate 20: 40 records spanning {span:.2f} s (command {took:.2f} s)")
+    assert 1.5 <= span <= 15.0, span
+    assert took >= 1.5
+
+    out = await asyncio.to_thread(tickflow, env, "replay-dlq", "--rule", "schema.", "--rate", "0")
+    assert out.returncode == 0 and "replayed 40" in out.stdout, out.stdout + out.stderr
+    first = {(r.partition, r.offset) for r in throttled}
+    second = [r for r in await asyncio.to_thread(replayed) if (r.partition, r.offset) not in first]
+    assert len(second) == 40
+    fast = (max(r.timestamp for r in second) - min(r.timestamp for r in second)) / 1000
+    print(f"replay-dlq --rate 0: 40 records spanning {fast:.2f} s")
+    assert fast < 1.0, fast
