@@ -71,10 +71,22 @@ class PollingSource(Source):
                 await session.close()
 
 
+class BadEpoch(ValueError):
+    """A provider epoch that is no instant datetime can hold (NaN, infinite, beyond year 1..9999, not a number).
+
+    One exception type whatever went wrong inside (datetime raises OverflowError, OSError or ValueError
+    depending on the value and the platform), so a caller skips that one item instead of its whole round."""
+
+
 def from_epoch(value: float | int | str, *, millis: bool = False) -> datetime:
-    """Provider epoch (seconds, or milliseconds) to an aware UTC datetime."""
-    seconds = float(value) / 1000.0 if millis else float(value)
-    return datetime.fromtimestamp(seconds, UTC)
+    """Provider epoch (seconds, or milliseconds) to an aware UTC datetime; BadEpoch if it is none."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BadEpoch(f"epoch is a {type(value).__name__}, not a number")
+    try:
+        seconds = float(value) / 1000.0 if millis else float(value)
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise BadEpoch(f"epoch {str(value)[:40]!r}{' ms' if millis else ''} is no instant in range: {exc}") from None
 
 
 def parse_iso(value: str) -> datetime:

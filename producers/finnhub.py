@@ -16,6 +16,11 @@ the websocket (FinnhubTradeStream). Both write raw.finnhub with source "finnhub"
 - Unknown symbols ({"s": "no_data"} on candles, an all-zero quote) are logged once per symbol and counted
   in `FinnhubSource.unknown[symbol]`; payloads of a shape nothing here reads raise FinnhubUnexpected,
   logged once per endpoint and cause and counted in `FinnhubSource.unexpected[endpoint]`.
+- Bad epochs (NaN, beyond datetime's years 1..9999, not a number: producers/base.py BadEpoch) skip only
+  their item: a quote is then FinnhubUnexpected, a candle row, a news article or one trade of a websocket
+  message is left out while the rest of the payload is kept. Each skip is counted in `unexpected[endpoint]`
+  (websocket: `FinnhubTradeStream.unexpected["trade"]`) and warned once per endpoint and cause; never does
+  one bad epoch end a poll round or a websocket connection.
 - Candles are Finnhub's unadjusted prices (the endpoint has no adjustment switch for stocks): raw
   prices are what this source stores.
 - Candles and news-sentiment are premium on the free tier: Finnhub answers 403 {"error": "You don't have
@@ -43,7 +48,7 @@ from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential
 from yarl import URL
 
-from producers.base import PollingSource, Record, SeenIds, Source
+from producers.base import BadEpoch, PollingSource, Record, SeenIds, Source, from_epoch
 from producers.http import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRY_AFTER, RateLimiter, get_json, redact
 from producers.sentiment import score_missing
 from streams.config import Endpoint, FinnhubSettings, NewsSettings
@@ -88,8 +93,20 @@ class FinnhubAccessDenied(SourceError):
 # ---------------------------------------------------------------------------------------------- parsing
 
 
-def _utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+# Causes of a skipped item (the keys of a parser's `skipped` counter): an item with a bad epoch is left out
+# of the payload, the rest is kept.
+QUOTE_EPOCH = "quote epoch out of range"
+CANDLE_EPOCH = "candle epoch out of range"
+NEWS_EPOCH = "news epoch out of range"
+TRADE_EPOCH = "trade epoch out of range"
+
+
+def _skip(skipped: Counter[str] | None, cause: str, exc: BaseException) -> None:
+    """Count one item left out. Without a counter (a parser called on its own) the skip is logged instead."""
+    if skipped is None:
+        logger.warning("finnhub: skipped one item (%s): %s", cause, exc)
+    else:
+        skipped[cause] += 1
 
 
 def _num(value: Any) -> float | None:
@@ -115,9 +132,12 @@ def trading_date(seconds: float) -> date:
     - crypto (BINANCE): 00:00Z = 19:00/20:00 New York the evening before -> the UTC date, as exchanges count.
     A start at UTC midnight (some feeds) also maps onto its UTC date. DST is New York's, from the tz database.
     """
-    local = datetime.fromtimestamp(seconds, NEW_YORK)
-    day = local.date()
-    return day + timedelta(days=1) if local.time() >= FX_ROLL else day
+    try:
+        local = from_epoch(seconds).astimezone(NEW_YORK)
+        day = local.date()
+        return day + timedelta(days=1) if local.time() >= FX_ROLL else day
+    except OverflowError as exc:  # within a day of datetime's limits: no New York date, or no next day
+        raise BadEpoch(f"epoch {seconds!r} has no trading date: {exc}") from None
 
 
 def parse_quote(doc: Any, symbol: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
@@ -127,7 +147,7 @@ def parse_quote(doc: Any, symbol: str, *, source: str = SOURCE) -> list[MarketDa
     if "c" not in d or "t" not in d:
         raise FinnhubUnexpected("quote without c and t", f"keys {sorted(d)[:8]}")
     try:
-        price, stamp = float(d["c"] or 0), float(d["t"] or 0)
+        price, stamp = float(d["c"] or 0), d["t"] or 0
         meta = {k: float(d[src]) for k, src in (("prev_close", "pc"), ("change", "d"), ("change_percent", "dp"))
                 if d.get(src) is not None}
         o, h, lo = _num(d.get("o")), _num(d.get("h")), _num(d.get("l"))
@@ -135,18 +155,22 @@ def parse_quote(doc: Any, symbol: str, *, source: str = SOURCE) -> list[MarketDa
         raise FinnhubUnexpected("quote with non-numeric fields") from None
     if not stamp or not price:
         return []
+    try:
+        ts = from_epoch(stamp)
+    except BadEpoch as exc:
+        raise FinnhubUnexpected(QUOTE_EPOCH, str(exc)) from None
     return [MarketDataPoint(
-        symbol=symbol.upper(), timestamp=_utc(stamp), source=source, data_type=DataType.TICK,
+        symbol=symbol.upper(), timestamp=ts, source=source, data_type=DataType.TICK,
         price=price, open=o or None, high=h or None, low=lo or None, item_id="quote", metadata=meta,
     )]
 
 
 def parse_candles(doc: Any, symbol: str, resolution: str = "D", *, kind: CandleKind = "stock",
-                  source: str = SOURCE) -> list[MarketDataPoint]:
+                  source: str = SOURCE, skipped: Counter[str] | None = None) -> list[MarketDataPoint]:
     """/{stock,forex,crypto}/candle -> bars; {"s": "no_data"} is [] (the source counts it as an unknown symbol).
 
     Daily and longer candles sit at UTC midnight of `trading_date`; forex volume is a tick count, kept as
-    metadata["tick_count"] with volume None."""
+    metadata["tick_count"] with volume None. A row with a bad epoch is left out (counted in `skipped`)."""
     d = _expect_dict(doc, "candle")
     status = d.get("s")
     if status == "no_data":
@@ -169,14 +193,18 @@ def parse_candles(doc: Any, symbol: str, resolution: str = "D", *, kind: CandleK
     out = []
     try:
         for i in range(n):
-            start = float(cols["t"][i])
             meta: dict[str, Any] = {}
-            if daily:
-                day = trading_date(start)
-                ts = datetime(day.year, day.month, day.day, tzinfo=UTC)
-                meta["period_start"] = _utc(start).isoformat()
-            else:
-                ts = _utc(start)
+            try:
+                start = from_epoch(cols["t"][i])
+                if daily:
+                    day = trading_date(cols["t"][i])
+                    ts = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                    meta["period_start"] = start.isoformat()
+                else:
+                    ts = start
+            except BadEpoch as exc:
+                _skip(skipped, CANDLE_EPOCH, exc)
+                continue
             volume = _num(cols["v"][i]) if cols["v"] else None
             if kind == "forex":
                 if volume is not None:
@@ -192,13 +220,20 @@ def parse_candles(doc: Any, symbol: str, resolution: str = "D", *, kind: CandleK
     return out
 
 
-def parse_company_news(doc: Any, symbol: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
-    """/company-news -> news items (Finnhub gives no per-article score; sentiment stays empty here)."""
+def parse_company_news(doc: Any, symbol: str, *, source: str = SOURCE,
+                       skipped: Counter[str] | None = None) -> list[MarketDataPoint]:
+    """/company-news -> news items (Finnhub gives no per-article score; sentiment stays empty here). An article
+    with a bad epoch is left out (counted in `skipped`)."""
     if not isinstance(doc, list):
         raise FinnhubUnexpected(f"company-news payload is a {type(doc).__name__}, not an array")
     out = []
     for a in doc:
         if not isinstance(a, dict) or not a.get("headline") or not a.get("datetime"):
+            continue
+        try:
+            ts = from_epoch(a["datetime"])
+        except BadEpoch as exc:
+            _skip(skipped, NEWS_EPOCH, exc)
             continue
         related = [t.strip().upper() for t in str(a.get("related") or "").split(",") if t.strip()]
         meta = {"tickers": related or [symbol.upper()]}
@@ -206,7 +241,7 @@ def parse_company_news(doc: Any, symbol: str, *, source: str = SOURCE) -> list[M
             if a.get(key):
                 meta[name] = a[key]
         out.append(MarketDataPoint(
-            symbol=symbol.upper(), timestamp=_utc(a["datetime"]), source=source, data_type=DataType.NEWS,
+            symbol=symbol.upper(), timestamp=ts, source=source, data_type=DataType.NEWS,
             headline=a["headline"], text=a.get("summary") or None, url=a.get("url") or None,
             item_id=str(a.get("id") or a.get("url") or a["headline"])[:256], metadata=meta,
         ))
@@ -246,11 +281,12 @@ def parse_news_sentiment(doc: Any, symbol: str, now: datetime, *, source: str = 
     )]
 
 
-def parse_trades(doc: Any, *, source: str = SOURCE) -> list[MarketDataPoint]:
+def parse_trades(doc: Any, *, source: str = SOURCE, skipped: Counter[str] | None = None) -> list[MarketDataPoint]:
     """A websocket {"type": "trade", "data": [...]} message -> trade points.
 
     item_id = "s:t:p:v:n", n counting identical (s, t, p, v) trades within the message, so two equal
-    prints in one millisecond stay two rows while a replayed message maps onto the same keys.
+    prints in one millisecond stay two rows while a replayed message maps onto the same keys. A trade with
+    a bad epoch is left out (counted in `skipped`); the others of the message are kept.
     """
     d = _expect_dict(doc, "trade")
     out = []
@@ -258,12 +294,17 @@ def parse_trades(doc: Any, *, source: str = SOURCE) -> list[MarketDataPoint]:
     for trade in d.get("data") or []:
         if not isinstance(trade, dict) or not trade.get("s") or trade.get("p") is None or trade.get("t") is None:
             continue
+        try:
+            ts = from_epoch(trade["t"], millis=True)
+        except BadEpoch as exc:
+            _skip(skipped, TRADE_EPOCH, exc)
+            continue
         s, t, p, v = str(trade["s"]), int(trade["t"]), trade["p"], trade.get("v")
         n = seen[(s, t, p, v)]
         seen[(s, t, p, v)] += 1
         meta = {"conditions": trade["c"]} if trade.get("c") else {}
         out.append(MarketDataPoint(
-            symbol=s.upper(), timestamp=datetime.fromtimestamp(t / 1000.0, UTC), source=source,
+            symbol=s.upper(), timestamp=ts, source=source,
             data_type=DataType.TRADE, price=float(p), volume=_num(v), item_id=f"{s}:{t}:{p}:{v}:{n}",
             metadata=meta,
         ))
@@ -323,18 +364,20 @@ class FinnhubClient:
         return parse_quote(await self.get(session, "/api/v1/quote", {"symbol": symbol}), symbol, source=source)
 
     async def candles(self, session: aiohttp.ClientSession, symbol: str, *, resolution: str, start: datetime,
-                      end: datetime, kind: CandleKind = "stock", source: str = SOURCE) -> list[MarketDataPoint]:
+                      end: datetime, kind: CandleKind = "stock", source: str = SOURCE,
+                      skipped: Counter[str] | None = None) -> list[MarketDataPoint]:
         """Candles of a stock, forex ("OANDA:EUR_USD") or crypto ("BINANCE:BTCUSDT") symbol."""
         params = {"symbol": symbol, "resolution": resolution,
                   "from": int(start.timestamp()), "to": int(end.timestamp())}
         doc = await self.get(session, CANDLE_PATHS[kind], params)
-        return parse_candles(doc, symbol, resolution, kind=kind, source=source)
+        return parse_candles(doc, symbol, resolution, kind=kind, source=source, skipped=skipped)
 
     async def company_news(self, session: aiohttp.ClientSession, symbol: str, *, now: datetime, days: int,
-                           source: str = SOURCE) -> list[MarketDataPoint]:
+                           source: str = SOURCE, skipped: Counter[str] | None = None) -> list[MarketDataPoint]:
         params = {"symbol": symbol, "from": (now - timedelta(days=days)).date().isoformat(),
                   "to": now.date().isoformat()}
-        return parse_company_news(await self.get(session, "/api/v1/company-news", params), symbol, source=source)
+        return parse_company_news(await self.get(session, "/api/v1/company-news", params), symbol, source=source,
+                                  skipped=skipped)
 
     async def news_sentiment(self, session: aiohttp.ClientSession, symbol: str, *, now: datetime,
                              source: str = SOURCE) -> list[MarketDataPoint]:
@@ -349,7 +392,30 @@ def _require_key(api_key: SecretStr | None, env: Mapping[str, str] | None) -> Se
     return key
 
 
-class FinnhubSource(PollingSource):
+class _Counted:
+    """`unexpected[endpoint]` and the once-per-cause warnings shared by the REST sources and the websocket."""
+
+    unexpected: Counter[str]
+    _warned: set[str]
+
+    def _init_counted(self) -> None:
+        self.unexpected = Counter()  # per endpoint: payloads or items of a shape nothing could read
+        self._warned = set()
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message, *args)
+
+    def _count_skips(self, endpoint: str, symbol: str, skipped: Counter[str]) -> None:
+        """Items a parser left out (a bad epoch...): counted in unexpected[endpoint], warned once per cause."""
+        for cause, n in skipped.items():
+            self.unexpected[endpoint] += n
+            self._warn_once(f"{endpoint}|{cause}", "finnhub: skipped %d %s item(s) for %s: %s (counted in "
+                            "unexpected[%r], not warned again for this cause)", n, endpoint, symbol, cause, endpoint)
+
+
+class FinnhubSource(_Counted, PollingSource):
     """Polls the configured REST endpoints for every stock symbol, and candles for every forex and crypto
     symbol, once per interval. Unknown symbols and unexpected payloads are logged once and counted:
     `unknown[symbol]`, `unexpected[endpoint]` (endpoint: quote, candle, forex_candle, crypto_candle,
@@ -374,13 +440,7 @@ class FinnhubSource(PollingSource):
         self._last_bar: dict[tuple[str, str], datetime] = {}
         self._news_window: dict[str, set[str]] = {}
         self.unknown: Counter[str] = Counter()  # per symbol: no_data candles, all-zero quotes
-        self.unexpected: Counter[str] = Counter()  # per endpoint: payloads of a shape nothing could read
-        self._warned: set[str] = set()
-
-    def _warn_once(self, key: str, message: str, *args: Any) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            logger.warning(message, *args)
+        self._init_counted()
 
     def _unknown(self, endpoint: str, symbol: str) -> None:
         self.unknown[symbol] += 1
@@ -388,12 +448,12 @@ class FinnhubSource(PollingSource):
                         "unknown symbol? Counted in unknown[%r], not warned again", endpoint, symbol, symbol)
 
     async def _candles(self, session: aiohttp.ClientSession, kind: CandleKind, symbol: str,
-                       now: datetime) -> list[MarketDataPoint]:
+                       now: datetime, skipped: Counter[str]) -> list[MarketDataPoint]:
         s = self.settings
         start = now - timedelta(days=s.candle_lookback_days)
         bars = await self.client.candles(session, symbol, resolution=s.candle_resolution, start=start, end=now,
-                                         kind=kind)
-        if not bars:
+                                         kind=kind, skipped=skipped)
+        if not bars and not skipped:
             self._unknown(f"{kind} candles", symbol)
             return []
         # Older bars of the window were sent by an earlier poll; the latest may still be forming.
@@ -404,7 +464,7 @@ class FinnhubSource(PollingSource):
         return bars
 
     async def _poll(self, session: aiohttp.ClientSession, endpoint: Endpoint, symbol: str,
-                    now: datetime) -> list[MarketDataPoint]:
+                    now: datetime, skipped: Counter[str]) -> list[MarketDataPoint]:
         s = self.settings
         if endpoint == "quote":
             points = await self.client.quote(session, symbol)
@@ -416,9 +476,10 @@ class FinnhubSource(PollingSource):
             self._last_quote[symbol] = points[0].timestamp
             return points
         if endpoint == "candle":
-            return await self._candles(session, "stock", symbol, now)
+            return await self._candles(session, "stock", symbol, now, skipped)
         if endpoint == "company_news":
-            points = await self.client.company_news(session, symbol, now=now, days=s.news_lookback_days)
+            points = await self.client.company_news(session, symbol, now=now, days=s.news_lookback_days,
+                                                    skipped=skipped)
             previous = self._news_window.get(symbol, set())
             self._news_window[symbol] = {p.item_id for p in points}
             return [p for p in points if p.item_id not in previous]
@@ -441,11 +502,12 @@ class FinnhubSource(PollingSource):
             kind = endpoint.removesuffix("_candle")
             if endpoint not in self.endpoints and kind not in self.candle_kinds:
                 continue  # dropped earlier in this round (not in the key's plan)
+            skipped: Counter[str] = Counter()
             try:
                 if kind in ("forex", "crypto"):
-                    out.extend(await self._candles(session, kind, symbol, now))  # type: ignore[arg-type]
+                    out.extend(await self._candles(session, kind, symbol, now, skipped))  # type: ignore[arg-type]
                 else:
-                    out.extend(await self._poll(session, endpoint, symbol, now))  # type: ignore[arg-type]
+                    out.extend(await self._poll(session, endpoint, symbol, now, skipped))  # type: ignore[arg-type]
             except FinnhubAccessDenied as exc:
                 logger.warning("finnhub: %s is not in this key's plan, not asking again: %s",
                                endpoint, self.client.redact(str(exc)))
@@ -458,9 +520,11 @@ class FinnhubSource(PollingSource):
                 self._warn_once(f"{endpoint}|{exc.cause}", "finnhub: unexpected %s payload for %s (counted in "
                                 "unexpected[%r], not warned again for this cause): %s", endpoint, symbol, endpoint,
                                 self.client.redact(str(exc)))
-            except (SourceError, ValueError, TypeError, KeyError) as exc:
+            except (SourceError, ValueError, TypeError, KeyError, OverflowError) as exc:
                 logger.warning("finnhub: %s for %s failed: %s", endpoint, symbol,
                                self.client.redact(f"{type(exc).__name__}: {exc}"))
+            finally:
+                self._count_skips(endpoint, symbol, skipped)
         return out
 
 
@@ -483,7 +547,7 @@ class _JitteredExponential(wait_exponential):
         return float(super().__call__(retry_state)) * (0.5 + self.rng.random() / 2)
 
 
-class FinnhubTradeStream(Source):
+class FinnhubTradeStream(_Counted, Source):
     """Trades from wss://ws.finnhub.io: subscribe per symbol, batch, reconnect and resubscribe forever.
 
     Batches are flushed at ws_batch_size trades or ws_flush_seconds after the first buffered trade,
@@ -504,6 +568,7 @@ class FinnhubTradeStream(Source):
         self.sleep = sleep or asyncio.sleep
         self.wait = _JitteredExponential(settings.reconnect_base_seconds, settings.reconnect_max_seconds, self.rng)
         self.connects = 0
+        self._init_counted()  # unexpected["trade"]: trades left out of a message (a bad epoch)
 
     def url(self) -> URL:
         return URL(self.settings.ws_url).update_query(token=self.api_key.get_secret_value())
@@ -530,10 +595,13 @@ class FinnhubTradeStream(Source):
             return []
         kind = doc.get("type") if isinstance(doc, dict) else None
         if kind == "trade":
+            skipped: Counter[str] = Counter()
             try:
-                return parse_trades(doc)
-            except (SourceError, ValueError, TypeError) as exc:
+                return parse_trades(doc, skipped=skipped)
+            except (SourceError, ValueError, TypeError, OverflowError) as exc:
                 logger.warning("finnhub ws: bad trade message: %s", self.redact(str(exc)))
+            finally:
+                self._count_skips("trade", "the websocket", skipped)
         elif kind == "error":
             logger.warning("finnhub ws: server error: %s", self.redact(str(doc.get("msg"))[:300]))
         elif kind != "ping":
@@ -595,9 +663,10 @@ class FinnhubTradeStream(Source):
                 await session.close()
 
 
-class NewsSentimentSource(PollingSource):
+class NewsSentimentSource(_Counted, PollingSource):
     """Finnhub articles (scored with the lexicon, Finnhub gives no per-article score) plus Finnhub's own
-    per-symbol news sentiment, as news items with source "news"."""
+    per-symbol news sentiment, as news items with source "news". Articles left out for a bad epoch are
+    counted in `unexpected["company_news"]`."""
 
     name = "news"
 
@@ -615,17 +684,21 @@ class NewsSentimentSource(PollingSource):
         )
         self.seen = SeenIds()
         self.sentiment_enabled = settings.sentiment
+        self._init_counted()
 
     async def poll_once(self, session: aiohttp.ClientSession, now: datetime | None = None) -> list[MarketDataPoint]:
         now = now or datetime.now(UTC).replace(microsecond=0)
         out: list[MarketDataPoint] = []
         for symbol in (s.upper() for s in self.settings.symbols):
+            skipped: Counter[str] = Counter()
             try:
                 news = await self.client.company_news(session, symbol, now=now, days=self.settings.lookback_days,
-                                                      source=self.name)
+                                                      source=self.name, skipped=skipped)
                 out.extend(self.seen.new(score_missing(news)))
-            except (SourceError, ValueError, TypeError, KeyError) as exc:
+            except (SourceError, ValueError, TypeError, KeyError, OverflowError) as exc:
                 logger.warning("news: company news for %s failed: %s", symbol, self.client.redact(str(exc)))
+            finally:
+                self._count_skips("company_news", symbol, skipped)
             if not self.sentiment_enabled:
                 continue
             try:
@@ -636,6 +709,6 @@ class NewsSentimentSource(PollingSource):
                     self.sentiment_enabled = False
                 else:
                     logger.warning("news: sentiment for %s failed: %s", symbol, self.client.redact(str(exc)))
-            except (ValueError, TypeError, KeyError) as exc:
+            except (ValueError, TypeError, KeyError, OverflowError) as exc:
                 logger.warning("news: sentiment for %s failed: %s", symbol, self.client.redact(str(exc)))
         return out

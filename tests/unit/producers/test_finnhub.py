@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -16,7 +17,12 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
+from producers.base import BadEpoch, from_epoch
 from producers.finnhub import (
+    CANDLE_EPOCH,
+    NEWS_EPOCH,
+    QUOTE_EPOCH,
+    TRADE_EPOCH,
     FinnhubAccessDenied,
     FinnhubClient,
     FinnhubSettings,
@@ -527,3 +533,120 @@ async def test_unexpected_payloads_are_warned_once_per_cause_and_counted(
     assert src.unexpected == {"quote": 6}
     assert caplog.text.count("unexpected quote payload") == 2  # two causes: a list, an object without c/t
     assert src.unknown == {}
+
+
+# ---------------------------------------------------------------------------------------------- bad epochs (issue 15)
+
+BAD_EPOCHS = [1e20, -1e20, float("nan"), float("inf"), "abc", 253402300800]  # the last: year 10000
+
+
+@pytest.mark.parametrize("value", [*BAD_EPOCHS, None, True, [1]])
+@pytest.mark.parametrize("millis", [False, True])
+def test_from_epoch_raises_one_clear_value_error(value: Any, millis: bool) -> None:
+    if millis and value == 253402300800:
+        value = 253402300800 * 1000
+    with pytest.raises(BadEpoch) as info:
+        from_epoch(value, millis=millis)
+    assert isinstance(info.value, ValueError)
+    assert from_epoch("1717171200") == datetime(2024, 5, 31, 16, 0, tzinfo=UTC)  # numeric strings still parse
+
+
+def test_trading_date_at_datetimes_end_is_a_bad_epoch_not_an_overflow() -> None:
+    # 9999-12-31 23:59:59Z is 18:59 in New York: after the 17:00 roll, so its trading day would be year 10000
+    with pytest.raises(BadEpoch):
+        trading_date(253402300799)
+
+
+@pytest.mark.parametrize("t", BAD_EPOCHS)
+def test_quote_with_a_bad_epoch_is_unexpected_with_its_own_cause(t: Any) -> None:
+    doc = {**load("quote_msft.json"), "t": t}
+    with pytest.raises(FinnhubUnexpected) as info:
+        parse_quote(doc, "MSFT")
+    assert info.value.cause == QUOTE_EPOCH
+
+
+@pytest.mark.parametrize("t", BAD_EPOCHS)
+@pytest.mark.parametrize("resolution", ["D", "60"])
+def test_a_candle_row_with_a_bad_epoch_is_skipped_the_others_kept(t: Any, resolution: str) -> None:
+    doc = load("candle_msft_d.json")
+    doc["t"][1] = t
+    skipped: Counter[str] = Counter()
+    bars = parse_candles(doc, "MSFT", resolution, skipped=skipped)
+    assert [b.close for b in bars] == [425.3, 422.6]
+    assert skipped == {CANDLE_EPOCH: 1}
+
+
+@pytest.mark.parametrize("t", BAD_EPOCHS)
+def test_a_news_item_with_a_bad_epoch_is_skipped_the_others_kept(t: Any) -> None:
+    doc = load("company_news_msft.json")
+    doc[0]["datetime"] = t
+    skipped: Counter[str] = Counter()
+    items = parse_company_news(doc, "MSFT", skipped=skipped)
+    assert [i.item_id for i in items] == ["120002"]
+    assert skipped == {NEWS_EPOCH: 1}
+
+
+@pytest.mark.parametrize("t", BAD_EPOCHS)
+def test_a_trade_with_a_bad_epoch_is_skipped_the_others_kept(t: Any) -> None:
+    doc = load("ws_trades.json")
+    doc["data"][2]["t"] = t * 1000 if t == 253402300800 else t  # websocket epochs are milliseconds
+    skipped: Counter[str] = Counter()
+    trades = parse_trades(doc, skipped=skipped)
+    assert [(p.symbol, p.price) for p in trades] == [("AAPL", 189.5), ("AAPL", 189.5), ("AAPL", 189.51)]
+    assert skipped == {TRADE_EPOCH: 1}
+
+
+async def test_bad_epochs_skip_their_items_not_the_round_and_are_counted_once_per_cause(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeFinnhub()
+    fake.set("/api/v1/quote", "AAA", body='{"c": 1.5, "t": 1e20}')
+    fake.set("/api/v1/quote", "BBB", body='{"c": 2.5, "t": -1e20}')
+    fake.set("/api/v1/quote", "MSFT", fixture="quote_msft.json")
+    candles = load("candle_msft_d.json")
+    candles["t"][0] = 1e20
+    news = load("company_news_msft.json")
+    news[1]["datetime"] = "not a time"
+    for sym in ("AAA", "BBB", "MSFT"):
+        fake.set("/api/v1/stock/candle", sym, body=json.dumps(candles))
+        fake.set("/api/v1/company-news", sym, body=json.dumps(news))
+    base = await serve(fake.app())
+    src = FinnhubSource(settings(base, symbols=["AAA", "BBB", "MSFT"],
+                                 endpoints=["quote", "candle", "company_news"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        points = await src.poll_once(session, now=datetime(2024, 6, 1, tzinfo=UTC))
+        await src.poll_once(session, now=datetime(2024, 6, 1, tzinfo=UTC))
+    assert sorted((p.symbol, p.data_type) for p in points) == sorted(
+        [("MSFT", "tick")] + [(s, "bar") for s in ("AAA", "BBB", "MSFT") for _ in range(2)]
+        + [(s, "news") for s in ("AAA", "BBB", "MSFT")])
+    assert src.unexpected == {"quote": 4, "candle": 6, "company_news": 6}
+    assert src.unknown == {}
+    assert caplog.text.count(QUOTE_EPOCH) == 1
+    assert caplog.text.count(CANDLE_EPOCH) == 1
+    assert caplog.text.count(NEWS_EPOCH) == 1
+    assert KEY not in caplog.text
+
+
+async def test_ws_bad_epoch_skips_one_trade_and_keeps_the_connection(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    async def script(ws: web.WebSocketResponse) -> None:
+        await wait_for_subscriptions(server, 2)
+        await ws.send_str(trade_msg(("AAPL", 190.0, 1717171201000, 1), ("AAPL", 191.0, 10**20, 1),
+                                    ("TSLA", 180.0, 1717171201001, 2)))
+        await ws.send_str(trade_msg(("TSLA", 181.0, -(10**20), 1), ("AAPL", 192.0, 1717171201002, 3)))
+        await ws.send_str(json.dumps({"type": "trade", "data": [{"s": "AAPL", "p": 1.0, "t": "soon", "v": 1}]}))
+
+    server = FakeFinnhubWs([script])
+    base = await serve(server.app())
+    caplog.set_level(logging.WARNING)
+    stream = FinnhubTradeStream(ws_settings(base.replace("http", "ws") + "/"), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        gen = stream.fetch(session)
+        async with asyncio.timeout(5):
+            batch = await anext(gen)  # three good trades reach the batch size
+        await gen.aclose()
+    assert [(p.symbol, p.price) for p in batch] == [("AAPL", 190.0), ("TSLA", 180.0), ("AAPL", 192.0)]
+    assert stream.connects == 1 and server.connections == 1
+    assert stream.unexpected["trade"] >= 2
+    assert caplog.text.count(TRADE_EPOCH) == 1
+    assert "reconnecting" not in caplog.text and KEY not in caplog.text

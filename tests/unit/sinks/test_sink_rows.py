@@ -105,3 +105,25 @@ def test_results_add_up_across_a_bisection() -> None:
     assert total.inserted_by_source == {"a": 2, "b": 1} and total.updated_by_source == {"a": 3}
     assert total.duplicates_by_source == {"a": 1}
     assert WriteResult(5, 2).updated == 0  # positional construction stays valid for older callers
+
+
+def test_integers_beyond_64_bits_in_metadata_are_stored_as_decimal_strings() -> None:
+    meta = {"big": 2**70, "neg": -(2**70), "edge_hi": 2**64 - 1, "edge_lo": -(2**63), "over": 2**64,
+            "deep": [{"n": 2**100, "ok": 7, "flag": True}], "nul\x00": 2**65}
+    p = MarketDataPoint(symbol="X", timestamp=T0, source="s", price=1.0, metadata=meta)
+    # a record decoded with Python ints (pydantic's JSON mode, the stdlib json module), as bench peers do
+    row = dict(zip(MARKET_DATA_COLUMNS, row_from_record(p.model_dump(mode="json")), strict=True))
+    assert orjson.loads(row["metadata"]) == {
+        "big": str(2**70), "neg": str(-(2**70)), "edge_hi": 2**64 - 1, "edge_lo": -(2**63), "over": str(2**64),
+        "deep": [{"n": str(2**100), "ok": 7, "flag": True}], "nul\ufffd": str(2**65),
+    }
+    # no big integer: the fast path writes the same text as before
+    small = {"a": 1, "b": [2**63, -(2**63)]}
+    d = p.model_dump(mode="json") | {"metadata": small}
+    assert row_from_record(d)[MARKET_DATA_COLUMNS.index("metadata")] == orjson.dumps(small).decode()
+
+
+def test_metadata_orjson_cannot_write_for_another_reason_is_still_a_data_error() -> None:
+    d = MarketDataPoint(symbol="X", timestamp=T0, source="s", price=1.0).model_dump(mode="json")
+    with pytest.raises(TypeError):
+        row_from_record(d | {"metadata": {"raw": b"bytes"}})
