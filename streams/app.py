@@ -11,6 +11,7 @@ from typing import Any
 import faust
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 
+from streams.logs import logging_config
 from streams.settings import Settings, get_settings
 
 STAGE_MODULES = [
@@ -70,7 +71,7 @@ def create_app(settings: Settings) -> TickflowApp:
         table_standby_replicas=0,
         web_transport="tcp://",
         web_tables_enabled=False, web_router_enabled=False,  # table data and cluster URLs, unauthenticated
-        logging_config=None,
+        logging_config=logging_config(w.log_format),  # worker.log_format: json swaps mode's formatters
     )
 
 
