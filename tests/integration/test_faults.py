@@ -156,12 +156,14 @@ async def test_paused_worker_does_not_lose_or_double_rows(iso, workers, producer
     assert a_before and a_before <= partitions
 
     def refused() -> bool:
-        # The zombie's late work is refused: its validate transaction is fenced (b's producer took the same
-        # transactional id), or, for a stage that commits offsets itself, the group refuses the commit.
+        # The zombie is fenced on waking: the group coordinator no longer knows its member id (it must rejoin
+        # and gets no partition back without a new assignment), and any late work it finishes is refused: a
+        # commit by the group, or, with exactly-once, its transaction by the new owner's producer.
         log = a.log_text()
-        return "transactional producer fenced" in log or "commit refused" in log
+        return ("local member_id was not recognized" in log or "commit refused" in log
+                or "transactional producer fenced" in log)
 
-    await wait_until(refused, 60, "the paused worker's stale transaction or commit to be refused")
+    await wait_until(refused, 60, "the paused worker to be fenced out of its group")
     await check_oracles(iso, pg, inputs, "worker paused (SIGSTOP) past session timeout")
     assert b.alive() and a.alive()
 
