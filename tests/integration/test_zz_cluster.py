@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
@@ -145,6 +145,28 @@ class PacedSender:
         return upto - before
 
 
+async def coordinator_ready(iso: Isolation, topic: str, timeout: float = 180) -> float:
+    """Join a throwaway group and commit: on a cluster just started, the first join creates __consumer_offsets
+    (RF 3) and elects its leaders, which on a loaded two-core machine can take longer than the worker's first
+    poll budget. Returns the seconds it took."""
+    t0 = time.monotonic()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=iso.bootstrap, group_id=f"warm-{iso.tag}",
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        async def joined() -> bool:
+            await consumer.getmany(timeout_ms=500)
+            if not consumer.assignment():
+                return False
+            await consumer.commit()
+            return True
+
+        await wait_until(joined, timeout, "a consumer group to join and commit on the cluster")
+    finally:
+        await consumer.stop()
+    return time.monotonic() - t0
+
+
 async def test_partition_leader_kill_9_in_three_broker_cluster(iso, workers, pg) -> None:
     t_test = time.monotonic()
     await ensure_topics_for(iso)
@@ -164,9 +186,14 @@ async def test_partition_leader_kill_9_in_three_broker_cluster(iso, workers, pg)
         assert len(before["replicas"]) == REPLICATION and len(before["isr"]) == REPLICATION, before
         assert await min_isr(admin, raw) == str(MIN_ISR)
 
+        warm = await coordinator_ready(iso, raw)
         w = workers()
         await produce_all(producer, raw, messages[:first])
-        await wait_for_rows(iso, pg, 100, "the worker to be writing from the cluster")
+        try:
+            await wait_for_rows(iso, pg, 100, "the worker to be writing from the cluster", timeout=180)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; group coordinator ready after {warm:.1f} s; worker log:\n"
+                                 f"{w.log_text()[-6000:]}") from None
 
         sender = PacedSender(producer, raw, messages[first:], first)
         sending = asyncio.create_task(sender.run())
