@@ -75,5 +75,12 @@ def create_app(settings: Settings) -> TickflowApp:
     )
 
 
+def internal_topic_configs(settings: Settings) -> dict[str, str]:
+    """Topic configs for the topics Faust creates for us (table changelogs, the metrics topic): Faust takes their
+    replication factor from topic_replication_factor, but min.insync.replicas only per topic."""
+    n = settings.kafka.min_insync_replicas
+    return {} if n is None else {"min.insync.replicas": str(n)}
+
+
 settings = get_settings()  # also installs the log redaction (streams/redact.py) for the worker
 app = create_app(settings)

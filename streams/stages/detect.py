@@ -24,7 +24,7 @@ from typing import Any
 import faust
 
 from streams.anomalies import Anomaly, AnomalySettings, DetectorSuite
-from streams.app import app
+from streams.app import app, internal_topic_configs, settings
 from streams.models import MarketDataPoint
 from streams.stages.topics import catalog
 
@@ -36,6 +36,7 @@ anomaly_state = app.GlobalTable(
     partitions=catalog.by_role("raw")[0].partitions,
     use_partitioner=True,
     schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+    extra_topic_configs=internal_topic_configs(settings),
     help="Per-symbol detector state: {source: DetectorSuite.to_state()}.",
 )
 

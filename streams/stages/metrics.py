@@ -22,7 +22,7 @@ import orjson
 from faust.types import TP
 
 from streams import histogram
-from streams.app import app, settings
+from streams.app import app, internal_topic_configs, settings
 from streams.stages.db import writer as shared_writer
 
 logger = logging.getLogger(__name__)
@@ -39,12 +39,14 @@ metrics_topic = app.topic(
     value_type=bytes,
     key_serializer="raw",
     value_serializer="raw",
+    config=internal_topic_configs(settings),
 )
 metrics_table = app.Table(
     "pipeline_metrics",
     default=None,
     partitions=1,
     schema=faust.Schema(key_serializer="json", value_serializer="json"),
+    extra_topic_configs=internal_topic_configs(settings),
     help="Per-source counters, rejects by rule, latency histogram, throughput samples.",
 )
 

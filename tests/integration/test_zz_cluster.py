@@ -115,11 +115,17 @@ async def partition(admin: AIOKafkaAdminClient, topic: str, index: int = 0) -> d
     raise AssertionError("unreachable")
 
 
-async def min_isr(admin: AIOKafkaAdminClient, topic: str) -> str | None:
+TOPIC_LEVEL = 1  # DescribeConfigs config_source DYNAMIC_TOPIC_CONFIG: set on the topic, not inherited
+
+
+async def min_isr(admin: AIOKafkaAdminClient, topic: str, topic_level: bool = False) -> str | None:
+    """The topic's min.insync.replicas; with topic_level, only if it was set on the topic itself (the cluster's
+    brokers default to 2 too, so the value alone would not tell whether we set it)."""
     resp = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
                                                         {"min.insync.replicas": None})])
     entries = resp[0].to_object()["resources"][0]["config_entries"]
-    return next((e["config_value"] for e in entries if e["config_names"] == "min.insync.replicas"), None)
+    return next((e["config_value"] for e in entries if e["config_names"] == "min.insync.replicas"
+                 and (not topic_level or e.get("config_source") == TOPIC_LEVEL)), None)
 
 
 class PacedSender:
@@ -194,6 +200,12 @@ async def test_partition_leader_kill_9_in_three_broker_cluster(iso, workers, pg)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; group coordinator ready after {warm:.1f} s; worker log:\n"
                                  f"{w.log_text()[-6000:]}") from None
+
+        # Faust's own topics (table changelogs, the metrics topic) get the same min.insync.replicas.
+        app_id = iso.env["TICKFLOW_WORKER__APP_ID"]
+        for internal in (f"{app_id}-pipeline_metrics-changelog", f"{app_id}-anomaly_state-changelog",
+                         f"{app_id}-metrics"):
+            assert await min_isr(admin, internal, topic_level=True) == str(MIN_ISR), internal
 
         sender = PacedSender(producer, raw, messages[first:], first)
         sending = asyncio.create_task(sender.run())
