@@ -12,7 +12,8 @@ import logging
 import sys
 from typing import Any
 
-from producers.registry import BUILDERS
+from producers.quota import KafkaQuotaStore
+from producers.registry import BUILDERS, Collaborators
 from producers.runner import SourceRunner
 from streams.catalog import catalog_of
 from streams.errors import TickflowError
@@ -59,9 +60,14 @@ def overrides(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     return update
 
 
-async def run_all(runner: SourceRunner, sources: list[Any], seconds: float | None, count: int | None) -> int:
+async def run_all(runner: SourceRunner, sources: list[Any], seconds: float | None, count: int | None,
+                  store: KafkaQuotaStore | None = None) -> int:
     """Some providers are several sources (Finnhub: quotes and the trade stream); they run side by side."""
-    sent = await asyncio.gather(*(runner.run(s, seconds=seconds, limit=count) for s in sources))
+    try:
+        sent = await asyncio.gather(*(runner.run(s, seconds=seconds, limit=count) for s in sources))
+    finally:
+        if store is not None:
+            await store.close()
     return sum(sent)
 
 
@@ -72,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
         cfg = getattr(settings.sources, args.source)
-        sources = BUILDERS[args.source](cfg.model_copy(update=overrides(args, cfg)))
+        # Daily quotas are counted on the broker, as in the worker: a run here spends the same day's budget.
+        store = KafkaQuotaStore.for_settings(settings.kafka)
+        sources = BUILDERS[args.source](cfg.model_copy(update=overrides(args, cfg)), Collaborators(quota_store=store))
         runner = SourceRunner(settings, catalog_of(settings.kafka))
-        sent = asyncio.run(run_all(runner, sources, args.seconds, args.count))
+        sent = asyncio.run(run_all(runner, sources, args.seconds, args.count, store))
     except KeyboardInterrupt:
         return 130
     except TickflowError as exc:

@@ -8,7 +8,9 @@ with source "alpha_vantage".
   symbol). check_payload recognises them before any parsing: throttling is AlphaVantageThrottled
   (retriable, and it ends the poll round, the remaining calls would be throttled too); "Error Message",
   premium and key problems are not retriable.
-- Free tier: 5 calls/minute and 25/day; the source holds a per-minute and a per-day token bucket.
+- Free tier: 5 calls/minute and 25/day (the day being the UTC date): a per-minute token bucket, and a daily
+  count kept in a QuotaStore passed in as `quota_store` (producers/quota.py; the worker passes the Kafka one),
+  so a restart or a new leader continues the day's count instead of spending the quota again.
 - Timestamps: time-series keys are local to the Meta Data "Time Zone" (US/Eastern for equities),
   converted to UTC with zoneinfo; daily keys (a date) are stored at UTC midnight of that trading date,
   like every daily bar in tickflow. Global quote has only a trading day: stored at its UTC midnight, so a
@@ -20,8 +22,9 @@ with source "alpha_vantage".
   when given) at "Last Refreshed" in its "Time Zone"; FX_INTRADAY / FX_DAILY and DIGITAL_CURRENCY_DAILY are
   bars (no volume for FX; crypto in the market currency, the older "1a. open (CNY)" layout included), stored
   under the joined symbol ("EURUSD", "BTCUSD"); crypto days are UTC days.
-- Sessions: US/Eastern intraday bars carry metadata["session"]: pre (04:00-09:30), regular (09:30-16:00)
-  or post (16:00-20:00), judged on the bar's start in exchange time.
+- Sessions: US/Eastern intraday bars carry metadata["session"] from the NYSE calendar (streams/calendars.py,
+  the one the detectors use): pre (04:00 to the open), regular (the open to the close, 13:00 on an early-close
+  day), post (the close to 20:00, or to 17:00 after an early close), judged on the bar's start.
 - Nothing is dropped in silence: a body of a shape no parser here reads (an exchange-rate body on the quote
   path, say) raises AlphaVantageUnexpected, logged once per function and cause and counted in
   `self.unexpected[function]`; an empty global quote (unknown symbol) is logged once per symbol and counted.
@@ -35,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -43,9 +46,11 @@ from zoneinfo import ZoneInfo
 import aiohttp
 from pydantic import SecretStr
 
-from producers.base import PollingSource, SeenIds
+from producers.base import PollingSource, Record, SeenIds
 from producers.http import RateLimiter, get_json, redact
+from producers.quota import DailyQuota, MemoryQuotaStore, QuotaBlocked, QuotaSpent, QuotaStore, QuotaStoreUnavailable
 from producers.sentiment import clip
+from streams.calendars import trading_session
 from streams.config import AlphaVantageSettings, Function
 from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
@@ -67,6 +72,7 @@ INTERVALS: dict[str, str] = {
     "digital currency daily": "1d", "digital currency weekly": "1wk", "digital currency monthly": "1mo",
 }
 _EASTERN = ("US/Eastern", "America/New_York")
+US_CALENDAR = "XNYS"  # the sessions of US/Eastern intraday bars (NYSE and Nasdaq keep the same hours)
 _BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume"}
 _META_FIELDS = {"adjusted close": "adj_close", "dividend amount": "dividend", "split coefficient": "split_coefficient"}
 _THROTTLE_WORDS = ("call frequency", "rate limit", "requests per day", "per minute", "per day", "spreading out")
@@ -95,14 +101,16 @@ class AlphaVantageUnexpected(SourceError):
 
 
 class DailyLimitedRateLimiter(RateLimiter):
-    """The per-minute bucket, after a per-day one (Alpha Vantage limits both)."""
+    """The per-minute bucket, after the day's quota (Alpha Vantage limits both). The quota counts every
+    attempt in its store (producers/quota.py), so it survives a restart or a leader change; when it is spent,
+    acquire raises QuotaSpent instead of waiting."""
 
-    def __init__(self, calls: float, per_seconds: float, daily_calls: float) -> None:
+    def __init__(self, calls: float, per_seconds: float, daily: DailyQuota) -> None:
         super().__init__(calls, per_seconds)
-        self.daily = RateLimiter(daily_calls, 86400.0)
+        self.daily = daily
 
     async def acquire(self) -> None:
-        await self.daily.acquire()
+        await self.daily.take()
         await super().acquire()
 
 
@@ -158,21 +166,6 @@ def parse_local(text: str, tz: ZoneInfo) -> datetime:
 _INTRADAY = {"1m", "5m", "15m", "30m", "1h"}
 
 
-def us_session(local_key: str) -> str | None:
-    """An exchange-local "YYYY-MM-DD HH:MM:SS" -> pre (04:00-09:30), regular (09:30-16:00), post (16:00-20:00)."""
-    if len(local_key.strip()) <= 10:
-        return None
-    t = datetime.fromisoformat(local_key.strip())
-    minutes = t.hour * 60 + t.minute
-    if 240 <= minutes < 570:
-        return "pre"
-    if 570 <= minutes < 960:
-        return "regular"
-    if 960 <= minutes < 1200:
-        return "post"
-    return None
-
-
 def _market_fields(row: dict[str, Any], market: str) -> dict[str, Any]:
     """DIGITAL_CURRENCY_* rows: "open" as is, or the older "open (usd)" of the requested market."""
     out = dict(row)
@@ -221,7 +214,7 @@ def parse_time_series(doc: Any, symbol: str | None = None, *, source: str = SOUR
             del extra["dividend"]
         if extra.get("split_coefficient") == 1.0:
             del extra["split_coefficient"]
-        if sessions and (session := us_session(key)) is not None:
+        if sessions and (session := trading_session(ts.timestamp(), US_CALENDAR)) is not None:
             extra["session"] = session
         out.append(MarketDataPoint(symbol=sym.upper(), timestamp=ts, source=source, data_type=DataType.BAR,
                                    interval=interval, item_id=interval, metadata=extra, **values))
@@ -351,15 +344,18 @@ class AlphaVantageSource(PollingSource):
     name = SOURCE
 
     def __init__(self, settings: AlphaVantageSettings, api_key: SecretStr | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, *, quota_store: QuotaStore | None = None) -> None:
         key = api_key or settings.api_key(env)
         if key is None:
             raise ConfigError("the alpha_vantage source needs ALPHA_VANTAGE_API_KEY in the environment")
         self.settings = settings
         self.api_key = key
         self.base_url = settings.base_url.rstrip("/")
+        # The day's calls are counted in `quota_store` (the worker passes a Kafka-backed one, so the count
+        # survives a restart or a leader change); without one, in this process only.
+        self.quota = DailyQuota(SOURCE, settings.daily_limit_calls, quota_store or MemoryQuotaStore())
         self.limiter = DailyLimitedRateLimiter(settings.rate_limit_calls, settings.rate_limit_per_seconds,
-                                               settings.daily_limit_calls)
+                                               self.quota)
         self.functions: list[Function] = list(dict.fromkeys(settings.functions))
         self._last_bar: dict[tuple[str, str], datetime] = {}
         self._last_quote: dict[str, tuple[Any, ...]] = {}
@@ -374,6 +370,12 @@ class AlphaVantageSource(PollingSource):
     def redact(self, text: str) -> str:
         return redact(text, [self.api_key])
 
+    async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
+        """Every start (this worker became the leader, or a restart) reads the day's count from the store again."""
+        self.quota.forget()
+        async for batch in super().fetch(session):
+            yield batch
+
     async def query(self, session: aiohttp.ClientSession, function: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """One call, checked for the error bodies; every message redacted."""
         s = self.settings
@@ -385,6 +387,8 @@ class AlphaVantageSource(PollingSource):
                 base_delay=s.retry_base_delay, timeout=s.request_timeout_seconds,
             )
             return check_payload(doc, function)
+        except QuotaBlocked:
+            raise
         except AlphaVantageThrottled as exc:
             raise AlphaVantageThrottled(self.redact(str(exc))) from None
         except AlphaVantagePremium as exc:
@@ -541,6 +545,13 @@ class AlphaVantageSource(PollingSource):
                 dropped.add(function)
                 if function in self.functions:
                     self.functions.remove(function)  # type: ignore[arg-type]
+            except QuotaStoreUnavailable:
+                raise  # the supervisor shows the source failing and restarts it with backoff; no uncounted call
+            except QuotaSpent as exc:
+                day = self.quota.day.isoformat() if self.quota.day else "today"
+                self._warn_once(f"quota|{day}", "alpha_vantage: no calls this round: %s (not warned again today)",
+                                exc)
+                return out
             except AlphaVantageThrottled as exc:
                 logger.warning("alpha_vantage: throttled at %s for %s, ending this round: %s",
                                function, what, self.redact(str(exc)))

@@ -6,6 +6,7 @@ raw.<name>. The HTTP session is injected, so tests point a source at a local ser
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -114,3 +115,20 @@ class SeenIds:
 
     def new(self, points: Iterable[MarketDataPoint]) -> list[MarketDataPoint]:
         return [p for p in points if self.add(f"{p.symbol}|{p.data_type}|{p.item_id}")]
+
+
+_URL_QUERY = re.compile(r"(https?://[^\s?'\"]*)\?[^\s'\"]*")
+_LONG_NUMBER = re.compile(r"\d{4,}")
+
+
+def failure_cause(exc: BaseException, symbol: str | None = None) -> str:
+    """What went wrong, without what changes from call to call: the symbol, a URL's query string (dates,
+    tokens), long numbers (epochs, ports, ids). A source warns once per cause and counts every occurrence, so
+    a failure repeating every poll is one log line, yet a new kind of failure is still seen. An exception
+    with a `cause` attribute (FinnhubUnexpected, say) names it itself."""
+    named = getattr(exc, "cause", None)
+    text = named if isinstance(named, str) and named else str(exc)
+    text = _URL_QUERY.sub(r"\1?...", text)
+    if symbol:
+        text = re.sub(rf"\b{re.escape(symbol)}\b", "{symbol}", text, flags=re.IGNORECASE)
+    return f"{type(exc).__name__}: {_LONG_NUMBER.sub('#', text)[:200]}"

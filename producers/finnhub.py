@@ -48,7 +48,7 @@ from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential
 from yarl import URL
 
-from producers.base import BadEpoch, PollingSource, Record, SeenIds, Source, from_epoch
+from producers.base import BadEpoch, PollingSource, Record, SeenIds, Source, failure_cause, from_epoch
 from producers.http import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRY_AFTER, RateLimiter, get_json, redact
 from producers.sentiment import score_missing
 from streams.config import Endpoint, FinnhubSettings, NewsSettings
@@ -253,11 +253,17 @@ def sentiment_from_news_score(score: float) -> float:
     return max(-1.0, min(1.0, 2.0 * float(score) - 1.0))
 
 
+_NEWS_SENTIMENT_FIELDS = frozenset({"companyNewsScore", "buzz", "sentiment", "symbol", "sectorAverageBullishPercent",
+                                    "sectorAverageNewsScore"})
+
+
 def parse_news_sentiment(doc: Any, symbol: str, now: datetime, *, source: str = SOURCE) -> list[MarketDataPoint]:
     """/news-sentiment -> one news item per symbol, stamped with the poll time (Finnhub gives none)."""
     d = _expect_dict(doc, "news-sentiment")
+    if d and not d.keys() & _NEWS_SENTIMENT_FIELDS:  # {} is Finnhub's answer for a symbol it has nothing on
+        raise FinnhubUnexpected("news-sentiment payload has none of its fields", f"keys: {sorted(d)[:6]}")
     score = d.get("companyNewsScore")
-    if score is None:
+    if score is None:  # a symbol Finnhub has no score for: its fields, all empty
         return []
     sym = str(d.get("symbol") or symbol).upper()
     buzz = d.get("buzz") or {}
@@ -666,7 +672,9 @@ class FinnhubTradeStream(_Counted, Source):
 class NewsSentimentSource(_Counted, PollingSource):
     """Finnhub articles (scored with the lexicon, Finnhub gives no per-article score) plus Finnhub's own
     per-symbol news sentiment, as news items with source "news". Articles left out for a bad epoch are
-    counted in `unexpected["company_news"]`."""
+    counted in `unexpected["company_news"]`; a failed call in `errors[endpoint]` (company_news, news_sentiment),
+    and in `unexpected[endpoint]` too when the payload was of a shape nothing reads. Each failure is warned
+    once per endpoint and cause (producers.base.failure_cause), its repeats logged at DEBUG."""
 
     name = "news"
 
@@ -685,6 +693,22 @@ class NewsSentimentSource(_Counted, PollingSource):
         self.seen = SeenIds()
         self.sentiment_enabled = settings.sentiment
         self._init_counted()
+        self.errors: Counter[str] = Counter()  # per endpoint: failed calls (HTTP errors, timeouts, odd payloads)
+
+    def _failed(self, endpoint: str, symbol: str, exc: BaseException) -> None:
+        """A failed call: counted in errors[endpoint] (a payload of an unexpected shape also in
+        unexpected[endpoint]); warned once per endpoint and cause, repeats at DEBUG."""
+        self.errors[endpoint] += 1
+        if isinstance(exc, FinnhubUnexpected) or not isinstance(exc, SourceError):
+            self.unexpected[endpoint] += 1
+        what = "company news" if endpoint == "company_news" else "sentiment"
+        text = self.client.redact(f"{type(exc).__name__}: {exc}")
+        key = f"failed|{endpoint}|{self.client.redact(failure_cause(exc, symbol))}"
+        if key in self._warned:
+            logger.debug("news: %s for %s failed again: %s", what, symbol, text)
+            return
+        self._warn_once(key, "news: %s for %s failed: %s (counted in errors[%r]; not warned again for this cause)",
+                        what, symbol, text, endpoint)
 
     async def poll_once(self, session: aiohttp.ClientSession, now: datetime | None = None) -> list[MarketDataPoint]:
         now = now or datetime.now(UTC).replace(microsecond=0)
@@ -696,7 +720,7 @@ class NewsSentimentSource(_Counted, PollingSource):
                                                       source=self.name, skipped=skipped)
                 out.extend(self.seen.new(score_missing(news)))
             except (SourceError, ValueError, TypeError, KeyError, OverflowError) as exc:
-                logger.warning("news: company news for %s failed: %s", symbol, self.client.redact(str(exc)))
+                self._failed("company_news", symbol, exc)
             finally:
                 self._count_skips("company_news", symbol, skipped)
             if not self.sentiment_enabled:
@@ -708,7 +732,7 @@ class NewsSentimentSource(_Counted, PollingSource):
                     logger.warning("news: Finnhub news-sentiment is not in this plan; writing articles only")
                     self.sentiment_enabled = False
                 else:
-                    logger.warning("news: sentiment for %s failed: %s", symbol, self.client.redact(str(exc)))
+                    self._failed("news_sentiment", symbol, exc)
             except (ValueError, TypeError, KeyError, OverflowError) as exc:
-                logger.warning("news: sentiment for %s failed: %s", symbol, self.client.redact(str(exc)))
+                self._failed("news_sentiment", symbol, exc)
         return out

@@ -15,7 +15,8 @@
   a dead-letter header goes through `redact()` first (streams/redact.py, the same function the process-wide
   log redaction uses).
 - RateLimiter is aiolimiter's leaky bucket; in-worker sources run leader-only (streams/stages/produce.py), so
-  one limiter per source is the limit for the whole group.
+  one limiter per source is the limit for the whole group. A limiter may refuse with QuotaBlocked (a daily
+  quota spent, producers/quota.py): that is raised at once, not retried.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 from yarl import URL
 
+from producers.quota import QuotaBlocked
 from streams.errors import SourceError
 from streams.redact import redact
 
@@ -238,7 +240,9 @@ async def get_json(
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(attempts), wait=wait, sleep=sleep, before_sleep=log_retry, reraise=True,
-        retry=retry_if_exception(lambda e: isinstance(e, SourceError) and e.retriable),
+        # A limiter that says no call may go out now (a day's quota spent) is not retried within this request.
+        retry=retry_if_exception(lambda e: isinstance(e, SourceError) and e.retriable
+                                 and not isinstance(e, QuotaBlocked)),
     )
     try:
         body: bytes = await retrying(_attempt, session, url, params, headers, values, limiter, timeout, max_bytes)

@@ -1,13 +1,15 @@
 """Which sources exist, and how to build the enabled ones from Settings.
 
 One entry per provider module. The worker (streams/stages/produce.py) and the standalone runner both build
-sources from here; tests check that every entry has its raw.<name> topic in topics.yaml.
+sources from here; tests check that every entry has its raw.<name> topic in topics.yaml. What a source needs
+beyond its settings (the store of Alpha Vantage's daily quota) comes in as `Collaborators`, built by the caller.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from producers.alpha_vantage import AlphaVantageSource
@@ -15,6 +17,7 @@ from producers.base import Source
 from producers.finnhub import FinnhubSource, FinnhubTradeStream, NewsSentimentSource
 from producers.fred import FredSource
 from producers.nasdaq_data_link import NasdaqDataLinkSource
+from producers.quota import QuotaStore
 from producers.replay import ReplaySource
 from producers.simulated import SimulatedSource
 from producers.social import SocialSource
@@ -25,28 +28,41 @@ from streams.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def _finnhub(settings: Any) -> list[Source]:
+@dataclass(frozen=True, slots=True)
+class Collaborators:
+    """Shared services a source may be given. `quota_store`: where daily call quotas are counted (None: in
+    the source's own memory, lost on restart; the worker passes producers.quota.KafkaQuotaStore)."""
+
+    quota_store: QuotaStore | None = None
+
+
+NONE = Collaborators()
+
+
+def _finnhub(settings: Any, collab: Collaborators = NONE) -> list[Source]:
     sources: list[Source] = [FinnhubSource(settings)]
     if settings.websocket:
         sources.append(FinnhubTradeStream(settings))
     return sources
 
 
-BUILDERS: dict[str, Callable[[Any], list[Source]]] = {
-    "simulated": lambda s: [SimulatedSource(s)],
-    "yahoo": lambda s: [YahooSource(s)],
-    "alpha_vantage": lambda s: [AlphaVantageSource(s)],
+# builder(settings[, collaborators]) -> the provider's sources.
+BUILDERS: dict[str, Callable[..., list[Source]]] = {
+    "simulated": lambda s, c=NONE: [SimulatedSource(s)],
+    "yahoo": lambda s, c=NONE: [YahooSource(s)],
+    "alpha_vantage": lambda s, c=NONE: [AlphaVantageSource(s, quota_store=c.quota_store)],
     "finnhub": _finnhub,
-    "fred": lambda s: [FredSource(s)],
-    "nasdaq_data_link": lambda s: [NasdaqDataLinkSource(s)],
-    "news": lambda s: [NewsSentimentSource(s)],
-    "social": lambda s: [SocialSource(s)],
-    "stocktwits": lambda s: [StocktwitsSource(s)],
-    "replay": lambda s: [ReplaySource(s)],
+    "fred": lambda s, c=NONE: [FredSource(s)],
+    "nasdaq_data_link": lambda s, c=NONE: [NasdaqDataLinkSource(s)],
+    "news": lambda s, c=NONE: [NewsSentimentSource(s)],
+    "social": lambda s, c=NONE: [SocialSource(s)],
+    "stocktwits": lambda s, c=NONE: [StocktwitsSource(s)],
+    "replay": lambda s, c=NONE: [ReplaySource(s)],
 }
 
 
-def enabled_sources(sources_settings: Any, *, include: set[str] | None = None) -> list[Source]:
+def enabled_sources(sources_settings: Any, *, include: set[str] | None = None,
+                    collaborators: Collaborators = NONE) -> list[Source]:
     """Build every enabled source. A source whose key is missing is skipped with a clear log line, so one
     unconfigured provider never stops the others (or the offline default)."""
     built: list[Source] = []
@@ -55,7 +71,7 @@ def enabled_sources(sources_settings: Any, *, include: set[str] | None = None) -
         if cfg is None or not cfg.enabled or (include is not None and name not in include):
             continue
         try:
-            built.extend(builder(cfg))
+            built.extend(builder(cfg, collaborators))
         except ConfigError as exc:
             logger.error("source %s is enabled but cannot start: %s", name, exc)
     return built

@@ -15,6 +15,11 @@ and optionally live prices from yfinance's streaming feed; written to raw.yahoo 
 - Timestamps: daily and longer bars at UTC midnight of the exchange-local trading date (yfinance indexes
   them at local midnight of that date); intraday bars at their start in UTC. The exchange timezone is the
   chart's meta.exchangeTimezoneName.
+- Sessions: intraday bars (and a tick taken from a bar) carry metadata["session"] (pre, regular, post) from
+  the exchange calendar (streams/calendars.py, the helper Alpha Vantage's bars use): the calendar is the
+  chart's exchange code (meta.exchangeName, YAHOO_EXCHANGES), else the symbol's form, else NYSE. Charts are
+  asked with prepost=False, so live and history bars are regular-session ones; a bar outside every session
+  has no session key. Quote and stream ticks keep the session Yahoo gives (marketState, market_hours).
 - Tick: from the chart meta (regularMarketPrice at regularMarketTime), or with tick_from="quote" from
   Ticker.info (the v7 quote): bid/ask, and a pre/post-market price as its own tick with its session.
 - Streaming (settings.stream): yfinance.AsyncWebSocket; each decoded PricingData is a tick whose
@@ -51,6 +56,7 @@ from yfinance.data import YfData
 
 from producers.base import PollingSource, Record
 from producers.http import RateLimiter, redact
+from streams.calendars import exchange_for, trading_session
 from streams.config import Interval, YahooSettings
 from streams.errors import SourceError
 from streams.models import DataType, MarketDataPoint
@@ -70,6 +76,13 @@ _MAX_SPAN: dict[str, timedelta] = {
 }
 # PricingData.market_hours (Yahoo's MarketHoursType); proto3 leaves 0 out of a message, so absent is 0.
 MARKET_HOURS: dict[int, str] = {0: "pre", 1: "regular", 2: "post", 3: "extended"}
+# Yahoo's exchange codes (chart meta exchangeName, quote "exchange") -> the exchange_calendars name.
+YAHOO_EXCHANGES: dict[str, str] = {
+    "NMS": "XNAS", "NGM": "XNAS", "NCM": "XNAS", "NAS": "XNAS", "NYQ": "XNYS", "ASE": "XASE", "PCX": "ARCX",
+    "BTS": "BATS", "GER": "XETR", "FRA": "XFRA", "LSE": "XLON", "PAR": "XPAR", "AMS": "XAMS", "BRU": "XBRU",
+    "MIL": "XMIL", "MCE": "XMAD", "EBS": "XSWX", "VIE": "XWBO", "STO": "XSTO", "CPH": "XCSE", "HEL": "XHEL",
+    "OSL": "XOSL", "TOR": "XTSE", "VAN": "XTSX", "JPX": "XTKS", "HKG": "XHKG", "ASX": "XASX",
+}
 # v7 quote marketState -> session.
 MARKET_STATE: dict[str, str] = {"PREPRE": "pre", "PRE": "pre", "REGULAR": "regular", "POST": "post",
                                 "POSTPOST": "post", "CLOSED": "closed"}
@@ -118,6 +131,19 @@ def _trading_date(epoch: int, meta: Mapping[str, Any]) -> datetime:
     else:
         d = datetime.fromtimestamp(epoch + int(meta.get("gmtoffset") or 0), UTC).date()
     return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+def exchange_calendar(symbol: str, meta: Mapping[str, Any] | None = None) -> str | None:
+    """The exchange calendar of a Yahoo symbol: its exchange code (chart meta exchangeName, quote exchange),
+    else its form (.DE, =X, -USD, ...; streams/calendars.py), else NYSE."""
+    code = str((meta or {}).get("exchangeName") or (meta or {}).get("exchange") or "").upper()
+    mic = YAHOO_EXCHANGES.get(code)
+    return exchange_for(symbol, metadata={"exchange": mic} if mic else None)
+
+
+def session_at(ts: datetime, calendar_name: str | None) -> str | None:
+    """pre, regular or post at `ts` on the exchange calendar (the helper Alpha Vantage's bars use too)."""
+    return trading_session(ts.timestamp(), calendar_name)
 
 
 def chart_result(payload: Any, symbol: str) -> dict[str, Any] | None:
@@ -169,6 +195,7 @@ def parse_chart(payload: Any, symbol: str, interval: str | None = None, *,
     dividends, splits = _events(result, "dividends"), _events(result, "splits")
     step = _INTRADAY_SECONDS.get(interval)
     sym = symbol.upper()
+    cal = exchange_calendar(sym, meta) if step is not None else None
     by_time: dict[datetime, MarketDataPoint] = {}
     skipped = 0
     for i, epoch in enumerate(stamps):
@@ -195,6 +222,8 @@ def parse_chart(payload: Any, symbol: str, interval: str | None = None, *,
             anchor = int(stamps[0]) if stamps[0] is not None else epoch
             epoch -= (epoch - anchor) % step
             ts = datetime.fromtimestamp(epoch, UTC)
+            if (session := session_at(ts, cal)) is not None:
+                meta_row["session"] = session
         by_time[ts] = MarketDataPoint(
             symbol=sym, timestamp=ts, source=source, data_type=DataType.BAR, open=o, high=h, low=lo, close=c,
             volume=_num(quote.get("volume"), i), interval=interval, item_id=interval, metadata=meta_row,
@@ -246,6 +275,8 @@ def parse_tick(payload: Any, symbol: str, *, source: str = SOURCE) -> list[Marke
     meta = result.get("meta") or {}
     extra = {k: meta[src] for k, src in (("currency", "currency"), ("exchange", "exchangeName"))
              if meta.get(src) is not None}
+    if (session := session_at(bars[-1].timestamp, exchange_calendar(symbol, meta))) is not None:
+        extra["session"] = session
     return [MarketDataPoint(symbol=symbol.upper(), timestamp=bars[-1].timestamp, source=source,
                             data_type=DataType.TICK, price=bars[-1].close, item_id="quote", metadata=extra)]
 
@@ -320,8 +351,10 @@ def parse_stream_message(msg: Mapping[str, Any], *, source: str = SOURCE) -> Mar
 # ---------------------------------------------------------------------------------------------- yfinance frames
 
 
-def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
-    """A yfinance history DataFrame (auto_adjust=False, actions=True) -> bars, oldest first."""
+def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE,
+                  calendar_name: str | None = None) -> list[MarketDataPoint]:
+    """A yfinance history DataFrame (auto_adjust=False, actions=True) -> bars, oldest first; intraday bars carry
+    their session on `calendar_name` (default: the symbol's, see exchange_calendar)."""
     if df is None or len(df) == 0:
         return []
     missing = {"Open", "High", "Low", "Close"} - set(df.columns)
@@ -329,6 +362,7 @@ def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE) 
         raise YahooUnexpected(f"yfinance history for {symbol} lacks columns {sorted(missing)}")
     step = _INTRADAY_SECONDS.get(interval)
     sym = symbol.upper()
+    cal = (calendar_name or exchange_calendar(sym)) if step is not None else None
     by_time: dict[datetime, MarketDataPoint] = {}
     anchor: int | None = None
     for stamp, row in df.iterrows():
@@ -351,6 +385,8 @@ def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE) 
             extra["dividend"] = div
         if (split := _num(row.get("Stock Splits"))):
             extra["split"] = f"{split:g}:1" if split >= 1 else f"1:{1 / split:g}"
+        if step is not None and (session := session_at(ts, cal)) is not None:
+            extra["session"] = session
         by_time[ts] = MarketDataPoint(
             symbol=sym, timestamp=ts, source=source, data_type=DataType.BAR, open=o, high=h, low=lo, close=c,
             volume=_num(row.get("Volume")), interval=interval, item_id=interval, metadata=extra,
@@ -529,7 +565,7 @@ class YahooSource(PollingSource):
         """Bars and the chart meta for one history request."""
         df, meta = await self._call("chart", symbol,
                                     lambda: self._history_blocking(symbol, interval=interval, **kwargs))
-        bars = frame_to_bars(df, symbol, interval)
+        bars = frame_to_bars(df, symbol, interval, calendar_name=exchange_calendar(symbol, meta))
         if not bars:
             logger.info("yahoo: %s: no %s bars in this range", symbol.upper(), interval)
         return bars, meta
@@ -547,8 +583,11 @@ class YahooSource(PollingSource):
         else:
             tick = tick_from_meta(meta, symbol)
             if tick is None and bars:
+                session = bars[-1].metadata.get("session") or session_at(bars[-1].timestamp,
+                                                                        exchange_calendar(symbol, meta))
                 tick = MarketDataPoint(symbol=symbol.upper(), timestamp=bars[-1].timestamp, source=SOURCE,
-                                       data_type=DataType.TICK, price=bars[-1].close, item_id="quote")
+                                       data_type=DataType.TICK, price=bars[-1].close, item_id="quote",
+                                       metadata={"session": session} if session else {})
             ticks = [tick] if tick is not None else []
         out: list[MarketDataPoint] = []
         for tick in ticks:

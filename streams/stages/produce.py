@@ -26,7 +26,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_nev
 from tenacity.wait import wait_base
 
 from producers.base import Source, encode
-from producers.registry import enabled_sources
+from producers.quota import KafkaQuotaStore
+from producers.registry import Collaborators, enabled_sources
 from streams.app import app, settings
 from streams.errors import TickflowError
 from streams.redact import redact
@@ -117,6 +118,8 @@ class SourceSupervisor:
             source = by_key.get(key)
             d["unexpected"] = {str(k): int(v) for k, v in (getattr(source, "unexpected", None) or {}).items()}
             d["unknown_symbols"] = sum(int(v) for v in (getattr(source, "unknown", None) or {}).values())
+            # Failed provider calls per endpoint, each warned once per cause (the news source's `errors`).
+            d["errors"] = {str(k): int(v) for k, v in (getattr(source, "errors", None) or {}).items()}
             out.append(d)
         return out
 
@@ -200,9 +203,11 @@ class SourceSupervisor:
 
 
 
-# The Faust wiring: this worker's sources, supervised on the leader.
-supervisor = SourceSupervisor(enabled_sources(settings.sources), send=send_all,
-                              topic_for=lambda name: catalog.raw(name).name)
+# The Faust wiring: this worker's sources, supervised on the leader. Daily quotas (Alpha Vantage) are counted
+# on a compacted topic, so a restart or a new leader continues the day's count (producers/quota.py).
+quota_store = KafkaQuotaStore.for_settings(settings.kafka)
+supervisor = SourceSupervisor(enabled_sources(settings.sources, collaborators=Collaborators(quota_store=quota_store)),
+                              send=send_all, topic_for=lambda name: catalog.raw(name).name)
 
 
 @app.timer(1.0, name="supervise_sources")
@@ -213,3 +218,4 @@ async def supervise_sources() -> None:
 @app.on_before_shutdown.connect
 async def _stop_sources(sender: object = None, **kwargs: object) -> None:
     await supervisor.stop()
+    await quota_store.close()

@@ -29,6 +29,7 @@ from producers.alpha_vantage import (
     split_pair,
     url_id,
 )
+from producers.quota import DailyQuota, MemoryQuotaStore, QuotaSpent, QuotaStoreUnavailable
 from streams.errors import ConfigError, SourceError
 from tests.unit.producers.conftest import Serve
 
@@ -122,12 +123,14 @@ def test_key_from_environment_only() -> None:
         AlphaVantageSource(AlphaVantageSettings(), env={})
 
 
-async def test_daily_limiter_blocks_after_the_day_budget() -> None:
-    limiter = DailyLimitedRateLimiter(100.0, 1.0, daily_calls=2)
+async def test_daily_limiter_refuses_after_the_day_budget() -> None:
+    store = MemoryQuotaStore()
+    limiter = DailyLimitedRateLimiter(100.0, 1.0, DailyQuota("alpha_vantage", 2, store))
     await limiter.acquire()
     await limiter.acquire()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(QuotaSpent):
         await asyncio.wait_for(limiter.acquire(), 0.1)
+    assert list(store.counts.values()) == [2]
 
 
 # ---------------------------------------------------------------------------------------------- source
@@ -316,6 +319,18 @@ def test_intraday_bars_carry_their_us_session() -> None:
     assert all("session" not in b.metadata for b in parse_time_series(load("daily_ibm.json")))
 
 
+def test_intraday_sessions_follow_the_exchange_calendar_on_an_early_close() -> None:
+    """2024-11-29 (the day after Thanksgiving) closed at 13:00 ET: 13:00-17:00 is the post-market, not the
+    regular session a fixed 09:30-16:00 clock would say."""
+    keys = ("2024-11-29 09:30:00", "2024-11-29 12:55:00", "2024-11-29 13:00:00", "2024-11-29 15:55:00",
+            "2024-11-29 16:55:00")
+    doc = {"Meta Data": {"2. Symbol": "IBM", "4. Interval": "5min", "6. Time Zone": "US/Eastern"},
+           "Time Series (5min)": {k: {"1. open": "1", "2. high": "1", "3. low": "1", "4. close": "1", "5. volume": "1"}
+                                  for k in keys}}
+    bars = parse_time_series(doc)
+    assert [b.metadata.get("session") for b in bars] == ["regular", "regular", "post", "post", "post"]
+
+
 def test_pairs_are_read_or_refused() -> None:
     assert split_pair("eur/usd") == ("EUR", "USD") and split_pair("BTCUSD") == ("BTC", "USD")
     with pytest.raises(ConfigError):
@@ -358,3 +373,65 @@ async def test_odd_body_and_unknown_symbol_are_warned_once_and_counted(
     unknown = [r for r in caplog.records if "GLOBAL_QUOTE for NOPE is empty" in r.getMessage()]
     assert len(odd) == 1 and "USDJPY" in odd[0].getMessage() and len(unknown) == 1
     assert KEY not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- daily quota
+
+
+async def test_a_restarted_source_continues_the_days_count(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    """The quota is counted in the store it is given: a new source (a restart) on the same store may make only
+    what is left of the day's calls, then makes none and says so once."""
+    fake = FakeAlphaVantage()
+    base = await serve(fake.app())
+    store = MemoryQuotaStore()
+    s = settings(base, symbols=["ibm", "msft"], functions=["global_quote"], daily_limit_calls=3)
+    async with aiohttp.ClientSession() as session:
+        first = AlphaVantageSource(s, api_key=SecretStr(KEY), quota_store=store)
+        await first.poll_once(session)
+        assert len(fake.seen) == 2 and list(store.counts.values()) == [2]
+        restarted = AlphaVantageSource(s, api_key=SecretStr(KEY), quota_store=store)
+        caplog.set_level(logging.WARNING, logger="producers.alpha_vantage")
+        await restarted.poll_once(session)
+        await restarted.poll_once(session)
+    assert len(fake.seen) == 3  # one call left for the restarted source, then none
+    assert list(store.counts.values()) == [3]
+    spent = [r for r in caplog.records if "used up" in r.getMessage()]
+    assert len(spent) == 1 and KEY not in caplog.text
+
+
+async def test_a_new_leader_reads_the_count_again(serve: Serve) -> None:
+    """A source that starts leading again (fetch) reloads the count another worker saved meanwhile."""
+    fake = FakeAlphaVantage()
+    base = await serve(fake.app())
+    store = MemoryQuotaStore()
+    s = settings(base, symbols=["ibm"], functions=["global_quote"], daily_limit_calls=2, interval_seconds=0.01)
+    src = AlphaVantageSource(s, api_key=SecretStr(KEY), quota_store=store)
+    async with aiohttp.ClientSession() as session:
+        await src.poll_once(session)
+        assert len(fake.seen) == 1
+        day = src.quota.day
+        assert day is not None
+        await store.save("alpha_vantage", day, 2)  # the other worker, leading meanwhile, used the rest
+        batches = src.fetch(session)
+        task = asyncio.ensure_future(batches.__anext__())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await batches.aclose()
+    assert len(fake.seen) == 1
+
+
+async def test_a_store_that_cannot_count_lets_no_call_out(serve: Serve) -> None:
+    """The store failing is the source failing (retriable: the supervisor restarts it), never an uncounted call."""
+
+    class Down(MemoryQuotaStore):
+        async def load(self, provider: str, day: date) -> int:
+            raise OSError("broker unreachable")
+
+    fake = FakeAlphaVantage()
+    s = settings(await serve(fake.app()), symbols=["ibm"], functions=["global_quote"])
+    src = AlphaVantageSource(s, api_key=SecretStr(KEY), quota_store=Down())
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(QuotaStoreUnavailable, match="broker unreachable") as err:
+            await src.poll_once(session)
+    assert err.value.retriable and fake.seen == []

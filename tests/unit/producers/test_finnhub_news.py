@@ -13,11 +13,11 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from producers.base import SeenIds, from_epoch, parse_iso
-from producers.finnhub import NewsSentimentSource
+from producers.base import SeenIds, failure_cause, from_epoch, parse_iso
+from producers.finnhub import FinnhubUnexpected, NewsSentimentSource
 from producers.sentiment import SENTIMENT_METHOD, lexicon_sentiment, score_missing
 from streams.config import NewsSettings
-from streams.errors import ConfigError
+from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
 from tests.unit.producers.conftest import Serve
 
@@ -38,6 +38,16 @@ def test_epoch_and_iso_are_utc() -> None:
     assert parse_iso("2024-05-31T16:00:00Z") == datetime(2024, 5, 31, 16, 0, tzinfo=UTC)
     assert parse_iso("2024-05-31T12:00:00-04:00") == datetime(2024, 5, 31, 16, 0, tzinfo=UTC)
     assert parse_iso("2024-05-31T16:00:00").tzinfo is UTC
+
+
+def test_failure_cause_leaves_out_what_changes_between_calls() -> None:
+    a = SourceError("HTTP 500 from http://h:18080/api/v1/company-news?symbol=AAPL&from=2024-05-30 for AAPL")
+    b = SourceError("HTTP 500 from http://h:18080/api/v1/company-news?symbol=MSFT&from=2024-06-02 for MSFT")
+    assert failure_cause(a, "AAPL") == failure_cause(b, "MSFT")
+    assert "AAPL" not in failure_cause(a, "AAPL") and "2024" not in failure_cause(a, "AAPL")
+    assert failure_cause(a, "AAPL") != failure_cause(SourceError("HTTP 403 from http://h/x"), "AAPL")
+    assert failure_cause(FinnhubUnexpected("quote without c and t", "keys [a]")) == \
+        "FinnhubUnexpected: quote without c and t"
 
 
 def test_seen_ids_is_bounded_and_forgets_the_oldest() -> None:
@@ -71,7 +81,9 @@ class FakeFinnhubNews:
     async def handle(self, request: web.Request) -> web.Response:
         self.seen.append((request.path, dict(request.query), request.headers.get("X-Finnhub-Token", "")))
         symbol = request.query.get("symbol")
-        if symbol == "FAIL":
+        if symbol == "ODD":  # a shape no parser reads
+            return web.json_response({"unexpected": "shape"})
+        if symbol in ("FAIL", "FAIL2"):
             return web.json_response({"error": f"server error for token {request.headers['X-Finnhub-Token']}"},
                                      status=500)
         if request.path.endswith("company-news"):
@@ -149,6 +161,27 @@ async def test_failing_symbol_is_redacted_and_others_continue(serve: Serve, capl
         points = await src.poll_once(session, now=NOW)
     assert {p.symbol for p in points} == {"MSFT"} and len(points) == 3
     assert "company news for FAIL failed" in caplog.text and "sentiment for FAIL failed" in caplog.text
+    assert KEY not in caplog.text
+
+
+async def test_failures_are_warned_once_per_cause_and_counted(serve: Serve,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Two symbols failing the same way on two polls: one warning per endpoint and cause, every failure counted;
+    a payload of an odd shape is another cause, counted as unexpected too."""
+    fake = FakeFinnhubNews()
+    base = await serve(fake.app())
+    src = NewsSentimentSource(settings(base, symbols=["FAIL", "FAIL2", "ODD", "MSFT"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        await src.poll_once(session, now=NOW)
+        await src.poll_once(session, now=NOW)
+    warnings = sorted(r.getMessage().split(" failed")[0] + " failed" for r in caplog.records
+                      if r.levelno == logging.WARNING)
+    # FAIL2 fails as FAIL does (HTTP 500): the same cause, not warned again; ODD's odd payloads are another.
+    assert warnings == ["news: company news for FAIL failed", "news: company news for ODD failed",
+                        "news: sentiment for FAIL failed", "news: sentiment for ODD failed"]
+    assert src.errors == {"company_news": 6, "news_sentiment": 6}  # 3 failing symbols x 2 polls
+    assert src.unexpected == {"company_news": 2, "news_sentiment": 2}  # ODD's; an HTTP 500 is no payload shape
     assert KEY not in caplog.text
 
 

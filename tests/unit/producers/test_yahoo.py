@@ -22,6 +22,8 @@ from producers.yahoo import (
     YahooSettings,
     YahooSource,
     encode_pricing,
+    exchange_calendar,
+    frame_to_bars,
     parse_chart,
     parse_quote_response,
     parse_stream_message,
@@ -77,6 +79,60 @@ def test_tick_falls_back_to_the_latest_bar() -> None:
     del doc["chart"]["result"][0]["meta"]["regularMarketPrice"]
     [tick] = parse_tick(doc, "MSFT")
     assert tick.price == 417.25 and tick.timestamp == datetime.fromtimestamp(T0 + 180, UTC)
+    assert tick.metadata["session"] == "regular"  # 09:33 ET on a full session day
+
+
+def chart(symbol: str, exchange: str, tz: str, stamps: list[int], interval: str = "5m") -> dict[str, Any]:
+    """A chart body as Yahoo documents it (v8 /finance/chart), one bar per stamp."""
+    n = len(stamps)
+    return {"chart": {"error": None, "result": [{
+        "meta": {"symbol": symbol, "exchangeName": exchange, "exchangeTimezoneName": tz, "dataGranularity": interval},
+        "timestamp": stamps,
+        "indicators": {"quote": [{"open": [1.0] * n, "high": [1.0] * n, "low": [1.0] * n, "close": [1.0] * n,
+                                  "volume": [10] * n}]}}]}}
+
+
+def et(text: str) -> int:
+    return int(datetime.fromisoformat(f"{text}-05:00").timestamp())  # EST (November, December)
+
+
+def test_intraday_bars_carry_their_session_from_the_exchange_calendar() -> None:
+    # 2024-11-29 closed early (13:00 ET): 13:00-17:00 is the post-market; 2024-12-02 is a full day.
+    stamps = [et("2024-11-29T08:00:00"), et("2024-11-29T12:55:00"), et("2024-11-29T13:00:00"),
+              et("2024-11-29T16:55:00"), et("2024-12-02T09:25:00"), et("2024-12-02T09:30:00"),
+              et("2024-12-02T16:00:00"), et("2024-12-02T19:55:00")]
+    bars = parse_chart(chart("MSFT", "NMS", "America/New_York", stamps), "MSFT")
+    assert [b.metadata.get("session") for b in bars] == [
+        "pre", "regular", "post", "post", "pre", "regular", "post", "post"]
+    assert all("session" not in b.metadata for b in parse_chart(load("chart_msft_1d.json"), "MSFT"))
+    live = parse_chart(load("chart_msft_1m_live.json"), "MSFT")
+    assert [b.metadata["session"] for b in live] == ["regular"] * 3
+
+
+def test_session_calendar_follows_the_exchange_and_the_symbol() -> None:
+    # XETRA (exchange code GER) opens 09:00 Berlin: 08:30 is before any session there, 10:00 is regular.
+    cet = [int(datetime.fromisoformat(f"2024-12-02T{t}+01:00").timestamp()) for t in ("08:30:00", "10:00:00")]
+    sap = parse_chart(chart("SAP.DE", "GER", "Europe/Berlin", cet), "SAP.DE")
+    assert [b.metadata.get("session") for b in sap] == [None, "regular"]
+    assert exchange_calendar("SAP.DE", {"exchangeName": "GER"}) == "XETR"
+    assert exchange_calendar("IBM", {"exchangeName": "NYQ"}) == "XNYS"
+    # Crypto trades around the clock: a Saturday bar is in the regular session.
+    sat = int(datetime(2024, 11, 30, 3, 0, tzinfo=UTC).timestamp())
+    [btc] = parse_chart(chart("BTC-USD", "CCC", "UTC", [sat]), "BTC-USD")
+    assert btc.metadata["session"] == "regular"
+
+
+def test_yfinance_frames_carry_the_session_too() -> None:
+    import pandas as pd
+
+    index = pd.DatetimeIndex([pd.Timestamp("2024-11-29 12:55", tz="America/New_York"),
+                              pd.Timestamp("2024-11-29 13:00", tz="America/New_York")])
+    df = pd.DataFrame({"Open": [1.0, 1.0], "High": [1.0, 1.0], "Low": [1.0, 1.0], "Close": [1.0, 1.0],
+                       "Volume": [5, 5]}, index=index)
+    bars = frame_to_bars(df, "MSFT", "5m")
+    assert [b.metadata.get("session") for b in bars] == ["regular", "post"]
+    daily = frame_to_bars(df.iloc[:1], "MSFT", "1d")
+    assert "session" not in daily[0].metadata
 
 
 def test_chart_error_and_empty_result() -> None:

@@ -1,0 +1,189 @@
+"""Exchange calendars: which days are sessions, when a market is open, and which trading session (pre,
+regular, post) an instant falls in. A leaf (it imports nothing of tickflow), so the detectors
+(streams/anomalies/, which re-exports it) and the providers (producers/, which may import leaves only) read
+the same calendars.
+
+The calendars come from the `exchange_calendars` package (holidays, early closes and ad-hoc closures such
+as 2001-09-11..14 or Hurricane Sandy 2012-10-29/30). Building one takes a fraction of a second and its
+pandas objects are slow to query per record, so each calendar is built once per process (lazily, on the
+first symbol that needs it) and reduced to sorted integer arrays: sessions as UTC day numbers, opens and
+closes as Unix seconds; a query is a binary search.
+
+A symbol's calendar: the settings' `exchanges` map, else the provider's metadata (`exchange` as a MIC),
+else the symbol's form (.DE XETR, .L XLON, =X FX 24/5, -USD crypto 24/7, ...), else `default_exchange`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from datetime import date
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_EPOCH = date(1970, 1, 1).toordinal()
+_FIRST_YEAR = 1960  # calendars are built from here when their history goes back that far
+
+# Yahoo symbol suffix -> ISO 10383 MIC as exchange_calendars names it.
+_SUFFIX = {
+    "DE": "XETR", "F": "XFRA", "L": "XLON", "PA": "XPAR", "AS": "XAMS", "BR": "XBRU", "MI": "XMIL", "MC": "XMAD",
+    "SW": "XSWX", "VI": "XWBO", "ST": "XSTO", "CO": "XCSE", "HE": "XHEL", "OL": "XOSL", "LS": "XLIS",
+    "IR": "XDUB", "TO": "XTSE", "V": "XTSX", "T": "XTKS", "HK": "XHKG", "AX": "XASX", "NZ": "XNZE",
+    "SI": "XSES", "KS": "XKRX", "TW": "XTAI", "SS": "XSHG", "SZ": "XSHG", "BO": "XBOM", "NS": "XBOM",
+    "SA": "BVMF", "MX": "XMEX", "JO": "XJSE", "WA": "XWAR", "IS": "XIST",
+}
+_CRYPTO_QUOTES = ("-USD", "-USDT", "-EUR", "-BTC", "-ETH", "-GBP", "-JPY")
+
+
+def exchange_for(symbol: str, exchanges: dict[str, str] | None = None, metadata: dict[str, Any] | None = None,
+                 default: str | None = "XNYS") -> str | None:
+    """The calendar name for a symbol (see the module docstring for the order); None: weekdays only."""
+    sym = symbol.upper()
+    if exchanges and (name := exchanges.get(sym) or exchanges.get(symbol)):
+        return name
+    if metadata and isinstance(mic := metadata.get("exchange"), str) and mic.upper() in _known():
+        return mic.upper()
+    if sym.endswith("=X"):
+        return "24/5"
+    if sym.endswith(_CRYPTO_QUOTES):
+        return "24/7"
+    if "." in sym:
+        suffix = sym.rsplit(".", 1)[1]
+        if suffix in _SUFFIX:
+            return _SUFFIX[suffix]
+    return default
+
+
+_known_names: frozenset[str] | None = None
+
+
+def _known() -> frozenset[str]:
+    global _known_names
+    if _known_names is None:
+        import exchange_calendars as xc
+
+        _known_names = frozenset(xc.get_calendar_names(include_aliases=True))
+    return _known_names
+
+
+class SessionCalendar:
+    """One exchange's sessions as sorted arrays: day numbers (UTC date of the session label), opens and closes
+    in Unix seconds. `None` name: the 24/7 calendar (every day a session, always open)."""
+
+    __slots__ = ("always_open", "closes", "days", "name", "opens")
+
+    def __init__(self, name: str, days: list[int], opens: list[float], closes: list[float]) -> None:
+        self.name = name
+        self.days, self.opens, self.closes = days, opens, closes
+        self.always_open = name == "24/7"
+
+    @classmethod
+    def build(cls, name: str) -> SessionCalendar:
+        import exchange_calendars as xc
+
+        try:
+            cal = xc.get_calendar(name, start=f"{_FIRST_YEAR}-01-01")
+        except Exception:  # its history starts later: the package's own default range
+            cal = xc.get_calendar(name)
+        days = [int(x // 86_400_000_000_000) for x in cal.sessions.as_unit("ns").asi8]
+        opens = [x / 1e9 for x in cal.opens.dt.as_unit("ns").astype("int64").tolist()]
+        closes = [x / 1e9 for x in cal.closes.dt.as_unit("ns").astype("int64").tolist()]
+        return cls(name, days, opens, closes)
+
+    def covers(self, day: int) -> bool:
+        return bool(self.days) and self.days[0] <= day <= self.days[-1]
+
+    def is_session(self, day: int) -> bool:
+        if self.always_open:
+            return True
+        i = bisect.bisect_left(self.days, day)
+        return i < len(self.days) and self.days[i] == day
+
+    def sessions_between(self, d0: int, d1: int) -> int:
+        """Sessions strictly between two UTC day numbers."""
+        if d1 - d0 <= 1:
+            return 0
+        if self.always_open:
+            return d1 - d0 - 1
+        return max(0, bisect.bisect_left(self.days, d1) - bisect.bisect_right(self.days, d0))
+
+    def session_of(self, ts: float) -> int | None:
+        """The index of the session open at `ts` (open <= ts < close), or None when the market is closed."""
+        i = bisect.bisect_right(self.opens, ts) - 1
+        return i if i >= 0 and ts < self.closes[i] else None
+
+    def is_open(self, ts: float) -> bool:
+        return self.always_open or self.session_of(ts) is not None
+
+    def open_since(self, ts: float) -> float | None:
+        """When the session open at `ts` opened (None when closed; -inf when always open)."""
+        if self.always_open:
+            return float("-inf")
+        i = self.session_of(ts)
+        return None if i is None else self.opens[i]
+
+
+# Extended hours around the regular session, for markets whose pre- and post-market trading providers report
+# (Alpha Vantage's intraday bars, Yahoo's prepost charts and quotes): seconds before the open and after the
+# close. US equities: 04:00 ET to the open, the close to 20:00 ET; on an early-close day (13:00) the
+# post-market ends four hours after it, at 17:00 ET, as the US venues run it. Others: regular hours only.
+_US_EXTENDED = (5.5 * 3600, 4 * 3600)
+EXTENDED_HOURS: dict[str, tuple[float, float]] = {
+    name: _US_EXTENDED for name in ("XNYS", "NYSE", "XNAS", "NASDAQ", "XASE", "ARCX", "BATS")}
+
+
+def trading_session(ts: float, name: str | None) -> str | None:
+    """The session of `name`'s calendar an instant (Unix seconds) falls in: "regular" (open <= ts < close;
+    24/5 and 24/7 markets whenever they are open), "pre" (in the extended hours before a session's open),
+    "post" (in those after its close, an early close included). None: in no session (overnight, a weekend
+    or a holiday), or no calendar for `name`."""
+    cal = calendar(name)
+    if cal is None:
+        return None
+    if cal.always_open or cal.session_of(ts) is not None:
+        return "regular"
+    if name is None or name not in EXTENDED_HOURS:
+        return None
+    before, after = EXTENDED_HOURS[name]
+    i = bisect.bisect_right(cal.opens, ts) - 1  # the last session that opened at or before ts (it has closed)
+    if i >= 0 and cal.closes[i] <= ts < cal.closes[i] + after:
+        return "post"
+    if i + 1 < len(cal.opens) and cal.opens[i + 1] - before <= ts < cal.opens[i + 1]:
+        return "pre"
+    return None
+
+
+_cache: dict[str, SessionCalendar | None] = {}
+_lock = threading.Lock()
+
+
+def calendar(name: str | None) -> SessionCalendar | None:
+    """The named calendar, built once and cached; None for no name or one that cannot be built (logged once),
+    in which case the callers fall back to weekdays."""
+    if name is None:
+        return None
+    cal = _cache.get(name, False)
+    if cal is not False:
+        return cal  # type: ignore[return-value]
+    with _lock:
+        if name not in _cache:
+            try:
+                _cache[name] = _weekdays_24_5() if name == "24/5" else SessionCalendar.build(name)
+            except Exception as exc:  # an unknown name, or no history that far back
+                logger.warning("exchange calendar %r unavailable (%s): weekdays instead", name, exc)
+                _cache[name] = None
+        return _cache[name]
+
+
+def _weekdays_24_5() -> SessionCalendar:
+    """FX 24/5: every weekday from 1980 to 2100 is a session, from 22:00 UTC the day before to 22:00 UTC (the
+    week runs Sunday 22:00 to Friday 22:00 UTC); a daily bar is labelled by the weekday."""
+    days, opens, closes = [], [], []
+    for d in range(date(_FIRST_YEAR, 1, 1).toordinal() - _EPOCH, date(2100, 1, 1).toordinal() - _EPOCH):
+        if (d + 3) % 7 < 5:  # 1970-01-01 was a Thursday: (d + 3) % 7 is Monday=0
+            days.append(d)
+            opens.append(d * 86400.0 - 7200.0)
+            closes.append(d * 86400.0 + 79200.0)
+    return SessionCalendar("24/5", days, opens, closes)

@@ -1,0 +1,42 @@
+"""trading_session: pre, regular and post from the exchange calendar (holidays and early closes included)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from streams.anomalies import calendars as detector_calendars
+from streams.calendars import calendar, trading_session
+
+
+def ny(text: str) -> float:
+    return datetime.fromisoformat(f"{text}-05:00").timestamp()  # EST
+
+
+@pytest.mark.parametrize("when,session", [
+    ("2024-12-02T03:59:00", None), ("2024-12-02T04:00:00", "pre"), ("2024-12-02T09:29:59", "pre"),
+    ("2024-12-02T09:30:00", "regular"), ("2024-12-02T15:59:59", "regular"), ("2024-12-02T16:00:00", "post"),
+    ("2024-12-02T19:59:59", "post"), ("2024-12-02T20:00:00", None),
+    # Early close (the day after Thanksgiving): regular until 13:00, post-market until 17:00.
+    ("2024-11-29T12:59:00", "regular"), ("2024-11-29T13:00:00", "post"), ("2024-11-29T16:59:00", "post"),
+    ("2024-11-29T17:00:00", None),
+    # A holiday (Thanksgiving) and a Saturday: no session at all.
+    ("2024-11-28T10:00:00", None), ("2024-11-30T10:00:00", None),
+])
+def test_us_sessions(when: str, session: str | None) -> None:
+    assert trading_session(ny(when), "XNYS") == session
+
+
+def test_around_the_clock_markets_and_markets_without_extended_hours() -> None:
+    saturday = datetime.fromisoformat("2024-11-30T12:00:00+00:00").timestamp()
+    assert trading_session(saturday, "24/7") == "regular"
+    assert trading_session(saturday, "24/5") is None
+    berlin_evening = datetime.fromisoformat("2024-12-02T18:00:00+01:00").timestamp()
+    assert trading_session(berlin_evening, "XETR") is None
+    assert trading_session(berlin_evening - 6 * 3600, "XETR") == "regular"
+    assert trading_session(saturday, None) is None
+
+
+def test_the_detectors_read_the_same_calendars() -> None:
+    assert detector_calendars.calendar("XNYS") is calendar("XNYS")
