@@ -47,7 +47,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from producers.base import PollingSource, Record, SeenIds
-from producers.http import RateLimiter, get_json, redact
+from producers.http import RateLimiter, get_json, http_options, redact
 from producers.quota import DailyQuota, MemoryQuotaStore, QuotaBlocked, QuotaSpent, QuotaStore, QuotaStoreUnavailable
 from producers.sentiment import clip
 from streams.calendars import trading_session
@@ -383,8 +383,7 @@ class AlphaVantageSource(PollingSource):
             doc = await get_json(
                 session, f"{self.base_url}/query",
                 params={"function": function, **params, "apikey": self.api_key.get_secret_value()},
-                secrets=[self.api_key], limiter=self.limiter, attempts=s.retry_attempts,
-                base_delay=s.retry_base_delay, timeout=s.request_timeout_seconds,
+                secrets=[self.api_key], limiter=self.limiter, **http_options(s),
             )
             return check_payload(doc, function)
         except QuotaBlocked:

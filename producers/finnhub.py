@@ -49,7 +49,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from yarl import URL
 
 from producers.base import BadEpoch, PollingSource, Record, SeenIds, Source, failure_cause, from_epoch
-from producers.http import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRY_AFTER, RateLimiter, get_json, redact
+from producers.http import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRY_AFTER, RateLimiter, get_json, http_options, redact
 from producers.sentiment import score_missing
 from streams.config import Endpoint, FinnhubSettings, NewsSettings
 from streams.errors import ConfigError, SourceError
@@ -435,9 +435,7 @@ class FinnhubSource(_Counted, PollingSource):
         self.api_key = _require_key(api_key, env)
         self.client = FinnhubClient(
             self.api_key, base_url=settings.base_url, calls=settings.rate_limit_calls,
-            per_seconds=settings.rate_limit_per_seconds, timeout=settings.request_timeout_seconds,
-            attempts=settings.retry_attempts, base_delay=settings.retry_base_delay, token_in=settings.token_in,
-            max_bytes=settings.max_response_bytes, max_retry_after=settings.max_retry_after_seconds,
+            per_seconds=settings.rate_limit_per_seconds, token_in=settings.token_in, **http_options(settings),
         )
         self.endpoints: list[Endpoint] = list(dict.fromkeys(settings.endpoints))
         self.candle_kinds: list[CandleKind] = [k for k, syms in (("forex", settings.forex_symbols),
@@ -686,9 +684,7 @@ class NewsSentimentSource(_Counted, PollingSource):
         self.settings = settings
         self.client = FinnhubClient(
             key, base_url=settings.base_url, calls=settings.rate_limit_calls,
-            per_seconds=settings.rate_limit_per_seconds, timeout=settings.request_timeout_seconds,
-            attempts=settings.retry_attempts, base_delay=settings.retry_base_delay,
-            max_bytes=settings.max_response_bytes, max_retry_after=settings.max_retry_after_seconds,
+            per_seconds=settings.rate_limit_per_seconds, **http_options(settings),
         )
         self.seen = SeenIds()
         self.sentiment_enabled = settings.sentiment

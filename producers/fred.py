@@ -45,7 +45,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from producers.base import PollingSource, SeenIds
-from producers.http import RateLimiter, get_json, redact
+from producers.http import RateLimiter, get_json, http_options, redact
 from streams.config import FredSettings
 from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
@@ -204,9 +204,7 @@ class FredSource(PollingSource):
         params = {**params, "file_type": "json", "api_key": self.api_key.get_secret_value()}
         try:
             return await get_json(session, f"{self.base_url}{path}", params=params,
-                                  secrets=[self.api_key], limiter=self.limiter, attempts=s.retry_attempts,
-                                  base_delay=s.retry_base_delay, timeout=s.request_timeout_seconds,
-                                  max_bytes=s.max_response_bytes, max_retry_after=s.max_retry_after_seconds)
+                                  secrets=[self.api_key], limiter=self.limiter, **http_options(s))
         except SourceError as exc:
             raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
 

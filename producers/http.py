@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -41,8 +41,8 @@ from producers.quota import QuotaBlocked
 from streams.errors import SourceError
 from streams.redact import redact
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_RETRY_AFTER", "RateLimiter", "get_json", "get_text", "redact",
-           "retry_after_seconds"]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_RETRY_AFTER", "HttpSection", "RateLimiter", "get_json", "get_text",
+           "http_options", "redact", "retry_after_seconds"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,29 @@ _CREDENTIAL_PARAMS = frozenset({"api_key", "apikey", "token", "access_token", "a
                                 "client_secret", "password"})
 
 Sleep = Callable[[float], Awaitable[Any]]
+
+
+class HttpSection(Protocol):
+    """The request settings every HTTP provider's section has (streams/config.py)."""
+
+    @property
+    def retry_attempts(self) -> int: ...
+    @property
+    def retry_base_delay(self) -> float: ...
+    @property
+    def request_timeout_seconds(self) -> float: ...
+    @property
+    def max_response_bytes(self) -> int: ...
+    @property
+    def max_retry_after_seconds(self) -> float: ...
+
+
+def http_options(section: HttpSection) -> dict[str, Any]:
+    """get_json's keyword arguments from a provider's section, in one place: a setting a provider forgot to
+    pass would silently fall back to get_json's default whatever the user configured."""
+    return {"attempts": section.retry_attempts, "base_delay": section.retry_base_delay,
+            "timeout": section.request_timeout_seconds, "max_bytes": section.max_response_bytes,
+            "max_retry_after": section.max_retry_after_seconds}
 
 
 class RateLimiter:

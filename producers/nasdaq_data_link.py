@@ -12,7 +12,9 @@ raw.nasdaq_data_link with source "nasdaq_data_link".
   metadata["collapse"] say so, item_id is "DB/CODE|transform=rdiff|collapse=monthly" (so the plain series
   never shares a key with it) and interval is the period plus the transform ("1mo:rdiff").
 - Datatables: GET /api/v3/datatables/{code}.json -> datatable.columns [{name, type}] + data, paged
-  with meta.next_cursor_id (sent back as qopts.cursor_id).
+  with meta.next_cursor_id (sent back as qopts.cursor_id). A poll reads at most max_pages pages; the cursor
+  where it stopped is kept (per code and params) and the next poll continues from it, so a long table is read
+  over several polls without skipping rows; after its last page the next poll starts again at page 1.
 - Column names are matched case-insensitively after dropping punctuation ("Adj. Close" -> "adj close").
   A table with open, high, low and close (or settle, a futures settlement price) becomes bars; any
   other becomes economic points whose value is the first of value/close/settle/price/rate, else the
@@ -43,7 +45,7 @@ import orjson
 from pydantic import SecretStr
 
 from producers.base import PollingSource
-from producers.http import RateLimiter, get_text, redact
+from producers.http import RateLimiter, get_text, http_options, redact
 from streams.config import DatasetQuery, DatatableQuery, NasdaqDataLinkSettings
 from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
@@ -298,6 +300,8 @@ class NasdaqDataLinkSource(PollingSource):
         self.unknown: Counter[str] = Counter()  # per dataset/datatable code: "incorrect code" answers
         self.unexpected: Counter[str] = Counter()  # per kind (dataset, datatable): unreadable payloads
         self._warned: set[str] = set()
+        # Per datatable query (code, params): the cursor of the first page not read yet, and its page number.
+        self._cursors: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, int]] = {}
 
     def redact(self, text: str) -> str:
         return redact(text, [self.api_key])
@@ -312,9 +316,7 @@ class NasdaqDataLinkSource(PollingSource):
         try:
             return await get_text(
                 session, f"{self.base_url}{path}", params={**params, "api_key": self.api_key.get_secret_value()},
-                secrets=[self.api_key], limiter=self.limiter, attempts=s.retry_attempts,
-                base_delay=s.retry_base_delay, timeout=s.request_timeout_seconds,
-                max_bytes=s.max_response_bytes, max_retry_after=s.max_retry_after_seconds,
+                secrets=[self.api_key], limiter=self.limiter, **http_options(s),
             )
         except SourceError as exc:
             raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
@@ -342,30 +344,56 @@ class NasdaqDataLinkSource(PollingSource):
         except SourceError as exc:  # an error body may echo the request URL, key and all
             raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
 
+    @staticmethod
+    def _table_key(query: DatatableQuery) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return query.code.upper(), tuple(sorted(query.params.items()))
+
     async def datatable(self, session: aiohttp.ClientSession, query: DatatableQuery) -> list[MarketDataPoint]:
+        """Up to max_pages pages of a datatable. A listing longer than that continues at the next call from the
+        cursor where this one stopped (kept per code and params), so no page is skipped; once the last page is
+        read, the next call starts again at the first. A failure raises and keeps the cursor this call started
+        from (a retriable one) or drops it (a refused one: an expired cursor must not block the table forever)."""
+        key = self._table_key(query)
+        saved = self._cursors.get(key)
+        cursor: str | None = saved[0] if saved else None
+        page = saved[1] if saved else 1
         out: list[MarketDataPoint] = []
-        cursor: str | None = None
-        for _ in range(self.settings.max_pages):
-            params = dict(query.params)
-            if cursor:
-                params["qopts.cursor_id"] = cursor
-            body = await self._get_text(session, f"/api/v3/datatables/{query.code}.json", params)
-            try:
-                doc = orjson.loads(body.encode())
-            except orjson.JSONDecodeError:
-                raise NdlUnexpected("datatable body is not JSON", query.code) from None
-            try:
-                points, cursor = parse_datatable(doc, query.code)
-            except NdlUnexpected:
-                raise
-            except SourceError as exc:
-                raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
-            out.extend(points)
-            if not cursor:
-                return out
-        logger.warning("nasdaq_data_link: %s has more than %d pages; the rest waits for the next poll",
-                       query.code, self.settings.max_pages)
+        try:
+            for _ in range(self.settings.max_pages):
+                points, cursor = await self._table_page(session, query, cursor)
+                out.extend(points)
+                if not cursor:
+                    self._cursors.pop(key, None)
+                    return out
+                page += 1
+        except SourceError as exc:
+            if saved and not exc.retriable and self._cursors.pop(key, None) is not None:
+                logger.warning("nasdaq_data_link: %s failed when continuing from page %d (%s); the next poll "
+                               "starts again at page 1", query.code, saved[1], type(exc).__name__)
+            raise
+        assert cursor is not None  # the loop returned otherwise
+        self._cursors[key] = (cursor, page)
+        logger.warning("nasdaq_data_link: %s has more than max_pages=%d pages per poll; the next poll continues "
+                       "at page %d", query.code, self.settings.max_pages, page)
         return out
+
+    async def _table_page(self, session: aiohttp.ClientSession, query: DatatableQuery,
+                          cursor: str | None) -> tuple[list[MarketDataPoint], str | None]:
+        """One datatable page: its points and the cursor of the next page (None after the last)."""
+        params = dict(query.params)
+        if cursor:
+            params["qopts.cursor_id"] = cursor
+        body = await self._get_text(session, f"/api/v3/datatables/{query.code}.json", params)
+        try:
+            doc = orjson.loads(body.encode())
+        except orjson.JSONDecodeError:
+            raise NdlUnexpected("datatable body is not JSON", query.code) from None
+        try:
+            return parse_datatable(doc, query.code)
+        except NdlUnexpected:
+            raise
+        except SourceError as exc:
+            raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
 
     def _failed(self, kind: str, code: str, exc: Exception) -> None:
         text = self.redact(f"{type(exc).__name__}: {exc}")

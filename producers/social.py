@@ -28,7 +28,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from producers.base import PollingSource, parse_iso
-from producers.http import RateLimiter, get_json, redact
+from producers.http import RateLimiter, get_json, http_options, redact
 from producers.sentiment import SENTIMENT_METHOD, lexicon_sentiment
 from streams.config import SocialSettings
 from streams.errors import ConfigError, SourceError
@@ -188,9 +188,7 @@ class SocialSource(PollingSource):
         try:
             return await get_json(session, f"{self.base_url}/2/tweets/search/recent", params=params,
                                   headers=headers, secrets=[self.token], limiter=self.limiter,
-                                  attempts=s.retry_attempts, base_delay=s.retry_base_delay,
-                                  timeout=s.request_timeout_seconds, max_bytes=s.max_response_bytes,
-                                  max_retry_after=s.max_retry_after_seconds)
+                                  **http_options(s))
         except SourceError as exc:
             raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
 

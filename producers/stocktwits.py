@@ -34,7 +34,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from producers.base import PollingSource, SeenIds, parse_iso
-from producers.http import RateLimiter, get_json, redact
+from producers.http import RateLimiter, get_json, http_options, redact
 from producers.sentiment import SENTIMENT_METHOD, lexicon_sentiment
 from streams.config import StocktwitsSettings
 from streams.errors import SourceError
@@ -209,9 +209,7 @@ class StocktwitsSource(PollingSource):
             params = {**params, "access_token": self.token.get_secret_value()}
         try:
             return await get_json(session, f"{self.base_url}{stream.path}", params=params, secrets=[self.token],
-                                  limiter=self.limiter, attempts=s.retry_attempts, base_delay=s.retry_base_delay,
-                                  timeout=s.request_timeout_seconds, max_bytes=s.max_response_bytes,
-                                  max_retry_after=s.max_retry_after_seconds)
+                                  limiter=self.limiter, **http_options(s))
         except SourceError as exc:
             raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
 

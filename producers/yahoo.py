@@ -18,8 +18,9 @@ and optionally live prices from yfinance's streaming feed; written to raw.yahoo 
 - Sessions: intraday bars (and a tick taken from a bar) carry metadata["session"] (pre, regular, post) from
   the exchange calendar (streams/calendars.py, the helper Alpha Vantage's bars use): the calendar is the
   chart's exchange code (meta.exchangeName, YAHOO_EXCHANGES), else the symbol's form, else NYSE. Charts are
-  asked with prepost=False, so live and history bars are regular-session ones; a bar outside every session
-  has no session key. Quote and stream ticks keep the session Yahoo gives (marketState, market_hours).
+  asked with settings.prepost: false (the default) gives regular-session bars only, true adds the pre- and
+  post-market bars (live and history), sessions pre/regular/post; a bar outside every session has no session
+  key. Quote and stream ticks keep the session Yahoo gives (marketState, market_hours).
 - Tick: from the chart meta (regularMarketPrice at regularMarketTime), or with tick_from="quote" from
   Ticker.info (the v7 quote): bid/ask, and a pre/post-market price as its own tick with its session.
 - Streaming (settings.stream): yfinance.AsyncWebSocket; each decoded PricingData is a tick whose
@@ -41,7 +42,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
@@ -468,6 +469,7 @@ class YahooSource(PollingSource):
         self._tickers: dict[str, Any] = {}
         self._last_tick: dict[tuple[str, str], datetime] = {}
         self._last_bar: dict[str, datetime] = {}
+        self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # the backoff between attempts (tests)
 
     # -------------------------------------------------------------------------------- plumbing
 
@@ -510,15 +512,23 @@ class YahooSource(PollingSource):
             return SourceError(f"{text} for {symbol}", retriable=True)
         return YahooUnexpected(f"yfinance failed on {symbol}'s payload: {text}")
 
-    async def _call(self, endpoint: str, symbol: str, fn: Callable[[], T]) -> T:
-        """Run a blocking yfinance call in the pool, inside the rate limit, retrying what is worth it."""
+    async def _call(self, endpoint: str, symbol: str, fn: Callable[[], T], *, timeout: float | None = None) -> T:
+        """Run a blocking yfinance call in the pool, inside the rate limit, retrying what is worth it. `timeout`
+        bounds each attempt (time queued for a pool thread included), for calls that take no timeout of their own
+        (Ticker.info): the attempt fails as a retriable TimeoutError; its thread ends on yfinance's own timeout."""
         s = self.settings
         loop = asyncio.get_running_loop()
         last: SourceError | None = None
         for attempt in range(s.retry_attempts):
             await self.limiter.acquire()
             try:
-                return await loop.run_in_executor(self.pool, fn)
+                future = loop.run_in_executor(self.pool, fn)
+                if timeout is None:
+                    return await future
+                try:
+                    return await asyncio.wait_for(future, timeout)
+                except TimeoutError:
+                    raise TimeoutError(f"no answer within request_timeout_seconds={timeout:g}") from None
             except Exception as exc:  # yfinance raises many kinds; _classify sorts them
                 err = self._classify(exc, symbol)
                 # yfinance memoises past-range chart answers (failed ones too) and a Ticker keeps the timezone
@@ -531,7 +541,8 @@ class YahooSource(PollingSource):
                 if not err.retriable:
                     raise err from None
                 last = err
-                await asyncio.sleep(min(30.0, s.retry_base_delay * 2**attempt) * random.random())
+                if attempt + 1 < s.retry_attempts:  # no wait after the last attempt: nothing follows it
+                    await self.sleep(min(30.0, s.retry_base_delay * 2**attempt) * random.random())
         raise SourceError(f"gave up after {s.retry_attempts} attempts: {last}", retriable=True)
 
     def _history_blocking(self, symbol: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
@@ -553,8 +564,10 @@ class YahooSource(PollingSource):
     # -------------------------------------------------------------------------------- endpoints
 
     async def quote(self, symbol: str) -> list[MarketDataPoint]:
-        """Ticker.info (yfinance's quoteSummary + v7 quote) -> ticks."""
-        info = await self._call("quote", symbol, lambda: dict(self.ticker(symbol).info or {}))
+        """Ticker.info (yfinance's quoteSummary + v7 quote) -> ticks. Ticker.info takes no timeout (yfinance asks
+        with its own 30 s per request): each attempt is bounded by request_timeout_seconds here instead."""
+        info = await self._call("quote", symbol, lambda: dict(self.ticker(symbol).info or {}),
+                                timeout=self.settings.request_timeout_seconds)
         try:
             return parse_quote(info, symbol)
         except YahooUnexpected as exc:
@@ -577,7 +590,7 @@ class YahooSource(PollingSource):
         meta: dict[str, Any] = {}
         if s.bars or s.tick_from == "chart":
             bars, meta = await self.chart(symbol, s.live_interval, period=s.live_range, actions=False,
-                                          prepost=False)
+                                          prepost=s.prepost)
         if s.tick_from == "quote":
             ticks = await self.quote(symbol)
         else:
@@ -613,7 +626,8 @@ class YahooSource(PollingSource):
         cursor = begin
         while cursor < stop:
             upto = min(stop, cursor + span)
-            bars, _ = await self.chart(symbol, interval, start=cursor, end=upto, actions=True, prepost=False)
+            bars, _ = await self.chart(symbol, interval, start=cursor, end=upto, actions=True,
+                                       prepost=self.settings.prepost)
             for bar in bars:
                 if begin <= bar.timestamp < stop:
                     by_time[bar.timestamp] = bar

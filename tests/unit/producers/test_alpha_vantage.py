@@ -435,3 +435,22 @@ async def test_a_store_that_cannot_count_lets_no_call_out(serve: Serve) -> None:
         with pytest.raises(QuotaStoreUnavailable, match="broker unreachable") as err:
             await src.poll_once(session)
     assert err.value.retriable and fake.seen == []
+
+
+async def test_the_sections_response_cap_applies(serve: Serve) -> None:
+    """max_response_bytes reaches get_json: the 2.3 kB news body is over a 1 kB cap (the 32 MiB default is not)."""
+    fake = FakeAlphaVantage()
+    src = AlphaVantageSource(settings(await serve(fake.app()), max_response_bytes=1024), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(SourceError, match="over the 1024-byte cap") as err:
+            await src.news(session, "IBM")
+    assert not err.value.retriable and len(fake.seen) == 1
+
+
+async def test_the_sections_retry_after_cap_applies(serve: Serve) -> None:
+    """max_retry_after_seconds reaches get_json: a 429 asking for 60 s waits the configured 0 s, not 60."""
+    fake = FakeAlphaVantage({("GLOBAL_QUOTE", "IBM"): [(429, None, {"Retry-After": "60"})]})
+    src = AlphaVantageSource(settings(await serve(fake.app()), max_retry_after_seconds=0), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        [q] = await asyncio.wait_for(src.global_quote(session, "IBM"), 10)
+    assert q.close == 211.45 and len(fake.seen) == 2

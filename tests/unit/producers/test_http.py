@@ -4,6 +4,7 @@ aiohttp errors, response size caps (gzip bombs too), redirects that keep credent
 from __future__ import annotations
 
 import gzip
+import inspect
 import ssl
 import subprocess
 import traceback
@@ -16,7 +17,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from producers.http import RateLimiter, get_json, redirect_target, retry_after_seconds
+from producers.http import RateLimiter, get_json, http_options, redirect_target, retry_after_seconds
 from streams.errors import SourceError
 from tests.unit.producers.conftest import Serve
 
@@ -348,3 +349,18 @@ async def test_rate_limiter_allows_a_burst_of_calls_then_none() -> None:
     await slow.acquire()
     assert not slow.has_capacity()
     assert (slow.limiter.max_rate, slow.limiter.time_period) == (1, 120.0)
+
+
+@pytest.mark.parametrize("section", ["alpha_vantage", "finnhub", "fred", "nasdaq_data_link", "news", "social",
+                                     "stocktwits"])
+def test_http_options_carry_every_request_setting_of_a_section(section: str) -> None:
+    """Every HTTP provider passes its section through http_options: each keyword get_json takes for a setting is
+    there, with the section's value, not get_json's default."""
+    from streams.config import SourcesSettings
+
+    cls = type(getattr(SourcesSettings(), section))
+    s = cls(retry_attempts=7, retry_base_delay=0.25, request_timeout_seconds=3.5, max_response_bytes=4096,
+            max_retry_after_seconds=9.0)
+    opts = http_options(s)
+    assert opts == {"attempts": 7, "base_delay": 0.25, "timeout": 3.5, "max_bytes": 4096, "max_retry_after": 9.0}
+    assert set(opts) <= set(inspect.signature(get_json).parameters)

@@ -126,8 +126,9 @@ def test_key_env_names() -> None:
 
 
 class FakeNdl:
-    def __init__(self) -> None:
+    def __init__(self, cursor_failures: list[int] | None = None) -> None:
         self.seen: list[tuple[str, dict[str, str]]] = []
+        self.cursor_failures = cursor_failures or []  # statuses answered, in turn, to requests with a cursor
 
     async def dataset(self, request: web.Request) -> web.Response:
         self.seen.append((request.path, dict(request.query)))
@@ -157,6 +158,9 @@ class FakeNdl:
 
     async def datatable(self, request: web.Request) -> web.Response:
         self.seen.append((request.path, dict(request.query)))
+        if request.query.get("qopts.cursor_id") and self.cursor_failures:
+            return web.json_response({"quandl_error": {"code": "QEPx04", "message": "cursor refused"}},
+                                     status=self.cursor_failures.pop(0))
         page = "datatable_prices_page2.json" if request.query.get("qopts.cursor_id") else "datatable_prices_page1.json"
         return web.Response(body=(FIX / page).read_bytes(), content_type="application/json")
 
@@ -202,7 +206,42 @@ async def test_max_pages_bounds_pagination(serve: Serve, caplog: pytest.LogCaptu
     async with aiohttp.ClientSession() as session:
         points = await src.datatable(session, DatatableQuery(code="WIKI/PRICES"))
     assert len(points) == 2 and len(fake.seen) == 1
-    assert "more than 1 pages" in caplog.text
+    assert "more than max_pages=1 pages per poll; the next poll continues at page 2" in caplog.text
+
+
+async def test_pages_past_max_pages_are_read_by_the_next_poll(serve: Serve) -> None:
+    """The cursor where a poll stopped is kept per query: the next poll continues there (nothing skipped), and
+    after the last page the one after starts again at page 1. Another query of the same code has its own."""
+    fake = FakeNdl()
+    table = DatatableQuery(code="WIKI/PRICES", params={"ticker": "AAPL,MSFT"})
+    other = DatatableQuery(code="WIKI/PRICES", params={"ticker": "MSFT"})
+    src = NasdaqDataLinkSource(settings(await serve(fake.app()), max_pages=1, datatables=[table]),
+                               api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        polls = [await src.poll_once(session) for _ in range(3)]
+        assert [p.symbol for p in await src.datatable(session, other)] == ["AAPL", "AAPL"]  # its own first page
+    assert [[(p.symbol, p.timestamp.day) for p in points] for points in polls] == [
+        [("AAPL", 26), ("AAPL", 27)], [("MSFT", 27)], [("AAPL", 26), ("AAPL", 27)]]
+    assert [q.get("qopts.cursor_id") for _, q in fake.seen] == [None, "cursor-page-2", None, None]
+
+
+@pytest.mark.parametrize("status,next_cursor", [(500, "cursor-page-2"), (400, None)])
+async def test_a_failed_continuation_keeps_or_drops_the_cursor(
+        serve: Serve, caplog: pytest.LogCaptureFixture, status: int, next_cursor: str | None) -> None:
+    """A retriable failure asks for the same page at the next poll; a refused cursor (expired, say) is dropped,
+    so the table starts again at page 1 rather than failing forever."""
+    fake = FakeNdl(cursor_failures=[status] * 2)  # get_json's two attempts
+    table = DatatableQuery(code="WIKI/PRICES")
+    src = NasdaqDataLinkSource(settings(await serve(fake.app()), max_pages=1, datatables=[table]),
+                               api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        await src.poll_once(session)
+        assert await src.poll_once(session) == []
+        await src.poll_once(session)
+    asked = [q.get("qopts.cursor_id") for _, q in fake.seen]
+    assert asked[0] is None and set(asked[1:-1]) == {"cursor-page-2"} and asked[-1] == next_cursor
+    assert KEY not in caplog.text
 
 
 @pytest.mark.parametrize("dataset", ["NOPE/NOPE", "LIMIT/ONE", "DOWN/ONE", "SLOW/ONE", "TRUNC/ONE"])

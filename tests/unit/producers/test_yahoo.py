@@ -376,3 +376,69 @@ async def test_stream_through_yfinance_websocket_reconnects() -> None:
     assert all(p.symbol == "MSFT" and p.metadata["session"] == "regular" for p in got)
     assert len(subscribed) == 2 and subscribed[0] == {"subscribe": ["MSFT"]}
     assert src.unexpected["stream"] >= 1
+
+
+async def test_no_backoff_after_the_last_attempt() -> None:
+    """Between attempts there is a wait; after the last failed one there is nothing left to wait for."""
+    src = YahooSource(settings("http://127.0.0.1:9", retry_attempts=3))
+    waits: list[float] = []
+    calls = 0
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    def fails() -> None:
+        nonlocal calls
+        calls += 1
+        raise TimeoutError("no answer")
+
+    src.sleep = sleep
+    with pytest.raises(SourceError, match="gave up after 3 attempts") as err:
+        await src._call("chart", "MSFT", fails)
+    assert err.value.retriable and calls == 3 and len(waits) == 2
+
+
+async def test_quote_is_bounded_by_request_timeout_seconds(serve: Serve) -> None:
+    """Ticker.info takes no timeout of its own (yfinance waits 30 s per request): each attempt of the quote path
+    is bounded by request_timeout_seconds, a retriable failure like any timeout."""
+
+    class SlowSummary(FakeYahoo):
+        async def summary(self, request: web.Request) -> web.Response:
+            await asyncio.sleep(3.0)
+            return await super().summary(request)
+
+    src = YahooSource(settings(await serve(SlowSummary().app()), request_timeout_seconds=0.5, retry_attempts=1))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(SourceError, match=r"request_timeout_seconds=0\.5") as err:
+        await src.quote("MSFT")
+    assert err.value.retriable and asyncio.get_running_loop().time() - started < 2.5
+    src.pool.shutdown(wait=False)
+
+
+async def test_prepost_asks_for_extended_hours_bars_and_they_carry_their_session(serve: Serve) -> None:
+    """settings.prepost reaches the chart requests (live and history); Yahoo's pre- and post-market bars then come
+    out with sessions pre/regular/post (2024-11-22: 08:00, 09:30 and 16:30 ET)."""
+    pre, regular, post = T0 - 5400, T0, T0 + 25200
+
+    class Extended(FakeYahoo):
+        async def chart(self, request: web.Request) -> web.Response:
+            if request.query.get("interval") != "1m" or request.query.get("includePrePost") != "true":
+                return await super().chart(request)
+            self.charts.append((request.match_info["symbol"], dict(request.query)))
+            body = load("chart_msft_1m_live.json")
+            result = body["chart"]["result"][0]
+            result["timestamp"] = [pre, regular, post]
+            result["meta"]["regularMarketTime"] = regular + 30
+            result["indicators"]["quote"][0] = {k: v[:2] + v[3:] for k, v in result["indicators"]["quote"][0].items()}
+            return web.json_response(body)
+
+    fake = Extended()
+    src = YahooSource(settings(await serve(fake.app()), symbols=["MSFT"], prepost=True))
+    points = await src.poll_once(None)
+    bars = [p for p in points if p.data_type == "bar"]
+    assert [(int(b.timestamp.timestamp()), b.metadata["session"]) for b in bars] == [
+        (pre, "pre"), (regular, "regular"), (post, "post")]
+    await src.history(None, "MSFT", datetime(2024, 11, 22, tzinfo=UTC), datetime(2024, 11, 23, tzinfo=UTC),
+                      interval="1m")
+    minute = [q for _, q in fake.charts if q.get("interval") == "1m"]
+    assert [q["includePrePost"] for q in minute] == ["true", "true"] and "period1" in minute[1]
