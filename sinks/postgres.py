@@ -10,7 +10,10 @@ partitions are created ahead and dropped by retention through the schema's funct
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -42,6 +45,8 @@ _STAGE = "tickflow_stage"
 # exceeded (a value too large to store or index). Every other class is about the database (down,
 # read-only after a failover, permissions, a missing table, a lock timeout, a bad password...).
 _DATA_CLASSES = ("22", "23", "54")
+# read_only_sql_transaction: a session that cannot write (a demoted primary, default_transaction_read_only).
+READ_ONLY_SQLSTATE = "25006"
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -105,17 +110,75 @@ def _date(value: Any) -> date | None:
     return date.fromisoformat(value) if value is not None else None
 
 
-# Big-integer rule (row_from_record): orjson writes integers from -2**63 to 2**64 - 1 only.
+# Big-integer rule. A clean record may carry an integer of any size in metadata (the validate stage's parser,
+# like Python's, takes up to 4,300 digits), and jsonb stores any JSON number exactly (numeric). orjson reads
+# integers from -2**63 to 2**64 - 1 only: it makes a float of a larger one (precision lost, silently), refuses
+# one beyond a double's range, and refuses to write one. So a record that holds one is decoded again by the
+# stdlib (exact ints: loads_record), and such an integer is written as its own digits, still a JSON number
+# (orjson.Fragment: _json_text).
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+# A JSON number of 19 digits or more in value position: where an integer orjson refused can be (every integer
+# outside [-2**63, 2**64 - 1] has at least 19 digits). Searched only when orjson refused the text.
+_LONG_NUMBER = re.compile(rb"[:,\[]\s*-?\d{19}")
 
 
-def _bigints_as_text(value: Any) -> Any:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # as orjson (and PostgreSQL's jsonb) says
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range for a double")  # orjson refuses it too
+    return value
+
+
+def _exact_loads(raw: bytes) -> Any:
+    """The stdlib's decode (exact ints), refusing what orjson refuses besides (NaN, Infinity, a float beyond a
+    double's range), so which decoder read a record never decides whether it is accepted."""
+    return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+_WIDE = float(2**63)
+
+
+def _holds_wide_float(value: Any) -> bool:
+    """A float of magnitude 2**63 or more at any depth: what orjson makes of an integer beyond 64 bits."""
+    if type(value) is float:
+        return not -_WIDE < value < _WIDE
+    if type(value) is dict:
+        return any(_holds_wide_float(v) for v in value.values())
+    if type(value) is list:
+        return any(_holds_wide_float(v) for v in value)
+    return False
+
+
+
+def loads_record(raw: bytes) -> Any:
+    """Decode a record's JSON without changing a value: orjson (fast), and the stdlib again (exact ints) for
+    the rare record whose metadata came out holding a float of 2**63 or more (an integer beyond 64 bits, or a
+    float that large: decoded the same either way) or that orjson refused for a number of 19+ digits (an
+    integer beyond a double's range). Only metadata is free-form: every other field of a clean record is typed
+    (streams/models.py), so no other field can hold such an integer."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        if _LONG_NUMBER.search(raw) is None:
+            raise
+        return _exact_loads(raw)
+    meta = doc.get("metadata") if type(doc) is dict else None
+    if meta and _holds_wide_float(meta):
+        return _exact_loads(raw)
+    return doc
+
+
+def _bigints_verbatim(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
-        return str(value)
+        return orjson.Fragment(str(value))  # the integer's own digits, written as a JSON number
     if isinstance(value, dict):
-        return {k: _bigints_as_text(v) for k, v in value.items()}
+        return {k: _bigints_verbatim(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_bigints_as_text(v) for v in value]
+        return [_bigints_verbatim(v) for v in value]
     return value
 
 
@@ -125,7 +188,7 @@ def _json_text(value: Any) -> str:
     try:
         text = orjson.dumps(value).decode()
     except TypeError:  # an integer beyond 64 bits (anything else unwritable raises again below: a data error)
-        value = _bigints_as_text(value)
+        value = _bigints_verbatim(value)
         text = orjson.dumps(value).decode()
     # orjson writes U+0000 as the escape \u0000 (and a literal backslash as \\): only then walk the value.
     return orjson.dumps(_scrub(value)).decode() if "\\u0000" in text else text
@@ -141,9 +204,9 @@ def row_from_record(d: dict[str, Any]) -> tuple[Any, ...]:
     it refuse the whole batch and force a bisection.
 
     Big-integer rule: an integer in metadata (at any depth) that orjson cannot write, below -2**63 or above
-    2**64 - 1, is stored as its decimal string ("1180591620717411303424" for 2**70), so the row is built
-    instead of raising TypeError, which would count as a data error and bisect the batch. Every other
-    integer stays a JSON number.
+    2**64 - 1, is written as its exact digits, a JSON number (jsonb keeps it exactly as numeric), so the row
+    is built instead of raising TypeError, which would count as a data error and bisect the batch. Decode
+    the record with loads_record, not orjson.loads, or such an integer is a float before it gets here.
     """
     g = d.get
     kind = _text(g("data_type", "tick"))
@@ -334,6 +397,18 @@ class PostgresTickWriter(BatchWriter):
         self._upsert = upsert_sql(self._q)
         self._upsert_distinct = upsert_sql(self._q, dedupe=False)
 
+    async def _failed(self, exc: BaseException, where: str) -> SinkError:
+        """classify(exc), and recycle the pool when a session turned out read-only (SQLSTATE 25006).
+
+        A failover leaves pooled sessions on the demoted server (or a session keeps the read-only default it
+        started with): they stay read-only while the new primary takes writes, and the pool would hand them
+        out to every retry. Expiring the pool's connections makes the next acquire open a fresh session; the
+        one in use is closed as it is released. The error is still SinkUnavailable: the caller retries."""
+        if getattr(exc, "sqlstate", None) == READ_ONLY_SQLSTATE and self.pool is not None:
+            await self.pool.expire_connections()
+            logger.info("%s: a read-only session (25006); the pool's connections are replaced", where)
+        return classify(exc, where)
+
     def _connect_kwargs(self) -> dict[str, Any]:
         if not self._warned_transport:
             self._warned_transport = True
@@ -422,7 +497,7 @@ class PostgresTickWriter(BatchWriter):
                 updated = {r["source"]: r["n"] for r in await conn.fetch(update)} if revisable else {}
                 faults.reach("write.after_insert")
         except Exception as exc:
-            raise classify(exc, "write market_data") from None
+            raise await self._failed(exc, "write market_data") from None
         return result_from_counts(Counter(r[0] for r in rows),
                                   {src: (inserted.get(src, 0), updated.get(src, 0))
                                    for src in inserted.keys() | updated.keys()})
@@ -440,7 +515,7 @@ class PostgresTickWriter(BatchWriter):
         try:
             status = await self.pool.execute(insert_new_sql(self._q, table, columns, key), *arrays)
         except Exception as exc:
-            raise classify(exc, f"write {table}") from None
+            raise await self._failed(exc, f"write {table}") from None
         return int(status.rsplit(" ", 1)[-1])
 
     async def write_anomalies(self, rows: Sequence[tuple[Any, ...]]) -> int:
@@ -475,7 +550,7 @@ class PostgresTickWriter(BatchWriter):
                     if n < batch_rows:
                         break
         except Exception as exc:
-            raise classify(exc, "retention delete") from None
+            raise await self._failed(exc, "retention delete") from None
         return deleted
 
     async def create_partitions(self, period: str, now: datetime, ahead: int) -> list[str]:
@@ -491,7 +566,7 @@ class PostgresTickWriter(BatchWriter):
                 "date_trunc($1::text, $2::timestamptz, 'UTC') + ($3::int + 1) * ('1 ' || $1::text)::interval)",
                 period, now, ahead)
         except Exception as exc:
-            raise classify(exc, "create market_data partitions") from None
+            raise await self._failed(exc, "create market_data partitions") from None
         return [r[0] for r in rows]
 
     async def drop_partitions_before(self, cutoff: datetime) -> list[tuple[str, int]]:
@@ -503,7 +578,7 @@ class PostgresTickWriter(BatchWriter):
         try:
             rows = await self.pool.fetch(f"SELECT * FROM {self._q}.market_data_drop_partitions($1)", cutoff)
         except Exception as exc:
-            raise classify(exc, "drop market_data partitions") from None
+            raise await self._failed(exc, "drop market_data partitions") from None
         return [(r["partition_name"], r["approx_rows"]) for r in rows]
 
     async def partitions(self) -> list[dict[str, Any]]:
@@ -514,7 +589,7 @@ class PostgresTickWriter(BatchWriter):
         try:
             rows = await self.pool.fetch(f"SELECT * FROM {self._q}.market_data_partitions()")
         except Exception as exc:
-            raise classify(exc, "list market_data partitions") from None
+            raise await self._failed(exc, "list market_data partitions") from None
         return [dict(r) for r in rows]
 
     async def recent(self, symbol: str, limit: int) -> list[dict[str, Any]]:
@@ -527,7 +602,7 @@ class PostgresTickWriter(BatchWriter):
                 f"SELECT {cols}, written_at FROM {self._q}.market_data WHERE symbol = $1 "
                 'ORDER BY "timestamp" DESC LIMIT $2', symbol, limit)  # the indexed copy of ts (migration 3)
         except Exception as exc:
-            raise classify(exc, "read market_data") from None
+            raise await self._failed(exc, "read market_data") from None
         return [dict(r) for r in rows]
 
     async def write_metrics(self, worker: str, snapshots: dict[str, dict[str, Any]]) -> None:
@@ -551,4 +626,4 @@ class PostgresTickWriter(BatchWriter):
                     records,
                 )
         except Exception as exc:
-            raise classify(exc, "write data_quality_metrics") from None
+            raise await self._failed(exc, "write data_quality_metrics") from None

@@ -28,17 +28,18 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from pydantic import Field, model_validator
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_exponential
 
 from streams import histogram, redact
 from streams.catalog import Catalog, load_catalog
 from streams.config import key_env_by_source
-from streams.errors import ConfigError, RejectedRecord
+from streams.errors import ConfigError, RejectedRecord, TickflowError
 from streams.models import DataType, ShortStr
 from streams.models import MarketDataPoint as _CanonicalPoint
 from streams.rules import Validator
@@ -61,6 +62,19 @@ if TYPE_CHECKING:
     from streams.anomalies import DetectorSuite
 
 logger = logging.getLogger(__name__)
+
+
+def _retriable(exc: BaseException) -> bool:
+    """Only our errors that say so (streams/errors.py) are retried: an outage of the database, not bad data."""
+    return isinstance(exc, TickflowError) and exc.retriable
+
+
+def _log_sink_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    logger.warning("in-process sink: %s; retrying in %.1fs", exc, wait)
+
+
 T = TypeVar("T")
 
 __all__ = ["ConfigurationManager", "DataConnectorManager", "DataIngestionPipeline", "DataType", "MarketDataPoint"]
@@ -305,25 +319,22 @@ class _InProcess:
                 await self.write_metrics()
 
     async def _write(self, batch: list[tuple[Any, float]]) -> None:
-        import orjson
+        from sinks.postgres import loads_record, row_from_record
 
-        from sinks.postgres import row_from_record
-
-        delay = self.settings.sink.retry_initial_seconds
         if self.writer is not None:
-            rows = [row_from_record(orjson.loads(p.to_json())) for p, _ in batch]
-            while True:
-                try:
-                    result = await self.writer.write(rows)
-                    break
-                except Exception as exc:
-                    if not getattr(exc, "retriable", False):
-                        self.sink_error = str(exc)
-                        logger.error("in-process sink failed, %d points lost: %s", len(batch), exc)
-                        raise
-                    logger.warning("in-process sink: %s; retrying in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.settings.sink.retry_max_seconds)
+            rows = [row_from_record(loads_record(p.to_json())) for p, _ in batch]
+            sink = self.settings.sink
+            retrying = AsyncRetrying(  # an outage (retriable) is waited out; anything else comes out
+                retry=retry_if_exception(_retriable), stop=stop_never, reraise=True, before_sleep=_log_sink_retry,
+                wait=wait_exponential(multiplier=sink.retry_initial_seconds, max=sink.retry_max_seconds))
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        result = await self.writer.write(rows)
+            except Exception as exc:
+                self.sink_error = str(exc)
+                logger.error("in-process sink failed, %d points lost: %s", len(batch), exc)
+                raise
             written = Counter(result.inserted_by_source)
             by_source = Counter(p.source for p, _ in batch)
             for source, n in by_source.items():
@@ -519,6 +530,7 @@ class DataConnectorManager:
         self.ingested: Counter[str] = Counter()
         self.backoff_initial = 1.0
         self.backoff_max = 60.0
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # what the restarts wait with (tests)
 
     def start_data_collection(self) -> _Done:
         """Start every enabled source. Awaiting it is optional (the brief awaits it): the sources are started
@@ -534,32 +546,37 @@ class DataConnectorManager:
         return _Done(None)
 
     async def _run(self, source: Source) -> None:
+        """Run `source` until it ends; after a failure, restart it after a back-off (backoff_initial doubling to
+        backoff_max), back to the shortest wait once it delivers a batch again. Cancelling stops it."""
         import aiohttp
 
-        delay = self.backoff_initial
-        while True:
-            try:
+        def failed(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            self.failures[source.name] += 1
+            why = f"{type(exc).__name__}: {exc}"
+            self.errors[source.name] = why
+            self.pipeline.source_errors[source.name] = why
+            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            logger.error("source %s failed (%d times; retrying in %.0fs): %s", source.name,
+                         self.failures[source.name], wait, why, exc_info=exc)
+
+        # Every Exception restarts the source; a CancelledError (stop()) is not one, and ends the loop.
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda exc: isinstance(exc, Exception)), stop=stop_never, reraise=True,
+            wait=wait_exponential(multiplier=self.backoff_initial, max=self.backoff_max), sleep=self.sleep,
+            before_sleep=failed)
+        async for attempt in retrying:
+            with attempt:
                 async with aiohttp.ClientSession() as session:
                     async for batch in source.fetch(session):
                         for record in batch:
                             if isinstance(record, _CanonicalPoint):
                                 if await self.pipeline.ingest_data_point(record):
                                     self.ingested[source.name] += 1
-                        delay = self.backoff_initial
+                        attempt.retry_state.attempt_number = 1  # delivering: the next failure waits the least
                         self.errors.pop(source.name, None)
                         self.pipeline.source_errors.pop(source.name, None)
-                return  # a finite source (replay) ended
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.failures[source.name] += 1
-                why = f"{type(exc).__name__}: {exc}"
-                self.errors[source.name] = why
-                self.pipeline.source_errors[source.name] = why
-                logger.error("source %s failed (%d times; retrying in %.0fs): %s", source.name,
-                             self.failures[source.name], delay, why, exc_info=exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
+                # a finite source (replay) ended
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per source: running, points ingested, failures so far and the last error (None when healthy)."""

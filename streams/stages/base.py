@@ -31,12 +31,21 @@ import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from mode import Service
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_exponential
 
 from streams import faults
 from streams.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 BatchStageT = TypeVar("BatchStageT", bound="BatchStage")
+# An offset commit that fails with a Kafka error is retried after 0.2 s, doubling to 10 s, for as long as it fails.
+COMMIT_RETRY_INITIAL, COMMIT_RETRY_MAX = 0.2, 10.0
+
+
+def _commit_retriable(exc: BaseException) -> bool:
+    """A Kafka error other than a refusal (the group moved on: retrying cannot succeed). Only an Exception:
+    tenacity also sees a CancelledError, which must stop the retries."""
+    return isinstance(exc, KafkaError) and not isinstance(exc, (CommitFailedError, IllegalStateError))
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -216,23 +225,32 @@ class BatchStage(Service):
             self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets))
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await consumer.commit(offsets)
-                return
-            except (CommitFailedError, IllegalStateError) as exc:
-                # The group rebalanced away from us (e.g. we were paused past the session timeout):
-                # the new owner re-reads these records; our outputs were idempotent.
-                self.commit_failures += 1
-                logger.warning("%s: commit refused (%r); the partitions' new owner will re-read them", self.stage,
-                               exc)
-                return
-            except KafkaError as exc:
-                if delay >= 10:
-                    logger.warning("%s: commit failing (%r); retrying", self.stage, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        """Commit, retrying a Kafka error with capped exponential backoff (0.2 s doubling to 10 s) until it
+        succeeds. A refused commit is not retried: the group rebalanced away from us (e.g. we were paused past
+        the session timeout), the partitions' new owner re-reads these records and our outputs were
+        idempotent. Anything else (a bug) comes out."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_commit_retriable),
+            wait=wait_exponential(multiplier=COMMIT_RETRY_INITIAL, max=COMMIT_RETRY_MAX),
+            stop=stop_never,
+            before_sleep=self._log_commit_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            self.commit_failures += 1
+            logger.warning("%s: commit refused (%r); the partitions' new owner will re-read them", self.stage, exc)
+
+    def _log_commit_retry(self, state: RetryCallState) -> None:
+        """The first failure, then every one once the wait reached its cap (a broker down for long)."""
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        if state.attempt_number == 1 or wait >= COMMIT_RETRY_MAX:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            logger.warning("%s: commit failing (%r, attempt %d); retrying in %.1f s", self.stage, exc,
+                           state.attempt_number, wait)
 
     async def process(self, records: list[Any]) -> set[TopicPartition] | None:
         """Handle a batch; return the partitions to hold back (not committed, paused), or None for none."""

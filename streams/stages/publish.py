@@ -16,6 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, MessageSizeTooLargeError, ProducerFenced
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_exponential, wait_fixed
 
 from streams.app import app
 from streams.settings import KafkaSettings
@@ -191,6 +192,19 @@ async def send_all(messages: Sequence[Outgoing], *, max_delay: float = 10.0) -> 
 FENCED = (ProducerFenced, InvalidProducerEpoch)
 
 
+def _transaction_retriable(exc: BaseException) -> bool:
+    """Every error of a transaction is retried (aborted, then the same outputs again; a record too big for the
+    broker is truncated first) but fencing, after which this producer must not write again. Only an Exception:
+    tenacity also sees a CancelledError, which must end the retries."""
+    return isinstance(exc, Exception) and not isinstance(exc, FENCED)
+
+
+def _jittered(wait: Callable[[RetryCallState], float]) -> Callable[[RetryCallState], float]:
+    """`wait` scaled by a random factor in [0.5, 1.5): transactions of many partitions that failed together
+    do not retry in step."""
+    return lambda state: wait(state) * (0.5 + random.random())
+
+
 def transactional_id(group_id: str, tp: TopicPartition) -> str:
     """One id per input partition (Kafka Streams' EOS v1 scheme): whoever owns the partition next, a restarted
     worker or another one, starts a producer with the same id and so fences the zombie and aborts its open
@@ -249,44 +263,56 @@ class PartitionTransactions:
     async def commit(self, tp: TopicPartition, messages: Sequence[Outgoing], next_offset: int,
                      before_commit: Callable[[], None] = lambda: None, max_delay: float = 10.0) -> bool:
         """One transaction: `messages` and the offset `next_offset` of `tp` for the group. Retried whole (abort,
-        then again) until it commits; False, with nothing committed, when this producer is fenced (the
-        partition has another owner, which reads the batch again)."""
+        then again, 0.1 s doubling to `max_delay` with jitter) until it commits; False, with nothing committed,
+        when this producer is fenced (the partition has another owner, which reads the batch again)."""
         pending = list(messages)
-        delay = 0.1
-        while True:
-            producer = self.producers.get(tp)
-            if producer is None:
-                return False
-            try:
-                await producer.begin_transaction()
-                results = await _send_batched(producer, pending) if pending else []
-                failed = [r for r in results if r is not None]
-                if failed:
-                    pending = [_shrink(m) if isinstance(r, MessageSizeTooLargeError) else m
-                               for m, r in zip(pending, results, strict=True)]
-                    raise failed[0]
-                await producer.send_offsets_to_transaction({tp: next_offset}, self.group_id)
-                before_commit()
-                await producer.commit_transaction()
-                return True
-            except FENCED as exc:
-                self.fenced += 1
-                logger.warning("%s: transactional producer fenced (%r): the partition has a new owner; this "
-                               "batch is not committed", transactional_id(self.group_id, tp), exc)
-                await self.close({tp})
-                return False
-            except Exception as exc:  # an outage, a send refused: abort, and the same outputs again
-                self.aborted += 1
-                logger.warning("%s: transaction failed (%r); aborting, retrying in %.1f s",
-                               transactional_id(self.group_id, tp), exc, delay)
-                if not await self._abort(tp, producer):
-                    return False
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, max_delay)
+        name = transactional_id(self.group_id, tp)
+
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            logger.warning("%s: transaction failed (%r); aborted, retrying in %.1f s", name, exc, wait)
+
+        retrying = AsyncRetrying(retry=retry_if_exception(_transaction_retriable), stop=stop_never, reraise=True,
+                                 wait=_jittered(wait_exponential(multiplier=0.1, max=max_delay)),
+                                 before_sleep=log_retry)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    producer = self.producers.get(tp)
+                    if producer is None:
+                        return False
+                    try:
+                        await producer.begin_transaction()
+                        results = await _send_batched(producer, pending) if pending else []
+                        failed = [r for r in results if r is not None]
+                        if failed:
+                            pending = [_shrink(m) if isinstance(r, MessageSizeTooLargeError) else m
+                                       for m, r in zip(pending, results, strict=True)]
+                            raise failed[0]
+                        await producer.send_offsets_to_transaction({tp: next_offset}, self.group_id)
+                        before_commit()
+                        await producer.commit_transaction()
+                    except FENCED:
+                        raise
+                    except Exception:  # an outage, a send refused: abort, and the same outputs again
+                        self.aborted += 1
+                        if not await self._abort(tp, producer):
+                            return False
+                        raise
+        except FENCED as exc:
+            self.fenced += 1
+            logger.warning("%s: transactional producer fenced (%r): the partition has a new owner; this batch is "
+                           "not committed", name, exc)
+            await self.close({tp})
+            return False
+        return True
 
     async def _abort(self, tp: TopicPartition, producer: AIOKafkaProducer) -> bool:
         """Abort the open transaction; a producer that cannot abort (a fatal state) is replaced by a new one
-        with the same id, which aborts it on the broker. False when fenced meanwhile."""
+        with the same id (retried every second until it starts), which aborts it on the broker. False when
+        fenced meanwhile."""
+        name = transactional_id(self.group_id, tp)
         try:
             if producer._txn_manager is not None and producer._txn_manager.is_in_transaction():
                 await producer.abort_transaction()
@@ -296,15 +322,18 @@ class PartitionTransactions:
             await self.close({tp})
             return False
         except Exception as exc:
-            logger.warning("%s: abort failed (%r); starting a new producer", transactional_id(self.group_id, tp),
-                           exc)
+            logger.warning("%s: abort failed (%r); starting a new producer", name, exc)
         await self.close({tp})
-        while True:
-            try:
-                await self.open({tp})
-                return True
-            except FENCED:
-                return False
-            except Exception as exc:
-                logger.warning("%s: producer not started (%r); retrying", transactional_id(self.group_id, tp), exc)
-                await asyncio.sleep(1.0)
+
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            logger.warning("%s: producer not started (%r); retrying", name, exc)
+
+        try:
+            async for attempt in AsyncRetrying(retry=retry_if_exception(_transaction_retriable), stop=stop_never,
+                                               wait=wait_fixed(1.0), before_sleep=log_retry, reraise=True):
+                with attempt:
+                    await self.open({tp})
+        except FENCED:
+            return False
+        return True

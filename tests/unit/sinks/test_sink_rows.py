@@ -3,6 +3,7 @@ the sink's own per-batch counts."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
@@ -10,7 +11,7 @@ import orjson
 import pytest
 
 from sinks.base import CLOSED_VINTAGE_RANK, REVISABLE_KINDS, WriteResult, revision_of
-from sinks.postgres import result_from_counts, row_from_record
+from sinks.postgres import loads_record, result_from_counts, row_from_record
 from sinks.schema import MARKET_DATA_COLUMNS
 from streams.models import DataType, MarketDataPoint
 
@@ -107,19 +108,36 @@ def test_results_add_up_across_a_bisection() -> None:
     assert WriteResult(5, 2).updated == 0  # positional construction stays valid for older callers
 
 
-def test_integers_beyond_64_bits_in_metadata_are_stored_as_decimal_strings() -> None:
+def test_integers_beyond_64_bits_in_metadata_are_written_exactly_as_json_numbers() -> None:
     meta = {"big": 2**70, "neg": -(2**70), "edge_hi": 2**64 - 1, "edge_lo": -(2**63), "over": 2**64,
             "deep": [{"n": 2**100, "ok": 7, "flag": True}], "nul\x00": 2**65}
     p = MarketDataPoint(symbol="X", timestamp=T0, source="s", price=1.0, metadata=meta)
-    # a record decoded with Python ints (pydantic's JSON mode, the stdlib json module), as bench peers do
-    row = dict(zip(MARKET_DATA_COLUMNS, row_from_record(p.model_dump(mode="json")), strict=True))
-    assert orjson.loads(row["metadata"]) == {
-        "big": str(2**70), "neg": str(-(2**70)), "edge_hi": 2**64 - 1, "edge_lo": -(2**63), "over": str(2**64),
-        "deep": [{"n": str(2**100), "ok": 7, "flag": True}], "nul\ufffd": str(2**65),
-    }
+    # a record decoded with Python ints (loads_record, pydantic's JSON mode, the stdlib json module)
+    for doc in (p.model_dump(mode="json"), loads_record(p.to_json())):
+        row = dict(zip(MARKET_DATA_COLUMNS, row_from_record(doc), strict=True))
+        # the same numbers, not decimal strings nor floats (jsonb stores them exactly, as numeric)
+        assert json.loads(row["metadata"]) == {
+            "big": 2**70, "neg": -(2**70), "edge_hi": 2**64 - 1, "edge_lo": -(2**63), "over": 2**64,
+            "deep": [{"n": 2**100, "ok": 7, "flag": True}], "nul\ufffd": 2**65,
+        }
+        assert '"big":1180591620717411303424' in row["metadata"]
+
+
+def test_loads_record_refuses_what_orjson_refuses_on_either_path() -> None:
+    for tail in (b"NaN", b"Infinity", b"-Infinity", b"1e400"):
+        for head in (b"1", b"12345678901234567890"):  # the fast path, and the exact one (a 19+ digit number)
+            with pytest.raises(ValueError):
+                loads_record(b'{"a": ' + head + b', "b": ' + tail + b"}")
+    assert loads_record(b'{"a": 12345678901234567890, "b": 0.1}') == {"a": 12345678901234567890, "b": 0.1}
+    # orjson refuses an integer beyond a double's range (309 digits and more); the stdlib reads it exactly
+    assert loads_record(b'{"metadata": {"n": -' + b"9" * 400 + b"}}") == {"metadata": {"n": -int("9" * 400)}}
+    with pytest.raises(ValueError):
+        loads_record(b'{"metadata": {"n": 1}, "x": nope}')  # not JSON, whichever path
+
+
     # no big integer: the fast path writes the same text as before
     small = {"a": 1, "b": [2**63, -(2**63)]}
-    d = p.model_dump(mode="json") | {"metadata": small}
+    d = MarketDataPoint(symbol="X", timestamp=T0, source="s", price=1.0).model_dump(mode="json") | {"metadata": small}
     assert row_from_record(d)[MARKET_DATA_COLUMNS.index("metadata")] == orjson.dumps(small).decode()
 
 

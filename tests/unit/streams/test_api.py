@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -256,3 +258,122 @@ def test_readme_documents_every_mapping_row_and_alias() -> None:
         assert f"| `{brief}` | {'`' + ours + '`' if ours else '(none)'} | {why} |" in readme, brief
     for name, path in ENV_ALIASES.items():
         assert f"`{name}` (`{path}`)" in readme, name
+
+
+class _FakePipeline:
+    def __init__(self) -> None:
+        self.source_errors: dict[str, str] = {}
+        self.points: list[Any] = []
+
+    async def ingest_data_point(self, point: Any) -> bool:
+        self.points.append(point)
+        return True
+
+
+def _point(i: int) -> Any:
+    return Canonical(symbol="X", timestamp=datetime(2024, 1, 2, tzinfo=UTC), source="fake", price=1.0 + i,
+                     item_id=str(i))
+
+
+async def test_a_failing_source_is_restarted_with_backoff_reset_once_it_delivers() -> None:
+    """The connector restart (tenacity): 1 s doubling to the cap after each failure in a row, the shortest
+    wait again once the source delivered a batch, the error shown until then; a finite source ends the loop."""
+    from streams import DataConnectorManager
+
+    script = ["fail", "fail", "fail", "fail", "batch", "fail", "fail", "batch", "end"]
+
+    class FlakySource:
+        name = "fake"
+
+        async def fetch(self, session: Any) -> Any:
+            while script:
+                step = script.pop(0)
+                if step == "fail":
+                    raise ConnectionError("provider away")
+                if step == "end":
+                    return
+                yield [_point(len(script))]
+
+    pipeline = _FakePipeline()
+    manager = DataConnectorManager(pipeline, {})  # type: ignore[arg-type]
+    manager.backoff_max = 4.0
+    waits: list[float] = []
+    seen_errors: list[str | None] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        seen_errors.append(pipeline.source_errors.get("fake"))
+
+    manager.sleep = sleep
+    await manager._run(FlakySource())  # type: ignore[arg-type]
+    assert waits == [1.0, 2.0, 4.0, 4.0, 1.0, 2.0]
+    assert manager.failures["fake"] == 6 and len(pipeline.points) == 2 and manager.ingested["fake"] == 2
+    assert seen_errors[0] == "ConnectionError: provider away"
+    assert manager.errors == {} and pipeline.source_errors == {}  # cleared once it delivered
+
+
+async def test_a_cancelled_source_is_not_restarted() -> None:
+    from streams import DataConnectorManager
+
+    class Hanging:
+        name = "fake"
+
+        async def fetch(self, session: Any) -> Any:
+            await asyncio.Event().wait()
+            yield []
+
+    manager = DataConnectorManager(_FakePipeline(), {})  # type: ignore[arg-type]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    manager.sleep = sleep
+    task = asyncio.create_task(manager._run(Hanging()))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert waits == [] and manager.failures["fake"] == 0
+
+
+async def test_the_in_process_sink_waits_out_an_outage_and_gives_up_on_refused_data(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sinks.base import BatchWriter, WriteResult
+    from streams.api import _InProcess, _Stats
+    from streams.errors import SinkRefused, SinkUnavailable
+
+    class Writer(BatchWriter):
+        def __init__(self, failures: list[Exception]) -> None:
+            self.failures, self.calls = failures, 0
+
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+        async def write(self, rows: Any) -> WriteResult:
+            self.calls += 1
+            if self.failures:
+                raise self.failures.pop(0)
+            return WriteResult(len(rows), 0, {"fake": len(rows)})
+
+    waits: list[float] = []
+    real = asyncio.sleep
+
+    async def fake_sleep(seconds: float, *args: Any) -> None:
+        waits.append(seconds)
+        await real(0)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    settings = load_settings(sink={"retry_initial_seconds": 0.5, "retry_max_seconds": 2.0})
+    sink = _InProcess(settings, _Stats())
+    sink.writer = Writer([SinkUnavailable("down")] * 4)  # type: ignore[assignment]
+    await sink._write([(_point(1), 0.0), (_point(2), 0.0)])
+    assert sink.writer.calls == 5 and waits == [0.5, 1.0, 2.0, 2.0]  # type: ignore[attr-defined]
+    assert sink.stats.written["fake"] == 2 and sink.sink_error is None
+
+    waits.clear()
+    sink.writer = Writer([SinkRefused("numeric field overflow")])  # type: ignore[assignment]
+    with pytest.raises(SinkRefused):
+        await sink._write([(_point(3), 0.0)])
+    assert waits == [] and sink.sink_error is not None and "numeric field overflow" in sink.sink_error

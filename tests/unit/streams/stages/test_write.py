@@ -184,3 +184,32 @@ def test_classify_sorts_errors_by_family() -> None:
     assert classify(FakePgError("40001"), "w").retriable  # serialization failure
     assert not classify(FakePgError("22003"), "w").retriable  # numeric out of range
     assert not classify(FakePgError("23502"), "w").retriable  # not-null violation
+
+
+async def test_integers_beyond_64_bits_in_metadata_reach_the_row_exactly() -> None:
+    """The validate stage accepts any integer the JSON parser takes (up to 4,300 digits) and writes it exactly
+    to ticks.clean; orjson.loads would turn 2**70 into 1.1805916207174113e+21, silently."""
+    import json
+
+    meta = {"big": 2**70, "neg": -(2**63) - 1, "over": 2**64, "edge": 2**64 - 1, "deep": [{"n": 10**40 + 1}],
+            "long": int("9" * 4300), "f": 0.1}
+    p = make_point(1.0, 0).model_copy(update={"metadata": meta})
+    raw = p.to_json()
+    assert b"1180591620717411303424" in raw  # what the validate stage writes to ticks.clean
+    fake, out = FakeWriter(), Collected()
+    await make_stage(fake, out).process([Rec(raw, 0)])
+    assert out.sent == []  # nothing dead-lettered
+    (row,) = fake.stored
+    text = row[MARKET_DATA_COLUMNS.index("metadata")]
+    assert json.loads(text) == meta  # every integer exact, and still a JSON number (not a string)
+    assert '"big":1180591620717411303424' in text
+
+
+async def test_a_record_without_a_big_integer_decodes_as_before() -> None:
+    """Long digit strings, 64-bit integers and a float beyond 2**63 (which takes the exact decode) come out as
+    orjson reads them."""
+    p = make_point(1.0, 0).model_copy(update={"item_id": "1234567890123456789012",
+                                              "metadata": {"id": 2**63, "u": 2**64 - 1, "x": 1.5, "f": 1e19}})
+    fake, out = FakeWriter(), Collected()
+    await make_stage(fake, out).process([Rec(p.to_json(), 0)])
+    assert fake.stored == [row_from_record(orjson.loads(p.to_json()))]

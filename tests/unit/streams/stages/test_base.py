@@ -1,0 +1,91 @@
+"""The batch stage's offset commit (streams/stages/base.py `_commit`) without a broker: a fake consumer whose
+commit fails as told. A Kafka error is retried with capped exponential backoff until the commit succeeds; a
+refused commit (the group moved on) is counted and not retried; a bug comes out; a cancel stops the retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, RequestTimedOutError
+
+from streams.settings import KafkaSettings
+from streams.stages import base
+from streams.stages.base import BatchStage
+
+TP = TopicPartition("t", 0)
+
+
+class FakeConsumer:
+    def __init__(self, failures: list[BaseException]) -> None:
+        self.failures = list(failures)
+        self.calls: list[dict[TopicPartition, int]] = []
+        self.committed: dict[TopicPartition, int] = {}
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.calls.append(dict(offsets))
+        if self.failures:
+            raise self.failures.pop(0)
+        self.committed.update(offsets)
+
+
+class Stage(BatchStage):
+    stage = "unit"
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits tenacity asks for, recorded instead of slept (tenacity sleeps with asyncio.sleep)."""
+    waits: list[float] = []
+    real = asyncio.sleep
+
+    async def fake(seconds: float, *args: Any) -> None:
+        waits.append(seconds)
+        await real(0)
+
+    monkeypatch.setattr(asyncio, "sleep", fake)
+    return waits
+
+
+def make_stage() -> Stage:
+    return Stage(kafka=KafkaSettings(), app_id="unit", topics=["t"])
+
+
+async def test_a_kafka_error_is_retried_with_capped_backoff_until_the_commit_succeeds(
+        sleeps: list[float], caplog: pytest.LogCaptureFixture) -> None:
+    consumer = FakeConsumer([KafkaConnectionError("down")] * 8 + [RequestTimedOutError()])
+    stage = make_stage()
+    with caplog.at_level(logging.WARNING, logger=base.__name__):
+        await stage._commit(consumer, {TP: 42})  # type: ignore[arg-type]
+    assert consumer.committed == {TP: 42} and len(consumer.calls) == 10
+    assert sleeps == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0]  # 0.2 s doubling, capped at 10 s
+    assert stage.commit_failures == 0
+    # the first failure is logged, then each one at the cap (not every short retry)
+    assert len([r for r in caplog.records if "commit failing" in r.getMessage()]) == 4
+
+
+@pytest.mark.parametrize("refusal", [CommitFailedError("rebalanced"), IllegalStateError("no assignment")])
+async def test_a_refused_commit_is_counted_and_not_retried(sleeps: list[float], refusal: Exception) -> None:
+    consumer = FakeConsumer([KafkaConnectionError("down"), refusal])
+    stage = make_stage()
+    await stage._commit(consumer, {TP: 7})  # type: ignore[arg-type]
+    assert len(consumer.calls) == 2 and consumer.committed == {} and sleeps == [0.2]
+    assert stage.commit_failures == 1
+
+
+async def test_a_bug_comes_out_unretried(sleeps: list[float]) -> None:
+    consumer = FakeConsumer([TypeError("bug")])
+    with pytest.raises(TypeError):
+        await make_stage()._commit(consumer, {TP: 1})  # type: ignore[arg-type]
+    assert len(consumer.calls) == 1 and sleeps == []
+
+
+async def test_a_cancel_ends_the_retries() -> None:
+    """tenacity records a CancelledError like any exception: it must not be retried."""
+    consumer = FakeConsumer([asyncio.CancelledError()])
+    with pytest.raises(asyncio.CancelledError):
+        await make_stage()._commit(consumer, {TP: 1})  # type: ignore[arg-type]
+    assert len(consumer.calls) == 1

@@ -1,0 +1,170 @@
+"""PartitionTransactions.commit (streams/stages/publish.py) without a broker: fake transactional producers that
+fail as told, and the batched send replaced by a recorder. A failed transaction is aborted and retried whole
+with capped, jittered backoff; fencing ends it with False and the producer closed; a record too big for the
+broker is truncated before the retry; a producer that cannot abort is replaced; a cancel is not retried."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError, ProducerFenced
+
+from streams.settings import KafkaSettings
+from streams.stages import publish
+from streams.stages.publish import Outgoing, PartitionTransactions
+
+TP = TopicPartition("raw", 3)
+
+
+class Txn:
+    def __init__(self) -> None:
+        self.open = False
+
+    def is_in_transaction(self) -> bool:
+        return self.open
+
+
+class FakeProducer:
+    """Fails the step named in `fail` (begin, offsets, commit, abort) with the exception given, once each."""
+
+    def __init__(self, fail: dict[str, list[BaseException]] | None = None) -> None:
+        self.fail = {k: list(v) for k, v in (fail or {}).items()}
+        self._txn_manager = Txn()
+        self.log: list[str] = []
+        self.stopped = False
+
+    def _step(self, name: str) -> None:
+        self.log.append(name)
+        errors = self.fail.get(name)
+        if errors:
+            raise errors.pop(0)
+
+    async def begin_transaction(self) -> None:
+        self._step("begin")
+        self._txn_manager.open = True
+
+    async def send_offsets_to_transaction(self, offsets: dict[TopicPartition, int], group_id: str) -> None:
+        self._step(f"offsets {offsets[TP]}")
+
+    async def commit_transaction(self) -> None:
+        self._step("commit")
+        self._txn_manager.open = False
+
+    async def abort_transaction(self) -> None:
+        self._step("abort")
+        self._txn_manager.open = False
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class Sent(list[list[Outgoing]]):
+    """What each attempt sent; `results` is what the next attempts' sends return (then all acknowledged)."""
+
+    results: list[list[BaseException | None]]
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
+    calls = Sent()
+    results: list[list[BaseException | None]] = []
+
+    async def fake(producer: Any, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        calls.append(list(messages))
+        return results.pop(0) if results else [None] * len(messages)
+
+    monkeypatch.setattr(publish, "_send_batched", fake)
+    calls.results = results
+    return calls
+
+
+def txns_with(producer: FakeProducer) -> PartitionTransactions:
+    t = PartitionTransactions(KafkaSettings(), "grp")
+    t.producers[TP] = producer  # type: ignore[assignment]
+    return t
+
+
+async def test_a_failed_transaction_is_aborted_and_retried_whole(sent: Sent) -> None:
+    p = FakeProducer({"commit": [KafkaTimeoutError()], "offsets 10": [KafkaConnectionError("down")]})
+    t = txns_with(p)
+    msgs = [Outgoing("clean", b"k", b"v1"), Outgoing("clean", b"k", b"v2")]
+    assert await t.commit(TP, msgs, 10, max_delay=0.05) is True
+    assert p.log == ["begin", "offsets 10", "abort", "begin", "offsets 10", "commit", "abort",
+                     "begin", "offsets 10", "commit"]
+    assert sent == [msgs, msgs, msgs] and t.aborted == 2 and t.fenced == 0
+
+
+async def test_fenced_ends_with_false_and_the_producer_closed(sent: Sent) -> None:
+    p = FakeProducer({"offsets 5": [ProducerFenced()]})
+    t = txns_with(p)
+    assert await t.commit(TP, [Outgoing("clean", b"k", b"v")], 5) is False
+    assert t.fenced == 1 and p.stopped and TP not in t.producers and "abort" not in p.log
+    assert await t.commit(TP, [], 5) is False  # no producer for the partition any more: nothing is sent
+
+
+async def test_a_record_too_big_is_truncated_before_the_retry(sent: Sent) -> None:
+    big = Outgoing("clean", b"k", b"x" * (publish.TRUNCATE_TO + 10))
+    small = Outgoing("clean", b"k", b"v")
+    sent.results.append([None, MessageSizeTooLargeError()])
+    t = txns_with(FakeProducer())
+    assert await t.commit(TP, [small, big], 1, max_delay=0.05) is True
+    assert len(sent) == 2 and sent[1][0] is small
+    assert len(sent[1][1].value or b"") == publish.TRUNCATE_TO
+    assert ("tickflow.value.truncated_from", str(publish.TRUNCATE_TO + 10).encode()) in (sent[1][1].headers or [])
+
+
+async def test_a_producer_that_cannot_abort_is_replaced(sent: Sent,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = FakeProducer({"commit": [KafkaTimeoutError()], "abort": [RuntimeError("fatal state")]})
+    fresh = FakeProducer()
+    t = txns_with(broken)
+    starts: list[int] = []
+
+    async def open_(tps: set[TopicPartition]) -> None:  # the real open() starts a producer (init_transactions)
+        starts.append(1)
+        if len(starts) == 1:
+            raise KafkaConnectionError("broker away")
+        t.producers[TP] = fresh  # type: ignore[assignment]
+
+    monkeypatch.setattr(t, "open", open_)
+    sleeps: list[float] = []
+    real = asyncio.sleep
+
+    async def fake_sleep(seconds: float, *args: Any) -> None:
+        sleeps.append(seconds)
+        await real(0)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    assert await t.commit(TP, [Outgoing("clean", b"k", b"v")], 9, max_delay=1.0) is True
+    assert broken.stopped and len(starts) == 2 and fresh.log == ["begin", "offsets 9", "commit"]
+    assert sleeps[0] == 1.0  # a producer that does not start is retried every second
+    assert 0.05 <= sleeps[1] <= 0.15  # then the transaction, after 0.1 s scaled by a jitter in [0.5, 1.5)
+
+
+async def test_the_backoff_doubles_to_its_cap_with_jitter(sent: Sent,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+    real = asyncio.sleep
+
+    async def fake_sleep(seconds: float, *args: Any) -> None:
+        sleeps.append(seconds)
+        await real(0)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    p = FakeProducer({"begin": [KafkaConnectionError("down")] * 8})
+    assert await txns_with(p).commit(TP, [], 2, max_delay=1.0) is True
+    nominal = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
+    assert len(sleeps) == 8
+    assert all(0.5 * n <= s <= 1.5 * n for s, n in zip(sleeps, nominal, strict=True)), sleeps
+
+
+async def test_a_cancel_is_not_retried(sent: Sent) -> None:
+    p = FakeProducer({"begin": [asyncio.CancelledError()]})
+    t = txns_with(p)
+    with pytest.raises(asyncio.CancelledError):
+        await t.commit(TP, [], 1)
+    assert p.log == ["begin"] and t.aborted == 0
