@@ -62,6 +62,8 @@ class KafkaSettings(_Section):
     # false: the Python API runs validation, detection and the PostgreSQL sink in its own process (no broker;
     # streams/api.py); the worker always needs Kafka.
     enabled: bool = True
+    # The brokers every client connects to first (worker, producers, Python API, CLI), as
+    # "host:port[,host:port...]"; also KAFKA_BOOTSTRAP_SERVERS. The default is the local stack (`make stack-up`).
     bootstrap_servers: str = "127.0.0.1:19092"
     # Test runs and side-by-side deployments add a suffix to every catalog topic name.
     topic_suffix: str = ""
@@ -69,10 +71,16 @@ class KafkaSettings(_Section):
     # topics.yaml's replication factor (1, for one local broker) and the broker's min.insync.replicas.
     # Production: 3 and 2 with acks=all (our producers' setting), so one broker can fail without loss.
     replication_factor: int | None = Field(default=None, ge=1)
+    # min.insync.replicas of every topic tickflow creates: the catalog topics, the quota topic and Faust's own
+    # (table changelogs, the metrics topic); existing topics are not altered. More than the replication factor is
+    # refused at start-up (every acks=all write would fail).
     min_insync_replicas: int | None = Field(default=None, ge=1)
     # 0: send as soon as the previous request is done; batches still form under load (measured: p50 16 ms
     # -> 5 ms at 1,000 points/s, same throughput). Raise it to trade latency for fewer requests.
     producer_linger_ms: int = 0
+    # Per-partition batch buffer of every producer, in bytes (aiokafka max_batch_size, Faust's
+    # producer_max_batch_size): a send waits while its partition's batch is full. Larger: fewer, bigger requests
+    # under load, more memory.
     producer_max_batch_bytes: int = 1_048_576
     # true: the validate stage writes ticks.clean/rejected/anomalies and commits its offsets in one Kafka
     # transaction per batch and input partition (exactly-once for read_committed consumers); false: at-least-once
@@ -85,14 +93,22 @@ class KafkaSettings(_Section):
     transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
     # Security (README "Security"). PLAINTEXT is the local stack; managed clusters usually want SASL_SSL.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # Used with SASL_PLAINTEXT and SASL_SSL only (another value than PLAIN under another protocol is an error).
+    # PLAIN sends the password itself, so use it under SASL_SSL; SCRAM-SHA-* never sends it.
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    # SASL user; required with SASL_PLAINTEXT and SASL_SSL, an error to set with any other protocol.
     sasl_username: str = ""
+    # SASL password, a secret (from TICKFLOW_KAFKA__SASL_PASSWORD; redacted, never logged); required with
+    # SASL_PLAINTEXT and SASL_SSL.
     sasl_password: SecretStr = SecretStr("")
     # PEM files. ssl_cafile: the CA of the brokers' certificates (default: the system's CAs);
     # ssl_certfile/ssl_keyfile (+ ssl_key_password if the key is encrypted): a client certificate (mutual TLS).
     ssl_cafile: Path | None = None
+    # Client certificate (PEM; it may hold the key too) for mutual TLS; checked to exist at start-up.
     ssl_certfile: Path | None = None
+    # That certificate's private key (PEM) when it is not in ssl_certfile; needs ssl_certfile.
     ssl_keyfile: Path | None = None
+    # Password of an encrypted private key, a secret; needs ssl_certfile.
     ssl_key_password: SecretStr = SecretStr("")
     # Off only for brokers reached by an address their certificate does not name; the chain is still verified.
     ssl_check_hostname: bool = True
@@ -182,14 +198,26 @@ def _is_local(host: str) -> bool:
 class PostgresSettings(_Section):
     # false: the Python API's in-process pipeline (kafka.enabled false) validates and counts but writes nothing.
     enabled: bool = True
+    # Server host name or address, or a unix-socket directory (a path starting with /); also POSTGRES_HOST. A host
+    # that is not this machine with an sslmode below "require" is logged as a warning.
     host: str = "127.0.0.1"
+    # Server port; 15432 is the local stack's (`make stack-up`), PostgreSQL's usual one is 5432.
     port: int = 15432
+    # Role every tickflow connection logs in as (the sink and its migrations, the web pages' reads, the selftest,
+    # the benchmark).
     user: str = "tickflow"
+    # Password of `user`, a secret (TICKFLOW_POSTGRES__PASSWORD or POSTGRES_PASSWORD; never logged). Empty: none is
+    # sent and asyncpg falls back to PGPASSWORD or ~/.pgpass.
     password: SecretStr = SecretStr("")
+    # Database to connect to; its `db_schema` holds the tables.
     database: str = "tickflow"
     # Tables live in this schema; tests use one schema each. Checked (sinks/schema.py) and always quoted.
     db_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # Connections the writer's pool opens at start and keeps (the worker's one pool shared by the write and archive
+    # stages, metrics snapshots and retention; or the Python API's in-process sink).
     pool_min: int = 1
+    # Most connections that pool opens. The web pages' reads use their own pool (at most 2), so they never take
+    # these.
     pool_max: int = 4
     # TLS, with libpq's meanings. The default "prefer" is libpq's and asyncpg's own: it keeps the local stack
     # (no TLS) working and encrypts whenever the server offers TLS, but it verifies nothing and silently
@@ -199,7 +227,10 @@ class PostgresSettings(_Section):
     # PEM files: the CA of the server's certificate (require, verify-ca, verify-full), and a client
     # certificate and its key for certificate authentication.
     sslrootcert: Path | None = None
+    # Client certificate (PEM) for certificate authentication; checked to exist at start-up; refused with sslmode
+    # disable.
     sslcert: Path | None = None
+    # That certificate's private key (PEM); needs sslcert.
     sslkey: Path | None = None
 
     _files_exist = field_validator("sslrootcert", "sslcert", "sslkey")(_existing_file)
@@ -265,9 +296,14 @@ def is_loopback(host: str) -> bool:
 
 
 class WorkerSettings(_Section):
+    # The Faust app id. It names the consumer groups (<app_id>-validate, -write, ...), the internal topics and table
+    # changelogs (<app_id>-metrics, ...) and the local data folder: workers with the same id share the work; give
+    # side-by-side deployments (and tests) different ones.
     app_id: str = "tickflow"
     # The web server's bind address. 127.0.0.1 by default: only this host reaches it.
     web_host: str = "127.0.0.1"
+    # Port of the worker's web server (/health, /metrics, /dashboard, /pipeline/...); the CLI and the Python API
+    # reach a worker at advertised_host (or web_host) and this port. One per worker on a host.
     web_port: int = 6066
     # Bearer token for every page but /health, /metrics and the /dashboard page itself (streams/web/auth.py),
     # from TICKFLOW_WORKER__WEB_TOKEN (never pipeline_config.yaml). Empty: those pages answer 403, except to
@@ -277,6 +313,9 @@ class WorkerSettings(_Section):
     advertised_host: str | None = None
     # Where Faust keeps table state; memory:// rebuilds tables from their changelogs at start.
     store: str = "memory://"
+    # Seconds between snapshots of the pipeline counters into data_quality_metrics (by the worker owning the metrics
+    # table; the Python API's in-process pipeline too, with pipeline.metrics_enabled). Lower: finer history, more
+    # rows.
     metrics_flush_seconds: float = 10.0
     # /health answers 503 ("stuck") when a stage owns partitions with lag but finished no batch for this
     # long, so an orchestrator restarts the worker.
@@ -306,12 +345,20 @@ class WorkerSettings(_Section):
 
 
 class ValidationSettings(_Section):
+    # A raw record larger than this many bytes is rejected (size.too_large) before it is parsed.
     max_message_bytes: int = 64 * 1024
+    # A record whose timestamp (or ingested_at) is more than this many seconds ahead of the validator's clock is
+    # rejected (timestamp.future, ingested_at.future). Raise it only for producers whose clocks run ahead.
     future_tolerance_seconds: float = 5.0
+    # ISO-8601 instant: records timestamped before it are rejected (timestamp.too_old). The default refuses epoch-0
+    # (unset) timestamps; raise it to refuse older history.
     timestamp_floor: str = "1970-01-02T00:00:00Z"
+    # Longest symbol accepted, in characters (else symbol.pattern). symbol_pattern alone allows at most 32: a higher
+    # value needs a wider pattern too.
     max_symbol_length: int = 32
     # Tickers, FX and crypto pairs, indices (^GSPC), futures (ES=F), vendor prefixes (CRYPTO:BTC).
     symbol_pattern: str = r"^[A-Za-z0-9^][A-Za-z0-9.\-_=^/:]{0,31}$"
+    # Longest headline or text accepted, in characters; a longer one is rejected (text.too_long).
     max_text_length: int = 20_000
     # Run the anomaly detectors (streams/anomalies/detectors.py) after the rules.
     detect_anomalies: bool = True
@@ -322,6 +369,7 @@ class ValidationSettings(_Section):
     # more than this share of its last `circuit_breaker_window` records was rejected, instead of dead-lettering
     # everything after a bad deploy or a provider format change. 1.0 turns it off.
     circuit_breaker_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
+    # How many of a source's latest records the breaker judges; it trips only once the window is full.
     circuit_breaker_window: int = Field(default=2000, ge=10)
     # A tripped breaker pauses only its source's raw partitions, for this long, then tries them again.
     circuit_breaker_cooldown_seconds: float = Field(default=60.0, gt=0.0)
@@ -346,20 +394,31 @@ class PipelineSettings(_Section):
 
 
 class SinkSettings(_Section):
+    # Most records the write and archive stages take from Kafka per batch: one fetch, one write to PostgreSQL, one
+    # offset commit. (The in-process Python API batches by validation.batch_size.)
     batch_size: int = 2000
+    # First wait after a retriable PostgreSQL error (database down, failover); the wait doubles up to
+    # retry_max_seconds (the worker adds 0 to this much jitter) and writes are retried until the database answers,
+    # the records waiting in Kafka (or the in-process queue) meanwhile.
     retry_initial_seconds: float = 0.2
+    # Longest wait between those retries, in seconds.
     retry_max_seconds: float = 10.0
     # Rows of market_data (by timestamp) and data_quality_metrics older than this are deleted, in bounded
     # batches, by the leader every `retention_check_seconds`. 0 keeps everything.
     data_retention_days: float = Field(default=0, ge=0)
+    # How often the leader applies data_retention_days (read at start-up).
     retention_check_seconds: float = Field(default=3600, gt=0)
+    # Rows per retention DELETE: each batch is its own short statement, so retention holds no long locks; lower it
+    # if deletes slow the writes.
     retention_batch_rows: int = Field(default=10_000, ge=100)
     # market_data is range-partitioned by ts (migration 6). The leader creates partitions of this period
     # `partitions_ahead` periods ahead of now, every `partition_check_seconds`; retention drops whole
     # partitions older than data_retention_days (the straddling one is trimmed by the batched DELETE).
     # Migrations run with the defaults: the period applies to the partitions created afterwards.
     partition_period: Literal["day", "week", "month"] = "month"
+    # How many periods after the current one have their market_data partition created in advance.
     partitions_ahead: int = Field(default=3, ge=1, le=366)
+    # How often the leader creates the missing partitions (read at start-up).
     partition_check_seconds: float = Field(default=3600, gt=0)
 
 
@@ -371,6 +430,8 @@ class SourceSection(_Section):
     # Provider HTTP (producers/http.py): a bigger body (decompressed bytes count) is refused, not buffered;
     # a Retry-After beyond the cap waits the cap (a broken or hostile value must not park a source for a day).
     max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Longest wait, in seconds, a provider's Retry-After (429, 503) can impose before the next attempt. Neither cap
+    # applies to simulated or replay (no HTTP) nor to yahoo (yfinance makes its own requests).
     max_retry_after_seconds: float = Field(default=300.0, ge=0)
 
     def api_key(self, env: Mapping[str, str] | None = None) -> SecretStr | None:
@@ -383,11 +444,17 @@ class SourceSection(_Section):
 
 
 class SimulatedSourceSettings(SourceSection):
+    # Run the built-in simulated feed (no key, no network); on by default so a fresh setup has data. The worker runs
+    # it on its leader, the Python API's start_data_collection too.
     enabled: bool = True
+    # Symbols it makes prices for: each a random walk from a random start between 50 and 500.
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "TSLA", "SPY", "QQQ"])
+    # Records generated per second across all symbols (quotes and trades alternately, bursts up to one second's
+    # worth).
     rate_per_second: float = 1000.0
     # Share of deliberately bad records (schema or rule violations) so the dead-letter path shows up.
     invalid_ratio: float = Field(default=0.001, ge=0.0, le=1.0)
+    # Random seed: the same seed gives the same prices (item ids still differ between runs).
     seed: int = 7
 
 
@@ -401,28 +468,52 @@ IntradayInterval = Literal["1min", "5min", "15min", "30min", "60min"]
 class AlphaVantageSettings(SourceSection):
     key_env = ('ALPHA_VANTAGE_API_KEY',)
 
+    # Run this source (the worker runs enabled sources on its leader; the Python API's start_data_collection too);
+    # enabled without its key, it is skipped with an error logged. `python -m producers NAME` runs it even when
+    # false.
     enabled: bool = False
+    # Equity symbols; each poll makes one call per symbol and function (mind daily_limit_calls).
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
+    # What to call per symbol: intraday, daily, daily_adjusted (bars), global_quote (a tick), news_sentiment
+    # (articles). One the key's plan lacks (premium) is dropped with a warning.
     functions: list[Function] = Field(default_factory=lambda: ["global_quote"])
     # FX and crypto, as "EUR/USD" / "BTC/USD" (or "EURUSD"); stored under the joined symbol ("EURUSD").
     fx_pairs: list[str] = Field(default_factory=list)
+    # What to call per fx pair: currency_exchange_rate (a tick), fx_intraday, fx_daily (bars).
     fx_functions: list[Literal["currency_exchange_rate", "fx_intraday", "fx_daily"]] = Field(
         default_factory=lambda: ["currency_exchange_rate"])
+    # Crypto pairs as "BTC/USD" (coin / market currency), stored as "BTCUSD".
     crypto: list[str] = Field(default_factory=list)
+    # What to call per crypto pair: currency_exchange_rate (a tick), digital_currency_daily (daily bars).
     crypto_functions: list[Literal["currency_exchange_rate", "digital_currency_daily"]] = Field(
         default_factory=lambda: ["currency_exchange_rate"])
     # 2 symbols x 1 function every 2 h = 24 calls/day: inside the free tier's 25.
     interval_seconds: float = 7200.0
+    # Bar interval of intraday and fx_intraday.
     intraday_interval: IntradayInterval = "5min"
+    # compact: the latest 100 points per call; full: the whole series (far larger answers; backfills ask for full
+    # anyway).
     outputsize: Literal["compact", "full"] = "compact"
+    # Most articles per news_sentiment call (Alpha Vantage's `limit`).
     news_limit: int = Field(default=50, ge=1, le=1000)
+    # Time zone of news' naive time_published (UTC fits Alpha Vantage's answers).
     news_time_zone: str = "UTC"
+    # Free tier: 5 calls per minute; at most this many calls per rate_limit_per_seconds.
     rate_limit_calls: float = 5.0
+    # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 60.0
+    # Most calls per UTC day (free tier: 25). Every attempt is counted before it goes out; the worker and `python -m
+    # producers` keep the count on a Kafka topic, so a restart or a new leader continues it. Once spent, polls make
+    # no call until 00:00 UTC.
     daily_limit_calls: float = 25.0
+    # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://www.alphavantage.co"
+    # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
     request_timeout_seconds: float = 30.0
+    # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=3, ge=1)
+    # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
+    # Retry-After.
     retry_base_delay: float = 1.0
 
 
@@ -433,31 +524,60 @@ Endpoint = Literal["quote", "candle", "company_news", "news_sentiment"]
 class FinnhubSettings(SourceSection):
     key_env = ('FINNHUB_API_KEY',)
 
+    # Run this source (the worker runs enabled sources on its leader; the Python API's start_data_collection too);
+    # enabled without its key, it is skipped with an error logged. `python -m producers NAME` runs it even when
+    # false.
     enabled: bool = False
+    # Stock symbols for the REST endpoints, and the trades subscribed to with `websocket`.
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
+    # Seconds between the starts of two polls (a slow round does not stretch the period); each poll asks for every
+    # configured item.
     interval_seconds: float = 60.0
     # Finnhub free tier: 60 calls/minute.
     rate_limit_calls: float = 60.0
+    # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 60.0
+    # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://finnhub.io"
+    # Where the key goes: "header" (X-Finnhub-Token: in no URL at all) or "query" (?token=); redacted from logs
+    # either way.
     token_in: Literal["header", "query"] = "header"
+    # REST endpoints polled per symbol: quote (a tick), candle (bars), company_news, news_sentiment. candle and
+    # news_sentiment are premium: on a 403 the endpoint is dropped until restart.
     endpoints: list[Endpoint] = Field(default_factory=lambda: ["quote"])
     # Candles of these are polled every round (/forex/candle, /crypto/candle): "OANDA:EUR_USD", "BINANCE:BTCUSDT".
     forex_symbols: list[str] = Field(default_factory=list)
+    # Crypto candles, as "EXCHANGE:PAIR" ("BINANCE:BTCUSDT").
     crypto_symbols: list[str] = Field(default_factory=list)
+    # Candle resolution of every candle endpoint: minutes (1 to 60), or D, W, M.
     candle_resolution: Literal["1", "5", "15", "30", "60", "D", "W", "M"] = "D"
+    # Each poll asks for the candles of this many past days; bars sent before are left out (the latest is re-sent
+    # while it may still be forming).
     candle_lookback_days: int = Field(default=5, ge=1)
+    # company_news asks for the articles of this many past days; those of the previous poll are not sent again.
     news_lookback_days: int = Field(default=2, ge=1, le=30)
+    # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
     request_timeout_seconds: float = 20.0
+    # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=5, ge=1)
+    # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
+    # Retry-After.
     retry_base_delay: float = 0.5
     # Websocket trades (FinnhubTradeStream).
     websocket: bool = False
+    # Websocket address (the key is added as ?token=).
     ws_url: str = "wss://ws.finnhub.io"
+    # Most trades per batch; a batch goes out at this many or ws_flush_seconds after its first trade.
     ws_batch_size: int = Field(default=500, ge=1)
+    # Longest a received trade waits for its batch, in seconds.
     ws_flush_seconds: float = Field(default=0.5, gt=0)
-    ws_heartbeat_seconds: float = Field(default=30.0, gt=0)  # the only guard against a half-open socket
+    # Websocket ping interval, in seconds (aiohttp's heartbeat): a missing pong closes the connection, the only
+    # guard against a half-open socket.
+    ws_heartbeat_seconds: float = Field(default=30.0, gt=0)
+    # First wait before reconnecting the websocket; it doubles per failure in a row up to reconnect_max_seconds,
+    # times a jitter in [0.5, 1), and starts again once a connection delivers a message.
     reconnect_base_seconds: float = Field(default=1.0, gt=0)
+    # Longest wait between reconnects, in seconds.
     reconnect_max_seconds: float = Field(default=60.0, gt=0)
 
 
@@ -465,13 +585,23 @@ class FinnhubSettings(SourceSection):
 class FredSettings(SourceSection):
     key_env = ('FRED_API_KEY',)
 
+    # Run this source (the worker runs enabled sources on its leader; the Python API's start_data_collection too);
+    # enabled without its key, it is skipped with an error logged. `python -m producers NAME` runs it even when
+    # false.
     enabled: bool = False
+    # FRED series ids (GDP, UNRATE, ...): one observations request each per poll.
     series: list[str] = Field(default_factory=lambda: ["GDP", "UNRATE", "FEDFUNDS", "CPIAUCSL"])
+    # Seconds between the starts of two polls. With series_metadata, a series whose last_updated has not moved since
+    # its last fetch is not asked for its observations again.
     interval_seconds: float = 3600.0
+    # Each poll asks for the observations dated within this many past days; only new or changed rows are sent.
     lookback_days: int = Field(default=730, ge=1)
+    # Ask for every real-time period, so each revision is a row of its own (item_id its realtime_start); false:
+    # today's vintage only.
     vintages: bool = True
     # Real-time period (vintages): narrows the one `vintages` asks for, or sets one without it.
     realtime_start: date | None = None
+    # End of that period (None: FRED's default, or 9999-12-31 with vintages); not before realtime_start.
     realtime_end: date | None = None
     # FRED's output_type: 1 by real-time period (default), 2 all vintages, 3 new and revised only,
     # 4 initial release only.
@@ -486,10 +616,16 @@ class FredSettings(SourceSection):
         return self
     # FRED: 120 requests per minute per key.
     rate_limit_calls: float = 120.0
+    # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 60.0
+    # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://api.stlouisfed.org"
+    # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
     request_timeout_seconds: float = 20.0
+    # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=5, ge=1)
+    # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
+    # Retry-After.
     retry_base_delay: float = 0.5
 
 
@@ -516,20 +652,37 @@ class DatasetQuery(BaseModel):
 class NasdaqDataLinkSettings(SourceSection):
     key_env = ('NASDAQ_DATA_LINK_API_KEY', 'QUANDL_API_KEY')
 
+    # Run this source (the worker runs enabled sources on its leader; the Python API's start_data_collection too);
+    # enabled without its key, it is skipped with an error logged. `python -m producers NAME` runs it even when
+    # false.
     enabled: bool = False
-    datasets: list[str] = Field(default_factory=list)  # "DB/CODE", e.g. "FRED/GDP", "CHRIS/CME_CL1"
+    # Datasets as "DB/CODE" ("FRED/GDP", "CHRIS/CME_CL1"), asked for as JSON, untransformed, over lookback_days each
+    # poll.
+    datasets: list[str] = Field(default_factory=list)
+    # Datatables, each {code, params} (params: row filters, e.g. {"ticker": "AAPL"}), read page by page each poll.
     datatables: list[DatatableQuery] = Field(default_factory=list)
     # Datasets with a transform, collapse or CSV format (plain `datasets` are JSON, untransformed).
     dataset_queries: list[DatasetQuery] = Field(default_factory=list)
+    # Seconds between the starts of two polls (a slow round does not stretch the period); each poll asks for every
+    # configured item.
     interval_seconds: float = 3600.0
     # Authenticated users: 300 calls per 10 s and 2,000 per 10 min; stay well below.
     rate_limit_calls: float = 60.0
+    # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 60.0
+    # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://data.nasdaq.com"
+    # Each poll asks for the dataset rows dated within this many past days (datatables are not limited by date).
     lookback_days: int = Field(default=30, ge=1)
+    # Most pages read per datatable and poll; when more remain a warning is logged and the next poll continues from
+    # the page where this one stopped (after the last page, the next poll starts again from the first).
     max_pages: int = Field(default=20, ge=1)
+    # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
     request_timeout_seconds: float = 30.0
+    # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=5, ge=1)
+    # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
+    # Retry-After.
     retry_base_delay: float = 0.5
 
 
@@ -537,18 +690,31 @@ class NasdaqDataLinkSettings(SourceSection):
 class NewsSettings(SourceSection):
     key_env = ('FINNHUB_API_KEY',)
 
+    # Run this source (the worker runs enabled sources on its leader; the Python API's start_data_collection too);
+    # enabled without its key, it is skipped with an error logged. `python -m producers NAME` runs it even when
+    # false.
     enabled: bool = False
+    # Symbols whose Finnhub company news (and news sentiment) each poll reads.
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
+    # Seconds between the starts of two polls (a slow round does not stretch the period); each poll asks for every
+    # configured item.
     interval_seconds: float = 900.0
     # Shares Finnhub's free tier (60 calls/minute) with the finnhub source: keep the two under it together.
     rate_limit_calls: float = 30.0
+    # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 60.0
+    # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://finnhub.io"
+    # company_news asks for the articles of this many past days; articles already sent are skipped.
     lookback_days: int = Field(default=2, ge=1, le=30)
     # news-sentiment is a premium Finnhub endpoint (403 on the free tier); then only articles are written.
     sentiment: bool = True
+    # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
     request_timeout_seconds: float = 20.0
+    # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=5, ge=1)
+    # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
+    # Retry-After.
     retry_base_delay: float = 0.5
 
 
@@ -556,20 +722,36 @@ class NewsSettings(SourceSection):
 class SocialSettings(SourceSection):
     key_env = ('TWITTER_BEARER_TOKEN',)
 
+    # Run this source (the worker runs enabled sources on its leader; the Python API's start_data_collection too);
+    # enabled without its key, it is skipped with an error logged. `python -m producers NAME` runs it even when
+    # false.
     enabled: bool = False
+    # Symbols searched as cashtags ($AAPL plus query_suffix); a post is kept for a symbol only when its text carries
+    # the cashtag.
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "TSLA"])
+    # Seconds between the starts of two polls (a slow round does not stretch the period); each poll asks for every
+    # configured item.
     interval_seconds: float = 300.0
     # X API v2 Basic tier: 60 recent-search requests per 15 minutes.
     rate_limit_calls: float = 60.0
+    # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 900.0
+    # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://api.twitter.com"
+    # Appended to every search query (X search operators); the default leaves out retweets.
     query_suffix: str = "-is:retweet"
+    # Posts per page (X's max_results, 10 to 100).
     max_results: int = Field(default=100, ge=10, le=100)
-    max_pages: int = Field(default=5, ge=1)  # per symbol and poll; the rest is read on the next poll
+    # Most pages per symbol and poll; the rest of a result set is read on the next poll.
+    max_pages: int = Field(default=5, ge=1)
     # The first poll reads back this far (every page); later polls read what is newer than the newest seen.
     lookback_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
+    # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
     request_timeout_seconds: float = 20.0
+    # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=5, ge=1)
+    # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
+    # Retry-After.
     retry_base_delay: float = 0.5
 
 
@@ -578,17 +760,30 @@ class StocktwitsSettings(SourceSection):
     # Public streams need no key; an OAuth access token (optional) raises the rate limit.
     key_env = ('STOCKTWITS_ACCESS_TOKEN',)
 
+    # Run this source (no key needed): the worker runs enabled sources on its leader, the Python API's
+    # start_data_collection too. `python -m producers NAME` runs it even when false.
     enabled: bool = False
-    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "TSLA"])  # /streams/symbol/{SYMBOL}.json
-    users: list[str] = Field(default_factory=list)  # user ids or usernames: /streams/user/{user}.json
+    # Symbol streams read each poll (/api/2/streams/symbol/{SYMBOL}.json).
+    symbols: list[str] = Field(default_factory=lambda: ["AAPL", "TSLA"])
+    # User streams, by user id or username (/api/2/streams/user/{user}.json): one item per symbol a message lists.
+    users: list[str] = Field(default_factory=list)
+    # Seconds between the starts of two polls (a slow round does not stretch the period); each poll asks for every
+    # configured item.
     interval_seconds: float = 120.0
     # StockTwits allows 200 unauthenticated requests per hour (per IP).
     rate_limit_calls: float = 200.0
+    # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 3600.0
+    # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://api.stocktwits.com"
-    max_pages: int = Field(default=5, ge=1)  # per stream and poll; the rest is read on the next poll
+    # Most pages (30 messages each) per stream and poll; the rest is read on the next poll.
+    max_pages: int = Field(default=5, ge=1)
+    # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
     request_timeout_seconds: float = 20.0
+    # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=5, ge=1)
+    # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
+    # Retry-After.
     retry_base_delay: float = 0.5
 
 
@@ -598,50 +793,83 @@ Interval = Literal["1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h", "1d", "5d
 # producers/yahoo.py
 class YahooSettings(SourceSection):
 
+    # Run this source (no key needed): the worker runs enabled sources on its leader, the Python API's
+    # start_data_collection too. `python -m producers NAME` runs it even when false.
     enabled: bool = False
+    # Yahoo symbols (AAPL, ^GSPC, EURUSD=X, BTC-USD, SAP.DE), polled, or streamed with `stream`.
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
+    # Seconds between the starts of two polls (not used with `stream`).
     interval_seconds: float = 60.0
+    # Bar interval of each poll's chart request (its bars, and the tick with tick_from chart).
     live_interval: Interval = "1m"
+    # Period of that chart request (yfinance's period: 1d, 5d, ...): how far back each poll's bars reach.
     live_range: str = "1d"
-    bars: bool = True  # also send the live range's new bars, not only the tick
+    # Also send the chart's new bars, not only the tick (the latest bar is re-sent while it may still be forming).
+    bars: bool = True
+    # Ask charts (live and backfill) for pre- and post-market bars too; intraday bars carry their session (pre,
+    # regular, post) in metadata["session"]. False: regular-session bars only.
+    prepost: bool = False
     # Where the live tick comes from: "chart" (the chart's meta, no extra call) or "quote" (yfinance's
     # Ticker.info: v7 quote + quoteSummary; bid/ask, market state, pre/post-market prices).
     tick_from: Literal["chart", "quote"] = "chart"
     # Live prices through yfinance's streaming feed (yfinance.AsyncWebSocket) instead of polling.
     stream: bool = False
+    # Address of Yahoo's streaming feed (with `stream`).
     ws_url: str = "wss://streamer.finance.yahoo.com/?version=2"
+    # Most ticks per batch from the stream; a batch goes out when full or after ws_flush_seconds.
     ws_batch_size: int = Field(default=500, ge=1)
+    # Longest wait, in seconds, to fill a stream batch.
     ws_flush_seconds: float = Field(default=0.5, gt=0)
+    # First wait before reopening a dropped stream; it doubles per failure in a row up to reconnect_max_seconds,
+    # times a jitter in [0.5, 1).
     reconnect_base_seconds: float = Field(default=1.0, gt=0)
+    # Longest wait between reopening attempts, in seconds.
     reconnect_max_seconds: float = Field(default=60.0, gt=0)
     # yfinance is blocking: its calls run in a thread pool of this many threads, never on the event loop.
     max_workers: int = Field(default=4, ge=1, le=32)
-    cache_dir: str | None = None  # yfinance's timezone/cookie cache folder (None: its default)
+    # yfinance's timezone/cookie cache folder; None: yfinance's default.
+    cache_dir: str | None = None
     # Yahoo publishes no limit; bursts get 429s. One call per second is well clear of them.
     rate_limit_calls: float = 60.0
+    # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 60.0
     # A Yahoo host: yfinance's own URLs. Any other URL (a mirror, a local recording server): every request
     # yfinance makes (chart, quote, cookie, crumb) goes there instead, same path and query.
     base_url: str = "https://query1.finance.yahoo.com"
+    # Timeout of each yfinance chart (history) request, in seconds; with tick_from quote, also the longest one
+    # Ticker.info attempt may take (its requests together: yfinance gives it no timeout of its own).
     request_timeout_seconds: float = 20.0
+    # Attempts per yfinance call, the first included (1: no retry); 429s, timeouts, connection errors and 5xx are
+    # retried, Yahoo's explained refusals (unknown symbol) are not.
     retry_attempts: int = Field(default=5, ge=1)
+    # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))].
     retry_base_delay: float = 0.5
 
 
 # producers/replay.py
 class ReplaySettings(SourceSection):
 
+    # Replay the files once per leadership (the worker on its leader, or the Python API); a restart replays them
+    # again (rows dedupe by key).
     enabled: bool = False
-    files: list[str] = Field(default_factory=list)  # files, folders or globs, replayed as one timeline
+    # CSV files, folders (their *.csv) or glob patterns, replayed merged into one timeline.
+    files: list[str] = Field(default_factory=list)
     # One symbol for every file (leave unset for a folder of per-symbol files); `symbols` maps a file's name or
     # stem to its symbol; otherwise the file's Ticker row, else its stem.
     symbol: str | None = None
+    # File name or stem -> symbol; wins over `symbol`.
     symbols: dict[str, str] = Field(default_factory=dict)
-    speed: float = Field(default=0.0, ge=0.0)  # 1 real time, 10 ten times faster, 0 as fast as possible
-    interval: str | None = None  # inferred from the rows when not set
-    time_zone: str = "America/New_York"  # of naive date-times (Alpha Vantage intraday CSV)
+    # Replay speed: 1 real time (the gaps between rows), 10 ten times faster, 0 as fast as possible.
+    speed: float = Field(default=0.0, ge=0.0)
+    # Bar interval label of the rows (1m, 1d, ...; their item_id too); None: inferred from the smallest gap between
+    # rows.
+    interval: str | None = None
+    # Time zone of the files' naive date-times (Alpha Vantage intraday CSV: US/Eastern).
+    time_zone: str = "America/New_York"
+    # Most rows per batch sent to raw.replay.
     batch_size: int = Field(default=500, ge=1)
-    max_wait_seconds: float | None = Field(default=None, gt=0)  # caps one wait (nights, weekends at 1x)
+    # Caps one wait between rows, in seconds (nights and weekends at speed 1); None: no cap.
+    max_wait_seconds: float | None = Field(default=None, gt=0)
 
 
 class SourcesSettings(_Section):
@@ -683,9 +911,12 @@ class BarCheckSettings(BaseModel):
 
     # Return outliers: |log return - median| / max(1.4826 MAD, floor) of the last `return_window` clean returns.
     return_window: int = Field(default=60, ge=8)
+    # Clean returns the window needs before a bar's return is judged; also the ranges the wick check needs.
     min_returns: int = Field(default=20, ge=5)
+    # A bar is suspect when |r - median| >= this x the scale; the next bar then confirms or clears it.
     outlier_sigma: float = Field(default=6.0, gt=0)
-    scale_floor: float = Field(default=0.002, gt=0)  # a log-return scale never below this (flat, quantised series)
+    # The log-return scale is never below this (flat or quantised series would flag any move).
+    scale_floor: float = Field(default=0.002, gt=0)
     # A suspect bar is an error when the next bar comes back: |log(next / level before)| <= revert_fraction x
     # the suspect's own return (and not an outlier from that level); otherwise the level persisted: a real move.
     revert_fraction: float = Field(default=0.5, gt=0, lt=1)
@@ -698,15 +929,26 @@ class BarCheckSettings(BaseModel):
     decimal_tolerance: float = Field(default=0.15, gt=0, lt=0.5)
     # OHLC: a wick beyond max/min(open, close) of more than range_multiplier x the median log range.
     range_window: int = Field(default=60, ge=8)
+    # A wick longer than this x the median log range (high/low) of recent clean bars is flagged.
     range_multiplier: float = Field(default=15.0, gt=1)
+    # That median log range is never taken below this (flat series).
     range_floor: float = Field(default=0.002, gt=0)
-    ohlc_tolerance: float = Field(default=1e-6, ge=0)  # relative slack for rounded high/low
+    # Relative slack for rounded prices when checking that open and close lie within [low, high].
+    ohlc_tolerance: float = Field(default=1e-6, ge=0)
     # Bar volumes: above median + volume_mad_multiplier MAD AND at least this many times the median.
     volume_min_ratio: float = Field(default=20.0, ge=1)
 
 
 def _intraday_bar_checks() -> BarCheckSettings:
     return BarCheckSettings(scale_floor=0.0002, range_floor=0.0002, outlier_sigma=8.0, range_multiplier=25.0)
+
+
+def _real_split_ratios() -> list[float]:
+    # 4:3 (x0.75) and 5:2 (x0.4) are real too but rare, and a real -25% or -60% open is likelier: add them here
+    # or in settings for a market that has them.
+    forward = [(n, 1) for n in (2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 25, 30, 50)] + [(3, 2), (5, 4)]
+    reverse = [(1, n) for n in (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 100)]
+    return [old / new for new, old in forward + reverse]  # new:old shares -> the price's factor
 
 
 class AnomalySettings(BaseModel):
@@ -716,49 +958,81 @@ class AnomalySettings(BaseModel):
 
     # Brownlees & Gallo (2006); TAQMNGR defaults k=80, delta=0.10. gamma=0.04 $ there, on ~$40 stocks ~ 10 bps.
     bg_window: int = Field(default=80, ge=4)
+    # Share of the window trimmed from each end before its mean and sd (TAQMNGR's delta).
     bg_trim: float = Field(default=0.10, ge=0.0, lt=0.5)
+    # A trade is an outlier when |price - trimmed mean| >= this x the trimmed sd + gamma.
     bg_sd_multiplier: float = Field(default=3.0, gt=0)
+    # gamma, in basis points of the trimmed mean: keeps a quiet, flat window (sd ~ 0) from flagging a one-tick move.
     bg_gamma_bps: float = Field(default=10.0, ge=0)
+    # Clean trades the window needs before any trade is judged (warm-up).
     bg_min_window: int = Field(default=20, ge=2)
-    bg_require_jump: bool = True  # causal stand-in for centring: also far from the previous trade
+    # A causal stand-in for the paper's centred window: an outlier must also be at least the threshold away from the
+    # previous trade, so a run of moves (a trend, a burst) is not flagged.
+    bg_require_jump: bool = True
     # BNHLS (2009) Q4: 10 mean absolute deviations from the median of 50 mids.
     midquote_window: int = Field(default=50, ge=4)
+    # A quote is an outlier when its mid is more than this many deviation units from the window's median.
     midquote_mad_multiplier: float = Field(default=10.0, gt=0)
+    # Mids the window needs before any quote is judged (warm-up).
     midquote_min_window: int = Field(default=10, ge=2)
-    midquote_mad_floor_bps: float = Field(default=0.5, ge=0)  # sticky quotes: a zero deviation is not a scale
-    midquote_day_sample_seconds: float = Field(default=300.0, gt=0)  # the day's deviation unit, one mid per 5 min
+    # The deviation unit is never below this many basis points of the median: sticky quotes (deviation 0) would
+    # otherwise flag any change.
+    midquote_mad_floor_bps: float = Field(default=0.5, ge=0)
+    # The day's deviation unit is estimated from one clean mid per this many seconds of the UTC day (300: one per 5
+    # minutes).
+    midquote_day_sample_seconds: float = Field(default=300.0, gt=0)
     # BNHLS (2009) Q3: spread > 50 x the day's median spread.
     spread_multiplier: float = Field(default=50.0, gt=1)
+    # Quotes of the UTC day counted before any spread is judged.
     spread_min_observations: int = Field(default=20, ge=1)
-    spread_bucket_ratio: float = Field(default=1.02, gt=1)  # the day's median from a log histogram, 1% precision
+    # The day's median spread comes from a log histogram with this bucket ratio (1.02: exact to about 1%); closer to
+    # 1 is more precise and keeps more state.
+    spread_bucket_ratio: float = Field(default=1.02, gt=1)
     # BNHLS (2009) T4: trade above ask + spread or below bid - spread.
     t4_max_quote_age_seconds: float = Field(default=300.0, gt=0)
     # FINRA Rule 11892 bands by reference price.
     erroneous_bands: list[PriceBand] = Field(default_factory=_finra_bands, min_length=1)
     # Volume spikes: rolling median + 10 median absolute deviations.
     volume_window: int = Field(default=100, ge=4)
+    # A volume is a spike above the window's median + this many MADs (a bar also needs
+    # bar_daily/bar_intraday.volume_min_ratio x the median).
     volume_mad_multiplier: float = Field(default=10.0, gt=0)
-    volume_mad_scale: float = Field(default=1.4826, gt=0)  # normal-consistent MAD, as R's mad(); 1 for raw
+    # Scale of the MAD: 1.4826 makes it normal-consistent (R's mad()), 1 uses the raw median absolute deviation.
+    volume_mad_scale: float = Field(default=1.4826, gt=0)
+    # Volumes a sub-stream's window needs before any is judged (warm-up).
     volume_min_window: int = Field(default=20, ge=2)
     # Stale feeds.
     stale_run: int = Field(default=20, ge=2)
+    # A live feed is stale after a silence longer than this x its expected interval (judged only while its market is
+    # open).
     stale_interval_multiplier: float = Field(default=3.0, gt=1)
-    stale_expected_interval_seconds: float | None = Field(default=None, gt=0)  # None: median observed interval
+    # The expected interval between a symbol's records, in seconds; None: the median of the last
+    # stale_interval_window observed intervals (none judged before 5 are seen).
+    stale_expected_interval_seconds: float | None = Field(default=None, gt=0)
+    # Observed intervals kept for that median.
     stale_interval_window: int = Field(default=50, ge=5)
     # Bar gaps: extra closures on top of the exchange calendar (or the only ones when there is none).
     gap_holidays: list[date] = Field(default_factory=list)
-    # Split-like jumps at the open.
-    split_ratios: list[float] = Field(default_factory=lambda: [2.0, 3.0, 0.5, 1.0 / 3.0])
+    # Split-like jumps at the open: new price / old price of real splits (1/2 for 2:1, 2/3 for 3:2, 4/5 for 5:4,
+    # 1/20 for 20:1) and reverse splits (10 for 1:10).
+    split_ratios: list[float] = Field(default_factory=_real_split_ratios)
+    # Open / previous close within this relative tolerance of a split ratio (|ratio / nominal - 1|) is a split
+    # suspect.
     split_tolerance: float = Field(default=0.02, gt=0, lt=0.2)
     # On bars the band widens with the stream's own overnight gaps (open / previous close): to
     # split_gap_multiplier x their median of the last 20, at most split_tolerance_max (a 3:1 split on a day
     # that gapped 2% must still match; a real -52% day, AAPL 2000-09-29, must not).
     split_gap_multiplier: float = Field(default=5.0, ge=0)
+    # Upper bound of that widened tolerance.
     split_tolerance_max: float = Field(default=0.04, gt=0, lt=0.2)
     # Shared: a silence this long is a session break (overnight, weekend), not a gap in intraday bars.
     session_break_seconds: float = Field(default=4 * 3600.0, gt=0)
+    # This many consecutive flagged values that agree are a level shift, not errors: the Brownlees-Gallo, mid-quote,
+    # FINRA band and decimal-shift detectors re-anchor on them instead of flagging every later value.
     level_shift_run: int = Field(default=5, ge=2)
-    max_streams: int = Field(default=8, ge=1)  # per-symbol sub-streams (trade, quote, bar:1m...) kept at most
+    # Sub-streams (trade, quote, bar:1m, ...) whose state a detector keeps per symbol and source; beyond it the
+    # earliest added is dropped. Bounds memory and state size.
+    max_streams: int = Field(default=8, ge=1)
     # Bars: thresholds per interval family (intraday vs daily/weekly/monthly).
     bar_daily: BarCheckSettings = Field(default_factory=BarCheckSettings)
     bar_intraday: BarCheckSettings = Field(default_factory=_intraday_bar_checks)
@@ -767,6 +1041,8 @@ class AnomalySettings(BaseModel):
     # Exchange calendars (exchange_calendars MIC codes, or "24/5", "24/7"): symbol -> calendar; other symbols
     # by their form (.DE XETR, .L XLON, =X 24/5, -USD 24/7, ...), else default_exchange. None: weekdays only.
     exchanges: dict[str, str] = Field(default_factory=dict)
+    # Calendar of the symbols none of the rules above place (XNYS: NYSE sessions and holidays); None: no calendar
+    # (daily gaps count weekdays, staleness is judged at any hour).
     default_exchange: str | None = "XNYS"
     # A feed is live (stale_feed may judge its silence) when its records arrive within this of their event time.
     stale_live_lag_seconds: float = Field(default=900.0, gt=0)
