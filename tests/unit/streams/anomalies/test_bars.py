@@ -2,10 +2,14 @@
 
 import math
 import random
+import sys
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from streams.anomalies import AnomalySettings, DetectorSuite
-from streams.anomalies.detectors import BarGaps, StaleFeed, _SumWindow, _trimmed_mean_sd
+from streams.anomalies.core import finite_price
+from streams.anomalies.detectors import BarGaps, SplitSuspect, StaleFeed, _SumWindow, _trimmed_mean_sd
 from streams.models import MarketDataPoint
 
 D0 = datetime(2012, 1, 3, tzinfo=UTC)
@@ -185,3 +189,66 @@ def test_a_split_on_a_day_that_gapped_is_still_a_split() -> None:
         o2 = o * (1.022 if i == 50 else 1.0)  # the split day gapped 2.2% (2.8% at most with its own gap)
         flags += [(i, a.detector) for a in suite.update(bar(day, c / k, open=o2 / k))]
     assert (50, "split_suspect") in flags
+
+
+# ------------------------------------------------------------------- split ratios of real corporate actions
+
+T0 = datetime(2024, 5, 6, 14, 0, tzinfo=UTC)  # a Monday
+
+
+def _trade(price: float, ts: datetime) -> MarketDataPoint:
+    return MarketDataPoint(symbol="AAPL", timestamp=ts, source="sim", data_type="trade", price=price, volume=100.0)
+
+
+def test_the_tick_split_tolerance_widens_with_the_feeds_own_overnight_gaps() -> None:
+    """A 3:1 split on a morning that gapped 2.5%: on a feed whose opens gap ~0.8% it is still a split."""
+    rng = random.Random(3)
+    sp, p, out = SplitSuspect(), 100.0, []
+    for day in range(12):
+        t = T0 + timedelta(days=day)
+        k = 3.0 if day == 11 else 1.0
+        p *= math.exp(rng.choice((-1, 1)) * 0.008) * (1.025 if day == 11 else 1.0)
+        for i in range(3):
+            out = sp.update(_trade(p / k, t + timedelta(seconds=i)))
+            if i == 0 and day == 11:
+                break
+    assert [a.details["nominal"] for a in out] == [pytest.approx(1 / 3)]
+
+
+def test_split_labels_name_new_and_old_shares() -> None:
+    assert SplitSuspect.label(1 / 1.5) == "3:2 split"
+    assert SplitSuspect.label(0.8) == "5:4 split"
+    assert SplitSuspect.label(0.05) == "20:1 split"
+    assert SplitSuspect.label(10.0) == "1:10 reverse split"
+
+
+def test_the_way_back_from_a_bar_that_jumped_by_itself_is_no_split() -> None:
+    """x1.25 for a day (no ratio: there is no 4:5 reverse split), then back: the way back is x0.8, 5:4-like. A
+    5:4 split after an ordinary day is one."""
+    days = weekdays(40)
+    sp = SplitSuspect()
+    for d in days[:30]:
+        sp.update(bar(d, 100.0))
+    assert sp.update(bar(days[30], 125.0, open=125.0)) == []
+    assert sp.update(bar(days[31], 100.5, open=100.0)) == []
+    sp.update(bar(days[32], 100.0))
+    [split] = sp.update(bar(days[33], 80.0, open=80.2))
+    assert split.details["nominal"] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("limit", [1e12, math.inf])
+def test_the_suites_range_check_refuses_exactly_what_finite_price_refuses(limit: float) -> None:
+    # The suite inlines finite_price for speed (bench/validate_cost.py); an infinite limit still refuses inf.
+    suite = DetectorSuite(AnomalySettings(max_price=limit))
+    t0 = datetime(2024, 5, 6, 14, 0, tzinfo=UTC)
+    values = [math.nan, math.inf, -math.inf, 0.0, -0.0, -1.0, 5e-324, 1.0, 1e12, 1e12 * (1 + 1e-15), 1e154,
+              sys.float_info.max]
+    for field in ("price", "bid", "ask", "open", "high", "low", "close"):
+        for x in values:
+            # model_construct: the model itself refuses NaN and inf; the suite must not rely on it
+            p = MarketDataPoint.model_construct(symbol="X", timestamp=t0, source="sim", data_type="trade",
+                                                **{f: None for f in DetectorSuite._PRICE_FIELDS} | {field: x})
+            bad = suite._out_of_range(p)
+            assert (bad is not None) == (not finite_price(x, limit)), (field, x)
+            if bad is not None:
+                assert bad.detector == "price_out_of_range" and bad.details == {"field": field}

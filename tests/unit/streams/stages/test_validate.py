@@ -257,3 +257,45 @@ async def test_at_least_once_when_there_are_no_transactions() -> None:
     await stage._run()
     await stage.flush_commit()
     assert len(out.sent) == 3 and consumer.commits == [{g: 3}] and stage.status()["exactly_once"] is False
+
+
+def _bars_router_rows(factor_at: dict[int, float], n: int = 70) -> dict[str, list[str]]:
+    """Daily replay bars through the Router with detectors; each row's flags as the sink keeps them (the newest
+    revision of a bar wins)."""
+    import math
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from streams.config import AnomalySettings
+    from streams.stages.detect import AnomalyTracker
+
+    router = Router(Validator(ValidationSettings()), catalog, AnomalyTracker(AnomalySettings(), 1e9, {}))
+    rng, c, day, k = random.Random(1), 100.0, datetime(2012, 1, 3, 21, tzinfo=UTC), 1.0
+    rows: dict[str, list[str]] = {}
+    for i in range(n):
+        while day.weekday() >= 5:
+            day += timedelta(days=1)
+        o = c * math.exp(rng.gauss(0, 0.003))
+        c = o * math.exp(rng.gauss(0, 0.01))
+        k = factor_at.get(i, k)
+        doc = {"symbol": "SPY", "timestamp": day.isoformat(), "source": "replay", "data_type": "bar",
+               "interval": "1d", "open": o * k, "high": max(o, c) * k * 1.003, "low": min(o, c) * k * 0.997,
+               "close": c * k, "volume": 1e6 / k}
+        for out in router.route(Rec(BAD, i, orjson.dumps(doc), key=b"SPY"), MetricsDelta(), source="replay"):
+            if out.topic == router.clean_topic:
+                v = orjson.loads(out.value)
+                rows[v["timestamp"][:10]] = list(v.get("flags", ()))
+        day += timedelta(days=1)
+    return {d: f for d, f in rows.items() if f}
+
+
+def test_a_split_confirmed_by_the_next_bar_revises_its_row_as_a_corporate_action() -> None:
+    """A 10:1 split: a decimal shift on arrival, then a split when the next bar holds the level: the row's
+    newest revision says corporate_action.suspect (not anomaly:split_suspect, nor the decimal shift)."""
+    rows = _bars_router_rows({50: 0.1})
+    assert list(rows.values()) == [["corporate_action.suspect"]]
+
+
+def test_a_split_like_bar_that_came_back_is_revised_as_a_price_error() -> None:
+    rows = _bars_router_rows({50: 0.5, 51: 1.0})
+    assert list(rows.values()) == [["anomaly:bar_outlier"]]

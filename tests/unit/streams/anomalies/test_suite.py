@@ -1,0 +1,192 @@
+"""Splits in the suite (issue 12 leftovers): the ratios of real corporate actions on bars and ticks, and a
+split-like jump that comes back (a price spike) told from one whose level persists (a split).
+
+The flags are read as a user of market_data sees them: a follow-up verdict replaces the flags of the record
+it names (the validate stage publishes it as a newer revision of that row, the sink keeps the newest)."""
+
+import math
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from streams.anomalies import AnomalySettings, DetectorSuite
+from streams.models import MarketDataPoint
+
+D0 = datetime(2012, 1, 3, 21, tzinfo=UTC)
+T0 = datetime(2024, 5, 6, 14, 0, tzinfo=UTC)  # a Monday
+# new:old shares -> what prices are divided by (a 3:2 split: 3 shares for 2, prices / 1.5, volumes x 1.5)
+NEW_RATIOS = {"3:2": 1.5, "4:1": 4.0, "5:1": 5.0, "10:1": 10.0, "20:1": 20.0, "1:10": 0.1, "1:20": 0.05, "5:4": 1.25}
+
+
+def weekdays(n: int, start: datetime = D0) -> list[datetime]:
+    out, d = [], start
+    while len(out) < n:
+        if d.weekday() < 5:
+            out.append(d)
+        d += timedelta(days=1)
+    return out
+
+
+def bar(day: datetime, close: float, open_: float | None = None, volume: float = 1e6) -> MarketDataPoint:
+    o = close if open_ is None else open_
+    return MarketDataPoint(symbol="SPY", timestamp=day, source="replay", data_type="bar", interval="1d", open=o,
+                           high=max(o, close) * 1.003, low=min(o, close) * 0.997, close=close, volume=volume)
+
+
+def trade(price: float, ts: datetime, volume: float = 100.0) -> MarketDataPoint:
+    return MarketDataPoint(symbol="AAPL", timestamp=ts, source="sim", data_type="trade", price=price, volume=volume)
+
+
+def flag_of(a: object) -> str:
+    return "corporate_action.suspect" if a.kind == "corporate_action" else f"anomaly:{a.detector}"  # type: ignore[attr-defined]
+
+
+def final_flags(suite: DetectorSuite, points: list[MarketDataPoint]) -> dict[str, list[str]]:
+    """timestamp -> the flags its row ends with (as streams/stages/validate.py Router.detect and the sink)."""
+    rows: dict[str, list[str]] = {}
+    for p in points:
+        ts = p.timestamp.isoformat()
+        rows.setdefault(ts, [])
+        for a in suite.update(p):
+            if a.details.get("follow_up"):
+                rows[datetime.fromisoformat(a.record["timestamp"]).isoformat()] = [*a.record.get("flags", ()),
+                                                                                    flag_of(a)]
+            elif a.kind in ("tick", "corporate_action"):
+                rows[ts].append(flag_of(a))
+    return {k: v for k, v in rows.items() if v}
+
+
+def daily(n: int = 80, seed: int = 1, vol: float = 0.01) -> tuple[list[float], list[float]]:
+    """Opens and closes of a random walk whose bars open near the previous close (overnight gaps ~0.3%)."""
+    rng = random.Random(seed)
+    c, opens, closes = 100.0, [], []
+    for _ in range(n):
+        o = c * math.exp(rng.gauss(0, 0.003))
+        c = o * math.exp(rng.gauss(0, vol))
+        opens.append(o)
+        closes.append(c)
+    return opens, closes
+
+
+# ------------------------------------------------------------------------------------------ real split ratios
+
+
+@pytest.mark.parametrize("split", sorted(NEW_RATIOS))
+def test_a_real_split_ratio_on_daily_bars_is_one_corporate_action_and_rescales_prices_and_volumes(split: str) -> None:
+    r = NEW_RATIOS[split]
+    opens, closes = daily()
+    days = weekdays(80)
+    points = [bar(d, c / (r if i >= 50 else 1.0), o / (r if i >= 50 else 1.0), 1e6 * (r if i >= 50 else 1.0))
+              for i, (d, o, c) in enumerate(zip(days, opens, closes, strict=True))]
+    got = final_flags(DetectorSuite(), points)
+    # the split day carries the corporate action, nothing else: no price error, no volume spike after it
+    assert got == {days[50].isoformat(): ["corporate_action.suspect"]}
+
+
+@pytest.mark.parametrize("split", sorted(NEW_RATIOS))
+def test_a_real_split_ratio_on_trades_after_the_close_is_one_corporate_action(split: str) -> None:
+    r = NEW_RATIOS[split]
+    rng = random.Random(5)
+    p, points = 100.0, []
+    for i in range(200):  # day 1: a trade every 2 s
+        p *= math.exp(rng.gauss(0, 3e-4))
+        points.append(trade(round(p, 4), T0 + timedelta(seconds=2 * i)))
+    day2 = T0 + timedelta(hours=20)
+    for i in range(200):  # day 2, after the split: prices / r, sizes x r
+        p *= math.exp(rng.gauss(0, 3e-4))
+        points.append(trade(round(p / r, 6), day2 + timedelta(seconds=2 * i), volume=100.0 * r))
+    got = final_flags(DetectorSuite(), points)
+    assert got == {day2.isoformat(): ["corporate_action.suspect"]}
+
+
+# ------------------------------------------------------------------------------ a spike that comes back, or not
+
+
+@pytest.mark.parametrize("factor", [0.5, 3.0, 1.5, 0.1, 10.0])
+def test_a_split_like_bar_that_comes_back_is_a_price_error_and_the_way_back_no_split(factor: float) -> None:
+    opens, closes = daily()
+    days = weekdays(80)
+    points = [bar(d, c * (factor if i == 60 else 1.0), o * (factor if i == 60 else 1.0))
+              for i, (d, o, c) in enumerate(zip(days, opens, closes, strict=True))]
+    got = final_flags(DetectorSuite(), points)
+    assert list(got) == [days[60].isoformat()]
+    assert "corporate_action.suspect" not in got[days[60].isoformat()]
+    # x10 / x0.1: a decimal shift on arrival (and BarOutlier's verdict with the next bar); else a spike
+    want = ["anomaly:decimal_shift", "anomaly:bar_outlier"] if factor in (0.1, 10.0) else ["anomaly:bar_outlier"]
+    assert got[days[60].isoformat()] == want
+
+
+def test_a_split_whose_level_persists_stays_a_split() -> None:
+    opens, closes = daily()
+    days = weekdays(80)
+    points = [bar(d, c / (2.0 if i >= 60 else 1.0), o / (2.0 if i >= 60 else 1.0), 2e6 if i >= 60 else 1e6)
+              for i, (d, o, c) in enumerate(zip(days, opens, closes, strict=True))]
+    suite = DetectorSuite()
+    got = final_flags(suite, points)
+    assert got == {days[60].isoformat(): ["corporate_action.suspect"]}
+    assert suite.split.pending == {}  # decided by the next bar
+
+
+def test_a_retraction_keeps_the_other_flags_of_the_record() -> None:
+    """A x0.5 bar on 60x volume that comes back: relabelled a price error, and still a volume spike."""
+    opens, closes = daily()
+    days = weekdays(80)
+    points = [bar(d, c * (0.5 if i == 60 else 1.0), o * (0.5 if i == 60 else 1.0), 6e7 if i == 60 else 1e6)
+              for i, (d, o, c) in enumerate(zip(days, opens, closes, strict=True))]
+    got = final_flags(DetectorSuite(), points)
+    assert got == {days[60].isoformat(): ["anomaly:volume_spike", "anomaly:bar_outlier"]}
+
+
+def test_a_way_back_that_overshoots_into_a_split_ratio_is_not_a_split() -> None:
+    """The real-data bench's GOOG 2008-02-25: a bar 16% up printed apart from its neighbours, then an open 9%
+    below the level before it, 0.784 x the bad close: 5:4-like (0.79 here). The bad bar is the error, not a split."""
+    opens, closes = daily()
+    days = weekdays(80)
+    level = closes[59]
+    opens[60], closes[60] = level * 1.205, level * 1.16
+    opens[61], closes[61] = closes[60] * 0.79, level * 0.915
+    for i in range(62, 80):
+        opens[i], closes[i] = opens[i] * 0.915, closes[i] * 0.915
+    points = [bar(d, c, o) for d, o, c in zip(days, opens, closes, strict=True)]
+    got = final_flags(DetectorSuite(), points)
+    assert got == {days[60].isoformat(): ["anomaly:bar_outlier"]}
+
+
+def test_the_way_back_from_a_decimal_shift_outside_the_tolerance_is_not_a_split() -> None:
+    """MSFT 1988-09-12 in the bench: x9.7 (no ratio within its tolerance, a decimal shift), then back at 0.1000
+    of it, exactly 10:1-like. The way back is no split."""
+    opens, closes = daily()
+    days = weekdays(80)
+    opens[60], closes[60] = closes[59] * 9.7, closes[59] * 9.7
+    opens[61] = closes[60] * 0.1
+    points = [bar(d, c, o) for d, o, c in zip(days, opens, closes, strict=True)]
+    got = final_flags(DetectorSuite(), points)
+    assert got == {days[60].isoformat(): ["anomaly:decimal_shift", "anomaly:bar_outlier"]}
+
+
+def test_a_trade_at_half_after_the_close_that_comes_back_is_a_price_error() -> None:
+    rng = random.Random(5)
+    p, points = 100.0, []
+    for i in range(200):
+        p *= math.exp(rng.gauss(0, 3e-4))
+        points.append(trade(round(p, 4), T0 + timedelta(seconds=2 * i)))
+    day2 = T0 + timedelta(hours=20)
+    points.append(trade(round(p / 2, 4), day2))  # a bad print at the open
+    for i in range(1, 200):
+        p *= math.exp(rng.gauss(0, 3e-4))
+        points.append(trade(round(p, 4), day2 + timedelta(seconds=2 * i)))
+    got = final_flags(DetectorSuite(), points)
+    assert got == {day2.isoformat(): ["anomaly:clearly_erroneous"]}
+
+
+def test_a_pending_split_survives_a_restart() -> None:
+    opens, closes = daily()
+    days = weekdays(80)
+    points = [bar(d, c * (0.5 if i == 60 else 1.0), o * (0.5 if i == 60 else 1.0))
+              for i, (d, o, c) in enumerate(zip(days, opens, closes, strict=True))]
+    suite = DetectorSuite()
+    first = final_flags(suite, points[:61])
+    assert first == {days[60].isoformat(): ["corporate_action.suspect"]}
+    restored = DetectorSuite.from_state(suite.to_state(), AnomalySettings())
+    assert final_flags(restored, points[61:]) == {days[60].isoformat(): ["anomaly:bar_outlier"]}
