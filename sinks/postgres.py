@@ -10,10 +10,7 @@ partitions are created ahead and dropped by retention through the schema's funct
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -33,7 +30,7 @@ from sinks.schema import (
     MIGRATIONS,
     quote_ident,
 )
-from streams import faults
+from streams import exactjson, faults
 from streams.errors import SinkError, SinkRefused, SinkUnavailable
 from streams.settings import PostgresSettings
 
@@ -110,76 +107,9 @@ def _date(value: Any) -> date | None:
     return date.fromisoformat(value) if value is not None else None
 
 
-# Big-integer rule. A clean record may carry an integer of any size in metadata (the validate stage's parser,
-# like Python's, takes up to 4,300 digits), and jsonb stores any JSON number exactly (numeric). orjson reads
-# integers from -2**63 to 2**64 - 1 only: it makes a float of a larger one (precision lost, silently), refuses
-# one beyond a double's range, and refuses to write one. So a record that holds one is decoded again by the
-# stdlib (exact ints: loads_record), and such an integer is written as its own digits, still a JSON number
-# (orjson.Fragment: _json_text).
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-# A JSON number of 19 digits or more in value position: where an integer orjson refused can be (every integer
-# outside [-2**63, 2**64 - 1] has at least 19 digits). Searched only when orjson refused the text.
-_LONG_NUMBER = re.compile(rb"[:,\[]\s*-?\d{19}")
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # as orjson (and PostgreSQL's jsonb) says
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of range for a double")  # orjson refuses it too
-    return value
-
-
-def _exact_loads(raw: bytes) -> Any:
-    """The stdlib's decode (exact ints), refusing what orjson refuses besides (NaN, Infinity, a float beyond a
-    double's range), so which decoder read a record never decides whether it is accepted."""
-    return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
-
-
-_WIDE = float(2**63)
-
-
-def _holds_wide_float(value: Any) -> bool:
-    """A float of magnitude 2**63 or more at any depth: what orjson makes of an integer beyond 64 bits."""
-    if type(value) is float:
-        return not -_WIDE < value < _WIDE
-    if type(value) is dict:
-        return any(_holds_wide_float(v) for v in value.values())
-    if type(value) is list:
-        return any(_holds_wide_float(v) for v in value)
-    return False
-
-
-
-def loads_record(raw: bytes) -> Any:
-    """Decode a record's JSON without changing a value: orjson (fast), and the stdlib again (exact ints) for
-    the rare record whose metadata came out holding a float of 2**63 or more (an integer beyond 64 bits, or a
-    float that large: decoded the same either way) or that orjson refused for a number of 19+ digits (an
-    integer beyond a double's range). Only metadata is free-form: every other field of a clean record is typed
-    (streams/models.py), so no other field can hold such an integer."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        if _LONG_NUMBER.search(raw) is None:
-            raise
-        return _exact_loads(raw)
-    meta = doc.get("metadata") if type(doc) is dict else None
-    if meta and _holds_wide_float(meta):
-        return _exact_loads(raw)
-    return doc
-
-
-def _bigints_verbatim(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
-        return orjson.Fragment(str(value))  # the integer's own digits, written as a JSON number
-    if isinstance(value, dict):
-        return {k: _bigints_verbatim(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_bigints_verbatim(v) for v in value]
-    return value
+# Big integers: streams/exactjson.py. A record is decoded with exact integers (loads_record) and such an
+# integer is written as its own digits, still a JSON number (_json_text).
+loads_record = exactjson.loads
 
 
 def _json_text(value: Any) -> str:
@@ -188,7 +118,7 @@ def _json_text(value: Any) -> str:
     try:
         text = orjson.dumps(value).decode()
     except TypeError:  # an integer beyond 64 bits (anything else unwritable raises again below: a data error)
-        value = _bigints_verbatim(value)
+        value = exactjson.bigints_verbatim(value)
         text = orjson.dumps(value).decode()
     # orjson writes U+0000 as the escape \u0000 (and a literal backslash as \\): only then walk the value.
     return orjson.dumps(_scrub(value)).decode() if "\\u0000" in text else text
@@ -471,6 +401,12 @@ class PostgresTickWriter(BatchWriter):
                 min_size=self.settings.pool_min,
                 max_size=self.settings.pool_max,
                 init=self._init_connection,
+                # No cached prepared statements: a cached plan keeps the row estimates of the table when it was
+                # first prepared. Prepared on an empty schema (or a new month's partition), the revision UPDATE
+                # kept scanning the partition, so each small batch cost more as the table grew (8 -> 22 ms per
+                # 15-row write at 42k rows) until autovacuum's ANALYZE; that was the self-test's 60-150 ms
+                # latency. Planning each statement afresh costs well under a millisecond a batch.
+                statement_cache_size=0,
             )
         except Exception as exc:
             raise classify(exc, f"pool {self.settings.dsn_for_display()}") from None

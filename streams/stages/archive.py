@@ -18,11 +18,11 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import orjson
 from aiokafka import TopicPartition
 from tenacity import AsyncRetrying, retry_if_exception, stop_never, wait_exponential, wait_random
 
 from sinks.postgres import anomaly_row, dead_letter_row
+from streams import exactjson
 from streams.app import app, settings
 from streams.errors import SinkError, TickflowError
 from streams.settings import SinkSettings
@@ -72,7 +72,7 @@ class ArchiveEvents(BatchStage):
         for rec in records:
             try:
                 if rec.topic == self.anomalies_topic:
-                    anomalies.append(anomaly_row(orjson.loads(rec.value)))
+                    anomalies.append(anomaly_row(exactjson.loads(rec.value, free=("record", "metadata"))))
                 else:
                     dead.append(dead_letter_row(
                         topic=rec.topic, partition=rec.partition, offset=rec.offset, key=rec.key, value=rec.value,

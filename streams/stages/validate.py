@@ -32,10 +32,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams import contract, faults
+from streams import contract, exactjson, faults
 from streams.app import app, settings
 from streams.catalog import Catalog
 from streams.errors import RejectedRecord
@@ -136,13 +135,13 @@ class Router:
             event = event_for(a, source)
             d.recent.append(
                 {k: event[k] for k in ("detector", "symbol", "score", "threshold", "kind", "message", "detected_at")})
-            events.append(Outgoing(self.anomalies_topic, point.symbol.encode(), orjson.dumps(event, default=str),
+            events.append(Outgoing(self.anomalies_topic, point.symbol.encode(), exactjson.dumps(event, default=str),
                                    *_published(contract.ANOMALIES, contract.anomaly_time_ms(event))))
             if a.details.get("follow_up"):  # a verdict on an EARLIER bar (confirmed by this one): a newer revision
                 flag = "corporate_action.suspect" if a.kind == "corporate_action" else f"anomaly:{a.detector}"
                 rev = {**a.record, "flags": [*a.record.get("flags", ()), flag],
                        "ingested_at": datetime.now(UTC).isoformat()}  # of that bar's row, flagged
-                events.append(Outgoing(self.clean_topic, point.symbol.encode(), orjson.dumps(rev),
+                events.append(Outgoing(self.clean_topic, point.symbol.encode(), exactjson.dumps(rev),
                                        *_published(contract.CLEAN, contract.event_time_ms(rev["timestamp"]))))
                 continue
             if a.kind == "tick":
@@ -162,7 +161,7 @@ class Router:
         for source, a in self.anomalies.check_stale(now):
             delta.of(source).count_anomaly(a.detector)
             event = event_for(a, source)
-            out.append(Outgoing(self.anomalies_topic, a.symbol.encode(), orjson.dumps(event, default=str),
+            out.append(Outgoing(self.anomalies_topic, a.symbol.encode(), exactjson.dumps(event, default=str),
                                 *_published(contract.ANOMALIES, contract.anomaly_time_ms(event))))
         return out, delta
 

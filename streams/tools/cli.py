@@ -206,6 +206,32 @@ def faust_command(name: str) -> click.Command:
                          add_help_option=False)
 
 
+QUIET_FLAGS = ("--quiet", "-q")
+
+
+def _log_format() -> str:
+    """worker.log_format from the settings; "text" when they do not load (the App then reports why)."""
+    try:
+        from streams.settings import get_settings
+
+        return get_settings().worker.log_format
+    except Exception:
+        return "text"
+
+
+def faust_argv(argv: list[str], log_format: Callable[[], str] = _log_format) -> list[str]:
+    """Faust's arguments for one of its commands. `tickflow worker --quiet` (or -q) is Faust's own --quiet,
+    which Faust reads only before the command name: it is moved there. A worker whose log format is json is
+    always quiet: Faust's banner (and its other console prints) are not JSON lines, and a log collector reading
+    the worker's output would choke on them; its log lines still go out (to standard error, or -f)."""
+    name, rest = argv[0], argv[1:]
+    quiet = False
+    if name == "worker" and "--help" not in rest:  # (-h is the worker's --web-host)
+        quiet = any(a in QUIET_FLAGS for a in rest) or log_format() == "json"
+        rest = [a for a in rest if a not in QUIET_FLAGS]
+    return ["-A", "streams.app:app", *(["--quiet"] if quiet else []), name, *rest]
+
+
 def handoff(argv: list[str]) -> NoReturn:
     """Faust's own command line, told where the App is by name: the tools never import the worker's App."""
     # uvloop unless F_LOOP says otherwise (Faust reads it when it is first imported, just below): the event
@@ -215,7 +241,7 @@ def handoff(argv: list[str]) -> NoReturn:
     from faust.cli.faust import cli as faust_cli
 
     sys.argv = [sys.argv[0], *argv]
-    faust_cli(["-A", "streams.app:app", *argv], prog_name=PROG)
+    faust_cli(faust_argv(argv), prog_name=PROG)
     raise SystemExit(0)  # not reached: click exits
 
 
@@ -336,14 +362,18 @@ async def backfill_history(source_name: str, symbols: list[str], start: date, en
     import aiohttp
 
     from producers.base import encode
-    from producers.registry import BUILDERS
+    from producers.quota import KafkaQuotaStore
+    from producers.registry import BUILDERS, Collaborators
     from producers.runner import new_producer, send_batch
     from streams.catalog import catalog_of
     from streams.settings import get_settings
 
     settings = get_settings()
     cfg = getattr(settings.sources, source_name)
-    (source,) = BUILDERS[source_name](cfg)  # raises ConfigError when the key is missing
+    # Alpha Vantage's daily quota is counted where the worker counts it: a backfill spends the same day's calls.
+    # The store connects on first use, so a source without a quota never reaches it.
+    quota_store = KafkaQuotaStore.for_settings(settings.kafka)
+    (source,) = BUILDERS[source_name](cfg, Collaborators(quota_store=quota_store))  # ConfigError: no key
     topic = catalog_of(settings.kafka).raw(source_name).name
     producer = new_producer(settings)
     await producer.start()
@@ -369,6 +399,7 @@ async def backfill_history(source_name: str, symbols: list[str], start: date, en
                     bar.advance(description=f"{symbol}: {sent:,} points")
     finally:
         await producer.stop()
+        await quota_store.close()
     return total, len(symbols), failed
 
 

@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
 from faust.web import Request, Response, View
 
+from streams import exactjson
 from streams.app import app, settings
 from streams.stages import metrics
 from streams.stages.base import BatchStage, stages
@@ -112,7 +112,7 @@ def jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             if k == "ts":
                 k = "timestamp"
-            d[k] = v.isoformat() if hasattr(v, "isoformat") else (orjson.loads(v) if k == "metadata" else v)
+            d[k] = v.isoformat() if hasattr(v, "isoformat") else (exactjson.loads(v, free=()) if k == "metadata" else v)
         out.append(d)
     return out
 

@@ -1,22 +1,25 @@
-"""GET /metrics: the pipeline's metrics in Prometheus text exposition (prometheus-client).
+"""GET /metrics: this worker's metrics in Prometheus text exposition (prometheus-client), for scraping every pod.
 
-The numbers are not kept in prometheus-client's global counters: they already live in the
-changelog-backed metrics table (streams/stages/metrics.py), summed over every worker. A custom collector reads
-the table's values at scrape time and yields metric families from them, so nothing is counted twice and a
-restarted worker reports the same totals as before.
+Every series carries a `worker` label (the worker's advertised host:port) and counts what THIS worker did:
+the counters and the latency histogram come from its own counts since the process started
+(streams/stages/metrics.py `local`; a restart starts them at 0, which rate() and increase() handle), so
+`sum(rate(tickflow_rows_written_total[5m]))` over the pods is the cluster's rate and nothing is counted twice.
+The cluster-wide totals, kept across restarts in the changelog-backed table, stay on GET /pipeline/metrics.
 
-Like /pipeline/metrics, the request is routed to the worker that owns the metrics table, so every worker
-answers with the same cluster-wide counters: scrape one address (the web Service), or aggregate with
-max() rather than sum() across pods. Consumer lag is the group's, read from the cluster. Source health
-(tickflow_source_*) comes from the answering worker's supervisor; sources run on the group's leader only.
+Consumer lag is the stage groups' lag read from the cluster; only the worker that owns the metrics table
+exports it, so a sum over pods counts it once. Source health (tickflow_source_*) comes from this worker's
+supervisor (sources run on the group's leader only). A custom collector yields the families from one scrape's
+inputs: nothing lives in prometheus-client's global registry.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -53,68 +56,74 @@ def latency_buckets(counts: list[int]) -> list[tuple[str, float]]:
     return out
 
 
-class TableCollector(Collector):
-    """Yields metric families from one scrape's inputs; holds no state between scrapes."""
+class WorkerCollector(Collector):
+    """Yields metric families from one scrape's inputs (`values`: this worker's own counts per source, in the
+    metrics table's format); holds no state between scrapes."""
 
     def __init__(self, values: dict[str, dict[str, Any]], lag: dict[str, int] | None,
-                 sources: list[dict[str, Any]], now: float) -> None:
+                 sources: list[dict[str, Any]], now: float, worker: str) -> None:
         self.values = values
         self.lag = lag
         self.sources = sources
         self.now = now
+        self.worker = worker
 
     def collect(self) -> Iterator[Metric]:
+        w = self.worker
         items = sorted(self.values.items())
         for key, name, doc in _COUNTERS:
-            fam = CounterMetricFamily(name, doc, labels=["source"])
+            fam = CounterMetricFamily(name, f"{doc} By this worker.", labels=["worker", "source"])
             for src, v in items:
-                fam.add_metric([src], float(v.get(key, 0)))
+                fam.add_metric([w, src], float(v.get(key, 0)))
             yield fam
 
-        rejected = CounterMetricFamily("tickflow_points_rejected", "Records dead-lettered, by the rule they broke.",
-                                       labels=["source", "rule"])
-        anomalies = CounterMetricFamily("tickflow_anomalies", "Anomalies detected, by detector.",
-                                        labels=["source", "detector"])
+        rejected = CounterMetricFamily("tickflow_points_rejected",
+                                       "Records dead-lettered by this worker, by the rule they broke.",
+                                       labels=["worker", "source", "rule"])
+        anomalies = CounterMetricFamily("tickflow_anomalies", "Anomalies detected by this worker, by detector.",
+                                        labels=["worker", "source", "detector"])
         latency = HistogramMetricFamily("tickflow_end_to_end_latency_seconds",
-                                        "Producer timestamp to row committed in PostgreSQL.", labels=["source"])
+                                        "Producer timestamp to row committed in PostgreSQL, of this worker's rows.",
+                                        labels=["worker", "source"])
         rate = GaugeMetricFamily("tickflow_throughput_rows_per_second",
-                                 f"Rows written per second over the last {metrics.RATE_WINDOW_SECONDS:g} s.",
-                                 labels=["source"])
+                                 f"Rows this worker wrote per second over the last {metrics.RATE_WINDOW_SECONDS:g} s.",
+                                 labels=["worker", "source"])
         for src, v in items:
             for rule, n in sorted(v.get("rules", {}).items()):
-                rejected.add_metric([src, rule], float(n))
+                rejected.add_metric([w, src, rule], float(n))
             for detector, n in sorted((v.get("anomalies") or {}).items()):
-                anomalies.add_metric([src, detector], float(n))
+                anomalies.add_metric([w, src, detector], float(n))
             counts = v.get("latency") or histogram.empty()
             if len(counts) == len(BOUNDS_SECONDS):  # a value from another bucket layout is skipped, not mislabelled
-                latency.add_metric([src], latency_buckets(counts), v.get("latency_sum_ms", 0.0) / 1000.0)
-            rate.add_metric([src], metrics.throughput(v, self.now))
+                latency.add_metric([w, src], latency_buckets(counts), v.get("latency_sum_ms", 0.0) / 1000.0)
+            rate.add_metric([w, src], metrics.throughput(v, self.now))
         yield rejected
         yield anomalies
         yield latency
         yield rate
 
-        lag = GaugeMetricFamily("tickflow_consumer_lag", "Messages not yet committed by the group, per topic.",
-                                labels=["topic"])
+        lag = GaugeMetricFamily("tickflow_consumer_lag",
+                                "Messages not yet committed by the stages' groups, per topic (cluster-wide, "
+                                "exported by one worker only).", labels=["worker", "topic"])
         for topic, n in sorted((self.lag or {}).items()):
-            lag.add_metric([topic], float(n))
+            lag.add_metric([w, topic], float(n))
         yield lag
 
         up = GaugeMetricFamily("tickflow_source_up", "1 when the source is running, 0 when idle or failing.",
-                               labels=["source", "kind"])
+                               labels=["worker", "source", "kind"])
         failures = CounterMetricFamily("tickflow_source_failures", "Times the source failed and was restarted.",
-                                       labels=["source", "kind"])
+                                       labels=["worker", "source", "kind"])
         unexpected = CounterMetricFamily("tickflow_source_unexpected",
                                          "Provider payloads of a shape nothing could read, per endpoint.",
-                                         labels=["source", "endpoint"])
+                                         labels=["worker", "source", "endpoint"])
         unknown = CounterMetricFamily("tickflow_source_unknown_symbols",
                                       "Provider answers saying a configured symbol or series does not exist.",
-                                      labels=["source"])
+                                      labels=["worker", "source"])
         per_endpoint: dict[tuple[str, str], float] = {}
         per_source: dict[str, float] = {}
         for st in sorted(self.sources, key=lambda s: (str(s.get("source")), str(s.get("kind")))):
             name = str(st.get("source"))
-            labels = [name, str(st.get("kind"))]
+            labels = [w, name, str(st.get("kind"))]
             up.add_metric(labels, 1.0 if st.get("state") == "running" else 0.0)
             failures.add_metric(labels, float(st.get("failures", 0)))
             for endpoint, n in (st.get("unexpected") or {}).items():  # one source may run as several kinds
@@ -122,9 +131,9 @@ class TableCollector(Collector):
             if "unknown_symbols" in st:
                 per_source[name] = per_source.get(name, 0.0) + float(st["unknown_symbols"])
         for (name, endpoint), n in sorted(per_endpoint.items()):
-            unexpected.add_metric([name, endpoint], n)
+            unexpected.add_metric([w, name, endpoint], n)
         for name, n in sorted(per_source.items()):
-            unknown.add_metric([name], n)
+            unknown.add_metric([w, name], n)
         yield up
         yield failures
         yield unexpected
@@ -132,11 +141,16 @@ class TableCollector(Collector):
 
 
 def render(values: dict[str, dict[str, Any]], lag: dict[str, int] | None, sources: list[dict[str, Any]],
-           now: float) -> bytes:
+           now: float, worker: str = "") -> bytes:
     """The exposition text for one scrape. Pure (a fresh registry each time), so it is tested without Faust."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TableCollector(values, lag, sources, now))
+    registry.register(WorkerCollector(values, lag, sources, now, worker))
     return generate_latest(registry)
+
+
+def worker_label(canonical_url: str) -> str:
+    """This worker's name in the `worker` label: its advertised host:port (unique per pod), else the host name."""
+    return urlsplit(canonical_url).netloc or socket.gethostname()
 
 
 async def _lag() -> dict[str, int] | None:
@@ -149,9 +163,10 @@ async def _lag() -> dict[str, int] | None:
 
 @app.page("/metrics")
 class PrometheusMetrics(View):
-    @app.table_route(table=metrics.metrics_table, exact_key="all")
     async def get(self, request: Request) -> Response:
-        values = {k: v for k, v in metrics.metrics_table.items() if v}
-        body = render(values, await _lag(), supervisor.status(), time.time())
+        """Answered by this worker itself (never routed to the table's owner): every pod is scraped."""
+        lag = await _lag() if metrics.owns_table() else None
+        body = render(dict(metrics.local.values), lag, supervisor.status(), time.time(),
+                      worker_label(str(app.conf.canonical_url)))
         # aiohttp refuses a charset inside content_type=, so the full header goes in headers=.
         return self.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,4 +1,7 @@
+import asyncio
+
 import orjson
+import pytest
 
 from streams import histogram
 from streams.stages.metrics import MetricsDelta, SourceDelta, fold, summary, throughput
@@ -75,3 +78,99 @@ def test_stage_is_stuck_only_with_partitions_lag_and_no_progress() -> None:
     assert not s.stuck(lag=0, now=1400.0, after=300)
     s.last_batch_at = 1350.0
     assert not s.stuck(lag=10, now=1400.0, after=300)
+
+
+# ------------------------------------------------------------------ this worker's counts, one send per interval
+
+
+def test_merge_adds_every_part_of_a_delta() -> None:
+    a = delta(processed=3, valid=2, rejected=1, written=2)
+    a.count_rule("schema.missing")
+    a.count_anomaly("spike")
+    a.observe_latencies([1.0, 2.0])
+    a.recent.append({"detector": "spike"})
+    b = delta(processed=4, valid=4, written=3, duplicates=1)
+    b.count_rule("schema.missing")
+    b.count_rule("quote.crossed")
+    b.observe_latencies([40.0])
+    a.merge(b)
+    assert (a.processed, a.valid, a.rejected, a.written, a.duplicates) == (7, 6, 1, 5, 1)
+    assert a.rules == {"schema.missing": 2, "quote.crossed": 1} and a.anomalies == {"spike": 1}
+    assert sum(a.latency) == a.latency_n == 3 and a.latency_sum_ms == 43.0
+    assert a.recent == [{"detector": "spike"}]
+
+
+def test_worker_metrics_counts_locally_and_sends_one_merged_delta() -> None:
+    from streams.stages.metrics import WorkerMetrics, send_pending
+
+    w = WorkerMetrics()
+    for i in range(50):  # 50 batches of two sources
+        d = MetricsDelta()
+        d.of("simulated").processed += 10
+        d.of("simulated").observe_latencies([5.0] * 10)
+        d.of("finnhub").written += 1
+        w.add(d, 100.0 + i * 0.01)
+    assert w.values["simulated"]["processed"] == 500 and w.values["finnhub"]["written"] == 50
+    assert w.values["simulated"]["latency_n"] == 500
+    sent: list[bytes] = []
+
+    async def send(raw: bytes) -> None:
+        sent.append(raw)
+
+    assert asyncio.run(send_pending(w, send)) is True
+    assert len(sent) == 1
+    got = MetricsDelta.from_json(sent[0])
+    assert got.sources["simulated"].processed == 500 and got.sources["finnhub"].written == 50
+    assert got.sources["simulated"].latency_n == 500
+    assert asyncio.run(send_pending(w, send)) is False and len(sent) == 1  # nothing new: nothing sent
+    assert w.values["simulated"]["processed"] == 500  # this worker's counts stay (they are not deltas)
+
+
+def test_a_failed_send_keeps_the_counts_for_the_next() -> None:
+    from streams.stages.metrics import WorkerMetrics, send_pending
+
+    w = WorkerMetrics()
+    d = MetricsDelta()
+    d.of("simulated").processed = 7
+    w.add(d, 1.0)
+
+    async def broken(raw: bytes) -> None:
+        raise RuntimeError("broker away")
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(send_pending(w, broken))
+    d2 = MetricsDelta()
+    d2.of("simulated").processed = 3
+    w.add(d2, 2.0)
+    sent: list[bytes] = []
+
+    async def send(raw: bytes) -> None:
+        sent.append(raw)
+
+    asyncio.run(send_pending(w, send))
+    assert MetricsDelta.from_json(sent[0]).sources["simulated"].processed == 10
+
+
+def test_emit_sends_nothing_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stages' emit is I/O-free: 200 batches cost no Kafka message until the timer sends one."""
+    from streams.stages import metrics
+
+    calls: list[bytes] = []
+
+    async def fake_send(*, key: bytes, value: bytes) -> None:
+        calls.append(value)
+
+    monkeypatch.setattr(metrics.metrics_topic, "send", fake_send)
+    monkeypatch.setattr(metrics, "local", metrics.WorkerMetrics())
+
+    async def run() -> None:
+        for _ in range(200):
+            d = MetricsDelta()
+            d.of("simulated").processed += 5
+            await metrics.emit(d)
+        assert calls == []
+        await metrics.flush()
+
+    asyncio.run(run())
+    assert len(calls) == 1 and MetricsDelta.from_json(calls[0]).sources["simulated"].processed == 1000
+    assert metrics.local.values["simulated"]["processed"] == 1000

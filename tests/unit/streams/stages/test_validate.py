@@ -299,3 +299,37 @@ def test_a_split_confirmed_by_the_next_bar_revises_its_row_as_a_corporate_action
 def test_a_split_like_bar_that_came_back_is_revised_as_a_price_error() -> None:
     rows = _bars_router_rows({50: 0.5, 51: 1.0})
     assert list(rows.values()) == [["anomaly:bar_outlier"]]
+
+
+def test_an_anomaly_on_a_record_with_a_big_integer_keeps_it_exactly() -> None:
+    """An integer beyond 64 bits in metadata is valid (pydantic reads any int); when the record is flagged, its
+    anomaly event and its flagged revision carry it as the same number (orjson alone could not write it: the
+    record went to ticks.rejected as internal.error)."""
+    import json
+    import math
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from streams.config import AnomalySettings
+    from streams.stages.detect import AnomalyTracker
+
+    big = 2**70 + 1
+    router = Router(Validator(ValidationSettings()), catalog, AnomalyTracker(AnomalySettings(), 1e9, {}))
+    rng, c, day = random.Random(1), 100.0, datetime(2012, 1, 3, 21, tzinfo=UTC)
+    outs: list[Outgoing] = []
+    for i in range(53):
+        while day.weekday() >= 5:
+            day += timedelta(days=1)
+        o = c * math.exp(rng.gauss(0, 0.003))
+        c = o * math.exp(rng.gauss(0, 0.01))
+        k = 0.5 if i == 50 else 1.0
+        doc = {"symbol": "SPY", "timestamp": day.isoformat(), "source": "replay", "data_type": "bar",
+               "interval": "1d", "open": o * k, "high": max(o, c) * k * 1.003, "low": min(o, c) * k * 0.997,
+               "close": c * k, "volume": 1e6, "metadata": {"seq": big}}
+        outs += router.route(Rec(BAD, i, json.dumps(doc).encode(), key=b"SPY"), MetricsDelta(), source="replay")
+        day += timedelta(days=1)
+    assert not [o for o in outs if o.topic == router.rejected_topic], [o.value[:200] for o in outs]
+    events = [json.loads(o.value) for o in outs if o.topic == router.anomalies_topic]
+    assert events and all(e["record"]["metadata"]["seq"] == big for e in events)
+    clean = [json.loads(o.value) for o in outs if o.topic == router.clean_topic]
+    assert len(clean) > 53 and all(r["metadata"]["seq"] == big for r in clean)  # a flagged revision too

@@ -219,3 +219,41 @@ def test_producers_missing_key_is_one_line() -> None:
     out = subprocess.run([sys.executable, "-m", "producers", "fred", "--count", "1"], cwd=ROOT, capture_output=True,
                          text=True, env={**env, **NOWHERE}, timeout=120)
     assert out.returncode == 2 and "FRED_API_KEY" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_worker_quiet_moves_to_fausts_own_option() -> None:
+    """`tickflow worker --quiet` (or -q) is Faust's --quiet, which Faust reads only before the command name."""
+    from streams.tools.cli import faust_argv
+
+    text = lambda: "text"  # noqa: E731
+    assert faust_argv(["worker", "-l", "info"], text) == ["-A", "streams.app:app", "worker", "-l", "info"]
+    assert faust_argv(["worker", "--quiet", "-l", "info"], text) == \
+        ["-A", "streams.app:app", "--quiet", "worker", "-l", "info"]
+    assert faust_argv(["worker", "-q"], text) == ["-A", "streams.app:app", "--quiet", "worker"]
+    # -h is the worker's --web-host, not help; other commands are passed as they are.
+    assert faust_argv(["worker", "-h", "0.0.0.0"], text) == ["-A", "streams.app:app", "worker", "-h", "0.0.0.0"]
+    assert faust_argv(["send", "-q"], text) == ["-A", "streams.app:app", "send", "-q"]
+
+
+def test_json_logs_make_the_worker_quiet() -> None:
+    """worker.log_format json: no banner (not a JSON line) on the worker's output; --help is left alone."""
+    from streams.tools.cli import faust_argv
+
+    json_logs = lambda: "json"  # noqa: E731
+    assert faust_argv(["worker", "-l", "info"], json_logs) == ["-A", "streams.app:app", "--quiet", "worker", "-l",
+                                                               "info"]
+    assert faust_argv(["worker", "--help"], json_logs) == ["-A", "streams.app:app", "worker", "--help"]
+
+
+def test_log_format_is_read_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.settings import get_settings
+    from streams.tools.cli import faust_argv
+
+    monkeypatch.setenv("TICKFLOW_WORKER__LOG_FORMAT", "json")
+    get_settings.cache_clear()
+    try:
+        assert "--quiet" in faust_argv(["worker"])
+    finally:
+        monkeypatch.delenv("TICKFLOW_WORKER__LOG_FORMAT")
+        get_settings.cache_clear()
+    assert "--quiet" not in faust_argv(["worker"])

@@ -126,3 +126,48 @@ def test_supervisor_status_carries_the_providers_own_counters() -> None:
     assert _one(fams["tickflow_source_unexpected"], "tickflow_source_unexpected_total", source="fred",
                 endpoint="series") == 1
     assert _one(fams["tickflow_source_unknown_symbols"], "tickflow_source_unknown_symbols_total", source="fred") == 3
+
+
+# ------------------------------------------------------------------ per worker: every pod's counts sum to the cluster's
+
+
+def test_every_series_names_its_worker() -> None:
+    sources = [{"source": "simulated", "kind": "SimulatedSource", "state": "running", "failures": 0}]
+    text = render(_values(), {"raw.simulated": 3}, sources, now=101.0, worker="10.0.0.7:6066").decode()
+    samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+    assert samples and all(s.labels.get("worker") == "10.0.0.7:6066" for s in samples)
+
+
+def test_two_workers_sum_to_the_cluster_table() -> None:
+    """Each worker exports what it counted itself (metrics.WorkerMetrics); summing a counter over the pods gives
+    what the cluster-wide table (every worker's deltas folded together) holds, never twice as much."""
+    from streams.stages.metrics import MetricsDelta, WorkerMetrics
+
+    a, b, table = WorkerMetrics(), WorkerMetrics(), WorkerMetrics()
+    for i in range(30):
+        d = MetricsDelta()
+        d.of("simulated").processed += 10 + i
+        d.of("simulated").written += 9
+        d.of("simulated").count_rule("schema.missing")
+        d.of("simulated").observe_latencies([3.0] * 9)
+        (a if i % 3 else b).add(d, 100.0 + i)  # the partitions are split unevenly
+        table.add(d, 100.0 + i)
+    texts = [render(w.values, None, [], now=130.0, worker=name).decode() for w, name in ((a, "w1"), (b, "w2"))]
+
+    def total(name: str, **labels: str) -> float:
+        return sum(s.value for text in texts for fam in text_string_to_metric_families(text) for s in fam.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    cluster = table.values["simulated"]
+    assert total("tickflow_points_processed_total", source="simulated") == cluster["processed"] == 735
+    assert total("tickflow_rows_written_total", source="simulated") == cluster["written"]
+    assert total("tickflow_points_rejected_total", rule="schema.missing") == cluster["rules"]["schema.missing"]
+    assert total("tickflow_end_to_end_latency_seconds_count", source="simulated") == cluster["latency_n"]
+    assert 0 < total("tickflow_points_processed_total", worker="w2") < cluster["processed"]
+
+
+def test_worker_label_is_the_advertised_address() -> None:
+    from streams.web.prometheus import worker_label
+
+    assert worker_label("http://10.0.0.7:6066") == "10.0.0.7:6066"
+    assert worker_label("") != ""  # the host name, never an empty label
