@@ -177,6 +177,14 @@ def calendar(name: str | None) -> SessionCalendar | None:
         return _cache[name]
 
 
+def prewarm(names: list[str | None]) -> None:
+    """Build these calendars (and load exchange_calendars) now. The worker calls it in a thread at start-up:
+    built on first use instead, inside the event loop, it stalled every record in flight for 0.4-0.7 s."""
+    _known()
+    for name in names:
+        calendar(name)
+
+
 def _weekdays_24_5() -> SessionCalendar:
     """FX 24/5: every weekday from 1980 to 2100 is a session, from 22:00 UTC the day before to 22:00 UTC (the
     week runs Sunday 22:00 to Friday 22:00 UTC); a daily bar is labelled by the weekday."""

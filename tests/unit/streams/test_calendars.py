@@ -40,3 +40,16 @@ def test_around_the_clock_markets_and_markets_without_extended_hours() -> None:
 
 def test_the_detectors_read_the_same_calendars() -> None:
     assert detector_calendars.calendar("XNYS") is calendar("XNYS")
+
+
+def test_prewarm_builds_the_calendars_so_the_first_lookup_builds_nothing(monkeypatch) -> None:
+    from streams import calendars
+
+    calendars.prewarm(["XLON", "24/5", None])
+    assert "XLON" in calendars._cache and "24/5" in calendars._cache
+
+    def no_build(name: str) -> None:
+        raise AssertionError(f"{name} built again on first use")
+
+    monkeypatch.setattr(calendars.SessionCalendar, "build", staticmethod(no_build))
+    assert calendars.calendar("XLON") is not None
