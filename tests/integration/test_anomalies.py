@@ -64,8 +64,11 @@ async def test_fat_finger_flagged_after_restart(iso, workers, producer, pg) -> N
     e = events[0]
     assert e["symbol"] == "ZZZ" and e["record"]["item_id"] == item
     assert e["score"] >= e["threshold"] and e["detector"]
-    status, m = w2.get("/pipeline/metrics")
-    assert status == 200 and m["anomalies_by_detector"]["simulated"]
+    def counted() -> bool:  # the cluster table gets each worker's counts every 0.5 s
+        status, m = w2.get("/pipeline/metrics")
+        return status == 200 and bool(m["anomalies_by_detector"].get("simulated"))
+
+    await wait_until(counted, 30, "the anomaly counted in /pipeline/metrics")
 
 
 async def test_quarantine_sends_anomalous_ticks_to_the_dead_letter_topic(iso, workers, producer, pg) -> None:
