@@ -24,7 +24,7 @@ from typing import Any
 
 from streams.anomalies.core import _BAR, Anomaly, Detector, _Facts, _put_bounded, _record, bar_checks, finite_price
 from streams.anomalies.windows import _consistent_run, _mean_abs_dev_sorted, _median_abs_dev, _Window
-from streams.config import AnomalySettings
+from streams.config import AnomalySettings, BarCheckSettings
 from streams.models import MarketDataPoint
 
 _MAD_SCALE = 1.4826  # normal-consistent MAD
@@ -38,6 +38,15 @@ class BarOutlier(Detector):
     The suspect is an error when the next close is back near the level before it: |log(next / level)| <=
     revert_fraction x |r| and not itself an outlier from that level. Errors stay out of the state; a move
     that persisted enters it. Score: |r - median| / scale (sigmas); threshold: outlier_sigma.
+
+    The way out is judged too (`_way_out`): a bad bar printed against the market's own move of that bar
+    (8 sigma up on a day the market fell 3) is only 5 sigma from the close before it and passes on arrival,
+    but its return to the next close is the large one. The test that sees both sides is the bar's distance
+    from its two neighbours, (r_in - r_out) / 2, whose noise is sigma / sqrt(2) (two independent returns):
+    a clean bar is an error when that centred score reaches outlier_sigma, the next close lands back near
+    the level before it (net move <= revert_fraction x the path |r_in| + |r_out|) and the bar was printed
+    apart from its neighbours on both sides (detach_share of its move in each gap). Its verdict is a
+    follow-up at the next bar, like a held suspect's; its return then leaves the state.
     """
 
     name = "bar_outlier"
@@ -104,6 +113,9 @@ class BarOutlier(Detector):
             else:  # the level persisted: a real move
                 w.push(pending["r"])
                 st["ref"] = pending["close"]
+        last, st["last"] = st.get("last"), None
+        if last is not None and pending is None and not suspect and st["ref"] == last["close"]:
+            out += self._way_out(st, w, cfg, last, point)
         ref = st["ref"]
         if ref is None:
             if not suspect:
@@ -124,7 +136,43 @@ class BarOutlier(Detector):
         else:
             w.push(r)
             st["ref"] = c
+            # judged again at the next bar from both sides (the point itself: its record, with every flag it
+            # gets after this detector, is built only for a verdict)
+            st["last"] = {"point": point, "ref": ref, "close": c, "r": r}
         return out
+
+    def _way_out(self, st: dict[str, Any], w: _Window, cfg: BarCheckSettings, last: dict[str, Any],
+                 point: MarketDataPoint) -> list[Anomaly]:
+        """The previous bar, which entered the state clean, judged by both its returns (class docstring): a
+        follow-up anomaly when it was a bad bar; its return then leaves the window and the level before it is
+        the reference again."""
+        c, r_in = point.close, last["r"]
+        r_out = math.log(c / last["close"])
+        back = math.log(c / last["ref"])
+        if r_in * r_out >= 0:
+            return []
+        med, scale = self._scale(w, cfg.scale_floor)
+        zc = abs(r_in - r_out) / (math.sqrt(2.0) * scale)
+        if (zc < cfg.outlier_sigma or abs(back) > cfg.revert_fraction * (abs(r_in) + abs(r_out))
+                or abs(back - med) >= cfg.outlier_sigma * scale):
+            return []
+        d = (r_in - r_out) / 2.0  # the bar's own displacement from its neighbours
+        o_in, o_out = last["point"].open, point.open
+        into = math.log(o_in / last["ref"]) / d if finite_price(o_in, self.settings.max_price) else math.nan
+        out_ = math.log(last["close"] / o_out) / d if finite_price(o_out, self.settings.max_price) else math.nan
+        share = cfg.detach_share
+        if not ((into >= share and out_ >= share) or (math.isnan(into) and math.isnan(out_))):
+            return []
+        if w.values and w.values[-1] == r_in:  # the bad bar's return leaves the window
+            w.values.pop()
+            del w.sorted[bisect.bisect_left(w.sorted, r_in)]
+        st["ref"] = last["ref"]
+        rec = last["point"]
+        return [Anomaly(self.name, point.symbol, zc, cfg.outlier_sigma, self.kind,
+                        f"close {last['close']:.6g} was {zc:.1f} sigma from both neighbours ({last['ref']:.6g},"
+                        f" {c:.6g}): an error, not a move", _record(rec),
+                        {"follow_up": True, "confirmed_by": point.timestamp.isoformat(), "return": r_in,
+                         "return_out": r_out, "scale": scale, "centred": True})]
 
     @staticmethod
     def _gap_shares(pending: dict[str, Any], next_open: float | None) -> tuple[float, float]:
@@ -144,9 +192,13 @@ class BarOutlier(Detector):
         if st["ref"] is not None:
             st["ref"] *= price_factor
         st["pending"] = None
+        st["last"] = None
 
     def _dump(self) -> dict[str, Any]:
-        return {"streams": {k: {**st, "returns": list(self._windows[k].values) if k in self._windows else []}
+        # "last" (a point awaiting its two-sided verdict) is not kept: after a restart that one bar is judged on
+        # arrival only
+        return {"streams": {k: {**{x: v for x, v in st.items() if x != "last"},
+                                "returns": list(self._windows[k].values) if k in self._windows else []}
                             for k, st in self.streams.items()}}
 
     def _load(self, state: dict[str, Any]) -> None:

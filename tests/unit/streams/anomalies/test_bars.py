@@ -1,5 +1,6 @@
 """Bar checks (issue 12), calendars, event-time staleness and the overflow guard (issue 15 item 3)."""
 
+import json
 import math
 import random
 import sys
@@ -252,3 +253,37 @@ def test_the_suites_range_check_refuses_exactly_what_finite_price_refuses(limit:
             assert (bad is not None) == (not finite_price(x, limit)), (field, x)
             if bad is not None:
                 assert bad.detector == "price_out_of_range" and bad.details == {"field": field}
+
+
+def _two_sided(market: list[float], opens_traded: bool, settings: AnomalySettings | None = None
+               ) -> tuple[list[tuple[str, str]], DetectorSuite]:
+    """Daily bars on `market` closes; opens at the previous close when `opens_traded`, else at the close."""
+    suite, flags = DetectorSuite(settings), []
+    prev = market[0]
+    for day, c in zip(weekdays(len(market)), market, strict=True):
+        o = prev if opens_traded else c
+        flags += [(a.detector, a.record["timestamp"][:10]) for a in suite.update(bar(day, c, open=o))
+                  if a.kind == "tick"]
+        prev = c
+    return flags, suite
+
+
+def test_a_bad_bar_printed_against_the_markets_move_is_caught_by_its_way_out() -> None:
+    closes = walk(80)  # daily sd 1% (robust scale 0.85%)
+    for i in range(60, 80):  # the market falls 4% on day 60 and stays there
+        closes[i] *= math.exp(-0.04)
+    closes[60] *= math.exp(0.08)  # ... but day 60 is printed 8 sigma up: +4% from the close before (< 6 sigma)
+    days = weekdays(80)
+    flags, suite = _two_sided(closes, opens_traded=False)
+    assert flags == [("bar_outlier", days[60].date().isoformat())]
+    json.dumps(suite.to_state())  # the bar awaiting its two-sided verdict is no part of the saved state
+
+
+def test_a_rally_then_a_fall_that_both_traded_is_a_market_move() -> None:
+    closes = walk(80)
+    closes[60:] = [c * math.exp(0.04) for c in closes[60:]]  # +4%, then -7% the next day, both traded
+    closes[61:] = [c * math.exp(-0.07) for c in closes[61:]]
+    assert _two_sided(closes, opens_traded=True)[0] == []
+    # without the detachment test the same closes are called an error: the test can fail
+    lax = AnomalySettings(bar_daily={"detach_share": 0.0})
+    assert [d for d, _ in _two_sided(closes, opens_traded=True, settings=lax)[0]] == ["bar_outlier"]
