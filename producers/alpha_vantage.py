@@ -347,7 +347,7 @@ class AlphaVantageSource(PollingSource):
                  env: Mapping[str, str] | None = None, *, quota_store: QuotaStore | None = None) -> None:
         key = api_key or settings.api_key(env)
         if key is None:
-            raise ConfigError("the alpha_vantage source needs ALPHA_VANTAGE_API_KEY in the environment")
+            raise ConfigError(f"the alpha_vantage source needs {' or '.join(settings.key_env)} in the environment")
         self.settings = settings
         self.api_key = key
         self.base_url = settings.base_url.rstrip("/")

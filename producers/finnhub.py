@@ -45,9 +45,10 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import orjson
 from pydantic import SecretStr
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 from yarl import URL
 
+from producers.backoff import JitteredExponential
 from producers.base import BadEpoch, PollingSource, Record, SeenIds, Source, failure_cause, from_epoch
 from producers.http import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRY_AFTER, RateLimiter, get_json, http_options, redact
 from producers.sentiment import score_missing
@@ -394,7 +395,7 @@ class FinnhubClient:
 def _require_key(api_key: SecretStr | None, env: Mapping[str, str] | None) -> SecretStr:
     key = api_key or FinnhubSettings.model_construct().api_key(env)
     if key is None:
-        raise ConfigError("the finnhub source needs FINNHUB_API_KEY in the environment")
+        raise ConfigError(f"the finnhub source needs {' or '.join(FinnhubSettings.key_env)} in the environment")
     return key
 
 
@@ -539,18 +540,6 @@ class _Reconnect(Exception):
     """A websocket connection ended (or never opened): tenacity waits, then the stream connects again."""
 
 
-class _JitteredExponential(wait_exponential):
-    """tenacity's capped exponential wait (base * 2**(attempt - 1), at most `cap`) times a jitter in [0.5, 1):
-    never a reconnect storm from many clients at once, never less than half the intended wait."""
-
-    def __init__(self, base: float, cap: float, rng: random.Random) -> None:
-        super().__init__(multiplier=base, max=cap)
-        self.rng = rng
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        return float(super().__call__(retry_state)) * (0.5 + self.rng.random() / 2)
-
-
 class FinnhubTradeStream(_Counted, Source):
     """Trades from wss://ws.finnhub.io: subscribe per symbol, batch, reconnect and resubscribe forever.
 
@@ -570,7 +559,7 @@ class FinnhubTradeStream(_Counted, Source):
         self.symbols: list[str] = list(dict.fromkeys(s.upper() for s in settings.symbols))
         self.rng = rng or random.Random()
         self.sleep = sleep or asyncio.sleep
-        self.wait = _JitteredExponential(settings.reconnect_base_seconds, settings.reconnect_max_seconds, self.rng)
+        self.wait = JitteredExponential(settings.reconnect_base_seconds, settings.reconnect_max_seconds, self.rng)
         self.connects = 0
         self._init_counted()  # unexpected["trade"]: trades left out of a message (a bad epoch)
 
@@ -680,7 +669,7 @@ class NewsSentimentSource(_Counted, PollingSource):
                  env: Mapping[str, str] | None = None) -> None:
         key = api_key or settings.api_key(env)
         if key is None:
-            raise ConfigError("the news source needs FINNHUB_API_KEY in the environment")
+            raise ConfigError(f"the news source needs {' or '.join(settings.key_env)} in the environment")
         self.settings = settings
         self.client = FinnhubClient(
             key, base_url=settings.base_url, calls=settings.rate_limit_calls,

@@ -179,7 +179,7 @@ class FredSource(PollingSource):
                  env: Mapping[str, str] | None = None) -> None:
         key = api_key or settings.api_key(env)
         if key is None:
-            raise ConfigError("the fred source needs FRED_API_KEY in the environment")
+            raise ConfigError(f"the fred source needs {' or '.join(settings.key_env)} in the environment")
         self.settings = settings
         self.api_key = key
         self.base_url = settings.base_url.rstrip("/")

@@ -290,7 +290,7 @@ class NasdaqDataLinkSource(PollingSource):
                  env: Mapping[str, str] | None = None) -> None:
         key = api_key or settings.api_key(env)
         if key is None:
-            raise ConfigError("the nasdaq_data_link source needs NASDAQ_DATA_LINK_API_KEY (or QUANDL_API_KEY)")
+            raise ConfigError(f"the nasdaq_data_link source needs {' or '.join(settings.key_env)} in the environment")
         self.settings = settings
         self.api_key = key
         self.base_url = settings.base_url.rstrip("/")

@@ -155,7 +155,7 @@ class SocialSource(PollingSource):
                  env: Mapping[str, str] | None = None) -> None:
         token = bearer_token or settings.api_key(env)
         if token is None:
-            raise ConfigError("the social source needs TWITTER_BEARER_TOKEN in the environment")
+            raise ConfigError(f"the social source needs {' or '.join(settings.key_env)} in the environment")
         self.settings = settings
         self.token = token
         self.base_url = settings.base_url.rstrip("/")

@@ -39,7 +39,6 @@ import base64
 import json
 import logging
 import math
-import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -52,9 +51,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import aiohttp
 import yfinance as yf
 from curl_cffi import requests as curl_requests
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_never,
+    wait_random_exponential,
+)
 from yfinance import exceptions as yf_errors
 from yfinance.data import YfData
 
+from producers.backoff import JitteredExponential
 from producers.base import PollingSource, Record
 from producers.http import RateLimiter, redact
 from streams.calendars import exchange_for, trading_session
@@ -87,6 +95,10 @@ YAHOO_EXCHANGES: dict[str, str] = {
 # v7 quote marketState -> session.
 MARKET_STATE: dict[str, str] = {"PREPRE": "pre", "PRE": "pre", "REGULAR": "regular", "POST": "post",
                                 "POSTPOST": "post", "CLOSED": "closed"}
+
+
+class _Reopen(Exception):
+    """The price stream ended (or never opened): tenacity waits, then the stream connects again."""
 
 
 class YahooUnexpected(SourceError):
@@ -469,7 +481,7 @@ class YahooSource(PollingSource):
         self._tickers: dict[str, Any] = {}
         self._last_tick: dict[tuple[str, str], datetime] = {}
         self._last_bar: dict[str, datetime] = {}
-        self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # the backoff between attempts (tests)
+        self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # backoff and reconnect waits (tests)
 
     # -------------------------------------------------------------------------------- plumbing
 
@@ -518,8 +530,8 @@ class YahooSource(PollingSource):
         (Ticker.info): the attempt fails as a retriable TimeoutError; its thread ends on yfinance's own timeout."""
         s = self.settings
         loop = asyncio.get_running_loop()
-        last: SourceError | None = None
-        for attempt in range(s.retry_attempts):
+
+        async def attempt() -> T:
             await self.limiter.acquire()
             try:
                 future = loop.run_in_executor(self.pool, fn)
@@ -537,13 +549,19 @@ class YahooSource(PollingSource):
                 YfData.cache_get.cache_clear()
                 if isinstance(err, YahooUnexpected):
                     self._unexpected(endpoint, str(err))
-                    raise err from None
-                if not err.retriable:
-                    raise err from None
-                last = err
-                if attempt + 1 < s.retry_attempts:  # no wait after the last attempt: nothing follows it
-                    await self.sleep(min(30.0, s.retry_base_delay * 2**attempt) * random.random())
-        raise SourceError(f"gave up after {s.retry_attempts} attempts: {last}", retriable=True)
+                raise err from None
+
+        # The error's `retriable` decides; the wait before retry n is random in [0, min(30, base x 2^(n-1))],
+        # and none follows the last attempt.
+        retrying = AsyncRetrying(stop=stop_after_attempt(s.retry_attempts), sleep=self.sleep, reraise=True,
+                                 wait=wait_random_exponential(multiplier=s.retry_base_delay, max=30.0),
+                                 retry=retry_if_exception(lambda e: isinstance(e, SourceError) and e.retriable))
+        try:
+            return await retrying(attempt)
+        except SourceError as exc:
+            if not exc.retriable:
+                raise
+            raise SourceError(f"gave up after {s.retry_attempts} attempts: {exc}", retriable=True) from None
 
     def _history_blocking(self, symbol: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """Ticker.history plus the chart meta it came with; no data with a chart meta -> an empty frame, no
@@ -665,36 +683,38 @@ class YahooSource(PollingSource):
         here rather than through its listen(), which keeps reading a closed socket instead of reopening it."""
         s = self.settings
         symbols = list(dict.fromkeys(x.upper() for x in s.symbols))
-        failures = 0
-        while True:
-            queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-            ws = self.websocket_factory(s.ws_url)
-            reader: asyncio.Task[None] | None = None
-            try:
-                await ws.subscribe(symbols)
-                reader = asyncio.create_task(self._read(ws, queue))
-                while not (reader.done() and queue.empty()):
-                    batch = await self._drain(queue, reader)
-                    if batch:
-                        failures = 0
-                        yield batch
-                if reader.exception() is not None:
-                    logger.warning("yahoo: stream dropped: %s", redact(repr(reader.exception())))
-                else:
-                    logger.warning("yahoo: stream closed by the server, reconnecting")
-            except (OSError, TimeoutError, ValueError) as exc:
-                logger.warning("yahoo: stream failed: %s", redact(f"{type(exc).__name__}: {exc}"))
-            finally:
-                if reader is not None and not reader.done():
-                    reader.cancel()
-                    await asyncio.gather(reader, return_exceptions=True)
+        # Reconnecting is tenacity's loop, with Finnhub's wait: each connection is an attempt that ends in
+        # `_Reopen`; a delivered batch resets the count, so the next wait is the shortest again.
+        retrying = AsyncRetrying(stop=stop_never, retry=retry_if_exception_type(_Reopen), sleep=self.sleep,
+                                 wait=JitteredExponential(s.reconnect_base_seconds, s.reconnect_max_seconds))
+        async for attempt in retrying:
+            with attempt:
+                queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+                ws = self.websocket_factory(s.ws_url)
+                reader: asyncio.Task[None] | None = None
                 try:
-                    await ws.close()
-                except Exception as exc:  # a broken socket may fail to close; reconnect anyway
-                    logger.debug("yahoo: closing the stream: %s", exc)
-            failures += 1
-            delay = min(s.reconnect_max_seconds, s.reconnect_base_seconds * 2 ** min(failures - 1, 16))
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                    await ws.subscribe(symbols)
+                    reader = asyncio.create_task(self._read(ws, queue))
+                    while not (reader.done() and queue.empty()):
+                        batch = await self._drain(queue, reader)
+                        if batch:
+                            attempt.retry_state.attempt_number = 1
+                            yield batch
+                    if reader.exception() is not None:
+                        logger.warning("yahoo: stream dropped: %s", redact(repr(reader.exception())))
+                    else:
+                        logger.warning("yahoo: stream closed by the server, reconnecting")
+                except (OSError, TimeoutError, ValueError) as exc:
+                    logger.warning("yahoo: stream failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+                finally:
+                    if reader is not None and not reader.done():
+                        reader.cancel()
+                        await asyncio.gather(reader, return_exceptions=True)
+                    try:
+                        await ws.close()
+                    except Exception as exc:  # a broken socket may fail to close; reconnect anyway
+                        logger.debug("yahoo: closing the stream: %s", exc)
+                raise _Reopen
 
     @staticmethod
     async def _read(ws: Any, queue: asyncio.Queue[dict[str, Any]]) -> None:

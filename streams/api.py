@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -517,12 +517,15 @@ class DataIngestionPipeline:
 class DataConnectorManager:
     """Runs the enabled provider sources in this process, feeding every point through `pipeline`. A source
     that fails is logged with its error, shown in `status()` and in the pipeline's metrics
-    (`failed_sources`), and restarted after a back-off (1 s doubling to 60 s)."""
+    (`failed_sources`), and restarted after a back-off (1 s doubling to 60 s). `sources`: run these instead of
+    the enabled ones the settings name (your own Source objects, or fakes in a test)."""
 
     def __init__(self, pipeline: DataIngestionPipeline,
-                 config: Settings | Mapping[str, Any] | None = None) -> None:
+                 config: Settings | Mapping[str, Any] | None = None, *,
+                 sources: Sequence[Source] | None = None) -> None:
         self.pipeline = pipeline
         self.settings = _as_settings(config) if config is not None else pipeline.settings
+        self._given_sources = list(sources) if sources is not None else None
         self._tasks: list[asyncio.Task[None]] = []
         self.sources: list[Source] = []
         self.errors: dict[str, str] = {}
@@ -535,10 +538,13 @@ class DataConnectorManager:
     def start_data_collection(self) -> _Done:
         """Start every enabled source. Awaiting it is optional (the brief awaits it): the sources are started
         when it is called, inside a running event loop."""
-        from producers.registry import enabled_sources
-
         asyncio.get_running_loop()  # RuntimeError outside a loop: the sources need one to run in
-        self.sources = enabled_sources(self.settings.sources)
+        if self._given_sources is not None:
+            self.sources = list(self._given_sources)
+        else:
+            from producers.registry import enabled_sources
+
+            self.sources = enabled_sources(self.settings.sources)
         if not self.sources:
             logger.warning("no source is enabled (config['yfinance']['enabled'] = True, ...)")
         for source in self.sources:

@@ -12,15 +12,17 @@ does the same for a handler you configure yourself (e.g. in a `logging_config` d
 What is redacted, everywhere, into "***":
 - every registered secret value: the SecretStr fields of the process's Settings (postgres.password,
   kafka.sasl_password, kafka.ssl_key_password, any under sources.*) and the providers' API keys, which
-  come from the environment only (producers/<name>.py);
+  come from the environment only, from the variables each source section names in `key_env`
+  (streams/config.py);
 - secret-looking patterns: `api_key=`/`apikey=`/`token=`/`password=`... parameters, also with a prefix
   (`PGPASSWORD=`, `POSTGRES_PASSWORD=`), quoted or not (`password="x y"`, `'token': 'abc'`), in YAML or log
   notation (`password: x`); `Authorization:` and `X-...-Token`/`X-...-Key` headers; `Bearer <token>` (any
   length when spelled as the HTTP scheme, 16+ characters otherwise); and the password of
   `scheme://user:pw@host` URLs up to the address's last `@` (PostgreSQL DSNs included).
 
-This module imports nothing from tickflow, so streams/errors.py can use it (exception messages are
-redacted when the exception is made).
+Of tickflow it imports only streams/config.py (a leaf: the section models, for the providers' `key_env`), so
+streams/errors.py can use it without an import cycle (exception messages are redacted when the exception is
+made); pyproject.toml's import contracts keep it that way.
 """
 
 from __future__ import annotations

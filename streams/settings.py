@@ -101,6 +101,12 @@ BRIEF_SECTIONS: dict[str, tuple[str, ...]] = {
     "postgresql": ("postgres",),
 }
 
+
+def _key_env_note(section: type[SourceSection]) -> str:
+    """The brief's `api_key` row, naming the section's own `key_env` (declared once, in streams/config.py)."""
+    return f"must be empty: {' or '.join(section.key_env)} in the environment or .env"
+
+
 # (brief key, our key or None when accepted without effect, why). Special cases: `rate_limit_delay` (seconds
 # between calls) sets our rate limit to 1 call per that many seconds; `api_key` must be empty (keys come
 # from the environment, never a settings file).
@@ -116,14 +122,14 @@ BRIEF_KEYS: list[tuple[str, str | None, str]] = [
     ("alpha_vantage.collection_interval", "sources.alpha_vantage.interval_seconds", "seconds between polls"),
     ("alpha_vantage.rate_limit_delay", "sources.alpha_vantage.rate_limit_per_seconds",
      "1 call per this many seconds"),
-    ("alpha_vantage.api_key", None, "must be empty: ALPHA_VANTAGE_API_KEY in the environment or .env"),
+    ("alpha_vantage.api_key", None, _key_env_note(AlphaVantageSettings)),
     ("finnhub.collection_interval", "sources.finnhub.interval_seconds", "seconds between polls"),
     ("finnhub.rate_limit_delay", "sources.finnhub.rate_limit_per_seconds", "1 call per this many seconds"),
     ("finnhub.websocket_enabled", "sources.finnhub.websocket", "also stream trades over the websocket"),
-    ("finnhub.api_key", None, "must be empty: FINNHUB_API_KEY in the environment or .env"),
+    ("finnhub.api_key", None, _key_env_note(FinnhubSettings)),
     ("fred.collection_interval", "sources.fred.interval_seconds", "seconds between polls"),
     ("fred.rate_limit_delay", "sources.fred.rate_limit_per_seconds", "1 call per this many seconds"),
-    ("fred.api_key", None, "must be empty: FRED_API_KEY in the environment or .env"),
+    ("fred.api_key", None, _key_env_note(FredSettings)),
     ("kafka.batch_size", "kafka.producer_max_batch_bytes", "producer batch size in bytes"),
     ("kafka.linger_ms", "kafka.producer_linger_ms", "producer linger"),
     ("kafka.compression_type", None, "accepted, no effect: records are small JSON, sent uncompressed"),

@@ -175,10 +175,11 @@ class WorkerMetrics:
 local = WorkerMetrics()
 
 
-async def emit(delta: MetricsDelta) -> None:
-    """Count one batch's delta in this worker and queue it for the table; no I/O (send_metrics sends)."""
+async def emit(delta: MetricsDelta, *, worker: WorkerMetrics | None = None) -> None:
+    """Count one batch's delta in this worker (`worker`: this process's `local` unless given) and queue it for
+    the table; no I/O (send_metrics sends)."""
     if delta:
-        local.add(delta, time.time())
+        (worker or local).add(delta, time.time())
 
 
 async def send_pending(worker: WorkerMetrics, send: Callable[[bytes], Awaitable[Any]]) -> bool:
@@ -295,10 +296,15 @@ async def record_metrics(stream: Any) -> None:
             logger.exception("dropping malformed metrics message %r", raw[:200])
 
 
-async def flush() -> None:
-    """This worker's merged deltas to the table as one message (on the idempotent producer)."""
+async def _to_topic(raw: bytes) -> None:
+    await metrics_topic.send(key=b"batch", value=raw)
+
+
+async def flush(worker: WorkerMetrics | None = None, send: Callable[[bytes], Awaitable[Any]] = _to_topic) -> None:
+    """A worker's merged deltas (`local` unless given) to the table as one message, by `send` (the metrics
+    topic, on the idempotent producer, unless given)."""
     try:
-        await send_pending(local, lambda raw: metrics_topic.send(key=b"batch", value=raw))
+        await send_pending(worker or local, send)
     except Exception as exc:  # kept for the next interval
         logger.warning("could not send metrics (kept for the next try): %r", exc)
 

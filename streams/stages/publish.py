@@ -16,7 +16,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, MessageSizeTooLargeError, ProducerFenced
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_exponential, wait_fixed
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential,
+    wait_fixed,
+)
 
 from streams.app import app
 from streams.settings import KafkaSettings
@@ -165,24 +173,53 @@ async def _send_each(messages: Sequence[Outgoing]) -> list[BaseException | None]
     return [e if e is not None else (r if isinstance(r := next(it), BaseException) else None) for e in out]
 
 
-async def send_all(messages: Sequence[Outgoing], *, max_delay: float = 10.0) -> None:
-    """Send all messages and wait for every ack; retry the failed ones until they are acked."""
+# Sends the messages through a started aiokafka producer; one result per message (None: acknowledged).
+SendBatched = Callable[[AIOKafkaProducer, Sequence[Outgoing]], Awaitable[list[BaseException | None]]]
+
+
+class _Unacknowledged(Exception):
+    """Some sends of a send_all attempt were not acknowledged: tenacity waits, then sends those again."""
+
+    def __init__(self, count: int, first: BaseException) -> None:
+        super().__init__(f"{count} sends not acknowledged ({first!r})")
+        self.count = count
+        self.first = first
+
+
+def _log_unacknowledged(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    if isinstance(exc, _Unacknowledged):
+        logger.warning("%d sends not acknowledged (%r); retrying in %.1f s", exc.count, exc.first, wait)
+
+
+async def send_all(messages: Sequence[Outgoing], *, max_delay: float = 10.0,
+                   producer: Callable[[], AIOKafkaProducer | None] = _kafka_producer,
+                   send_batched: SendBatched | None = None,
+                   send_each: Callable[[Sequence[Outgoing]], Awaitable[list[BaseException | None]]] | None = None,
+                   sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+    """Send all messages and wait for every ack; retry the failed ones (a record too big for the broker
+    truncated first) until they are acked, 0.1 s doubling to `max_delay` with jitter. `producer` returns the
+    started aiokafka producer (None: not yet, send through Faust's, `send_each`); the worker's by default."""
+    batched = send_batched or _send_batched
+    each = send_each or _send_each
     pending = list(messages)
-    delay = 0.1
-    while pending:
-        producer = _kafka_producer()
-        try:
-            results = await (_send_batched(producer, pending) if producer is not None else _send_each(pending))
-        except Exception as exc:  # before anything was queued (metadata, a closed producer): all again
-            results = [exc] * len(pending)
-        failed = [_shrink(m) if isinstance(r, MessageSizeTooLargeError) else m
-                  for m, r in zip(pending, results, strict=True) if r is not None]
-        if failed:
-            first = next(r for r in results if r is not None)
-            logger.warning("%d sends not acknowledged (%r); retrying in %.1f s", len(failed), first, delay)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, max_delay)
-        pending = failed
+    retrying = AsyncRetrying(retry=retry_if_exception_type(_Unacknowledged), stop=stop_never, sleep=sleep,
+                             wait=_jittered(wait_exponential(multiplier=0.1, max=max_delay)),
+                             before_sleep=_log_unacknowledged)
+    async for attempt in retrying:
+        with attempt:
+            current = producer()
+            try:
+                results = await (batched(current, pending) if current is not None else each(pending))
+            except Exception as exc:  # before anything was queued (metadata, a closed producer): all again
+                results = [exc] * len(pending)
+            failed = [_shrink(m) if isinstance(r, MessageSizeTooLargeError) else m
+                      for m, r in zip(pending, results, strict=True) if r is not None]
+            if failed:
+                first = next(r for r in results if r is not None)
+                pending = failed
+                raise _Unacknowledged(len(failed), first)
 
 
 # ------------------------------------------------------------------------------------------ exactly-once
@@ -219,10 +256,12 @@ class PartitionTransactions:
     partition's next offset (`send_offsets_to_transaction`), so outputs and offsets commit together or not
     at all, and read_committed consumers never see the outputs of a batch whose offsets did not commit."""
 
-    def __init__(self, kafka: KafkaSettings, group_id: str, client_id: str = "tickflow") -> None:
+    def __init__(self, kafka: KafkaSettings, group_id: str, client_id: str = "tickflow", *,
+                 send_batched: SendBatched | None = None) -> None:
         self.kafka = kafka
         self.group_id = group_id
         self.client_id = client_id
+        self.send_batched = send_batched or _send_batched  # how a transaction's outputs are sent (tests)
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self.fenced = 0
         self.aborted = 0
@@ -284,7 +323,7 @@ class PartitionTransactions:
                         return False
                     try:
                         await producer.begin_transaction()
-                        results = await _send_batched(producer, pending) if pending else []
+                        results = await self.send_batched(producer, pending) if pending else []
                         failed = [r for r in results if r is not None]
                         if failed:
                             pending = [_shrink(m) if isinstance(r, MessageSizeTooLargeError) else m

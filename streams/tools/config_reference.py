@@ -21,6 +21,7 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined
 
+from streams.config import key_env_by_source
 from streams.settings import Settings
 
 HEADER = """# Configuration reference
@@ -114,6 +115,17 @@ def rows(model: type[BaseModel], path: tuple[str, ...] = ()) -> list[tuple[str, 
     return out
 
 
+def key_table() -> str:
+    """The providers' key variables, from each source section's `key_env`: keys are never settings, so the
+    tables above cannot show them."""
+    lines = ["\nAPI keys are read from the environment only (or `.env`), never from a settings file; the first "
+             "non-empty variable wins. Sources not listed need no key.\n",
+             "\n| Source | Key environment variables |\n|---|---|\n"]
+    for source, names in key_env_by_source().items():
+        lines.append(f"| `{source}` | {', '.join(f'`{n}`' for n in names)} |\n")
+    return "".join(lines)
+
+
 def generate() -> str:
     """The whole Markdown reference: one table per top-level section."""
     parts = [HEADER]
@@ -127,6 +139,8 @@ def generate() -> str:
         parts.append("\n| Key | Type | Default | Environment | Meaning |\n|---|---|---|---|---|\n")
         for key, type_name, default, env, meaning in rows(tp, (section,)):
             parts.append(f"| `{key}` | {_cell(type_name)} | {_cell(default)} | `{env}` | {_cell(meaning)} |\n")
+        if section == "sources":
+            parts.append(key_table())
     return "".join(parts)
 
 

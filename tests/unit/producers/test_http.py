@@ -18,6 +18,7 @@ from aiohttp import web
 from yarl import URL
 
 from producers.http import RateLimiter, get_json, http_options, redirect_target, retry_after_seconds
+from producers.registry import BUILDERS
 from streams.errors import SourceError
 from tests.unit.producers.conftest import Serve
 
@@ -351,8 +352,19 @@ async def test_rate_limiter_allows_a_burst_of_calls_then_none() -> None:
     assert (slow.limiter.max_rate, slow.limiter.time_period) == (1, 120.0)
 
 
-@pytest.mark.parametrize("section", ["alpha_vantage", "finnhub", "fred", "nasdaq_data_link", "news", "social",
-                                     "stocktwits"])
+# Registry entries that make no request through producers/http.py: simulated and replay make none, yahoo's
+# requests are yfinance's own. Every other provider, a new one included, must pass its section through
+# http_options.
+NOT_OUR_HTTP = {"simulated", "replay", "yahoo"}
+HTTP_PROVIDERS = [name for name in BUILDERS if name not in NOT_OUR_HTTP]
+
+
+def test_http_provider_list_comes_from_the_registry() -> None:
+    assert NOT_OUR_HTTP <= set(BUILDERS)  # a renamed or removed provider must not linger here
+    assert {"finnhub", "news", "stocktwits"} <= set(HTTP_PROVIDERS)
+
+
+@pytest.mark.parametrize("section", HTTP_PROVIDERS)
 def test_http_options_carry_every_request_setting_of_a_section(section: str) -> None:
     """Every HTTP provider passes its section through http_options: each keyword get_json takes for a setting is
     there, with the section's value, not get_json's default."""

@@ -1,5 +1,9 @@
+import pytest
+
 from producers.registry import BUILDERS, enabled_sources
 from streams.catalog import load_catalog
+from streams.config import key_env_by_source
+from streams.errors import ConfigError
 from streams.settings import SourcesSettings
 
 
@@ -22,3 +26,20 @@ def test_only_enabled_sources_are_built_and_missing_keys_do_not_stop_others(monk
     s.finnhub.websocket = True
     names = [(src.name, type(src).__name__) for src in enabled_sources(s)]
     assert names == [("simulated", "SimulatedSource"), ("finnhub", "FinnhubSource"), ("finnhub", "FinnhubTradeStream")]
+
+
+@pytest.mark.parametrize("name", [n for n, names in key_env_by_source().items() if n != "stocktwits"])
+def test_a_missing_key_names_every_variable_the_section_reads(name: str, monkeypatch) -> None:
+    """The error says where the key comes from in the section's own words (`key_env`), not a second copy."""
+    cfg = getattr(SourcesSettings(), name)
+    for var in cfg.key_env:
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError) as caught:
+        BUILDERS[name](cfg)
+    assert all(var in str(caught.value) for var in cfg.key_env)
+    assert name in str(caught.value)
+
+
+def test_stocktwits_key_is_optional(monkeypatch) -> None:
+    monkeypatch.delenv("STOCKTWITS_ACCESS_TOKEN", raising=False)
+    assert [s.name for s in BUILDERS["stocktwits"](SourcesSettings().stocktwits)] == ["stocktwits"]

@@ -15,6 +15,7 @@ import yfinance as yf
 from aiohttp import web
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
+from yfinance import exceptions as yf_errors
 from yfinance.data import YfData
 
 from producers.yahoo import (
@@ -402,17 +403,23 @@ async def test_quote_is_bounded_by_request_timeout_seconds(serve: Serve) -> None
     """Ticker.info takes no timeout of its own (yfinance waits 30 s per request): each attempt of the quote path
     is bounded by request_timeout_seconds, a retriable failure like any timeout."""
 
+    asked, release = asyncio.Event(), asyncio.Event()
+
     class SlowSummary(FakeYahoo):
         async def summary(self, request: web.Request) -> web.Response:
-            await asyncio.sleep(3.0)
+            asked.set()
+            await release.wait()  # no answer until the test has its error: only our bound can end the call
             return await super().summary(request)
 
     src = YahooSource(settings(await serve(SlowSummary().app()), request_timeout_seconds=0.5, retry_attempts=1))
-    started = asyncio.get_running_loop().time()
-    with pytest.raises(SourceError, match=r"request_timeout_seconds=0\.5") as err:
-        await src.quote("MSFT")
-    assert err.value.retriable and asyncio.get_running_loop().time() - started < 2.5
-    src.pool.shutdown(wait=False)
+    try:
+        with pytest.raises(SourceError, match=r"request_timeout_seconds=0\.5") as err:
+            await asyncio.wait_for(src.quote("MSFT"), 20)  # a safety net for a missing bound, not the assert
+        # The request reached the server, which never answered: the error is the attempt's own bound.
+        assert err.value.retriable and asked.is_set() and not release.is_set()
+    finally:
+        release.set()
+        src.pool.shutdown(wait=False)
 
 
 async def test_prepost_asks_for_extended_hours_bars_and_they_carry_their_session(serve: Serve) -> None:
@@ -442,3 +449,46 @@ async def test_prepost_asks_for_extended_hours_bars_and_they_carry_their_session
                       interval="1m")
     minute = [q for _, q in fake.charts if q.get("interval") == "1m"]
     assert [q["includePrePost"] for q in minute] == ["true", "true"] and "period1" in minute[1]
+
+
+async def test_a_refused_call_is_not_retried() -> None:
+    """The error's `retriable` decides: a non-retriable failure comes out at once, as itself."""
+    src = YahooSource(settings("http://127.0.0.1:9", retry_attempts=5))
+    calls = 0
+
+    def refused() -> None:
+        nonlocal calls
+        calls += 1
+        raise yf_errors.YFTzMissingError("ZZZZ")
+
+    with pytest.raises(SourceError, match="knows no timezone") as err:
+        await src._call("chart", "ZZZZ", refused)
+    assert not err.value.retriable and calls == 1
+
+
+async def test_stream_reconnect_waits_double_to_the_cap_with_jitter() -> None:
+    """A stream that cannot open waits reconnect_base_seconds, doubling to reconnect_max_seconds, each scaled by a
+    jitter in [0.5, 1) (Finnhub's reconnect wait), before opening again."""
+
+    class Down:
+        async def subscribe(self, symbols: list[str]) -> None:
+            raise OSError("connection refused")
+
+        async def close(self) -> None:
+            pass
+
+    src = YahooSource(settings("http://127.0.0.1:9", symbols=["MSFT"], stream=True, reconnect_base_seconds=1.0,
+                               reconnect_max_seconds=4.0))
+    src.websocket_factory = lambda url: Down()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 5:
+            raise asyncio.CancelledError
+
+    src.sleep = sleep
+    with pytest.raises(asyncio.CancelledError):
+        await anext(src.stream())
+    nominal = [1.0, 2.0, 4.0, 4.0, 4.0]
+    assert all(0.5 * n <= w < n for w, n in zip(waits, nominal, strict=True)), waits

@@ -155,11 +155,7 @@ class GoodSource:
         await asyncio.Event().wait()  # a live feed: waits for more until cancelled
 
 
-def test_connector_manager_shows_a_failing_source(monkeypatch: pytest.MonkeyPatch,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
-    import producers.registry
-
-    monkeypatch.setattr(producers.registry, "enabled_sources", lambda settings: [FailingSource(), GoodSource()])
+def test_connector_manager_shows_a_failing_source(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="streams.api")
 
     async def main() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -168,7 +164,7 @@ def test_connector_manager_shows_a_failing_source(monkeypatch: pytest.MonkeyPatc
         config["postgresql"]["enabled"] = False
         pipeline = DataIngestionPipeline(config)
         await pipeline.start()
-        connector_manager = DataConnectorManager(pipeline, config)
+        connector_manager = DataConnectorManager(pipeline, config, sources=[FailingSource(), GoodSource()])
         connector_manager.backoff_initial = 0.01
         await connector_manager.start_data_collection()
         await eventually(lambda: connector_manager.failures["broken"] >= 2
@@ -187,15 +183,12 @@ def test_connector_manager_shows_a_failing_source(monkeypatch: pytest.MonkeyPatc
     assert not after["custom_feed"]["running"] and not after["broken"]["running"]
 
 
-def test_start_data_collection_needs_no_await(monkeypatch: pytest.MonkeyPatch) -> None:
-    import producers.registry
-
-    monkeypatch.setattr(producers.registry, "enabled_sources", lambda settings: [GoodSource()])
+def test_start_data_collection_needs_no_await() -> None:
 
     async def main() -> int:
         pipeline = DataIngestionPipeline(NO_STACK)
         await pipeline.start()
-        manager = DataConnectorManager(pipeline)
+        manager = DataConnectorManager(pipeline, sources=[GoodSource()])
         manager.start_data_collection()  # not awaited: started anyway
         await eventually(lambda: manager.ingested["custom_feed"] >= 3)
         await manager.stop()

@@ -151,26 +151,25 @@ def test_a_failed_send_keeps_the_counts_for_the_next() -> None:
     assert MetricsDelta.from_json(sent[0]).sources["simulated"].processed == 10
 
 
-def test_emit_sends_nothing_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_emit_sends_nothing_per_batch() -> None:
     """The stages' emit is I/O-free: 200 batches cost no Kafka message until the timer sends one."""
     from streams.stages import metrics
 
     calls: list[bytes] = []
+    worker = metrics.WorkerMetrics()
 
-    async def fake_send(*, key: bytes, value: bytes) -> None:
-        calls.append(value)
-
-    monkeypatch.setattr(metrics.metrics_topic, "send", fake_send)
-    monkeypatch.setattr(metrics, "local", metrics.WorkerMetrics())
+    async def fake_send(raw: bytes) -> None:
+        calls.append(raw)
 
     async def run() -> None:
         for _ in range(200):
             d = MetricsDelta()
             d.of("simulated").processed += 5
-            await metrics.emit(d)
+            await metrics.emit(d, worker=worker)
         assert calls == []
-        await metrics.flush()
+        await metrics.flush(worker, fake_send)
 
     asyncio.run(run())
     assert len(calls) == 1 and MetricsDelta.from_json(calls[0]).sources["simulated"].processed == 1000
-    assert metrics.local.values["simulated"]["processed"] == 1000
+    assert worker.values["simulated"]["processed"] == 1000
+    assert "simulated" not in metrics.local.values  # the process's own counters were left alone

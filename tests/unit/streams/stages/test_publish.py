@@ -1,7 +1,8 @@
-"""PartitionTransactions.commit (streams/stages/publish.py) without a broker: fake transactional producers that
-fail as told, and the batched send replaced by a recorder. A failed transaction is aborted and retried whole
-with capped, jittered backoff; fencing ends it with False and the producer closed; a record too big for the
-broker is truncated before the retry; a producer that cannot abort is replaced; a cancel is not retried."""
+"""PartitionTransactions.commit and send_all (streams/stages/publish.py) without a broker: fake transactional
+producers that fail as told, and the batched send replaced by a recorder (a collaborator, not a patched global).
+A failed transaction is aborted and retried whole with capped, jittered backoff; fencing ends it with False and
+the producer closed; a record too big for the broker is truncated before the retry; a producer that cannot abort
+is replaced; a cancel is not retried. send_all resends only what was not acknowledged."""
 
 from __future__ import annotations
 
@@ -69,28 +70,27 @@ class Sent(list[list[Outgoing]]):
 
 
 @pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
+def sent() -> Sent:
     calls = Sent()
-    results: list[list[BaseException | None]] = []
-
-    async def fake(producer: Any, messages: Sequence[Outgoing]) -> list[BaseException | None]:
-        calls.append(list(messages))
-        return results.pop(0) if results else [None] * len(messages)
-
-    monkeypatch.setattr(publish, "_send_batched", fake)
-    calls.results = results
+    calls.results = []
     return calls
 
 
-def txns_with(producer: FakeProducer) -> PartitionTransactions:
-    t = PartitionTransactions(KafkaSettings(), "grp")
+async def fake_send(calls: Sent, producer: Any, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+    """A batch sender (publish.SendBatched) that records each attempt and answers from `calls.results`."""
+    calls.append(list(messages))
+    return calls.results.pop(0) if calls.results else [None] * len(messages)
+
+
+def txns_with(producer: FakeProducer, sent: Sent) -> PartitionTransactions:
+    t = PartitionTransactions(KafkaSettings(), "grp", send_batched=lambda p, m: fake_send(sent, p, m))
     t.producers[TP] = producer  # type: ignore[assignment]
     return t
 
 
 async def test_a_failed_transaction_is_aborted_and_retried_whole(sent: Sent) -> None:
     p = FakeProducer({"commit": [KafkaTimeoutError()], "offsets 10": [KafkaConnectionError("down")]})
-    t = txns_with(p)
+    t = txns_with(p, sent)
     msgs = [Outgoing("clean", b"k", b"v1"), Outgoing("clean", b"k", b"v2")]
     assert await t.commit(TP, msgs, 10, max_delay=0.05) is True
     assert p.log == ["begin", "offsets 10", "abort", "begin", "offsets 10", "commit", "abort",
@@ -100,7 +100,7 @@ async def test_a_failed_transaction_is_aborted_and_retried_whole(sent: Sent) -> 
 
 async def test_fenced_ends_with_false_and_the_producer_closed(sent: Sent) -> None:
     p = FakeProducer({"offsets 5": [ProducerFenced()]})
-    t = txns_with(p)
+    t = txns_with(p, sent)
     assert await t.commit(TP, [Outgoing("clean", b"k", b"v")], 5) is False
     assert t.fenced == 1 and p.stopped and TP not in t.producers and "abort" not in p.log
     assert await t.commit(TP, [], 5) is False  # no producer for the partition any more: nothing is sent
@@ -110,7 +110,7 @@ async def test_a_record_too_big_is_truncated_before_the_retry(sent: Sent) -> Non
     big = Outgoing("clean", b"k", b"x" * (publish.TRUNCATE_TO + 10))
     small = Outgoing("clean", b"k", b"v")
     sent.results.append([None, MessageSizeTooLargeError()])
-    t = txns_with(FakeProducer())
+    t = txns_with(FakeProducer(), sent)
     assert await t.commit(TP, [small, big], 1, max_delay=0.05) is True
     assert len(sent) == 2 and sent[1][0] is small
     assert len(sent[1][1].value or b"") == publish.TRUNCATE_TO
@@ -121,7 +121,7 @@ async def test_a_producer_that_cannot_abort_is_replaced(sent: Sent,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     broken = FakeProducer({"commit": [KafkaTimeoutError()], "abort": [RuntimeError("fatal state")]})
     fresh = FakeProducer()
-    t = txns_with(broken)
+    t = txns_with(broken, sent)
     starts: list[int] = []
 
     async def open_(tps: set[TopicPartition]) -> None:  # the real open() starts a producer (init_transactions)
@@ -156,7 +156,7 @@ async def test_the_backoff_doubles_to_its_cap_with_jitter(sent: Sent,
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
     p = FakeProducer({"begin": [KafkaConnectionError("down")] * 8})
-    assert await txns_with(p).commit(TP, [], 2, max_delay=1.0) is True
+    assert await txns_with(p, sent).commit(TP, [], 2, max_delay=1.0) is True
     nominal = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
     assert len(sleeps) == 8
     assert all(0.5 * n <= s <= 1.5 * n for s, n in zip(sleeps, nominal, strict=True)), sleeps
@@ -164,7 +164,55 @@ async def test_the_backoff_doubles_to_its_cap_with_jitter(sent: Sent,
 
 async def test_a_cancel_is_not_retried(sent: Sent) -> None:
     p = FakeProducer({"begin": [asyncio.CancelledError()]})
-    t = txns_with(p)
+    t = txns_with(p, sent)
     with pytest.raises(asyncio.CancelledError):
         await t.commit(TP, [], 1)
     assert p.log == ["begin"] and t.aborted == 0
+
+
+# ---------------------------------------------------------------------------------------------- send_all
+
+
+async def test_send_all_resends_only_the_unacknowledged_until_acked_with_capped_jittered_waits(sent: Sent) -> None:
+    a, b, c = (Outgoing("clean", b"k", v) for v in (b"a", b"b", b"c"))
+    big = Outgoing("clean", b"k", b"x" * (publish.TRUNCATE_TO + 10))
+    down = KafkaConnectionError("down")
+    sent.results.extend([[None, down, None, MessageSizeTooLargeError()], [down, None]] + [[down]] * 5)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    producer = FakeProducer()
+    await publish.send_all([a, b, c, big], max_delay=0.4, producer=lambda: producer,  # type: ignore[arg-type,return-value]
+                           send_batched=lambda p, m: fake_send(sent, p, m), sleep=sleep)
+    assert sent[0] == [a, b, c, big] and sent[1][0] is b and len(sent[1][1].value or b"") == publish.TRUNCATE_TO
+    assert all(m == [b] for m in sent[2:]) and len(sent) == 8
+    nominal = [0.1, 0.2, 0.4, 0.4, 0.4, 0.4, 0.4]
+    assert len(waits) == 7 and all(0.5 * n <= w < 1.5 * n for w, n in zip(waits, nominal, strict=True)), waits
+
+
+async def test_send_all_goes_through_faust_until_the_producer_has_started() -> None:
+    each: list[list[Outgoing]] = []
+
+    async def send_each(messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        each.append(list(messages))
+        return [None] * len(messages)
+
+    async def never(p: Any, m: Sequence[Outgoing]) -> list[BaseException | None]:
+        raise AssertionError("no aiokafka producer yet")
+
+    msgs = [Outgoing("clean", b"k", b"v")]
+    await publish.send_all(msgs, producer=lambda: None, send_batched=never, send_each=send_each)
+    assert each == [msgs]
+
+
+async def test_send_all_is_not_retried_past_a_cancel(sent: Sent) -> None:
+    async def cancelled(p: Any, m: Sequence[Outgoing]) -> list[BaseException | None]:
+        sent.append(list(m))
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await publish.send_all([Outgoing("clean", b"k", b"v")], producer=lambda: FakeProducer(),  # type: ignore[arg-type,return-value]
+                               send_batched=cancelled)
+    assert len(sent) == 1

@@ -82,3 +82,15 @@ async def test_backfill_counts_alpha_vantage_calls_in_the_kafka_quota_store(
     assert given == [get_settings().kafka]  # the deployment's store, as the worker builds it
     today = datetime.now(UTC).date()
     assert store.counts == {quota.quota_key("alpha_vantage", today): 1} and store.closed
+
+
+def test_backfill_offers_exactly_the_registry_sources_that_load_history() -> None:
+    import producers.registry as registry
+    from producers.base import Source
+
+    classes = [obj for obj in vars(registry).values() if isinstance(obj, type) and issubclass(obj, Source)
+               and obj is not Source]
+    with_history = [name for name in registry.BUILDERS
+                    if any(cls.name == name and hasattr(cls, "history") for cls in classes)]
+    assert {cls.name for cls in classes} == set(registry.BUILDERS)  # every entry's class was found
+    assert list(cli.BACKFILL_SOURCES) == with_history

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from streams.config import key_env_by_source
 from streams.settings import Settings
 from streams.tools.config_reference import generate, rows
 
@@ -27,6 +28,13 @@ def test_every_leaf_setting_has_a_row_with_its_environment_name_and_default() ->
     leaves = sum(1 for section in Settings.model_fields for _ in rows(Settings.model_fields[section].annotation,
                                                                      (section,)))  # type: ignore[arg-type]
     assert len(table) == leaves > 100
+
+
+def test_every_provider_key_variable_is_documented_in_the_sources_section() -> None:
+    sources = generate().split("\n## `sources`", 1)[1].split("\n## ", 1)[0]
+    assert key_env_by_source()["nasdaq_data_link"] == ("NASDAQ_DATA_LINK_API_KEY", "QUANDL_API_KEY")
+    for source, names in key_env_by_source().items():
+        assert f"| `{source}` | {', '.join(f'`{n}`' for n in names)} |" in sources
 
 
 def test_readme_links_the_generated_reference() -> None:
