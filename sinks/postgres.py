@@ -37,11 +37,17 @@ from streams.settings import PostgresSettings
 logger = logging.getLogger(__name__)
 
 _STAGE = "tickflow_stage"
+# The statement timeout of one move of a period's rows out of the DEFAULT partition (partition_default).
+_MOVE_TIMEOUT_SECONDS = 900.0
 # SQLSTATE classes that are about the data itself: 22 data exception (out of range, bad text
 # representation, invalid or untranslatable characters), 23 integrity constraint, 54 program limit
 # exceeded (a value too large to store or index). Every other class is about the database (down,
 # read-only after a failover, permissions, a missing table, a lock timeout, a bad password...).
 _DATA_CLASSES = ("22", "23", "54")
+# A row written through market_data always has a partition (DEFAULT takes any ts), so "violates partition
+# constraint" (23514) never means the row is bad: a statement that read the partition list before a partition
+# was attached routed the row to DEFAULT, whose constraint changed meanwhile. Its retry plans afresh.
+_PARTITION_CONSTRAINT = "violates partition constraint"
 # read_only_sql_transaction: a session that cannot write (a demoted primary, default_transaction_read_only).
 READ_ONLY_SQLSTATE = "25006"
 
@@ -55,6 +61,8 @@ def is_data_error(exc: BaseException) -> bool:
     an unknown exception) is not the data's fault: retried, never dead-lettered.
     """
     sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate == "23514" and _PARTITION_CONSTRAINT in str(exc):
+        return False  # a partition attached while the statement ran (see _PARTITION_CONSTRAINT)
     if isinstance(sqlstate, str) and sqlstate:
         return sqlstate[:2] in _DATA_CLASSES
     if isinstance(exc, asyncpg.PostgresError):  # a server error without a SQLSTATE: not provably the data
@@ -188,10 +196,19 @@ def _float(value: Any) -> float | None:
         return None
 
 
+def _identity(record: Any, name: str) -> str:
+    """One of the flagged record's identity fields for the anomaly key: '' when absent or null (migration 7
+    back-fills stored rows with the same rule)."""
+    value = record.get(name) if isinstance(record, dict) else None
+    return "" if value is None else _text(str(value))
+
+
 def anomaly_row(event: Mapping[str, Any]) -> tuple[Any, ...]:
     """An anomaly event (decoded JSON from ticks.anomalies: streams/stages/detect.py event_for) -> an
     anomaly_events row in ANOMALY_COLUMNS order. `ts` is the flagged record's event time (a stale-feed event's
-    record is the feed's last point), else the detection time. The NUL rule of row_from_record applies."""
+    record is the feed's last point), else the detection time. The record's data_type, interval and item_id
+    are part of the key ('' when it has none): a 1m and a 1d bar flagged at one time are two events. The NUL
+    rule of row_from_record applies."""
     record = event.get("record") or {}
     detected_at = _epoch(event.get("detected_at")) or datetime.now(UTC)
     stamp = record.get("timestamp") if isinstance(record, dict) else None
@@ -199,6 +216,7 @@ def anomaly_row(event: Mapping[str, Any]) -> tuple[Any, ...]:
     return (
         _text(str(event["symbol"])), _text(str(event["detector"])), ts,
         _text(str(event.get("source") or (record.get("source") if isinstance(record, dict) else None) or "")),
+        _identity(record, "data_type"), _identity(record, "interval"), _identity(record, "item_id"),
         _text(str(event.get("kind") or "")), _float(event.get("score")), _float(event.get("threshold")),
         _text(str(event.get("message") or "")), _json_text(record), _json_text(event.get("details")), detected_at,
     )
@@ -251,9 +269,9 @@ def dead_letter_row(*, topic: str, partition: int, offset: int, key: bytes | Non
 _PG_TYPES = {
     "symbol": "text", "detector": "text", "ts": "timestamptz", "source": "text", "kind": "text",
     "score": "float8", "threshold": "float8", "message": "text", "record": "jsonb", "details": "jsonb",
-    "detected_at": "timestamptz", "topic": "text", "partition": "int4", "offset": "int8", "stage": "text",
-    "rule": "text", "error": "text", "exception": "text", "record_ts": "timestamptz", "key": "bytea",
-    "value": "bytea", "headers": "jsonb",
+    "detected_at": "timestamptz", "data_type": "text", "interval": "text", "item_id": "text", "topic": "text",
+    "partition": "int4", "offset": "int8", "stage": "text", "rule": "text", "error": "text", "exception": "text",
+    "record_ts": "timestamptz", "key": "bytea", "value": "bytea", "headers": "jsonb",
 }
 
 
@@ -455,7 +473,8 @@ class PostgresTickWriter(BatchWriter):
         return int(status.rsplit(" ", 1)[-1])
 
     async def write_anomalies(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Store anomaly events (rows from anomaly_row); idempotent on (symbol, detector, ts, source).
+        """Store anomaly events (rows from anomaly_row); idempotent on ANOMALY_KEY (symbol, detector, ts, source
+        and the record's data_type, interval, item_id).
         Returns the rows that were new."""
         return await self._insert_new("anomaly_events", ANOMALY_COLUMNS, ANOMALY_KEY, rows)
 
@@ -504,6 +523,29 @@ class PostgresTickWriter(BatchWriter):
         except Exception as exc:
             raise await self._failed(exc, "create market_data partitions") from None
         return [r[0] for r in rows]
+
+    async def partition_default(self, period: str, *, limit: int = 1000) -> list[str]:
+        """Create a market_data partition of `period` for each period the DEFAULT partition holds rows of
+        (backfilled history: partitions are otherwise made from now on), moving those rows into it, so that
+        retention drops them whole (migration 8: the same SECURITY DEFINER function, both bounds NULL). One
+        partition per call of the function, each its own transaction, so market_data is locked for one
+        period's move at a time; at most `limit` partitions. Returns the partitions created."""
+        if self.pool is None:
+            await self.start()
+        assert self.pool is not None
+        made: list[str] = []
+        try:
+            while len(made) < limit:
+                # A period of history can be millions of rows: longer than the pool's 60 s command timeout.
+                got = await self.pool.fetchval(
+                    f"SELECT * FROM {self._q}.market_data_create_partitions($1::text, NULL, NULL)", period,
+                    timeout=_MOVE_TIMEOUT_SECONDS)
+                if got is None:
+                    break
+                made.append(got)
+        except Exception as exc:
+            raise await self._failed(exc, "partition the DEFAULT partition's rows") from None
+        return made
 
     async def drop_partitions_before(self, cutoff: datetime) -> list[tuple[str, int]]:
         """Detach and drop the market_data partitions whose whole range is older than `cutoff` (one short

@@ -393,6 +393,176 @@ _DROP_UNPARTITIONED_IF_EMPTY = """
 assert MIGRATIONS[3][0] == 4  # the views and economic_as_of: CREATE OR REPLACE, re-bound to the new table
 MIGRATIONS.append((6, _PARTITION_MARKET_DATA + MIGRATIONS[3][1] + _DROP_UNPARTITIONED_IF_EMPTY))
 
+# Migration 7: an anomaly event's identity includes the flagged record's data_type, interval and item_id (a 1m
+# bar and a 1d bar of one symbol at one time, flagged by one detector, are two events, not one). The columns
+# default to '' so the key stays NOT NULL (an event without a record: a stale feed has none of them). Rows
+# stored before are back-filled from their record with anomaly_row's rule, so an exact re-send of an old
+# event still finds its row. ALTER in place: rows, grants, indexes and comments stay.
+_ANOMALY_IDENTITY = """
+        ALTER TABLE {schema}.anomaly_events
+            ADD COLUMN IF NOT EXISTS data_type  text NOT NULL DEFAULT '',
+            ADD COLUMN IF NOT EXISTS "interval" text NOT NULL DEFAULT '',
+            ADD COLUMN IF NOT EXISTS item_id    text NOT NULL DEFAULT '';
+        UPDATE {schema}.anomaly_events
+        SET data_type = coalesce(record->>'data_type', ''), "interval" = coalesce(record->>'interval', ''),
+            item_id = coalesce(record->>'item_id', '')
+        WHERE jsonb_typeof(record) = 'object' AND record ?| ARRAY['data_type', 'interval', 'item_id'];
+        ALTER TABLE {schema}.anomaly_events DROP CONSTRAINT anomaly_events_pkey,
+            ADD CONSTRAINT anomaly_events_pkey
+                PRIMARY KEY (symbol, detector, ts, source, data_type, "interval", item_id);
+        COMMENT ON COLUMN {schema}.anomaly_events.data_type IS
+            'The flagged record''s data_type (with "interval" and item_id, '''' when it has none): part of the key.';
+"""
+MIGRATIONS.append((7, _ANOMALY_IDENTITY))
+
+# Migration 8: partitions for the history in the DEFAULT partition. Partitions were made only from now
+# forward, so a backfilled month (2020 bars) stayed in market_data_default for ever: never dropped whole by
+# retention, and scanned by every query that cannot prune DEFAULT. market_data_create_partitions(period,
+# NULL, NULL) now makes a partition for every period the DEFAULT partition holds rows of (the leader's
+# partition timer calls it: streams/stages/retention.py), moving them in. Same name and arguments: the EXECUTE
+# grants and the SECURITY DEFINER owner stay (CREATE OR REPLACE keeps both).
+#
+# Locking. A new partition is a plain table filled from DEFAULT and then attached, in one transaction (CREATE
+# ... PARTITION OF is refused while DEFAULT holds rows of its range; detaching DEFAULT instead would leave the
+# rows of every other uncovered range without a partition, and writers inserting them would fail). Before the
+# first partition is made, market_data itself is locked ACCESS EXCLUSIVE, so concurrent statements wait at the
+# parent, before they read its partition list, and plan with the new partition once this commits. ATTACH alone
+# takes only SHARE UPDATE EXCLUSIVE on the parent: a writer that planned before the commit routes a row of the
+# new range to DEFAULT and fails DEFAULT's new constraint (23514), its revision UPDATE misses the moved rows,
+# a reader's plan misses them; and a row inserted into the range after the move makes the ATTACH fail. The
+# lock lasts the move plus ATTACH's scan of DEFAULT (made anyway, under ATTACH's own ACCESS EXCLUSIVE lock on
+# DEFAULT, which already blocks every query that cannot prune DEFAULT); lock_timeout (10 s) bounds the wait
+# for it. The new table gets a CHECK of its range before the move, so ATTACH need not scan it. DEFAULT gets an
+# index on ts: finding its periods, the move and retention's batched DELETE (DEFAULT is never pruned) read
+# ranges of ts through it.
+_PARTITIONS_FROM_DEFAULT = r"""
+        CREATE INDEX IF NOT EXISTS market_data_default_ts ON {schema}.market_data_default (ts);
+
+        CREATE OR REPLACE FUNCTION {schema}.market_data_create_partitions(period text, from_ts timestamptz,
+                                                                         to_ts timestamptz)
+        RETURNS SETOF text LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' SET lock_timeout = '10s' AS $$
+        DECLARE
+            step interval;
+            slot timestamptz;
+            lo timestamptz;
+            hi timestamptz;
+            edge timestamptz;
+            nxt timestamptz;
+            los timestamptz[] := '{{}}';
+            his timestamptz[] := '{{}}';
+            part text;
+            deflt text;
+            cols text;
+        BEGIN
+            IF period IS NULL OR period NOT IN ('day', 'week', 'month') THEN
+                RAISE EXCEPTION 'partition period must be day, week or month, not %', period
+                    USING ERRCODE = '22023';
+            END IF;
+            IF (from_ts IS NULL) <> (to_ts IS NULL) THEN
+                RAISE EXCEPTION 'give from_ts and to_ts, or neither (the periods the DEFAULT partition holds)'
+                    USING ERRCODE = '22023';
+            END IF;
+            PERFORM pg_advisory_xact_lock(hashtext('tickflow-partitions:' || '{schema}'));
+            step := ('1 ' || period)::interval;
+            SELECT format('{schema}.%I', p.partition_name) INTO deflt
+            FROM {schema}.market_data_partitions() p WHERE p.is_default;
+            IF from_ts IS NULL THEN
+                -- The period of DEFAULT's oldest row (one probe of its ts index), clipped to the gap between the
+                -- partitions around that row. One partition a call, so the lock below is held for one period's
+                -- move at a time: the caller calls again until nothing is returned.
+                IF deflt IS NULL THEN
+                    RETURN;
+                END IF;
+                EXECUTE format('SELECT min(ts) FROM %s', deflt) INTO nxt;
+                IF nxt IS NULL THEN
+                    RETURN;
+                END IF;
+                slot := date_trunc(period, nxt);
+                SELECT greatest(slot, max(p.upper_bound)) INTO lo FROM {schema}.market_data_partitions() p
+                WHERE NOT p.is_default AND p.upper_bound <= nxt;
+                SELECT least(slot + step, min(p.lower_bound)) INTO hi FROM {schema}.market_data_partitions() p
+                WHERE NOT p.is_default AND p.lower_bound > nxt;
+                los := ARRAY[lo];
+                his := ARRAY[hi];
+            ELSE
+                slot := date_trunc(period, from_ts);
+                WHILE slot < to_ts LOOP
+                    lo := slot;
+                    hi := slot + step;
+                    slot := hi;
+                    LOOP  -- past the partitions that already cover lo
+                        SELECT max(p.upper_bound) INTO edge FROM {schema}.market_data_partitions() p
+                        WHERE NOT p.is_default AND p.lower_bound <= lo AND p.upper_bound > lo;
+                        EXIT WHEN edge IS NULL;
+                        lo := edge;
+                    END LOOP;
+                    SELECT least(hi, min(p.lower_bound)) INTO hi FROM {schema}.market_data_partitions() p
+                    WHERE NOT p.is_default AND p.lower_bound > lo AND p.lower_bound < hi;
+                    CONTINUE WHEN lo >= hi;
+                    los := los || lo;
+                    his := his || hi;
+                END LOOP;
+            END IF;
+            IF cardinality(los) = 0 THEN
+                RETURN;
+            END IF;
+            LOCK TABLE {schema}.market_data IN ACCESS EXCLUSIVE MODE;  -- why: the comment of migration 8
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+            FROM pg_attribute a WHERE a.attrelid = '{schema}.market_data'::regclass AND a.attnum > 0
+              AND NOT a.attisdropped AND a.attgenerated = '';
+            FOR i IN 1 .. cardinality(los) LOOP
+                lo := los[i];
+                hi := his[i];
+                part := 'market_data_' || to_char(lo, 'YYYYMMDD');
+                EXECUTE format('CREATE TABLE {schema}.%I (LIKE {schema}.market_data INCLUDING DEFAULTS '
+                               'INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMPRESSION)', part);
+                EXECUTE format('ALTER TABLE {schema}.%I ADD CONSTRAINT %I CHECK (ts >= %L AND ts < %L)',
+                               part, part || '_range', lo, hi);
+                IF deflt IS NOT NULL THEN
+                    EXECUTE format('WITH moved AS (DELETE FROM %s WHERE ts >= $1 AND ts < $2 RETURNING %s) '
+                                   'INSERT INTO {schema}.%I (%s) SELECT %s FROM moved', deflt, cols, part, cols,
+                                   cols) USING lo, hi;
+                END IF;
+                EXECUTE format('ALTER TABLE {schema}.market_data ATTACH PARTITION {schema}.%I '
+                               'FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+                EXECUTE format('ALTER TABLE {schema}.%I DROP CONSTRAINT %I', part, part || '_range');
+                RETURN NEXT part;
+            END LOOP;
+        END
+        $$;
+        COMMENT ON FUNCTION {schema}.market_data_create_partitions(text, timestamptz, timestamptz) IS
+            'Create the missing partitions of period day, week or month covering [from_ts, to_ts), or with '
+            'both NULL the one of the DEFAULT partition''s oldest row, moving the DEFAULT partition''s rows of '
+            'their ranges into them; returns the names created.';
+"""
+MIGRATIONS.append((8, _PARTITIONS_FROM_DEFAULT))
+
+# Migration 9: FRED's by-vintage rows (output_type 2 and 3) carry no realtime_end (NULL: FRED gives only the
+# vintage date), and `as_of <= NULL` is never true, so economic_as_of hid every one of them. NULL is read as an
+# open vintage ('infinity') in the function rather than stored: rows already written need no rewrite, the
+# revision key is unchanged (sinks/base.py revision_of: a real realtime_end, a closed vintage, still
+# outranks them). Among the vintages current on as_of the latest-starting wins: for by-vintage rows, the
+# newest vintage published by then. Same signature: CREATE OR REPLACE keeps the grants.
+_ECONOMIC_OPEN_NULL = """
+        CREATE OR REPLACE FUNCTION {schema}.economic_as_of(series text, as_of date)
+        RETURNS TABLE (observation_date date, "value" double precision, realtime_start date,
+                       realtime_end date, source text)
+        LANGUAGE sql STABLE PARALLEL SAFE AS $$
+            SELECT DISTINCT ON (m.ts) (m.ts AT TIME ZONE 'UTC')::date, m."value", m.realtime_start,
+                   coalesce(m.realtime_end, 'infinity'::date), m.source
+            FROM {schema}.market_data m
+            WHERE m.symbol = series AND m.data_type = 'economic'
+              AND m.realtime_start <= as_of AND as_of <= coalesce(m.realtime_end, 'infinity'::date)
+            ORDER BY m.ts, m.realtime_start DESC, m.revision DESC, m.source
+        $$;
+        COMMENT ON FUNCTION {schema}.economic_as_of(text, date) IS
+            'One value per observation date of the series, as known on as_of '
+            '(realtime_start <= as_of <= realtime_end; a NULL realtime_end, as FRED''s by-vintage rows have, '
+            'is an open vintage, returned as infinity).';
+"""
+MIGRATIONS.append((9, _ECONOMIC_OPEN_NULL))
+
 # Column order shared by the COPY into the staging table and the rows built by row_from_record().
 # Callers read a row through sinks.postgres.row_origin, never by position.
 MARKET_DATA_COLUMNS: tuple[str, ...] = (
@@ -403,13 +573,13 @@ MARKET_DATA_COLUMNS: tuple[str, ...] = (
 # The natural key (the primary key): the conflict target of the upsert.
 MARKET_DATA_KEY: tuple[str, ...] = ("source", "symbol", "data_type", "ts", "item_id")
 
-# Anomaly events and dead letters (migration 5): the column order of the rows built by sinks.postgres
-# anomaly_row / dead_letter_row, and each table's natural key.
+# Anomaly events (migrations 5 and 7) and dead letters (migration 5): the column order of the rows built by
+# sinks.postgres anomaly_row / dead_letter_row, and each table's natural key.
 ANOMALY_COLUMNS: tuple[str, ...] = (
-    "symbol", "detector", "ts", "source", "kind", "score", "threshold", "message", "record", "details",
-    "detected_at",
+    "symbol", "detector", "ts", "source", "data_type", "interval", "item_id", "kind", "score", "threshold",
+    "message", "record", "details", "detected_at",
 )
-ANOMALY_KEY: tuple[str, ...] = ("symbol", "detector", "ts", "source")
+ANOMALY_KEY: tuple[str, ...] = ("symbol", "detector", "ts", "source", "data_type", "interval", "item_id")
 DEAD_LETTER_COLUMNS: tuple[str, ...] = (
     "topic", "partition", "offset", "stage", "rule", "error", "exception", "source", "symbol", "ts",
     "record_ts", "key", "value", "headers",

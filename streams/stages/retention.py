@@ -2,8 +2,8 @@
 
 Reads: nothing from Kafka. On the group's leader only (one worker does it):
 - every sink.partition_check_seconds, creates market_data's partitions sink.partitions_ahead periods of
-  sink.partition_period ahead (a row with no partition lands in the DEFAULT one and is moved out when its
-  range gets a partition);
+  sink.partition_period ahead, then one for each period the DEFAULT partition holds rows of (a row with no
+  partition, such as backfilled history, lands in DEFAULT; it is moved out when its range gets a partition);
 - every sink.retention_check_seconds, drops the market_data partitions wholly older than
   sink.data_retention_days (DETACH + DROP: no row-by-row work), then deletes what is left older than the
   cutoff (the straddling partition, DEFAULT, and the other tables) in bounded batches.
@@ -41,12 +41,16 @@ async def apply_retention(writer: SharedWriter, sink: SinkSettings, now: datetim
 
 
 async def create_partitions(writer: SharedWriter, sink: SinkSettings, now: datetime | None = None) -> list[str]:
-    """Create the partitions of the coming periods before rows arrive for them."""
-    made = await (await writer.get()).create_partitions(sink.partition_period, now or datetime.now(UTC),
-                                                        sink.partitions_ahead)
+    """Create the partitions of the coming periods before rows arrive for them, then those of the periods the
+    DEFAULT partition holds rows of (backfilled history), moving the rows in: retention drops them whole."""
+    pg = await writer.get()
+    made = await pg.create_partitions(sink.partition_period, now or datetime.now(UTC), sink.partitions_ahead)
     if made:
         logger.info("partitions: created %s", ", ".join(made))
-    return made
+    history = await pg.partition_default(sink.partition_period)
+    if history:
+        logger.info("partitions: created %s for the DEFAULT partition's rows, moved into them", ", ".join(history))
+    return made + history
 
 
 @app.timer(settings.sink.partition_check_seconds, on_leader=True, name="create_partitions")

@@ -106,7 +106,8 @@ class WriteTicks(BatchStage):
         return left + right, bad_left + bad_right
 
     def _rejection(self, rec: Any, rule: str, exc: BaseException) -> Outgoing:
-        why = Rejection(STAGE, rule, str(exc), type(exc).__name__, rec.topic, rec.partition, rec.offset)
+        why = Rejection(STAGE, rule, str(exc), type(exc).__name__, rec.topic, rec.partition, rec.offset,
+                        list(rec.headers or []))
         ts = rec.timestamp / 1000.0 if rec.timestamp and rec.timestamp > 0 else None
         return Outgoing(self.rejected_topic, rec.key, rec.value, ts, why.headers())
 

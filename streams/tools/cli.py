@@ -30,6 +30,9 @@ import click
 from streams.errors import ConfigError, SinkUnavailable, TickflowError
 
 PROG = "tickflow"
+# The registry's sources whose class loads history (`history()`), in registry order. Written out rather than
+# computed because the registry imports every provider (yfinance ...), ~5x the import time of this module, which
+# `tickflow --help` pays; tests/unit/streams/tools/test_cli_backfill.py keeps it equal to the registry's.
 BACKFILL_SOURCES = ("yahoo", "alpha_vantage", "fred")
 # Faust's commands, listed here so `tickflow --help` shows them without importing Faust (a test keeps the list
 # equal to Faust's own).
@@ -432,10 +435,14 @@ def backfill(source: str, symbols: str, start: date, end: date, interval: str) -
 async def replay_dead_letters(rule: str | None, source: str | None, rate: float, limit: int | None, dry_run: bool,
                               bar: Bar | None = None) -> tuple[int, int, int]:
     """Re-produce matching dead letters to their original topic, keeping key, value and non-tickflow headers.
+    Into the clean topic a record goes as the validate stage publishes one (streams/contract.py): with the
+    contract headers (tickflow.schema, content-type) and its event time as the Kafka timestamp.
     Returns (dead letters in the topic, scanned, matched)."""
+    import orjson
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from producers.runner import new_producer
+    from streams import contract
     from streams.catalog import catalog_of
     from streams.settings import get_settings
 
@@ -444,7 +451,19 @@ async def replay_dead_letters(rule: str | None, source: str | None, rate: float,
     dlq = cat.one("rejected").name
     # Dead letters go back where they were refused: a raw topic (the validate stage's) or the clean topic
     # (the write stage's, after the database problem that refused them is fixed).
-    raw_names = {t.name for t in cat.by_role("raw")} | {cat.one("clean").name}
+    clean = cat.one("clean").name
+    raw_names = {t.name for t in cat.by_role("raw")} | {clean}
+    contract_names = {k for k, _ in contract.headers(contract.CLEAN)}
+
+    def clean_timestamp_ms(value: bytes | None, fallback: int | None) -> int | None:
+        """The record's event time (its `timestamp`), as the validate stage stamps a clean record; else the
+        dead letter's own timestamp (the write stage keeps the clean record's), else the producer's time."""
+        try:
+            stamp = orjson.loads(value or b"").get("timestamp")
+            ms = contract.event_time_ms(stamp) if isinstance(stamp, str) else None
+        except (orjson.JSONDecodeError, AttributeError, ValueError):
+            ms = None
+        return ms if ms is not None else (fallback if fallback and fallback > 0 else None)
     wanted_topic = cat.raw(source).name if source else None
     # read_committed: the validate stage writes dead letters in transactions; aborted ones are not dead letters.
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False,
@@ -501,7 +520,12 @@ async def replay_dead_letters(rule: str | None, source: str | None, rate: float,
                         next_at = max(next_at, time.monotonic()) + interval
                         kept = [(k, v) for k, v in (m.headers or []) if not k.startswith("tickflow.")]
                         origin = f"{tp.partition}:{m.offset}".encode()
-                        await producer.send(target, m.value, key=m.key,
+                        stamp = None
+                        if target == clean:
+                            kept = [*(kv for kv in kept if kv[0] not in contract_names),
+                                    *contract.headers(contract.CLEAN)]
+                            stamp = clean_timestamp_ms(m.value, m.timestamp)
+                        await producer.send(target, m.value, key=m.key, timestamp_ms=stamp,
                                             headers=[*kept, ("tickflow.replayed_from", origin)])
             # Done with a partition once the consumer stands at its end: whether its last record matched the
             # filters or not, and past transaction markers, which take offsets but are never returned.

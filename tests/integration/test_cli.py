@@ -124,3 +124,80 @@ async def test_replay_dlq_rate_is_honoured(iso, producer) -> None:
     fast = (max(r.timestamp for r in second) - min(r.timestamp for r in second)) / 1000
     print(f"replay-dlq --rate 0: 40 records spanning {fast:.2f} s")
     assert fast < 1.0, fast
+
+
+async def test_replay_dlq_into_the_clean_topic_carries_the_contract(iso, producer) -> None:
+    """The write stage dead-letters a refused row keeping the clean record's own headers; `replay-dlq` puts it
+    back on the clean topic as the validate stage publishes one: the contract headers (tickflow.schema,
+    content-type, once each), the record's own other headers, and its event time as the Kafka timestamp, not
+    the dead letter's or the producer's. A value with no readable time keeps the dead letter's timestamp."""
+    import time
+    from dataclasses import dataclass, field
+
+    from sinks.base import BatchWriter
+    from streams import contract
+    from streams.errors import SinkRefused
+    from streams.settings import KafkaSettings, SinkSettings
+    from streams.stages.publish import Outgoing
+    from streams.stages.write import WriteTicks
+
+    class Refusing(BatchWriter):
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+        async def write(self, rows):  # type: ignore[no-untyped-def]
+            raise SinkRefused("numeric field overflow")
+
+    @dataclass
+    class Rec:  # a ticks.clean record as the write stage reads it
+        value: bytes
+        offset: int
+        timestamp: int
+        headers: list
+        topic: str = field(default_factory=lambda: iso.topic("clean"))
+        partition: int = 0
+        key: bytes = b"HDRS"
+
+    await ensure_topics_for(iso)
+    env = {**os.environ, **iso.env}
+    clean, dlq = iso.topic("clean"), iso.topic("rejected")
+    event = datetime.now(UTC).replace(microsecond=123000) - timedelta(hours=1)
+    event_ms = contract.event_time_ms(event)
+    point = MarketDataPoint(symbol="HDRS", timestamp=event, source="simulated", price=1.0, item_id="h-1")
+    own = [*contract.headers(contract.CLEAN), ("traceparent", b"00-abc-01")]
+    sent: list[Outgoing] = []
+
+    async def collect(messages: list[Outgoing]) -> None:
+        sent.extend(messages)
+
+    async def emit(delta: Any) -> None: ...
+
+    stage = WriteTicks(writer=Refusing(), send=collect, emit=emit, sink=SinkSettings(), rejected_topic=dlq,
+                       kafka=KafkaSettings(), app_id="it", topics=[clean])
+    await stage.process([Rec(point.to_json(), 7, event_ms, own), Rec(b"{not json", 8, event_ms - 5000, own)])
+    sent.sort(key=lambda m: m.value or b"")  # the decode failure is dead-lettered before the write
+    assert [dict(m.headers)["tickflow.rule"] for m in sent] == [b"write.refused", b"write.decode"]
+    assert all(("traceparent", b"00-abc-01") in m.headers for m in sent)  # the write stage kept them
+    # an older pipeline stamped its dead letters with the producer's time: the replay must not rely on it
+    stale_ms = int(time.time() * 1000) - 2 * 3600 * 1000
+    for m, stamp in zip(sent, (stale_ms, event_ms - 5000), strict=True):
+        await producer.send(dlq, m.value, key=m.key, headers=m.headers, timestamp_ms=stamp)
+    await producer.flush()
+
+    out = await asyncio.to_thread(tickflow, env, "replay-dlq", "--rule", "write.", "--rate", "0")
+    assert out.returncode == 0 and "replayed 2" in out.stdout, out.stdout + out.stderr
+    replayed = await read_topic(iso.bootstrap, clean)
+    by_value = {r.value: r for r in replayed}
+    assert len(replayed) == 2 and set(by_value) == {point.to_json(), b"{not json"}
+    for value, stamp in ((point.to_json(), event_ms), (b"{not json", event_ms - 5000)):
+        r = by_value[value]
+        names = [k for k, _ in r.headers]
+        assert names.count(contract.SCHEMA_HEADER) == 1 and names.count(contract.CONTENT_TYPE_HEADER) == 1, names
+        h = dict(r.headers)
+        assert h[contract.SCHEMA_HEADER] == b"ticks.clean/v1" and h["content-type"] == b"application/json"
+        assert h["traceparent"] == b"00-abc-01" and b":" in h["tickflow.replayed_from"]
+        # the dead letter's reasons stay on the dead letter
+        assert {k for k in names if k.startswith("tickflow.")} == {contract.SCHEMA_HEADER, "tickflow.replayed_from"}
+        assert r.timestamp == stamp, (value, r.timestamp, stamp)
+        assert r.key == b"HDRS"

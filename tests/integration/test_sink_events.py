@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from sinks.postgres import PostgresTickWriter, anomaly_row, dead_letter_row
+from sinks.schema import ANOMALY_COLUMNS
 from streams.anomalies.core import Anomaly
 from streams.settings import PostgresSettings
 from streams.stages.detect import event_for
@@ -137,3 +138,58 @@ async def test_retention_deletes_old_events_and_dead_letters(writer, pg, iso) ->
     assert deleted == 2
     assert await pg.fetchval(f"SELECT min(ts) FROM {iso.schema}.anomaly_events") == new
     assert await pg.fetchval(f"SELECT min(ts) FROM {iso.schema}.dead_letters") == new
+
+
+def bar_anomaly(interval: str, detected_at: float = 1714573800.0) -> tuple:
+    """A bar of AAPL at T0, flagged by one detector: the 1m and the 1d bar differ only by interval."""
+    record = {"symbol": "AAPL", "source": "yahoo", "timestamp": T0.isoformat(), "data_type": "bar",
+              "interval": interval, "item_id": "", "open": 1.0, "high": 2.0, "low": 1.0, "close": 2.0}
+    event = {"detector": "zscore", "symbol": "AAPL", "score": 9.0, "threshold": 4.0, "kind": "tick",
+             "message": "far", "record": record, "details": {}, "source": "yahoo", "detected_at": detected_at}
+    return anomaly_row(orjson.loads(orjson.dumps(event)))
+
+
+async def test_bars_of_two_intervals_are_two_events(writer, pg, iso) -> None:
+    """Migration 7: the flagged record's data_type, interval and item_id are part of the key."""
+    assert await writer.write_anomalies([bar_anomaly("1m"), bar_anomaly("1d")]) == 2
+    assert await writer.write_anomalies([bar_anomaly("1m", detected_at=1714573900.0), bar_anomaly("1d")]) == 0
+    got = await pg.fetch(f'SELECT data_type, "interval", item_id FROM {iso.schema}.anomaly_events ORDER BY 2')
+    assert [tuple(r) for r in got] == [("bar", "1d", ""), ("bar", "1m", "")]
+    pk = await pg.fetchval(f"SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                           f"WHERE conrelid = '{iso.schema}.anomaly_events'::regclass AND contype = 'p'")
+    assert pk == 'PRIMARY KEY (symbol, detector, ts, source, data_type, "interval", item_id)'
+
+
+async def test_migration_7_keeps_the_stored_events_and_grants(iso, pg) -> None:
+    """A schema at migration 6 holding an event (stored under the old key) and a grant: after migrating, the
+    row is there with its identity back-filled from its record, the grant stays, an exact re-send of that
+    event is still a no-op and its 1d sibling is a new row."""
+    from tests.integration.test_sink_partitions import migrate_through
+
+    s = iso.schema
+    await migrate_through(pg, s, 6)
+    old = dict(zip(ANOMALY_COLUMNS, bar_anomaly("1m"), strict=True))
+    await pg.execute(f"INSERT INTO {s}.anomaly_events (symbol, detector, ts, source, kind, score, threshold, "
+                     "message, record, details, detected_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                     *(old[c] for c in ("symbol", "detector", "ts", "source", "kind", "score", "threshold",
+                                        "message", "record", "details", "detected_at")))
+    role = f"it_{iso.tag}_a"
+    await pg.execute(f'CREATE ROLE "{role}"')
+    try:
+        await pg.execute(f'GRANT SELECT, INSERT ON {s}.anomaly_events TO "{role}"')
+        w = PostgresTickWriter(PostgresSettings(host=iso.pg["host"], port=iso.pg["port"], db_schema=s))
+        await w.start()
+        try:
+            assert await w.write_anomalies([bar_anomaly("1m", detected_at=1714574000.0)]) == 0
+            assert await w.write_anomalies([bar_anomaly("1d")]) == 1
+        finally:
+            await w.stop()
+        got = await pg.fetch(f'SELECT data_type, "interval", written_at FROM {s}.anomaly_events ORDER BY 2')
+        assert [(r["data_type"], r["interval"]) for r in got] == [("bar", "1d"), ("bar", "1m")]
+        privs = await pg.fetchval(
+            "SELECT array_agg(p ORDER BY p) FROM unnest(ARRAY['SELECT','INSERT','UPDATE','DELETE']) p "
+            f"WHERE has_table_privilege($1, '{s}.anomaly_events', p)", role)
+        assert privs == ["INSERT", "SELECT"]
+    finally:
+        await pg.execute(f"DROP SCHEMA IF EXISTS {s} CASCADE")
+        await pg.execute(f'DROP ROLE "{role}"')

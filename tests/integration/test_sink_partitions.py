@@ -303,3 +303,89 @@ async def test_worker_leader_creates_partitions_ahead(iso, pg, writer, workers) 
     assert await where_rows_are(pg, s) == {days[1]: 1}
     assert "partitions: created" in w.log_text()
     assert w.alive()
+
+
+async def test_backfilled_history_gets_partitions_that_retention_drops(iso, pg, writer) -> None:
+    """Backfilled 2020 rows land in DEFAULT (partitions are made from now on); the leader's partition
+    maintenance makes their months' partitions and moves them in, leaving DEFAULT empty; retention then drops
+    those partitions whole. Migration 8."""
+    from streams.settings import SinkSettings
+    from streams.stages.db import SharedWriter
+    from streams.stages.retention import apply_retention, create_partitions
+
+    s = iso.schema
+    history = [tick(i, datetime(2020, 3, 1, tzinfo=UTC) + timedelta(days=2 * i, hours=i)) for i in range(25)]
+    history.append(bar(datetime(2020, 3, 2, 15, 30, tzinfo=UTC), 4.0, datetime(2020, 3, 2, 15, 31, tzinfo=UTC)))
+    assert (await writer.write(history)).inserted == 26  # 2020-03-01 .. 2020-04-18 and a bar
+    recent = tick(99, datetime.now(UTC))
+    await writer.write([recent])
+    assert (await where_rows_are(pg, s))["market_data_default"] == 26
+    before = await pg.fetchrow(TABLE_HASH.format(f"{s}.market_data"))
+    # DEFAULT's index on ts (the walk, the move and retention's DELETE read ranges of ts through it)
+    await pg.execute("SET enable_seqscan = off")
+    plan = "\n".join(r[0] for r in await pg.fetch(
+        f"EXPLAIN SELECT 1 FROM {s}.market_data WHERE ts < '2021-01-01' LIMIT 10"))
+    await pg.execute("RESET enable_seqscan")
+    assert "market_data_default_ts" in plan, plan
+
+    sink = SinkSettings(partition_period="month", partitions_ahead=3, data_retention_days=365)
+    made = await create_partitions(SharedWriter(writer), sink)
+    assert made == ["market_data_20200301", "market_data_20200401"]  # the months ahead exist already
+    where = await where_rows_are(pg, s)
+    assert "market_data_default" not in where
+    assert (where["market_data_20200301"], where["market_data_20200401"]) == (17, 9)
+    after = await pg.fetchrow(TABLE_HASH.format(f"{s}.market_data"))
+    assert (after["n"], after["h"]) == (before["n"], before["h"])  # every column of every row, written_at too
+    # no CHECK left behind, the partitions' indexes attached, the upsert routes into them
+    assert await pg.fetchval(f"SELECT count(*) FROM pg_constraint WHERE conrelid = "
+                             f"'{s}.market_data_20200301'::regclass AND contype = 'c'") == 0
+    assert (await writer.write(history[:5])).duplicates == 5
+    assert (await writer.write([bar(datetime(2020, 3, 2, 15, 30, tzinfo=UTC), 5.0,
+                                    datetime(2020, 3, 2, 15, 32, tzinfo=UTC))])).updated == 1
+    assert await create_partitions(SharedWriter(writer), sink) == []  # nothing left to do
+
+    await pg.execute(f"ANALYZE {s}.market_data")
+    removed = await apply_retention(SharedWriter(writer), sink)
+    assert removed == 26
+    names = [p["partition_name"] for p in await partitions(pg, s)]
+    assert "market_data_20200301" not in names and "market_data_20200401" not in names
+    assert await pg.fetchval(f"SELECT count(*) FROM {s}.market_data WHERE ts < '2021-01-01'") == 0
+    assert await pg.fetchval(f"SELECT count(*) FROM {s}.market_data") == 1  # the recent tick
+
+
+async def test_moving_history_is_safe_beside_a_writer(iso, pg, writer) -> None:
+    """The move locks market_data before it starts. (1) A writer's open transaction holding a row of the month
+    being made: the maintenance waits for it and moves that row too (without the lock, ATTACH would find the
+    row in DEFAULT and fail). (2) A writer arriving while the maintenance runs waits, then routes its row to
+    the new partition (without the lock it would route by the old partition list into DEFAULT and fail its
+    new constraint)."""
+    import asyncio
+
+    s = iso.schema
+    await writer.write([tick(1, datetime(2019, 5, 3, tzinfo=UTC))])
+    other = await asyncpg.connect(**iso.pg)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute(f"INSERT INTO {s}.market_data (source, symbol, data_type, ts, item_id) "
+                            "VALUES ('simulated', 'PART', 'tick', '2019-05-20 10:00+00', 'open-tx')")
+        maintenance = asyncio.create_task(writer.partition_default("month"))
+        await asyncio.sleep(1.0)
+        assert not maintenance.done()  # waits for the writer's transaction
+        await tx.commit()
+        assert await asyncio.wait_for(maintenance, 30) == ["market_data_20190501"]
+        assert await where_rows_are(pg, s) == {"market_data_20190501": 2}
+
+        await writer.write([tick(2, datetime(2018, 7, 3, tzinfo=UTC))])
+        tx = other.transaction()
+        await tx.start()
+        assert await other.fetchval(
+            f"SELECT * FROM {s}.market_data_create_partitions('month', NULL, NULL)") == "market_data_20180701"
+        write = asyncio.create_task(writer.write([tick(3, datetime(2018, 7, 9, tzinfo=UTC))]))
+        await asyncio.sleep(1.0)
+        assert not write.done()  # waits at market_data for the partition to be made
+        await tx.commit()
+        assert (await asyncio.wait_for(write, 30)).inserted == 1
+        assert await where_rows_are(pg, s) == {"market_data_20190501": 2, "market_data_20180701": 2}
+    finally:
+        await other.close()

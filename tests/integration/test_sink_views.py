@@ -161,3 +161,27 @@ async def test_economic_as_of_one_value_per_date_as_known_then(writer, pg) -> No
         "SELECT observation_date, value FROM economic_as_of('CPI', '2022-09-01')")] == [(date(2022, 6, 1), 2.0)]
     assert [tuple(r) for r in await pg.fetch(
         "SELECT observation_date, value FROM economic_as_of('CPI', '2022-07-15')")] == [(date(2022, 6, 1), 1.0)]
+
+
+async def test_economic_as_of_reads_fred_by_vintage_rows(writer, pg) -> None:
+    """FRED output_type 2/3 rows carry only their vintage date (realtime_start; realtime_end NULL, never
+    closed): economic_as_of treats them as open (migration 9), so as of a date the newest vintage published by
+    then answers, one row per observation date."""
+    obs = [datetime(2022, 4, 1, tzinfo=UTC), datetime(2022, 5, 1, tzinfo=UTC)]
+    vintages = [(date(2022, 5, 27), 1.0), (date(2022, 6, 24), 2.0), (date(2022, 7, 29), 3.0)]
+    sent = [row(symbol="PCE", timestamp=ts, source="fred", data_type="economic", value=value + k / 10,
+                realtime_start=start, item_id=start.isoformat(), ingested_at=T0,
+                metadata={"output_type": 3})
+            for k, ts in enumerate(obs) for start, value in vintages]
+    await writer.write(sent)
+    assert await pg.fetchval("SELECT count(*) FROM market_data WHERE symbol = 'PCE' AND realtime_end IS NULL") == 6
+
+    async def as_of(day: date) -> list[tuple]:
+        return [tuple(r) for r in await pg.fetch(
+            "SELECT observation_date, value, realtime_start, realtime_end FROM economic_as_of('PCE', $1)", day)]
+
+    assert await as_of(date(2022, 5, 26)) == []  # nothing published yet
+    assert await as_of(date(2022, 6, 1)) == [(date(2022, 4, 1), 1.0, date(2022, 5, 27), date.max),
+                                             (date(2022, 5, 1), 1.1, date(2022, 5, 27), date.max)]
+    assert [v for _, v, _, _ in await as_of(date(2022, 6, 24))] == [2.0, 2.1]  # the vintage's first day
+    assert [v for _, v, _, _ in await as_of(date(2030, 1, 1))] == [3.0, 3.1]

@@ -113,3 +113,13 @@ def test_message_names_the_sqlstate_and_hides_passwords() -> None:
     exc = asyncpg.InvalidPasswordError('password authentication failed: postgresql://u:hunter2@db/x')
     err = classify(exc, "connect")
     assert "28P01" in str(err) and "hunter2" not in str(err)
+
+
+def test_a_partition_constraint_violation_is_retried_not_dead_lettered() -> None:
+    """A row written through market_data always has a partition (DEFAULT takes any ts): "violates partition
+    constraint" only means a partition was attached while the statement ran (it routed the row to DEFAULT by
+    the old partition list). A retry plans afresh and lands the row, so it is no reason to dead-letter it."""
+    raced = asyncpg.CheckViolationError('new row for relation "market_data_default" violates partition constraint')
+    assert classify(raced, "write market_data").retriable
+    own_check = asyncpg.CheckViolationError('new row for relation "t" violates check constraint "t_price"')
+    assert not classify(own_check, "write market_data").retriable

@@ -27,7 +27,8 @@ def named(row: tuple, cols: tuple[str, ...]) -> dict:
 
 def test_anomaly_row_is_keyed_by_the_flagged_records_time() -> None:
     r = named(anomaly_row(event()), ANOMALY_COLUMNS)
-    assert tuple(r[c] for c in ANOMALY_KEY) == ("AAPL", "zscore", T0, "finnhub")
+    # a tick record has a data_type and an item_id but no interval: '' keeps the key NOT NULL
+    assert tuple(r[c] for c in ANOMALY_KEY) == ("AAPL", "zscore", T0, "finnhub", "", "", "")
     assert r["detected_at"] == datetime.fromtimestamp(T0.timestamp() + 2, UTC)
     assert (r["score"], r["threshold"], r["kind"], r["message"]) == (7.5, 4.0, "tick", "far")
     assert orjson.loads(r["record"])["price"] == 1.0 and orjson.loads(r["details"]) == {"z": 7.5}
@@ -40,6 +41,23 @@ def test_anomaly_without_a_record_time_uses_the_detection_time_and_scrubs_nul() 
     assert r["message"] == "a\ufffdb" and r["record"] == "{}" and r["details"] == "{}"
     # the source falls back to the record's
     assert named(anomaly_row(event(source=None, record={"source": "yahoo"})), ANOMALY_COLUMNS)["source"] == "yahoo"
+
+
+def test_anomaly_key_tells_bars_of_two_intervals_apart() -> None:
+    """A 1m and a 1d bar of one symbol at one time, flagged by one detector, are two events (migration 7)."""
+    bar = {"symbol": "AAPL", "source": "yahoo", "timestamp": T0.isoformat(), "data_type": "bar", "close": 1.0}
+    one_minute = named(anomaly_row(event(record={**bar, "interval": "1m"})), ANOMALY_COLUMNS)
+    one_day = named(anomaly_row(event(record={**bar, "interval": "1d"})), ANOMALY_COLUMNS)
+    assert (one_minute["data_type"], one_minute["interval"], one_day["interval"]) == ("bar", "1m", "1d")
+    assert tuple(one_minute[c] for c in ANOMALY_KEY) != tuple(one_day[c] for c in ANOMALY_KEY)
+    # an exact re-send keeps its key (a later detection time is not part of it)
+    again = named(anomaly_row(event(record={**bar, "interval": "1m"}, detected_at=T0.timestamp() + 60)),
+                  ANOMALY_COLUMNS)
+    assert tuple(again[c] for c in ANOMALY_KEY) == tuple(one_minute[c] for c in ANOMALY_KEY)
+    news = named(anomaly_row(event(record={"timestamp": T0.isoformat(), "data_type": "news",
+                                           "item_id": "n\x00-7", "interval": None})), ANOMALY_COLUMNS)
+    assert (news["data_type"], news["interval"], news["item_id"]) == ("news", "", "n\ufffd-7")
+    assert set(ANOMALY_KEY) <= set(ANOMALY_COLUMNS)
 
 
 def headers(**own: str) -> list[tuple[str, bytes]]:

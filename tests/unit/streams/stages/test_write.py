@@ -173,6 +173,23 @@ async def test_a_batch_is_written_dead_lettered_and_counted() -> None:
     assert out.deltas[1].of("a").written == 0
 
 
+async def test_dead_letters_keep_the_original_records_headers() -> None:
+    """A write-stage dead letter carries the clean record's own headers (a trace id, its content-type) beside
+    the tickflow.* reasons, as the validate stage's do; the record's own tickflow.* ones are replaced."""
+    fake, out = FakeWriter(), Collected()
+    original = [("traceparent", b"00-abc-01"), ("content-type", b"application/json"),
+                ("tickflow.schema", b"ticks.clean/v1")]
+    recs = [Rec(make_point(13.0, 0).to_json(), 0, headers=original), Rec(b"{not json", 1, headers=original)]
+    await make_stage(fake, out).process(recs)
+    assert len(out.sent) == 2
+    for m in out.sent:
+        h = list(m.headers or [])
+        assert ("traceparent", b"00-abc-01") in h and ("content-type", b"application/json") in h
+        assert [k for k, _ in h].count("tickflow.schema") == 0  # the reasons' namespace is the dead letter's
+        assert dict(h)["tickflow.source.offset"] in (b"0", b"1") and dict(h)["tickflow.stage"] == b"write"
+        assert m.timestamp == 1_700_000_000.0  # the original record's timestamp, kept
+
+
 def test_classify_sorts_errors_by_family() -> None:
     class FakePgError(Exception):
         def __init__(self, sqlstate: str) -> None:
