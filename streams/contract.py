@@ -159,6 +159,9 @@ class DeadLetterHeaders(BaseModel):
                                  description="the exception's class name, e.g. RejectedRecord")
     time: str = Field(alias="tickflow.time", pattern=r"^[0-9]+\.[0-9]{6}$",
                       description="when it was refused, seconds since the epoch with 6 decimals")
+    schema_id: str | None = Field(default=None, alias="tickflow.schema",
+                                  description="ticks.rejected/v<N>: the version of these headers (absent on dead "
+                                              "letters written before it was added)")
     value_truncated_from: str | None = Field(
         default=None, alias="tickflow.value.truncated_from", pattern=_UINT,
         description="present only when the original value exceeded the broker's limit and was cut: its size in "

@@ -26,6 +26,7 @@ from tenacity import (
     wait_fixed,
 )
 
+from streams import contract
 from streams.app import app
 from streams.settings import KafkaSettings
 
@@ -73,9 +74,13 @@ class Rejection:
             ("error", self.error[:MAX_ERROR_CHARS]),
             ("exception.class", self.exception),
             ("time", f"{time.time():.6f}"),
+            ("schema", _DEAD_LETTER_SCHEMA),
         ]
         kept = [(k, v) for k, v in self.original_headers if not k.startswith(HEADER_PREFIX)]
         return kept + [(HEADER_PREFIX + k, v.encode()) for k, v in own]
+
+
+_DEAD_LETTER_SCHEMA = contract.schema_id(contract.REJECTED)  # tickflow.schema: ticks.rejected/v1 (its headers)
 
 
 def _shrink(m: Outgoing) -> Outgoing:

@@ -196,13 +196,16 @@ def test_dead_letter_headers_match_the_documented_list() -> None:
     check(schema, decoded)
     ours = {k for k in decoded if k.startswith("tickflow.")}
     documented = set(schema["properties"])
-    assert ours == set(schema["required"])  # every header we send is documented, every required one is sent
+    # every header we send is documented, every required one is sent; the version is optional for a reader (dead
+    # letters written before it have none) but always sent
+    assert ours == set(schema["required"]) | {"tickflow.schema"}
+    assert decoded["tickflow.schema"] == "ticks.rejected/v1"
     assert documented - ours == {"tickflow.value.truncated_from"}
     shrunk = _shrink(Outgoing("ticks.rejected", b"k", b"x" * 70_000, None, out[0].headers))
     check(schema, {k: v.decode() for k, v in shrunk.headers or []})
     dl = contract.read_dead_letter(shrunk.headers or [])
     assert (dl.source_topic, dl.source_partition, dl.source_offset) == (RAW, "2", "7")
-    assert dl.value_truncated_from == "70000"
+    assert dl.value_truncated_from == "70000" and dl.schema_id == "ticks.rejected/v1"
     assert dl.model_extra == {"trace-id": "abc"}  # the original record's own header, kept
     with pytest.raises(jsonschema.ValidationError):
         check(schema, {**decoded, "tickflow.source.offset": "seven"})
