@@ -39,6 +39,12 @@ JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 # clock (InvalidTimestampError, checked on the local stack). The validate stage already rejects records more
 # than validation.future_tolerance_seconds (5 s) ahead; this margin covers a tolerance raised past the broker's.
 MAX_FUTURE_MS: Final = 50 * 60 * 1000
+# A topic's time retention counts from its records' timestamps (a closed segment goes once its newest timestamp
+# is older than retention.ms), so a backfill stamped with its 2020 event times would be deleted minutes after its
+# segment closes, before a consumer that lags (the write stage during a database outage) has read it. An event
+# older than this is stamped with the time it is published instead; its event time stays in the value. A day is
+# below every retention of topics.yaml's output topics (3 days and more).
+MAX_PAST_MS: Final = 24 * 60 * 60 * 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -65,23 +71,25 @@ def headers(kind: str) -> list[tuple[str, bytes]]:
 def event_time_ms(ts: datetime | str, now: float | None = None) -> int | None:
     """The Kafka record timestamp of a record: its event time (the record's `timestamp`) in whole milliseconds,
     floored. None (the producer then stamps its own time) where a broker would refuse it and the send would be
-    retried for ever: before 1970 (negative), or more than MAX_FUTURE_MS after `now` (the wall clock)."""
+    retried for ever (more than MAX_FUTURE_MS after `now`, the wall clock), and for an event more than
+    MAX_PAST_MS before `now`, which retention would delete before it is read."""
     if isinstance(ts, str):
         ts = datetime.fromisoformat(ts)
     ms = (ts - _EPOCH) // _MS
-    if ms < 0 or ms > ((time.time() if now is None else now) * 1000.0) + MAX_FUTURE_MS:
+    now_ms = (time.time() if now is None else now) * 1000.0
+    if ms < now_ms - MAX_PAST_MS or ms > now_ms + MAX_FUTURE_MS:
         return None
     return ms
 
 
-def anomaly_time_ms(event: Mapping[str, Any]) -> int | None:
-    """An anomaly event's record timestamp: the event time of the record it judges; a feed event (a silence has
-    no record of its own) uses when it was detected."""
+def anomaly_time_ms(event: Mapping[str, Any], now: float | None = None) -> int | None:
+    """An anomaly event's record timestamp: the event time of the record it judges (within event_time_ms's
+    bounds); a feed event (a silence has no record of its own) uses when it was detected."""
     record = event.get("record") or {}
     if event.get("kind") == "feed" or "timestamp" not in record:
         detected = event.get("detected_at")
         return int(detected * 1000) if isinstance(detected, int | float) and detected >= 0 else None
-    return event_time_ms(record["timestamp"])
+    return event_time_ms(record["timestamp"], now)
 
 
 def outgoing_seconds(ms: int | None) -> float | None:
@@ -201,8 +209,10 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         if _WHAT[kind] == "value":
             contract |= {"key": "the symbol, UTF-8", "headers": {SCHEMA_HEADER: schema_id(kind),
                                                                   CONTENT_TYPE_HEADER: CONTENT_TYPE},
-                         "timestamp": "event time, ms since the epoch: the record's timestamp"
-                         if kind == CLEAN else "the judged record's event time; a feed event's detected_at"}
+                         "timestamp": "event time, ms since the epoch: the record's timestamp (the publish "
+                                      "time when that is over a day old or 50 min ahead)"
+                         if kind == CLEAN else "the judged record's event time (within the same bounds); a feed "
+                                               "event's detected_at"}
         out[schema_file(kind)] = {"$schema": JSON_SCHEMA_DIALECT, "$id": f"urn:tickflow:{schema_id(kind)}",
                                   **body, "x-tickflow": contract}
     return out

@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 BatchStageT = TypeVar("BatchStageT", bound="BatchStage")
 # An offset commit that fails with a Kafka error is retried after 0.2 s, doubling to 10 s, for as long as it fails.
 COMMIT_RETRY_INITIAL, COMMIT_RETRY_MAX = 0.2, 10.0
+# The latency budget (`BatchStage.batch_limit`) never closes a batch below this many records (the fixed per-batch
+# costs must stay amortised), and follows the measured cost per record with this weight per batch.
+MIN_BUDGET_RECORDS, COST_SMOOTHING = 100, 0.2
 
 
 def _commit_retriable(exc: BaseException) -> bool:
@@ -91,12 +94,15 @@ class BatchStage(Service):
     poll_timeout_ms: int = 100
 
     def __init__(self, *, kafka: KafkaSettings, app_id: str, topics: Sequence[str], max_records: int = 2000,
-                 **kwargs: Any) -> None:
+                 latency_budget_ms: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kafka = kafka
         self.group_id = consumer_group(app_id, self.stage)
         self.topics = tuple(topics)
         self.max_records = max_records
+        # A batch closes on size or on this budget (0: size only): see `batch_limit`.
+        self.latency_budget = latency_budget_ms / 1000.0
+        self.record_cost: float | None = None  # seconds of work per record, smoothed (`observe_cost`)
         self.batch_lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
         self.batches = 0
@@ -104,9 +110,34 @@ class BatchStage(Service):
         self.commit_failures = 0
         self.started_at = time.time()
         self._commit_task: asyncio.Future[None] | None = None
+        # The outputs of the last batch, while they are being acknowledged (set by a subclass that sends them
+        # without waiting): the batch's offsets are committed only once they are, and a subclass sends its next
+        # batch's outputs only after them (per-partition order), so the wait for the acks overlaps the next
+        # batch's work instead of adding to it.
+        self.sending: asyncio.Future[Any] | None = None
         # Per partition, the first offset this owner may process (set by a subclass that reads the committed
         # offsets itself on assignment): records below it, fetched before, are dropped, never re-processed.
         self.floor: dict[TopicPartition, int] = {}
+
+    def observe_cost(self, seconds: float, records: int) -> None:
+        """A subclass reports the time its per-record work took for a batch (not the fixed waits, such as an
+        ack, that do not grow with the batch): the budget sizes the next fetches from it."""
+        if records > 0 and seconds >= 0:
+            cost = seconds / records
+            self.record_cost = cost if self.record_cost is None else self.record_cost + COST_SMOOTHING * (
+                cost - self.record_cost)
+
+    def batch_limit(self) -> int:
+        """How many records the next fetch may take. Under load every record of a batch waits for the whole
+        batch (its outputs go out, and its offsets are committed, when the batch is done), so a 2,000-record
+        batch of validation adds ~50 ms to each record's latency while most of those records were already
+        waiting. Closing the batch at the number of records the budget covers keeps that wait bounded; the
+        fixed per-batch costs (a produce request per partition, a commit) stay amortised over hundreds of
+        records, so the throughput is the same."""
+        if not self.latency_budget or not self.record_cost:
+            return self.max_records
+        fits = int(self.latency_budget / self.record_cost)
+        return min(self.max_records, max(fits, MIN_BUDGET_RECORDS))
 
     def stuck(self, lag: int, now: float, after: float) -> bool:
         """Owns partitions with lag, yet no batch finished for `after` seconds."""
@@ -173,7 +204,7 @@ class BatchStage(Service):
             if resume:
                 consumer.resume(*resume)
             try:
-                batch = await consumer.getmany(timeout_ms=1000, max_records=self.max_records)
+                batch = await consumer.getmany(timeout_ms=1000, max_records=self.batch_limit())
             except (KafkaError, IllegalStateError) as exc:
                 logger.warning("%s: fetch failed (%r); retrying", self.stage, exc)
                 await asyncio.sleep(1.0)
@@ -222,13 +253,14 @@ class BatchStage(Service):
         # batch's commit, a revocation and a stop all wait for it first, so commits stay in order.
         await self.flush_commit()
         if offsets:  # empty when every partition of the batch was held back
-            self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets))
+            self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets, self.sending))
 
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        """Commit, retrying a Kafka error with capped exponential backoff (0.2 s doubling to 10 s) until it
-        succeeds. A refused commit is not retried: the group rebalanced away from us (e.g. we were paused past
-        the session timeout), the partitions' new owner re-reads these records and our outputs were
-        idempotent. Anything else (a bug) comes out."""
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int],
+                      outputs: asyncio.Future[Any] | None = None) -> None:
+        """Once the batch's `outputs` are acknowledged (at-least-once), commit, retrying a Kafka error with capped
+        exponential backoff (0.2 s doubling to 10 s) until it succeeds. A refused commit is not retried: the group
+        rebalanced away from us (e.g. we were paused past the session timeout), the partitions' new owner re-reads
+        these records and our outputs were idempotent. Anything else (a bug) comes out."""
         retrying = AsyncRetrying(
             retry=retry_if_exception(_commit_retriable),
             wait=wait_exponential(multiplier=COMMIT_RETRY_INITIAL, max=COMMIT_RETRY_MAX),
@@ -236,6 +268,8 @@ class BatchStage(Service):
             before_sleep=self._log_commit_retry,
             reraise=True,
         )
+        if outputs is not None:
+            await outputs
         try:
             async for attempt in retrying:
                 with attempt:

@@ -29,7 +29,7 @@ import functools
 import logging
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -136,13 +136,13 @@ class Router:
             d.recent.append(
                 {k: event[k] for k in ("detector", "symbol", "score", "threshold", "kind", "message", "detected_at")})
             events.append(Outgoing(self.anomalies_topic, point.symbol.encode(), exactjson.dumps(event, default=str),
-                                   *_published(contract.ANOMALIES, contract.anomaly_time_ms(event))))
+                                   *_published(contract.ANOMALIES, contract.anomaly_time_ms(event, now))))
             if a.details.get("follow_up"):  # a verdict on an EARLIER bar (confirmed by this one): a newer revision
                 flag = "corporate_action.suspect" if a.kind == "corporate_action" else f"anomaly:{a.detector}"
                 rev = {**a.record, "flags": [*a.record.get("flags", ()), flag],
-                       "ingested_at": datetime.now(UTC).isoformat()}  # of that bar's row, flagged
+                       "ingested_at": _flagged_revision_time(a.record.get("ingested_at"))}
                 events.append(Outgoing(self.clean_topic, point.symbol.encode(), exactjson.dumps(rev),
-                                       *_published(contract.CLEAN, contract.event_time_ms(rev["timestamp"]))))
+                                       *_published(contract.CLEAN, contract.event_time_ms(rev["timestamp"], now))))
                 continue
             if a.kind == "tick":
                 point.flags.append(f"anomaly:{a.detector}")
@@ -162,8 +162,25 @@ class Router:
             delta.of(source).count_anomaly(a.detector)
             event = event_for(a, source)
             out.append(Outgoing(self.anomalies_topic, a.symbol.encode(), exactjson.dumps(event, default=str),
-                                *_published(contract.ANOMALIES, contract.anomaly_time_ms(event))))
+                                *_published(contract.ANOMALIES, contract.anomaly_time_ms(event, now))))
         return out, delta
+
+
+def _flagged_revision_time(ingested_at: Any) -> str:
+    """The revision time of a flagged copy of an earlier bar: one microsecond after the version it flags, so it
+    replaces that version in the sink (the newer revision wins) but not a later revision of the same bar that the
+    provider published meanwhile (its ingested_at is later still); with the clock's time the flagged copy would
+    win over that later revision and bring back the older values."""
+    if isinstance(ingested_at, str):
+        try:
+            ingested_at = datetime.fromisoformat(ingested_at)
+        except ValueError:
+            ingested_at = None
+    if not isinstance(ingested_at, datetime):
+        return datetime.now(UTC).isoformat()  # the version's time is unknown: the sink takes the flagged copy
+    if ingested_at.tzinfo is None:
+        ingested_at = ingested_at.replace(tzinfo=UTC)
+    return (ingested_at + timedelta(microseconds=1)).isoformat()
 
 
 class ValidateTicks(BatchStage):
@@ -190,6 +207,7 @@ class ValidateTicks(BatchStage):
         now = time.time()
         topic: str | None = None
         partition = -1
+        started = time.perf_counter()
         for i, rec in enumerate(records):
             if i % YIELD_EVERY == 0 and i:
                 # A batch is ~100 ms of CPU; without a pause the write stage (same event loop) waits that long at
@@ -203,6 +221,7 @@ class ValidateTicks(BatchStage):
             routed = router.route(rec, delta, now, source)
             breaker.record(routed[-1].topic == rejected_topic)
             out.extend(routed)
+        self.observe_cost(time.perf_counter() - started, len(records))
         for source in breakers.tripped():
             opened = breakers.trip(source, delta.of(source).rules)
             logger.critical(
@@ -217,7 +236,12 @@ class ValidateTicks(BatchStage):
         if router.anomalies is not None:
             router.anomalies.save()
         if self.transactions is None:
-            await self.send([m for tp, msgs in out_by_tp.items() if tp not in held_tps for m in msgs])
+            if self.sending is not None:
+                await self.sending  # the previous batch's records are acknowledged first: per-partition order
+            # Not awaited here: the commit of this batch waits for the acks (BatchStage.commit_offsets), and the
+            # next batch is validated meanwhile.
+            self.sending = asyncio.ensure_future(
+                self.send([m for tp, msgs in out_by_tp.items() if tp not in held_tps for m in msgs]))
         else:  # sent in the partitions' transactions, with their offsets (commit_offsets)
             self._outputs = {tp: msgs for tp, msgs in out_by_tp.items() if tp not in held_tps}
         await self.emit(delta)
@@ -343,6 +367,7 @@ stage = stage_service(app, ValidateTicks(
     app_id=settings.worker.app_id,
     topics=[t.name for t in catalog.by_role("raw")],
     max_records=_v.batch_size,
+    latency_budget_ms=_v.batch_latency_budget_ms,
 ))
 
 

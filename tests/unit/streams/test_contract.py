@@ -257,14 +257,19 @@ def test_headers_name_the_schema_and_the_content_type() -> None:
 
 def test_event_time_is_the_records_timestamp_in_ms() -> None:
     p = MarketDataPoint.model_validate(KINDS[0])
-    assert contract.event_time_ms(p.timestamp) == 1_704_207_600_123
-    assert contract.event_time_ms("2024-01-02T15:00:00.123999Z") == 1_704_207_600_123  # floored, not rounded
-    assert contract.event_time_ms(datetime(1969, 12, 31, 23, 59, tzinfo=UTC)) is None
     now = 1_704_207_600.0  # a fake clock: a broker refuses timestamps more than an hour ahead of its own
+    assert contract.event_time_ms(p.timestamp, now) == 1_704_207_600_123
+    assert contract.event_time_ms("2024-01-02T15:00:00.123999Z", now) == 1_704_207_600_123  # floored, not rounded
+    assert contract.event_time_ms(datetime(1969, 12, 31, 23, 59, tzinfo=UTC)) is None
     assert contract.event_time_ms(datetime.fromtimestamp(now + 49 * 60, UTC), now) == (now + 49 * 60) * 1000
     assert contract.event_time_ms(datetime.fromtimestamp(now + 51 * 60, UTC), now) is None
+    # Older than a day: the publish time instead (retention counts from record timestamps: a backfill stamped
+    # with its event times would be deleted before a lagging consumer read it).
+    assert contract.event_time_ms(datetime.fromtimestamp(now - 23 * 3600, UTC), now) == (now - 23 * 3600) * 1000
+    assert contract.event_time_ms(datetime.fromtimestamp(now - 25 * 3600, UTC), now) is None
+    assert contract.event_time_ms(p.timestamp) is None  # 2024, judged by the wall clock
     assert contract.anomaly_time_ms({"kind": "tick", "record": {"timestamp": "2024-01-02T15:00:00Z"},
-                                     "detected_at": 1.8e9}) == 1_704_207_600_000
+                                     "detected_at": 1.8e9}, now) == 1_704_207_600_000
     assert contract.anomaly_time_ms({"kind": "feed", "record": {"timestamp": "2024-01-02T15:00:00Z"},
                                      "detected_at": 1_704_207_720.5}) == 1_704_207_720_500
 
@@ -291,6 +296,7 @@ def test_the_validate_stage_stamps_clean_and_anomaly_records() -> None:
     out += stale
     out += r.route(Rec(RAW, 99, b'{"sym": "AAPL"}'), MetricsDelta(), T0.timestamp())
     seen = {"ticks.clean": 0, "ticks.anomalies": 0, "ticks.rejected": 0}
+    stamped_now = 0
     for m in out:
         seen[m.topic] += 1
         doc = orjson.loads(m.value or b"")
@@ -299,9 +305,15 @@ def test_the_validate_stage_stamps_clean_and_anomaly_records() -> None:
             continue
         kind = contract.CLEAN if m.topic == "ticks.clean" else contract.ANOMALIES
         assert m.headers == contract.headers(kind)
+        later = T0.timestamp() + 7200  # after every record here, less than a day after T0
+        want = (contract.event_time_ms(doc["timestamp"], later) if kind == contract.CLEAN
+                else contract.anomaly_time_ms(doc, later))
+        if want is None:  # an economic observation dated months before: the producer's time
+            stamped_now += 1
+            assert m.timestamp is None and doc.get("data_type") == "economic"
+            continue
         assert m.timestamp is not None
-        want = (contract.event_time_ms(doc["timestamp"]) if kind == contract.CLEAN
-                else contract.anomaly_time_ms(doc))
         assert int(m.timestamp * 1000) == want  # what publish.py hands the broker, to the millisecond
     assert seen["ticks.clean"] >= 70 and seen["ticks.anomalies"] >= 3 and seen["ticks.rejected"] == 1
+    assert stamped_now == 1
     assert any(orjson.loads(m.value or b"")["kind"] == "feed" for m in stale)

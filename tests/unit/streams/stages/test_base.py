@@ -89,3 +89,38 @@ async def test_a_cancel_ends_the_retries() -> None:
     with pytest.raises(asyncio.CancelledError):
         await make_stage()._commit(consumer, {TP: 1})  # type: ignore[arg-type]
     assert len(consumer.calls) == 1
+
+
+def test_without_a_budget_or_a_measured_cost_a_batch_closes_on_size_only() -> None:
+    stage = Stage(kafka=KafkaSettings(), app_id="unit", topics=["t"], max_records=2000)
+    stage.observe_cost(0.05, 2000)
+    assert stage.batch_limit() == 2000
+    budgeted = Stage(kafka=KafkaSettings(), app_id="unit", topics=["t"], max_records=2000, latency_budget_ms=20)
+    assert budgeted.batch_limit() == 2000  # nothing measured yet
+
+
+def test_the_budget_closes_a_batch_at_the_records_its_measured_cost_fits() -> None:
+    stage = Stage(kafka=KafkaSettings(), app_id="unit", topics=["t"], max_records=2000, latency_budget_ms=20)
+    stage.observe_cost(0.050, 2000)  # 25 µs per record: 20 ms hold 800
+    assert stage.batch_limit() == 800
+    for _ in range(60):  # the work got cheaper: the smoothed cost follows, batches grow to the size limit
+        stage.observe_cost(0.001, 200)
+    assert stage.record_cost == pytest.approx(5e-6, rel=0.01)
+    assert stage.batch_limit() == 2000
+    for _ in range(60):  # and dearer: they shrink, never below the floor that keeps per-batch costs amortised
+        stage.observe_cost(0.1, 100)
+    assert stage.batch_limit() == base.MIN_BUDGET_RECORDS
+    small = Stage(kafka=KafkaSettings(), app_id="unit", topics=["t"], max_records=50, latency_budget_ms=1)
+    small.observe_cost(1.0, 10)
+    assert small.batch_limit() == 50  # the floor never exceeds the configured size
+
+
+def test_one_slow_batch_moves_the_estimate_only_part_of_the_way() -> None:
+    stage = Stage(kafka=KafkaSettings(), app_id="unit", topics=["t"], max_records=2000, latency_budget_ms=20)
+    stage.observe_cost(0.020, 1000)  # 20 µs: 1,000 records
+    stage.observe_cost(0.200, 1000)  # one batch 10x slower (a GC pause, a CPU hog)
+    assert stage.record_cost == pytest.approx(20e-6 + base.COST_SMOOTHING * 180e-6)
+    assert 1000 > stage.batch_limit() > 100
+    stage.observe_cost(-1.0, 10)  # nonsense is ignored
+    stage.observe_cost(1.0, 0)
+    assert stage.record_cost == pytest.approx(20e-6 + base.COST_SMOOTHING * 180e-6)

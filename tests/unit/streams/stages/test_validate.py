@@ -4,6 +4,7 @@ on; after the cool-down its partitions are consumed again."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,7 @@ class FakeConsumer:
         self.commits: list[dict[TopicPartition, int]] = []
         self.committed_offsets: dict[TopicPartition, int] = {}
         self.stage: BatchStage | None = None
+        self.asked: list[int] = []  # max_records of every fetch
 
     def assignment(self) -> set[TopicPartition]:
         return self.assigned
@@ -74,6 +76,7 @@ class FakeConsumer:
         self.seeks[tp] = offset
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Rec]]:
+        self.asked.append(max_records)
         if not self.batches:
             assert self.stage is not None
             self.stage._stopped.set()
@@ -142,6 +145,8 @@ async def test_a_bad_source_is_held_back_alone() -> None:
     stage = make_stage(clock, out)
     records = [good(i) for i in range(20)] + [bad(i) for i in range(20)]
     held = await stage.process(records)
+    assert stage.sending is not None
+    await stage.sending  # the outputs go out without being awaited by process (the commit waits for them)
     assert held == {TopicPartition(BAD, 0)}
     assert len(out.sent) == 20 and {m.topic for m in out.sent} == {clean_topic_name}  # nothing dead-lettered
     (delta,) = out.deltas
@@ -164,6 +169,8 @@ async def test_a_mostly_good_source_is_not_paused() -> None:
     records = [bad(i) if i % 3 == 0 else Rec(BAD, i, good(i).value.replace(b"simulated", b"replay"))
                for i in range(30)]
     assert await stage.process(records) is None
+    assert stage.sending is not None
+    await stage.sending
     assert sum(m.topic == rejected_topic_name for m in out.sent) == 10  # dead-lettered, as usual
     assert stage.status()["paused_sources"] == []
 
@@ -183,6 +190,75 @@ async def test_the_batch_loop_rewinds_pauses_and_commits_only_the_healthy_partit
     assert consumer.seeks == {b: 100} and consumer.paused == {b}
     assert consumer.commits == [{g: 25}, {g: 30}]  # the bad partition's offsets never move
     assert [d.of("simulated").valid for d in out.deltas] == [20, 5]
+
+
+async def test_with_a_latency_budget_the_next_fetch_takes_what_the_measured_cost_fits() -> None:
+    """The routing loop's time per record sizes the next fetch; without a budget every fetch asks for the size."""
+    g = TopicPartition(GOOD, 0)
+    for budget_ms, first_is_size in ((0.0, True), (1.0, False)):
+        clock, out = Clock(), Collected()
+        stage = ValidateTicks(router=Router(Validator(ValidationSettings()), catalog),
+                              breakers=SourceBreakers(0.5, 10, 60.0, clock=clock), send=out.send, emit=out.emit,
+                              kafka=KafkaSettings(), app_id="unit", topics=[GOOD], max_records=5000,
+                              latency_budget_ms=budget_ms)
+        consumer = FakeConsumer({g}, [{g: [good(i) for i in range(300)]}, {g: [good(i) for i in range(300, 310)]}])
+        consumer.stage = stage
+        stage.consumer = consumer  # type: ignore[assignment]
+        await stage._run()
+        assert consumer.asked[0] == 5000  # nothing measured yet
+        assert stage.record_cost is not None and stage.record_cost > 0
+        if first_is_size:
+            assert set(consumer.asked) == {5000}
+        else:  # 1 ms holds far fewer than 5,000 records at any real cost per record
+            assert 100 <= consumer.asked[1] < 5000
+
+
+class GatedSend:
+    """A send whose acknowledgement waits until the test opens its gate."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.gates: list[asyncio.Event] = []
+
+    async def __call__(self, messages: Sequence[Outgoing]) -> None:
+        gate = asyncio.Event()
+        self.calls.append(len(messages))
+        self.gates.append(gate)
+        await gate.wait()
+
+
+class CostRecorded(ValidateTicks):
+    def observe_cost(self, seconds: float, records: int) -> None:
+        self.observed = [*getattr(self, "observed", []), records]
+        super().observe_cost(seconds, records)
+
+
+async def test_a_batch_is_validated_while_the_previous_one_is_acknowledged_but_sent_and_committed_after_it() -> None:
+    g = TopicPartition(GOOD, 0)
+    send, out = GatedSend(), Collected()
+    stage = CostRecorded(router=Router(Validator(ValidationSettings()), catalog),
+                         breakers=SourceBreakers(0.5, 10, 60.0, clock=Clock()), send=send, emit=out.emit,
+                         kafka=KafkaSettings(), app_id="unit", topics=[GOOD])
+    consumer = FakeConsumer({g}, [{g: [good(i) for i in range(0, 10)]}, {g: [good(i) for i in range(10, 15)]}])
+    consumer.stage = stage
+    stage.consumer = consumer  # type: ignore[assignment]
+    run = asyncio.ensure_future(stage._run())
+
+    async def settle() -> None:
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    await settle()
+    assert stage.observed == [10, 5]  # the second batch is validated while the first one's acks are awaited
+    assert send.calls == [10] and consumer.commits == []  # but not sent, and nothing is committed, before them
+    send.gates[0].set()
+    await settle()
+    assert consumer.commits == [{g: 10}] and send.calls == [10, 5]
+    send.gates[1].set()
+    await settle()
+    await run
+    await stage.flush_commit()
+    assert consumer.commits == [{g: 10}, {g: 15}]
 
 
 def test_router_quarantine_and_metrics_are_per_source() -> None:
@@ -333,3 +409,44 @@ def test_an_anomaly_on_a_record_with_a_big_integer_keeps_it_exactly() -> None:
     assert events and all(e["record"]["metadata"]["seq"] == big for e in events)
     clean = [json.loads(o.value) for o in outs if o.topic == router.clean_topic]
     assert len(clean) > 53 and all(r["metadata"]["seq"] == big for r in clean)  # a flagged revision too
+
+
+def test_a_flagged_copy_of_an_earlier_bar_beats_the_version_it_flags_but_not_a_later_revision() -> None:
+    """The follow-up verdict re-sends the earlier bar flagged: its revision time is that version's plus 1 µs, so
+    the sink (newest revision wins, sinks/base.py revision_of) takes it over the version it flags, while a
+    revision the provider published later keeps its values."""
+    import math
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from sinks.base import revision_of
+    from streams.config import AnomalySettings
+    from streams.stages.detect import AnomalyTracker
+
+    router = Router(Validator(ValidationSettings()), catalog, AnomalyTracker(AnomalySettings(), 1e9, {}))
+    rng, c, day = random.Random(1), 100.0, datetime(2012, 1, 3, 21, tzinfo=UTC)
+    ingested: dict[str, datetime] = {}
+    revisions = []
+    for i in range(70):
+        while day.weekday() >= 5:
+            day += timedelta(days=1)
+        o = c * math.exp(rng.gauss(0, 0.003))
+        c = o * math.exp(rng.gauss(0, 0.01))
+        k = 0.1 if i >= 50 else 1.0  # a 10:1 split at bar 50, confirmed by bar 51
+        at = day + timedelta(hours=1, microseconds=123)
+        ingested[day] = at
+        doc = {"symbol": "SPY", "timestamp": day.isoformat(), "source": "replay", "data_type": "bar",
+               "interval": "1d", "open": o * k, "high": max(o, c) * k * 1.003, "low": min(o, c) * k * 0.997,
+               "close": c * k, "volume": 1e6 / k, "ingested_at": at.isoformat()}
+        for out in router.route(Rec(BAD, i, orjson.dumps(doc), key=b"SPY"), MetricsDelta(), source="replay"):
+            v = orjson.loads(out.value or b"")
+            if out.topic == router.clean_topic and datetime.fromisoformat(v["timestamp"]) != day:
+                revisions.append(v)  # a copy of an earlier bar
+        day += timedelta(days=1)
+    assert revisions, "the split's follow-up verdict sends no revision"
+    for rev in revisions:
+        flagged_version = ingested[datetime.fromisoformat(rev["timestamp"])]
+        got = datetime.fromisoformat(rev["ingested_at"])
+        assert got == flagged_version + timedelta(microseconds=1)
+        assert revision_of("bar", flagged_version, None) < revision_of("bar", got, None) < revision_of(
+            "bar", flagged_version + timedelta(milliseconds=1), None)  # a provider's later re-poll still wins
