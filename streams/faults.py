@@ -3,7 +3,10 @@ path, so a test can crash a worker exactly between two steps of the delivery con
 random moment (the way Kafka's own system tests place their faults).
 
 `TICKFLOW_FAULT_POINT=<point>@<n>` arms one point, fired the n-th time execution reaches it (default 1).
-It is read once at import and meant for tests only; unset, `reach()` is one comparison. The points:
+`<point>@<n>:stop` stops the process there instead (SIGSTOP, a zombie with a batch in flight): a test sends
+SIGCONT once another worker took its partitions, and the process goes on from that point, e.g. to a commit
+the group must refuse. It is read once at import and meant for tests only; unset, `reach()` is one
+comparison. The points:
 
 - `write.after_insert`: the batch's rows are inserted, their transaction is not committed;
 - `<stage>.before_offset_commit`: the batch is done (rows committed, or outputs acknowledged), its
@@ -20,25 +23,34 @@ POINTS = ("write.after_insert", "validate.before_offset_commit", "write.before_o
           "validate.in_revoke", "write.in_revoke")
 
 
-def _parse(spec: str) -> tuple[str, int]:
+MODES = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
+
+
+def _parse(spec: str) -> tuple[str, int, str]:
+    """`<point>[@<n>][:<mode>]` -> (point, n, mode); empty: nothing armed."""
     if not spec:
-        return "", 0
+        return "", 0, "kill"
+    spec, _, mode = spec.partition(":")
     name, _, nth = spec.partition("@")
     if name not in POINTS:
         raise ValueError(f"TICKFLOW_FAULT_POINT: unknown point {name!r}; known: {', '.join(POINTS)}")
-    return name, int(nth or 1)
+    if (mode := mode or "kill") not in MODES:
+        raise ValueError(f"TICKFLOW_FAULT_POINT: unknown mode {mode!r}; known: {', '.join(MODES)}")
+    return name, int(nth or 1), mode
 
 
-_armed, _nth = _parse(os.environ.get("TICKFLOW_FAULT_POINT", ""))
+_armed, _nth, _mode = _parse(os.environ.get("TICKFLOW_FAULT_POINT", ""))
 _reached = 0
 
 
 def reach(point: str) -> None:
-    """Die here, without cleanup, if this is the armed point's n-th passage."""
+    """Die (or stop) here, without cleanup, if this is the armed point's n-th passage. A stop fires once: after
+    SIGCONT the process goes on from here as if nothing happened (a paused process notices nothing itself)."""
     global _reached
     if point != _armed:
         return
     _reached += 1
-    if _reached >= _nth:
-        os.write(2, f"tickflow fault point {point} reached ({_reached}): SIGKILL\n".encode())
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _reached == _nth or (_mode == "kill" and _reached > _nth):
+        sig = MODES[_mode]
+        os.write(2, f"tickflow fault point {point} reached ({_reached}): {sig.name}\n".encode())
+        os.kill(os.getpid(), sig)

@@ -56,6 +56,7 @@ class Isolation:
     pg: dict[str, Any]
     catalog: Catalog
     env: dict[str, str] = field(default_factory=dict)
+    exactly_once: bool = False  # a worker of this test ran with kafka.exactly_once on (the fault table says so)
 
     @property
     def schema(self) -> str:
@@ -130,6 +131,9 @@ def stack_is_up() -> None:
             pytest.fail(f"{name} is not reachable at {h}:{p} ({exc}); run `make stack-up` (make test does)")
 
 
+TRUE = ("1", "true", "yes", "on")  # what pydantic reads as a true boolean from the environment
+
+
 class Worker:
     """One `python -m streams worker` process with the test's environment."""
 
@@ -140,6 +144,7 @@ class Worker:
                     "F_DATADIR": str(log_dir / f"data-{name}"), **extra_env}  # not in the repository's folder
         self.log_path = log_dir / f"worker-{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.exactly_once = self.env.get("TICKFLOW_KAFKA__EXACTLY_ONCE", "").strip().lower() in TRUE
 
     def start(self) -> Worker:
         log = open(self.log_path, "ab")
@@ -196,6 +201,7 @@ def workers(iso: Isolation, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     def make(name: str = "w1", **extra_env: str) -> Worker:
         w = Worker(iso, tmp_path, name, **extra_env).start()
         started.append(w)
+        iso.exactly_once = iso.exactly_once or w.exactly_once
         return w
 
     yield make
@@ -241,11 +247,19 @@ async def ensure_topics_for(iso: Isolation) -> None:
     await ensure_topics(iso.catalog, iso.bootstrap)
 
 
+FAULT_TABLE = ROOT / "bench" / "results" / "faults.txt"  # dev/fault_table.py copies it into README.md
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The fault report: every fault test's inputs against what landed (lost and duplicated must be 0)."""
+    """The fault report: every fault test's inputs against what landed (lost and duplicated must be 0), printed
+    and written to FAULT_TABLE (overwritten by every run that ran a fault test)."""
     from tests.integration.oracles import RESULTS, report
 
     if RESULTS:
+        lines = report(RESULTS)
         terminalreporter.section("faults injected: sent vs. landed")
-        for line in report(RESULTS):
+        for line in lines:
             terminalreporter.write_line(line)
+        FAULT_TABLE.parent.mkdir(parents=True, exist_ok=True)
+        FAULT_TABLE.write_text("\n".join(lines) + "\n")
+        terminalreporter.write_line(f"(written to {FAULT_TABLE.relative_to(ROOT)})")

@@ -31,17 +31,31 @@ INVALID = {
 }
 
 
-def build_inputs(seed: int = 11) -> tuple[list[tuple[bytes, bytes]], dict[int, str], set[tuple]]:
+def fat_finger_indices(n: int, k: int) -> list[int]:
+    """Where build_inputs puts its k fat fingers: spread over the second half, when every symbol's detectors
+    have seen hundreds of points."""
+    return [n // 2 + j * (n // 2) // k for j in range(k)] if k else []
+
+
+def build_inputs(seed: int = 11, fat_fingers: int = 0) -> tuple[list[tuple[bytes, bytes]], dict[int, str], set[tuple]]:
+    """N simulated points, 5% of them made invalid (INVALID), and `fat_fingers` valid trades at ten times the
+    symbol's price (fat_finger_indices), which the detectors must announce on ticks.anomalies."""
     src = SimulatedSource(SimulatedSourceSettings(invalid_ratio=0.0, seed=seed), run_id=f"it{seed}")
     rng = random.Random(seed)
     messages: list[tuple[bytes, bytes]] = []
     expected_rule: dict[int, str] = {}
     valid_keys: set[tuple] = set()
     kinds = list(INVALID)
+    fat = set(fat_finger_indices(N, fat_fingers))
     for i in range(N):
         p = src.point()
+        invalid = rng.random() < 0.05  # drawn for every point, so the invalid ones do not move with `fat_fingers`
+        if i in fat:
+            p = p.model_copy(update={"data_type": "trade", "price": round(p.price * 10, 2), "bid": None, "ask": None,
+                                     "item_id": f"{p.item_id}-fat-finger"})
+            invalid = False
         doc = orjson.loads(p.to_json())
-        if rng.random() < 0.05:
+        if invalid:
             kind = kinds[i % len(kinds)]
             transform, rule = INVALID[kind]
             messages.append((p.symbol.encode(), transform(doc)))
@@ -53,7 +67,14 @@ def build_inputs(seed: int = 11) -> tuple[list[tuple[bytes, bytes]], dict[int, s
 
 
 async def test_ten_thousand_points_end_to_end(iso, workers, producer, pg) -> None:
-    messages, expected_rule, valid_keys = build_inputs()
+    from tests.integration.oracles import IMMUTABLE_KINDS, check_oracles, fault_inputs
+
+    # 1% exact re-sends, of immutable kinds only (a re-sent trade is a no-op upsert the sink counts as a
+    # duplicate; a re-sent quote may be an update), and three fat fingers the detectors must announce.
+    inputs = fault_inputs(seed=11, dup_ratio=0.01, resend_kinds=IMMUTABLE_KINDS, fat_fingers=3)
+    messages, expected_rule, valid_keys = inputs.messages, inputs.expected_rule, inputs.valid_keys
+    resends = inputs.duplicates
+    assert resends == 100 and len(inputs.anomalous) == 3
     n_invalid = len(expected_rule)
     assert 300 < n_invalid < 700 and len(valid_keys) == N - n_invalid
     await ensure_topics_for(iso)
@@ -108,17 +129,18 @@ async def test_ten_thousand_points_end_to_end(iso, workers, producer, pg) -> Non
         return None
 
     m = await wait_until(settled, 60, "metrics to settle")
-    assert m["total_processed"] == N
-    assert m["valid_points"] == len(valid_keys)
+    assert m["total_processed"] == len(messages) == N + resends
+    assert m["valid_points"] == len(valid_keys) + resends
     assert m["rejected_points"] == n_invalid
-    assert m["duplicate_points"] == 0
+    assert m["duplicate_points"] == resends  # the sink's own count: every re-sent trade, no other row
     assert m["sources"]["simulated"]["rejected_by_rule"] == dict(Counter(expected_rule.values()))
     assert m["p99_latency_ms"] is not None and m["avg_latency_ms"] is not None
 
     # Metrics snapshots reach data_quality_metrics.
     async def snapshot() -> bool:
         return bool(await pg.fetchval(
-            f"SELECT max(processed) = {N} FROM {iso.schema}.data_quality_metrics WHERE source = 'simulated'"))
+            f"SELECT max(processed) = {len(messages)} FROM {iso.schema}.data_quality_metrics "
+            "WHERE source = 'simulated'"))
 
     await wait_until(snapshot, 30, "a data_quality_metrics snapshot with every record")
 
@@ -128,8 +150,6 @@ async def test_ten_thousand_points_end_to_end(iso, workers, producer, pg) -> Non
     status, health = worker.get("/health")
     assert status == 200 and health["status"] == "ok"
 
-    from tests.integration.oracles import Inputs, check_oracles
-
-    # No fault here, so no topic may hold a record twice either, and the sink dropped exactly the re-sends (0).
-    await check_oracles(iso, pg, Inputs(messages, expected_rule, valid_keys), "poison pills in the flow, no crash",
-                        strict_topics=True)
+    # No fault here, so no topic may hold a record twice either, the sink dropped exactly the re-sends, and
+    # each fat finger has its anomaly event.
+    await check_oracles(iso, pg, inputs, "poison pills in the flow, no crash", strict_topics=True)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from tests.integration.conftest import ensure_topics_for, wait_until
-from tests.integration.oracles import Inputs, check_oracles, produce_all
-from tests.integration.test_pipeline import build_inputs
+from tests.integration.oracles import IMMUTABLE_KINDS, check_oracles, fault_inputs, produce_all
 
 
 async def test_two_workers_share_partitions_and_counts_add_up(iso, workers, producer, pg) -> None:
@@ -28,7 +27,10 @@ async def test_two_workers_share_partitions_and_counts_add_up(iso, workers, prod
     a, b = await wait_until(split, 90, "both workers to own raw partitions")
     assert not (a & b), f"a partition is owned twice: {a & b}"
 
-    messages, expected_rule, valid_keys = build_inputs(seed=23)
+    # 1% exact re-sends of immutable kinds (the sink must count each as a duplicate), three fat fingers.
+    inputs = fault_inputs(seed=23, dup_ratio=0.01, resend_kinds=IMMUTABLE_KINDS, fat_fingers=3)
+    messages, expected_rule, valid_keys = inputs.messages, inputs.expected_rule, inputs.valid_keys
+    assert inputs.duplicates > 0
     await produce_all(producer, raw, messages)
 
     async def rows() -> bool:
@@ -38,9 +40,9 @@ async def test_two_workers_share_partitions_and_counts_add_up(iso, workers, prod
             return False
 
     await wait_until(rows, 180, "all valid rows")
-    # Per input, by content, in PostgreSQL and in every output topic (no fault: no topic duplicate either).
-    await check_oracles(iso, pg, Inputs(messages, expected_rule, valid_keys), "two workers share the partitions",
-                        strict_topics=True)
+    # Per input, by content, in PostgreSQL and in every output topic (no fault: no topic duplicate either, and
+    # the sink's duplicate count equals the re-sends).
+    await check_oracles(iso, pg, inputs, "two workers share the partitions", strict_topics=True)
 
     def settled() -> dict | None:
         for w in (w1, w2):  # either worker answers; the one without the table proxies to its owner
@@ -51,7 +53,8 @@ async def test_two_workers_share_partitions_and_counts_add_up(iso, workers, prod
 
     m = await wait_until(settled, 60, "metrics from both workers")
     assert m["total_processed"] == len(messages)
-    assert m["valid_points"] == len(valid_keys)
+    assert m["valid_points"] == len(valid_keys) + inputs.duplicates
     assert m["rejected_points"] == len(expected_rule)
+    assert m["duplicate_points"] == inputs.duplicates
     assert w1.alive() and w2.alive()
     assert "Crashed reason" not in w1.log_text() + w2.log_text()

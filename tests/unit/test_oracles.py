@@ -20,6 +20,8 @@ from tests.integration.oracles import (
     conserved,
     count_anomaly_dups,
     evaluate,
+    label,
+    raw_resends,
     reconcile_dups,
     report,
 )
@@ -27,14 +29,27 @@ from tests.integration.oracles import (
 T0 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
 
 
+KIND0 = {"kind": "quote"}  # point 0's data type (the re-sent one): a test sets "trade" for an immutable re-send
+
+
 def point(i: int) -> dict:
-    return {"source": "simulated", "symbol": "AAPL" if i % 2 else "MSFT", "data_type": "quote",
+    kind = KIND0["kind"] if i == 0 else "quote"
+    return {"source": "simulated", "symbol": "AAPL" if i % 2 else "MSFT", "data_type": kind,
             "timestamp": (T0 + timedelta(milliseconds=i)).isoformat(), "item_id": f"run-{i}",
             "price": 100.0 + i, "volume": 10.0, "bid": 99.5 + i, "ask": 100.5 + i}
 
 
+@pytest.fixture
+def trade_resend() -> object:
+    """Point 0, the one sent twice, is a trade: an immutable kind, whose re-send the sink must drop."""
+    KIND0["kind"] = "trade"
+    yield
+    KIND0["kind"] = "quote"
+
+
 def make_inputs() -> Inputs:
-    """Six valid points, two invalid ones (indices 2 and 5), and one exact re-send of point 0 (index 8)."""
+    """Six valid points, two invalid ones (indices 2 and 5), one exact re-send of point 0 (index 8); point 3 is
+    anomalous on purpose (it must raise an anomaly event)."""
     msgs: list[tuple[bytes, bytes]] = []
     rule: dict[int, str] = {}
     for i in range(8):
@@ -45,13 +60,19 @@ def make_inputs() -> Inputs:
         else:
             msgs.append((b"X", orjson.dumps(point(i))))
     msgs.append(msgs[0])
-    return Inputs(msgs, rule, set(), duplicates=1)
+    return Inputs(msgs, rule, set(), duplicates=1, anomalous={3})
 
 
 def row(i: int, **change: object) -> dict:
     d = point(i)
     ts = datetime.fromisoformat(d.pop("timestamp"))
     return {**d, "ts": ts, **change}
+
+
+def anomaly(record: dict, detector: str = "clearly_erroneous", at: float = 1.0) -> bytes:
+    """A ticks.anomalies event as streams/stages/detect.py sends it: the detector, its score and the record."""
+    return orjson.dumps({"detector": detector, "kind": "tick", "symbol": record["symbol"], "score": 9.0,
+                         "threshold": 0.03, "record": record, "source": record["source"], "detected_at": at})
 
 
 def good() -> tuple[Expected, Observed]:
@@ -61,7 +82,8 @@ def good() -> tuple[Expected, Observed]:
     clean = [orjson.dumps(point(i)) for i in valid] + [orjson.dumps(point(0))]  # the re-send passes validation
     dead = [DeadLetter(i, inputs.expected_rule[i], bytes_hash(inputs.messages[i][1])) for i in (2, 5)]
     observed = Observed(raw=raw, rows=[row(i) for i in valid], clean=clean, rejected=dead,
-                        anomalies=[b'{"detector": "spread", "symbol": "AAPL", "detected_at": 1.0}'],
+                        anomalies=[b'{"detector": "spread", "symbol": "AAPL", "detected_at": 1.0}',
+                                   anomaly(point(3)), anomaly(point(4), "volume_spike")],
                         sink_duplicates=1)
     return Expected.from_inputs(inputs), observed
 
@@ -97,6 +119,34 @@ def test_a_changed_value_fails() -> None:
     r = evaluate("changed", expected, observed)
     assert not r.ok and r.changed == 1 and r.lost == 0 and r.duplicated == 0
     assert any("differ from their input" in f for f in r.failures)
+
+
+def test_a_changed_clean_record_fails() -> None:
+    """A clean record for a real input whose price differs from it: the clean topic's own "changed" check."""
+    expected, observed = good()
+    observed.clean[1] = orjson.dumps({**point(1), "price": 555.0})
+    r = evaluate("clean changed", expected, observed)
+    assert not r.ok and r.changed == 1 and r.lost == 0
+    assert any("ticks.clean records differ from their input" in f for f in r.failures), r.failures
+
+
+def test_a_clean_record_for_no_input_fails() -> None:
+    expected, observed = good()
+    observed.clean.append(orjson.dumps(point(99)))
+    r = evaluate("clean unexpected", expected, observed)
+    assert not r.ok
+    assert any("ticks.clean records for no input" in f for f in r.failures), r.failures
+
+
+def test_a_swapped_raw_record_breaks_conservation_alone() -> None:
+    """The raw topic holds as many records as were sent, but one is another input's copy (point 3's slot holds
+    point 1 again): PostgreSQL and the dead letters look right, only the conservation sum is off."""
+    expected, observed = good()
+    observed.raw[3] = (3, orjson.dumps(point(1)))
+    r = evaluate("swapped", expected, observed)
+    assert r.sent == expected.sent and r.dup_injected == 2
+    assert not r.conserved and not r.ok
+    assert r.failures and all(f.startswith("not conserved") for f in r.failures), r.failures
 
 
 def test_a_row_for_no_input_fails() -> None:
@@ -177,14 +227,66 @@ def test_conservation_needs_each_side() -> None:
 
 
 def test_the_sinks_duplicate_count_is_reconciled_with_the_resends() -> None:
-    assert reconcile_dups(1, 1, exact=True) is None
-    assert reconcile_dups(1, 3, exact=True) is not None  # the sink saw replays without a fault
-    assert reconcile_dups(1, 0, exact=True) is not None
-    assert reconcile_dups(1, None, exact=True) is not None
-    assert reconcile_dups(1, 3, exact=False) is None  # after a fault, replays are reported
+    assert reconcile_dups(1, 1, 1, exact=True) is None
+    assert reconcile_dups(1, 1, 3, exact=True) is not None  # the sink saw replays without a fault
+    assert reconcile_dups(1, 0, 0, exact=True) is not None
+    assert reconcile_dups(1, 0, None, exact=True) is not None
+    assert reconcile_dups(1, 1, 3, exact=False) is None  # after a fault, replays only add
+    assert reconcile_dups(3, 2, 1, exact=False) is not None  # fewer than the immutable re-sends: never
+    assert reconcile_dups(3, 2, None, exact=False) is not None  # there was something to count
+    assert reconcile_dups(3, 0, 0, exact=False) is None  # re-sent quotes are updates, not duplicates
+    assert reconcile_dups(3, 0, None, exact=False) is None
     expected, observed = good()
     observed.sink_duplicates = 0
     assert not evaluate("x", expected, observed, strict_topics=True).ok
+
+
+def test_the_immutable_resends_are_measured_in_the_raw_topic(trade_resend: object) -> None:
+    expected, observed = good()
+    assert raw_resends(expected, observed.raw) == (9, 1, 1)
+    assert evaluate("kill", expected, observed).ok
+
+
+def test_a_sink_that_dropped_fewer_than_the_immutable_resends_fails_after_a_fault(trade_resend: object) -> None:
+    """Not only without a fault: a re-sent trade is a duplicate row whatever happened, so a sink count below
+    the immutable re-sends is wrong after a kill too."""
+    expected, observed = good()
+    observed.sink_duplicates = 0
+    r = evaluate("kill", expected, observed)
+    assert not r.ok and r.dup_immutable == 1
+    assert any("fewer than the 1 re-sends of immutable kinds" in f for f in r.failures), r.failures
+    observed.sink_duplicates = None
+    assert any("reported no duplicate count" in f for f in evaluate("kill", expected, observed).failures)
+
+
+def test_a_resent_quote_need_not_be_counted_after_a_fault() -> None:
+    """A re-sent quote has a newer revision: an update, not a duplicate; so after a fault 0 is possible."""
+    expected, observed = good()
+    observed.sink_duplicates = 0
+    assert evaluate("kill", expected, observed).ok
+
+
+def test_a_lost_anomaly_event_fails() -> None:
+    """Point 3 was made anomalous on purpose: without an event naming its record, the oracle fails."""
+    expected, observed = good()
+    assert expected.anomalous == {("simulated", "run-3")}
+    observed.anomalies = [a for a in observed.anomalies if b"run-3" not in a]
+    r = evaluate("anomaly lost", expected, observed)
+    assert not r.ok and r.lost == 1
+    assert any("anomalous inputs without an event" in f for f in r.failures), r.failures
+
+
+def test_a_changed_anomaly_event_fails() -> None:
+    """An event for an input (anomalous on purpose or not) whose record differs from the input."""
+    expected, observed = good()
+    observed.anomalies[2] = anomaly({**point(4), "price": 4.0}, "volume_spike")
+    r = evaluate("anomaly changed", expected, observed)
+    assert not r.ok and r.changed == 1 and r.lost == 0
+    assert any("ticks.anomalies events whose record differs" in f for f in r.failures), r.failures
+
+
+def test_the_fault_tables_label_marks_exactly_once() -> None:
+    assert label("kill -9", True) == "kill -9 (EOS)" and label("kill -9", False) == "kill -9"
 
 
 def test_anomaly_duplicates_ignore_only_the_send_time() -> None:

@@ -65,3 +65,43 @@ def test_report_is_built_from_the_stages_status() -> None:
     assert body["stages"]["write"]["database_retries"] == 3
     assert body["stages"]["validate"]["group"] == consumer_group("app", "validate")
     assert "stale_feeds" not in body["stages"]["validate"] and body["stale_feeds"] == []
+
+
+class _Lag:
+    async def lag_by_topic(self) -> dict[str, int]:
+        return {}
+
+
+async def test_recovering_tables_answer_503_recovering_until_recovery_completes(monkeypatch) -> None:
+    """The /health page itself: while Faust's table recovery has not completed the worker is "recovering" (ahead
+    of starting and stuck) with 503, so a readiness probe keeps traffic away; once it completes, "ok" and 200."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import orjson
+
+    from streams.app import app
+    from streams.web import health
+
+    completed = asyncio.Event()
+    fake_app = SimpleNamespace(tables=SimpleNamespace(recovery=SimpleNamespace(completed=completed)),
+                               conf=SimpleNamespace(canonical_url="http://w:6066"), is_leader=lambda: False,
+                               consumer=SimpleNamespace(assignment=lambda: set()))
+    s = stages([0.0])
+    s["validate"].consumer = Consumer(TopicPartition(catalog.raw("simulated").name, 0))  # type: ignore[attr-defined]
+    s["write"].consumer = Consumer(TopicPartition("ticks.clean", 0))  # type: ignore[attr-defined]
+    monkeypatch.setattr(health, "app", fake_app)
+    monkeypatch.setattr(health, "stages", s)
+    monkeypatch.setattr(health, "lag_reader", _Lag())
+    monkeypatch.setattr(health, "supervisor", SimpleNamespace(status=lambda: []))
+    view = health.Health.__new__(health.Health)
+    view.app, view.web = app, app.web  # the real web driver builds the response
+
+    resp = await view.get(None)  # type: ignore[arg-type]
+    body = orjson.loads(resp.body)
+    assert (resp.status, body["status"]) == (503, "recovering")
+    assert body["starting_stages"] == [] and body["stuck_stages"] == []  # recovering alone made it 503
+
+    completed.set()
+    resp = await view.get(None)  # type: ignore[arg-type]
+    assert (resp.status, orjson.loads(resp.body)["status"]) == (200, "ok")
