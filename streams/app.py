@@ -61,6 +61,10 @@ def create_app(settings: Settings) -> TickflowApp:
         topic_replication_factor=settings.kafka.replication_factor or 1,
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
+        # A dead worker's members leave Faust's own group after this (Faust's default is 60 s), and a restarted
+        # or surviving worker's stages start only once that group has joined: the stages' groups use 30 s too
+        # (streams/stages/base.py).
+        broker_session_timeout=30.0,
         broker_commit_every=5000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=16384,

@@ -6,8 +6,7 @@ restarted worker replays the file from its first row. Every bar that had already
 again ("dup sent"); bars are revisable (sinks/base.py), so the sink replaces each re-sent bar's row with the
 same values under a newer revision: PostgreSQL holds each bar once, by its natural key. ticks.clean is read as
 a consumer sees it, and holds the re-sent bars again ("clean dups"): a consumer of ticks.clean must dedupe by
-the natural key. (The supervisor also starts a finished fetch again, so a replay repeats for as long as the
-worker runs; the test stops the worker once every bar has landed.)
+the natural key. (A replay that reaches the end of its files is finished, not started again by the supervisor.)
 
 The oracles (tests/integration/oracles.py) identify an input by (source, item_id) and compare the values
 `content` covers. A bar's item_id is its interval, shared by every bar, so each row and record is seen through

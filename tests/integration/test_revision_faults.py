@@ -42,11 +42,6 @@ Content = tuple[Any, ...]
 CONTENT_FIELDS = ("price", "volume", "bid", "ask", "bid_size", "ask_size", "open", "high", "low", "close",
                   "interval", "value", "realtime_start", "realtime_end", "ingested_at")
 SEED_ENV = "TICKFLOW_TEST_REVISION_SEED"
-# Faust's own consumer group (the app's tables and agents) keeps a dead member for Faust's default 60 s session
-# timeout, and the survivor's stages start only after that group has joined: a kill -9 would cost a minute of
-# waiting. Set here to the stages' own 30 s (streams/stages/base.py), read by Faust from the environment. It
-# changes how soon the dead worker is evicted, nothing of what is written or committed.
-FAST_EVICTION = {"BROKER_SESSION_TIMEOUT": "30"}
 
 # ------------------------------------------------------------------------------------------ pure oracle
 
@@ -323,7 +318,7 @@ async def test_shuffled_revisions_and_kill_9_end_at_the_newest(iso, workers, pro
     keys = len(truth.want)
     await ensure_topics_for(iso)
 
-    victim = workers("victim", **FAST_EVICTION)
+    victim = workers("victim")
     raw = iso.raw_topic("yahoo")
     await wait_until(lambda: victim.owned(raw, "validate"), 90, "the victim to own the raw partitions")
     owned_at = time.monotonic() - started
@@ -337,7 +332,7 @@ async def test_shuffled_revisions_and_kill_9_end_at_the_newest(iso, workers, pro
         os.kill(victim.pid, signal.SIGKILL)
         assert victim.proc is not None and victim.proc.wait(timeout=10) == -signal.SIGKILL
         print(f"killed the victim {delay:.2f} s after rows landed ({landed} -> {at_kill} of {keys} keys)")
-        survivor = workers("survivor", **FAST_EVICTION)
+        survivor = workers("survivor")
         killed_at = time.monotonic() - started
         await feeder
     finally:
