@@ -69,6 +69,12 @@ async def test_token_guards_everything_but_health_metrics_and_the_dashboard_page
             status, _, body = get(w.port, path, token)
             assert status == 401 and "error" in body, (path, token, status, body)
             assert "AUTH" not in json.dumps(body)
+    # The cluster table takes this worker's counts every 0.5 s: the rows can be in PostgreSQL before they are.
+    def counted() -> bool:
+        body = get(w.port, "/pipeline/metrics", TOKEN)[2]
+        return isinstance(body, dict) and body.get("written_points") == 12
+
+    await wait_until(counted, 30, "12 written points in /pipeline/metrics")
     status, _, m = get(w.port, "/pipeline/metrics", TOKEN)
     assert status == 200 and m["written_points"] == 12
     status, _, data = get(w.port, "/pipeline/data/AUTH?limit=5", TOKEN)
