@@ -110,11 +110,6 @@ class BatchStage(Service):
         self.commit_failures = 0
         self.started_at = time.time()
         self._commit_task: asyncio.Future[None] | None = None
-        # The outputs of the last batch, while they are being acknowledged (set by a subclass that sends them
-        # without waiting): the batch's offsets are committed only once they are, and a subclass sends its next
-        # batch's outputs only after them (per-partition order), so the wait for the acks overlaps the next
-        # batch's work instead of adding to it.
-        self.sending: asyncio.Future[Any] | None = None
         # Per partition, the first offset this owner may process (set by a subclass that reads the committed
         # offsets itself on assignment): records below it, fetched before, are dropped, never re-processed.
         self.floor: dict[TopicPartition, int] = {}
@@ -131,9 +126,9 @@ class BatchStage(Service):
         """How many records the next fetch may take. Under load every record of a batch waits for the whole
         batch (its outputs go out, and its offsets are committed, when the batch is done), so a 2,000-record
         batch of validation adds ~50 ms to each record's latency while most of those records were already
-        waiting. Closing the batch at the number of records the budget covers keeps that wait bounded; the
-        fixed per-batch costs (a produce request per partition, a commit) stay amortised over hundreds of
-        records, so the throughput is the same."""
+        waiting. Closing the batch at the number of records the budget covers bounds that wait, at the price of
+        more per-batch round trips (bench/README.md: it pays only while a batch's acks overlap the next batch,
+        which the stages do not do today; off by default)."""
         if not self.latency_budget or not self.record_cost:
             return self.max_records
         fits = int(self.latency_budget / self.record_cost)
@@ -253,12 +248,11 @@ class BatchStage(Service):
         # batch's commit, a revocation and a stop all wait for it first, so commits stay in order.
         await self.flush_commit()
         if offsets:  # empty when every partition of the batch was held back
-            self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets, self.sending))
+            self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets))
 
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int],
-                      outputs: asyncio.Future[Any] | None = None) -> None:
-        """Once the batch's `outputs` are acknowledged (at-least-once), commit, retrying a Kafka error with capped
-        exponential backoff (0.2 s doubling to 10 s) until it succeeds. A refused commit is not retried: the group
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        """Commit, retrying a Kafka error with capped exponential backoff (0.2 s doubling to 10 s) until it
+        succeeds. A refused commit is not retried: the group
         rebalanced away from us (e.g. we were paused past the session timeout), the partitions' new owner re-reads
         these records and our outputs were idempotent. Anything else (a bug) comes out."""
         retrying = AsyncRetrying(
@@ -268,8 +262,6 @@ class BatchStage(Service):
             before_sleep=self._log_commit_retry,
             reraise=True,
         )
-        if outputs is not None:
-            await outputs
         try:
             async for attempt in retrying:
                 with attempt:
