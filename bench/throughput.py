@@ -23,9 +23,11 @@
    For every system alike: rows committed are counted in PostgreSQL every second; sustained rows/s and app
    CPU per row over the same window (from 10% to 90% of the rows; CPU from /proc of the system's own
    processes), peak RSS, and rows lost or duplicated against the preloaded keys.
-4. Latency (tickflow): the simulated producer runs at BENCH_RATE points/s (default 1000) and at 80% of the
-   measured maximum for BENCH_LATENCY_SECONDS; each row's latency is written_at (commit) - ingested_at
-   (producer timestamp), read from PostgreSQL (streams/tools/measure.py, which `tickflow selftest` uses too).
+4. Latency (every system, while it still runs after its drain): the simulated producer runs at BENCH_RATE
+   points/s (default 1000) and at 80% of that system's own measured maximum for BENCH_LATENCY_SECONDS into
+   the raw topic it reads; each row's latency is written_at (commit) - ingested_at (the raw record's producer
+   timestamp, which every peer sets as tickflow does), read from PostgreSQL (streams/tools/measure.py, which
+   `tickflow selftest` uses too).
 Writes bench/results/throughput-<workers>w.json (or $BENCH_NAME.json) with a per-system table ("systems"),
 and, when matplotlib is installed, two PNGs: <name>.png (tickflow over time, latency CDF) and
 <name>-peers.png (the systems compared).
@@ -248,9 +250,29 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait(timeout=10)
 
 
+def latency_rates(steady: float) -> list[float]:
+    """The rates a system's latency is measured at: BENCH_RATE, and 80% of its own sustained maximum."""
+    return sorted({RATE, round(0.8 * steady, -2)} - {0.0})
+
+
+async def latency_phases(settings: Any, catalog: Any, conn: asyncpg.Connection, schema: str, steady: float,
+                         label: str) -> list[dict[str, Any]]:
+    """End-to-end latency of a running system at each of `latency_rates`: the simulated feed into the raw
+    topic it reads, rows read back from its schema (written_at - ingested_at, streams/tools/measure.py)."""
+    out = []
+    for rate in latency_rates(steady):
+        print(f"  {label}: latency at {rate:,.0f} points/s for {LATENCY_SECONDS:.0f} s ...", flush=True)
+        lat = await measure.latency_run(settings, catalog, conn, schema, rate, LATENCY_SECONDS)
+        print(f"    p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms"
+              f"  ({lat['rows']:,} of {lat['sent']:,} rows)", flush=True)
+        out.append(lat)
+    return out
+
+
 async def run_peer(settings: Any, tag: str, peer: str, raw: str, run_id: str, n: int,
                    conn: asyncpg.Connection) -> dict[str, Any]:
-    """One peer on the preloaded raw topic: started, watched like tickflow, stopped, its keys checked."""
+    """One peer on the preloaded raw topic: started, watched like tickflow, stopped, its keys checked; then its
+    latency (`peer_latency`)."""
     job = await prepare_peer(settings, tag, peer, raw)
     env = {**os.environ, **job, "PYTHONUNBUFFERED": "1"}
     log = RESULTS / f"bench-peer-{peer}.log"
@@ -262,11 +284,38 @@ async def run_peer(settings: Any, tag: str, peer: str, raw: str, run_id: str, n:
     res.update(await key_check(conn, job["BENCH_PEER_SCHEMA"], run_id, n))
     res["exit_code"] = proc.returncode
     res["log"] = str(log.relative_to(ROOT))
+    await drop_peer(settings, conn, job)
+    res["latency"] = [] if res["stopped_early"] or not LATENCY_SECONDS else await peer_latency(
+        settings, tag, peer, res["rows_per_sec_steady"], conn)
+    return res
+
+
+async def drop_peer(settings: Any, conn: asyncpg.Connection, job: dict[str, str]) -> None:
     await conn.execute(f"DROP SCHEMA IF EXISTS {job['BENCH_PEER_SCHEMA']} CASCADE")
     await drop_topics(settings, [job["BENCH_PEER_CLEAN"], job["BENCH_PEER_REJECTED"]])
     for key in ("BENCH_QUIX_STATE_DIR", "BENCH_FAUST_DATADIR"):
         shutil.rmtree(job[key], ignore_errors=True)
-    return res
+
+
+async def peer_latency(settings: Any, tag: str, peer: str, steady: float,
+                       conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """The peer again, on a raw topic, clean topic, group and schema of its own (the latency feed must not go
+    into the preloaded topic, which the next systems drain), warmed up until a first feed lands (a peer's
+    start-up is not latency), then `latency_phases`."""
+    lat_catalog = load_catalog(suffix=f".bench-{tag}-{peer}-lat")
+    lat_raw = lat_catalog.raw("simulated").name
+    await make_topics(settings, [lat_raw])
+    job = await prepare_peer(settings, tag, f"{peer}-lat", lat_raw)
+    log = RESULTS / f"bench-peer-{peer}-latency.log"
+    proc = spawn(peer_command(peer), {**os.environ, **job, "PYTHONUNBUFFERED": "1"}, log)
+    try:
+        await measure.latency_run(settings, lat_catalog, conn, job["BENCH_PEER_SCHEMA"], RATE, 3.0,
+                                  wait_seconds=300)
+        return await latency_phases(settings, lat_catalog, conn, job["BENCH_PEER_SCHEMA"], steady, peer)
+    finally:
+        _stop([proc])
+        await drop_peer(settings, conn, job)
+        await drop_topics(settings, [lat_raw])
 
 
 def mixed_points(n: int, run_id: str) -> list[Any]:
@@ -356,12 +405,6 @@ async def pipeline(env: dict[str, str], schema: str, n: int, conn: asyncpg.Conne
     res["worker_cpu_cores_steady"] = res["cpu_cores_steady"]  # the name earlier results used
     res["procs"] = procs
     return res
-
-
-async def latency_run(settings: Any, env: dict[str, str], schema: str, rate: float, seconds: float,
-                      conn: asyncpg.Connection) -> dict[str, Any]:
-    catalog = load_catalog(suffix=env["TICKFLOW_KAFKA__TOPIC_SUFFIX"])
-    return await measure.latency_run(settings, catalog, conn, schema, rate, seconds)
 
 
 async def soak_run(settings: Any, env: dict[str, str], procs: list[subprocess.Popen[bytes]],
@@ -490,7 +533,7 @@ def plot_peers(result: dict[str, Any], path: Path) -> bool:
         return False
     systems = result["systems"]
     series = {"tickflow": result["pipeline"], **result["peers"]}
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.5), gridspec_kw={"width_ratios": [2, 1, 1, 1]})
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4.5), gridspec_kw={"width_ratios": [2, 1, 1, 1, 1.3]})
     for name, res in series.items():
         r = _rates(res["samples"])
         axes[0].plot([t for t, _ in r], [v for _, v in r], label=name)
@@ -507,6 +550,12 @@ def plot_peers(result: dict[str, Any], path: Path) -> bool:
                 if s["lost"] or s["duplicated"]:
                     ax.annotate(f"lost {s['lost']:,}\ndup {s['duplicated']:,}", (bar.get_x(), bar.get_height()),
                                 fontsize=7, color="red")
+    width = 0.4
+    for i, (which, label) in enumerate((("low", f"{RATE:,.0f}/s"), ("load", "80% of max"))):
+        xs = [j + (i - 0.5) * width for j in range(len(systems))]
+        axes[4].bar(xs, [s.get(f"{which}_p99_ms") or 0 for s in systems], width, label=f"p99 at {label}")
+    axes[4].set_xticks(range(len(systems)), names, rotation=30)
+    axes[4].set_yscale("log"), axes[4].set_title("latency p99, ms (log)"), axes[4].legend(fontsize=7)
     fig.suptitle(f"same job, {result['points']:,} preloaded points, {result['machine']['cpus']} cores "
                  f"({result['when']})")
     fig.tight_layout()
@@ -516,20 +565,28 @@ def plot_peers(result: dict[str, Any], path: Path) -> bool:
 
 
 def system_row(name: str, res: dict[str, Any]) -> dict[str, Any]:
-    """One line of the per-system table."""
+    """One line of the per-system table; latency at BENCH_RATE ("low") and at 80% of the system's maximum."""
+    lat = {(f"{'low' if i == 0 else 'load'}_{k}"): v for i, run in enumerate(res.get("latency") or [])
+           for k, v in (("rate", run["rate"]), ("p50_ms", run["p50_ms"]), ("p99_ms", run["p99_ms"]))}
     return {"system": name, "rows_per_sec": res["rows_per_sec_steady"], "cpu_us_per_row": res["cpu_us_per_row_steady"],
             "cpu_us_per_row_whole_run": res["cpu_us_per_row_total"],
             "cpu_cores": res["cpu_cores_steady"], "peak_rss_mb": res["peak_rss_mb"], "rows": res["landed"],
             "lost": res["lost"], "duplicated": res["duplicated"], "steady_seconds": res["steady_seconds"],
-            "stopped_early": res["stopped_early"]}
+            "stopped_early": res["stopped_early"], **lat}
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}"
 
 
 def print_table(systems: list[dict[str, Any]]) -> None:
     print(f"{'system':<10} {'rows/s':>9} {'CPU µs/row':>11} {'cores':>6} {'peak RSS MB':>12} {'lost':>7} "
-          f"{'dup':>5} {'window s':>9}")
+          f"{'dup':>5} {'window s':>9}  latency p50/p99 ms at {RATE:,.0f}/s and at 80% of max")
     for s in systems:
         print(f"{s['system']:<10} {s['rows_per_sec']:>9,.0f} {s['cpu_us_per_row']:>11.1f} {s['cpu_cores']:>6.2f} "
-              f"{s['peak_rss_mb']:>12.1f} {s['lost']:>7,} {s['duplicated']:>5,} {s['steady_seconds']:>9.1f}")
+              f"{s['peak_rss_mb']:>12.1f} {s['lost']:>7,} {s['duplicated']:>5,} {s['steady_seconds']:>9.1f}  "
+              f"{_ms(s.get('low_p50_ms'))} / {_ms(s.get('low_p99_ms'))}; "
+              f"{_ms(s.get('load_p50_ms'))} / {_ms(s.get('load_p99_ms'))} at {s.get('load_rate') or 0:,.0f}/s")
 
 
 async def main() -> None:
@@ -571,14 +628,10 @@ async def main() -> None:
         print(f"  tickflow: {pipe['rows_per_sec_steady']:,.0f} rows/s steady over {pipe['steady_seconds']:.0f} s, "
               f"{pipe['cpu_us_per_row_steady']:.1f} µs CPU per row, {pipe['worker_cpu_cores_steady']:.2f} cores; "
               f"{pipe['landed']:,} rows, {pipe['lost']:,} lost, {pipe['duplicated']:,} duplicated", flush=True)
-        latency = []
         try:
-            for rate in sorted({RATE, round(0.8 * pipe["rows_per_sec_steady"], -2)}):
-                print(f"latency at {rate:,.0f} points/s for {LATENCY_SECONDS:.0f} s ...", flush=True)
-                lat = await latency_run(settings, env, f"bench_{tag}", rate, LATENCY_SECONDS, conn)
-                print(f"  p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  p99 {lat['p99_ms']} ms  "
-                      f"max {lat['max_ms']} ms")
-                latency.append(lat)
+            latency = await latency_phases(settings, catalog, conn, f"bench_{tag}", pipe["rows_per_sec_steady"],
+                                           "tickflow")
+            pipe["latency"] = latency
             soak = await soak_run(settings, env, procs, SOAK_SECONDS) if SOAK_SECONDS else None
             if STALL_SECONDS:
                 await conn.close()  # the outage would break it

@@ -296,7 +296,7 @@ def upsert_sql(schema: str, *, dedupe: bool = True) -> tuple[str, str]:
     3. UPDATE replaces a stored row only with a strictly larger revision; RETURNING counts them. Immutable
        kinds all have revision 0, so their first write stays (any re-send is a no-op), and a stale revision
        of a revisable kind is ignored the same way; the caller skips this statement for a batch with no
-       revision above 0.
+       revision above 0, and for one whose every key the INSERT inserted (then no stored row can be older).
     Two statements, not one ON CONFLICT DO UPDATE: market_data is partitioned (migration 6), and PostgreSQL
     15 returns no system column (the `xmax = 0` that told an insert from an update) from a partitioned
     table. In READ COMMITTED the UPDATE takes a new snapshot, so a key another writer inserted while the
@@ -444,10 +444,12 @@ class PostgresTickWriter(BatchWriter):
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.copy_records_to_table(_STAGE, records=rows, columns=MARKET_DATA_COLUMNS)
-                distinct = len({r[:_KEY_LEN] for r in rows}) == len(rows)
-                insert, update = self._upsert_distinct if distinct else self._upsert
+                keys = len({r[:_KEY_LEN] for r in rows})
+                insert, update = self._upsert_distinct if keys == len(rows) else self._upsert
                 inserted = {r["source"]: r["n"] for r in await conn.fetch(insert)}
-                revisable = any(r[_REVISION_AT] for r in rows)
+                # The UPDATE can only change a stored row whose key the INSERT skipped: when the INSERT took every
+                # key of the batch (the usual batch of new points), there is none, and the statement is not run.
+                revisable = any(r[_REVISION_AT] for r in rows) and sum(inserted.values()) < keys
                 updated = {r["source"]: r["n"] for r in await conn.fetch(update)} if revisable else {}
                 faults.reach("write.after_insert")
         except Exception as exc:

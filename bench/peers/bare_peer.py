@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from aiokafka import AIOKafkaConsumer
-from common import BATCH, SOURCE, job_from_env
+from common import BATCH, SOURCE, ingested_at, job_from_env
 
 from sinks.postgres import PostgresTickWriter, row_from_record
 from streams.errors import RejectedRecord
@@ -39,7 +39,7 @@ async def run() -> None:
             for msgs in batches.values():
                 for m in msgs:
                     try:
-                        p = validator.check(m.value, source=SOURCE)
+                        p = validator.check(m.value, source=SOURCE, ingested_at=ingested_at(m.timestamp))
                     except RejectedRecord:
                         refused += 1
                         continue

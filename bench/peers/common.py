@@ -10,9 +10,11 @@ Quix venv has too (no Faust, no aiokafka).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +25,14 @@ from streams.settings import PostgresSettings, Settings, load_settings  # noqa: 
 
 SOURCE = "simulated"  # the preloaded points' source: the Validator checks each record says so
 BATCH = 2000  # records per batch where the peer lets us choose (tickflow's validate batch size)
+
+
+@functools.lru_cache(maxsize=256)
+def ingested_at(ms: int | None) -> datetime | None:
+    """A record's Kafka timestamp (the producer's, in ms) as the point's `ingested_at`, as tickflow's validate
+    stage sets it: the end-to-end latency (written_at - ingested_at) is measured from it for every system
+    alike. Remembered per millisecond, as tickflow does (records arrive in runs with the same one)."""
+    return datetime.fromtimestamp(ms / 1000.0, UTC) if ms is not None and ms > 0 else None
 
 
 @dataclass(frozen=True, slots=True)

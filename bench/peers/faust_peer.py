@@ -3,7 +3,8 @@
 
     python bench/peers/faust_peer.py worker -l warn      # what bench/throughput.py runs
 
-- `validate` (@app.agent over the raw topic): `stream.take(2000, within=1)` -> tickflow's Validator ->
+- `validate` (@app.agent over the raw topic): `stream.take_events(2000, within=1)` (`take` with each record's
+  timestamp, which becomes the point's ingested_at, as in tickflow) -> tickflow's Validator ->
   `await clean.send(...)` per valid record; refused records to the rejected topic with their original bytes.
 - `write` (@app.agent over the clean topic): `stream.take(2000, within=1)` -> rows -> one COPY + upsert per
   batch with asyncpg (tickflow's writer, sinks.postgres, so the SQL is the same as every other system's).
@@ -21,7 +22,7 @@ import os
 import sys
 
 import faust
-from common import BATCH, SOURCE, job_from_env
+from common import BATCH, SOURCE, ingested_at, job_from_env
 
 from sinks.postgres import PostgresTickWriter, row_from_record
 from streams.errors import RejectedRecord
@@ -55,10 +56,12 @@ rejected_topic = app.topic(job.rejected, key_serializer="raw", value_serializer=
 
 @app.agent(raw_topic)
 async def validate(stream: faust.StreamT) -> None:
-    async for values in stream.take(BATCH, within=1):
-        for value in values:
+    async for events in stream.take_events(BATCH, within=1):
+        for event in events:
+            value, message = event.value, event.message
             try:
-                point = validator.check(value, source=SOURCE)
+                # Faust's message timestamp is in seconds; the raw record's, as the producer stamped it
+                point = validator.check(value, source=SOURCE, ingested_at=ingested_at(round(message.timestamp * 1000)))
             except RejectedRecord:
                 await rejected_topic.send(value=value)
                 continue

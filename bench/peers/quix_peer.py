@@ -26,7 +26,7 @@ import logging
 import os
 from typing import Any
 
-from common import SOURCE, job_from_env
+from common import SOURCE, ingested_at, job_from_env
 from quixstreams import Application
 from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
@@ -87,16 +87,16 @@ def main() -> None:
                       key_deserializer="bytes", value_deserializer="json")
     rejected = app.topic(job.rejected, key_serializer="bytes", value_serializer="bytes")
 
-    def validate(value: bytes) -> bytes:
+    def validate(value: bytes, key: Any, timestamp: int, headers: Any) -> bytes:
         try:
-            return validator.check(value, source=SOURCE).to_json()
+            return validator.check(value, source=SOURCE, ingested_at=ingested_at(timestamp)).to_json()
         except RejectedRecord:
             return Refused(value)
 
     def route(value: Any, key: Any, timestamp: int, headers: Any) -> Any:
         return rejected if isinstance(value, Refused) else clean
 
-    app.dataframe(raw).apply(validate).to_topic(route)
+    app.dataframe(raw).apply(validate, metadata=True).to_topic(route)
     app.dataframe(clean).sink(TickflowPostgresSink(job.postgres()))
     app.run()
 

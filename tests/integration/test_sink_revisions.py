@@ -61,6 +61,22 @@ async def test_newer_revision_updates_stale_and_resend_are_ignored(writer, pg, i
     assert await pg.fetchval(f"SELECT price FROM {iso.schema}.market_data WHERE data_type = 'tick'") == 5.0
 
 
+async def test_a_batch_of_new_keys_and_a_newer_revision_does_both(writer, pg, iso) -> None:
+    """The write skips its UPDATE when the INSERT took every key of the batch; a batch that also holds a newer
+    revision of a stored key must still run it (the INSERT took fewer keys than the batch has)."""
+    def bar(item: str, close: float, ing_s: int) -> tuple:
+        return row(symbol="X", timestamp=T0, source="y", data_type="bar", open=1, high=max(2, close), low=0.5,
+                   close=close, volume=ing_s, interval="1m", item_id=item,
+                   ingested_at=T0 + timedelta(seconds=ing_s))
+
+    fresh = await writer.write([bar("a", 1.0, 10), bar("b", 1.0, 10), bar("b", 1.1, 11)])  # all keys new
+    assert (fresh.inserted, fresh.updated, fresh.duplicates) == (2, 0, 1)
+    mixed = await writer.write([bar("a", 1.7, 30), bar("c", 1.0, 10)])  # a newer revision of a, and a new key
+    assert (mixed.inserted, mixed.updated, mixed.duplicates) == (1, 1, 0)
+    got = dict(await pg.fetch(f"SELECT item_id, close FROM {iso.schema}.market_data ORDER BY item_id"))
+    assert got == {"a": 1.7, "b": 1.1, "c": 1.0}
+
+
 async def test_shuffled_revisions_in_many_batches_end_at_the_newest(writer, pg, iso) -> None:
     rng = random.Random(14)
     symbols, times, revisions = ["AAPL", "MSFT", "SPY"], 40, 6
