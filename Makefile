@@ -10,7 +10,7 @@ export TICKFLOW_KAFKA__BOOTSTRAP_SERVERS ?= 127.0.0.1:$(KAFKA_PORT)
 export TICKFLOW_POSTGRES__PORT ?= $(PG_PORT)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system system-test venv stack-setup stack-up stack-down stack-status topics db run worker test test-unit lint bench clean
+.PHONY: help setup system system-test venv native stack-setup stack-up stack-down stack-status topics db run worker test test-unit lint bench clean
 
 help:
 	@echo "make run        start the local stack and a worker on the simulated feed (RUN_SECONDS=N to stop after N s)"
@@ -19,7 +19,7 @@ help:
 	@echo "make topics     create/check the topics of topics.yaml;  make db   migrate the schema"
 	@echo "make lint       ruff and the import rules (import-linter);  make bench   throughput/latency benchmark (bench/)"
 
-setup: system venv stack-setup
+setup: system venv native stack-setup
 
 # System packages from Debian's packages, only those missing (dev/system-packages.sh says which).
 system:
@@ -32,8 +32,13 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt | system
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,compiled]'
 	@touch $@
+
+# The anomaly detectors compiled with mypyc (streams/anomalies/native.py): a no-op when the build of the current
+# sources exists; without a compiler they run as Python.
+native: venv
+	$(PY) dev/build_detectors.py
 
 stack-setup:
 	dev/stack.sh setup
@@ -78,7 +83,7 @@ $(QUIX_VENV)/.installed: bench/peers/requirements-quix.txt
 	@touch $@
 
 bench: stack-up $(QUIX_VENV)/.installed
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,compiled,bench]'
 	$(PY) bench/throughput.py
 	$(PY) bench/anomaly_quality.py
 

@@ -564,6 +564,13 @@ def plot_peers(result: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def detectors_compiled() -> bool:
+    """Whether the tickflow worker ran its detectors compiled (the bench's own interpreter sees the same build)."""
+    from streams import anomalies
+
+    return anomalies.NATIVE is not None
+
+
 def system_row(name: str, res: dict[str, Any]) -> dict[str, Any]:
     """One line of the per-system table; latency at BENCH_RATE ("low") and at 80% of the system's maximum."""
     lat = {(f"{'low' if i == 0 else 'load'}_{k}"): v for i, run in enumerate(res.get("latency") or [])
@@ -648,6 +655,7 @@ async def main() -> None:
         result = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "detectors_compiled": detectors_compiled(),
             "points": POINTS, "valid_points": POINTS, "workers": WORKERS,
             "producer_points_per_sec": round(produce_rate, 1),
             "systems": systems,

@@ -13,6 +13,8 @@ command -v mvn >/dev/null || need+=(maven)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
+# A C compiler for the detectors compiled with mypyc (dev/build_detectors.py; without one they run as Python).
+command -v cc >/dev/null || need+=(gcc)
 if [[ "$what" == test ]]; then
   command -v openssl >/dev/null || need+=(openssl)
   command -v chromium >/dev/null || [[ -n "${CHROMIUM:-}" ]] || need+=(chromium)

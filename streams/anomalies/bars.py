@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import math
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 from streams.anomalies.core import _BAR, Anomaly, Detector, _Facts, _put_bounded, _record, bar_checks, finite_price
 from streams.anomalies.windows import _consistent_run, _mean_abs_dev_sorted, _median_abs_dev, _Window
@@ -219,7 +219,7 @@ class DecimalShift(Detector):
     """
 
     name = "decimal_shift"
-    _LEVEL = 5
+    _LEVEL: ClassVar[int] = 5
 
     def __init__(self, settings: AnomalySettings | None = None) -> None:
         super().__init__(settings)
@@ -353,7 +353,7 @@ class SplitSuspect(Detector):
 
     name = "split_suspect"
     kind = "corporate_action"
-    _GAPS = 20
+    _GAPS: ClassVar[int] = 20
 
     def __init__(self, settings: AnomalySettings | None = None) -> None:
         super().__init__(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 from streams.anomalies.core import (
     _BAR,
@@ -227,7 +227,7 @@ class SpreadTooWide(Detector):
     """
 
     name = "spread_wide"
-    _MAX_BUCKET = 1000
+    _MAX_BUCKET: ClassVar[int] = 1000
 
     def __init__(self, settings: AnomalySettings | None = None) -> None:
         super().__init__(settings)
@@ -326,12 +326,15 @@ class TradeOutsideQuote(Detector):
         if p is not None:
             self.symbol = point.symbol
             ts = f.ts
+            # declared: under mypyc an ill-typed `bid = None` (type: ignore) compiled to bid = 1.0
+            bid: float | None
+            ask: float | None
             if q is not None:
                 bid, ask = q
             elif self.bid is not None and ts - self.quote_ts <= self.settings.t4_max_quote_age_seconds:
-                bid, ask = self.bid, self.ask  # type: ignore[assignment]
+                bid, ask = self.bid, self.ask
             else:
-                bid = ask = None  # type: ignore[assignment]
+                bid = ask = None
             if bid is not None and ask is not None and ask > bid:
                 spread = ask - bid
                 quote = {"bid": bid, "ask": ask}

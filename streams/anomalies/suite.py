@@ -49,8 +49,11 @@ class DetectorSuite:
     PRICE_DETECTORS: ClassVar[frozenset[str]] = frozenset(
         {BrownleesGallo.name, MidQuoteOutlier.name, TradeOutsideQuote.name, ClearlyErroneous.name,
          BarOutlier.name, DecimalShift.name, OhlcConsistency.name})
-    _PRICE_FIELDS = ("price", "bid", "ask", "open", "high", "low", "close")
+    _PRICE_FIELDS: ClassVar[tuple[str, ...]] = ("price", "bid", "ask", "open", "high", "low", "close")
     _DEFERRED_SKIP: ClassVar[frozenset[str]] = PRICE_DETECTORS | {VolumeSpike.name}
+    _DETECTOR_ATTRS: ClassVar[tuple[str, ...]] = (
+        "split", "spread", "midquote", "t4", "bg", "erroneous", "volume", "stale", "gaps", "bar_outlier", "decimal",
+        "ohlc")
 
     def __init__(self, settings: AnomalySettings | None = None) -> None:
         self.settings = settings or AnomalySettings()
@@ -121,7 +124,8 @@ class DetectorSuite:
             out = quote_flags + t4 + bg + self.erroneous.update(point, f, suspect=bool(t4 or bg))
         else:
             out = quote_flags + t4
-        moved = arrival = False
+        moved = False
+        arrival: list[Anomaly] = []  # mypyc: one type per variable (was `moved = arrival = False`)
         if point.data_type == _BAR:
             arrival = self.ohlc.update(point, f) + self.decimal.update(point, f)
             out += arrival + self.bar_outlier.update(point, f, suspect=bool(arrival))
@@ -211,7 +215,8 @@ class DetectorSuite:
     def from_state(cls, state: dict[str, Any], settings: AnomalySettings | None = None) -> Self:
         suite = cls(settings)
         s = suite.settings
-        for attr, det in vars(suite).items():
+        for attr in cls._DETECTOR_ATTRS:  # mypyc: a native class has no __dict__ (was `vars(suite).items()`)
+            det = getattr(suite, attr)
             if isinstance(det, Detector) and det.name in state:
                 setattr(suite, attr, type(det).from_state(state[det.name], s))
         return suite

@@ -6,6 +6,7 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Iterable
+from typing import ClassVar
 
 
 def _median_sorted(s: list[float]) -> float:
@@ -117,7 +118,7 @@ class _SumWindow(_Window):
     recomputed exactly every `_RESUM` pushes so rounding cannot drift."""
 
     __slots__ = ("anchor", "pushes", "s1", "s2")
-    _RESUM = 1024
+    _RESUM: ClassVar[int] = 1024
 
     def __init__(self, maxlen: int, values: Iterable[float] = ()) -> None:
         self.anchor = 0.0

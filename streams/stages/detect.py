@@ -24,7 +24,7 @@ from typing import Any
 
 import faust
 
-from streams import calendars
+from streams import anomalies, calendars
 from streams.anomalies import Anomaly, AnomalySettings, DetectorSuite
 from streams.app import app, internal_topic_configs, settings
 from streams.models import MarketDataPoint
@@ -129,6 +129,8 @@ async def prewarm_calendars() -> None:
     """Build the exchange calendars in a thread at start-up, not on the first record that needs one (a 0.4-0.7 s
     stall of the event loop, measured during the self-test)."""
     if settings.validation.detect_anomalies:
+        logger.info("anomaly detectors: %s", f"compiled with mypyc ({anomalies.NATIVE})" if anomalies.NATIVE
+                    else "Python (no compiled build of these sources: dev/build_detectors.py)")
         await asyncio.to_thread(calendars.prewarm, calendars_in_use(settings.anomalies))
 
 
