@@ -37,6 +37,9 @@ from streams.settings import PostgresSettings
 logger = logging.getLogger(__name__)
 
 _STAGE = "tickflow_stage"
+# The staging table's one column of its own: a row's position in its batch (upsert_sql says why).
+_STAGE_SEQ = "stage_seq"
+_STAGE_COLUMNS = (*MARKET_DATA_COLUMNS, _STAGE_SEQ)
 # The statement timeout of one move of a period's rows out of the DEFAULT partition (partition_default).
 _MOVE_TIMEOUT_SECONDS = 900.0
 # SQLSTATE classes that are about the data itself: 22 data exception (out of range, bad text
@@ -290,8 +293,12 @@ def upsert_sql(schema: str, *, dedupe: bool = True) -> tuple[str, str]:
     in this order in the batch's transaction.
 
     1. DISTINCT ON the natural key keeps one row per key from the batch: the highest revision, and on a tie
-       the first staged (ctid follows COPY order: the staging table is emptied at every commit). `dedupe=False`
-       skips this sort for the usual batch whose keys are all distinct (checked by the caller).
+       the first in the batch, by _STAGE_SEQ, the row's position, which the caller stages with such a batch.
+       Not by ctid: COPY does not place rows in its input order. When a row does not fit the page being
+       filled, the server records that page's free space and may put a later, smaller row there, so a
+       tick's second version landed ahead of its first (a batch mixing bars and ticks did, on PostgreSQL 15).
+       `dedupe=False` skips this sort for the usual batch whose keys are all distinct (checked by the
+       caller); it stages no positions.
     2. INSERT ... ON CONFLICT DO NOTHING inserts the new keys; RETURNING counts them per source.
     3. UPDATE replaces a stored row only with a strictly larger revision; RETURNING counts them. Immutable
        kinds all have revision 0, so their first write stays (any re-send is a no-op), and a stale revision
@@ -306,7 +313,7 @@ def upsert_sql(schema: str, *, dedupe: bool = True) -> tuple[str, str]:
     key = ", ".join(f'"{c}"' for c in MARKET_DATA_KEY)
     sets = ", ".join(f'"{c}" = s."{c}"' for c in MARKET_DATA_COLUMNS if c not in MARKET_DATA_KEY)
     match = " AND ".join(f't."{c}" = s."{c}"' for c in MARKET_DATA_KEY)
-    rows = (f"(SELECT DISTINCT ON ({key}) {cols} FROM {_STAGE} ORDER BY {key}, revision DESC, ctid) AS s"
+    rows = (f"(SELECT DISTINCT ON ({key}) {cols} FROM {_STAGE} ORDER BY {key}, revision DESC, {_STAGE_SEQ}) AS s"
             if dedupe else f"{_STAGE} AS s")
     insert = (
         f"WITH ins AS (INSERT INTO {schema}.market_data AS t ({cols}) SELECT {cols} FROM {rows} "
@@ -406,7 +413,7 @@ class PostgresTickWriter(BatchWriter):
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
-            f"(LIKE {self._q}.market_data INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            f"(LIKE {self._q}.market_data INCLUDING DEFAULTS, {_STAGE_SEQ} int) ON COMMIT DELETE ROWS"
         )
 
     async def start(self) -> None:
@@ -442,10 +449,15 @@ class PostgresTickWriter(BatchWriter):
             await self.start()
         assert self.pool is not None
         try:
+            keys = len({r[:_KEY_LEN] for r in rows})
             async with self.pool.acquire() as conn, conn.transaction():
-                await conn.copy_records_to_table(_STAGE, records=rows, columns=MARKET_DATA_COLUMNS)
-                keys = len({r[:_KEY_LEN] for r in rows})
-                insert, update = self._upsert_distinct if keys == len(rows) else self._upsert
+                if keys == len(rows):
+                    await conn.copy_records_to_table(_STAGE, records=rows, columns=MARKET_DATA_COLUMNS)
+                    insert, update = self._upsert_distinct
+                else:  # a key twice: each row staged with its position, the tie-break of the dedupe
+                    await conn.copy_records_to_table(_STAGE, records=[(*r, i) for i, r in enumerate(rows)],
+                                                      columns=_STAGE_COLUMNS)
+                    insert, update = self._upsert
                 inserted = {r["source"]: r["n"] for r in await conn.fetch(insert)}
                 # The UPDATE can only change a stored row whose key the INSERT skipped: when the INSERT took every
                 # key of the batch (the usual batch of new points), there is none, and the statement is not run.

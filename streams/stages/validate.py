@@ -6,14 +6,16 @@ Writes: ticks.clean (canonical MarketDataPoint JSON, key = symbol) for valid rec
         ticks.anomalies (anomaly events) from the detectors (streams/anomalies/ via
         streams/stages/detect.py);
         a tick anomaly flags the clean record (`anomaly:<detector>`), or quarantines it to ticks.rejected
-        (rule `anomaly.<detector>`) for the sources listed in validation.quarantine_sources.
+        (rule `anomaly.<detector>`) for the sources listed in validation.quarantine_sources; a verdict that
+        comes one record later (details.follow_up) re-sends the record it names, flagged, as a newer revision
+        when its kind is revisable (sinks/base.py REVISABLE_KINDS), and only as the anomaly event otherwise.
 
 Bad data is caught per record and dead-lettered; nothing is dropped silently and the worker never dies
 of a record. A source whose records are mostly rejected (a provider changed its format, a bad deploy) trips
 its own circuit breaker: that source's partitions are paused, uncommitted, for a cool-down, and the other
 sources go on (streams/rules.py SourceBreakers).
 
-Delivery (kafka.exactly_once, default true): per batch and input partition, one Kafka transaction holds the
+Delivery (kafka.exactly_once, default false): per batch and input partition, one Kafka transaction holds the
 partition's outputs and its next offset (streams/stages/publish.py PartitionTransactions), so a consumer that
 reads with isolation_level=read_committed (the write and archive stages do) sees each output exactly once, also
 after a kill -9 anywhere in the batch. Each input partition has its own transactional producer, started (which
@@ -34,6 +36,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from sinks.base import REVISABLE_KINDS
 from streams import contract, exactjson, faults
 from streams.app import app, settings
 from streams.catalog import Catalog
@@ -137,12 +140,17 @@ class Router:
                 {k: event[k] for k in ("detector", "symbol", "score", "threshold", "kind", "message", "detected_at")})
             events.append(Outgoing(self.anomalies_topic, point.symbol.encode(), exactjson.dumps(event, default=str),
                                    *_published(contract.ANOMALIES, contract.anomaly_time_ms(event, now))))
-            if a.details.get("follow_up"):  # a verdict on an EARLIER bar (confirmed by this one): a newer revision
-                flag = "corporate_action.suspect" if a.kind == "corporate_action" else f"anomaly:{a.detector}"
-                rev = {**a.record, "flags": [*a.record.get("flags", ()), flag],
-                       "ingested_at": _flagged_revision_time(a.record.get("ingested_at"))}
-                events.append(Outgoing(self.clean_topic, point.symbol.encode(), exactjson.dumps(rev),
-                                       *_published(contract.CLEAN, contract.event_time_ms(rev["timestamp"], now))))
+            if a.details.get("follow_up"):  # a verdict on an EARLIER record (confirmed by this one)
+                if a.record.get("data_type") in REVISABLE_KINDS:  # its flagged copy is a newer revision
+                    flag = "corporate_action.suspect" if a.kind == "corporate_action" else f"anomaly:{a.detector}"
+                    rev = {**a.record, "flags": [*a.record.get("flags", ()), flag],
+                           "ingested_at": _flagged_revision_time(a.record.get("ingested_at"))}
+                    events.append(Outgoing(self.clean_topic, point.symbol.encode(), exactjson.dumps(rev),
+                                           *_published(contract.CLEAN, contract.event_time_ms(rev["timestamp"], now))))
+                # An immutable record (a tick, a trade) is not revised: the sink keeps its first write, so a copy
+                # changes no row, and could be that first write. After a crash the detector state is ahead of the
+                # committed offsets; the next owner would send the copy of a record it has not re-read yet, ahead
+                # of an earlier, different version of the same key. The verdict is on ticks.anomalies.
                 continue
             if a.kind == "tick":
                 point.flags.append(f"anomaly:{a.detector}")

@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
-import pytest
+from aiokafka import AIOKafkaConsumer
 
 from sinks.base import OPEN_VINTAGE_END, REVISABLE_KINDS, revision_of
 from streams.models import MarketDataPoint
@@ -293,6 +293,31 @@ async def fetch_rows(iso: Isolation, pg: Any) -> list[dict[str, Any]]:
     return [dict(r) for r in await pg.fetch(f"SELECT {cols} FROM {iso.schema}.market_data")]
 
 
+async def trace(iso: Isolation, keys: list[Key]) -> list[str]:
+    """Where each of `keys` went: every version of it in its raw topic and in the clean topic (committed
+    transactions only, as the writer reads), in log order, so a failure says which hop changed the order."""
+    out: list[str] = []
+    for topic, source in [*((iso.raw_topic(s), s) for s in sorted({k[0] for k in keys})), (iso.topic("clean"), "")]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=iso.bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False, isolation_level="read_committed")
+        await consumer.start()
+        try:
+            while batch := await consumer.getmany(timeout_ms=2000, max_records=5000):
+                for tp, recs in batch.items():
+                    for r in recs:
+                        try:
+                            k = key_of(orjson.loads(r.value))
+                        except Exception:
+                            continue
+                        if k in keys and (not source or k[0] == source):
+                            d = orjson.loads(r.value)
+                            out.append(f"{topic}[{tp.partition}]@{r.offset} ts={r.timestamp} {k[1]} {k[4]} "
+                                       f"price={d.get('price')} ingested_at={d.get('ingested_at')}")
+        finally:
+            await consumer.stop()
+    return out
+
+
 async def drained(iso: Isolation, pg: Any, w: Worker, truth: Truth) -> bool:
     """Every key has a row and no stage group has lag left (read from the cluster through the worker)."""
     keys = {key_of(r) for r in await pg.fetch(
@@ -309,12 +334,6 @@ async def drained(iso: Isolation, pg: Any, w: Worker, truth: Truth) -> bool:
 # ------------------------------------------------------------------------------------------ tests
 
 
-# KNOWN FAILING about 1 run in 5 (session 7, with the detectors compiled and as Python alike): an immutable tick
-# sent in two versions ends with the version sent second (one key of ~785), e.g. yahoo SPY:4 stored at 200.04
-# where the first-sent 200.54 was expected. Not explained yet; issue 14 stays open for it. Not strict: an xpass
-# is reported, and every other check of the run still has to hold for it to pass.
-@pytest.mark.xfail(reason="issue 14: an immutable key sometimes keeps its second-sent version under kill -9",
-                   strict=False)
 async def test_shuffled_revisions_and_kill_9_end_at_the_newest(iso, workers, producer, pg) -> None:
     started = time.monotonic()
     seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**32))
@@ -337,6 +356,7 @@ async def test_shuffled_revisions_and_kill_9_end_at_the_newest(iso, workers, pro
         at_kill = await pg_count(iso, pg)
         assert victim.alive() and victim.owned(raw, "validate"), "the victim was not working when killed"
         os.kill(victim.pid, signal.SIGKILL)
+        kill_wall = datetime.now(UTC)
         assert victim.proc is not None and victim.proc.wait(timeout=10) == -signal.SIGKILL
         print(f"killed the victim {delay:.2f} s after rows landed ({landed} -> {at_kill} of {keys} keys)")
         survivor = workers("survivor")
@@ -361,6 +381,12 @@ async def test_shuffled_revisions_and_kill_9_end_at_the_newest(iso, workers, pro
     summary = {k: len(v) for k, v in fails.items()}
     print(f"sent {len(inputs.messages)} messages ({inputs.resends} re-sends) for {keys} keys "
           f"({inputs.revisable_keys} revisable, {inputs.immutable_keys} immutable); {len(rows)} rows; {summary}")
+    if fails["stale"]:
+        stale = [f[0] for f in fails["stale"][:3]]
+        written = [f"stored {k[1]} {k[4]}: price {r['price']} written at {r['written_at']}" for k in stale
+                   for r in await pg.fetch(f"SELECT price, written_at FROM {iso.schema}.market_data WHERE "
+                                           "source = $1 AND symbol = $2 AND item_id = $3", k[0], k[1], k[4])]
+        print(f"killed at {kill_wall}; trace of the stale keys:", *written, *await trace(iso, stale), sep="\n  ")
     assert not any(fails.values()), f"{summary}; e.g. " + "; ".join(
         f"{kind}: {example}" for kind, found in fails.items() for example in found[:2])
     assert len(rows) == keys

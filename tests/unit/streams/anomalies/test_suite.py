@@ -1,8 +1,9 @@
 """Splits in the suite (issue 12 leftovers): the ratios of real corporate actions on bars and ticks, and a
 split-like jump that comes back (a price spike) told from one whose level persists (a split).
 
-The flags are read as a user of market_data sees them: a follow-up verdict replaces the flags of the record
-it names (the validate stage publishes it as a newer revision of that row, the sink keeps the newest)."""
+The flags are read as the detectors leave them: a follow-up verdict replaces the flags of the record it names
+(for a bar or a quote the validate stage publishes it as a newer revision of that row, the sink keeps the
+newest; for an immutable trade the verdict is its event on ticks.anomalies and in anomaly_events)."""
 
 import math
 import random

@@ -397,3 +397,32 @@ def test_a_flagged_copy_of_an_earlier_bar_beats_the_version_it_flags_but_not_a_l
         assert got == flagged_version + timedelta(microseconds=1)
         assert revision_of("bar", flagged_version, None) < revision_of("bar", got, None) < revision_of(
             "bar", flagged_version + timedelta(milliseconds=1), None)  # a provider's later re-poll still wins
+
+
+def test_a_verdict_on_an_earlier_trade_is_an_event_not_a_second_copy_of_the_trade() -> None:
+    """A trade at half after the close that comes back is relabelled a price error by the next trade (a follow-up
+    verdict). A trade is immutable (sinks/base.py): the sink keeps its first write, so a flagged copy would change
+    no row, or, sent by a worker whose detector state is ahead of its committed offsets, could come before an
+    earlier version of the same key and be stored instead. The verdict goes to ticks.anomalies only."""
+    import math
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from streams.config import AnomalySettings
+    from streams.stages.detect import AnomalyTracker
+
+    router = Router(Validator(ValidationSettings()), catalog, AnomalyTracker(AnomalySettings(), 1e9, {}))
+    rng, p = random.Random(5), 100.0
+    t0, day2 = datetime(2024, 5, 6, 14, tzinfo=UTC), datetime(2024, 5, 7, 10, tzinfo=UTC)
+    times = [t0 + timedelta(seconds=2 * i) for i in range(200)] + [day2 + timedelta(seconds=2 * i) for i in range(200)]
+    clean, events = [], []
+    for i, ts in enumerate(times):
+        p *= math.exp(rng.gauss(0, 3e-4))
+        price = round(p / 2 if i == 200 else p, 4)  # a bad print at the second day's open
+        doc = {"symbol": "AAPL", "timestamp": ts.isoformat(), "source": "replay", "data_type": "trade",
+               "price": price, "volume": 100.0, "item_id": f"t{i}"}
+        for out in router.route(Rec(BAD, i, orjson.dumps(doc)), MetricsDelta(), source="replay"):
+            (clean if out.topic == router.clean_topic else events).append(orjson.loads(out.value or b""))
+    follow_ups = [e for e in events if e.get("details", {}).get("follow_up")]
+    assert [e["record"]["item_id"] for e in follow_ups] == ["t200"], "the price error got no verdict"
+    assert [r["item_id"] for r in clean] == [f"t{i}" for i in range(len(times))]  # each trade once, in order
