@@ -4,26 +4,16 @@ split or decimal shift before it)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
-import sys
 from fractions import Fraction
-from pathlib import Path
 from types import ModuleType
 
-BENCH = Path(__file__).resolve().parents[3] / "bench" / "anomaly_quality_real.py"
+from tests.unit.bench import scripts
 
 
 def _bench() -> ModuleType:
-    mod = sys.modules.get("anomaly_quality_real_bench")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("anomaly_quality_real_bench", BENCH)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["anomaly_quality_real_bench"] = mod
-        spec.loader.exec_module(mod)
-    return mod
+    return scripts.load("anomaly_quality_real")
 
 
 def _series(n: int = 1500, seed: int = 2) -> dict[str, tuple[str, list[dict[str, object]]]]:

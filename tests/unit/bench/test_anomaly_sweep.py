@@ -4,27 +4,16 @@ labelled and rescaled where the split is."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
-import sys
-from pathlib import Path
 from types import ModuleType
 
 from streams.anomalies import AnomalySettings
-
-BENCH = Path(__file__).resolve().parents[3] / "bench" / "anomaly_quality.py"
+from tests.unit.bench import scripts
 
 
 def _bench() -> ModuleType:
-    mod = sys.modules.get("anomaly_quality_bench")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("anomaly_quality_bench", BENCH)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["anomaly_quality_bench"] = mod
-        spec.loader.exec_module(mod)
-    return mod
+    return scripts.load("anomaly_quality")
 
 
 def test_a_follow_up_verdict_is_credited_to_the_bar_it_names() -> None:
