@@ -57,6 +57,7 @@ class AnomalyTracker:
         self.dirty: set[str] = set()
         self.arrived_at: dict[str, float] = {}  # wall clock of the last point per symbol
         self.stale_feeds: dict[tuple[str, str], dict[str, Any]] = {}  # (source, symbol) -> what /health shows
+        self.failed_saves = 0  # saves the store refused (kept dirty, saved again at the next call)
 
     def _suites_for(self, symbol: str) -> dict[str, DetectorSuite]:
         suites = self.suites.get(symbol)
@@ -102,11 +103,22 @@ class AnomalyTracker:
         return found
 
     def save(self, now: float | None = None, *, force: bool = False) -> int:
+        """Write the changed suites to the store; returns how many. A store that refuses a write is not the data's
+        fault and must not stop the stage: the worker's table sends each write to its changelog topic, and
+        while that topic's metadata is unknown to the producer (a cluster still electing leaders, a broker just
+        restarted) Faust raises TypeError. The symbols stay dirty and are saved again at the next call."""
         now = time.monotonic() if now is None else now
         saved = 0
         for symbol in list(self.dirty):
             if force or now - self.saved_at.get(symbol, 0.0) >= self.flush_seconds:
-                self.store[symbol] = {src: s.to_state() for src, s in self.suites[symbol].items()}
+                try:
+                    self.store[symbol] = {src: s.to_state() for src, s in self.suites[symbol].items()}
+                except Exception as exc:
+                    self.failed_saves += 1
+                    if self.failed_saves == 1 or self.failed_saves % 100 == 0:
+                        logger.warning("detector state not saved (%d times so far): %r; saved again with the "
+                                       "next batch", self.failed_saves, exc)
+                    break  # the next symbols would meet the same store
                 self.saved_at[symbol] = now
                 self.dirty.discard(symbol)
                 saved += 1

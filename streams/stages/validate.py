@@ -276,8 +276,14 @@ class ValidateTicks(BatchStage):
     async def claim(self, tps: set[TopicPartition]) -> None:
         """Become the only writer for `tps`: a new transactional producer per partition (fencing the previous
         owner, whose open transaction the broker ends), THEN their committed offsets, read again (aiokafka read
-        them as the assignment came, perhaps before a zombie's last transaction ended): the consumer starts
-        there and drops anything it fetched below."""
+        them as the assignment came, perhaps before a zombie's last transaction ended): each becomes the
+        partition's floor, and whatever was fetched below it is dropped, never processed.
+
+        No seek to that offset: the fetcher starts at the offset aiokafka read, which is never above it, so the
+        floor alone skips what the zombie committed since. A seek did harm: a batch fetched while this ran (the
+        fetcher starts on assignment, before the listener returns) was processed, then the seek moved the
+        position back under it and the same records were read and sent again, a second committed copy (a
+        dead letter twice in the exactly-once kill -9 test, about one run in three)."""
         consumer, txns = self.consumer, self.transactions
         if consumer is None or txns is None or not tps:
             return
@@ -295,7 +301,6 @@ class ValidateTicks(BatchStage):
             if offset is None:
                 self.floor.pop(tp, None)
             else:
-                consumer.seek(tp, offset)
                 self.floor[tp] = offset
 
     def resumable(self) -> set[TopicPartition]:

@@ -37,6 +37,16 @@ async def test_kill_9_inside_the_transaction_leaves_no_duplicate_in_the_output_t
         iso, workers, producer, pg) -> None:
     result, physical = await _kill_at_commit_then_restart(
         iso, workers, producer, pg, True, f"kill -9 before commit_transaction ({POINT}@2), exactly-once")
+    if result.rejected_dups:  # say which dead letters came twice, and from where
+        seen: dict[str, list[str]] = {}
+        for r in await read_topic(iso.bootstrap, iso.topic("rejected"), isolation_level="read_committed"):
+            h = {k: v.decode(errors="replace") for k, v in r.headers or []}
+            seen.setdefault(h.get("test.index", "?"), []).append(
+                f"rejected[{r.partition}]@{r.offset} ts={r.timestamp} stage={h.get('tickflow.stage')} "
+                f"rule={h.get('tickflow.rule')} from {h.get('tickflow.source.topic')}"
+                f"[{h.get('tickflow.source.partition')}]@{h.get('tickflow.source.offset')} at {h.get('tickflow.time')}")
+        print("dead letters read twice:", *[f"index {i}: {w}" for i, ws in seen.items() if len(ws) > 1 for w in ws],
+              sep="\n  ")
     assert (result.clean_dups, result.rejected_dups, result.anomaly_dups) == (0, 0, 0), result
     committed = len(await read_topic(iso.bootstrap, iso.topic("clean"), isolation_level="read_committed"))
     # The fault struck inside a transaction whose clean records reached the log: they are there, aborted.

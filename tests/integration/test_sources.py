@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -124,12 +125,18 @@ async def test_backfill_is_rate_limited_and_rerunnable(iso, workers, pg, fake_pr
 
     first = await asyncio.to_thread(backfill)
     assert "backfilled" in first and "2/2" in first
+    sent = int(re.search(r"backfilled ([\d,]+) points", first).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert sent > 0
 
     async def count() -> int:
         got = await rows_by_source(pg, iso.schema)
         return got.get(("yahoo", "bar"), 0)
 
-    n = await wait_until(count, 60, "backfilled bars")
+    async def all_landed() -> int:  # a first count can see one symbol's batch before the other's
+        got = await count()
+        return got if got >= sent else 0
+
+    n = await wait_until(all_landed, 60, "every backfilled bar")
     await asyncio.to_thread(backfill)  # again: same natural keys, no new rows
     await asyncio.sleep(5)
     assert await count() == n

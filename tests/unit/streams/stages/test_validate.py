@@ -262,8 +262,9 @@ async def test_a_fenced_partition_is_rewound_claimed_again_and_never_reprocessed
     txns.fence = {g}
     consumer.committed_offsets = {g: 8}  # another owner committed up to 8 meanwhile
     await stage._run()
-    # The fenced batch: rewound to its first record, then claimed (new producer, THEN the committed offset).
-    assert txns.opened == [{g}, {g}] and consumer.seeks == {g: 8}
+    # The fenced batch: rewound to its first record, then claimed (new producer, THEN the committed offset, which
+    # becomes the floor: no seek to it, see ValidateTicks.claim).
+    assert txns.opened == [{g}, {g}] and consumer.seeks == {g: 0} and stage.floor == {g: 8}
     assert stage.commit_failures == 1
     # Below 8 nothing is processed again; the next transactions start at 8.
     assert [(off, [orjson.loads(m.value)["item_id"] for m in msgs]) for _, msgs, off in txns.committed] == [
