@@ -4,18 +4,24 @@
 (TopicMismatchError) when an existing topic's partition count differs: a worker would otherwise start
 and route keys to the wrong partitions, which shows up much later as missing or misordered data.
 Tools, the API and tests use it without building a Faust App (streams/stages/topics.py runs it at start).
+
+`keep_heartbeating` mends the consumer client where it stops for good after a broker restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAlreadyExistsError
 
 from streams.catalog import Catalog
 from streams.config import KafkaSettings
 from streams.errors import ConfigError, TopicMismatchError
+
+logger = logging.getLogger(__name__)
 
 
 async def ensure_topics(catalog: Catalog, bootstrap_servers: str, *, create: bool = True,
@@ -84,3 +90,36 @@ async def _settled_descriptions(admin: AIOKafkaAdminClient, names: list[str], wa
         if pending:
             await asyncio.sleep(0.25)
     return [settled[n] for n in names]
+
+
+def keep_heartbeating() -> None:
+    """Make every aiokafka consumer of this process heartbeat again after an error its heartbeat has no case for.
+
+    aiokafka 0.14 ends a consumer's heartbeat task on such an answer, e.g. COORDINATOR_LOAD_IN_PROGRESS, which a
+    restarted broker gives while it reloads the groups' offsets. Nothing restarts the task, and every later
+    getmany() raises the same error again, so the consumer never fetches again: after a broker restart the
+    worker stayed up and processed nothing (tests/integration/test_broker_heartbeat.py reproduces it with one
+    such answer). Here the heartbeat goes on after one interval, as it does after a coordinator-unavailable
+    answer; a member the broker expired meanwhile is told so by its next heartbeat and rejoins. An authorization
+    failure still ends it: only an operator can fix that. Idempotent; the worker calls it before any consumer."""
+    routine = GroupCoordinator._heartbeat_routine
+    if getattr(routine, "keeps_heartbeating", False):
+        return
+
+    async def heartbeat_routine(self: GroupCoordinator) -> None:
+        while True:
+            try:
+                return await routine(self)  # returns when cancelled or when the member is no longer known
+            except GroupAuthorizationFailedError:
+                raise
+            except KafkaError as exc:
+                wait = self._heartbeat_interval_ms / 1000
+                logger.warning("group %s: heartbeat failed (%r); heartbeating again in %.1f s", self.group_id,
+                               exc, wait)
+            try:
+                await asyncio.sleep(wait)
+            except asyncio.CancelledError:  # stopped (a rejoin, a close): end as the routine itself does
+                return
+
+    heartbeat_routine.keeps_heartbeating = True  # type: ignore[attr-defined]
+    GroupCoordinator._heartbeat_routine = heartbeat_routine  # type: ignore[method-assign]

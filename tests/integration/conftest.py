@@ -183,6 +183,15 @@ class Worker:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def problems(self, last: int = 40) -> str:
+        """The log's last `last` distinct WARNING and ERROR messages (timestamps dropped), for a failure message."""
+        seen: dict[str, None] = {}
+        for line in self.log_text().splitlines():
+            if "[WARNING]" in line or "[ERROR]" in line:
+                seen.pop(line[line.find("] ") + 2:], None)
+                seen[line[line.find("] ") + 2:]] = None
+        return "\n".join(list(seen)[-last:])
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None

@@ -67,5 +67,8 @@ async def test_broker_kill_9_and_restart_during_production(iso, workers, pg) -> 
         await asyncio.wait_for(sending, OUTAGE_MS / 1000)  # every record acknowledged after the restart
     finally:
         await producer.stop()
-    await check_oracles(iso, pg, inputs, "broker kill -9 + restart, producing while down")
+    try:
+        await check_oracles(iso, pg, inputs, "broker kill -9 + restart, producing while down")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nthe worker's last warnings and errors:\n{w.problems()}") from None
     assert w.alive(), w.log_text()[-3000:]
