@@ -11,7 +11,7 @@ from typing import Any
 import faust
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 
-from streams.broker import keep_heartbeating
+from streams.broker import keep_consumers_going
 from streams.logs import logging_config
 from streams.settings import Settings, get_settings
 
@@ -44,7 +44,7 @@ class TickflowApp(faust.App):
 
 
 def create_app(settings: Settings) -> TickflowApp:
-    keep_heartbeating()  # before any consumer (Faust's and the stages'): one survives a broker restart
+    keep_consumers_going()  # before any consumer (Faust's and the stages'): one survives a broker restart
     brokers = ";".join(f"kafka://{hp.strip()}" for hp in settings.kafka.bootstrap_servers.split(","))
     w = settings.worker
     return TickflowApp(

@@ -5,13 +5,15 @@
 and route keys to the wrong partitions, which shows up much later as missing or misordered data.
 Tools, the API and tests use it without building a Faust App (streams/stages/topics.py runs it at start).
 
-`keep_heartbeating` mends the consumer client where it stops for good after a broker restart.
+`keep_consumers_going` mends the consumer client where it stops for good after a broker restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.consumer.group_coordinator import GroupCoordinator
@@ -92,34 +94,43 @@ async def _settled_descriptions(admin: AIOKafkaAdminClient, names: list[str], wa
     return [settled[n] for n in names]
 
 
-def keep_heartbeating() -> None:
-    """Make every aiokafka consumer of this process heartbeat again after an error its heartbeat has no case for.
+def keep_consumers_going() -> None:
+    """Make every aiokafka consumer of this process survive the broker answers its background tasks have no case
+    for. Idempotent; the worker calls it before it starts any consumer.
 
-    aiokafka 0.14 ends a consumer's heartbeat task on such an answer, e.g. COORDINATOR_LOAD_IN_PROGRESS, which a
-    restarted broker gives while it reloads the groups' offsets. Nothing restarts the task, and every later
-    getmany() raises the same error again, so the consumer never fetches again: after a broker restart the
-    worker stayed up and processed nothing (tests/integration/test_broker_heartbeat.py reproduces it with one
-    such answer). Here the heartbeat goes on after one interval, as it does after a coordinator-unavailable
-    answer; a member the broker expired meanwhile is told so by its next heartbeat and rejoins. An authorization
-    failure still ends it: only an operator can fix that. Idempotent; the worker calls it before any consumer."""
-    routine = GroupCoordinator._heartbeat_routine
-    if getattr(routine, "keeps_heartbeating", False):
+    aiokafka 0.14 ends a consumer's heartbeat task on such an answer (e.g. COORDINATOR_LOAD_IN_PROGRESS, which a
+    restarted broker gives while it reloads the groups' offsets), and its committed-offset refresh task likewise
+    (e.g. COORDINATOR_NOT_AVAILABLE to an offset fetch). Nothing restarts either, and every later getmany()
+    raises the same error again, so the consumer never fetches again: after a broker restart the worker stayed up
+    and processed nothing (tests/integration/test_broker_consumers.py reproduces both with one such answer). Here
+    either task goes on after a pause, as it does after the answers it knows; a member the broker expired
+    meanwhile is told so by its next heartbeat and rejoins. An authorization failure still ends them: only an
+    operator can fix that."""
+    _keep_going("_heartbeat_routine", lambda c: c._heartbeat_interval_ms / 1000, "heartbeat")
+    _keep_going("_commit_refresh_routine", lambda c: max(c._retry_backoff_ms / 1000, 0.5), "committed-offset fetch")
+
+
+def _keep_going(name: str, pause: Callable[[GroupCoordinator], float], what: str) -> None:
+    """Wrap GroupCoordinator.`name` (a background routine): a KafkaError but an authorization failure is logged
+    and the routine started again after `pause`. The routine returns when it is done (cancelled, the member or
+    assignment gone); a cancel during the pause ends it the same way, quietly, as aiokafka expects."""
+    routine = getattr(GroupCoordinator, name)
+    if getattr(routine, "keeps_going", False):
         return
 
-    async def heartbeat_routine(self: GroupCoordinator) -> None:
+    async def keep_going(self: GroupCoordinator, *args: Any) -> None:
         while True:
             try:
-                return await routine(self)  # returns when cancelled or when the member is no longer known
+                return await routine(self, *args)
             except GroupAuthorizationFailedError:
                 raise
             except KafkaError as exc:
-                wait = self._heartbeat_interval_ms / 1000
-                logger.warning("group %s: heartbeat failed (%r); heartbeating again in %.1f s", self.group_id,
-                               exc, wait)
+                wait = pause(self)
+                logger.warning("group %s: %s failed (%r); again in %.1f s", self.group_id, what, exc, wait)
             try:
                 await asyncio.sleep(wait)
-            except asyncio.CancelledError:  # stopped (a rejoin, a close): end as the routine itself does
+            except asyncio.CancelledError:
                 return
 
-    heartbeat_routine.keeps_heartbeating = True  # type: ignore[attr-defined]
-    GroupCoordinator._heartbeat_routine = heartbeat_routine  # type: ignore[method-assign]
+    keep_going.keeps_going = True  # type: ignore[attr-defined]
+    setattr(GroupCoordinator, name, keep_going)
