@@ -6,13 +6,14 @@ Agents, tables, timers and pages are found by autodiscovery of the modules liste
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 
 from streams.broker import keep_consumers_going
-from streams.logs import logging_config
+from streams.logs import install_task_dump, logging_config
 from streams.settings import Settings, get_settings
 
 STAGE_MODULES = [
@@ -90,3 +91,9 @@ def internal_topic_configs(settings: Settings) -> dict[str, str]:
 
 settings = get_settings()  # also installs the log redaction (streams/redact.py) for the worker
 app = create_app(settings)
+
+
+@app.task
+async def task_dump_on_sigusr2() -> None:
+    """`kill -USR2 <pid>` logs where each of the worker's tasks waits (streams/logs.py)."""
+    install_task_dump(asyncio.get_running_loop())

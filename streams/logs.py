@@ -7,6 +7,9 @@ after our modules are imported. A dictConfig with `merge: True` that only redefi
 handlers use ("default" for a log file, "colored" for the console) keeps mode's handlers, levels and `-f`
 as they are and changes only how a line is written.
 
+`kill -USR2 <worker pid>` logs where every asyncio task of the worker waits (`install_task_dump`): a worker that
+stalls without an error says which await holds it, without a debugger or a restart.
+
 Redaction (streams/redact.py) still applies: the formatter reads the message with `record.getMessage()` and
 the exception through `record.exc_text`, which the installed record factory redacts, and redacts again
 itself when a record did not come from that factory.
@@ -16,8 +19,10 @@ A leaf: stdlib and streams.redact only.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import signal
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,3 +69,38 @@ def logging_config(log_format: str) -> dict[str, Any] | None:
         "merge": True,  # mode keeps its handlers (console or -f file), root level and loggers
         "formatters": {"default": json_formatter, "colored": dict(json_formatter)},
     }
+
+
+def await_chain(task: asyncio.Task[Any]) -> list[str]:
+    """Where `task` waits, outermost first: one `file:line in function` per coroutine it awaits through, then
+    what the innermost one awaits (a future, a lock's waiter). asyncio's own `Task.get_stack` gives only the
+    outermost frame of a suspended task, which says nothing about a stall deep in a client library."""
+    out: list[str] = []
+    if task.done():
+        return out
+    obj: Any = task.get_coro()
+    for _ in range(64):
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None) or getattr(obj, "ag_frame", None)
+        if frame is None:
+            if obj is not None:
+                out.append(f"awaiting {type(obj).__name__}")
+            break
+        out.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None) or getattr(obj, "ag_await", None)
+    return out
+
+
+def task_dump(loop: asyncio.AbstractEventLoop) -> str:
+    """Every pending task of `loop` with its await chain, tasks sorted by name."""
+    parts = []
+    for task in sorted(asyncio.all_tasks(loop), key=lambda t: t.get_name()):
+        chain = "\n    ".join(await_chain(task))
+        parts.append(f"task {task.get_name()} ({task.get_coro().__qualname__}):\n    {chain}")
+    return "\n".join(parts)
+
+
+def install_task_dump(loop: asyncio.AbstractEventLoop, signum: int = signal.SIGUSR2) -> None:
+    """`kill -USR2 <pid>` logs `task_dump` at WARNING (mode's SIGUSR1 dump shows only each task's outer frame)."""
+    log = logging.getLogger(__name__)
+    loop.add_signal_handler(signum, lambda: log.warning("asyncio tasks (on %s):\n%s",
+                                                        signal.Signals(signum).name, task_dump(loop)))

@@ -192,6 +192,23 @@ class Worker:
                 seen[line[line.find("] ") + 2:]] = None
         return "\n".join(list(seen)[-last:])
 
+    def task_dump(self, wait: float = 5.0) -> str:
+        """Where each of the worker's asyncio tasks waits now (SIGUSR2, streams/logs.py), for a failure message."""
+        if not self.alive():
+            return "(the worker has exited)"
+        marker = "asyncio tasks (on SIGUSR2)"
+        before = self.log_text().count(marker)
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            if text.count(marker) > before:
+                time.sleep(0.5)  # the rest of the entry
+                text = self.log_text()
+                return text[text.rfind(marker):]
+            time.sleep(0.1)
+        return f"(no task dump within {wait} s: the event loop is blocked?)"
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None

@@ -57,3 +57,15 @@ async def test_json_worker_log_lines_all_parse(iso, tmp_path: Path) -> None:
 
     # Standard output: nothing, not even Faust's banner table.
     assert stdout.strip() == "", stdout[-3000:]
+
+
+async def test_sigusr2_logs_where_each_task_of_the_worker_waits(iso, workers) -> None:
+    """`kill -USR2 <pid>` (README, Troubleshooting): the stages' loops show down to the client's await."""
+    await ensure_topics_for(iso)
+    w = workers()
+    await wait_until(lambda: w.get("/health")[0] == 200 or not w.alive(), 120, "the worker's /health 200")
+    dump = w.task_dump()
+    assert dump.startswith("asyncio tasks (on SIGUSR2)"), dump[-2000:]
+    assert "in _run" in dump and "stages/base.py" in dump, dump[-4000:]
+    assert "aiokafka/" in dump and "in getmany" in dump, dump[-4000:]  # followed into the client library
+    assert w.alive()

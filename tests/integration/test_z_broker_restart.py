@@ -75,5 +75,6 @@ async def test_broker_kill_9_and_restart_during_production(iso, workers, pg) -> 
     try:
         await check_oracles(iso, pg, inputs, "broker kill -9 + restart, producing while down")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\nthe worker's last warnings and errors:\n{w.problems()}") from None
+        raise AssertionError(f"{exc}\nthe worker's last warnings and errors:\n{w.problems()}\n"
+                             f"where its tasks wait:\n{w.task_dump()}") from None
     assert w.alive(), w.log_text()[-3000:]

@@ -188,3 +188,38 @@ def test_setting_from_environment(clean_env: None, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("TICKFLOW_WORKER__LOG_FORMAT", "xml")
     with pytest.raises(ConfigError, match=r"worker\.log_format"):
         load_settings()
+
+
+async def test_the_task_dump_names_the_await_a_task_is_parked_in_deep_inside_its_calls() -> None:
+    import asyncio
+    import signal as sig
+
+    from streams.logs import await_chain, install_task_dump, task_dump
+
+    lock = asyncio.Lock()
+
+    async def inner() -> None:
+        async with lock:  # parked here while the test holds the lock
+            pass
+
+    async def outer() -> None:
+        await inner()
+
+    await lock.acquire()
+    task = asyncio.create_task(outer(), name="parked")
+    await asyncio.sleep(0)
+    chain = await_chain(task)
+    assert [line.rsplit(" in ", 1)[1] for line in chain[:4]] == ["outer", "inner", "__aenter__", "acquire"], chain
+    assert "locks.py" in chain[3] and chain[4].startswith("awaiting "), chain
+    dump = task_dump(asyncio.get_running_loop())
+    assert "task parked (" in dump and "in inner" in dump
+    lock.release()
+    await task
+    assert await_chain(task) == []  # a finished task waits on nothing
+
+    loop = asyncio.get_running_loop()
+    install_task_dump(loop, sig.SIGUSR2)
+    try:
+        assert loop.remove_signal_handler(sig.SIGUSR2)  # it was installed
+    finally:
+        loop.remove_signal_handler(sig.SIGUSR2)
