@@ -320,6 +320,10 @@ class WorkerSettings(_Section):
     # /health answers 503 ("stuck") when a stage owns partitions with lag but finished no batch for this
     # long, so an orchestrator restarts the worker.
     stuck_after_seconds: float = 300.0
+    # A stage whose consumer group has had no coordinator for this long gets a new consumer (its records not yet
+    # committed are read again); 0: never. After a broker restart the client's coordinator lookup can stay parked
+    # for good; a healthy consumer finds the coordinator within seconds of the broker answering.
+    consumer_replace_after_seconds: float = Field(default=120.0, ge=0)
     # The worker's log lines: "text" (Faust's format) or "json", one JSON object a line (time in ISO-8601
     # UTC, level, logger, message, exception), for a log collector; redacted either way (streams/logs.py).
     log_format: Literal["text", "json"] = "text"

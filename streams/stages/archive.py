@@ -151,4 +151,5 @@ stage = stage_service(app, ArchiveEvents(
     kafka=settings.kafka,
     app_id=settings.worker.app_id,
     max_records=settings.sink.batch_size,
+    coordinator_patience=settings.worker.consumer_replace_after_seconds,
 ))

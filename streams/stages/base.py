@@ -13,7 +13,10 @@ contract — offsets committed only after the rows commit, nothing lost — need
 - on a rebalance, revocation waits for the batch in flight to finish and commit before the partitions
   move, so the next owner starts exactly after it;
 - a commit that fails (the group moved on while this worker was paused) is logged, not fatal: the new
-  owner re-reads those records, and every output is idempotent downstream (natural-key upsert).
+  owner re-reads those records, and every output is idempotent downstream (natural-key upsert);
+- a consumer whose group has had no coordinator for `coordinator_patience` seconds is replaced by a new one
+  (`_watch_coordinator`): aiokafka's lookup can stay parked for good after a broker restart, with the stage's
+  next commit parked behind it, and nothing else would end that.
 
 It is also ~5x faster per record than Faust's per-event stream path on this machine (bench/), because
 work is per batch. The stages still run inside `faust worker` and scale by the same partitions.
@@ -43,6 +46,8 @@ COMMIT_RETRY_INITIAL, COMMIT_RETRY_MAX = 0.2, 10.0
 # The latency budget (`BatchStage.batch_limit`) never closes a batch below this many records (the fixed per-batch
 # costs must stay amortised), and follows the measured cost per record with this weight per batch.
 MIN_BUDGET_RECORDS, COST_SMOOTHING = 100, 0.2
+# How often the coordinator watch looks, and how long a replaced consumer's stop may take before it is left behind.
+WATCH_INTERVAL, STOP_TIMEOUT = 5.0, 15.0
 
 
 def _commit_retriable(exc: BaseException) -> bool:
@@ -52,18 +57,30 @@ def _commit_retriable(exc: BaseException) -> bool:
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, stage: BatchStage) -> None:
+    """The stage's rebalance callbacks for one consumer; once that consumer is replaced (`_replace_consumer`),
+    its late callbacks do nothing: the stage already let its partitions go, and the new consumer owns the stage."""
+
+    def __init__(self, stage: BatchStage, consumer: AIOKafkaConsumer) -> None:
         self.stage = stage
+        self.consumer = consumer
+
+    def replaced(self) -> bool:
+        return self.stage.consumer is not self.consumer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.replaced():
+            return
         if revoked:  # aiokafka also calls this, with nothing, before the first join
             faults.reach(f"{self.stage.stage}.in_revoke")
         async with self.stage.batch_lock:  # the batch in flight finishes and commits first
+            if self.replaced():  # while it waited for the lock
+                return
             await self.stage.flush_commit()
             await self.stage.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.stage.on_assigned(set(assigned))
+        if not self.replaced():
+            await self.stage.on_assigned(set(assigned))
 
 
 def consumer_group(app_id: str, stage: str) -> str:
@@ -92,9 +109,12 @@ class BatchStage(Service):
 
     stage: str = "stage"
     poll_timeout_ms: int = 100
+    session_timeout_ms: int = 30_000
 
     def __init__(self, *, kafka: KafkaSettings, app_id: str, topics: Sequence[str], max_records: int = 2000,
-                 latency_budget_ms: float = 0.0, **kwargs: Any) -> None:
+                 latency_budget_ms: float = 0.0, coordinator_patience: float = 120.0, **kwargs: Any) -> None:
+        """`coordinator_patience`: seconds without a group coordinator after which the consumer is replaced
+        (0: never). Longer than a broker restart takes to load the groups, so a healthy consumer is left alone."""
         super().__init__(**kwargs)
         self.kafka = kafka
         self.group_id = consumer_group(app_id, self.stage)
@@ -110,6 +130,10 @@ class BatchStage(Service):
         self.commit_failures = 0
         self.started_at = time.time()
         self._commit_task: asyncio.Future[None] | None = None
+        self._run_future: asyncio.Future[Any] | None = None
+        self.coordinator_patience = coordinator_patience
+        self._no_coordinator_since: float | None = None
+        self.replaced_consumers = 0
         # Per partition, the first offset this owner may process (set by a subclass that reads the committed
         # offsets itself on assignment): records below it, fetched before, are dropped, never re-processed.
         self.floor: dict[TopicPartition, int] = {}
@@ -147,10 +171,11 @@ class BatchStage(Service):
             "batches": self.batches,
             "last_batch_at": self.last_batch_at,
             "commit_failures": self.commit_failures,
+            "replaced_consumers": self.replaced_consumers,
         }
 
-    async def on_start(self) -> None:
-        self.consumer = AIOKafkaConsumer(
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=self.kafka.bootstrap_servers,
             group_id=self.group_id,
             client_id=f"tickflow-{self.stage}",
@@ -162,16 +187,90 @@ class BatchStage(Service):
             max_poll_records=self.max_records,
             fetch_max_wait_ms=self.poll_timeout_ms,
             max_partition_fetch_bytes=2 * 1024 * 1024,
-            session_timeout_ms=30_000,
-            heartbeat_interval_ms=3_000,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.session_timeout_ms // 10,
             # A database outage holds a batch for as long as it lasts; stay in the group meanwhile.
             max_poll_interval_ms=30 * 60 * 1000,
             **self.kafka.client_kwargs(),  # SSL/SASL (streams/config.py KafkaSettings)
         )
-        self.consumer.subscribe(topics=list(self.topics), listener=_Listener(self))
+        return consumer
+
+    def _subscribe(self, consumer: AIOKafkaConsumer) -> None:
+        consumer.subscribe(topics=list(self.topics), listener=_Listener(self, consumer))
+
+    async def on_start(self) -> None:
+        self.consumer = self._new_consumer()
+        self._subscribe(self.consumer)
         await self.consumer.start()
         logger.info("%s: consuming %s as group %s", self.stage, ", ".join(self.topics), self.group_id)
-        self.add_future(self._run())
+        self._run_future = self.add_future(self._run())
+        if self.coordinator_patience > 0:
+            self.add_future(self._watch_coordinator())
+
+    def coordinator_known(self) -> bool:
+        """Whether the consumer knows its group's coordinator (aiokafka has no public call for it; the tests of
+        `_watch_coordinator` fail if the attribute goes)."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        return coordinator is None or coordinator.coordinator_id is not None
+
+    async def _watch_coordinator(self, clock: Any = time.monotonic) -> None:
+        """Replace the consumer once its group has had no coordinator for `coordinator_patience` seconds."""
+        while not self.should_stop:
+            await self.sleep(min(WATCH_INTERVAL, self.coordinator_patience / 4))
+            if self.should_stop:
+                return
+            now = clock()
+            if self.coordinator_known():
+                self._no_coordinator_since = None
+                continue
+            if self._no_coordinator_since is None:
+                self._no_coordinator_since = now
+            elif now - self._no_coordinator_since >= self.coordinator_patience:
+                await self._replace_consumer(now - self._no_coordinator_since)
+
+    async def _replace_consumer(self, waited: float) -> None:
+        """A new consumer (a new client: new connections, new metadata) joins the group; the old one's loop, its
+        commit and its late callbacks end, and its records not committed are read again (outputs are idempotent).
+        While the broker does not answer the new consumer cannot start: the old one stays, and this runs again."""
+        logger.error("%s: group %s has had no coordinator for %.0f s; replacing its consumer (its uncommitted "
+                     "records are read again)", self.stage, self.group_id, waited)
+        new = self._new_consumer()
+        try:
+            await asyncio.wait_for(new.start(), timeout=STOP_TIMEOUT)  # not subscribed yet: connects, joins nothing
+        except (TimeoutError, KafkaError) as exc:
+            logger.warning("%s: the new consumer could not start (%r); the old one stays for now", self.stage, exc)
+            await self._stop_consumer(new)
+            self._no_coordinator_since = None  # another full wait before the next try
+            return
+        run, self._run_future = self._run_future, None
+        commit, self._commit_task = self._commit_task, None
+        ending = [t for t in (run, commit) if t is not None and not t.done()]
+        for task in ending:
+            task.cancel()
+        if ending:
+            await asyncio.wait(ending, timeout=STOP_TIMEOUT)
+        async with self.batch_lock:
+            old, self.consumer = self.consumer, new  # from here the old consumer's callbacks do nothing
+            # The old partitions are let go before the new consumer can be given any of them again.
+            self.floor.clear()
+            await self.on_revoked(set(old.assignment()) if old is not None else set())
+        self._subscribe(new)
+        self._no_coordinator_since = None
+        self.replaced_consumers += 1
+        if old is not None:
+            self.add_future(self._stop_consumer(old))
+        self._run_future = self.add_future(self._run())
+
+    async def _stop_consumer(self, consumer: AIOKafkaConsumer) -> None:
+        """Stop a consumer, or leave it behind if its stop hangs (it waits for its coordination task, which can be
+        parked for good: the reason it is being left)."""
+        try:
+            await asyncio.wait_for(consumer.stop(), timeout=STOP_TIMEOUT)
+        except TimeoutError:
+            logger.warning("%s: a consumer of group %s did not stop within %.0f s; left behind", self.stage,
+                           self.group_id, STOP_TIMEOUT)
+        except Exception as exc:  # it is going away either way
+            logger.warning("%s: a consumer of group %s failed to stop (%r)", self.stage, self.group_id, exc)
 
     async def flush_commit(self) -> None:
         task, self._commit_task = self._commit_task, None
@@ -185,7 +284,7 @@ class BatchStage(Service):
             logger.warning("%s: last commit not confirmed at stop (%r)", self.stage, exc)
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await self._stop_consumer(consumer)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.consumer.assignment()) if self.consumer is not None else set()

@@ -376,6 +376,7 @@ stage = stage_service(app, ValidateTicks(
     topics=[t.name for t in catalog.by_role("raw")],
     max_records=_v.batch_size,
     latency_budget_ms=_v.batch_latency_budget_ms,
+    coordinator_patience=settings.worker.consumer_replace_after_seconds,
 ))
 
 

@@ -175,4 +175,5 @@ stage = stage_service(app, WriteTicks(
     app_id=settings.worker.app_id,
     topics=[clean_topic_name],
     max_records=settings.sink.batch_size,
+    coordinator_patience=settings.worker.consumer_replace_after_seconds,
 ))

@@ -1,7 +1,11 @@
 """A consumer keeps consuming after its group coordinator answers a heartbeat or a committed-offset fetch with an
 error aiokafka 0.14 has no case for (as a restarted broker does while it reloads the groups' offsets: it answered
 OffsetCommit with COORDINATOR_LOAD_IN_PROGRESS in this suite's broker restart test). Real broker; only that one
-answer is altered, in the client, because a real broker gives it for a moment that cannot be timed from a test."""
+answer is altered, in the client, because a real broker gives it for a moment that cannot be timed from a test.
+
+And a stage whose consumer's coordinator lookup stays parked (as the validate group's did after a broker restart
+in CI: it never found its coordinator again, and the stage's next commit waited behind it) gets a new consumer
+and processes what came after. Real broker; only the lookup of that one consumer is parked."""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streams.broker import keep_consumers_going
-from tests.integration.conftest import Isolation, ensure_topics_for
+from streams.settings import KafkaSettings
+from streams.stages.base import BatchStage
+from tests.integration.conftest import Isolation, ensure_topics_for, wait_until
 
 COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE = 14, 15
 HEARTBEAT, OFFSET_FETCH = 12, 9  # API keys
@@ -100,3 +106,80 @@ async def test_a_committed_offset_fetch_answered_coordinator_not_available_does_
         assert value == b"first", f"nothing fetched after the offset fetch error; getmany raised {errors[:3]}"
     finally:
         await consumer.stop()
+
+
+class Collect(BatchStage):
+    stage = "collect"
+    session_timeout_ms = 6_000  # the broker's minimum: the parked member is expired soon
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.values: list[bytes] = []
+        self.revoked: list[set[TopicPartition]] = []
+
+    async def process(self, records: list[Any]) -> None:
+        self.values.extend(r.value for r in records)
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.revoked.append(revoked)
+
+
+def _park_lookup(consumer: AIOKafkaConsumer) -> None:
+    """The consumer loses its coordinator and its lookup never returns (the stall seen after a broker restart)."""
+    coordinator = consumer._coordinator
+
+    async def parked() -> None:
+        await asyncio.Event().wait()
+
+    coordinator.ensure_coordinator_known = parked
+    coordinator.coordinator_dead()
+
+
+async def _stage_with_parked_lookup(iso: Isolation, producer: AIOKafkaProducer, topic: str, patience: float
+                                    ) -> Collect:
+    """A started stage that processed a first record, then lost its coordinator with its lookup parked."""
+    await ensure_topics_for(iso)
+    stage = Collect(kafka=KafkaSettings(bootstrap_servers=iso.bootstrap), app_id=f"it-{iso.tag}", topics=[topic],
+                    coordinator_patience=patience)
+    await stage.start()
+    await producer.send_and_wait(topic, b"before", partition=0)
+    await wait_until(lambda: b"before" in stage.values, 60, "the first record")
+    assert stage.consumer is not None and stage.coordinator_known()
+    _park_lookup(stage.consumer)
+    return stage
+
+
+async def test_a_stage_whose_coordinator_lookup_stays_parked_gets_a_new_consumer(
+        iso: Isolation, producer: AIOKafkaProducer) -> None:
+    topic = iso.raw_topic()
+    stage = await _stage_with_parked_lookup(iso, producer, topic, patience=3.0)
+    first = stage.consumer
+    try:
+        for i in range(20):
+            await producer.send_and_wait(topic, b"after-%d" % i, partition=i % 4)
+        await wait_until(lambda: all(b"after-%d" % i in stage.values for i in range(20)), 90,
+                         "the records sent after the lookup parked")
+        assert stage.replaced_consumers >= 1 and stage.consumer is not first
+        assert {TopicPartition(topic, p) for p in range(4)} in stage.revoked, "the old partitions were not let go"
+        assert stage.coordinator_known()
+    finally:
+        await stage.stop()
+
+
+async def test_without_the_watch_a_parked_lookup_stops_the_stage_for_good(
+        iso: Isolation, producer: AIOKafkaProducer) -> None:
+    """The control: the same parked lookup and no replacement. The stage takes at most one more batch (its commit
+    parks behind the lookup, and the next batch waits for that commit): what CI saw after the broker restart."""
+    topic = iso.raw_topic()
+    stage = await _stage_with_parked_lookup(iso, producer, topic, patience=0)
+    try:
+        for i in range(5):
+            await producer.send_and_wait(topic, b"after-%d" % i, partition=0)
+            await asyncio.sleep(1.0)
+        await asyncio.sleep(10)
+        missing = [i for i in range(5) if b"after-%d" % i not in stage.values]
+        assert missing, "every record was processed: the parked lookup did not stop the stage, the test tests nothing"
+        assert stage.replaced_consumers == 0 and not stage.coordinator_known()
+    finally:
+        stage.consumer, stage._commit_task = None, None  # its stop would wait for the parked lookup
+        await stage.stop()

@@ -124,3 +124,60 @@ def test_one_slow_batch_moves_the_estimate_only_part_of_the_way() -> None:
     stage.observe_cost(-1.0, 10)  # nonsense is ignored
     stage.observe_cost(1.0, 0)
     assert stage.record_cost == pytest.approx(20e-6 + base.COST_SMOOTHING * 180e-6)
+
+
+class FakeCoordinator:
+    def __init__(self, coordinator_id: int | None) -> None:
+        self.coordinator_id = coordinator_id
+
+
+class Watched(Stage):
+    """The coordinator watch with a consumer whose coordinator the test sets, and replacements recorded."""
+
+    def __init__(self, patience: float) -> None:
+        super().__init__(kafka=KafkaSettings(), app_id="unit", topics=["t"], coordinator_patience=patience)
+        self.consumer = FakeConsumer([])  # type: ignore[assignment]
+        self.consumer._coordinator = FakeCoordinator(1)  # type: ignore[attr-defined]
+        self.replacements: list[float] = []
+
+    def lose(self, lost: bool) -> None:
+        self.consumer._coordinator.coordinator_id = None if lost else 1  # type: ignore[union-attr]
+
+    async def _replace_consumer(self, waited: float) -> None:
+        self.replacements.append(waited)
+        self.lose(False)  # the new consumer finds it
+        self._no_coordinator_since = None
+
+
+async def _watch_for(stage: Watched, seconds: float) -> None:
+    watch = asyncio.ensure_future(stage._watch_coordinator())
+    await asyncio.sleep(seconds)
+    stage._stopped.set()
+    await asyncio.wait_for(watch, 2)
+
+
+async def test_a_consumer_without_a_coordinator_for_the_patience_is_replaced_once() -> None:
+    stage = Watched(patience=0.4)
+    stage.lose(True)
+    await _watch_for(stage, 1.0)
+    assert len(stage.replacements) == 1 and stage.replacements[0] >= 0.4
+
+
+async def test_a_coordinator_found_again_within_the_patience_leaves_the_consumer_alone() -> None:
+    stage = Watched(patience=0.4)
+    stage.lose(True)
+    watch = asyncio.ensure_future(stage._watch_coordinator())
+    await asyncio.sleep(0.3)
+    stage.lose(False)  # found again, as after any broker restart
+    await asyncio.sleep(0.3)
+    stage.lose(True)  # lost again: the wait starts over
+    await asyncio.sleep(0.3)
+    stage._stopped.set()
+    await asyncio.wait_for(watch, 2)
+    assert stage.replacements == []
+
+
+async def test_a_known_coordinator_is_never_replaced() -> None:
+    stage = Watched(patience=0.2)
+    await _watch_for(stage, 0.8)
+    assert stage.replacements == [] and stage.coordinator_known()
