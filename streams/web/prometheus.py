@@ -30,6 +30,7 @@ from prometheus_client.utils import floatToGoString
 from streams import histogram
 from streams.app import app
 from streams.stages import metrics
+from streams.stages.base import stages
 from streams.stages.produce import supervisor
 from streams.web.health import lag_reader
 
@@ -61,10 +62,12 @@ class WorkerCollector(Collector):
     metrics table's format); holds no state between scrapes."""
 
     def __init__(self, values: dict[str, dict[str, Any]], lag: dict[str, int] | None,
-                 sources: list[dict[str, Any]], now: float, worker: str) -> None:
+                 sources: list[dict[str, Any]], now: float, worker: str,
+                 stages: dict[str, dict[str, Any]] | None = None) -> None:
         self.values = values
         self.lag = lag
         self.sources = sources
+        self.stages = stages or {}
         self.now = now
         self.worker = worker
 
@@ -139,12 +142,25 @@ class WorkerCollector(Collector):
         yield unexpected
         yield unknown
 
+        commits = CounterMetricFamily("tickflow_stage_commit_failures",
+                                      "Offset commits of the stage refused or lost (its records are read again).",
+                                      labels=["worker", "stage"])
+        replaced = CounterMetricFamily("tickflow_stage_consumers_replaced",
+                                       "Times the stage replaced its consumer, whose group had no coordinator for "
+                                       "worker.consumer_replace_after_seconds.", labels=["worker", "stage"])
+        for name, st in sorted(self.stages.items()):
+            commits.add_metric([w, name], float(st.get("commit_failures", 0)))
+            replaced.add_metric([w, name], float(st.get("replaced_consumers", 0)))
+        yield commits
+        yield replaced
+
 
 def render(values: dict[str, dict[str, Any]], lag: dict[str, int] | None, sources: list[dict[str, Any]],
-           now: float, worker: str = "") -> bytes:
-    """The exposition text for one scrape. Pure (a fresh registry each time), so it is tested without Faust."""
+           now: float, worker: str = "", stages: dict[str, dict[str, Any]] | None = None) -> bytes:
+    """The exposition text for one scrape. Pure (a fresh registry each time), so it is tested without Faust.
+    `stages`: each batch stage's `status()`, by stage name."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(WorkerCollector(values, lag, sources, now, worker))
+    registry.register(WorkerCollector(values, lag, sources, now, worker, stages))
     return generate_latest(registry)
 
 
@@ -167,6 +183,6 @@ class PrometheusMetrics(View):
         """Answered by this worker itself (never routed to the table's owner): every pod is scraped."""
         lag = await _lag() if metrics.owns_table() else None
         body = render(dict(metrics.local.values), lag, supervisor.status(), time.time(),
-                      worker_label(str(app.conf.canonical_url)))
+                      worker_label(str(app.conf.canonical_url)), {name: st.status() for name, st in stages.items()})
         # aiohttp refuses a charset inside content_type=, so the full header goes in headers=.
         return self.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})

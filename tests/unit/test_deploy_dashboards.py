@@ -28,7 +28,8 @@ def exported_series() -> set[str]:
     delta.observe_latencies([3.0, 40.0])
     values = {"simulated": fold(None, delta, 100.0)}
     sources = [{"source": "simulated", "kind": "SimulatedSource", "state": "running", "failures": 1}]
-    text = render(values, {"raw.simulated": 3}, sources, now=101.0).decode()
+    stages = {"validate": {"commit_failures": 0, "replaced_consumers": 1}}
+    text = render(values, {"raw.simulated": 3}, sources, now=101.0, stages=stages).decode()
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 

@@ -171,3 +171,15 @@ def test_worker_label_is_the_advertised_address() -> None:
 
     assert worker_label("http://10.0.0.7:6066") == "10.0.0.7:6066"
     assert worker_label("") != ""  # the host name, never an empty label
+
+
+def test_each_stage_shows_its_refused_commits_and_replaced_consumers() -> None:
+    stages = {"validate": {"commit_failures": 2, "replaced_consumers": 1, "batches": 9},
+              "write": {"commit_failures": 0, "replaced_consumers": 0}}
+    fams = _samples(render({}, None, [], now=1.0, worker="w:1", stages=stages).decode())
+    assert _one(fams["tickflow_stage_commit_failures"], "tickflow_stage_commit_failures_total", stage="validate") == 2
+    assert _one(fams["tickflow_stage_consumers_replaced"], "tickflow_stage_consumers_replaced_total",
+                stage="validate") == 1
+    assert _one(fams["tickflow_stage_consumers_replaced"], "tickflow_stage_consumers_replaced_total",
+                stage="write") == 0
+    assert all(s.labels["worker"] == "w:1" for s in fams["tickflow_stage_consumers_replaced"])
