@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 HEADER_PREFIX = "tickflow."
 MAX_ERROR_CHARS = 1000
 TRUNCATE_TO = 64 * 1024
+# Sends still not acknowledged after this long are logged, and again each time as long again: the producer retries
+# them by itself for up to its request timeout (Faust's is 20 minutes) while the stage waits, which must not be
+# silent.
+ACK_WARN_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -154,12 +158,29 @@ async def _send_batched(producer: AIOKafkaProducer, messages: Sequence[Outgoing]
                                                timestamp_ms=int(m.timestamp * 1000) if m.timestamp else None,
                                                headers=m.headers)))
     out: list[BaseException | None] = [None] * len(messages)
-    results = await asyncio.gather(*(f for _, f in waits), return_exceptions=True)
+    results = await _acknowledged([f for _, f in waits], len(messages))
     for (members, _), r in zip(waits, results, strict=True):
         if isinstance(r, BaseException):
             for i in members:
                 out[i] = r
     return out
+
+
+async def _acknowledged(futures: Sequence[Awaitable[Any]], count: int) -> list[Any]:
+    """Every future's result or exception, in order; a wait past ACK_WARN_SECONDS is logged."""
+    gathered = asyncio.gather(*futures, return_exceptions=True)
+    waited = 0.0
+    try:
+        while True:
+            done, _ = await asyncio.wait({gathered}, timeout=ACK_WARN_SECONDS)
+            if done:
+                return gathered.result()
+            waited += ACK_WARN_SECONDS
+            logger.warning("%d sends have waited %.0f s for the broker's acknowledgement (the producer retries them)",
+                           count, waited)
+    except asyncio.CancelledError:
+        gathered.cancel()
+        raise
 
 
 async def _send_each(messages: Sequence[Outgoing]) -> list[BaseException | None]:
@@ -173,7 +194,7 @@ async def _send_each(messages: Sequence[Outgoing]) -> list[BaseException | None]
             out.append(exc)
             continue
         out.append(None)
-    results = await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True)
+    results = await _acknowledged([f for f in futures if f is not None], len(messages))
     it = iter(results)
     return [e if e is not None else (r if isinstance(r := next(it), BaseException) else None) for e in out]
 

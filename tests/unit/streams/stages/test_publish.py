@@ -7,6 +7,7 @@ is replaced; a cancel is not retried. send_all resends only what was not acknowl
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -216,3 +217,27 @@ async def test_send_all_is_not_retried_past_a_cancel(sent: Sent) -> None:
         await publish.send_all([Outgoing("clean", b"k", b"v")], producer=lambda: FakeProducer(),  # type: ignore[arg-type,return-value]
                                send_batched=cancelled)
     assert len(sent) == 1
+
+
+async def test_a_long_wait_for_acknowledgements_is_logged_not_silent(monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(publish, "ACK_WARN_SECONDS", 0.05)
+    loop = asyncio.get_running_loop()
+    slow, failed = loop.create_future(), loop.create_future()
+    failed.set_exception(KafkaConnectionError("down"))
+    loop.call_later(0.13, slow.set_result, "ack")
+    with caplog.at_level(logging.WARNING, logger=publish.__name__):
+        results = await publish._acknowledged([slow, failed], 7)
+    assert results[0] == "ack" and isinstance(results[1], KafkaConnectionError)
+    warned = [r.getMessage() for r in caplog.records if "waited" in r.getMessage()]
+    assert len(warned) == 2 and warned[0].startswith("7 sends have waited 0 s"), warned
+
+
+async def test_a_cancelled_wait_for_acknowledgements_cancels_the_sends() -> None:
+    pending = asyncio.get_running_loop().create_future()
+    waiting = asyncio.ensure_future(publish._acknowledged([pending], 1))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert pending.cancelled()
