@@ -342,12 +342,17 @@ class BatchStage(Service):
                              offsets: dict[TopicPartition, int]) -> None:
         """At-least-once: the batch's outputs are acknowledged (process returned); commit its offsets. A stage
         that commits its offsets inside a transaction overrides this."""
-        faults.reach(f"{self.stage}.before_offset_commit")
+        self.reach_fault(f"{self.stage}.before_offset_commit")
         # The commit overlaps the next fetch (one round trip off every record's latency); the next
         # batch's commit, a revocation and a stop all wait for it first, so commits stay in order.
         await self.flush_commit()
         if offsets:  # empty when every partition of the batch was held back
             self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets))
+
+    def reach_fault(self, point: str) -> None:
+        """A fault point (streams/faults.py) where this stage's consumer can also be parked."""
+        if faults.reach(point) and self.consumer is not None:
+            faults.park_lookup(self.consumer)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """Commit, retrying a Kafka error with capped exponential backoff (0.2 s doubling to 10 s) until it

@@ -37,7 +37,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sinks.base import REVISABLE_KINDS
-from streams import contract, exactjson, faults
+from streams import contract, exactjson
 from streams.app import app, settings
 from streams.catalog import Catalog
 from streams.errors import RejectedRecord
@@ -271,7 +271,7 @@ class ValidateTicks(BatchStage):
             await self.claim(lost)
 
     def _before_commit(self) -> None:
-        faults.reach(f"{self.stage}.before_offset_commit")
+        self.reach_fault(f"{self.stage}.before_offset_commit")
 
     async def claim(self, tps: set[TopicPartition]) -> None:
         """Become the only writer for `tps`: a new transactional producer per partition (fencing the previous

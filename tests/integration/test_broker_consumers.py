@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from streams import faults
 from streams.broker import keep_consumers_going
 from streams.settings import KafkaSettings
 from streams.stages.base import BatchStage
@@ -124,17 +125,6 @@ class Collect(BatchStage):
         self.revoked.append(revoked)
 
 
-def _park_lookup(consumer: AIOKafkaConsumer) -> None:
-    """The consumer loses its coordinator and its lookup never returns (the stall seen after a broker restart)."""
-    coordinator = consumer._coordinator
-
-    async def parked() -> None:
-        await asyncio.Event().wait()
-
-    coordinator.ensure_coordinator_known = parked
-    coordinator.coordinator_dead()
-
-
 async def _stage_with_parked_lookup(iso: Isolation, producer: AIOKafkaProducer, topic: str, patience: float
                                     ) -> Collect:
     """A started stage that processed a first record, then lost its coordinator with its lookup parked."""
@@ -145,7 +135,7 @@ async def _stage_with_parked_lookup(iso: Isolation, producer: AIOKafkaProducer, 
     await producer.send_and_wait(topic, b"before", partition=0)
     await wait_until(lambda: b"before" in stage.values, 60, "the first record")
     assert stage.consumer is not None and stage.coordinator_known()
-    _park_lookup(stage.consumer)
+    faults.park_lookup(stage.consumer)
     return stage
 
 

@@ -199,6 +199,29 @@ async def test_kill_9_at_a_fault_point_then_restart(iso, workers, producer, pg, 
     assert survivor.alive()
 
 
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "EOS"])
+async def test_a_stage_whose_coordinator_lookup_parks_gets_a_new_consumer(iso, workers, producer, pg,
+                                                                          exactly_once: bool) -> None:
+    """The stall CI saw after a broker restart, placed exactly: at its second batch's commit the validate stage's
+    consumer forgets its coordinator and its lookup never returns (streams/faults.py `:park`). The stage replaces
+    the consumer after worker.consumer_replace_after_seconds, and nothing is lost or, with exactly-once,
+    duplicated."""
+    await ensure_topics_for(iso)
+    inputs = fault_inputs(seed=83)
+    point = "validate.before_offset_commit"
+    w = workers("w1", TICKFLOW_FAULT_POINT=f"{point}@2:park", TICKFLOW_WORKER__CONSUMER_REPLACE_AFTER_SECONDS="15",
+                TICKFLOW_KAFKA__EXACTLY_ONCE=str(exactly_once).lower())
+    half = len(inputs.messages) // 2
+    await produce_all(producer, iso.raw_topic(), inputs.messages[:half])
+    await wait_until(lambda: "replacing its consumer" in w.log_text() or not w.alive(), 120,
+                     "the stage to replace its consumer")
+    assert f"fault point {point} reached (2): park" in w.log_text(), "the fault never fired: the test tested nothing"
+    await produce_all(producer, iso.raw_topic(), inputs.messages[half:], half)  # to the new consumer
+    mode = "exactly-once" if exactly_once else "at-least-once"
+    await check_oracles(iso, pg, inputs, f"validate's coordinator lookup parked, consumer replaced, {mode}")
+    assert w.alive()
+
+
 async def test_kill_9_inside_a_rebalance(iso, workers, producer, pg) -> None:
     """A second worker joins; the first dies while its partitions are being revoked."""
     await ensure_topics_for(iso)
