@@ -1,0 +1,51 @@
+"""The benchmark's load generator (streams/tools/measure.py `paced_feed`) on the real broker: every point arrives
+once, stamped with its send time, spread over the run at the asked rate, and in the partition a keyed send of
+the same symbol goes to (the validate stage's per-symbol order depends on it)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from streams.models import MarketDataPoint
+from streams.settings import load_settings
+from streams.tools.measure import paced_feed, read_topic
+from tests.integration.conftest import Isolation, ensure_topics_for
+
+
+async def test_a_paced_feed_sends_every_point_once_at_its_rate_stamped_when_sent(iso: Isolation, producer) -> None:
+    await ensure_topics_for(iso)
+    topic = iso.raw_topic()
+    settings = load_settings()
+    rate, seconds = 2000.0, 3.0
+    sent = await paced_feed(settings, topic, rate, seconds, run_id=f"pace{iso.tag}")
+    assert sent == 6000
+
+    records = await read_topic(iso.bootstrap, topic)
+    assert len(records) == sent
+    points = [(r, MarketDataPoint.model_validate_json(r.value)) for r in records]
+    assert len({p.item_id for _, p in points}) == sent  # each point once
+    assert {p.item_id.rsplit("-", 1)[0] for _, p in points} == {f"pace{iso.tag}"}
+
+    # Stamped when sent: the event time in the payload is the record's timestamp (the latency's start), to the ms.
+    for r, p in points:
+        assert abs(p.timestamp.timestamp() * 1000 - r.timestamp) <= 1.0, (p.timestamp, r.timestamp)
+
+    # Paced: spread over the run, no second holding much more than its share.
+    stamps = sorted(r.timestamp for r in records)
+    span = (stamps[-1] - stamps[0]) / 1000
+    assert seconds * 0.8 <= span <= seconds * 1.5, span
+    per_second = Counter((t - stamps[0]) // 1000 for t in stamps)
+    assert max(per_second.values()) <= rate * 1.3, per_second
+
+    # Partitioned as a keyed send of the same symbol, and in send order within a partition.
+    partition_of: dict[str, set[int]] = defaultdict(set)
+    for r, p in points:
+        partition_of[p.symbol].add(r.partition)
+    assert all(len(parts) == 1 for parts in partition_of.values())
+    for symbol, (partition,) in partition_of.items():
+        meta = await (await producer.send(topic, b"{}", key=symbol.encode()))
+        assert meta.partition == partition, symbol
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    for r, p in sorted(points, key=lambda rp: (rp[0].partition, rp[0].offset)):
+        by_partition[r.partition].append(int(p.item_id.rsplit("-", 1)[1]))
+    assert all(seqs == sorted(seqs) for seqs in by_partition.values())
