@@ -91,6 +91,77 @@ async def test_a_cancel_ends_the_retries() -> None:
     assert len(consumer.calls) == 1
 
 
+class GatedConsumer:
+    """A consumer whose every commit waits until the test opens that commit's gate."""
+
+    def __init__(self) -> None:
+        self.started: list[dict[TopicPartition, int]] = []
+        self.committed: list[dict[TopicPartition, int]] = []
+        self.gates: list[asyncio.Event] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        gate = asyncio.Event()
+        self.started.append(dict(offsets))
+        self.gates.append(gate)
+        await gate.wait()
+        self.committed.append(dict(offsets))
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_commits_overlap_the_next_batches_in_order_and_at_most_a_few_are_pending() -> None:
+    consumer, stage = GatedConsumer(), make_stage()
+    assert base.COMMITS_IN_FLIGHT == 3
+    for offset in (1, 2, 3):  # three batches go on without waiting for their commits
+        await asyncio.wait_for(stage.commit_offsets(consumer, {}, {TP: offset}), 1)  # type: ignore[arg-type]
+    await settle()
+    assert consumer.started == [{TP: 1}]  # the next commit starts only once the one before it is done
+    fourth = asyncio.ensure_future(stage.commit_offsets(consumer, {}, {TP: 4}))  # type: ignore[arg-type]
+    await settle()
+    assert not fourth.done()  # three pending: the fourth batch waits for the oldest
+    consumer.gates[0].set()
+    await settle()
+    assert fourth.done() and consumer.committed == [{TP: 1}] and consumer.started == [{TP: 1}, {TP: 2}]
+    flush = asyncio.ensure_future(stage.flush_commit())
+    for i in (1, 2, 3):
+        await settle()
+        assert not flush.done()  # a revocation or a stop waits for every pending commit, not only the oldest
+        consumer.gates[i].set()
+    await asyncio.wait_for(flush, 1)
+    assert consumer.committed == [{TP: 1}, {TP: 2}, {TP: 3}, {TP: 4}]
+
+
+async def test_a_commit_waits_for_its_batchs_outputs_and_a_failed_output_commits_nothing() -> None:
+    consumer, stage = FakeConsumer([]), make_stage()
+    acks: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    stage.sending = acks
+    await stage.commit_offsets(consumer, {}, {TP: 5})  # type: ignore[arg-type]
+    await settle()
+    assert consumer.calls == []  # not before the outputs are acknowledged
+    acks.set_result(None)
+    await stage.flush_commit()
+    assert consumer.committed == {TP: 5}
+    failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    stage.sending = failed
+    await stage.commit_offsets(consumer, {}, {TP: 9})  # type: ignore[arg-type]
+    failed.set_exception(RuntimeError("send failed"))
+    with pytest.raises(RuntimeError):
+        await stage.flush_commit()
+    assert consumer.committed == {TP: 5} and len(consumer.calls) == 1
+
+
+async def test_a_bug_in_an_earlier_commit_comes_out_at_the_next_batch_and_nothing_after_it_is_committed() -> None:
+    consumer, stage = FakeConsumer([TypeError("bug")]), make_stage()
+    await stage.commit_offsets(consumer, {}, {TP: 1})  # type: ignore[arg-type]
+    await settle()
+    with pytest.raises(TypeError):
+        await stage.commit_offsets(consumer, {}, {TP: 2})  # type: ignore[arg-type]
+    assert consumer.committed == {} and consumer.calls == [{TP: 1}]
+
+
 def test_without_a_budget_or_a_measured_cost_a_batch_closes_on_size_only() -> None:
     stage = Stage(kafka=KafkaSettings(), app_id="unit", topics=["t"], max_records=2000)
     stage.observe_cost(0.05, 2000)
