@@ -384,8 +384,7 @@ class ValidationSettings(_Section):
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     # A validate batch also closes at the number of records its measured cost per record fits in this many
     # milliseconds (never below 100 records), so under load a record waits behind fewer others; 0 (the default):
-    # size only. A batch sends only after the previous batch's acks (per-partition order), so smaller batches wait
-    # for more acks: under load it did not lower the latency in bench/README.md's measurements.
+    # size only. Each extra batch waits for its own produce acks, so under load a budget costs throughput.
     batch_latency_budget_ms: float = Field(default=0.0, ge=0.0)
 
 

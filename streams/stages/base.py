@@ -10,9 +10,6 @@ contract — offsets committed only after the rows commit, nothing lost — need
 - one aiokafka consumer per stage and worker, group `<app id>-<stage>`, auto-commit off;
 - `getmany()` -> `process(batch)` -> `commit(batch's next offsets)`; `process` never raises for bad
   data (it dead-letters) and retries outages in place, so a batch is never half-acknowledged;
-- a batch's commit does not hold up the next batches: it runs once the batch's outputs are acknowledged and the
-  commit before it is done (commits stay in order), with at most COMMITS_IN_FLIGHT pending; under load each
-  batch had waited for the previous one's commit round trip, most of a record's latency (bench/README.md);
 - on a rebalance, revocation waits for the batch in flight to finish and commit before the partitions
   move, so the next owner starts exactly after it;
 - a commit that fails (the group moved on while this worker was paused) is logged, not fatal: the new
@@ -51,8 +48,6 @@ COMMIT_RETRY_INITIAL, COMMIT_RETRY_MAX = 0.2, 10.0
 MIN_BUDGET_RECORDS, COST_SMOOTHING = 100, 0.2
 # How often the coordinator watch looks, and how long a replaced consumer's stop may take before it is left behind.
 WATCH_INTERVAL, STOP_TIMEOUT = 5.0, 15.0
-# Offset commits pending at once (each waits for the one before it): the next batches go on meanwhile.
-COMMITS_IN_FLIGHT = 3
 
 
 def _commit_retriable(exc: BaseException) -> bool:
@@ -135,11 +130,6 @@ class BatchStage(Service):
         self.commit_failures = 0
         self.started_at = time.time()
         self._commit_task: asyncio.Future[None] | None = None
-        self._commits: list[asyncio.Future[None]] = []  # commits not known to be done, oldest first
-        # The outputs of the last batch while they are being acknowledged (a subclass that sends without waiting
-        # sets it): that batch's offsets are committed only once they are, and the subclass sends its next batch's
-        # outputs only after them (per-partition order), so the wait for the acks overlaps the next batch's work.
-        self.sending: asyncio.Future[Any] | None = None
         self._run_future: asyncio.Future[Any] | None = None
         self.coordinator_patience = coordinator_patience
         self._no_coordinator_since: float | None = None
@@ -161,8 +151,8 @@ class BatchStage(Service):
         batch (its outputs go out, and its offsets are committed, when the batch is done), so a 2,000-record
         batch of validation adds ~50 ms to each record's latency while most of those records were already
         waiting. Closing the batch at the number of records the budget covers bounds that wait, at the price of
-        more batches, each with its produce round trip (bench/README.md: off by default, it did not pay in the
-        session 11 measurements)."""
+        more per-batch round trips (bench/README.md: it pays only while a batch's acks overlap the next batch,
+        which the stages do not do today; off by default)."""
         if not self.latency_budget or not self.record_cost:
             return self.max_records
         fits = int(self.latency_budget / self.record_cost)
@@ -254,7 +244,6 @@ class BatchStage(Service):
             return
         run, self._run_future = self._run_future, None
         commit, self._commit_task = self._commit_task, None
-        self._commits = []
         ending = [t for t in (run, commit) if t is not None and not t.done()]
         for task in ending:
             task.cancel()
@@ -285,7 +274,6 @@ class BatchStage(Service):
 
     async def flush_commit(self) -> None:
         task, self._commit_task = self._commit_task, None
-        self._commits = []
         if task is not None:
             await task
 
@@ -352,34 +340,24 @@ class BatchStage(Service):
 
     async def commit_offsets(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]],
                              offsets: dict[TopicPartition, int]) -> None:
-        """At-least-once: process returned (its rows are committed; its outputs may still await their acks, in
-        `sending`); commit its offsets once those are in. A stage that commits its offsets inside a transaction
-        overrides this."""
-        # The commit overlaps the next batches: each commit waits for the one before it (commits stay in order),
-        # at most COMMITS_IN_FLIGHT are pending, and a revocation and a stop wait for the last (so for all).
-        previous = self._commit_task
-        if previous is not None and previous.done():
-            previous.result()  # a bug in a commit comes out here
-            previous = None
-        while len(pending := [t for t in self._commits if not t.done()]) >= COMMITS_IN_FLIGHT:
-            await pending[0]
-        self._commits = pending
+        """At-least-once: the batch's outputs are acknowledged (process returned); commit its offsets. A stage
+        that commits its offsets inside a transaction overrides this."""
+        self.reach_fault(f"{self.stage}.before_offset_commit")
+        # The commit overlaps the next fetch (one round trip off every record's latency); the next
+        # batch's commit, a revocation and a stop all wait for it first, so commits stay in order.
+        await self.flush_commit()
         if offsets:  # empty when every partition of the batch was held back
-            self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets, self.sending, previous))
-            self._commits.append(self._commit_task)
+            self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets))
 
     def reach_fault(self, point: str) -> None:
         """A fault point (streams/faults.py) where this stage's consumer can also be parked."""
         if faults.reach(point) and self.consumer is not None:
             faults.park_lookup(self.consumer)
 
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int],
-                      outputs: asyncio.Future[Any] | None = None, previous: asyncio.Future[None] | None = None
-                      ) -> None:
-        """Once the commit before it is done and the batch's `outputs` are acknowledged (an output that failed:
-        nothing is committed, and the error comes out), commit, retrying a Kafka error with capped exponential
-        backoff (0.2 s doubling to 10 s) until it succeeds. A refused commit is not retried: the group rebalanced
-        away from us (e.g. we were paused past the session timeout), the partitions' new owner re-reads
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        """Commit, retrying a Kafka error with capped exponential backoff (0.2 s doubling to 10 s) until it
+        succeeds. A refused commit is not retried: the group
+        rebalanced away from us (e.g. we were paused past the session timeout), the partitions' new owner re-reads
         these records and our outputs were idempotent. Anything else (a bug) comes out."""
         retrying = AsyncRetrying(
             retry=retry_if_exception(_commit_retriable),
@@ -388,12 +366,6 @@ class BatchStage(Service):
             before_sleep=self._log_commit_retry,
             reraise=True,
         )
-        if previous is not None:
-            await previous
-        if outputs is not None:
-            await outputs
-        # The batch is done (its outputs acknowledged, its rows committed) and its offsets are not committed yet.
-        self.reach_fault(f"{self.stage}.before_offset_commit")
         try:
             async for attempt in retrying:
                 with attempt:

@@ -244,12 +244,7 @@ class ValidateTicks(BatchStage):
         if router.anomalies is not None:
             router.anomalies.save()
         if self.transactions is None:
-            if self.sending is not None:
-                await self.sending  # the previous batch's outputs are acknowledged first: per-partition order
-            # Not awaited here: this batch's commit waits for the acks (BatchStage._commit), and the next batch is
-            # validated meanwhile.
-            self.sending = asyncio.ensure_future(
-                self.send([m for tp, msgs in out_by_tp.items() if tp not in held_tps for m in msgs]))
+            await self.send([m for tp, msgs in out_by_tp.items() if tp not in held_tps for m in msgs])
         else:  # sent in the partitions' transactions, with their offsets (commit_offsets)
             self._outputs = {tp: msgs for tp, msgs in out_by_tp.items() if tp not in held_tps}
         await self.emit(delta)
