@@ -597,7 +597,13 @@ class PostgresTickWriter(BatchWriter):
             raise await self._failed(exc, "read market_data") from None
         return [dict(r) for r in rows]
 
-    async def write_metrics(self, worker: str, snapshots: dict[str, dict[str, Any]]) -> None:
+    async def write_metrics(self, worker: str, snapshots: dict[str, dict[str, Any]], *, cluster: str | None = None,
+                            window_seconds: float = 60.0) -> list[str]:
+        """One data_quality_metrics row per source. With `cluster` (the Faust app id: `worker` is then
+        "<cluster>@<url>"), the snapshots are of a cluster-wide table whose counts never go back, so a source's
+        row behind the newest one any worker of that cluster stored in the last `window_seconds` is stale (a
+        worker woken from a pause, or mid-rebalance, still thinks it owns the table) and is not written.
+        Returns the sources skipped."""
         if self.pool is None:
             await self.start()
         assert self.pool is not None
@@ -609,13 +615,30 @@ class PostgresTickWriter(BatchWriter):
             )
             for source, s in snapshots.items()
         ]
+        cols = ("worker, source, processed, valid, rejected, written, duplicates, throughput_per_sec, avg_latency_ms,"
+                " p50_latency_ms, p95_latency_ms, p99_latency_ms, rejected_by_rule")
         try:
             async with self.pool.acquire() as conn:
-                await conn.executemany(
-                    f"INSERT INTO {self._q}.data_quality_metrics (worker, source, processed, valid, rejected,"
-                    " written, duplicates, throughput_per_sec, avg_latency_ms, p50_latency_ms, p95_latency_ms,"
-                    " p99_latency_ms, rejected_by_rule) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13::jsonb)",
-                    records,
-                )
+                if cluster is None:
+                    await conn.executemany(
+                        f"INSERT INTO {self._q}.data_quality_metrics ({cols})"
+                        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13::jsonb)", records)
+                    return []
+                async with conn.transaction():
+                    # One fenced writer at a time per cluster, so the check and the insert order agree.
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tickflow.metrics:' || $1))", cluster)
+                    written = {r["source"] for r in await conn.fetch(
+                        f"INSERT INTO {self._q}.data_quality_metrics (recorded_at, {cols})"
+                        " SELECT clock_timestamp(), $1, n.* FROM unnest($2::text[], $3::bigint[], $4::bigint[],"
+                        " $5::bigint[], $6::bigint[], $7::bigint[], $8::float8[], $9::float8[], $10::float8[],"
+                        " $11::float8[], $12::float8[], $13::text[]::jsonb[]) AS n(source, processed, valid, rejected,"
+                        " written, duplicates, tp, avg, p50, p95, p99, rules)"
+                        f" WHERE NOT EXISTS (SELECT 1 FROM {self._q}.data_quality_metrics m WHERE m.source = n.source"
+                        " AND m.recorded_at > now() - make_interval(secs => $15)"
+                        " AND left(m.worker, length($14) + 1) = $14 || '@'"
+                        " AND (m.processed > n.processed OR m.valid > n.valid OR m.rejected > n.rejected"
+                        " OR m.written > n.written OR m.duplicates > n.duplicates)) RETURNING source",
+                        worker, *([r[i] for r in records] for i in range(1, 13)), cluster, window_seconds)}
         except Exception as exc:
             raise await self._failed(exc, "write data_quality_metrics") from None
+        return [source for source in snapshots if source not in written]

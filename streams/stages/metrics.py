@@ -338,14 +338,23 @@ def owns_table() -> bool:
 @app.timer(settings.worker.metrics_flush_seconds, name="store_metrics")
 async def store_metrics() -> None:
     """Snapshot the table into data_quality_metrics. Only the worker that owns the table's one partition
-    holds its values (no standbys), so exactly one worker writes each snapshot."""
+    holds its values (no standbys). owns_table() is this worker's own view, though: a worker woken from a
+    pause (SIGSTOP, a frozen VM) still believes it owns the table until its consumer rejoins, and meanwhile
+    stored its stale counts between the new owner's, so the newest snapshot could go back (measured: three
+    such rows in one run of test_paused_worker_does_not_lose_or_double_rows). The write is fenced: a
+    snapshot behind the newest stored one of this app is not stored (sinks/postgres.py write_metrics)."""
     values = {k: v for k, v in metrics_table.items() if v} if owns_table() else {}
     if not values:
         return
     now = time.time()
     try:
         writer = await shared_writer.get()
-        await writer.write_metrics(f"{app.conf.id}@{app.conf.canonical_url}",
-                                   {k: snapshot(v, now) for k, v in values.items()})
+        stale = await writer.write_metrics(f"{app.conf.id}@{app.conf.canonical_url}",
+                                           {k: snapshot(v, now) for k, v in values.items()}, cluster=app.conf.id)
     except Exception as exc:  # the database may be down; the table keeps counting
         logger.warning("could not store metrics snapshot: %r", exc)
+        return
+    if stale:
+        logger.info("metrics snapshot not stored for %s: behind the newest one another worker stored (this "
+                    "worker's copy of the table is stale: it was paused, or a rebalance is moving the table)",
+                    ", ".join(sorted(stale)))

@@ -442,6 +442,28 @@ async def sink_duplicates(iso: Any, pg: Any) -> int | None:
         return None
 
 
+SNAPSHOT_COUNTERS = ("processed", "valid", "rejected", "written", "duplicates")
+
+
+def snapshots_going_back(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The stored data_quality_metrics series of one source, in the order it was recorded: every place where a
+    counter of the cluster-wide table went back (a stale copy of the table stored between the owner's)."""
+    out: list[str] = []
+    prev: Mapping[str, Any] | None = None
+    for row in rows:
+        if prev is not None:
+            out += [f"{c} {prev[c]} -> {row[c]} ({prev['worker']} then {row['worker']})"
+                    for c in SNAPSHOT_COUNTERS if row[c] < prev[c]]
+        prev = row
+    return out
+
+
+async def stored_snapshots(iso: Any, pg: Any, source: str = "simulated") -> list[dict[str, Any]]:
+    return [dict(r) for r in await pg.fetch(
+        f"SELECT worker, {', '.join(SNAPSHOT_COUNTERS)} FROM {iso.schema}.data_quality_metrics WHERE source = $1 "
+        "ORDER BY recorded_at, id", source)]
+
+
 async def gather(iso: Any, pg: Any, expected: Expected) -> Observed:
     """Wait for the flow to drain (bounded), then read everything the oracles need."""
     from tests.integration.conftest import wait_until

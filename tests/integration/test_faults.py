@@ -25,6 +25,8 @@ from tests.integration.oracles import (
     pg_count,
     produce_all,
     produce_paced,
+    snapshots_going_back,
+    stored_snapshots,
     wait_for_rows,
 )
 
@@ -176,6 +178,9 @@ async def test_paused_worker_does_not_lose_or_double_rows(iso, workers, producer
     # group coordinator (streams/stages/base.py logs it and counts it in /health's commit_failures).
     await wait_until(lambda: "write: commit refused" in a.log_text(), 60, "the zombie's late commit to be refused")
     await check_oracles(iso, pg, inputs, "worker stopped (SIGSTOP) mid-batch past session timeout")
+    # Awake, the zombie still believed it owned the metrics table for a few seconds: its stale snapshots must
+    # not be stored between the new owner's.
+    assert snapshots_going_back(await stored_snapshots(iso, pg)) == []
     assert b.alive() and a.alive()
     _, health = a.get("/health")
     assert health["stages"]["write"]["commit_failures"] >= 1, health["stages"]["write"]

@@ -66,3 +66,44 @@ async def test_data_error_is_not_retriable_and_outage_is(iso, pg) -> None:
     with pytest.raises(SinkUnavailable) as info2:
         await down.start()
     assert info2.value.retriable
+
+
+def snap(**counts: int) -> dict:
+    base = {"processed": 0, "valid": 0, "rejected": 0, "written": 0, "duplicates": 0, "throughput_per_sec": 1.5,
+            "avg_latency_ms": 2.0, "p50_latency_ms": 1.0, "p95_latency_ms": None, "p99_latency_ms": 9.0,
+            "rejected_by_rule": {"price_positive": 1}}
+    return {**base, **counts}
+
+
+async def test_metrics_snapshots_of_a_cluster_never_go_back(iso, pg) -> None:
+    """A worker woken from a pause writes its stale copy of the cluster's table: fenced out, per source and per
+    counter, by the newest snapshot of the same app in the window; other apps and the unfenced path are not."""
+    w = PostgresTickWriter(settings_for(iso))
+    await w.migrate()
+    await w.start()
+    q = f"{iso.schema}.data_quality_metrics"
+    try:
+        owner = snap(processed=100, valid=90, rejected=10, written=80, duplicates=5)
+        assert await w.write_metrics("app@b", {"s1": owner, "s2": snap(processed=7)}, cluster="app") == []
+        zombie = {"s1": snap(processed=60, valid=50, rejected=10, written=40), "s2": snap(processed=7),
+                  "s3": snap(processed=1)}
+        assert await w.write_metrics("app@a", zombie, cluster="app") == ["s1"]  # s2 equal, s3 new: stored
+        # one counter behind is enough (a write-only delta moves duplicates alone)
+        assert await w.write_metrics("app@a", {"s1": {**owner, "duplicates": 4}}, cluster="app") == ["s1"]
+        assert await w.write_metrics("app@a", {"s1": {**owner, "duplicates": 6}}, cluster="app") == []
+        # another app with the same prefix, and the unfenced in-process path, are not fenced by app's rows
+        assert await w.write_metrics("app2@x", {"s1": snap(processed=1)}, cluster="app2") == []
+        assert await w.write_metrics("app@a", {"s1": snap(processed=2)}) == []
+        rows_ = await pg.fetch(f"SELECT worker, source, processed, duplicates, p95_latency_ms, rejected_by_rule "
+                               f"FROM {q} ORDER BY id")
+        assert [(r["worker"], r["source"], r["processed"], r["duplicates"]) for r in rows_] == [
+            ("app@b", "s1", 100, 5), ("app@b", "s2", 7, 0), ("app@a", "s2", 7, 0), ("app@a", "s3", 1, 0),
+            ("app@a", "s1", 100, 6), ("app2@x", "s1", 1, 0), ("app@a", "s1", 2, 0)]
+        assert rows_[0]["p95_latency_ms"] is None and rows_[0]["rejected_by_rule"] == '{"price_positive": 1}'
+        # past the window, an old higher snapshot no longer fences (a reset table starts counting again)
+        await pg.execute(f"UPDATE {q} SET recorded_at = recorded_at - interval '10 minutes'")
+        assert await w.write_metrics("app@a", {"s1": snap(processed=3)}, cluster="app") == []
+        assert await w.write_metrics("app@a", {"s1": snap(processed=2)}, cluster="app",
+                                     window_seconds=3600) == ["s1"]
+    finally:
+        await w.stop()

@@ -24,6 +24,7 @@ from tests.integration.oracles import (
     raw_resends,
     reconcile_dups,
     report,
+    snapshots_going_back,
 )
 
 T0 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
@@ -311,3 +312,15 @@ def test_the_report_shows_a_failed_row(broken: str) -> None:
     lines = report([r])
     assert lines[0].split()[:3] == ["fault", "sent", "landed"] and "clean dups" in lines[0]
     assert lines[2].split()[-1] == "NO"
+
+
+def test_a_metrics_snapshot_series_that_goes_back_is_caught() -> None:
+    def row(worker: str, processed: int, duplicates: int = 0) -> dict:
+        return {"worker": worker, "processed": processed, "valid": processed, "rejected": 0, "written": processed,
+                "duplicates": duplicates}
+
+    assert snapshots_going_back([row("b", 1), row("b", 1), row("a", 5, 2), row("b", 9, 2)]) == []
+    assert snapshots_going_back([]) == [] and snapshots_going_back([row("a", 3)]) == []
+    back = snapshots_going_back([row("b", 100, 5), row("a", 40, 5), row("b", 120, 6)])
+    assert back and all("(b then a)" in f for f in back) and any(f.startswith("processed 100 -> 40") for f in back)
+    assert snapshots_going_back([row("b", 100, 5), row("b", 100, 4)]) == ["duplicates 5 -> 4 (b then b)"]
