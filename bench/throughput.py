@@ -6,6 +6,7 @@
     BENCH_PEERS=quix,bare make bench  # only these peers (default all: quix,quix-stock,faust,bare; "none")
     BENCH_SOAK=600 make bench       # and a 10-minute soak at BENCH_RATE for the worker's RSS
     BENCH_PG_STALL=60 make bench    # and the local PostgreSQL stopped 60 s under 5,000 points/s (RSS, catch-up)
+    BENCH_SPLIT=1 make bench        # each tickflow worker split in two: one validates, one writes and archives
 
 1. Preloads BENCH_POINTS simulated points (all valid; quotes and trades) into a fresh raw topic (idempotent
    producer, as fast as it can).
@@ -68,6 +69,8 @@ from streams.tools.measure import count_rows, preload  # noqa: E402
 # fastest here.
 POINTS = int(os.environ.get("BENCH_POINTS", "1000000"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+# Each "worker" as two processes by worker.stages: validate, and write + archive (each its own event loop).
+SPLIT = os.environ.get("BENCH_SPLIT", "0") not in ("", "0")
 RATE = float(os.environ.get("BENCH_RATE", "1000"))
 LATENCY_SECONDS = float(os.environ.get("BENCH_LATENCY_SECONDS", "30"))
 SOAK_SECONDS = float(os.environ.get("BENCH_SOAK", "0"))
@@ -445,10 +448,14 @@ async def quix_stock_check(settings: Any, tag: str, conn: asyncpg.Connection) ->
     return out
 
 
-def start_workers(env: dict[str, str], count: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+def start_workers(env: dict[str, str], count: int, log_dir: Path, split: bool = False) -> list[subprocess.Popen[bytes]]:
+    """`count` workers; `split`: each as two processes, one per set of stages (worker.stages)."""
+    roles = ['["validate"]', '["write", "archive"]'] if split else [None]
     procs = []
-    for i in range(count):
+    for i in range(count * len(roles)):
         e = {**env, "TICKFLOW_WORKER__WEB_PORT": str(17100 + i), "F_DATADIR": str(log_dir / f"bench-data-{i}")}
+        if (stages := roles[i % len(roles)]) is not None:
+            e["TICKFLOW_WORKER__STAGES"] = stages
         log = open(log_dir / f"bench-worker-{i}.log", "wb")
         procs.append(subprocess.Popen([sys.executable, "-m", "streams", "worker", "-l", "info"], cwd=ROOT, env=e,
                                       stdout=log, stderr=subprocess.STDOUT))
@@ -456,7 +463,7 @@ def start_workers(env: dict[str, str], count: int, log_dir: Path) -> list[subpro
 
 
 async def pipeline(env: dict[str, str], schema: str, n: int, conn: asyncpg.Connection) -> dict[str, Any]:
-    procs = start_workers(env, WORKERS, RESULTS)
+    procs = start_workers(env, WORKERS, RESULTS, SPLIT)
     try:
         res = await watch(procs, schema, n, conn, "tickflow")
     except BaseException:
@@ -693,7 +700,8 @@ async def main() -> None:
             print(f"  {peer}: {res['rows_per_sec_steady']:,.0f} rows/s steady over {res['steady_seconds']:.0f} s, "
                   f"{res['cpu_us_per_row_steady']:.1f} µs CPU per row, peak RSS {res['peak_rss_mb']:.1f} MB; "
                   f"{res['landed']:,} rows, {res['lost']:,} lost, {res['duplicated']:,} duplicated", flush=True)
-        print(f"tickflow: {WORKERS} worker(s) draining {POINTS:,} points ...", flush=True)
+        print(f"tickflow: {WORKERS} worker(s){' split by stage' if SPLIT else ''} draining {POINTS:,} points ...",
+              flush=True)
         pipe = await pipeline(env, f"bench_{tag}", POINTS, conn)
         procs = pipe.pop("procs")
         pipe.update(await key_check(conn, f"bench_{tag}", run_id, POINTS))
@@ -721,7 +729,7 @@ async def main() -> None:
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "detectors_compiled": detectors_compiled(),
-            "points": POINTS, "valid_points": POINTS, "workers": WORKERS,
+            "points": POINTS, "valid_points": POINTS, "workers": WORKERS, "split_stages": SPLIT,
             "producer_points_per_sec": round(produce_rate, 1),
             "systems": systems,
             "ratios": {f"tickflow_to_{k}": round(pipe["rows_per_sec_steady"] / v["rows_per_sec_steady"], 3)
@@ -737,7 +745,7 @@ async def main() -> None:
             "soak": soak,
             "postgres_outage": stall,
         }
-        name = os.environ.get("BENCH_NAME", f"throughput-{WORKERS}w")
+        name = os.environ.get("BENCH_NAME", f"throughput-{WORKERS}w" + ("-split" if SPLIT else ""))
         (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
         drew = plot(result, RESULTS / f"{name}.png") and plot_peers(result, RESULTS / f"{name}-peers.png")
         print(json.dumps({k: v for k, v in result.items() if k not in ("pipeline", "peers")}, indent=2))

@@ -327,6 +327,19 @@ class WorkerSettings(_Section):
     # The worker's log lines: "text" (Faust's format) or "json", one JSON object a line (time in ISO-8601
     # UTC, level, logger, message, exception), for a log collector; redacted either way (streams/logs.py).
     log_format: Literal["text", "json"] = "text"
+    # The batch stages this worker runs. Every stage must run in at least one worker of the app. Split them over
+    # processes to give each its own event loop and core: e.g. workers with ["validate"] and workers with
+    # ["write", "archive"] (as JSON in the environment: TICKFLOW_WORKER__STAGES='["validate"]'); each kind then
+    # scales by its own topics' partitions.
+    stages: list[Literal["validate", "write", "archive"]] = Field(
+        default_factory=lambda: ["validate", "write", "archive"], min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _distinct_stages(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"stages lists a stage twice: {value}")
+        return value
 
     @field_validator("web_token")
     @classmethod

@@ -93,10 +93,12 @@ def consumer_group(app_id: str, stage: str) -> str:
 stages: dict[str, BatchStage] = {}
 
 
-def stage_service(app: faust.App, stage: BatchStageT) -> BatchStageT:
-    """Run `stage` with the app (an instance, built with its collaborators), recorded so /health waits for it."""
-    stages[stage.stage] = stage
-    app.service(stage)  # type: ignore[arg-type]  # Faust starts an instance as it is
+def stage_service(app: faust.App, stage: BatchStageT, enabled: bool = True) -> BatchStageT:
+    """Run `stage` with the app (an instance, built with its collaborators), recorded so /health waits for it.
+    Not `enabled` (worker.stages does not name it): neither started nor reported by this worker."""
+    if enabled:
+        stages[stage.stage] = stage
+        app.service(stage)  # type: ignore[arg-type]  # Faust starts an instance as it is
     return stage
 
 

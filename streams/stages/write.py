@@ -176,4 +176,4 @@ stage = stage_service(app, WriteTicks(
     topics=[clean_topic_name],
     max_records=settings.sink.batch_size,
     coordinator_patience=settings.worker.consumer_replace_after_seconds,
-))
+), enabled=STAGE in settings.worker.stages)

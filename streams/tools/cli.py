@@ -235,8 +235,24 @@ def faust_argv(argv: list[str], log_format: Callable[[], str] = _log_format) -> 
     return ["-A", "streams.app:app", *(["--quiet"] if quiet else []), name, *rest]
 
 
+def settings_failure() -> Failure | None:
+    """The one-line failure for settings that do not load (a worker would otherwise die in Faust's import of
+    the App, with a traceback that names neither the variable nor the fix); None when they load, or for a bug."""
+    try:
+        from streams.settings import get_settings
+
+        get_settings()
+    except Exception as exc:
+        message = explain(exc)
+        return None if message is None else Failure(message)  # a configuration problem: exit code 2
+    return None
+
+
 def handoff(argv: list[str]) -> NoReturn:
     """Faust's own command line, told where the App is by name: the tools never import the worker's App."""
+    if argv[0] == "worker" and "--help" not in argv and (failure := settings_failure()) is not None:
+        failure.show()
+        sys.exit(failure.exit_code)
     # uvloop unless F_LOOP says otherwise (Faust reads it when it is first imported, just below): the event
     # loop's own overhead is a share of every record's cost in a worker.
     if importlib.util.find_spec("uvloop") is not None:

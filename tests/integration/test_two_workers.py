@@ -58,3 +58,32 @@ async def test_two_workers_share_partitions_and_counts_add_up(iso, workers, prod
     assert m["duplicate_points"] == inputs.duplicates
     assert w1.alive() and w2.alive()
     assert "Crashed reason" not in w1.log_text() + w2.log_text()
+
+
+async def test_stages_split_over_two_workers(iso, workers, producer, pg) -> None:
+    """worker.stages: one worker validates, the other writes and archives; each owns every partition of its
+    stages' topics and none of the other's, and the flow holds every oracle (no fault: no topic duplicate)."""
+    await ensure_topics_for(iso)
+    v = workers("v", TICKFLOW_WORKER__STAGES='["validate"]')
+    w = workers("w", TICKFLOW_WORKER__STAGES='["write", "archive"]')
+    raw, clean = iso.raw_topic(), iso.topic("clean")
+    raw_parts = {f"{raw}[{p}]" for p in range(iso.catalog.raw("simulated").partitions)}
+    clean_parts = {f"{clean}[{p}]" for p in range(iso.catalog.one("clean").partitions)}
+
+    def ready() -> bool:
+        (sv, hv), (sw, hw) = v.get("/health"), w.get("/health")
+        return (sv == 200 and sw == 200 and set(hv["stages"]) == {"validate"}
+                and set(hw["stages"]) == {"write", "archive"}
+                and v.owned(raw, "validate") == raw_parts and w.owned(clean, "write") == clean_parts)
+
+    await wait_until(ready, 120, "each worker to run its own stages on every partition of their topics")
+    assert not v.owned(clean) and not w.owned(raw)
+    inputs = fault_inputs(seed=29, dup_ratio=0.01, resend_kinds=IMMUTABLE_KINDS, fat_fingers=3)
+    await produce_all(producer, raw, inputs.messages)
+    await check_oracles(iso, pg, inputs, "stages split: a validate worker, a write worker", strict_topics=True)
+
+    async def archived() -> bool:  # the archive stage ran too: every dead letter in PostgreSQL
+        return await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.dead_letters") == len(inputs.expected_rule)
+
+    await wait_until(archived, 60, "the write worker's archive stage to store every dead letter")
+    assert v.alive() and w.alive()

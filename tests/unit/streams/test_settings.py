@@ -57,3 +57,18 @@ def test_configuration_manager_leaves_the_environment_as_it_was(tmp_path, monkey
     cfg.write_text("sink:\n  batch_size: 123\n")
     assert ConfigurationManager(cfg).get_section("sink")["batch_size"] == 123
     assert "TICKFLOW_CONFIG" not in os.environ  # it leaked into every later load_settings() before
+
+
+def test_a_worker_runs_every_stage_unless_told_which(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().worker.stages == ["validate", "write", "archive"]
+    monkeypatch.setenv("TICKFLOW_WORKER__STAGES", '["write", "archive"]')
+    assert load_settings().worker.stages == ["write", "archive"]
+    cfg = tmp_path / "pipeline_config.yaml"
+    cfg.write_text("worker:\n  stages: [validate]\n")
+    monkeypatch.delenv("TICKFLOW_WORKER__STAGES")
+    monkeypatch.setenv("TICKFLOW_CONFIG", str(cfg))
+    assert load_settings().worker.stages == ["validate"]
+    for bad in ('["validate", "publish"]', "[]", '["write", "write"]'):
+        monkeypatch.setenv("TICKFLOW_WORKER__STAGES", bad)
+        with pytest.raises(ConfigError, match=r"worker.stages"):
+            load_settings()

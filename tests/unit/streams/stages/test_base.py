@@ -181,3 +181,20 @@ async def test_a_known_coordinator_is_never_replaced() -> None:
     stage = Watched(patience=0.2)
     await _watch_for(stage, 0.8)
     assert stage.replacements == [] and stage.coordinator_known()
+
+
+def test_a_stage_this_worker_does_not_run_is_neither_started_nor_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    class FakeApp:
+        def __init__(self) -> None:
+            self.services: list[Any] = []
+
+        def service(self, s: Any) -> None:
+            self.services.append(s)
+
+    monkeypatch.setattr(base, "stages", {})
+    app = FakeApp()
+    on, off = make_stage(), make_stage()
+    off.stage = "other"
+    assert base.stage_service(app, on) is on and base.stage_service(app, off, enabled=False) is off  # type: ignore[arg-type]
+    assert app.services == [on] and base.stages == {"unit": on}
+    assert base.missing_stages() == ["unit"]  # /health waits for the stage it runs, never for the other

@@ -79,6 +79,20 @@ def test_worker_help_is_fausts_and_creates_nothing() -> None:
     assert "--web-port" in out.stdout and "Kafka" not in out.stderr
 
 
+@pytest.mark.parametrize(("env", "says"), [
+    ({"TICKFLOW_WORKER__STAGES": "validate,write"},
+     ["TICKFLOW_WORKER__STAGES=validate,write", '["validate", "write"]']),
+    ({"TICKFLOW_WORKER__STAGES": '["validate", "publish"]'}, ["worker.stages", "'validate', 'write' or 'archive'"]),
+    ({"TICKFLOW_WORKER__WEB_PROT": "1"}, ["TICKFLOW_WORKER__WEB_PROT names no setting", "TICKFLOW_WORKER__WEB_PORT"]),
+])
+def test_a_worker_with_bad_settings_says_why_in_one_line(env: dict[str, str], says: list[str]) -> None:
+    """Before Faust imports the App (where it would die with a traceback naming neither the variable nor the
+    fix), and before it reaches Kafka (NOWHERE: it would fail otherwise)."""
+    out = run("worker", "-l", "info", env=env)
+    line = one_line_error(out)
+    assert out.returncode == 2 and all(s in line for s in says), line
+
+
 def test_faust_help_with_the_app_does_not_reach_kafka() -> None:
     """Faust imports the App for --help; the topic check must wait for a worker (it would fail: no broker)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKFLOW_")}
