@@ -338,6 +338,14 @@ def result_from_counts(staged: Counter[str], done: dict[str, tuple[int, int]]) -
     return WriteResult(sum(inserted.values()), sum(dups.values()), inserted, sum(updated.values()), updated, dups)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release, instead of asyncpg's default query (advisory unlock all, CLOSE ALL, UNLISTEN,
+    RESET ALL): a round trip after every batch, ~20% of a small batch's write time and client CPU (bench/README.md,
+    session 13), for session state this writer never leaves. Its locks are transaction-level, it sets nothing,
+    opens no cursor and listens to nothing; and the pool still rolls back a transaction left open before this runs.
+    tests/integration/test_postgres_writer.py checks both."""
+
+
 class PostgresTickWriter(BatchWriter):
     """Owns an asyncpg pool; `start` migrates the schema (under an advisory lock) and opens the pool."""
 
@@ -432,6 +440,7 @@ class PostgresTickWriter(BatchWriter):
                 # 15-row write at 42k rows) until autovacuum's ANALYZE; that was the self-test's 60-150 ms
                 # latency. Planning each statement afresh costs well under a millisecond a batch.
                 statement_cache_size=0,
+                reset=_keep_session,
             )
         except Exception as exc:
             raise classify(exc, f"pool {self.settings.dsn_for_display()}") from None

@@ -6,9 +6,15 @@ with its rule), an outage of the broker or the database is (the stage pauses and
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from streams.redact import redact
+
+if TYPE_CHECKING:
+    from tenacity import AsyncRetrying
+
+T = TypeVar("T")
 
 
 class TickflowError(Exception):
@@ -66,3 +72,22 @@ class SourceError(TickflowError):
     def __init__(self, message: str, *, retriable: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+async def first_then_retrying(attempt: Callable[[], Awaitable[T]], retrying: Callable[[], AsyncRetrying]) -> T:
+    """`attempt()` once, and only when it fails the tenacity loop `retrying()` builds, whose first attempt is that
+    failure: attempt numbers, waits, logs and what comes out are as if the loop had run from the start. Why:
+    building and running tenacity's loop costs ~60 µs even when the first attempt succeeds, and every batch of
+    every stage goes through three or four of them (bench/README.md, session 13)."""
+    try:
+        return await attempt()
+    except Exception as exc:  # anything else (a cancellation) tenacity would not retry either
+        failure = exc
+    first = True
+    async for state in retrying():
+        with state:
+            if first:
+                first = False
+                raise failure
+            result = await attempt()
+    return result

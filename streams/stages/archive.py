@@ -152,4 +152,5 @@ stage = stage_service(app, ArchiveEvents(
     app_id=settings.worker.app_id,
     max_records=settings.sink.batch_size,
     coordinator_patience=settings.worker.consumer_replace_after_seconds,
+    commit_interval_ms=settings.worker.commit_interval_ms,
 ), enabled=STAGE in settings.worker.stages)

@@ -9,7 +9,8 @@ contract — offsets committed only after the rows commit, nothing lost — need
 
 - one aiokafka consumer per stage and worker, group `<app id>-<stage>`, auto-commit off;
 - `getmany()` -> `process(batch)` -> `commit(batch's next offsets)`; `process` never raises for bad
-  data (it dead-letters) and retries outages in place, so a batch is never half-acknowledged;
+  data (it dead-letters) and retries outages in place, so a batch is never half-acknowledged; the batches
+  done within `worker.commit_interval_ms` share one commit (never a commit before its batch is done);
 - on a rebalance, revocation waits for the batch in flight to finish and commit before the partitions
   move, so the next owner starts exactly after it;
 - a commit that fails (the group moved on while this worker was paused) is logged, not fatal: the new
@@ -37,6 +38,7 @@ from mode import Service
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_exponential
 
 from streams import faults
+from streams.errors import first_then_retrying
 from streams.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
@@ -114,9 +116,12 @@ class BatchStage(Service):
     session_timeout_ms: int = 30_000
 
     def __init__(self, *, kafka: KafkaSettings, app_id: str, topics: Sequence[str], max_records: int = 2000,
-                 latency_budget_ms: float = 0.0, coordinator_patience: float = 120.0, **kwargs: Any) -> None:
+                 latency_budget_ms: float = 0.0, coordinator_patience: float = 120.0, commit_interval_ms: float = 0.0,
+                 **kwargs: Any) -> None:
         """`coordinator_patience`: seconds without a group coordinator after which the consumer is replaced
-        (0: never). Longer than a broker restart takes to load the groups, so a healthy consumer is left alone."""
+        (0: never). Longer than a broker restart takes to load the groups, so a healthy consumer is left alone.
+        `commit_interval_ms`: the batches done within it commit their offsets together (`commit_offsets`); 0:
+        each batch its own."""
         super().__init__(**kwargs)
         self.kafka = kafka
         self.group_id = consumer_group(app_id, self.stage)
@@ -132,6 +137,9 @@ class BatchStage(Service):
         self.commit_failures = 0
         self.started_at = time.time()
         self._commit_task: asyncio.Future[None] | None = None
+        self.commit_interval = commit_interval_ms / 1000.0
+        self._uncommitted: dict[TopicPartition, int] = {}  # next offsets of batches done, not yet being committed
+        self._commit_started = float("-inf")  # monotonic time the last commit was started
         self._run_future: asyncio.Future[Any] | None = None
         self.coordinator_patience = coordinator_patience
         self._no_coordinator_since: float | None = None
@@ -246,6 +254,7 @@ class BatchStage(Service):
             return
         run, self._run_future = self._run_future, None
         commit, self._commit_task = self._commit_task, None
+        self._uncommitted.clear()  # the old consumer's: the new one reads them again from the group's offsets
         ending = [t for t in (run, commit) if t is not None and not t.done()]
         for task in ending:
             task.cancel()
@@ -274,10 +283,24 @@ class BatchStage(Service):
         except Exception as exc:  # it is going away either way
             logger.warning("%s: a consumer of group %s failed to stop (%r)", self.stage, self.group_id, exc)
 
-    async def flush_commit(self) -> None:
+    async def _await_commit(self) -> None:
         task, self._commit_task = self._commit_task, None
         if task is not None:
             await task
+
+    async def _start_commit(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit the offsets waiting, once the commit before is done (commits stay in order); not awaited."""
+        await self._await_commit()
+        if self._uncommitted:
+            offsets, self._uncommitted = self._uncommitted, {}
+            self._commit_started = time.monotonic()
+            self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets))
+
+    async def flush_commit(self) -> None:
+        """Commit every offset waiting and wait for it (before partitions move, at a stop)."""
+        if self._uncommitted and self.consumer is not None:
+            await self._start_commit(self.consumer)
+        await self._await_commit()
 
     async def on_stop(self) -> None:
         try:
@@ -306,6 +329,9 @@ class BatchStage(Service):
                 await asyncio.sleep(1.0)
                 continue
             if not batch:
+                if self._uncommitted:  # the stage idles: what the last batches left waiting is committed now
+                    async with self.batch_lock:
+                        await self._start_commit(consumer)
                 continue
             async with self.batch_lock:
                 if self.floor:
@@ -345,11 +371,15 @@ class BatchStage(Service):
         """At-least-once: the batch's outputs are acknowledged (process returned); commit its offsets. A stage
         that commits its offsets inside a transaction overrides this."""
         self.reach_fault(f"{self.stage}.before_offset_commit")
+        self._uncommitted.update(offsets)  # empty when every partition of the batch was held back
+        if time.monotonic() - self._commit_started < self.commit_interval:
+            # Committed with the first batch after the interval, when the stage idles, or before its partitions
+            # move: at 1,000 points/s a batch is a few records, and one commit request per batch was ~8% of the
+            # worker's CPU (bench/README.md, session 13). A crash re-reads these few batches (idempotent outputs).
+            return
         # The commit overlaps the next fetch (one round trip off every record's latency); the next
         # batch's commit, a revocation and a stop all wait for it first, so commits stay in order.
-        await self.flush_commit()
-        if offsets:  # empty when every partition of the batch was held back
-            self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets))
+        await self._start_commit(consumer)
 
     def reach_fault(self, point: str) -> None:
         """A fault point (streams/faults.py) where this stage's consumer can also be parked."""
@@ -361,17 +391,17 @@ class BatchStage(Service):
         succeeds. A refused commit is not retried: the group
         rebalanced away from us (e.g. we were paused past the session timeout), the partitions' new owner re-reads
         these records and our outputs were idempotent. Anything else (a bug) comes out."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_commit_retriable),
-            wait=wait_exponential(multiplier=COMMIT_RETRY_INITIAL, max=COMMIT_RETRY_MAX),
-            stop=stop_never,
-            before_sleep=self._log_commit_retry,
-            reraise=True,
-        )
+        def retrying() -> AsyncRetrying:
+            return AsyncRetrying(
+                retry=retry_if_exception(_commit_retriable),
+                wait=wait_exponential(multiplier=COMMIT_RETRY_INITIAL, max=COMMIT_RETRY_MAX),
+                stop=stop_never,
+                before_sleep=self._log_commit_retry,
+                reraise=True,
+            )
+
         try:
-            async for attempt in retrying:
-                with attempt:
-                    await consumer.commit(offsets)
+            await first_then_retrying(lambda: consumer.commit(offsets), retrying)
         except (CommitFailedError, IllegalStateError) as exc:
             self.commit_failures += 1
             logger.warning("%s: commit refused (%r); the partitions' new owner will re-read them", self.stage, exc)

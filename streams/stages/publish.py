@@ -28,6 +28,7 @@ from tenacity import (
 
 from streams import contract
 from streams.app import app
+from streams.errors import first_then_retrying
 from streams.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
@@ -230,22 +231,27 @@ async def send_all(messages: Sequence[Outgoing], *, max_delay: float = 10.0,
     batched = send_batched or _send_batched
     each = send_each or _send_each
     pending = list(messages)
-    retrying = AsyncRetrying(retry=retry_if_exception_type(_Unacknowledged), stop=stop_never, sleep=sleep,
+
+    async def attempt() -> None:
+        nonlocal pending
+        current = producer()
+        try:
+            results = await (batched(current, pending) if current is not None else each(pending))
+        except Exception as exc:  # before anything was queued (metadata, a closed producer): all again
+            results = [exc] * len(pending)
+        failed = [_shrink(m) if isinstance(r, MessageSizeTooLargeError) else m
+                  for m, r in zip(pending, results, strict=True) if r is not None]
+        if failed:
+            first = next(r for r in results if r is not None)
+            pending = failed
+            raise _Unacknowledged(len(failed), first)
+
+    def retrying() -> AsyncRetrying:
+        return AsyncRetrying(retry=retry_if_exception_type(_Unacknowledged), stop=stop_never, sleep=sleep,
                              wait=_jittered(wait_exponential(multiplier=0.1, max=max_delay)),
                              before_sleep=_log_unacknowledged)
-    async for attempt in retrying:
-        with attempt:
-            current = producer()
-            try:
-                results = await (batched(current, pending) if current is not None else each(pending))
-            except Exception as exc:  # before anything was queued (metadata, a closed producer): all again
-                results = [exc] * len(pending)
-            failed = [_shrink(m) if isinstance(r, MessageSizeTooLargeError) else m
-                      for m, r in zip(pending, results, strict=True) if r is not None]
-            if failed:
-                first = next(r for r in results if r is not None)
-                pending = failed
-                raise _Unacknowledged(len(failed), first)
+
+    await first_then_retrying(attempt, retrying)
 
 
 # ------------------------------------------------------------------------------------------ exactly-once

@@ -377,6 +377,7 @@ stage = stage_service(app, ValidateTicks(
     max_records=_v.batch_size,
     latency_budget_ms=_v.batch_latency_budget_ms,
     coordinator_patience=settings.worker.consumer_replace_after_seconds,
+    commit_interval_ms=settings.worker.commit_interval_ms,
 ), enabled=STAGE in settings.worker.stages)
 
 

@@ -26,7 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_nev
 from sinks.base import BatchWriter, WriteResult
 from sinks.postgres import loads_record, row_from_record, row_origin
 from streams.app import app, settings
-from streams.errors import SinkError, TickflowError
+from streams.errors import SinkError, TickflowError, first_then_retrying
 from streams.redact import redact
 from streams.settings import SinkSettings
 from streams.stages import metrics
@@ -75,18 +75,18 @@ class WriteTicks(BatchStage):
 
     async def write_with_retry(self, rows: list[tuple[Any, ...]]) -> WriteResult:
         """Write until it succeeds; only an error that is not retriable comes back out."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(retriable),
-            wait=wait_exponential(multiplier=self.sink.retry_initial_seconds, max=self.sink.retry_max_seconds)
-            + wait_random(0, self.sink.retry_initial_seconds),
-            stop=stop_never,
-            sleep=self.sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                result = await self.writer.write(rows)
+        def retrying() -> AsyncRetrying:
+            return AsyncRetrying(
+                retry=retry_if_exception(retriable),
+                wait=wait_exponential(multiplier=self.sink.retry_initial_seconds, max=self.sink.retry_max_seconds)
+                + wait_random(0, self.sink.retry_initial_seconds),
+                stop=stop_never,
+                sleep=self.sleep,
+                before_sleep=self._log_retry,
+                reraise=True,
+            )
+
+        result = await first_then_retrying(lambda: self.writer.write(rows), retrying)
         self.outage_attempts, self.last_outage = 0, None
         return result
 
@@ -176,4 +176,5 @@ stage = stage_service(app, WriteTicks(
     topics=[clean_topic_name],
     max_records=settings.sink.batch_size,
     coordinator_patience=settings.worker.consumer_replace_after_seconds,
+    commit_interval_ms=settings.worker.commit_interval_ms,
 ), enabled=STAGE in settings.worker.stages)

@@ -107,3 +107,29 @@ async def test_metrics_snapshots_of_a_cluster_never_go_back(iso, pg) -> None:
                                      window_seconds=3600) == ["s1"]
     finally:
         await w.stop()
+
+
+async def test_a_released_connection_keeps_its_session_but_no_open_transaction(iso, pg) -> None:
+    """The pool's release sends no reset query (a round trip after every batch), and a transaction left open
+    is still rolled back before the connection is handed out again."""
+    w = PostgresTickWriter(settings_for(iso).model_copy(update={"pool_min": 1, "pool_max": 1}))
+    await w.start()
+    try:
+        assert w.pool is not None
+        r = await w.write(rows(5))
+        assert r.inserted == 5
+        async with w.pool.acquire() as conn:
+            pid = conn.get_server_pid()
+        last = await pg.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+        assert "RESET ALL" not in last and "pg_advisory_unlock_all" not in last, last
+        async with w.pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute(f"CREATE TEMP TABLE left_open_{iso.schema} (x int)")
+            assert conn.is_in_transaction()
+        async with w.pool.acquire() as conn:
+            assert conn.get_server_pid() == pid  # the same session, handed out again
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass($1)", f"pg_temp.left_open_{iso.schema}") is None
+        assert (await w.write(rows(8))).inserted == 3  # the staging table survived the releases
+    finally:
+        await w.stop()

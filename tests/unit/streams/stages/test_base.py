@@ -198,3 +198,84 @@ def test_a_stage_this_worker_does_not_run_is_neither_started_nor_reported(monkey
     assert base.stage_service(app, on) is on and base.stage_service(app, off, enabled=False) is off  # type: ignore[arg-type]
     assert app.services == [on] and base.stages == {"unit": on}
     assert base.missing_stages() == ["unit"]  # /health waits for the stage it runs, never for the other
+
+
+class LoopConsumer(FakeConsumer):
+    """A consumer for `_run`: hands out the batches given, then nothing (the stage idles)."""
+
+    def __init__(self, batches: list[dict[TopicPartition, list[Any]]]) -> None:
+        super().__init__([])
+        self.batches = list(batches)
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
+        await asyncio.sleep(0)
+        return self.batches.pop(0) if self.batches else {}
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP, TP1}
+
+    def resume(self, *tps: TopicPartition) -> None: ...
+
+
+class Rec:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+TP1 = TopicPartition("t", 1)
+
+
+class Recording(Stage):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.commits_when_done: list[dict[TopicPartition, int]] = []
+
+    async def process(self, records: list[Any]) -> None:
+        assert self.consumer is not None
+        self.commits_when_done.append(dict(self.consumer.committed))  # type: ignore[attr-defined]
+        return None
+
+
+async def test_batches_within_the_commit_interval_share_one_commit_made_after_they_are_done() -> None:
+    stage = Recording(kafka=KafkaSettings(), app_id="unit", topics=["t"], commit_interval_ms=60_000)
+    consumer = LoopConsumer([{TP: [Rec(0), Rec(1)]}, {TP: [Rec(2)], TP1: [Rec(0)]}, {TP1: [Rec(1), Rec(2)]}])
+    stage.consumer = consumer  # type: ignore[assignment]
+    run = asyncio.ensure_future(stage._run())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    await stage.flush_commit()
+    # the first batch commits at once; the two after it within the interval wait, then go in one request when
+    # the stage idles: never an offset before its batch was processed
+    assert consumer.calls == [{TP: 2}, {TP: 3, TP1: 3}]
+    assert consumer.committed == {TP: 3, TP1: 3}
+    assert stage.commits_when_done == [{}, {TP: 2}, {TP: 2}]
+    run.cancel()
+
+
+async def test_without_an_interval_every_batch_commits() -> None:
+    stage = Recording(kafka=KafkaSettings(), app_id="unit", topics=["t"])
+    consumer = LoopConsumer([{TP: [Rec(0)]}, {TP: [Rec(1)]}, {TP1: [Rec(5)]}])
+    stage.consumer = consumer  # type: ignore[assignment]
+    run = asyncio.ensure_future(stage._run())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    await stage.flush_commit()
+    assert consumer.calls == [{TP: 1}, {TP: 2}, {TP1: 6}]
+    run.cancel()
+
+
+async def test_offsets_waiting_for_the_interval_are_committed_before_partitions_move_and_at_a_stop() -> None:
+    stage = make_stage()
+    stage.commit_interval = 60.0
+    consumer = FakeConsumer([])
+    stage.consumer = consumer  # type: ignore[assignment]
+    await stage.commit_offsets(consumer, {}, {TP: 10})  # type: ignore[arg-type]
+    await stage.commit_offsets(consumer, {}, {TP: 12, TP1: 4})  # type: ignore[arg-type]
+    await stage._await_commit()
+    assert consumer.calls == [{TP: 10}]  # the second waits for the interval
+    listener = base._Listener(stage, consumer)  # type: ignore[arg-type]
+    await listener.on_partitions_revoked({TP, TP1})
+    assert consumer.calls == [{TP: 10}, {TP: 12, TP1: 4}]
+    await stage.commit_offsets(consumer, {}, {TP: 20})  # type: ignore[arg-type]
+    await stage.on_stop()
+    assert consumer.calls[-1] == {TP: 20} and consumer.committed == {TP: 20, TP1: 4}
