@@ -1,11 +1,14 @@
 """PostgreSQL writer: COPY a batch into a per-connection staging table, then an upsert into market_data
-(INSERT of the new keys, then UPDATE of newer revisions: see upsert_sql), all in one transaction.
+(INSERT of the new keys, then UPDATE of newer revisions: see upsert_sql), all in one transaction. A small
+batch (at most SMALL_BATCH_ROWS rows, no key twice) skips the staging table: the same upsert reads the batch
+from one array per column, and without revisions it is a single statement.
 
-COPY is the fastest way into PostgreSQL; the staging hop keeps the write idempotent on the natural key (a
-replayed batch writes nothing twice) and applies the revision policy of sinks/base.py: immutable kinds keep
-their first write, revisable kinds their newest revision. market_data is partitioned by ts (migration 6):
-partitions are created ahead and dropped by retention through the schema's functions. Errors are sorted by
-`classify`: only errors about the data are SinkRefused; everything else is SinkUnavailable.
+COPY is the fastest way into PostgreSQL for a large batch; the upsert keeps the write idempotent on the
+natural key (a replayed batch writes nothing twice) and applies the revision policy of sinks/base.py:
+immutable kinds keep their first write, revisable kinds their newest revision. market_data is partitioned by
+ts (migration 6): partitions are created ahead and dropped by retention through the schema's functions.
+Errors are sorted by `classify`: only errors about the data are SinkRefused; everything else is
+SinkUnavailable.
 """
 
 from __future__ import annotations
@@ -177,6 +180,22 @@ def row_origin(row: tuple[Any, ...]) -> tuple[str, datetime | None]:
 # The natural key leads every row, so a batch's keys are row[:5] without a lookup.
 _KEY_LEN = len(MARKET_DATA_KEY)
 assert MARKET_DATA_COLUMNS[:_KEY_LEN] == MARKET_DATA_KEY
+_FLAGS_AT = MARKET_DATA_COLUMNS.index("flags")
+# A batch of at most this many rows, every key once, is written from column arrays (unnest) in one statement
+# (two in a transaction when it carries revisions) instead of BEGIN, COPY's column lookup, COPY, the INSERT
+# and COMMIT: at 13 rows 35% less client CPU and 25% less time per write; at 200 rows and more, COPY's
+# binary rows cost less than the arrays (bench/README.md, session 14).
+SMALL_BATCH_ROWS = 64
+# The array type each market_data column is passed as. flags (text[]) goes as one JSON text per row: unnest
+# would flatten a two-dimensional array, and PostgreSQL has no ragged ones.
+_ARRAY_TYPES = {
+    **dict.fromkeys(("source", "symbol", "data_type", "item_id", "interval", "headline", "text", "url"), "text"),
+    **dict.fromkeys(("price", "volume", "bid", "ask", "bid_size", "ask_size", "open", "high", "low", "close",
+                     "value", "sentiment"), "float8"),
+    "ts": "timestamptz", "ingested_at": "timestamptz", "realtime_start": "date", "realtime_end": "date",
+    "flags": "jsonb", "metadata": "jsonb", "revision": "int8",
+}
+assert set(_ARRAY_TYPES) == set(MARKET_DATA_COLUMNS)
 
 
 # ------------------------------------------------------------------ anomaly events and dead letters (migration 5)
@@ -288,9 +307,10 @@ def insert_new_sql(schema: str, table: str, columns: Sequence[str], key: Sequenc
             f"ON CONFLICT ({conflict}) DO NOTHING")
 
 
-def upsert_sql(schema: str, *, dedupe: bool = True) -> tuple[str, str]:
+def upsert_sql(schema: str, *, dedupe: bool = True, arrays: bool = False) -> tuple[str, str]:
     """The two statements that apply the revision policy to a staged batch (schema: quoted identifier), run
-    in this order in the batch's transaction.
+    in this order in the batch's transaction. `arrays=True`: the batch is not staged but passed as one
+    parameter per column of MARKET_DATA_COLUMNS ($1..$n; flags as a JSON text per row), keys all distinct.
 
     1. DISTINCT ON the natural key keeps one row per key from the batch: the highest revision, and on a tie
        the first in the batch, by _STAGE_SEQ, the row's position, which the caller stages with such a batch.
@@ -313,8 +333,15 @@ def upsert_sql(schema: str, *, dedupe: bool = True) -> tuple[str, str]:
     key = ", ".join(f'"{c}"' for c in MARKET_DATA_KEY)
     sets = ", ".join(f'"{c}" = s."{c}"' for c in MARKET_DATA_COLUMNS if c not in MARKET_DATA_KEY)
     match = " AND ".join(f't."{c}" = s."{c}"' for c in MARKET_DATA_KEY)
-    rows = (f"(SELECT DISTINCT ON ({key}) {cols} FROM {_STAGE} ORDER BY {key}, revision DESC, {_STAGE_SEQ}) AS s"
-            if dedupe else f"{_STAGE} AS s")
+    if arrays:
+        params = ", ".join(f"${i}::{_ARRAY_TYPES[c]}[]" for i, c in enumerate(MARKET_DATA_COLUMNS, 1))
+        picked = ", ".join("ARRAY(SELECT jsonb_array_elements_text(u.flags)) AS flags" if c == "flags" else f'u."{c}"'
+                           for c in MARKET_DATA_COLUMNS)
+        rows = f"(SELECT {picked} FROM unnest({params}) AS u({cols})) AS s"
+    elif dedupe:
+        rows = f"(SELECT DISTINCT ON ({key}) {cols} FROM {_STAGE} ORDER BY {key}, revision DESC, {_STAGE_SEQ}) AS s"
+    else:
+        rows = f"{_STAGE} AS s"
     insert = (
         f"WITH ins AS (INSERT INTO {schema}.market_data AS t ({cols}) SELECT {cols} FROM {rows} "
         f"ON CONFLICT ({key}) DO NOTHING RETURNING t.source) "
@@ -359,6 +386,7 @@ class PostgresTickWriter(BatchWriter):
         self._warned_transport = False
         self._upsert = upsert_sql(self._q)
         self._upsert_distinct = upsert_sql(self._q, dedupe=False)
+        self._upsert_arrays = upsert_sql(self._q, arrays=True)
 
     async def _failed(self, exc: BaseException, where: str) -> SinkError:
         """classify(exc), and recycle the pool when a session turned out read-only (SQLSTATE 25006).
@@ -418,7 +446,11 @@ class PostgresTickWriter(BatchWriter):
         done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {self._q}.schema_migrations")}
         return any(version not in done for version, _ in MIGRATIONS)
 
-    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+    async def _create_stage(self, conn: asyncpg.Connection) -> None:
+        """The session's staging table, made by the first market_data write on each connection rather than when
+        the pool opens it: `LIKE market_data` waits for any lock on market_data, and in the pool's connection
+        setup it held every new connection up with it, so while market_data was locked (a migration, a long
+        transaction) the archive stage, metrics snapshots and retention stopped too."""
         await conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
             f"(LIKE {self._q}.market_data INCLUDING DEFAULTS, {_STAGE_SEQ} int) ON COMMIT DELETE ROWS"
@@ -433,7 +465,6 @@ class PostgresTickWriter(BatchWriter):
                 **self._connect_kwargs(),
                 min_size=self.settings.pool_min,
                 max_size=self.settings.pool_max,
-                init=self._init_connection,
                 # No cached prepared statements: a cached plan keeps the row estimates of the table when it was
                 # first prepared. Prepared on an empty schema (or a new month's partition), the revision UPDATE
                 # kept scanning the partition, so each small batch cost more as the table grew (8 -> 22 ms per
@@ -458,26 +489,65 @@ class PostgresTickWriter(BatchWriter):
             await self.start()
         assert self.pool is not None
         try:
-            keys = len({r[:_KEY_LEN] for r in rows})
-            async with self.pool.acquire() as conn, conn.transaction():
-                if keys == len(rows):
-                    await conn.copy_records_to_table(_STAGE, records=rows, columns=MARKET_DATA_COLUMNS)
-                    insert, update = self._upsert_distinct
-                else:  # a key twice: each row staged with its position, the tie-break of the dedupe
-                    await conn.copy_records_to_table(_STAGE, records=[(*r, i) for i, r in enumerate(rows)],
-                                                      columns=_STAGE_COLUMNS)
-                    insert, update = self._upsert
-                inserted = {r["source"]: r["n"] for r in await conn.fetch(insert)}
-                # The UPDATE can only change a stored row whose key the INSERT skipped: when the INSERT took every
-                # key of the batch (the usual batch of new points), there is none, and the statement is not run.
-                revisable = any(r[_REVISION_AT] for r in rows) and sum(inserted.values()) < keys
-                updated = {r["source"]: r["n"] for r in await conn.fetch(update)} if revisable else {}
-                faults.reach("write.after_insert")
+            if len(rows) <= SMALL_BATCH_ROWS and len({r[:_KEY_LEN] for r in rows}) == len(rows):
+                inserted, updated = await self._upsert_columns(rows)
+            else:
+                inserted, updated = await self._upsert_staged(rows)
         except Exception as exc:
             raise await self._failed(exc, "write market_data") from None
         return result_from_counts(Counter(r[0] for r in rows),
                                   {src: (inserted.get(src, 0), updated.get(src, 0))
                                    for src in inserted.keys() | updated.keys()})
+
+    async def _upsert_columns(self, rows: Sequence[tuple[Any, ...]]) -> tuple[dict[str, int], dict[str, int]]:
+        """A small batch with distinct keys, from column arrays: without revisions one statement (autocommit),
+        else the INSERT and the UPDATE in one transaction."""
+        assert self.pool is not None
+        columns = [list(col) for col in zip(*rows, strict=True)]
+        columns[_FLAGS_AT] = [orjson.dumps(f).decode() if f else "[]" for f in columns[_FLAGS_AT]]
+        insert, update = self._upsert_arrays
+        if not any(columns[_REVISION_AT]):  # the INSERT is all there is to do
+            inserted = {r["source"]: r["n"] for r in await self.pool.fetch(insert, *columns)}
+            faults.reach("write.after_insert")
+            return inserted, {}
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = {r["source"]: r["n"] for r in await conn.fetch(insert, *columns)}
+            updated = ({r["source"]: r["n"] for r in await conn.fetch(update, *columns)}
+                       if sum(inserted.values()) < len(rows) else {})
+            faults.reach("write.after_insert")
+        return inserted, updated
+
+    async def _upsert_staged(self, rows: Sequence[tuple[Any, ...]]) -> tuple[dict[str, int], dict[str, int]]:
+        """A batch through the connection's staging table (COPY), made by the connection's first such write."""
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            try:
+                return await self._upsert_batch(conn, rows)
+            except asyncpg.UndefinedTableError as exc:  # this session's first staged write: no staging table yet
+                if _STAGE not in str(exc):
+                    raise
+                await self._create_stage(conn)
+            return await self._upsert_batch(conn, rows)
+
+    async def _upsert_batch(self, conn: asyncpg.Connection,
+                            rows: Sequence[tuple[Any, ...]]) -> tuple[dict[str, int], dict[str, int]]:
+        """Stage rows and apply the revision policy in one transaction: (inserted, updated) rows per source."""
+        keys = len({r[:_KEY_LEN] for r in rows})
+        async with conn.transaction():
+            if keys == len(rows):
+                await conn.copy_records_to_table(_STAGE, records=rows, columns=MARKET_DATA_COLUMNS)
+                insert, update = self._upsert_distinct
+            else:  # a key twice: each row staged with its position, the tie-break of the dedupe
+                await conn.copy_records_to_table(_STAGE, records=[(*r, i) for i, r in enumerate(rows)],
+                                                  columns=_STAGE_COLUMNS)
+                insert, update = self._upsert
+            inserted = {r["source"]: r["n"] for r in await conn.fetch(insert)}
+            # The UPDATE can only change a stored row whose key the INSERT skipped: when the INSERT took every key
+            # of the batch (the usual batch of new points), there is none, and the statement is not run.
+            revisable = any(r[_REVISION_AT] for r in rows) and sum(inserted.values()) < keys
+            updated = {r["source"]: r["n"] for r in await conn.fetch(update)} if revisable else {}
+            faults.reach("write.after_insert")
+        return inserted, updated
 
     async def _insert_new(self, table: str, columns: Sequence[str], key: Sequence[str],
                           rows: Sequence[tuple[Any, ...]]) -> int:

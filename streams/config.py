@@ -317,8 +317,8 @@ class WorkerSettings(_Section):
     # table; the Python API's in-process pipeline too, with pipeline.metrics_enabled). Lower: finer history, more
     # rows.
     metrics_flush_seconds: float = 10.0
-    # /health answers 503 ("stuck") when a stage owns partitions with lag but finished no batch for this
-    # long, so an orchestrator restarts the worker.
+    # /health answers 503 ("stuck") when a stage owns partitions with lag but finished no batch (nor found
+    # nothing to read) for this long, so an orchestrator restarts the worker.
     stuck_after_seconds: float = 300.0
     # A stage whose consumer group has had no coordinator for this long gets a new consumer (its records not yet
     # committed are read again); 0: never. After a broker restart the client's coordinator lookup can stay parked

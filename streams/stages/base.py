@@ -134,6 +134,7 @@ class BatchStage(Service):
         self.consumer: AIOKafkaConsumer | None = None
         self.batches = 0
         self.last_batch_at: float | None = None
+        self.caught_up_at: float | None = None  # the last fetch that found nothing to do
         self.commit_failures = 0
         self.started_at = time.time()
         self._commit_task: asyncio.Future[None] | None = None
@@ -169,8 +170,10 @@ class BatchStage(Service):
         return min(self.max_records, max(fits, MIN_BUDGET_RECORDS))
 
     def stuck(self, lag: int, now: float, after: float) -> bool:
-        """Owns partitions with lag, yet no batch finished for `after` seconds."""
-        return bool(self.assignment()) and lag > 0 and now - (self.last_batch_at or self.started_at) > after
+        """Owns partitions with lag, yet neither finished a batch nor found nothing to do for `after` seconds. (A
+        stage idle for longer than `after` is not stuck the moment records come: it was caught up until then.)"""
+        last = max(t for t in (self.started_at, self.last_batch_at, self.caught_up_at) if t is not None)
+        return bool(self.assignment()) and lag > 0 and now - last > after
 
     def status(self) -> dict[str, Any]:
         """What /health shows for this stage (a subclass adds its own; a `stale_feeds` list is lifted to the
@@ -322,13 +325,17 @@ class BatchStage(Service):
             resume = self.resumable() & self.assignment()
             if resume:
                 consumer.resume(*resume)
+            # Idle, offsets waiting for the commit interval go out when it ends, not after a whole idle second.
+            wait_ms = max(1, int(self.commit_interval * 1000)) if self._uncommitted else 1000
             try:
-                batch = await consumer.getmany(timeout_ms=1000, max_records=self.batch_limit())
+                batch = await consumer.getmany(timeout_ms=min(wait_ms, 1000), max_records=self.batch_limit())
             except (KafkaError, IllegalStateError) as exc:
                 logger.warning("%s: fetch failed (%r); retrying", self.stage, exc)
                 await asyncio.sleep(1.0)
                 continue
             if not batch:
+                if not consumer.paused():  # a paused partition's lag is work held back, not caught up
+                    self.caught_up_at = time.time()
                 if self._uncommitted:  # the stage idles: what the last batches left waiting is committed now
                     async with self.batch_lock:
                         await self._start_commit(consumer)

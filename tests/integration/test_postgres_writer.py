@@ -3,15 +3,21 @@ errors sorted into retriable and data errors."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+import orjson
 import pytest
 
-from sinks.postgres import PostgresTickWriter, row_from_record
-from sinks.schema import MIGRATIONS
+from sinks import postgres
+from sinks.postgres import SMALL_BATCH_ROWS, PostgresTickWriter, anomaly_row, dead_letter_row, row_from_record
+from sinks.schema import MARKET_DATA_COLUMNS, MARKET_DATA_KEY, MIGRATIONS
 from streams.errors import SinkError, SinkUnavailable
 from streams.models import MarketDataPoint
 from streams.settings import PostgresSettings
+
+_KEY = len(MARKET_DATA_KEY)
 
 
 def settings_for(iso) -> PostgresSettings:
@@ -24,7 +30,7 @@ def rows(n: int, source: str = "simulated") -> list[tuple]:
     for i in range(n):
         p = MarketDataPoint(symbol="AAPL", timestamp=t0 + timedelta(milliseconds=i), source=source,
                             price=100 + i / 100, volume=10, item_id=str(i), metadata={"i": i})
-        out.append(row_from_record(__import__("orjson").loads(p.to_json())))
+        out.append(row_from_record(orjson.loads(p.to_json())))
     return out
 
 
@@ -116,8 +122,8 @@ async def test_a_released_connection_keeps_its_session_but_no_open_transaction(i
     await w.start()
     try:
         assert w.pool is not None
-        r = await w.write(rows(5))
-        assert r.inserted == 5
+        r = await w.write(rows(SMALL_BATCH_ROWS + 5))  # a batch staged by COPY
+        assert r.inserted == SMALL_BATCH_ROWS + 5
         async with w.pool.acquire() as conn:
             pid = conn.get_server_pid()
         last = await pg.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
@@ -130,6 +136,78 @@ async def test_a_released_connection_keeps_its_session_but_no_open_transaction(i
             assert conn.get_server_pid() == pid  # the same session, handed out again
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SELECT to_regclass($1)", f"pg_temp.left_open_{iso.schema}") is None
-        assert (await w.write(rows(8))).inserted == 3  # the staging table survived the releases
+        assert (await w.write(rows(SMALL_BATCH_ROWS + 8))).inserted == 3  # the staging table survived the releases
     finally:
         await w.stop()
+
+
+async def test_a_locked_market_data_holds_up_its_writes_only(iso, pg) -> None:
+    """While another session holds market_data, a market_data write waits; dead letters and anomaly events
+    are still stored on the pool's other connections (a new connection makes no staging table until it
+    writes market_data: `CREATE TEMP TABLE ... LIKE market_data` would wait for the lock too)."""
+    w = PostgresTickWriter(settings_for(iso).model_copy(update={"pool_min": 1, "pool_max": 3}))
+    await w.start()
+    blocker = await asyncpg.connect(**iso.pg)
+    held = None
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute(f"LOCK TABLE {iso.schema}.market_data IN ACCESS EXCLUSIVE MODE")
+        held = asyncio.create_task(w.write(rows(5)))  # takes the pool's one open connection, then waits
+        await asyncio.sleep(0.5)
+        assert not held.done()
+        letter = dead_letter_row(topic="raw.x", partition=0, offset=1, key=b"k", value=b"{", timestamp_ms=0,
+                                 headers=[("tickflow.rule", b"json")])
+        event = {"symbol": "AAPL", "detector": "zscore", "source": "simulated", "kind": "price",
+                 "record": {"timestamp": "2024-05-01T14:30:00+00:00"}, "detected_at": 1714574000.0}
+        assert await asyncio.wait_for(w.write_dead_letters([letter]), 10) == 1  # a new connection, not held up
+        assert await asyncio.wait_for(w.write_anomalies([anomaly_row(event)]), 10) == 1
+        assert not held.done()
+        await tx.rollback()
+        assert (await asyncio.wait_for(held, 10)).inserted == 5
+        # Whichever connection the pool hands out next makes its staging table with its first staged batch.
+        n = SMALL_BATCH_ROWS + 1
+        assert [(await w.write(rows(n + k))).inserted for k in (0, 2, 4)] == [n - 5, 2, 2]
+    finally:
+        if held is not None and not held.done():
+            held.cancel()
+        await blocker.close()
+        await w.stop()
+
+
+
+@pytest.mark.parametrize("way", ["columns", "staged"])
+async def test_every_column_round_trips_both_ways_in(iso, pg, monkeypatch: pytest.MonkeyPatch, way: str) -> None:
+    """A small batch goes in as column arrays, a larger one by COPY: both store every column as built, flags
+    (text[], passed to the arrays as JSON), metadata and NULLs included."""
+    if way == "staged":
+        monkeypatch.setattr(postgres, "SMALL_BATCH_ROWS", 0)
+    t0 = datetime(2024, 5, 1, 14, 30, tzinfo=UTC)
+    flags = ['quote"d', "{brace,comma}", "back\\slash", "ünïcode", "", "NULL"]
+    points = [
+        MarketDataPoint(symbol="AAPL", timestamp=t0, source="s", price=1.5, volume=0, item_id="a",
+                        flags=flags, metadata={"n": [1, {"k": None}], "s": "x"}),
+        MarketDataPoint(symbol="AAPL", timestamp=t0, source="s", data_type="bar", interval="1d", open=1.0,
+                        high=2.0, low=0.5, close=1.25, volume=10.0),
+        MarketDataPoint(symbol="GDP", timestamp=t0, source="fred", data_type="economic", value=3.25,
+                        realtime_start=t0.date()),
+        MarketDataPoint(symbol="AAPL", timestamp=t0, source="news", data_type="news", headline="h", text="t",
+                        url="https://example.com/a?b=c", sentiment=-0.5, item_id="n1"),
+    ]
+    batch = [row_from_record(orjson.loads(p.to_json())) for p in points]
+    w = PostgresTickWriter(settings_for(iso))
+    await w.start()
+    try:
+        assert (await w.write(batch)).inserted == 4
+        cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
+        stored = {tuple(r[:_KEY]): r for r in await pg.fetch(f"SELECT {cols} FROM {iso.schema}.market_data")}
+    finally:
+        await w.stop()
+    assert stored[tuple(batch[0][:_KEY])]["flags"] == flags
+    for built in batch:
+        got = stored[tuple(built[:_KEY])]
+        for c, want in zip(MARKET_DATA_COLUMNS, built, strict=True):
+            have = got[c]
+            if c == "metadata":
+                have, want = orjson.loads(have), orjson.loads(want)
+            assert have == want, (c, have, want)

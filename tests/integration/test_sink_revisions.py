@@ -17,6 +17,7 @@ import asyncpg
 import orjson
 import pytest
 
+from sinks import postgres
 from sinks.postgres import PostgresTickWriter, row_from_record
 from sinks.schema import MARKET_DATA_COLUMNS
 from streams.models import MarketDataPoint
@@ -31,8 +32,13 @@ def row(**kw: Any) -> tuple:
     return row_from_record(orjson.loads(MarketDataPoint(**kw).to_json()))
 
 
-@pytest.fixture
-async def writer(iso: Isolation, pg: asyncpg.Connection) -> AsyncIterator[PostgresTickWriter]:
+@pytest.fixture(params=["columns", "staged"])
+async def writer(request: pytest.FixtureRequest, iso: Isolation, pg: asyncpg.Connection,
+                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PostgresTickWriter]:
+    """Every test on both ways into market_data: small batches from column arrays, and (no batch small
+    enough) the COPY into the staging table that larger batches take."""
+    if request.param == "staged":
+        monkeypatch.setattr(postgres, "SMALL_BATCH_ROWS", 0)
     w = PostgresTickWriter(PostgresSettings(host=iso.pg["host"], port=iso.pg["port"], db_schema=iso.schema))
     await w.start()
     yield w

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -216,6 +217,9 @@ class LoopConsumer(FakeConsumer):
 
     def resume(self, *tps: TopicPartition) -> None: ...
 
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
 
 class Rec:
     def __init__(self, offset: int) -> None:
@@ -279,3 +283,30 @@ async def test_offsets_waiting_for_the_interval_are_committed_before_partitions_
     await stage.commit_offsets(consumer, {}, {TP: 20})  # type: ignore[arg-type]
     await stage.on_stop()
     assert consumer.calls[-1] == {TP: 20} and consumer.committed == {TP: 20, TP1: 4}
+
+
+async def test_an_idle_stage_waits_for_the_commit_interval_not_a_whole_second_and_counts_as_caught_up() -> None:
+    stage = Recording(kafka=KafkaSettings(), app_id="unit", topics=["t"], commit_interval_ms=250)
+    timeouts: list[int] = []
+
+    class Timed(LoopConsumer):
+        async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
+            timeouts.append(timeout_ms)
+            return await super().getmany(timeout_ms, max_records)
+
+    consumer = Timed([{TP: [Rec(0)]}, {TP: [Rec(1)]}])
+    stage.consumer = consumer  # type: ignore[assignment]
+    stage.started_at = 0.0  # started long ago, never a batch: would be "stuck" with lag
+    assert stage.stuck(lag=5, now=time.time(), after=60)
+    run = asyncio.ensure_future(stage._run())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    run.cancel()
+    # nothing waiting: a whole second; the second batch's offsets wait for the interval: a quarter second
+    assert timeouts[:3] == [1000, 1000, 250], timeouts
+    assert consumer.committed == {TP: 2}
+    assert all(t == 1000 for t in timeouts[3:])  # committed when the stage idled: nothing waits any more
+    assert stage.caught_up_at is not None
+    stage.last_batch_at = None
+    assert not stage.stuck(lag=5, now=stage.caught_up_at + 59, after=60)  # records just came to an idle stage
+    assert stage.stuck(lag=5, now=stage.caught_up_at + 61, after=60)

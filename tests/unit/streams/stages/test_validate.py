@@ -55,7 +55,7 @@ class FakeConsumer:
     def __init__(self, assigned: set[TopicPartition], batches: list[dict[TopicPartition, list[Rec]]]) -> None:
         self.assigned = assigned
         self.batches = batches
-        self.paused: set[TopicPartition] = set()
+        self.held: set[TopicPartition] = set()
         self.seeks: dict[TopicPartition, int] = {}
         self.commits: list[dict[TopicPartition, int]] = []
         self.committed_offsets: dict[TopicPartition, int] = {}
@@ -66,10 +66,13 @@ class FakeConsumer:
         return self.assigned
 
     def pause(self, *tps: TopicPartition) -> None:
-        self.paused |= set(tps)
+        self.held |= set(tps)
 
     def resume(self, *tps: TopicPartition) -> None:
-        self.paused -= set(tps)
+        self.held -= set(tps)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.held)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks[tp] = offset
@@ -80,7 +83,7 @@ class FakeConsumer:
             assert self.stage is not None
             self.stage._stopped.set()
             return {}
-        return {tp: recs for tp, recs in self.batches.pop(0).items() if tp not in self.paused}
+        return {tp: recs for tp, recs in self.batches.pop(0).items() if tp not in self.held}
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(offsets)
@@ -182,7 +185,7 @@ async def test_the_batch_loop_rewinds_pauses_and_commits_only_the_healthy_partit
     stage.consumer = consumer  # type: ignore[assignment]
     await stage._run()
     await stage.flush_commit()
-    assert consumer.seeks == {b: 100} and consumer.paused == {b}
+    assert consumer.seeks == {b: 100} and consumer.paused() == {b}
     assert consumer.commits == [{g: 25}, {g: 30}]  # the bad partition's offsets never move
     assert [d.of("simulated").valid for d in out.deltas] == [20, 5]
 
@@ -244,7 +247,7 @@ async def test_exactly_once_puts_each_partitions_outputs_and_offset_in_its_own_t
     assert by_tp[g0][1] == 25 and by_tp[g1][1] == 43
     assert [orjson.loads(m.value)["item_id"] for m in by_tp[g0][0]] == [str(i) for i in range(5, 25)]
     assert [orjson.loads(m.value)["item_id"] for m in by_tp[g1][0]] == ["40", "41", "42"]
-    assert consumer.seeks == {b: 100} and consumer.paused == {b}  # held back, as at-least-once
+    assert consumer.seeks == {b: 100} and consumer.paused() == {b}  # held back, as at-least-once
     assert stage.status()["transactions"]["producers"] == 3
 
 

@@ -1,0 +1,89 @@
+"""One market_data write's client CPU and wall time, in-process, against the running PostgreSQL: the two ways
+in (column arrays for batches up to sinks.postgres.SMALL_BATCH_ROWS, COPY into the staging table above), at
+each batch size given, alternating, on a schema of its own that it drops at the end.
+
+Why: at moderate rates the write stage writes ~75 small batches a second, and their fixed cost (round trips,
+statement preparation) is most of a small write's time; this measures that cost without Kafka's noise. The
+stack must run (dev/stack.sh start); the rows are fresh simulated ticks, every key new.
+
+    .cache/venv/bin/python bench/write_cost.py --sizes 13,64,200,2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+
+from sinks import postgres  # noqa: E402
+from sinks.postgres import PostgresTickWriter, row_from_record  # noqa: E402
+from streams.models import MarketDataPoint  # noqa: E402
+from streams.settings import load_settings  # noqa: E402
+
+T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _rows(n: int, first: int) -> list[tuple]:
+    return [row_from_record(orjson.loads(MarketDataPoint(
+        symbol="AAPL", timestamp=T0 + timedelta(milliseconds=first + i), source="simulated", price=100 + i / 100,
+        volume=10, item_id=str(first + i), metadata={"i": i}).to_json())) for i in range(n)]
+
+
+async def measure(sizes: list[int], writes: int, rounds: int) -> None:
+    pg = load_settings().postgres.model_copy(update={"db_schema": f"wc_{uuid.uuid4().hex[:8]}"})
+    writer = PostgresTickWriter(pg)
+    await writer.start()
+    small = postgres.SMALL_BATCH_ROWS
+    next_key = 0
+    try:
+        for n in sizes:
+            results: dict[str, list[tuple[float, float]]] = {"columns": [], "copy": []}
+            for _ in range(rounds):
+                for way in ("copy", "columns"):
+                    postgres.SMALL_BATCH_ROWS = max(n, small) if way == "columns" else 0
+                    reps = max(3, writes * 13 // max(n, 13))
+                    batches = [_rows(n, next_key + k * n) for k in range(reps)]
+                    next_key += reps * n
+                    c0, t0 = _cpu(), time.perf_counter()
+                    for batch in batches:
+                        assert (await writer.write(batch)).inserted == n
+                    results[way].append(((_cpu() - c0) / reps * 1e3, (time.perf_counter() - t0) / reps * 1e3))
+            for way, runs in results.items():
+                cpu = sorted(c for c, _ in runs)
+                wall = sorted(w for _, w in runs)
+                mid = len(runs) // 2
+                print(f"{n:>5} rows  {way:7s}  client CPU {cpu[mid]:7.3f} ms  wall {wall[mid]:7.3f} ms  per write"
+                      f" (median of {rounds})")
+    finally:
+        postgres.SMALL_BATCH_ROWS = small
+        assert writer.pool is not None
+        await writer.pool.execute(f'DROP SCHEMA "{pg.db_schema}" CASCADE')
+        await writer.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="13,64,200,2000", help="rows per batch, comma-separated")
+    ap.add_argument("--writes", type=int, default=300, help="13-row writes per measurement (fewer when larger)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating measurements per way and size")
+    args = ap.parse_args()
+    asyncio.run(measure([int(s) for s in args.sizes.split(",")], args.writes, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
