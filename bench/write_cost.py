@@ -4,9 +4,9 @@ each batch size given, alternating, on a schema of its own that it drops at the 
 
 Why: at moderate rates the write stage writes ~75 small batches a second, and their fixed cost (round trips,
 statement preparation) is most of a small write's time; this measures that cost without Kafka's noise. The
-stack must run (dev/stack.sh start); the rows are fresh simulated ticks, every key new.
+stack must run (dev/stack.sh start); every key is new.
 
-    .cache/venv/bin/python bench/write_cost.py --sizes 13,64,200,2000
+    .cache/venv/bin/python bench/write_cost.py --sizes 13,64,200,2000 [--kind quote]
 """
 
 from __future__ import annotations
@@ -38,13 +38,16 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _rows(n: int, first: int) -> list[tuple]:
+def _rows(n: int, first: int, kind: str) -> list[tuple]:
+    """Fresh keys; a quote is revisable (its revision is its ingestion time), a trade is not."""
+    fields = ({"data_type": "quote", "bid": 99.5, "ask": 100.5, "bid_size": 3, "ask_size": 4} if kind == "quote"
+              else {"data_type": "trade", "price": 100.0, "volume": 10})
     return [row_from_record(orjson.loads(MarketDataPoint(
-        symbol="AAPL", timestamp=T0 + timedelta(milliseconds=first + i), source="simulated", price=100 + i / 100,
-        volume=10, item_id=str(first + i), metadata={"i": i}).to_json())) for i in range(n)]
+        symbol="AAPL", timestamp=T0 + timedelta(milliseconds=first + i), source="simulated", item_id=str(first + i),
+        metadata={"i": i}, **fields).to_json())) for i in range(n)]
 
 
-async def measure(sizes: list[int], writes: int, rounds: int) -> None:
+async def measure(sizes: list[int], writes: int, rounds: int, kind: str) -> None:
     pg = load_settings().postgres.model_copy(update={"db_schema": f"wc_{uuid.uuid4().hex[:8]}"})
     writer = PostgresTickWriter(pg)
     await writer.start()
@@ -57,7 +60,7 @@ async def measure(sizes: list[int], writes: int, rounds: int) -> None:
                 for way in ("copy", "columns"):
                     postgres.SMALL_BATCH_ROWS = max(n, small) if way == "columns" else 0
                     reps = max(3, writes * 13 // max(n, 13))
-                    batches = [_rows(n, next_key + k * n) for k in range(reps)]
+                    batches = [_rows(n, next_key + k * n, kind) for k in range(reps)]
                     next_key += reps * n
                     c0, t0 = _cpu(), time.perf_counter()
                     for batch in batches:
@@ -67,7 +70,7 @@ async def measure(sizes: list[int], writes: int, rounds: int) -> None:
                 cpu = sorted(c for c, _ in runs)
                 wall = sorted(w for _, w in runs)
                 mid = len(runs) // 2
-                print(f"{n:>5} rows  {way:7s}  client CPU {cpu[mid]:7.3f} ms  wall {wall[mid]:7.3f} ms  per write"
+                print(f"{n:>5} {kind}s  {way:7s}  client CPU {cpu[mid]:7.3f} ms  wall {wall[mid]:7.3f} ms  per write"
                       f" (median of {rounds})")
     finally:
         postgres.SMALL_BATCH_ROWS = small
@@ -81,8 +84,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="13,64,200,2000", help="rows per batch, comma-separated")
     ap.add_argument("--writes", type=int, default=300, help="13-row writes per measurement (fewer when larger)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating measurements per way and size")
+    ap.add_argument("--kind", choices=("trade", "quote"), default="trade", help="the rows' kind (default trade)")
     args = ap.parse_args()
-    asyncio.run(measure([int(s) for s in args.sizes.split(",")], args.writes, args.rounds))
+    asyncio.run(measure([int(s) for s in args.sizes.split(",")], args.writes, args.rounds, args.kind))
 
 
 if __name__ == "__main__":

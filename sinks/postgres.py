@@ -1,7 +1,8 @@
 """PostgreSQL writer: COPY a batch into a per-connection staging table, then an upsert into market_data
 (INSERT of the new keys, then UPDATE of newer revisions: see upsert_sql), all in one transaction. A small
 batch (at most SMALL_BATCH_ROWS rows, no key twice) skips the staging table: the same upsert reads the batch
-from one array per column, and without revisions it is a single statement.
+from one array per column, usually a single statement (`_upsert_columns` says when two, and why no
+transaction).
 
 COPY is the fastest way into PostgreSQL for a large batch; the upsert keeps the write idempotent on the
 natural key (a replayed batch writes nothing twice) and applies the revision policy of sinks/base.py:
@@ -182,9 +183,9 @@ _KEY_LEN = len(MARKET_DATA_KEY)
 assert MARKET_DATA_COLUMNS[:_KEY_LEN] == MARKET_DATA_KEY
 _FLAGS_AT = MARKET_DATA_COLUMNS.index("flags")
 # A batch of at most this many rows, every key once, is written from column arrays (unnest) in one statement
-# (two in a transaction when it carries revisions) instead of BEGIN, COPY's column lookup, COPY, the INSERT
-# and COMMIT: at 13 rows 35% less client CPU and 25% less time per write; at 200 rows and more, COPY's
-# binary rows cost less than the arrays (bench/README.md, session 14).
+# (a second, the UPDATE, when it revises stored rows) instead of BEGIN, COPY's column lookup, COPY, the INSERT
+# and COMMIT: at 13 rows a third less client CPU and a fifth less time per write; from about 64 rows on,
+# COPY's binary rows cost less than the arrays (bench/README.md, session 14).
 SMALL_BATCH_ROWS = 64
 # The array type each market_data column is passed as. flags (text[]) goes as one JSON text per row: unnest
 # would flatten a two-dimensional array, and PostgreSQL has no ragged ones.
@@ -500,22 +501,23 @@ class PostgresTickWriter(BatchWriter):
                                    for src in inserted.keys() | updated.keys()})
 
     async def _upsert_columns(self, rows: Sequence[tuple[Any, ...]]) -> tuple[dict[str, int], dict[str, int]]:
-        """A small batch with distinct keys, from column arrays: without revisions one statement (autocommit),
-        else the INSERT and the UPDATE in one transaction."""
+        """A small batch with distinct keys, from column arrays: the INSERT, one statement in autocommit, and
+        only when it left keys of revisable rows out, the UPDATE of newer revisions as a second one.
+
+        No transaction around the two (BEGIN and COMMIT were two round trips of a five-row write's four): the
+        batch's offsets are committed only after both, so a crash between them replays the batch, whose INSERT
+        then inserts nothing and whose UPDATE applies the revisions; the rows end the same. What differs is
+        that a reader may see the batch's new keys a moment before its revisions of stored ones, and that a
+        retry after a failure between the two counts the first attempt's inserted rows as duplicates."""
         assert self.pool is not None
         columns = [list(col) for col in zip(*rows, strict=True)]
         columns[_FLAGS_AT] = [orjson.dumps(f).decode() if f else "[]" for f in columns[_FLAGS_AT]]
         insert, update = self._upsert_arrays
-        if not any(columns[_REVISION_AT]):  # the INSERT is all there is to do
-            inserted = {r["source"]: r["n"] for r in await self.pool.fetch(insert, *columns)}
-            faults.reach("write.after_insert")
+        inserted = {r["source"]: r["n"] for r in await self.pool.fetch(insert, *columns)}
+        faults.reach("write.after_insert")
+        if sum(inserted.values()) == len(rows) or not any(columns[_REVISION_AT]):
             return inserted, {}
-        async with self.pool.acquire() as conn, conn.transaction():
-            inserted = {r["source"]: r["n"] for r in await conn.fetch(insert, *columns)}
-            updated = ({r["source"]: r["n"] for r in await conn.fetch(update, *columns)}
-                       if sum(inserted.values()) < len(rows) else {})
-            faults.reach("write.after_insert")
-        return inserted, updated
+        return inserted, {r["source"]: r["n"] for r in await self.pool.fetch(update, *columns)}
 
     async def _upsert_staged(self, rows: Sequence[tuple[Any, ...]]) -> tuple[dict[str, int], dict[str, int]]:
         """A batch through the connection's staging table (COPY), made by the connection's first such write."""

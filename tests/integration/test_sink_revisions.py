@@ -85,6 +85,34 @@ async def test_a_batch_of_new_keys_and_a_newer_revision_does_both(writer, pg, is
     assert got == {"a": 1.7, "b": 1.1, "c": 1.0}
 
 
+async def test_a_write_cut_short_after_its_insert_and_replayed_ends_as_one_whole_write(writer, pg, iso,
+                                                                                       monkeypatch) -> None:
+    """The worker dies after the batch's INSERT (the fault point the fault table kills at): the staged write
+    rolls its transaction back, the small one has committed its INSERT but not applied its revisions. The
+    replay, as the uncommitted offsets bring it, must leave what one whole write leaves."""
+    def bar(item: str, close: float, ing_s: int) -> tuple:
+        return row(symbol="X", timestamp=T0, source="y", data_type="bar", open=1, high=max(2, close), low=0.5,
+                   close=close, volume=ing_s, interval="1m", item_id=item,
+                   ingested_at=T0 + timedelta(seconds=ing_s))
+
+    await writer.write([bar("a", 1.0, 10)])
+    batch = [bar("a", 1.7, 30), bar("c", 1.0, 10)]  # a newer revision of a, and a new key
+
+    def killed(point: str) -> None:
+        if point == "write.after_insert":
+            raise RuntimeError("killed")
+
+    reach = postgres.faults.reach
+    monkeypatch.setattr(postgres.faults, "reach", killed)
+    with pytest.raises(Exception, match="killed"):
+        await writer.write(batch)
+    monkeypatch.setattr(postgres.faults, "reach", reach)
+    replay = await writer.write(batch)
+    assert replay.inserted + replay.duplicates == 1 and replay.updated == 1
+    got = dict(await pg.fetch(f"SELECT item_id, close FROM {iso.schema}.market_data ORDER BY item_id"))
+    assert got == {"a": 1.7, "c": 1.0}
+
+
 async def test_shuffled_revisions_in_many_batches_end_at_the_newest(writer, pg, iso) -> None:
     rng = random.Random(14)
     symbols, times, revisions = ["AAPL", "MSFT", "SPY"], 40, 6
