@@ -504,7 +504,7 @@ class PostgresTickWriter(BatchWriter):
         """A small batch with distinct keys, from column arrays: the INSERT, one statement in autocommit, and
         only when it left keys of revisable rows out, the UPDATE of newer revisions as a second one.
 
-        No transaction around the two (BEGIN and COMMIT were two round trips of a five-row write's four): the
+        No transaction around the two (BEGIN and COMMIT would add two round trips to a one-statement write): the
         batch's offsets are committed only after both, so a crash between them replays the batch, whose INSERT
         then inserts nothing and whose UPDATE applies the revisions; the rows end the same. What differs is
         that a reader may see the batch's new keys a moment before its revisions of stored ones, and that a
