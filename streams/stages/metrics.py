@@ -175,6 +175,42 @@ class WorkerMetrics:
 local = WorkerMetrics()
 
 
+class PauseFence:
+    """Whether this worker may still write the table, judged from the event loop's own clock.
+
+    A worker whose loop stood still for longer than the group's session timeout (SIGSTOP, a frozen VM, a stalled
+    host) sent no heartbeat meanwhile, so the broker has already given its partitions to another member; but it
+    learns that only at its next heartbeat. In between, its agent went on folding the deltas it had fetched
+    before the pause into its stale copy of the table and wrote them to the changelog, after the new owner's
+    newer values; whoever restored the table next (the woken worker, given the partition back) took that stale
+    value as the last word and the counts went back (CI: the sink's duplicate count fell from over 93 to 11 in
+    test_paused_worker_does_not_lose_or_double_rows). The deltas it skips are not lost: its commits are
+    refused too, so the partition's owner reads them. The generation the worker was in before the pause is the
+    dead one; a new generation (the worker rejoined) is admitted again."""
+
+    def __init__(self, session_timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.session_timeout = session_timeout
+        self._clock = clock
+        self._seen_at = clock()
+        self._seen_generation: int | None = None
+        self.dead_generation: int | None = None
+
+    def admits(self, generation: int) -> bool:
+        """Called by each table write and by a timer: False while `generation` is one the worker lost in a pause."""
+        now = self._clock()
+        if now - self._seen_at > self.session_timeout and self._seen_generation is not None:
+            if self.dead_generation != self._seen_generation:
+                logger.warning("the event loop stood still %.1f s, past the group's %.0f s session timeout: "
+                               "generation %d is lost, the metrics table is not written until the worker "
+                               "rejoins", now - self._seen_at, self.session_timeout, self._seen_generation)
+            self.dead_generation = self._seen_generation
+        self._seen_at, self._seen_generation = now, generation
+        return generation != self.dead_generation
+
+
+pause_fence = PauseFence(app.conf.broker_session_timeout)
+
+
 async def emit(delta: MetricsDelta, *, worker: WorkerMetrics | None = None) -> None:
     """Count one batch's delta in this worker (`worker`: this process's `local` unless given) and queue it for
     the table; no I/O (send_metrics sends)."""
@@ -288,6 +324,8 @@ def summary(values: dict[str, dict[str, Any]], now: float, queue_size: int | Non
 async def record_metrics(stream: Any) -> None:
     """The only writer of metrics_table."""
     async for raw in stream:
+        if not pause_fence.admits(app.consumer_generation_id):
+            continue  # a zombie's copy: the partition's new owner folds this delta
         try:
             now = time.time()
             for source, delta in MetricsDelta.from_json(raw).sources.items():
@@ -311,6 +349,7 @@ async def flush(worker: WorkerMetrics | None = None, send: Callable[[bytes], Awa
 
 @app.timer(SEND_EVERY_SECONDS, name="send_metrics")
 async def send_metrics() -> None:
+    pause_fence.admits(app.consumer_generation_id)  # the fence's clock, also when no delta arrives
     await flush()
 
 
@@ -343,7 +382,8 @@ async def store_metrics() -> None:
     stored its stale counts between the new owner's, so the newest snapshot could go back (measured: three
     such rows in one run of test_paused_worker_does_not_lose_or_double_rows). The write is fenced: a
     snapshot behind the newest stored one of this app is not stored (sinks/postgres.py write_metrics)."""
-    values = {k: v for k, v in metrics_table.items() if v} if owns_table() else {}
+    owner = owns_table() and pause_fence.admits(app.consumer_generation_id)
+    values = {k: v for k, v in metrics_table.items() if v} if owner else {}
     if not values:
         return
     now = time.time()

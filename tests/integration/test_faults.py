@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -159,6 +160,7 @@ async def test_paused_worker_does_not_lose_or_double_rows(iso, workers, producer
     try:
         # a's third write batch: rows committed, offsets not; a stops itself there.
         await wait_until(lambda: _stopped(a.pid), 120, f"the worker to stop itself at {point}")
+        stopped_at = time.monotonic()
         assert f"fault point {point} reached (3): SIGSTOP" in a.log_text()
         try:
             # Past the stages' 30 s session timeout: b must own every partition of both stages, a's included.
@@ -166,6 +168,8 @@ async def test_paused_worker_does_not_lose_or_double_rows(iso, workers, producer
                              and b.owned(clean, "write") == clean_parts, 120,
                              "b to take over the paused worker's partitions")
             assert _stopped(a.pid), "the zombie must still be stopped when b took over"
+            # Surely past Faust's own 30 s session timeout too, so the woken worker must know its table is stale.
+            await asyncio.sleep(max(0.0, stopped_at + 36 - time.monotonic()))
         finally:
             os.kill(a.pid, signal.SIGCONT)
         await feeder
@@ -178,6 +182,9 @@ async def test_paused_worker_does_not_lose_or_double_rows(iso, workers, producer
     # group coordinator (streams/stages/base.py logs it and counts it in /health's commit_failures).
     await wait_until(lambda: "write: commit refused" in a.log_text(), 60, "the zombie's late commit to be refused")
     await check_oracles(iso, pg, inputs, "worker stopped (SIGSTOP) mid-batch past session timeout")
+    # Its metrics agent stopped writing its stale copy of the table to the changelog (streams/stages/metrics.py
+    # PauseFence): a restore taking that copy as the last word is how the sink's duplicate count once went back.
+    assert "is lost, the metrics table is not written until the worker rejoins" in a.log_text()
     # Awake, the zombie still believed it owned the metrics table for a few seconds: its stale snapshots must
     # not be stored between the new owner's.
     assert snapshots_going_back(await stored_snapshots(iso, pg)) == []

@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from streams import histogram
-from streams.stages.metrics import MetricsDelta, SourceDelta, fold, summary, throughput
+from streams.stages.metrics import MetricsDelta, PauseFence, SourceDelta, fold, summary, throughput
 
 
 def delta(**kw: int) -> SourceDelta:
@@ -173,3 +173,44 @@ def test_emit_sends_nothing_per_batch() -> None:
     assert len(calls) == 1 and MetricsDelta.from_json(calls[0]).sources["simulated"].processed == 1000
     assert worker.values["simulated"]["processed"] == 1000
     assert "simulated" not in metrics.local.values  # the process's own counters were left alone
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pause_fence_refuses_the_generation_lost_in_a_pause_until_the_worker_rejoins() -> None:
+    clock = _Clock()
+    fence = PauseFence(30.0, clock)
+    for _ in range(3):  # a live worker: ticks well inside the session timeout
+        clock.now += 29.0
+        assert fence.admits(4)
+    clock.now += 31.0  # stood still past the session timeout: generation 4 is gone
+    assert not fence.admits(4)
+    clock.now += 0.1
+    assert not fence.admits(4), "still the dead generation: refused until the worker rejoins"
+    assert fence.admits(5)
+    clock.now += 0.5
+    assert fence.admits(5)
+
+
+def test_pause_fence_blames_the_generation_before_the_pause_not_the_one_after() -> None:
+    """A rejoin that completed before the first check after the pause: the new generation is live."""
+    clock = _Clock()
+    fence = PauseFence(30.0, clock)
+    assert fence.admits(4)
+    clock.now += 40.0
+    assert fence.admits(5)
+    assert fence.dead_generation == 4
+    assert fence.admits(5)
+
+
+def test_pause_fence_first_call_has_nothing_to_judge() -> None:
+    clock = _Clock()
+    fence = PauseFence(30.0, clock)
+    clock.now += 300.0  # a slow start-up is not a lost generation
+    assert fence.admits(0)

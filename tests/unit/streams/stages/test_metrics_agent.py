@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from streams.stages.metrics import MetricsDelta, SourceDelta, metrics_table, record_metrics
+from streams.stages import metrics
+from streams.stages.metrics import MetricsDelta, PauseFence, SourceDelta, metrics_table, record_metrics
 
 
 async def test_record_metrics_folds_deltas_into_the_table() -> None:
@@ -15,3 +16,19 @@ async def test_record_metrics_folds_deltas_into_the_table() -> None:
         assert (v["processed"], v["valid"], v["rejected"]) == (10, 8, 2)
         assert v["rules"] == {"schema.missing": 2}
         assert metrics_table["other"]["processed"] == 5
+
+
+async def test_a_worker_woken_past_the_session_timeout_does_not_write_its_stale_table(monkeypatch) -> None:
+    """The deltas a zombie had fetched before its pause are the new owner's to fold (its commits are refused)."""
+    clock = [0.0]
+    fence = PauseFence(30.0, lambda: clock[0])
+    monkeypatch.setattr(metrics, "pause_fence", fence)
+    d = SourceDelta(processed=5, valid=5)
+    async with record_metrics.test_context() as agent:
+        await agent.put(key=b"batch", value=MetricsDelta({"paused": d}).to_json())
+        clock[0] += 45.0  # SIGSTOPped past the session timeout, same generation on waking
+        await agent.put(key=b"batch", value=MetricsDelta({"paused": d}).to_json())
+        assert metrics_table["paused"]["processed"] == 5
+        monkeypatch.setattr(metrics.app, "consumer_generation_id", metrics.app.consumer_generation_id + 1)
+        await agent.put(key=b"batch", value=MetricsDelta({"paused": d}).to_json())  # rejoined
+        assert metrics_table["paused"]["processed"] == 10
