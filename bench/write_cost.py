@@ -1,6 +1,6 @@
 """One market_data write's client CPU and wall time, in-process, against the running PostgreSQL: the two ways
-in (column arrays for batches up to sinks.postgres.SMALL_BATCH_ROWS, COPY into the staging table above), at
-each batch size given, alternating, on a schema of its own that it drops at the end.
+in (one JSON parameter for batches up to sinks.postgres.SMALL_BATCH_ROWS, COPY into the staging table above),
+at each batch size given, alternating, on a schema of its own that it drops at the end.
 
 Why: at moderate rates the write stage writes ~75 small batches a second, and their fixed cost (round trips,
 statement preparation) is most of a small write's time; this measures that cost without Kafka's noise. The
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import sys
 import time
@@ -38,6 +39,12 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _server_cpu(pid: int) -> float:
+    """A PostgreSQL backend's CPU seconds so far (utime + stime, in clock ticks, /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rows(n: int, first: int, kind: str) -> list[tuple]:
     """Fresh keys; a quote is revisable (its revision is its ingestion time), a trade is not."""
     fields = ({"data_type": "quote", "bid": 99.5, "ask": 100.5, "bid_size": 3, "ask_size": 4} if kind == "quote"
@@ -48,30 +55,34 @@ def _rows(n: int, first: int, kind: str) -> list[tuple]:
 
 
 async def measure(sizes: list[int], writes: int, rounds: int, kind: str) -> None:
-    pg = load_settings().postgres.model_copy(update={"db_schema": f"wc_{uuid.uuid4().hex[:8]}"})
+    # One connection, so the server's CPU for the writes is its one backend process's (/proc/<pid>/stat).
+    pg = load_settings().postgres.model_copy(update={"db_schema": f"wc_{uuid.uuid4().hex[:8]}",
+                                                     "pool_min": 1, "pool_max": 1})
     writer = PostgresTickWriter(pg)
     await writer.start()
+    assert writer.pool is not None
+    backend = await writer.pool.fetchval("SELECT pg_backend_pid()")
     small = postgres.SMALL_BATCH_ROWS
     next_key = 0
     try:
         for n in sizes:
-            results: dict[str, list[tuple[float, float]]] = {"columns": [], "copy": []}
+            results: dict[str, list[tuple[float, float, float]]] = {"json": [], "copy": []}
             for _ in range(rounds):
-                for way in ("copy", "columns"):
-                    postgres.SMALL_BATCH_ROWS = max(n, small) if way == "columns" else 0
+                for way in ("copy", "json"):
+                    postgres.SMALL_BATCH_ROWS = max(n, small) if way == "json" else 0
                     reps = max(3, writes * 13 // max(n, 13))
                     batches = [_rows(n, next_key + k * n, kind) for k in range(reps)]
                     next_key += reps * n
-                    c0, t0 = _cpu(), time.perf_counter()
+                    c0, s0, t0 = _cpu(), _server_cpu(backend), time.perf_counter()
                     for batch in batches:
                         assert (await writer.write(batch)).inserted == n
-                    results[way].append(((_cpu() - c0) / reps * 1e3, (time.perf_counter() - t0) / reps * 1e3))
+                    results[way].append(((_cpu() - c0) / reps * 1e3, (_server_cpu(backend) - s0) / reps * 1e3,
+                                         (time.perf_counter() - t0) / reps * 1e3))
             for way, runs in results.items():
-                cpu = sorted(c for c, _ in runs)
-                wall = sorted(w for _, w in runs)
+                cpu, server, wall = (sorted(r[i] for r in runs) for i in range(3))
                 mid = len(runs) // 2
-                print(f"{n:>5} {kind}s  {way:7s}  client CPU {cpu[mid]:7.3f} ms  wall {wall[mid]:7.3f} ms  per write"
-                      f" (median of {rounds})")
+                print(f"{n:>5} {kind}s  {way:7s}  client CPU {cpu[mid]:7.3f} ms  server CPU {server[mid]:7.3f} ms"
+                      f"  wall {wall[mid]:7.3f} ms  per write (median of {rounds})")
     finally:
         postgres.SMALL_BATCH_ROWS = small
         assert writer.pool is not None

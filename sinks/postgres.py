@@ -1,8 +1,7 @@
 """PostgreSQL writer: COPY a batch into a per-connection staging table, then an upsert into market_data
 (INSERT of the new keys, then UPDATE of newer revisions: see upsert_sql), all in one transaction. A small
 batch (at most SMALL_BATCH_ROWS rows, no key twice) skips the staging table: the same upsert reads the batch
-from one array per column, usually a single statement (`_upsert_columns` says when two, and why no
-transaction).
+from one JSON parameter, usually a single statement (`_upsert_json` says when two, and why no transaction).
 
 COPY is the fastest way into PostgreSQL for a large batch; the upsert keeps the write idempotent on the
 natural key (a replayed batch writes nothing twice) and applies the revision policy of sinks/base.py:
@@ -181,22 +180,21 @@ def row_origin(row: tuple[Any, ...]) -> tuple[str, datetime | None]:
 # The natural key leads every row, so a batch's keys are row[:5] without a lookup.
 _KEY_LEN = len(MARKET_DATA_KEY)
 assert MARKET_DATA_COLUMNS[:_KEY_LEN] == MARKET_DATA_KEY
-_FLAGS_AT = MARKET_DATA_COLUMNS.index("flags")
-# A batch of at most this many rows, every key once, is written from column arrays (unnest) in one statement
+# A batch of at most this many rows, every key once, is written from one JSON array of rows in one statement
 # (a second, the UPDATE, when it revises stored rows) instead of BEGIN, COPY's column lookup, COPY, the INSERT
-# and COMMIT: at 13 rows a third less client CPU and a fifth less time per write; from about 64 rows on,
-# COPY's binary rows cost less than the arrays (bench/README.md, session 14).
-SMALL_BATCH_ROWS = 64
-# The array type each market_data column is passed as. flags (text[]) goes as one JSON text per row: unnest
-# would flatten a two-dimensional array, and PostgreSQL has no ragged ones.
-_ARRAY_TYPES = {
+# and COMMIT. orjson writes a row in ~3 us where asyncpg's binary COPY takes ~8 (and one array per column,
+# session 14's way, ~19); the server's parse costs about what COPY's does up to ~200 rows and twice as much at
+# 2,000, so larger batches keep COPY (bench/README.md, session 15).
+SMALL_BATCH_ROWS = 128
+# The type each market_data column is cast to from its JSON text (flags: a JSON array, metadata: JSON text).
+_SQL_TYPES = {
     **dict.fromkeys(("source", "symbol", "data_type", "item_id", "interval", "headline", "text", "url"), "text"),
     **dict.fromkeys(("price", "volume", "bid", "ask", "bid_size", "ask_size", "open", "high", "low", "close",
                      "value", "sentiment"), "float8"),
     "ts": "timestamptz", "ingested_at": "timestamptz", "realtime_start": "date", "realtime_end": "date",
     "flags": "jsonb", "metadata": "jsonb", "revision": "int8",
 }
-assert set(_ARRAY_TYPES) == set(MARKET_DATA_COLUMNS)
+assert set(_SQL_TYPES) == set(MARKET_DATA_COLUMNS)
 
 
 # ------------------------------------------------------------------ anomaly events and dead letters (migration 5)
@@ -308,10 +306,18 @@ def insert_new_sql(schema: str, table: str, columns: Sequence[str], key: Sequenc
             f"ON CONFLICT ({conflict}) DO NOTHING")
 
 
-def upsert_sql(schema: str, *, dedupe: bool = True, arrays: bool = False) -> tuple[str, str]:
+def json_rows(rows: Sequence[tuple[Any, ...]]) -> str:
+    """A batch as upsert_sql(json=True) reads it. Rows hold no NaN or infinity (JSON records cannot carry them,
+    and orjson would write null); naive datetimes are UTC, as asyncpg takes them. An integer orjson cannot write
+    (beyond a double's range: such a number stays an exact int) raises TypeError, a data error as asyncpg's
+    encoders raise it for COPY."""
+    return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
+
+
+def upsert_sql(schema: str, *, dedupe: bool = True, json: bool = False) -> tuple[str, str]:
     """The two statements that apply the revision policy to a staged batch (schema: quoted identifier), run
-    in this order in the batch's transaction. `arrays=True`: the batch is not staged but passed as one
-    parameter per column of MARKET_DATA_COLUMNS ($1..$n; flags as a JSON text per row), keys all distinct.
+    in this order in the batch's transaction. `json=True`: the batch is not staged but passed as $1, a JSON
+    array of rows, each an array in MARKET_DATA_COLUMNS' order (`json_rows`), keys all distinct.
 
     1. DISTINCT ON the natural key keeps one row per key from the batch: the highest revision, and on a tie
        the first in the batch, by _STAGE_SEQ, the row's position, which the caller stages with such a batch.
@@ -334,11 +340,13 @@ def upsert_sql(schema: str, *, dedupe: bool = True, arrays: bool = False) -> tup
     key = ", ".join(f'"{c}"' for c in MARKET_DATA_KEY)
     sets = ", ".join(f'"{c}" = s."{c}"' for c in MARKET_DATA_COLUMNS if c not in MARKET_DATA_KEY)
     match = " AND ".join(f't."{c}" = s."{c}"' for c in MARKET_DATA_KEY)
-    if arrays:
-        params = ", ".join(f"${i}::{_ARRAY_TYPES[c]}[]" for i, c in enumerate(MARKET_DATA_COLUMNS, 1))
-        picked = ", ".join("ARRAY(SELECT jsonb_array_elements_text(u.flags)) AS flags" if c == "flags" else f'u."{c}"'
-                           for c in MARKET_DATA_COLUMNS)
-        rows = f"(SELECT {picked} FROM unnest({params}) AS u({cols})) AS s"
+    if json:
+        picked = ", ".join(
+            f"ARRAY(SELECT jsonb_array_elements_text(r->{i})) AS flags" if c == "flags"
+            else f'(r->>{i}) AS "{c}"' if _SQL_TYPES[c] == "text"
+            else f'(r->>{i})::{_SQL_TYPES[c]} AS "{c}"'
+            for i, c in enumerate(MARKET_DATA_COLUMNS))
+        rows = f"(SELECT {picked} FROM jsonb_array_elements($1::jsonb) AS r) AS s"
     elif dedupe:
         rows = f"(SELECT DISTINCT ON ({key}) {cols} FROM {_STAGE} ORDER BY {key}, revision DESC, {_STAGE_SEQ}) AS s"
     else:
@@ -387,7 +395,7 @@ class PostgresTickWriter(BatchWriter):
         self._warned_transport = False
         self._upsert = upsert_sql(self._q)
         self._upsert_distinct = upsert_sql(self._q, dedupe=False)
-        self._upsert_arrays = upsert_sql(self._q, arrays=True)
+        self._upsert_rows_json = upsert_sql(self._q, json=True)
 
     async def _failed(self, exc: BaseException, where: str) -> SinkError:
         """classify(exc), and recycle the pool when a session turned out read-only (SQLSTATE 25006).
@@ -491,7 +499,7 @@ class PostgresTickWriter(BatchWriter):
         assert self.pool is not None
         try:
             if len(rows) <= SMALL_BATCH_ROWS and len({r[:_KEY_LEN] for r in rows}) == len(rows):
-                inserted, updated = await self._upsert_columns(rows)
+                inserted, updated = await self._upsert_json(rows)
             else:
                 inserted, updated = await self._upsert_staged(rows)
         except Exception as exc:
@@ -500,8 +508,8 @@ class PostgresTickWriter(BatchWriter):
                                   {src: (inserted.get(src, 0), updated.get(src, 0))
                                    for src in inserted.keys() | updated.keys()})
 
-    async def _upsert_columns(self, rows: Sequence[tuple[Any, ...]]) -> tuple[dict[str, int], dict[str, int]]:
-        """A small batch with distinct keys, from column arrays: the INSERT, one statement in autocommit, and
+    async def _upsert_json(self, rows: Sequence[tuple[Any, ...]]) -> tuple[dict[str, int], dict[str, int]]:
+        """A small batch with distinct keys, as one JSON parameter: the INSERT, one statement in autocommit, and
         only when it left keys of revisable rows out, the UPDATE of newer revisions as a second one.
 
         No transaction around the two (BEGIN and COMMIT would add two round trips to a one-statement write): the
@@ -510,14 +518,13 @@ class PostgresTickWriter(BatchWriter):
         that a reader may see the batch's new keys a moment before its revisions of stored ones, and that a
         retry after a failure between the two counts the first attempt's inserted rows as duplicates."""
         assert self.pool is not None
-        columns = [list(col) for col in zip(*rows, strict=True)]
-        columns[_FLAGS_AT] = [orjson.dumps(f).decode() if f else "[]" for f in columns[_FLAGS_AT]]
-        insert, update = self._upsert_arrays
-        inserted = {r["source"]: r["n"] for r in await self.pool.fetch(insert, *columns)}
+        doc = json_rows(rows)
+        insert, update = self._upsert_rows_json
+        inserted = {r["source"]: r["n"] for r in await self.pool.fetch(insert, doc)}
         faults.reach("write.after_insert")
-        if sum(inserted.values()) == len(rows) or not any(columns[_REVISION_AT]):
+        if sum(inserted.values()) == len(rows) or not any(r[_REVISION_AT] for r in rows):
             return inserted, {}
-        return inserted, {r["source"]: r["n"] for r in await self.pool.fetch(update, *columns)}
+        return inserted, {r["source"]: r["n"] for r in await self.pool.fetch(update, doc)}
 
     async def _upsert_staged(self, rows: Sequence[tuple[Any, ...]]) -> tuple[dict[str, int], dict[str, int]]:
         """A batch through the connection's staging table (COPY), made by the connection's first such write."""

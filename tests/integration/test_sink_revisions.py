@@ -32,10 +32,10 @@ def row(**kw: Any) -> tuple:
     return row_from_record(orjson.loads(MarketDataPoint(**kw).to_json()))
 
 
-@pytest.fixture(params=["columns", "staged"])
+@pytest.fixture(params=["json", "staged"])
 async def writer(request: pytest.FixtureRequest, iso: Isolation, pg: asyncpg.Connection,
                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PostgresTickWriter]:
-    """Every test on both ways into market_data: small batches from column arrays, and (no batch small
+    """Every test on both ways into market_data: small batches as one JSON parameter, and (no batch small
     enough) the COPY into the staging table that larger batches take."""
     if request.param == "staged":
         monkeypatch.setattr(postgres, "SMALL_BATCH_ROWS", 0)

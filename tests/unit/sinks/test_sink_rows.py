@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from sinks.base import CLOSED_VINTAGE_RANK, REVISABLE_KINDS, WriteResult, revision_of
-from sinks.postgres import loads_record, result_from_counts, row_from_record
+from sinks.postgres import json_rows, loads_record, result_from_counts, row_from_record
 from sinks.schema import MARKET_DATA_COLUMNS
 from streams.models import DataType, MarketDataPoint
 
@@ -145,3 +145,21 @@ def test_metadata_orjson_cannot_write_for_another_reason_is_still_a_data_error()
     d = MarketDataPoint(symbol="X", timestamp=T0, source="s", price=1.0).model_dump(mode="json")
     with pytest.raises(TypeError):
         row_from_record(d | {"metadata": {"raw": b"bytes"}})
+
+
+def test_json_rows_write_each_row_in_column_order_naive_times_as_utc() -> None:
+    """What the small-batch upsert reads: a row's values at its columns' positions, dates and times as
+    PostgreSQL parses them, a naive datetime as UTC (asyncpg's reading for COPY)."""
+    built = row_from_record(orjson.loads(MarketDataPoint(
+        symbol="AAPL", timestamp=T0, source="s", price=1.5, flags=["a", "b"], metadata={"k": 1},
+        realtime_start=date(2024, 5, 1)).to_json()))
+    naive = (*built[:3], T0.replace(tzinfo=None), *built[4:])
+    doc = orjson.loads(json_rows([built, naive]))
+    assert [len(r) for r in doc] == [len(MARKET_DATA_COLUMNS)] * 2
+    at = dict(zip(MARKET_DATA_COLUMNS, doc[0], strict=True))
+    assert (at["symbol"], at["price"], at["flags"], at["realtime_start"]) == ("AAPL", 1.5, ["a", "b"], "2024-05-01")
+    assert orjson.loads(at["metadata"]) == {"k": 1}
+    assert datetime.fromisoformat(at["ts"]) == T0
+    assert datetime.fromisoformat(doc[1][MARKET_DATA_COLUMNS.index("ts")]) == T0
+    with pytest.raises(TypeError):  # a data error, as asyncpg's encoders raise it
+        json_rows([(*built[:6], 10**400, *built[7:])])
