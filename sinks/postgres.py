@@ -195,6 +195,11 @@ _SQL_TYPES = {
     "flags": "jsonb", "metadata": "jsonb", "revision": "int8",
 }
 assert set(_SQL_TYPES) == set(MARKET_DATA_COLUMNS)
+# asyncpg writes date.max and date.min as PostgreSQL's infinity and -infinity (a FRED vintage still open,
+# 9999-12-31, is stored as 'infinity', and economic_as_of relies on it); JSON carries them as their ISO dates,
+# so the JSON way maps them back, or the two ways would store different values.
+_DATE_EXTREMES = (f"(CASE {{v}} WHEN '{date.max.isoformat()}' THEN 'infinity' "
+                  f"WHEN '{date.min.isoformat()}' THEN '-infinity' ELSE {{v}} END)")
 
 
 # ------------------------------------------------------------------ anomaly events and dead letters (migration 5)
@@ -308,9 +313,10 @@ def insert_new_sql(schema: str, table: str, columns: Sequence[str], key: Sequenc
 
 def json_rows(rows: Sequence[tuple[Any, ...]]) -> str:
     """A batch as upsert_sql(json=True) reads it. Rows hold no NaN or infinity (JSON records cannot carry them,
-    and orjson would write null); naive datetimes are UTC, as asyncpg takes them. An integer orjson cannot write
-    (beyond a double's range: such a number stays an exact int) raises TypeError, a data error as asyncpg's
-    encoders raise it for COPY."""
+    and orjson would write null); naive datetimes are UTC, as asyncpg takes them (asyncpg also writes a naive
+    datetime.max as infinity: clean records' times are all aware, so that case never arises). An integer orjson
+    cannot write (beyond a double's range: such a number stays an exact int) raises TypeError, a data error as
+    asyncpg's encoders raise it for COPY."""
     return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
 
 
@@ -344,6 +350,7 @@ def upsert_sql(schema: str, *, dedupe: bool = True, json: bool = False) -> tuple
         picked = ", ".join(
             f"ARRAY(SELECT jsonb_array_elements_text(r->{i})) AS flags" if c == "flags"
             else f'(r->>{i}) AS "{c}"' if _SQL_TYPES[c] == "text"
+            else f'{_DATE_EXTREMES.format(v=f"r->>{i}")}::date AS "{c}"' if _SQL_TYPES[c] == "date"
             else f'(r->>{i})::{_SQL_TYPES[c]} AS "{c}"'
             for i, c in enumerate(MARKET_DATA_COLUMNS))
         rows = f"(SELECT {picked} FROM jsonb_array_elements($1::jsonb) AS r) AS s"

@@ -4,7 +4,7 @@ errors sorted into retriable and data errors."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import asyncpg
 import orjson
@@ -203,6 +203,8 @@ async def test_every_column_round_trips_both_ways_in(iso, pg, monkeypatch: pytes
         MarketDataPoint(symbol="AAPL", timestamp=datetime(2024, 5, 1, 20, 0, 0, 123456,
                                                           tzinfo=timezone(timedelta(hours=5, minutes=30))),
                         source="s", price=0.1 + 0.2, volume=1e300, item_id="b", sentiment=5e-324),
+        MarketDataPoint(symbol="CPI", timestamp=t0, source="fred", data_type="economic", value=1.0,
+                        realtime_start=date.min, realtime_end=date.max),
     ]
     batch = [row_from_record(orjson.loads(p.to_json())) for p in points]
     w = PostgresTickWriter(settings_for(iso))
@@ -211,8 +213,13 @@ async def test_every_column_round_trips_both_ways_in(iso, pg, monkeypatch: pytes
         assert (await w.write(batch)).inserted == len(points)
         cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
         stored = {tuple(r[:_KEY]): r for r in await pg.fetch(f"SELECT {cols} FROM {iso.schema}.market_data")}
+        # asyncpg reads infinity back as date.max, so only SQL tells it from the finite 9999-12-31.
+        extremes = await pg.fetchrow(
+            f"SELECT count(*) FILTER (WHERE realtime_end = 'infinity') AS open_end, "
+            f"count(*) FILTER (WHERE realtime_start = '-infinity') AS open_start FROM {iso.schema}.market_data")
     finally:
         await w.stop()
+    assert dict(extremes) == {"open_end": 1, "open_start": 1}
     assert stored[tuple(batch[0][:_KEY])]["flags"] == flags
     for built in batch:
         got = stored[tuple(built[:_KEY])]
