@@ -138,7 +138,7 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(_scrub(value)).decode() if "\\u0000" in text else text
 
 
-def row_from_record(d: dict[str, Any]) -> tuple[Any, ...]:
+def row_from_record(d: dict[str, Any], *, scrub: bool = True) -> tuple[Any, ...]:
     """A canonical record (decoded JSON from ticks.clean) -> a market_data row in MARKET_DATA_COLUMNS order,
     with its revision key (sinks/base.py revision_of).
 
@@ -151,20 +151,34 @@ def row_from_record(d: dict[str, Any]) -> tuple[Any, ...]:
     2**64 - 1, is written as its exact digits, a JSON number (jsonb keeps it exactly as numeric), so the row
     is built instead of raising TypeError, which would count as a data error and bisect the batch. Decode
     the record with loads_record, not orjson.loads, or such an integer is a float before it gets here.
+
+    `scrub=False`: the caller knows the record holds no U+0000 (row_from_json), so the NUL rule is skipped.
     """
     g = d.get
-    kind = _text(g("data_type", "tick"))
+    if scrub:
+        source, symbol, kind, item_id = _text(d["source"]), _text(d["symbol"]), _text(g("data_type", "tick")), \
+            _text(g("item_id", ""))
+        interval, headline, text, url = _text(g("interval")), _text(g("headline")), _text(g("text")), _text(g("url"))
+        flags = [_text(f) for f in g("flags") or ()]
+    else:
+        source, symbol, kind, item_id = d["source"], d["symbol"], g("data_type", "tick"), g("item_id", "")
+        interval, headline, text, url = g("interval"), g("headline"), g("text"), g("url")
+        flags = g("flags") or []
     realtime_end = _date(g("realtime_end"))
     ingested_at = _ts(g("ingested_at"))
-    flags = g("flags") or []
     return (
-        _text(d["source"]), _text(d["symbol"]), kind, datetime.fromisoformat(d["timestamp"]),
-        _text(g("item_id", "")), g("price"), g("volume"), g("bid"), g("ask"), g("bid_size"), g("ask_size"),
-        g("open"), g("high"), g("low"), g("close"), _text(g("interval")), g("value"),
-        _date(g("realtime_start")), realtime_end, _text(g("headline")), _text(g("text")), _text(g("url")),
-        g("sentiment"), [_text(f) for f in flags] if flags else [], _json_text(g("metadata")),
-        revision_of(kind, ingested_at, realtime_end), ingested_at,
+        source, symbol, kind, datetime.fromisoformat(d["timestamp"]), item_id, g("price"), g("volume"), g("bid"),
+        g("ask"), g("bid_size"), g("ask_size"), g("open"), g("high"), g("low"), g("close"), interval, g("value"),
+        _date(g("realtime_start")), realtime_end, headline, text, url, g("sentiment"), flags,
+        _json_text(g("metadata")), revision_of(kind, ingested_at, realtime_end), ingested_at,
     )
+
+
+def row_from_json(raw: bytes) -> tuple[Any, ...]:
+    """A clean record's JSON bytes -> its market_data row: loads_record, then row_from_record. JSON writes
+    U+0000 only as the escape \\u0000, so a record whose bytes hold none has no NUL to replace, and its text
+    fields are taken as decoded (8% fewer instructions per row, bench/README.md session 16)."""
+    return row_from_record(loads_record(raw), scrub=b"\\u0000" in raw)
 
 
 _SOURCE_AT = MARKET_DATA_COLUMNS.index("source")

@@ -319,10 +319,10 @@ class _InProcess:
                 await self.write_metrics()
 
     async def _write(self, batch: list[tuple[Any, float]]) -> None:
-        from sinks.postgres import loads_record, row_from_record
+        from sinks.postgres import row_from_json
 
         if self.writer is not None:
-            rows = [row_from_record(loads_record(p.to_json())) for p, _ in batch]
+            rows = [row_from_json(p.to_json()) for p, _ in batch]
             sink = self.settings.sink
             retrying = AsyncRetrying(  # an outage (retriable) is waited out; anything else comes out
                 retry=retry_if_exception(_retriable), stop=stop_never, reraise=True, before_sleep=_log_sink_retry,

@@ -24,7 +24,7 @@ from aiokafka import TopicPartition
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_exponential, wait_random
 
 from sinks.base import BatchWriter, WriteResult
-from sinks.postgres import loads_record, row_from_record, row_origin
+from sinks.postgres import row_from_json, row_origin
 from streams.app import app, settings
 from streams.errors import SinkError, TickflowError, first_then_retrying
 from streams.redact import redact
@@ -122,7 +122,7 @@ class WriteTicks(BatchStage):
         delta = MetricsDelta()
         for rec in records:
             try:
-                row = row_from_record(loads_record(rec.value))
+                row = row_from_json(rec.value)
             except Exception as exc:
                 dead.append(self._rejection(rec, "write.decode", exc))
                 delta.of("unknown").count_rule("write.decode")

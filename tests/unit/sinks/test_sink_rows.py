@@ -11,15 +11,20 @@ import orjson
 import pytest
 
 from sinks.base import CLOSED_VINTAGE_RANK, REVISABLE_KINDS, WriteResult, revision_of
-from sinks.postgres import json_rows, loads_record, result_from_counts, row_from_record
+from sinks.postgres import json_rows, loads_record, result_from_counts, row_from_json, row_from_record
 from sinks.schema import MARKET_DATA_COLUMNS
 from streams.models import DataType, MarketDataPoint
 
 T0 = datetime(2024, 5, 1, 14, 30, tzinfo=UTC)
 
 
-def named(p: MarketDataPoint) -> dict:
-    row = row_from_record(orjson.loads(p.to_json()))
+# The write stage builds rows from the record's bytes (row_from_json, which skips the NUL rule when the bytes
+# hold no \u0000 escape); the peers and callers with a decoded record use row_from_record. Both must agree.
+BUILDERS = {"record": lambda raw: row_from_record(orjson.loads(raw)), "json": row_from_json}
+
+
+def named(p: MarketDataPoint, build: str = "record") -> dict:
+    row = BUILDERS[build](p.to_json())
     assert len(row) == len(MARKET_DATA_COLUMNS)
     return dict(zip(MARKET_DATA_COLUMNS, row, strict=True))
 
@@ -54,25 +59,27 @@ def test_a_closed_vintage_beats_every_open_one() -> None:
     assert revision_of("economic", datetime(2999, 1, 1, tzinfo=UTC), date(2024, 1, 1)) < 2**63
 
 
-def test_row_carries_its_revision_and_keeps_ingested_at_last() -> None:
+@pytest.mark.parametrize("build", BUILDERS)
+def test_row_carries_its_revision_and_keeps_ingested_at_last(build: str) -> None:
     ing = T0 + timedelta(seconds=2)
     bar = named(MarketDataPoint(symbol="X", timestamp=T0, source="s", data_type="bar", open=1, high=2, low=0.5,
-                                close=1.5, interval="1m", item_id="1m", ingested_at=ing))
+                                close=1.5, interval="1m", item_id="1m", ingested_at=ing), build)
     assert bar["revision"] == revision_of("bar", ing, None)
     assert MARKET_DATA_COLUMNS[-1] == "ingested_at" and bar["ingested_at"] == ing
-    tick = named(MarketDataPoint(symbol="X", timestamp=T0, source="s", price=1.0, ingested_at=ing))
+    tick = named(MarketDataPoint(symbol="X", timestamp=T0, source="s", price=1.0, ingested_at=ing), build)
     assert tick["revision"] == 0
     fred = named(MarketDataPoint(symbol="GDP", timestamp=T0, source="fred", data_type="economic", value=1.0,
                                  realtime_start=date(2024, 1, 1), realtime_end=date(2024, 3, 1),
-                                 item_id="2024-01-01", ingested_at=ing))
+                                 item_id="2024-01-01", ingested_at=ing), build)
     assert fred["revision"] == revision_of("economic", ing, date(2024, 3, 1)) > CLOSED_VINTAGE_RANK
 
 
-def test_nul_is_replaced_in_every_text_field_flag_and_metadata_string() -> None:
+@pytest.mark.parametrize("build", BUILDERS)
+def test_nul_is_replaced_in_every_text_field_flag_and_metadata_string(build: str) -> None:
     p = MarketDataPoint(symbol="A\x00B", timestamp=T0, source="s\x00", data_type="news", headline="he\x00ad",
                         text="\x00body\x00", url="https://x/\x00", item_id="id\x00", interval="1\x00m",
                         flags=["f\x00"], metadata={"k\x00": ["v\x00", {"deep": "x\x00y"}], "n": 1})
-    row = named(p)
+    row = named(p, build)
     for col in ("symbol", "source", "headline", "text", "url", "item_id", "interval"):
         assert "\x00" not in row[col] and "\ufffd" in row[col], col
     assert row["symbol"] == "A\ufffdB" and row["text"] == "\ufffdbody\ufffd"
@@ -81,12 +88,27 @@ def test_nul_is_replaced_in_every_text_field_flag_and_metadata_string() -> None:
     assert orjson.loads(row["metadata"]) == {"k\ufffd": ["v\ufffd", {"deep": "x\ufffdy"}], "n": 1}
 
 
-def test_text_without_nul_is_untouched_even_a_literal_backslash_u0000() -> None:
+@pytest.mark.parametrize("build", BUILDERS)
+def test_text_without_nul_is_untouched_even_a_literal_backslash_u0000(build: str) -> None:
     meta = {"path": "C:\\u0000dir", "a": "plain"}  # the six characters \u0000, not a NUL
     row = named(MarketDataPoint(symbol="X", timestamp=T0, source="s", price=1.0, metadata=meta,
-                                headline="\\u0000"))
+                                headline="\\u0000"), build)
     assert orjson.loads(row["metadata"]) == meta
     assert row["headline"] == "\\u0000"
+
+
+@pytest.mark.parametrize("field", ["symbol", "source", "data_type", "item_id", "interval", "headline", "text",
+                                   "url", "flags"])
+def test_a_nul_in_any_one_text_field_alone_is_replaced_from_the_bytes(field: str) -> None:
+    """The bytes' check must see a NUL wherever it is, the only one in the record (the test above has many)."""
+    record = {"symbol": "X", "timestamp": "2024-05-01T14:30:00Z", "source": "s", "data_type": "news",
+              "item_id": "i", "interval": "1m", "headline": "h", "text": "t", "url": "u", "flags": ["f"]}
+    record[field] = ["a\x00b"] if field == "flags" else record[field] + "\x00"
+    raw = orjson.dumps(record)
+    assert b"\\u0000" in raw
+    row = dict(zip(MARKET_DATA_COLUMNS, row_from_json(raw), strict=True))
+    assert row == dict(zip(MARKET_DATA_COLUMNS, row_from_record(orjson.loads(raw)), strict=True))
+    assert "\x00" not in str(row[field]) and "\ufffd" in str(row[field])
 
 
 def test_counts_split_into_inserted_updated_and_duplicates() -> None:
