@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 # The kinds whose stored row follows the newest revision; every other kind is immutable (first write wins).
 REVISABLE_KINDS: frozenset[str] = frozenset({"bar", "quote", "economic"})
@@ -67,6 +67,9 @@ class WriteResult:
     updated: int = 0
     updated_by_source: dict[str, int] = field(default_factory=dict)
     duplicates_by_source: dict[str, int] = field(default_factory=dict)
+    # Per source, the ingested_at (epoch seconds) of every record of the batch that had one: filled by
+    # write_json, whose caller has not decoded the records (the latency metric); empty from write.
+    ingested_by_source: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def written_by_source(self) -> dict[str, int]:
@@ -79,6 +82,8 @@ class WriteResult:
             _add(self.inserted_by_source, other.inserted_by_source), self.updated + other.updated,
             _add(self.updated_by_source, other.updated_by_source),
             _add(self.duplicates_by_source, other.duplicates_by_source),
+            {src: self.ingested_by_source.get(src, []) + other.ingested_by_source.get(src, [])
+             for src in self.ingested_by_source.keys() | other.ingested_by_source.keys()},
         )
 
 
@@ -92,3 +97,12 @@ class BatchWriter(ABC):
     @abstractmethod
     async def write(self, rows: Sequence[tuple[Any, ...]]) -> WriteResult:
         """Write all rows in one transaction, applying the revision policy above."""
+
+    # True when write_json takes clean records' JSON bytes as they are: the write stage then hands it the
+    # records undecoded (the database parses them), and takes each record's source and ingested_at from the
+    # result's ingested_by_source.
+    takes_json: ClassVar[bool] = False
+
+    async def write_json(self, records: Sequence[bytes]) -> WriteResult:
+        """Write clean records given as their JSON bytes, as write() writes their rows (takes_json)."""
+        raise NotImplementedError(f"{type(self).__name__} takes rows, not JSON records")

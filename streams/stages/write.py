@@ -73,7 +73,7 @@ class WriteTicks(BatchStage):
             wait = state.next_action.sleep if state.next_action is not None else 0.0
             logger.warning("PostgreSQL unavailable (attempt %d): %s; retrying in %.1f s", n, self.last_outage, wait)
 
-    async def write_with_retry(self, rows: list[tuple[Any, ...]]) -> WriteResult:
+    async def write_with_retry(self, rows: list[Any]) -> WriteResult:
         """Write until it succeeds; only an error that is not retriable comes back out."""
         def retrying() -> AsyncRetrying:
             return AsyncRetrying(
@@ -86,11 +86,12 @@ class WriteTicks(BatchStage):
                 reraise=True,
             )
 
-        result = await first_then_retrying(lambda: self.writer.write(rows), retrying)
+        write = self.writer.write_json if self.writer.takes_json else self.writer.write
+        result = await first_then_retrying(lambda: write(rows), retrying)
         self.outage_attempts, self.last_outage = 0, None
         return result
 
-    async def write_isolating(self, rows: list[tuple[Any, ...]], events: list[Any]
+    async def write_isolating(self, rows: list[Any], events: list[Any]
                               ) -> tuple[WriteResult, list[tuple[Any, SinkError]]]:
         """Write rows; when the database refuses the batch for its data, bisect to find the bad rows."""
         try:
@@ -112,8 +113,10 @@ class WriteTicks(BatchStage):
         return Outgoing(self.rejected_topic, rec.key, rec.value, ts, why.headers())
 
     async def process(self, records: list[Any]) -> set[TopicPartition] | None:
-        """Decode, write in one transaction (bisecting around refused rows), dead-letter what cannot be written,
-        and emit the batch's metrics. Returns only when every row is committed or dead-lettered."""
+        """Write the batch (bisecting around refused rows), dead-letter what cannot be written, and emit the
+        batch's metrics. Returns only when every row is committed or dead-lettered."""
+        if self.writer.takes_json:
+            return await self._process_json(records)
         rows: list[tuple[Any, ...]] = []
         kept: list[Any] = []
         sources: list[str] = []
@@ -148,14 +151,52 @@ class WriteTicks(BatchStage):
                 latencies[src].append((committed_at - ing) * 1000.0)
         for src, ms in latencies.items():
             delta.of(src).observe_latencies(ms)
-        for src, n in result.written_by_source.items():  # inserted, or updated by a newer revision
-            delta.of(src).written += n
-        for src, n in result.duplicates_by_source.items():  # the sink's own count: re-sends, stale revisions
-            delta.of(src).duplicates += n
+        self._count(delta, result)
         if dead:
             await self.send(dead)
         await self.emit(delta)
         return None
+
+    async def _process_json(self, records: list[Any]) -> None:
+        """process() for a writer that takes the records' JSON as it is (BatchWriter.takes_json): nothing is
+        decoded here; each record's source and ingested_at come back in the write's result. Only a record
+        the database refused is decoded, to name its source and tell a record that is not JSON (write.decode)
+        from one the database would not store (write.refused)."""
+        values: list[bytes] = []
+        kept: list[Any] = []
+        dead: list[Outgoing] = []
+        delta = MetricsDelta()
+        for rec in records:
+            if not isinstance(rec.value, bytes) or not rec.value:
+                dead.append(self._rejection(rec, "write.decode", ValueError("the record has no value")))
+                delta.of("unknown").count_rule("write.decode")
+                continue
+            values.append(rec.value)
+            kept.append(rec)
+        result, bad = await self.write_isolating(values, kept)
+        committed_at = time.time()
+        for rec, exc in bad:
+            try:
+                src, rule = row_origin(row_from_json(rec.value))[0], "write.refused"
+            except Exception:
+                src, rule = "unknown", "write.decode"
+            dead.append(self._rejection(rec, rule, exc))
+            delta.of(src).count_rule(rule)
+        for src, at in result.ingested_by_source.items():
+            if at:
+                delta.of(src).observe_latencies([(committed_at - t) * 1000.0 for t in at])
+        self._count(delta, result)
+        if dead:
+            await self.send(dead)
+        await self.emit(delta)
+        return None
+
+    @staticmethod
+    def _count(delta: MetricsDelta, result: WriteResult) -> None:
+        for src, n in result.written_by_source.items():  # inserted, or updated by a newer revision
+            delta.of(src).written += n
+        for src, n in result.duplicates_by_source.items():  # the sink's own count: re-sends, stale revisions
+            delta.of(src).duplicates += n
 
     def status(self) -> dict[str, Any]:
         st = super().status()

@@ -183,11 +183,12 @@ async def test_a_locked_market_data_holds_up_its_writes_only(iso, pg) -> None:
 
 
 
-@pytest.mark.parametrize("way", ["json", "staged"])
+@pytest.mark.parametrize("way", ["json", "staged", "records"])
 async def test_every_column_round_trips_both_ways_in(iso, pg, monkeypatch: pytest.MonkeyPatch, way: str) -> None:
-    """A small batch goes in as one JSON parameter, a larger one by COPY: both store every column as built,
-    flags (text[]), metadata, dates and NULLs included."""
-    if way == "staged":
+    """A small batch goes in as one JSON parameter, a larger one by COPY, and the clean records' own JSON
+    (write_json) is parsed by the server: all store every column as row_from_record builds it, flags
+    (text[]), metadata, dates, revisions and NULLs included."""
+    if way in ("staged", "records"):  # records: no batch small enough to be written as rows
         monkeypatch.setattr(postgres, "SMALL_BATCH_ROWS", 0)
     t0 = datetime(2024, 5, 1, 14, 30, tzinfo=UTC)
     flags = ['quote"d', "{brace,comma}", "back\\slash", "ünïcode", "", "NULL"]
@@ -205,12 +206,23 @@ async def test_every_column_round_trips_both_ways_in(iso, pg, monkeypatch: pytes
                         source="s", price=0.1 + 0.2, volume=1e300, item_id="b", sentiment=5e-324),
         MarketDataPoint(symbol="CPI", timestamp=t0, source="fred", data_type="economic", value=1.0,
                         realtime_start=date.min, realtime_end=date.max),
+        MarketDataPoint(symbol="CPI", timestamp=t0, source="fred", data_type="economic", value=1.1,
+                        realtime_start=t0.date(), realtime_end=date(2024, 6, 1), item_id="closed",
+                        ingested_at=datetime(2024, 6, 2, 1, 2, 3, 456789, tzinfo=UTC)),
+        MarketDataPoint(symbol="AAPL", timestamp=t0, source="q", data_type="quote", bid=1.0, ask=1.5,
+                        bid_size=2, ask_size=3, ingested_at=datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+                        metadata={"big": 10**30, "tiny": 1.5e-7, "esc": "a\"b\\c\n\u00e9"}),
     ]
-    batch = [row_from_record(orjson.loads(p.to_json())) for p in points]
+    batch = [row_from_record(loads_record(p.to_json())) for p in points]
     w = PostgresTickWriter(settings_for(iso))
     await w.start()
     try:
-        assert (await w.write(batch)).inserted == len(points)
+        if way == "records":
+            result = await w.write_json([p.to_json() for p in points])
+            assert result.ingested_by_source == {"fred": [1717290123.456789], "q": [-1e-06]}
+        else:
+            result = await w.write(batch)
+        assert result.inserted == len(points)
         cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
         stored = {tuple(r[:_KEY]): r for r in await pg.fetch(f"SELECT {cols} FROM {iso.schema}.market_data")}
         # asyncpg reads infinity back as date.max, so only SQL tells it from the finite 9999-12-31.
@@ -250,3 +262,66 @@ async def test_an_integer_beyond_a_double_is_refused_the_same_both_ways(iso, pg,
         assert (await w.write(rows[:1])).inserted == 1
     finally:
         await w.stop()
+
+
+async def test_write_json_refuses_what_is_not_one_clean_record_and_stores_nothing_of_its_batch(
+        iso, pg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_json hands the server the records' bytes joined: a value holding two objects must not become two
+    rows, an empty array none, and bytes that are not JSON or not UTF-8 are refused as data (SinkRefused, not
+    retried), so the write stage bisects the batch down to them."""
+    monkeypatch.setattr(postgres, "SMALL_BATCH_ROWS", 0)  # the server's parse, not the rows' way
+    good = MarketDataPoint(symbol="AAPL", timestamp=datetime(2024, 5, 1, tzinfo=UTC), source="s", price=1.0,
+                           item_id="ok").to_json()
+    other = MarketDataPoint(symbol="MSFT", timestamp=datetime(2024, 5, 1, tzinfo=UTC), source="s", price=2.0,
+                            item_id="x").to_json()
+    w = PostgresTickWriter(settings_for(iso))
+    await w.start()
+    try:
+        for bad in (good + b"," + other, b"[]", b"{not json", b'{"symbol": "\xff"}', b"[" + good + b"]", b"{}"):
+            with pytest.raises(SinkRefused):
+                await w.write_json([good, bad])
+            assert await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.market_data") == 0, bad
+        assert (await w.write_json([good])).inserted == 1
+    finally:
+        await w.stop()
+
+
+async def test_write_json_writes_a_batch_with_a_nul_as_rows_with_the_nul_rule(iso, pg) -> None:
+    """The server's JSON parse refuses U+0000 in text: a batch holding the escape goes the rows' way, whose NUL
+    rule replaces it, and still reports each record's ingested_at."""
+    at = datetime(2024, 5, 2, tzinfo=UTC)
+    records = [MarketDataPoint(symbol="AAPL", timestamp=datetime(2024, 5, 1, tzinfo=UTC), source="s", price=1.0,
+                               item_id=f"n{i}", flags=[f"a\x00{i}"], ingested_at=at).to_json() for i in range(3)]
+    assert b"\\u0000" in records[0]
+    w = PostgresTickWriter(settings_for(iso))
+    await w.start()
+    try:
+        result = await w.write_json(records)
+    finally:
+        await w.stop()
+    assert result.inserted == 3 and result.ingested_by_source == {"s": [at.timestamp()] * 3}
+    assert await pg.fetchval(f"SELECT flags FROM {iso.schema}.market_data WHERE item_id = 'n0'") == ["a\ufffd0"]
+
+
+async def test_write_json_parses_in_the_server_only_above_the_small_batch_size(iso, pg, monkeypatch) -> None:
+    """Up to SMALL_BATCH_ROWS records go the rows' way (the stage's decode, then one JSON parameter of rows),
+    where the server's parse would cost more time than it saves; above it, the records' own JSON."""
+    seen: list[str] = []
+    w = PostgresTickWriter(settings_for(iso))
+    real = w._write_json_as_rows
+
+    async def as_rows(records):  # type: ignore[no-untyped-def]
+        seen.append("rows")
+        return await real(records)
+
+    monkeypatch.setattr(w, "_write_json_as_rows", as_rows)
+    points = [MarketDataPoint(symbol="AAPL", timestamp=datetime(2024, 5, 1, tzinfo=UTC), source="s", price=1.0,
+                              item_id=str(i)).to_json() for i in range(SMALL_BATCH_ROWS + 1)]
+    await w.start()
+    try:
+        assert (await w.write_json(points[:SMALL_BATCH_ROWS])).inserted == SMALL_BATCH_ROWS
+        assert seen == ["rows"]
+        assert (await w.write_json(points)).duplicates == SMALL_BATCH_ROWS and seen == ["rows"]
+    finally:
+        await w.stop()
+    assert await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.market_data") == SMALL_BATCH_ROWS + 1

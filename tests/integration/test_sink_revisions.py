@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from sinks import postgres
+from sinks.base import WriteResult
 from sinks.postgres import PostgresTickWriter, row_from_record
 from sinks.schema import MARKET_DATA_COLUMNS
 from streams.models import MarketDataPoint
@@ -28,20 +29,43 @@ T0 = datetime(2024, 5, 1, 14, 30, tzinfo=UTC)
 OPEN = date(9999, 12, 31)
 
 
-def row(**kw: Any) -> tuple:
-    return row_from_record(orjson.loads(MarketDataPoint(**kw).to_json()))
+class Row(tuple):
+    """A row as row_from_record builds it, and the clean record's bytes it was built from."""
+
+    raw: bytes
 
 
-@pytest.fixture(params=["json", "staged"])
+def row(**kw: Any) -> Row:
+    raw = MarketDataPoint(**kw).to_json()
+    built = Row(row_from_record(orjson.loads(raw)))
+    built.raw = raw
+    return built
+
+
+class Way:
+    """One way into market_data: rows (plain tuples) to write(), or, `records`, the clean records' bytes to
+    write_json (parsed by the server), as the write stage drives it."""
+
+    def __init__(self, writer: PostgresTickWriter, records: bool) -> None:
+        self.writer = writer
+        self.records = records
+
+    async def write(self, rows: list[Row]) -> WriteResult:
+        if self.records:
+            return await self.writer.write_json([r.raw for r in rows])
+        return await self.writer.write([tuple(r) for r in rows])
+
+
+@pytest.fixture(params=["json", "staged", "records"])
 async def writer(request: pytest.FixtureRequest, iso: Isolation, pg: asyncpg.Connection,
-                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PostgresTickWriter]:
-    """Every test on both ways into market_data: small batches as one JSON parameter, and (no batch small
-    enough) the COPY into the staging table that larger batches take."""
-    if request.param == "staged":
+                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Way]:
+    """Every test on the three ways into market_data: rows of a small batch as one JSON parameter, rows (no
+    batch small enough) by COPY into the staging table, and the clean records' own JSON (write_json)."""
+    if request.param in ("staged", "records"):  # records: no batch small enough to be written as rows
         monkeypatch.setattr(postgres, "SMALL_BATCH_ROWS", 0)
     w = PostgresTickWriter(PostgresSettings(host=iso.pg["host"], port=iso.pg["port"], db_schema=iso.schema))
     await w.start()
-    yield w
+    yield Way(w, records=request.param == "records")
     await w.stop()
 
 

@@ -4,6 +4,7 @@ rows the store refuses, and the batch's metrics delta."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ import orjson
 import pytest
 
 from sinks.base import BatchWriter, WriteResult
-from sinks.postgres import classify, row_from_record, row_origin
+from sinks.postgres import classify, row_from_json, row_from_record, row_origin
 from sinks.schema import MARKET_DATA_COLUMNS
 from streams.errors import SinkError, SinkRefused, SinkUnavailable
 from streams.models import MarketDataPoint
@@ -52,6 +53,29 @@ class FakeWriter(BatchWriter):
             target = by if r in fresh else dups
             target[src] = target.get(src, 0) + 1
         return WriteResult(len(fresh), len(rows) - len(fresh), by, duplicates_by_source=dups)
+
+
+class FakeJsonWriter(FakeWriter):
+    """FakeWriter taking the records' bytes (takes_json), as PostgresTickWriter does: a record that does not
+    decode refuses its batch (the database's parse would), and each record's ingested_at comes back."""
+
+    takes_json = True
+
+    async def write_json(self, records):  # type: ignore[no-untyped-def]
+        try:
+            rows = [row_from_json(r) for r in records]
+        except ValueError as exc:
+            self.calls += 1
+            raise SinkRefused(f"invalid input syntax for type json: {exc}") from None
+        result = await self.write(rows)
+        ingested: dict[str, list[float]] = {}
+        for row in rows:
+            src, at = row_origin(row)
+            ingested.setdefault(src, []).append(at.timestamp())
+        return dataclasses.replace(result, ingested_by_source=ingested)
+
+
+WRITERS = [FakeWriter, FakeJsonWriter]
 
 
 @dataclass
@@ -156,13 +180,16 @@ async def test_bisection_isolates_refused_rows() -> None:
     assert again.inserted == 0 and again.duplicates == len(rows) - 1 and len(bad2) == 1
 
 
-async def test_a_batch_is_written_dead_lettered_and_counted() -> None:
-    fake, out = FakeWriter([SinkUnavailable("down")]), Collected()
+@pytest.mark.parametrize("writer", WRITERS)
+async def test_a_batch_is_written_dead_lettered_and_counted(writer: type[FakeWriter]) -> None:
+    """Both ways: rows decoded by the stage, or the records' bytes to a writer that takes JSON (takes_json),
+    where the record that is not JSON is found by bisecting and still dead-lettered as write.decode."""
+    fake, out = writer([SinkUnavailable("down")]), Collected()
     stage = make_stage(fake, out)
     recs = [Rec(make_point(p, i, "a" if i % 2 else "b").to_json(), i) for i, p in enumerate([1.0, 2.0, 13.0, 4.0])]
     recs.append(Rec(b"{not json", 4))
     assert await stage.process(recs) is None
-    assert [(m.topic, dict(m.headers or [])["tickflow.rule"]) for m in out.sent] == [
+    assert sorted((m.topic, dict(m.headers or [])["tickflow.rule"]) for m in out.sent) == [
         ("rejected", b"write.decode"), ("rejected", b"write.refused")]
     (delta,) = out.deltas
     assert delta.of("a").written == 2 and delta.of("b").written == 1
@@ -173,10 +200,11 @@ async def test_a_batch_is_written_dead_lettered_and_counted() -> None:
     assert out.deltas[1].of("a").written == 0
 
 
-async def test_dead_letters_keep_the_original_records_headers() -> None:
+@pytest.mark.parametrize("writer", WRITERS)
+async def test_dead_letters_keep_the_original_records_headers(writer: type[FakeWriter]) -> None:
     """A write-stage dead letter carries the clean record's own headers (a trace id, its content-type) beside
     the tickflow.* reasons, as the validate stage's do; the record's own tickflow.* ones are replaced."""
-    fake, out = FakeWriter(), Collected()
+    fake, out = writer(), Collected()
     original = [("traceparent", b"00-abc-01"), ("content-type", b"application/json"),
                 ("tickflow.schema", b"ticks.clean/v1")]
     recs = [Rec(make_point(13.0, 0).to_json(), 0, headers=original), Rec(b"{not json", 1, headers=original)]
@@ -231,3 +259,13 @@ async def test_a_record_without_a_big_integer_decodes_as_before() -> None:
     fake, out = FakeWriter(), Collected()
     await make_stage(fake, out).process([Rec(p.to_json(), 0)])
     assert fake.stored == [row_from_record(orjson.loads(p.to_json()))]
+
+
+async def test_a_record_without_a_value_is_dead_lettered_before_a_json_writer_sees_it() -> None:
+    """An empty or missing value joined into the batch's JSON array would vanish (or break its neighbour): the
+    stage dead-letters it as write.decode and writes the rest."""
+    fake, out = FakeJsonWriter(), Collected()
+    recs = [Rec(make_point(1.0, 0).to_json(), 0), Rec(b"", 1), Rec(None, 2)]  # type: ignore[arg-type]
+    await make_stage(fake, out).process(recs)
+    assert [dict(m.headers or [])["tickflow.rule"] for m in out.sent] == [b"write.decode"] * 2
+    assert len(fake.stored) == 1 and out.deltas[0].of("s").written == 1 and out.deltas[0].of("s").latency_n == 1
