@@ -1,12 +1,15 @@
-"""PostgreSQL writer: COPY a batch into a per-connection staging table, then an upsert into market_data
-(INSERT of the new keys, then UPDATE of newer revisions: see upsert_sql), all in one transaction. A small
-batch (at most SMALL_BATCH_ROWS rows, no key twice) skips the staging table: the same upsert reads the batch
-from one JSON parameter, usually a single statement (`_upsert_json` says when two, and why no transaction).
+"""PostgreSQL writer: an upsert into market_data (INSERT of the new keys, then UPDATE of newer revisions: see
+upsert_sql). The write stage hands it the clean records' JSON (write_json): above SMALL_BATCH_ROWS records
+the server parses them itself (upsert_records_sql), usually in a single statement. Rows (write): a small
+batch (at most SMALL_BATCH_ROWS rows, no key twice) goes as one JSON parameter of rows, usually a single
+statement (`_upsert_json` says when two, and why no transaction); any other is COPYed into a per-connection
+staging table and upserted from it in one transaction.
 
-COPY is the fastest way into PostgreSQL for a large batch; the upsert keeps the write idempotent on the
-natural key (a replayed batch writes nothing twice) and applies the revision policy of sinks/base.py:
-immutable kinds keep their first write, revisable kinds their newest revision. market_data is partitioned by
-ts (migration 6): partitions are created ahead and dropped by retention through the schema's functions.
+The worker's single Python thread is what bounds it under load, so a large batch's parsing is the server's;
+COPY is the fastest way in for rows already built (the in-process API, a NUL). The upsert keeps the write
+idempotent on the natural key (a replayed batch writes nothing twice) and applies the revision policy of
+sinks/base.py: immutable kinds keep their first write, revisable kinds their newest revision. market_data is
+partitioned by ts (migration 6): partitions are created ahead and dropped by retention through the schema's functions.
 Errors are sorted by `classify`: only errors about the data are SinkRefused; everything else is
 SinkUnavailable.
 """

@@ -49,6 +49,13 @@ class SharedWriter(BatchWriter):
     async def write(self, rows: Sequence[tuple[Any, ...]]) -> WriteResult:
         return await (await self.get()).write(rows)
 
+    @property
+    def takes_json(self) -> bool:  # type: ignore[override]  # the wrapped writer's, whatever it is
+        return self.inner.takes_json
+
+    async def write_json(self, records: Sequence[bytes]) -> WriteResult:
+        return await (await self.get()).write_json(records)
+
 
 class ReadPool:
     """The web pages' own pool: at most `max_size` connections, every transaction read-only, every statement

@@ -1,14 +1,13 @@
 """Stage 3 — the write stage (write_ticks).
 
-Reads: ticks.clean. Writes: PostgreSQL market_data (through sinks.postgres, COPY + idempotent upsert),
-and ticks.rejected for the rare row the database refuses (stage `write`).
+Reads: ticks.clean. Writes: PostgreSQL market_data (through sinks.postgres: the records' own JSON, parsed by
+the server, and an idempotent upsert), and ticks.rejected for the rare row the database refuses (stage `write`).
 
-A batch is written in one transaction, and its offsets are committed to Kafka only after that
-transaction commits (streams/stages/base.py). What an error means is the error's `retriable` (streams/errors.py),
-never which except clause caught it: a retriable one (the database down, read-only, a permission) is retried
-in place with capped exponential backoff and jitter (tenacity), the stage fetching nothing meanwhile, so memory
-stays bounded by one batch plus the consumer's fetch buffer and it resumes where it stopped; a refusal of the
-data is bisected down to the refused rows, which are dead-lettered.
+A batch's offsets are committed to Kafka only after its rows are (streams/stages/base.py). What an error means is
+the error's `retriable` (streams/errors.py), never which except clause caught it: a retriable one (the database
+down, read-only, a permission) is retried in place with capped exponential backoff and jitter (tenacity), the stage
+fetching nothing meanwhile, so memory stays bounded by one batch plus the consumer's fetch buffer and it resumes
+where it stopped; a refusal of the data is bisected down to the refused rows, which are dead-lettered.
 """
 
 from __future__ import annotations

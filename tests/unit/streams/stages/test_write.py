@@ -62,6 +62,7 @@ class FakeJsonWriter(FakeWriter):
     takes_json = True
 
     async def write_json(self, records):  # type: ignore[no-untyped-def]
+        self.json_calls = getattr(self, "json_calls", 0) + 1
         try:
             rows = [row_from_json(r) for r in records]
         except ValueError as exc:
@@ -269,3 +270,17 @@ async def test_a_record_without_a_value_is_dead_lettered_before_a_json_writer_se
     await make_stage(fake, out).process(recs)
     assert [dict(m.headers or [])["tickflow.rule"] for m in out.sent] == [b"write.decode"] * 2
     assert len(fake.stored) == 1 and out.deltas[0].of("s").written == 1 and out.deltas[0].of("s").latency_n == 1
+
+
+async def test_the_workers_shared_writer_passes_the_records_json_on() -> None:
+    """The worker's write stage writes through streams.stages.db.SharedWriter: unless it says it takes JSON and
+    passes write_json on, the stage decodes every record itself (the first build did, and py-spy found
+    row_from_json still in the worker)."""
+    from streams.stages.db import SharedWriter, writer
+
+    assert writer.takes_json  # the worker's own, around its PostgresTickWriter
+    fake, out = FakeJsonWriter(), Collected()
+    shared = SharedWriter(fake)  # type: ignore[arg-type]
+    assert shared.takes_json and not SharedWriter(FakeWriter()).takes_json  # type: ignore[arg-type]
+    await make_stage(shared, out).process([Rec(make_point(1.0, 0).to_json(), 0)])
+    assert fake.json_calls == 1 and len(fake.stored) == 1 and out.deltas[0].of("s").latency_n == 1
