@@ -11,6 +11,8 @@ contract — offsets committed only after the rows commit, nothing lost — need
 - `getmany()` -> `process(batch)` -> `commit(batch's next offsets)`; `process` never raises for bad
   data (it dead-letters) and retries outages in place, so a batch is never half-acknowledged; the batches
   done within `worker.commit_interval_ms` share one commit (never a commit before its batch is done);
+- a stage may send a batch's outputs behind (`send_behind`): the next batch is fetched and processed while
+  they are acknowledged, and the first batch's offsets are committed after its acks (`settle`), still in order;
 - on a rebalance, revocation waits for the batch in flight to finish and commit before the partitions
   move, so the next owner starts exactly after it;
 - a commit that fails (the group moved on while this worker was paused) is logged, not fatal: the new
@@ -148,6 +150,11 @@ class BatchStage(Service):
         # Per partition, the first offset this owner may process (set by a subclass that reads the committed
         # offsets itself on assignment): records below it, fetched before, are dropped, never re-processed.
         self.floor: dict[TopicPartition, int] = {}
+        # The outputs of the batch just processed, still being acknowledged (`send_behind`), and the batch whose
+        # offsets wait for those acks (`settle`): the next batch is fetched and processed meanwhile.
+        self._sending: asyncio.Future[Any] | None = None
+        self._unacked: tuple[asyncio.Future[Any], dict[TopicPartition, list[Any]], dict[TopicPartition, int]] | None \
+            = None
 
     def observe_cost(self, seconds: float, records: int) -> None:
         """A subclass reports the time its per-record work took for a batch (not the fixed waits, such as an
@@ -258,6 +265,7 @@ class BatchStage(Service):
         run, self._run_future = self._run_future, None
         commit, self._commit_task = self._commit_task, None
         self._uncommitted.clear()  # the old consumer's: the new one reads them again from the group's offsets
+        self._drop_unacked()
         ending = [t for t in (run, commit) if t is not None and not t.done()]
         for task in ending:
             task.cancel()
@@ -299,8 +307,46 @@ class BatchStage(Service):
             self._commit_started = time.monotonic()
             self._commit_task = asyncio.ensure_future(self._commit(consumer, offsets))
 
+    def send_behind(self, sends: Any) -> None:
+        """Called by `process` with its outputs' sends (an awaitable that ends when every output is
+        acknowledged), instead of awaiting them: the next batch is fetched and processed while the acks come,
+        and this batch's offsets are committed only after them (`settle`). `process` must call `settle` before
+        it sends anything, so the outputs of two batches never interleave and commits stay in order."""
+        self._sending = asyncio.ensure_future(sends)
+
+    async def settle(self) -> None:
+        """Wait for the acks of the batch sent behind, then hand its offsets to `commit_offsets`. A failed send
+        raises here (the batch's offsets are not committed: its records are read again)."""
+        pending = self._unacked
+        if pending is None:
+            return
+        acks, batch, offsets = pending
+        try:
+            await asyncio.shield(acks)  # a cancelled waiter (a stop) leaves the batch to the next settle
+        finally:
+            owner = acks.done() and self._unacked is pending  # one of two waiters (a loop and a stop) commits
+            if owner:
+                self._unacked = None
+        if owner and self.consumer is not None:
+            await self.commit_offsets(self.consumer, batch, offsets)
+
+    def _drop_unacked(self) -> None:
+        """Forget the batch sent behind (its partitions are gone, or its consumer was replaced): its offsets are
+        never committed by this owner, its records are read again, and its outputs are idempotent downstream."""
+        pending, self._unacked = self._unacked, None
+        if pending is not None and not pending[0].done():
+            pending[0].cancel()
+
+    def unsettled(self) -> bool:
+        return self._unacked is not None
+
     async def flush_commit(self) -> None:
         """Commit every offset waiting and wait for it (before partitions move, at a stop)."""
+        try:
+            await self.settle()
+        except Exception as exc:  # not committed: the partitions' next owner reads those records again
+            logger.warning("%s: the last batch's outputs were not acknowledged (%r); its offsets are not "
+                           "committed", self.stage, exc)
         if self._uncommitted and self.consumer is not None:
             await self._start_commit(self.consumer)
         await self._await_commit()
@@ -326,7 +372,7 @@ class BatchStage(Service):
             if resume:
                 consumer.resume(*resume)
             # Idle, offsets waiting for the commit interval go out when it ends, not after a whole idle second.
-            wait_ms = max(1, int(self.commit_interval * 1000)) if self._uncommitted else 1000
+            wait_ms = max(1, int(self.commit_interval * 1000)) if self._uncommitted or self._unacked else 1000
             try:
                 batch = await consumer.getmany(timeout_ms=min(wait_ms, 1000), max_records=self.batch_limit())
             except (KafkaError, IllegalStateError) as exc:
@@ -336,8 +382,15 @@ class BatchStage(Service):
             if not batch:
                 if not consumer.paused():  # a paused partition's lag is work held back, not caught up
                     self.caught_up_at = time.time()
-                if self._uncommitted:  # the stage idles: what the last batches left waiting is committed now
-                    async with self.batch_lock:
+                if self._uncommitted or self._unacked:  # the stage idles: what the last batches left waiting is
+                    async with self.batch_lock:            # committed now
+                        try:
+                            await self.settle()
+                        except Exception as exc:  # a send that cannot succeed is a bug, as in `process`
+                            logger.exception("%s: sending a batch's outputs failed; stopping the worker (its "
+                                             "offsets are not committed)", self.stage)
+                            await self.crash(exc)
+                            return
                         await self._start_commit(consumer)
                 continue
             async with self.batch_lock:
@@ -348,7 +401,11 @@ class BatchStage(Service):
                 records = [r for tp in sorted(batch) for r in batch[tp]]
                 try:
                     held = await self.process(records) or set()
+                    sending, self._sending = self._sending, None
+                    if sending is None:  # nothing sent behind, nor the batch before settled by process: in order
+                        await self.settle()
                 except Exception as exc:  # a bug, not bad data: stop loudly, commit nothing
+                    self._sending = None
                     logger.exception("%s: processing failed; stopping the worker (nothing committed)", self.stage)
                     await self.crash(exc)
                     return
@@ -360,7 +417,10 @@ class BatchStage(Service):
                             consumer.seek(tp, batch[tp][0].offset)
                     consumer.pause(*held)
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs and tp not in held}
-                await self.commit_offsets(consumer, batch, offsets)
+                if sending is None:
+                    await self.commit_offsets(consumer, batch, offsets)
+                else:
+                    self._unacked = (sending, batch, offsets)
                 self.batches += 1
                 self.last_batch_at = time.time()
 

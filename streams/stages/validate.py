@@ -21,7 +21,8 @@ reads with isolation_level=read_committed (the write and archive stages do) sees
 after a kill -9 anywhere in the batch. Each input partition has its own transactional producer, started (which
 fences the partition's previous owner and ends its open transaction) before the partition's committed offset
 is read. With exactly_once false: at-least-once, a batch's offsets committed after every output is
-acknowledged (streams/stages/base.py says why this stage owns its commits).
+acknowledged (streams/stages/base.py says why this stage owns its commits); those acks come while the next batch
+is fetched and validated, and its outputs are sent only after them.
 """
 
 from __future__ import annotations
@@ -244,7 +245,12 @@ class ValidateTicks(BatchStage):
         if router.anomalies is not None:
             router.anomalies.save()
         if self.transactions is None:
-            await self.send([m for tp, msgs in out_by_tp.items() if tp not in held_tps for m in msgs])
+            # The acks come while the next batch is fetched and validated (BatchStage.send_behind): a drain no
+            # longer stands still for each batch's round trip to the brokers.
+            messages = [m for tp, msgs in out_by_tp.items() if tp not in held_tps for m in msgs]
+            await self.settle()
+            if messages:
+                self.send_behind(self.send(messages))
         else:  # sent in the partitions' transactions, with their offsets (commit_offsets)
             self._outputs = {tp: msgs for tp, msgs in out_by_tp.items() if tp not in held_tps}
         await self.emit(delta)

@@ -310,3 +310,84 @@ async def test_an_idle_stage_waits_for_the_commit_interval_not_a_whole_second_an
     stage.last_batch_at = None
     assert not stage.stuck(lag=5, now=stage.caught_up_at + 59, after=60)  # records just came to an idle stage
     assert stage.stuck(lag=5, now=stage.caught_up_at + 61, after=60)
+
+
+class SendsBehind(Stage):
+    """A stage that sends each batch's outputs behind: the test acknowledges them (or fails them) when it likes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.acks: list[asyncio.Future[None]] = []
+        self.log: list[str] = []
+        self.crashes: list[BaseException] = []
+
+    async def process(self, records: list[Any]) -> None:
+        n = len(self.acks)
+        self.log.append(f"processed {n}")
+        await self.settle()
+        self.log.append(f"sent {n}")
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.acks.append(ack)
+        self.send_behind(ack)
+        return None
+
+    async def crash(self, reason: BaseException) -> None:
+        self.crashes.append(reason)
+
+
+async def _ticks(n: int = 50) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_the_next_batch_is_processed_while_the_acks_come_and_offsets_wait_for_them() -> None:
+    stage = SendsBehind(kafka=KafkaSettings(), app_id="unit", topics=["t"])
+    consumer = LoopConsumer([{TP: [Rec(0)]}, {TP: [Rec(1)], TP1: [Rec(7)]}])
+    stage.consumer = consumer  # type: ignore[assignment]
+    run = asyncio.ensure_future(stage._run())
+    await _ticks()
+    # batch 1 was fetched and processed while batch 0's outputs were unacknowledged; it sends nothing before them
+    assert stage.log == ["processed 0", "sent 0", "processed 1"] and consumer.calls == []
+    stage.acks[0].set_result(None)
+    await _ticks()
+    assert stage.log[-1] == "sent 1" and consumer.calls == [{TP: 1}]  # batch 0's offsets, after its acks only
+    await _ticks()
+    assert consumer.calls == [{TP: 1}]  # the stage idles, batch 1's acks have not come: nothing more committed
+    stage.acks[1].set_result(None)
+    await _ticks()
+    assert consumer.committed == {TP: 2, TP1: 8} and stage.crashes == []
+    run.cancel()
+
+
+async def test_a_send_that_fails_behind_commits_nothing_of_its_batch_and_stops_the_stage() -> None:
+    stage = SendsBehind(kafka=KafkaSettings(), app_id="unit", topics=["t"])
+    consumer = LoopConsumer([{TP: [Rec(0)]}, {TP: [Rec(1)]}])
+    stage.consumer = consumer  # type: ignore[assignment]
+    run = asyncio.ensure_future(stage._run())
+    await _ticks()
+    stage.acks[0].set_exception(RuntimeError("a bug in the send"))
+    await _ticks()
+    assert consumer.calls == [] and [str(e) for e in stage.crashes] == ["a bug in the send"]
+    assert stage.log == ["processed 0", "sent 0", "processed 1"]  # batch 1 sent nothing either
+    run.cancel()
+
+
+async def test_a_revocation_and_a_stop_wait_for_the_acks_then_commit() -> None:
+    stage = SendsBehind(kafka=KafkaSettings(), app_id="unit", topics=["t"])
+    consumer = LoopConsumer([{TP: [Rec(0)], TP1: [Rec(3)]}])
+    stage.consumer = consumer  # type: ignore[assignment]
+    run = asyncio.ensure_future(stage._run())
+    await _ticks()
+    run.cancel()
+    listener = base._Listener(stage, consumer)  # type: ignore[arg-type]
+    revoking = asyncio.ensure_future(listener.on_partitions_revoked({TP, TP1}))
+    await _ticks()
+    assert not revoking.done() and consumer.calls == []  # the partitions wait for the acks
+    stage.acks[0].set_result(None)
+    await asyncio.wait_for(revoking, 2)
+    assert consumer.committed == {TP: 1, TP1: 4}
+    # a batch whose acks failed is not committed at a stop; the next owner reads it again
+    stage._unacked = (asyncio.get_running_loop().create_future(), {}, {TP: 9})
+    stage._unacked[0].set_exception(RuntimeError("broker gone for good"))
+    await stage.on_stop()
+    assert consumer.committed == {TP: 1, TP1: 4}
