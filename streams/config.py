@@ -431,8 +431,8 @@ class SinkSettings(_Section):
     # Longest wait between those retries, in seconds.
     retry_max_seconds: float = 10.0
     # A write batch of at least 2 x 500 records is written as up to this many statements at once, on their own
-    # connections, split by Kafka key (the symbol: a row's records stay in one statement, in order): the server
-    # works on them in parallel. 1: one statement per batch. Each takes a connection of the pool
+    # connections, each taking whole partitions (a key's records stay in one, in order): the server works on
+    # them in parallel while the worker goes on. 1: one statement per batch. Each takes a connection of the pool
     # (postgres.pool_max) while it runs.
     write_concurrency: int = Field(default=2, ge=1, le=16)
     # Rows of market_data (by timestamp) and data_quality_metrics older than this are deleted, in bounded

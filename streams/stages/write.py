@@ -109,20 +109,18 @@ class WriteTicks(BatchStage):
         return left + right, bad_left + bad_right
 
     def parts(self, events: list[Any]) -> list[list[int]]:
-        """The batch's positions split into up to sink.write_concurrency parts by Kafka key, each part in the
-        batch's order, the keys with most records first to the smallest part; one part when the batch is too
-        small to split or holds one key. ticks.clean is keyed by symbol, which every natural key holds, so all
-        the records of one row (its versions, its re-sends) are in one part, in order. (By partition would not
-        do: a 2,000-record fetch mostly comes from one partition.)"""
+        """The batch's positions split into up to sink.write_concurrency parts of whole partitions, each in the
+        batch's order, the largest partitions first to the smallest part; one part when the batch is too small
+        to split or holds one partition. A key's records are all in one partition, so in one part, in order."""
         n = min(self.sink.write_concurrency, len(events) // MIN_SPLIT_RECORDS)
-        by_key: dict[Any, list[int]] = {}
+        by_partition: dict[tuple[str, int], list[int]] = {}
         if n >= 2:
             for i, rec in enumerate(events):
-                by_key.setdefault(rec.key, []).append(i)
-        if len(by_key) < 2:
+                by_partition.setdefault((rec.topic, rec.partition), []).append(i)
+        if len(by_partition) < 2:
             return [list(range(len(events)))]
-        parts: list[list[int]] = [[] for _ in range(min(n, len(by_key)))]
-        for positions in sorted(by_key.values(), key=len, reverse=True):
+        parts: list[list[int]] = [[] for _ in range(min(n, len(by_partition)))]
+        for positions in sorted(by_partition.values(), key=len, reverse=True):
             min(parts, key=len).extend(positions)
         return [sorted(p) for p in parts]
 

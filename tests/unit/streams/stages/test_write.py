@@ -286,29 +286,29 @@ async def test_the_workers_shared_writer_passes_the_records_json_on() -> None:
     assert fake.json_calls == 1 and len(fake.stored) == 1 and out.deltas[0].of("s").latency_n == 1
 
 
-def _keyed(sizes: dict[int, int], refused: int | None = None) -> list[Rec]:
-    """Records of the given Kafka keys (key number: count), all in one partition as a fetch mostly is."""
+def _partitioned(sizes: dict[int, int], refused: int | None = None) -> list[Rec]:
+    """Records of the given partitions (partition: count), interleaved as a fetch of several partitions is not:
+    the split must keep each partition's records in their batch order whatever the layout."""
     recs, i = [], 0
-    for k, n in sizes.items():
+    for p, n in sizes.items():
         for _ in range(n):
-            recs.append(Rec(make_point(13 if i == refused else 1.0, i).to_json(), i, key=f"K{k}".encode()))
+            recs.append(Rec(make_point(13 if i == refused else 1.0, i).to_json(), i, partition=p))
             i += 1
     return recs
 
 
-def test_a_large_batch_is_split_into_parts_of_whole_keys_and_a_small_one_is_not() -> None:
+def test_a_large_batch_is_split_into_parts_of_whole_partitions_and_a_small_one_is_not() -> None:
     stage = make_stage(FakeWriter(), Collected())
-    recs = _keyed({0: 900, 1: 300, 2: 500, 3: 300})  # 2,000 records, default write_concurrency 2
-    recs = recs[::2] + recs[1::2]  # keys interleaved: each part must still keep its records in batch order
+    recs = _partitioned({0: 900, 1: 300, 2: 500, 3: 300})  # 2,000 records, default write_concurrency 2
     parts = stage.parts(recs)
     assert len(parts) == 2 and sorted(i for p in parts for i in p) == list(range(2000))
     for p in parts:
-        assert p == sorted(p)
-        others = {recs[j].key for q in parts if q is not p for j in q}
-        assert not {recs[i].key for i in p} & others  # every record of a key in one part
+        assert p == sorted(p)  # the batch's order kept within a part
+        assert len({(recs[i].topic, recs[i].partition) for i in p} & {
+            (recs[j].topic, recs[j].partition) for q in parts if q is not p for j in q}) == 0  # whole partitions
     assert sorted(len(p) for p in parts) == [900, 1100]  # 900 | 500, then 300 to the smaller, then 300 again
-    assert stage.parts(_keyed({0: 600, 1: 399})) == [list(range(999))]  # under 2 x 500 records: one write
-    assert stage.parts(_keyed({4: 3000})) == [list(range(3000))]  # one key: one write
+    assert stage.parts(_partitioned({0: 600, 1: 399})) == [list(range(999))]  # under 2 x 500 records: one write
+    assert stage.parts(_partitioned({4: 3000})) == [list(range(3000))]  # one partition: one write
     one = make_stage(FakeWriter(), Collected(), write_concurrency=1)
     assert len(one.parts(recs)) == 1
     four = make_stage(FakeWriter(), Collected(), write_concurrency=4)
@@ -334,7 +334,7 @@ async def test_the_parts_are_written_at_once_and_a_refused_row_is_isolated_in_it
 
     writer, out = Overlapping(), Collected()
     stage = make_stage(writer, out)
-    recs = _keyed({0: 700, 1: 600, 2: 500}, refused=7)  # record 7 (key K0) is refused
+    recs = _partitioned({0: 700, 1: 600, 2: 500}, refused=7)  # record 7 (partition 0) is refused
     await stage.process(recs)
     assert Overlapping.peak == 2  # two statements in flight
     assert len(writer.stored) == 1799
