@@ -430,11 +430,6 @@ class SinkSettings(_Section):
     retry_initial_seconds: float = 0.2
     # Longest wait between those retries, in seconds.
     retry_max_seconds: float = 10.0
-    # A write batch of at least 2 x 500 records is written as up to this many statements at once, on their own
-    # connections, each taking whole partitions (a key's records stay in one, in order): the server works on
-    # them in parallel while the worker goes on. 1: one statement per batch. Each takes a connection of the pool
-    # (postgres.pool_max) while it runs.
-    write_concurrency: int = Field(default=2, ge=1, le=16)
     # Rows of market_data (by timestamp) and data_quality_metrics older than this are deleted, in bounded
     # batches, by the leader every `retention_check_seconds`. 0 keeps everything.
     data_retention_days: float = Field(default=0, ge=0)

@@ -38,9 +38,6 @@ from streams.stages.topics import clean_topic_name, rejected_topic_name
 logger = logging.getLogger(__name__)
 
 STAGE = "write"
-# A batch is split over concurrent writes (sink.write_concurrency) only into parts of at least this many records:
-# below it, the extra statement costs more than the parallel work saves (the latency path writes ~13 at a time).
-MIN_SPLIT_RECORDS = 500
 
 
 def retriable(exc: BaseException) -> bool:
@@ -108,37 +105,6 @@ class WriteTicks(BatchStage):
         right, bad_right = await self.write_isolating(rows[mid:], events[mid:])
         return left + right, bad_left + bad_right
 
-    def parts(self, events: list[Any]) -> list[list[int]]:
-        """The batch's positions split into up to sink.write_concurrency parts of whole partitions, each in the
-        batch's order, the largest partitions first to the smallest part; one part when the batch is too small
-        to split or holds one partition. A key's records are all in one partition, so in one part, in order."""
-        n = min(self.sink.write_concurrency, len(events) // MIN_SPLIT_RECORDS)
-        by_partition: dict[tuple[str, int], list[int]] = {}
-        if n >= 2:
-            for i, rec in enumerate(events):
-                by_partition.setdefault((rec.topic, rec.partition), []).append(i)
-        if len(by_partition) < 2:
-            return [list(range(len(events)))]
-        parts: list[list[int]] = [[] for _ in range(min(n, len(by_partition)))]
-        for positions in sorted(by_partition.values(), key=len, reverse=True):
-            min(parts, key=len).extend(positions)
-        return [sorted(p) for p in parts]
-
-    async def write_parts(self, rows: list[Any], events: list[Any]) -> tuple[WriteResult, list[tuple[Any, SinkError]]]:
-        """write_isolating, over `parts` at once: each part written, retried and bisected on its own; the batch is
-        done when every part is. A part that fails with a bug cancels the others (the batch is not committed)."""
-        parts = self.parts(events)
-        if len(parts) == 1:
-            return await self.write_isolating(rows, events)
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self.write_isolating([rows[i] for i in p], [events[i] for i in p]))
-                     for p in parts]
-        result, bad = WriteResult(0, 0), []
-        for task in tasks:
-            done, refused = task.result()
-            result, bad = result + done, bad + refused
-        return result, bad
-
     def _rejection(self, rec: Any, rule: str, exc: BaseException) -> Outgoing:
         why = Rejection(STAGE, rule, str(exc), type(exc).__name__, rec.topic, rec.partition, rec.offset,
                         list(rec.headers or []))
@@ -168,7 +134,7 @@ class WriteTicks(BatchStage):
             src, ing = row_origin(row)
             sources.append(src)
             ingested.append(ing.timestamp() if ing is not None else None)
-        result, bad = await self.write_parts(rows, kept)
+        result, bad = await self.write_isolating(rows, kept)
         committed_at = time.time()
         bad_ids = set()
         for rec, exc in bad:
@@ -206,7 +172,7 @@ class WriteTicks(BatchStage):
                 continue
             values.append(rec.value)
             kept.append(rec)
-        result, bad = await self.write_parts(values, kept)
+        result, bad = await self.write_isolating(values, kept)
         committed_at = time.time()
         for rec, exc in bad:
             try:
