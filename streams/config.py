@@ -403,7 +403,8 @@ class ValidationSettings(_Section):
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     # A validate batch also closes at the number of records its measured cost per record fits in this many
     # milliseconds (never below 100 records), so under load a record waits behind fewer others; 0 (the default):
-    # size only. Each extra batch waits for its own produce acks, so under load a budget costs throughput.
+    # size only. Under load a record mostly waits for the write stage, not its validate batch: 25 ms showed no
+    # gain on a 2-core machine (bench/README.md, session 18).
     batch_latency_budget_ms: float = Field(default=0.0, ge=0.0)
 
 
