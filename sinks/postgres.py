@@ -267,28 +267,23 @@ def _records_sql() -> str:
 
 def upsert_records_sql(schema: str) -> tuple[str, str]:
     """upsert_sql's two statements over the clean records of $1 (`records_doc`), deduped as upsert_sql says
-    (highest revision, then first in the batch). The INSERT answers per source: the records staged, the
-    revisable ones among them, the rows inserted, and each record's ingested_at (epoch seconds, for the latency
-    metric). It inserts nothing unless $1 holds exactly $2 records: a Kafka value that is not one JSON object
-    (two joined by a comma) must not become two rows, nor none.
-
-    The INSERT dedupes without DISTINCT ON: it inserts the records by highest revision, then batch order, and ON
-    CONFLICT DO NOTHING skips a key already inserted by the same statement, so each key's first row in that
-    order is the one stored, as DISTINCT ON would pick it. That skips a sort on the five key columns and the
-    per-source counts of the deduped keys: ~10% of the statement's time for 2,000 records (bench/README.md,
-    session 19). The UPDATE still dedupes first, as one target row must not be updated from two."""
+    (highest revision, then first in the batch). The INSERT answers per source: the records staged, the keys
+    and revisable keys among them, the rows inserted, and each record's ingested_at (epoch seconds, for the
+    latency metric). It inserts nothing unless $1 holds exactly $2 records: a Kafka value that is not one JSON
+    object (two joined by a comma) must not become two rows, nor none."""
     cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
     key = ", ".join(f'"{c}"' for c in MARKET_DATA_KEY)
     records = f"r AS MATERIALIZED ({_records_sql()})"
-    complete = "(SELECT count(*) FROM r) = $2"
-    deduped = f"s AS (SELECT DISTINCT ON ({key}) {cols} FROM r WHERE {complete} ORDER BY {key}, revision DESC, seq)"
+    deduped = (f"s AS (SELECT DISTINCT ON ({key}) {cols} FROM r WHERE (SELECT count(*) FROM r) = $2 "
+               f"ORDER BY {key}, revision DESC, seq)")
     insert = (
-        f"WITH {records}, "
-        f"ins AS (INSERT INTO {schema}.market_data AS t ({cols}) SELECT {cols} FROM r WHERE {complete} "
-        f"ORDER BY revision DESC, seq ON CONFLICT ({key}) DO NOTHING RETURNING t.source) "
+        f"WITH {records}, {deduped}, "
+        f"ins AS (INSERT INTO {schema}.market_data AS t ({cols}) SELECT {cols} FROM s "
+        f"ON CONFLICT ({key}) DO NOTHING RETURNING t.source) "
         "SELECT r.source, count(*)::int AS staged, "
         "(SELECT count(*) FROM ins WHERE ins.source = r.source)::int AS inserted, "
-        "count(*) FILTER (WHERE r.revision > 0)::int AS revisable, "
+        "(SELECT count(*) FROM s WHERE s.source = r.source)::int AS keys, "
+        "(SELECT count(*) FROM s WHERE s.source = r.source AND s.revision > 0)::int AS revisable, "
         "array_agg(extract(epoch FROM r.ingested_at)::float8) AS ingested "
         "FROM r GROUP BY r.source"
     )
@@ -648,9 +643,7 @@ class PostgresTickWriter(BatchWriter):
             faults.reach("write.after_insert")
             inserted = {r["source"]: r["inserted"] for r in got}
             updated: dict[str, int] = {}
-            # Some revisable record was not inserted: its key was stored already (a revision, or a replay), or
-            # held twice in the batch (then the UPDATE finds nothing newer than what this INSERT stored).
-            if any(r["revisable"] for r in got) and sum(inserted.values()) < staged:
+            if any(r["revisable"] for r in got) and sum(inserted.values()) < sum(r["keys"] for r in got):
                 updated = {r["source"]: r["n"] for r in await self.pool.fetch(update, doc, len(records))}
         except Exception as exc:
             raise await self._failed(exc, "write market_data") from None
