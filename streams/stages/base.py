@@ -337,9 +337,6 @@ class BatchStage(Service):
         if pending is not None and not pending[0].done():
             pending[0].cancel()
 
-    def unsettled(self) -> bool:
-        return self._unacked is not None
-
     async def flush_commit(self) -> None:
         """Commit every offset waiting and wait for it (before partitions move, at a stop)."""
         try:
