@@ -17,7 +17,6 @@ web views on other workers proxy to it (app.table_route).
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -357,16 +356,6 @@ async def send_metrics() -> None:
 async def _flush_on_stop(sender: object = None, **kwargs: object) -> None:
     """A graceful stop sends what the last interval counted, rather than losing up to SEND_EVERY_SECONDS of it."""
     await flush()
-
-
-@app.task
-async def freeze_startup_heap() -> None:
-    """Move everything allocated by start-up (Faust, pandas, the calendars, the providers' modules: over a
-    million objects) out of the garbage collector's reach. Each full collection otherwise walked them all, a
-    150-250 ms pause of the event loop under load (measured during the self-test), delaying every record in
-    flight; the objects made later (batches, detector state) are still collected as before."""
-    gc.collect()
-    gc.freeze()
 
 
 def owns_table() -> bool:
