@@ -23,6 +23,7 @@ supported too), so two commits are compared with one command each:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -102,6 +103,17 @@ def make_route(detect: bool) -> Callable[[Any, float], list[Any]]:
     return lambda rec, now: old_v.route(validator, rec, deltas, now)
 
 
+def worker_gc() -> str:
+    """The garbage collector set as the measured tree's worker sets it after start-up (streams/app.py settle_heap,
+    from session 20 on; before it, Python's thresholds): its collections are part of the path's cost."""
+    try:
+        from streams.app import settings, settle_heap
+    except ImportError:
+        return "python's"
+    settle_heap(settings.worker.gc_young_threshold)
+    return f"young generation every {gc.get_threshold()[0]:,}"
+
+
 def run(recs: list[RawRecord], warmup: int, detect: bool) -> tuple[float, dict[str, int]]:
     """Warm up on the first `warmup` records, then route the rest: (seconds, output topics counted)."""
     route = make_route(detect)
@@ -152,6 +164,7 @@ def main() -> None:
     detect = not args.no_detect
     # Under callgrind both runs make the same records, so making them cancels out of the difference too.
     recs = records(args.warmup + max(args.n, args.generate), args.symbols, args.seed)[:args.warmup + args.n]
+    collector = worker_gc()
 
     if args.profile:
         import cProfile
@@ -171,7 +184,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "tree": str(tree), "commit": _commit(tree), "records": args.n, "warmup": args.warmup,
         "symbols": args.symbols, "detectors": detect, "us_per_record": round(best / args.n * 1e6, 2),
-        "outputs": counts,
+        "outputs": counts, "gc": collector,
     }
     if args.callgrind:
         common = ["--tree", str(tree), "--warmup", str(args.warmup), "--symbols", str(args.symbols),
@@ -188,7 +201,7 @@ def main() -> None:
         if "instructions_per_record" in result:
             line += f"  {result['instructions_per_record']:,} instructions/record"
         print(f"{line}  ({args.n:,} records, {args.symbols} symbols, detectors {'on' if detect else 'off'}, "
-              f"outputs {counts})")
+              f"outputs {counts}, gc: {collector})")
 
 
 def _commit(tree: Path) -> str:
