@@ -107,7 +107,7 @@ def settle_heap(young_threshold: int) -> None:
 
     Then collect the young generation every `young_threshold` net allocations (worker.gc_young_threshold; 0 keeps
     Python's 700). A batch's records, models and messages live across awaits, so at 700 the collector scanned
-    them, promoted them and scanned them again at every collection of the older generations: 8% of the worker's
+    them, promoted them and scanned them again at every collection of the older generations: 7% of the worker's
     CPU at full drain (bench/README.md, session 20). What reference counting frees (nearly everything) never waits
     for a collection; only reference cycles do, at most `young_threshold` allocations longer."""
     gc.collect()

@@ -332,7 +332,7 @@ class WorkerSettings(_Section):
     commit_interval_ms: float = Field(default=100.0, ge=0, le=60_000)
     # Net allocations between two collections of the young generation of Python's cyclic garbage collector
     # (Python's default: 700). A batch's objects live across awaits, so at 700 they were scanned, promoted and
-    # scanned again: 8% of the worker's CPU at full drain. Only objects in reference cycles wait longer for it
+    # scanned again: 7% of the worker's CPU at full drain. Only objects in reference cycles wait longer for it
     # (everything else is freed as its last reference goes). 0: Python's default.
     gc_young_threshold: int = Field(default=50_000, ge=0, le=10_000_000)
     # The worker's log lines: "text" (Faust's format) or "json", one JSON object a line (time in ISO-8601
