@@ -486,29 +486,23 @@ def result_from_counts(staged: Counter[str], done: dict[str, tuple[int, int]]) -
 STATEMENT_CACHE_SIZE = 64  # the writer runs a dozen distinct statements per schema
 
 
-async def _custom_plans(conn: asyncpg.Connection) -> None:
-    """Every execution of a prepared statement planned with the table's row estimates of that moment. A generic
-    plan (PostgreSQL's choice after five executions) keeps the estimates of when it was made: made on an empty
-    schema (or a new month's partition), the revision UPDATE kept scanning the partition, so each small batch cost
-    more as the table grew (8 -> 22 ms per 15-row write at 42k rows) until autovacuum's ANALYZE; that was the
-    self-test's 60-150 ms latency. A fresh plan costs well under a millisecond a batch. A SET rather than a
-    startup parameter: poolers (PgBouncer) refuse startup parameters they do not know."""
-    await conn.execute("SET plan_cache_mode = force_custom_plan")
-
-
-async def _fetch_planned(conn: asyncpg.Connection, query: str) -> list[asyncpg.Record]:
-    """A statement without parameters runs on a generic plan, whatever plan_cache_mode says: prepared once, its
-    first plan would stay for good (the staged batch's statements joined the staging table with a partition
-    planned while both were small). Prepared unnamed at each run instead, so each run is planned afresh."""
-    return await (await conn.prepare(query, name="")).fetch()
+async def _fetch_planned(conn: asyncpg.Connection, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Run a statement whose plan depends on the table's size (the revision UPDATEs join market_data) prepared
+    unnamed, so it is planned afresh each time. Prepared once, PostgreSQL would switch it to a generic plan that
+    keeps the row estimates of when it was made (a statement without parameters has one from the start): made
+    on an empty schema (or a new month's partition), the UPDATE kept scanning the partition, so each small batch
+    cost more as the table grew (8 -> 22 ms per 15-row write at 42k rows) until autovacuum's ANALYZE; that was
+    the self-test's 60-150 ms latency. The INSERTs read only their batch (the conflict check goes by the unique
+    index whatever the estimates), so they are prepared once per connection."""
+    return await (await conn.prepare(query, name="")).fetch(*args)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset on release, instead of asyncpg's default query (advisory unlock all, CLOSE ALL, UNLISTEN,
     RESET ALL): a round trip after every batch, ~20% of a small batch's write time and client CPU (bench/README.md,
-    session 13), for session state this writer never leaves. Its locks are transaction-level; its one setting
-    (_custom_plans, on connecting) and its prepared statements are meant to stay; it opens no cursor and listens
-    to nothing; and the pool still rolls back a transaction left open before this runs.
+    session 13), for session state this writer never leaves. Its locks are transaction-level, it sets nothing,
+    its prepared statements are meant to stay, it opens no cursor and listens to nothing; and the pool still rolls
+    back a transaction left open before this runs.
     tests/integration/test_postgres_writer.py checks both."""
 
 
@@ -605,11 +599,10 @@ class PostgresTickWriter(BatchWriter):
                 **self._connect_kwargs(),
                 min_size=self.settings.pool_min,
                 max_size=self.settings.pool_max,
-                # Prepared once per connection (one round trip and the parse off every write: bench/README.md,
-                # session 21), planned afresh at each execution (_custom_plans); or unnamed statements when
-                # postgres.prepared_statements is off (a pooler in transaction mode that does not keep them).
+                # Statements prepared once per connection (a round trip, the parse and the plan off every write:
+                # bench/README.md, session 21), but the UPDATEs (_fetch_planned); or all prepared unnamed at each
+                # run when postgres.prepared_statements is off (a pooler in transaction mode that drops them).
                 statement_cache_size=STATEMENT_CACHE_SIZE if self.settings.prepared_statements else 0,
-                init=_custom_plans,
                 reset=_keep_session,
             )
         except Exception as exc:
@@ -664,7 +657,7 @@ class PostgresTickWriter(BatchWriter):
             inserted = {r["source"]: r["inserted"] for r in got}
             updated: dict[str, int] = {}
             if any(r["revisable"] for r in got) and sum(inserted.values()) < sum(r["keys"] for r in got):
-                updated = {r["source"]: r["n"] for r in await self.pool.fetch(update, doc, len(records))}
+                updated = {r["source"]: r["n"] for r in await self._fetch_planned(update, doc, len(records))}
         except Exception as exc:
             raise await self._failed(exc, "write market_data") from None
         result = result_from_counts(Counter({r["source"]: r["staged"] for r in got}),
@@ -704,7 +697,12 @@ class PostgresTickWriter(BatchWriter):
         faults.reach("write.after_insert")
         if sum(inserted.values()) == len(rows) or not any(r[_REVISION_AT] for r in rows):
             return inserted, {}
-        return inserted, {r["source"]: r["n"] for r in await self.pool.fetch(update, doc)}
+        return inserted, {r["source"]: r["n"] for r in await self._fetch_planned(update, doc)}
+
+    async def _fetch_planned(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            return await _fetch_planned(conn, query, *args)
 
     async def _upsert_staged(self, rows: Sequence[tuple[Any, ...]]) -> tuple[dict[str, int], dict[str, int]]:
         """A batch through the connection's staging table (COPY), made by the connection's first such write."""
@@ -730,7 +728,7 @@ class PostgresTickWriter(BatchWriter):
                 await conn.copy_records_to_table(_STAGE, records=[(*r, i) for i, r in enumerate(rows)],
                                                   columns=_STAGE_COLUMNS)
                 insert, update = self._upsert
-            inserted = {r["source"]: r["n"] for r in await _fetch_planned(conn, insert)}
+            inserted = {r["source"]: r["n"] for r in await conn.fetch(insert)}
             # The UPDATE can only change a stored row whose key the INSERT skipped: when the INSERT took every key
             # of the batch (the usual batch of new points), there is none, and the statement is not run.
             revisable = any(r[_REVISION_AT] for r in rows) and sum(inserted.values()) < keys

@@ -219,9 +219,9 @@ class PostgresSettings(_Section):
     # Most connections that pool opens. The web pages' reads use their own pool (at most 2), so they never take
     # these.
     pool_max: int = 4
-    # The writer prepares each statement once per connection (each execution still planned afresh). false: behind
-    # a pooler in transaction mode that does not keep prepared statements across transactions (PgBouncer before
-    # 1.21, or its max_prepared_statements at 0), each statement is prepared unnamed at every execution.
+    # The writer prepares its INSERTs once per connection (its revision UPDATEs are planned at every run). false:
+    # behind a pooler in transaction mode that does not keep prepared statements across transactions (PgBouncer
+    # before 1.21, or its max_prepared_statements at 0), every statement is prepared unnamed at each run.
     prepared_statements: bool = True
     # TLS, with libpq's meanings. The default "prefer" is libpq's and asyncpg's own: it keeps the local stack
     # (no TLS) working and encrypts whenever the server offers TLS, but it verifies nothing and silently

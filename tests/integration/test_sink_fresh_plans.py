@@ -1,17 +1,17 @@
-"""The PostgreSQL writer plans every execution afresh, whether its statements are prepared once or not.
+"""The PostgreSQL writer plans its revision UPDATEs afresh at every run; its INSERTs are prepared once.
 
 A generic plan keeps the row estimates of the moment it was made. Made on a fresh schema, the revision UPDATE
-went on scanning the growing partition until autovacuum analyzed it, and the self-test's latency grew with
-every row (streams/tools/selftest.py, latency_performance). A timing would make a flaky test; what the fix
-changes is checked instead: after more executions than PostgreSQL's five custom plans before it considers a
-generic one, no statement the writer keeps prepared has a generic plan (a statement without parameters, such
-as a staged batch's, always gets one, so none is kept), and the upserts' results are right. With
+(a join with market_data) went on scanning the growing partition until autovacuum analyzed it, and the
+self-test's latency grew with every row (streams/tools/selftest.py, latency_performance). A timing would make a
+flaky test; what the fix changes is checked instead: after more runs than PostgreSQL's five custom plans before
+it considers a generic one, the writer's session keeps no UPDATE prepared, keeps its INSERTs prepared (the
+round trip and plan they save), and the upserts' and revisions' results are right. With
 postgres.prepared_statements off (a pooler in transaction mode), no prepared statement is kept at all."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -20,43 +20,52 @@ from producers.simulated import SimulatedSource
 from sinks.postgres import PostgresTickWriter, row_from_record
 from streams.settings import SimulatedSourceSettings, load_settings
 
-SMALL_BATCHES = 9  # each statement of the small-batch path runs 9 times: past the 5 custom plans of "auto"
+ROUNDS = 7  # each statement of the small-batch path runs 7 times: past the 5 custom plans of "auto"
 
 
 @pytest.mark.parametrize("prepared", [True, False])
-async def test_writer_plans_each_execution_afresh(prepared: bool) -> None:
+async def test_writer_plans_updates_afresh(prepared: bool) -> None:
     schema = f"fresh_plans_{uuid.uuid4().hex[:8]}"
     writer = PostgresTickWriter(load_settings(postgres={
         "db_schema": schema, "pool_min": 1, "pool_max": 1, "prepared_statements": prepared}).postgres)
     await writer.start()
     src = SimulatedSource(SimulatedSourceSettings(invalid_ratio=0.0, seed=5), run_id="fp")
 
-    def rows(n: int) -> list[tuple]:
-        out = []
-        for p in src.batch(n):
-            doc = orjson.loads(p.to_json())
-            doc["ingested_at"] = datetime.now(UTC).isoformat()  # quotes: revisable, so the UPDATE runs too
-            out.append(row_from_record(doc))
-        return out
+    def docs(n: int) -> list[dict]:
+        return [orjson.loads(p.to_json()) for p in src.batch(n)]
 
-    sizes = [15, 2000, *[15] * (SMALL_BATCHES - 1)]
+    def rows(batch: list[dict], at: datetime) -> list[tuple]:
+        return [row_from_record({**d, "ingested_at": at.isoformat()}) for d in batch]  # a revisable kind's revision
+
     try:
-        written = 0
-        for n in sizes:
-            result = await writer.write(rows(n))
-            written += sum(result.written_by_source.values())
-        assert written == sum(sizes)
+        stored = updated = 0
+        for n in [2000, *[15] * ROUNDS]:  # 2,000: the staged path; 15: the small batches' JSON path
+            batch, first = docs(n), datetime.now(UTC)
+            result = await writer.write(rows(batch, first))
+            stored += sum(result.written_by_source.values())
+            result = await writer.write(rows(batch, first + timedelta(seconds=1)))  # same keys, newer: UPDATE
+            updated += result.updated
+        for _ in range(ROUNDS):  # batches of clean records as JSON (more than SMALL_BATCH_ROWS): parsed by the server
+            batch, first = docs(200), datetime.now(UTC)
+            for at in (first, first + timedelta(seconds=1)):
+                result = await writer.write_json([orjson.dumps({**d, "ingested_at": at.isoformat()}) for d in batch])
+                stored += result.inserted
+                updated += result.updated
+        assert stored == 2000 + 15 * ROUNDS + 200 * ROUNDS
+        assert updated > 0
         assert writer.pool is not None
         async with writer.pool.acquire() as conn:  # the one connection the batches ran on
-            kept = [r for r in await conn.fetch("SELECT statement, generic_plans, custom_plans "
+            kept = [r for r in await conn.fetch("SELECT statement, generic_plans + custom_plans AS runs "
                                                 "FROM pg_prepared_statements") if schema in r["statement"]]
             if prepared:
-                assert max(r["custom_plans"] for r in kept) >= SMALL_BATCHES, [dict(r) for r in kept]
-                generic = [r["statement"][:80] for r in kept if r["generic_plans"]]
-                assert generic == [], generic
+                updates = [r["statement"][:80] for r in kept if "UPDATE" in r["statement"]]
+                assert updates == [], updates
+                assert max(r["runs"] for r in kept) >= 2 * ROUNDS, [dict(r) for r in kept]  # the INSERT, 2x/round
             else:
                 assert kept == [], [r["statement"][:80] for r in kept]
-            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.market_data") == sum(sizes)
+            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.market_data") == stored
+            # every revisable row (quotes, bars) took its newer revision; ticks and trades kept their first write
+            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.market_data WHERE revision > 0") == updated
     finally:
         assert writer.pool is not None
         async with writer.pool.acquire() as conn:
