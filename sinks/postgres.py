@@ -487,13 +487,14 @@ STATEMENT_CACHE_SIZE = 64  # the writer runs a dozen distinct statements per sch
 
 
 async def _fetch_planned(conn: asyncpg.Connection, query: str, *args: Any) -> list[asyncpg.Record]:
-    """Run a statement whose plan depends on the table's size (the revision UPDATEs join market_data) prepared
-    unnamed, so it is planned afresh each time. Prepared once, PostgreSQL would switch it to a generic plan that
-    keeps the row estimates of when it was made (a statement without parameters has one from the start): made
-    on an empty schema (or a new month's partition), the UPDATE kept scanning the partition, so each small batch
-    cost more as the table grew (8 -> 22 ms per 15-row write at 42k rows) until autovacuum's ANALYZE; that was
-    the self-test's 60-150 ms latency. The INSERTs read only their batch (the conflict check goes by the unique
-    index whatever the estimates), so they are prepared once per connection."""
+    """Run a statement whose plan depends on a table's size (the revision UPDATEs join market_data, the metrics
+    fence looks up data_quality_metrics, retention scans for old rows) prepared unnamed, so it is planned afresh
+    each time. Prepared once, PostgreSQL would switch it to a generic plan that keeps the row estimates of when
+    it was made (a statement without parameters has one from the start): made on an empty schema (or a new
+    month's partition), the UPDATE kept scanning the partition, so each small batch cost more as the table grew
+    (8 -> 22 ms per 15-row write at 42k rows) until autovacuum's ANALYZE; that was the self-test's 60-150 ms
+    latency. The INSERTs read only their batch (the conflict check goes by the unique index whatever the
+    estimates), so they are prepared once per connection."""
     return await (await conn.prepare(query, name="")).fetch(*args)
 
 
@@ -704,6 +705,14 @@ class PostgresTickWriter(BatchWriter):
         async with self.pool.acquire() as conn:
             return await _fetch_planned(conn, query, *args)
 
+    async def _execute_planned(self, query: str, *args: Any) -> str:
+        """_fetch_planned for a statement whose command tag is the answer ("DELETE 100")."""
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            stmt = await conn.prepare(query, name="")
+            await stmt.fetch(*args)
+            return stmt.get_statusmsg()
+
     async def _upsert_staged(self, rows: Sequence[tuple[Any, ...]]) -> tuple[dict[str, int], dict[str, int]]:
         """A batch through the connection's staging table (COPY), made by the connection's first such write."""
         assert self.pool is not None
@@ -779,7 +788,7 @@ class PostgresTickWriter(BatchWriter):
                 sql = (f"DELETE FROM {table} WHERE {column} < $1 AND (tableoid, ctid) IN "
                        f"(SELECT tableoid, ctid FROM {table} WHERE {column} < $1 LIMIT $2)")
                 while True:
-                    status = await self.pool.execute(sql, cutoff, batch_rows)
+                    status = await self._execute_planned(sql, cutoff, batch_rows)
                     n = int(status.rsplit(" ", 1)[-1])
                     deleted += n
                     if n < batch_rows:
@@ -893,8 +902,8 @@ class PostgresTickWriter(BatchWriter):
                 async with conn.transaction():
                     # One fenced writer at a time per cluster, so the check and the insert order agree.
                     await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tickflow.metrics:' || $1))", cluster)
-                    written = {r["source"] for r in await conn.fetch(
-                        f"INSERT INTO {self._q}.data_quality_metrics (recorded_at, {cols})"
+                    written = {r["source"] for r in await _fetch_planned(
+                        conn, f"INSERT INTO {self._q}.data_quality_metrics (recorded_at, {cols})"
                         " SELECT clock_timestamp(), $1, n.* FROM unnest($2::text[], $3::bigint[], $4::bigint[],"
                         " $5::bigint[], $6::bigint[], $7::bigint[], $8::float8[], $9::float8[], $10::float8[],"
                         " $11::float8[], $12::float8[], $13::text[]::jsonb[]) AS n(source, processed, valid, rejected,"

@@ -86,27 +86,21 @@ async def test_retention_deletes_old_rows_of_every_table_in_bounded_batches(iso,
 
     assert await _counts(pg, iso.schema) == {t: (OLD, NEW) for t in TABLES}
     statements: list[int] = []
-    pool = filled.pool
-    assert pool is not None
+    execute = filled._execute_planned
 
-    class CountingPool:
-        """The real pool; each DELETE's row count is noted (asyncpg's Pool has slots: wrapped, not patched)."""
+    async def counting(sql: str, *args: Any) -> str:
+        """The real statement; each DELETE's row count is noted."""
+        status = await execute(sql, *args)
+        if sql.startswith("DELETE"):
+            statements.append(int(status.rsplit(" ", 1)[-1]))
+        return status
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(pool, name)
-
-        async def execute(self, sql: str, *args: Any) -> str:
-            status = await pool.execute(sql, *args)
-            if sql.startswith("DELETE"):
-                statements.append(int(status.rsplit(" ", 1)[-1]))
-            return status
-
-    filled.pool = CountingPool()  # type: ignore[assignment]
+    filled._execute_planned = counting  # type: ignore[method-assign]
     sink = SinkSettings(data_retention_days=DAYS, retention_batch_rows=100)
     deleted = await apply_retention(SharedWriter(filled), sink, now=NOW)
 
     assert deleted == 4 * OLD
-    filled.pool = pool
+    del filled._execute_planned
     assert await _counts(pg, iso.schema) == {t: (0, NEW) for t in TABLES}
     assert max(statements) == 100, statements  # never more than one batch per statement
     assert len(statements) >= 4 * (OLD // 100 + 1), statements  # each table took more than ten batches

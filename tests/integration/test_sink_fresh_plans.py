@@ -1,10 +1,11 @@
-"""The PostgreSQL writer plans its revision UPDATEs afresh at every run; its INSERTs are prepared once.
+"""The PostgreSQL writer plans the statements that scan its tables afresh at every run (the revision UPDATEs,
+the metrics fence, retention); its INSERTs are prepared once.
 
 A generic plan keeps the row estimates of the moment it was made. Made on a fresh schema, the revision UPDATE
 (a join with market_data) went on scanning the growing partition until autovacuum analyzed it, and the
 self-test's latency grew with every row (streams/tools/selftest.py, latency_performance). A timing would make a
 flaky test; what the fix changes is checked instead: after more runs than PostgreSQL's five custom plans before
-it considers a generic one, the writer's session keeps no UPDATE prepared, keeps its INSERTs prepared (the
+it considers a generic one, the writer's session keeps none of those prepared, keeps its INSERTs prepared (the
 round trip and plan they save), and the upserts' and revisions' results are right. With
 postgres.prepared_statements off (a pooler in transaction mode), no prepared statement is kept at all."""
 
@@ -52,14 +53,21 @@ async def test_writer_plans_updates_afresh(prepared: bool) -> None:
                 stored += result.inserted
                 updated += result.updated
         assert stored == 2000 + 15 * ROUNDS + 200 * ROUNDS
+        snapshot = {"processed": 1, "valid": 1, "rejected": 0, "written": 1, "duplicates": 0,
+                    "throughput_per_sec": 1.0, "avg_latency_ms": 1.0, "p50_latency_ms": 1.0, "p95_latency_ms": 1.0,
+                    "p99_latency_ms": 1.0, "rejected_by_rule": {}}
+        for i in range(ROUNDS):  # the metrics fence (a lookup in data_quality_metrics) and retention (a scan)
+            assert await writer.write_metrics("app@w", {"simulated": {**snapshot, "processed": i}}, cluster="app") == []
+            assert await writer.delete_older_than(datetime(2000, 1, 1, tzinfo=UTC), 100) == 0
         assert updated > 0
         assert writer.pool is not None
         async with writer.pool.acquire() as conn:  # the one connection the batches ran on
             kept = [r for r in await conn.fetch("SELECT statement, generic_plans + custom_plans AS runs "
                                                 "FROM pg_prepared_statements") if schema in r["statement"]]
             if prepared:
-                updates = [r["statement"][:80] for r in kept if "UPDATE" in r["statement"]]
-                assert updates == [], updates
+                sized = [r["statement"][:80] for r in kept
+                         if any(w in r["statement"] for w in ("UPDATE", "DELETE", "NOT EXISTS"))]
+                assert sized == [], sized
                 assert max(r["runs"] for r in kept) >= 2 * ROUNDS, [dict(r) for r in kept]  # the INSERT, 2x/round
             else:
                 assert kept == [], [r["statement"][:80] for r in kept]
