@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +83,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-async def one(tree: Path, rates: list[float], seconds: float, log_dir: Path) -> list[dict[str, Any]]:
-    """One fresh worker of `tree` on topics, group and schema of its own: its latency at each rate."""
+@contextlib.asynccontextmanager
+async def fresh_worker(tree: Path, log_dir: Path) -> AsyncIterator[tuple[Any, Any, asyncpg.Connection, str,
+                                                                         subprocess.Popen[bytes]]]:
+    """A worker of `tree` on topics, group and schema of its own, warmed up until a 3-second feed at 1,000
+    points/s has landed: (settings, catalog, connection, schema, process). All of it is dropped afterwards."""
     settings = load_settings()
     tag = uuid.uuid4().hex[:8]
     suffix, schema = f".ab-{tag}", f"ab_{tag}"
@@ -93,9 +98,20 @@ async def one(tree: Path, rates: list[float], seconds: float, log_dir: Path) -> 
     await ensure_topics(catalog, settings.kafka.bootstrap_servers, kafka=settings.kafka)
     conn = await asyncpg.connect(**settings.postgres.connect_kwargs())
     proc = start_worker(tree, env, log_dir / f"ab-{tag}.log")
-    out = []
     try:
         await measure.latency_run(settings, catalog, conn, schema, WARMUP_RATE, WARMUP_SECONDS, wait_seconds=300)
+        yield settings, catalog, conn, schema, proc
+    finally:
+        stop(proc)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+        await drop_topics_of(settings, tag)
+
+
+async def one(tree: Path, rates: list[float], seconds: float, log_dir: Path) -> list[dict[str, Any]]:
+    """One fresh worker of `tree`: its latency at each rate."""
+    out = []
+    async with fresh_worker(tree, log_dir) as (settings, catalog, conn, schema, proc):
         for rate in rates:
             cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
             lat = await measure.latency_run(settings, catalog, conn, schema, rate, seconds)
@@ -105,11 +121,6 @@ async def one(tree: Path, rates: list[float], seconds: float, log_dir: Path) -> 
             print(f"  {tree.name or tree}: {rate:,.0f}/s  p50 {lat['p50_ms']} ms  p99 {lat['p99_ms']} ms  "
                   f"max {lat['max_ms']} ms  {cores:.2f} cores  ({lat['rows']:,} of {lat['sent']:,} rows)", flush=True)
             out.append(row)
-    finally:
-        stop(proc)
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await conn.close()
-        await drop_topics_of(settings, tag)
     return out
 
 
