@@ -88,12 +88,6 @@ class KafkaSettings(_Section):
     # row once either way (natural-key upsert). Off by default: measured here, transactions cost ~20% of
     # throughput and took p50 latency at 1,000 points/s from ~40 ms to 160+ ms (bench/README.md).
     exactly_once: bool = False
-    # true: the stages' consumers fetch through incremental fetch sessions (KIP-227): a request names only the
-    # partitions whose offset changed and a response only those with something new, instead of every assigned
-    # partition each way, encoded and decoded in Python at every batch (streams/stages/fetch_session.py; measured
-    # in bench/README.md, session 22). false: aiokafka's sessionless full fetches. Brokers before 1.1 have no
-    # sessions; a broker whose session cache is full answers full fetches, and both are served as before.
-    fetch_sessions: bool = True
     # An open transaction of a producer that died is aborted by the broker after this long, unless the next
     # owner of its partition fences it first (it does, as it starts); read_committed consumers wait meanwhile.
     transaction_timeout_ms: int = Field(default=60_000, ge=1_000)

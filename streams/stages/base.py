@@ -42,7 +42,6 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_nev
 from streams import faults
 from streams.errors import first_then_retrying
 from streams.settings import KafkaSettings
-from streams.stages.fetch_session import SessionConsumer
 
 logger = logging.getLogger(__name__)
 BatchStageT = TypeVar("BatchStageT", bound="BatchStage")
@@ -193,18 +192,10 @@ class BatchStage(Service):
             "last_batch_at": self.last_batch_at,
             "commit_failures": self.commit_failures,
             "replaced_consumers": self.replaced_consumers,
-            # Fetch requests answered, per kind (kafka.fetch_sessions): mostly incremental once sessions work.
-            "fetch_requests": self.fetch_requests(),
         }
 
-    def fetch_requests(self) -> dict[str, int]:
-        sessions = self.consumer.fetch_sessions().values() if isinstance(self.consumer, SessionConsumer) else ()
-        return {"full": sum(s.full_requests for s in sessions),
-                "incremental": sum(s.incremental_requests for s in sessions)}
-
     def _new_consumer(self) -> AIOKafkaConsumer:
-        consumer_class = SessionConsumer if self.kafka.fetch_sessions else AIOKafkaConsumer
-        consumer = consumer_class(
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=self.kafka.bootstrap_servers,
             group_id=self.group_id,
             client_id=f"tickflow-{self.stage}",
