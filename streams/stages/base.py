@@ -42,6 +42,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_nev
 from streams import faults
 from streams.errors import first_then_retrying
 from streams.settings import KafkaSettings
+from streams.stages.fetch import StageConsumer
 
 logger = logging.getLogger(__name__)
 BatchStageT = TypeVar("BatchStageT", bound="BatchStage")
@@ -195,7 +196,7 @@ class BatchStage(Service):
         }
 
     def _new_consumer(self) -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(
+        consumer = StageConsumer(
             bootstrap_servers=self.kafka.bootstrap_servers,
             group_id=self.group_id,
             client_id=f"tickflow-{self.stage}",
