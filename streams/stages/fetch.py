@@ -1,24 +1,38 @@
-"""The stages' consumer: aiokafka's, with its Fetch requests encoded and their responses decoded by hand.
+"""The stages' consumer: aiokafka's, with its fetch rounds done in fewer Python steps.
 
-Why: aiokafka encodes and decodes every request through its generic protocol schema, a Python generator per
-field. A FetchRequest names every assigned partition and its response answers for each of them: over the
-validate stage's 36 raw partitions, mostly idle, one round cost ~0.4 ms of codec alone, at every batch of
-both stages (bench/README.md, session 23). Fetch v11 (the newest aiokafka 0.14 speaks, and what a Kafka 2.3+
-broker answers) is encoded here with one struct call per partition and decoded with `unpack_from` over the
-frame, without copying it; the bytes sent and the response built are the ones aiokafka's own codec gives
-(tests/unit/streams/stages/test_fetch.py checks both against it). Every other version, and every other
-request, goes through aiokafka unchanged; so does everything the fetcher does with the response.
+Why: a fetch round of aiokafka 0.14 walks every assigned partition four times in Python: twice to decide what to
+fetch, once through its generic protocol schema each way (a generator per field), and once over the response.
+Over the validate stage's 36 raw partitions, mostly idle, a round cost ~1.1 ms of CPU whatever it brought, at
+every batch of both stages (bench/README.md, session 23). Here
+
+- Fetch v11 (the newest aiokafka 0.14 speaks; a Kafka 2.3+ broker answers it) is encoded with one struct call
+  per partition and decoded with `unpack_from` over the frame; the bytes and the response are the ones
+  aiokafka's own codec gives (tests/unit/streams/stages/test_fetch.py checks both against it);
+- `FastFetcher` decides and handles as aiokafka does, partition by partition in its order, from a table
+  built once per assignment; a partition that brought nothing costs a few attribute writes.
+
+The records, positions, resets, errors and offsets stay aiokafka's own objects; every other request and version
+goes through aiokafka unchanged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import logging
+import random
 import struct
+import time
 from io import BytesIO
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.consumer.fetcher import Fetcher
+import aiokafka.errors as Errors
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.consumer.fetcher import Fetcher, FetchResult, OffsetResetStrategy, PartitionRecords
 from aiokafka.protocol.fetch import FetchRequest, FetchRequest_v11, FetchResponse_v11
+from aiokafka.record.memory_records import MemoryRecords
+
+logger = logging.getLogger(__name__)
 
 _HEAD = struct.Struct(">iiiibii")  # replica, max wait, min bytes, max bytes, isolation, session id, epoch
 _PARTITION = struct.Struct(">iiqqi")  # partition, leader epoch, fetch offset, log start offset, max bytes
@@ -127,14 +141,159 @@ class FastFetchRequest(FetchRequest):
 
 
 class FastFetcher(Fetcher):
-    """aiokafka's Fetcher, its fetch requests made `FastFetchRequest`s."""
+    """aiokafka 0.14's Fetcher with its two per-partition walks of every fetch round done in fewer steps: which
+    partitions to fetch (`_get_actions_per_node`, twice a round) and the response's partitions
+    (`_proc_fetch_request`). Partitions are looked up by topic and number in a table built once per assignment
+    instead of a TopicPartition built and hashed for each; a partition that brought neither records nor an error
+    (most of the validate stage's, most of the time) costs a few attribute writes. The decisions are aiokafka's,
+    in its order: what it fetches, skips, resets or reports is unchanged (tests/integration/test_stage_fetch.py),
+    and its requests are `FastFetchRequest`s."""
+
+    _table_of: Any = None
+    _table: dict[str, dict[int, tuple[TopicPartition, Any]]]
+
+    def _states(self, assignment: Any) -> dict[str, dict[int, tuple[TopicPartition, Any]]]:
+        """topic -> partition -> (TopicPartition, its state), for this assignment (a new one on a rebalance)."""
+        if self._table_of is not assignment:
+            table: dict[str, dict[int, tuple[TopicPartition, Any]]] = {}
+            for tp in assignment.tps:
+                table.setdefault(tp.topic, {})[tp.partition] = (tp, assignment.state_value(tp))
+            self._table, self._table_of = table, assignment
+        return self._table
 
     def _get_actions_per_node(self, assignment: Any) -> Any:
-        actions = super()._get_actions_per_node(assignment)
-        for _, request in actions[0]:
-            if type(request) is FetchRequest:
-                request.__class__ = FastFetchRequest
-        return actions
+        fetchable: dict[Any, list[tuple[TopicPartition, int]]] = collections.defaultdict(list)
+        awaiting_reset: dict[Any, list[TopicPartition]] = collections.defaultdict(list)
+        backoff_by_nodes: dict[Any, list[float]] = collections.defaultdict(list)
+        resume_futures = []
+        invalid_metadata = False
+        records, in_flight = self._records, self._in_flight
+        partitions_of = self._client.cluster._partitions
+        preferred = self._preferred_read_replica
+        for topic, by_number in self._states(assignment).items():
+            leaders = partitions_of.get(topic)
+            for number, (tp, tp_state) in by_number.items():
+                if preferred:  # KIP-392 (a client rack): aiokafka's own choice of replica
+                    node_id = self._select_read_replica(tp)
+                else:
+                    meta = leaders.get(number) if leaders is not None else None
+                    node_id = meta.leader if meta is not None else None
+                if tp in records:
+                    backoff = records[tp].calculate_backoff()
+                    if backoff:
+                        backoff_by_nodes[node_id].append(backoff)
+                elif node_id in in_flight:
+                    continue
+                elif node_id is None or node_id == -1:
+                    invalid_metadata = True
+                elif not tp_state.has_valid_position:
+                    leader_id = self._client.cluster.leader_for_partition(tp)
+                    if leader_id is None or leader_id == -1:
+                        invalid_metadata = True
+                    else:
+                        awaiting_reset[leader_id].append(tp)
+                elif tp_state.paused:
+                    resume_futures.append(tp_state.resume_fut)
+                else:
+                    fetchable[node_id].append((tp, tp_state.position))
+        fetch_requests = []
+        for node_id, partition_data in fetchable.items():
+            if node_id in backoff_by_nodes or node_id in awaiting_reset:
+                continue
+            random.shuffle(partition_data)  # as aiokafka: no partition is always first in a response
+            by_topics: dict[str, list[tuple[int, int, int]]] = collections.defaultdict(list)
+            for tp, position in partition_data:
+                by_topics[tp.topic].append((tp.partition, position, self._max_partition_fetch_bytes))
+            fetch_requests.append((node_id, FastFetchRequest(
+                self._fetch_max_wait_ms, self._fetch_min_bytes, self._fetch_max_bytes, self._isolation_level,
+                list(by_topics.items()), rack_id=self._client_rack or "")))
+        backoff = min(map(max, backoff_by_nodes.values())) if backoff_by_nodes else self._fetcher_timeout
+        return fetch_requests, awaiting_reset, backoff, invalid_metadata, resume_futures
+
+    async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
+        try:
+            response = await self._client.send(node_id, request)
+        except Errors.KafkaError as err:
+            logger.error("Failed fetch messages from %s: %s", node_id, err)
+            self._invalidate_preferred_read_replica_for_node(node_id, request)
+            await asyncio.sleep(self._retry_backoff)
+            return False
+        except asyncio.CancelledError:  # close() or the partitions were unassigned: no longer of interest
+            return False
+        if not assignment.active:
+            return False
+        version = response.API_VERSION
+        # A partition's fields after its high watermark: v4 [lso, aborted, records]; v5-v10 [lso, log start,
+        # aborted, records]; v11 [lso, log start, aborted, preferred replica, records].
+        aborted_at = 2 if version >= 5 else 1
+        table = self._states(assignment)
+        fetched = {topic: {p: offset for p, offset, _ in partitions} for topic, partitions in request.topics}
+        now_ms = int(1000 * time.time())
+        rack_aware = bool(self._client_rack) and version >= 11
+        needs_wakeup = False
+        for topic, partitions in response.topics:
+            states, offsets = table.get(topic, {}), fetched.get(topic, {})
+            for partition, error_code, highwater, *part in partitions:
+                entry = states.get(partition)
+                fetch_offset = offsets.get(partition)
+                if entry is None or fetch_offset is None:
+                    continue  # not asked for in this assignment (aiokafka would fail on it; the broker never sends it)
+                tp, tp_state = entry
+                if not tp_state.has_valid_position or tp_state.position != fetch_offset:
+                    continue  # the position moved (a seek) while the fetch was out: its answer is stale
+                message_set = part[-1]
+                if error_code == 0:
+                    tp_state.highwater = highwater
+                    tp_state.lso = part[0] if version >= 4 else None
+                    tp_state.timestamp = now_ms
+                    if rack_aware:
+                        self._update_preferred_read_replica(tp, part[3])
+                    if not message_set:  # nothing new: the common case, done
+                        continue
+                aborted = part[aborted_at] if version >= 4 else None
+                if self._partition_answer(assignment, tp, tp_state, fetch_offset, error_code, aborted, message_set):
+                    needs_wakeup = True
+        return needs_wakeup
+
+    def _partition_answer(self, assignment: Any, tp: TopicPartition, tp_state: Any, fetch_offset: int,
+                          error_code: int, aborted_transactions: Any, message_set: bytes | None) -> bool:
+        """A partition's records, or its error, as aiokafka 0.14 handles them; True when the consumer has
+        something new to hand out (records, or an error to raise)."""
+        error_type = Errors.for_code(error_code)
+        if error_type is Errors.NoError:
+            records = MemoryRecords(message_set)
+            if records.has_next():
+                self._records[tp] = FetchResult(
+                    tp, assignment=assignment, backoff=self._prefetch_backoff,
+                    partition_records=PartitionRecords(
+                        tp, records, aborted_transactions, fetch_offset, self._key_deserializer,
+                        self._value_deserializer, self._check_crcs, self._isolation_level))
+                return True
+            if records.size_in_bytes() > 0:  # one record larger than the fetch size: it can never be returned
+                self._set_error(tp, Errors.RecordTooLargeError(
+                    "There are some messages at [Partition=Offset]: %s=%s whose size is larger than the fetch "
+                    "size %s and hence cannot be ever returned. Increase the fetch size, or decrease the maximum "
+                    "message size the broker will allow.", tp, fetch_offset, self._max_partition_fetch_bytes))
+                tp_state.consumed_to(tp_state.position + 1)
+                return True
+            return False
+        self._preferred_read_replica.pop(tp, None)
+        if error_type in (Errors.NotLeaderForPartitionError, Errors.UnknownTopicOrPartitionError):
+            self._client.force_metadata_update()
+        elif error_type is Errors.OffsetOutOfRangeError:
+            logger.info("Fetch offset %s is out of range for partition %s, resetting offset", fetch_offset, tp)
+            if self._default_reset_strategy != OffsetResetStrategy.NONE:
+                tp_state.await_reset(self._default_reset_strategy)
+            else:
+                self._set_error(tp, Errors.OffsetOutOfRangeError({tp: fetch_offset}))
+                return True
+        elif error_type is Errors.TopicAuthorizationFailedError:
+            logger.warning("Not authorized to read from topic %s.", tp.topic)
+            self._set_error(tp, Errors.TopicAuthorizationFailedError(tp.topic))
+            return True
+        else:
+            logger.warning("Unexpected error while fetching data: %s", error_type.__name__)
+        return False
 
 
 class StageConsumer(AIOKafkaConsumer):

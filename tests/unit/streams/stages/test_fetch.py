@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import collections
+import struct
 from io import BytesIO
 from typing import Any
 
 import pytest
-from aiokafka.consumer.fetcher import Fetcher
+from aiokafka import TopicPartition
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.consumer.fetcher import Fetcher, FetchResult
+from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.protocol.fetch import FetchRequest, FetchRequest_v10, FetchRequest_v11, FetchResponse_v11
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.structs import PartitionMetadata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,13 +86,151 @@ def test_an_older_broker_gets_aiokafkas_own_struct() -> None:
     assert type(struct) is FetchRequest_v10
 
 
-def test_the_fetcher_sends_fast_requests(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`_get_actions_per_node` hands the fetch routine FastFetchRequests (aiokafka's class otherwise)."""
-    def actions(self: Fetcher, assignment: Any) -> Any:
-        return [(1, _request()), (2, _request())], {}, 0.1, False, []
+class _Client:
+    """What the fetchers use of a client here: its cluster metadata, and a send answered by a given response."""
 
-    monkeypatch.setattr(Fetcher, "_get_actions_per_node", actions)
-    fetcher = FastFetcher.__new__(FastFetcher)  # no client, no fetch routine: only the method under test
-    requests, *rest = fetcher._get_actions_per_node(None)
-    assert [type(r) for _, r in requests] == [FastFetchRequest, FastFetchRequest]
-    assert rest == [{}, 0.1, False, []]
+    def __init__(self, cluster: ClusterMetadata, response: Any = None) -> None:
+        self.cluster = cluster
+        self.response = response
+        self.metadata_updates = 0
+
+    async def send(self, node_id: int, request: Any) -> Any:
+        return self.response
+
+    def force_metadata_update(self) -> None:
+        self.metadata_updates += 1
+
+
+def _bare(cls: type[Fetcher], client: _Client, **settings: Any) -> Any:
+    """A fetcher as Fetcher.__init__ sets it up, without its fetch routine (the test drives its methods)."""
+    f = cls.__new__(cls)
+    f.__dict__.update(
+        _client=client, _key_deserializer=None, _value_deserializer=None, _fetch_min_bytes=1,
+        _fetch_max_bytes=52428800, _fetch_max_wait_ms=500, _max_partition_fetch_bytes=1048576, _check_crcs=True,
+        _fetcher_timeout=0.2, _prefetch_backoff=0.1, _retry_backoff=0.0, _default_reset_strategy=-1,
+        _client_rack=None, _preferred_read_replica={}, _preferred_replica_ttl=300.0, _rack_warning_logged=False,
+        _isolation_level=1, _records=collections.OrderedDict(), _in_flight=set(), _pending_tasks=set())
+    f.__dict__.update(settings)
+    return f
+
+
+TOPICS = ("raw.a", "raw.b", "raw.c")
+partition_plans = st.fixed_dictionaries({
+    "leader": st.sampled_from([1, 1, 1, 2, -1, None]),  # None: the partition is not in the metadata
+    "state": st.sampled_from(["position", "position", "position", "reset", "paused"]),
+    "position": st.integers(0, 1000),
+    "buffered": st.sampled_from([None, None, "waiting", "backed off"]),  # records not handed out yet
+    "answer": st.sampled_from(["nothing", "nothing", "records", "partial", 1, 3, 6, 29, 7, "stale", "absent"]),
+})
+plans = st.dictionaries(st.tuples(st.sampled_from(TOPICS), st.integers(0, 5)), partition_plans, min_size=1,
+                        max_size=12)
+
+
+def _records_bytes(first: int, count: int) -> bytes:
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    for i in range(count):
+        builder.append(i, timestamp=1_700_000_000_000 + i, key=b"k", value=f"v{first + i}".encode(), headers=[])
+    data = bytearray(builder.build())
+    struct.pack_into(">q", data, 0, first)  # the batch's base offset
+    return bytes(data)
+
+
+def _world(plan: dict[tuple[str, int], dict[str, Any]], in_flight: set[int]) -> tuple[Any, Any, Any]:
+    """The same assignment, metadata and buffered records, twice over: one for aiokafka's methods, one for ours."""
+    cluster = ClusterMetadata()
+    cluster._partitions = {}
+    for (topic, p), spec in plan.items():
+        if spec["leader"] is not None:
+            cluster._partitions.setdefault(topic, {})[p] = PartitionMetadata(topic, p, spec["leader"], [], [], None)
+    worlds = []
+    for cls in (Fetcher, FastFetcher):
+        subscription = SubscriptionState()
+        subscription.assign_from_user({TopicPartition(t, p) for t, p in plan})
+        assignment = subscription.subscription.assignment
+        fetcher = _bare(cls, _Client(cluster), _in_flight=set(in_flight))
+        for (topic, p), spec in plan.items():
+            tp = TopicPartition(topic, p)
+            state = assignment.state_value(tp)
+            if spec["state"] != "reset":
+                state.reset_to(spec["position"])
+            if spec["state"] == "paused":
+                state.pause()
+            if spec["buffered"] is not None and state.has_valid_position:
+                result = FetchResult(tp, assignment=assignment, partition_records=None,
+                                     backoff=0.0 if spec["buffered"] == "waiting" else 60.0)
+                fetcher._records[tp] = result
+        worlds.append((fetcher, assignment))
+    return worlds[0], worlds[1], cluster
+
+
+def _actions(result: Any) -> Any:
+    requests, resets, _backoff, invalid, resumes = result  # the backoff: compared with a tolerance
+    sent = {node: sorted((t, sorted(ps)) for t, ps in r.topics) for node, r in requests}
+    return sent, {n: sorted(tps) for n, tps in resets.items()}, invalid, len(resumes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(plans, st.sets(st.sampled_from([1, 2]), max_size=1))
+async def test_the_partitions_to_fetch_are_aiokafkas(plan: dict[tuple[str, int], dict[str, Any]],
+                                                     in_flight: set[int]) -> None:
+    (theirs, their_assignment), (ours, our_assignment), _ = _world(plan, in_flight)
+    expected = Fetcher._get_actions_per_node(theirs, their_assignment)
+    got = ours._get_actions_per_node(our_assignment)
+    assert _actions(got) == _actions(expected)
+    assert got[2] == pytest.approx(expected[2], abs=0.05)  # the time to wait: a backoff that runs meanwhile
+    assert all(type(r) is FastFetchRequest for _, r in got[0])
+
+
+def _response(plan: dict[tuple[str, int], dict[str, Any]], request: Any) -> Any:
+    """The broker's answer to `request`, each partition's as its plan says."""
+    topics = []
+    for topic, parts in request.topics:
+        answered = []
+        for p, offset, _ in parts:
+            how = plan[(topic, p)]["answer"]
+            if how == "absent":
+                continue
+            error, records = (how, b"") if isinstance(how, int) else (0, b"")
+            if how == "records":
+                records = _records_bytes(offset, 3)
+            elif how == "partial":
+                records = _records_bytes(offset, 1)[:30]  # a record cut by the fetch size
+            answered.append((p, error, offset + 10, offset + 8, 0, [], -1, records))
+        topics.append((topic, answered))
+    return FetchResponse_v11(0, 0, 0, topics)
+
+
+def _outcome(fetcher: Any, assignment: Any, woke: bool) -> Any:
+    states = {}
+    for tp in sorted(assignment.tps):
+        s = assignment.state_value(tp)
+        states[tp] = (s.has_valid_position and s.position, s.highwater, s.lso, s.awaiting_reset)
+    buffered = {}
+    for tp, result in fetcher._records.items():
+        if isinstance(result, FetchResult):
+            records = result._partition_records
+            buffered[tp] = None if records is None else [(r.offset, r.value) for r in records]
+        else:
+            buffered[tp] = repr(result._error)
+    return woke, states, buffered, fetcher._client.metadata_updates
+
+
+@settings(max_examples=300, deadline=None)
+@given(plans, st.sampled_from([-1, -2, 0]))  # auto_offset_reset latest, earliest, none
+async def test_a_fetch_response_is_handled_as_aiokafka_handles_it(plan: dict[tuple[str, int], dict[str, Any]],
+                                                                   reset: int) -> None:
+    for spec in plan.values():  # every partition fetchable, so one request names them all
+        spec.update(leader=1, state="position", buffered=None)
+    (theirs, their_assignment), (ours, our_assignment), _ = _world(plan, set())
+    theirs._default_reset_strategy = ours._default_reset_strategy = reset
+    [(node, request)] = Fetcher._get_actions_per_node(theirs, their_assignment)[0]
+    theirs._client.response = ours._client.response = _response(plan, request)
+    for (topic, p), spec in plan.items():  # a seek while the fetch was out: its answer for the partition is stale
+        if spec["answer"] == "stale":
+            for assignment in (their_assignment, our_assignment):
+                assignment.state_value(TopicPartition(topic, p)).seek(spec["position"] + 1)
+    expected = _outcome(theirs, their_assignment, await Fetcher._proc_fetch_request(
+        theirs, their_assignment, node, request))
+    got = _outcome(ours, our_assignment, await ours._proc_fetch_request(our_assignment, node, request))
+    assert got == expected
