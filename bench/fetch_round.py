@@ -7,6 +7,7 @@ is not lost in the noise of a whole worker. The feed runs in its own process; th
 (getmany in a loop, records dropped), so it turns over as fast as records come.
 
     .cache/venv/bin/python bench/fetch_round.py --rate 1000 --seconds 10 --rounds 2
+    .cache/venv/bin/python bench/fetch_round.py --records     # CPU per record handed out, in-process, no broker
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from aiokafka.consumer.fetcher import FetchResult, PartitionRecords  # noqa: E402
+from aiokafka.consumer.subscription_state import SubscriptionState  # noqa: E402
+from aiokafka.record.default_records import DefaultRecordBatchBuilder  # noqa: E402
+from aiokafka.record.memory_records import MemoryRecords  # noqa: E402
+from aiokafka.structs import TopicPartition  # noqa: E402
 
 from streams.settings import load_settings  # noqa: E402
-from streams.stages.fetch import StageConsumer  # noqa: E402
+from streams.stages.fetch import LeanPartitionRecords, StageConsumer  # noqa: E402
 
 TOPICS, PARTITIONS = 9, 4
 CONSUMERS: dict[str, type[AIOKafkaConsumer]] = {"aiokafka": AIOKafkaConsumer, "stage": StageConsumer}
@@ -69,13 +75,46 @@ async def one(bootstrap: str, topics: list[str], kind: str, seconds: float) -> d
             "cpu_us_per_round": cpu / max(rounds, 1) * 1e6, "cores": cpu / seconds}
 
 
+async def record_cost(batch_records: int = 2000, repeat: int = 7) -> dict[str, float]:
+    """CPU per record handed out by FetchResult.getall (the CRC checked, as the stages' consumers do) over one
+    fetched batch of `batch_records` clean-record-sized records, with aiokafka's PartitionRecords and the stages'
+    LeanPartitionRecords: best of `repeat` runs, alternating."""
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 24)
+    for i in range(batch_records):
+        builder.append(i, timestamp=1_700_000_000_000 + i, key=b"AAPL", value=b"x" * 250, headers=[])
+    data = bytes(builder.build())
+    tp = TopicPartition("raw.simulated", 0)
+    subscription = SubscriptionState()
+    subscription.assign_from_user({tp})
+    assignment = subscription.subscription.assignment
+    state = assignment.state_value(tp)
+    best = {"aiokafka": float("inf"), "stage": float("inf")}
+    for _ in range(repeat):
+        for kind, cls in (("aiokafka", PartitionRecords), ("stage", LeanPartitionRecords)):
+            state.seek(0) if state.has_valid_position else state.reset_to(0)
+            result = FetchResult(tp, assignment=assignment, backoff=0.0, partition_records=cls(
+                tp, MemoryRecords(data), [], 0, None, None, True, 1))
+            cpu = time.process_time()
+            got = result.getall(batch_records)
+            best[kind] = min(best[kind], (time.process_time() - cpu) / len(got) * 1e6)
+    return best
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=1000.0, help="records/s into the fed topic (default 1000)")
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds per consumer and round (default 10)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds; each runs both consumers (default 2)")
     ap.add_argument("--out", type=Path, help="write the results as JSON")
+    ap.add_argument("--records", action="store_true", help="only the CPU per record handed out (no broker)")
     args = ap.parse_args()
+    if args.records:
+        cost = await record_cost()
+        print(f"CPU per record handed out: aiokafka {cost['aiokafka']:.3f} µs, stage {cost['stage']:.3f} µs")
+        if args.out:
+            args.out.write_text(json.dumps({"records": cost}, indent=1) + "\n")
+        return
     bootstrap = load_settings().kafka.bootstrap_servers
     tag = uuid.uuid4().hex[:8]
     topics = [f"fetch-round-{tag}.{i}" for i in range(TOPICS)]

@@ -10,15 +10,17 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.cluster import ClusterMetadata
-from aiokafka.consumer.fetcher import Fetcher, FetchResult
+from aiokafka.consumer.fetcher import Fetcher, FetchResult, PartitionRecords
 from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.protocol.fetch import FetchRequest, FetchRequest_v10, FetchRequest_v11, FetchResponse_v11
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.util import calc_crc32c_py
 from aiokafka.structs import PartitionMetadata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.stages.fetch import FastFetcher, FastFetchRequest, FetchRequestV11, FetchResponseV11
+from streams.stages.fetch import FastFetcher, FastFetchRequest, FetchRequestV11, FetchResponseV11, LeanPartitionRecords
 
 i16 = st.integers(-(2**15), 2**15 - 1)
 i32 = st.integers(-(2**31), 2**31 - 1)
@@ -234,3 +236,74 @@ async def test_a_fetch_response_is_handled_as_aiokafka_handles_it(plan: dict[tup
         theirs, their_assignment, node, request))
     got = _outcome(ours, our_assignment, await ours._proc_fetch_request(our_assignment, node, request))
     assert got == expected
+
+
+# ---------------------------------------------------------------------------------- records handed out
+
+_CONTROL = 0x20  # the batch attribute bit of a transaction marker
+
+
+def _batch(base: int, spec: dict[str, Any]) -> bytes:
+    """One record batch at offset `base`: plain, transactional (of a producer), or a transaction marker."""
+    kind, pid = spec["kind"], spec["pid"]
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=int(kind != "plain"),
+                                        producer_id=pid if kind != "plain" else -1, producer_epoch=0,
+                                        base_sequence=0, batch_size=1 << 20)
+    if kind in ("abort", "commit"):
+        builder.append(0, timestamp=1_700_000_000_000, key=struct.pack(">hh", 0, kind == "commit"), value=b"",
+                       headers=[])
+    else:
+        for i, (key, value, headers) in enumerate(spec["records"]):
+            builder.append(i, timestamp=1_700_000_000_000 + i, key=key, value=value, headers=headers)
+    data = bytearray(builder.build())
+    struct.pack_into(">q", data, 0, base)
+    if kind in ("abort", "commit"):
+        data[22] |= _CONTROL  # attributes (int16, big-endian) end at byte 23; then the CRC over bytes 21..
+        struct.pack_into(">I", data, 17, calc_crc32c_py(memoryview(data)[21:]))
+    return bytes(data)
+
+
+record_specs = st.tuples(st.one_of(st.none(), st.binary(max_size=6)), st.one_of(st.none(), st.binary(max_size=12)),
+                         st.lists(st.tuples(st.text(max_size=4), st.binary(max_size=4)), max_size=2))
+batch_specs = st.fixed_dictionaries({
+    "kind": st.sampled_from(["plain", "plain", "txn", "txn", "abort", "commit"]),
+    "pid": st.integers(1, 3),
+    "records": st.lists(record_specs, min_size=1, max_size=5),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(batch_specs, min_size=1, max_size=6), st.integers(0, 4), st.sampled_from([0, 1]),
+       st.lists(st.tuples(st.integers(1, 3), st.integers(0, 30)), max_size=3),
+       st.lists(st.one_of(st.none(), st.integers(1, 7)), min_size=1, max_size=8), st.integers(-1, 40))
+async def test_records_are_handed_out_as_aiokafka_hands_them_out(
+        specs: list[dict[str, Any]], skip: int, isolation: int, aborted: list[tuple[int, int]],
+        takes: list[int | None], corrupt_at: int) -> None:
+    """FetchResult.getall over aiokafka's PartitionRecords and over ours, on the same batches (a fetch offset
+    inside the first one, aborted transactions, markers, a corrupted byte), `takes` records at a time: the same
+    records, positions and leftovers after each call, and the same error."""
+    data, base = b"", 0
+    for spec in specs:
+        data += _batch(base, spec)
+        base += 1 if spec["kind"] in ("abort", "commit") else len(spec["records"])
+    if 0 <= corrupt_at < len(data) - 61:  # a byte of some record (past the first header): the CRC no longer holds
+        data = data[:61 + corrupt_at] + bytes([data[61 + corrupt_at] ^ 0xFF]) + data[62 + corrupt_at:]
+    tp = TopicPartition("raw.a", 0)
+    outcomes = []
+    for cls in (PartitionRecords, LeanPartitionRecords):
+        subscription = SubscriptionState()
+        subscription.assign_from_user({tp})
+        assignment = subscription.subscription.assignment
+        assignment.state_value(tp).reset_to(skip)
+        result = FetchResult(tp, assignment=assignment, backoff=0.0, partition_records=cls(
+            tp, MemoryRecords(data), list(aborted), skip, None, None, True, isolation))
+        seen: list[Any] = []
+        for take in takes:
+            try:
+                seen.append(result.getall(take))
+            except Exception as exc:
+                seen.append(repr(exc))
+                break
+            seen.append((assignment.state_value(tp).position, result.has_more()))
+        outcomes.append(seen)
+    assert outcomes[1] == outcomes[0]
