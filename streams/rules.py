@@ -145,6 +145,8 @@ class Validator:
         self.floor = datetime.fromisoformat(settings.timestamp_floor)
         self.floor_ts = self.floor.timestamp()
         self.symbol_re = re.compile(settings.symbol_pattern)
+        # read for every record: kept here, a settings model's attribute costs a __getattr__ hook
+        self.max_symbol_length, self.max_text_length = settings.max_symbol_length, settings.max_text_length
 
     def check(self, raw: bytes | None, *, source: str, ingested_at: datetime | None = None,
               now: datetime | None = None) -> MarketDataPoint:
@@ -174,7 +176,7 @@ class Validator:
         d = p.__dict__
         symbol = d["symbol"]
         # fullmatch: a pattern's `$` also matches before a trailing newline, so "AAPL\n" would pass match().
-        if len(symbol) > s.max_symbol_length or not self.symbol_re.fullmatch(symbol):
+        if len(symbol) > self.max_symbol_length or not self.symbol_re.fullmatch(symbol):
             raise RejectedRecord("symbol.pattern", f"symbol {symbol[:40]!r} does not match {s.symbol_pattern}")
         # Each group of fields read in one C call; the names are looked up again only to word a rejection.
         for v in _prices(d):
@@ -187,8 +189,8 @@ class Validator:
                 raise RejectedRecord("volume.negative", f"{name} {v} < 0")
         for name in ("headline", "text"):
             v = d[name]
-            if v is not None and len(v) > s.max_text_length:
-                raise RejectedRecord("text.too_long", f"{name} has {len(v)} characters > {s.max_text_length}")
+            if v is not None and len(v) > self.max_text_length:
+                raise RejectedRecord("text.too_long", f"{name} has {len(v)} characters > {self.max_text_length}")
         kind = d["data_type"]
         bid, ask = d["bid"], d["ask"]
         if (kind == _TICK or kind == _TRADE) and d["price"] is None:

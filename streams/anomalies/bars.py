@@ -369,6 +369,8 @@ class SplitSuspect(Detector):
         t = s.split_tolerance_max
         self._quiet_lo = max((x * (1 + t) for x in self._nominals if x < 1), default=0.0)
         self._quiet_hi = min((x * (1 - t) for x in self._nominals if x > 1), default=math.inf)
+        # read at every point: kept here, a settings model's attribute costs a __getattr__ hook (core._Facts)
+        self._max_streams, self._session_break = s.max_streams, s.session_break_seconds
 
     @staticmethod
     def label(nominal: float) -> str:
@@ -412,7 +414,7 @@ class SplitSuspect(Detector):
         f = f or _Facts(point)
         s = self.settings
         ts = f.ts
-        is_bar = point.data_type == _BAR
+        is_bar = f.kind == _BAR
         if is_bar:
             close = point.close
             open_ = point.open if point.open is not None else close
@@ -422,19 +424,19 @@ class SplitSuspect(Detector):
             open_ = close = p if p is not None else ((q[0] + q[1]) / 2.0 if q is not None else None)
         if open_ is None or close is None:
             return []
-        self.symbol = point.symbol
+        self.symbol = f.symbol
         key = f.stream if is_bar else "tick"  # the family
         prev = self.last.get(key)
         if prev is not None and ts < prev[1]:
             return []
         # a bar's [close, time, the close before it]: a jump back to the level of two bars ago is no split
         _put_bounded(self.last, key, [close, ts, prev[0] if prev is not None else 0.0] if is_bar else [close, ts],
-                     s.max_streams)
+                     self._max_streams)
         if self.pending and prev is not None and ts > prev[1] and (pend := self.pending.pop(key, None)) is not None:
             decided = self._decide(pend, point, open_, close)
             if decided is not None:
                 return decided
-        if prev is None or not (is_bar or ts - prev[1] >= s.session_break_seconds):
+        if prev is None or not (is_bar or ts - prev[1] >= self._session_break):
             return []
         ratio = open_ / prev[0]
         if self._quiet_lo < ratio < self._quiet_hi or ratio <= 0:  # the usual bar: no ratio is near

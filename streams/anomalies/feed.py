@@ -46,10 +46,12 @@ class StaleFeed(Detector):
         self.silence_reported = False
         self.live = False
         self.exchange: str | None = None
+        # read at every point: kept here, a settings model's attribute costs a __getattr__ hook (core._Facts)
+        self._live_lag = self.settings.stale_live_lag_seconds
 
     def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
         f = f or _Facts(point)
-        self.symbol = point.symbol
+        self.symbol = f.symbol
         ts = f.ts
         if self.last_ts is not None and ts > self.last_ts:
             self.intervals.append(ts - self.last_ts)
@@ -66,8 +68,8 @@ class StaleFeed(Detector):
             else:
                 arrived_ts = arrived.timestamp()
                 _arrival = (arrived, arrived_ts)
-            allowance = s.stale_live_lag_seconds
-            if point.data_type == _BAR:
+            allowance = self._live_lag
+            if f.kind == _BAR:
                 allowance += interval_seconds(point.interval) or (7 * 86400 if is_daily(point.interval) else 0)
             self.live = arrived_ts - ts <= allowance
         else:  # no arrival time (a direct caller, not the pipeline): taken as live
@@ -75,7 +77,7 @@ class StaleFeed(Detector):
         if self.exchange is None:
             self.exchange = exchange_for(point.symbol, s.exchanges, point.metadata, s.default_exchange) or ""
         value: Any
-        if (q := f.quote) is not None and point.data_type == _QUOTE:
+        if (q := f.quote) is not None and f.kind == _QUOTE:
             value = [q[0], q[1], point.bid_size, point.ask_size]  # a live book changes sizes
         elif (p := f.trade) is not None:
             value = p

@@ -58,33 +58,38 @@ class BrownleesGallo(Detector):
         self.window = _SumWindow(s.bg_window)
         self.pending: deque[float] = deque(maxlen=s.level_shift_run)
         self.previous: float | None = None  # the previous trade, clean or not
+        # read at every trade: kept here, a settings model's attribute costs a __getattr__ hook (core._Facts)
+        self._min_window, self._require_jump, self._trim = s.bg_min_window, s.bg_require_jump, s.bg_trim
+        self._gamma = s.bg_gamma_bps * _BPS
+        self._sd_multiplier = s.bg_sd_multiplier
 
     def update(self, point: MarketDataPoint, f: _Facts | None = None, *, suspect: bool = False) -> list[Anomaly]:
         """`suspect=True` (the suite: another detector flagged the trade) judges it but keeps it out of the window."""
-        p = (f or _Facts(point)).trade
+        f = f or _Facts(point)
+        p = f.trade
         if p is None:
             return []
-        self.symbol = point.symbol
+        self.symbol = f.symbol
         s, w = self.settings, self.window
         previous, self.previous = self.previous, p
-        if len(w) < s.bg_min_window:  # warming up: not judged
+        if len(w) < self._min_window:  # warming up: not judged
             if not suspect:
                 w.push(p)
             return []
-        if s.bg_require_jump and previous is not None:
+        if self._require_jump and previous is not None:
             # The threshold is at least gamma x the trimmed mean, and that mean at least the smallest value kept
             # after trimming (less a rounding margin): a move from the previous trade below that bound passes
             # whatever the sd, so the usual tick is judged without computing the trimmed statistics.
-            floor = s.bg_gamma_bps * _BPS * w.sorted[int(s.bg_trim * len(w))] * (1.0 - 1e-9)
+            floor = self._gamma * w.sorted[int(self._trim * len(w))] * (1.0 - 1e-9)
             if abs(p - previous) < floor:
                 if not suspect:
                     w.push(p)
                     self.pending.clear()
                 return []
-        mean, sd = w.trimmed_mean_sd(s.bg_trim)
-        threshold = s.bg_sd_multiplier * sd + s.bg_gamma_bps * _BPS * mean
+        mean, sd = w.trimmed_mean_sd(self._trim)
+        threshold = self._sd_multiplier * sd + self._gamma * mean
         dev = abs(p - mean)
-        if dev < threshold or (s.bg_require_jump and previous is not None and abs(p - previous) < threshold):
+        if dev < threshold or (self._require_jump and previous is not None and abs(p - previous) < threshold):
             if not suspect:
                 w.push(p)
                 self.pending.clear()
@@ -141,6 +146,10 @@ class MidQuoteOutlier(Detector):
         self.day_mids: deque[float] = deque(maxlen=n_day)
         self.day_mad = 0.0
         self.day_n = -1 << 40  # `day` as a day number, to compare without formatting a date per quote
+        # read at every quote: kept here, a settings model's attribute costs a __getattr__ hook (core._Facts)
+        self._min_window, self._sample_seconds = s.midquote_min_window, s.midquote_day_sample_seconds
+        self._floor = s.midquote_mad_floor_bps * _BPS
+        self._multiplier = s.midquote_mad_multiplier
 
     def _sample_day(self, f: _Facts, mid: float) -> None:
         """One clean mid per sampling slot of the UTC day; the day's mean absolute deviation from them."""
@@ -150,7 +159,7 @@ class MidQuoteOutlier(Detector):
             if day != self.day:
                 self.day, self.day_slot, self.day_mad = day, -1, 0.0
                 self.day_mids.clear()
-        slot = int(f.ts // self.settings.midquote_day_sample_seconds)
+        slot = int(f.ts // self._sample_seconds)
         if slot != self.day_slot:
             self.day_slot = slot
             self.day_mids.append(mid)
@@ -162,10 +171,10 @@ class MidQuoteOutlier(Detector):
         q = f.quote
         if q is None:
             return []
-        self.symbol = point.symbol
+        self.symbol = f.symbol
         s, w = self.settings, self.window
         mid = (q[0] + q[1]) / 2.0
-        if len(w) < s.midquote_min_window:
+        if len(w) < self._min_window:
             w.push(mid)
             self._sample_day(f, mid)
             return []
@@ -173,11 +182,11 @@ class MidQuoteOutlier(Detector):
         dev = abs(mid - med)
         # The threshold is at least 10 x max(the day's unit, the floor): within that, the window's own mean
         # absolute deviation (two sums over the window) cannot change the verdict, so it is not computed.
-        floor = s.midquote_mad_floor_bps * _BPS * med
+        floor = self._floor * med
         mad = self.day_mad
-        if dev > s.midquote_mad_multiplier * max(mad, floor):
+        if dev > self._multiplier * max(mad, floor):
             mad = max(_mean_abs_dev_sorted(w.sorted, med), mad)
-        threshold = s.midquote_mad_multiplier * max(mad, floor)
+        threshold = self._multiplier * max(mad, floor)
         if dev <= threshold:
             w.push(mid)
             self._sample_day(f, mid)
@@ -238,13 +247,15 @@ class SpreadTooWide(Detector):
         self.keys: list[int] = []  # sorted(buckets), kept sorted as buckets appear (not re-sorted per quote)
         self.count = 0  # zeros + sum(buckets)
         self._log_ratio = math.log(self.settings.spread_bucket_ratio)
+        # read at every quote: kept here, a settings model's attribute costs a __getattr__ hook (core._Facts)
+        self._min_observations = self.settings.spread_min_observations
 
     def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
         f = f or _Facts(point)
         q = f.quote
         if q is None:
             return []
-        self.symbol = point.symbol
+        self.symbol = f.symbol
         if f.day != self.day_n:
             self.day_n = f.day
             day = _iso_day(f.day)
@@ -253,7 +264,7 @@ class SpreadTooWide(Detector):
         spread = q[1] - q[0]
         out: list[Anomaly] = []
         s = self.settings
-        if self.count >= s.spread_min_observations:
+        if self.count >= self._min_observations:
             med = self.median()
             threshold = s.spread_multiplier * med
             if med > 0 and spread > threshold:
@@ -324,7 +335,7 @@ class TradeOutsideQuote(Detector):
         p = f.trade
         out: list[Anomaly] = []
         if p is not None:
-            self.symbol = point.symbol
+            self.symbol = f.symbol
             ts = f.ts
             # declared: under mypyc an ill-typed `bid = None` (type: ignore) compiled to bid = 1.0
             bid: float | None
@@ -345,7 +356,7 @@ class TradeOutsideQuote(Detector):
                     out.append(self._flag(point, bid - p, spread,
                                           f"trade {p:.6g} < bid {bid:.6g} - spread {spread:.6g}", quote))
         if q is not None:
-            self.symbol = point.symbol
+            self.symbol = f.symbol
             self.bid, self.ask, self.quote_ts = q[0], q[1], f.ts
         return out
 
@@ -373,19 +384,23 @@ class ClearlyErroneous(Detector):
         super().__init__(settings)
         self.reference: float | None = None
         self.pending: deque[float] = deque(maxlen=self.settings.level_shift_run)
+        # read at every trade: kept here, a settings model's attribute costs a __getattr__ hook (core._Facts)
+        self._bands: list[tuple[float | None, float]] = [(b.max_price, b.max_move)
+                                                         for b in self.settings.erroneous_bands]
 
     def band(self, reference: float) -> float:
-        for b in self.settings.erroneous_bands:
-            if b.max_price is None or reference <= b.max_price:
-                return b.max_move
-        return self.settings.erroneous_bands[-1].max_move
+        for max_price, max_move in self._bands:
+            if max_price is None or reference <= max_price:
+                return max_move
+        return self._bands[-1][1]
 
     def update(self, point: MarketDataPoint, f: _Facts | None = None, *, suspect: bool = False) -> list[Anomaly]:
         """`suspect=True` (the suite: another detector flagged the trade): judged, never the new reference."""
-        p = (f or _Facts(point)).trade
+        f = f or _Facts(point)
+        p = f.trade
         if p is None:
             return []
-        self.symbol = point.symbol
+        self.symbol = f.symbol
         ref = self.reference
         if ref is None:
             if not suspect:
@@ -437,23 +452,28 @@ class VolumeSpike(Detector):
     def __init__(self, settings: AnomalySettings | None = None) -> None:
         super().__init__(settings)
         self.windows: dict[str, _Window] = {}
+        # read at every volume: kept here, a settings model's attribute costs a __getattr__ hook (core._Facts)
+        s = self.settings
+        self._min_window, self._multiplier, self._scale = s.volume_min_window, s.volume_mad_multiplier, \
+            s.volume_mad_scale
 
     def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
-        v = point.volume
-        kind = point.data_type
+        f = f or _Facts(point)
+        v = f.volume
+        kind = f.kind
         if v is None or v <= 0 or not (kind == _TICK or kind == _TRADE or kind == _BAR):
             return []
-        self.symbol = point.symbol
+        self.symbol = f.symbol
         s = self.settings
-        key = (f or _Facts(point)).stream
+        key = f.stream
         w = self.windows.get(key)
         if w is None:
             w = _Window(s.volume_window)
             _put_bounded(self.windows, key, w, s.max_streams)
         out: list[Anomaly] = []
         min_ratio = bar_checks(s, point.interval).volume_min_ratio if kind == _BAR else 1.0
-        if len(w) >= s.volume_min_window and v > (med := w.median()) * min_ratio and v > med + (
-                s.volume_mad_multiplier * s.volume_mad_scale * _mad_lower_bound(w.sorted, med)):  # threshold >= both
+        if len(w) >= self._min_window and v > (med := w.median()) * min_ratio and v > med + (
+                self._multiplier * self._scale * _mad_lower_bound(w.sorted, med)):  # threshold >= both
             mad = self.settings.volume_mad_scale * _median_abs_dev(w.sorted, med)
             threshold = max(med + s.volume_mad_multiplier * mad, med * min_ratio)
             if v > threshold:

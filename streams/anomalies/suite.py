@@ -70,6 +70,8 @@ class DetectorSuite:
         self.bar_outlier = BarOutlier(s)
         self.decimal = DecimalShift(s)
         self.ohlc = OhlcConsistency(s)
+        # read at every point: kept here, a settings model's attribute costs a __getattr__ hook (core._Facts)
+        self._max_price = s.max_price
 
     @property
     def detectors(self) -> list[Detector]:
@@ -80,7 +82,7 @@ class DetectorSuite:
         # Runs for every point: `finite_price` inlined as one comparison chain on the model's __dict__ (a call
         # and a getattr per field were ~10% of the suite). An infinite limit is capped at the largest float, so
         # the chain also refuses inf; NaN fails any comparison.
-        limit = self.settings.max_price
+        limit = self._max_price
         cap = _FLOAT_MAX if limit == math.inf else limit
         d = point.__dict__
         for name in self._PRICE_FIELDS:
@@ -107,7 +109,7 @@ class DetectorSuite:
             elif what == "confirmed":  # a deferred 10^k split: this point kept the level
                 self._rescale_split(pend)
                 relabel, split = split, []
-            elif point.data_type == _BAR and self._reverts_suspect(point, f):
+            elif f.kind == _BAR and self._reverts_suspect(point, f):
                 # a split-like jump (flagged, or deferred as 10^k) back to the level before a held suspect bar:
                 # that bar was the jump, this is the way back
                 split = []
@@ -126,7 +128,7 @@ class DetectorSuite:
             out = quote_flags + t4
         moved = False
         arrival: list[Anomaly] = []  # mypyc: one type per variable (was `moved = arrival = False`)
-        if point.data_type == _BAR:
+        if f.kind == _BAR:
             arrival = self.ohlc.update(point, f) + self.decimal.update(point, f)
             out += arrival + self.bar_outlier.update(point, f, suspect=bool(arrival))
             st = self.bar_outlier.streams.get(f.stream)
@@ -135,10 +137,10 @@ class DetectorSuite:
                 # a later verdict revises this record: it must keep the flags it gets now
                 held["record"]["flags"] = [*held["record"].get("flags", ()),
                                            *(f"anomaly:{a.detector}" for a in arrival)]
-        if point.volume is not None and not (moved and not arrival):
+        if f.volume is not None and not (moved and not arrival):
             out += self.volume.update(point, f)  # a big move on big volume is the market (AAPL 2000-09-29)
         out += self.stale.update(point, f)
-        if point.data_type == _BAR:
+        if f.kind == _BAR:
             out += self.gaps.update(point, f)
         if split:
             out = [a for a in out if a.detector not in self.PRICE_DETECTORS or a.details.get("follow_up")]
