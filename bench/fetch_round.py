@@ -93,8 +93,9 @@ async def record_cost(batch_records: int = 2000, repeat: int = 7) -> dict[str, f
     for _ in range(repeat):
         for kind, cls in (("aiokafka", PartitionRecords), ("stage", LeanPartitionRecords)):
             state.seek(0) if state.has_valid_position else state.reset_to(0)
+            extra = {"message_set": data} if cls is LeanPartitionRecords else {}  # as FastFetcher builds it
             result = FetchResult(tp, assignment=assignment, backoff=0.0, partition_records=cls(
-                tp, MemoryRecords(data), [], 0, None, None, True, 1))
+                tp, MemoryRecords(data), [], 0, None, None, True, 1, **extra))
             cpu = time.process_time()
             got = result.getall(batch_records)
             best[kind] = min(best[kind], (time.process_time() - cpu) / len(got) * 1e6)

@@ -11,7 +11,9 @@ every batch of both stages (bench/README.md, session 23). Here
 - `FastFetcher` decides and handles as aiokafka does, partition by partition in its order, from a table
   built once per assignment; a partition that brought nothing costs a few attribute writes;
 - the records are handed out by `LeanPartitionRecords`: each ConsumerRecord built in the loop that reads its
-  batch, and iterated without a Python `__next__` per record (paid twice per row, once per stage).
+  batch, and iterated without a Python `__next__` per record (paid twice per row, once per stage); each batch's
+  CRC-32C is checked with the processor's CRC instruction (google-crc32c), ~15x faster than aiokafka's
+  table-driven one.
 
 The records, positions, resets, errors and offsets stay aiokafka's own objects; every other request and version
 goes through aiokafka unchanged.
@@ -36,6 +38,13 @@ from aiokafka.protocol.fetch import FetchRequest, FetchRequest_v11, FetchRespons
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import ConsumerRecord
 
+try:
+    import google_crc32c
+
+    _crc32c = google_crc32c.value if google_crc32c.implementation == "c" else None
+except ImportError:  # pragma: no cover - a dependency; without it aiokafka's own check runs
+    _crc32c = None
+
 logger = logging.getLogger(__name__)
 
 _HEAD = struct.Struct(">iiiibii")  # replica, max wait, min bytes, max bytes, isolation, session id, epoch
@@ -45,6 +54,10 @@ _RESPONSE_HEAD = struct.Struct(">ihii")  # throttle ms, error code, session id, 
 _PARTITION_HEAD = struct.Struct(">ihqqqi")  # partition, error, highwater, last stable, log start, aborted count
 _ABORTED = struct.Struct(">qq")  # producer id, first offset
 _PARTITION_TAIL = struct.Struct(">ii")  # preferred read replica, message set size
+_U32 = struct.Struct(">I")
+# A record batch (magic 2): base offset (8), length (4), leader epoch (4), magic (1), CRC (4), then the bytes
+# the CRC covers, from the attributes to the batch's end.
+_BATCH_LENGTH_AT, _MAGIC_AT, _CRC_AT, _CRC_FROM = 8, 16, 17, 21
 
 
 def _string(value: str | None) -> bytes:
@@ -156,6 +169,17 @@ class LeanPartitionRecords(PartitionRecords):
         records = self._records_iterator
         return records if records is not None else iter(())
 
+    def __init__(self, *args: Any, message_set: bytes | None = None) -> None:
+        super().__init__(*args)
+        self._message_set = message_set  # the records' bytes (MemoryRecords keeps them out of reach)
+
+    def _crc_ok(self, batch: Any, pos: int, end: int) -> bool:
+        """The batch at message_set[pos:end] (the one MemoryRecords handed out) against its CRC."""
+        data = self._message_set
+        if _crc32c is None or data is None or data[pos + _MAGIC_AT] != 2:
+            return bool(batch.validate_crc())
+        return _crc32c(data[pos + _CRC_FROM:end]) == _U32.unpack_from(data, pos + _CRC_AT)[0]
+
     def _unpack_records(self) -> Iterator[ConsumerRecord]:  # type: ignore[override]
         if self._key_deserializer is not None or self._value_deserializer is not None:
             yield from super()._unpack_records()
@@ -165,10 +189,14 @@ class LeanPartitionRecords(PartitionRecords):
         records = self._records
         read_committed = self._isolation_level == READ_COMMITTED
         record_of = ConsumerRecord
+        data, check_crcs = self._message_set, self._check_crcs
+        pos = 0  # where MemoryRecords' next batch starts: its batches lie end to end from the first byte
         while records.has_next():
             batch = records.next_batch()
-            if self._check_crcs and not batch.validate_crc():
+            end = pos + 12 + _I32.unpack_from(data, pos + _BATCH_LENGTH_AT)[0] if data is not None else 0
+            if check_crcs and not self._crc_ok(batch, pos, end):
                 raise Errors.CorruptRecordException(f"Invalid CRC - {tp}")
+            pos = end
             if read_committed and batch.producer_id is not None:
                 self._consume_aborted_up_to(batch.base_offset)
                 if batch.is_control_batch and self._contains_abort_marker(batch):
@@ -320,7 +348,8 @@ class FastFetcher(Fetcher):
                     tp, assignment=assignment, backoff=self._prefetch_backoff,
                     partition_records=LeanPartitionRecords(
                         tp, records, aborted_transactions, fetch_offset, self._key_deserializer,
-                        self._value_deserializer, self._check_crcs, self._isolation_level))
+                        self._value_deserializer, self._check_crcs, self._isolation_level,
+                        message_set=message_set))
                 return True
             if records.size_in_bytes() > 0:  # one record larger than the fetch size: it can never be returned
                 self._set_error(tp, Errors.RecordTooLargeError(

@@ -295,8 +295,9 @@ async def test_records_are_handed_out_as_aiokafka_hands_them_out(
         subscription.assign_from_user({tp})
         assignment = subscription.subscription.assignment
         assignment.state_value(tp).reset_to(skip)
+        extra = {"message_set": data} if cls is LeanPartitionRecords else {}  # its CRCs checked from the bytes
         result = FetchResult(tp, assignment=assignment, backoff=0.0, partition_records=cls(
-            tp, MemoryRecords(data), list(aborted), skip, None, None, True, isolation))
+            tp, MemoryRecords(data), list(aborted), skip, None, None, True, isolation, **extra))
         seen: list[Any] = []
         for take in takes:
             try:
