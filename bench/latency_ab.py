@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from streams.broker import ensure_topics  # noqa: E402
 from streams.catalog import load_catalog  # noqa: E402
@@ -56,21 +55,6 @@ def start_worker(tree: Path, env: dict[str, str], log: Path) -> subprocess.Popen
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "streams", "worker", "-l", "info"], cwd=tree, env=e,
                                 stdout=out, stderr=subprocess.STDOUT)
-
-
-async def drop_topics_of(settings: Any, tag: str) -> None:
-    """Every topic of a run (the catalog's and the worker's internal ones carry its tag): many leftover
-    topics would slow the broker down for the later rounds."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.client_kwargs())
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if tag in t]
-        if names:
-            await admin.delete_topics(names)
-    except Exception as exc:  # leftovers are harmless; say so and go on
-        print(f"  note: could not delete the topics of {tag}: {exc!r}", flush=True)
-    finally:
-        await admin.close()
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -105,7 +89,7 @@ async def fresh_worker(tree: Path, log_dir: Path) -> AsyncIterator[tuple[Any, An
         stop(proc)
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await conn.close()
-        await drop_topics_of(settings, tag)
+        await measure.drop_topics(settings, containing=f"ab-{tag}")
 
 
 async def one(tree: Path, rates: list[float], seconds: float, log_dir: Path) -> list[dict[str, Any]]:

@@ -63,7 +63,7 @@ from streams.catalog import load_catalog  # noqa: E402
 from streams.models import DataType, MarketDataPoint  # noqa: E402
 from streams.settings import PostgresSettings, SimulatedSourceSettings, load_settings  # noqa: E402
 from streams.tools import measure  # noqa: E402
-from streams.tools.measure import count_rows, preload  # noqa: E402
+from streams.tools.measure import count_rows, drop_topics, preload  # noqa: E402
 
 # Every system's steady window (10% to 90% of the rows) lasts well over 30 s: tickflow is the fastest here, and
 # 1,200,000 rows at its 28,000-32,000 rows/s on a fast day take 37-43 s (1,000,000 points gave 24-29 s).
@@ -249,18 +249,6 @@ async def make_topics(settings: Any, names: list[str], partitions: int = 4) -> N
     try:
         rf = settings.kafka.replication_factor or 1
         await admin.create_topics([NewTopic(name, partitions, rf) for name in names])
-    finally:
-        await admin.close()
-
-
-async def drop_topics(settings: Any, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                **settings.kafka.client_kwargs())
-    await admin.start()
-    try:
-        await admin.delete_topics(names)
-    except Exception as exc:  # leftovers are harmless; say so and go on
-        print(f"  note: could not delete topics {names}: {exc}", flush=True)
     finally:
         await admin.close()
 
@@ -754,6 +742,7 @@ async def main() -> None:
         await conn.execute(f"DROP SCHEMA IF EXISTS bench_{tag} CASCADE")
     finally:
         await conn.close()
+        await drop_topics(settings, containing=f"bench-{tag}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ CACHE="${TICKFLOW_CACHE:-$ROOT/.cache}"
 STACK_DIR="${STACK_DIR:-$CACHE/stack}"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
-KAFKA_HEAP="${KAFKA_HEAP:-512m}"
+# Kafka's own default (kafka-server-start.sh): 1 GB, fixed. ~180 MB stays live (128 MB of it the log cleaner's
+# dedupe buffer), near G1's marking threshold in a 512 MB heap: 8x the young collections and a marking cycle every
+# few seconds under load, each a dip in what the two cores give the pipeline (bench/README.md, session 26).
+KAFKA_HEAP="${KAFKA_HEAP:-1g}"
 PG_PORT="${PG_PORT:-15432}"
 PG_USER="${PG_USER:-tickflow}"
 PG_DB="${PG_DB:-tickflow}"
@@ -55,7 +58,7 @@ kafka_setup() {
 kafka_java() {
   local logfile="$1"; shift
   # shellcheck disable=SC2086  # KAFKA_JVM_EXTRA: extra flags, word-split on purpose (empty for the single node)
-  exec java -Xms128m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true ${KAFKA_JVM_EXTRA:-} \
+  exec java -Xms"${KAFKA_HEAP_MIN:-$KAFKA_HEAP}" -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true ${KAFKA_JVM_EXTRA:-} \
     -Dlog4j2.configurationFile="$ROOT/dev/kafka/log4j2.properties" -Dkafka.logfile="$logfile" \
     -cp "$KAFKA_LIBS/*" "$@"
 }
@@ -186,7 +189,7 @@ cluster_node_start() {
       -c "$dir/server.properties" >/dev/null)
   fi
   log "starting cluster node $n: broker 127.0.0.1:$(node_broker_port "$n"), controller :$(node_controller_port "$n") (heap $CLUSTER_HEAP)"
-  (KAFKA_HEAP="$CLUSTER_HEAP" KAFKA_JVM_EXTRA="$CLUSTER_JVM_EXTRA" kafka_java "$CLUSTER_DIR/logs/node$n.log" kafka.Kafka "$dir/server.properties") \
+  (KAFKA_HEAP="$CLUSTER_HEAP" KAFKA_HEAP_MIN=128m KAFKA_JVM_EXTRA="$CLUSTER_JVM_EXTRA" kafka_java "$CLUSTER_DIR/logs/node$n.log" kafka.Kafka "$dir/server.properties") \
     > "$CLUSTER_DIR/logs/node$n.out" 2>&1 &
   echo $! > "$dir/pid"
 }

@@ -4,6 +4,7 @@
 - `latency_run`: the simulated feed at a fixed rate for some seconds (`paced_feed`), then every row's end-to-end
   latency read back from PostgreSQL: `written_at` (set by the database when the row is inserted) minus
   `ingested_at` (the producer's record timestamp), as avg / p50 / p95 / p99 / max in milliseconds.
+- `drop_topics`: a run's topics deleted at its end.
 
 Rows of one run are found by their item_id prefix: the simulated source stamps `<run_id>-<seq>`, so a run
 id must be plain letters and digits (it is used in a LIKE pattern).
@@ -15,11 +16,13 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from producers.base import encode
@@ -181,3 +184,22 @@ async def read_topic(bootstrap: str, topic: str, **client_kwargs: Any) -> list[A
         return out
     finally:
         await c.stop()
+
+
+async def drop_topics(settings: Settings, names: Sequence[str] = (), *, containing: str | None = None) -> None:
+    """Delete the topics named, and every topic whose name holds `containing` (a run's tag: its catalog's topics
+    and its worker's internal ones carry it). A benchmark run that left its topics behind left ~1 GB and dozens
+    of partitions on the broker: thousands of leftover partitions slow the broker down for every later run.
+    Best effort: a leftover is said, not raised."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.client_kwargs())
+    try:
+        await admin.start()
+        doomed = set(names)
+        if containing:
+            doomed.update(t for t in await admin.list_topics() if containing in t)
+        if doomed:
+            await admin.delete_topics(sorted(doomed))
+    except Exception as exc:
+        print(f"  note: could not delete topics ({', '.join(names) or containing}): {exc!r}", flush=True)
+    finally:
+        await admin.close()
