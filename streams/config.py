@@ -432,8 +432,11 @@ class PipelineSettings(_Section):
 
 class SinkSettings(_Section):
     # Most records the write and archive stages take from Kafka per batch: one fetch, one write to PostgreSQL, one
-    # offset commit. (The in-process Python API batches by validation.batch_size.)
-    batch_size: int = 2000
+    # offset commit. (The in-process Python API batches by validation.batch_size.) Twice validate's: a write's
+    # fixed cost (its statement's bind and round trip, the event loop's turn) is what bounds a drain, and 4,000
+    # drained +5% to +15% more rows/s than 2,000 (8,000 no more; bench/README.md, session 26). Below the drain
+    # rate a fetch returns what has arrived, so batches, and latency, stay as they were.
+    batch_size: int = 4000
     # First wait after a retriable PostgreSQL error (database down, failover); the wait doubles up to
     # retry_max_seconds (the worker adds 0 to this much jitter) and writes are retried until the database answers,
     # the records waiting in Kafka (or the in-process queue) meanwhile.
