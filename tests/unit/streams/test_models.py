@@ -1,12 +1,14 @@
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from streams.models import DataType, MarketDataPoint
+from streams import models
+from streams.models import DataType, MarketDataPoint, point_from_json
 
 
 def test_timestamp_is_converted_to_utc_and_naive_is_refused() -> None:
@@ -103,3 +105,207 @@ def test_to_json_leaves_what_orjson_writes_otherwise_to_pydantic(metadata) -> No
             p.to_json()
         return
     assert p.to_json() == expected
+
+
+# ------------------------------------------------------------------ point_from_json against pydantic, side by side
+
+_pydantic_json = MarketDataPoint.__pydantic_validator__.validate_json
+
+
+def _pydantic_or_error(raw: bytes) -> MarketDataPoint | ValidationError:
+    try:
+        return _pydantic_json(raw, strict=True)
+    except ValidationError as exc:
+        return exc
+
+
+def _same_point(got: MarketDataPoint, want: MarketDataPoint) -> None:
+    assert list(got.__dict__) == list(want.__dict__)
+    for name, value in want.__dict__.items():
+        other = got.__dict__[name]
+        assert type(other) is type(value) and other == value, name
+        if isinstance(value, datetime):
+            assert other.tzinfo is value.tzinfo and other.utcoffset() == value.utcoffset(), name
+    assert got.to_json() == want.to_json()
+    assert got.model_dump_json(exclude_none=True) == want.model_dump_json(exclude_none=True)
+    assert got.__pydantic_extra__ is None and got.__pydantic_private__ is None
+
+
+def assert_parsed_as_pydantic(raw: bytes) -> None:
+    """point_from_json gives pydantic's point, or raises pydantic's very error."""
+    want = _pydantic_or_error(raw)
+    if isinstance(want, ValidationError):
+        with pytest.raises(ValidationError) as info:
+            point_from_json(raw)
+        assert repr(info.value.errors(include_url=False)) == repr(want.errors(include_url=False))  # NaN inputs
+    else:
+        _same_point(point_from_json(raw), want)
+
+
+_numbers = st.one_of(
+    st.integers(min_value=-(10**40), max_value=10**40).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(["1e400", "-1e400", "1e308", "1.7976931348623157e308", "4.9e-324", "1e-400", "-0.0", "0",
+                     "1E5", "1.5e+3", "00", "01", "1.", ".5", "-", "NaN", "Infinity", "-Infinity", "true",
+                     "null", '"1.5"', "[]", "{}"]),
+)
+_two = st.integers(min_value=0, max_value=99).map(lambda n: f"{n:02d}")
+_fraction = st.text("0123456789", max_size=10).map(lambda digits: "." + digits if digits else "")
+
+
+_offsets = st.one_of(
+    st.sampled_from(["", "Z", "z", "+00:00", "-00:00", "+0000", "+00", "+05:30", "-08:00", "+14:00", "-23:59",
+                     "+24:00", "+25:00", "+01:00:30", "+1:00", " Z", "UTC"]),
+    st.builds(lambda sign, h, m: f"{sign}{h}:{m}", st.sampled_from("+-"), _two, _two),
+)
+_datetimes = st.builds(
+    lambda y, mo, d, sep, h, mi, s, frac, off: f"{y}-{mo}-{d}{sep}{h}:{mi}:{s}{frac}{off}",
+    st.sampled_from(["0000", "0001", "1969", "1970", "2024", "2026", "9999", "+2026", "226"]),
+    st.sampled_from(["01", "02", "12", "13", "00", "1"]), st.sampled_from(["01", "28", "29", "31", "32", "00"]),
+    st.sampled_from(["T", "t", " ", "_", ""]), st.sampled_from(["00", "09", "23", "24", "25"]),
+    st.sampled_from(["00", "30", "59", "60"]), st.sampled_from(["00", "59", "60", "61"]),
+    st.one_of(_fraction, st.sampled_from([",5", ".", ",1234567"])), _offsets,
+)
+_texts = st.one_of(st.text(max_size=80), st.text(min_size=60, max_size=70),
+                   st.sampled_from(["", "AAPL", "é" * 64, "😀" * 64, "😀" * 65, "a\x00b"]))
+_json_strings = st.one_of(_texts.map(lambda s: orjson.dumps(s).decode()),
+                          st.sampled_from(['"\\ud800"', '"\\ud83d\\ude00"', '"\\u0000"', '"a\\nb"']))
+_json_leaves = st.one_of(_numbers, _json_strings, st.sampled_from(["true", "false", "null"]))
+_json_values = st.recursive(
+    _json_leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]"),
+        st.lists(st.tuples(_json_strings, inner), max_size=4).map(
+            lambda kv: "{" + ",".join(f"{k}:{v}" for k, v in kv) + "}")),
+    max_leaves=12)
+_FIELD_VALUES: dict[str, st.SearchStrategy[str]] = {
+    "symbol": _json_strings, "source": _json_strings, "item_id": _json_strings, "interval": _json_strings,
+    "headline": _json_strings, "text": _json_strings, "url": _json_strings,
+    "timestamp": st.one_of(_datetimes.map(lambda s: f'"{s}"'), _numbers),
+    "ingested_at": st.one_of(_datetimes.map(lambda s: f'"{s}"'), _numbers),
+    "data_type": st.one_of(st.sampled_from([f'"{k.value}"' for k in DataType] + ['"TICK"', '""', "1"]),
+                           _json_strings),
+    "realtime_start": st.one_of(_datetimes.map(lambda s: f'"{s[:10]}"'), _datetimes.map(lambda s: f'"{s}"')),
+    "realtime_end": st.sampled_from(['"9999-12-31"', '"2024-02-29"', '"2023-02-29"', '"2024-1-5"', "null", "1"]),
+    "flags": st.one_of(st.lists(_json_strings, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]"), _json_values),
+    "metadata": _json_values,
+}
+_NUMERIC = ("price", "volume", "bid", "ask", "bid_size", "ask_size", "open", "high", "low", "close", "value",
+            "sentiment")
+
+
+_aware = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                      timezones=st.one_of(st.just(UTC), st.builds(
+                          lambda m: timezone(timedelta(minutes=m)), st.integers(min_value=-1439, max_value=1439))))
+
+
+def _iso(dt: datetime, digits: int, zulu: bool) -> str:
+    """A date-time as a producer may write it: 0-9 digits of fraction, Z or an offset."""
+    text = dt.replace(microsecond=0, tzinfo=None).isoformat()
+    if digits:
+        text += "." + f"{dt.microsecond:06d}{dt.microsecond % 1000:03d}"[:digits]
+    offset = dt.utcoffset() or timedelta(0)
+    if zulu and not offset:
+        return text + "Z"
+    minutes = int(offset.total_seconds() // 60)
+    return text + f"{'+' if minutes >= 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+_valid_datetimes = st.builds(_iso, _aware, st.integers(min_value=0, max_value=9), st.booleans()).map(
+    lambda s: f'"{s}"')
+_valid_numbers = st.one_of(st.floats(allow_nan=False, allow_infinity=False).map(repr),
+                           st.integers(min_value=-(10**20), max_value=10**20).map(str))
+_VALID: dict[str, st.SearchStrategy[str]] = {
+    "symbol": st.text(min_size=1, max_size=64).map(lambda s: orjson.dumps(s).decode()),
+    "source": st.text(min_size=1, max_size=64).map(lambda s: orjson.dumps(s).decode()),
+    "timestamp": _valid_datetimes, "ingested_at": _valid_datetimes,
+    "data_type": st.sampled_from([f'"{k.value}"' for k in DataType]),
+    "interval": st.text(max_size=16).map(lambda s: orjson.dumps(s).decode()),
+    "item_id": st.text(max_size=256).map(lambda s: orjson.dumps(s).decode()),
+    "url": st.text(max_size=100).map(lambda s: orjson.dumps(s).decode()),
+    "headline": _json_strings, "text": _json_strings,
+    "realtime_start": st.dates().map(lambda d: f'"{d.isoformat()}"'),
+    "realtime_end": st.dates().map(lambda d: f'"{d.isoformat()}"'),
+    "sentiment": st.floats(min_value=-1.0, max_value=1.0).map(repr),
+    "flags": st.lists(_json_strings, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]"),
+    "metadata": st.lists(st.tuples(_json_strings, _json_values), max_size=4).map(
+        lambda kv: "{" + ",".join(f"{k}:{v}" for k, v in kv) + "}"),
+    **dict.fromkeys(_NUMERIC[:-1], _valid_numbers),
+}
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> bytes:
+    """A JSON object near MarketDataPoint's shape: mostly valid values, some null, wrong or on an edge; now and
+    then a required field missing, a field twice, or an unknown one."""
+    fields = list(MarketDataPoint.model_fields)
+    names = ["symbol", "timestamp", "source", *draw(st.lists(st.sampled_from(fields), max_size=8))]
+    if draw(st.integers(min_value=0, max_value=9)) == 0:
+        names.remove(draw(st.sampled_from(names[:3])))
+    if draw(st.integers(min_value=0, max_value=19)) == 0:
+        names.append("extra")
+    pairs = []
+    for name in names:
+        roll = draw(st.integers(min_value=0, max_value=9))
+        if name == "extra":
+            value = draw(_json_leaves)
+        elif roll < 7:
+            value = draw(_VALID[name])
+        elif roll == 7:
+            value = "null"
+        else:
+            value = draw(_numbers if name in _NUMERIC else _FIELD_VALUES[name])
+        pairs.append(f'"{name}":{value}')
+    return ("{" + ",".join(pairs) + "}").encode()
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_documents())
+def test_point_from_json_builds_what_pydantic_builds(raw: bytes) -> None:
+    assert_parsed_as_pydantic(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"symbol":"A","timestamp":"2026-01-05T14:30:00Z","source":"s"}',
+    b'{"symbol":"A","timestamp":"2026-01-05T14:30:00.1234567Z","source":"s"}',  # msgspec would round it
+    b'{"symbol":"A","timestamp":"2026-01-05T14:30:00.123456789+05:30","source":"s"}',
+    b'{"symbol":"A","timestamp":"0001-01-01T00:00:00+01:00","source":"s"}',  # out of range once in UTC
+    b'{"symbol":"A","timestamp":"9999-12-31T23:59:59-01:00","source":"s"}',
+    b'{"symbol":"A","timestamp":"2026-01-05T14:30:00Z","source":"s","price":1e400}',
+    b'{"symbol":"A","timestamp":"2026-01-05T14:30:00Z","source":"s","metadata":{"a":1e400}}',
+    b'{"symbol":"A","timestamp":"2026-01-05T14:30:00Z","source":"s","metadata":{"a":' + b"1" * 5000 + b"}}",
+    b'{"symbol":"A","timestamp":"2026-01-05T14:30:00Z","source":"s","metadata":{"a":' + b"[" * 300 + b"]" * 300
+    + b"}}",  # deeper than pydantic's recursion limit, well within msgspec's
+    b'{"symbol":"A","timestamp":"2026-01-05T14:30:00Z","source":"s","metadata":{"a":' + b"[" * 100 + b"]" * 100
+    + b"}}",
+    b'{"symbol":"A","timestamp":"2026-01-05T14:30:00Z","source":"s","price":1,"price":"x"}',
+    b'{"symbol":"A","timestamp":"2026-01-05T14:30:00Z","source":"s","extra":1}',
+    b'{"symbol":"A","timestamp":"2026-01-05T14:30:00Z","source":"s"} x',
+    b'{"symbol":"A","timestamp":1767623400,"source":"s"}',
+    b'{"symbol":"A\xff","timestamp":"2026-01-05T14:30:00Z","source":"s"}',
+    b'[]',
+    b'',
+])
+def test_point_from_json_on_the_edges(raw: bytes) -> None:
+    assert_parsed_as_pydantic(raw)
+
+
+def test_point_from_json_takes_the_fast_way_for_a_usual_record() -> None:
+    """A usual record does not go through pydantic's validator (or the saving is gone)."""
+    raw = (b'{"symbol":"AAPL","timestamp":"2026-01-05T14:30:00.001137Z","source":"simulated","data_type":"trade",'
+           b'"price":195.75,"volume":126.0,"bid":195.7,"ask":195.8,"item_id":"x","flags":[],"metadata":{"k":[1]}}')
+    calls: list[bytes] = []
+    real = models._validate_json
+
+    def spy(b: bytes, strict: bool) -> MarketDataPoint:
+        calls.append(b)
+        return real(b, strict=strict)
+
+    models._validate_json = spy  # type: ignore[assignment]
+    try:
+        p = point_from_json(raw)
+    finally:
+        models._validate_json = real  # type: ignore[assignment]
+    assert calls == []
+    _same_point(p, _pydantic_json(raw, strict=True))
+    assert p.model_fields_set == set(MarketDataPoint.model_fields)
