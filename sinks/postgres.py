@@ -266,11 +266,11 @@ def _records_sql() -> str:
 
 
 def upsert_records_sql(schema: str) -> tuple[str, str]:
-    """upsert_sql's two statements over the clean records of $1 (`records_doc`), deduped as upsert_sql says
-    (highest revision, then first in the batch). The INSERT answers per source: the records staged, the keys
-    and revisable keys among them, the rows inserted, and each record's ingested_at (epoch seconds, for the
-    latency metric). It inserts nothing unless $1 holds exactly $2 records: a Kafka value that is not one JSON
-    object (two joined by a comma) must not become two rows, nor none."""
+    """upsert_sql's two statements over the clean records of $1 (a JSON array of them: write_json), deduped as
+    upsert_sql says (highest revision, then first in the batch). The INSERT answers per source: the records
+    staged, the keys and revisable keys among them, the rows inserted, and each record's ingested_at (epoch
+    seconds, for the latency metric). It inserts nothing unless $1 holds exactly $2 records: a Kafka value that
+    is not one JSON object (two joined by a comma) must not become two rows, nor none."""
     cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
     key = ", ".join(f'"{c}"' for c in MARKET_DATA_KEY)
     records = f"r AS MATERIALIZED ({_records_sql()})"
@@ -298,10 +298,20 @@ def upsert_records_sql(schema: str) -> tuple[str, str]:
     return insert, update
 
 
-def records_doc(records: Sequence[bytes]) -> str:
-    """A batch of clean records (each one JSON object's bytes) as upsert_records_sql's $1. Bytes that are not
-    UTF-8 raise UnicodeDecodeError, a data error (is_data_error), so the batch is bisected to them."""
-    return (b"[" + b",".join(records) + b"]").decode()
+def insert_new_records_sql(schema: str) -> str:
+    """upsert_records_sql's INSERT for a batch of new, distinct keys only, with the same answer: no dedupe sort
+    and no ON CONFLICT (together ~30% of the server's CPU per row: bench/README.md, session 28). A key twice in
+    the batch, or one already stored, fails it whole (unique_violation), and nothing of it stays; so when it
+    succeeds, every record was inserted and each was a key of its own."""
+    cols = ", ".join(f'"{c}"' for c in MARKET_DATA_COLUMNS)
+    return (
+        f"WITH r AS MATERIALIZED ({_records_sql()}), "
+        f"ins AS (INSERT INTO {schema}.market_data ({cols}) SELECT {cols} FROM r WHERE (SELECT count(*) FROM r) = $2) "
+        "SELECT r.source, count(*)::int AS staged, count(*)::int AS inserted, count(*)::int AS keys, "
+        "(count(*) FILTER (WHERE r.revision > 0))::int AS revisable, "
+        "array_agg(extract(epoch FROM r.ingested_at)::float8) AS ingested "
+        "FROM r GROUP BY r.source"
+    )
 
 
 # ------------------------------------------------------------------ anomaly events and dead letters (migration 5)
@@ -507,6 +517,9 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     tests/integration/test_postgres_writer.py checks both."""
 
 
+OPTIMISTIC_AFTER = 64  # batches written with ON CONFLICT after one met a stored key (_insert_records)
+
+
 class PostgresTickWriter(BatchWriter):
     """Owns an asyncpg pool; `start` migrates the schema (under an advisory lock) and opens the pool."""
 
@@ -522,6 +535,8 @@ class PostgresTickWriter(BatchWriter):
         self._upsert_distinct = upsert_sql(self._q, dedupe=False)
         self._upsert_rows_json = upsert_sql(self._q, json=True)
         self._upsert_records = upsert_records_sql(self._q)
+        self._insert_new_records = insert_new_records_sql(self._q)
+        self._careful_batches = 0  # batches left to write with ON CONFLICT before trying the plain INSERT again
 
     async def _failed(self, exc: BaseException, where: str) -> SinkError:
         """classify(exc), and recycle the pool when a session turned out read-only (SQLSTATE 25006).
@@ -642,15 +657,18 @@ class PostgresTickWriter(BatchWriter):
         batch with a record holding the escape \\u0000, whose NUL rule the server's parse does not apply."""
         if not records:
             return WriteResult(0, 0)
-        if len(records) <= SMALL_BATCH_ROWS or any(b"\\u0000" in r for r in records):
+        if len(records) <= SMALL_BATCH_ROWS:
+            return await self._write_json_as_rows(records)
+        body = b",".join(records)
+        if b"\\u0000" in body:  # one search for the batch: a comma between two records completes no escape
             return await self._write_json_as_rows(records)
         if self.pool is None:
             await self.start()
         assert self.pool is not None
-        insert, update = self._upsert_records
+        update = self._upsert_records[1]
         try:
-            doc = records_doc(records)
-            got = await self.pool.fetch(insert, doc, len(records))
+            doc = "[" + body.decode() + "]"  # bytes not UTF-8: UnicodeDecodeError, a data error (bisected)
+            got = await self._insert_records(doc, len(records))
             staged = sum(r["staged"] for r in got)
             if staged != len(records):
                 raise SinkRefused(f"write market_data: {len(records)} Kafka records held {staged} JSON records")
@@ -666,6 +684,26 @@ class PostgresTickWriter(BatchWriter):
                                      for src in inserted.keys() | updated.keys()})
         ingested = {r["source"]: [t for t in r["ingested"] if t is not None] for r in got}
         return dataclasses.replace(result, ingested_by_source={src: at for src, at in ingested.items() if at})
+
+    async def _insert_records(self, doc: str, n: int) -> list[asyncpg.Record]:
+        """write_json's INSERT. Most batches bring only new, distinct keys, and for them the dedupe sort and ON
+        CONFLICT DO NOTHING are ~30% of the server's CPU per row, so insert_new_records_sql goes first. It fails
+        whole on a key stored or twice in the batch (a replay after a crash, a revision, a feed that re-sends),
+        and nothing of it stays (one statement in autocommit); upsert_records_sql's INSERT then writes the batch.
+        After a conflict, the next OPTIMISTIC_AFTER batches go that way at once: a replay or a revising feed
+        conflicts batch after batch, and a failed try costs a statement."""
+        assert self.pool is not None
+        if self._careful_batches <= 0:
+            try:
+                return await self.pool.fetch(self._insert_new_records, doc, n)
+            except asyncpg.UniqueViolationError:
+                self._careful_batches = OPTIMISTIC_AFTER
+        else:
+            self._careful_batches -= 1
+        got = await self.pool.fetch(self._upsert_records[0], doc, n)
+        if sum(r["inserted"] for r in got) < sum(r["keys"] for r in got):
+            self._careful_batches = OPTIMISTIC_AFTER
+        return got
 
     async def _write_json_as_rows(self, records: Sequence[bytes]) -> WriteResult:
         rows = []

@@ -286,13 +286,19 @@ async def test_write_json_refuses_what_is_not_one_clean_record_and_stores_nothin
         await w.stop()
 
 
-async def test_write_json_writes_a_batch_with_a_nul_as_rows_with_the_nul_rule(iso, pg) -> None:
-    """The server's JSON parse refuses U+0000 in text: a batch holding the escape goes the rows' way, whose NUL
-    rule replaces it, and still reports each record's ingested_at."""
+@pytest.mark.parametrize("small", [SMALL_BATCH_ROWS, 0])
+@pytest.mark.parametrize("at_record", [0, 2])
+async def test_write_json_writes_a_batch_with_a_nul_as_rows_with_the_nul_rule(
+        iso, pg, monkeypatch: pytest.MonkeyPatch, small: int, at_record: int) -> None:
+    """The server's JSON parse refuses U+0000 in text: a batch holding the escape in any of its records goes the
+    rows' way, whose NUL rule replaces it, and still reports each record's ingested_at (small=0: a batch the
+    server would otherwise parse)."""
+    monkeypatch.setattr(postgres, "SMALL_BATCH_ROWS", small)
     at = datetime(2024, 5, 2, tzinfo=UTC)
     records = [MarketDataPoint(symbol="AAPL", timestamp=datetime(2024, 5, 1, tzinfo=UTC), source="s", price=1.0,
-                               item_id=f"n{i}", flags=[f"a\x00{i}"], ingested_at=at).to_json() for i in range(3)]
-    assert b"\\u0000" in records[0]
+                               item_id=f"n{i}", flags=[f"a\x00{i}" if i == at_record else "b"],
+                               ingested_at=at).to_json() for i in range(3)]
+    assert b"\\u0000" in records[at_record]
     w = PostgresTickWriter(settings_for(iso))
     await w.start()
     try:
@@ -300,7 +306,64 @@ async def test_write_json_writes_a_batch_with_a_nul_as_rows_with_the_nul_rule(is
     finally:
         await w.stop()
     assert result.inserted == 3 and result.ingested_by_source == {"s": [at.timestamp()] * 3}
-    assert await pg.fetchval(f"SELECT flags FROM {iso.schema}.market_data WHERE item_id = 'n0'") == ["a\ufffd0"]
+    assert await pg.fetchval(f"SELECT flags FROM {iso.schema}.market_data WHERE item_id = $1",
+                             f"n{at_record}") == [f"a\ufffd{at_record}"]
+
+
+class _Spy:
+    """A pool that names the INSERT each write_json statement was (the plain one or the ON CONFLICT one)."""
+
+    def __init__(self, pool: asyncpg.Pool, writer: PostgresTickWriter) -> None:
+        self._pool, self._writer, self.ran = pool, writer, []
+
+    async def fetch(self, query: str, *args):  # type: ignore[no-untyped-def]
+        if query == self._writer._insert_new_records:
+            self.ran.append("plain")
+        elif query == self._writer._upsert_records[0]:
+            self.ran.append("on conflict")
+        return await self._pool.fetch(query, *args)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._pool, name)
+
+
+async def test_write_json_tries_the_plain_insert_first_and_the_on_conflict_one_after_a_stored_key(
+        iso, pg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """New keys go in by the plain INSERT; a key stored, or twice in the batch, fails it whole (nothing of it
+    stays) and the batch is written by the ON CONFLICT statement, as are the next OPTIMISTIC_AFTER batches (a
+    replay conflicts batch after batch); a batch of those that meets a stored key starts the count again."""
+    monkeypatch.setattr(postgres, "SMALL_BATCH_ROWS", 0)
+    monkeypatch.setattr(postgres, "OPTIMISTIC_AFTER", 2)
+    t0 = datetime(2024, 5, 1, tzinfo=UTC)
+
+    def records(first: int, n: int) -> list[bytes]:
+        return [MarketDataPoint(symbol="AAPL", timestamp=t0 + timedelta(seconds=i), source="s", price=1.0 + i,
+                                item_id=str(i)).to_json() for i in range(first, first + n)]
+
+    w = PostgresTickWriter(settings_for(iso))
+    await w.start()
+    spy = _Spy(w.pool, w)
+    w.pool = spy  # type: ignore[assignment]
+    try:
+        steps = [
+            (records(0, 5), (5, 0), ["plain"]),
+            (records(0, 5), (0, 5), ["plain", "on conflict"]),  # a replay: the plain INSERT fails whole
+            (records(3, 4), (2, 2), ["on conflict"]),  # still careful; it met stored keys: the count starts again
+            (records(7, 3), (3, 0), ["on conflict"]),
+            (records(10, 3), (3, 0), ["on conflict"]),
+            (records(13, 3), (3, 0), ["plain"]),  # OPTIMISTIC_AFTER batches without a conflict: plain again
+            (records(16, 3) + records(16, 1), (3, 1), ["plain", "on conflict"]),  # a key twice in the batch
+            (records(19, 2), (2, 0), ["on conflict"]),
+        ]
+        for batch, (inserted, duplicates), ran in steps:
+            spy.ran.clear()
+            result = await w.write_json(batch)
+            assert (result.inserted, result.duplicates, spy.ran) == (inserted, duplicates, ran), batch
+    finally:
+        w.pool = spy._pool
+        await w.stop()
+    stored = await pg.fetch(f"SELECT item_id, price FROM {iso.schema}.market_data ORDER BY ts")
+    assert [(r["item_id"], r["price"]) for r in stored] == [(str(i), 1.0 + i) for i in range(21)]
 
 
 async def test_write_json_parses_in_the_server_only_above_the_small_batch_size(iso, pg, monkeypatch) -> None:
