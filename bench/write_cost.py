@@ -7,6 +7,12 @@ statement preparation) is most of a small write's time; this measures that cost 
 stack must run (dev/stack.sh start); every key is new.
 
     .cache/venv/bin/python bench/write_cost.py --sizes 13,64,200,2000 [--kind quote]
+
+`--records`: the clean records' own JSON instead (write_json, the write stage's way above SMALL_BATCH_ROWS), by
+its two INSERTs alternating: the plain one for new, distinct keys, and the ON CONFLICT one with the dedupe sort
+that a batch meeting a stored key takes (bench/README.md, session 28):
+
+    .cache/venv/bin/python bench/write_cost.py --records --sizes 4000 --rounds 5
 """
 
 from __future__ import annotations
@@ -45,6 +51,16 @@ def _server_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _records(n: int, first: int, kind: str) -> list[bytes]:
+    """Clean records with fresh keys, over 8 symbols; a quote is revisable (its revision is its ingestion time),
+    a trade is not."""
+    fields = ({"data_type": "quote", "bid": 99.5, "ask": 100.5, "bid_size": 3, "ask_size": 4} if kind == "quote"
+              else {"data_type": "trade", "price": 100.0, "volume": 10})
+    return [MarketDataPoint(
+        symbol=f"SYM{(first + i) % 8}", timestamp=T0 + timedelta(milliseconds=first + i), source="simulated",
+        item_id=str(first + i), metadata={"i": i}, ingested_at=T0, **fields).to_json() for i in range(n)]
+
+
 def _rows(n: int, first: int, kind: str) -> list[tuple]:
     """Fresh keys; a quote is revisable (its revision is its ingestion time), a trade is not."""
     fields = ({"data_type": "quote", "bid": 99.5, "ask": 100.5, "bid_size": 3, "ask_size": 4} if kind == "quote"
@@ -54,7 +70,31 @@ def _rows(n: int, first: int, kind: str) -> list[tuple]:
         metadata={"i": i}, **fields).to_json())) for i in range(n)]
 
 
-async def measure(sizes: list[int], writes: int, rounds: int, kind: str) -> None:
+async def _measure_records(writer: PostgresTickWriter, backend: int, n: int, writes: int, rounds: int, kind: str,
+                           first: int) -> None:
+    """write_json of n fresh clean records: the plain INSERT against the ON CONFLICT one, alternating."""
+    postgres.SMALL_BATCH_ROWS = 0
+    results: dict[str, list[tuple[float, float, float]]] = {"on conflict": [], "plain": []}
+    for _ in range(rounds):
+        for way in results:
+            writer._careful_batches = 10**9 if way == "on conflict" else 0  # which INSERT write_json runs
+            reps = max(3, writes * 13 // max(n, 13))
+            batches = [_records(n, first + k * n, kind) for k in range(reps)]
+            first += reps * n
+            c0, s0, t0 = _cpu(), _server_cpu(backend), time.perf_counter()
+            for batch in batches:
+                assert (await writer.write_json(batch)).inserted == n
+            results[way].append(((_cpu() - c0) / reps / n * 1e6, (_server_cpu(backend) - s0) / reps / n * 1e6,
+                                 (time.perf_counter() - t0) / reps / n * 1e6))
+    for way, runs in results.items():
+        cpu, server, wall = (sorted(r[i] for r in runs) for i in range(3))
+        mid = len(runs) // 2
+        print(f"{n:>5} {kind}s  {way:11s}  client CPU {cpu[mid]:6.2f} us  server CPU {server[mid]:6.2f} us"
+              f"  wall {wall[mid]:6.2f} us  per row (median of {rounds}; server: "
+              + ", ".join(f"{r[1]:.2f}" for r in runs) + ")")
+
+
+async def measure(sizes: list[int], writes: int, rounds: int, kind: str, records: bool = False) -> None:
     # One connection, so the server's CPU for the writes is its one backend process's (/proc/<pid>/stat).
     pg = load_settings().postgres.model_copy(update={"db_schema": f"wc_{uuid.uuid4().hex[:8]}",
                                                      "pool_min": 1, "pool_max": 1})
@@ -65,6 +105,11 @@ async def measure(sizes: list[int], writes: int, rounds: int, kind: str) -> None
     small = postgres.SMALL_BATCH_ROWS
     next_key = 0
     try:
+        if records:
+            for n in sizes:
+                await _measure_records(writer, backend, n, writes, rounds, kind, next_key)
+                next_key += 10**9
+            return
         for n in sizes:
             results: dict[str, list[tuple[float, float, float]]] = {"json": [], "copy": []}
             for _ in range(rounds):
@@ -96,8 +141,11 @@ def main() -> None:
     ap.add_argument("--writes", type=int, default=300, help="13-row writes per measurement (fewer when larger)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating measurements per way and size")
     ap.add_argument("--kind", choices=("trade", "quote"), default="trade", help="the rows' kind (default trade)")
+    ap.add_argument("--records", action="store_true",
+                    help="clean records' JSON by write_json: the plain INSERT against the ON CONFLICT one")
     args = ap.parse_args()
-    asyncio.run(measure([int(s) for s in args.sizes.split(",")], args.writes, args.rounds, args.kind))
+    asyncio.run(measure([int(s) for s in args.sizes.split(",")], args.writes, args.rounds, args.kind,
+                        args.records))
 
 
 if __name__ == "__main__":
