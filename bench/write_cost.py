@@ -24,8 +24,10 @@ import resource
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -70,6 +72,19 @@ def _rows(n: int, first: int, kind: str) -> list[tuple]:
         metadata={"i": i}, **fields).to_json())) for i in range(n)]
 
 
+async def _timed(write: Callable[[Any], Awaitable[Any]], batches: list[Any], n: int,
+                 backend: int) -> tuple[float, float, float]:
+    """Client CPU, server CPU and wall seconds to write the batches, each of n new keys."""
+    c0, s0, t0 = _cpu(), _server_cpu(backend), time.perf_counter()
+    for batch in batches:
+        assert (await write(batch)).inserted == n
+    return _cpu() - c0, _server_cpu(backend) - s0, time.perf_counter() - t0
+
+
+def _medians(runs: list[tuple[float, float, float]]) -> tuple[float, ...]:
+    return tuple(sorted(r[i] for r in runs)[len(runs) // 2] for i in range(3))
+
+
 async def _measure_records(writer: PostgresTickWriter, backend: int, n: int, writes: int, rounds: int, kind: str,
                            first: int) -> None:
     """write_json of n fresh clean records: the plain INSERT against the ON CONFLICT one, alternating."""
@@ -81,16 +96,12 @@ async def _measure_records(writer: PostgresTickWriter, backend: int, n: int, wri
             reps = max(3, writes * 13 // max(n, 13))
             batches = [_records(n, first + k * n, kind) for k in range(reps)]
             first += reps * n
-            c0, s0, t0 = _cpu(), _server_cpu(backend), time.perf_counter()
-            for batch in batches:
-                assert (await writer.write_json(batch)).inserted == n
-            results[way].append(((_cpu() - c0) / reps / n * 1e6, (_server_cpu(backend) - s0) / reps / n * 1e6,
-                                 (time.perf_counter() - t0) / reps / n * 1e6))
+            spent = await _timed(writer.write_json, batches, n, backend)
+            results[way].append(tuple(x / reps / n * 1e6 for x in spent))  # type: ignore[arg-type]
     for way, runs in results.items():
-        cpu, server, wall = (sorted(r[i] for r in runs) for i in range(3))
-        mid = len(runs) // 2
-        print(f"{n:>5} {kind}s  {way:11s}  client CPU {cpu[mid]:6.2f} us  server CPU {server[mid]:6.2f} us"
-              f"  wall {wall[mid]:6.2f} us  per row (median of {rounds}; server: "
+        cpu, server, wall = _medians(runs)
+        print(f"{n:>5} {kind}s  {way:11s}  client CPU {cpu:6.2f} us  server CPU {server:6.2f} us"
+              f"  wall {wall:6.2f} us  per row (median of {rounds}; server: "
               + ", ".join(f"{r[1]:.2f}" for r in runs) + ")")
 
 
@@ -118,16 +129,12 @@ async def measure(sizes: list[int], writes: int, rounds: int, kind: str, records
                     reps = max(3, writes * 13 // max(n, 13))
                     batches = [_rows(n, next_key + k * n, kind) for k in range(reps)]
                     next_key += reps * n
-                    c0, s0, t0 = _cpu(), _server_cpu(backend), time.perf_counter()
-                    for batch in batches:
-                        assert (await writer.write(batch)).inserted == n
-                    results[way].append(((_cpu() - c0) / reps * 1e3, (_server_cpu(backend) - s0) / reps * 1e3,
-                                         (time.perf_counter() - t0) / reps * 1e3))
+                    spent = await _timed(writer.write, batches, n, backend)
+                    results[way].append(tuple(x / reps * 1e3 for x in spent))  # type: ignore[arg-type]
             for way, runs in results.items():
-                cpu, server, wall = (sorted(r[i] for r in runs) for i in range(3))
-                mid = len(runs) // 2
-                print(f"{n:>5} {kind}s  {way:7s}  client CPU {cpu[mid]:7.3f} ms  server CPU {server[mid]:7.3f} ms"
-                      f"  wall {wall[mid]:7.3f} ms  per write (median of {rounds})")
+                cpu, server, wall = _medians(runs)
+                print(f"{n:>5} {kind}s  {way:7s}  client CPU {cpu:7.3f} ms  server CPU {server:7.3f} ms"
+                      f"  wall {wall:7.3f} ms  per write (median of {rounds})")
     finally:
         postgres.SMALL_BATCH_ROWS = small
         assert writer.pool is not None
