@@ -691,7 +691,9 @@ class PostgresTickWriter(BatchWriter):
         whole on a key stored or twice in the batch (a replay after a crash, a revision, a feed that re-sends),
         and nothing of it stays (one statement in autocommit); upsert_records_sql's INSERT then writes the batch.
         After a conflict, the next OPTIMISTIC_AFTER batches go that way at once: a replay or a revising feed
-        conflicts batch after batch, and a failed try costs a statement."""
+        conflicts batch after batch, and a failed try costs a statement. Each failed try is one ERROR line in the
+        server's log (duplicate key value violates unique constraint "market_data_pkey"), at most one in
+        OPTIMISTIC_AFTER + 1 batches: expected, not a fault."""
         assert self.pool is not None
         if self._careful_batches <= 0:
             try:
