@@ -20,7 +20,14 @@ from aiokafka.structs import PartitionMetadata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.stages.fetch import FastFetcher, FastFetchRequest, FetchRequestV11, FetchResponseV11, LeanPartitionRecords
+from streams.stages.fetch import (
+    BUSY_FETCH_MAX_WAIT_MS,
+    FastFetcher,
+    FastFetchRequest,
+    FetchRequestV11,
+    FetchResponseV11,
+    LeanPartitionRecords,
+)
 
 i16 = st.integers(-(2**15), 2**15 - 1)
 i32 = st.integers(-(2**31), 2**31 - 1)
@@ -182,6 +189,31 @@ async def test_the_partitions_to_fetch_are_aiokafkas(plan: dict[tuple[str, int],
     assert _actions(got) == _actions(expected)
     assert got[2] == pytest.approx(expected[2], abs=0.05)  # the time to wait: a backoff that runs meanwhile
     assert all(type(r) is FastFetchRequest for _, r in got[0])
+    # The wait at the broker: aiokafka's (500 ms here), but short where a partition of that node has records
+    # buffered, whose next fetch must not wait behind this one for new records of the others.
+    buffered_nodes = {spec["leader"] for (topic, p), spec in plan.items()
+                      if TopicPartition(topic, p) in ours._records}
+    for node, request in got[0]:
+        assert request._max_wait_ms == (BUSY_FETCH_MAX_WAIT_MS if node in buffered_nodes else 500)
+    assert all(r._max_wait_ms == 500 for _, r in expected[0])
+
+
+async def test_a_backlog_does_not_wait_behind_a_long_poll() -> None:
+    """A partition with records buffered and one without, on one node: the fetch for the other waits at most
+    BUSY_FETCH_MAX_WAIT_MS at the broker, so the first one's next fetch goes out soon after its records are
+    handed out (aiokafka's would hold the node for the whole fetch_max_wait_ms). With nothing buffered the fetch
+    waits the consumer's own fetch_max_wait_ms, as aiokafka's."""
+    plan = {("raw.a", 0): {"leader": 1, "state": "position", "position": 5, "buffered": "waiting", "answer": 1},
+            ("raw.a", 1): {"leader": 1, "state": "position", "position": 7, "buffered": None, "answer": 1}}
+    (theirs, their_assignment), (ours, our_assignment), _ = _world(plan, set())
+    ((_, their_request),) = Fetcher._get_actions_per_node(theirs, their_assignment)[0]
+    ((node, request),) = ours._get_actions_per_node(our_assignment)[0]
+    assert node == 1 and [(t, [p for p, *_ in ps]) for t, ps in request.topics] == [("raw.a", [1])]
+    assert their_request._max_wait_ms == 500 and request._max_wait_ms == BUSY_FETCH_MAX_WAIT_MS
+    ours._records.clear()
+    requests = ours._get_actions_per_node(our_assignment)[0]
+    assert [r._max_wait_ms for _, r in requests] == [500]
+    assert sorted(p for _, r in requests for _, ps in r.topics for p, *_ in ps) == [0, 1]
 
 
 def _response(plan: dict[tuple[str, int], dict[str, Any]], request: Any) -> Any:
