@@ -60,8 +60,8 @@ _U32 = struct.Struct(">I")
 # The longest a fetch may wait at the broker for new records while a partition of its node still has records
 # buffered here (bench/README.md, session 29). A fetch in flight holds its node: aiokafka sends the next one
 # only after it returns, and a partition with records buffered is left out of it. So once that partition's
-# records are handed out, its next fetch waited for a wait on partitions with nothing new, up to the consumer's
-# fetch_max_wait_ms (the stages' 100 ms), every few batches of a backlog.
+# records were handed out, its next fetch waited for the one in flight, on partitions with nothing new, to end:
+# up to the consumer's fetch_max_wait_ms (the stages' 100 ms), every few batches of a backlog.
 BUSY_FETCH_MAX_WAIT_MS = 5
 # A record batch (magic 2): base offset (8), length (4), leader epoch (4), magic (1), CRC (4), then the bytes
 # the CRC covers, from the attributes to the batch's end.
@@ -256,7 +256,7 @@ class FastFetcher(Fetcher):
         backoff_by_nodes: dict[Any, list[float]] = collections.defaultdict(list)
         resume_futures = []
         invalid_metadata = False
-        buffered_nodes = set()
+        buffered_nodes: set[Any] = set()
         records, in_flight = self._records, self._in_flight
         partitions_of = self._client.cluster._partitions
         preferred = self._preferred_read_replica
