@@ -16,7 +16,7 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -97,6 +97,25 @@ _STAMP_BYTES = b'"2000-01-01T00:00:00.123456Z"'
 PACE_TICK = 0.01  # seconds between two sends of a paced feed
 
 
+class SendClock:
+    """Now, as a paced feed stamps a point: its event time as JSON bytes (as `_STAMP_BYTES`, to the microsecond,
+    UTC) and its record timestamp in milliseconds, both from one reading of the clock. Only the part to the
+    second goes through datetime, once a second: datetime.now and isoformat per point cost ~2.3 us."""
+
+    def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:
+        self.clock = clock
+        self.second: int | None = None
+        self.prefix = b""
+
+    def __call__(self) -> tuple[bytes, int]:
+        micros = self.clock() // 1000
+        second, fraction = divmod(micros, 1_000_000)
+        if second != self.second:
+            self.second = second
+            self.prefix = b'"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.").encode()
+        return self.prefix + b'%06dZ"' % fraction, micros // 1000
+
+
 async def paced_feed(settings: Settings, topic: str, rate: float, seconds: float, *, run_id: str, seed: int = 5,
                      tick: float = PACE_TICK) -> int:
     """`rate` simulated points per second into `topic` for `seconds`, as the live feed sends them (every point
@@ -104,8 +123,9 @@ async def paced_feed(settings: Settings, topic: str, rate: float, seconds: float
     the producers partition), at little CPU: the points are built and encoded before the clock starts, and
     each tick's are appended to one record batch per partition. The measured system shares this machine's
     cores with the load; the live feed's own path (a pydantic model and a send per point) cost ~40 us per point:
-    0.41 of a core at 9,000 points/s, against 0.29 here with the build included (bench/README.md).
-    Returns the points sent (all acknowledged)."""
+    0.41 of a core at 9,000 points/s, against 0.29 here with the build included (bench/README.md). A symbol's
+    partition is hashed once, and the stamp is formatted from the clock's integer (`SendClock`): ~5 us per point
+    instead of ~12 while sending. Returns the points sent (all acknowledged)."""
     total = max(int(rate * seconds), 0)
     src = SimulatedSource(SimulatedSourceSettings(invalid_ratio=0.0, seed=seed), run_id=run_id)
     keys: dict[str, bytes] = {}
@@ -115,9 +135,10 @@ async def paced_feed(settings: Settings, topic: str, rate: float, seconds: float
         raise RuntimeError(f"paced_feed: no {_STAMP_BYTES!r} in {points[0][1][:120]!r}")
     producer = new_producer(settings)
     await producer.start()
-    partitioner = DefaultPartitioner()
+    partitioner, clock = DefaultPartitioner(), SendClock()
     try:
         partitions = sorted(await producer.partitions_for(topic))
+        partition_of = {key: partitioner(key, partitions, partitions) for key in keys.values()}
         start = time.monotonic()
         sent = 0
         while sent < total:
@@ -127,15 +148,14 @@ async def paced_feed(settings: Settings, topic: str, rate: float, seconds: float
                 continue
             by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
             for key, value in points[sent:due]:
-                by_partition[partitioner(key, partitions, partitions)].append((key, value))
+                by_partition[partition_of[key]].append((key, value))
             acks = []
             for partition, msgs in by_partition.items():
                 batch = producer.create_batch()
                 for key, value in msgs:
-                    now = datetime.now(UTC)
-                    stamp = b'"' + now.isoformat(timespec="microseconds")[:-6].encode() + b'Z"'
+                    stamp, ms = clock()
                     while batch.append(key=key, value=value.replace(_STAMP_BYTES, stamp),
-                                       timestamp=int(now.timestamp() * 1000)) is None:  # full: send, new batch
+                                       timestamp=ms) is None:  # full: send, new batch
                         batch.close()
                         acks.append(await producer.send_batch(batch, topic, partition=partition))
                         batch = producer.create_batch()
