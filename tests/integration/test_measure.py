@@ -63,6 +63,12 @@ async def test_drop_topics_deletes_the_named_ones_and_every_one_holding_the_tag_
     await admin.start()
     try:
         await admin.create_topics([NewTopic(t, 1, 1) for t in [*tagged, named, bystander]])
+        # A created topic reaches the brokers' metadata a little after CreateTopics returns (KRaft propagates it
+        # asynchronously): drop_topics finds tagged topics by listing, so wait until the listing holds them all.
+        for _ in range(50):
+            if {t for t in await admin.list_topics() if iso.tag in t} == {*tagged, named, bystander}:
+                break
+            await asyncio.sleep(0.2)
         await drop_topics(settings, [named], containing=f"drop-{iso.tag}")
         left: set[str] = set()
         for _ in range(50):  # deletion is asynchronous on the broker
