@@ -106,3 +106,10 @@ class BatchWriter(ABC):
     async def write_json(self, records: Sequence[bytes]) -> WriteResult:
         """Write clean records given as their JSON bytes, as write() writes their rows (takes_json)."""
         raise NotImplementedError(f"{type(self).__name__} takes rows, not JSON records")
+
+    async def durable(self) -> int:
+        """Wait until every write that has returned is durable, and return how many times writes that had
+        returned were found possibly lost before that (a server crash drops asynchronous commits not yet
+        flushed). The caller commits its input's offsets after this, and reads them again when the count grew.
+        Here writes are durable when they return: 0."""
+        return 0

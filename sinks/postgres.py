@@ -518,6 +518,14 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 OPTIMISTIC_AFTER = 64  # batches written with ON CONFLICT after one met a stored key (_insert_records)
+# `durable`'s one statement: how many of the connections that wrote are still the same live backends (a crash
+# ends every backend), in a transaction that commits synchronously and writes WAL (a transactional logical
+# message: no table, no privilege), so its commit flushes the WAL past every write that had returned. Waiting
+# for the WAL writer instead (pg_current_wal_flush_lsn) took up to wal_writer_delay, 200 ms, at low rates.
+_DURABLE_SQL = ("SELECT set_config('synchronous_commit', 'on', true), "
+                "pg_logical_emit_message(true, 'tickflow.durable', ''), "
+                "(SELECT count(*) FROM pg_stat_activity a JOIN unnest($1::int[], $2::timestamptz[]) AS w(pid, started) "
+                "ON a.pid = w.pid AND a.backend_start = w.started)::int")
 
 
 class PostgresTickWriter(BatchWriter):
@@ -537,6 +545,15 @@ class PostgresTickWriter(BatchWriter):
         self._upsert_records = upsert_records_sql(self._q)
         self._insert_new_records = insert_new_records_sql(self._q)
         self._careful_batches = 0  # batches left to write with ON CONFLICT before trying the plain INSERT again
+        # Asynchronous commit (postgres.async_commit): each connection's backend (pid -> its start), the
+        # connections released since `durable` last confirmed them (pid -> release number), and how many times
+        # `durable` found a connection that wrote gone before its writes were flushed.
+        self._async_commit = settings.async_commit
+        self._backend_start: dict[int, datetime] = {}
+        self._unflushed: dict[int, int] = {}
+        self._releases = 0
+        self._confirming: int | None = None  # the connection `durable` is using
+        self.losses = 0
 
     async def _failed(self, exc: BaseException, where: str) -> SinkError:
         """classify(exc), and recycle the pool when a session turned out read-only (SQLSTATE 25006).
@@ -619,7 +636,8 @@ class PostgresTickWriter(BatchWriter):
                 # bench/README.md, session 21), but the UPDATEs (_fetch_planned); or all prepared unnamed at each
                 # run when postgres.prepared_statements is off (a pooler in transaction mode that drops them).
                 statement_cache_size=STATEMENT_CACHE_SIZE if self.settings.prepared_statements else 0,
-                reset=_keep_session,
+                init=self._init_connection,
+                reset=self._released,
             )
         except Exception as exc:
             raise classify(exc, f"pool {self.settings.dsn_for_display()}") from None
@@ -629,6 +647,59 @@ class PostgresTickWriter(BatchWriter):
         pool, self.pool = self.pool, None
         if pool is not None:
             await pool.close()
+
+    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        """A new pool connection: asynchronous commit for its session (postgres.async_commit), unless the server
+        replicates synchronously (a commit's wait covers the standbys, `durable` would not) or a pooler stands
+        between (the backend is not the one the connection names, so `durable` could not tell it is alive)."""
+        if not self._async_commit:
+            return
+        standbys, pid, started = await conn.fetchrow(
+            "SELECT current_setting('synchronous_standby_names'), pg_backend_pid(), "
+            "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())")
+        why = (f"the server replicates synchronously (synchronous_standby_names = {standbys!r})" if standbys else
+               "a connection pooler stands between" if pid != conn.get_server_pid() or started is None else None)
+        if why:
+            self._async_commit = False
+            logger.info("%s: the sink's commits wait for their flush", why)
+            return
+        await conn.execute("SET synchronous_commit = off")
+        self._backend_start[conn.get_server_pid()] = started
+
+    async def _released(self, conn: asyncpg.Connection) -> None:
+        """The pool's reset (_keep_session), noting the connection for `durable`: what it committed asynchronously
+        is durable only once the server has flushed it."""
+        await _keep_session(conn)
+        pid = conn.get_server_pid()
+        if pid == self._confirming:  # `durable`'s own: it wrote nothing (a later check must not wait on it)
+            self._confirming = None
+        elif self._async_commit:
+            self._releases += 1
+            self._unflushed[pid] = self._releases
+
+    async def durable(self) -> int:
+        """Make every write that has returned durable, and return `losses`. Asynchronous commits are visible at
+        once but reach the disk with the WAL writer, and a crash of the server drops those not yet flushed; a
+        crash also ends every backend. So: if each connection released since the last call is still the same
+        backend, their commits are in the WAL before this statement's synchronous commit, which flushes them;
+        if one is gone, they may be lost, and `losses` grows (the caller reads its records again)."""
+        if not self._unflushed or self.pool is None:
+            return self.losses
+        upto = self._releases
+        pids = list(self._unflushed)
+        try:
+            async with self.pool.acquire() as conn:
+                self._confirming = conn.get_server_pid()
+                *_, alive = await conn.fetchrow(_DURABLE_SQL, pids, [self._backend_start.get(p) for p in pids])
+        except Exception as exc:
+            raise classify(exc, "confirm the WAL flush") from None
+        if alive < len(pids):
+            self.losses += 1
+            logger.warning("%d of %d PostgreSQL connections that wrote ended before their writes were known flushed "
+                           "(a crash of the server drops them): their records are read again", len(pids) - alive,
+                           len(pids))
+        self._unflushed = {pid: n for pid, n in self._unflushed.items() if n > upto}
+        return self.losses
 
     async def write(self, rows: Sequence[tuple[Any, ...]]) -> WriteResult:
         if not rows:
@@ -933,27 +1004,29 @@ class PostgresTickWriter(BatchWriter):
         cols = ("worker, source, processed, valid, rejected, written, duplicates, throughput_per_sec, avg_latency_ms,"
                 " p50_latency_ms, p95_latency_ms, p99_latency_ms, rejected_by_rule")
         try:
-            async with self.pool.acquire() as conn:
+            # A snapshot commits synchronously whatever postgres.async_commit says: nothing re-sends a lost one.
+            async with self.pool.acquire() as conn, conn.transaction():
                 if cluster is None:
+                    await conn.execute("SET LOCAL synchronous_commit = on")
                     await conn.executemany(
                         f"INSERT INTO {self._q}.data_quality_metrics ({cols})"
                         " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13::jsonb)", records)
                     return []
-                async with conn.transaction():
-                    # One fenced writer at a time per cluster, so the check and the insert order agree.
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tickflow.metrics:' || $1))", cluster)
-                    written = {r["source"] for r in await _fetch_planned(
-                        conn, f"INSERT INTO {self._q}.data_quality_metrics (recorded_at, {cols})"
-                        " SELECT clock_timestamp(), $1, n.* FROM unnest($2::text[], $3::bigint[], $4::bigint[],"
-                        " $5::bigint[], $6::bigint[], $7::bigint[], $8::float8[], $9::float8[], $10::float8[],"
-                        " $11::float8[], $12::float8[], $13::text[]::jsonb[]) AS n(source, processed, valid, rejected,"
-                        " written, duplicates, tp, avg, p50, p95, p99, rules)"
-                        f" WHERE NOT EXISTS (SELECT 1 FROM {self._q}.data_quality_metrics m WHERE m.source = n.source"
-                        " AND m.recorded_at > now() - make_interval(secs => $15)"
-                        " AND left(m.worker, length($14) + 1) = $14 || '@'"
-                        " AND (m.processed > n.processed OR m.valid > n.valid OR m.rejected > n.rejected"
-                        " OR m.written > n.written OR m.duplicates > n.duplicates)) RETURNING source",
-                        worker, *([r[i] for r in records] for i in range(1, 13)), cluster, window_seconds)}
+                # One fenced writer at a time per cluster, so the check and the insert order agree.
+                await conn.execute("SELECT set_config('synchronous_commit', 'on', true), "
+                                   "pg_advisory_xact_lock(hashtext('tickflow.metrics:' || $1))", cluster)
+                written = {r["source"] for r in await _fetch_planned(
+                    conn, f"INSERT INTO {self._q}.data_quality_metrics (recorded_at, {cols})"
+                    " SELECT clock_timestamp(), $1, n.* FROM unnest($2::text[], $3::bigint[], $4::bigint[],"
+                    " $5::bigint[], $6::bigint[], $7::bigint[], $8::float8[], $9::float8[], $10::float8[],"
+                    " $11::float8[], $12::float8[], $13::text[]::jsonb[]) AS n(source, processed, valid, rejected,"
+                    " written, duplicates, tp, avg, p50, p95, p99, rules)"
+                    f" WHERE NOT EXISTS (SELECT 1 FROM {self._q}.data_quality_metrics m WHERE m.source = n.source"
+                    " AND m.recorded_at > now() - make_interval(secs => $15)"
+                    " AND left(m.worker, length($14) + 1) = $14 || '@'"
+                    " AND (m.processed > n.processed OR m.valid > n.valid OR m.rejected > n.rejected"
+                    " OR m.written > n.written OR m.duplicates > n.duplicates)) RETURNING source",
+                    worker, *([r[i] for r in records] for i in range(1, 13)), cluster, window_seconds)}
         except Exception as exc:
             raise await self._failed(exc, "write data_quality_metrics") from None
         return [source for source in snapshots if source not in written]

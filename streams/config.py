@@ -223,6 +223,13 @@ class PostgresSettings(_Section):
     # behind a pooler in transaction mode that does not keep prepared statements across transactions (PgBouncer
     # before 1.21, or its max_prepared_statements at 0), every statement is prepared unnamed at each run.
     prepared_statements: bool = True
+    # The writer's transactions commit without waiting for their WAL to reach the disk (PostgreSQL's
+    # synchronous_commit = off, for its own connections only): a write's wait for the flush was most of its time
+    # under load. Nothing is lost to it: a stage commits its Kafka offsets only once the server has flushed every
+    # write it made, and when a connection that wrote is gone before that (a crash may drop what it committed),
+    # it reads those records again. Off by itself when the server replicates synchronously
+    # (synchronous_standby_names) and behind a connection pooler; false: every commit waits for its flush.
+    async_commit: bool = True
     # TLS, with libpq's meanings. The default "prefer" is libpq's and asyncpg's own: it keeps the local stack
     # (no TLS) working and encrypts whenever the server offers TLS, but it verifies nothing and silently
     # falls back to plaintext. Production: "verify-full" (or at least "require"); a non-local host with

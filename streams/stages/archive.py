@@ -41,6 +41,10 @@ class EventSink(Protocol):
 
     async def write_dead_letters(self, rows: Rows) -> int: ...
 
+    async def durable(self) -> int:
+        """sinks/base.py BatchWriter.durable."""
+        ...
+
 
 def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, TickflowError) and exc.retriable
@@ -124,6 +128,9 @@ class ArchiveEvents(BatchStage):
         self.stored["dead_letters"] += await self.write_isolating(self.sink.write_dead_letters, dead)
         return None
 
+    async def durable(self) -> int:
+        return await self.sink.durable()
+
     def status(self) -> dict[str, Any]:
         st = super().status()
         st["stored"] = dict(self.stored)
@@ -139,6 +146,9 @@ class _SharedSink:
 
     async def write_dead_letters(self, rows: Rows) -> int:
         return await (await shared_writer.get()).write_dead_letters(rows)
+
+    async def durable(self) -> int:
+        return await shared_writer.durable()
 
 
 # The Faust wiring: this worker's archive stage, on the worker's shared PostgreSQL writer.

@@ -15,6 +15,9 @@ contract — offsets committed only after the rows commit, nothing lost — need
   they are acknowledged, and the first batch's offsets are committed after its acks (`settle`), still in order;
 - on a rebalance, revocation waits for the batch in flight to finish and commit before the partitions
   move, so the next owner starts exactly after it;
+- a stage whose outputs become durable only some time after they return (the database's asynchronous
+  commit) says so in `durable`: offsets are committed only after it, and when it says writes may have been
+  lost, the stage reads again from its committed offsets (`_rewind`);
 - a commit that fails (the group moved on while this worker was paused) is logged, not fatal: the new
   owner re-reads those records, and every output is idempotent downstream (natural-key upsert);
 - a consumer whose group has had no coordinator for `coordinator_patience` seconds is replaced by a new one
@@ -81,6 +84,8 @@ class _Listener(ConsumerRebalanceListener):
             if self.replaced():  # while it waited for the lock
                 return
             await self.stage.flush_commit()
+            for tp in revoked:  # offsets a commit left waiting (`_confirm_durable`) are the next owner's to redo
+                self.stage._uncommitted.pop(tp, None)
             await self.stage.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -144,6 +149,11 @@ class BatchStage(Service):
         self.commit_interval = commit_interval_ms / 1000.0
         self._uncommitted: dict[TopicPartition, int] = {}  # next offsets of batches done, not yet being committed
         self._commit_started = float("-inf")  # monotonic time the last commit was started
+        # `durable`'s count of possibly lost writes as of the last commit, and whether the stage must read again
+        # from its committed offsets (`_rewind`) before it commits anything more.
+        self._losses_seen = 0
+        self._rewind_pending = False
+        self._durable_failures = 0
         self._run_future: asyncio.Future[Any] | None = None
         self.coordinator_patience = coordinator_patience
         self._no_coordinator_since: float | None = None
@@ -366,6 +376,11 @@ class BatchStage(Service):
         if consumer is None:  # stopped (SIGTERM) before the loop got to run: nothing to do, nothing to commit
             return
         while not self.should_stop:
+            if self._rewind_pending:
+                async with self.batch_lock:
+                    if not await self._rewind(consumer):
+                        await asyncio.sleep(1.0)
+                        continue
             resume = self.resumable() & self.assignment()
             if resume:
                 consumer.resume(*resume)
@@ -451,11 +466,61 @@ class BatchStage(Service):
         if faults.reach(point) and self.consumer is not None:
             faults.park_lookup(self.consumer)
 
+    async def durable(self) -> int:
+        """Wait until the outputs of the batches done are durable; return the count of times outputs that had
+        been done were found possibly lost (sinks/base.py BatchWriter.durable). Outputs durable when done: 0."""
+        return 0
+
+    async def _confirm_durable(self, offsets: dict[TopicPartition, int]) -> bool:
+        """Whether `offsets` may be committed: their batches' outputs are durable. When `durable` cannot tell
+        (the database is out of reach), they wait for the next commit; when outputs may have been lost, nothing
+        is committed until the stage has read again from its committed offsets (`_rewind`)."""
+        if self._rewind_pending:
+            return False
+        try:
+            losses = await self.durable()
+        except Exception as exc:
+            self._uncommitted = {**offsets, **self._uncommitted}  # the newer offsets of later batches win
+            self._durable_failures += 1
+            if self._durable_failures == 1 or self._durable_failures % 100 == 0:
+                logger.warning("%s: the outputs' durability is not confirmed (%r, %d times); their offsets wait",
+                               self.stage, exc, self._durable_failures)
+            return False
+        self._durable_failures = 0
+        if losses != self._losses_seen:
+            self._losses_seen = losses
+            self._rewind_pending = True
+            logger.warning("%s: outputs done since the last commit may have been lost; reading again from the "
+                           "committed offsets", self.stage)
+            return False
+        return True
+
+    async def _rewind(self, consumer: AIOKafkaConsumer) -> bool:
+        """Drop every offset not committed and go back to the committed ones (the partitions' start where none
+        is), as a new owner of the partitions would; the outputs are idempotent. False: try again."""
+        await self._await_commit()
+        self._drop_unacked()
+        self._uncommitted.clear()
+        try:
+            for tp in self.assignment():
+                offset = await consumer.committed(tp)
+                if offset is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, offset)
+        except (KafkaError, IllegalStateError) as exc:
+            logger.warning("%s: could not read the committed offsets to go back to (%r); retrying", self.stage, exc)
+            return False
+        self._rewind_pending = False
+        return True
+
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        """Commit, retrying a Kafka error with capped exponential backoff (0.2 s doubling to 10 s) until it
-        succeeds. A refused commit is not retried: the group
+        """Commit, once the batches' outputs are durable (`_confirm_durable`), retrying a Kafka error with capped
+        exponential backoff (0.2 s doubling to 10 s) until it succeeds. A refused commit is not retried: the group
         rebalanced away from us (e.g. we were paused past the session timeout), the partitions' new owner re-reads
         these records and our outputs were idempotent. Anything else (a bug) comes out."""
+        if not await self._confirm_durable(offsets):
+            return
         def retrying() -> AsyncRetrying:
             return AsyncRetrying(
                 retry=retry_if_exception(_commit_retriable),

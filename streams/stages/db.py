@@ -56,6 +56,9 @@ class SharedWriter(BatchWriter):
     async def write_json(self, records: Sequence[bytes]) -> WriteResult:
         return await (await self.get()).write_json(records)
 
+    async def durable(self) -> int:
+        return await self.inner.durable()  # not started: nothing written, nothing to wait for
+
 
 class ReadPool:
     """The web pages' own pool: at most `max_size` connections, every transaction read-only, every statement

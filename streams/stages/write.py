@@ -63,6 +63,9 @@ class WriteTicks(BatchStage):
         self.outage_attempts = 0  # failed attempts of the write in flight (0 when the database answers)
         self.last_outage: str | None = None
 
+    async def durable(self) -> int:
+        return await self.writer.durable()
+
     def _log_retry(self, state: RetryCallState) -> None:
         n = state.attempt_number
         self.outage_attempts = n

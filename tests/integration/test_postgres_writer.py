@@ -4,6 +4,7 @@ errors sorted into retriable and data errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import asyncpg
@@ -144,6 +145,68 @@ async def test_a_released_connection_keeps_its_session_but_no_open_transaction(i
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SELECT to_regclass($1)", f"pg_temp.left_open_{iso.schema}") is None
         assert (await w.write(rows(SMALL_BATCH_ROWS + 8))).inserted == 3  # the staging table survived the releases
+    finally:
+        await w.stop()
+
+
+async def test_async_commit_sessions_and_durable_waits_for_the_flush(iso, pg) -> None:
+    """postgres.async_commit: the writer's sessions commit without waiting for the flush, a metrics snapshot still
+    waits for it, and `durable` returns only once the WAL is flushed past every write that had returned."""
+    w = PostgresTickWriter(settings_for(iso))
+    await w.start()
+    try:
+        assert w.pool is not None
+        for n in (SMALL_BATCH_ROWS + 5, 3):  # COPY through the staging table, and one JSON statement
+            assert (await w.write(rows(n, source=f"s{n}"))).inserted == n
+            written_to = await pg.fetchval("SELECT pg_current_wal_insert_lsn()::text")
+            assert await w.durable() == 0
+            assert await pg.fetchval("SELECT pg_current_wal_flush_lsn() >= $1::text::pg_lsn", written_to)
+        async with w.pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+            async with conn.transaction():  # what write_metrics sets for its own transaction
+                await conn.execute("SET LOCAL synchronous_commit = on")
+                assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        fields = ("processed", "valid", "rejected", "written", "duplicates", "throughput_per_sec", "avg_latency_ms",
+                  "p50_latency_ms", "p95_latency_ms", "p99_latency_ms")
+        snapshot = {"s": {**dict.fromkeys(fields, 0), "rejected_by_rule": {}}}
+        assert await w.write_metrics("w", snapshot) == []
+        assert await w.write_metrics("w", snapshot, cluster="c") == []
+        assert await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.data_quality_metrics") == 2
+    finally:
+        await w.stop()
+    sync = PostgresTickWriter(settings_for(iso).model_copy(update={"async_commit": False}))
+    await sync.start()
+    try:
+        assert sync.pool is not None
+        assert (await sync.write(rows(2, source="sync"))).inserted == 2
+        assert await sync.pool.fetchval("SHOW synchronous_commit") == "on"
+        assert await sync.durable() == 0 and not sync._unflushed
+    finally:
+        await sync.stop()
+
+
+async def test_durable_counts_a_loss_when_a_connection_that_wrote_ended_before_the_flush_was_confirmed(
+        iso, pg) -> None:
+    """A crash of the server drops asynchronous commits not yet flushed and ends every backend: a connection that
+    wrote and is gone before `durable` confirmed its writes counts as a loss (its caller reads them again)."""
+    w = PostgresTickWriter(settings_for(iso).model_copy(update={"pool_min": 1, "pool_max": 1}))
+    await w.start()
+    try:
+        assert w.pool is not None
+        assert (await w.write(rows(3))).inserted == 3
+        assert await w.durable() == 0
+        assert (await w.write(rows(3, source="later"))).inserted == 3
+        async with w.pool.acquire() as conn:
+            pid = conn.get_server_pid()
+        assert await pg.fetchval("SELECT pg_terminate_backend($1)", pid)
+        for _ in range(50):  # the pool may hand the dead connection out once more before it opens a new one
+            with contextlib.suppress(SinkUnavailable):
+                if await w.durable() == 1:
+                    break
+            await asyncio.sleep(0.1)
+        assert w.losses == 1
+        assert (await w.write(rows(3, source="after"))).inserted == 3  # on a new connection
+        assert await w.durable() == 1  # no new loss
     finally:
         await w.stop()
 

@@ -42,6 +42,9 @@ class FakeSink:
         self.dead.extend(rows)
         return len(rows)
 
+    async def durable(self) -> int:
+        return 0
+
 
 def stage(sink: FakeSink, slept: list[float]) -> ArchiveEvents:
     async def sleep(s: float) -> None:

@@ -13,6 +13,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, RequestTimedOutError
 
+from streams.errors import SinkUnavailable
 from streams.settings import KafkaSettings
 from streams.stages import base
 from streams.stages.base import BatchStage
@@ -391,3 +392,89 @@ async def test_a_revocation_and_a_stop_wait_for_the_acks_then_commit() -> None:
     stage._unacked[0].set_exception(RuntimeError("broker gone for good"))
     await stage.on_stop()
     assert consumer.committed == {TP: 1, TP1: 4}
+
+
+class Durable(Stage):
+    """A stage whose outputs become durable later (a database's asynchronous commit): `durable` answers from
+    `answers` in turn, an exception raised, a count returned (how many times outputs may have been lost)."""
+
+    def __init__(self, answers: list[int | BaseException], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.answers = list(answers)
+
+    async def process(self, records: list[Any]) -> None:
+        return None
+
+    async def durable(self) -> int:
+        answer = self.answers.pop(0) if self.answers else self._losses_seen
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+class Seeking(LoopConsumer):
+    """LoopConsumer with aiokafka's `committed(tp)` (the group's offsets) and seeks, recorded."""
+
+    def __init__(self, batches: list[dict[TopicPartition, list[Any]]]) -> None:
+        super().__init__(batches)
+        del self.committed  # aiokafka's method, below; the commits go to `stored`
+        self.stored: dict[TopicPartition, int] = {}
+        self.seeks: list[tuple[TopicPartition, int | None]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.calls.append(dict(offsets))
+        self.stored.update(offsets)
+
+    async def committed(self, tp: TopicPartition) -> int | None:  # type: ignore[override]
+        return self.stored.get(tp)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        self.seeks.extend((tp, None) for tp in tps)
+
+
+async def run_until_idle(stage: BatchStage, consumer: Any) -> None:
+    stage.consumer = consumer
+    run = asyncio.ensure_future(stage._run())
+    for _ in range(500):
+        await asyncio.sleep(0)
+    await stage.flush_commit()
+    run.cancel()
+
+
+async def test_a_loss_of_outputs_commits_nothing_more_and_goes_back_to_the_committed_offsets() -> None:
+    stage = Durable([0, 1], kafka=KafkaSettings(), app_id="unit", topics=["t"])
+    consumer = Seeking([{TP: [Rec(0), Rec(1)]}, {TP: [Rec(2)], TP1: [Rec(0)]}, {TP1: [Rec(1)]}])
+    await run_until_idle(stage, consumer)
+    # The first batch was durable and committed. The second's outputs may be lost: neither it nor the batch after
+    # it commits, and the stage goes back to what is committed (TP) and to the start where nothing is (TP1).
+    assert consumer.calls == [{TP: 2}]
+    assert sorted(consumer.seeks, key=str) == [(TP, 2), (TP1, None)]
+    assert not stage._uncommitted and not stage._rewind_pending
+
+
+async def test_offsets_wait_while_durability_cannot_be_confirmed_and_go_with_the_next_commit(
+        caplog: pytest.LogCaptureFixture) -> None:
+    stage = Durable([SinkUnavailable("database down"), 0], kafka=KafkaSettings(), app_id="unit", topics=["t"])
+    consumer = Seeking([{TP: [Rec(0), Rec(1)]}, {TP: [Rec(2)], TP1: [Rec(0)]}])
+    with caplog.at_level(logging.WARNING):
+        await run_until_idle(stage, consumer)
+    assert consumer.calls == [{TP: 3, TP1: 1}]  # the first batch's offsets waited, then went with the second's
+    assert consumer.seeks == []
+    assert "durability is not confirmed" in caplog.text
+
+
+async def test_offsets_a_failed_confirmation_left_waiting_are_dropped_for_partitions_that_move() -> None:
+    down = SinkUnavailable("database down")
+    stage = Durable([down, down, 0], kafka=KafkaSettings(), app_id="unit", topics=["t"])
+    consumer = Seeking([])
+    stage.consumer = consumer  # type: ignore[assignment]
+    await stage.commit_offsets(consumer, {}, {TP: 5, TP1: 7})  # type: ignore[arg-type]
+    await stage._await_commit()
+    assert stage._uncommitted == {TP: 5, TP1: 7}
+    await base._Listener(stage, consumer).on_partitions_revoked({TP1})  # type: ignore[arg-type]
+    assert stage._uncommitted == {TP: 5}  # TP1's next owner reads its records again
+    await stage.flush_commit()
+    assert consumer.calls == [{TP: 5}]
