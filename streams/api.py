@@ -243,7 +243,8 @@ class _InProcess:
         if self.settings.postgres.enabled:
             from sinks.postgres import PostgresTickWriter
 
-            self.writer = PostgresTickWriter(self.settings.postgres)
+            # No Kafka offsets here to hold back until the rows are flushed: each write is durable when it returns.
+            self.writer = PostgresTickWriter(self.settings.postgres.model_copy(update={"async_commit": False}))
             await self.writer.start()
         else:
             logger.warning("kafka.enabled and postgres.enabled are both false: points are validated and counted, "

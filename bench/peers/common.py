@@ -51,9 +51,11 @@ class Job:
         return self.settings.kafka.bootstrap_servers
 
     def postgres(self) -> PostgresSettings:
-        """tickflow's PostgreSQL settings pointed at this peer's schema."""
+        """tickflow's PostgreSQL settings pointed at this peer's schema, each commit waiting for its flush: a peer
+        commits its offsets after its writes return and asks nothing like tickflow's `durable` first."""
         pg = self.settings.postgres
-        return PostgresSettings(**{**pg.model_dump(), "db_schema": self.schema, "password": pg.password})
+        return PostgresSettings(**{**pg.model_dump(), "db_schema": self.schema, "password": pg.password,
+                                   "async_commit": False})
 
 
 def job_from_env() -> Job:

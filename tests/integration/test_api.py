@@ -130,10 +130,13 @@ async def test_brief_custom_ingestion_in_process_writes_postgres(iso, pg, monkey
         result["again"] = await pipeline.ingest_data_point(data_point)  # the same natural key: one row
         result["bad"] = await pipeline.ingest_data_point(data_point.model_copy(update={"price": -5.0}))
         result["pipeline"] = pipeline
+        # No Kafka offsets wait for a flush here: each write is durable when it returns (no asynchronous commit).
+        result["synchronous_commit"] = pipeline._local.writer.settings.async_commit is False
         pipeline.stop()
 
     await asyncio.to_thread(asyncio.run, ingest_custom_data())
     assert (result["ok"], result["again"], result["bad"]) == (True, True, False)
+    assert result["synchronous_commit"]
     rows = await pg.fetch(f"SELECT symbol, price, volume, source, data_type, metadata FROM {iso.schema}.market_data")
     assert [(r["symbol"], r["price"], r["volume"], r["source"], r["data_type"]) for r in rows] == [
         ("CUSTOM", 123.45, 1000, "custom_feed", "tick")]
