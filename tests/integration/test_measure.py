@@ -6,12 +6,14 @@ its end (`drop_topics`)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections import Counter, defaultdict
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.models import MarketDataPoint
 from streams.settings import load_settings
+from streams.tools import measure
 from streams.tools.measure import drop_topics, paced_feed, read_topic
 from tests.integration.conftest import Isolation, ensure_topics_for
 
@@ -53,6 +55,26 @@ async def test_a_paced_feed_sends_every_point_once_at_its_rate_stamped_when_sent
     for r, p in sorted(points, key=lambda rp: (rp[0].partition, rp[0].offset)):
         by_partition[r.partition].append(int(p.item_id.rsplit("-", 1)[1]))
     assert all(seqs == sorted(seqs) for seqs in by_partition.values())
+
+
+async def test_a_paced_feed_stamps_its_points_with_the_points_out_of_the_collectors_reach(
+        iso: Isolation, monkeypatch) -> None:
+    """The feed's points frozen while they are stamped and sent (a full collection walking them paused the feed),
+    and the heap as it was afterwards."""
+    await ensure_topics_for(iso)
+    frozen_while_sending: list[int] = []
+
+    class Clock(measure.SendClock):
+        def __call__(self) -> tuple[bytes, int]:
+            frozen_while_sending.append(gc.get_freeze_count())
+            return super().__call__()
+
+    monkeypatch.setattr(measure, "SendClock", Clock)
+    gc.unfreeze()  # whatever an earlier test of this process froze
+    sent = await paced_feed(load_settings(), iso.raw_topic(), 1000.0, 0.5, run_id=f"gc{iso.tag}")
+    assert sent == len(frozen_while_sending) == 500
+    assert min(frozen_while_sending) > 500  # at least every point (key and value tuples) was frozen
+    assert gc.get_freeze_count() == 0
 
 
 async def test_drop_topics_deletes_the_named_ones_and_every_one_holding_the_tag_and_no_other(iso: Isolation) -> None:
