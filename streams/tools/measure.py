@@ -138,9 +138,9 @@ async def paced_feed(settings: Settings, topic: str, rate: float, seconds: float
     await producer.start()
     partitioner, clock = DefaultPartitioner(), SendClock()
     # The points just built (a million objects for 30 s at 29,000/s) out of the garbage collector's reach while
-    # the clock runs: its full collections walked them all, pausing the feed for tens of milliseconds, and the
-    # points due meanwhile went out as one burst the live feed does not send (bench/README.md, session 32).
-    # Reference counting still frees them as before.
+    # the clock runs: a full collection walks them all (36-78 ms measured), a stall of the feed after which the
+    # points due go out as one burst the live feed does not send (bench/README.md, session 32). Reference
+    # counting still frees them as before.
     frozen_before = gc.get_freeze_count()
     gc.collect()
     gc.freeze()
