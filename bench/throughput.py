@@ -66,8 +66,9 @@ from streams.tools import measure  # noqa: E402
 from streams.tools.measure import count_rows, drop_topics, preload  # noqa: E402
 
 # Every system's steady window (10% to 90% of the rows) lasts well over 30 s: tickflow is the fastest here, and
-# 1,200,000 rows at its 28,000-32,000 rows/s on a fast day take 37-43 s (1,000,000 points gave 24-29 s).
-POINTS = int(os.environ.get("BENCH_POINTS", "1500000"))
+# 1,600,000 of 2,000,000 rows at its 40,000-44,000 rows/s on a fast stretch take 36-40 s (1,500,000 points gave
+# 27 s at 43,584 rows/s in session 33; 1,000,000 gave 24-29 s at 28,000-32,000).
+POINTS = int(os.environ.get("BENCH_POINTS", "2000000"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 # Each "worker" as two processes by worker.stages: validate, and write + archive (each its own event loop).
 SPLIT = os.environ.get("BENCH_SPLIT", "0") not in ("", "0")
