@@ -411,9 +411,8 @@ class BatchStage(Service):
                     batch = self.above_floor(batch)
                     if not batch:
                         continue
-                records = [r for tp in sorted(batch) for r in batch[tp]]
                 try:
-                    held = await self.process(records) or set()
+                    held = await self.process_batch(batch) or set()
                     sending, self._sending = self._sending, None
                     if sending is None:  # nothing sent behind, nor the batch before settled by process: in order
                         await self.settle()
@@ -547,6 +546,11 @@ class BatchStage(Service):
     async def process(self, records: list[Any]) -> set[TopicPartition] | None:
         """Handle a batch; return the partitions to hold back (not committed, paused), or None for none."""
         raise NotImplementedError
+
+    async def process_batch(self, batch: dict[TopicPartition, list[Any]]) -> set[TopicPartition] | None:
+        """The batch as the consumer hands it, by partition: `process` of its records, partition after partition
+        in order. A stage that works a partition's records as one run overrides this."""
+        return await self.process([r for tp in sorted(batch) for r in batch[tp]])
 
     def resumable(self) -> set[TopicPartition]:
         """Paused partitions to consume again (checked before every fetch)."""

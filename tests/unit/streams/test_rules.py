@@ -2,6 +2,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.errors import RejectedRecord
 from streams.models import DataType, MarketDataPoint
@@ -93,6 +95,21 @@ def test_circuit_breaker_trips_only_on_a_full_window_over_the_ratio() -> None:
     b.record(True)
     assert b.tripped is False and b.rejected == 5  # one rejected in, one rejected out
     assert not CircuitBreaker(ratio=1.0, window=10).tripped
+
+
+@given(window=st.integers(1, 12), runs=st.lists(st.lists(st.booleans(), max_size=30), max_size=8))
+def test_a_run_of_outcomes_leaves_the_breaker_as_the_same_outcomes_one_by_one(window: int,
+                                                                             runs: list[list[bool]]) -> None:
+    from streams.rules import CircuitBreaker
+
+    one_by_one, by_run = CircuitBreaker(ratio=0.3, window=window), CircuitBreaker(ratio=0.3, window=window)
+    for run in runs:
+        for rejected in run:
+            one_by_one.record(rejected)
+        by_run.record_run(len(run), [i for i, rejected in enumerate(run) if rejected])
+        assert list(by_run.outcomes) == list(one_by_one.outcomes)
+        assert by_run.rejected == one_by_one.rejected == sum(by_run.outcomes)
+        assert by_run.tripped == one_by_one.tripped
 
 
 @pytest.mark.parametrize(("kind", "fields", "rule"), [

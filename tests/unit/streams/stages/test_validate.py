@@ -438,3 +438,59 @@ def test_a_verdict_on_an_earlier_trade_is_an_event_not_a_second_copy_of_the_trad
     follow_ups = [e for e in events if e.get("details", {}).get("follow_up")]
     assert [e["record"]["item_id"] for e in follow_ups] == ["t200"], "the price error got no verdict"
     assert [r["item_id"] for r in clean] == [f"t{i}" for i in range(len(times))]  # each trade once, in order
+
+
+def test_a_run_of_records_is_routed_as_each_record_on_its_own() -> None:
+    """route_run (the stage's way) gives the outputs, counts and breaker positions that routing the same records
+    one by one gives: clean records, anomaly events and follow-up revisions, quarantined and unreadable ones."""
+    import math
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from streams.config import AnomalySettings
+    from streams.stages.detect import AnomalyTracker
+
+    def router() -> Router:
+        return Router(Validator(ValidationSettings()), catalog, AnomalyTracker(AnomalySettings(), 1e9, {}),
+                      quarantine=["replay"])
+
+    rng, c, day, recs = random.Random(3), 100.0, datetime(2012, 1, 3, 21, tzinfo=UTC), []
+    for i in range(90):
+        while day.weekday() >= 5:
+            day += timedelta(days=1)
+        o = c * math.exp(rng.gauss(0, 0.003))
+        c = o * math.exp(rng.gauss(0, 0.01))
+        k = 10.0 if i in (40, 41, 70) else 1.0  # jumps: a held suspect, a split-like level, a lone outlier
+        doc = {"symbol": "SPY", "timestamp": day.isoformat(), "source": "replay", "data_type": "bar",
+               "interval": "1d", "open": o * k, "high": max(o, c) * k * 1.003, "low": min(o, c) * k * 0.997,
+               "close": c * k, "volume": 1e6}
+        value = b'{"sym": 1}' if i % 17 == 5 else orjson.dumps(doc)
+        recs.append(Rec(BAD, i, value, key=b"SPY", timestamp=1_700_000_000_000 + i))
+        day += timedelta(days=1)
+    one, whole = router(), router()
+    d_one, d_whole = MetricsDelta(), MetricsDelta()
+    by_one, rejected_one = [], []
+    for i, rec in enumerate(recs):
+        routed = one.route(rec, d_one, 1_700_000_100.0, "replay")
+        by_one += routed
+        if routed[-1].topic == rejected_topic_name:
+            rejected_one.append(i)
+    by_whole, rejected_whole = whole.route_run(recs, "replay", d_whole, 1_700_000_100.0)
+    assert len({m.topic for m in by_whole}) == 3 and len(rejected_one) > len(recs) // 17  # all three outcomes met
+
+    def same(m: Outgoing) -> tuple[Any, ...]:  # but the wall clock: the dead letter's time, an event's detected_at
+        value = m.value
+        if m.topic != rejected_topic_name and value and b'"detected_at"' in value:
+            value = orjson.dumps({k: v for k, v in orjson.loads(value).items() if k != "detected_at"})
+        return m.topic, m.key, value, m.timestamp, [h for h in m.headers or [] if h[0] != "tickflow.time"]
+
+    assert [same(m) for m in by_whole] == [same(m) for m in by_one]
+    assert rejected_whole == rejected_one
+    # a quarantined record's dead letter comes after the anomaly event that quarantined it
+    quarantined = [i for i, m in enumerate(by_whole) if m.topic == rejected_topic_name
+                   and dict(m.headers or [])["tickflow.rule"].startswith(b"anomaly.")]
+    assert quarantined and all(by_whole[i - 1].topic == router().anomalies_topic for i in quarantined)
+    counts = [d.of("replay").to_dict() for d in (d_whole, d_one)]
+    for c in counts:
+        c["recent"] = [{k: v for k, v in r.items() if k != "detected_at"} for r in c["recent"]]
+    assert counts[0] == counts[1] and counts[0]["processed"] == len(recs)
