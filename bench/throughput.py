@@ -308,15 +308,25 @@ def latency_rates(steady: float) -> list[float]:
 
 
 async def latency_phases(settings: Any, catalog: Any, conn: asyncpg.Connection, schema: str, steady: float,
-                         label: str) -> list[dict[str, Any]]:
+                         label: str, procs: list[subprocess.Popen[bytes]]) -> list[dict[str, Any]]:
     """End-to-end latency of a running system at each of `latency_rates`: the simulated feed into the raw
-    topic it reads, rows read back from its schema (written_at - ingested_at, streams/tools/measure.py)."""
+    topic it reads, rows read back from its schema (written_at - ingested_at, streams/tools/measure.py). Beside
+    it, the system's CPU per row over the phase (`procs`, from /proc) and the share of a core that is at the
+    phase's rate: a drain's batches are larger than a live feed's, so a rate that is 80% of the drain's maximum
+    can keep a one-thread process busier than 80% of the time."""
     out = []
     for rate in latency_rates(steady):
         print(f"  {label}: latency at {rate:,.0f} points/s for {LATENCY_SECONDS:.0f} s ...", flush=True)
+        cpu0 = _stats_of(procs)[0]
         lat = await measure.latency_run(settings, catalog, conn, schema, rate, LATENCY_SECONDS)
+        cpu = _stats_of(procs)[0] - cpu0
+        if lat["rows"]:
+            lat["cpu_us_per_row"] = round(cpu / lat["rows"] * 1e6, 1)
+            lat["cpu_cores_at_rate"] = round(cpu / lat["rows"] * rate, 2)
         print(f"    p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms"
-              f"  ({lat['rows']:,} of {lat['sent']:,} rows)", flush=True)
+              f"  ({lat['rows']:,} of {lat['sent']:,} rows)"
+              + (f"; {lat['cpu_us_per_row']:.1f} µs CPU per row, {lat['cpu_cores_at_rate']:.2f} cores at this rate"
+                 if lat["rows"] else ""), flush=True)
         out.append(lat)
     return out
 
@@ -363,7 +373,7 @@ async def peer_latency(settings: Any, tag: str, peer: str, steady: float,
     try:
         await measure.latency_run(settings, lat_catalog, conn, job["BENCH_PEER_SCHEMA"], RATE, 3.0,
                                   wait_seconds=300)
-        return await latency_phases(settings, lat_catalog, conn, job["BENCH_PEER_SCHEMA"], steady, peer)
+        return await latency_phases(settings, lat_catalog, conn, job["BENCH_PEER_SCHEMA"], steady, peer, [proc])
     finally:
         _stop([proc])
         await drop_peer(settings, conn, job)
@@ -629,8 +639,8 @@ def detectors_compiled() -> bool:
 
 def system_row(name: str, res: dict[str, Any]) -> dict[str, Any]:
     """One line of the per-system table; latency at BENCH_RATE ("low") and at 80% of the system's maximum."""
-    lat = {(f"{'low' if i == 0 else 'load'}_{k}"): v for i, run in enumerate(res.get("latency") or [])
-           for k, v in (("rate", run["rate"]), ("p50_ms", run["p50_ms"]), ("p99_ms", run["p99_ms"]))}
+    lat = {(f"{'low' if i == 0 else 'load'}_{k}"): run.get(k) for i, run in enumerate(res.get("latency") or [])
+           for k in ("rate", "p50_ms", "p99_ms", "cpu_us_per_row", "cpu_cores_at_rate")}
     return {"system": name, "rows_per_sec": res["rows_per_sec_steady"], "cpu_us_per_row": res["cpu_us_per_row_steady"],
             "cpu_us_per_row_whole_run": res["cpu_us_per_row_total"],
             "stack_cpu_us_per_row": res.get("stack_cpu_us_per_row_steady"),
@@ -654,7 +664,8 @@ def print_table(systems: list[dict[str, Any]]) -> None:
               f"{s.get('stack_cpu_us_per_row') or 0:>9.1f} {s.get('machine_cpu_us_per_row') or 0:>11.1f} "
               f"{s['peak_rss_mb']:>12.1f} {s['lost']:>7,} {s['duplicated']:>5,} {s['steady_seconds']:>9.1f}  "
               f"{_ms(s.get('low_p50_ms'))} / {_ms(s.get('low_p99_ms'))}; "
-              f"{_ms(s.get('load_p50_ms'))} / {_ms(s.get('load_p99_ms'))} at {s.get('load_rate') or 0:,.0f}/s")
+              f"{_ms(s.get('load_p50_ms'))} / {_ms(s.get('load_p99_ms'))} at {s.get('load_rate') or 0:,.0f}/s"
+              + (f" ({s['load_cpu_cores_at_rate']:.2f} cores)" if s.get("load_cpu_cores_at_rate") else ""))
 
 
 async def main() -> None:
@@ -699,7 +710,7 @@ async def main() -> None:
               f"{pipe['landed']:,} rows, {pipe['lost']:,} lost, {pipe['duplicated']:,} duplicated", flush=True)
         try:
             latency = await latency_phases(settings, catalog, conn, f"bench_{tag}", pipe["rows_per_sec_steady"],
-                                           "tickflow")
+                                           "tickflow", procs)
             pipe["latency"] = latency
             soak = await soak_run(settings, env, procs, SOAK_SECONDS) if SOAK_SECONDS else None
             if STALL_SECONDS:

@@ -1,4 +1,4 @@
-"""The validate stage's CPU per record, in-process (no Kafka): raw bytes through Router.route, all detectors on.
+"""The validate stage's CPU per record, in-process (no Kafka): raw bytes through Router.route_run, all detectors on.
 
 Why: the worker's CPU per row is mostly this path (rules, pydantic, the detector suite, the clean record's
 bytes), and wall time on a shared 2-core machine moves by 10-20% from one minute to the next. This script feeds
@@ -44,7 +44,7 @@ RUN = 200  # records routed together: the validate stage's YIELD_EVERY, its long
 
 
 class RawRecord:
-    """What aiokafka hands the stage: the fields Router.route reads."""
+    """What aiokafka hands the stage: the fields Router.route_run reads."""
 
     __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
 
