@@ -108,12 +108,17 @@ def _stat_fields(pid: int | str) -> list[str]:
 
 
 def stack_cpu() -> float:
-    """CPU seconds of the stack the systems share, the Kafka broker and PostgreSQL: every live postgres process,
-    plus what its exited children used (a backend's CPU goes to the postmaster's cutime when it is reaped), and
-    the broker's JVM. Broker and database work per row is part of a job's cost: on a machine of few cores it is
-    what the job's own process competes with."""
+    """CPU seconds of the stack the systems share, the Kafka broker and PostgreSQL (`stack_cpu_parts`). Broker
+    and database work per row is part of a job's cost: on a machine of few cores it is what the job's own
+    process competes with."""
+    return sum(stack_cpu_parts().values())
+
+
+def stack_cpu_parts() -> dict[str, float]:
+    """CPU seconds of the broker's JVM and of PostgreSQL: every live postgres process, plus what its exited
+    children used (a backend's CPU goes to the postmaster's cutime when it is reaped)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    total = {"broker": 0, "postgres": 0}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -129,10 +134,11 @@ def stack_cpu() -> float:
             parts = _stat_fields(pid)
         except (OSError, IndexError):
             continue
-        total += int(parts[11]) + int(parts[12])
+        part = "broker" if comm == "java" else "postgres"
+        total[part] += int(parts[11]) + int(parts[12])
         if comm == "postgres" and _is_postmaster(parts):
-            total += int(parts[13]) + int(parts[14])
-    return total / ticks
+            total[part] += int(parts[13]) + int(parts[14])
+    return {k: v / ticks for k, v in total.items()}
 
 
 def _is_postmaster(parts: list[str]) -> bool:
@@ -313,20 +319,41 @@ async def latency_phases(settings: Any, catalog: Any, conn: asyncpg.Connection, 
     topic it reads, rows read back from its schema (written_at - ingested_at, streams/tools/measure.py). Beside
     it, the system's CPU per row over the phase (`procs`, from /proc) and the share of a core that is at the
     phase's rate: a drain's batches are larger than a live feed's, so a rate that is 80% of the drain's maximum
-    can keep a one-thread process busier than 80% of the time."""
+    can keep a one-thread process busier than 80% of the time. And the broker's, PostgreSQL's and the load
+    generator's CPU per row, and the cores each kept busy while the feed ran: a drain reads a preloaded topic,
+    so the feed's own sends and their produce requests at the broker are load the drain's maximum never
+    carried, on the same cores."""
     out = []
     for rate in latency_rates(steady):
         print(f"  {label}: latency at {rate:,.0f} points/s for {LATENCY_SECONDS:.0f} s ...", flush=True)
-        cpu0 = _stats_of(procs)[0]
-        lat = await measure.latency_run(settings, catalog, conn, schema, rate, LATENCY_SECONDS)
+        cpu0, stack0 = _stats_of(procs)[0], stack_cpu_parts()
+        feed = measure.FeedStats()
+        lat = await measure.latency_run(
+            settings, catalog, conn, schema, rate, LATENCY_SECONDS, stats=feed,
+            probe=lambda: {"machine": machine_cpu(), "job": _stats_of(procs)[0], **stack_cpu_parts()})
         cpu = _stats_of(procs)[0] - cpu0
+        stack = {k: v - stack0[k] for k, v in stack_cpu_parts().items()}
         if lat["rows"]:
-            lat["cpu_us_per_row"] = round(cpu / lat["rows"] * 1e6, 1)
+            # Per row over the phase, to its last row (a system behind the feed works on after the feed ends);
+            # the load generator's over the feed only (building its points before the clock starts is not
+            # load on the system).
+            per_row = {"cpu_us_per_row": cpu, "stack_cpu_us_per_row": sum(stack.values()),
+                       "broker_cpu_us_per_row": stack["broker"], "postgres_cpu_us_per_row": stack["postgres"],
+                       "generator_cpu_us_per_row": feed.cpu_seconds}
+            lat.update({k: round(v / lat["rows"] * 1e6, 1) for k, v in per_row.items()})
             lat["cpu_cores_at_rate"] = round(cpu / lat["rows"] * rate, 2)
+        if feed.seconds:
+            # What a tail under load is read against: the cores each part kept busy while the feed ran.
+            lat["cores_during_feed"] = {k: round(v / feed.seconds, 2)
+                                        for k, v in {**feed.probed, "generator": feed.cpu_seconds}.items()}
         print(f"    p50 {lat['p50_ms']} ms  p95 {lat['p95_ms']} ms  p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms"
               f"  ({lat['rows']:,} of {lat['sent']:,} rows)"
-              + (f"; {lat['cpu_us_per_row']:.1f} µs CPU per row, {lat['cpu_cores_at_rate']:.2f} cores at this rate"
-                 if lat["rows"] else ""), flush=True)
+              + (f"; {lat['cpu_us_per_row']:.1f} µs CPU per row, {lat['cpu_cores_at_rate']:.2f} cores at this rate;"
+                 f" per row, broker {lat['broker_cpu_us_per_row']:.1f} µs, PostgreSQL"
+                 f" {lat['postgres_cpu_us_per_row']:.1f} µs, load generator {lat['generator_cpu_us_per_row']:.1f} µs"
+                 if lat["rows"] else "")
+              + ("; cores busy while fed: " + ", ".join(f"{k} {v:.2f}" for k, v in lat["cores_during_feed"].items())
+                 + f" of {os.cpu_count()}" if "cores_during_feed" in lat else ""), flush=True)
         out.append(lat)
     return out
 
@@ -640,7 +667,9 @@ def detectors_compiled() -> bool:
 def system_row(name: str, res: dict[str, Any]) -> dict[str, Any]:
     """One line of the per-system table; latency at BENCH_RATE ("low") and at 80% of the system's maximum."""
     lat = {(f"{'low' if i == 0 else 'load'}_{k}"): run.get(k) for i, run in enumerate(res.get("latency") or [])
-           for k in ("rate", "p50_ms", "p99_ms", "cpu_us_per_row", "cpu_cores_at_rate")}
+           for k in ("rate", "p50_ms", "p99_ms", "cpu_us_per_row", "cpu_cores_at_rate", "stack_cpu_us_per_row",
+                     "broker_cpu_us_per_row", "postgres_cpu_us_per_row", "generator_cpu_us_per_row",
+                     "cores_during_feed")}
     return {"system": name, "rows_per_sec": res["rows_per_sec_steady"], "cpu_us_per_row": res["cpu_us_per_row_steady"],
             "cpu_us_per_row_whole_run": res["cpu_us_per_row_total"],
             "stack_cpu_us_per_row": res.get("stack_cpu_us_per_row_steady"),
@@ -665,7 +694,9 @@ def print_table(systems: list[dict[str, Any]]) -> None:
               f"{s['peak_rss_mb']:>12.1f} {s['lost']:>7,} {s['duplicated']:>5,} {s['steady_seconds']:>9.1f}  "
               f"{_ms(s.get('low_p50_ms'))} / {_ms(s.get('low_p99_ms'))}; "
               f"{_ms(s.get('load_p50_ms'))} / {_ms(s.get('load_p99_ms'))} at {s.get('load_rate') or 0:,.0f}/s"
-              + (f" ({s['load_cpu_cores_at_rate']:.2f} cores)" if s.get("load_cpu_cores_at_rate") else ""))
+              + (f" ({s['load_cpu_cores_at_rate']:.2f} cores)" if s.get("load_cpu_cores_at_rate") else "")
+              + (f", machine {s['load_cores_during_feed']['machine']:.2f} of {os.cpu_count()} cores busy"
+                 if (s.get("load_cores_during_feed") or {}).get("machine") is not None else ""))
 
 
 async def main() -> None:

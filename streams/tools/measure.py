@@ -17,7 +17,8 @@ import gc
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,8 +118,22 @@ class SendClock:
         return self.prefix + b'%06dZ"' % fraction, micros // 1000
 
 
+@dataclass
+class FeedStats:
+    """What a paced feed measured between its clock's start and its last acknowledgement (not while it built
+    its points): how long it ran, this process's CPU meanwhile (the load generator's own cost), and how much
+    each of the caller's probes (counters such as CPU seconds of other processes) moved."""
+
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    probed: dict[str, float] = field(default_factory=dict)
+
+
+Probe = Callable[[], Mapping[str, float]]
+
+
 async def paced_feed(settings: Settings, topic: str, rate: float, seconds: float, *, run_id: str, seed: int = 5,
-                     tick: float = PACE_TICK) -> int:
+                     tick: float = PACE_TICK, stats: FeedStats | None = None, probe: Probe | None = None) -> int:
     """`rate` simulated points per second into `topic` for `seconds`, as the live feed sends them (every point
     stamped with the time it is sent, its event time and its record timestamp; keyed by symbol, partitioned as
     the producers partition), at little CPU: the points are built and encoded before the clock starts, and
@@ -126,7 +141,8 @@ async def paced_feed(settings: Settings, topic: str, rate: float, seconds: float
     cores with the load; the live feed's own path (a pydantic model and a send per point) cost ~40 us per point:
     0.41 of a core at 9,000 points/s, against 0.29 here with the build included (bench/README.md). A symbol's
     partition is hashed once, and the stamp is formatted from the clock's integer (`SendClock`): ~5 us per point
-    instead of ~12 while sending. Returns the points sent (all acknowledged)."""
+    instead of ~12 while sending. Returns the points sent (all acknowledged); `stats`, when given, is filled in
+    (`probe` read as the clock starts and after the last acknowledgement)."""
     total = max(int(rate * seconds), 0)
     src = SimulatedSource(SimulatedSourceSettings(invalid_ratio=0.0, seed=seed), run_id=run_id)
     keys: dict[str, bytes] = {}
@@ -147,7 +163,8 @@ async def paced_feed(settings: Settings, topic: str, rate: float, seconds: float
     try:
         partitions = sorted(await producer.partitions_for(topic))
         partition_of = {key: partitioner(key, partitions, partitions) for key in keys.values()}
-        start = time.monotonic()
+        probed0 = dict(probe()) if probe is not None else {}
+        cpu0, start = time.process_time(), time.monotonic()
         sent = 0
         while sent < total:
             await asyncio.sleep(tick)
@@ -171,6 +188,10 @@ async def paced_feed(settings: Settings, topic: str, rate: float, seconds: float
                 acks.append(await producer.send_batch(batch, topic, partition=partition))
             await asyncio.gather(*acks)
             sent = due
+        if stats is not None:
+            stats.seconds, stats.cpu_seconds = time.monotonic() - start, time.process_time() - cpu0
+            if probe is not None:
+                stats.probed = {k: v - probed0[k] for k, v in probe().items() if k in probed0}
     finally:
         if not frozen_before:  # a caller's own frozen start-up objects stay where it put them
             gc.unfreeze()
@@ -179,11 +200,14 @@ async def paced_feed(settings: Settings, topic: str, rate: float, seconds: float
 
 
 async def latency_run(settings: Settings, catalog: Catalog, conn: asyncpg.Connection, schema: str, rate: float,
-                      seconds: float, *, run_id: str | None = None, wait_seconds: float = 120) -> dict[str, Any]:
-    """The simulated feed at `rate` points/s for `seconds` into the catalog's raw.simulated (`paced_feed`), then
-    the latency of every row of the run, once they are all in PostgreSQL (or after `wait_seconds`)."""
+                      seconds: float, *, run_id: str | None = None, wait_seconds: float = 120,
+                      stats: FeedStats | None = None, probe: Probe | None = None) -> dict[str, Any]:
+    """The simulated feed at `rate` points/s for `seconds` into the catalog's raw.simulated (`paced_feed`, which
+    fills `stats`), then the latency of every row of the run, once they are all in PostgreSQL (or after
+    `wait_seconds`)."""
     run_id = run_id or f"lat{uuid.uuid4().hex[:6]}"
-    sent = await paced_feed(settings, catalog.raw("simulated").name, rate, seconds, run_id=run_id)
+    sent = await paced_feed(settings, catalog.raw("simulated").name, rate, seconds, run_id=run_id, stats=stats,
+                            probe=probe)
     await wait_for_rows(conn, schema, run_id, sent, wait_seconds, interval=1.0)
     return {"rate": rate, "sent": sent, **await latency_stats(conn, schema, run_id)}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections import Counter, defaultdict
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -75,6 +76,48 @@ async def test_a_paced_feed_stamps_its_points_with_the_points_out_of_the_collect
     assert sent == len(frozen_while_sending) == 500
     assert min(frozen_while_sending) > 500  # at least every point (key and value tuples) was frozen
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_paced_feed_reports_its_cost_between_its_clocks_start_and_its_last_ack(
+        iso: Isolation, monkeypatch) -> None:
+    """FeedStats: the feed's seconds and this process's CPU from the clock's start to the last acknowledgement,
+    and each probe's change over exactly that span, not over the build of the points before it."""
+    await ensure_topics_for(iso)
+    events: list[str] = []
+
+    class Clock(measure.SendClock):
+        def __call__(self) -> tuple[bytes, int]:
+            events.append("send")
+            return super().__call__()
+
+    class Source(measure.SimulatedSource):
+        def point(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            events.append("build")
+            return super().point(*args, **kwargs)
+
+    def probe() -> dict[str, float]:
+        events.append("probe")
+        return {"probes": float(events.count("probe")), "sends": float(events.count("send"))}
+
+    monkeypatch.setattr(measure, "SendClock", Clock)
+    monkeypatch.setattr(measure, "SimulatedSource", Source)
+    stats = measure.FeedStats()
+    t0 = time.monotonic()
+    sent = await paced_feed(load_settings(), iso.raw_topic(), 2000.0, 1.0, run_id=f"st{iso.tag}", stats=stats,
+                            probe=probe)
+    took = time.monotonic() - t0
+    assert sent == 2000
+    first_probe = events.index("probe")
+    assert events[:first_probe] == ["build"] * 2000  # the points built before the clock starts
+    assert events[-1] == "probe" and events.count("probe") == 2  # and every send between the two probes
+    assert stats.probed == {"probes": 1.0, "sends": 2000.0}
+    assert 0.9 <= stats.seconds <= took
+    assert 0 < stats.cpu_seconds <= time.process_time()
+
+    # Without a probe nothing is probed; without stats nothing is filled in (and nothing fails).
+    plain = measure.FeedStats()
+    assert await paced_feed(load_settings(), iso.raw_topic(), 1000.0, 0.2, run_id=f"st2{iso.tag}", stats=plain) == 200
+    assert plain.probed == {} and plain.seconds > 0
 
 
 async def test_drop_topics_deletes_the_named_ones_and_every_one_holding_the_tag_and_no_other(iso: Isolation) -> None:
