@@ -20,7 +20,10 @@
    - faust: plain faust-streaming, two `@app.agent`s with `stream.take(2000, within=1)`, asyncpg COPY + upsert;
    - bare: the floor, a bare aiokafka consumer that validates and COPYs in ONE hop (no clean topic).
 3. tickflow: BENCH_WORKERS `python -m streams worker` processes drain the same topic through
-   validate_ticks -> ticks.clean -> write_ticks -> PostgreSQL (its 9 detectors on).
+   validate_ticks -> ticks.clean -> write_ticks -> PostgreSQL (its 9 detectors on). It drains the same points
+   before the peers too (on topics of its own, preloaded with the raw topic), and the peers are compared with
+   the mean of its two drains: the systems run one after the other on a machine whose speed drifts, and a
+   before-and-after order cancels a steady drift (BENCH_TICKFLOW_TWICE=0: after them only).
    For every system alike: rows committed are counted in PostgreSQL every second; sustained rows/s and app
    CPU per row over the same window (from 10% to 90% of the rows; CPU from /proc of the system's own
    processes), peak RSS, and rows lost or duplicated against the preloaded keys.
@@ -83,6 +86,9 @@ STALL_RATE = float(os.environ.get("BENCH_PG_STALL_RATE", "5000"))
 ALL_PEERS = ("bare", "quix", "quix-stock", "faust")
 PEERS = [p.strip() for p in os.environ.get("BENCH_PEERS", ",".join(ALL_PEERS)).split(",")
          if p.strip() and p.strip() != "none"]
+# tickflow drains before the peers too (on the same points, topics of its own), and the table compares the peers with
+# the mean of its two drains (`both_drains`); 0: only after them. Only with peers.
+TWICE = bool(PEERS) and os.environ.get("BENCH_TICKFLOW_TWICE", "1") not in ("", "0")
 PEER_TIMEOUT = float(os.environ.get("BENCH_PEER_TIMEOUT", "1800"))
 STOCK_POINTS = int(os.environ.get("BENCH_QUIX_STOCK_POINTS", "20000"))
 STACK = ROOT / "dev" / "stack.sh"
@@ -500,6 +506,50 @@ async def pipeline(env: dict[str, str], schema: str, n: int, conn: asyncpg.Conne
     return res
 
 
+def tickflow_env(tag: str) -> dict[str, str]:
+    """A tickflow pipeline of its own: app id (consumer groups), topics and schema named after `tag`."""
+    return {**os.environ, "TICKFLOW_WORKER__APP_ID": f"bench-{tag}", "TICKFLOW_KAFKA__TOPIC_SUFFIX": f".bench-{tag}",
+            "TICKFLOW_POSTGRES__DB_SCHEMA": f"bench_{tag.replace('-', '_')}",
+            "TICKFLOW_SOURCES__SIMULATED__ENABLED": "false"}
+
+
+async def drain_only(env: dict[str, str], n: int, run_id: str, conn: asyncpg.Connection) -> dict[str, Any]:
+    """tickflow's drain of its own preloaded topic, its keys checked, its workers stopped and schema dropped."""
+    schema = env["TICKFLOW_POSTGRES__DB_SCHEMA"]
+    res = await pipeline(env, schema, n, conn)
+    _stop(res.pop("procs"))
+    res.update(await key_check(conn, schema, run_id, n))
+    await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    return res
+
+
+# What each of tickflow's drains reports beside the other, and what the two (before and after the peers) are
+# combined into for the table: rates and costs averaged, rows lost and duplicated added, the larger peak RSS.
+DRAIN_KEYS = ("rows_per_sec_steady", "cpu_us_per_row_steady", "cpu_cores_steady", "stack_cpu_us_per_row_steady",
+              "machine_cpu_us_per_row_steady", "machine_cores_busy_steady", "cpu_us_per_row_total", "peak_rss_mb",
+              "steady_seconds", "landed", "lost", "duplicated")
+
+
+def both_drains(drains: list[dict[str, Any]]) -> dict[str, Any]:
+    """The systems run one after the other, so a machine whose speed drifts during the run (this one's moves by
+    1.7x within an hour) moves any ratio against the system run last; tickflow drains before the peers and after
+    them, and their mean is what the peers are compared with (an A-B-A order: a steady drift cancels out)."""
+    if len(drains) == 1:
+        return {}
+    out: dict[str, Any] = {}
+    for k in DRAIN_KEYS:
+        vals = [d[k] for d in drains if d.get(k) is not None]
+        if not vals:
+            continue
+        if k in ("lost", "duplicated", "landed"):
+            out[k] = sum(vals)
+        elif k == "peak_rss_mb":
+            out[k] = max(vals)
+        else:
+            out[k] = round(sum(vals) / len(vals), 2 if k.endswith("cores_steady") or "busy" in k else 1)
+    return out
+
+
 async def soak_run(settings: Any, env: dict[str, str], procs: list[subprocess.Popen[bytes]],
                    seconds: float) -> dict[str, Any]:
     """Steady 1,000 points/s for `seconds`; worker RSS sampled every 10 s. Growth compares the mean RSS of
@@ -705,8 +755,7 @@ async def main() -> None:
         peer_command(peer)  # an unknown name, or the Quix venv missing: say so before preloading
     settings = load_settings()
     tag = uuid.uuid4().hex[:8]
-    env = {**os.environ, "TICKFLOW_WORKER__APP_ID": f"bench-{tag}", "TICKFLOW_KAFKA__TOPIC_SUFFIX": f".bench-{tag}",
-           "TICKFLOW_POSTGRES__DB_SCHEMA": f"bench_{tag}", "TICKFLOW_SOURCES__SIMULATED__ENABLED": "false"}
+    env = tickflow_env(tag)
     catalog = load_catalog(suffix=env["TICKFLOW_KAFKA__TOPIC_SUFFIX"])
     await ensure_topics(catalog, settings.kafka.bootstrap_servers, kafka=settings.kafka)
     raw = catalog.raw("simulated").name
@@ -714,9 +763,23 @@ async def main() -> None:
     print(f"preloading {POINTS:,} points into {raw} ...", flush=True)
     produce_rate = await preload(settings, raw, POINTS, run_id=run_id)
     print(f"  producer: {produce_rate:,.0f} points/s")
+    env_before = tickflow_env(f"{tag}-before") if TWICE else None
+    if env_before is not None:  # the same points again, on topics of its own: the peers drain `raw`
+        catalog_before = load_catalog(suffix=env_before["TICKFLOW_KAFKA__TOPIC_SUFFIX"])
+        await ensure_topics(catalog_before, settings.kafka.bootstrap_servers, kafka=settings.kafka)
+        print(f"  and into {catalog_before.raw('simulated').name}, for tickflow's drain before the peers", flush=True)
+        await preload(settings, catalog_before.raw("simulated").name, POINTS, run_id=run_id)
     pg = settings.postgres
     conn = await asyncpg.connect(**pg.connect_kwargs())
     try:
+        before = None
+        if env_before is not None:
+            print(f"tickflow, before the peers: {WORKERS} worker(s) draining {POINTS:,} points ...", flush=True)
+            before = await drain_only(env_before, POINTS, run_id, conn)
+            print(f"  tickflow (before): {before['rows_per_sec_steady']:,.0f} rows/s steady over "
+                  f"{before['steady_seconds']:.0f} s, {before['cpu_us_per_row_steady']:.1f} µs CPU per row; "
+                  f"{before['landed']:,} rows, {before['lost']:,} lost, {before['duplicated']:,} duplicated",
+                  flush=True)
         peers: dict[str, dict[str, Any]] = {}
         stock = None
         for peer in PEERS:
@@ -731,14 +794,15 @@ async def main() -> None:
             print(f"  {peer}: {res['rows_per_sec_steady']:,.0f} rows/s steady over {res['steady_seconds']:.0f} s, "
                   f"{res['cpu_us_per_row_steady']:.1f} µs CPU per row, peak RSS {res['peak_rss_mb']:.1f} MB; "
                   f"{res['landed']:,} rows, {res['lost']:,} lost, {res['duplicated']:,} duplicated", flush=True)
-        print(f"tickflow: {WORKERS} worker(s){' split by stage' if SPLIT else ''} draining {POINTS:,} points ...",
-              flush=True)
+        print(f"tickflow{', after the peers' if before else ''}: {WORKERS} worker(s)"
+              f"{' split by stage' if SPLIT else ''} draining {POINTS:,} points ...", flush=True)
         pipe = await pipeline(env, f"bench_{tag}", POINTS, conn)
         procs = pipe.pop("procs")
         pipe.update(await key_check(conn, f"bench_{tag}", run_id, POINTS))
-        print(f"  tickflow: {pipe['rows_per_sec_steady']:,.0f} rows/s steady over {pipe['steady_seconds']:.0f} s, "
-              f"{pipe['cpu_us_per_row_steady']:.1f} µs CPU per row, {pipe['worker_cpu_cores_steady']:.2f} cores; "
-              f"{pipe['landed']:,} rows, {pipe['lost']:,} lost, {pipe['duplicated']:,} duplicated", flush=True)
+        print(f"  tickflow{' (after)' if before else ''}: {pipe['rows_per_sec_steady']:,.0f} rows/s steady over "
+              f"{pipe['steady_seconds']:.0f} s, {pipe['cpu_us_per_row_steady']:.1f} µs CPU per row, "
+              f"{pipe['worker_cpu_cores_steady']:.2f} cores; {pipe['landed']:,} rows, {pipe['lost']:,} lost, "
+              f"{pipe['duplicated']:,} duplicated", flush=True)
         try:
             latency = await latency_phases(settings, catalog, conn, f"bench_{tag}", pipe["rows_per_sec_steady"],
                                            "tickflow", procs)
@@ -754,7 +818,9 @@ async def main() -> None:
             _stop(procs)
         usage = pipe["usage"]
         cpu_s = usage[-1][1] - usage[0][1]
-        systems = [system_row("tickflow", pipe)] + [system_row(k, v) for k, v in peers.items()]
+        drains = [d for d in (before, pipe) if d is not None]
+        headline = {**pipe, **both_drains(drains)}  # the latency phases are the second drain's, run after it
+        systems = [system_row("tickflow", headline)] + [system_row(k, v) for k, v in peers.items()]
         bare = peers.get("bare")
         result = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -763,12 +829,13 @@ async def main() -> None:
             "points": POINTS, "valid_points": POINTS, "workers": WORKERS, "split_stages": SPLIT,
             "producer_points_per_sec": round(produce_rate, 1),
             "systems": systems,
-            "ratios": {f"tickflow_to_{k}": round(pipe["rows_per_sec_steady"] / v["rows_per_sec_steady"], 3)
+            "ratios": {f"tickflow_to_{k}": round(headline["rows_per_sec_steady"] / v["rows_per_sec_steady"], 3)
                        for k, v in peers.items() if v["rows_per_sec_steady"]},
+            "tickflow_drains": [{k: d[k] for k in DRAIN_KEYS} for d in drains],
             "quix_stock_sink": stock,
-            "pipeline": pipe, "peers": peers,
+            "pipeline": pipe, "pipeline_before_peers": before, "peers": peers,
             "baseline": {"rows_per_sec": bare["rows_per_sec_steady"]} if bare else None,
-            "ratio_pipeline_to_baseline": round(pipe["rows_per_sec_steady"] / bare["rows_per_sec_steady"], 3)
+            "ratio_pipeline_to_baseline": round(headline["rows_per_sec_steady"] / bare["rows_per_sec_steady"], 3)
             if bare and bare["rows_per_sec_steady"] else None,
             "worker_cpu_cores_avg": round(cpu_s / max(usage[-1][0] - usage[0][0], 1e-9), 2),
             "worker_peak_rss_mb": pipe["peak_rss_mb"],
