@@ -33,3 +33,11 @@ def test_the_drain_before_the_peers_has_topics_group_and_schema_of_its_own() -> 
         assert after[key] != before[key]
     assert re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", before["TICKFLOW_POSTGRES__DB_SCHEMA"])
     assert "bench-0a1b2c3d" in before["TICKFLOW_KAFKA__TOPIC_SUFFIX"]  # dropped with the run's topics
+
+
+def test_the_latency_phases_take_80_percent_of_the_maximum_the_table_shows() -> None:
+    bench = scripts.load("throughput")
+    drains = [_drain(40_000, 22.0), _drain(30_000, 30.0)]  # before the peers, then after them
+    assert bench.tickflow_maximum(drains) == 35_000  # the mean, as the table's row: not the second drain's
+    assert 28_000 in bench.latency_rates(bench.tickflow_maximum(drains))
+    assert bench.tickflow_maximum([_drain(30_000, 30.0)]) == 30_000  # one drain (no peers): its own
