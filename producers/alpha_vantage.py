@@ -5,9 +5,9 @@ with source "alpha_vantage".
   URL and message goes through http.redact before it can reach a log line or an exception.
 - Alpha Vantage answers throttling and errors with HTTP 200 and a body holding "Note" (per-minute
   limit), "Information" (daily limit, premium endpoint, bad key) or "Error Message" (bad call, unknown
-  symbol). check_payload recognises them before any parsing: throttling is AlphaVantageThrottled
-  (retriable, and it ends the poll round, the remaining calls would be throttled too); "Error Message",
-  premium and key problems are not retriable.
+  symbol; "Invalid inputs" for news of a ticker it does not know). check_payload recognises them before any
+  parsing: throttling is AlphaVantageThrottled (retriable, and it ends the poll round, the remaining calls
+  would be throttled too); "Error Message", premium, key problems and other messages are not retriable.
 - Free tier: 5 calls/minute and 25/day (the day being the UTC date): a per-minute token bucket, and a daily
   count kept in a QuotaStore passed in as `quota_store` (producers/quota.py; the worker passes the Kafka one),
   so a restart or a new leader continues the day's count instead of spending the quota again.
@@ -28,6 +28,9 @@ with source "alpha_vantage".
 - Nothing is dropped in silence: a body of a shape no parser here reads (an exchange-rate body on the quote
   path, say) raises AlphaVantageUnexpected, logged once per function and cause and counted in
   `self.unexpected[function]`; an empty global quote (unknown symbol) is logged once per symbol and counted.
+- A 200 that is a message: the call budget's words (a "Note", the daily limit's "Information") end the round
+  and retry next round; a premium function is dropped; a refused key ends the round and is logged once; any
+  other message ("Invalid inputs" for a ticker NEWS_SENTIMENT does not know) skips that call only, logged once.
 - News: one item per configured symbol per article (tickers=SYMBOL), sentiment = overall_sentiment_score
   clipped to [-1, 1], that ticker's own score and relevance plus every ticker mentioned in metadata;
   item_id is a hash of the url.
@@ -75,8 +78,12 @@ _EASTERN = ("US/Eastern", "America/New_York")
 US_CALENDAR = "XNYS"  # the sessions of US/Eastern intraday bars (NYSE and Nasdaq keep the same hours)
 _BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume"}
 _META_FIELDS = {"adjusted close": "adj_close", "dividend amount": "dividend", "split coefficient": "split_coefficient"}
+# How Alpha Vantage words a 200 whose body is a message, not data. Only a message that speaks of the call budget
+# is throttling; the key's refusal ends the round (every call would be refused); any other "Information" (the
+# "Invalid inputs" NEWS_SENTIMENT answers for a ticker it does not know) refuses that one call only.
 _THROTTLE_WORDS = ("call frequency", "rate limit", "requests per day", "per minute", "per day", "spreading out")
-_FATAL_WORDS = ("premium", "apikey is invalid", "invalid api key", "api key is invalid", "missing")
+_KEY_WORDS = ("apikey is invalid", "invalid api key", "api key is invalid", "demo purposes", "**demo** api key",
+              "claim your free api key", "apikey is missing", "api key is missing")
 
 
 class AlphaVantageThrottled(SourceError):
@@ -88,6 +95,21 @@ class AlphaVantageThrottled(SourceError):
 
 class AlphaVantagePremium(SourceError):
     """The function is not in the key's plan (TIME_SERIES_DAILY_ADJUSTED on the free tier): stop asking."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=False)
+
+
+class AlphaVantageKeyRefused(SourceError):
+    """The key itself is refused (invalid, missing, or the demo key on a real symbol): every call of the round
+    would be, so the round ends; a configuration to fix, never retried as a throttle."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=False)
+
+
+class AlphaVantageRefused(SourceError):
+    """A message instead of one call's data ("Invalid inputs"): that call fails, the round goes on."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retriable=False)
@@ -127,12 +149,15 @@ def check_payload(doc: Any, what: str) -> dict[str, Any]:
         if field in doc:
             text = str(doc[field])
             lowered = text.lower()
-            if field == "Information" and any(w in lowered for w in _FATAL_WORDS) \
-                    and not any(w in lowered for w in _THROTTLE_WORDS):
-                if "premium" in lowered:
-                    raise AlphaVantagePremium(f"Alpha Vantage {what}: {text[:300]}")
-                raise SourceError(f"Alpha Vantage {what}: {text[:300]}", retriable=False)
-            raise AlphaVantageThrottled(f"Alpha Vantage {what} throttled ({field}): {text[:300]}")
+            # "Note" has only ever carried the per-minute limit; the daily limit's "Information" also names the
+            # premium plans, so the budget's words are looked for first.
+            if field == "Note" or any(w in lowered for w in _THROTTLE_WORDS):
+                raise AlphaVantageThrottled(f"Alpha Vantage {what} throttled ({field}): {text[:300]}")
+            if "premium" in lowered:
+                raise AlphaVantagePremium(f"Alpha Vantage {what}: {text[:300]}")
+            if any(w in lowered for w in _KEY_WORDS):
+                raise AlphaVantageKeyRefused(f"Alpha Vantage {what}: the API key was refused: {text[:300]}")
+            raise AlphaVantageRefused(f"Alpha Vantage {what}: {text[:300]}")
     return doc
 
 
@@ -388,10 +413,8 @@ class AlphaVantageSource(PollingSource):
             return check_payload(doc, function)
         except QuotaBlocked:
             raise
-        except AlphaVantageThrottled as exc:
-            raise AlphaVantageThrottled(self.redact(str(exc))) from None
-        except AlphaVantagePremium as exc:
-            raise AlphaVantagePremium(self.redact(str(exc))) from None
+        except (AlphaVantageThrottled, AlphaVantagePremium, AlphaVantageKeyRefused, AlphaVantageRefused) as exc:
+            raise type(exc)(self.redact(str(exc))) from None
         except SourceError as exc:
             raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
 
@@ -555,6 +578,13 @@ class AlphaVantageSource(PollingSource):
                 logger.warning("alpha_vantage: throttled at %s for %s, ending this round: %s",
                                function, what, self.redact(str(exc)))
                 return out
+            except AlphaVantageKeyRefused as exc:
+                self._warn_once(f"key|{exc}", "alpha_vantage: %s; ending this round, and every round until the "
+                                "key (ALPHA_VANTAGE_API_KEY) is fixed (not warned again)", self.redact(str(exc)))
+                return out
+            except AlphaVantageRefused as exc:
+                self._warn_once(f"refused|{function}|{what}|{exc}", "alpha_vantage: %s for %s refused, skipped "
+                                "(not warned again): %s", function, what, self.redact(str(exc)))
             except (SourceError, ValueError, TypeError, KeyError) as exc:
                 logger.warning("alpha_vantage: %s for %s failed: %s", function, what,
                                self.redact(f"{type(exc).__name__}: {exc}"))

@@ -389,9 +389,13 @@ class ValidationSettings(_Section):
     # A record whose timestamp (or ingested_at) is more than this many seconds ahead of the validator's clock is
     # rejected (timestamp.future, ingested_at.future). Raise it only for producers whose clocks run ahead.
     future_tolerance_seconds: float = 5.0
-    # ISO-8601 instant: records timestamped before it are rejected (timestamp.too_old). The default refuses epoch-0
-    # (unset) timestamps; raise it to refuse older history.
+    # ISO-8601 instant: ticks, trades, quotes, news and social records timestamped before it are rejected
+    # (timestamp.too_old). The default refuses epoch-0 (unset) timestamps; raise it to refuse older history.
     timestamp_floor: str = "1970-01-02T00:00:00Z"
+    # The same for bars and economic observations, whose real history starts long before 1970 (FRED's GDP in
+    # 1947, the S&P 500's daily bars in 1927), 1970-01-01 included. The default refuses only year-1 sentinels
+    # (an unset date in .NET or Go).
+    history_timestamp_floor: str = "1000-01-01T00:00:00Z"
     # Longest symbol accepted, in characters (else symbol.pattern). symbol_pattern alone allows at most 32: a higher
     # value needs a wider pattern too.
     max_symbol_length: int = 32

@@ -170,6 +170,8 @@ class Validator:
         self.future_seconds = self.future.total_seconds()
         self.floor = datetime.fromisoformat(settings.timestamp_floor)
         self.floor_ts = self.floor.timestamp()
+        self.history_floor = datetime.fromisoformat(settings.history_timestamp_floor)
+        self.history_floor_ts = self.history_floor.timestamp()
         self.symbol_re = re.compile(settings.symbol_pattern)
         # read for every record: kept here, a settings model's attribute costs a __getattr__ hook
         self.max_symbol_length, self.max_text_length = settings.max_symbol_length, settings.max_text_length
@@ -246,8 +248,10 @@ class Validator:
             raise RejectedRecord("timestamp.future",
                                  f"{ts - now_ts:.3f} s in the future (tolerance {self.future_seconds} s)")
         if ts < self.floor_ts:
-            raise RejectedRecord("timestamp.too_old",
-                                 f"{p.timestamp.isoformat()} is before {self.floor.isoformat()}")
+            history = kind == _BAR or kind == _ECONOMIC
+            if not history or ts < self.history_floor_ts:
+                floor = self.history_floor if history else self.floor
+                raise RejectedRecord("timestamp.too_old", f"{p.timestamp.isoformat()} is before {floor.isoformat()}")
         ingested = d["ingested_at"]
         if ingested is not None and ingested.timestamp() > now_ts + self.future_seconds:
             # A producer clock far ahead would drive every latency figure negative for good.

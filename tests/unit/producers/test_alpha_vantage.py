@@ -15,7 +15,9 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from producers.alpha_vantage import (
+    AlphaVantageKeyRefused,
     AlphaVantagePremium,
+    AlphaVantageRefused,
     AlphaVantageSettings,
     AlphaVantageSource,
     AlphaVantageThrottled,
@@ -105,6 +107,8 @@ def test_news_per_ticker_mentioned_time_zone_and_clipping() -> None:
     ("note_call_frequency.json", AlphaVantageThrottled, True),
     ("information_daily_limit.json", AlphaVantageThrottled, True),
     ("information_premium.json", AlphaVantagePremium, False),
+    ("information_demo_key.json", AlphaVantageKeyRefused, False),
+    ("information_invalid_inputs.json", AlphaVantageRefused, False),
     ("error_message.json", SourceError, False),
 ])
 def test_error_bodies_are_never_parsed_as_data(name: str, kind: type[SourceError], retriable: bool) -> None:
@@ -216,6 +220,38 @@ async def test_throttle_body_ends_the_round_and_is_logged_redacted(
     assert [q["symbol"] for q in fake.seen] == ["IBM", "IBM", "MSFT"]  # MSFT was not asked in the throttled round
     assert "throttled at global_quote for IBM" in caplog.text
     assert KEY not in caplog.text
+
+
+async def test_a_refused_call_skips_that_call_only_and_warns_once(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    # NEWS_SENTIMENT answers "Invalid inputs" for a ticker it does not know: not the call budget, so the round
+    # goes on to the other symbol and function instead of ending at the first symbol every round.
+    refused = [(200, "information_invalid_inputs.json", {})] * 2
+    fake = FakeAlphaVantage({("NEWS_SENTIMENT", "BRK.B"): list(refused)})
+    src = AlphaVantageSource(settings(await serve(fake.app()), symbols=["BRK.B", "IBM"],
+                                      functions=["news_sentiment", "global_quote"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        first = await src.poll_once(session)
+        await src.poll_once(session)
+    asked = [(q["function"], q.get("tickers") or q.get("symbol")) for q in fake.seen]
+    assert asked[:4] == [("NEWS_SENTIMENT", "BRK.B"), ("NEWS_SENTIMENT", "IBM"), ("GLOBAL_QUOTE", "BRK.B"),
+                         ("GLOBAL_QUOTE", "IBM")]
+    assert {p.data_type for p in first} == {"news", "bar"}
+    assert caplog.text.count("news_sentiment for BRK.B refused") == 1
+    assert KEY not in caplog.text
+
+
+async def test_a_refused_key_ends_the_round_and_is_warned_once(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeAlphaVantage({("GLOBAL_QUOTE", "IBM"): [(200, "information_demo_key.json", {})] * 2})
+    src = AlphaVantageSource(settings(await serve(fake.app()), symbols=["IBM", "MSFT"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        assert await src.poll_once(session) == []
+        assert await src.poll_once(session) == []
+    assert [q["symbol"] for q in fake.seen] == ["IBM", "IBM"]  # MSFT is never asked with a refused key
+    assert caplog.text.count("the API key was refused") == 1 and "throttled" not in caplog.text
 
 
 async def test_premium_function_is_dropped_and_others_continue(

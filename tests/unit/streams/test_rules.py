@@ -178,3 +178,33 @@ def test_ingested_at_set_by_the_stage_counts_as_a_set_field() -> None:
     p = Validator(ValidationSettings()).check(raw(), source="sim", ingested_at=t, now=NOW)
     assert p.ingested_at == t and "ingested_at" in p.model_fields_set
     assert orjson.loads(p.to_json())["ingested_at"] == "2024-05-01T14:59:59Z"
+
+
+@pytest.mark.parametrize("fields", [
+    {"data_type": "economic", "price": None, "value": 243.1, "timestamp": "1947-01-01T00:00:00Z"},
+    {"data_type": "economic", "price": None, "value": 1073.3, "timestamp": "1970-01-01T00:00:00Z"},
+    {"data_type": "bar", "price": None, "open": 17.66, "high": 17.66, "low": 17.66, "close": 17.66,
+     "timestamp": "1927-12-30T00:00:00Z"},
+])
+def test_history_before_1970_passes_for_bars_and_economic_observations(fields: dict[str, object]) -> None:
+    # FRED's GDP starts in 1947 (its 1970-01-01 quarter is real, not an unset epoch), the S&P 500's bars in 1927.
+    point = Validator(ValidationSettings()).check(raw(**fields), source="sim", now=NOW)
+    assert point.timestamp.year < 1971
+
+
+@pytest.mark.parametrize("fields,floor", [
+    ({"timestamp": "1970-01-01T00:00:00Z"}, "1970-01-02"),  # an unset epoch on a tick
+    ({"data_type": "quote", "price": None, "bid": 1.0, "ask": 1.1, "timestamp": "1969-12-31T23:59:59Z"}, "1970"),
+    ({"data_type": "economic", "price": None, "value": 1.0, "timestamp": "0001-01-01T00:00:00Z"}, "1000-01-01"),
+    ({"data_type": "bar", "price": None, "open": 1, "high": 1, "low": 1, "close": 1,
+      "timestamp": "0001-01-01T00:00:00Z"}, "1000-01-01"),
+])
+def test_the_floor_of_each_kind_rejects_with_its_own_instant(fields: dict[str, object], floor: str) -> None:
+    with pytest.raises(RejectedRecord) as info:
+        Validator(ValidationSettings()).check(raw(**fields), source="sim", now=NOW)
+    assert info.value.rule == "timestamp.too_old" and floor in info.value.reason
+
+
+def test_the_history_floor_is_configurable() -> None:
+    bar = raw(data_type="bar", price=None, open=1, high=1, low=1, close=1, timestamp="1950-01-03T00:00:00Z")
+    assert rule_of(bar, history_timestamp_floor="1960-01-01T00:00:00Z") == "timestamp.too_old"
