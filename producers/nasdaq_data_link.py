@@ -10,7 +10,9 @@ raw.nasdaq_data_link with source "nasdaq_data_link".
   economic points, never bars: a row of an rdiff series is a change, not a price, and a collapsed row is the
   period's last row (its "Open" is the last day's open), not a bar of the period. metadata["transform"] and
   metadata["collapse"] say so, item_id is "DB/CODE|transform=rdiff|collapse=monthly" (so the plain series
-  never shares a key with it) and interval is the period plus the transform ("1mo:rdiff").
+  never shares a key with it) and interval is the period plus the transform ("1mo:rdiff"). The period is the
+  coarser of the collapse and the dataset's own frequency (dataset_data.frequency, else the CSV rows' spacing):
+  an annual dataset collapsed monthly is "1y".
 - Datatables: GET /api/v3/datatables/{code}.json -> datatable.columns [{name, type}] + data, paged
   with meta.next_cursor_id (sent back as qopts.cursor_id). A poll reads at most max_pages pages; the cursor
   where it stopped is kept (per code and params) and the next poll continues from it, so a long table is read
@@ -38,6 +40,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import aiohttp
@@ -62,6 +65,10 @@ _FIELD_NAMES: dict[str, str] = {
 }
 _SYMBOL_NAMES = ("ticker", "symbol")
 _FREQUENCIES = {"daily": "1d", "weekly": "1wk", "monthly": "1mo", "quarterly": "3mo", "annual": "1y"}
+_COARSENESS = list(_FREQUENCIES)  # finest first
+# The shortest gap in days between two rows of each frequency, coarsest first (rows sit on period ends or starts:
+# a quarter is 89 to 92 days, a month 28 to 31).
+_MIN_GAP_DAYS = (("annual", 365), ("quarterly", 89), ("monthly", 28), ("weekly", 7))
 _UNKNOWN_CODES = ("QECx02",)
 
 
@@ -191,6 +198,30 @@ def _check_error(doc: Any, what: str) -> None:
                           f"{str(err.get('message'))[:300]}", retriable=False)
 
 
+def spacing_frequency(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str | None:
+    """The frequency the rows' dates are spaced at, from the shortest gap between two of them (a missing period
+    only widens other gaps); None with fewer than three dates, whose gaps could all be such holes."""
+    di = _date_index([normalise(c) for c in columns])
+    days: set[date] = set()
+    for row in rows:
+        try:
+            days.add(parse_date(row[di]).date())
+        except (TypeError, ValueError, IndexError):
+            continue
+    ordered = sorted(days)
+    if len(ordered) < 3:
+        return None
+    gap = min((b - a).days for a, b in pairwise(ordered))
+    return next((name for name, least in _MIN_GAP_DAYS if gap >= least), "daily")
+
+
+def _coarser(a: str, b: str | None) -> str:
+    """The coarser of two Quandl frequencies; an unknown `b` does not count."""
+    if b not in _COARSENESS or a not in _COARSENESS:
+        return a
+    return max(a, b, key=_COARSENESS.index)
+
+
 def series_points(columns: Sequence[str], rows: Sequence[Sequence[Any]], dataset: str, *,
                   frequency: str | None = None, transform: str | None = None, collapse: str | None = None,
                   source: str = SOURCE) -> list[MarketDataPoint]:
@@ -199,10 +230,17 @@ def series_points(columns: Sequence[str], rows: Sequence[Sequence[Any]], dataset
     t = None if transform in (None, "", "none") else str(transform)[:16]
     c = None if collapse in (None, "", "none") else str(collapse)[:16]
     freq = str(c or frequency or "daily")
+    if c:
+        # Collapsing never makes a series finer than it is (an annual dataset collapsed monthly is still one row
+        # a year): the interval is the coarser of the collapse and the dataset's frequency, from the answer
+        # (JSON) or else the rows' spacing (CSV says nothing).
+        freq = _coarser(freq, str(frequency) if frequency else spacing_frequency(columns, rows))
     period = _FREQUENCIES.get(freq, freq[:16])
     if not t and not c:
         return parse_table(columns, rows, symbol=symbol, item_id=dataset.upper(), source=source, interval=period)
     extra = {k: v for k, v in (("transform", t), ("collapse", c)) if v}
+    # item_id keeps the collapse as asked, not the effective period: it names the query (what a re-run asks
+    # again), so points already stored keep their key and are not duplicated under a new one.
     item_id = "|".join([dataset.upper(), *(f"{k}={v}" for k, v in extra.items())])
     return parse_table(columns, rows, symbol=symbol, item_id=item_id, source=source, extra_meta=extra,
                        economic=True, value_interval=f"{period}:{t}"[:16] if t else period)

@@ -2,12 +2,14 @@
 with source "social".
 
 - GET {base_url}/2/tweets/search/recent?query=$AAPL -is:retweet ... with Authorization: Bearer
-  <TWITTER_BEARER_TOKEN>; tweet.fields=created_at,public_metrics,lang,author_id; pages via
+  <TWITTER_BEARER_TOKEN>; tweet.fields=created_at,public_metrics,lang,author_id,
+  expansions=author_id and user.fields=username (includes.users -> metadata["author_username"]); pages via
   meta.next_token; since_id (the newest id seen per symbol) kept between polls, so a poll only asks for
   what is new. The first poll reads `lookback_seconds` back (start_time), not the whole 7-day window (a
   backfill is not what a live poll should spend the quota on). No page is skipped: a result set longer
   than max_pages is continued on the next poll (SocialSource).
 - A post is written for a symbol only when its text carries that cashtag (X also matches quoted posts).
+- X escapes &, < and > in `text` as HTML entities: the text is unescaped before it is stored and scored.
 - X gives no sentiment: each post is scored with producers.sentiment.lexicon_sentiment (its SENTIMENT_METHOD,
   documented there) and metadata["sentiment_method"] says so.
 - A post without created_at (the field was not requested) is stamped from its snowflake id.
@@ -17,6 +19,7 @@ with source "social".
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 from collections.abc import Mapping
@@ -38,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 SOURCE = "social"
 TWEET_FIELDS = "created_at,public_metrics,lang,author_id"
+# Without the expansion X sends no includes.users, so no author's username.
+EXPANSIONS = "author_id"
+USER_FIELDS = "username"
 _TWITTER_EPOCH_MS = 1288834974657
 _SEARCH_WINDOW = timedelta(days=7) - timedelta(minutes=5)
 _CASHTAG = re.compile(r"\$([A-Za-z][A-Za-z0-9.]{0,9})\b")
@@ -97,7 +103,7 @@ def parse_page(doc: Any, symbol: str, *, source: str = SOURCE) -> SearchPage:
             continue
         tid = str(tweet["id"])
         ids.append(tid)
-        text = str(tweet.get("text") or "")
+        text = html.unescape(str(tweet.get("text") or ""))  # X sends &amp; &lt; &gt; in text
         tags = cashtags(text)
         if symbol not in tags:
             untagged += 1
@@ -172,7 +178,8 @@ class SocialSource(PollingSource):
 
     def _new_walk(self, symbol: str, now: datetime) -> _Walk:
         s = self.settings
-        params = {"query": self.query(symbol), "tweet.fields": TWEET_FIELDS, "max_results": str(s.max_results)}
+        params = {"query": self.query(symbol), "tweet.fields": TWEET_FIELDS, "expansions": EXPANSIONS,
+                  "user.fields": USER_FIELDS, "max_results": str(s.max_results)}
         since = self.since_id.get(symbol)
         if since:
             params["since_id"] = since
@@ -232,7 +239,7 @@ class SocialSource(PollingSource):
             if not page.next_token:
                 break
         if untagged:
-            logger.debug("social: %s: %d posts without $%s in their text not written", symbol, untagged, symbol)
+            logger.info("social: %s: %d posts without $%s in their text not written", symbol, untagged, symbol)
         if walk.next_token:
             self.walks[symbol] = walk
             logger.warning("social: %s: max_pages (%d) reached with more pages left: %d posts from %d pages read "

@@ -21,8 +21,11 @@ and optionally live prices from yfinance's streaming feed; written to raw.yahoo 
   asked with settings.prepost: false (the default) gives regular-session bars only, true adds the pre- and
   post-market bars (live and history), sessions pre/regular/post; a bar outside every session has no session
   key. Quote and stream ticks keep the session Yahoo gives (marketState, market_hours).
-- Tick: from the chart meta (regularMarketPrice at regularMarketTime), or with tick_from="quote" from
-  Ticker.info (the v7 quote): bid/ask, and a pre/post-market price as its own tick with its session.
+- Tick: from the chart meta (regularMarketPrice at regularMarketTime; prev_close from previousClose, or
+  chartPreviousClose on a range=1d chart only), or with tick_from="quote" from Ticker.info (the v7 quote):
+  a pre/post-market price as its own tick with its session; bid/ask go on the tick of the session they
+  are from (marketState), else into metadata as off_hours_bid/off_hours_ask.
+- Null bars (no prices) are skipped and counted: one INFO line per response with the symbol and count.
 - Streaming (settings.stream): yfinance.AsyncWebSocket; each decoded PricingData is a tick whose
   metadata["session"] comes from its market_hours; a dropped connection is reopened with backoff.
 - Errors: Yahoo's explained refusals (unknown symbol) are not retriable; 429s, timeouts, connection
@@ -241,8 +244,8 @@ def parse_chart(payload: Any, symbol: str, interval: str | None = None, *,
             symbol=sym, timestamp=ts, source=source, data_type=DataType.BAR, open=o, high=h, low=lo, close=c,
             volume=_num(quote.get("volume"), i), interval=interval, item_id=interval, metadata=meta_row,
         )
-    if skipped:
-        logger.debug("yahoo: %s: skipped %d null rows", sym, skipped)
+    if skipped:  # Yahoo sends a bar without prices for a minute or day without trades
+        logger.info("yahoo: %s: skipped %d null %s bars in this response", sym, skipped, interval)
     return [by_time[t] for t in sorted(by_time)]
 
 
@@ -258,14 +261,26 @@ def _epoch(value: Any) -> datetime | None:
         return None
 
 
+def _prev_close(meta: Mapping[str, Any]) -> float | None:
+    """The previous trading day's close from a chart meta, None when the meta does not say it.
+    chartPreviousClose is the close before the chart's first bar: the previous day's only on a range=1d chart
+    (on a history chart it is the close before its start, months before the tick)."""
+    for key in ("previousClose", "regularMarketPreviousClose"):
+        if (value := _num(meta.get(key))) is not None:
+            return value
+    return _num(meta.get("chartPreviousClose")) if meta.get("range") == "1d" else None
+
+
 def tick_from_meta(meta: Mapping[str, Any], symbol: str, *, source: str = SOURCE) -> MarketDataPoint | None:
     """A chart's meta: regularMarketPrice at regularMarketTime as a tick; None if either is missing."""
     price, ts = _num(meta.get("regularMarketPrice")), _epoch(meta.get("regularMarketTime"))
     if price is None or ts is None:
         return None
     extra = {k: meta[src] for k, src in (
-        ("currency", "currency"), ("exchange", "exchangeName"), ("day_volume", "regularMarketVolume"),
-        ("prev_close", "chartPreviousClose")) if meta.get(src) is not None}
+        ("currency", "currency"), ("exchange", "exchangeName"), ("day_volume", "regularMarketVolume"))
+        if meta.get(src) is not None}
+    if (prev_close := _prev_close(meta)) is not None:
+        extra["prev_close"] = prev_close
     extra["session"] = "regular"
     return MarketDataPoint(
         symbol=symbol.upper(), timestamp=ts, source=source, data_type=DataType.TICK, price=price,
@@ -296,7 +311,9 @@ def parse_tick(payload: Any, symbol: str, *, source: str = SOURCE) -> list[Marke
 
 def parse_quote(info: Mapping[str, Any], symbol: str, *, source: str = SOURCE) -> list[MarketDataPoint]:
     """One v7 quote (or yfinance's Ticker.info, which merges it in) -> the regular-market tick, plus the
-    pre- or post-market price as its own tick when it is newer. No price or time -> YahooUnexpected."""
+    pre- or post-market price as its own tick when it is newer. bid/ask go on the regular tick in marketState
+    REGULAR, on the pre/post tick in PRE/POST, else in the newest tick's metadata as off_hours_*. No price or
+    time -> YahooUnexpected."""
     sym = str(info.get("symbol") or symbol).upper()
     price, ts = _num(info.get("regularMarketPrice")), _epoch(info.get("regularMarketTime"))
     if price is None or ts is None:
@@ -315,15 +332,28 @@ def parse_quote(info: Mapping[str, Any], symbol: str, *, source: str = SOURCE) -
     out = [MarketDataPoint(
         symbol=sym, timestamp=ts, source=source, data_type=DataType.TICK, price=price,
         open=_num(info.get("regularMarketOpen")), high=_num(info.get("regularMarketDayHigh")),
-        low=_num(info.get("regularMarketDayLow")), bid=_num(info.get("bid")) or None,
-        ask=_num(info.get("ask")) or None, bid_size=_num(info.get("bidSize")), ask_size=_num(info.get("askSize")),
-        item_id="quote", metadata=regular,
+        low=_num(info.get("regularMarketDayLow")), item_id="quote", metadata=regular,
     )]
     for session in ("pre", "post"):
         p, t = _num(info.get(f"{session}MarketPrice")), _epoch(info.get(f"{session}MarketTime"))
         if p is not None and t is not None and t > ts:
             out.append(MarketDataPoint(symbol=sym, timestamp=t, source=source, data_type=DataType.TICK, price=p,
                                        item_id="quote", metadata={**common, "session": session}))
+    book = {"bid": _num(info.get("bid")) or None, "ask": _num(info.get("ask")) or None,
+            "bid_size": _num(info.get("bidSize")), "ask_size": _num(info.get("askSize"))}
+    # bid/ask are the book when the quote was taken: outside REGULAR (PRE, POST, CLOSED, ...) an extended-hours
+    # or overnight one, not the regular close's. It goes on the tick of its own session (the pre/post tick in
+    # PRE/POST), else into the newest tick's metadata as off_hours_*. No marketState: nothing says it is not
+    # the regular book, kept as before.
+    if state in ("REGULAR", ""):
+        home: int | None = 0
+    else:
+        home = next((i for i, tick in enumerate(out) if i and tick.metadata["session"].upper() == state), None)
+    if home is not None:
+        out[home] = out[home].model_copy(update=book)
+    else:
+        newest = max(out, key=lambda tick: tick.timestamp)
+        newest.metadata.update({f"off_hours_{k}": v for k, v in book.items() if v is not None})
     return out
 
 
@@ -378,9 +408,15 @@ def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE,
     cal = (calendar_name or exchange_calendar(sym)) if step is not None else None
     by_time: dict[datetime, MarketDataPoint] = {}
     anchor: int | None = None
+    skipped = 0
     for stamp, row in df.iterrows():
         o, h, lo, c = (_num(row.get(k)) for k in ("Open", "High", "Low", "Close"))
-        if o is None or h is None or lo is None or c is None:
+        # A missing price, or every number of the row 0 (the rows yfinance's keepna=False drops: prices,
+        # volume, dividends, splits): a null bar. Zero prices beside a volume are bad data, left to the
+        # validator (price.non_positive) and the dead-letter topic.
+        if o is None or h is None or lo is None or c is None or not any(
+                (o, h, lo, c, *(_num(row.get(k)) for k in ("Volume", "Dividends", "Stock Splits")))):
+            skipped += 1
             continue
         local = stamp.to_pydatetime()
         if step is None:
@@ -404,12 +440,14 @@ def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE,
             symbol=sym, timestamp=ts, source=source, data_type=DataType.BAR, open=o, high=h, low=lo, close=c,
             volume=_num(row.get("Volume")), interval=interval, item_id=interval, metadata=extra,
         )
+    if skipped:
+        logger.info("yahoo: %s: skipped %d null %s bars in this response", sym, skipped, interval)
     return [by_time[t] for t in sorted(by_time)]
 
 
 _META_KEYS = ("exchangeTimezoneName", "instrumentType", "currency", "exchangeName", "regularMarketPrice",
               "regularMarketTime", "regularMarketVolume", "regularMarketDayHigh", "regularMarketDayLow",
-              "chartPreviousClose")
+              "chartPreviousClose", "previousClose", "regularMarketPreviousClose", "range")
 
 
 def _chart_meta(ticker: Any) -> dict[str, Any]:
@@ -568,7 +606,9 @@ class YahooSource(PollingSource):
         data and no meta (not a chart body) -> YahooUnexpected."""
         t = self.ticker(symbol)
         try:
-            df = t.history(auto_adjust=False, back_adjust=False, repair=False, keepna=False,
+            # keepna=True: Yahoo's null bars reach frame_to_bars, which counts and reports them (yfinance's
+            # keepna=False would drop them unseen).
+            df = t.history(auto_adjust=False, back_adjust=False, repair=False, keepna=True,
                            raise_errors=True, timeout=self.settings.request_timeout_seconds, **kwargs)
         except yf_errors.YFPricesMissingError as exc:
             if exc.yahoo_reason:

@@ -309,6 +309,43 @@ def test_transformed_series_is_never_a_price() -> None:
     assert (c.data_type, c.interval, c.item_id) == ("economic", "1wk", "WIKI/AAPL|collapse=weekly")
 
 
+def annual_collapsed(frequency: str | None, collapse: str = "monthly", transform: str = "none") -> dict[str, Any]:
+    """A v3 data.json answer as documented (dataset_data echoes transform/collapse and gives the dataset's own
+    frequency) for a yearly series asked with a collapse."""
+    dd: dict[str, Any] = {
+        "limit": None, "transform": transform, "column_index": None, "column_names": ["Year", "Value"],
+        "start_date": "2019-12-31", "end_date": "2022-12-31", "collapse": collapse, "order": "asc",
+        "data": [["2019-12-31", 10.0], ["2020-12-31", 11.0], ["2021-12-31", 12.5], ["2022-12-31", 13.0]]}
+    if frequency is not None:
+        dd["frequency"] = frequency
+    return {"dataset_data": dd}
+
+
+def test_collapse_finer_than_the_dataset_keeps_the_datasets_frequency() -> None:
+    points = parse_dataset(annual_collapsed("annual"), "ODA/POP")
+    assert {(p.interval, p.item_id) for p in points} == {("1y", "ODA/POP|collapse=monthly")}  # item_id: the query's
+    assert points[0].metadata["collapse"] == "monthly"
+    [p, *_] = parse_dataset(annual_collapsed("annual", transform="rdiff"), "ODA/POP")
+    assert (p.interval, p.item_id) == ("1y:rdiff", "ODA/POP|transform=rdiff|collapse=monthly")
+    # A collapse coarser than the dataset wins, as before.
+    assert parse_dataset(annual_collapsed("weekly"), "ODA/POP")[0].interval == "1mo"
+    assert parse_dataset(annual_collapsed("daily", collapse="annual"), "ODA/POP")[0].interval == "1y"
+    # No frequency in the answer: the rows' spacing says it (yearly here).
+    assert parse_dataset(annual_collapsed(None), "ODA/POP")[0].interval == "1y"
+
+
+def test_collapse_of_a_csv_body_reads_the_frequency_from_the_rows_spacing() -> None:
+    yearly = "Year,Value\n2022-12-31,13.0\n2021-12-31,12.5\n2019-12-31,10.0\n2018-12-31,9.0\n"  # 2020 missing
+    points = parse_csv(yearly, "ODA/POP", collapse="monthly")
+    assert {(p.interval, p.item_id) for p in points} == {("1y", "ODA/POP|collapse=monthly")}
+    quarterly = "Date,Value\n2024-01-01,1.0\n2024-04-01,2.0\n2024-07-01,3.0\n2024-10-01,4.0\n"
+    assert parse_csv(quarterly, "FRED/GDP", collapse="monthly")[0].interval == "3mo"
+    assert parse_csv(quarterly, "FRED/GDP", collapse="annual")[0].interval == "1y"
+    # Two dates could be one period apart or a hole apart: the collapse is kept.
+    two = "Year,Value\n2021-12-31,12.5\n2022-12-31,13.0\n"
+    assert parse_csv(two, "ODA/POP", collapse="monthly")[0].interval == "1mo"
+
+
 @pytest.mark.parametrize("text", ["", "Date\n2024-01-01\n", "Date,Value\nnot a date,x\n"])
 def test_unreadable_csv_is_unexpected(text: str) -> None:
     with pytest.raises(NdlUnexpected):

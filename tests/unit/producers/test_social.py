@@ -63,6 +63,19 @@ def test_snowflake_time_when_created_at_is_missing() -> None:
     assert p.timestamp.replace(microsecond=0) == datetime(2022, 10, 7, 22, 42, 12, tzinfo=UTC)
 
 
+def test_text_is_unescaped_before_it_is_stored_and_scored() -> None:
+    """X API v2 sends &, < and > in `text` as &amp; &lt; &gt;."""
+    doc = {"data": [{"id": "1796000000000000009", "text": "$AAPL &gt; $MSFT &amp; I &lt;3 it, great quarter",
+                     "created_at": "2024-05-30T14:00:09.000Z", "author_id": "2244994945"}],
+           "includes": {"users": [{"id": "2244994945", "name": "X Developers", "username": "XDevelopers"}]},
+           "meta": {"result_count": 1, "newest_id": "1796000000000000009", "oldest_id": "1796000000000000009"}}
+    [p], _ = parse_search(doc, "AAPL")
+    assert p.text == "$AAPL > $MSFT & I <3 it, great quarter"
+    # scored as read: VADER knows "<3", not "&lt;3"
+    assert p.sentiment == lexicon_sentiment(p.text) != lexicon_sentiment(doc["data"][0]["text"])
+    assert p.metadata["cashtags"] == ["AAPL", "MSFT"] and p.metadata["author_username"] == "XDevelopers"
+
+
 def test_cashtags() -> None:
     assert cashtags("$aapl and $BRK.B vs $AAPL, not $5") == ["AAPL", "BRK.B"]
 
@@ -89,10 +102,11 @@ class FakeX:
         self.seen: list[tuple[dict[str, str], dict[str, str]]] = []
         self.fail_tokens: dict[str, int] = {}  # next_token -> status to answer once
 
-    def post(self, n: int, text: str = "$AAPL looks strong", start: int = 0) -> list[str]:
+    def post(self, n: int, text: str = "$AAPL looks strong", start: int = 0, author_id: str = "111") -> list[str]:
         ids = [str(1796000000000000000 + start + i) for i in range(n)]
         for tid in ids:
-            self.tweets.append({"id": tid, "text": text, "created_at": "2024-05-30T14:00:00.000Z"})
+            self.tweets.append({"id": tid, "text": text, "created_at": "2024-05-30T14:00:00.000Z",
+                                "author_id": author_id})
         return ids
 
     async def search(self, request: web.Request) -> web.Response:
@@ -125,7 +139,11 @@ class FakeX:
             meta.update(newest_id=page[0]["id"], oldest_id=page[-1]["id"])
         if size < len(rows):
             meta["next_token"] = f"{hash(tuple(sorted(q.items())))}:{page[-1]['id']}"
-        return web.json_response({"data": page, "meta": meta} if page else {"meta": meta})
+        body: dict[str, Any] = {"data": page, "meta": meta} if page else {"meta": meta}
+        if page and "author_id" in q.get("expansions", "").split(","):  # X's default user fields: id, name, username
+            authors = dict.fromkeys(t["author_id"] for t in page)
+            body["includes"] = {"users": [{"id": a, "name": f"User {a}", "username": f"user{a}"} for a in authors]}
+        return web.json_response(body)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -170,6 +188,21 @@ async def test_every_page_is_read_across_polls_none_skipped(serve: Serve, caplog
     assert queries[0]["tweet.fields"] == "created_at,public_metrics,lang,author_id"
     assert queries[0]["query"] == "$AAPL -is:retweet"
     assert all(h["Authorization"] == f"Bearer {TOKEN}" for _, h in fake.seen)
+
+
+async def test_author_username_is_asked_for_and_stored(serve: Serve) -> None:
+    fake = FakeX()
+    fake.post(1, author_id="111")
+    fake.post(1, "$AAPL &amp; $MSFT", start=1, author_id="222")
+    base = await serve(fake.app())
+    src = SocialSource(settings(base), bearer_token=SecretStr(TOKEN))
+    async with aiohttp.ClientSession() as session:
+        points = await src.poll_once(session, NOW)
+    query = fake.seen[0][0]
+    assert query["expansions"] == "author_id" and "username" in query["user.fields"].split(",")
+    assert sorted((p.metadata["author_id"], p.metadata["author_username"]) for p in points) == [
+        ("111", "user111"), ("222", "user222")]
+    assert {p.text for p in points} == {"$AAPL looks strong", "$AAPL & $MSFT"}
 
 
 async def test_only_posts_with_the_cashtag_in_their_text_are_tagged(serve: Serve) -> None:

@@ -148,8 +148,9 @@ def test_chart_error_and_empty_result() -> None:
 
 def test_v7_quote_gives_regular_and_post_market_ticks() -> None:
     regular, post = parse_quote_response(load("quote_msft.json"))
-    assert (regular.symbol, regular.price, regular.bid, regular.ask, regular.item_id) == ("MSFT", 417.0, 416.9, 417.2,
-                                                                                           "quote")
+    assert (regular.symbol, regular.price, regular.item_id) == ("MSFT", 417.0, "quote")
+    # marketState POST: the book is the post-market's, on the post-market tick (see test_quote_book_*)
+    assert (regular.bid, regular.ask, post.bid, post.ask) == (None, None, 416.9, 417.2)
     assert regular.timestamp == datetime.fromtimestamp(1732309201, UTC)
     assert regular.metadata["session"] == "regular" and regular.metadata["market_state"] == "POST"
     assert (post.price, post.timestamp, post.metadata["session"]) == (417.35, datetime.fromtimestamp(1732312800, UTC),
@@ -170,6 +171,97 @@ def test_stream_message_session_from_market_hours() -> None:
     assert parse_stream_message({"id": "MSFT", "price": 1.0, "time": "1"}).metadata["session"] == "pre"
     with pytest.raises(SourceError):
         parse_stream_message({"error": "bad base64", "raw_base64": "xx"})
+
+
+def history_chart(**meta: Any) -> dict[str, Any]:
+    """A daily chart asked by period1/period2 (range "" in its meta), as yfinance's history asks: Yahoo's meta then
+    carries the live price and chartPreviousClose, the close before the chart's first bar."""
+    body = chart("AAPL", "NMS", "America/New_York", [et("2020-09-01T09:30:00"), et("2020-09-02T09:30:00")], "1d")
+    body["chart"]["result"][0]["meta"].update({
+        "range": "", "regularMarketPrice": 250.5, "regularMarketTime": et("2025-02-19T16:00:00"),
+        "chartPreviousClose": 125.25, **meta})
+    return body
+
+
+def test_prev_close_of_a_history_chart_is_not_its_chart_previous_close() -> None:
+    [tick] = parse_tick(history_chart(), "AAPL")
+    assert tick.price == 250.5 and "prev_close" not in tick.metadata  # 125.25 is the close of 2020-08-31
+    [tick] = parse_tick(history_chart(previousClose=249.0, regularMarketPreviousClose=248.0), "AAPL")
+    assert tick.metadata["prev_close"] == 249.0
+    [tick] = parse_tick(history_chart(regularMarketPreviousClose=248.0), "AAPL")
+    assert tick.metadata["prev_close"] == 248.0
+    # On a range=1d chart the close before its first bar is the previous day's.
+    [tick] = parse_tick(history_chart(range="1d"), "AAPL")
+    assert tick.metadata["prev_close"] == 125.25
+
+
+def test_null_bars_are_reported_at_info_once_per_response(caplog: pytest.LogCaptureFixture) -> None:
+    import pandas as pd
+
+    caplog.set_level(logging.INFO, logger="producers.yahoo")
+    parse_chart(load("chart_msft_1m_live.json"), "MSFT")
+    index = pd.DatetimeIndex([pd.Timestamp(f"2024-11-22 09:3{m}", tz="America/New_York") for m in range(4)])
+    nan = float("nan")
+    df = pd.DataFrame({"Open": [1.0, nan, nan, 0.0], "High": [1.0, nan, nan, 0.0], "Low": [1.0, nan, nan, 0.0],
+                       "Close": [1.0, nan, 1.0, 0.0], "Volume": [5, 0, 0, 0]}, index=index)
+    assert len(frame_to_bars(df, "MSFT", "1m")) == 1
+    lines = [r for r in caplog.records if "null" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in lines] == [
+        (logging.INFO, "yahoo: MSFT: skipped 1 null 1m bars in this response"),
+        (logging.INFO, "yahoo: MSFT: skipped 3 null 1m bars in this response")]
+
+
+def test_zero_prices_beside_a_volume_are_left_to_the_validator() -> None:
+    import pandas as pd
+
+    # Not a null bar (yfinance's keepna=False keeps it too): bad data, which the validator dead-letters.
+    index = pd.DatetimeIndex([pd.Timestamp("2024-11-22 09:30", tz="America/New_York")])
+    df = pd.DataFrame({"Open": [0.0], "High": [0.0], "Low": [0.0], "Close": [0.0], "Volume": [700]}, index=index)
+    [bar] = frame_to_bars(df, "MSFT", "1m")
+    assert (bar.open, bar.close, bar.volume) == (0.0, 0.0, 700.0)
+
+
+QUOTE: dict[str, Any] = {
+    "symbol": "MSFT", "exchange": "NMS", "regularMarketPrice": 420.0, "regularMarketTime": 1732309201,
+    "bid": 419.5, "ask": 419.9, "bidSize": 2, "askSize": 3,
+}
+BOOK = (419.5, 419.9, 2.0, 3.0)
+
+
+def book(point: Any) -> tuple[float | None, ...]:
+    return (point.bid, point.ask, point.bid_size, point.ask_size)
+
+
+def test_quote_book_is_the_regular_ticks_only_in_the_regular_session() -> None:
+    [tick] = parse_quote_response({"quoteResponse": {"result": [{**QUOTE, "marketState": "REGULAR"}], "error": None}})
+    assert book(tick) == BOOK and not any(k.startswith("off_hours") for k in tick.metadata)
+    [tick] = parse_quote_response({"quoteResponse": {"result": [QUOTE], "error": None}})
+    assert book(tick) == BOOK  # no marketState: nothing says the book is another session's
+
+
+@pytest.mark.parametrize("state, session", [("POST", "post"), ("PRE", "pre")])
+def test_quote_book_goes_on_the_extended_tick_of_its_session(state: str, session: str) -> None:
+    extended = {f"{session}MarketPrice": 421.0, f"{session}MarketTime": 1732312800}
+    regular, ext = parse_quote_response({"quoteResponse": {"result": [
+        {**QUOTE, **extended, "marketState": state}], "error": None}})
+    assert book(regular) == (None, None, None, None)
+    assert ext.metadata["session"] == session and book(ext) == BOOK
+
+
+@pytest.mark.parametrize("state, extended", [
+    ("CLOSED", {"postMarketPrice": 421.0, "postMarketTime": 1732312800}),  # the book is overnight, not post's
+    ("POSTPOST", {"postMarketPrice": 421.0, "postMarketTime": 1732312800}),
+    ("POST", {}),  # no post-market tick to carry it
+    ("CLOSED", {}),
+])
+def test_quote_book_outside_its_session_is_named_off_hours(state: str, extended: dict[str, Any]) -> None:
+    ticks = parse_quote_response({"quoteResponse": {"result": [{**QUOTE, **extended, "marketState": state}],
+                                                    "error": None}})
+    assert all(book(t) == (None, None, None, None) for t in ticks)
+    assert {k: v for k, v in ticks[-1].metadata.items() if k.startswith("off_hours")} == {
+        "off_hours_bid": 419.5, "off_hours_ask": 419.9, "off_hours_bid_size": 2.0, "off_hours_ask_size": 3.0}
+    assert ticks[-1].metadata["market_state"] == state
+    assert not any(k.startswith("off_hours") for t in ticks[:-1] for k in t.metadata)
 
 
 def test_session_redirects_only_yahoo_hosts() -> None:
@@ -337,7 +429,7 @@ async def test_tick_from_the_v7_quote(serve: Serve) -> None:
     src = YahooSource(settings(await serve(fake.app()), symbols=["MSFT"], tick_from="quote", bars=False))
     ticks = await src.poll_once(None)
     assert [(t.price, t.metadata["session"]) for t in ticks] == [(417.0, "regular"), (417.35, "post")]
-    assert ticks[0].bid == 416.9 and ticks[0].ask == 417.2
+    assert (ticks[0].bid, ticks[1].bid, ticks[1].ask) == (None, 416.9, 417.2)  # marketState POST
     assert fake.quotes and fake.quotes[0]["symbols"] == "MSFT"
     assert await src.poll_once(None) == []  # nothing moved
 
@@ -492,3 +584,25 @@ async def test_stream_reconnect_waits_double_to_the_cap_with_jitter() -> None:
         await anext(src.stream())
     nominal = [1.0, 2.0, 4.0, 4.0, 4.0]
     assert all(0.5 * n <= w < n for w, n in zip(waits, nominal, strict=True)), waits
+
+
+async def test_live_tick_prev_close_from_previous_close_and_null_bars_reported(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    """yfinance hands on the chart meta's previousClose and range; Yahoo's null minute reaches frame_to_bars, which
+    reports it (yfinance's keepna=False would have dropped it unseen)."""
+
+    class FiveDays(FakeYahoo):
+        async def chart(self, request: web.Request) -> web.Response:
+            if request.query.get("range") != "5d":
+                return await super().chart(request)
+            body = load("chart_msft_1m_live.json")
+            body["chart"]["result"][0]["meta"].update(range="5d", chartPreviousClose=400.0, previousClose=412.87)
+            return web.json_response(body)
+
+    src = YahooSource(settings(await serve(FiveDays().app()), symbols=["MSFT"], live_range="5d"))
+    caplog.set_level(logging.INFO, logger="producers.yahoo")
+    tick, *bars = await src.poll_once(None)
+    assert tick.data_type == "tick" and tick.metadata["prev_close"] == 412.87
+    assert len(bars) == 3
+    assert [r.getMessage() for r in caplog.records if "null" in r.getMessage()] == [
+        "yahoo: MSFT: skipped 1 null 1m bars in this response"]
