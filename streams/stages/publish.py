@@ -181,7 +181,16 @@ async def _acknowledged(futures: Sequence[Awaitable[Any]], count: int) -> list[A
                            count, waited)
     except asyncio.CancelledError:
         gathered.cancel()
+        # A cancelled gather of return_exceptions=True finishes with CancelledError as its exception, which
+        # nobody reads after a stop: asyncio would log it at ERROR ("exception was never retrieved") at every
+        # clean shutdown.
+        gathered.add_done_callback(_retrieve)
         raise
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def _send_each(messages: Sequence[Outgoing]) -> list[BaseException | None]:

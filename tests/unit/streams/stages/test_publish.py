@@ -241,3 +241,22 @@ async def test_a_cancelled_wait_for_acknowledgements_cancels_the_sends() -> None
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert pending.cancelled()
+
+
+async def test_a_stop_while_sends_wait_for_acks_logs_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    # A worker stopped (SIGTERM) while a batch's sends wait for the broker: the cancelled wait must leave nothing
+    # for asyncio to report at ERROR ("_GatheringFuture exception was never retrieved") at every clean stop.
+    import gc
+
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.ensure_future(publish._acknowledged([loop.create_future() for _ in range(3)], 3))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0.01)
+    del waiting
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
