@@ -249,7 +249,7 @@ async def test_a_stop_while_sends_wait_for_acks_logs_no_error(caplog: pytest.Log
     import gc
 
     loop = asyncio.get_running_loop()
-    waiting = asyncio.ensure_future(publish._acknowledged([loop.create_future() for _ in range(3)], 3))
+    waiting = asyncio.create_task(publish._acknowledged([loop.create_future() for _ in range(3)], 3))
     await asyncio.sleep(0.01)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
