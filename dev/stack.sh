@@ -63,12 +63,22 @@ kafka_java() {
     -cp "$KAFKA_LIBS/*" "$@"
 }
 
+# Something already answers on the port: another checkout's stack, say, whose pid files this one cannot see.
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+refuse_taken_port() {
+  log "127.0.0.1:$2 is already in use by a process this checkout did not start (another checkout's stack?):"
+  log "stop it there (dev/stack.sh stop), or give this one other ports ($1=...)"
+  exit 1
+}
+
 kafka_pid() { [[ -f "$KAFKA_DIR/pid" ]] && kill -0 "$(cat "$KAFKA_DIR/pid")" 2>/dev/null && cat "$KAFKA_DIR/pid"; }
 
 kafka_start() {
   kafka_setup
   mkdir -p "$KAFKA_DIR" "$LOG_DIR"
   if kafka_pid >/dev/null; then log "kafka already running (pid $(kafka_pid)) on 127.0.0.1:$KAFKA_PORT"; return; fi
+  port_taken "$KAFKA_PORT" && refuse_taken_port KAFKA_PORT "$KAFKA_PORT"
   sed -e "s#@KAFKA_PORT@#$KAFKA_PORT#g" -e "s#@CONTROLLER_PORT@#$KAFKA_CONTROLLER_PORT#g" \
       -e "s#@DATA_DIR@#$KAFKA_DIR/data#g" "$ROOT/dev/kafka/server.properties" > "$KAFKA_DIR/server.properties"
   if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
@@ -116,6 +126,7 @@ pg_start() {
   local bin; bin="$(pg_bin)"
   mkdir -p "$LOG_DIR"
   if pg_running; then log "postgres already running on 127.0.0.1:$PG_PORT"; return; fi
+  port_taken "$PG_PORT" && refuse_taken_port PG_PORT "$PG_PORT"
   if [[ ! -f "$PG_DIR/data/PG_VERSION" ]]; then
     log "initialising PostgreSQL cluster in $PG_DIR/data"
     as_pg "$bin/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
