@@ -6,10 +6,12 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 
-# Upper bounds in milliseconds; the last bucket is open-ended.
+# Upper bounds in milliseconds; the last bucket is open-ended, and a percentile that falls in it is reported as
+# its lower bound. Up to an hour: a backlog after an outage takes minutes to drain, and a p99 pinned at the
+# last finite bound would read as a measured value.
 BOUNDS_MS: tuple[float, ...] = (
     0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500,
-    750, 1000, 2000, 5000, 10_000, 30_000, 60_000, float("inf"),
+    750, 1000, 2000, 5000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000, 1_800_000, 3_600_000, float("inf"),
 )
 
 

@@ -20,6 +20,15 @@ def test_histogram_percentiles() -> None:
     assert histogram.percentile(histogram.empty(), 0.5) is None
 
 
+def test_a_backlog_of_minutes_is_not_reported_as_one_minute() -> None:
+    # After an outage rows land minutes late: their p99 must say minutes, not the old last bound (60 s).
+    counts = histogram.empty()
+    histogram.observe_many(counts, [420_000.0] * 100)  # 7 minutes
+    assert 300_000 < histogram.percentile(counts, 0.99) <= 600_000
+    histogram.observe_many(counts, [5 * 3_600_000.0] * 10_000)  # beyond the last bound: reported as it
+    assert histogram.percentile(counts, 0.99) == 3_600_000
+
+
 def test_fold_adds_counts_rules_and_latency() -> None:
     d1 = delta(processed=10, valid=9, rejected=1)
     d1.count_rule("schema.not_json")
