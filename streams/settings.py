@@ -15,12 +15,14 @@ silently falls back to a default. Secrets are SecretStr.
 from __future__ import annotations
 
 import difflib
+import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
@@ -28,6 +30,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from streams import redact
@@ -108,8 +111,9 @@ def _key_env_note(section: type[SourceSection]) -> str:
 
 
 # (brief key, our key or None when accepted without effect, why). Special cases: `rate_limit_delay` (seconds
-# between calls) sets our rate limit to 1 call per that many seconds; `api_key` must be empty (keys come
-# from the environment, never a settings file).
+# between calls) sets our rate limit to 1 call per that many seconds (a section that also gives
+# rate_limit_calls or rate_limit_per_seconds must agree with it, or it is an error naming both keys);
+# `api_key` must be empty (keys come from the environment, never a settings file).
 BRIEF_KEYS: list[tuple[str, str | None, str]] = [
     ("pipeline.batch_size", "validation.batch_size", "records per validate batch (worker and in-process)"),
     ("pipeline.batch_timeout", "pipeline.batch_timeout_seconds", "in-process: longest wait for a partial batch"),
@@ -213,11 +217,11 @@ def to_settings_shape(doc: Mapping[str, Any], where: str = "configuration") -> d
                 if key == "rate_limit_delay":
                     delay = value
                 elif key == "api_key":
-                    if value:
+                    if value:  # never echoed; worded so the redactor (streams/redact.py) leaves the advice whole
                         env = (_key_env(base) or ("the provider's key variable",))[0]
-                        raise ConfigError(f"{where}: {name}.api_key: API keys are not settings; set {env} in the "
-                                          f"environment or .env (or ConfigurationManager.enable_service("
-                                          f"{base[-1]!r}, api_key=...))")
+                        raise ConfigError(f"{where}: {name}.api_key must be empty: API keys are not read from "
+                                          f"configuration; set {env} in the environment or .env, or pass "
+                                          f"it to ConfigurationManager.enable_service({base[-1]!r}, ...)")
                 elif target is not None:
                     put(target, value, f"{name}.{key}")
             elif key in fields:
@@ -227,19 +231,8 @@ def to_settings_shape(doc: Mapping[str, Any], where: str = "configuration") -> d
                     put((*base, key), value, f"{name}.{key}")
             else:
                 raise ConfigError(f"{where}: unknown key {name}.{key}{_suggest(key, fields | brief_keys)}")
-        if delay is not None:  # rate_limit_delay: 1 call per `delay` s, unless the pair already says that
-            calls = out.get(base[0], {}).get(base[1], {}).get("rate_limit_calls") if len(base) == 2 else None
-            per = out.get(base[0], {}).get(base[1], {}).get("rate_limit_per_seconds") if len(base) == 2 else None
-            try:
-                same = calls is not None and per is not None and float(per) / float(calls) == float(delay)
-            except (TypeError, ValueError, ZeroDivisionError):
-                same = False
-            if not same:
-                node = out.setdefault(base[0], {}).setdefault(base[1], {})
-                node["rate_limit_calls"] = 1.0
-                node["rate_limit_per_seconds"] = delay
-                spelled[(*base, "rate_limit_calls")] = spelled[(*base, "rate_limit_per_seconds")] = \
-                    f"{name}.rate_limit_delay"
+        if delay is not None:
+            _apply_delay(out, spelled, base, delay, f"{name}.rate_limit_delay", where)
 
     ours = set(Settings.model_fields)
     for top, body in doc.items():
@@ -256,6 +249,41 @@ def to_settings_shape(doc: Mapping[str, Any], where: str = "configuration") -> d
     return out
 
 
+def _apply_delay(out: dict[str, Any], spelled: dict[tuple[str, ...], str], base: tuple[str, ...], delay: Any,
+                 name: str, where: str) -> None:
+    """The brief's `rate_limit_delay: d` is our rate limit of 1 call per d seconds. When the same configuration
+    also spells the limit our way (rate_limit_calls, rate_limit_per_seconds), the two must say the same rate
+    (d = per / calls; a lone rate_limit_calls must be 1, a lone rate_limit_per_seconds must be d) and the pair
+    is kept as written; otherwise it is an error naming both keys: one of them would be ignored."""
+    node = out.setdefault(base[0], {}).setdefault(base[1], {})
+    calls, per = node.get("rate_limit_calls"), node.get("rate_limit_per_seconds")
+    if calls is None and per is None:
+        node["rate_limit_calls"], node["rate_limit_per_seconds"] = 1.0, delay
+        spelled[(*base, "rate_limit_calls")] = spelled[(*base, "rate_limit_per_seconds")] = name
+        return
+    try:
+        d = float(delay)
+        if calls is not None and per is not None:
+            same = math.isclose(float(per) / float(calls), d, rel_tol=1e-9)
+        elif calls is not None:
+            same = math.isclose(float(calls), 1.0, rel_tol=1e-9)
+        else:
+            same = math.isclose(float(per), d, rel_tol=1e-9)
+    except (TypeError, ValueError, ZeroDivisionError):
+        same = False
+    if not same:
+        given = [f"{spelled.get((*base, k), k)} ({v})" for k, v in
+                 (("rate_limit_calls", calls), ("rate_limit_per_seconds", per)) if v is not None]
+        raise ConfigError(f"{where}: {name} ({delay}: 1 call per {delay} s) and {' and '.join(given)} disagree; "
+                          "keep one spelling of the rate limit")
+    if calls is None:
+        node["rate_limit_calls"] = 1.0
+        spelled[(*base, "rate_limit_calls")] = name
+    if per is None:
+        node["rate_limit_per_seconds"] = delay
+        spelled[(*base, "rate_limit_per_seconds")] = name
+
+
 def secret_paths() -> list[tuple[str, str]]:
     """(section, key) of every SecretStr setting (postgres.password, kafka.sasl_password, ...)."""
     found = []
@@ -268,8 +296,11 @@ def secret_paths() -> list[tuple[str, str]]:
 
 def as_brief(settings: Settings, *, secrets: bool = True) -> dict[str, Any]:
     """Settings as a plain dict in the brief's sections (pipeline, yfinance, ..., postgresql) followed by our
-    other sections, each setting once. `secrets`: real secret values (for the caller's memory only; never
-    print it) or left out. to_settings_shape() reads it back unchanged."""
+    other sections, each setting once (so `tickflow init`'s file, written from it, has one key to edit per
+    setting). A rate limit is rate_limit_calls per rate_limit_per_seconds, never also the brief's
+    rate_limit_delay: 1 call per d seconds cannot say 5 calls a minute with bursts of 5. `secrets`: real
+    secret values (for the caller's memory only; never print it) or left out. to_settings_shape() reads it
+    back unchanged."""
     d = settings.model_dump(mode="json")
     for section, key in secret_paths():
         value = getattr(getattr(settings, section), key)
@@ -293,9 +324,6 @@ def as_brief(settings: Settings, *, secrets: bool = True) -> dict[str, Any]:
             for part in target[:-1]:
                 node = node[part]
             out[brief][key] = node.pop(target[-1])
-    for brief in ("yfinance", "alpha_vantage", "finnhub", "fred"):
-        s = out[brief]
-        s["rate_limit_delay"] = s["rate_limit_per_seconds"] / s["rate_limit_calls"]
     out.update(d)
     return out
 
@@ -338,19 +366,66 @@ def load_dotenv_files(config_file: Path | None = None) -> list[Path]:
     return read
 
 
-def _known_env_names() -> set[str]:
-    names: set[str] = set()
+def _env_fields() -> dict[str, Any]:
+    """Every TICKFLOW_<SECTION>__<KEY> name (upper case) -> the annotation of the setting it sets."""
+    names: dict[str, Any] = {}
 
     def walk(model: type[BaseModel], prefix: str) -> None:
         for key, field in model.model_fields.items():
             name = f"{prefix}__{key.upper()}" if prefix != "TICKFLOW" else f"TICKFLOW_{key.upper()}"
-            names.add(name)
+            names[name] = field.annotation
             ann = field.annotation
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, name)
 
     walk(Settings, "TICKFLOW")
     return names
+
+
+def _known_env_names() -> set[str]:
+    return set(_env_fields())
+
+
+def _shape_of(ann: Any) -> str | None:
+    """"list" or "mapping" for a setting that the environment must give as JSON (pydantic-settings parses those
+    as JSON), else None."""
+    kind = get_origin(ann) or ann
+    if isinstance(kind, type):
+        if issubclass(kind, BaseModel | Mapping):
+            return "mapping"
+        return "list" if issubclass(kind, list | tuple | set | frozenset) else None
+    return next((x for x in map(_shape_of, get_args(ann)) if x), None)  # X | None, Annotated[...]
+
+
+def env_json_hint(exc: Exception, env: Mapping[str, str] | None = None) -> str:
+    """pydantic-settings says only 'error parsing value for field "sources" from source "EnvSettingsSource"'
+    when a TICKFLOW_* variable for a list or a mapping is not JSON: the one line that names the variable and
+    the fix (e.g. TICKFLOW_SOURCES__REPLAY__FILES='["/data/a.csv"]')."""
+    env = os.environ if env is None else env
+    text = str(exc)
+    field = text.split('field "', 1)[1].split('"', 1)[0] if 'field "' in text else ""
+    prefix = f"TICKFLOW_{field.upper()}"
+    fields = _env_fields()
+    suspects = []
+    for name, value in sorted(env.items()):
+        upper = name.upper()
+        if upper != prefix and not upper.startswith(f"{prefix}__"):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            suspects.append((name, value, _shape_of(fields.get(upper))))
+    if not suspects:
+        return f"an environment variable {prefix}__* has a value that is not valid JSON ({text})"
+    name, value, shape = next((s for s in suspects if s[2]), None) or next(
+        (s for s in suspects if "," in s[1]), suspects[0])
+    if shape == "mapping":
+        pairs = [p.split("=", 1) if "=" in p else p.split(":", 1) for p in value.split(",") if p.strip()]
+        example = (json.dumps({k.strip(): v.strip() for k, v in pairs}) if pairs and all(len(p) == 2 for p in pairs)
+                   else '{"name": "value"}')
+    else:
+        example = json.dumps([v.strip() for v in value.split(",") if v.strip()])
+    return f"{name}={value}: a list or mapping in the environment must be JSON, e.g. {name}='{example}'"
 
 
 def check_env_names(env: Mapping[str, str] | None = None) -> None:
@@ -472,8 +547,10 @@ def _problems(exc: ValidationError) -> str:
 def load_settings(*, file_doc: Mapping[str, Any] | None = None, file_name: str | None = None,
                   **overrides: Any) -> Settings:
     """Build Settings, turning every problem into a one-line ConfigError that names the key and where it
-    came from. `file_doc` stands in for the config file (ConfigurationManager checks an edit before writing
-    it); `overrides` may use the brief's names."""
+    came from, a TICKFLOW_* list that is not JSON included (every entry point builds its settings here: the
+    worker, the `tickflow` commands, `python -m producers`, DataIngestionPipeline and ConfigurationManager).
+    `file_doc` stands in for the config file (ConfigurationManager checks an edit before writing it);
+    `overrides` may use the brief's names."""
     path = config_file_from_env()
     if file_doc is None and path is not None and not path.exists():
         raise ConfigError(f"config file {path} (from TICKFLOW_CONFIG) does not exist")
@@ -490,6 +567,8 @@ def load_settings(*, file_doc: Mapping[str, Any] | None = None, file_name: str |
     except ValidationError as exc:
         where = f"{where_file} or the environment" if where_file else "the environment"
         raise ConfigError(f"invalid settings in {where}: {_problems(exc)}") from None
+    except SettingsError as exc:  # a TICKFLOW_* list or mapping that is not JSON: for every entry point
+        raise ConfigError(env_json_hint(exc)) from None
     finally:
         _FILE_LAYER.reset(token)
 

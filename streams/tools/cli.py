@@ -71,27 +71,6 @@ def package_version() -> str:
         return "unknown (not installed: pip install .)"
 
 
-def _env_list_hint(exc: Exception) -> str:
-    """pydantic-settings says only 'error parsing value for field "sources"'; name the variable and the fix."""
-    text = str(exc)
-    field = text.split('field "', 1)[1].split('"', 1)[0] if 'field "' in text else ""
-    prefix = f"TICKFLOW_{field.upper()}__"
-    suspects = []
-    for name, value in sorted(os.environ.items()):
-        if not name.startswith(prefix):
-            continue
-        try:
-            json.loads(value)
-        except ValueError:
-            suspects.append((name, value))
-    if not suspects:
-        return f"an environment variable {prefix}* has a value that is not valid JSON ({text})"
-    name, value = next(((n, v) for n, v in suspects if "," in v), suspects[0])
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    return (f"{name}={value}: a list or mapping in the environment must be JSON, e.g. "
-            f"{name}='{json.dumps(items)}'")
-
-
 def explain(exc: BaseException) -> str | None:
     """The one-line message for an expected failure, or None for a bug (which keeps its traceback)."""
     if isinstance(exc, SinkUnavailable):
@@ -99,8 +78,6 @@ def explain(exc: BaseException) -> str | None:
                 "TICKFLOW_POSTGRES__PORT and the credentials at a running server")
     if isinstance(exc, TickflowError):
         return str(exc)
-    if type(exc).__name__ == "SettingsError" and type(exc).__module__.startswith("pydantic_settings"):
-        return _env_list_hint(exc)
     if type(exc).__name__ in {"KafkaConnectionError", "KafkaTimeoutError", "NoBrokersAvailable"}:
         return (f"cannot reach Kafka ({exc}); start it (`make stack-up`) or set TICKFLOW_KAFKA__BOOTSTRAP_SERVERS "
                 "to a running broker")
@@ -292,7 +269,7 @@ def init(config: str, force: bool) -> int:
         raise Failure(f"cannot write {path}: directory {path.parent} does not exist; create it (mkdir -p "
                       f"{path.parent}) or pass another --config")
     if path.exists() and not force:
-        raise Failure(f"{path} exists; pass --force to rewrite it with the defaults", 1)
+        raise Failure(f"{path} exists; pass --force to rewrite it with the defaults")  # configuration: exit 2
     cm = ConfigurationManager.__new__(ConfigurationManager)
     cm.path, cm.env_path = path, path.with_name(".env.pipeline")
     try:
@@ -302,6 +279,39 @@ def init(config: str, force: bool) -> int:
                       1) from None
     click.echo(f"wrote {path} and {cm.env_path} (secrets go in the latter; keep it out of version control)")
     return 0
+
+
+async def check_topics(cat: Any, kafka: Any) -> list[str]:
+    """Every way the cluster differs from topics.yaml, creating nothing: the topics it lacks, and the partition
+    counts of those it has (ensure_topics stops at the first kind, so it is asked about the present ones only)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    from streams.broker import ensure_topics
+    from streams.catalog import Catalog
+    from streams.errors import TopicMismatchError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=15000,
+                                **kafka.client_kwargs())
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+    except KafkaError as exc:
+        raise ConfigError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc!r} (is `make stack-up` "
+                          "running?)") from None
+    finally:
+        await admin.close()
+    problems = []
+    missing = [t.name for t in cat.topics if t.name not in existing]
+    if missing:
+        problems.append(f"topics missing from the cluster: {', '.join(missing)} (`{PROG} topics create` adds them)")
+    present = tuple(t for t in cat.topics if t.name in existing)
+    if present:
+        try:
+            await ensure_topics(Catalog(topics=present), kafka.bootstrap_servers, create=False, kafka=kafka)
+        except TopicMismatchError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 @cli.command()
@@ -315,8 +325,13 @@ def topics(action: str) -> int:
 
     settings = get_settings()
     cat = catalog_of(settings.kafka)
-    created = asyncio.run(ensure_topics(cat, settings.kafka.bootstrap_servers, create=action == "create",
-                                        kafka=settings.kafka))
+    if action == "check":
+        problems = asyncio.run(check_topics(cat, settings.kafka))
+        if problems:
+            raise ConfigError("; ".join(problems))
+        created: list[str] = []
+    else:
+        created = asyncio.run(ensure_topics(cat, settings.kafka.bootstrap_servers, create=True, kafka=settings.kafka))
     for t in cat.topics:
         click.echo(f"{t.name:32} partitions={t.partitions:<3} retention.ms={t.retention_ms:<12} "
                    f"cleanup={t.cleanup_policy}{'  (created)' if t.name in created else ''}")
@@ -331,9 +346,48 @@ def db(action: str) -> int:
     from sinks.postgres import PostgresTickWriter
     from streams.settings import get_settings
 
-    asyncio.run(PostgresTickWriter(get_settings().postgres).migrate())
-    click.echo("schema up to date")
+    writer = PostgresTickWriter(get_settings().postgres)
+
+    async def run() -> list[int]:
+        before = await schema_versions(writer)
+        await writer.migrate()
+        return sorted(await schema_versions(writer) - before)
+
+    applied = asyncio.run(run())
+    click.echo(f"applied {describe_versions(applied)} to schema {writer.schema}" if applied
+               else f"schema {writer.schema} up to date")
     return 0
+
+
+async def schema_versions(writer: Any) -> set[int]:
+    """The migrations recorded in the writer's schema_migrations (none before the first migrate)."""
+    import asyncpg
+
+    from sinks.postgres import classify
+
+    try:
+        conn = await asyncpg.connect(**writer._connect_kwargs())
+    except Exception as exc:
+        raise classify(exc, f"connect {writer.settings.dsn_for_display()}") from None
+    try:
+        table = f"{writer._q}.schema_migrations"
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+            return set()
+        return {r["version"] for r in await conn.fetch(f"SELECT version FROM {table}")}
+    finally:
+        await conn.close()
+
+
+def describe_versions(versions: list[int]) -> str:
+    """[1, 2, 3, 5] -> "migrations 1-3, 5"; [7] -> "migration 7"."""
+    runs: list[list[int]] = []
+    for v in sorted(versions):
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    text = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+    return f"migration{'s' if len(versions) > 1 else ''} {text}"
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> Any:

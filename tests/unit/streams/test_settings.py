@@ -72,3 +72,158 @@ def test_a_worker_runs_every_stage_unless_told_which(tmp_path: Path, monkeypatch
         monkeypatch.setenv("TICKFLOW_WORKER__STAGES", bad)
         with pytest.raises(ConfigError, match=r"worker.stages"):
             load_settings()
+
+
+POLLED = {"yfinance": "yahoo", "alpha_vantage": "alpha_vantage", "finnhub": "finnhub", "fred": "fred"}
+
+
+@pytest.mark.parametrize("brief", list(POLLED))
+def test_an_edited_rate_limit_in_the_init_file_takes_effect(brief: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tickflow init` writes each setting once: an edit to rate_limit_calls or rate_limit_per_seconds is not
+    silently overridden by a rate_limit_delay written beside it (the generated file held both spellings)."""
+    import yaml
+
+    from streams.api import ConfigurationManager
+
+    cfg = tmp_path / "pipeline_config.yaml"
+    ConfigurationManager(cfg)  # writes the file as `tickflow init` does (ConfigurationManager.generate)
+    assert "rate_limit_delay" not in cfg.read_text()
+    doc = yaml.safe_load(cfg.read_text())
+    doc[brief]["rate_limit_calls"] = 2.0
+    doc[brief]["rate_limit_per_seconds"] = 7.0
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.setenv("TICKFLOW_CONFIG", str(cfg))
+    s = getattr(load_settings().sources, POLLED[brief])
+    assert (s.rate_limit_calls, s.rate_limit_per_seconds) == (2.0, 7.0)
+
+
+def test_the_init_file_reads_back_as_the_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.api import ConfigurationManager
+
+    defaults = load_settings()
+    cfg = tmp_path / "pipeline_config.yaml"
+    ConfigurationManager(cfg)
+    monkeypatch.setenv("TICKFLOW_CONFIG", str(cfg))
+    assert load_settings() == defaults  # 5 calls a minute stays that, not 1 call every 12 s
+
+
+@pytest.mark.parametrize(("section", "names"), [
+    ({"rate_limit_calls": 2.0, "rate_limit_per_seconds": 60.0, "rate_limit_delay": 12.0},
+     ["alpha_vantage.rate_limit_delay", "alpha_vantage.rate_limit_calls", "alpha_vantage.rate_limit_per_seconds"]),
+    ({"rate_limit_per_seconds": 30.0, "rate_limit_delay": 12.0},
+     ["alpha_vantage.rate_limit_delay", "alpha_vantage.rate_limit_per_seconds"]),
+    ({"rate_limit_calls": 5.0, "rate_limit_delay": 12.0},
+     ["alpha_vantage.rate_limit_delay", "alpha_vantage.rate_limit_calls"]),
+])
+def test_both_spellings_of_a_rate_limit_that_disagree_are_an_error(section: dict, names: list[str], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    cfg = tmp_path / "pipeline_config.yaml"
+    cfg.write_text(yaml.safe_dump({"alpha_vantage": section}))
+    monkeypatch.setenv("TICKFLOW_CONFIG", str(cfg))
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    message = str(err.value)
+    assert "\n" not in message and str(cfg) in message and "disagree" in message, message
+    assert all(n in message for n in names), message
+    with pytest.raises(ConfigError, match="rate_limit_delay"):  # keyword arguments too
+        load_settings(alpha_vantage=section)
+
+
+def test_both_spellings_across_sections_that_disagree_are_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"yfinance.rate_limit_delay.*sources.yahoo.rate_limit_calls"):
+        load_settings(sources={"yahoo": {"rate_limit_calls": 3.0}}, yfinance={"rate_limit_delay": 2.0})
+    with pytest.raises(ConfigError, match=r"sources.yahoo.rate_limit_calls.*yfinance.rate_limit_delay"):
+        load_settings(yfinance={"rate_limit_delay": 2.0}, sources={"yahoo": {"rate_limit_calls": 3.0}})
+
+
+def test_both_spellings_of_a_rate_limit_that_agree_are_accepted(tmp_path: Path) -> None:
+    """A file written by an earlier `tickflow init` (all three keys, as generated) still loads."""
+    s = load_settings(alpha_vantage={"rate_limit_calls": 5.0, "rate_limit_per_seconds": 60.0, "rate_limit_delay": 12.0},
+                      fred={"rate_limit_calls": 1, "rate_limit_delay": 0.5},
+                      finnhub={"rate_limit_per_seconds": 3.0, "rate_limit_delay": 3.0})
+    assert (s.sources.alpha_vantage.rate_limit_calls, s.sources.alpha_vantage.rate_limit_per_seconds) == (5.0, 60.0)
+    assert (s.sources.fred.rate_limit_calls, s.sources.fred.rate_limit_per_seconds) == (1.0, 0.5)
+    assert (s.sources.finnhub.rate_limit_calls, s.sources.finnhub.rate_limit_per_seconds) == (1.0, 3.0)
+
+
+def test_update_config_of_a_rate_limit_in_the_init_file(tmp_path: Path) -> None:
+    import yaml
+
+    from streams.api import ConfigurationManager
+
+    cfg = tmp_path / "pipeline_config.yaml"
+    cm = ConfigurationManager(cfg)
+    cm.update_config("alpha_vantage", "rate_limit_delay", 20)
+    s = cm.settings().sources.alpha_vantage
+    assert (s.rate_limit_calls, s.rate_limit_per_seconds) == (1.0, 20)
+    assert "rate_limit_calls" not in yaml.safe_load(cfg.read_text())["alpha_vantage"]
+    cm.update_config("alpha_vantage", "rate_limit_calls", 2)
+    assert ConfigurationManager(cfg).settings().sources.alpha_vantage.rate_limit_calls == 2
+
+
+def test_a_plain_list_in_the_environment_is_a_one_line_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raised where settings are built, so the Python API gets it as well as the command lines."""
+    from streams.api import DataIngestionPipeline
+
+    monkeypatch.delenv("TICKFLOW_CONFIG", raising=False)
+    monkeypatch.setenv("TICKFLOW_SOURCES__YAHOO__ENABLED", "true")  # valid JSON: not the culprit
+    monkeypatch.setenv("TICKFLOW_SOURCES__REPLAY__FILES", "/path/a.csv")
+    want = ("TICKFLOW_SOURCES__REPLAY__FILES=/path/a.csv: a list or mapping in the environment must be JSON, "
+            """e.g. TICKFLOW_SOURCES__REPLAY__FILES='["/path/a.csv"]'""")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value) == want
+    with pytest.raises(ConfigError) as err:
+        DataIngestionPipeline()
+    assert str(err.value) == want
+
+
+@pytest.mark.parametrize(("name", "value", "example"), [
+    ("TICKFLOW_SOURCES__FRED__SERIES", "UNRATE, GDP", '["UNRATE", "GDP"]'),
+    ("TICKFLOW_SOURCES__REPLAY__SYMBOLS", "aapl=AAPL,msft=MSFT", '{"aapl": "AAPL", "msft": "MSFT"}'),
+    ("TICKFLOW_WORKER__STAGES", "validate,write", '["validate", "write"]'),
+])
+def test_the_json_hint_fits_the_setting(name: str, value: str, example: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TICKFLOW_CONFIG", raising=False)
+    monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TICKFLOW_SOURCES__NEWS__BASE_URL", "http://x")  # a str setting, not JSON: no suspect
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    must = "a list or mapping in the environment must be JSON"
+    assert str(err.value) == f"{name}={value}: {must}, e.g. {name}='{example}'"
+
+
+def test_python_m_producers_says_a_configuration_error_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKFLOW_")}
+    out = subprocess.run([sys.executable, "-m", "producers", "replay"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[3]), "TICKFLOW_CONFIG": "",
+                              "TICKFLOW_SOURCES__REPLAY__FILES": "/path/a.csv"}, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "python -m producers: TICKFLOW_SOURCES__REPLAY__FILES=/path/a.csv: a list or mapping in the environment must "
+        """be JSON, e.g. TICKFLOW_SOURCES__REPLAY__FILES='["/path/a.csv"]'"""]
+
+
+def test_an_api_key_in_the_file_is_refused_with_readable_advice(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The redactor (streams/redact.py) used to take the advice for secrets: `finnhub.api_key: *** keys are not
+    settings ... api_key=***`. The value itself is never echoed."""
+    cfg = tmp_path / "pipeline_config.yaml"
+    cfg.write_text("finnhub: {api_key: sk_live_abcdef}\n")
+    monkeypatch.setenv("TICKFLOW_CONFIG", str(cfg))
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value) == (
+        f"{cfg}: finnhub.api_key must be empty: API keys are not read from configuration; set FINNHUB_API_KEY "
+        "in the environment or .env, or pass it to ConfigurationManager.enable_service('finnhub', ...)")
+    monkeypatch.delenv("TICKFLOW_CONFIG")
+    with pytest.raises(ConfigError) as err:
+        load_settings(alpha_vantage={"api_key": "sk_live_abcdef"})
+    assert "***" not in str(err.value) and "sk_live" not in str(err.value)
+    assert "set ALPHA_VANTAGE_API_KEY in the environment" in str(err.value)

@@ -8,8 +8,10 @@ import io
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -129,7 +131,9 @@ def test_comma_list_in_the_environment_says_json() -> None:
 def test_env_list_hint_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TICKFLOW_SOURCES__FRED__SERIES", "UNRATE, GDP")
     monkeypatch.setenv("TICKFLOW_SOURCES__YAHOO__ENABLED", "true")
-    hint = cli._env_list_hint(Exception('error parsing value for field "sources" from source "EnvSettingsSource"'))
+    from streams.settings import env_json_hint  # where settings are built, for every entry point
+
+    hint = env_json_hint(Exception('error parsing value for field "sources" from source "EnvSettingsSource"'))
     assert hint.startswith("TICKFLOW_SOURCES__FRED__SERIES=UNRATE, GDP") and '["UNRATE", "GDP"]' in hint
 
 
@@ -271,3 +275,105 @@ def test_log_format_is_read_from_the_settings(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.delenv("TICKFLOW_WORKER__LOG_FORMAT")
         get_settings.cache_clear()
     assert "--quiet" not in faust_argv(["worker"])
+
+
+def test_init_refuses_to_overwrite_with_the_configuration_exit_code(tmp_path: Path) -> None:
+    """README: exit 2 for configuration errors, 1 for a service that is down."""
+    path = tmp_path / "c.yaml"
+    assert run("init", "--config", str(path)).returncode == 0
+    out = run("init", "--config", str(path))
+    assert out.returncode == 2 and "--force" in one_line_error(out)
+
+
+@pytest.fixture
+def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from streams.settings import get_settings
+
+    for name in list(os.environ):
+        if name.startswith("TICKFLOW_"):
+            monkeypatch.delenv(name)
+    for name, value in NOWHERE.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(("before", "after", "says"), [
+    (set(), set(range(1, 10)), "applied migrations 1-9 to schema public"),
+    (set(range(1, 9)), set(range(1, 10)), "applied migration 9 to schema public"),
+    (set(range(1, 10)), set(range(1, 10)), "schema public up to date"),
+])
+def test_db_migrate_says_what_it_applied(before: set[int], after: set[int], says: str, fresh_settings: None,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from sinks.postgres import PostgresTickWriter
+
+    versions = iter([before, after])
+    migrated = []
+
+    async def schema_versions(writer: Any) -> set[int]:
+        return next(versions)
+
+    async def migrate(self: Any) -> None:
+        migrated.append(self.schema)
+
+    monkeypatch.setattr(cli, "schema_versions", schema_versions)
+    monkeypatch.setattr(PostgresTickWriter, "migrate", migrate)
+    result = CliRunner().invoke(cli.cli, ["db", "migrate"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == says and migrated == ["public"]
+
+
+def test_describe_versions() -> None:
+    assert cli.describe_versions([3, 1, 2, 5, 7, 8]) == "migrations 1-3, 5, 7-8"
+    assert cli.describe_versions([4]) == "migration 4"
+
+
+class FakeAdmin:
+    """The cluster as AIOKafkaAdminClient shows it: `topics` maps each existing topic to its partition count."""
+
+    topics: dict[str, int] = {}
+
+    def __init__(self, **kwargs: Any) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def list_topics(self) -> list[str]:
+        return list(self.topics)
+
+    async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+        return [{"topic": n, "error_code": 0, "partitions": [{"partition": p} for p in range(self.topics[n])]}
+                for n in names]
+
+    async def create_topics(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("`topics check` creates nothing")
+
+
+def test_topics_check_reports_missing_and_mismatched_topics_together(fresh_settings: None,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiokafka.admin
+
+    from streams import broker
+    from streams.catalog import catalog_of
+    from streams.settings import get_settings
+
+    topics = catalog_of(get_settings().kafka).topics
+    missing, wrong, *rest = topics
+    monkeypatch.setattr(FakeAdmin, "topics", {wrong.name: wrong.partitions + 1, **{t.name: t.partitions for t in rest}})
+    monkeypatch.setattr(aiokafka.admin, "AIOKafkaAdminClient", FakeAdmin)
+    monkeypatch.setattr(broker, "AIOKafkaAdminClient", FakeAdmin)
+    result = CliRunner().invoke(cli.cli, ["topics", "check"])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert line.count("\n") == 0 and line.startswith("tickflow: "), line
+    assert f"topics missing from the cluster: {missing.name} " in line
+    assert f"{wrong.name} has {wrong.partitions + 1} partitions, topics.yaml says {wrong.partitions}" in line
+
+    monkeypatch.setattr(FakeAdmin, "topics", {t.name: t.partitions for t in topics})
+    result = CliRunner().invoke(cli.cli, ["topics", "check"])
+    assert result.exit_code == 0 and "(created)" not in result.output, result.output
