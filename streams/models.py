@@ -41,8 +41,19 @@ UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 ShortStr = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
+# The brief's `@dataclass MarketDataPoint` field order: what positional arguments mean (keywords name any field).
+BRIEF_POSITIONAL = ("symbol", "timestamp", "price", "volume", "bid", "ask", "source", "data_type", "metadata")
+
+
 class MarketDataPoint(BaseModel):
-    """One market-data point, as the brief named it, with typed fields for every kind of data."""
+    """One market-data point, as the brief named it, with typed fields for every kind of data.
+
+    Built as the brief's dataclass is, too: positional arguments are taken in the brief's field order
+    (BRIEF_POSITIONAL), `MarketDataPoint("AAPL", ts, 189.5, 100, source="feed")`, then validated as keywords
+    are; more than nine, or one also given by keyword, is a TypeError as with a dataclass. It is not a
+    dataclass: `point.model_dump()` is `dataclasses.asdict(point)` (`model_dump(mode="json")` for JSON types).
+    The JSON Schema, the field order and the serialisation are the keyword form's; the validate stage builds
+    its points without __init__ (point_from_json), so none of this is on its path."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_enum_values=True)
 
@@ -74,6 +85,16 @@ class MarketDataPoint(BaseModel):
     # When the producer published the raw record; the end-to-end latency is measured from here.
     ingested_at: UtcDatetime | None = None
 
+    def __init__(self, /, *args: Any, **data: Any) -> None:
+        __tracebackhide__ = True
+        if args:
+            data = _brief_positional(type(self).__name__, args, data)
+        super().__init__(**data)
+
+    # Pydantic's validators (model_validate, model_validate_json) build instances without this __init__, as they
+    # do without BaseModel's: they never see positional arguments (RootModel's __init__ says the same).
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     def natural_key(self) -> tuple[str, str, str, datetime, str]:
         return (self.source, self.symbol, str(self.data_type), self.timestamp, self.item_id)
 
@@ -90,6 +111,18 @@ class MarketDataPoint(BaseModel):
 
 
 _dumps, _UTC_Z = orjson.dumps, orjson.OPT_UTC_Z
+
+
+def _brief_positional(name: str, args: tuple[Any, ...], data: dict[str, Any]) -> dict[str, Any]:
+    """Positional arguments -> keywords in the brief's field order, refused as a dataclass refuses them."""
+    if len(args) > len(BRIEF_POSITIONAL):
+        raise TypeError(f"{name}() takes at most {len(BRIEF_POSITIONAL)} positional arguments "
+                        f"({', '.join(BRIEF_POSITIONAL)}) but {len(args)} were given")
+    named = dict(zip(BRIEF_POSITIONAL, args, strict=False))
+    for field in named:
+        if field in data:
+            raise TypeError(f"{name}() got multiple values for argument {field!r}")
+    return {**named, **data}
 
 
 # ------------------------------------------------------------------ the validate stage's parse, msgspec first

@@ -89,15 +89,27 @@ class PipelineMetrics(View):
 
 @app.page("/pipeline/data/{symbol}")
 class RecentData(View):
-    """Recent clean rows of a symbol, newest first (the brief's frontend example reads this)."""
+    """Recent clean rows of a symbol, newest first (the brief's frontend example reads this).
+
+    `limit`: 1 or more (default 100; above DATA_LIMIT, DATA_LIMIT), else 400. The symbol is matched as written,
+    then, when that finds no row, upper-cased (`aapl` -> AAPL: the providers store symbols upper-case, while the
+    validator's symbol.pattern also lets a feed of its own store another case). Both are exact matches on the
+    (symbol, timestamp) index; a case-insensitive match would scan the table."""
 
     async def get(self, request: Request, symbol: str) -> Response:
         try:
-            limit = max(1, min(int(request.query.get("limit", "100")), DATA_LIMIT))
+            limit = int(request.query.get("limit", "100"))
         except ValueError:
             return self.json({"error": "limit must be an integer"}, status=400)
+        if limit < 1:
+            return self.json({"error": f"limit must be at least 1 (got {limit}); at most {DATA_LIMIT} rows are "
+                                       "returned"}, status=400)
+        limit = min(limit, DATA_LIMIT)
         try:
             rows = await reader.recent(symbol, limit)
+            if not rows and symbol != symbol.upper():
+                rows = await reader.recent(symbol.upper(), limit)
+                symbol = symbol.upper()
         except Exception as exc:
             return self.json({"error": f"database unavailable: {type(exc).__name__}"}, status=503)
         return self.json({"symbol": symbol, "count": len(rows), "data": jsonable(rows)})

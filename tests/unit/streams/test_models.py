@@ -312,3 +312,52 @@ def test_point_from_json_takes_the_fast_way_for_a_usual_record() -> None:
     assert calls == []
     _same_point(p, _pydantic_json(raw, strict=True))
     assert p.model_fields_set == set(MarketDataPoint.model_fields)
+
+
+# ------------------------------------------------------------------ the brief's dataclass form: positional args
+
+_T = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+
+
+def test_positional_arguments_follow_the_brief_dataclass_order() -> None:
+    import streams
+
+    # The brief's own call: `streams.MarketDataPoint` (the API's) defaults source as the brief does.
+    p = streams.MarketDataPoint("AAPL", _T, 189.5, 100)
+    assert (p.symbol, p.timestamp, p.price, p.volume, p.source) == ("AAPL", _T, 189.5, 100.0, "unknown")
+    assert p == streams.MarketDataPoint(symbol="AAPL", timestamp=_T, price=189.5, volume=100)
+    # All nine, in the brief's order (symbol, timestamp, price, volume, bid, ask, source, data_type, metadata).
+    q = MarketDataPoint("AAPL", _T, 189.5, 100, 189.4, 189.6, "feed", "quote", {"k": 1})
+    r = MarketDataPoint(symbol="AAPL", timestamp=_T, price=189.5, volume=100, bid=189.4, ask=189.6, source="feed",
+                        data_type="quote", metadata={"k": 1})
+    assert q == r and q.to_json() == r.to_json() and list(q.model_dump()) == list(MarketDataPoint.model_fields)
+    # Mixed: positional first, the rest by keyword; then the usual validation.
+    assert MarketDataPoint("AAPL", _T, source="feed", item_id="x").item_id == "x"
+    with pytest.raises(ValidationError) as info:
+        MarketDataPoint("AAPL", "not a time", 1.0, 1, source="feed")
+    assert info.value.errors()[0]["loc"] == ("timestamp",)
+    with pytest.raises(ValidationError) as info:
+        MarketDataPoint("AAPL", _T, 1.0, 1)  # the canonical record has no default source
+    assert info.value.errors()[0]["type"] == "missing"
+
+
+def test_positional_arguments_are_refused_as_a_dataclass_refuses_them() -> None:
+    ten = ("AAPL", _T, 1.0, 1, None, None, "feed", "tick", {}, "extra")
+    with pytest.raises(TypeError, match=r"takes at most 9 positional arguments .* but 10 were given"):
+        MarketDataPoint(*ten)
+    with pytest.raises(TypeError, match="got multiple values for argument 'symbol'"):
+        MarketDataPoint("AAPL", _T, symbol="MSFT", source="feed")
+    with pytest.raises(TypeError, match="got multiple values for argument 'price'"):
+        MarketDataPoint("AAPL", _T, 1.0, price=2.0, source="feed")
+
+
+def test_validators_do_not_go_through_the_positional_init() -> None:
+    """pydantic calls a model's own __init__ from model_validate(_json) unless it is marked a base init; then
+    every validation (and the validate stage's fallback) would go through it."""
+    import streams
+
+    assert MarketDataPoint.__pydantic_custom_init__ is False
+    assert streams.MarketDataPoint.__pydantic_custom_init__ is False
+    raw = b'{"symbol":"AAPL","timestamp":"2024-01-02T14:30:00Z","source":"feed","price":1.5}'
+    assert point_from_json(raw) == MarketDataPoint.model_validate_json(raw, strict=True) \
+        == MarketDataPoint("AAPL", _T, 1.5, source="feed")

@@ -1,0 +1,66 @@
+"""GET /pipeline/data/<symbol>'s handler (streams/web/health.py RecentData) on a stand-in read pool: the limit's
+bounds and the symbol's case, without Faust's web server or PostgreSQL."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.app import app
+from streams.web import health
+
+
+class Reader:
+    """The read pool's `recent`, over rows stored under these symbols (as market_data's exact match finds them)."""
+
+    def __init__(self, *stored: str) -> None:
+        self.stored = stored
+        self.asked: list[tuple[str, int]] = []
+
+    async def recent(self, symbol: str, limit: int) -> list[dict[str, Any]]:
+        self.asked.append((symbol, limit))
+        return [{"symbol": symbol, "price": 1.0}] * min(limit, 3) if symbol in self.stored else []
+
+
+async def get(monkeypatch: pytest.MonkeyPatch, reader: Reader, symbol: str, **query: str) -> tuple[int, Any]:
+    monkeypatch.setattr(health, "reader", reader)
+    response = await health.RecentData(app, app.web).get(SimpleNamespace(query=query), symbol)  # type: ignore[arg-type]
+    return response.status, orjson.loads(response.body)
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "-500"])
+async def test_a_limit_below_one_is_a_400_not_one_row(monkeypatch: pytest.MonkeyPatch, limit: str) -> None:
+    reader = Reader("AAPL")
+    status, body = await get(monkeypatch, reader, "AAPL", limit=limit)
+    assert status == 400 and body["error"].startswith(f"limit must be at least 1 (got {int(limit)})")
+    assert reader.asked == []
+
+
+async def test_limits_in_range_are_kept_and_large_ones_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    reader = Reader("AAPL")
+    assert (await get(monkeypatch, reader, "AAPL", limit="1"))[1]["count"] == 1
+    await get(monkeypatch, reader, "AAPL", limit="100000")
+    await get(monkeypatch, reader, "AAPL")
+    assert reader.asked == [("AAPL", 1), ("AAPL", health.DATA_LIMIT), ("AAPL", 100)]
+    assert (await get(monkeypatch, reader, "AAPL", limit="x"))[0] == 400
+
+
+async def test_a_lower_case_symbol_finds_the_upper_case_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    reader = Reader("AAPL")
+    status, body = await get(monkeypatch, reader, "aapl", limit="5")
+    assert status == 200 and body["symbol"] == "AAPL" and body["count"] == 3
+    assert reader.asked == [("aapl", 5), ("AAPL", 5)]  # each an exact match, on the (symbol, timestamp) index
+
+
+async def test_a_symbol_stored_in_another_case_is_still_found_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    reader = Reader("custom", "CUSTOM")
+    status, body = await get(monkeypatch, reader, "custom", limit="5")
+    assert status == 200 and body["symbol"] == "custom" and reader.asked == [("custom", 5)]
+    reader = Reader("AAPL")
+    status, body = await get(monkeypatch, reader, "AAPL", limit="5")  # already upper-case: one query
+    assert body["count"] == 3 and reader.asked == [("AAPL", 5)]
+    status, body = await get(monkeypatch, Reader(), "nope")
+    assert status == 200 and body["count"] == 0
