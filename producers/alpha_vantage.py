@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
@@ -82,6 +83,8 @@ _META_FIELDS = {"adjusted close": "adj_close", "dividend amount": "dividend", "s
 # is throttling; the key's refusal ends the round (every call would be refused); any other "Information" (the
 # "Invalid inputs" NEWS_SENTIMENT answers for a ticker it does not know) refuses that one call only.
 _THROTTLE_WORDS = ("call frequency", "rate limit", "requests per day", "per minute", "per day", "spreading out")
+# check_payload's words for a body holding "Error Message" (the provider's explained refusal of one call).
+_ERROR_MESSAGE = re.compile(r"Alpha Vantage \S+ error: ")
 _KEY_WORDS = ("apikey is invalid", "invalid api key", "api key is invalid", "demo purposes", "**demo** api key",
               "claim your free api key", "apikey is missing", "api key is missing")
 
@@ -544,7 +547,9 @@ class AlphaVantageSource(PollingSource):
         return calls
 
     async def poll_once(self, session: aiohttp.ClientSession) -> list[MarketDataPoint]:
-        """One round; a failing call is logged and skipped, a throttled one ends the round."""
+        """One round; a failing call is logged and skipped, a throttled one ends the round. Each call is reported
+        to the round's count (PollingSource.call_failed / call_succeeded): throttling, a spent quota and a
+        premium function are neither; a refused key is a failure (every call would be refused)."""
         out: list[MarketDataPoint] = []
         dropped = self._dropped
         for function, symbol, quote in self._calls():
@@ -556,11 +561,13 @@ class AlphaVantageSource(PollingSource):
                     out.extend(await self._poll(session, function, symbol))  # type: ignore[arg-type]
                 else:
                     out.extend(await self._poll_pair(session, function, symbol, quote))
+                self.call_succeeded()  # an empty GLOBAL_QUOTE (unknown symbol) too: counted in unknown, answered
             except AlphaVantageUnexpected as exc:
                 self.unexpected[function] += 1
                 text = self.redact(str(exc))
                 self._warn_once(f"{function}|{text}", "alpha_vantage: unexpected %s body for %s (counted in "
                                 "unexpected[%r], not warned again): %s", function, what, function, text)
+                self.call_failed(exc)
             except AlphaVantagePremium as exc:
                 logger.warning("alpha_vantage: %s is not in this key's plan, not asking again: %s",
                                function, self.redact(str(exc)))
@@ -581,11 +588,19 @@ class AlphaVantageSource(PollingSource):
             except AlphaVantageKeyRefused as exc:
                 self._warn_once(f"key|{exc}", "alpha_vantage: %s; ending this round, and every round until the "
                                 "key (ALPHA_VANTAGE_API_KEY) is fixed (not warned again)", self.redact(str(exc)))
+                self.call_failed(exc)
                 return out
             except AlphaVantageRefused as exc:
                 self._warn_once(f"refused|{function}|{what}|{exc}", "alpha_vantage: %s for %s refused, skipped "
                                 "(not warned again): %s", function, what, self.redact(str(exc)))
+                self.call_succeeded()  # "Invalid inputs" for a ticker it does not know: explained, answered
             except (SourceError, ValueError, TypeError, KeyError) as exc:
                 logger.warning("alpha_vantage: %s for %s failed: %s", function, what,
                                self.redact(f"{type(exc).__name__}: {exc}"))
+                # check_payload's "Error Message" body ("Invalid API call", Alpha Vantage's answer for a symbol it
+                # does not know) is an explained answer; anything else (HTTP, network, not JSON) a failure.
+                if isinstance(exc, SourceError) and _ERROR_MESSAGE.match(str(exc)):
+                    self.call_succeeded()
+                else:
+                    self.call_failed(exc)
         return out

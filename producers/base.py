@@ -17,7 +17,9 @@ from typing import Any
 
 import aiohttp
 
+from streams.errors import SourceError
 from streams.models import MarketDataPoint
+from streams.redact import redact
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,20 +44,73 @@ class Source(ABC):
     # A finite source (a file replay) ends when its fetch returns: the supervisor marks it finished instead of
     # starting it again. Others are restarted whenever their fetch ends.
     finite: bool = False
+    # A source that yields after every good round (an empty batch when nothing was new) says by it that it works
+    # again: after a failure the supervisor shows it `failing` until then. Any other (a stream, which may stay
+    # quiet for hours) counts as running again as soon as it is restarted.
+    yields_every_round: bool = False
 
     @abstractmethod
     def fetch(self, session: aiohttp.ClientSession | None) -> AsyncIterator[list[Record]]:
         """Yield batches of records, pacing itself (poll interval, rate limit) between batches."""
 
 
+MAX_CAUSE_CHARS = 300  # of the last failed call's error, in a failed round's message
+
+
 class PollingSource(Source):
     """A source that asks its provider every `settings.interval_seconds` (measured from the start of a round,
-    so a slow provider does not stretch the period). Subclasses implement one round in `poll_once`."""
+    so a slow provider does not stretch the period). Subclasses implement one round in `poll_once`.
+
+    A round's calls are counted: `poll_once` catches each call's error, so one bad symbol never stops the others,
+    and reports it with `call_failed(exc)`; a call that got its answer (data, or a valid empty one) reports
+    `call_succeeded()`. A round in which calls failed and none succeeded is the provider failing (no network, a
+    refused key, an outage): `fetch` raises a retriable SourceError saying how many failed and the last cause, so
+    the supervisor shows the source `failing` and restarts it with backoff. A round of some failures and some
+    successes is not a failed round (its failures are logged per call, as ever). Neither failure nor success:
+    throttling (429, a budget spent: the provider works, it asks us to wait), a function dropped as not in the
+    plan, a round of no calls at all. After every good round `fetch` yields, an empty batch when nothing was new,
+    so the supervisor sees that the source works again."""
 
     settings: Any
+    yields_every_round = True
+    # The current round's calls (class defaults: subclasses need not call an __init__ of ours).
+    _calls_failed: int = 0
+    _calls_succeeded: int = 0
+    _last_failure: str | None = None
 
     @abstractmethod
     async def poll_once(self, session: aiohttp.ClientSession) -> list[MarketDataPoint]: ...
+
+    def redact(self, text: str) -> str:
+        """A message without secrets; a source with a key of its own redacts it too (overridden)."""
+        return redact(text)
+
+    def call_succeeded(self) -> None:
+        """One call of this round got its answer: data, a valid empty answer (nothing new, the market closed), or
+        an unknown symbol the provider explains (the provider answered and the key works; the symbol is counted
+        in `unknown` and warned about by the source, a configuration matter rather than a provider failing)."""
+        self._calls_succeeded += 1
+
+    def call_failed(self, exc: BaseException) -> None:
+        """One call of this round failed (the source has logged it). Throttling is not counted (`throttled`)."""
+        if throttled(exc):
+            return
+        self._calls_failed += 1
+        # As the connectors log it, without the URL's query string (the symbol, dates, a key given as a parameter).
+        text = _URL_QUERY.sub(r"\1?...", f"{type(exc).__name__}: {exc}")
+        self._last_failure = self.redact(text)[:MAX_CAUSE_CHARS]
+
+    def _start_round(self) -> None:
+        self._calls_failed = self._calls_succeeded = 0
+        self._last_failure = None
+
+    def _failed_round(self) -> SourceError | None:
+        """The round's error when at least one call failed and none succeeded, else None."""
+        if self._calls_failed == 0 or self._calls_succeeded > 0:
+            return None
+        n = self._calls_failed
+        return SourceError(f"{self.name}: {'the one call' if n == 1 else f'all {n} calls'} of the round failed; "
+                           f"the last: {self._last_failure}", retriable=True)
 
     async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
         own = session is None
@@ -63,13 +118,25 @@ class PollingSource(Source):
         try:
             while True:
                 started = time.monotonic()
+                self._start_round()
                 points = await self.poll_once(session)
-                if points:
-                    yield list(points)
+                failed = None if points else self._failed_round()
+                if failed is not None:
+                    raise failed
+                yield list(points)  # empty too: the round went well, with nothing new
                 await asyncio.sleep(max(0.0, self.settings.interval_seconds - (time.monotonic() - started)))
         finally:
             if own:
                 await session.close()
+
+
+_THROTTLED = re.compile(r"\b(?:HTTP 429|429 Too Many Requests)\b", re.IGNORECASE)
+
+
+def throttled(exc: BaseException) -> bool:
+    """A provider asking us to slow down (HTTP 429, after producers/http.py's or yfinance's retries): not a failure
+    of the source, which works and waits for its budget. The words are the ones http.py and yahoo.py use."""
+    return bool(_THROTTLED.search(str(exc)))
 
 
 class BadEpoch(ValueError):

@@ -447,6 +447,9 @@ class FinnhubSource(_Counted, PollingSource):
         self.unknown: Counter[str] = Counter()  # per symbol: no_data candles, all-zero quotes
         self._init_counted()
 
+    def redact(self, text: str) -> str:
+        return self.client.redact(text)
+
     def _unknown(self, endpoint: str, symbol: str) -> None:
         self.unknown[symbol] += 1
         self._warn_once(f"unknown|{symbol}", "finnhub: %s for %s came back empty (no_data or an all-zero quote): "
@@ -513,7 +516,8 @@ class FinnhubSource(_Counted, PollingSource):
                     out.extend(await self._candles(session, kind, symbol, now, skipped))  # type: ignore[arg-type]
                 else:
                     out.extend(await self._poll(session, endpoint, symbol, now, skipped))  # type: ignore[arg-type]
-            except FinnhubAccessDenied as exc:
+                self.call_succeeded()  # an unknown symbol (no_data, an all-zero quote) too: answered, counted
+            except FinnhubAccessDenied as exc:  # not in the plan: dropped, neither a failure nor a success
                 logger.warning("finnhub: %s is not in this key's plan, not asking again: %s",
                                endpoint, self.client.redact(str(exc)))
                 if endpoint in self.endpoints:
@@ -525,9 +529,11 @@ class FinnhubSource(_Counted, PollingSource):
                 self._warn_once(f"{endpoint}|{exc.cause}", "finnhub: unexpected %s payload for %s (counted in "
                                 "unexpected[%r], not warned again for this cause): %s", endpoint, symbol, endpoint,
                                 self.client.redact(str(exc)))
+                self.call_failed(exc)
             except (SourceError, ValueError, TypeError, KeyError, OverflowError) as exc:
                 logger.warning("finnhub: %s for %s failed: %s", endpoint, symbol,
                                self.client.redact(f"{type(exc).__name__}: {exc}"))
+                self.call_failed(exc)
             finally:
                 self._count_skips(endpoint, symbol, skipped)
         return out
@@ -680,6 +686,9 @@ class NewsSentimentSource(_Counted, PollingSource):
         self._init_counted()
         self.errors: Counter[str] = Counter()  # per endpoint: failed calls (HTTP errors, timeouts, odd payloads)
 
+    def redact(self, text: str) -> str:
+        return self.client.redact(text)
+
     def _failed(self, endpoint: str, symbol: str, exc: BaseException) -> None:
         """A failed call: counted in errors[endpoint] (a payload of an unexpected shape also in
         unexpected[endpoint]); warned once per endpoint and cause, repeats at DEBUG."""
@@ -704,20 +713,25 @@ class NewsSentimentSource(_Counted, PollingSource):
                 news = await self.client.company_news(session, symbol, now=now, days=self.settings.lookback_days,
                                                       source=self.name, skipped=skipped)
                 out.extend(self.seen.new(score_missing(news)))
+                self.call_succeeded()
             except (SourceError, ValueError, TypeError, KeyError, OverflowError) as exc:
                 self._failed("company_news", symbol, exc)
+                self.call_failed(exc)
             finally:
                 self._count_skips("company_news", symbol, skipped)
             if not self.sentiment_enabled:
                 continue
             try:
                 out.extend(await self.client.news_sentiment(session, symbol, now=now, source=self.name))
+                self.call_succeeded()
             except SourceError as exc:
-                if self.client.is_access_denied(exc):
+                if self.client.is_access_denied(exc):  # not in the plan: neither a failure nor a success
                     logger.warning("news: Finnhub news-sentiment is not in this plan; writing articles only")
                     self.sentiment_enabled = False
                 else:
                     self._failed("news_sentiment", symbol, exc)
+                    self.call_failed(exc)
             except (ValueError, TypeError, KeyError, OverflowError) as exc:
                 self._failed("news_sentiment", symbol, exc)
+                self.call_failed(exc)
         return out

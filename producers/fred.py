@@ -292,6 +292,7 @@ class FredSource(PollingSource):
                 self._warn_once(f"observations|{exc.cause}", "fred: %s failed: unexpected observations payload "
                                 "(counted in unexpected['observations'], not warned again for this cause): %s",
                                 series_id, self.redact(str(exc)))
+                self.call_failed(exc)
                 continue
             except SourceError as exc:
                 if is_unknown_series(exc):
@@ -299,12 +300,16 @@ class FredSource(PollingSource):
                     self._warn_once(f"unknown|{series_id}", "fred: %s failed: FRED does not know this series "
                                     "(counted in unknown[%r], not warned again): %s", series_id, series_id,
                                     self.redact(str(exc)))
+                    self.call_succeeded()  # FRED answered and explained: the provider works
                 else:
                     logger.warning("fred: %s failed: %s", series_id, self.redact(f"{type(exc).__name__}: {exc}"))
+                    self.call_failed(exc)
                 continue
             except (ValueError, TypeError, KeyError) as exc:
                 logger.warning("fred: %s failed: %s", series_id, self.redact(f"{type(exc).__name__}: {exc}"))
+                self.call_failed(exc)
                 continue
+            self.call_succeeded()  # new rows, none, or unchanged since last_updated: answered
             out.extend(p for p in points
                        if self.seen.add(f"{p.symbol}|{p.timestamp.date()}|{p.item_id}|{p.realtime_end}|{p.value}"))
         return out

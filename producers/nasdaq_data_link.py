@@ -434,17 +434,21 @@ class NasdaqDataLinkSource(PollingSource):
             raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
 
     def _failed(self, kind: str, code: str, exc: Exception) -> None:
+        """A failed call, logged and reported to the round's count (an unknown code: answered, not a failure)."""
         text = self.redact(f"{type(exc).__name__}: {exc}")
         if isinstance(exc, NdlUnexpected):
             self.unexpected[kind] += 1
             self._warn_once(f"{kind}|{exc.cause}", "nasdaq_data_link: %s %s failed: unexpected payload (counted in "
                             "unexpected[%r], not warned again for this cause): %s", kind, code, kind, text)
+            self.call_failed(exc)
         elif is_unknown_code(exc):
             self.unknown[code] += 1
             self._warn_once(f"unknown|{code}", "nasdaq_data_link: %s %s failed: unknown code (counted in "
                             "unknown[%r], not warned again): %s", kind, code, code, text)
+            self.call_succeeded()  # the provider answered and explained: it works
         else:
             logger.warning("nasdaq_data_link: %s %s failed: %s", kind, code, text)
+            self.call_failed(exc)
 
     async def poll_once(self, session: aiohttp.ClientSession, today: date | None = None) -> list[MarketDataPoint]:
         today = today or datetime.now(UTC).date()
@@ -453,11 +457,13 @@ class NasdaqDataLinkSource(PollingSource):
         for query in self.queries:
             try:
                 out.extend(await self.dataset(session, query, start=start))
+                self.call_succeeded()
             except (SourceError, ValueError, TypeError, KeyError) as exc:
                 self._failed("dataset", query.code, exc)
         for table in self.settings.datatables:
             try:
                 out.extend(await self.datatable(session, table))
+                self.call_succeeded()
             except (SourceError, ValueError, TypeError, KeyError) as exc:
                 self._failed("datatable", table.code, exc)
         return out

@@ -19,9 +19,12 @@ from aiokafka import AIOKafkaProducer
 
 from producers.base import RawRecord, Source, encode
 from streams.catalog import Catalog
+from streams.errors import SourceError
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS = 1.0, 60.0  # between a source's failed rounds
 
 
 def new_producer(settings: Settings) -> AIOKafkaProducer:
@@ -55,14 +58,27 @@ class SourceRunner:
         await producer.start()
         sent = 0
         deadline = time.monotonic() + seconds if seconds else None
+        backoff = RETRY_INITIAL_SECONDS
         try:
             async with aiohttp.ClientSession() as session:
-                async for batch in source.fetch(session):
-                    if limit is not None:
-                        batch = batch[: limit - sent]
-                    sent += await send_batch(producer, topic, [encode(r) for r in batch])
-                    if (limit is not None and sent >= limit) or (deadline and time.monotonic() >= deadline):
+                while True:
+                    try:
+                        async for batch in source.fetch(session):
+                            backoff = RETRY_INITIAL_SECONDS  # a good round: the next failure waits the least
+                            if limit is not None:
+                                batch = batch[: limit - sent]
+                            sent += await send_batch(producer, topic, [encode(r) for r in batch])
+                            if (limit is not None and sent >= limit) or (deadline and time.monotonic() >= deadline):
+                                break
                         break
+                    except SourceError as exc:
+                        # A round in which every call failed (no network, an outage): wait and start again, as
+                        # the worker's supervisor does; an error that is not retriable ends the run.
+                        if not exc.retriable or (deadline and time.monotonic() + backoff >= deadline):
+                            raise
+                        logger.warning("%s failed (%s); starting it again in %.0f s", source.name, exc, backoff)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, RETRY_MAX_SECONDS)
         finally:
             await producer.stop()
         logger.info("%s: sent %d records to %s", source.name, sent, topic)

@@ -254,7 +254,9 @@ class SocialSource(PollingSource):
         for symbol in self.settings.symbols:
             try:
                 out.extend(await self.search(session, symbol, now))
+                self.call_succeeded()
             except (SourceError, ValueError, TypeError, KeyError) as exc:
                 logger.warning("social: search for %s failed: %s", symbol.upper(),
                                self.redact(f"{type(exc).__name__}: {exc}"))
+                self.call_failed(exc)  # a 429 (the plan's limit) is not counted: PollingSource.call_failed
         return out

@@ -267,10 +267,12 @@ class StocktwitsSource(PollingSource):
         for stream in self.streams:
             try:
                 out.extend(await self.read(session, stream))
+                self.call_succeeded()
             except (SourceError, ValueError, TypeError, KeyError) as exc:
                 text = self.redact(f"{type(exc).__name__}: {exc}")
                 # Once per stream and cause at WARNING (an unknown symbol would otherwise repeat every poll).
                 level = logging.DEBUG if (stream.key, text) in self._logged else logging.WARNING
                 self._logged.add((stream.key, text))
                 logger.log(level, "stocktwits: %s failed: %s", stream.key, text)
+                self.call_failed(exc)  # a 429 (the plan's limit) is not counted: PollingSource.call_failed
         return out

@@ -520,6 +520,7 @@ class YahooSource(PollingSource):
         self._last_tick: dict[tuple[str, str], datetime] = {}
         self._last_bar: dict[str, datetime] = {}
         self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # backoff and reconnect waits (tests)
+        self.yields_every_round = not settings.stream  # the price stream has no rounds (producers/base.py)
 
     # -------------------------------------------------------------------------------- plumbing
 
@@ -702,7 +703,15 @@ class YahooSource(PollingSource):
                 if not isinstance(res, Exception):
                     raise res
                 logger.warning("yahoo: %s failed: %s", sym, redact(f"{type(res).__name__}: {res}"))
+                # Yahoo's explained refusal of a symbol (_classify: "Yahoo refused SYM: no data found, symbol may
+                # be delisted") is an answer, the provider works (PollingSource.call_succeeded); anything else,
+                # a missing timezone included (yfinance reports a failed request that way too), a failure.
+                if isinstance(res, SourceError) and str(res).startswith(f"Yahoo refused {sym}:"):
+                    self.call_succeeded()
+                else:
+                    self.call_failed(res)
             else:
+                self.call_succeeded()
                 out.extend(res)
         return out
 

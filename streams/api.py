@@ -554,13 +554,17 @@ class DataConnectorManager:
 
     async def _run(self, source: Source) -> None:
         """Run `source` until it ends; after a failure, restart it after a back-off (backoff_initial doubling to
-        backoff_max), back to the shortest wait once it delivers a batch again. Cancelling stops it."""
+        backoff_max), back to the shortest wait once it delivers a batch again. Cancelling stops it.
+
+        A polling source fails the way the worker's supervisor sees it (streams/stages/produce.py): its fetch
+        raises after a round in which every call failed (producers/base.py PollingSource), and yields a batch,
+        empty when nothing was new, after every good round, which clears its error here."""
         import aiohttp
 
         def failed(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
             self.failures[source.name] += 1
-            why = f"{type(exc).__name__}: {exc}"
+            why = redact.redact(f"{type(exc).__name__}: {exc}")  # an aiohttp error prints its URL, key and all
             self.errors[source.name] = why
             self.pipeline.source_errors[source.name] = why
             wait = state.next_action.sleep if state.next_action is not None else 0.0
@@ -586,7 +590,9 @@ class DataConnectorManager:
                 # a finite source (replay) ended
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Per source: running, points ingested, failures so far and the last error (None when healthy)."""
+        """Per source: running (its task is alive: collecting, or waiting to restart after a failure), points
+        ingested, failures so far and the last error (redacted; None when healthy: never failed, or its last round
+        after a failure went well). A provider whose every call of a round fails is a failure, as in /health."""
         tasks = {t.get_name().removeprefix("collect-"): t for t in self._tasks}
         return {s.name: {"running": s.name in tasks and not tasks[s.name].done(),
                          "ingested": self.ingested[s.name], "failures": self.failures[s.name],

@@ -153,7 +153,9 @@ class SourceSupervisor:
                 st.state = "idle"
 
     async def _pump(self, source: Source, session: aiohttp.ClientSession, topic: str, st: SourceStatus) -> None:
-        st.state = "running"
+        # Restarted after a failure, a source that yields after every good round (a polling source: its fetch
+        # raises after a round in which every call failed, producers/base.py) stays `failing` until one goes well.
+        st.state = "failing" if st.failures_in_row and getattr(source, "yields_every_round", False) else "running"
         async for batch in source.fetch(session):
             if batch:
                 records = [encode(r) for r in batch]
@@ -161,6 +163,7 @@ class SourceSupervisor:
                 st.sent += len(records)
                 st.last_sent_at = time.time()
             st.failures_in_row = 0
+            st.state = "running"
 
     def _failed_attempt(self, source: Source, st: SourceStatus, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None

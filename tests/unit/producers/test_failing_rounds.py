@@ -1,0 +1,154 @@
+"""Connectors against local servers: a round in which every call fails ends their fetch with a retriable
+SourceError (producers/base.py PollingSource), which the supervisor shows as `failing`; a round with a good
+call, a throttled round, or a round of symbols the provider says it does not know, is no failure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yfinance as yf
+from aiohttp import web
+from pydantic import SecretStr
+
+from producers.alpha_vantage import AlphaVantageSource
+from producers.finnhub import FinnhubSource
+from producers.fred import FredSource
+from producers.yahoo import YahooSource
+from streams.config import AlphaVantageSettings, FinnhubSettings, FredSettings, YahooSettings
+from streams.errors import SourceError
+from streams.stages.produce import SourceSupervisor
+from streams.stages.publish import Outgoing
+from tests.unit.producers.conftest import Serve
+
+pytestmark = pytest.mark.timeout(30)  # without the fix a failing source is polled forever
+
+KEY = "fk_SECRET_finnhub_1234567890"
+FIX = Path(__file__).parent / "fixtures"
+REFUSED = "http://127.0.0.1:9"  # the discard port: nothing listens, every connection is refused
+
+
+def answering(status: int, body: Any = None, *, by_symbol: dict[str, tuple[int, Any]] | None = None
+              ) -> web.Application:
+    """Every GET answered with `status` and `body` (JSON), or per `symbol` query parameter with by_symbol's."""
+
+    async def handler(request: web.Request) -> web.Response:
+        code, doc = (by_symbol or {}).get(request.query.get("symbol", ""), (status, body))
+        return web.Response(status=code, text=json.dumps(doc) if doc is not None else "<html>down</html>",
+                            content_type="application/json" if doc is not None else "text/html")
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handler)
+    return app
+
+
+def finnhub(base_url: str, **kw: Any) -> FinnhubSource:
+    s = FinnhubSettings(**{"symbols": ["MSFT", "AAPL"], "endpoints": ["quote"], "base_url": base_url,
+                           "retry_attempts": 2, "retry_base_delay": 0.01, "request_timeout_seconds": 2.0,
+                           "rate_limit_calls": 1000, "interval_seconds": 0.01, "token_in": "query", **kw})
+    return FinnhubSource(s, api_key=SecretStr(KEY))
+
+
+async def first_round(source: Any) -> list[Any]:
+    """The fetch's first batch (empty after a good round with nothing new), or its exception."""
+    async with aiohttp.ClientSession() as session:
+        gen = source.fetch(session)
+        try:
+            return list(await anext(gen))
+        finally:
+            await gen.aclose()
+
+
+async def test_finnhub_answering_500_to_every_call_is_failing_in_the_supervisor(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    source = finnhub(await serve(answering(500)))
+    statuses: list[dict[str, Any]] = []
+
+    async def sleep(seconds: float) -> None:  # the supervisor's backoff: look at /health's view, then stop
+        statuses.append(h.status()[0])
+        if len(statuses) == 2:
+            raise asyncio.CancelledError
+
+    async def send(messages: list[Outgoing]) -> None:
+        raise AssertionError("nothing to send")
+
+    h = SourceSupervisor([source], send=send, topic_for=lambda n: f"raw.{n}", sleep=sleep)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(asyncio.CancelledError):
+        await h._run(source)
+    first, second = statuses
+    assert (first["state"], first["failures"], second["state"], second["failures"]) == ("failing", 1, "failing", 2)
+    error = first["last_error"]
+    assert error.startswith("SourceError: finnhub: all 2 calls of the round failed; the last: SourceError: ")
+    assert "HTTP 500 from http://127.0.0.1:" in error and error.endswith("/api/v1/quote?...")
+    assert KEY not in error and "token=" not in error  # the token was in the query string: never shown
+    # the per-call warnings are as before
+    assert "finnhub: quote for MSFT failed" in caplog.text and "finnhub: quote for AAPL failed" in caplog.text
+    assert KEY not in caplog.text
+
+
+async def test_finnhub_with_one_good_and_one_failing_symbol_delivers(serve: Serve) -> None:
+    quote = json.loads((FIX / "finnhub" / "quote_msft.json").read_text())
+    source = finnhub(await serve(answering(500, by_symbol={"MSFT": (200, quote)})))
+    points = await first_round(source)
+    assert [p.symbol for p in points] == ["MSFT"]
+
+
+async def test_finnhub_unknown_symbols_only_are_answers_not_failures(serve: Serve) -> None:
+    unknown = json.loads((FIX / "finnhub" / "quote_unknown_symbol.json").read_text())
+    source = finnhub(await serve(answering(200, unknown)))
+    assert await first_round(source) == []  # a good round with nothing in it, no error
+    assert source.unknown == {"MSFT": 1, "AAPL": 1}
+
+
+async def test_yahoo_with_every_connection_refused_fails_its_round() -> None:
+    yf.set_tz_cache_location(tempfile.mkdtemp(prefix="yfinance-"))
+    source = YahooSource(YahooSettings(base_url=REFUSED, symbols=["MSFT", "AAPL"], retry_attempts=2,
+                                       retry_base_delay=0.01, request_timeout_seconds=2.0, interval_seconds=0.01))
+    with pytest.raises(SourceError) as err:
+        await first_round(source)
+    assert err.value.retriable
+    assert str(err.value).startswith("yahoo: all 2 calls of the round failed; the last: SourceError: ")
+    assert "127.0.0.1" in str(err.value)
+
+
+def alpha_vantage(base_url: str) -> AlphaVantageSource:
+    s = AlphaVantageSettings(base_url=base_url, symbols=["IBM", "MSFT"], functions=["global_quote"],
+                             retry_attempts=2, retry_base_delay=0.01, request_timeout_seconds=2.0,
+                             rate_limit_calls=1000, daily_limit_calls=1000, interval_seconds=0.01)
+    return AlphaVantageSource(s, api_key=SecretStr("AVKEYSECRET0123456789"))
+
+
+async def test_alpha_vantage_throttled_round_is_not_a_failure(serve: Serve) -> None:
+    note = {"Note": "Thank you for using Alpha Vantage! Our standard API call frequency is 5 calls per minute "
+                    "and 25 calls per day."}
+    assert await first_round(alpha_vantage(await serve(answering(200, note)))) == []
+
+
+async def test_alpha_vantage_refused_key_and_server_errors_fail_the_round(serve: Serve) -> None:
+    refused = {"Information": "the parameter apikey is invalid or missing. Please claim your free API key"}
+    with pytest.raises(SourceError, match="the one call of the round failed; the last: AlphaVantageKeyRefused"):
+        await first_round(alpha_vantage(await serve(answering(200, refused))))
+    with pytest.raises(SourceError, match=r"all 2 calls of the round failed; .*HTTP 502") as err:
+        await first_round(alpha_vantage(await serve(answering(502))))
+    assert "AVKEYSECRET0123456789" not in str(err.value) and "apikey=" not in str(err.value)
+
+
+async def test_fred_unknown_series_is_an_answer_and_refused_connections_a_failure(serve: Serve) -> None:
+    def fred(base_url: str) -> FredSource:
+        s = FredSettings(base_url=base_url, series=["NOPE1", "NOPE2"], retry_attempts=2, retry_base_delay=0.01,
+                         request_timeout_seconds=2.0, rate_limit_calls=1000, interval_seconds=0.01)
+        return FredSource(s, api_key=SecretStr("abcdef0123456789abcdef0123456789"))
+
+    unknown = {"error_code": 400, "error_message": "Bad Request.  The series does not exist."}
+    source = fred(await serve(answering(400, unknown)))
+    assert await first_round(source) == [] and source.unknown == {"NOPE1": 1, "NOPE2": 1}
+    with pytest.raises(SourceError, match="fred: all 2 calls of the round failed") as err:
+        await first_round(fred(REFUSED))
+    assert err.value.retriable and "abcdef0123456789abcdef0123456789" not in str(err.value)
