@@ -216,7 +216,8 @@ class _Stats:
         return {"total_processed": s["processed"], "valid_points": s["valid"], "rejected_points": s["rejected"],
                 "written_points": s["written"], "duplicate_points": s["duplicates"],
                 "throughput_per_sec": s["throughput_per_sec"], "avg_latency_ms": s["avg_latency_ms"],
-                "p95_latency_ms": s["p95_latency_ms"], "p99_latency_ms": s["p99_latency_ms"],
+                "p50_latency_ms": s["p50_latency_ms"], "p95_latency_ms": s["p95_latency_ms"],
+                "p99_latency_ms": s["p99_latency_ms"],
                 "rejected_by_rule": s["rejected_by_rule"], "anomalies": dict(self.anomalies)}
 
     def snapshots(self) -> dict[str, dict[str, Any]]:
@@ -508,7 +509,7 @@ class DataIngestionPipeline:
         except (OSError, ValueError) as exc:
             return {**self._stats.metrics(), **extra, "scope": "client",
                     "worker_error": f"no worker metrics at {url}: {getattr(exc, 'reason', exc)}"}
-        for key in ("avg_latency_ms", "p95_latency_ms", "p99_latency_ms", "throughput_per_sec"):
+        for key in ("avg_latency_ms", "p50_latency_ms", "p95_latency_ms", "p99_latency_ms", "throughput_per_sec"):
             if m.get(key) is None:
                 m[key] = 0.0
         m.setdefault("queue_size", 0)

@@ -126,6 +126,7 @@ def test_metrics_without_a_worker_are_what_the_client_knows() -> None:
     m = pipeline.get_metrics()
     assert m["scope"] == "client" and "no worker metrics" in m["worker_error"]
     assert f"{m['avg_latency_ms']:.2f}" == "0.00" and m["total_processed"] == 0
+    assert {"p50_latency_ms", "p95_latency_ms", "p99_latency_ms"} <= m.keys()  # the percentiles the table stores
     assert check_pipeline_health(pipeline)["healthy"] is True
 
 
