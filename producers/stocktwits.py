@@ -19,12 +19,17 @@
 - Errors: a StockTwits error body ({"response": {"status": 404}, "errors": [{"message": ...}]}) raises
   SourceError with its message (429 and 5xx retriable); HTTP 429 is retried by producers/http.py with
   Retry-After; a body of any other shape (an X search body, say) raises, never an empty page.
+- Unknown streams: StockTwits' own 404 body (a symbol or user it does not know) is an answer, not the provider
+  failing: counted in `StocktwitsSource.unknown[stream]` and warned once, so a round of unknown symbols does
+  not show the source `failing`. A 404 without that body (a wrong base_url) is a failed call.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +92,15 @@ def _error_text(doc: Mapping[str, Any]) -> str:
         msgs = [str(e.get("message") if isinstance(e, dict) else e) for e in errors]
         return "; ".join(msgs)[:300] or "no message"
     return "no message"
+
+
+_UNKNOWN = re.compile(r'StockTwits error 404\b|^HTTP 404 from .*"status"\s*:\s*404\b', re.DOTALL)
+
+
+def is_unknown_stream(exc: BaseException) -> bool:
+    """StockTwits saying, in its own error body, that it does not know the stream's symbol or user (on a 200
+    or a 404 answer); another server's 404 page (a wrong base_url) is not that."""
+    return isinstance(exc, SourceError) and bool(_UNKNOWN.search(str(exc)))
 
 
 def check_body(doc: Any) -> list[Any]:
@@ -199,6 +213,7 @@ class StocktwitsSource(PollingSource):
         self.walks: dict[str, _Walk] = {}
         self.seen = SeenIds()
         self._logged: set[tuple[str, str]] = set()
+        self.unknown: Counter[str] = Counter()  # per stream: StockTwits' 404 (a symbol or user it does not know)
 
     def redact(self, text: str) -> str:
         return redact(text, [self.token])
@@ -273,6 +288,12 @@ class StocktwitsSource(PollingSource):
                 # Once per stream and cause at WARNING (an unknown symbol would otherwise repeat every poll).
                 level = logging.DEBUG if (stream.key, text) in self._logged else logging.WARNING
                 self._logged.add((stream.key, text))
+                if is_unknown_stream(exc):
+                    self.unknown[stream.key] += 1
+                    logger.log(level, "stocktwits: %s: StockTwits does not know it (counted in unknown[%r]): %s",
+                               stream.key, stream.key, text)
+                    self.call_succeeded()  # answered: a configuration matter, not the provider failing
+                    continue
                 logger.log(level, "stocktwits: %s failed: %s", stream.key, text)
                 self.call_failed(exc)  # a 429 (the plan's limit) is not counted: PollingSource.call_failed
         return out

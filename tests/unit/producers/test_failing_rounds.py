@@ -20,8 +20,9 @@ from pydantic import SecretStr
 from producers.alpha_vantage import AlphaVantageSource
 from producers.finnhub import FinnhubSource
 from producers.fred import FredSource
+from producers.stocktwits import StocktwitsSource
 from producers.yahoo import YahooSource
-from streams.config import AlphaVantageSettings, FinnhubSettings, FredSettings, YahooSettings
+from streams.config import AlphaVantageSettings, FinnhubSettings, FredSettings, StocktwitsSettings, YahooSettings
 from streams.errors import SourceError
 from streams.stages.produce import SourceSupervisor
 from streams.stages.publish import Outgoing
@@ -152,3 +153,18 @@ async def test_fred_unknown_series_is_an_answer_and_refused_connections_a_failur
     with pytest.raises(SourceError, match="fred: all 2 calls of the round failed") as err:
         await first_round(fred(REFUSED))
     assert err.value.retriable and "abcdef0123456789abcdef0123456789" not in str(err.value)
+
+
+async def test_stocktwits_unknown_symbols_are_answers_and_another_servers_404_a_failure(serve: Serve) -> None:
+    def stocktwits(base_url: str) -> StocktwitsSource:
+        s = StocktwitsSettings(base_url=base_url, symbols=["NOPE1", "NOPE2"], retry_attempts=2,
+                               retry_base_delay=0.01, request_timeout_seconds=2.0, rate_limit_calls=1000,
+                               interval_seconds=0.01)
+        return StocktwitsSource(s, env={})
+
+    not_found = {"response": {"status": 404}, "errors": [{"message": "Symbol not found"}]}
+    for status in (404, 200):  # StockTwits' error body, on a 404 or inside a 200
+        source = stocktwits(await serve(answering(status, not_found)))
+        assert await first_round(source) == [] and source.unknown == {"symbol:NOPE1": 1, "symbol:NOPE2": 1}
+    with pytest.raises(SourceError, match=r"stocktwits: all 2 calls of the round failed; .*HTTP 404"):
+        await first_round(stocktwits(await serve(answering(404))))  # an HTML 404: a wrong base_url
