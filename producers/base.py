@@ -130,6 +130,43 @@ class PollingSource(Source):
                 await session.close()
 
 
+class ConnectionRun:
+    """A stream's failed connections in a row. A connection fails when it does not open, or ends before it
+    delivered a message and before it stayed open `steady_seconds` (a quiet feed a server closes after an hour is
+    no failure). At `limit` failures in a row `ended` returns a retriable SourceError naming the last cause: the
+    stream raises it, so the supervisor shows it `failing` in /health with that cause and restarts it with its
+    backoff. A stream that only reconnected (a refused key, a wrong URL) would show `running` forever."""
+
+    def __init__(self, name: str, limit: int = 5, steady_seconds: float = 60.0) -> None:
+        self.name = name
+        self.limit = limit
+        self.steady_seconds = steady_seconds
+        self.failed = 0
+        self._opened_at: float | None = None
+        self._delivered = False
+
+    def opened(self) -> None:
+        self._opened_at = time.monotonic()
+
+    def delivered(self) -> None:
+        self._delivered = True
+
+    def ended(self, cause: str) -> SourceError | None:
+        """The connection is over (`cause`: why, already redacted): None, or the error that ends the stream."""
+        good = self._delivered or (self._opened_at is not None
+                                   and time.monotonic() - self._opened_at >= self.steady_seconds)
+        self._opened_at, self._delivered = None, False
+        if good:
+            self.failed = 0
+            return None
+        self.failed += 1
+        if self.failed < self.limit:
+            return None
+        n, self.failed = self.failed, 0
+        return SourceError(f"{self.name}: {n} connections in a row failed; the last: {cause[:MAX_CAUSE_CHARS]}",
+                           retriable=True)
+
+
 _THROTTLED = re.compile(r"\b(?:HTTP 429|429 Too Many Requests)\b", re.IGNORECASE)
 
 

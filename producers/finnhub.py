@@ -49,7 +49,16 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from yarl import URL
 
 from producers.backoff import JitteredExponential
-from producers.base import BadEpoch, PollingSource, Record, SeenIds, Source, failure_cause, from_epoch
+from producers.base import (
+    BadEpoch,
+    ConnectionRun,
+    PollingSource,
+    Record,
+    SeenIds,
+    Source,
+    failure_cause,
+    from_epoch,
+)
 from producers.http import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRY_AFTER, RateLimiter, get_json, http_options, redact
 from producers.sentiment import score_missing
 from streams.config import Endpoint, FinnhubSettings, NewsSettings
@@ -552,7 +561,9 @@ class FinnhubTradeStream(_Counted, Source):
     Batches are flushed at ws_batch_size trades or ws_flush_seconds after the first buffered trade,
     whichever comes first. Reconnecting is tenacity's loop: each connection is an attempt that ends in
     `_Reconnect`, waiting min(max, base * 2**attempt) scaled by a jitter in [0.5, 1); the attempt count
-    resets once a connection delivers a message. `sleep` and `rng` are injectable (tests).
+    resets once a connection delivers a message. `sleep` and `rng` are injectable (tests). Five failed
+    connections in a row (a refused token: Finnhub answers the handshake with 401) end the fetch with a retriable
+    SourceError (producers.base.ConnectionRun), so /health shows the stream `failing` and why.
     """
 
     name = SOURCE
@@ -567,6 +578,7 @@ class FinnhubTradeStream(_Counted, Source):
         self.sleep = sleep or asyncio.sleep
         self.wait = JitteredExponential(settings.reconnect_base_seconds, settings.reconnect_max_seconds, self.rng)
         self.connects = 0
+        self.connections = ConnectionRun("finnhub ws")
         self._init_counted()  # unexpected["trade"]: trades left out of a message (a bad epoch)
 
     def url(self) -> URL:
@@ -620,9 +632,11 @@ class FinnhubTradeStream(_Counted, Source):
         try:
             async for attempt in retrying:
                 with attempt:
+                    cause = "the connection closed"
                     try:
                         async with session.ws_connect(self.url(), heartbeat=s.ws_heartbeat_seconds or None) as ws:
                             self.connects += 1
+                            self.connections.opened()
                             for symbol in self.symbols:
                                 await ws.send_str(orjson.dumps({"type": "subscribe", "symbol": symbol}).decode())
                             logger.info("finnhub ws: connected (#%d), subscribed to %d symbols",
@@ -639,6 +653,7 @@ class FinnhubTradeStream(_Counted, Source):
                                     continue  # the flush deadline: loop round and yield
                                 if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                                     attempt.retry_state.attempt_number = 1  # alive: the next wait is the shortest
+                                    self.connections.delivered()
                                     points = self._handle(msg.data)
                                     if points and not buffer:
                                         first_at = time.monotonic()
@@ -648,14 +663,18 @@ class FinnhubTradeStream(_Counted, Source):
                                         buffer = []
                                 elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
                                                   aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                                    logger.warning("finnhub ws: connection closed (%s, code %s)", msg.type.name,
-                                                   ws.close_code)
+                                    cause = f"connection closed ({msg.type.name}, code {ws.close_code})"
+                                    logger.warning("finnhub ws: %s", cause)
                                     break
                     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                        logger.warning("finnhub ws: %s", self.redact(f"{type(exc).__name__}: {exc}"))
+                        cause = self.redact(f"{type(exc).__name__}: {exc}")
+                        logger.warning("finnhub ws: %s", cause)
                     if buffer:
                         yield buffer
                         buffer = []
+                    failing = self.connections.ended(cause)
+                    if failing is not None:
+                        raise failing
                     raise _Reconnect
         finally:
             if own:

@@ -66,7 +66,7 @@ from yfinance import exceptions as yf_errors
 from yfinance.data import YfData
 
 from producers.backoff import JitteredExponential
-from producers.base import PollingSource, Record
+from producers.base import ConnectionRun, PollingSource, Record
 from producers.http import RateLimiter, redact
 from streams.calendars import exchange_for, trading_session
 from streams.config import Interval, YahooSettings
@@ -521,6 +521,7 @@ class YahooSource(PollingSource):
         self._last_bar: dict[str, datetime] = {}
         self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # backoff and reconnect waits (tests)
         self.yields_every_round = not settings.stream  # the price stream has no rounds (producers/base.py)
+        self.connections = ConnectionRun("yahoo stream")  # the stream's failed connections in a row
 
     # -------------------------------------------------------------------------------- plumbing
 
@@ -741,20 +742,26 @@ class YahooSource(PollingSource):
                 queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
                 ws = self.websocket_factory(s.ws_url)
                 reader: asyncio.Task[None] | None = None
+                cause = "the stream closed"
                 try:
                     await ws.subscribe(symbols)
+                    self.connections.opened()
                     reader = asyncio.create_task(self._read(ws, queue))
                     while not (reader.done() and queue.empty()):
                         batch = await self._drain(queue, reader)
                         if batch:
                             attempt.retry_state.attempt_number = 1
+                            self.connections.delivered()
                             yield batch
                     if reader.exception() is not None:
-                        logger.warning("yahoo: stream dropped: %s", redact(repr(reader.exception())))
+                        cause = f"stream dropped: {redact(repr(reader.exception()))}"
+                        logger.warning("yahoo: %s", cause)
                     else:
-                        logger.warning("yahoo: stream closed by the server, reconnecting")
+                        cause = "stream closed by the server"
+                        logger.warning("yahoo: %s, reconnecting", cause)
                 except (OSError, TimeoutError, ValueError) as exc:
-                    logger.warning("yahoo: stream failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+                    cause = redact(f"{type(exc).__name__}: {exc}")
+                    logger.warning("yahoo: stream failed: %s", cause)
                 finally:
                     if reader is not None and not reader.done():
                         reader.cancel()
@@ -763,6 +770,9 @@ class YahooSource(PollingSource):
                         await ws.close()
                     except Exception as exc:  # a broken socket may fail to close; reconnect anyway
                         logger.debug("yahoo: closing the stream: %s", exc)
+                failing = self.connections.ended(cause)  # five failed in a row: /health shows it failing
+                if failing is not None:
+                    raise failing
                 raise _Reopen
 
     @staticmethod

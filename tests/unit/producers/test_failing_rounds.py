@@ -18,7 +18,8 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from producers.alpha_vantage import AlphaVantageSource
-from producers.finnhub import FinnhubSource
+from producers.base import ConnectionRun
+from producers.finnhub import FinnhubSource, FinnhubTradeStream
 from producers.fred import FredSource
 from producers.stocktwits import StocktwitsSource
 from producers.yahoo import YahooSource
@@ -168,3 +169,56 @@ async def test_stocktwits_unknown_symbols_are_answers_and_another_servers_404_a_
         assert await first_round(source) == [] and source.unknown == {"symbol:NOPE1": 1, "symbol:NOPE2": 1}
     with pytest.raises(SourceError, match=r"stocktwits: all 2 calls of the round failed; .*HTTP 404"):
         await first_round(stocktwits(await serve(answering(404))))  # an HTML 404: a wrong base_url
+
+
+async def test_finnhub_websocket_refused_five_times_in_a_row_is_failing_in_the_supervisor(serve: Serve) -> None:
+    attempts = 0
+
+    async def refuse(request: web.Request) -> web.Response:  # Finnhub's answer to a bad token: no upgrade
+        nonlocal attempts
+        attempts += 1
+        return web.Response(status=401, text="Unauthorized")
+
+    app = web.Application()
+    app.router.add_get("/", refuse)
+    base = await serve(app)
+    settings = FinnhubSettings(symbols=["AAPL"], ws_url=base.replace("http", "ws") + "/",
+                               reconnect_base_seconds=0.01, reconnect_max_seconds=0.01)
+    stream = FinnhubTradeStream(settings, api_key=SecretStr(KEY))
+    statuses: list[dict[str, Any]] = []
+
+    async def sleep(seconds: float) -> None:  # the supervisor's backoff: look at /health's view, then stop
+        statuses.append(h.status()[0])
+        raise asyncio.CancelledError
+
+    async def send(messages: list[Outgoing]) -> None:
+        raise AssertionError("nothing to send")
+
+    h = SourceSupervisor([stream], send=send, topic_for=lambda n: f"raw.{n}", sleep=sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await h._run(stream)
+    [status] = statuses
+    assert attempts == 5 and (status["state"], status["failures"]) == ("failing", 1)
+    assert status["last_error"].startswith("SourceError: finnhub ws: 5 connections in a row failed; the last: "
+                                           "WSServerHandshakeError: 401")
+    assert KEY not in status["last_error"]
+
+
+def test_a_connection_that_delivered_or_stayed_open_is_no_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("producers.base.time.monotonic", lambda: now[0])
+    run = ConnectionRun("feed", limit=2, steady_seconds=60.0)
+    assert run.ended("refused") is None and run.failed == 1  # never opened
+    run.opened()
+    now[0] += 61.0  # a quiet feed the server closed after a minute: fine, the count starts again
+    assert run.ended("closed") is None and run.failed == 0
+    run.opened()
+    run.delivered()
+    assert run.ended("closed") is None and run.failed == 0
+    run.opened()
+    now[0] += 1.0
+    assert run.ended("closed at once") is None
+    err = run.ended("refused again")
+    assert err is not None and err.retriable
+    assert str(err) == "feed: 2 connections in a row failed; the last: refused again"
+    assert run.failed == 0  # the supervisor restarts the stream: the count starts again

@@ -558,9 +558,10 @@ async def test_a_refused_call_is_not_retried() -> None:
     assert not err.value.retriable and calls == 1
 
 
-async def test_stream_reconnect_waits_double_to_the_cap_with_jitter() -> None:
+async def test_stream_reconnect_waits_double_to_the_cap_with_jitter_then_the_fifth_failure_ends_it() -> None:
     """A stream that cannot open waits reconnect_base_seconds, doubling to reconnect_max_seconds, each scaled by a
-    jitter in [0.5, 1) (Finnhub's reconnect wait), before opening again."""
+    jitter in [0.5, 1) (Finnhub's reconnect wait), before opening again; the fifth failure in a row ends the
+    stream with a retriable error, which the supervisor shows as `failing` with its cause."""
 
     class Down:
         async def subscribe(self, symbols: list[str]) -> None:
@@ -576,13 +577,13 @@ async def test_stream_reconnect_waits_double_to_the_cap_with_jitter() -> None:
 
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
-        if len(waits) == 5:
-            raise asyncio.CancelledError
 
     src.sleep = sleep
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(SourceError) as err:
         await anext(src.stream())
-    nominal = [1.0, 2.0, 4.0, 4.0, 4.0]
+    assert err.value.retriable
+    assert str(err.value) == "yahoo stream: 5 connections in a row failed; the last: OSError: connection refused"
+    nominal = [1.0, 2.0, 4.0, 4.0]
     assert all(0.5 * n <= w < n for w, n in zip(waits, nominal, strict=True)), waits
 
 
