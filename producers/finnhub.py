@@ -605,6 +605,8 @@ class FinnhubTradeStream(_Counted, Source):
             logger.warning("finnhub ws: message is not JSON: %r", self.redact(str(raw)[:200]))
             return []
         kind = doc.get("type") if isinstance(doc, dict) else None
+        if kind != "error":  # an error message is no sign that the connection works
+            self.connections.delivered()
         if kind == "trade":
             skipped: Counter[str] = Counter()
             try:
@@ -653,7 +655,6 @@ class FinnhubTradeStream(_Counted, Source):
                                     continue  # the flush deadline: loop round and yield
                                 if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                                     attempt.retry_state.attempt_number = 1  # alive: the next wait is the shortest
-                                    self.connections.delivered()
                                     points = self._handle(msg.data)
                                     if points and not buffer:
                                         first_at = time.monotonic()

@@ -171,13 +171,21 @@ async def test_stocktwits_unknown_symbols_are_answers_and_another_servers_404_a_
         await first_round(stocktwits(await serve(answering(404))))  # an HTML 404: a wrong base_url
 
 
-async def test_finnhub_websocket_refused_five_times_in_a_row_is_failing_in_the_supervisor(serve: Serve) -> None:
+@pytest.mark.parametrize("answer", ["refused", "error message"])
+async def test_finnhub_websocket_failing_five_times_in_a_row_is_failing_in_the_supervisor(
+        serve: Serve, answer: str) -> None:
     attempts = 0
 
-    async def refuse(request: web.Request) -> web.Response:  # Finnhub's answer to a bad token: no upgrade
+    async def refuse(request: web.Request) -> web.StreamResponse:
         nonlocal attempts
         attempts += 1
-        return web.Response(status=401, text="Unauthorized")
+        if answer == "refused":  # Finnhub's answer to a bad token: no upgrade
+            return web.Response(status=401, text="Unauthorized")
+        ws = web.WebSocketResponse()  # an error message, then the server closes: no sign the stream works
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"type": "error", "msg": "Subscribing to too many symbols"}))
+        await ws.close()
+        return ws
 
     app = web.Application()
     app.router.add_get("/", refuse)
@@ -199,8 +207,8 @@ async def test_finnhub_websocket_refused_five_times_in_a_row_is_failing_in_the_s
         await h._run(stream)
     [status] = statuses
     assert attempts == 5 and (status["state"], status["failures"]) == ("failing", 1)
-    assert status["last_error"].startswith("SourceError: finnhub ws: 5 connections in a row failed; the last: "
-                                           "WSServerHandshakeError: 401")
+    cause = "WSServerHandshakeError: 401" if answer == "refused" else "connection closed (CLOSE, code 1000)"
+    assert status["last_error"].startswith(f"SourceError: finnhub ws: 5 connections in a row failed; the last: {cause}")
     assert KEY not in status["last_error"]
 
 
