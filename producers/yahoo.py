@@ -14,7 +14,8 @@ and optionally live prices from yfinance's streaming feed; written to raw.yahoo 
   and split -> metadata["dividend"] / ["split"], so the two series are never mixed.
 - Timestamps: daily and longer bars at UTC midnight of the exchange-local trading date (yfinance indexes
   them at local midnight of that date); intraday bars at their start in UTC. The exchange timezone is the
-  chart's meta.exchangeTimezoneName.
+  chart's meta.exchangeTimezoneName. The forming bar Yahoo stamps with its last trade goes on its bar's
+  start; where Yahoo also sent that bar on the grid, the two are merged as yfinance merges them.
 - Sessions: intraday bars (and a tick taken from a bar) carry metadata["session"] (pre, regular, post) from
   the exchange calendar (streams/calendars.py, the helper Alpha Vantage's bars use): the calendar is the
   chart's exchange code (meta.exchangeName, YAHOO_EXCHANGES), else the symbol's form, else NYSE. Charts are
@@ -196,6 +197,22 @@ def _split_text(ev: Mapping[str, Any]) -> str:
     return str(ev.get("splitRatio") or f"{ev.get('numerator')}:{ev.get('denominator')}")
 
 
+def _put_bar(by_time: dict[datetime, MarketDataPoint], bar: MarketDataPoint, *, snapped: bool) -> None:
+    """A bar into its slot. A row snapped onto a bar start already taken is Yahoo's forming bar (stamped with
+    its last trade) beside the bar it belongs to: merged into it as yfinance merges it (the first open, the
+    highest high, the lowest low, the newer close, the volumes added), never put in its place, which lost the
+    bar's own range and volume. Any other repeat of a stamp replaces the earlier row (Yahoo's duplicate)."""
+    old = by_time.get(bar.timestamp)
+    if old is None or not snapped:
+        by_time[bar.timestamp] = bar
+        return
+    volume = None if old.volume is None and bar.volume is None else (old.volume or 0.0) + (bar.volume or 0.0)
+    by_time[bar.timestamp] = old.model_copy(update={
+        "high": max(x for x in (old.high, bar.high) if x is not None),
+        "low": min(x for x in (old.low, bar.low) if x is not None),
+        "close": bar.close, "volume": volume, "metadata": {**old.metadata, **bar.metadata}})
+
+
 def parse_chart(payload: Any, symbol: str, interval: str | None = None, *,
                 source: str = SOURCE) -> list[MarketDataPoint]:
     """A chart response -> bars, oldest first, null rows skipped (see the module docstring for timestamps)."""
@@ -224,6 +241,7 @@ def parse_chart(payload: Any, symbol: str, interval: str | None = None, *,
         adj_close = _num(adj, i)
         if adj_close is not None:
             meta_row["adj_close"] = adj_close
+        snapped = False
         if step is None:
             ts = _trading_date(epoch, meta)
             day = ts.date()
@@ -236,14 +254,15 @@ def parse_chart(payload: Any, symbol: str, interval: str | None = None, *,
         else:
             # Only the forming bar is off the grid (stamped with the last trade): snap it to its bar start.
             anchor = int(stamps[0]) if stamps[0] is not None else epoch
+            snapped = (epoch - anchor) % step != 0
             epoch -= (epoch - anchor) % step
             ts = datetime.fromtimestamp(epoch, UTC)
             if (session := session_at(ts, cal)) is not None:
                 meta_row["session"] = session
-        by_time[ts] = MarketDataPoint(
+        _put_bar(by_time, MarketDataPoint(
             symbol=sym, timestamp=ts, source=source, data_type=DataType.BAR, open=o, high=h, low=lo, close=c,
             volume=_num(quote.get("volume"), i), interval=interval, item_id=interval, metadata=meta_row,
-        )
+        ), snapped=snapped)
     if skipped:  # Yahoo sends a bar without prices for a minute or day without trades
         logger.info("yahoo: %s: skipped %d null %s bars in this response", sym, skipped, interval)
     return [by_time[t] for t in sorted(by_time)]
@@ -419,12 +438,14 @@ def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE,
             skipped += 1
             continue
         local = stamp.to_pydatetime()
+        snapped = False
         if step is None:
             # yfinance indexes daily+ bars at local midnight of the exchange's trading date.
             ts = datetime(local.year, local.month, local.day, tzinfo=UTC)
         else:
             epoch = int(local.timestamp())
             anchor = epoch if anchor is None else anchor
+            snapped = (epoch - anchor) % step != 0
             epoch -= (epoch - anchor) % step
             ts = datetime.fromtimestamp(epoch, UTC)
         extra: dict[str, Any] = {}
@@ -436,10 +457,10 @@ def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE,
             extra["split"] = f"{split:g}:1" if split >= 1 else f"1:{1 / split:g}"
         if step is not None and (session := session_at(ts, cal)) is not None:
             extra["session"] = session
-        by_time[ts] = MarketDataPoint(
+        _put_bar(by_time, MarketDataPoint(
             symbol=sym, timestamp=ts, source=source, data_type=DataType.BAR, open=o, high=h, low=lo, close=c,
             volume=_num(row.get("Volume")), interval=interval, item_id=interval, metadata=extra,
-        )
+        ), snapped=snapped)
     if skipped:
         logger.info("yahoo: %s: skipped %d null %s bars in this response", sym, skipped, interval)
     return [by_time[t] for t in sorted(by_time)]

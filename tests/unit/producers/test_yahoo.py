@@ -66,6 +66,33 @@ def test_intraday_forming_bar_is_snapped_to_its_minute() -> None:
     assert bars[-1].close == 417.25 and bars[-1].timestamp.tzinfo is not None
 
 
+def test_a_live_row_beside_its_own_bar_is_merged_into_it_not_put_in_its_place() -> None:
+    """An hourly chart asked during the last hour: the 14:30 ET bar, then the live price stamped 15:00 (a
+    half-hour off the grid), which belongs to that bar. yfinance merges the two; so does parse_chart."""
+    doc = load("chart_msft_1m_live.json")
+    result = doc["chart"]["result"][0]
+    result["meta"]["dataGranularity"] = "1h"
+    result["timestamp"] = [T0, T0 + 3600, T0 + 5400]
+    result["indicators"]["quote"] = [{"open": [411.0, 411.5, 410.5], "high": [412.0, 413.0, 410.5],
+                                      "low": [410.0, 411.0, 410.5], "close": [411.5, 412.8, 410.5],
+                                      "volume": [1000, 2000, 0]}]
+    first, second = parse_chart(doc, "MSFT")
+    assert (first.open, first.close, first.volume) == (411.0, 411.5, 1000)
+    assert second.timestamp == datetime.fromtimestamp(T0 + 3600, UTC)
+    assert (second.open, second.high, second.low, second.close, second.volume) == (411.5, 413.0, 410.5, 410.5, 2000)
+    # The same stamp twice on the grid is a repeat: the later row, volumes not added.
+    result["timestamp"] = [T0, T0 + 3600, T0 + 3600]
+    assert parse_chart(doc, "MSFT")[1].volume == 0
+    # A yfinance frame that kept the live row apart (it leaves one alone on a round second with prepost) too.
+    import pandas as pd
+
+    index = pd.DatetimeIndex([pd.Timestamp(t, unit="s", tz="UTC") for t in (T0, T0 + 3600, T0 + 5400)])
+    quote = result["indicators"]["quote"][0]
+    df = pd.DataFrame({k.capitalize(): v for k, v in quote.items()}, index=index)
+    assert [(b.low, b.close, b.volume) for b in frame_to_bars(df, "MSFT", "1h")] == [(410.0, 411.5, 1000),
+                                                                                   (410.5, 410.5, 2000)]
+
+
 def test_tick_from_meta() -> None:
     [tick] = parse_tick(load("chart_msft_1m_live.json"), "MSFT")
     assert (tick.data_type, tick.price, tick.item_id, tick.source) == ("tick", 417.25, "quote", "yahoo")
