@@ -36,6 +36,16 @@ _TICK, _TRADE, _QUOTE, _BAR, _ECONOMIC, _NEWS, _SOCIAL = (
     DataType.NEWS.value, DataType.SOCIAL.value)
 _PRICE_FIELDS = ("price", "bid", "ask", "open", "high", "low", "close")
 _SIZE_FIELDS = ("volume", "bid_size", "ask_size")
+# A bar's open or close beyond its high or low by at most this share is rounding, not bad data: split-adjusted
+# series (yfinance's history of AAPL before 1999) hold closes one float ulp under their low. The bar checks'
+# ohlc_inconsistent detector allows the same (its ohlc_tolerance default).
+OHLC_ROUNDING = 1e-6
+
+
+def _within_rounding(o: float, h: float, lo: float, c: float) -> bool:
+    """Only asked of a bar that broke the OHLC order, so the common path pays nothing."""
+    slack = OHLC_ROUNDING * max(abs(h), abs(lo))
+    return lo - slack <= min(o, c) and h + slack >= max(o, c) and lo <= h + slack
 _prices, _sizes = operator.itemgetter(*_PRICE_FIELDS), operator.itemgetter(*_SIZE_FIELDS)
 
 
@@ -234,7 +244,7 @@ class Validator:
             if None in ohlc:
                 raise RejectedRecord("bar.missing", "a bar needs open, high, low and close")
             o, h, lo, c = ohlc
-            if not (lo <= min(o, c) and h >= max(o, c) and lo <= h):
+            if not (lo <= min(o, c) and h >= max(o, c) and lo <= h) and not _within_rounding(o, h, lo, c):
                 raise RejectedRecord("bar.inconsistent", f"open {o} high {h} low {lo} close {c}")
         elif kind == _ECONOMIC and d["value"] is None and "value.missing" not in p.flags:
             p.flags.append("value.missing")

@@ -208,3 +208,17 @@ def test_the_floor_of_each_kind_rejects_with_its_own_instant(fields: dict[str, o
 def test_the_history_floor_is_configurable() -> None:
     bar = raw(data_type="bar", price=None, open=1, high=1, low=1, close=1, timestamp="1950-01-03T00:00:00Z")
     assert rule_of(bar, history_timestamp_floor="1960-01-01T00:00:00Z") == "timestamp.too_old"
+
+
+def test_a_bar_one_float_ulp_outside_its_range_is_rounding_and_a_real_gap_is_still_rejected() -> None:
+    """yfinance's split-adjusted AAPL 1985-06-10 holds a close one ulp under its low: a valid bar."""
+    v = Validator(ValidationSettings())
+    low = 0.05508172884583474
+    ok = v.check(raw(data_type="bar", open=0.0553, high=0.0556, low=low, close=0.05508172884583473),
+                 source="sim", now=NOW)
+    assert ok.close == 0.05508172884583473 and ok.flags == []
+    for fields in ({"close": low * (1 - 1e-5)}, {"open": 0.0556 * (1 + 1e-5)}):
+        with pytest.raises(RejectedRecord) as info:
+            v.check(raw(**{"data_type": "bar", "open": 0.0553, "high": 0.0556, "low": low, "close": 0.0554,
+                           **fields}), source="sim", now=NOW)
+        assert info.value.rule == "bar.inconsistent"
