@@ -1076,6 +1076,11 @@ class AnomalySettings(BaseModel):
     split_gap_multiplier: float = Field(default=5.0, ge=0)
     # Upper bound of that widened tolerance.
     split_tolerance_max: float = Field(default=0.04, gt=0, lt=0.2)
+    # A daily bar's split-like jump of 2:1 to 1:2 on a volume over this multiple of the stream's median volume (of its
+    # last 20 bars) times the split's own share factor is news, not a split: a split multiplies the day's share
+    # count by the factor (x1.25 for 5:4), an earnings gap by 4-15 (META 2018-07-26 x0.80 and NFLX 2022-01-21
+    # x0.79 were taken for 5:4 splits). 0: off.
+    split_news_volume: float = Field(default=3.0, ge=0)
     # Shared: a silence this long is a session break (overnight, weekend), not a gap in intraday bars.
     session_break_seconds: float = Field(default=4 * 3600.0, gt=0)
     # This many consecutive flagged values that agree are a level shift, not errors: the Brownlees-Gallo, mid-quote,

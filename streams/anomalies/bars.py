@@ -22,7 +22,17 @@ import math
 from fractions import Fraction
 from typing import Any, ClassVar
 
-from streams.anomalies.core import _BAR, Anomaly, Detector, _Facts, _put_bounded, _record, bar_checks, finite_price
+from streams.anomalies.core import (
+    _BAR,
+    Anomaly,
+    Detector,
+    _Facts,
+    _put_bounded,
+    _record,
+    bar_checks,
+    finite_price,
+    is_daily,
+)
 from streams.anomalies.windows import _consistent_run, _mean_abs_dev_sorted, _median_abs_dev, _Window
 from streams.config import AnomalySettings, BarCheckSettings
 from streams.models import MarketDataPoint
@@ -336,6 +346,9 @@ class SplitSuspect(Detector):
     silence of session_break_seconds. The check runs only on a jump larger than any ratio's band allows near 1.
     A bar whose open undoes at least revert_fraction of the previous bar's own jump is the way back from a bar
     that jumped by itself, not a split (the cost: a split the day after a move of 1/ratio or more is missed).
+    A jump of 2:1 to 1:2 on a daily bar whose volume exceeds split_news_volume x the median of the stream's last
+    20 bar volumes x the split's share factor is news (an earnings gap), not a split. Not on intraday bars, whose
+    volume follows the hour of the day (the first minute trades 10-50 times the median).
 
     A split is a level shift that persists; a bad print comes back (issue 12: 12-sigma spikes at x0.5 and x3
     were taken for splits, and the bar after them for a reverse split). So a split waits for the family's next
@@ -360,6 +373,7 @@ class SplitSuspect(Detector):
         s = self.settings
         self.last: dict[str, list[float]] = {}  # family -> [last price, its timestamp]
         self.gaps: dict[str, list[float]] = {}  # family -> the last |log(jump)| that were not splits
+        self.volumes: dict[str, list[float]] = {}  # daily bar family -> its last bars' volumes (the newest last)
         self.pending: dict[str, dict[str, Any]] = {}  # family -> the split awaiting the family's next point
         # set by update() on a rare point, reset by its reader: ("retracted" | "confirmed" | "opened", the split)
         self.verdict: tuple[str, dict[str, Any]] | None = None
@@ -436,6 +450,14 @@ class SplitSuspect(Detector):
             decided = self._decide(pend, point, open_, close)
             if decided is not None:
                 return decided
+        if is_bar and point.volume is not None and point.volume > 0 and is_daily(point.interval):
+            vols = self.volumes.get(key)
+            if vols is None:
+                vols = []
+                _put_bounded(self.volumes, key, vols, self._max_streams)
+            vols.append(point.volume)
+            if len(vols) > self._GAPS + 1:
+                del vols[0]
         if prev is None or not (is_bar or ts - prev[1] >= self._session_break):
             return []
         ratio = open_ / prev[0]
@@ -454,7 +476,7 @@ class SplitSuspect(Detector):
             # the open undid at least half of the previous bar's own jump: the way back from a bar that jumped by
             # itself (a spike no price check held), not a corporate action
             return []
-        if nominal is None:
+        if nominal is None or (is_bar and self._news_volume(key, point.volume, nominal)):
             self._note_gap(key, ratio)
             return []
         pend = {"level": prev[0], "ratio": ratio, "nominal": nominal, "tolerance": tol, "ts": ts, "family": key,
@@ -472,6 +494,15 @@ class SplitSuspect(Detector):
                            f" ({self.label(nominal)}?)",
                            {"ratio": ratio, "nominal": nominal, "tolerance": tol, "family": key})]
 
+    def _news_volume(self, key: str, volume: float | None, nominal: float) -> bool:
+        """Is this bar's volume (the newest in its window) too high for a split of `nominal` (2:1 to 1:2)?"""
+        limit = self.settings.split_news_volume
+        vols = self.volumes.get(key)
+        if limit <= 0 or volume is None or vols is None or len(vols) <= self._GAPS // 2 or not 0.5 <= nominal <= 2.0:
+            return False
+        before = sorted(vols[:-1])
+        return volume > limit * before[len(before) // 2] / nominal
+
     def _note_gap(self, key: str, ratio: float) -> None:
         if ratio <= 0:
             return
@@ -483,12 +514,14 @@ class SplitSuspect(Detector):
         del gaps[:-self._GAPS]
 
     def _dump(self) -> dict[str, Any]:
-        return {"last": self.last, "gaps": self.gaps, "pending": self.pending}
+        return {"last": self.last, "gaps": self.gaps, "pending": self.pending, "volumes": self.volumes}
 
     def _load(self, state: dict[str, Any]) -> None:
         for k, v in state.get("last", {}).items():
             _put_bounded(self.last, k, [float(x) for x in v], self.settings.max_streams)
         for k, v in state.get("gaps", {}).items():
             _put_bounded(self.gaps, k, [float(x) for x in v], self.settings.max_streams)
+        for k, v in state.get("volumes", {}).items():
+            _put_bounded(self.volumes, k, [float(x) for x in v], self.settings.max_streams)
         for k, v in state.get("pending", {}).items():
             _put_bounded(self.pending, k, dict(v), self.settings.max_streams)

@@ -287,3 +287,23 @@ def test_a_rally_then_a_fall_that_both_traded_is_a_market_move() -> None:
     # without the detachment test the same closes are called an error: the test can fail
     lax = AnomalySettings(bar_daily={"detach_share": 0.0})
     assert [d for d, _ in _two_sided(closes, opens_traded=True, settings=lax)[0]] == ["bar_outlier"]
+
+
+@pytest.mark.parametrize(("volume", "split"), [(1.25e6, True), (8e6, False)])
+def test_a_5_for_4_like_gap_on_news_volume_is_no_split(volume: float, split: bool) -> None:
+    """A -20% open: on 1.25 times the usual volume (a 5:4 split's share count) a split; on eight times it (an
+    earnings gap: META 2018-07-26, NFLX 2022-01-21) a real move."""
+    days = weekdays(32)
+    sp = SplitSuspect()
+    for i, d in enumerate(days[:30]):
+        sp.update(bar(d, 100.0, volume=1e6 * (1.0 + 0.1 * (i % 3))))
+    out = sp.update(bar(days[30], 80.0, open=80.2, volume=volume))
+    assert [a.details["nominal"] for a in out] == ([pytest.approx(0.8)] if split else [])
+    # The intraday bars of the same moves are judged by their prices alone (their volume follows the hour).
+    sp = SplitSuspect()
+    t = datetime(2024, 5, 6, 13, 30, tzinfo=UTC)
+    hourly = {"interval": "1h", "item_id": "1h"}
+    for i in range(30):
+        sp.update(bar(t + timedelta(days=i), 100.0, volume=1e6).model_copy(update=hourly))
+    [intraday] = sp.update(bar(t + timedelta(days=30), 80.0, open=80.2, volume=8e6).model_copy(update=hourly))
+    assert intraday.details["nominal"] == pytest.approx(0.8)
