@@ -988,10 +988,15 @@ class BarCheckSettings(BaseModel):
     ohlc_tolerance: float = Field(default=1e-6, ge=0)
     # Bar volumes: above median + volume_mad_multiplier MAD AND at least this many times the median.
     volume_min_ratio: float = Field(default=20.0, ge=1)
+    # ... and at least this many times the window's 90th percentile: a stream whose own volumes spread widely
+    # (minute bars, whose opening and closing minutes trade 10-50x the midday median; an illiquid stock) needs
+    # a larger multiple of its median. 0: off.
+    volume_tail_multiple: float = Field(default=5.0, ge=0)
 
 
 def _intraday_bar_checks() -> BarCheckSettings:
-    return BarCheckSettings(scale_floor=0.0002, range_floor=0.0002, outlier_sigma=8.0, range_multiplier=25.0)
+    return BarCheckSettings(scale_floor=0.0002, range_floor=0.0002, outlier_sigma=8.0, range_multiplier=25.0,
+                            volume_min_ratio=30.0)
 
 
 def _real_split_ratios() -> list[float]:
@@ -1080,7 +1085,7 @@ class AnomalySettings(BaseModel):
     # last 20 bars) times the split's own share factor is news, not a split: a split multiplies the day's share
     # count by the factor (x1.25 for 5:4), an earnings gap by 4-15 (META 2018-07-26 x0.80 and NFLX 2022-01-21
     # x0.79 were taken for 5:4 splits). 0: off.
-    split_news_volume: float = Field(default=3.0, ge=0)
+    split_news_volume: float = Field(default=2.5, ge=0)
     # Shared: a silence this long is a session break (overnight, weekend), not a gap in intraday bars.
     session_break_seconds: float = Field(default=4 * 3600.0, gt=0)
     # This many consecutive flagged values that agree are a level shift, not errors: the Brownlees-Gallo, mid-quote,

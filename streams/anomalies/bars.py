@@ -121,7 +121,7 @@ class BarOutlier(Detector):
                                    pending["record"], {"follow_up": True, "confirmed_by": point.timestamp.isoformat(),
                                                        "return": pending["r"], "scale": pending["scale"]}))
             else:  # the level persisted: a real move
-                w.push(pending["r"])
+                self._enter(st, w, pending["r"])
                 st["ref"] = pending["close"]
         last, st["last"] = st.get("last"), None
         if last is not None and pending is None and not suspect and st["ref"] == last["close"]:
@@ -134,7 +134,7 @@ class BarOutlier(Detector):
         r = math.log(c / ref)
         if len(w) < cfg.min_returns:
             if not suspect:
-                w.push(r)
+                self._enter(st, w, r)
                 st["ref"] = c
             return out
         med, scale = self._scale(w, cfg.scale_floor)
@@ -144,12 +144,22 @@ class BarOutlier(Detector):
             st["pending"] = {"r": r, "z": z, "ref": ref, "close": c, "scale": scale, "record": _record(point),
                              "into": math.log(o / ref) / r if r and finite_price(o, self.settings.max_price) else None}
         else:
-            w.push(r)
+            self._enter(st, w, r)
             st["ref"] = c
             # judged again at the next bar from both sides (the point itself: its record, with every flag it
             # gets after this detector, is built only for a verdict)
             st["last"] = {"point": point, "ref": ref, "close": c, "r": r}
         return out
+
+    _EWMA: ClassVar[float] = 0.94  # RiskMetrics' daily decay: a memory of about 16 bars
+
+    def _enter(self, st: dict[str, Any], w: _Window, r: float) -> None:
+        """A clean return enters the window, and the stream's exponentially weighted variance of returns (the
+        variance before this return is kept: the two-sided check of this bar must not be judged by itself)."""
+        w.push(r)
+        prev = st.get("ewma")
+        st["ewma_before"] = prev
+        st["ewma"] = r * r if prev is None else self._EWMA * prev + (1.0 - self._EWMA) * r * r
 
     def _way_out(self, st: dict[str, Any], w: _Window, cfg: BarCheckSettings, last: dict[str, Any],
                  point: MarketDataPoint) -> list[Anomaly]:
@@ -162,6 +172,10 @@ class BarOutlier(Detector):
         if r_in * r_out >= 0:
             return []
         med, scale = self._scale(w, cfg.scale_floor)
+        # In a volatility regime the window of 60 calm returns has not caught up with (a crash's -10% / +11%,
+        # 2020-03-12), the recent returns' own scale judges the round trip.
+        if (recent := st.get("ewma_before")) is not None:
+            scale = max(scale, math.sqrt(recent))
         zc = abs(r_in - r_out) / (math.sqrt(2.0) * scale)
         if (zc < cfg.outlier_sigma or abs(back) > cfg.revert_fraction * (abs(r_in) + abs(r_out))
                 or abs(back - med) >= cfg.outlier_sigma * scale):

@@ -18,6 +18,7 @@ from streams.anomalies.core import (
     _iso_day,
     _put_bounded,
     bar_checks,
+    is_daily,
 )
 from streams.anomalies.windows import (
     _consistent_run,
@@ -452,6 +453,7 @@ class VolumeSpike(Detector):
     def __init__(self, settings: AnomalySettings | None = None) -> None:
         super().__init__(settings)
         self.windows: dict[str, _Window] = {}
+        self.last_bar: dict[str, float] = {}  # intraday bar stream -> its last bar's time
         # read at every volume: kept here, a settings model's attribute costs a __getattr__ hook (core._Facts)
         s = self.settings
         self._min_window, self._multiplier, self._scale = s.volume_min_window, s.volume_mad_multiplier, \
@@ -466,16 +468,27 @@ class VolumeSpike(Detector):
         self.symbol = f.symbol
         s = self.settings
         key = f.stream
+        if kind == _BAR and not is_daily(point.interval):
+            # The first bar of a session holds the opening auction (10-50x a midday minute): it is judged against
+            # the stream's other opening bars, not against the minutes before it.
+            last = self.last_bar.get(key)
+            _put_bounded(self.last_bar, key, f.ts, s.max_streams)
+            if last is not None and f.ts - last >= s.session_break_seconds:
+                key += "|open"
         w = self.windows.get(key)
         if w is None:
             w = _Window(s.volume_window)
             _put_bounded(self.windows, key, w, s.max_streams)
         out: list[Anomaly] = []
-        min_ratio = bar_checks(s, point.interval).volume_min_ratio if kind == _BAR else 1.0
+        cfg = bar_checks(s, point.interval) if kind == _BAR else None
+        min_ratio = cfg.volume_min_ratio if cfg is not None else 1.0
         if len(w) >= self._min_window and v > (med := w.median()) * min_ratio and v > med + (
                 self._multiplier * self._scale * _mad_lower_bound(w.sorted, med)):  # threshold >= both
             mad = self.settings.volume_mad_scale * _median_abs_dev(w.sorted, med)
             threshold = max(med + s.volume_mad_multiplier * mad, med * min_ratio)
+            if cfg is not None and cfg.volume_tail_multiple > 0:
+                srt = w.sorted
+                threshold = max(threshold, cfg.volume_tail_multiple * srt[(len(srt) * 9) // 10])
             if v > threshold:
                 out.append(self._flag(point, v, threshold, f"volume {v:.6g} > median {med:.6g}"
                                       f" + {s.volume_mad_multiplier:g} MAD ({mad:.6g})",
@@ -484,12 +497,15 @@ class VolumeSpike(Detector):
         return out
 
     def rescale_volume(self, stream: str, factor: float) -> None:
-        if stream in self.windows:
-            self.windows[stream].scale(factor)
+        for key in (stream, stream + "|open"):
+            if key in self.windows:
+                self.windows[key].scale(factor)
 
     def _dump(self) -> dict[str, Any]:
-        return {"windows": {k: list(w.values) for k, w in self.windows.items()}}
+        return {"windows": {k: list(w.values) for k, w in self.windows.items()}, "last_bar": self.last_bar}
 
     def _load(self, state: dict[str, Any]) -> None:
         for k, values in state.get("windows", {}).items():
             _put_bounded(self.windows, k, _Window(self.settings.volume_window, values), self.settings.max_streams)
+        for k, ts in state.get("last_bar", {}).items():
+            _put_bounded(self.last_bar, k, float(ts), self.settings.max_streams)

@@ -78,16 +78,31 @@ def _type_name(tp: Any) -> str:
     return f"{name}[{', '.join(_type_name(a) for a in args)}]"
 
 
-def _default(field: Any) -> str:
+_NO_DEFAULT = object()
+
+
+def _default_value(field: Any) -> Any:
+    """The field's default, or a marker string when it has none that can be shown."""
     if field.default is not PydanticUndefined:
-        value = field.default
-    elif field.default_factory is not None:
+        return field.default
+    if field.default_factory is not None:
         try:
-            value = field.default_factory()
+            return field.default_factory()
         except TypeError:
-            return "(computed)"
-    else:
+            return _NO_DEFAULT
+    return PydanticUndefined
+
+
+def _default(field: Any) -> str:
+    value = _default_value(field)
+    if value is _NO_DEFAULT:
+        return "(computed)"
+    if value is PydanticUndefined:
         return "(required)"
+    return _shown(value)
+
+
+def _shown(value: Any) -> str:
     if isinstance(value, SecretStr):
         return "(secret, empty)" if not value.get_secret_value() else "(secret)"
     if isinstance(value, BaseModel):
@@ -99,19 +114,24 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def rows(model: type[BaseModel], path: tuple[str, ...] = ()) -> list[tuple[str, str, str, str, str]]:
-    """(key path, type, default, environment variable, meaning) of every leaf setting, sections flattened."""
+def rows(model: type[BaseModel], path: tuple[str, ...] = (), defaults: BaseModel | None = None
+         ) -> list[tuple[str, str, str, str, str]]:
+    """(key path, type, default, environment variable, meaning) of every leaf setting, sections flattened. A
+    section whose default is built with other values than its class's (the intraday bar checks) shows those:
+    `defaults` is that built section."""
     out = []
     comments = _comments(model)
     for name, field in model.model_fields.items():
         key = (*path, name)
         tp = field.annotation
         if isinstance(tp, type) and issubclass(tp, BaseModel) and not issubclass(tp, SecretStr):
-            out.extend(rows(tp, key))
+            built = getattr(defaults, name) if defaults is not None else _default_value(field)
+            out.extend(rows(tp, key, built if isinstance(built, BaseModel) else None))
             continue
         meaning = field.description or comments.get(name, "")
         env = "TICKFLOW_" + "__".join(k.upper() for k in key)
-        out.append((".".join(key), _type_name(tp), _default(field), env, meaning))
+        shown = _shown(getattr(defaults, name)) if defaults is not None else _default(field)
+        out.append((".".join(key), _type_name(tp), shown, env, meaning))
     return out
 
 

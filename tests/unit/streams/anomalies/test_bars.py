@@ -307,3 +307,22 @@ def test_a_5_for_4_like_gap_on_news_volume_is_no_split(volume: float, split: boo
         sp.update(bar(t + timedelta(days=i), 100.0, volume=1e6).model_copy(update=hourly))
     [intraday] = sp.update(bar(t + timedelta(days=30), 80.0, open=80.2, volume=8e6).model_copy(update=hourly))
     assert intraday.details["nominal"] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("volatile", [False, True])
+def test_a_crash_day_round_trip_after_a_volatile_stretch_is_a_market_move(volatile: bool) -> None:
+    """-4.5% then +5% with both moves in the gaps (AAPL and META 2020-03-12: -10%, then +11%): after calm days a
+    bad bar; after ten days of +-3% (the 60 returns' robust scale still ~1%) the recent returns' own scale judges
+    it, and it is a market move."""
+    closes = walk(80)
+
+    def move(day: int, r: float) -> None:
+        closes[day:] = [c * math.exp(r) for c in closes[day:]]
+
+    if volatile:
+        for day in range(50, 60):
+            move(day, 0.03 if day % 2 else -0.03)
+    move(60, -0.045)
+    move(61, 0.05)
+    flags = _two_sided(closes, opens_traded=False)[0]
+    assert flags == ([] if volatile else [("bar_outlier", weekdays(80)[60].date().isoformat())])

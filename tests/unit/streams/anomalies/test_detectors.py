@@ -443,3 +443,35 @@ def test_the_trimmed_mean_is_at_least_the_smallest_value_kept(values: list[float
         w.push(v)
     mean, _ = w.trimmed_mean_sd(trim)
     assert mean >= w.sorted[int(trim * len(w))] * (1.0 - 1e-9)
+
+
+def test_the_opening_minute_is_judged_against_other_openings_not_the_minutes_before_it() -> None:
+    """Minute bars: each session opens at 30x a midday minute (the opening auction, AAPL 1m from yfinance); a
+    midday minute at 40x is a spike, the opening minute is not. Its own window (one bar per session) judges
+    it once it holds volume_min_window openings."""
+    vs = VolumeSpike()
+    rng = random.Random(5)
+    flagged = []
+    for day in range(25):
+        t0 = T0 + timedelta(days=day)
+        for m in range(60):
+            v = 1e5 * math.exp(rng.gauss(0, 0.3)) * (30.0 if m == 0 else 1.0)
+            if day == 24 and m == 30:
+                v = 4e6
+            if vs.update(bar(t0 + timedelta(minutes=m), 1.0, 1.0, "1m", volume=v)):
+                flagged.append((day, m))
+    assert flagged == [(24, 30)]
+    # An opening at 40x the openings before it is one.
+    [a] = vs.update(bar(T0 + timedelta(days=26), 1.0, 1.0, "1m", volume=1.2e8))
+    assert a.details["stream"] == "bar:1m|open"
+
+
+def test_a_stream_whose_volumes_spread_widely_needs_a_larger_multiple() -> None:
+    """Daily volumes of an illiquid stock: a tenth of its days trade 15x its median. 25x the median is above 20
+    (volume_min_ratio) but not above 5x its 90th percentile."""
+    vs = VolumeSpike()
+    for i in range(100):
+        vs.update(bar(T0 + timedelta(days=i), 1.0, 1.0, volume=1.5e7 if i % 10 == 0 else 1e6 * (1 + 0.01 * (i % 7))))
+    assert vs.update(bar(T0 + timedelta(days=100), 1.0, 1.0, volume=2.5e7)) == []
+    [a] = vs.update(bar(T0 + timedelta(days=101), 1.0, 1.0, volume=8e7))
+    assert a.threshold == pytest.approx(7.5e7)

@@ -25,6 +25,9 @@ def test_every_leaf_setting_has_a_row_with_its_environment_name_and_default() ->
     assert "send as soon as the previous request is done" in table["kafka.producer_linger_ms"][3]
     assert table["kafka.sasl_password"][1] == "(secret, empty)"  # never a secret's value
     assert table["sources.yahoo.enabled"][2] == "TICKFLOW_SOURCES__YAHOO__ENABLED"
+    # a section built with other values than its class's defaults shows the values it is built with
+    assert table["anomalies.bar_daily.outlier_sigma"][1] == "`6.0`"
+    assert table["anomalies.bar_intraday.outlier_sigma"][1] == "`8.0`"
     leaves = sum(1 for section in Settings.model_fields for _ in rows(Settings.model_fields[section].annotation,
                                                                      (section,)))  # type: ignore[arg-type]
     assert len(table) == leaves > 100
