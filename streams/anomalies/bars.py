@@ -90,8 +90,11 @@ class BarOutlier(Detector):
         mean_abs = 1.2533 * _mean_abs_dev_sorted(srt, med)
         return med, max(_MAD_SCALE * _median_abs_dev(srt, med), mean_abs, floor, tick if tick < math.inf else 0.0)
 
-    def update(self, point: MarketDataPoint, f: _Facts | None = None, *, suspect: bool = False) -> list[Anomaly]:
-        """`suspect=True` (the suite: flagged on arrival by another bar check): never enters the state as is."""
+    def update(self, point: MarketDataPoint, f: _Facts | None = None, *, suspect: bool = False,
+               spans: int = 1) -> list[Anomaly]:
+        """`suspect=True` (the suite: flagged on arrival by another bar check): never enters the state as is.
+        `spans`: the bars this bar's return spans (1 + the bars missing before it, BarGaps): a return over n bars
+        has sqrt(n) times one bar's scale (ALI.PS 2020-03-19: -23% after a two-day closure of its market)."""
         c = point.close
         if point.data_type != _BAR or not finite_price(c, self.settings.max_price):
             return []
@@ -138,6 +141,8 @@ class BarOutlier(Detector):
                 st["ref"] = c
             return out
         med, scale = self._scale(w, cfg.scale_floor)
+        if spans > 1:
+            scale *= math.sqrt(spans)
         z = abs(r - med) / scale
         if z >= cfg.outlier_sigma or suspect:
             o = point.open
@@ -148,7 +153,7 @@ class BarOutlier(Detector):
             st["ref"] = c
             # judged again at the next bar from both sides (the point itself: its record, with every flag it
             # gets after this detector, is built only for a verdict)
-            st["last"] = {"point": point, "ref": ref, "close": c, "r": r}
+            st["last"] = {"point": point, "ref": ref, "close": c, "r": r, "spans": spans}
         return out
 
     _EWMA: ClassVar[float] = 0.94  # RiskMetrics' daily decay: a memory of about 16 bars
@@ -176,7 +181,7 @@ class BarOutlier(Detector):
         # 2020-03-12), the recent returns' own scale judges the round trip.
         if (recent := st.get("ewma_before")) is not None:
             scale = max(scale, math.sqrt(recent))
-        zc = abs(r_in - r_out) / (math.sqrt(2.0) * scale)
+        zc = abs(r_in - r_out) / (math.sqrt(last["spans"] + 1.0) * scale)  # sd of r_in - r_out: sqrt(n_in + 1)
         if (zc < cfg.outlier_sigma or abs(back) > cfg.revert_fraction * (abs(r_in) + abs(r_out))
                 or abs(back - med) >= cfg.outlier_sigma * scale):
             return []

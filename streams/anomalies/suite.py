@@ -44,6 +44,8 @@ class DetectorSuite:
     4. A bar flagged on arrival (decimal shift, OHLC) is held by BarOutlier as a suspect, never its reference.
     5. A bar whose return is an outlier is not judged for volume: a big move on big volume is the market. A bar
        that opens back at the level before a held suspect is not a split suspect (it is the way back).
+    6. A bar after missing bars (BarGaps: a closure, a halt, a hole in the file) has its return judged over the
+       bars it spans.
     """
 
     PRICE_DETECTORS: ClassVar[frozenset[str]] = frozenset(
@@ -128,9 +130,13 @@ class DetectorSuite:
             out = quote_flags + t4
         moved = False
         arrival: list[Anomaly] = []  # mypyc: one type per variable (was `moved = arrival = False`)
+        gaps: list[Anomaly] = []
         if f.kind == _BAR:
+            # the bars missing before this one (a closure, a halt, a hole in the file): its return spans them all
+            gaps = self.gaps.update(point, f)
             arrival = self.ohlc.update(point, f) + self.decimal.update(point, f)
-            out += arrival + self.bar_outlier.update(point, f, suspect=bool(arrival))
+            spans = 1 + int(gaps[0].score) if gaps else 1
+            out += arrival + self.bar_outlier.update(point, f, suspect=bool(arrival), spans=spans)
             st = self.bar_outlier.streams.get(f.stream)
             moved = bool(st and st["pending"] and st["ts"] == f.ts)  # this bar's return is an outlier
             if arrival and (st := self.bar_outlier.streams.get(f.stream)) and (held := st["pending"]):
@@ -140,8 +146,7 @@ class DetectorSuite:
         if f.volume is not None and not (moved and not arrival):
             out += self.volume.update(point, f)  # a big move on big volume is the market (AAPL 2000-09-29)
         out += self.stale.update(point, f)
-        if f.kind == _BAR:
-            out += self.gaps.update(point, f)
+        out += gaps
         if split:
             out = [a for a in out if a.detector not in self.PRICE_DETECTORS or a.details.get("follow_up")]
         if opened is not None:

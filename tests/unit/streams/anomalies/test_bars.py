@@ -326,3 +326,20 @@ def test_a_crash_day_round_trip_after_a_volatile_stretch_is_a_market_move(volati
     move(61, 0.05)
     flags = _two_sided(closes, opens_traded=False)[0]
     assert flags == ([] if volatile else [("bar_outlier", weekdays(80)[60].date().isoformat())])
+
+
+@pytest.mark.parametrize("closed_before", [False, True])
+def test_a_return_over_a_closure_is_judged_on_the_sessions_it_spans(closed_before: bool) -> None:
+    """-6%, half of it back the next day, both in the gaps: a bad bar after the day before; after a two-day
+    closure of the market (ALI.PS 2020-03-19, -23% after the PSE shut for two days) the return spans three
+    sessions, sqrt(3) times one session's scale, and it is a market move."""
+    closes = walk(80)
+    closes[60:] = [c * math.exp(-0.06) for c in closes[60:]]
+    closes[61:] = [c * math.exp(0.03) for c in closes[61:]]
+    suite, flags = DetectorSuite(), []
+    for i, (day, c) in enumerate(zip(weekdays(80), closes, strict=True)):
+        if closed_before and i in (58, 59):
+            continue
+        flags += [(a.detector, a.record["timestamp"][:10]) for a in suite.update(bar(day, c, open=c))
+                  if a.kind == "tick"]
+    assert flags == ([] if closed_before else [("bar_outlier", weekdays(80)[60].date().isoformat())])
