@@ -130,7 +130,7 @@ class DetectorSuite:
             out = quote_flags + t4
         moved = False
         arrival: list[Anomaly] = []  # mypyc: one type per variable (was `moved = arrival = False`)
-        gaps: list[Anomaly] = []
+        gaps: list[Anomaly] | None = None  # no list built for a trade or a quote (every point passes here)
         if f.kind == _BAR:
             # the bars missing before this one (a closure, a halt, a hole in the file): its return spans them all
             gaps = self.gaps.update(point, f)
@@ -146,7 +146,8 @@ class DetectorSuite:
         if f.volume is not None and not (moved and not arrival):
             out += self.volume.update(point, f)  # a big move on big volume is the market (AAPL 2000-09-29)
         out += self.stale.update(point, f)
-        out += gaps
+        if gaps:
+            out += gaps
         if split:
             out = [a for a in out if a.detector not in self.PRICE_DETECTORS or a.details.get("follow_up")]
         if opened is not None:
