@@ -992,6 +992,10 @@ class BarCheckSettings(BaseModel):
     # (minute bars, whose opening and closing minutes trade 10-50x the midday median; an illiquid stock) needs
     # a larger multiple of its median. 0: off.
     volume_tail_multiple: float = Field(default=5.0, ge=0)
+    # ... and at least this many times the bar before it: a news day's volume stays high for days after it (AAPL
+    # 1997-08-06 at 31x its median, 08-07 at 28x), the minutes after an opening auction stay high for minutes; a
+    # wrong volume is one bar. 0: off.
+    volume_jump_ratio: float = Field(default=2.0, ge=0)
 
 
 def _intraday_bar_checks() -> BarCheckSettings:

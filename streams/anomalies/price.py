@@ -459,7 +459,9 @@ class VolumeSpike(Detector):
         self._min_window, self._multiplier, self._scale = s.volume_min_window, s.volume_mad_multiplier, \
             s.volume_mad_scale
 
-    def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
+    def update(self, point: MarketDataPoint, f: _Facts | None = None, *, judge: bool = True) -> list[Anomaly]:
+        """`judge=False` (the suite, for a bar whose return is an outlier): the volume enters the window unjudged,
+        so the next bar is judged against it too."""
         f = f or _Facts(point)
         v = f.volume
         kind = f.kind
@@ -482,13 +484,16 @@ class VolumeSpike(Detector):
         out: list[Anomaly] = []
         cfg = bar_checks(s, point.interval) if kind == _BAR else None
         min_ratio = cfg.volume_min_ratio if cfg is not None else 1.0
-        if len(w) >= self._min_window and v > (med := w.median()) * min_ratio and v > med + (
+        if judge and len(w) >= self._min_window and v > (med := w.median()) * min_ratio and v > med + (
                 self._multiplier * self._scale * _mad_lower_bound(w.sorted, med)):  # threshold >= both
             mad = self.settings.volume_mad_scale * _median_abs_dev(w.sorted, med)
             threshold = max(med + s.volume_mad_multiplier * mad, med * min_ratio)
             if cfg is not None and cfg.volume_tail_multiple > 0:
                 srt = w.sorted
                 threshold = max(threshold, cfg.volume_tail_multiple * srt[(len(srt) * 9) // 10])
+            if cfg is not None and cfg.volume_jump_ratio > 0:
+                # news volume lasts days (or the minutes after an open); a wrong volume is one bar
+                threshold = max(threshold, cfg.volume_jump_ratio * w.values[-1])
             if v > threshold:
                 out.append(self._flag(point, v, threshold, f"volume {v:.6g} > median {med:.6g}"
                                       f" + {s.volume_mad_multiplier:g} MAD ({mad:.6g})",

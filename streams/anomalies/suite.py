@@ -143,8 +143,9 @@ class DetectorSuite:
                 # a later verdict revises this record: it must keep the flags it gets now
                 held["record"]["flags"] = [*held["record"].get("flags", ()),
                                            *(f"anomaly:{a.detector}" for a in arrival)]
-        if f.volume is not None and not (moved and not arrival):
-            out += self.volume.update(point, f)  # a big move on big volume is the market (AAPL 2000-09-29)
+        if f.volume is not None:
+            # a big move on big volume is the market (AAPL 2000-09-29): its volume enters the window unjudged
+            out += self.volume.update(point, f, judge=not (moved and not arrival))
         out += self.stale.update(point, f)
         if gaps:
             out += gaps

@@ -343,3 +343,20 @@ def test_a_return_over_a_closure_is_judged_on_the_sessions_it_spans(closed_befor
         flags += [(a.detector, a.record["timestamp"][:10]) for a in suite.update(bar(day, c, open=c))
                   if a.kind == "tick"]
     assert flags == ([] if closed_before else [("bar_outlier", weekdays(80)[60].date().isoformat())])
+
+
+def test_the_day_after_a_news_day_trades_heavily_too_and_is_no_volume_spike() -> None:
+    """AAPL 1997-08-06: +33% on heavy volume (a big move on big volume: the market), 08-07: +11% on 21x its
+    median, flagged. A wrong volume is one bar: 25x after an ordinary day is still a spike."""
+    closes = walk(80)
+    closes[60:] = [c * math.exp(0.28) for c in closes[60:]]
+    closes[61:] = [c * math.exp(0.02) for c in closes[61:]]
+    volumes = [1e6 * (1.0 + 0.05 * (i % 5)) for i in range(80)]
+    volumes[60], volumes[61], volumes[70] = 3.0e7, 2.6e7, 2.5e7
+    suite, flags = DetectorSuite(), []
+    prev = closes[0]
+    for day, c, v in zip(weekdays(80), closes, volumes, strict=True):
+        flags += [(a.detector, a.record["timestamp"][:10]) for a in suite.update(bar(day, c, open=prev, volume=v))
+                  if a.detector == "volume_spike"]
+        prev = c
+    assert flags == [("volume_spike", weekdays(80)[70].date().isoformat())]
