@@ -996,6 +996,10 @@ class BarCheckSettings(BaseModel):
     # 1997-08-06 at 31x its median, 08-07 at 28x), the minutes after an opening auction stay high for minutes; a
     # wrong volume is one bar. 0: off.
     volume_jump_ratio: float = Field(default=2.0, ge=0)
+    # ... and above the median x exp(this x the normal-consistent MAD of the window's log volumes): volumes that
+    # spread over orders of magnitude (a penny stock's no-trade and busy days) need a far larger multiple; a
+    # liquid stock's (log MAD ~0.3) stays under volume_min_ratio. 0: off.
+    volume_log_mad_multiplier: float = Field(default=4.0, ge=0)
 
 
 def _intraday_bar_checks() -> BarCheckSettings:

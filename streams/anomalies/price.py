@@ -494,6 +494,11 @@ class VolumeSpike(Detector):
             if cfg is not None and cfg.volume_jump_ratio > 0:
                 # news volume lasts days (or the minutes after an open); a wrong volume is one bar
                 threshold = max(threshold, cfg.volume_jump_ratio * w.values[-1])
+            if cfg is not None and cfg.volume_log_mad_multiplier > 0:
+                # how far volumes spread in log: an illiquid stock's days differ by orders of magnitude
+                logs = sorted(abs(math.log(x / med)) for x in w.sorted)
+                spread = self._scale * logs[len(logs) // 2]
+                threshold = max(threshold, med * math.exp(cfg.volume_log_mad_multiplier * spread))
             if v > threshold:
                 out.append(self._flag(point, v, threshold, f"volume {v:.6g} > median {med:.6g}"
                                       f" + {s.volume_mad_multiplier:g} MAD ({mad:.6g})",

@@ -475,3 +475,15 @@ def test_a_stream_whose_volumes_spread_widely_needs_a_larger_multiple() -> None:
     assert vs.update(bar(T0 + timedelta(days=100), 1.0, 1.0, volume=2.5e7)) == []
     [a] = vs.update(bar(T0 + timedelta(days=101), 1.0, 1.0, volume=8e7))
     assert a.threshold == pytest.approx(7.5e7)
+
+
+@pytest.mark.parametrize(("spread", "flagged"), [(0.3, True), (1.5, False)])
+def test_volumes_spread_over_orders_of_magnitude_need_a_larger_multiple(spread: float, flagged: bool) -> None:
+    """Daily volumes lognormal around 1e6: a liquid stock's (log sd 0.3) 100x day is a spike; a penny stock's (log
+    sd 1.5: no-trade and busy days) is one of its ordinary busy days."""
+    vs = VolumeSpike()
+    rng = random.Random(11)
+    for i in range(100):
+        vs.update(bar(T0 + timedelta(days=i), 1.0, 1.0, volume=1e6 * math.exp(rng.gauss(0, spread))))
+    out = vs.update(bar(T0 + timedelta(days=100), 1.0, 1.0, volume=1e8))
+    assert bool(out) is flagged
