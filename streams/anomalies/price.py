@@ -439,7 +439,11 @@ class VolumeSpike(Detector):
     """Volume (trade size, bar volume) above the rolling median + 10 median absolute deviations (issue 4).
 
     Bars also need `volume_min_ratio` x the median of their interval's family (daily volumes are far less
-    dispersed than trade sizes: 10 MAD of them sits ~4x the median, where index rebalances and expiries are).
+    dispersed than trade sizes: 10 MAD of them sits ~4x the median, where index rebalances and expiries are),
+    `volume_tail_multiple` x the window's 90th percentile, `volume_jump_ratio` x the bar before (news volume
+    lasts days) and the median x exp(`volume_log_mad_multiplier` x the log volumes' MAD) (a penny stock's
+    volumes spread over orders of magnitude); an intraday session's first bar (its opening auction) is judged
+    against the stream's other first bars.
     MAD is the normal-consistent one (1.4826 x the raw median absolute deviation, R's mad() and Hampel's
     identifier); with the raw MAD, 10 MAD sits ~2.7 sd up on lognormal(0.6) trade sizes, a 0.3% false-flag rate.
 
@@ -500,8 +504,8 @@ class VolumeSpike(Detector):
                 spread = self._scale * logs[len(logs) // 2]
                 threshold = max(threshold, med * math.exp(cfg.volume_log_mad_multiplier * spread))
             if v > threshold:
-                out.append(self._flag(point, v, threshold, f"volume {v:.6g} > median {med:.6g}"
-                                      f" + {s.volume_mad_multiplier:g} MAD ({mad:.6g})",
+                out.append(self._flag(point, v, threshold, f"volume {v:.6g} > {threshold:.6g} (median {med:.6g},"
+                                      f" MAD {mad:.6g})",
                                       {"median": med, "mad": mad, "stream": key}))
         w.push(v)
         return out
