@@ -175,6 +175,7 @@ class _Stats:
         self.latency: dict[str, list[int]] = {}
         self.latency_sum: Counter[str] = Counter()
         self.latency_n: Counter[str] = Counter()
+        self.latency_range: dict[str, tuple[float | None, float | None]] = {}
 
     def reject(self, source: str, rule: str) -> None:
         self.processed[source] += 1
@@ -185,6 +186,7 @@ class _Stats:
         histogram.observe_many(self.latency.setdefault(source, histogram.empty()), values_ms)
         self.latency_sum[source] += sum(values_ms)
         self.latency_n[source] += len(values_ms)
+        self.latency_range[source] = histogram.extend_range(*self.latency_range.get(source, (None, None)), values_ms)
 
     def _summary(self, sources: list[str]) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -192,12 +194,14 @@ class _Stats:
         for s in sources:
             counts = histogram.merge(counts, self.latency.get(s, histogram.empty()))
         n = sum(self.latency_n[s] for s in sources)
+        least, most = histogram.extend_range(None, None, [
+            v for s in sources for v in self.latency_range.get(s, (None, None)) if v is not None])
         rules: Counter[str] = Counter()
         for s in sources:
             rules.update(self.by_rule.get(s, Counter()))
 
         def q(x: float) -> float:
-            return round(histogram.percentile(counts, x) or 0.0, 3)
+            return round(histogram.percentile(counts, x, least, most) or 0.0, 3)
 
         return {
             "processed": sum(self.processed[s] for s in sources),

@@ -30,19 +30,35 @@ def merge(a: Sequence[int], b: Sequence[int]) -> list[int]:
     return [x + y for x, y in zip(a, b, strict=True)]
 
 
-def percentile(counts: Sequence[int], q: float) -> float | None:
-    """The q-quantile (0..1), interpolated linearly inside its bucket; None when empty."""
+def percentile(counts: Sequence[int], q: float, least: float | None = None, most: float | None = None
+               ) -> float | None:
+    """The q-quantile (0..1), interpolated linearly inside its bucket; None when empty. `least`/`most`: the
+    smallest and largest values observed, when known: the quantile is kept between them (100 rows of 1,057 ms
+    interpolate to 1,500 ms in their 1-2 s bucket, a p50 above every row)."""
     total = sum(counts)
     if total == 0:
         return None
     rank = q * total
     seen = 0
+    value = BOUNDS_MS[-2]
     for i, c in enumerate(counts):
         if c and seen + c >= rank:
             lo = BOUNDS_MS[i - 1] if i else 0.0
             hi = BOUNDS_MS[i]
-            if hi == float("inf"):
-                return lo
-            return lo + (hi - lo) * max(0.0, rank - seen) / c
+            value = lo if hi == float("inf") else lo + (hi - lo) * max(0.0, rank - seen) / c
+            break
         seen += c
-    return BOUNDS_MS[-2]
+    if most is not None and value > most:
+        value = most
+    if least is not None and value < least:
+        value = least
+    return value
+
+
+def extend_range(least: float | None, most: float | None, values: Sequence[float]
+                 ) -> tuple[float | None, float | None]:
+    """(smallest, largest) of a range (None, None when empty) and some more values."""
+    if not values:
+        return least, most
+    lo, hi = min(values), max(values)
+    return (lo if least is None else min(least, lo)), (hi if most is None else max(most, hi))

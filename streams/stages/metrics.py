@@ -72,6 +72,9 @@ class SourceDelta:
     latency: list[int] = field(default_factory=histogram.empty)
     latency_sum_ms: float = 0.0
     latency_n: int = 0
+    # The smallest and largest latency seen, which bound the histogram's interpolated percentiles.
+    latency_min_ms: float | None = None
+    latency_max_ms: float | None = None
     anomalies: dict[str, int] = field(default_factory=dict)
     recent: list[dict[str, Any]] = field(default_factory=list)
 
@@ -85,6 +88,7 @@ class SourceDelta:
         histogram.observe_many(self.latency, ms)
         self.latency_sum_ms += sum(ms)
         self.latency_n += len(ms)
+        self.latency_min_ms, self.latency_max_ms = histogram.extend_range(self.latency_min_ms, self.latency_max_ms, ms)
 
     def merge(self, other: SourceDelta) -> None:
         """Add another delta into this one (several batches sent as one message)."""
@@ -97,11 +101,16 @@ class SourceDelta:
         self.latency = histogram.merge(self.latency, other.latency)
         self.latency_sum_ms += other.latency_sum_ms
         self.latency_n += other.latency_n
+        self.latency_min_ms, self.latency_max_ms = histogram.extend_range(
+            self.latency_min_ms, self.latency_max_ms,
+            [v for v in (other.latency_min_ms, other.latency_max_ms) if v is not None])
         self.recent = (self.recent + other.recent)[-RECENT_ANOMALIES:]
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {c: getattr(self, c) for c in COUNTERS}
         d.update(rules=self.rules, latency=self.latency, latency_sum_ms=self.latency_sum_ms, latency_n=self.latency_n)
+        if self.latency_max_ms is not None:
+            d.update(latency_min_ms=self.latency_min_ms, latency_max_ms=self.latency_max_ms)
         if self.anomalies:
             d["anomalies"] = self.anomalies
         if self.recent:
@@ -242,6 +251,11 @@ def fold(current: dict[str, Any] | None, delta: SourceDelta, now: float) -> dict
     out["latency"] = histogram.merge(cur.get("latency", histogram.empty()), delta.latency)
     out["latency_sum_ms"] = cur.get("latency_sum_ms", 0.0) + delta.latency_sum_ms
     out["latency_n"] = cur.get("latency_n", 0) + delta.latency_n
+    least, most = histogram.extend_range(
+        cur.get("latency_min_ms"), cur.get("latency_max_ms"),
+        [v for v in (delta.latency_min_ms, delta.latency_max_ms) if v is not None])
+    if most is not None:
+        out["latency_min_ms"], out["latency_max_ms"] = least, most
     samples = [s for s in cur.get("samples", []) if now - s[0] <= 6 * RATE_WINDOW_SECONDS]
     if not samples or now - samples[-1][0] >= 1.0:
         samples.append([now, out["written"]])
@@ -274,15 +288,16 @@ def throughput(value: dict[str, Any], now: float) -> float:
 def snapshot(value: dict[str, Any], now: float) -> dict[str, Any]:
     lat = value.get("latency", histogram.empty())
     n = value.get("latency_n", 0)
+    least, most = value.get("latency_min_ms"), value.get("latency_max_ms")
     return {
         **{c: value.get(c, 0) for c in COUNTERS},
         "rejected_by_rule": dict(value.get("rules", {})),
         "anomalies_by_detector": dict(value.get("anomalies", {})),
         "throughput_per_sec": round(throughput(value, now), 3),
         "avg_latency_ms": round(value.get("latency_sum_ms", 0.0) / n, 3) if n else None,
-        "p50_latency_ms": _round(histogram.percentile(lat, 0.50)),
-        "p95_latency_ms": _round(histogram.percentile(lat, 0.95)),
-        "p99_latency_ms": _round(histogram.percentile(lat, 0.99)),
+        "p50_latency_ms": _round(histogram.percentile(lat, 0.50, least, most)),
+        "p95_latency_ms": _round(histogram.percentile(lat, 0.95, least, most)),
+        "p99_latency_ms": _round(histogram.percentile(lat, 0.99, least, most)),
     }
 
 
@@ -295,10 +310,14 @@ def summary(values: dict[str, dict[str, Any]], now: float, queue_size: int | Non
     per_source = {src: snapshot(v, now) for src, v in sorted(values.items())}
     total_lat = histogram.empty()
     lat_sum, lat_n = 0.0, 0
+    least: float | None = None
+    most: float | None = None
     for v in values.values():
         total_lat = histogram.merge(total_lat, v.get("latency", histogram.empty()))
         lat_sum += v.get("latency_sum_ms", 0.0)
         lat_n += v.get("latency_n", 0)
+        least, most = histogram.extend_range(
+            least, most, [x for x in (v.get("latency_min_ms"), v.get("latency_max_ms")) if x is not None])
     tot = {c: sum(s[c] for s in per_source.values()) for c in COUNTERS}
     return {
         "total_processed": tot["processed"],
@@ -307,10 +326,12 @@ def summary(values: dict[str, dict[str, Any]], now: float, queue_size: int | Non
         "written_points": tot["written"],
         "duplicate_points": tot["duplicates"],
         "throughput_per_sec": round(sum(s["throughput_per_sec"] for s in per_source.values()), 3),
-        "avg_latency_ms": round(lat_sum / lat_n, 3) if lat_n else None,
-        "p50_latency_ms": _round(histogram.percentile(total_lat, 0.50)),
-        "p95_latency_ms": _round(histogram.percentile(total_lat, 0.95)),
-        "p99_latency_ms": _round(histogram.percentile(total_lat, 0.99)),
+        # 0.0 before the first row, as get_metrics() gives them: the brief's frontend formats them as numbers
+        # (`avg_latency_ms.toFixed(2)`); the per-source snapshots below (and the stored rows) keep null there.
+        "avg_latency_ms": round(lat_sum / lat_n, 3) if lat_n else 0.0,
+        "p50_latency_ms": _round(histogram.percentile(total_lat, 0.50, least, most)) or 0.0,
+        "p95_latency_ms": _round(histogram.percentile(total_lat, 0.95, least, most)) or 0.0,
+        "p99_latency_ms": _round(histogram.percentile(total_lat, 0.99, least, most)) or 0.0,
         "queue_size": queue_size,
         "anomalies_by_detector": {src: s["anomalies_by_detector"] for src, s in per_source.items()},
         "recent_anomalies": sorted((a for v in values.values() for a in v.get("recent", [])),

@@ -89,7 +89,8 @@ class PipelineMetrics(View):
 
 @app.page("/pipeline/data/{symbol}")
 class RecentData(View):
-    """Recent clean rows of a symbol, newest first (the brief's frontend example reads this).
+    """Recent clean rows of a symbol, newest first: a JSON array of rows, as the brief's frontend example reads it
+    (`Promise<MarketData[]>`); no row is an empty array, not a 404.
 
     `limit`: 1 or more (default 100; above DATA_LIMIT, DATA_LIMIT), else 400. The symbol is matched as written,
     then, when that finds no row, upper-cased (`aapl` -> AAPL: the providers store symbols upper-case, while the
@@ -109,10 +110,9 @@ class RecentData(View):
             rows = await reader.recent(symbol, limit)
             if not rows and symbol != symbol.upper():
                 rows = await reader.recent(symbol.upper(), limit)
-                symbol = symbol.upper()
         except Exception as exc:
             return self.json({"error": f"database unavailable: {type(exc).__name__}"}, status=503)
-        return self.json({"symbol": symbol, "count": len(rows), "data": jsonable(rows)})
+        return self.json(jsonable(rows))
 
 
 def jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""What users query, on the real server (issue 14): the brief's two queries run as written (a `timestamp`
-column on both tables, indexed for the brief's query), and the views latest_prices and bars and the function
+"""What users query, on the real server (issue 14): the brief's queries run as written (a `timestamp`
+column on both tables, indexed for the brief's queries), and the views latest_prices and bars and the function
 economic_as_of answer what an oracle computed from the rows sent."""
 
 from __future__ import annotations
@@ -52,6 +52,16 @@ async def test_the_brief_queries_run_as_written(writer, pg) -> None:
     # market_data is partitioned (migration 6): each partition's copy of the index, merged in order (a Merge
     # Append prints "Sort Key:"; a sort node prints "Sort  (cost=...")
     assert "_symbol_timestamp" in plan and "Sort  (" not in plan, plan
+    # The brief's "recent market data", all symbols: newest first, read from each partition's "timestamp" index
+    # (migration 10), not a scan and a sort of the whole table.
+    brief = "SELECT symbol, timestamp, price, volume, source FROM market_data ORDER BY timestamp DESC LIMIT 100"
+    got = await pg.fetch(brief + ";")
+    assert [(r["symbol"], r["timestamp"]) for r in got] == (
+        [("MSFT", T0 + timedelta(days=1))] + [("AAPL", ts) for ts in sorted(stamps, reverse=True)])
+    await pg.execute("SET enable_seqscan = off")
+    plan = "\n".join(r[0] for r in await pg.fetch("EXPLAIN " + brief))
+    await pg.execute("RESET enable_seqscan")
+    assert "_timestamp_idx" in plan and "symbol_timestamp" not in plan and "Sort  (" not in plan, plan
 
     snap = {"processed": 1, "valid": 1, "rejected": 0, "written": 1, "duplicates": 0, "throughput_per_sec": 1.0,
             "avg_latency_ms": None, "p50_latency_ms": None, "p95_latency_ms": None, "p99_latency_ms": None,

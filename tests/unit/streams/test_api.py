@@ -377,3 +377,17 @@ async def test_the_in_process_sink_waits_out_an_outage_and_gives_up_on_refused_d
     with pytest.raises(SinkRefused):
         await sink._write([(_point(3), 0.0)])
     assert waits == [] and sink.sink_error is not None and "numeric field overflow" in sink.sink_error
+
+
+def test_in_process_percentiles_stay_within_the_latencies_seen() -> None:
+    """The in-process mode's latency is mostly its batch_timeout: a trickle of points at 1,057 ms each is a p50
+    of 1,057 ms, not 1,500 (the middle of the histogram's 1-2 s bucket)."""
+    from streams.api import _Stats
+
+    stats = _Stats()
+    stats.processed.update({"custom_feed": 100, "other": 3})
+    stats.observe("custom_feed", [1057.0] * 100)
+    stats.observe("other", [12.0] * 3)
+    m = stats.metrics()
+    assert m["p50_latency_ms"] == m["p99_latency_ms"] == 1057.0
+    assert stats.snapshots()["other"]["p95_latency_ms"] == 12.0

@@ -223,3 +223,27 @@ def test_pause_fence_first_call_has_nothing_to_judge() -> None:
     fence = PauseFence(30.0, clock)
     clock.now += 300.0  # a slow start-up is not a lost generation
     assert fence.admits(0)
+
+
+def test_a_percentile_stays_within_the_latencies_seen() -> None:
+    """100 rows of 1,057 ms interpolate to 1,500 ms in their 1-2 s bucket: a p50 above every row."""
+    counts = histogram.empty()
+    histogram.observe_many(counts, [1057.0] * 100)
+    assert histogram.percentile(counts, 0.5) == 1500.0
+    assert histogram.percentile(counts, 0.5, 1057.0, 1057.0) == 1057.0
+    d = delta()
+    d.observe_latencies([1057.0] * 99)
+    other = delta()
+    other.observe_latencies([12.0])
+    d.merge(other)
+    assert (d.latency_min_ms, d.latency_max_ms) == (12.0, 1057.0)
+    v = fold(fold(None, delta(), 1.0), MetricsDelta.from_json(MetricsDelta({"sim": d}).to_json()).sources["sim"], 1.0)
+    s = summary({"sim": v}, 1.0, queue_size=0)
+    assert s["p50_latency_ms"] == s["p99_latency_ms"] == 1057.0 and s["sources"]["sim"]["p99_latency_ms"] == 1057.0
+
+
+def test_the_brief_keys_are_numbers_before_the_first_row() -> None:
+    """The brief's frontend formats them (`avg_latency_ms.toFixed(2)`); a source's own snapshot keeps null."""
+    s = summary({"sim": fold(None, delta(processed=1, valid=1), 1.0)}, 1.0, queue_size=0)
+    assert [s[k] for k in ("avg_latency_ms", "p50_latency_ms", "p95_latency_ms", "p99_latency_ms")] == [0.0] * 4
+    assert s["sources"]["sim"]["p99_latency_ms"] is None

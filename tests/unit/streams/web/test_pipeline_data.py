@@ -41,7 +41,7 @@ async def test_a_limit_below_one_is_a_400_not_one_row(monkeypatch: pytest.Monkey
 
 async def test_limits_in_range_are_kept_and_large_ones_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     reader = Reader("AAPL")
-    assert (await get(monkeypatch, reader, "AAPL", limit="1"))[1]["count"] == 1
+    assert len((await get(monkeypatch, reader, "AAPL", limit="1"))[1]) == 1
     await get(monkeypatch, reader, "AAPL", limit="100000")
     await get(monkeypatch, reader, "AAPL")
     assert reader.asked == [("AAPL", 1), ("AAPL", health.DATA_LIMIT), ("AAPL", 100)]
@@ -51,16 +51,16 @@ async def test_limits_in_range_are_kept_and_large_ones_capped(monkeypatch: pytes
 async def test_a_lower_case_symbol_finds_the_upper_case_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     reader = Reader("AAPL")
     status, body = await get(monkeypatch, reader, "aapl", limit="5")
-    assert status == 200 and body["symbol"] == "AAPL" and body["count"] == 3
+    assert status == 200 and [r["symbol"] for r in body] == ["AAPL"] * 3
     assert reader.asked == [("aapl", 5), ("AAPL", 5)]  # each an exact match, on the (symbol, timestamp) index
 
 
 async def test_a_symbol_stored_in_another_case_is_still_found_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
     reader = Reader("custom", "CUSTOM")
     status, body = await get(monkeypatch, reader, "custom", limit="5")
-    assert status == 200 and body["symbol"] == "custom" and reader.asked == [("custom", 5)]
+    assert status == 200 and body[0]["symbol"] == "custom" and reader.asked == [("custom", 5)]
     reader = Reader("AAPL")
     status, body = await get(monkeypatch, reader, "AAPL", limit="5")  # already upper-case: one query
-    assert body["count"] == 3 and reader.asked == [("AAPL", 5)]
+    assert len(body) == 3 and reader.asked == [("AAPL", 5)]
     status, body = await get(monkeypatch, Reader(), "nope")
-    assert status == 200 and body["count"] == 0
+    assert status == 200 and body == []
