@@ -130,8 +130,8 @@ class DailyLimitedRateLimiter(RateLimiter):
     attempt in its store (producers/quota.py), so it survives a restart or a leader change; when it is spent,
     acquire raises QuotaSpent instead of waiting."""
 
-    def __init__(self, calls: float, per_seconds: float, daily: DailyQuota) -> None:
-        super().__init__(calls, per_seconds)
+    def __init__(self, calls: float, per_seconds: float, daily: DailyQuota, min_interval: float = 0.0) -> None:
+        super().__init__(calls, per_seconds, min_interval)
         self.daily = daily
 
     async def acquire(self) -> None:
@@ -383,7 +383,7 @@ class AlphaVantageSource(PollingSource):
         # survives a restart or a leader change); without one, in this process only.
         self.quota = DailyQuota(SOURCE, settings.daily_limit_calls, quota_store or MemoryQuotaStore())
         self.limiter = DailyLimitedRateLimiter(settings.rate_limit_calls, settings.rate_limit_per_seconds,
-                                               self.quota)
+                                               self.quota, settings.rate_limit_delay)
         self.functions: list[Function] = list(dict.fromkeys(settings.functions))
         self._last_bar: dict[tuple[str, str], datetime] = {}
         self._last_quote: dict[str, tuple[Any, ...]] = {}

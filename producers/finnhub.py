@@ -336,10 +336,10 @@ class FinnhubClient:
     def __init__(self, api_key: SecretStr, *, base_url: str = "https://finnhub.io", calls: float = 60.0,
                  per_seconds: float = 60.0, timeout: float = 20.0, attempts: int = 5, base_delay: float = 0.5,
                  token_in: Literal["header", "query"] = "header", max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_retry_after: float = DEFAULT_MAX_RETRY_AFTER) -> None:
+                 max_retry_after: float = DEFAULT_MAX_RETRY_AFTER, min_interval: float = 0.0) -> None:
         self.api_key = api_key
         self.base_url = base_url.rstrip("/")
-        self.limiter = RateLimiter(calls, per_seconds)
+        self.limiter = RateLimiter(calls, per_seconds, min_interval)
         self.timeout = timeout
         self.attempts = attempts
         self.base_delay = base_delay
@@ -445,7 +445,8 @@ class FinnhubSource(_Counted, PollingSource):
         self.api_key = _require_key(api_key, env)
         self.client = FinnhubClient(
             self.api_key, base_url=settings.base_url, calls=settings.rate_limit_calls,
-            per_seconds=settings.rate_limit_per_seconds, token_in=settings.token_in, **http_options(settings),
+            per_seconds=settings.rate_limit_per_seconds, min_interval=settings.rate_limit_delay,
+            token_in=settings.token_in, **http_options(settings),
         )
         self.endpoints: list[Endpoint] = list(dict.fromkeys(settings.endpoints))
         self.candle_kinds: list[CandleKind] = [k for k, syms in (("forex", settings.forex_symbols),
@@ -699,7 +700,8 @@ class NewsSentimentSource(_Counted, PollingSource):
         self.settings = settings
         self.client = FinnhubClient(
             key, base_url=settings.base_url, calls=settings.rate_limit_calls,
-            per_seconds=settings.rate_limit_per_seconds, **http_options(settings),
+            per_seconds=settings.rate_limit_per_seconds, min_interval=settings.rate_limit_delay,
+            **http_options(settings),
         )
         self.seen = SeenIds()
         self.sentiment_enabled = settings.sentiment

@@ -183,7 +183,7 @@ class FredSource(PollingSource):
         self.settings = settings
         self.api_key = key
         self.base_url = settings.base_url.rstrip("/")
-        self.limiter = RateLimiter(settings.rate_limit_calls, settings.rate_limit_per_seconds)
+        self.limiter = RateLimiter.of(settings)
         self.seen = SeenIds(maxlen=100_000)
         self.series_meta: dict[str, dict[str, Any]] = {}  # per series: the last /fred/series answer
         self._fetched_updated: dict[str, str] = {}  # per series: last_updated at the last observations fetch

@@ -85,25 +85,36 @@ def http_options(section: HttpSection) -> dict[str, Any]:
 
 
 class RateLimiter:
-    """At most `calls` per `per_seconds`, with bursts up to `calls` (aiolimiter.AsyncLimiter).
+    """At most `calls` per `per_seconds`, with bursts up to `calls` (aiolimiter.AsyncLimiter), and at least
+    `min_interval` seconds between two calls when given (the brief's rate_limit_delay): both hold, so a delay
+    added to a file that also spells the rate limit slows the calls down instead of contradicting it.
 
     Under one call per period (say 0.5 per 60 s) the bucket holds one call per `per_seconds / calls`,
     since a leaky bucket cannot hold less than the one call it must let through."""
 
-    def __init__(self, calls: float, per_seconds: float = 60.0) -> None:
-        if calls <= 0 or per_seconds <= 0:
-            raise ValueError("a rate limit needs calls > 0 and per_seconds > 0")
+    def __init__(self, calls: float, per_seconds: float = 60.0, min_interval: float = 0.0) -> None:
+        if calls <= 0 or per_seconds <= 0 or min_interval < 0:
+            raise ValueError("a rate limit needs calls > 0, per_seconds > 0 and min_interval >= 0")
         self.calls = calls
         self.per_seconds = per_seconds
+        self.min_interval = min_interval
         if calls >= 1:
             self.limiter = AsyncLimiter(calls, per_seconds)
         else:
             self.limiter = AsyncLimiter(1, per_seconds / calls)
+        self.spacing = AsyncLimiter(1, min_interval) if min_interval > 0 else None
+
+    @classmethod
+    def of(cls, settings: Any) -> RateLimiter:
+        """The limiter a source section's rate_limit_calls, rate_limit_per_seconds and rate_limit_delay say."""
+        return cls(settings.rate_limit_calls, settings.rate_limit_per_seconds, settings.rate_limit_delay)
 
     def has_capacity(self) -> bool:
-        return self.limiter.has_capacity()
+        return self.limiter.has_capacity() and (self.spacing is None or self.spacing.has_capacity())
 
     async def acquire(self) -> None:
+        if self.spacing is not None:
+            await self.spacing.acquire()
         await self.limiter.acquire()
 
 

@@ -332,7 +332,7 @@ class NasdaqDataLinkSource(PollingSource):
         self.settings = settings
         self.api_key = key
         self.base_url = settings.base_url.rstrip("/")
-        self.limiter = RateLimiter(settings.rate_limit_calls, settings.rate_limit_per_seconds)
+        self.limiter = RateLimiter.of(settings)
         self.queries: list[DatasetQuery] = [DatasetQuery(code=c) for c in settings.datasets]
         self.queries += settings.dataset_queries
         self.unknown: Counter[str] = Counter()  # per dataset/datatable code: "incorrect code" answers

@@ -165,7 +165,7 @@ class SocialSource(PollingSource):
         self.settings = settings
         self.token = token
         self.base_url = settings.base_url.rstrip("/")
-        self.limiter = RateLimiter(settings.rate_limit_calls, settings.rate_limit_per_seconds)
+        self.limiter = RateLimiter.of(settings)
         self.since_id: dict[str, str] = {}
         self.start_time: dict[str, datetime] = {}
         self.walks: dict[str, _Walk] = {}

@@ -206,7 +206,7 @@ class StocktwitsSource(PollingSource):
         self.settings = settings
         self.token = access_token or settings.api_key(env)
         self.base_url = settings.base_url.rstrip("/")
-        self.limiter = RateLimiter(settings.rate_limit_calls, settings.rate_limit_per_seconds)
+        self.limiter = RateLimiter.of(settings)
         self.streams = [Stream("symbol", s.strip().upper()) for s in settings.symbols if s.strip()] + \
                        [Stream("user", u.strip()) for u in settings.users if u.strip()]
         self.since: dict[str, int] = {}

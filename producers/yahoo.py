@@ -532,7 +532,7 @@ class YahooSource(PollingSource):
         if settings.cache_dir:
             yf.set_tz_cache_location(settings.cache_dir)
         self.session = session if session is not None else yfinance_session(settings.base_url)
-        self.limiter = RateLimiter(settings.rate_limit_calls, settings.rate_limit_per_seconds)
+        self.limiter = RateLimiter.of(settings)
         self.pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="yfinance")
         self.websocket_factory = websocket_factory or (lambda url: yf.AsyncWebSocket(url=url, verbose=False))
         self.unexpected: Counter[str] = Counter()  # per endpoint: payloads of a shape nothing could read

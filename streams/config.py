@@ -553,6 +553,9 @@ class AlphaVantageSettings(SourceSection):
     rate_limit_calls: float = 5.0
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 60.0
+    # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
+    # 0: the rate limit alone.
+    rate_limit_delay: float = Field(default=0.0, ge=0)
     # Most calls per UTC day (free tier: 25). Every attempt is counted before it goes out; the worker and `python -m
     # producers` keep the count on a Kafka topic, so a restart or a new leader continues it. Once spent, polls make
     # no call until 00:00 UTC.
@@ -588,6 +591,9 @@ class FinnhubSettings(SourceSection):
     rate_limit_calls: float = 60.0
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 60.0
+    # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
+    # 0: the rate limit alone.
+    rate_limit_delay: float = Field(default=0.0, ge=0)
     # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://finnhub.io"
     # Where the key goes: "header" (X-Finnhub-Token: in no URL at all) or "query" (?token=); redacted from logs
@@ -669,6 +675,9 @@ class FredSettings(SourceSection):
     rate_limit_calls: float = 120.0
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 60.0
+    # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
+    # 0: the rate limit alone.
+    rate_limit_delay: float = Field(default=0.0, ge=0)
     # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://api.stlouisfed.org"
     # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
@@ -721,6 +730,9 @@ class NasdaqDataLinkSettings(SourceSection):
     rate_limit_calls: float = 60.0
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 60.0
+    # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
+    # 0: the rate limit alone.
+    rate_limit_delay: float = Field(default=0.0, ge=0)
     # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://data.nasdaq.com"
     # Each poll asks for the dataset rows dated within this many past days (datatables are not limited by date).
@@ -754,6 +766,9 @@ class NewsSettings(SourceSection):
     rate_limit_calls: float = 30.0
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 60.0
+    # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
+    # 0: the rate limit alone.
+    rate_limit_delay: float = Field(default=0.0, ge=0)
     # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://finnhub.io"
     # company_news asks for the articles of this many past days; articles already sent are skipped.
@@ -787,6 +802,9 @@ class SocialSettings(SourceSection):
     rate_limit_calls: float = 60.0
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 900.0
+    # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
+    # 0: the rate limit alone.
+    rate_limit_delay: float = Field(default=0.0, ge=0)
     # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://api.twitter.com"
     # Appended to every search query (X search operators); the default leaves out retweets.
@@ -825,6 +843,9 @@ class StocktwitsSettings(SourceSection):
     rate_limit_calls: float = 200.0
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 3600.0
+    # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
+    # 0: the rate limit alone.
+    rate_limit_delay: float = Field(default=0.0, ge=0)
     # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://api.stocktwits.com"
     # Most pages (30 messages each) per stream and poll; the rest is read on the next poll.
@@ -884,6 +905,9 @@ class YahooSettings(SourceSection):
     rate_limit_calls: float = 60.0
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
     rate_limit_per_seconds: float = 60.0
+    # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
+    # 0: the rate limit alone.
+    rate_limit_delay: float = Field(default=0.0, ge=0)
     # A Yahoo host: yfinance's own URLs. Any other URL (a mirror, a local recording server): every request
     # yfinance makes (chart, quote, cookie, crumb) goes there instead, same path and query.
     base_url: str = "https://query1.finance.yahoo.com"

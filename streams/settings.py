@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
@@ -110,10 +109,9 @@ def _key_env_note(section: type[SourceSection]) -> str:
     return f"must be empty: {' or '.join(section.key_env)} in the environment or .env"
 
 
-# (brief key, our key or None when accepted without effect, why). Special cases: `rate_limit_delay` (seconds
-# between calls) sets our rate limit to 1 call per that many seconds (a section that also gives
-# rate_limit_calls or rate_limit_per_seconds must agree with it, or it is an error naming both keys);
-# `api_key` must be empty (keys come from the environment, never a settings file).
+# (brief key, our key or None when accepted without effect, why). Special case: `api_key` must be empty (keys
+# come from the environment, never a settings file). `rate_limit_delay` keeps its name: the least number of
+# seconds between two calls, on top of rate_limit_calls per rate_limit_per_seconds.
 BRIEF_KEYS: list[tuple[str, str | None, str]] = [
     ("pipeline.batch_size", "validation.batch_size", "records per validate batch (worker and in-process)"),
     ("pipeline.batch_timeout", "pipeline.batch_timeout_seconds", "in-process: longest wait for a partial batch"),
@@ -122,17 +120,12 @@ BRIEF_KEYS: list[tuple[str, str | None, str]] = [
     ("pipeline.metrics_enabled", "pipeline.metrics_enabled", "in-process: write data_quality_metrics"),
     ("pipeline.data_retention_days", "sink.data_retention_days", "rows older than this are deleted"),
     ("yfinance.collection_interval", "sources.yahoo.interval_seconds", "seconds between polls"),
-    ("yfinance.rate_limit_delay", "sources.yahoo.rate_limit_per_seconds", "1 call per this many seconds"),
     ("alpha_vantage.collection_interval", "sources.alpha_vantage.interval_seconds", "seconds between polls"),
-    ("alpha_vantage.rate_limit_delay", "sources.alpha_vantage.rate_limit_per_seconds",
-     "1 call per this many seconds"),
     ("alpha_vantage.api_key", None, _key_env_note(AlphaVantageSettings)),
     ("finnhub.collection_interval", "sources.finnhub.interval_seconds", "seconds between polls"),
-    ("finnhub.rate_limit_delay", "sources.finnhub.rate_limit_per_seconds", "1 call per this many seconds"),
     ("finnhub.websocket_enabled", "sources.finnhub.websocket", "also stream trades over the websocket"),
     ("finnhub.api_key", None, _key_env_note(FinnhubSettings)),
     ("fred.collection_interval", "sources.fred.interval_seconds", "seconds between polls"),
-    ("fred.rate_limit_delay", "sources.fred.rate_limit_per_seconds", "1 call per this many seconds"),
     ("fred.api_key", None, _key_env_note(FredSettings)),
     ("kafka.batch_size", "kafka.producer_max_batch_bytes", "producer batch size in bytes"),
     ("kafka.linger_ms", "kafka.producer_linger_ms", "producer linger"),
@@ -209,14 +202,11 @@ def to_settings_shape(doc: Mapping[str, Any], where: str = "configuration") -> d
         model = _model_at(base)
         fields = set(model.model_fields) if model is not None else set()
         brief_keys = {k for (s, k) in _RENAMES if s == brief}
-        delay = None
         for key, value in body.items():
             key = str(key)
             if brief is not None and (brief, key) in _RENAMES:
                 target = _RENAMES[(brief, key)]
-                if key == "rate_limit_delay":
-                    delay = value
-                elif key == "api_key":
+                if key == "api_key":
                     if value:  # never echoed; worded so the redactor (streams/redact.py) leaves the advice whole
                         env = (_key_env(base) or ("the provider's key variable",))[0]
                         raise ConfigError(f"{where}: {name}.api_key must be empty: API keys are not read from "
@@ -231,8 +221,6 @@ def to_settings_shape(doc: Mapping[str, Any], where: str = "configuration") -> d
                     put((*base, key), value, f"{name}.{key}")
             else:
                 raise ConfigError(f"{where}: unknown key {name}.{key}{_suggest(key, fields | brief_keys)}")
-        if delay is not None:
-            _apply_delay(out, spelled, base, delay, f"{name}.rate_limit_delay", where)
 
     ours = set(Settings.model_fields)
     for top, body in doc.items():
@@ -249,41 +237,6 @@ def to_settings_shape(doc: Mapping[str, Any], where: str = "configuration") -> d
     return out
 
 
-def _apply_delay(out: dict[str, Any], spelled: dict[tuple[str, ...], str], base: tuple[str, ...], delay: Any,
-                 name: str, where: str) -> None:
-    """The brief's `rate_limit_delay: d` is our rate limit of 1 call per d seconds. When the same configuration
-    also spells the limit our way (rate_limit_calls, rate_limit_per_seconds), the two must say the same rate
-    (d = per / calls; a lone rate_limit_calls must be 1, a lone rate_limit_per_seconds must be d) and the pair
-    is kept as written; otherwise it is an error naming both keys: one of them would be ignored."""
-    node = out.setdefault(base[0], {}).setdefault(base[1], {})
-    calls, per = node.get("rate_limit_calls"), node.get("rate_limit_per_seconds")
-    if calls is None and per is None:
-        node["rate_limit_calls"], node["rate_limit_per_seconds"] = 1.0, delay
-        spelled[(*base, "rate_limit_calls")] = spelled[(*base, "rate_limit_per_seconds")] = name
-        return
-    try:
-        d = float(delay)
-        if calls is not None and per is not None:
-            same = math.isclose(float(per) / float(calls), d, rel_tol=1e-9)
-        elif calls is not None:
-            same = math.isclose(float(calls), 1.0, rel_tol=1e-9)
-        else:
-            same = math.isclose(float(per), d, rel_tol=1e-9)
-    except (TypeError, ValueError, ZeroDivisionError):
-        same = False
-    if not same:
-        given = [f"{spelled.get((*base, k), k)} ({v})" for k, v in
-                 (("rate_limit_calls", calls), ("rate_limit_per_seconds", per)) if v is not None]
-        raise ConfigError(f"{where}: {name} ({delay}: 1 call per {delay} s) and {' and '.join(given)} disagree; "
-                          "keep one spelling of the rate limit")
-    if calls is None:
-        node["rate_limit_calls"] = 1.0
-        spelled[(*base, "rate_limit_calls")] = name
-    if per is None:
-        node["rate_limit_per_seconds"] = delay
-        spelled[(*base, "rate_limit_per_seconds")] = name
-
-
 def secret_paths() -> list[tuple[str, str]]:
     """(section, key) of every SecretStr setting (postgres.password, kafka.sasl_password, ...)."""
     found = []
@@ -297,8 +250,7 @@ def secret_paths() -> list[tuple[str, str]]:
 def as_brief(settings: Settings, *, secrets: bool = True) -> dict[str, Any]:
     """Settings as a plain dict in the brief's sections (pipeline, yfinance, ..., postgresql) followed by our
     other sections, each setting once (so `tickflow init`'s file, written from it, has one key to edit per
-    setting). A rate limit is rate_limit_calls per rate_limit_per_seconds, never also the brief's
-    rate_limit_delay: 1 call per d seconds cannot say 5 calls a minute with bursts of 5. `secrets`: real
+    setting). `secrets`: real
     secret values (for the caller's memory only; never print it) or left out. to_settings_shape() reads it
     back unchanged."""
     d = settings.model_dump(mode="json")
@@ -315,7 +267,7 @@ def as_brief(settings: Settings, *, secrets: bool = True) -> dict[str, Any]:
             node = node[part]
         out[brief] = node.pop(base[-1])
     for (brief, key), target in _RENAMES.items():
-        if target is None or key == "rate_limit_delay":
+        if target is None:
             continue
         node = d if target[0] != BRIEF_SECTIONS[brief][0] or target[:-1] != BRIEF_SECTIONS[brief] else None
         if node is None:  # renamed inside its own section

@@ -3,6 +3,7 @@ aiohttp errors, response size caps (gzip bombs too), redirects that keep credent
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import inspect
 import ssl
@@ -350,6 +351,25 @@ async def test_rate_limiter_allows_a_burst_of_calls_then_none() -> None:
     await slow.acquire()
     assert not slow.has_capacity()
     assert (slow.limiter.max_rate, slow.limiter.time_period) == (1, 120.0)
+
+
+async def test_a_rate_limit_delay_spaces_the_calls_of_a_burst() -> None:
+    """The brief's rate_limit_delay on top of the rate limit: the second call of a burst the bucket would let
+    through waits out the delay, and both limits stay in force."""
+
+    from streams.config import AlphaVantageSettings
+
+    limiter = RateLimiter.of(AlphaVantageSettings(rate_limit_delay=0.3))
+    assert (limiter.calls, limiter.per_seconds, limiter.min_interval) == (5.0, 60.0, 0.3)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await limiter.acquire()
+    assert limiter.limiter.has_capacity() and not limiter.has_capacity()
+    await limiter.acquire()
+    assert loop.time() - start >= 0.25
+    assert RateLimiter.of(AlphaVantageSettings()).spacing is None
+    with pytest.raises(ValueError, match="min_interval"):
+        RateLimiter(1, 1, -1)
 
 
 # Registry entries that make no request through producers/http.py: simulated and replay make none, yahoo's

@@ -68,8 +68,9 @@ def test_brief_yaml_file_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyP
     s = load_settings()
     assert (s.validation.batch_size, s.pipeline.log_level, s.sink.data_retention_days) == (100, "INFO", 30)
     assert s.sources.yahoo.enabled and s.sources.yahoo.symbols == ["AAPL", "SPY"]
-    assert (s.sources.yahoo.rate_limit_calls, s.sources.yahoo.rate_limit_per_seconds) == (1.0, 0.5)
-    assert (s.sources.alpha_vantage.rate_limit_calls, s.sources.alpha_vantage.rate_limit_per_seconds) == (1.0, 12)
+    # rate_limit_delay: the least time between two calls, on top of each provider's rate limit
+    assert (s.sources.yahoo.rate_limit_calls, s.sources.yahoo.rate_limit_delay) == (60.0, 0.5)
+    assert (s.sources.alpha_vantage.rate_limit_calls, s.sources.alpha_vantage.rate_limit_delay) == (5.0, 12)
     assert s.sources.finnhub.websocket and s.sources.fred.interval_seconds == 3600
     assert (s.kafka.enabled, s.kafka.producer_linger_ms, s.kafka.producer_max_batch_bytes) == (False, 10, 16384)
     assert (s.postgres.database, s.postgres.pool_min, s.postgres.pool_max, s.postgres.port) == (
@@ -188,9 +189,9 @@ def test_enable_service_key_goes_to_a_private_file_that_settings_load(tmp_path: 
     s = load_settings()
     assert s.sources.finnhub.enabled
     assert s.sources.finnhub.api_key().get_secret_value() == "k3y-value"
-    cm.enable_service("finnhub", api_key="second")
+    cm.enable_service("finnhub", api_key="k3y-second")  # a secret: the redactor masks it from now on
     assert [ln for ln in env_file.read_text().splitlines() if ln.startswith("FINNHUB_API_KEY=")] == [
-        "FINNHUB_API_KEY='second'"]
+        "FINNHUB_API_KEY='k3y-second'"]
 
 
 def test_enable_service_refuses_values_it_cannot_quote(tmp_path: Path) -> None:
@@ -218,7 +219,7 @@ def test_update_config_never_writes_a_setting_twice(tmp_path: Path) -> None:
     cm.update_config("yfinance", "rate_limit_delay", 15)
     assert ConfigurationManager(path).settings().sources.yahoo.interval_seconds == 45
     s = cm.settings().sources.yahoo
-    assert (s.rate_limit_calls, s.rate_limit_per_seconds) == (1.0, 15)
+    assert (s.rate_limit_calls, s.rate_limit_per_seconds, s.rate_limit_delay) == (60.0, 60.0, 15)
 
 
 def test_dotenv_files_are_read_and_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

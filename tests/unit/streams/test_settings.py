@@ -80,22 +80,24 @@ POLLED = {"yfinance": "yahoo", "alpha_vantage": "alpha_vantage", "finnhub": "fin
 @pytest.mark.parametrize("brief", list(POLLED))
 def test_an_edited_rate_limit_in_the_init_file_takes_effect(brief: str, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """`tickflow init` writes each setting once: an edit to rate_limit_calls or rate_limit_per_seconds is not
-    silently overridden by a rate_limit_delay written beside it (the generated file held both spellings)."""
+    """`tickflow init` writes each setting once; an edited rate limit, and the brief's troubleshooting advice
+    (add `rate_limit_delay: 15` to the section) on that same file, both take effect: the delay is the least
+    time between two calls, on top of the rate limit, so the two never contradict each other."""
     import yaml
 
     from streams.api import ConfigurationManager
 
     cfg = tmp_path / "pipeline_config.yaml"
     ConfigurationManager(cfg)  # writes the file as `tickflow init` does (ConfigurationManager.generate)
-    assert "rate_limit_delay" not in cfg.read_text()
     doc = yaml.safe_load(cfg.read_text())
+    assert doc[brief]["rate_limit_delay"] == 0.0
     doc[brief]["rate_limit_calls"] = 2.0
     doc[brief]["rate_limit_per_seconds"] = 7.0
+    doc[brief]["rate_limit_delay"] = 15
     cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
     monkeypatch.setenv("TICKFLOW_CONFIG", str(cfg))
     s = getattr(load_settings().sources, POLLED[brief])
-    assert (s.rate_limit_calls, s.rate_limit_per_seconds) == (2.0, 7.0)
+    assert (s.rate_limit_calls, s.rate_limit_per_seconds, s.rate_limit_delay) == (2.0, 7.0, 15.0)
 
 
 def test_the_init_file_reads_back_as_the_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,45 +110,15 @@ def test_the_init_file_reads_back_as_the_defaults(tmp_path: Path, monkeypatch: p
     assert load_settings() == defaults  # 5 calls a minute stays that, not 1 call every 12 s
 
 
-@pytest.mark.parametrize(("section", "names"), [
-    ({"rate_limit_calls": 2.0, "rate_limit_per_seconds": 60.0, "rate_limit_delay": 12.0},
-     ["alpha_vantage.rate_limit_delay", "alpha_vantage.rate_limit_calls", "alpha_vantage.rate_limit_per_seconds"]),
-    ({"rate_limit_per_seconds": 30.0, "rate_limit_delay": 12.0},
-     ["alpha_vantage.rate_limit_delay", "alpha_vantage.rate_limit_per_seconds"]),
-    ({"rate_limit_calls": 5.0, "rate_limit_delay": 12.0},
-     ["alpha_vantage.rate_limit_delay", "alpha_vantage.rate_limit_calls"]),
-])
-def test_both_spellings_of_a_rate_limit_that_disagree_are_an_error(section: dict, names: list[str], tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import yaml
-
-    cfg = tmp_path / "pipeline_config.yaml"
-    cfg.write_text(yaml.safe_dump({"alpha_vantage": section}))
-    monkeypatch.setenv("TICKFLOW_CONFIG", str(cfg))
-    with pytest.raises(ConfigError) as err:
-        load_settings()
-    message = str(err.value)
-    assert "\n" not in message and str(cfg) in message and "disagree" in message, message
-    assert all(n in message for n in names), message
-    with pytest.raises(ConfigError, match="rate_limit_delay"):  # keyword arguments too
-        load_settings(alpha_vantage=section)
-
-
-def test_both_spellings_across_sections_that_disagree_are_an_error() -> None:
-    with pytest.raises(ConfigError, match=r"yfinance.rate_limit_delay.*sources.yahoo.rate_limit_calls"):
-        load_settings(sources={"yahoo": {"rate_limit_calls": 3.0}}, yfinance={"rate_limit_delay": 2.0})
-    with pytest.raises(ConfigError, match=r"sources.yahoo.rate_limit_calls.*yfinance.rate_limit_delay"):
-        load_settings(yfinance={"rate_limit_delay": 2.0}, sources={"yahoo": {"rate_limit_calls": 3.0}})
-
-
-def test_both_spellings_of_a_rate_limit_that_agree_are_accepted(tmp_path: Path) -> None:
-    """A file written by an earlier `tickflow init` (all three keys, as generated) still loads."""
-    s = load_settings(alpha_vantage={"rate_limit_calls": 5.0, "rate_limit_per_seconds": 60.0, "rate_limit_delay": 12.0},
-                      fred={"rate_limit_calls": 1, "rate_limit_delay": 0.5},
-                      finnhub={"rate_limit_per_seconds": 3.0, "rate_limit_delay": 3.0})
-    assert (s.sources.alpha_vantage.rate_limit_calls, s.sources.alpha_vantage.rate_limit_per_seconds) == (5.0, 60.0)
-    assert (s.sources.fred.rate_limit_calls, s.sources.fred.rate_limit_per_seconds) == (1.0, 0.5)
-    assert (s.sources.finnhub.rate_limit_calls, s.sources.finnhub.rate_limit_per_seconds) == (1.0, 3.0)
+def test_the_brief_rate_limit_delay_is_kept_beside_the_rate_limit() -> None:
+    s = load_settings(alpha_vantage={"rate_limit_delay": 12}).sources.alpha_vantage
+    assert (s.rate_limit_calls, s.rate_limit_per_seconds, s.rate_limit_delay) == (5.0, 60.0, 12.0)
+    s = load_settings(sources={"yahoo": {"rate_limit_calls": 3.0}}, yfinance={"rate_limit_delay": 2.0}).sources.yahoo
+    assert (s.rate_limit_calls, s.rate_limit_delay) == (3.0, 2.0)
+    with pytest.raises(ConfigError, match=r"rate_limit_delay.*both set sources.yahoo.rate_limit_delay"):
+        load_settings(yfinance={"rate_limit_delay": 2.0}, sources={"yahoo": {"rate_limit_delay": 3.0}})
+    with pytest.raises(ConfigError, match="rate_limit_delay"):
+        load_settings(alpha_vantage={"rate_limit_delay": -1})
 
 
 def test_update_config_of_a_rate_limit_in_the_init_file(tmp_path: Path) -> None:
@@ -158,8 +130,8 @@ def test_update_config_of_a_rate_limit_in_the_init_file(tmp_path: Path) -> None:
     cm = ConfigurationManager(cfg)
     cm.update_config("alpha_vantage", "rate_limit_delay", 20)
     s = cm.settings().sources.alpha_vantage
-    assert (s.rate_limit_calls, s.rate_limit_per_seconds) == (1.0, 20)
-    assert "rate_limit_calls" not in yaml.safe_load(cfg.read_text())["alpha_vantage"]
+    assert (s.rate_limit_calls, s.rate_limit_per_seconds, s.rate_limit_delay) == (5.0, 60.0, 20)
+    assert yaml.safe_load(cfg.read_text())["alpha_vantage"]["rate_limit_delay"] == 20
     cm.update_config("alpha_vantage", "rate_limit_calls", 2)
     assert ConfigurationManager(cfg).settings().sources.alpha_vantage.rate_limit_calls == 2
 
