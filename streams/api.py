@@ -374,6 +374,29 @@ class _InProcess:
             self.writer = None
 
 
+_OUR_LOGGERS = ("streams", "producers", "sinks")
+
+
+class _UntilConfigured(logging.Filter):
+    """Passes records while the process has no logging of its own (no handler on the root logger): then Python
+    prints warnings only, and PIPELINE_LOG_LEVEL=DEBUG would show nothing. Once the application configures
+    logging, its handlers take the records and this one steps aside (no line printed twice)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not logging.getLogger().handlers
+
+
+def _show_until_configured(logger: logging.Logger) -> None:
+    """A redacted stderr handler on one of our loggers, once, for pipeline.log_level to be seen."""
+    if any(isinstance(f, _UntilConfigured) for h in logger.handlers for f in h.filters):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_UntilConfigured())
+    handler.addFilter(redact.RedactingFilter())
+    logger.addHandler(handler)
+
+
 class DataIngestionPipeline:
     """The brief's pipeline object: Kafka client (kafka.enabled, default) or in-process pipeline (false).
     Its work runs on its own event loop in a daemon thread (_Engine); the methods are called from yours."""
@@ -385,8 +408,9 @@ class DataIngestionPipeline:
         redact.register(*redact.secrets_in(self.settings))
         level = self.settings.pipeline.log_level
         if level is not None:
-            for name in ("streams", "producers", "sinks"):
+            for name in _OUR_LOGGERS:
                 logging.getLogger(name).setLevel(level)
+                _show_until_configured(logging.getLogger(name))
         self.catalog: Catalog = load_catalog(suffix=self.settings.kafka.topic_suffix)
         self.validator = Validator(self.settings.validation)
         self._producer: AIOKafkaProducer | None = None

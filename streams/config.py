@@ -435,7 +435,8 @@ class PipelineSettings(_Section):
     batch_timeout_seconds: float = Field(default=1.0, gt=0)
     # Points waiting for the sink; ingest_data_point waits while it is full (back-pressure, bounded memory).
     max_queue_size: int = Field(default=10_000, ge=1)
-    # Level of the tickflow loggers (streams, producers, sinks) set by the API; None leaves logging alone.
+    # Level of the tickflow loggers (streams, producers, sinks) set by the API, printed to stderr while the process
+    # has no logging configured of its own; a worker's --loglevel unless it is given -l. None leaves logging alone.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = None
     # Write the in-process pipeline's counters to data_quality_metrics (every worker.metrics_flush_seconds).
     metrics_enabled: bool = True

@@ -116,7 +116,8 @@ BRIEF_KEYS: list[tuple[str, str | None, str]] = [
     ("pipeline.batch_size", "validation.batch_size", "records per validate batch (worker and in-process)"),
     ("pipeline.batch_timeout", "pipeline.batch_timeout_seconds", "in-process: longest wait for a partial batch"),
     ("pipeline.max_queue_size", "pipeline.max_queue_size", "in-process: bounded queue before the sink"),
-    ("pipeline.log_level", "pipeline.log_level", "level of the streams/producers/sinks loggers"),
+    ("pipeline.log_level", "pipeline.log_level", "level of the streams/producers/sinks loggers (shown on stderr "
+     "while your process configures no logging); a worker's `--loglevel` unless `-l` is given"),
     ("pipeline.metrics_enabled", "pipeline.metrics_enabled", "in-process: write data_quality_metrics"),
     ("pipeline.data_retention_days", "sink.data_retention_days", "rows older than this are deleted"),
     ("yfinance.collection_interval", "sources.yahoo.interval_seconds", "seconds between polls"),

@@ -199,16 +199,31 @@ def _log_format() -> str:
         return "text"
 
 
-def faust_argv(argv: list[str], log_format: Callable[[], str] = _log_format) -> list[str]:
+def _log_level() -> str | None:
+    """pipeline.log_level (the brief's PIPELINE_LOG_LEVEL) from the settings; None when unset or unloadable."""
+    try:
+        from streams.settings import get_settings
+
+        return get_settings().pipeline.log_level
+    except Exception:
+        return None
+
+
+def faust_argv(argv: list[str], log_format: Callable[[], str] = _log_format,
+               log_level: Callable[[], str | None] = _log_level) -> list[str]:
     """Faust's arguments for one of its commands. `tickflow worker --quiet` (or -q) is Faust's own --quiet,
     which Faust reads only before the command name: it is moved there. A worker whose log format is json is
     always quiet: Faust's banner (and its other console prints) are not JSON lines, and a log collector reading
-    the worker's output would choke on them; its log lines still go out (to standard error, or -f)."""
+    the worker's output would choke on them; its log lines still go out (to standard error, or -f). A worker
+    started without -l/--loglevel logs at pipeline.log_level when that is set (PIPELINE_LOG_LEVEL=DEBUG)."""
     name, rest = argv[0], argv[1:]
     quiet = False
     if name == "worker" and "--help" not in rest:  # (-h is the worker's --web-host)
         quiet = any(a in QUIET_FLAGS for a in rest) or log_format() == "json"
         rest = [a for a in rest if a not in QUIET_FLAGS]
+        given = any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in rest)
+        if not given and (level := log_level()) is not None:
+            rest = [*rest, "--loglevel", {"WARNING": "warn", "CRITICAL": "crit"}.get(level, level.lower())]
     return ["-A", "streams.app:app", *(["--quiet"] if quiet else []), name, *rest]
 
 

@@ -392,3 +392,35 @@ def test_in_process_percentiles_stay_within_the_latencies_seen() -> None:
     m = stats.metrics()
     assert m["p50_latency_ms"] == m["p99_latency_ms"] == 1057.0
     assert stats.snapshots()["other"]["p95_latency_ms"] == 12.0
+
+
+def test_pipeline_log_level_debug_shows_our_debug_lines_in_a_process_without_logging(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The brief's "Or set in environment: PIPELINE_LOG_LEVEL=DEBUG": with no logging configured Python prints
+    warnings only, so the level alone showed nothing. Once the application configures logging, its handlers
+    print the lines and ours stays quiet (no line twice)."""
+    import logging
+
+    from streams.api import DataIngestionPipeline, _UntilConfigured
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setenv("PIPELINE_LOG_LEVEL", "DEBUG")
+    ours = logging.getLogger("streams")
+    try:
+        DataIngestionPipeline({"kafka": {"enabled": False}})
+        DataIngestionPipeline({"kafka": {"enabled": False}})  # a second pipeline adds no second handler
+        logging.getLogger("streams.api").debug("debug line %d", 1)
+        assert capsys.readouterr().err.count("DEBUG streams.api: debug line 1") == 1
+        app_handler = logging.StreamHandler()
+        root.handlers = [app_handler]  # the application configures logging: our handler steps aside
+        logging.getLogger("streams.api").debug("debug line %d", 2)
+        err = capsys.readouterr().err
+        assert err.count("debug line 2") == 1 and "DEBUG streams.api: debug line 2" not in err  # the app's line
+    finally:
+        for name in ("streams", "producers", "sinks"):
+            logger = logging.getLogger(name)
+            for h in [h for h in logger.handlers if any(isinstance(f, _UntilConfigured) for f in h.filters)]:
+                logger.removeHandler(h)
+            logger.setLevel(logging.NOTSET)
+    assert ours.handlers == [] or all(not isinstance(f, _UntilConfigured) for h in ours.handlers for f in h.filters)

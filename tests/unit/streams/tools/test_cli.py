@@ -263,6 +263,28 @@ def test_json_logs_make_the_worker_quiet() -> None:
     assert faust_argv(["worker", "--help"], json_logs) == ["-A", "streams.app:app", "worker", "--help"]
 
 
+def test_the_brief_pipeline_log_level_is_the_workers_loglevel_unless_one_is_given(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """PIPELINE_LOG_LEVEL=DEBUG (the brief's troubleshooting advice) reaches a worker started without -l."""
+    from streams.settings import get_settings
+    from streams.tools.cli import faust_argv
+
+    text = lambda: "text"  # noqa: E731
+    monkeypatch.setenv("PIPELINE_LOG_LEVEL", "DEBUG")
+    get_settings.cache_clear()
+    try:
+        assert faust_argv(["worker"], text) == ["-A", "streams.app:app", "worker", "--loglevel", "debug"]
+        assert faust_argv(["worker", "-l", "info"], text)[-2:] == ["-l", "info"]
+        assert faust_argv(["worker", "--loglevel=warn"], text)[-1] == "--loglevel=warn"
+        assert faust_argv(["send", "x"], text) == ["-A", "streams.app:app", "send", "x"]
+        assert faust_argv(["worker"], text, lambda: "WARNING")[-1] == "warn"  # Faust's own names
+        assert faust_argv(["worker"], text, lambda: "CRITICAL")[-1] == "crit"
+    finally:
+        monkeypatch.delenv("PIPELINE_LOG_LEVEL")
+        get_settings.cache_clear()
+    assert faust_argv(["worker"], text) == ["-A", "streams.app:app", "worker"]
+
+
 def test_log_format_is_read_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from streams.settings import get_settings
     from streams.tools.cli import faust_argv
