@@ -15,8 +15,9 @@ the brief's check names. Exit code 0 only when all pass.
                       takes the worker's one-off start-up work, e.g. the first stale-feed check building its exchange
                       calendars, out of the window); written_at - ingested_at of every row (streams/tools/measure.py,
                       as bench/throughput.py), PASS when the average < 50 ms
-  data_connectors     yahoo, fred, alpha_vantage and finnhub against a local aiohttp server answering in each
-                      provider's documented format (through their base_url setting); every point validates
+  yfinance_connector  the yahoo source (yfinance), then fred, alpha_vantage and finnhub, against a local aiohttp
+                      server answering in each provider's documented format (through their base_url setting);
+                      every point validates
   full_integration    GET /health is ok; GET /pipeline/metrics counts exactly what was sent, rejected, written
   error_recovery      kill -9 of the worker mid-flow, a new worker started: every row once (count = count
                       distinct natural key = sent), none lost
@@ -530,8 +531,10 @@ class SelfTest:
                     parts.append(f"{name} {len(points)} ({what})" + ("" if good else f" WRONG {rejected}"))
         finally:
             await runner.cleanup()
-        return ok, (f"{len(sources)} connectors parsed their provider's documented format from a local server "
-                    f"({base}) and every point validated: " + "; ".join(parts))
+        yahoo = next((p for p in parts if p.startswith("yahoo ")), "yahoo 0").split()[1]
+        return ok, (f"YFinance connector processed {yahoo} data points; {len(sources)} connectors parsed their "
+                    f"provider's documented format from a local server ({base}) and every point validated: "
+                    + "; ".join(parts))
 
     async def check_integration(self) -> tuple[bool, str]:
         assert self.worker is not None and self.http is not None and self.conn is not None
@@ -643,7 +646,7 @@ class SelfTest:
             await self.check("core_functionality", self.check_core_flow, 240)
             await self.check("throughput_performance", self.check_throughput, 150)
             await self.check("latency_performance", self.check_latency, 120)
-            await self.check("data_connectors", self.check_connectors, 60, needs_stack=False)
+            await self.check("yfinance_connector", self.check_connectors, 60, needs_stack=False)
             await self.check("full_integration", self.check_integration, 60)
             await self.check("error_recovery", self.check_recovery, 240)
         finally:

@@ -16,9 +16,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from streams.settings import load_settings
 from tests.integration.conftest import ROOT
 
-# The product brief's `python test_pipeline.py` check names (data_connectors covers four providers, not yfinance only).
+# The product brief's `python test_pipeline.py` check names (yfinance_connector covers three more providers too).
 CHECKS = ("config_management", "data_quality", "core_functionality", "throughput_performance", "latency_performance",
-          "data_connectors", "full_integration", "error_recovery")
+          "yfinance_connector", "full_integration", "error_recovery")
 
 
 def selftest(env: dict[str, str], *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
@@ -84,7 +84,8 @@ async def test_selftest_reports_real_numbers_on_the_local_stack() -> None:
     assert 0 < p50 <= p95 <= p99 <= top and 0 < avg <= top and count(lat[6]) == count(lat[7]) > 3000
     assert verdicts["latency_performance"][0] == (avg < 50)
 
-    assert re.search(r"yahoo \d+ .*fred \d+ .*alpha_vantage 1 .*finnhub 1 ", lines["data_connectors"])
+    assert re.search(r"^YFinance connector processed (\d+) data points; .*yahoo \1 .*fred \d+ .*alpha_vantage 1 "
+                     r".*finnhub 1 ", lines["yfinance_connector"])
 
     integ = re.search(r"GET /health 200 'ok'.*processed ([\d,]+) \(sent ([\d,]+)\), rejected (\d+) \(sent invalid "
                       r"(\d+)\), written ([\d,]+) \(rows in PostgreSQL ([\d,]+)\)", lines["full_integration"])
@@ -136,7 +137,7 @@ def test_selftest_fails_clearly_without_the_stack() -> None:
     proc = selftest(env, timeout=120)
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr
-    for check in ("config_management", "data_quality", "data_connectors"):
+    for check in ("config_management", "data_quality", "yfinance_connector"):
         assert line_of(out, check)[0]
     for check in ("core_functionality", "throughput_performance", "latency_performance", "full_integration",
                   "error_recovery"):
