@@ -1,7 +1,8 @@
 """Multiple sources: enable the providers you have keys for, then let the connector manager collect.
 
-Offline this runs the simulated feed only; with FINNHUB_API_KEY etc. set and the sources enabled in
-pipeline_config.yaml (ConfigurationManager.enable_service) the others join.
+Offline this runs the simulated feed only; with FINNHUB_API_KEY etc. set, those sources are enabled in
+pipeline_config.yaml (ConfigurationManager.enable_service) and collect instead (the simulated feed runs by
+default only while no other source is enabled; `simulated.enabled: true` keeps it beside them).
 
     .cache/venv/bin/python examples/multiple_sources.py
 """

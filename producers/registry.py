@@ -61,6 +61,17 @@ BUILDERS: dict[str, Callable[..., list[Source]]] = {
 }
 
 
+def is_enabled(sources_settings: Any, name: str) -> bool:
+    """A section's `enabled`; unset (the simulated feed's default) is on while no other source is enabled."""
+    cfg = getattr(sources_settings, name, None)
+    if cfg is None:
+        return False
+    if cfg.enabled is None:
+        return not any(getattr(getattr(sources_settings, other, None), "enabled", None) is True
+                       for other in BUILDERS if other != name)
+    return bool(cfg.enabled)
+
+
 def enabled_sources(sources_settings: Any, *, include: set[str] | None = None,
                     collaborators: Collaborators = NONE) -> list[Source]:
     """Build every enabled source. A source whose key is missing is skipped with a clear log line, so one
@@ -68,7 +79,7 @@ def enabled_sources(sources_settings: Any, *, include: set[str] | None = None,
     built: list[Source] = []
     for name, builder in BUILDERS.items():
         cfg = getattr(sources_settings, name, None)
-        if cfg is None or not cfg.enabled or (include is not None and name not in include):
+        if cfg is None or not is_enabled(sources_settings, name) or (include is not None and name not in include):
             continue
         try:
             built.extend(builder(cfg, collaborators))

@@ -496,9 +496,10 @@ class SourceSection(_Section):
 
 
 class SimulatedSourceSettings(SourceSection):
-    # Run the built-in simulated feed (no key, no network); on by default so a fresh setup has data. The worker runs
-    # it on its leader, the Python API's start_data_collection too.
-    enabled: bool = True
+    # Run the built-in simulated feed (no key, no network); the worker runs it on its leader, the Python API's
+    # start_data_collection too. Unset (the default): on while no other source is enabled, so a fresh setup has
+    # data and made-up prices never land beside a real provider's; true or false decides.
+    enabled: bool | None = None
     # Symbols it makes prices for: each a random walk from a random start between 50 and 500.
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "TSLA", "SPY", "QQQ"])
     # Records generated per second across all symbols (quotes and trades alternately, bursts up to one second's

@@ -21,11 +21,14 @@ def test_only_enabled_sources_are_built_and_missing_keys_do_not_stop_others(monk
     assert [src.name for src in enabled_sources(s)] == ["simulated"]
     s.finnhub.enabled = True  # no key in the environment: logged and skipped
     s.social.enabled = True
-    assert [src.name for src in enabled_sources(s)] == ["simulated"]
+    # and no made-up feed instead: the simulated one runs by default only while no other source is enabled
+    assert [src.name for src in enabled_sources(s)] == []
     monkeypatch.setenv("FINNHUB_API_KEY", "k-123")
     s.finnhub.websocket = True
     names = [(src.name, type(src).__name__) for src in enabled_sources(s)]
-    assert names == [("simulated", "SimulatedSource"), ("finnhub", "FinnhubSource"), ("finnhub", "FinnhubTradeStream")]
+    assert names == [("finnhub", "FinnhubSource"), ("finnhub", "FinnhubTradeStream")]
+    s.simulated.enabled = True
+    assert [src.name for src in enabled_sources(s)] == ["simulated", "finnhub", "finnhub"]
 
 
 @pytest.mark.parametrize("name", [n for n, names in key_env_by_source().items() if n != "stocktwits"])

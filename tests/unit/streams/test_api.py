@@ -171,7 +171,13 @@ def test_brief_get_config_then_enable_a_source(tmp_path: Path) -> None:
     config["yfinance"]["enabled"] = True
     pipeline = DataIngestionPipeline(config)
     manager = DataConnectorManager(pipeline, config)
-    assert [s.name for s in enabled_sources(manager.settings.sources)] == ["simulated", "yahoo"]
+    # The simulated feed's default is "while no other source is": made-up AAPL prices never land beside Yahoo's.
+    assert [s.name for s in enabled_sources(manager.settings.sources)] == ["yahoo"]
+    config["sources"]["simulated"]["enabled"] = True  # asked for, it runs beside them
+    assert [s.name for s in enabled_sources(load_settings(**config).sources)] == ["simulated", "yahoo"]
+    config["sources"]["simulated"]["enabled"] = False
+    config["yfinance"]["enabled"] = False
+    assert enabled_sources(load_settings(**config).sources) == []
 
 
 def test_enable_service_key_goes_to_a_private_file_that_settings_load(tmp_path: Path) -> None:
