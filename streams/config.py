@@ -77,11 +77,11 @@ class KafkaSettings(_Section):
     min_insync_replicas: int | None = Field(default=None, ge=1)
     # 0: send as soon as the previous request is done; batches still form under load (measured: p50 16 ms
     # -> 5 ms at 1,000 points/s, same throughput). Raise it to trade latency for fewer requests.
-    producer_linger_ms: int = 0
+    producer_linger_ms: int = Field(default=0, ge=0)
     # Per-partition batch buffer of every producer, in bytes (aiokafka max_batch_size, Faust's
     # producer_max_batch_size): a send waits while its partition's batch is full. Larger: fewer, bigger requests
     # under load, more memory.
-    producer_max_batch_bytes: int = 1_048_576
+    producer_max_batch_bytes: int = Field(default=1_048_576, ge=1)
     # true: the validate stage writes ticks.clean/rejected/anomalies and commits its offsets in one Kafka
     # transaction per batch and input partition (exactly-once for read_committed consumers); false: at-least-once
     # (outputs acknowledged, then offsets committed; a crash in between re-sends a batch). PostgreSQL gets every
@@ -202,7 +202,7 @@ class PostgresSettings(_Section):
     # that is not this machine with an sslmode below "require" is logged as a warning.
     host: str = "127.0.0.1"
     # Server port; 15432 is the local stack's (`make stack-up`), PostgreSQL's usual one is 5432.
-    port: int = 15432
+    port: int = Field(default=15432, ge=1, le=65535)
     # Role every tickflow connection logs in as (the sink and its migrations, the web pages' reads, the selftest,
     # the benchmark).
     user: str = "tickflow"
@@ -215,10 +215,10 @@ class PostgresSettings(_Section):
     db_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     # Connections the writer's pool opens at start and keeps (the worker's one pool shared by the write and archive
     # stages, metrics snapshots and retention; or the Python API's in-process sink).
-    pool_min: int = 1
+    pool_min: int = Field(default=1, ge=0)
     # Most connections that pool opens. The web pages' reads use their own pool (at most 2), so they never take
     # these.
-    pool_max: int = 4
+    pool_max: int = Field(default=4, ge=1)
     # The writer prepares its INSERTs once per connection (its revision UPDATEs are planned at every run). false:
     # behind a pooler in transaction mode that does not keep prepared statements across transactions (PgBouncer
     # before 1.21, or its max_prepared_statements at 0), every statement is prepared unnamed at each run.
@@ -315,7 +315,7 @@ class WorkerSettings(_Section):
     web_host: str = "127.0.0.1"
     # Port of the worker's web server (/health, /metrics, /dashboard, /pipeline/...); the CLI and the Python API
     # reach a worker at advertised_host (or web_host) and this port. One per worker on a host.
-    web_port: int = 6066
+    web_port: int = Field(default=6066, ge=0, le=65535)
     # Bearer token for every page but /health, /metrics and the /dashboard page itself (streams/web/auth.py),
     # from TICKFLOW_WORKER__WEB_TOKEN (never pipeline_config.yaml). Empty: those pages answer 403, except to
     # loopback clients of a worker bound to loopback only (the local default, `make run`).
@@ -327,10 +327,10 @@ class WorkerSettings(_Section):
     # Seconds between snapshots of the pipeline counters into data_quality_metrics (by the worker owning the metrics
     # table; the Python API's in-process pipeline too, with pipeline.metrics_enabled). Lower: finer history, more
     # rows.
-    metrics_flush_seconds: float = 10.0
+    metrics_flush_seconds: float = Field(default=10.0, gt=0)
     # /health answers 503 ("stuck") when a stage owns partitions with lag but finished no batch (nor found
     # nothing to read) for this long, so an orchestrator restarts the worker.
-    stuck_after_seconds: float = 300.0
+    stuck_after_seconds: float = Field(default=300.0, gt=0)
     # A stage whose consumer group has had no coordinator for this long gets a new consumer (its records not yet
     # committed are read again); 0: never. After a broker restart the client's coordinator lookup can stay parked
     # for good; a healthy consumer finds the coordinator within seconds of the broker answering.
@@ -385,10 +385,10 @@ class WorkerSettings(_Section):
 
 class ValidationSettings(_Section):
     # A raw record larger than this many bytes is rejected (size.too_large) before it is parsed.
-    max_message_bytes: int = 64 * 1024
+    max_message_bytes: int = Field(default=64 * 1024, ge=1)
     # A record whose timestamp (or ingested_at) is more than this many seconds ahead of the validator's clock is
     # rejected (timestamp.future, ingested_at.future). Raise it only for producers whose clocks run ahead.
-    future_tolerance_seconds: float = 5.0
+    future_tolerance_seconds: float = Field(default=5.0, ge=0)
     # ISO-8601 instant: ticks, trades, quotes, news and social records timestamped before it are rejected
     # (timestamp.too_old). The default refuses epoch-0 (unset) timestamps; raise it to refuse older history.
     timestamp_floor: str = "1970-01-02T00:00:00Z"
@@ -398,11 +398,11 @@ class ValidationSettings(_Section):
     history_timestamp_floor: str = "1000-01-01T00:00:00Z"
     # Longest symbol accepted, in characters (else symbol.pattern). symbol_pattern alone allows at most 32: a higher
     # value needs a wider pattern too.
-    max_symbol_length: int = 32
+    max_symbol_length: int = Field(default=32, ge=1)
     # Tickers, FX and crypto pairs, indices (^GSPC), futures (ES=F), vendor prefixes (CRYPTO:BTC).
     symbol_pattern: str = r"^[A-Za-z0-9^][A-Za-z0-9.\-_=^/:]{0,31}$"
     # Longest headline or text accepted, in characters; a longer one is rejected (text.too_long).
-    max_text_length: int = 20_000
+    max_text_length: int = Field(default=20_000, ge=1)
     # Run the anomaly detectors (streams/anomalies/detectors.py) after the rules.
     detect_anomalies: bool = True
     # Sources whose anomalous ticks are quarantined to ticks.rejected (rule anomaly.<detector>)
@@ -417,7 +417,7 @@ class ValidationSettings(_Section):
     # A tripped breaker pauses only its source's raw partitions, for this long, then tries them again.
     circuit_breaker_cooldown_seconds: float = Field(default=60.0, gt=0.0)
     # How often per symbol the detectors' state is saved to its changelog-backed table.
-    anomaly_state_flush_seconds: float = 1.0
+    anomaly_state_flush_seconds: float = Field(default=1.0, gt=0)
     # Raw records per validate batch (per fetch, per producer flush, per offset commit): larger amortises
     # those, and under load each record waits for its batch (README, Performance: tuning knobs).
     batch_size: int = Field(default=2000, ge=1, le=100_000)
@@ -448,13 +448,13 @@ class SinkSettings(_Section):
     # fixed cost (its statement's bind and round trip, the event loop's turn) is what bounds a drain, and 4,000
     # drained +5% to +15% more rows/s than 2,000 (8,000 no more; bench/README.md, session 26). Below the drain
     # rate a fetch returns what has arrived, so batches, and latency, stay as they were.
-    batch_size: int = 4000
+    batch_size: int = Field(default=4000, ge=1)
     # First wait after a retriable PostgreSQL error (database down, failover); the wait doubles up to
     # retry_max_seconds (the worker adds 0 to this much jitter) and writes are retried until the database answers,
     # the records waiting in Kafka (or the in-process queue) meanwhile.
-    retry_initial_seconds: float = 0.2
+    retry_initial_seconds: float = Field(default=0.2, gt=0)
     # Longest wait between those retries, in seconds.
-    retry_max_seconds: float = 10.0
+    retry_max_seconds: float = Field(default=10.0, gt=0)
     # Rows of market_data (by timestamp) and data_quality_metrics older than this are deleted, in bounded
     # batches, by the leader every `retention_check_seconds`. 0 keeps everything.
     data_retention_days: float = Field(default=0, ge=0)
@@ -504,7 +504,7 @@ class SimulatedSourceSettings(SourceSection):
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "TSLA", "SPY", "QQQ"])
     # Records generated per second across all symbols (quotes and trades alternately, bursts up to one second's
     # worth).
-    rate_per_second: float = 1000.0
+    rate_per_second: float = Field(default=1000.0, gt=0)
     # Share of deliberately bad records (schema or rule violations) so the dead-letter path shows up.
     invalid_ratio: float = Field(default=0.001, ge=0.0, le=1.0)
     # Random seed: the same seed gives the same prices (item ids still differ between runs).
@@ -541,7 +541,7 @@ class AlphaVantageSettings(SourceSection):
     crypto_functions: list[Literal["currency_exchange_rate", "digital_currency_daily"]] = Field(
         default_factory=lambda: ["currency_exchange_rate"])
     # 2 symbols x 1 function every 2 h = 24 calls/day: inside the free tier's 25.
-    interval_seconds: float = 7200.0
+    interval_seconds: float = Field(default=7200.0, gt=0)
     # Bar interval of intraday and fx_intraday.
     intraday_interval: IntradayInterval = "5min"
     # compact: the latest 100 points per call; full: the whole series (far larger answers; backfills ask for full
@@ -552,27 +552,25 @@ class AlphaVantageSettings(SourceSection):
     # Time zone of news' naive time_published (UTC fits Alpha Vantage's answers).
     news_time_zone: str = "UTC"
     # Free tier: 5 calls per minute; at most this many calls per rate_limit_per_seconds.
-    rate_limit_calls: float = 5.0
+    rate_limit_calls: float = Field(default=5.0, gt=0)
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
-    rate_limit_per_seconds: float = 60.0
+    rate_limit_per_seconds: float = Field(default=60.0, gt=0)
     # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
     # 0: the rate limit alone.
     rate_limit_delay: float = Field(default=0.0, ge=0)
     # Most calls per UTC day (free tier: 25). Every attempt is counted before it goes out; the worker and `python -m
     # producers` keep the count on a Kafka topic, so a restart or a new leader continues it. Once spent, polls make
     # no call until 00:00 UTC.
-    daily_limit_calls: float = 25.0
+    daily_limit_calls: float = Field(default=25.0, gt=0)
     # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://www.alphavantage.co"
     # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
-    request_timeout_seconds: float = 30.0
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
     # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=3, ge=1)
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
-    retry_base_delay: float = 1.0
-
-
+    retry_base_delay: float = Field(default=1.0, ge=0)
 Endpoint = Literal["quote", "candle", "company_news", "news_sentiment"]
 
 
@@ -588,11 +586,11 @@ class FinnhubSettings(SourceSection):
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
     # Seconds between the starts of two polls (a slow round does not stretch the period); each poll asks for every
     # configured item.
-    interval_seconds: float = 60.0
+    interval_seconds: float = Field(default=60.0, gt=0)
     # Finnhub free tier: 60 calls/minute.
-    rate_limit_calls: float = 60.0
+    rate_limit_calls: float = Field(default=60.0, gt=0)
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
-    rate_limit_per_seconds: float = 60.0
+    rate_limit_per_seconds: float = Field(default=60.0, gt=0)
     # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
     # 0: the rate limit alone.
     rate_limit_delay: float = Field(default=0.0, ge=0)
@@ -616,12 +614,12 @@ class FinnhubSettings(SourceSection):
     # company_news asks for the articles of this many past days; those of the previous poll are not sent again.
     news_lookback_days: int = Field(default=2, ge=1, le=30)
     # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
-    request_timeout_seconds: float = 20.0
+    request_timeout_seconds: float = Field(default=20.0, gt=0)
     # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=5, ge=1)
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
-    retry_base_delay: float = 0.5
+    retry_base_delay: float = Field(default=0.5, ge=0)
     # Websocket trades (FinnhubTradeStream).
     websocket: bool = False
     # Websocket address (the key is added as ?token=).
@@ -652,7 +650,7 @@ class FredSettings(SourceSection):
     series: list[str] = Field(default_factory=lambda: ["GDP", "UNRATE", "FEDFUNDS", "CPIAUCSL"])
     # Seconds between the starts of two polls. With series_metadata, a series whose last_updated has not moved since
     # its last fetch is not asked for its observations again.
-    interval_seconds: float = 3600.0
+    interval_seconds: float = Field(default=3600.0, gt=0)
     # Each poll asks for the observations dated within this many past days; only new or changed rows are sent.
     lookback_days: int = Field(default=730, ge=1)
     # Ask for every real-time period, so each revision is a row of its own (item_id its realtime_start); false:
@@ -674,23 +672,21 @@ class FredSettings(SourceSection):
             raise ValueError("fred realtime_start is after realtime_end")
         return self
     # FRED: 120 requests per minute per key.
-    rate_limit_calls: float = 120.0
+    rate_limit_calls: float = Field(default=120.0, gt=0)
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
-    rate_limit_per_seconds: float = 60.0
+    rate_limit_per_seconds: float = Field(default=60.0, gt=0)
     # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
     # 0: the rate limit alone.
     rate_limit_delay: float = Field(default=0.0, ge=0)
     # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://api.stlouisfed.org"
     # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
-    request_timeout_seconds: float = 20.0
+    request_timeout_seconds: float = Field(default=20.0, gt=0)
     # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=5, ge=1)
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
-    retry_base_delay: float = 0.5
-
-
+    retry_base_delay: float = Field(default=0.5, ge=0)
 class DatatableQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -727,11 +723,11 @@ class NasdaqDataLinkSettings(SourceSection):
     dataset_queries: list[DatasetQuery] = Field(default_factory=list)
     # Seconds between the starts of two polls (a slow round does not stretch the period); each poll asks for every
     # configured item.
-    interval_seconds: float = 3600.0
+    interval_seconds: float = Field(default=3600.0, gt=0)
     # Authenticated users: 300 calls per 10 s and 2,000 per 10 min; stay well below.
-    rate_limit_calls: float = 60.0
+    rate_limit_calls: float = Field(default=60.0, gt=0)
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
-    rate_limit_per_seconds: float = 60.0
+    rate_limit_per_seconds: float = Field(default=60.0, gt=0)
     # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
     # 0: the rate limit alone.
     rate_limit_delay: float = Field(default=0.0, ge=0)
@@ -743,14 +739,12 @@ class NasdaqDataLinkSettings(SourceSection):
     # the page where this one stopped (after the last page, the next poll starts again from the first).
     max_pages: int = Field(default=20, ge=1)
     # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
-    request_timeout_seconds: float = 30.0
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
     # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=5, ge=1)
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
-    retry_base_delay: float = 0.5
-
-
+    retry_base_delay: float = Field(default=0.5, ge=0)
 # producers/finnhub.py (NewsSentimentSource)
 class NewsSettings(SourceSection):
     key_env = ('FINNHUB_API_KEY',)
@@ -763,11 +757,11 @@ class NewsSettings(SourceSection):
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
     # Seconds between the starts of two polls (a slow round does not stretch the period); each poll asks for every
     # configured item.
-    interval_seconds: float = 900.0
+    interval_seconds: float = Field(default=900.0, gt=0)
     # Shares Finnhub's free tier (60 calls/minute) with the finnhub source: keep the two under it together.
-    rate_limit_calls: float = 30.0
+    rate_limit_calls: float = Field(default=30.0, gt=0)
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
-    rate_limit_per_seconds: float = 60.0
+    rate_limit_per_seconds: float = Field(default=60.0, gt=0)
     # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
     # 0: the rate limit alone.
     rate_limit_delay: float = Field(default=0.0, ge=0)
@@ -778,14 +772,12 @@ class NewsSettings(SourceSection):
     # news-sentiment is a premium Finnhub endpoint (403 on the free tier); then only articles are written.
     sentiment: bool = True
     # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
-    request_timeout_seconds: float = 20.0
+    request_timeout_seconds: float = Field(default=20.0, gt=0)
     # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=5, ge=1)
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
-    retry_base_delay: float = 0.5
-
-
+    retry_base_delay: float = Field(default=0.5, ge=0)
 # producers/social.py
 class SocialSettings(SourceSection):
     key_env = ('TWITTER_BEARER_TOKEN',)
@@ -799,11 +791,11 @@ class SocialSettings(SourceSection):
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "TSLA"])
     # Seconds between the starts of two polls (a slow round does not stretch the period); each poll asks for every
     # configured item.
-    interval_seconds: float = 300.0
+    interval_seconds: float = Field(default=300.0, gt=0)
     # X API v2 Basic tier: 60 recent-search requests per 15 minutes.
-    rate_limit_calls: float = 60.0
+    rate_limit_calls: float = Field(default=60.0, gt=0)
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
-    rate_limit_per_seconds: float = 900.0
+    rate_limit_per_seconds: float = Field(default=900.0, gt=0)
     # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
     # 0: the rate limit alone.
     rate_limit_delay: float = Field(default=0.0, ge=0)
@@ -818,14 +810,12 @@ class SocialSettings(SourceSection):
     # The first poll reads back this far (every page); later polls read what is newer than the newest seen.
     lookback_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
     # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
-    request_timeout_seconds: float = 20.0
+    request_timeout_seconds: float = Field(default=20.0, gt=0)
     # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=5, ge=1)
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
-    retry_base_delay: float = 0.5
-
-
+    retry_base_delay: float = Field(default=0.5, ge=0)
 # producers/stocktwits.py
 class StocktwitsSettings(SourceSection):
     # Public streams need no key; an OAuth access token (optional) raises the rate limit.
@@ -840,11 +830,11 @@ class StocktwitsSettings(SourceSection):
     users: list[str] = Field(default_factory=list)
     # Seconds between the starts of two polls (a slow round does not stretch the period); each poll asks for every
     # configured item.
-    interval_seconds: float = 120.0
+    interval_seconds: float = Field(default=120.0, gt=0)
     # StockTwits allows 200 unauthenticated requests per hour (per IP).
-    rate_limit_calls: float = 200.0
+    rate_limit_calls: float = Field(default=200.0, gt=0)
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
-    rate_limit_per_seconds: float = 3600.0
+    rate_limit_per_seconds: float = Field(default=3600.0, gt=0)
     # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
     # 0: the rate limit alone.
     rate_limit_delay: float = Field(default=0.0, ge=0)
@@ -853,14 +843,12 @@ class StocktwitsSettings(SourceSection):
     # Most pages (30 messages each) per stream and poll; the rest is read on the next poll.
     max_pages: int = Field(default=5, ge=1)
     # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
-    request_timeout_seconds: float = 20.0
+    request_timeout_seconds: float = Field(default=20.0, gt=0)
     # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.
     retry_attempts: int = Field(default=5, ge=1)
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
-    retry_base_delay: float = 0.5
-
-
+    retry_base_delay: float = Field(default=0.5, ge=0)
 Interval = Literal["1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h", "1d", "5d", "1wk", "1mo", "3mo"]
 
 
@@ -873,7 +861,7 @@ class YahooSettings(SourceSection):
     # Yahoo symbols (AAPL, ^GSPC, EURUSD=X, BTC-USD, SAP.DE), polled, or streamed with `stream`.
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
     # Seconds between the starts of two polls (not used with `stream`).
-    interval_seconds: float = 60.0
+    interval_seconds: float = Field(default=60.0, gt=0)
     # Bar interval of each poll's chart request (its bars, and the tick with tick_from chart).
     live_interval: Interval = "1m"
     # Period of that chart request (yfinance's period: 1d, 5d, ...): how far back each poll's bars reach.
@@ -904,9 +892,9 @@ class YahooSettings(SourceSection):
     # yfinance's timezone/cookie cache folder; None: yfinance's default.
     cache_dir: str | None = None
     # Yahoo publishes no limit; bursts get 429s. One call per second is well clear of them.
-    rate_limit_calls: float = 60.0
+    rate_limit_calls: float = Field(default=60.0, gt=0)
     # The rate limit's period: at most rate_limit_calls requests (retries included) per this many seconds.
-    rate_limit_per_seconds: float = 60.0
+    rate_limit_per_seconds: float = Field(default=60.0, gt=0)
     # At least this many seconds between two requests, on top of the rate limit (the brief's rate_limit_delay);
     # 0: the rate limit alone.
     rate_limit_delay: float = Field(default=0.0, ge=0)
@@ -915,14 +903,12 @@ class YahooSettings(SourceSection):
     base_url: str = "https://query1.finance.yahoo.com"
     # Timeout of each yfinance chart (history) request, in seconds; with tick_from quote, also the longest one
     # Ticker.info attempt may take (its requests together: yfinance gives it no timeout of its own).
-    request_timeout_seconds: float = 20.0
+    request_timeout_seconds: float = Field(default=20.0, gt=0)
     # Attempts per yfinance call, the first included (1: no retry); 429s, timeouts, connection errors and 5xx are
     # retried, Yahoo's explained refusals (unknown symbol) are not.
     retry_attempts: int = Field(default=5, ge=1)
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))].
-    retry_base_delay: float = 0.5
-
-
+    retry_base_delay: float = Field(default=0.5, ge=0)
 # producers/replay.py
 class ReplaySettings(SourceSection):
 

@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,15 @@ def test_an_api_key_in_the_file_is_refused_with_readable_advice(tmp_path: Path,
         load_settings(alpha_vantage={"api_key": "sk_live_abcdef"})
     assert "***" not in str(err.value) and "sk_live" not in str(err.value)
     assert "set ALPHA_VANTAGE_API_KEY in the environment" in str(err.value)
+
+
+@pytest.mark.parametrize(("section", "value", "key"), [
+    ({"sink": {"batch_size": 0}}, 0, "sink.batch_size"),  # the worker died in Faust: max_poll_records
+    ({"sources": {"simulated": {"rate_per_second": -5}}}, -5, "sources.simulated.rate_per_second"),  # sent nothing
+    ({"sources": {"fred": {"rate_limit_calls": 0}}}, 0, "sources.fred.rate_limit_calls"),
+    ({"sources": {"yahoo": {"interval_seconds": 0}}}, 0, "sources.yahoo.interval_seconds"),
+    ({"postgres": {"port": 70000}}, 70000, "postgres.port"),
+])
+def test_a_value_out_of_range_is_an_error_naming_its_key(section: dict, value: int, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: Input should be"):
+        load_settings(**section)
