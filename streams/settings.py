@@ -383,13 +383,19 @@ def env_json_hint(exc: Exception, env: Mapping[str, str] | None = None) -> str:
 
 def check_env_names(env: Mapping[str, str] | None = None) -> None:
     """A TICKFLOW_<SECTION>__<KEY> name that names no setting is an error with the closest name, instead of
-    being silently ignored (TICKFLOW_SOURCE__FINNHUB__ENABLED)."""
+    being silently ignored (TICKFLOW_SOURCE__FINNHUB__ENABLED), and so is a setting's name spelled with single
+    underscores (TICKFLOW_POSTGRES_PASSWORD); other TICKFLOW_* names (TICKFLOW_CONFIG, ...) are left alone."""
     env = os.environ if env is None else env
     known = _known_env_names()
+    collapsed = {k.replace("__", "_"): k for k in known if "__" in k}
     for name in env:
         upper = name.upper()
         if upper.startswith("TICKFLOW_") and "__" in upper and upper not in known:
             raise ConfigError(f"environment variable {name} names no setting{_suggest(upper, known)}")
+        if upper.startswith("TICKFLOW_") and "__" not in upper and upper in collapsed:
+            # TICKFLOW_POSTGRES_PASSWORD: a setting's name with one underscore where two part section and key
+            raise ConfigError(f"environment variable {name} names no setting; did you mean {collapsed[upper]}? "
+                              "(two underscores between a section and its key)")
 
 
 class _Layer(PydanticBaseSettingsSource):

@@ -104,6 +104,20 @@ def test_typo_in_an_environment_name_suggests_the_right_one(monkeypatch: pytest.
         load_settings()
 
 
+@pytest.mark.parametrize(("typo", "right"), [("TICKFLOW_POSTGRES_PASSWORD", "TICKFLOW_POSTGRES__PASSWORD"),
+                                              ("TICKFLOW_SINK_BATCH_SIZE", "TICKFLOW_SINK__BATCH_SIZE"),
+                                              ("tickflow_kafka_bootstrap_servers", "TICKFLOW_KAFKA__BOOTSTRAP_SERVERS")])
+def test_a_setting_spelled_with_single_underscores_is_an_error(typo: str, right: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was silently ignored: the password or the batch size a user set never took effect."""
+    monkeypatch.setenv(typo, "5")
+    with pytest.raises(ConfigError, match=f"{typo} names no setting; did you mean {right}"):
+        load_settings()
+    monkeypatch.delenv(typo)
+    monkeypatch.setenv("TICKFLOW_CONFIG_DIR", "x")  # not a setting's name: another tool's variable, left alone
+    load_settings()
+
+
 def test_one_setting_under_two_names_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r"both set sources\.yahoo\.interval_seconds"):
         to_settings_shape({"yfinance": {"collection_interval": 5},
