@@ -106,7 +106,8 @@ def test_typo_in_an_environment_name_suggests_the_right_one(monkeypatch: pytest.
 
 @pytest.mark.parametrize(("typo", "right"), [("TICKFLOW_POSTGRES_PASSWORD", "TICKFLOW_POSTGRES__PASSWORD"),
                                               ("TICKFLOW_SINK_BATCH_SIZE", "TICKFLOW_SINK__BATCH_SIZE"),
-                                              ("tickflow_kafka_bootstrap_servers", "TICKFLOW_KAFKA__BOOTSTRAP_SERVERS")])
+                                              ("tickflow_kafka_bootstrap_servers",
+                                               "TICKFLOW_KAFKA__BOOTSTRAP_SERVERS")])
 def test_a_setting_spelled_with_single_underscores_is_an_error(typo: str, right: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """It was silently ignored: the password or the batch size a user set never took effect."""
