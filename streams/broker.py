@@ -21,7 +21,7 @@ from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAlre
 
 from streams.catalog import Catalog
 from streams.config import KafkaSettings
-from streams.errors import ConfigError, TopicMismatchError
+from streams.errors import BrokerUnavailable, ConfigError, TopicMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ async def ensure_topics(catalog: Catalog, bootstrap_servers: str, *, create: boo
     try:
         await admin.start()
     except KafkaError as exc:
-        raise ConfigError(f"cannot reach Kafka at {bootstrap_servers}: {exc!r} (is `make stack-up` running?)") from None
+        raise BrokerUnavailable(f"cannot reach Kafka at {bootstrap_servers}: {exc!r} (is `make stack-up` running?)"
+                                ) from None
     try:
         existing = set(await admin.list_topics())
         wanted = {t.name: t for t in catalog.topics}

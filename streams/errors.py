@@ -35,6 +35,13 @@ class TopicMismatchError(ConfigError):
     """An existing topic disagrees with topics.yaml (partition count, cleanup policy)."""
 
 
+class BrokerUnavailable(TickflowError):
+    """Kafka cannot be reached (down, a wrong address, refused): not about the settings' values, so a command
+    exits 1, not 2, and the Python API's caller may retry."""
+
+    retriable = True
+
+
 class RejectedRecord(TickflowError):
     """A record failed a validation rule. `rule` is a stable code, `reason` a sentence for people."""
 

@@ -11,7 +11,7 @@ import click
 from streams.app import app, settings
 from streams.broker import ensure_topics
 from streams.catalog import Catalog, catalog_of
-from streams.errors import ConfigError
+from streams.errors import BrokerUnavailable, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _ensure_topics_at_start(sender: object = None, **kwargs: object) -> None:
         return
     try:
         created = ensure_topics_blocking()
-    except ConfigError as exc:
+    except (ConfigError, BrokerUnavailable) as exc:
         logger.critical("refusing to start: %s", exc)
         raise SystemExit(f"tickflow: {exc}") from None
     if created:

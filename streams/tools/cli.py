@@ -304,7 +304,7 @@ async def check_topics(cat: Any, kafka: Any) -> list[str]:
 
     from streams.broker import ensure_topics
     from streams.catalog import Catalog
-    from streams.errors import TopicMismatchError
+    from streams.errors import BrokerUnavailable, TopicMismatchError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=15000,
                                 **kafka.client_kwargs())
@@ -312,8 +312,8 @@ async def check_topics(cat: Any, kafka: Any) -> list[str]:
         await admin.start()
         existing = set(await admin.list_topics())
     except KafkaError as exc:
-        raise ConfigError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc!r} (is `make stack-up` "
-                          "running?)") from None
+        raise BrokerUnavailable(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc!r} (is `make stack-up` "
+                                "running?)") from None
     finally:
         await admin.close()
     problems = []
