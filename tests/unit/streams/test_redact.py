@@ -25,7 +25,15 @@ from pydantic import SecretStr
 
 from streams import redact
 from streams.config import key_env_by_source
-from streams.errors import ConfigError, RejectedRecord, SinkError, SinkUnavailable, SourceError, TickflowError
+from streams.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    RejectedRecord,
+    SinkError,
+    SinkUnavailable,
+    SourceError,
+    TickflowError,
+)
 from streams.settings import Settings
 from tests.unit.producers import conftest as producer_fixtures
 from tests.unit.producers.conftest import Serve
@@ -287,7 +295,7 @@ async def test_kafka_sasl_connection_failures(worker_logging: Captured) -> None:
         await producer.start()
     await producer.stop()
     logger.error("producer failed", exc_info=perr.value)
-    with pytest.raises(ConfigError) as cerr:
+    with pytest.raises(BrokerUnavailable) as cerr:
         await ensure_topics(load_catalog(), kafka.bootstrap_servers, kafka=kafka)
     logger.error("topics failed", exc_info=cerr.value)
     reader = LagReader(kafka.bootstrap_servers, {"g": ["t"]}, kafka=kafka)
