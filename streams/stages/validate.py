@@ -268,7 +268,8 @@ class ValidateTicks(BatchStage):
             opened = breakers.trip(source, delta.of(source).rules)
             logger.critical(
                 "circuit breaker: source %s: %d of its last %d records were rejected (limit %.0f%%); pausing its "
-                "partitions for %.0f s instead of dead-lettering them (the other sources go on). Rules: %s",
+                "partitions for %.0f s instead of dead-lettering them (the other sources go on). Rules of the batch "
+                "that tripped it: %s",
                 source, opened.rejected, opened.window, breakers.ratio * 100, breakers.cooldown,
                 ", ".join(f"{k} {v}" for k, v in opened.rules.items()))
         held = {s for s in {router.source_of(tp.topic) for tp in out_by_tp} if breakers.is_open(s)}

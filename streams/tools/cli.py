@@ -16,6 +16,8 @@ import logging
 import os
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -86,6 +88,19 @@ def explain(exc: BaseException) -> str | None:
     return None
 
 
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone (closed by `head`): its write end then polls as
+    an error."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def friendly(fn: Callable[..., int | None]) -> Callable[..., None]:
     """Run a command, turning every expected failure into a one-line `Failure`, and exit with its code."""
 
@@ -95,6 +110,14 @@ def friendly(fn: Callable[..., int | None]) -> Callable[..., None]:
             code = fn(*args, **kwargs)
         except click.ClickException:
             raise
+        except BrokenPipeError:
+            if not _stdout_gone():
+                raise Failure("a connection closed while it was written to: is the service running "
+                              "(`make stack-up`)?", 1) from None
+            # `tickflow status | head -1`: the reader left; no message (it would go nowhere useful), as Python's
+            # documentation has it: stdout onto /dev/null so the interpreter's last flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except Exception as exc:
             message = explain(exc)
             if message is None:
@@ -405,6 +428,22 @@ def describe_versions(versions: list[int]) -> str:
     return f"migration{'s' if len(versions) > 1 else ''} {text}"
 
 
+def worker_base(url: str) -> str:
+    """A worker's base address from what a user passes: `localhost:6066`, a page's URL
+    (`http://host:6066/pipeline/metrics`, as `make run` prints it), with or without a trailing slash."""
+    url = url.strip()
+    if "://" not in url:
+        url = f"http://{url}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018  (raises on a malformed port)
+    except ValueError as exc:
+        raise Failure(f"--url {url!r} is not a URL ({exc}); e.g. --url http://127.0.0.1:6066", 2) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Failure(f"--url {url!r} is not an http(s) address; e.g. --url http://127.0.0.1:6066", 2)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _get(url: str, headers: dict[str, str] | None = None) -> Any:
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
         return json.loads(resp.read())
@@ -419,16 +458,29 @@ def status(url: str | None) -> int:
     from streams.settings import get_settings
 
     w = get_settings().worker
-    base = url or f"http://{w.advertised_host or w.web_host}:{w.web_port}"
+    base = worker_base(url) if url else f"http://{w.advertised_host or w.web_host}:{w.web_port}"
     try:
         m = _get(f"{base}/pipeline/metrics", w.web_headers())  # the web token, when one is set
         h = _get(f"{base}/health")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            given = "the token given was refused" if w.web_token else "no token was given"
+            raise Failure(f"the worker at {base} refused the request (HTTP {exc.code}: {given}); set "
+                          "TICKFLOW_WORKER__WEB_TOKEN to the workers' token", 2) from None
+        raise Failure(f"the worker at {base} answered HTTP {exc.code} {exc.reason}", 1) from None
     except OSError as exc:
         raise Failure(f"no worker answers at {base} ({exc}); start one with `make run` or `{PROG} worker`, "
                       "or pass --url", 1) from None
+    except ValueError as exc:  # a body that is not JSON: something else answers on that port
+        raise Failure(f"what answers at {base} is not a tickflow worker ({exc})", 1) from None
     click.echo(f"worker {h.get('worker')}  status {h.get('status')}  leader {h.get('leader')}  "
-               f"lag {m.get('queue_size')}  throughput {m.get('throughput_per_sec')}/s  "
+               f"lag {m.get('queue_size')}  throughput {m.get('throughput_per_sec') or 0:.1f}/s  "
                f"p50 {m.get('p50_latency_ms')} ms  p99 {m.get('p99_latency_ms')} ms")
+    for p in h.get("paused_sources") or ():  # a tripped circuit breaker: the source's records wait in its topic
+        rules = ", ".join(f"{k} {v}" for k, v in sorted(p.get("rules", {}).items(), key=lambda kv: -kv[1])[:3])
+        click.echo(f"source {p.get('source')} paused by its circuit breaker: {p.get('rejected')} of its last "
+                   f"{p.get('window')} records rejected (the batch that tripped it: {rules}); retried in "
+                   f"{p.get('resumes_in_seconds')} s")
     click.echo(f"\n{'source':18} {'processed':>10} {'rejected':>9} {'written':>10} {'rows/s':>8} {'p99 ms':>8}  "
                "top rejects")
     for src, s in m.get("sources", {}).items():

@@ -4,10 +4,13 @@ them would fail these tests rather than pass by luck."""
 
 from __future__ import annotations
 
+import http.server
 import io
+import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -181,6 +184,63 @@ def test_init_writes_then_refuses_to_overwrite(tmp_path: Path) -> None:
 def test_status_without_a_worker() -> None:
     line = one_line_error(run("status", "--url", "http://127.0.0.1:1"))
     assert "no worker answers at http://127.0.0.1:1" in line
+
+
+class _Worker(http.server.BaseHTTPRequestHandler):
+    """A stand-in worker's two pages: 401 without the token, else a metrics and a health body."""
+
+    TOKEN = "t" * 20
+
+    def do_GET(self) -> None:
+        if self.path == "/pipeline/metrics" and self.headers.get("Authorization") != f"Bearer {self.TOKEN}":
+            self.send_response(401)
+            self.end_headers()
+            return
+        body = {"/pipeline/metrics": {"queue_size": 7, "throughput_per_sec": 879.07421, "sources": {}},
+                "/health": {"status": "ok", "worker": "w1", "leader": True, "sources": [], "paused_sources": [
+                    {"source": "simulated", "rejected": 1006, "window": 2000, "rules": {"symbol.pattern": 1006},
+                     "resumes_in_seconds": 12.5}]}}.get(self.path)
+        self.send_response(200 if body else 404)
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stand_in_worker() -> Any:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Worker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_status_says_what_to_do_about_a_refused_token_and_reads_a_page_url(stand_in_worker: str) -> None:
+    out = run("status", "--url", f"http://{stand_in_worker}")
+    line = one_line_error(out)
+    assert "refused the request (HTTP 401: no token was given)" in line and "TICKFLOW_WORKER__WEB_TOKEN" in line
+    assert out.returncode == 2
+    # the address as `make run` prints a page's, or without its scheme
+    for url in (f"http://{stand_in_worker}/pipeline/metrics", f"{stand_in_worker}/"):
+        out = run("status", "--url", url, env={"TICKFLOW_WORKER__WEB_TOKEN": _Worker.TOKEN})
+        assert out.returncode == 0, out.stderr
+        assert "throughput 879.1/s" in out.stdout
+        assert ("source simulated paused by its circuit breaker: 1006 of its last 2000 records rejected "
+                "(the batch that tripped it: symbol.pattern 1006); retried in 12.5 s") in out.stdout
+    assert "is not a URL" in one_line_error(run("status", "--url", "http://[::1:36066"))
+
+
+def test_a_reader_that_leaves_the_pipe_is_no_error(stand_in_worker: str) -> None:
+    """`tickflow status | head -1`: the pipe's reader leaves; it said "Broken pipe: is the service running?"."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TICKFLOW_")}
+    proc = subprocess.Popen([sys.executable, "-m", "streams", "status", "--url", stand_in_worker],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**full, **NOWHERE, "TICKFLOW_WORKER__WEB_TOKEN": _Worker.TOKEN})
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    _, err = proc.communicate(timeout=120)
+    assert err.decode() == "" and proc.returncode == 1
 
 
 def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch,
