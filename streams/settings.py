@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from functools import lru_cache
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -489,6 +490,26 @@ class Settings(BaseSettings):
             layers.append(_Layer(settings_cls, file_layer))
         return tuple(layers)
 
+    @model_validator(mode="after")
+    def _symbols_pass_validation(self) -> Settings:
+        """An enabled source's symbol that the validator refuses ('bad sym') would have every record of it
+        rejected, and, a share of the source's records being rejected, trip its circuit breaker and pause the
+        whole source, its good symbols too: a configuration error, said at start-up."""
+        v = self.validation
+        pattern = re.compile(v.symbol_pattern)
+        for name in type(self.sources).model_fields:
+            section = getattr(self.sources, name)
+            symbols = getattr(section, "symbols", None)
+            if section.enabled is False or not isinstance(symbols, list):
+                continue
+            for symbol in symbols:
+                s = str(symbol).strip().upper() if name != "simulated" else str(symbol)
+                if len(s) > v.max_symbol_length or not pattern.fullmatch(s):
+                    raise ValueError(f"sources.{name}.symbols: {str(symbol)[:40]!r} is not a symbol validation "
+                                     f"accepts (validation.symbol_pattern {v.symbol_pattern}, at most "
+                                     f"{v.max_symbol_length} characters): every record of it would be rejected")
+        return self
+
 
 def _problems(exc: ValidationError) -> str:
     parts = []
@@ -499,7 +520,9 @@ def _problems(exc: ValidationError) -> str:
             model = _model_at(loc[:-1])
             if model is not None:
                 msg = f"unknown key{_suggest(loc[-1], model.model_fields)}"
-        parts.append(f"{'.'.join(loc)}: {msg}")
+        if err["type"] == "value_error":  # our own validators' messages, without pydantic's "Value error, "
+            msg = msg.removeprefix("Value error, ")
+        parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
     return "; ".join(parts)
 
 

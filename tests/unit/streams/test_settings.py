@@ -212,3 +212,16 @@ def test_an_api_key_in_the_file_is_refused_with_readable_advice(tmp_path: Path,
 def test_a_value_out_of_range_is_an_error_naming_its_key(section: dict, value: int, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"{re.escape(key)}: Input should be"):
         load_settings(**section)
+
+
+def test_an_enabled_sources_symbol_that_validation_refuses_is_an_error_at_start() -> None:
+    """'bad sym' beside AAPL had every one of its records rejected, tripped the source's circuit breaker and
+    paused AAPL too, for good: the records in the topic tripped it again after the fix."""
+    with pytest.raises(ConfigError, match=r"^invalid settings in [^:]+: sources.simulated.symbols: 'bad sym' is "
+                                          r"not a symbol validation accepts"):
+        load_settings(sources={"simulated": {"symbols": ["AAPL", "bad sym"]}})
+    with pytest.raises(ConfigError, match=r"sources.yahoo.symbols: '\$\$\$'"):
+        load_settings(sources={"yahoo": {"enabled": True, "symbols": ["AAPL", "$$$"]}})
+    load_settings(sources={"yahoo": {"enabled": False, "symbols": ["bad sym"]}})  # not enabled: not used
+    s = load_settings(sources={"yahoo": {"enabled": True, "symbols": ["brk-b", " ^GSPC", "EURUSD=X"]}})
+    assert s.sources.yahoo.symbols == ["brk-b", " ^GSPC", "EURUSD=X"]  # as the source sends them: upper, stripped
