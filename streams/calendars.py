@@ -10,7 +10,8 @@ first symbol that needs it) and reduced to sorted integer arrays: sessions as UT
 closes as Unix seconds; a query is a binary search.
 
 A symbol's calendar: the settings' `exchanges` map, else the provider's metadata (`exchange` as a MIC),
-else the symbol's form (.DE XETR, .L XLON, =X FX 24/5, -USD crypto 24/7, ...), else `default_exchange`.
+else the symbol's form (.DE XETR, .L XLON, =X FX 24/5, -USD crypto 24/7, BTCUSDT / BTC/USDT / BINANCE:... crypto
+24/7, EURUSD / OANDA:EUR_USD FX 24/5, ^N225 XTKS, ...), else `default_exchange`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,58 @@ _SUFFIX = {
     "SN": "XSGO", "BA": "XBUE", "SR": "XSAU", "CL": "XBOG", "IC": "XICE",
 }
 _CRYPTO_QUOTES = ("-USD", "-USDT", "-EUR", "-BTC", "-ETH", "-GBP", "-JPY")
+# ISO 4217 codes of currencies (and of the metals quoted like them) whose pairs trade as FX does, 24/5.
+_FIAT = frozenset(
+    "USD EUR GBP JPY CHF CAD AUD NZD SEK NOK DKK HKD SGD CNY CNH MXN ZAR TRY PLN CZK HUF INR KRW BRL RUB THB ILS "
+    "TWD IDR MYR PHP SAR AED XAU XAG XPT XPD".split())
+# What crypto is quoted in on an exchange: BTCUSDT, ETHBTC, XBTUSD (fiat quotes are in _FIAT).
+_CRYPTO_QUOTE_CODES = ("USDT", "USDC", "BUSD", "TUSD", "FDUSD", "DAI", "BTC", "XBT", "ETH", "BNB", "SOL")
+# Exchange prefixes of Finnhub's (and TradingView's) symbols: crypto venues trade every day, FX brokers 24/5.
+_CRYPTO_VENUES = frozenset(
+    "BINANCE BINANCEUS COINBASE KRAKEN BITFINEX BITSTAMP GEMINI HUOBI HITBTC OKX OKEX BYBIT KUCOIN POLONIEX "
+    "BITTREX BITMEX POLONIEX GATEIO MEXC CRYPTO".split())
+_FX_VENUES = frozenset("OANDA FXCM FOREXCOM FXPRO ICMARKETS PEPPERSTONE SAXO FX FX_IDC".split())
+# Yahoo's symbols of indexes traded elsewhere than New York (^GSPC, ^DJI, ^IXIC, ^RUT, ^VIX are the default's).
+_INDEXES = {
+    "^N225": "XTKS", "^FTSE": "XLON", "^FTMC": "XLON", "^GDAXI": "XETR", "^MDAXI": "XETR", "^FCHI": "XPAR",
+    "^STOXX50E": "XETR", "^AEX": "XAMS", "^IBEX": "XMAD", "^SSMI": "XSWX", "^BFX": "XBRU", "^ATX": "XWBO",
+    "^OMX": "XSTO", "^HSI": "XHKG", "^HSCE": "XHKG", "^AXJO": "XASX", "^AORD": "XASX", "^NZ50": "XNZE",
+    "^STI": "XSES", "^KS11": "XKRX", "^KQ11": "XKRX", "^TWII": "XTAI", "^BSESN": "XBOM", "^NSEI": "XBOM",
+    "^GSPTSE": "XTSE", "^BVSP": "BVMF", "^MXX": "XMEX", "^JKSE": "XIDX", "^KLSE": "XKLS", "^SET.BK": "XBKK",
+    "000001.SS": "XSHG", "^SSEC": "XSHG", "399001.SZ": "XSHG", "^MERV": "XBUE", "^IPSA": "XSGO",
+    "XU100.IS": "XIST", "^TA125.TA": "XTAE",
+}
+
+
+def _pair_calendar(base: str, quote: str) -> str | None:
+    """'24/5' for two currencies, '24/7' when either side is crypto, None when it is no pair."""
+    if not (base.isalpha() and 2 <= len(base) <= 10 and (quote in _FIAT or quote in _CRYPTO_QUOTE_CODES)):
+        return None  # WIKI/AAPL (a Nasdaq Data Link code) is no pair
+    return "24/5" if base in _FIAT and quote in _FIAT else "24/7"
+
+
+def _form_calendar(sym: str) -> str | None:
+    """A pair's or a venue's calendar from the symbol's form: BINANCE:BTCUSDT, OANDA:EUR_USD, BTC/USDT,
+    EUR/USD, BTCUSDT, XBTUSD, EURUSD (six letters of two currencies). None: not such a form."""
+    if ":" in sym:
+        venue, rest = sym.split(":", 1)
+        venue = venue.replace(".", "").replace(" ", "").replace("-", "")
+        if venue in _CRYPTO_VENUES:
+            return "24/7"
+        if venue in _FX_VENUES:
+            return "24/5"
+        sym = rest
+    for sep in ("/", "_"):
+        if sep in sym:
+            base, _, quote = sym.partition(sep)
+            return _pair_calendar(base, quote)
+    if not sym.isalpha() or len(sym) < 6:  # five letters or fewer: a US ticker
+        return None
+    if len(sym) == 6 and sym[:3] in _FIAT and sym[3:] in _FIAT:
+        return "24/5"
+    if any(sym.endswith(q) and len(sym) - len(q) >= 2 for q in (*_CRYPTO_QUOTE_CODES, "USD", "EUR")):
+        return "24/7"
+    return None
 
 
 def exchange_for(symbol: str, exchanges: dict[str, str] | None = None, metadata: dict[str, Any] | None = None,
@@ -51,6 +104,10 @@ def exchange_for(symbol: str, exchanges: dict[str, str] | None = None, metadata:
         return "24/5"
     if sym.endswith(_CRYPTO_QUOTES):
         return "24/7"
+    if sym in _INDEXES:
+        return _INDEXES[sym]
+    if (form := _form_calendar(sym)) is not None:
+        return form
     if "." in sym:
         suffix = sym.rsplit(".", 1)[1]
         if suffix in _SUFFIX:

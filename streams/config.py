@@ -1120,7 +1120,8 @@ class AnomalySettings(BaseModel):
     # A price outside (0, max_price] or not finite never enters any detector's state (issue 15).
     max_price: float = Field(default=1e12, gt=0)
     # Exchange calendars (exchange_calendars MIC codes, or "24/5", "24/7"): symbol -> calendar; other symbols
-    # by their form (.DE XETR, .L XLON, =X 24/5, -USD 24/7, ...), else default_exchange. None: weekdays only.
+    # by their form (.DE XETR, .L XLON, =X and EURUSD 24/5, BTC-USD / BTCUSDT / BINANCE:... 24/7, ^N225 XTKS, ...),
+    # else default_exchange. None: weekdays only.
     exchanges: dict[str, str] = Field(default_factory=dict)
     # Calendar of the symbols none of the rules above place (XNYS: NYSE sessions and holidays); None: no calendar
     # (daily gaps count weekdays, staleness is judged at any hour).

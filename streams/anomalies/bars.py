@@ -244,7 +244,8 @@ class DecimalShift(Detector):
     """A close near 10^k times the level (k != 0): a misplaced decimal point, or a unit change (pence for
     pounds, cents for dollars). Judged on arrival. Level: the median of the last 5 clean closes; a run of
     `level_shift_run` shifted closes that agree re-anchors it (a lasting change of units is then reported
-    on its first bars only). Score: |log10(close / level)|; threshold: the nearest k, +- decimal_tolerance.
+    on its first bars only). Score: |log10(close / level)|; threshold: the nearest k, +- decimal_tolerance, for
+    the level and for the last clean close alike (one step of 10^k, not a run of large moves).
     """
 
     name = "decimal_shift"
@@ -270,7 +271,9 @@ class DecimalShift(Detector):
             level = sorted(closes)[len(closes) // 2]
             x = math.log10(c / level)
             k = round(x)
-            if k != 0 and abs(x - k) <= tol:
+            # ... and a jump of 10^k from the last clean close too: a shift is one step, while a market that
+            # rose 7x over five bars in steps of 2-3x (bitcoin's months of 2013) is near 10^1 of its median only.
+            if k != 0 and abs(x - k) <= tol and abs(math.log10(c / closes[-1]) - k) <= tol:
                 pending.append(x)
                 del pending[:-self.settings.level_shift_run]
                 if _consistent_run(pending, self.settings.level_shift_run, tol) is None:  # type: ignore[arg-type]
@@ -300,7 +303,8 @@ class DecimalShift(Detector):
 class OhlcConsistency(Detector):
     """A bar that contradicts itself: high < low, open or close outside [low, high] (beyond a rounding
     tolerance), or a wick (high above max(open, close), low below min(open, close)) longer than
-    range_multiplier x the median log range (high/low) of recent clean bars, floored at range_floor. A real
+    range_multiplier x the median log range (high/low) of the recent bars that traded (a flat bar's range of 0
+    does not count; with fewer than min_returns of them the wick is not judged), floored at range_floor. A real
     crash closes near its low (a long body, not a wick), so it is not a wick outlier. Judged on arrival.
     Score: the violation (relative, or the wick in log units); threshold: the tolerance or the wick limit.
     """
@@ -333,15 +337,20 @@ class OhlcConsistency(Detector):
             _put_bounded(self.ranges, f.stream, w, self.settings.max_streams)
         wick = max(math.log(h / top), math.log(bottom / lo))
         out: list[Anomaly] = []
-        if len(w) >= cfg.min_returns:
-            srt = w.sorted
-            tick = srt[bisect.bisect_right(srt, 0.0)] if srt[-1] > 0 else 0.0  # the smallest non-zero range
-            limit_wick = cfg.range_multiplier * max(w.median(), cfg.range_floor, tick)
+        srt = w.sorted
+        traded = len(srt) - bisect.bisect_right(srt, 0.0)
+        # The median of the bars that moved: a flat bar (no trade: open = high = low = close) says nothing of the
+        # market's range, and weeks of them (bitcoin on one exchange, December 2014) made any real move a wick.
+        if traded >= cfg.min_returns:
+            median = srt[len(srt) - traded + traded // 2]
+            limit_wick = cfg.range_multiplier * max(median, cfg.range_floor)
             if wick > limit_wick:
                 out.append(self._flag(point, wick, limit_wick,
                                       f"wick {wick:.4f} (log) > {cfg.range_multiplier:g} x the median range",
-                                      {"check": "range", "median_range": w.median()}))
-                return out
+                                      {"check": "range", "median_range": median}))
+        # A flagged bar's range enters the window too: the median shrugs off one bad print, and a market that
+        # turns volatile (bitcoin's crash of January 2015 after flat weeks) is judged by its new ranges after a
+        # few bars instead of by the calm ones for ever (14 of its bars were wicks).
         w.push(math.log(h / lo))
         return out
 

@@ -63,3 +63,23 @@ def test_yahoo_suffixes_of_asian_and_other_markets_name_their_calendars(symbol: 
 
     assert exchange_for(symbol) == mic
     assert calendar(mic) is not None  # exchange_calendars has it
+
+
+@pytest.mark.parametrize(("symbol", "name"), [
+    # crypto as exchanges and Finnhub write it trades every day; on New York's calendar a 12-day hole in a
+    # daily series was reported as 8 missing sessions and a missing weekend not at all
+    ("BTCUSDT", "24/7"), ("ETHUSD", "24/7"), ("XBTUSD", "24/7"), ("ETHBTC", "24/7"), ("BTC/USDT", "24/7"),
+    ("ETH_BTC", "24/7"), ("BINANCE:BTCUSDT", "24/7"), ("COINBASE:BTC-USD", "24/7"), ("BTC-USD", "24/7"),
+    # currency pairs (and spot metals) trade 24/5
+    ("EURUSD", "24/5"), ("EUR/USD", "24/5"), ("OANDA:EUR_USD", "24/5"), ("XAUUSD", "24/5"), ("EURUSD=X", "24/5"),
+    # indexes of other markets follow their exchange
+    ("^N225", "XTKS"), ("^FTSE", "XLON"), ("^GDAXI", "XETR"), ("^HSI", "XHKG"), ("^GSPC", "XNYS"),
+    # what stays New York's: tickers of five letters or fewer, a Nasdaq Data Link code, an unknown venue
+    ("AAPL", "XNYS"), ("GOOGL", "XNYS"), ("BRK-B", "XNYS"), ("WIKI/AAPL", "XNYS"), ("CHRIS/CME_CL1", "XNYS"),
+    ("NASDAQ:AAPL", "XNYS"),
+])
+def test_a_symbols_form_names_crypto_fx_and_index_calendars(symbol: str, name: str) -> None:
+    from streams.calendars import exchange_for
+
+    assert exchange_for(symbol) == name
+    assert calendar(name) is not None

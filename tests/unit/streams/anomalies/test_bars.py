@@ -79,6 +79,49 @@ def test_a_decimal_shift_is_flagged_on_arrival() -> None:
     assert all("decimal_shift" not in v for d, v in got.items() if d != days[30])
 
 
+def test_a_rise_of_seven_times_in_steps_is_no_decimal_shift() -> None:
+    """Bitcoin's monthly closes of 2013 (real, from backtesting's BTCUSD.csv): 94 after a level of 13 is near 10^1
+    of the median of five, but the step from the month before (34) is 2.8x: a market's run, not a shift."""
+    from streams.anomalies.bars import DecimalShift
+
+    d = DecimalShift(AnomalySettings())
+    months = [9.81, 12.17, 10.75, 12.42, 13.24, 20.79, 33.98, 94.08, 136.84, 127.24]  # 2012-08 .. 2013-05
+    start = datetime(2012, 8, 31, tzinfo=UTC)
+    for i, c in enumerate(months):
+        p = MarketDataPoint(symbol="BTC-USD", timestamp=start + timedelta(days=31 * i), source="replay",
+                            data_type="bar", interval="1mo", item_id="1mo", open=c, high=c, low=c, close=c)
+        assert d.update(p) == [], (i, c)
+    shifted = MarketDataPoint(symbol="BTC-USD", timestamp=start + timedelta(days=31 * 10), source="replay",
+                              data_type="bar", interval="1mo", item_id="1mo", open=1300.0, high=1300.0,
+                              low=1300.0, close=1300.0)
+    assert [a.detector for a in d.update(shifted)] == ["decimal_shift"]  # one step of 10x still is
+
+
+def test_weeks_of_flat_bars_do_not_make_every_move_after_them_a_wick() -> None:
+    """Bitfinex's BTCUSD of December 2014 (real): weeks without a trade (open = high = low = close), then the
+    crash of January 2015. Their ranges of 0 made the median range 0, and 14 real bars were wicks; a bad print
+    in a market that trades is still one."""
+    from streams.anomalies.bars import OhlcConsistency
+
+    d = OhlcConsistency(AnomalySettings())
+    t = datetime(2014, 12, 1, tzinfo=UTC)
+
+    def day(i: int, o: float, h: float, lo: float, c: float) -> list[str]:
+        p = MarketDataPoint(symbol="BTC-USD", timestamp=t + timedelta(days=i), source="replay", data_type="bar",
+                            interval="1d", item_id="1d", open=o, high=h, low=lo, close=c, volume=1.0)
+        return [a.message for a in d.update(p)]
+
+    flags = [day(i, 340.0, 340.0, 340.0, 340.0) for i in range(30)]
+    flags += [day(30, 340.0, 360.0, 264.81, 288.99), day(31, 260.0, 260.0, 109.87, 120.0),
+              day(32, 120.0, 224.0, 120.0, 211.91), day(33, 225.51, 257.73, 216.59, 226.32)]
+    assert not any(flags)
+    rng = random.Random(5)
+    for i in range(34, 94):  # trading resumes: ranges of ~2%
+        c = 230 * math.exp(rng.gauss(0, 0.01))
+        day(i, c, c * 1.01, c * 0.99, c * 1.001)
+    assert any("wick" in m for m in day(94, 230.0, 231.0, 23.0, 230.5))  # a low of a tenth: a bad print
+
+
 def test_a_close_above_its_high_is_inconsistent() -> None:
     suite = DetectorSuite()
     p = MarketDataPoint(symbol="SPY", timestamp=D0, source="replay", data_type="bar", interval="1d", open=10.0,
