@@ -81,8 +81,19 @@ def health_report(*, stages: Mapping[str, BatchStage], sources: list[dict[str, A
 
 @app.page("/pipeline/metrics")
 class PipelineMetrics(View):
-    @app.table_route(table=metrics.metrics_table, exact_key="all")
     async def get(self, request: Request) -> Response:
+        try:
+            return await self.routed(request)
+        except (TypeError, KeyError) as exc:
+            # Faust's router, asked before the metrics table's changelog is in the cluster's metadata (a worker's
+            # first seconds on a fresh cluster), fails inside its assignor ('NoneType' object is not iterable):
+            # the answer is "not yet", as /health's `starting`, not a traceback and a 500.
+            logger.info("/pipeline/metrics before the metrics table is assigned: %r", exc)
+            return self.json({"status": "starting", "error": "the metrics table is not assigned yet; retry in a few "
+                                                             "seconds"}, status=503)
+
+    @app.table_route(table=metrics.metrics_table, exact_key="all")
+    async def routed(self, request: Request) -> Response:
         values = {k: v for k, v in metrics.metrics_table.items() if v}
         return self.json(metrics.summary(values, time.time(), await queue_size()))
 

@@ -105,3 +105,21 @@ async def test_recovering_tables_answer_503_recovering_until_recovery_completes(
     completed.set()
     resp = await view.get(None)  # type: ignore[arg-type]
     assert (resp.status, orjson.loads(resp.body)["status"]) == (200, "ok")
+
+
+async def test_metrics_before_the_table_is_assigned_is_a_503_starting_not_a_traceback(monkeypatch) -> None:
+    """A worker's first seconds on a fresh cluster: Faust's router fails inside its assignor (the changelog is
+    not in the metadata yet: 'NoneType' object is not iterable) and the page answered 500 with a traceback."""
+    from types import SimpleNamespace
+
+    import orjson
+
+    from streams.app import app
+    from streams.web import health
+
+    async def no_metadata(*args: object) -> None:
+        raise TypeError("'NoneType' object is not iterable")
+
+    monkeypatch.setattr(app.router, "route_req", no_metadata)
+    response = await health.PipelineMetrics(app, app.web).get(SimpleNamespace(query={}))  # type: ignore[arg-type]
+    assert response.status == 503 and orjson.loads(response.body)["status"] == "starting"
