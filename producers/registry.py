@@ -73,9 +73,10 @@ def is_enabled(sources_settings: Any, name: str) -> bool:
 
 
 def enabled_sources(sources_settings: Any, *, include: set[str] | None = None,
-                    collaborators: Collaborators = NONE) -> list[Source]:
+                    collaborators: Collaborators = NONE, not_started: dict[str, str] | None = None) -> list[Source]:
     """Build every enabled source. A source whose key is missing is skipped with a clear log line, so one
-    unconfigured provider never stops the others (or the offline default)."""
+    unconfigured provider never stops the others (or the offline default); `not_started` gets its name and why,
+    for /health and the connector manager's status to show it."""
     built: list[Source] = []
     for name, builder in BUILDERS.items():
         cfg = getattr(sources_settings, name, None)
@@ -85,4 +86,6 @@ def enabled_sources(sources_settings: Any, *, include: set[str] | None = None,
             built.extend(builder(cfg, collaborators))
         except ConfigError as exc:
             logger.error("source %s is enabled but cannot start: %s", name, exc)
+            if not_started is not None:
+                not_started[name] = str(exc)
     return built

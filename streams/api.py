@@ -559,6 +559,7 @@ class DataConnectorManager:
         self._tasks: list[asyncio.Task[None]] = []
         self.sources: list[Source] = []
         self.errors: dict[str, str] = {}
+        self.not_started: dict[str, str] = {}  # enabled sources that could not be built, and why
         self.failures: Counter[str] = Counter()
         self.ingested: Counter[str] = Counter()
         self.backoff_initial = 1.0
@@ -574,7 +575,10 @@ class DataConnectorManager:
         else:
             from producers.registry import enabled_sources
 
-            self.sources = enabled_sources(self.settings.sources)
+            not_started: dict[str, str] = {}
+            self.sources = enabled_sources(self.settings.sources, not_started=not_started)
+            for name, why in not_started.items():  # enabled, but it could not be built (a missing key)
+                self.not_started[name] = self.pipeline.source_errors[name] = redact.redact(why)
         if not self.sources:
             logger.warning("no source is enabled (config['yfinance']['enabled'] = True, ...)")
         for source in self.sources:
@@ -623,9 +627,11 @@ class DataConnectorManager:
         ingested, failures so far and the last error (redacted; None when healthy: never failed, or its last round
         after a failure went well). A provider whose every call of a round fails is a failure, as in /health."""
         tasks = {t.get_name().removeprefix("collect-"): t for t in self._tasks}
-        return {s.name: {"running": s.name in tasks and not tasks[s.name].done(),
-                         "ingested": self.ingested[s.name], "failures": self.failures[s.name],
-                         "error": self.errors.get(s.name)} for s in self.sources}
+        return {**{name: {"running": False, "ingested": 0, "failures": 0, "error": why}
+                   for name, why in self.not_started.items()},
+                **{s.name: {"running": s.name in tasks and not tasks[s.name].done(),
+                            "ingested": self.ingested[s.name], "failures": self.failures[s.name],
+                            "error": self.errors.get(s.name)} for s in self.sources}}
 
     def stop(self) -> _Done:
         """Cancel every source (each stops at its next await). Awaiting the result is optional; awaited, it

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -95,7 +95,8 @@ class SourceSupervisor:
     def __init__(self, sources: list[Source], *, send: Send, topic_for: Callable[[str], str],
                  session: Callable[[], aiohttp.ClientSession] = aiohttp.ClientSession,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 initial_backoff: float = 1.0, max_backoff: float = 300.0) -> None:
+                 initial_backoff: float = 1.0, max_backoff: float = 300.0,
+                 not_started: Mapping[str, str] | None = None) -> None:
         self.sources = sources
         self.send = send
         self.topic_for = topic_for
@@ -105,6 +106,8 @@ class SourceSupervisor:
         self.max_backoff = max_backoff
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.states: dict[str, SourceStatus] = {}
+        for name, why in (not_started or {}).items():  # enabled, but it could not be built (a missing key)
+            self.states[f"{name}:-"] = SourceStatus(name, "not started", state="failed", last_error=redact(why))
 
     def status(self) -> list[dict[str, Any]]:
         """Every source's state, for /health, the dashboard and /metrics (errors already redacted)."""
@@ -209,8 +212,10 @@ class SourceSupervisor:
 # The Faust wiring: this worker's sources, supervised on the leader. Daily quotas (Alpha Vantage) are counted
 # on a compacted topic, so a restart or a new leader continues the day's count (producers/quota.py).
 quota_store = KafkaQuotaStore.for_settings(settings.kafka)
-supervisor = SourceSupervisor(enabled_sources(settings.sources, collaborators=Collaborators(quota_store=quota_store)),
-                              send=send_all, topic_for=lambda name: catalog.raw(name).name)
+_not_started: dict[str, str] = {}
+supervisor = SourceSupervisor(enabled_sources(settings.sources, collaborators=Collaborators(quota_store=quota_store),
+                                              not_started=_not_started),
+                              send=send_all, topic_for=lambda name: catalog.raw(name).name, not_started=_not_started)
 
 
 @app.timer(1.0, name="supervise_sources")

@@ -88,3 +88,21 @@ def test_connector_manager_shows_a_provider_whose_every_call_fails() -> None:
     # a good round (nothing new in it) clears the error; the count of past failures stays
     assert recovered["finnhub"]["error"] is None and recovered["finnhub"]["failures"] >= 2
     assert recovered_metrics["failed_sources"] == {}
+
+
+async def test_an_enabled_source_without_its_key_is_in_status_and_failed_sources(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was logged once and absent from `status()` and `failed_sources`: the user saw nothing arrive and no
+    reason anywhere they looked."""
+    monkeypatch.delenv("FINNHUB_API_KEY", raising=False)
+    pipeline = DataIngestionPipeline({**NO_STACK, "finnhub": {"enabled": True}})
+    await pipeline.start()
+    manager = DataConnectorManager(pipeline)
+    try:
+        await manager.start_data_collection()
+        st = manager.status()["finnhub"]
+        assert st["running"] is False and "FINNHUB_API_KEY" in st["error"]
+        assert "FINNHUB_API_KEY" in pipeline.get_metrics()["failed_sources"]["finnhub"]
+    finally:
+        await manager.stop()
+        await pipeline.stop()

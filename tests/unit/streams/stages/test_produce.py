@@ -154,3 +154,22 @@ async def test_a_secret_in_an_exception_never_reaches_health(exc: BaseException)
         assert "***" in body["sources"][0]["last_error"]
     finally:
         redact.forget_all()
+
+
+def test_an_enabled_source_that_cannot_start_is_shown_as_failed_with_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source enabled without its key was logged once and then absent from /health, the dashboard and
+    /metrics, as if it had never been asked for."""
+    from producers.registry import enabled_sources
+    from streams.settings import SourcesSettings
+
+    monkeypatch.delenv("FINNHUB_API_KEY", raising=False)
+    s = SourcesSettings()
+    s.finnhub.enabled = True
+    not_started: dict[str, str] = {}
+    assert enabled_sources(s, not_started=not_started) == []
+    assert "FINNHUB_API_KEY" in not_started["finnhub"]
+    sup = SourceSupervisor([], send=lambda *a: None, topic_for=lambda n: f"raw.{n}",  # type: ignore[arg-type]
+                           not_started=not_started)
+    (st,) = sup.status()
+    assert (st["source"], st["kind"], st["state"]) == ("finnhub", "not started", "failed")
+    assert "FINNHUB_API_KEY" in st["last_error"]
