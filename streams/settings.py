@@ -522,7 +522,9 @@ def _problems(exc: ValidationError) -> str:
                 msg = f"unknown key{_suggest(loc[-1], model.model_fields)}"
         if err["type"] == "value_error":  # our own validators' messages, without pydantic's "Value error, "
             msg = msg.removeprefix("Value error, ")
-        parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+        # After a secret's name a colon reads as "name: value" to the redactor, which hides the next word.
+        sep = " " if loc and re.search(r"(?i)(key|token|secret|passw|pwd)$", loc[-1]) else ": "
+        parts.append(f"{'.'.join(loc)}{sep}{msg}" if loc else msg)
     return "; ".join(parts)
 
 

@@ -225,3 +225,12 @@ def test_an_enabled_sources_symbol_that_validation_refuses_is_an_error_at_start(
     load_settings(sources={"yahoo": {"enabled": False, "symbols": ["bad sym"]}})  # not enabled: not used
     s = load_settings(sources={"yahoo": {"enabled": True, "symbols": ["brk-b", " ^GSPC", "EURUSD=X"]}})
     assert s.sources.yahoo.symbols == ["brk-b", " ^GSPC", "EURUSD=X"]  # as the source sends them: upper, stripped
+
+
+def test_a_short_web_token_says_so_readably(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'worker.web_token: Value error, ...' read as `token: <value>` to the redactor: '*** error, ...'."""
+    monkeypatch.setenv("TICKFLOW_WORKER__WEB_TOKEN", "short")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "worker.web_token is too short: at least 16 characters" in str(err.value)
+    assert "***" not in str(err.value) and "short" not in str(err.value).split("too short")[1]
