@@ -66,6 +66,7 @@ def main() -> int:
     port = get_settings().worker.web_port
     log_path = ROOT / ".cache" / "stack" / "logs" / "worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    rows_before = asyncio.run(row_count())
     print(f"worker log: {log_path}   metrics: http://127.0.0.1:{port}/pipeline/metrics")
     with open(log_path, "ab") as log:
         worker = subprocess.Popen([py, "-m", "streams", "worker", "-l", "info"], cwd=ROOT,
@@ -102,14 +103,18 @@ def main() -> int:
         rows = asyncio.run(row_count())
         print("\n== summary ==")
         if last:
+            # The metrics table's counts: since it was created (earlier runs included), at the last poll, before
+            # the stop wrote the batches in flight.
             print(f"processed {last['total_processed']:,}  valid {last['valid_points']:,}  "
-                  f"rejected {last['rejected_points']:,}  written {last['written_points']:,}")
+                  f"rejected {last['rejected_points']:,}  written {last['written_points']:,}  "
+                  "(the worker's counts at the last poll, earlier runs included)")
             print(f"latency avg {fmt(last['avg_latency_ms'], ' ms')}  p50 {fmt(last['p50_latency_ms'], ' ms')}  "
                   f"p95 {fmt(last['p95_latency_ms'], ' ms')}  p99 {fmt(last['p99_latency_ms'], ' ms')}")
             rules = last["sources"].get("simulated", {}).get("rejected_by_rule", {})
             if rules:
                 print("rejected by rule: " + ", ".join(f"{k} {v}" for k, v in sorted(rules.items())))
-        print(f"rows in PostgreSQL market_data: {rows:,}")
+        print(f"rows in PostgreSQL market_data: {rows:,} ({rows - rows_before:,} written by this run, its stop "
+              "included)")
         for name in started:
             subprocess.run([STACK, "stop", name], check=False)
     return 0 if worker.returncode in (0, None, -signal.SIGTERM) else 1
