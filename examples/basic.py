@@ -1,4 +1,4 @@
-"""Basic usage: start the client, ingest a few points, read the metrics of the running pipeline.
+"""Basic usage: start the client, ingest a valid point and an invalid one, print what was accepted.
 
 Run beside a worker (`make run`):  .cache/venv/bin/python examples/basic.py
 """

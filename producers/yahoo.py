@@ -44,6 +44,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -75,6 +76,11 @@ from streams.errors import SourceError
 from streams.models import DataType, MarketDataPoint
 
 logger = logging.getLogger(__name__)
+
+# yfinance's own use of a pandas API pandas 3 deprecates (sort_index(inplace=True)): a warning about its code, not
+# the user's, printed on every worker's and self-test's output; nothing for a user to do.
+warnings.filterwarnings("ignore", message=r"The inplace keyword in DataFrame\.sort_index is deprecated",
+                        module=r"yfinance(\.|$)")
 
 SOURCE = "yahoo"
 T = TypeVar("T")

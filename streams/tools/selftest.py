@@ -215,6 +215,14 @@ def fake_providers() -> web.Application:
             return web.json_response({"error_code": 400, "error_message": "Bad Request. api_key."}, status=400)
         return web.json_response(FRED_OBSERVATIONS)
 
+    async def fred_series(request: web.Request) -> web.Response:  # the metadata FRED's observations carry
+        if request.query.get("api_key") != FAKE_KEY or request.query.get("series_id") != "UNRATE":
+            return web.json_response({"error_code": 400, "error_message": "Bad Request."}, status=400)
+        return web.json_response({"realtime_start": "2024-12-06", "realtime_end": "2024-12-06", "seriess": [{
+            "id": "UNRATE", "title": "Unemployment Rate", "frequency": "Monthly", "frequency_short": "M",
+            "units": "Percent", "units_short": "%", "seasonal_adjustment": "Seasonally Adjusted",
+            "seasonal_adjustment_short": "SA", "last_updated": "2024-12-06 07:45:02-06"}]})
+
     async def alpha_vantage(request: web.Request) -> web.Response:
         if request.query.get("apikey") != FAKE_KEY or request.query.get("function") != "GLOBAL_QUOTE":
             return web.json_response({"Error Message": "Invalid API call."})
@@ -228,6 +236,7 @@ def fake_providers() -> web.Application:
     app = web.Application()
     app.router.add_get("/v8/finance/chart/{symbol}", yahoo)
     app.router.add_get("/fred/series/observations", fred)
+    app.router.add_get("/fred/series", fred_series)
     app.router.add_get("/query", alpha_vantage)
     app.router.add_get("/api/v1/quote", finnhub)
     return app
@@ -508,7 +517,8 @@ class SelfTest:
         ]
         expected: dict[str, Callable[[list[MarketDataPoint]], bool]] = {
             "yahoo": lambda ps: [p.data_type for p in ps] == ["tick", "bar", "bar", "bar"] and ps[0].price == 417.25,
-            "fred": lambda ps: [p.value for p in ps] == [4.1, None] and "value.missing" in ps[1].flags,
+            "fred": lambda ps: [p.value for p in ps] == [4.1, None] and "value.missing" in ps[1].flags
+                    and ps[0].metadata.get("title") == "Unemployment Rate",
             "alpha_vantage": lambda ps: [(p.symbol, p.data_type, p.close) for p in ps] == [("IBM", "bar", 211.45)],
             "finnhub": lambda ps: [(p.symbol, p.price) for p in ps] == [("MSFT", 415.5)],
         }
