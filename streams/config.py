@@ -368,7 +368,7 @@ class WorkerSettings(_Section):
     def _strong_token(cls, value: SecretStr) -> SecretStr:
         token = value.get_secret_value()
         if token and (len(token) < 16 or token != token.strip()):
-            raise ValueError("is too short: at least 16 characters without surrounding spaces "
+            raise ValueError("needs at least 16 characters without surrounding spaces "
                              "(e.g. `openssl rand -hex 32`)")
         return value
 
