@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -558,6 +559,13 @@ def backfill(source: str, symbols: str, start: date, end: date, interval: str) -
     names = [s.strip() for s in symbols.split(",") if s.strip()]
     if not names:
         raise Failure("--symbols is empty; give at least one, e.g. --symbols AAPL,MSFT")
+    from streams.settings import get_settings
+
+    v = get_settings().validation
+    bad = [n for n in names if len(n) > v.max_symbol_length or not re.fullmatch(v.symbol_pattern, n.upper())]
+    if bad:  # every point of it would be rejected after the provider's calls were spent
+        raise Failure(f"--symbols: {', '.join(repr(n) for n in bad)} is not a symbol validation accepts "
+                      f"(validation.symbol_pattern {v.symbol_pattern}); e.g. --symbols AAPL,BRK-B,^GSPC", 2)
     with progress(len(names), f"backfill {source}") as bar:
         total, done, failed = asyncio.run(backfill_history(source, names, start, end, interval, bar))
     from streams.catalog import catalog_of

@@ -162,6 +162,12 @@ def test_backfill_date_must_be_iso() -> None:
     assert "'01/02/2024' is not a date as YYYY-MM-DD" in line and "--start" in line
 
 
+def test_backfill_refuses_a_symbol_validation_would_refuse_before_any_call() -> None:
+    out = run("backfill", "yahoo", "--symbols", "AAPL,AA PL,$$$", "--start", "2024-01-02", "--end", "2024-01-05")
+    line = one_line_error(out)
+    assert "--symbols: 'AA PL', '$$$' is not a symbol validation accepts" in line and out.returncode == 2
+
+
 def test_backfill_end_before_start() -> None:
     result = CliRunner().invoke(cli.cli, ["backfill", "fred", "--symbols", "GDP", "--start",
                                                         "2024-02-01", "--end", "2024-01-01"], env=NOWHERE)
