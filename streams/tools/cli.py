@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -578,11 +579,11 @@ def backfill(source: str, symbols: str, start: date, end: date, interval: str) -
 
 
 async def replay_dead_letters(rule: str | None, source: str | None, rate: float, limit: int | None, dry_run: bool,
-                              bar: Bar | None = None) -> tuple[int, int, int]:
+                              bar: Bar | None = None, seen: Counter[str] | None = None) -> tuple[int, int, int]:
     """Re-produce matching dead letters to their original topic, keeping key, value and non-tickflow headers.
     Into the clean topic a record goes as the validate stage publishes one (streams/contract.py): with the
     contract headers (tickflow.schema, content-type) and its event time as the Kafka timestamp.
-    Returns (dead letters in the topic, scanned, matched)."""
+    Returns (dead letters in the topic, scanned, matched); `seen` counts the rules of the replayable ones."""
     import orjson
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -651,6 +652,8 @@ async def replay_dead_letters(rule: str | None, source: str | None, rate: float,
                         bar.advance()
                     h = {k: v.decode(errors="replace") for k, v in (m.headers or [])}
                     target = h.get("tickflow.source.topic", "")
+                    if seen is not None and target in raw_names:
+                        seen[h.get("tickflow.rule", "?")] += 1
                     if (target not in raw_names or (rule and not h.get("tickflow.rule", "").startswith(rule))
                             or (wanted_topic and target != wanted_topic)):
                         continue
@@ -698,9 +701,13 @@ async def replay_dead_letters(rule: str | None, source: str | None, rate: float,
 def replay_dlq(rule: str | None, source: str | None, rate: float, limit: int | None, dry_run: bool) -> int:
     """Re-inject dead letters into the topic that refused them (a raw topic: validation runs again; the clean
     topic: the write stage tries again) after a fix."""
+    seen: Counter[str] = Counter()
     with progress(None, "dead letters") as bar:
-        total, scanned, matched = asyncio.run(replay_dead_letters(rule, source, rate, limit, dry_run, bar))
+        total, scanned, matched = asyncio.run(replay_dead_letters(rule, source, rate, limit, dry_run, bar, seen))
     click.echo(f"scanned {scanned:,}/{total:,} dead letters; {'would replay' if dry_run else 'replayed'} {matched:,}")
+    if not matched and seen and (rule or source):  # a typo'd rule finds nothing: say what there is
+        click.echo("rules of the replayable dead letters: "
+                   + ", ".join(f"{r} {n:,}" for r, n in seen.most_common(12)))
     return 0
 
 
