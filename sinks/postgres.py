@@ -524,8 +524,9 @@ OPTIMISTIC_AFTER = 64  # batches written with ON CONFLICT after one met a stored
 # for the WAL writer instead (pg_current_wal_flush_lsn) took up to wal_writer_delay, 200 ms, at low rates.
 _DURABLE_SQL = ("SELECT set_config('synchronous_commit', 'on', true), "
                 "pg_logical_emit_message(true, 'tickflow.durable', ''), "
-                "(SELECT count(*) FROM pg_stat_activity a JOIN unnest($1::int[], $2::timestamptz[]) AS w(pid, started) "
-                "ON a.pid = w.pid AND a.backend_start = w.started)::int")
+                "(SELECT coalesce(array_agg(a.pid), '{}') FROM pg_stat_activity a "
+                "JOIN unnest($1::int[], $2::timestamptz[]) AS w(pid, started) "
+                "ON a.pid = w.pid AND a.backend_start = w.started)::int[]")
 
 
 class PostgresTickWriter(BatchWriter):
@@ -551,6 +552,7 @@ class PostgresTickWriter(BatchWriter):
         self._async_commit = settings.async_commit
         self._backend_start: dict[int, datetime] = {}
         self._unflushed: dict[int, int] = {}
+        self._closed_by_us: set[int] = set()  # backends our own stop closed (see stop)
         self._releases = 0
         self._confirming: int | None = None  # the connection `durable` is using
         self.losses = 0
@@ -638,6 +640,11 @@ class PostgresTickWriter(BatchWriter):
                 statement_cache_size=STATEMENT_CACHE_SIZE if self.settings.prepared_statements else 0,
                 init=self._init_connection,
                 reset=self._released,
+                # Never replaced by the pool itself (asyncpg closes a connection after 50,000 queries or 300 s idle):
+                # `durable` reads a backend that ended as a crash that may have dropped its asynchronous commits,
+                # and reads everything since the last commit again.
+                max_queries=2**62,
+                max_inactive_connection_lifetime=0,
             )
         except Exception as exc:
             raise classify(exc, f"pool {self.settings.dsn_for_display()}") from None
@@ -646,6 +653,10 @@ class PostgresTickWriter(BatchWriter):
     async def stop(self) -> None:
         pool, self.pool = self.pool, None
         if pool is not None:
+            # Ours to close: their commits reached the WAL buffers, which outlive a backend that exits (only a
+            # crash of the server loses them). A stage still busy as the worker stops writes again on a new pool,
+            # and its next `durable` must not read these as a crash (a clean stop logged a loss and a rewind).
+            self._closed_by_us |= set(self._unflushed)
             await pool.close()
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
@@ -693,12 +704,14 @@ class PostgresTickWriter(BatchWriter):
                 *_, alive = await conn.fetchrow(_DURABLE_SQL, pids, [self._backend_start.get(p) for p in pids])
         except Exception as exc:
             raise classify(exc, "confirm the WAL flush") from None
-        if alive < len(pids):
+        # A backend our own stop closed (a stop running beside this check) exited: its commits are not lost.
+        gone = [p for p in pids if p not in set(alive) and p not in self._closed_by_us]
+        if gone:
             self.losses += 1
             logger.warning("%d of %d PostgreSQL connections that wrote ended before their writes were known flushed "
-                           "(a crash of the server drops them): their records are read again", len(pids) - alive,
-                           len(pids))
+                           "(a crash of the server drops them): their records are read again", len(gone), len(pids))
         self._unflushed = {pid: n for pid, n in self._unflushed.items() if n > upto}
+        self._closed_by_us &= set(self._unflushed)
         return self.losses
 
     async def write(self, rows: Sequence[tuple[Any, ...]]) -> WriteResult:

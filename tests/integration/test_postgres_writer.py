@@ -211,6 +211,26 @@ async def test_durable_counts_a_loss_when_a_connection_that_wrote_ended_before_t
         await w.stop()
 
 
+async def test_connections_our_pool_or_our_stop_closes_are_no_loss(iso, pg) -> None:
+    """A clean stop logged "1 of 2 PostgreSQL connections that wrote ended before their writes were known flushed"
+    and made the archive stage read its records again: the writer was stopped (its pool closed) while a stage still
+    wrote, on a new pool, and its `durable` then found the old backends gone. And asyncpg replaced a connection
+    after 50,000 queries, which read as a crash too. A backend that exits keeps its commits (only a crash of the
+    server drops them)."""
+    w = PostgresTickWriter(settings_for(iso).model_copy(update={"pool_min": 2, "pool_max": 2}))
+    await w.start()
+    try:
+        assert w.pool is not None
+        assert (w.pool._max_queries, w.pool._max_inactive_connection_lifetime) == (2**62, 0)  # never replaced
+        assert (await w.write(rows(3))).inserted == 3
+        assert w._unflushed  # written, not yet confirmed
+        await w.stop()  # the worker's shutdown closes the pool ...
+        assert (await w.write(rows(3, source="late"))).inserted == 3  # ... while a stage still writes: a new pool
+        assert await w.durable() == 0 and w.losses == 0
+    finally:
+        await w.stop()
+
+
 async def test_a_locked_market_data_holds_up_its_writes_only(iso, pg) -> None:
     """While another session holds market_data, a market_data write waits; dead letters and anomaly events
     are still stored on the pool's other connections (a new connection makes no staging table until it
