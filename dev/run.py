@@ -69,7 +69,9 @@ def main() -> int:
     rows_before = asyncio.run(row_count())
     print(f"worker log: {log_path}   metrics: http://127.0.0.1:{port}/pipeline/metrics")
     with open(log_path, "ab") as log:
-        worker = subprocess.Popen([py, "-m", "streams", "worker", "-l", "info"], cwd=ROOT,
+        level = {"WARNING": "warn", "CRITICAL": "crit"}.get(lvl := get_settings().pipeline.log_level or "INFO",
+                                                            lvl.lower())  # PIPELINE_LOG_LEVEL=DEBUG make run
+        worker = subprocess.Popen([py, "-m", "streams", "worker", "-l", level], cwd=ROOT,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))

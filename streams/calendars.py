@@ -38,17 +38,30 @@ _SUFFIX = {
     "SN": "XSGO", "BA": "XBUE", "SR": "XSAU", "CL": "XBOG", "IC": "XICE",
 }
 _CRYPTO_QUOTES = ("-USD", "-USDT", "-EUR", "-BTC", "-ETH", "-GBP", "-JPY")
-# ISO 4217 codes of currencies (and of the metals quoted like them) whose pairs trade as FX does, 24/5.
+# ISO 4217 codes of currencies, and of the metals and energy CFDs quoted like them: their pairs trade as FX
+# does, 24/5.
 _FIAT = frozenset(
-    "USD EUR GBP JPY CHF CAD AUD NZD SEK NOK DKK HKD SGD CNY CNH MXN ZAR TRY PLN CZK HUF INR KRW BRL RUB THB ILS "
-    "TWD IDR MYR PHP SAR AED XAU XAG XPT XPD".split())
-# What crypto is quoted in on an exchange: BTCUSDT, ETHBTC, XBTUSD (fiat quotes are in _FIAT).
-_CRYPTO_QUOTE_CODES = ("USDT", "USDC", "BUSD", "TUSD", "FDUSD", "DAI", "BTC", "XBT", "ETH", "BNB", "SOL")
-# Exchange prefixes of Finnhub's (and TradingView's) symbols: crypto venues trade every day, FX brokers 24/5.
+    "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP BYN BZD CAD CDF "
+    "CHF CLP CNH CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD "
+    "HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL "
+    "LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR "
+    "PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP "
+    "TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW ZWL "
+    "XAU XAG XPT XPD XBR XTI XNG".split())
+# Crypto assets seen as a pair's base (BTCGBP, ETH/USD, BTC-CAD), and the stablecoins quoted against any base.
+_CRYPTO = frozenset(
+    "BTC XBT ETH BNB SOL XRP ADA DOGE DOT LTC BCH LINK XLM TRX AVAX MATIC POL SHIB UNI ATOM ETC XMR FIL APT ARB "
+    "OP NEAR ICP ALGO VET HBAR AAVE SUI PEPE TON EOS XTZ ZEC DASH NEO IOTA MKR COMP SNX CRV SAND MANA AXS GRT "
+    "FTM EGLD THETA KSM CAKE RUNE INJ SEI TIA JUP WIF BONK STX IMX RNDR RENDER LDO QNT FET OCEAN AGIX KAS BSV".split())
+_STABLE = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USDP")
+# Exchange prefixes of Finnhub's (and TradingView's) symbols: crypto venues trade every day, FX brokers 24/5,
+# stock exchanges their own calendar.
 _CRYPTO_VENUES = frozenset(
     "BINANCE BINANCEUS COINBASE KRAKEN BITFINEX BITSTAMP GEMINI HUOBI HITBTC OKX OKEX BYBIT KUCOIN POLONIEX "
-    "BITTREX BITMEX POLONIEX GATEIO MEXC CRYPTO".split())
+    "BITTREX BITMEX GATEIO MEXC CRYPTO".split())
 _FX_VENUES = frozenset("OANDA FXCM FOREXCOM FXPRO ICMARKETS PEPPERSTONE SAXO FX FX_IDC".split())
+_STOCK_VENUES = {"NSE": "XBOM", "BSE": "XBOM", "NASDAQ": "XNYS", "NYSE": "XNYS", "AMEX": "XNYS", "LSE": "XLON",
+                 "XETRA": "XETR", "TSX": "XTSE", "ASX": "XASX", "HKEX": "XHKG", "TSE": "XTKS"}
 # Yahoo's symbols of indexes traded elsewhere than New York (^GSPC, ^DJI, ^IXIC, ^RUT, ^VIX are the default's).
 _INDEXES = {
     "^N225": "XTKS", "^FTSE": "XLON", "^FTMC": "XLON", "^GDAXI": "XETR", "^MDAXI": "XETR", "^FCHI": "XPAR",
@@ -62,15 +75,18 @@ _INDEXES = {
 
 
 def _pair_calendar(base: str, quote: str) -> str | None:
-    """'24/5' for two currencies, '24/7' when either side is crypto, None when it is no pair."""
-    if not (base.isalpha() and 2 <= len(base) <= 10 and (quote in _FIAT or quote in _CRYPTO_QUOTE_CODES)):
-        return None  # WIKI/AAPL (a Nasdaq Data Link code) is no pair
-    return "24/5" if base in _FIAT and quote in _FIAT else "24/7"
+    """'24/7' when a side is crypto, '24/5' for two currencies, None when it is no pair we know."""
+    if not base.isalnum() or not quote.isalpha():
+        return None
+    if base in _CRYPTO or quote in _STABLE or (quote in _CRYPTO and base.isalpha() and base not in _FIAT):
+        return "24/7"
+    return "24/5" if base in _FIAT and quote in _FIAT else None
 
 
 def _form_calendar(sym: str) -> str | None:
-    """A pair's or a venue's calendar from the symbol's form: BINANCE:BTCUSDT, OANDA:EUR_USD, BTC/USDT,
-    EUR/USD, BTCUSDT, XBTUSD, EURUSD (six letters of two currencies). None: not such a form."""
+    """A pair's or a venue's calendar from the symbol's form: BINANCE:BTCUSDT, OANDA:EUR_USD, NSE:INFY, BTC/USDT,
+    EUR/USD, BTC-CAD, BTCUSDT, 1INCHUSDT, XBTUSD, BTCGBP, EURUSD. None: not such a form (AAPL, BRK-B, WIKI/AAPL,
+    HYUNDAI, SPXUSD: a ticker or a code of its own)."""
     if ":" in sym:
         venue, rest = sym.split(":", 1)
         venue = venue.replace(".", "").replace(" ", "").replace("-", "")
@@ -78,17 +94,20 @@ def _form_calendar(sym: str) -> str | None:
             return "24/7"
         if venue in _FX_VENUES:
             return "24/5"
+        if venue in _STOCK_VENUES:
+            return _STOCK_VENUES[venue]
         sym = rest
-    for sep in ("/", "_"):
+    for sep in ("/", "_", "-"):
         if sep in sym:
             base, _, quote = sym.partition(sep)
             return _pair_calendar(base, quote)
-    if not sym.isalpha() or len(sym) < 6:  # five letters or fewer: a US ticker
+    if not sym.isalnum() or len(sym) < 6:  # five characters or fewer: a ticker
         return None
-    if len(sym) == 6 and sym[:3] in _FIAT and sym[3:] in _FIAT:
-        return "24/5"
-    if any(sym.endswith(q) and len(sym) - len(q) >= 2 for q in (*_CRYPTO_QUOTE_CODES, "USD", "EUR")):
+    if any(sym.endswith(q) and len(sym) > len(q) + 1 for q in _STABLE):
         return "24/7"
+    for n in (3, 4, 5):  # BTC|GBP, DOGE|USD, MATIC|USDT: a base we know and a quote
+        if (got := _pair_calendar(sym[:n], sym[n:])) is not None and (sym[:n] in _CRYPTO or len(sym) == 6):
+            return got
     return None
 
 

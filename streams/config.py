@@ -262,6 +262,10 @@ class PostgresSettings(_Section):
                      " (it verifies no certificate: use verify-full)")
         if self.sslkey is not None and self.sslcert is None:
             raise ValueError("sslkey needs sslcert (the client certificate it belongs to)")
+        if self.pool_min > self.pool_max:
+            if "pool_max" in self.model_fields_set:
+                raise ValueError(f"pool_min ({self.pool_min}) is above pool_max ({self.pool_max})")
+            self.pool_max = self.pool_min  # a larger minimum alone (the brief's min_connections: 5) raises the default
         return self
 
     def connect_kwargs(self) -> dict[str, Any]:
@@ -315,7 +319,7 @@ class WorkerSettings(_Section):
     web_host: str = "127.0.0.1"
     # Port of the worker's web server (/health, /metrics, /dashboard, /pipeline/...); the CLI and the Python API
     # reach a worker at advertised_host (or web_host) and this port. One per worker on a host.
-    web_port: int = Field(default=6066, ge=0, le=65535)
+    web_port: int = Field(default=6066, ge=1, le=65535)
     # Bearer token for every page but /health, /metrics and the /dashboard page itself (streams/web/auth.py),
     # from TICKFLOW_WORKER__WEB_TOKEN (never pipeline_config.yaml). Empty: those pages answer 403, except to
     # loopback clients of a worker bound to loopback only (the local default, `make run`).
@@ -401,6 +405,15 @@ class ValidationSettings(_Section):
     max_symbol_length: int = Field(default=32, ge=1)
     # Tickers, FX and crypto pairs, indices (^GSPC), futures (ES=F), vendor prefixes (CRYPTO:BTC).
     symbol_pattern: str = r"^[A-Za-z0-9^][A-Za-z0-9.\-_=^/:]{0,31}$"
+
+    @field_validator("symbol_pattern")
+    @classmethod
+    def _a_regular_expression(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"is not a regular expression: {exc}") from None
+        return v
     # Longest headline or text accepted, in characters; a longer one is rejected (text.too_long).
     max_text_length: int = Field(default=20_000, ge=1)
     # Run the anomaly detectors (streams/anomalies/detectors.py) after the rules.
@@ -417,7 +430,7 @@ class ValidationSettings(_Section):
     # A tripped breaker pauses only its source's raw partitions, for this long, then tries them again.
     circuit_breaker_cooldown_seconds: float = Field(default=60.0, gt=0.0)
     # How often per symbol the detectors' state is saved to its changelog-backed table.
-    anomaly_state_flush_seconds: float = Field(default=1.0, gt=0)
+    anomaly_state_flush_seconds: float = Field(default=1.0, ge=0)
     # Raw records per validate batch (per fetch, per producer flush, per offset commit): larger amortises
     # those, and under load each record waits for its batch (README, Performance: tuning knobs).
     batch_size: int = Field(default=2000, ge=1, le=100_000)
@@ -561,7 +574,7 @@ class AlphaVantageSettings(SourceSection):
     # Most calls per UTC day (free tier: 25). Every attempt is counted before it goes out; the worker and `python -m
     # producers` keep the count on a Kafka topic, so a restart or a new leader continues it. Once spent, polls make
     # no call until 00:00 UTC.
-    daily_limit_calls: float = Field(default=25.0, gt=0)
+    daily_limit_calls: float = Field(default=25.0, ge=1)
     # The API's root URL; tests and recordings point it at a local server.
     base_url: str = "https://www.alphavantage.co"
     # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
@@ -992,7 +1005,8 @@ class BarCheckSettings(BaseModel):
     decimal_tolerance: float = Field(default=0.15, gt=0, lt=0.5)
     # OHLC: a wick beyond max/min(open, close) of more than range_multiplier x the median log range.
     range_window: int = Field(default=60, ge=8)
-    # A wick longer than this x the median log range (high/low) of recent clean bars is flagged.
+    # A wick longer than this x the median log range (high/low) of the recent clean bars that traded (a flat bar's
+    # range of 0 does not count; with fewer than min_returns of them no wick is judged) is flagged.
     range_multiplier: float = Field(default=15.0, gt=1)
     # That median log range is never taken below this (flat series).
     range_floor: float = Field(default=0.002, gt=0)

@@ -393,8 +393,10 @@ def check_env_names(env: Mapping[str, str] | None = None) -> None:
         upper = name.upper()
         if upper.startswith("TICKFLOW_") and "__" in upper and upper not in known:
             raise ConfigError(f"environment variable {name} names no setting{_suggest(upper, known)}")
-        if upper.startswith("TICKFLOW_") and "__" not in upper and upper in collapsed:
-            # TICKFLOW_POSTGRES_PASSWORD: a setting's name with one underscore where two part section and key
+        # TICKFLOW_POSTGRES_PASSWORD: a setting's name with one underscore where two part section and key. Not
+        # what Kubernetes sets for a Service named tickflow-postgres: TICKFLOW_POSTGRES_PORT=tcp://10.96.0.12:5432.
+        if (upper.startswith("TICKFLOW_") and "__" not in upper and upper in collapsed
+                and not re.match(r"(?i)(tcp|udp|sctp)://", env[name])):
             raise ConfigError(f"environment variable {name} names no setting; did you mean {collapsed[upper]}? "
                               "(two underscores between a section and its key)")
 
@@ -497,13 +499,19 @@ class Settings(BaseSettings):
         whole source, its good symbols too: a configuration error, said at start-up."""
         v = self.validation
         pattern = re.compile(v.symbol_pattern)
-        for name in type(self.sources).model_fields:
+        names = type(self.sources).model_fields
+        others_on = any(getattr(self.sources, n).enabled is True for n in names if n != "simulated")
+        for name in names:
             section = getattr(self.sources, name)
             symbols = getattr(section, "symbols", None)
-            if section.enabled is False or not isinstance(symbols, list):
+            # enabled unset: the simulated feed's default, on while no other source is (producers/registry.py)
+            on = section.enabled if section.enabled is not None else not others_on
+            if not on or not isinstance(symbols, list):
                 continue
             for symbol in symbols:
-                s = str(symbol).strip().upper() if name != "simulated" else str(symbol)
+                # as each source sends it: the simulated one as written, stocktwits stripped, the others upper-cased
+                s = str(symbol) if name == "simulated" else str(symbol).upper()
+                s = s.strip() if name == "stocktwits" else s
                 if len(s) > v.max_symbol_length or not pattern.fullmatch(s):
                     raise ValueError(f"sources.{name}.symbols: {str(symbol)[:40]!r} is not a symbol validation "
                                      f"accepts (validation.symbol_pattern {v.symbol_pattern}, at most "

@@ -303,8 +303,8 @@ class DecimalShift(Detector):
 class OhlcConsistency(Detector):
     """A bar that contradicts itself: high < low, open or close outside [low, high] (beyond a rounding
     tolerance), or a wick (high above max(open, close), low below min(open, close)) longer than
-    range_multiplier x the median log range (high/low) of the recent bars that traded (a flat bar's range of 0
-    does not count; with fewer than min_returns of them the wick is not judged), floored at range_floor. A real
+    range_multiplier x the median log range (high/low) of the recent clean bars that traded (a flat bar's range
+    of 0 does not count; with fewer than min_returns of them the wick is not judged), floored at range_floor. A real
     crash closes near its low (a long body, not a wick), so it is not a wick outlier. Judged on arrival.
     Score: the violation (relative, or the wick in log units); threshold: the tolerance or the wick limit.
     """
@@ -348,9 +348,7 @@ class OhlcConsistency(Detector):
                 out.append(self._flag(point, wick, limit_wick,
                                       f"wick {wick:.4f} (log) > {cfg.range_multiplier:g} x the median range",
                                       {"check": "range", "median_range": median}))
-        # A flagged bar's range enters the window too: the median shrugs off one bad print, and a market that
-        # turns volatile (bitcoin's crash of January 2015 after flat weeks) is judged by its new ranges after a
-        # few bars instead of by the calm ones for ever (14 of its bars were wicks).
+                return out
         w.push(math.log(h / lo))
         return out
 

@@ -46,6 +46,7 @@ class StaleFeed(Detector):
         self.silence_reported = False
         self.live = False
         self.exchange: str | None = None
+        self.exchange_restored = False  # from saved state: found again on the next point (the rules may be newer)
         # read at every point: kept here, a settings model's attribute costs a __getattr__ hook (core._Facts)
         self._live_lag = self.settings.stale_live_lag_seconds
 
@@ -74,8 +75,9 @@ class StaleFeed(Detector):
             self.live = arrived_ts - ts <= allowance
         else:  # no arrival time (a direct caller, not the pipeline): taken as live
             self.live = True
-        if self.exchange is None:
+        if self.exchange is None or self.exchange_restored:
             self.exchange = exchange_for(point.symbol, s.exchanges, point.metadata, s.default_exchange) or ""
+            self.exchange_restored = False
         value: Any
         if (q := f.quote) is not None and f.kind == _QUOTE:
             value = [q[0], q[1], point.bid_size, point.ask_size]  # a live book changes sizes
@@ -144,7 +146,8 @@ class StaleFeed(Detector):
         self.intervals.extend(state.get("intervals", ()))
         self.silence_reported = bool(state.get("silence_reported", False))
         self.live = bool(state.get("live", False))
-        self.exchange = state.get("exchange")
+        self.exchange = state.get("exchange")  # for the silence check until the next point finds it again
+        self.exchange_restored = True
 
 
 _EPOCH = date(1970, 1, 1).toordinal()
@@ -187,6 +190,7 @@ class BarGaps(Detector):
         super().__init__(settings)
         self.last: dict[str, float] = {}  # interval -> timestamp of the latest bar
         self.exchange: str | None = None  # the calendar's name ("" = none), found on the first bar
+        self.exchange_restored = False  # from saved state: found again on the next bar (the rules may be newer)
 
     def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
         if point.data_type != _BAR:
@@ -204,8 +208,9 @@ class BarGaps(Detector):
         if last is None:
             return []
         s = self.settings
-        if self.exchange is None:
+        if self.exchange is None or self.exchange_restored:
             self.exchange = exchange_for(point.symbol, s.exchanges, point.metadata, s.default_exchange) or ""
+            self.exchange_restored = False
         cal = calendar(self.exchange) if self.exchange else None
         d0, d1 = int(last // 86400), int(ts // 86400)
         if step == 86400:
@@ -236,5 +241,6 @@ class BarGaps(Detector):
 
     def _load(self, state: dict[str, Any]) -> None:
         self.exchange = state.get("exchange")
+        self.exchange_restored = True
         for k, ts in state.get("last", {}).items():
             _put_bounded(self.last, k, float(ts), self.settings.max_streams)

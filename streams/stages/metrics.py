@@ -256,6 +256,10 @@ def fold(current: dict[str, Any] | None, delta: SourceDelta, now: float) -> dict
         [v for v in (delta.latency_min_ms, delta.latency_max_ms) if v is not None])
     if most is not None:
         out["latency_min_ms"], out["latency_max_ms"] = least, most
+    # How many of the counted latencies the range covers: a value folded by an older version (or a delta from an
+    # older worker, in a rolling upgrade) counted some without one, and those may lie outside it.
+    out["latency_range_n"] = cur.get("latency_range_n", 0) + (delta.latency_n if delta.latency_max_ms is not None
+                                                               else 0)
     samples = [s for s in cur.get("samples", []) if now - s[0] <= 6 * RATE_WINDOW_SECONDS]
     if not samples or now - samples[-1][0] >= 1.0:
         samples.append([now, out["written"]])
@@ -288,7 +292,7 @@ def throughput(value: dict[str, Any], now: float) -> float:
 def snapshot(value: dict[str, Any], now: float) -> dict[str, Any]:
     lat = value.get("latency", histogram.empty())
     n = value.get("latency_n", 0)
-    least, most = value.get("latency_min_ms"), value.get("latency_max_ms")
+    least, most = _range(value)
     return {
         **{c: value.get(c, 0) for c in COUNTERS},
         "rejected_by_rule": dict(value.get("rules", {})),
@@ -299,6 +303,13 @@ def snapshot(value: dict[str, Any], now: float) -> dict[str, Any]:
         "p95_latency_ms": _round(histogram.percentile(lat, 0.95, least, most)),
         "p99_latency_ms": _round(histogram.percentile(lat, 0.99, least, most)),
     }
+
+
+def _range(value: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The smallest and largest latency of a table value, when they bound every latency it counted."""
+    if value.get("latency_range_n", 0) != value.get("latency_n", 0):
+        return None, None
+    return value.get("latency_min_ms"), value.get("latency_max_ms")
 
 
 def _round(v: float | None) -> float | None:
@@ -312,12 +323,16 @@ def summary(values: dict[str, dict[str, Any]], now: float, queue_size: int | Non
     lat_sum, lat_n = 0.0, 0
     least: float | None = None
     most: float | None = None
+    bounded = True  # every source's range covers all its latencies
     for v in values.values():
         total_lat = histogram.merge(total_lat, v.get("latency", histogram.empty()))
         lat_sum += v.get("latency_sum_ms", 0.0)
         lat_n += v.get("latency_n", 0)
-        least, most = histogram.extend_range(
-            least, most, [x for x in (v.get("latency_min_ms"), v.get("latency_max_ms")) if x is not None])
+        lo, hi = _range(v)
+        bounded &= hi is not None or not v.get("latency_n", 0)
+        least, most = histogram.extend_range(least, most, [x for x in (lo, hi) if x is not None])
+    if not bounded:
+        least = most = None
     tot = {c: sum(s[c] for s in per_source.values()) for c in COUNTERS}
     return {
         "total_processed": tot["processed"],

@@ -246,7 +246,7 @@ def faust_argv(argv: list[str], log_format: Callable[[], str] = _log_format,
     if name == "worker" and "--help" not in rest:  # (-h is the worker's --web-host)
         quiet = any(a in QUIET_FLAGS for a in rest) or log_format() == "json"
         rest = [a for a in rest if a not in QUIET_FLAGS]
-        given = any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in rest)
+        given = any(a.startswith("--loglevel") or (a.startswith("-l") and not a.startswith("--")) for a in rest)
         if not given and (level := log_level()) is not None:
             rest = [*rest, "--loglevel", {"WARNING": "warn", "CRITICAL": "crit"}.get(level, level.lower())]
     return ["-A", "streams.app:app", *(["--quiet"] if quiet else []), name, *rest]
@@ -443,7 +443,9 @@ def worker_base(url: str) -> str:
         raise Failure(f"--url {url!r} is not a URL ({exc}); e.g. --url http://127.0.0.1:6066", 2) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Failure(f"--url {url!r} is not an http(s) address; e.g. --url http://127.0.0.1:6066", 2)
-    return f"{parts.scheme}://{parts.netloc}"
+    # a page's own path goes; a proxy's prefix before it (https://gateway/tickflow) stays
+    path = re.sub(r"/(pipeline(/.*)?|health/?|metrics/?|dashboard/?)$", "", parts.path.rstrip("/"))
+    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> Any:

@@ -94,8 +94,12 @@ class PipelineMetrics(View):
 
     @app.table_route(table=metrics.metrics_table, exact_key="all")
     async def routed(self, request: Request) -> Response:
-        values = {k: v for k, v in metrics.metrics_table.items() if v}
-        return self.json(metrics.summary(values, time.time(), await queue_size()))
+        try:
+            values = {k: v for k, v in metrics.metrics_table.items() if v}
+            body = metrics.summary(values, time.time(), await queue_size())
+        except (TypeError, KeyError) as exc:  # a bug of ours, not the router's "not yet": a 500, with its traceback
+            raise RuntimeError(f"/pipeline/metrics failed: {exc!r}") from exc
+        return self.json(body)
 
 
 @app.page("/pipeline/data/{symbol}")

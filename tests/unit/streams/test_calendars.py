@@ -74,9 +74,17 @@ def test_yahoo_suffixes_of_asian_and_other_markets_name_their_calendars(symbol: 
     ("EURUSD", "24/5"), ("EUR/USD", "24/5"), ("OANDA:EUR_USD", "24/5"), ("XAUUSD", "24/5"), ("EURUSD=X", "24/5"),
     # indexes of other markets follow their exchange
     ("^N225", "XTKS"), ("^FTSE", "XLON"), ("^GDAXI", "XETR"), ("^HSI", "XHKG"), ("^GSPC", "XNYS"),
-    # what stays New York's: tickers of five letters or fewer, a Nasdaq Data Link code, an unknown venue
+    # crypto against any currency, and any base against a stablecoin
+    ("BTCGBP", "24/7"), ("ETHCNY", "24/7"), ("BTC-CAD", "24/7"), ("1INCHUSDT", "24/7"), ("DOGEUSD", "24/7"),
+    # every ISO currency and the metals and energy quoted like them
+    ("ARSUSD", "24/5"), ("ARS/USD", "24/5"), ("RONEUR", "24/5"), ("XBRUSD", "24/5"), ("USDJPY", "24/5"),
+    # stock venues name their exchange
+    ("NSE:ADANIENSOL", "XBOM"), ("NASDAQ:AAPL", "XNYS"),
+    # what stays New York's: tickers, long or short, a Nasdaq Data Link or FRED code, index CFDs, OANDA's
+    # commodity names without their venue, words that end like a coin
     ("AAPL", "XNYS"), ("GOOGL", "XNYS"), ("BRK-B", "XNYS"), ("WIKI/AAPL", "XNYS"), ("CHRIS/CME_CL1", "XNYS"),
-    ("NASDAQ:AAPL", "XNYS"),
+    ("HYUNDAI", "XNYS"), ("SPXUSD", "XNYS"), ("DEUIDXEUR", "XNYS"), ("WTICO_USD", "XNYS"), ("PGOLD_USD", "XNYS"),
+    ("DGS10", "XNYS"), ("DEXUSEU", "XNYS"),
 ])
 def test_a_symbols_form_names_crypto_fx_and_index_calendars(symbol: str, name: str) -> None:
     from streams.calendars import exchange_for

@@ -223,8 +223,13 @@ def test_an_enabled_sources_symbol_that_validation_refuses_is_an_error_at_start(
     with pytest.raises(ConfigError, match=r"sources.yahoo.symbols: '\$\$\$'"):
         load_settings(sources={"yahoo": {"enabled": True, "symbols": ["AAPL", "$$$"]}})
     load_settings(sources={"yahoo": {"enabled": False, "symbols": ["bad sym"]}})  # not enabled: not used
-    s = load_settings(sources={"yahoo": {"enabled": True, "symbols": ["brk-b", " ^GSPC", "EURUSD=X"]}})
-    assert s.sources.yahoo.symbols == ["brk-b", " ^GSPC", "EURUSD=X"]  # as the source sends them: upper, stripped
+    # the simulated feed's symbols while another source is enabled: it does not run, they are not used
+    load_settings(sources={"yahoo": {"enabled": True}, "simulated": {"symbols": ["bad sym"]}})
+    s = load_settings(sources={"yahoo": {"enabled": True, "symbols": ["brk-b", "^GSPC", "EURUSD=X"]}})
+    assert s.sources.yahoo.symbols == ["brk-b", "^GSPC", "EURUSD=X"]  # upper-cased as the source sends them
+    with pytest.raises(ConfigError, match="' \\^GSPC'"):  # sent with its space, and refused
+        load_settings(sources={"yahoo": {"enabled": True, "symbols": [" ^GSPC"]}})
+    load_settings(sources={"stocktwits": {"enabled": True, "symbols": [" tsla "]}})  # stocktwits strips them
 
 
 def test_a_short_web_token_says_so_readably(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,3 +239,8 @@ def test_a_short_web_token_says_so_readably(monkeypatch: pytest.MonkeyPatch) -> 
         load_settings()
     assert "worker.web_token needs at least 16 characters" in str(err.value)
     assert "***" not in str(err.value) and "short" not in str(err.value)
+
+
+def test_a_symbol_pattern_that_is_no_regular_expression_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"validation.symbol_pattern: is not a regular expression"):
+        load_settings(validation={"symbol_pattern": "^[A-Z"})

@@ -403,3 +403,15 @@ def test_the_day_after_a_news_day_trades_heavily_too_and_is_no_volume_spike() ->
                   if a.detector == "volume_spike"]
         prev = c
     assert flags == [("volume_spike", weekdays(80)[70].date().isoformat())]
+
+
+def test_a_calendar_restored_from_state_is_found_again_by_todays_rules() -> None:
+    """Saved detector state carried the calendar found by older rules (BTCUSDT on New York's): a restart kept it
+    for good, and a missing crypto weekend was never reported."""
+    gaps = BarGaps(AnomalySettings())
+    gaps._load({"exchange": "XNYS", "last": {"1d": datetime(2024, 1, 5, tzinfo=UTC).timestamp()}})  # a Friday
+    monday = MarketDataPoint(symbol="BTCUSDT", timestamp=datetime(2024, 1, 8, tzinfo=UTC), source="replay",
+                             data_type="bar", interval="1d", item_id="1d", open=1.0, high=1.0, low=1.0, close=1.0)
+    found = gaps.update(monday)
+    assert gaps.exchange == "24/7"
+    assert [a.message for a in found] == ["2 missing 1d bar(s) after 2024-01-05T00:00:00+00:00"]

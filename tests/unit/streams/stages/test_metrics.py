@@ -247,3 +247,20 @@ def test_the_brief_keys_are_numbers_before_the_first_row() -> None:
     s = summary({"sim": fold(None, delta(processed=1, valid=1), 1.0)}, 1.0, queue_size=0)
     assert [s[k] for k in ("avg_latency_ms", "p50_latency_ms", "p95_latency_ms", "p99_latency_ms")] == [0.0] * 4
     assert s["sources"]["sim"]["p99_latency_ms"] is None
+
+
+def test_latencies_counted_without_a_range_are_not_clamped_to_the_later_ones() -> None:
+    """A table value folded before the range existed (or a delta from an older worker in a rolling upgrade):
+    1,000 latencies of 5 s, then 10 of 12 ms with a range. Clamped to that range, p50 read 12 ms for good."""
+    old = fold(None, delta(), 1.0)
+    histogram.observe_many(old["latency"], [5000.0] * 1000)
+    old["latency_sum_ms"], old["latency_n"] = 5_000_000.0, 1000
+    for k in ("latency_min_ms", "latency_max_ms", "latency_range_n"):
+        old.pop(k, None)
+    new = delta()
+    new.observe_latencies([12.0] * 10)
+    v = fold(old, new, 2.0)
+    s = summary({"sim": v}, 2.0, queue_size=0)
+    assert s["p50_latency_ms"] > 2000 and s["sources"]["sim"]["p50_latency_ms"] > 2000
+    fresh = fold(None, new, 2.0)  # every latency under the range: clamped
+    assert summary({"sim": fresh}, 2.0, queue_size=0)["p99_latency_ms"] == 12.0

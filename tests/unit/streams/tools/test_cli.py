@@ -344,6 +344,7 @@ def test_the_brief_pipeline_log_level_is_the_workers_loglevel_unless_one_is_give
         assert faust_argv(["worker"], text) == ["-A", "streams.app:app", "worker", "--loglevel", "debug"]
         assert faust_argv(["worker", "-l", "info"], text)[-2:] == ["-l", "info"]
         assert faust_argv(["worker", "--loglevel=warn"], text)[-1] == "--loglevel=warn"
+        assert faust_argv(["worker", "-linfo"], text)[-1] == "-linfo"
         assert faust_argv(["send", "x"], text) == ["-A", "streams.app:app", "send", "x"]
         assert faust_argv(["worker"], text, lambda: "WARNING")[-1] == "warn"  # Faust's own names
         assert faust_argv(["worker"], text, lambda: "CRITICAL")[-1] == "crit"
@@ -467,3 +468,12 @@ def test_topics_check_reports_missing_and_mismatched_topics_together(fresh_setti
     monkeypatch.setattr(FakeAdmin, "topics", {t.name: t.partitions for t in topics})
     result = CliRunner().invoke(cli.cli, ["topics", "check"])
     assert result.exit_code == 0 and "(created)" not in result.output, result.output
+
+
+@pytest.mark.parametrize(("given", "base"), [
+    ("localhost:6066", "http://localhost:6066"), ("http://127.0.0.1:6066/pipeline/metrics", "http://127.0.0.1:6066"),
+    ("http://h:6066/", "http://h:6066"), ("https://gw.example.com/tickflow", "https://gw.example.com/tickflow"),
+    ("https://gw.example.com/tickflow/health", "https://gw.example.com/tickflow"),
+])
+def test_status_url_keeps_a_proxy_prefix_and_drops_a_pages_path(given: str, base: str) -> None:
+    assert cli.worker_base(given) == base

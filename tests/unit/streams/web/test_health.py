@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from aiokafka import TopicPartition
 
 from streams.rules import SourceBreakers, Validator
@@ -123,3 +124,18 @@ async def test_metrics_before_the_table_is_assigned_is_a_503_starting_not_a_trac
     monkeypatch.setattr(app.router, "route_req", no_metadata)
     response = await health.PipelineMetrics(app, app.web).get(SimpleNamespace(query={}))  # type: ignore[arg-type]
     assert response.status == 503 and orjson.loads(response.body)["status"] == "starting"
+
+    # A bug in the summary itself is no "starting": it comes out, for a 500 and its traceback.
+    from faust.exceptions import SameNode
+
+    async def here(*args: object) -> None:
+        raise SameNode()
+
+    def broken(*args: object) -> None:
+        raise KeyError("written")
+
+    monkeypatch.setattr(app.router, "route_req", here)
+    monkeypatch.setattr(health.metrics, "summary", broken)
+    monkeypatch.setattr(health, "queue_size", _nothing)
+    with pytest.raises(RuntimeError, match="/pipeline/metrics failed"):
+        await health.PipelineMetrics(app, app.web).get(SimpleNamespace(query={}))  # type: ignore[arg-type]
