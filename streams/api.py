@@ -601,8 +601,10 @@ class DataConnectorManager:
             self.errors[source.name] = why
             self.pipeline.source_errors[source.name] = why
             wait = state.next_action.sleep if state.next_action is not None else 0.0
+            # An expected failure (a provider's error, the network) is its one line; a bug keeps its traceback.
+            expected = isinstance(exc, TickflowError | aiohttp.ClientError | OSError | TimeoutError)
             logger.error("source %s failed (%d times; retrying in %.0fs): %s", source.name,
-                         self.failures[source.name], wait, why, exc_info=exc)
+                         self.failures[source.name], wait, why, exc_info=None if expected else exc)
 
         # Every Exception restarts the source; a CancelledError (stop()) is not one, and ends the loop.
         retrying = AsyncRetrying(

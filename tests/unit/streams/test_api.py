@@ -446,3 +446,36 @@ def test_pipeline_log_level_debug_shows_our_debug_lines_in_a_process_without_log
             for h in [h for h in logger.handlers if any(isinstance(f, _UntilConfigured) for f in h.filters)]:
                 logger.removeHandler(h)
             logger.setLevel(logging.NOTSET)
+
+
+async def test_a_source_failing_as_expected_logs_one_line_and_a_bug_its_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A network failure printed a full traceback at every restart (five in 20 s): a provider's or the network's
+    error is its one line; an unexpected exception (a bug) keeps its traceback."""
+    from streams import DataConnectorManager
+    from streams.errors import SourceError
+
+    script: list[BaseException | None] = [SourceError("HTTP 503", retriable=True), ConnectionError("refused"),
+                                          KeyError("bug"), None]
+
+    class Scripted:
+        name = "fake"
+
+        async def fetch(self, session: Any) -> Any:
+            while script:
+                step = script.pop(0)
+                if step is None:
+                    return
+                raise step
+            yield []
+
+    manager = DataConnectorManager(_FakePipeline(), {})  # type: ignore[arg-type]
+
+    async def sleep(seconds: float) -> None:
+        return None
+
+    manager.sleep = sleep
+    with caplog.at_level("ERROR", logger="streams.api"):
+        await manager._run(Scripted())  # type: ignore[arg-type]
+    failed = [r for r in caplog.records if "source fake failed" in r.getMessage()]
+    assert [r.exc_info is not None for r in failed] == [False, False, True]
