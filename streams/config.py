@@ -584,6 +584,8 @@ class AlphaVantageSettings(SourceSection):
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
     retry_base_delay: float = Field(default=1.0, ge=0)
+
+
 Endpoint = Literal["quote", "candle", "company_news", "news_sentiment"]
 
 
@@ -700,6 +702,8 @@ class FredSettings(SourceSection):
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
     retry_base_delay: float = Field(default=0.5, ge=0)
+
+
 class DatatableQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -758,6 +762,8 @@ class NasdaqDataLinkSettings(SourceSection):
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
     retry_base_delay: float = Field(default=0.5, ge=0)
+
+
 # producers/finnhub.py (NewsSentimentSource)
 class NewsSettings(SourceSection):
     key_env = ('FINNHUB_API_KEY',)
@@ -791,6 +797,8 @@ class NewsSettings(SourceSection):
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
     retry_base_delay: float = Field(default=0.5, ge=0)
+
+
 # producers/social.py
 class SocialSettings(SourceSection):
     key_env = ('TWITTER_BEARER_TOKEN',)
@@ -829,6 +837,8 @@ class SocialSettings(SourceSection):
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
     retry_base_delay: float = Field(default=0.5, ge=0)
+
+
 # producers/stocktwits.py
 class StocktwitsSettings(SourceSection):
     # Public streams need no key; an OAuth access token (optional) raises the rate limit.
@@ -862,6 +872,8 @@ class StocktwitsSettings(SourceSection):
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))], or the server's
     # Retry-After.
     retry_base_delay: float = Field(default=0.5, ge=0)
+
+
 Interval = Literal["1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h", "1d", "5d", "1wk", "1mo", "3mo"]
 
 
@@ -922,6 +934,8 @@ class YahooSettings(SourceSection):
     retry_attempts: int = Field(default=5, ge=1)
     # Backoff base, in seconds: the wait before retry n is random in [0, min(30, base x 2^(n-1))].
     retry_base_delay: float = Field(default=0.5, ge=0)
+
+
 # producers/replay.py
 class ReplaySettings(SourceSection):
 
