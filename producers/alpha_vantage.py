@@ -1,5 +1,5 @@
-"""Alpha Vantage: intraday and daily bars, global quotes and NEWS_SENTIMENT, written to raw.alpha_vantage
-with source "alpha_vantage".
+"""Alpha Vantage: intraday, daily, weekly and monthly bars, global quotes and NEWS_SENTIMENT, written to
+raw.alpha_vantage with source "alpha_vantage".
 
 - One endpoint, GET {base_url}/query?function=...&apikey=... The key is in the query string, so every
   URL and message goes through http.redact before it can reach a log line or an exception.
@@ -13,15 +13,19 @@ with source "alpha_vantage".
   so a restart or a new leader continues the day's count instead of spending the quota again.
 - Timestamps: time-series keys are local to the Meta Data "Time Zone" (US/Eastern for equities),
   converted to UTC with zoneinfo; daily keys (a date) are stored at UTC midnight of that trading date,
-  like every daily bar in tickflow. Global quote has only a trading day: stored at its UTC midnight, so a
-  day's quote is one row that re-polls update. News time_published carries no zone; it is read as UTC
-  (news_time_zone), which fits the recorded responses (pre-market "futures" stories at 13:xx).
+  like every daily bar in tickflow. A weekly or monthly key is the last trading day in its period, which moves
+  every day while the period forms: such a bar sits at its period's start (Monday, the 1st; period_start), as
+  Yahoo's and FRED's do, and keeps the provider's date in metadata["period_end"]. Global quote has only a
+  trading day: stored at its UTC midnight, so a day's quote is one row that re-polls update. News
+  time_published carries no zone; it is read as UTC (news_time_zone), which fits the recorded responses
+  (pre-market "futures" stories at 13:xx).
 - Adjustment: raw prices are stored. Intraday is requested with adjusted=false; DAILY_ADJUSTED's raw OHLC
   are the bar, its adjusted close, dividend and split coefficient go to metadata.
 - FX and crypto (settings.fx_pairs / settings.crypto, "EUR/USD"): CURRENCY_EXCHANGE_RATE is a tick (bid/ask
-  when given) at "Last Refreshed" in its "Time Zone"; FX_INTRADAY / FX_DAILY and DIGITAL_CURRENCY_DAILY are
-  bars (no volume for FX; crypto in the market currency, the older "1a. open (CNY)" layout included), stored
-  under the joined symbol ("EURUSD", "BTCUSD"); crypto days are UTC days.
+  when given) at "Last Refreshed" in its "Time Zone"; FX_INTRADAY / _DAILY / _WEEKLY / _MONTHLY and
+  DIGITAL_CURRENCY_DAILY / _WEEKLY / _MONTHLY are bars (no volume for FX; crypto in the market currency, the
+  older "1a. open (CNY)" layout included), stored under the joined symbol ("EURUSD", "BTCUSD"); crypto days are
+  UTC days.
 - Sessions: US/Eastern intraday bars carry metadata["session"] from the NYSE calendar (streams/calendars.py,
   the one the detectors use): pre (04:00 to the open), regular (the open to the close, 13:00 on an early-close
   day), post (the close to 20:00, or to 17:00 after an early close), judged on the bar's start.
@@ -68,6 +72,15 @@ FUNCTIONS: dict[str, str] = {
     "global_quote": "GLOBAL_QUOTE", "news_sentiment": "NEWS_SENTIMENT",
     "currency_exchange_rate": "CURRENCY_EXCHANGE_RATE", "fx_intraday": "FX_INTRADAY", "fx_daily": "FX_DAILY",
     "digital_currency_daily": "DIGITAL_CURRENCY_DAILY",
+    "weekly": "TIME_SERIES_WEEKLY", "weekly_adjusted": "TIME_SERIES_WEEKLY_ADJUSTED",
+    "monthly": "TIME_SERIES_MONTHLY", "monthly_adjusted": "TIME_SERIES_MONTHLY_ADJUSTED",
+    "fx_weekly": "FX_WEEKLY", "fx_monthly": "FX_MONTHLY",
+    "digital_currency_weekly": "DIGITAL_CURRENCY_WEEKLY", "digital_currency_monthly": "DIGITAL_CURRENCY_MONTHLY",
+}
+# The bar series of a symbol's functions: function -> (the series' period, adjusted).
+_SERIES: dict[str, tuple[str, bool]] = {
+    "daily": ("daily", False), "daily_adjusted": ("daily", True), "weekly": ("weekly", False),
+    "weekly_adjusted": ("weekly", True), "monthly": ("monthly", False), "monthly_adjusted": ("monthly", True),
 }
 # Alpha Vantage interval names -> the interval label stored on bars (as Yahoo and Finnhub bars).
 INTERVALS: dict[str, str] = {
@@ -192,6 +205,9 @@ def parse_local(text: str, tz: ZoneInfo) -> datetime:
 
 
 _INTRADAY = {"1m", "5m", "15m", "30m", "1h"}
+# history()'s interval -> the series that holds it.
+_HISTORY_PERIODS = {"1d": "daily", "daily": "daily", "1wk": "weekly", "weekly": "weekly", "1mo": "monthly",
+                    "monthly": "monthly"}
 
 
 def _market_fields(row: dict[str, Any], market: str) -> dict[str, Any]:
@@ -203,16 +219,31 @@ def _market_fields(row: dict[str, Any], market: str) -> dict[str, Any]:
     return out
 
 
+def period_start(day: datetime, interval: str) -> datetime:
+    """A weekly or monthly bar's key is the last trading day in it, so the forming period's key moves every day;
+    its start (Monday, the 1st) does not, and is where Yahoo and FRED put such a bar."""
+    if interval == "1wk":
+        return day - timedelta(days=day.weekday())
+    if interval == "1mo":
+        return day.replace(day=1)
+    return day
+
+
 def parse_time_series(doc: Any, symbol: str | None = None, *, source: str = SOURCE) -> list[MarketDataPoint]:
-    """TIME_SERIES_* (and FX_*) -> bars, oldest first."""
+    """TIME_SERIES_* (and FX_*, DIGITAL_CURRENCY_*) -> bars, oldest first. Weekly and monthly bars sit at their
+    period's start (period_start), the provider's date in metadata["period_end"]."""
     d = check_payload(doc, "time series")
     meta = _fields(d.get("Meta Data") or {})
-    series_key = next((k for k in d if k.startswith("Time Series")), None)
+    # "Time Series (5min)", "Time Series FX (Daily)", "Weekly Time Series", "Monthly Adjusted Time Series"
+    series_key = next((k for k in d if "Time Series" in k), None)
     if series_key is None:
         raise AlphaVantageUnexpected(f"Alpha Vantage time series for {symbol} has no 'Time Series' object "
                                      f"(keys: {sorted(d)[:6]})")
     tz = ZoneInfo(str(meta.get("time zone") or "US/Eastern"))
-    label = series_key[series_key.find("(") + 1:series_key.rfind(")")].lower() if "(" in series_key else ""
+    if "(" in series_key:
+        label = series_key[series_key.find("(") + 1:series_key.rfind(")")].lower()
+    else:
+        label = series_key.split()[0].lower() if series_key.split()[0] in ("Daily", "Weekly", "Monthly") else ""
     interval = INTERVALS.get(str(meta.get("interval") or label), str(meta.get("interval") or label or "1d"))
     market = str(meta.get("market code") or "").lower()
     sessions = interval in _INTRADAY and str(meta.get("time zone") or "US/Eastern") in _EASTERN
@@ -244,6 +275,9 @@ def parse_time_series(doc: Any, symbol: str | None = None, *, source: str = SOUR
             del extra["split_coefficient"]
         if sessions and (session := trading_session(ts.timestamp(), US_CALENDAR)) is not None:
             extra["session"] = session
+        if interval in ("1wk", "1mo"):
+            extra["period_end"] = ts.date().isoformat()
+            ts = period_start(ts, interval)
         out.append(MarketDataPoint(symbol=sym.upper(), timestamp=ts, source=source, data_type=DataType.BAR,
                                    interval=interval, item_id=interval, metadata=extra, **values))
     if skipped:
@@ -430,9 +464,12 @@ class AlphaVantageSource(PollingSource):
         return parse_time_series(await self.query(session, FUNCTIONS["intraday"], params), symbol)
 
     async def daily(self, session: aiohttp.ClientSession, symbol: str, *, adjusted: bool = False,
-                    outputsize: str | None = None) -> list[MarketDataPoint]:
-        function = FUNCTIONS["daily_adjusted" if adjusted else "daily"]
-        params = {"symbol": symbol, "outputsize": outputsize or self.settings.outputsize}
+                    outputsize: str | None = None, period: str = "daily") -> list[MarketDataPoint]:
+        """TIME_SERIES_DAILY (period "weekly", "monthly": those series, which always hold the whole history)."""
+        function = FUNCTIONS[f"{period}_adjusted" if adjusted else period]
+        params = {"symbol": symbol}
+        if period == "daily":
+            params["outputsize"] = outputsize or self.settings.outputsize
         return parse_time_series(await self.query(session, function, params), symbol)
 
     async def global_quote(self, session: aiohttp.ClientSession, symbol: str) -> list[MarketDataPoint]:
@@ -444,15 +481,20 @@ class AlphaVantageSource(PollingSource):
         return parse_exchange_rate(doc)
 
     async def fx_series(self, session: aiohttp.ClientSession, base: str, quote: str, *, intraday: bool,
-                        interval: str | None = None, outputsize: str | None = None) -> list[MarketDataPoint]:
-        params = {"from_symbol": base, "to_symbol": quote, "outputsize": outputsize or self.settings.outputsize}
+                        interval: str | None = None, outputsize: str | None = None,
+                        period: str = "daily") -> list[MarketDataPoint]:
+        """FX_INTRADAY, or FX_DAILY (period "weekly", "monthly": FX_WEEKLY, FX_MONTHLY, which take no outputsize)."""
+        params = {"from_symbol": base, "to_symbol": quote}
+        if intraday or period == "daily":
+            params["outputsize"] = outputsize or self.settings.outputsize
         if intraday:
             params["interval"] = interval or self.settings.intraday_interval
-        doc = await self.query(session, FUNCTIONS["fx_intraday" if intraday else "fx_daily"], params)
+        doc = await self.query(session, FUNCTIONS["fx_intraday" if intraday else f"fx_{period}"], params)
         return parse_time_series(doc, f"{base}{quote}")
 
-    async def crypto_daily(self, session: aiohttp.ClientSession, base: str, market: str) -> list[MarketDataPoint]:
-        doc = await self.query(session, FUNCTIONS["digital_currency_daily"], {"symbol": base, "market": market})
+    async def crypto_daily(self, session: aiohttp.ClientSession, base: str, market: str,
+                           period: str = "daily") -> list[MarketDataPoint]:
+        doc = await self.query(session, FUNCTIONS[f"digital_currency_{period}"], {"symbol": base, "market": market})
         return parse_time_series(doc, f"{base}{market}")
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
@@ -467,16 +509,16 @@ class AlphaVantageSource(PollingSource):
 
     async def history(self, session: aiohttp.ClientSession, symbol: str, start: date | datetime,
                       end: date | datetime, interval: str = "1d") -> list[MarketDataPoint]:
-        """Bars with start <= timestamp < end (a date `end` inclusive): daily from the full series, intraday
-        month by month (interval "1min".."60min")."""
+        """Bars with start <= timestamp < end (a date `end` inclusive): daily, weekly or monthly (interval 1d, 1wk,
+        1mo) from the full series, intraday month by month (interval "1min".."60min")."""
         begin = start if isinstance(start, datetime) else datetime(start.year, start.month, start.day, tzinfo=UTC)
         if isinstance(end, datetime):
             stop = end
         else:
             stop = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
         begin, stop = (t.replace(tzinfo=UTC) if t.tzinfo is None else t for t in (begin, stop))
-        if interval in ("1d", "daily"):
-            bars = await self.daily(session, symbol, outputsize="full")
+        if interval in _HISTORY_PERIODS:
+            bars = await self.daily(session, symbol, outputsize="full", period=_HISTORY_PERIODS[interval])
         else:
             bars = []
             year, month = begin.year, begin.month
@@ -506,7 +548,8 @@ class AlphaVantageSource(PollingSource):
         if function == "intraday":
             bars = await self.intraday(session, symbol)
         else:
-            bars = await self.daily(session, symbol, adjusted=function == "daily_adjusted")
+            period, adjusted = _SERIES[function]
+            bars = await self.daily(session, symbol, adjusted=adjusted, period=period)
         # Older bars of the window were sent already; the latest may still be forming, so it is re-sent.
         last = self._last_bar.get((function, symbol))
         bars = [b for b in bars if last is None or b.timestamp >= last]
@@ -532,10 +575,11 @@ class AlphaVantageSource(PollingSource):
                 return []
             self._last_quote[sym] = sig
             return points
-        if function == "digital_currency_daily":
-            bars = await self.crypto_daily(session, base, quote)
+        if function.startswith("digital_currency_"):
+            bars = await self.crypto_daily(session, base, quote, function.removeprefix("digital_currency_"))
         else:
-            bars = await self.fx_series(session, base, quote, intraday=function == "fx_intraday")
+            bars = await self.fx_series(session, base, quote, intraday=function == "fx_intraday",
+                                        period=function.removeprefix("fx_"))
         return self._new_bars((function, sym), bars)
 
     def _calls(self) -> list[tuple[str, str, str | None]]:

@@ -524,7 +524,8 @@ class SimulatedSourceSettings(SourceSection):
     seed: int = 7
 
 
-Function = Literal["intraday", "daily", "daily_adjusted", "global_quote", "news_sentiment"]
+Function = Literal["intraday", "daily", "daily_adjusted", "weekly", "weekly_adjusted", "monthly", "monthly_adjusted",
+                   "global_quote", "news_sentiment"]
 
 
 IntradayInterval = Literal["1min", "5min", "15min", "30min", "60min"]
@@ -540,18 +541,21 @@ class AlphaVantageSettings(SourceSection):
     enabled: bool = False
     # Equity symbols; each poll makes one call per symbol and function (mind daily_limit_calls).
     symbols: list[str] = Field(default_factory=lambda: ["AAPL", "MSFT"])
-    # What to call per symbol: intraday, daily, daily_adjusted (bars), global_quote (a tick), news_sentiment
-    # (articles). One the key's plan lacks (premium) is dropped with a warning.
+    # What to call per symbol: intraday, daily, daily_adjusted, weekly, weekly_adjusted, monthly, monthly_adjusted
+    # (bars; weekly and monthly ones at their period's start), global_quote (a tick), news_sentiment (articles).
+    # One the key's plan lacks (premium) is dropped with a warning.
     functions: list[Function] = Field(default_factory=lambda: ["global_quote"])
     # FX and crypto, as "EUR/USD" / "BTC/USD" (or "EURUSD"); stored under the joined symbol ("EURUSD").
     fx_pairs: list[str] = Field(default_factory=list)
-    # What to call per fx pair: currency_exchange_rate (a tick), fx_intraday, fx_daily (bars).
-    fx_functions: list[Literal["currency_exchange_rate", "fx_intraday", "fx_daily"]] = Field(
+    # What to call per fx pair: currency_exchange_rate (a tick), fx_intraday, fx_daily, fx_weekly, fx_monthly (bars).
+    fx_functions: list[Literal["currency_exchange_rate", "fx_intraday", "fx_daily", "fx_weekly", "fx_monthly"]] = Field(
         default_factory=lambda: ["currency_exchange_rate"])
     # Crypto pairs as "BTC/USD" (coin / market currency), stored as "BTCUSD".
     crypto: list[str] = Field(default_factory=list)
-    # What to call per crypto pair: currency_exchange_rate (a tick), digital_currency_daily (daily bars).
-    crypto_functions: list[Literal["currency_exchange_rate", "digital_currency_daily"]] = Field(
+    # What to call per crypto pair: currency_exchange_rate (a tick), digital_currency_daily, digital_currency_weekly,
+    # digital_currency_monthly (bars).
+    crypto_functions: list[Literal["currency_exchange_rate", "digital_currency_daily", "digital_currency_weekly",
+                                   "digital_currency_monthly"]] = Field(
         default_factory=lambda: ["currency_exchange_rate"])
     # 2 symbols x 1 function every 2 h = 24 calls/day: inside the free tier's 25.
     interval_seconds: float = Field(default=7200.0, gt=0)

@@ -553,7 +553,8 @@ async def backfill_history(source_name: str, symbols: list[str], start: date, en
 @click.option("--start", required=True, type=IsoDate(), help="First day to load, YYYY-MM-DD.")
 @click.option("--end", required=True, type=IsoDate(), help="Last day to load, YYYY-MM-DD (inclusive).")
 @click.option("--interval", default="1d", show_default=True,
-              help="Bar interval (yahoo: 1m..1d; alpha_vantage: 1min..60min or 1d; ignored for fred).")
+              help="Bar interval (yahoo: 1m..1d, 1wk, 1mo; alpha_vantage: 1min..60min, 1d, 1wk or 1mo; "
+                   "ignored for fred).")
 @friendly
 def backfill(source: str, symbols: str, start: date, end: date, interval: str) -> int:
     """Load history through raw.<source>: rate-limited like the live source, safe to re-run (natural keys)."""

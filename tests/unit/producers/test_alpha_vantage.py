@@ -144,6 +144,9 @@ FILES = {
     "TIME_SERIES_DAILY_ADJUSTED": "daily_adjusted_ibm.json", "GLOBAL_QUOTE": "global_quote_ibm.json",
     "NEWS_SENTIMENT": "news_sentiment_ibm.json", "CURRENCY_EXCHANGE_RATE": "currency_exchange_rate_usd_jpy.json",
     "FX_DAILY": "fx_daily_eurusd.json", "DIGITAL_CURRENCY_DAILY": "digital_currency_daily_btc_eur.json",
+    "TIME_SERIES_WEEKLY": "weekly_ibm.json", "TIME_SERIES_WEEKLY_ADJUSTED": "weekly_adjusted_ibm.json",
+    "TIME_SERIES_MONTHLY_ADJUSTED": "monthly_adjusted_ibm.json", "FX_WEEKLY": "fx_weekly_eurusd.json",
+    "DIGITAL_CURRENCY_WEEKLY": "digital_currency_weekly_btc_eur.json",
 }
 
 
@@ -301,6 +304,60 @@ async def test_history_daily_filter_and_intraday_months(serve: Serve) -> None:
     assert [q.get("month") for q in fake.seen[1:]] == ["2024-02", "2024-03"]
     # Both months answered with the same fixture: no duplicates, and the end is exclusive.
     assert [b.timestamp.hour * 60 + b.timestamp.minute for b in minute] == [20 * 60 + 55, 21 * 60, 13 * 60 + 30]
+
+
+async def test_history_of_weekly_bars_asks_the_weekly_series(serve: Serve) -> None:
+    fake = FakeAlphaVantage()
+    src = AlphaVantageSource(settings(await serve(fake.app())), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        weeks = await src.history(session, "IBM", date(2024, 11, 11), date(2024, 11, 24), interval="1wk")
+    # the forming week (its Monday, the 25th, is after the end) is left out
+    assert [(b.timestamp.day, b.interval) for b in weeks] == [(18, "1wk")]
+    assert fake.seen == [{"function": "TIME_SERIES_WEEKLY", "symbol": "IBM", "apikey": KEY}]
+
+
+def test_weekly_and_monthly_bars_sit_at_their_periods_start() -> None:
+    """A weekly key is the last trading day of its week, and the forming week's moves every day (2024-11-26, then
+    2024-11-27): keyed on it, each poll would store a new bar for the same week beside the stale one."""
+    weekly = parse_time_series(load("weekly_adjusted_ibm.json"), "IBM")
+    assert [(b.timestamp, b.metadata["period_end"]) for b in weekly] == [
+        (datetime(2024, 11, 4, tzinfo=UTC), "2024-11-08"), (datetime(2024, 11, 11, tzinfo=UTC), "2024-11-15"),
+        (datetime(2024, 11, 18, tzinfo=UTC), "2024-11-22"), (datetime(2024, 11, 25, tzinfo=UTC), "2024-11-27")]
+    assert {(b.interval, b.item_id) for b in weekly} == {("1wk", "1wk")}
+    assert weekly[0].metadata == {"adj_close": 212.05, "period_end": "2024-11-08"}
+    assert (weekly[1].metadata["dividend"], weekly[1].close, weekly[1].volume) == (1.67, 204.99, 19434218.0)
+    forming = parse_time_series(load("weekly_ibm.json"), "IBM")
+    assert (forming[-1].timestamp, forming[-1].metadata) == (weekly[-1].timestamp, {"period_end": "2024-11-26"})
+    monthly = parse_time_series(load("monthly_adjusted_ibm.json"), "IBM")
+    assert [(b.timestamp, b.interval, b.metadata["period_end"]) for b in monthly] == [
+        (datetime(2024, 10, 1, tzinfo=UTC), "1mo", "2024-10-31"),
+        (datetime(2024, 11, 1, tzinfo=UTC), "1mo", "2024-11-27")]
+    fx = parse_time_series(load("fx_weekly_eurusd.json"))
+    assert [(b.symbol, b.timestamp.day, b.interval, b.close) for b in fx] == [
+        ("EURUSD", 18, "1wk", 1.0417), ("EURUSD", 25, "1wk", 1.0492)]
+    btc = parse_time_series(load("digital_currency_weekly_btc_eur.json"))  # crypto weeks end on Sunday
+    assert [(b.symbol, b.timestamp.day, b.interval, b.volume) for b in btc] == [
+        ("BTCEUR", 18, "1wk", 2210.4051), ("BTCEUR", 25, "1wk", 530.112)]
+
+
+async def test_poll_weekly_and_monthly_series(serve: Serve) -> None:
+    fake = FakeAlphaVantage()
+    s = settings(await serve(fake.app()), symbols=["IBM"], functions=["weekly_adjusted", "monthly_adjusted"],
+                 fx_pairs=["EUR/USD"], fx_functions=["fx_weekly"], crypto=["BTC/EUR"],
+                 crypto_functions=["digital_currency_weekly"])
+    src = AlphaVantageSource(s, api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        first = await src.poll_once(session)
+        second = await src.poll_once(session)
+    assert [(p.symbol, p.interval) for p in first] == (
+        [("IBM", "1wk")] * 4 + [("IBM", "1mo")] * 2 + [("EURUSD", "1wk")] * 2 + [("BTCEUR", "1wk")] * 2)
+    # each series re-sends its forming period only, at the same timestamp as before
+    assert [(p.symbol, p.interval, p.timestamp.day) for p in second] == [
+        ("IBM", "1wk", 25), ("IBM", "1mo", 1), ("EURUSD", "1wk", 25), ("BTCEUR", "1wk", 25)]
+    assert [q["function"] for q in fake.seen[:4]] == [
+        "TIME_SERIES_WEEKLY_ADJUSTED", "TIME_SERIES_MONTHLY_ADJUSTED", "FX_WEEKLY", "DIGITAL_CURRENCY_WEEKLY"]
+    assert [sorted(q) for q in fake.seen[:4]] == [["apikey", "function", "symbol"]] * 2 + [
+        ["apikey", "from_symbol", "function", "to_symbol"], ["apikey", "function", "market", "symbol"]]
 
 
 # ---------------------------------------------------------------------------------------------- FX, crypto, sessions
