@@ -40,7 +40,7 @@ def check_identifier(name: str) -> str:
 
 class _Section(BaseModel):
     # hide_input_in_errors: a validation error must not echo what it was given (a password, say).
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False)
 
 
 def _existing_file(path: Path | None) -> Path | None:
@@ -709,7 +709,7 @@ class FredSettings(SourceSection):
 
 
 class DatatableQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     code: str  # e.g. "WIKI/PRICES" or "ZACKS/FC"
     params: dict[str, str] = Field(default_factory=dict)  # row filters, e.g. {"ticker": "AAPL"}
@@ -719,7 +719,7 @@ class DatasetQuery(BaseModel):
     """One Nasdaq Data Link time series and how to ask for it. A transformed or collapsed series is stored as
     economic values saying so (metadata, item_id, interval), never as plain prices."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     code: str  # "DB/CODE", e.g. "WIKI/AAPL"
     transform: Literal["none", "diff", "rdiff", "rdiff_from", "cumul", "normalize"] = "none"
@@ -986,7 +986,7 @@ class SourcesSettings(_Section):
 class PriceBand(BaseModel):
     """One FINRA 11892 band: moves of `max_move` (a fraction) or more from the reference are erroneous."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_price: float | None = Field(default=None, gt=0)  # inclusive upper bound of the reference; None = no bound
     max_move: float = Field(gt=0)
@@ -1001,7 +1001,7 @@ def _finra_bands() -> list[PriceBand]:
 class BarCheckSettings(BaseModel):
     """The bar price checks' thresholds for one family of intervals (intraday, or daily and longer)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # Return outliers: |log return - median| / max(1.4826 MAD, floor) of the last `return_window` clean returns.
     return_window: int = Field(default=60, ge=8)
@@ -1062,7 +1062,7 @@ def _real_split_ratios() -> list[float]:
 class AnomalySettings(BaseModel):
     """Every detector's parameters; the defaults are the literature's (sources in each detector)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # Brownlees & Gallo (2006); TAQMNGR defaults k=80, delta=0.10. gamma=0.04 $ there, on ~$40 stocks ~ 10 bps.
     bg_window: int = Field(default=80, ge=4)
@@ -1149,8 +1149,8 @@ class AnomalySettings(BaseModel):
     # Bars: thresholds per interval family (intraday vs daily/weekly/monthly).
     bar_daily: BarCheckSettings = Field(default_factory=BarCheckSettings)
     bar_intraday: BarCheckSettings = Field(default_factory=_intraday_bar_checks)
-    # A price outside (0, max_price] or not finite never enters any detector's state (issue 15).
-    max_price: float = Field(default=1e12, gt=0)
+    # A price outside (0, max_price] or not finite never enters any detector's state (issue 15); .inf: no bound.
+    max_price: float = Field(default=1e12, gt=0, allow_inf_nan=True)
     # Exchange calendars (exchange_calendars MIC codes, or "24/5", "24/7"): symbol -> calendar; other symbols
     # by their form (.DE XETR, .L XLON, =X and EURUSD 24/5, BTC-USD / BTCUSDT / BINANCE:... 24/7, ^N225 XTKS, ...),
     # else default_exchange. None: weekdays only.

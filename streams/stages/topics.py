@@ -33,6 +33,13 @@ def ensure_topics_blocking() -> list[str]:
         loop.close()
 
 
+class _DropConnectionErrors(logging.Filter):
+    """aiokafka's "Unable connect to ..." while the start-up check runs: BrokerUnavailable says it, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unable connect to")
+
+
 @app.on_worker_init.connect
 def _ensure_topics_at_start(sender: object = None, **kwargs: object) -> None:
     """Every worker checks the cluster against topics.yaml before it consumes anything. Faust also sends this
@@ -41,10 +48,16 @@ def _ensure_topics_at_start(sender: object = None, **kwargs: object) -> None:
     ctx = click.get_current_context(silent=True)
     if ctx is None or ctx.info_name != "worker":
         return
+    # Faust configures logging after this signal: a log line here would reach stderr through logging's last
+    # resort, beside the SystemExit line that says the same.
+    quiet = _DropConnectionErrors()
+    aiokafka_log = logging.getLogger("aiokafka")
+    aiokafka_log.addFilter(quiet)
     try:
         created = ensure_topics_blocking()
     except (ConfigError, BrokerUnavailable) as exc:
-        logger.critical("refusing to start: %s", exc)
         raise SystemExit(f"tickflow: {exc}") from None
+    finally:
+        aiokafka_log.removeFilter(quiet)
     if created:
         logger.info("created topics: %s", ", ".join(created))

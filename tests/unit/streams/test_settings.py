@@ -208,6 +208,10 @@ def test_an_api_key_in_the_file_is_refused_with_readable_advice(tmp_path: Path,
     ({"sources": {"fred": {"rate_limit_calls": 0}}}, 0, "sources.fred.rate_limit_calls"),
     ({"sources": {"yahoo": {"interval_seconds": 0}}}, 0, "sources.yahoo.interval_seconds"),
     ({"postgres": {"port": 70000}}, 70000, "postgres.port"),
+    # a poll every `inf` seconds never polls again; NaN passes every bound check
+    ({"sources": {"alpha_vantage": {"interval_seconds": float("inf")}}}, 0, "sources.alpha_vantage.interval_seconds"),
+    ({"pipeline": {"batch_timeout_seconds": float("nan")}}, 0, "pipeline.batch_timeout_seconds"),
+    ({"anomalies": {"bg_trim": float("nan")}}, 0, "anomalies.bg_trim"),
 ])
 def test_a_value_out_of_range_is_an_error_naming_its_key(section: dict, value: int, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"{re.escape(key)}: Input should be"):

@@ -151,6 +151,12 @@ def test_topics_check_with_kafka_down() -> None:
     assert out.returncode == 1  # a service that is down, as `db migrate` with PostgreSQL down; 2 is configuration
 
 
+def test_a_worker_with_kafka_down_says_so_once() -> None:
+    """Not aiokafka's connection error, then a log line, then the exit line: the same fact three times."""
+    out = run("worker", "-l", "info")
+    assert "cannot reach Kafka at 127.0.0.1:1" in one_line_error(out) and out.returncode == 1
+
+
 def test_replay_with_kafka_down() -> None:
     line = one_line_error(run("replay-dlq", "--dry-run"))
     assert "cannot reach Kafka" in line and "TICKFLOW_KAFKA__BOOTSTRAP_SERVERS" in line
