@@ -33,6 +33,9 @@ def ensure_topics_blocking() -> list[str]:
         loop.close()
 
 
+_created: list[str] = []  # by the start-up check, for log_created_topics
+
+
 class _DropConnectionErrors(logging.Filter):
     """aiokafka's "Unable connect to ..." while the start-up check runs: BrokerUnavailable says it, once."""
 
@@ -59,5 +62,11 @@ def _ensure_topics_at_start(sender: object = None, **kwargs: object) -> None:
         raise SystemExit(f"tickflow: {exc}") from None
     finally:
         aiokafka_log.removeFilter(quiet)
-    if created:
-        logger.info("created topics: %s", ", ".join(created))
+    _created.extend(created)
+
+
+@app.task
+async def log_created_topics() -> None:
+    """The start-up check runs before Faust configures logging, where an INFO line would be lost: said here."""
+    if _created:
+        logger.info("created topics: %s", ", ".join(_created))

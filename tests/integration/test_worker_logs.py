@@ -69,3 +69,12 @@ async def test_sigusr2_logs_where_each_task_of_the_worker_waits(iso, workers) ->
     assert "in _run" in dump and "stages/base.py" in dump, dump[-4000:]
     assert "aiokafka/" in dump and "in getmany" in dump, dump[-4000:]  # followed into the client library
     assert w.alive()
+
+
+async def test_a_worker_that_creates_the_topics_logs_which(iso, workers) -> None:
+    """The start-up check runs before Faust configures logging: its INFO line was lost."""
+    w = workers("creates")
+    await wait_until(lambda: w.get("/health")[0] == 200 or not w.alive(), 120, "the worker's /health 200")
+    assert w.alive(), w.log_text()[-3000:]
+    line = next((x for x in w.log_text().splitlines() if "created topics: " in x), "")
+    assert iso.raw_topic() in line and iso.catalog.one("clean").name in line, w.log_text()[-3000:]
