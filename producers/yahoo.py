@@ -46,7 +46,7 @@ import math
 import time
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
@@ -70,7 +70,7 @@ from yfinance.data import YfData
 from producers.backoff import JitteredExponential
 from producers.base import ConnectionRun, PollingSource, Record
 from producers.http import RateLimiter, redact
-from streams.calendars import exchange_for, trading_session
+from streams.calendars import calendar, exchange_for, trading_session
 from streams.config import Interval, YahooSettings
 from streams.errors import SourceError
 from streams.models import DataType, MarketDataPoint
@@ -203,6 +203,26 @@ def _split_text(ev: Mapping[str, Any]) -> str:
     return str(ev.get("splitRatio") or f"{ev.get('numerator')}:{ev.get('denominator')}")
 
 
+def _stamp(stamps: Sequence[Any], i: int) -> int | None:
+    return int(stamps[i]) if i >= 0 and stamps[i] is not None else None
+
+
+def forming_bar_start(epoch: int, prev: int | None, step: int, calendar_name: str | None) -> int:
+    """The start of the bar a response's last row belongs to. Yahoo stamps the forming bar with its last trade
+    (14:47 in a 14:30 hourly bar, 09:33:27 in a minute bar): off the grid of the row before it, in the same
+    session and within two steps of it, it is put on that grid; in a session of its own (the day's first bar,
+    the first after a lunch break), on the grid of that session's open; outside any session (pre- and
+    post-market), where stamped. Every other row is a bar start as stamped: the grid moves with sessions, DST
+    and a 09:30 open after on-the-hour pre-market bars, so one anchor for a whole response misplaced whole days of
+    bars."""
+    cal = calendar(calendar_name)
+    always = cal is None or cal.always_open
+    if prev is not None and 0 < epoch - prev < 2 * step and (always or cal.session_of(prev) == cal.session_of(epoch)):
+        return prev + (epoch - prev) // step * step
+    opened = None if always else cal.open_since(epoch)
+    return epoch if opened is None else int(opened) + (epoch - int(opened)) // step * step
+
+
 def _put_bar(by_time: dict[datetime, MarketDataPoint], bar: MarketDataPoint, *, snapped: bool) -> None:
     """A bar into its slot. A row snapped onto a bar start already taken is Yahoo's forming bar (stamped with
     its last trade) beside the bar it belongs to: merged into it as yfinance merges it (the first open, the
@@ -258,10 +278,8 @@ def parse_chart(payload: Any, symbol: str, interval: str | None = None, *,
                 if _trading_date(when, meta).date() == day:
                     meta_row["split"] = _split_text(ev)
         else:
-            # Only the forming bar is off the grid (stamped with the last trade): snap it to its bar start.
-            anchor = int(stamps[0]) if stamps[0] is not None else epoch
-            snapped = (epoch - anchor) % step != 0
-            epoch -= (epoch - anchor) % step
+            start = forming_bar_start(epoch, _stamp(stamps, i - 1), step, cal) if i == len(stamps) - 1 else epoch
+            snapped, epoch = start != epoch, start
             ts = datetime.fromtimestamp(epoch, UTC)
             if (session := session_at(ts, cal)) is not None:
                 meta_row["session"] = session
@@ -432,10 +450,14 @@ def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE,
     sym = symbol.upper()
     cal = (calendar_name or exchange_calendar(sym)) if step is not None else None
     by_time: dict[datetime, MarketDataPoint] = {}
-    anchor: int | None = None
+    prev: int | None = None
     skipped = 0
-    for stamp, row in df.iterrows():
+    last = len(df) - 1
+    for n, (stamp, row) in enumerate(df.iterrows()):
         o, h, lo, c = (_num(row.get(k)) for k in ("Open", "High", "Low", "Close"))
+        local = stamp.to_pydatetime()
+        epoch = int(local.timestamp())
+        before, prev = prev, epoch  # the previous row's stamp, a null row's too (it holds its place on the grid)
         # A missing price, or every number of the row 0 (the rows yfinance's keepna=False drops: prices,
         # volume, dividends, splits): a null bar. Zero prices beside a volume are bad data, left to the
         # validator (price.non_positive) and the dead-letter topic.
@@ -443,16 +465,13 @@ def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE,
                 (o, h, lo, c, *(_num(row.get(k)) for k in ("Volume", "Dividends", "Stock Splits")))):
             skipped += 1
             continue
-        local = stamp.to_pydatetime()
         snapped = False
         if step is None:
             # yfinance indexes daily+ bars at local midnight of the exchange's trading date.
             ts = datetime(local.year, local.month, local.day, tzinfo=UTC)
         else:
-            epoch = int(local.timestamp())
-            anchor = epoch if anchor is None else anchor
-            snapped = (epoch - anchor) % step != 0
-            epoch -= (epoch - anchor) % step
+            start = forming_bar_start(epoch, before, step, cal) if n == last else epoch
+            snapped, epoch = start != epoch, start
             ts = datetime.fromtimestamp(epoch, UTC)
         extra: dict[str, Any] = {}
         if (adj := _num(row.get("Adj Close"))) is not None:

@@ -146,9 +146,17 @@ def _known() -> frozenset[str]:
     return _known_names
 
 
+def _seconds(column: Any) -> list[float | None]:
+    """A column of exchange_calendars' UTC times as Unix seconds (None where it has none: NaT)."""
+    ns = column.dt.as_unit("ns")
+    return [None if missing else x / 1e9 for x, missing in zip(ns.astype("int64").tolist(), ns.isna().tolist(),
+                                                                strict=True)]
+
+
 class SessionCalendar:
-    """One exchange's sessions as sorted arrays: day numbers (UTC date of the session label), opens and closes
-    in Unix seconds. `None` name: the 24/7 calendar (every day a session, always open)."""
+    """One exchange's sessions as sorted arrays: day numbers (UTC date of the session label), and the spans the
+    market is open (opens and closes in Unix seconds; a session with a lunch break is two). `None` name: the 24/7
+    calendar (every day a session, always open)."""
 
     __slots__ = ("always_open", "closes", "days", "name", "opens")
 
@@ -166,8 +174,18 @@ class SessionCalendar:
         except Exception:  # its history starts later: the package's own default range
             cal = xc.get_calendar(name)
         days = [int(x // 86_400_000_000_000) for x in cal.sessions.as_unit("ns").asi8]
-        opens = [x / 1e9 for x in cal.opens.dt.as_unit("ns").astype("int64").tolist()]
-        closes = [x / 1e9 for x in cal.closes.dt.as_unit("ns").astype("int64").tolist()]
+        # A session with a lunch break (Hong Kong, Tokyo, Shanghai) is open as two spans: the break is closed, so
+        # its hour is no gap in a day's bars and no silence of a feed.
+        opens: list[float] = []
+        closes: list[float] = []
+        for o, c, bs, be in zip(_seconds(cal.opens), _seconds(cal.closes), _seconds(cal.break_starts),
+                                _seconds(cal.break_ends), strict=True):
+            if bs is not None and be is not None and o < bs < be < c:
+                opens += (o, be)
+                closes += (bs, c)
+            else:
+                opens.append(o)
+                closes.append(c)
         return cls(name, days, opens, closes)
 
     def covers(self, day: int) -> bool:

@@ -9,6 +9,7 @@ import logging
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yfinance as yf
@@ -91,6 +92,66 @@ def test_a_live_row_beside_its_own_bar_is_merged_into_it_not_put_in_its_place() 
     df = pd.DataFrame({k.capitalize(): v for k, v in quote.items()}, index=index)
     assert [(b.low, b.close, b.volume) for b in frame_to_bars(df, "MSFT", "1h")] == [(410.0, 411.5, 1000),
                                                                                    (410.5, 410.5, 2000)]
+
+
+def _chart(stamps: list[int], tz: str, exchange: str, interval: str) -> dict[str, Any]:
+    """A chart of bars at `stamps`, opens 1, 2, 3, ... (so each bar is known by its open), volume 100 each."""
+    n = len(stamps)
+    quote = {"open": [1.0 + i for i in range(n)], "high": [2.0 + i for i in range(n)],
+             "low": [0.5 + i for i in range(n)], "close": [1.5 + i for i in range(n)], "volume": [100] * n}
+    return {"chart": {"error": None, "result": [{
+        "meta": {"currency": "USD", "exchangeName": exchange, "exchangeTimezoneName": tz, "dataGranularity": interval},
+        "timestamp": stamps, "indicators": {"quote": [quote]}}]}}
+
+
+def _local(tz: str, *fields: int) -> int:
+    return int(datetime(*fields, tzinfo=ZoneInfo(tz)).timestamp())  # type: ignore[misc]
+
+
+def _clock(bars: list[Any], tz: str) -> list[tuple[str, float, Any]]:
+    return [(b.timestamp.astimezone(ZoneInfo(tz)).strftime("%a %H:%M"), b.open, b.metadata.get("session"))
+            for b in bars]
+
+
+def test_intraday_bars_stay_where_stamped_across_dst_a_lunch_break_and_the_open() -> None:
+    """One grid anchored at a response's first bar moved every bar after a DST change by 30 minutes (90m bars),
+    the first bars after Hong Kong's lunch, and merged the 09:30 open into the 09:00 pre-market bar."""
+    ny, hk = "America/New_York", "Asia/Hong_Kong"
+    times = [(8, 9, 30), (8, 11, 0), (8, 15, 30), (11, 9, 30), (11, 11, 0), (11, 15, 30)]  # EST Friday, EDT Monday
+    bars = parse_chart(_chart([_local(ny, 2024, 3, d, h, m) for d, h, m in times], ny, "NMS", "90m"), "IBM")
+    assert _clock(bars, ny) == [("Fri 09:30", 1.0, "regular"), ("Fri 11:00", 2.0, "regular"),
+                                ("Fri 15:30", 3.0, "regular"), ("Mon 09:30", 4.0, "regular"),
+                                ("Mon 11:00", 5.0, "regular"), ("Mon 15:30", 6.0, "regular")]
+    times = [(9, 30), (10, 30), (11, 30), (13, 0), (14, 0), (15, 0)]
+    bars = parse_chart(_chart([_local(hk, 2024, 3, 8, h, m) for h, m in times], hk, "HKG", "1h"), "0700.HK")
+    assert [c for c, _, _ in _clock(bars, hk)] == ["Fri 09:30", "Fri 10:30", "Fri 11:30", "Fri 13:00", "Fri 14:00",
+                                                  "Fri 15:00"]
+    times = [(8, 0), (9, 0), (9, 30), (10, 30), (15, 30), (16, 0)]
+    bars = parse_chart(_chart([_local(ny, 2024, 3, 8, h, m) for h, m in times], ny, "NMS", "1h"), "AAPL")
+    assert [(c, s) for c, _, s in _clock(bars, ny)] == [("Fri 08:00", "pre"), ("Fri 09:00", "pre"),
+                                                        ("Fri 09:30", "regular"), ("Fri 10:30", "regular"),
+                                                        ("Fri 15:30", "regular"), ("Fri 16:00", "post")]
+    assert {b.volume for b in bars} == {100}  # none merged into another
+    # yfinance's frame, the live path, the same way
+    import pandas as pd
+
+    stamps = [_local(ny, 2024, 3, d, h, m) for d, h, m in [(8, 9, 30), (8, 11, 0), (11, 9, 30), (11, 11, 0)]]
+    df = pd.DataFrame({"Open": [1.0, 2.0, 3.0, 4.0], "High": [2.0] * 4, "Low": [0.5] * 4, "Close": [1.5] * 4,
+                       "Volume": [100] * 4}, index=pd.DatetimeIndex([pd.Timestamp(t, unit="s", tz=ny) for t in stamps]))
+    assert [c for c, _, _ in _clock(frame_to_bars(df, "IBM", "90m"), ny)] == ["Fri 09:30", "Fri 11:00", "Mon 09:30",
+                                                                              "Mon 11:00"]
+
+
+def test_the_forming_row_goes_to_the_start_of_its_bar() -> None:
+    """Yahoo stamps the forming bar with its last trade: after a lunch break it starts at the afternoon's open,
+    as the day's first bar at the session's open."""
+    ny, hk = "America/New_York", "Asia/Hong_Kong"
+    stamps = [_local(hk, 2024, 3, 8, h, m) for h, m in ((9, 30), (10, 30), (11, 30))] + [_local(hk, 2024, 3, 8, 13, 10)]
+    bars = parse_chart(_chart(stamps, hk, "HKG", "1h"), "0700.HK")
+    assert _clock(bars, hk)[-1] == ("Fri 13:00", 4.0, "regular")
+    stamps = [_local(ny, 2024, 3, 8, 14, 30), _local(ny, 2024, 3, 8, 15, 30), _local(ny, 2024, 3, 11, 9, 47)]
+    bars = parse_chart(_chart(stamps, ny, "NMS", "1h"), "IBM")
+    assert _clock(bars, ny)[-1] == ("Mon 09:30", 3.0, "regular")
 
 
 def test_tick_from_meta() -> None:

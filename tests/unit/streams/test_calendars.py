@@ -38,6 +38,21 @@ def test_around_the_clock_markets_and_markets_without_extended_hours() -> None:
     assert trading_session(saturday, None) is None
 
 
+@pytest.mark.parametrize("mic,morning_close,afternoon_open", [
+    ("XHKG", "2024-01-16T12:00:00+08:00", "2024-01-16T13:00:00+08:00"),
+    ("XTKS", "2024-01-16T11:30:00+09:00", "2024-01-16T12:30:00+09:00"),
+    ("XSHG", "2024-01-16T11:30:00+08:00", "2024-01-16T13:00:00+08:00"),
+])
+def test_a_lunch_break_is_closed(mic: str, morning_close: str, afternoon_open: str) -> None:
+    closed, reopened = (datetime.fromisoformat(t).timestamp() for t in (morning_close, afternoon_open))
+    cal = calendar(mic)
+    assert cal is not None and cal.is_open(closed - 1) and cal.is_open(reopened)
+    assert not cal.is_open(closed) and not cal.is_open(reopened - 1)
+    assert trading_session(closed, mic) is None and trading_session(reopened, mic) == "regular"
+    assert cal.open_since(reopened + 600) == reopened
+    assert cal.session_of(closed - 1) != cal.session_of(reopened)  # two spans of one session day
+
+
 def test_the_detectors_read_the_same_calendars() -> None:
     assert detector_calendars.calendar("XNYS") is calendar("XNYS")
 

@@ -1,7 +1,7 @@
 import itertools
 import math
 import random
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -271,6 +271,24 @@ def test_gaps_in_1m_bars_but_not_across_a_session_break() -> None:
     assert a.kind == "gap" and a.score == 2
     assert g.update(bar(t + timedelta(hours=20), 1, 1, "1m")) == []  # overnight
     assert g.update(bar(t, 1, 1, "1m")) == []  # out of order: ignored
+
+
+def test_a_lunch_break_is_no_gap_and_no_silence() -> None:
+    """Hong Kong closes 12:00-13:00: every day's 5-minute bars reported 12 missing bars after 11:55, and a feed
+    silent over lunch was stale. A gap inside a half-day is still one."""
+    g = BarGaps()
+    hk = timezone(timedelta(hours=8))
+    bars = [bar(datetime(2024, 1, 16, h, m, tzinfo=hk), 1, 1, "5m") for h, m in ((11, 50), (11, 55), (13, 0))]
+    assert [g.update(b.model_copy(update={"symbol": "0700.HK"})) for b in bars] == [[], [], []]
+    [a] = g.update(bar(datetime(2024, 1, 16, 13, 20, tzinfo=hk), 1, 1, "5m").model_copy(update={"symbol": "0700.HK"}))
+    assert a.score == 3
+    st = StaleFeed()
+    for i in range(10):
+        st.update(trade(100.0 + i, i * 2).model_copy(update={
+            "symbol": "0700.HK", "timestamp": datetime(2024, 1, 16, 11, 59, 40, tzinfo=hk) + timedelta(seconds=2 * i)}))
+    assert st.check_stale(datetime(2024, 1, 16, 12, 30, tzinfo=hk)) == []  # lunch
+    assert st.check_stale(datetime(2024, 1, 16, 13, 0, 5, tzinfo=hk)) == []  # 5 s after the afternoon's open
+    assert st.check_stale(datetime(2024, 1, 16, 13, 0, 7, tzinfo=hk))
 
 
 def test_daily_gaps_skip_weekends_and_holidays() -> None:
