@@ -14,7 +14,9 @@ raw.fred with source "fred" and data_type "economic".
   its vintage. item_id = realtime_start, so a revision is a new row, the superseded one gets its
   realtime_end on the next poll, and re-polling maps onto the same natural keys. Without it, FRED
   answers with today's vintage, and item_id is today's date. `realtime_start`/`realtime_end` settings
-  narrow (or, without `vintages`, set) the real-time period.
+  narrow (or, without `vintages`, set) the real-time period. FRED refuses a period of more than 2,000
+  vintage dates (daily series: DFF, DGS10): such a series is asked in spans of the period FRED accepts,
+  remembered, and a vintage a span boundary cut is joined again (join_vintages).
 - output_type (FRED's own parameter): 1 observations by real-time period (the default, sent only when not
   1), 2 by vintage date with all observations, 3 by vintage date with new and revised observations only,
   4 initial release only. Rows in the real-time-period shape (date, realtime_start, realtime_end, value)
@@ -167,6 +169,29 @@ def is_unknown_series(exc: BaseException) -> bool:
     return isinstance(exc, SourceError) and "does not exist" in str(exc)
 
 
+def too_many_vintages(exc: BaseException) -> bool:
+    """FRED's 400 for a real-time period of more than 2,000 vintage dates."""
+    return isinstance(exc, SourceError) and "maximum number of vintage dates" in str(exc)
+
+
+def join_vintages(points: list[MarketDataPoint]) -> list[MarketDataPoint]:
+    """Rows of spans of the real-time period: a vintage that ran across a span boundary comes back as two rows of
+    one value, the first ending the day before the second starts; joined into one, as FRED gives it. Rows of the
+    by-vintage shape (no realtime_end) are each one vintage: only repeats are dropped."""
+    out: dict[tuple[datetime, str], MarketDataPoint] = {}
+    last: dict[datetime, MarketDataPoint] = {}
+    for p in sorted(points, key=lambda p: (p.timestamp, p.realtime_start or date.min)):
+        prev = last.get(p.timestamp)
+        if (prev is not None and prev.realtime_end is not None and p.realtime_start is not None
+                and prev.realtime_end + timedelta(days=1) == p.realtime_start and prev.value == p.value):
+            joined = prev.model_copy(update={"realtime_end": p.realtime_end})
+            out[(prev.timestamp, prev.item_id)] = last[p.timestamp] = joined
+            continue
+        out.setdefault((p.timestamp, p.item_id), p)
+        last[p.timestamp] = p
+    return list(out.values())
+
+
 # ---------------------------------------------------------------------------------------------- source
 
 
@@ -187,6 +212,7 @@ class FredSource(PollingSource):
         self.seen = SeenIds(maxlen=100_000)
         self.series_meta: dict[str, dict[str, Any]] = {}  # per series: the last /fred/series answer
         self._fetched_updated: dict[str, str] = {}  # per series: last_updated at the last observations fetch
+        self._spans: dict[str, list[tuple[date, date]]] = {}  # per series: the real-time spans FRED accepts
         self.unknown: Counter[str] = Counter()  # per series: "The series does not exist."
         self.unexpected: Counter[str] = Counter()  # per endpoint ("series", "observations"): unreadable payloads
         self._warned: set[str] = set()
@@ -230,13 +256,46 @@ class FredSource(PollingSource):
     async def observations(self, session: aiohttp.ClientSession, series_id: str, *, start: date | None = None,
                            end: date | None = None, metadata: Mapping[str, Any] | None = None
                            ) -> list[MarketDataPoint]:
-        params: dict[str, Any] = {"series_id": series_id.upper(), **self.realtime_params()}
+        """Observations dated start..end of every vintage in the real-time period (realtime_params). FRED refuses
+        a period holding more than 2,000 vintage dates (a daily series such as DFF or DGS10 over 1776..9999):
+        the period is then asked in spans it accepts (remembered per series), and a vintage a span boundary cut
+        in two is joined again."""
+        sid = series_id.upper()
+        params: dict[str, Any] = {"series_id": sid, **self.realtime_params()}
         if start:
             params["observation_start"] = start.isoformat()
         if end:
             params["observation_end"] = end.isoformat()
-        doc = await self._get(session, "/fred/series/observations", params)
-        return parse_observations(doc, series_id, metadata=metadata)
+        spans = self._spans.get(sid)
+        if spans is None:
+            try:
+                return parse_observations(await self._get(session, "/fred/series/observations", params), sid,
+                                          metadata=metadata)
+            except SourceError as exc:
+                if not too_many_vintages(exc) or "realtime_start" not in params:
+                    raise
+            first = date.fromisoformat(params["realtime_start"])
+            last = date.fromisoformat(params.get("realtime_end") or datetime.now(UTC).date().isoformat())
+            recent = max(first, min(last, datetime.now(UTC).date()) - timedelta(days=5 * 365))
+            spans = [(first, recent - timedelta(days=1)), (recent, last)] if recent > first else [(first, last)]
+        points: list[MarketDataPoint] = []
+        done: list[tuple[date, date]] = []
+        while spans:
+            a, b = spans.pop(0)
+            try:
+                doc = await self._get(session, "/fred/series/observations",
+                                      {**params, "realtime_start": a.isoformat(), "realtime_end": b.isoformat()})
+            except SourceError as exc:
+                upper = min(b, datetime.now(UTC).date())
+                if not too_many_vintages(exc) or upper - a < timedelta(days=2):
+                    raise
+                mid = a + (upper - a) / 2
+                spans[:0] = [(a, mid), (mid + timedelta(days=1), b)]
+                continue
+            points.extend(parse_observations(doc, sid, metadata=metadata))
+            done.append((a, b))
+        self._spans[sid] = done
+        return join_vintages(points)
 
     async def _metadata(self, session: aiohttp.ClientSession, series_id: str) -> dict[str, Any] | None:
         """This cycle's metadata, or None (logged once per cause, counted) when /fred/series fails."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,69 @@ async def test_poll_params_and_only_new_or_changed_rows(serve: Serve) -> None:
         (date(2024, 11, 1), "2024-12-06", date(2025, 1, 9), 4.2),
         (date(2024, 11, 1), "2025-01-10", date(9999, 12, 31), 4.3),
     ]
+
+
+class DailyVintages:
+    """A daily series as ALFRED keeps one: a vintage every business day since 2010, each day's observation first
+    published the next day and revised 30 days after. Like FRED, it refuses a real-time period of more than 2,000
+    vintage dates and cuts the rows it answers to the period asked."""
+
+    FIRST, END = date(2010, 1, 4), date(9999, 12, 31)
+
+    def __init__(self) -> None:
+        self.today = datetime.now(UTC).date()
+        self.asked: list[tuple[str, str, int]] = []  # realtime_start, realtime_end, status
+
+    def rows(self, since: date) -> list[tuple[date, date, date, float]]:
+        out = []
+        for n in range((self.today - since).days):
+            d = since + timedelta(days=n)
+            revised = d + timedelta(days=30)
+            if revised <= self.today:
+                out += [(d, d + timedelta(days=1), revised - timedelta(days=1), 5.0), (d, revised, self.END, 5.25)]
+            else:
+                out.append((d, d + timedelta(days=1), self.END, 5.0))
+        return out
+
+    async def observations(self, request: web.Request) -> web.Response:
+        q = request.query
+        a, b = date.fromisoformat(q["realtime_start"]), date.fromisoformat(q["realtime_end"])
+        lo, hi = max(a, self.FIRST), min(b, self.today)
+        vintages = sum(1 for n in range((hi - lo).days + 1) if (lo + timedelta(days=n)).weekday() < 5)
+        self.asked.append((q["realtime_start"], q["realtime_end"], 400 if vintages > 2000 else 200))
+        if vintages > 2000:
+            return web.json_response({"error_code": 400, "error_message": (
+                f"Bad Request.  There are {vintages} vintage dates in the specified real-time period: {a} to {b}."
+                "  This exceeds the maximum number of vintage dates allowed (2000).")}, status=400)
+        rows = [{"realtime_start": max(s, a).isoformat(), "realtime_end": min(e, b).isoformat(),
+                 "date": d.isoformat(), "value": f"{v:.2f}"}
+                for d, s, e, v in self.rows(date.fromisoformat(q["observation_start"])) if s <= b and e >= a]
+        return web.json_response({"realtime_start": str(a), "realtime_end": str(b), "observations": rows})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/fred/series/observations", self.observations)
+        return app
+
+
+async def test_a_daily_series_with_more_than_2000_vintages_is_asked_in_spans(serve: Serve) -> None:
+    """DFF, DGS10, T10Y2Y: every poll failed with FRED's 400 (more than 2,000 vintage dates in 1776..9999)."""
+    fake = DailyVintages()
+    src = FredSource(settings(await serve(fake.app()), series=["DFF"], lookback_days=60, series_metadata=False),
+                     api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        points = await src.poll_once(session)
+        calls = len(fake.asked)
+        assert await src.poll_once(session) == []  # nothing new
+    since = fake.today - timedelta(days=60)
+    assert sorted((p.timestamp.date(), p.realtime_start, p.realtime_end, p.value) for p in points) == sorted(
+        fake.rows(since))  # every vintage whole: none cut at a span's boundary, none twice
+    assert all(p.item_id == p.realtime_start.isoformat() for p in points if p.realtime_start)
+    assert fake.asked[0] == ("1776-07-04", "9999-12-31", 400)
+    spans = [(a, b) for a, b, status in fake.asked[1:calls] if status == 200]
+    assert spans[0][0] == "1776-07-04" and spans[-1][1] == "9999-12-31" and all(  # the whole period, no overlap
+        date.fromisoformat(b) + timedelta(days=1) == date.fromisoformat(a2) for (_, b), (a2, _) in pairwise(spans))
+    assert [(a, b) for a, b, _ in fake.asked[calls:]] == spans  # the spans remembered: no refused call again
 
 
 async def test_without_vintages_and_history(serve: Serve) -> None:
