@@ -160,7 +160,10 @@ def check_payload(doc: Any, what: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise SourceError(f"unexpected Alpha Vantage {what} payload: {type(doc).__name__}")
     if "Error Message" in doc:
-        raise SourceError(f"Alpha Vantage {what} error: {str(doc['Error Message'])[:300]}", retriable=False)
+        text = str(doc["Error Message"])
+        if any(w in text.lower() for w in _KEY_WORDS):  # "the parameter apikey is invalid or missing"
+            raise AlphaVantageKeyRefused(f"Alpha Vantage {what}: the API key was refused: {text[:300]}")
+        raise SourceError(f"Alpha Vantage {what} error: {text[:300]}", retriable=False)
     for field in ("Note", "Information"):
         if field in doc:
             text = str(doc[field])

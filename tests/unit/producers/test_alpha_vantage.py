@@ -245,9 +245,12 @@ async def test_a_refused_call_skips_that_call_only_and_warns_once(
     assert KEY not in caplog.text
 
 
+@pytest.mark.parametrize("body", ["information_demo_key.json", "error_message_invalid_key.json"])
 async def test_a_refused_key_ends_the_round_and_is_warned_once(
-        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
-    fake = FakeAlphaVantage({("GLOBAL_QUOTE", "IBM"): [(200, "information_demo_key.json", {})] * 2})
+        serve: Serve, caplog: pytest.LogCaptureFixture, body: str) -> None:
+    """The demo key's "Information", and the "Error Message" a wrong or missing key gets: every call would be
+    refused alike, so the round ends (it was counted answered, and the day's calls were spent on every symbol)."""
+    fake = FakeAlphaVantage({("GLOBAL_QUOTE", "IBM"): [(200, body, {})] * 2})
     src = AlphaVantageSource(settings(await serve(fake.app()), symbols=["IBM", "MSFT"]), api_key=SecretStr(KEY))
     caplog.set_level(logging.WARNING)
     async with aiohttp.ClientSession() as session:
@@ -255,6 +258,7 @@ async def test_a_refused_key_ends_the_round_and_is_warned_once(
         assert await src.poll_once(session) == []
     assert [q["symbol"] for q in fake.seen] == ["IBM", "IBM"]  # MSFT is never asked with a refused key
     assert caplog.text.count("the API key was refused") == 1 and "throttled" not in caplog.text
+    assert src._failed_round() is not None  # the source shows failing, not answered
 
 
 async def test_premium_function_is_dropped_and_others_continue(
