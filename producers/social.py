@@ -181,6 +181,14 @@ class SocialSource(PollingSource):
         params = {"query": self.query(symbol), "tweet.fields": TWEET_FIELDS, "expansions": EXPANSIONS,
                   "user.fields": USER_FIELDS, "max_results": str(s.max_results)}
         since = self.since_id.get(symbol)
+        if since and snowflake_time(since) < now - _SEARCH_WINDOW:
+            # X refuses a since_id older than its 7 days: what lay between it and the window is out of reach.
+            logger.warning("social: %s: the newest post read (id %s, %s) is older than recent search's 7 days; "
+                           "posts between it and %s cannot be read", symbol, since,
+                           snowflake_time(since).isoformat(), (now - _SEARCH_WINDOW).isoformat())
+            del self.since_id[symbol]
+            self.start_time[symbol] = now - _SEARCH_WINDOW
+            since = None
         if since:
             params["since_id"] = since
         else:  # nothing seen yet: the lookback window, fixed at the first poll until a post shows up
@@ -188,6 +196,18 @@ class SocialSource(PollingSource):
             start = max(start, now - _SEARCH_WINDOW)  # X refuses a start_time older than its 7 days
             params["start_time"] = start.strftime("%Y-%m-%dT%H:%M:%SZ")
         return _Walk(params)
+
+    def _resume(self, walk: _Walk | None, now: datetime) -> _Walk | None:
+        """A result set left unfinished by an earlier poll, unless its bounds have left X's 7 days since (it
+        would be refused at every poll): then a new one is started."""
+        if walk is None:
+            return None
+        since, start = walk.params.get("since_id"), walk.params.get("start_time")
+        floor = now - _SEARCH_WINDOW
+        if (since and snowflake_time(since) < floor) or (
+                start and datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) < floor):
+            return None
+        return walk
 
     async def _page(self, session: aiohttp.ClientSession, params: Mapping[str, str]) -> Any:
         s = self.settings
@@ -205,7 +225,7 @@ class SocialSource(PollingSource):
         poll raises; a later one returns what was read, and the next poll asks for the failed page again."""
         symbol = symbol.upper()
         now = now or datetime.now(UTC)
-        walk = self.walks.pop(symbol, None) or self._new_walk(symbol, now)
+        walk = self._resume(self.walks.pop(symbol, None), now) or self._new_walk(symbol, now)
         out: list[MarketDataPoint] = []
         untagged = 0
         for n in range(self.settings.max_pages):
@@ -219,7 +239,10 @@ class SocialSource(PollingSource):
                     # A refused (expired) next_token: go on below the oldest post read, by id.
                     logger.warning("social: %s: page token refused (%s); continuing below id %s", symbol,
                                    self.redact(str(exc)), walk.oldest_id)
-                    walk.params = {k: v for k, v in walk.params.items() if k != "until_id"}
+                    # X refuses until_id beside start_time/end_time: the lookback's start gives way (what lies
+                    # before it is read too, never skipped).
+                    walk.params = {k: v for k, v in walk.params.items()
+                                   if k not in ("until_id", "start_time", "end_time")}
                     walk.params["until_id"] = walk.oldest_id
                     walk.next_token = None
                 if n == 0:

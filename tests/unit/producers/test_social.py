@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,10 @@ def test_token_from_environment_only() -> None:
 # ---------------------------------------------------------------------------------------------- source
 
 
+# Ids of posts made an hour ago: X refuses a since_id older than its 7 days, so the source drops one that old.
+BASE_ID = (int(time.time() * 1000) - 3_600_000 - 1288834974657) << 22
+
+
 class FakeX:
     """X API v2 recent search over an in-memory timeline, as documented: newest first, `max_results` per page,
     since_id / until_id / start_time filters, meta {newest_id, oldest_id, result_count, next_token}; a
@@ -103,7 +108,7 @@ class FakeX:
         self.fail_tokens: dict[str, int] = {}  # next_token -> status to answer once
 
     def post(self, n: int, text: str = "$AAPL looks strong", start: int = 0, author_id: str = "111") -> list[str]:
-        ids = [str(1796000000000000000 + start + i) for i in range(n)]
+        ids = [str(BASE_ID + start + i) for i in range(n)]
         for tid in ids:
             self.tweets.append({"id": tid, "text": text, "created_at": "2024-05-30T14:00:00.000Z",
                                 "author_id": author_id})
@@ -118,6 +123,14 @@ class FakeX:
         if q["query"].startswith("$FAIL"):
             # Echo the credentials back in an error, as a careless proxy might.
             return web.json_response({"detail": f"{request.headers['Authorization']} at {request.url}"}, status=403)
+        if ("since_id" in q or "until_id" in q) and ("start_time" in q or "end_time" in q):
+            return web.json_response({"errors": [{"message": "Invalid use of 'since_id' or 'until_id' in conjunction "
+                                                             "with 'start_time' or 'end_time'"}],
+                                      "title": "Invalid Request"}, status=400)
+        if "since_id" in q and snowflake_time(q["since_id"]) < datetime.now(UTC) - timedelta(days=7):
+            return web.json_response({"errors": [{"message": "Invalid 'since_id':'...'. 'since_id' must be a tweet id "
+                                                             "created after ..."}],
+                                      "title": "Invalid Request"}, status=400)
         token = q.pop("next_token", None)
         if token and token in self.fail_tokens:
             return web.json_response({"title": "Invalid Request"}, status=self.fail_tokens.pop(token))
@@ -217,7 +230,7 @@ async def test_only_posts_with_the_cashtag_in_their_text_are_tagged(serve: Serve
         points = await src.poll_once(session, NOW)
     assert sorted(p.item_id for p in points) == sorted(tagged)
     assert all(p.symbol == "AAPL" and p.source == "social" for p in points)
-    assert src.since_id["AAPL"] == "1796000000000000004"  # the untagged newest still counts as read
+    assert src.since_id["AAPL"] == str(BASE_ID + 4)  # the untagged newest still counts as read
 
 
 async def test_a_failed_page_is_asked_again_next_poll(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
@@ -249,8 +262,31 @@ async def test_a_refused_page_token_goes_on_below_the_oldest_read(serve: Serve) 
         assert await src.poll_once(session, NOW) == []
         two = await src.poll_once(session, NOW)
         three = await src.poll_once(session, NOW)
+    # X refuses until_id beside start_time (the first result set's bound): it gives way
     assert fake.seen[2][0]["until_id"] == min((p.item_id for p in one), key=int)
+    assert "start_time" in fake.seen[0][0] and "start_time" not in fake.seen[2][0]
     assert sorted(p.item_id for p in one + two + three) == sorted(ids)
+    assert src.since_id["AAPL"] == max(ids, key=int)
+
+
+async def test_a_since_id_older_than_the_search_window_gives_way_to_the_window(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    """A quiet cashtag, or a week of downtime: X refuses the stored since_id at every poll, for good."""
+    fake = FakeX()
+    ids = fake.post(3)
+    base = await serve(fake.app())
+    src = SocialSource(settings(base), bearer_token=SecretStr(TOKEN))
+    now = datetime.now(UTC)
+    stale = str((int((now - timedelta(days=9)).timestamp() * 1000) - 1288834974657) << 22)
+    src.since_id["AAPL"] = stale
+    src.walks["AAPL"] = src._new_walk("AAPL", now - timedelta(days=8))  # and an unfinished result set that old
+    src.since_id["AAPL"] = stale
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        points = await src.poll_once(session, now)
+    assert sorted(p.item_id for p in points) == sorted(ids)
+    assert "since_id" not in fake.seen[0][0] and fake.seen[0][0]["start_time"] < now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert "older than recent search's 7 days" in caplog.text
     assert src.since_id["AAPL"] == max(ids, key=int)
 
 
