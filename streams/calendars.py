@@ -10,8 +10,8 @@ first symbol that needs it) and reduced to sorted integer arrays: sessions as UT
 closes as Unix seconds; a query is a binary search.
 
 A symbol's calendar: the settings' `exchanges` map, else the provider's metadata (`exchange` as a MIC),
-else the symbol's form (.DE XETR, .L XLON, =X FX 24/5, -USD crypto 24/7, BTCUSDT / BTC/USDT / BINANCE:... crypto
-24/7, EURUSD / OANDA:EUR_USD FX 24/5, ^N225 XTKS, ...), else `default_exchange`.
+else the symbol's form (.DE XETR, .L XLON, =X FX 24/5, =F futures CMES, -USD crypto 24/7, BTCUSDT / BTC/USDT /
+BINANCE:... crypto 24/7, EURUSD / OANDA:EUR_USD FX 24/5, ^N225 XTKS, ...), else `default_exchange`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ _SUFFIX = {
     "PS": "XPHS", "JK": "XIDX", "BK": "XBKK", "KL": "XKLS", "PR": "XPRA", "BD": "XBUD",
     "SN": "XSGO", "BA": "XBUE", "SR": "XSAU", "CL": "XBOG", "IC": "XICE",
 }
+# Yahoo's futures (CL=F, ES=F, GC=F, ZN=F, 6E=F) trade on CME Globex nearly around the clock and on most US
+# holidays (their daily bars of MLK, Presidents' and Labor Day exist): CMES. Not these roots: grains and livestock
+# (CBOT/CME day sessions, closed on US holidays: CMES reported their holidays as missing days) and ICE's softs
+# keep the default calendar.
+_DAY_FUTURES = frozenset("ZC ZS ZW ZL ZM ZO ZR KE MWE XC XK XW YC YK LE HE GF DC KC CC SB CT OJ".split())
 _CRYPTO_QUOTES = ("-USD", "-USDT", "-EUR", "-BTC", "-ETH", "-GBP", "-JPY")
 # ISO 4217 codes of currencies, and of the metals and energy CFDs quoted like them: their pairs trade as FX
 # does, 24/5.
@@ -121,6 +126,8 @@ def exchange_for(symbol: str, exchanges: dict[str, str] | None = None, metadata:
         return mic.upper()
     if sym.endswith("=X"):
         return "24/5"
+    if sym.endswith("=F") and sym[:-2] not in _DAY_FUTURES:
+        return "CMES"
     if sym.endswith(_CRYPTO_QUOTES):
         return "24/7"
     if sym in _INDEXES:

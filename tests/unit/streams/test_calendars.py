@@ -95,6 +95,10 @@ def test_yahoo_suffixes_of_asian_and_other_markets_name_their_calendars(symbol: 
     ("ARSUSD", "24/5"), ("ARS/USD", "24/5"), ("RONEUR", "24/5"), ("XBRUSD", "24/5"), ("USDJPY", "24/5"),
     # stock venues name their exchange
     ("NSE:ADANIENSOL", "XBOM"), ("NASDAQ:AAPL", "XNYS"),
+    # Yahoo's futures: CME Globex (their daily bars on MLK, Presidents' and Labor Day were off New York's calendar),
+    # but grains and livestock trade day sessions, closed on US holidays
+    ("CL=F", "CMES"), ("ES=F", "CMES"), ("GC=F", "CMES"), ("ZN=F", "CMES"), ("6E=F", "CMES"), ("ZC=F", "XNYS"),
+    ("LE=F", "XNYS"),
     # what stays New York's: tickers, long or short, a Nasdaq Data Link or FRED code, index CFDs, OANDA's
     # commodity names without their venue, words that end like a coin
     ("AAPL", "XNYS"), ("GOOGL", "XNYS"), ("BRK-B", "XNYS"), ("WIKI/AAPL", "XNYS"), ("CHRIS/CME_CL1", "XNYS"),

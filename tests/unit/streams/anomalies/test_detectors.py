@@ -291,6 +291,24 @@ def test_a_lunch_break_is_no_gap_and_no_silence() -> None:
     assert st.check_stale(datetime(2024, 1, 16, 13, 0, 7, tzinfo=hk))
 
 
+def test_futures_follow_cme_globex() -> None:
+    """CL=F trades on MLK day and around the clock but for an hour a day: on New York's calendar a missing MLK bar
+    was never reported, and its night bars were judged by the silence rule."""
+    g = BarGaps()
+
+    def cl(t: datetime, interval: str = "1d") -> list[Any]:
+        return g.update(bar(t, 70, 70, interval).model_copy(update={"symbol": "CL=F"}))
+
+    assert cl(datetime(2024, 1, 12, tzinfo=UTC)) == []
+    [a] = cl(datetime(2024, 1, 16, tzinfo=UTC))  # Friday, then Tuesday: MLK day's session is missing
+    assert a.score == 1
+    g = BarGaps()
+    hours = [datetime(2024, 1, 16, 20, tzinfo=UTC), datetime(2024, 1, 16, 21, tzinfo=UTC),  # the daily halt 22:00
+             datetime(2024, 1, 16, 23, tzinfo=UTC), datetime(2024, 1, 17, 0, tzinfo=UTC),
+             datetime(2024, 1, 17, 3, tzinfo=UTC)]  # 01:00 and 02:00 UTC missing, in the night session
+    assert [len(cl(t, "1h")) for t in hours] == [0, 0, 0, 0, 1]
+
+
 def test_daily_gaps_skip_weekends_and_holidays() -> None:
     g = BarGaps(AnomalySettings(gap_holidays=[date(2024, 5, 27)]))
     fri, mon = datetime(2024, 5, 3, 20, tzinfo=UTC), datetime(2024, 5, 6, 20, tzinfo=UTC)
