@@ -24,7 +24,10 @@ raw.nasdaq_data_link with source "nasdaq_data_link".
 - Raw, not adjusted: bars take the raw Open/High/Low/Close; "Adj. ..." columns stay in metadata, so
   adjusted and raw prices are never mixed in one series.
 - Symbol: a dataset's code ("WIKI/AAPL" -> "AAPL"), a datatable row's ticker/symbol column, else the
-  datatable code. item_id is the dataset or datatable path, so two databases never share a key.
+  datatable code. item_id is the dataset or datatable path, so two databases never share a key; a datatable's
+  key columns (DatatableQuery.key_columns, default dimension and per_type: Sharadar's SF1 has a row per
+  dimension for each ticker and date) join it ("SHARADAR/SF1|dimension=ARQ"). Rows of one page that still share
+  a natural key are warned of once per table (naming the label columns that differ) and counted in `collisions`.
 - Key: NASDAQ_DATA_LINK_API_KEY, else QUANDL_API_KEY, sent as `api_key` and redacted everywhere.
 - An unknown dataset (quandl_error QECx02, "incorrect ... code") is logged once and counted in
   `unknown[code]`; a payload of a shape nothing here reads (NdlUnexpected) once per kind and cause, counted in
@@ -70,6 +73,9 @@ _COARSENESS = list(_FREQUENCIES)  # finest first
 # a quarter is 89 to 92 days, a month 28 to 31).
 _MIN_GAP_DAYS = (("annual", 365), ("quarterly", 89), ("monthly", 28), ("weekly", 7))
 _UNKNOWN_CODES = ("QECx02",)
+# Columns that, beside the ticker and the date, tell a datatable's rows apart in the tables we know: Sharadar's
+# dimension (ARQ, ART, MRQ, MRY: one row each per ticker and date), Zacks' per_type (A, Q).
+DEFAULT_KEY_COLUMNS = ("dimension", "per_type")
 
 
 class NdlUnexpected(SourceError):
@@ -134,12 +140,17 @@ def parse_table(
     interval: str = "1d",
     economic: bool = False,
     value_interval: str | None = None,
+    key_columns: Sequence[str] = (),
 ) -> list[MarketDataPoint]:
     """Rows of a dataset or datatable -> bar or economic points, by the column names. `economic` forces
-    economic points (transformed or collapsed series), whose interval is then `value_interval`."""
+    economic points (transformed or collapsed series), whose interval is then `value_interval`. `key_columns`:
+    the columns that, beside the symbol and the date, tell rows apart; their values join item_id
+    ("SHARADAR/SF1|dimension=ARQ")."""
     names = [normalise(c) for c in columns]
     di = _date_index(names, types)
     sym_i = next((names.index(n) for n in _SYMBOL_NAMES if n in names), None)
+    wanted = {normalise(k) for k in key_columns}
+    key_i = [i for i, n in enumerate(names) if n in wanted and i not in (di, sym_i)]
     fields = {i: _FIELD_NAMES[n] for i, n in enumerate(names) if n in _FIELD_NAMES and i != di}
     # "settle" is the close of a futures table, unless there is a real close too.
     if "close" in names and "settle" in names:
@@ -179,10 +190,11 @@ def parse_table(
             skipped += 1
             continue
         row_symbol = str(row[sym_i]).upper() if sym_i is not None and row[sym_i] else symbol
+        row_id = "|".join([item_id, *(f"{columns[i]}={row[i]}" for i in key_i)]) if key_i else item_id
         out.append(MarketDataPoint(
             symbol=row_symbol, timestamp=ts, source=source,
             data_type=DataType.BAR if is_bar else DataType.ECONOMIC,
-            interval=interval if is_bar else value_interval, item_id=item_id, metadata=meta, **typed,
+            interval=interval if is_bar else value_interval, item_id=row_id, metadata=meta, **typed,
         ))
     if rows and not out:
         raise NdlUnexpected(f"none of {len(rows)} rows has a date and values", item_id)
@@ -297,8 +309,10 @@ def parse_body(body: str, dataset: str, *, transform: str | None = None, collaps
     return parse_csv(body, dataset, transform=transform, collapse=collapse, source=source)
 
 
-def parse_datatable(doc: Any, code: str, *, source: str = SOURCE) -> tuple[list[MarketDataPoint], str | None]:
-    """/datatables/{code}.json -> (points, next_cursor_id)."""
+def parse_datatable(doc: Any, code: str, *, source: str = SOURCE,
+                    key_columns: Sequence[str] = DEFAULT_KEY_COLUMNS) -> tuple[list[MarketDataPoint], str | None]:
+    """/datatables/{code}.json -> (points, next_cursor_id). Rows that share a symbol and a date are told apart
+    by `key_columns` (parse_table)."""
     _check_error(doc, code)
     if not isinstance(doc, dict) or not isinstance(doc.get("datatable"), dict):
         raise NdlUnexpected("no datatable object", code)
@@ -310,7 +324,7 @@ def parse_datatable(doc: Any, code: str, *, source: str = SOURCE) -> tuple[list[
     names = [str(c.get("name", "")) for c in cols]
     types = [str(c.get("type", "")) for c in cols]
     points = parse_table(names, dt.get("data") or [], symbol=code.split("/")[-1].upper(), item_id=code.upper(),
-                         types=types, source=source)
+                         types=types, source=source, key_columns=key_columns)
     cursor = (doc.get("meta") or {}).get("next_cursor_id")
     return points, cursor or None
 
@@ -337,6 +351,7 @@ class NasdaqDataLinkSource(PollingSource):
         self.queries += settings.dataset_queries
         self.unknown: Counter[str] = Counter()  # per dataset/datatable code: "incorrect code" answers
         self.unexpected: Counter[str] = Counter()  # per kind (dataset, datatable): unreadable payloads
+        self.collisions: Counter[str] = Counter()  # per datatable code: pages with rows sharing a natural key
         self._warned: set[str] = set()
         # Per datatable query (code, params): the cursor of the first page not read yet, and its page number.
         self._cursors: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, int]] = {}
@@ -427,11 +442,25 @@ class NasdaqDataLinkSource(PollingSource):
         except orjson.JSONDecodeError:
             raise NdlUnexpected("datatable body is not JSON", query.code) from None
         try:
-            return parse_datatable(doc, query.code)
+            keys = DEFAULT_KEY_COLUMNS if query.key_columns is None else query.key_columns
+            points, cursor = parse_datatable(doc, query.code, key_columns=keys)
         except NdlUnexpected:
             raise
         except SourceError as exc:
             raise SourceError(self.redact(str(exc)), retriable=exc.retriable) from None
+        seen: dict[tuple[Any, ...], MarketDataPoint] = {}
+        for p in points:
+            other = seen.setdefault(p.natural_key(), p)
+            if other is not p:  # the sink would keep one of them: say which columns would tell them apart
+                differ = sorted(k for k in {*p.metadata, *other.metadata} if p.metadata.get(k) != other.metadata.get(k)
+                                and isinstance(p.metadata.get(k, other.metadata.get(k)), str))  # labels, not values
+                self._warn_once(f"collide|{query.code}", "nasdaq_data_link: %s has rows with the same symbol, date and "
+                                "key columns (%s at %s): the sink keeps one of each; set this datatable's key_columns "
+                                "to the columns that tell them apart (these differ: %s)", query.code, p.symbol,
+                                p.timestamp.date(), ", ".join(differ[:8]) or "none")
+                self.collisions[query.code.upper()] += 1
+                break
+        return points, cursor
 
     def _failed(self, kind: str, code: str, exc: Exception) -> None:
         """A failed call, logged and reported to the round's count (an unknown code: answered, not a failure)."""

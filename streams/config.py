@@ -713,6 +713,9 @@ class DatatableQuery(BaseModel):
 
     code: str  # e.g. "WIKI/PRICES" or "ZACKS/FC"
     params: dict[str, str] = Field(default_factory=dict)  # row filters, e.g. {"ticker": "AAPL"}
+    # Columns that, beside the ticker and the date, tell the table's rows apart (their values join the item id,
+    # so no row replaces another). None: dimension and per_type where the table has them (Sharadar, Zacks).
+    key_columns: list[str] | None = None
 
 
 class DatasetQuery(BaseModel):

@@ -105,6 +105,33 @@ def test_parse_datatable_symbol_column_and_cursor() -> None:
     assert last is None
 
 
+def test_rows_of_one_ticker_and_date_are_told_apart_by_their_key_columns() -> None:
+    """Sharadar's SF1 holds a row per dimension (ARQ, ART, MRQ, MRY) for each ticker and date: all four had
+    one natural key, and the sink kept one of them."""
+    points, _ = parse_datatable(load("datatable_sharadar_sf1.json"), "SHARADAR/SF1")
+    assert [(p.symbol, p.item_id, p.value) for p in points] == [
+        ("AAPL", "SHARADAR/SF1|dimension=ARQ", 85777000000.0), ("AAPL", "SHARADAR/SF1|dimension=ART", 385603000000.0),
+        ("AAPL", "SHARADAR/SF1|dimension=MRQ", 85777000000.0), ("AAPL", "SHARADAR/SF1|dimension=MRY", 391035000000.0)]
+    assert len({p.natural_key() for p in points}) == 4
+    assert points[0].metadata["netinc"] == 21448000000.0 and points[0].metadata["value_column"] == "revenue"
+    points, _ = parse_datatable(load("datatable_sharadar_sf1.json"), "SHARADAR/SF1", key_columns=["reportperiod"])
+    assert [p.item_id for p in points][-2:] == ["SHARADAR/SF1|reportperiod=2024-06-29",
+                                                "SHARADAR/SF1|reportperiod=2024-09-28"]
+
+
+async def test_rows_that_share_a_key_are_warned_of_once_and_counted(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeNdl()
+    table = DatatableQuery(code="SHARADAR/SF1", key_columns=[])  # told not to use dimension
+    src = NasdaqDataLinkSource(settings(await serve(fake.app()), datatables=[table]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        assert len(await src.poll_once(session)) == 4
+        assert len(await src.poll_once(session)) == 4
+    assert caplog.text.count("SHARADAR/SF1 has rows with the same symbol, date and key columns") == 1
+    assert "(these differ: dimension)" in caplog.text and src.collisions["SHARADAR/SF1"] == 2
+
+
 def test_parse_rejects_unexpected_payloads() -> None:
     with pytest.raises(SourceError):
         parse_dataset(load("error_incorrect_code.json"), "NOPE/NOPE")
@@ -162,6 +189,8 @@ class FakeNdl:
             return web.json_response({"quandl_error": {"code": "QEPx04", "message": "cursor refused"}},
                                      status=self.cursor_failures.pop(0))
         page = "datatable_prices_page2.json" if request.query.get("qopts.cursor_id") else "datatable_prices_page1.json"
+        if request.match_info["db"] == "SHARADAR":
+            page = "datatable_sharadar_sf1.json"
         return web.Response(body=(FIX / page).read_bytes(), content_type="application/json")
 
     def app(self) -> web.Application:
