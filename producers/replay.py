@@ -40,6 +40,7 @@ import aiohttp
 
 from producers.base import Record, Source
 from streams.config import ReplaySettings
+from streams.errors import ConfigError
 from streams.models import DataType, MarketDataPoint
 
 logger = logging.getLogger(__name__)
@@ -214,9 +215,13 @@ class ReplaySource(Source):
 
     async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
         s = self.settings
+        if not s.files:  # nothing to replay is a setting left out, not a replay that finished
+            raise ConfigError("replay: no files to replay: set sources.replay.files (CSV files, folders or globs), "
+                              "e.g. TICKFLOW_SOURCES__REPLAY__FILES='[\"data/*.csv\"]'")
         points = self.load()
         logger.info("replay: %d bars from %d files at speed %s", len(points), len(self.paths()), s.speed or "max")
         if not points:
+            logger.warning("replay: nothing to replay in %s", ", ".join(s.files))
             return
         if s.speed <= 0:
             for i in range(0, len(points), s.batch_size):

@@ -529,6 +529,27 @@ _DURABLE_SQL = ("SELECT set_config('synchronous_commit', 'on', true), "
                 "ON a.pid = w.pid AND a.backend_start = w.started)::int[]")
 
 
+_OUTAGES = (OSError, asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.ConnectionDoesNotExistError)
+
+
+class _OneLineOutage(logging.Filter):
+    """asyncpg's "Failed to restore the pool connection floor; retrying" carries a traceback at every retry (1-60 s
+    apart) while the database is away: one line naming the error instead. Any other record is left alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if str(record.msg).startswith("Failed to restore the pool connection floor") and isinstance(exc, _OUTAGES):
+            record.msg, record.args = "PostgreSQL unavailable: the pool could not reconnect (%r); retrying", (exc,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _quiet_pool_outages() -> None:
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _OneLineOutage) for f in pool_log.filters):
+        pool_log.addFilter(_OneLineOutage())
+
+
 class PostgresTickWriter(BatchWriter):
     """Owns an asyncpg pool; `start` migrates the schema (under an advisory lock) and opens the pool."""
 
@@ -629,6 +650,7 @@ class PostgresTickWriter(BatchWriter):
         if self.pool is not None:
             return
         await self.migrate()
+        _quiet_pool_outages()
         try:
             self.pool = await asyncpg.create_pool(
                 **self._connect_kwargs(),

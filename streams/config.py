@@ -468,8 +468,8 @@ class SinkSettings(_Section):
     retry_initial_seconds: float = Field(default=0.2, gt=0)
     # Longest wait between those retries, in seconds.
     retry_max_seconds: float = Field(default=10.0, gt=0)
-    # Rows of market_data (by timestamp) and data_quality_metrics older than this are deleted, in bounded
-    # batches, by the leader every `retention_check_seconds`. 0 keeps everything.
+    # Rows of market_data (by timestamp), data_quality_metrics, anomaly_events and dead_letters older than this
+    # are deleted, in bounded batches, by the leader every `retention_check_seconds`. 0 keeps everything.
     data_retention_days: float = Field(default=0, ge=0)
     # How often the leader applies data_retention_days (read at start-up).
     retention_check_seconds: float = Field(default=3600, gt=0)

@@ -40,6 +40,21 @@ from streams.models import MarketDataPoint
 _MAD_SCALE = 1.4826  # normal-consistent MAD
 
 
+# Without opens (none given, or a close-only series: every bar open = high = low = close) nothing tells a bad
+# print from a V-shaped crash day (S&P 500 2011-08-08 -6.5%, back half of it the next day): the way back must then
+# be nearly whole, within _BLIND x revert_fraction of the move (a bad print's is the next bar's own noise).
+_BLIND = 0.4
+
+
+def _open_of(point: MarketDataPoint, st: dict[str, Any]) -> float | None:
+    """A bar's open, None when it says nothing: missing, or a flat bar of a stream that never had another (a
+    close-only series). A flat bar among traded ones (a day without trades) keeps its open."""
+    o = point.open
+    if o is None or (not st.get("ohlc") and o == point.close and o == point.high and o == point.low):
+        return None
+    return o
+
+
 class BarOutlier(Detector):
     """Close-to-close log returns against a robust local scale, confirmed by the next bar (module docstring).
 
@@ -105,18 +120,20 @@ class BarOutlier(Detector):
         if st["ts"] is not None and f.ts <= st["ts"]:
             return []  # out of order or a revision of a bar already judged
         st["ts"] = f.ts
+        if not st.get("ohlc") and point.open is not None and not (point.open == c == point.high == point.low):
+            st["ohlc"] = True  # the stream's bars carry their own open, high and low
         out: list[Anomaly] = []
         pending = st["pending"]
         if pending is not None:
             st["pending"] = None
             back = math.log(c / pending["ref"])
             med, scale = self._scale(w, cfg.scale_floor) if len(w) else (0.0, cfg.scale_floor)
-            into, out_ = self._gap_shares(pending, point.open)
+            into, out_ = self._gap_shares(pending, _open_of(point, st))
             share = cfg.detach_share
-            came_back = (abs(back) <= cfg.revert_fraction * abs(pending["r"])
+            blind = math.isnan(into) and math.isnan(out_)
+            came_back = (abs(back) <= cfg.revert_fraction * (_BLIND if blind else 1.0) * abs(pending["r"])
                          and abs(back - med) < cfg.outlier_sigma * scale)
-            if (came_back and (max(into, out_) >= share or (math.isnan(into) and math.isnan(out_)))) or (
-                    into >= share and out_ >= share):
+            if (came_back and (blind or max(into, out_) >= share)) or (into >= share and out_ >= share):
                 out.append(Anomaly(self.name, point.symbol, pending["z"], cfg.outlier_sigma, self.kind,
                                    f"close {pending['close']:.6g} was {pending['z']:.1f} sigma from"
                                    f" {pending['ref']:.6g}"
@@ -145,7 +162,7 @@ class BarOutlier(Detector):
             scale *= math.sqrt(spans)
         z = abs(r - med) / scale
         if z >= cfg.outlier_sigma or suspect:
-            o = point.open
+            o = _open_of(point, st)
             st["pending"] = {"r": r, "z": z, "ref": ref, "close": c, "scale": scale, "record": _record(point),
                              "into": math.log(o / ref) / r if r and finite_price(o, self.settings.max_price) else None}
         else:
@@ -186,11 +203,14 @@ class BarOutlier(Detector):
                 or abs(back - med) >= cfg.outlier_sigma * scale):
             return []
         d = (r_in - r_out) / 2.0  # the bar's own displacement from its neighbours
-        o_in, o_out = last["point"].open, point.open
+        o_in, o_out = _open_of(last["point"], st), _open_of(point, st)
         into = math.log(o_in / last["ref"]) / d if finite_price(o_in, self.settings.max_price) else math.nan
         out_ = math.log(last["close"] / o_out) / d if finite_price(o_out, self.settings.max_price) else math.nan
         share = cfg.detach_share
-        if not ((into >= share and out_ >= share) or (math.isnan(into) and math.isnan(out_))):
+        if math.isnan(into) and math.isnan(out_):
+            if abs(back) > cfg.revert_fraction * _BLIND * max(abs(r_in), abs(r_out)):
+                return []
+        elif not (into >= share and out_ >= share):
             return []
         if w.values and w.values[-1] == r_in:  # the bad bar's return leaves the window
             w.values.pop()
@@ -497,6 +517,12 @@ class SplitSuspect(Detector):
             tol = max(tol, s.split_gap_multiplier * srt[len(srt) // 2])
         tol = min(tol, s.split_tolerance_max)
         nominal = self._nearest(ratio, tol)
+        if is_bar and nominal is not None and close > 0 and (
+                abs(math.log(close / (prev[0] * nominal))) >= abs(math.log(close / prev[0]))):
+            # the bar closed nearer the level before the jump than the split's: a gap bought back (a crash open,
+            # BIDU 2015-08-24 opened x0.82 and closed x0.92), not a split, whose whole bar sits at the new level
+            self._note_gap(key, ratio)
+            return []
         if is_bar and nominal is not None and len(prev) > 2 and prev[2] > 0 and abs(math.log(open_ / prev[2])) <= (
                 bar_checks(s, point.interval).revert_fraction * abs(math.log(prev[0] / prev[2]))):
             # the open undid at least half of the previous bar's own jump: the way back from a bar that jumped by

@@ -576,7 +576,7 @@ def backfill(source: str, symbols: str, start: date, end: date, interval: str) -
     from streams.settings import get_settings
 
     topic = catalog_of(get_settings().kafka).raw(source).name
-    click.echo(f"backfilled {total:,} points from {source} into {topic} ({done}/{len(names)} symbols"
+    click.echo(f"backfilled {total:,} points from {source} into {topic} ({done - failed}/{len(names)} symbols"
                + (f"; {failed} failed)" if failed else ")"))
     return 1 if failed and not total else 0
 

@@ -192,3 +192,11 @@ def test_a_folder_replays_every_file_with_its_symbol_from_mapping_ticker_row_or_
     # The same mapping from the settings (sources.replay.symbols), as a user configures it.
     configured = ReplaySource(ReplaySettings(files=[str(tmp_path)], symbols={"x.csv": "msft"}))
     assert sorted(p.symbol for p in configured.load()) == ["IBM", "MSFT", "SAP.DE"]
+
+
+async def test_no_files_to_replay_is_a_configuration_error_not_an_empty_replay() -> None:
+    """`python -m producers replay` without files said "sent 0" and exited 0."""
+    from streams.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"set sources\.replay\.files"):
+        await anext(ReplaySource(ReplaySettings()).fetch())

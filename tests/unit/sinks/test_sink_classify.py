@@ -123,3 +123,26 @@ def test_a_partition_constraint_violation_is_retried_not_dead_lettered() -> None
     assert classify(raced, "write market_data").retriable
     own_check = asyncpg.CheckViolationError('new row for relation "t" violates check constraint "t_price"')
     assert not classify(own_check, "write market_data").retriable
+
+
+def test_a_pool_that_cannot_reconnect_logs_one_line_per_retry(caplog: pytest.LogCaptureFixture) -> None:
+    """asyncpg logs a traceback at every retry (1-60 s apart) while the database is away."""
+    import logging
+    import sys
+
+    from sinks.postgres import _quiet_pool_outages
+
+    _quiet_pool_outages()
+    _quiet_pool_outages()  # once is enough: no second filter
+    log = logging.getLogger("asyncpg.pool")
+    assert len(log.filters) == 1
+    caplog.set_level(logging.WARNING, logger="asyncpg.pool")
+    for exc in (ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 15432)"), ValueError("a bug")):
+        try:
+            raise exc
+        except Exception:
+            log.warning("Failed to restore the pool connection floor; retrying", exc_info=sys.exc_info())
+    refused, bug = caplog.records
+    assert refused.getMessage().startswith("PostgreSQL unavailable: the pool could not reconnect (ConnectionRefused")
+    assert refused.exc_info is None and "Traceback" not in caplog.text.split("\n")[0]
+    assert bug.exc_info is not None  # anything else keeps its traceback

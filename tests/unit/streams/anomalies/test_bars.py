@@ -187,6 +187,29 @@ def test_a_replay_is_never_stale_and_a_live_feed_only_while_the_market_is_open()
     assert len(live.check_stale(t + timedelta(minutes=5))) == 1
 
 
+def _close_only(closes: list[float]) -> list[tuple[str, str]]:
+    """`run` for a close-only series: every bar open = high = low = close."""
+    suite = DetectorSuite()
+    flags = []
+    for day, c in zip(weekdays(len(closes)), closes, strict=True):
+        point = MarketDataPoint(symbol="SPY", timestamp=day, source="replay", data_type="bar", interval="1d",
+                                item_id="1d", open=c, high=c, low=c, close=c, volume=1e6)
+        flags += [(a.detector, a.record["timestamp"][:10]) for a in suite.update(point) if a.kind == "tick"]
+    return flags
+
+
+def test_a_close_only_series_tells_a_v_shaped_crash_from_a_bad_print() -> None:
+    """Without opens a bar's "open" is its close: every crash day that half came back read as a bar printed apart
+    from its neighbours (S&P 500 ETFs on 2011-08-08: -6.5%, then +4.6%)."""
+    closes = walk(80)
+    crash = closes[:60] + [closes[59] * math.exp(-0.09)] + [closes[59] * math.exp(-0.03) * c / closes[60]
+                                                            for c in closes[60:79]]
+    assert _close_only(crash) == []
+    spike = walk(80)
+    spike[60] *= math.exp(0.12)  # back on the next bar: a bad print, with or without opens
+    assert ("bar_outlier", weekdays(80)[60].date().isoformat()) in _close_only(spike)
+
+
 def test_split_on_daily_bars_rescales_prices_and_volumes() -> None:
     closes = walk(80)
     suite = DetectorSuite()

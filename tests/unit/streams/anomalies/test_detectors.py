@@ -334,6 +334,16 @@ def test_split_suspect_on_daily_bars(ratio: float, flagged: bool) -> None:
         assert out[0].kind == "corporate_action"
 
 
+@pytest.mark.parametrize(("close", "flagged"), [(0.92, False), (0.90, False), (0.79, True), (0.88, True)])
+def test_a_crash_open_bought_back_is_no_split(close: float, flagged: bool) -> None:
+    """BIDU 2015-08-24 opened at x0.8185 of the previous close (a 5:4 split's x0.8) and closed at x0.92: a split's
+    whole bar sits at the new level, so the close must lie nearer it than the old one."""
+    sp = SplitSuspect()
+    sp.update(bar(datetime(2024, 5, 6, 20, tzinfo=UTC), 100.0, 100.0))
+    out = sp.update(bar(datetime(2024, 5, 7, 20, tzinfo=UTC), 80.5, 100.0 * close))  # open x0.805 ~ 5:4
+    assert bool(out) is flagged
+
+
 def test_suite_split_is_a_corporate_action_not_an_error_and_the_next_day_is_clean() -> None:
     suite = DetectorSuite()
     prices = walk(200, seed=4)

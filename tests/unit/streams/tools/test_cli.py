@@ -180,6 +180,18 @@ def test_backfill_end_before_start() -> None:
     assert result.exit_code == 2 and "swap them" in result.output
 
 
+def test_backfill_counts_the_symbols_done_apart_from_the_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """"(2/2 symbols; 1 failed)" for one symbol of two loaded."""
+    async def loaded_one(*args: Any) -> tuple[int, int, int]:
+        return 22, 2, 1
+
+    monkeypatch.setattr(cli, "backfill_history", loaded_one)
+    result = CliRunner().invoke(cli.cli, ["backfill", "alpha_vantage", "--symbols", "IBM,NOPE", "--start",
+                                          "2024-01-02", "--end", "2024-01-31"], env=NOWHERE)
+    assert result.exit_code == 0 and "backfilled 22 points" in result.output
+    assert "(1/2 symbols; 1 failed)" in result.output, result.output
+
+
 def test_init_into_a_missing_directory() -> None:
     line = one_line_error(run("init", "--config", "/no/dir/x.yaml"))
     assert "directory /no/dir does not exist" in line and "--config" in line
