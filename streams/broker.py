@@ -65,13 +65,18 @@ async def ensure_topics(catalog: Catalog, bootstrap_servers: str, *, create: boo
                 name = desc["topic"]
                 have = len(desc["partitions"])
                 want = wanted[name].partitions
-                if have != want:
-                    problems.append(f"{name} has {have} partitions, topics.yaml says {want}")
+                if have > want:
+                    problems.append(f"{name} has {have} partitions, topics.yaml says {want}: a topic's partitions "
+                                    f"cannot shrink; set {have} in topics.yaml (or recreate the topic, losing its "
+                                    "records)")
+                elif have < want:
+                    problems.append(f"{name} has {have} partitions, topics.yaml says {want}: raise them with "
+                                    f"`kafka-topics.sh --bootstrap-server {bootstrap_servers} --alter --topic {name} "
+                                    f"--partitions {want}` (a symbol's records then go to another partition: do it "
+                                    f"with the producers stopped and the topic drained), or set {have} in "
+                                    "topics.yaml")
             if problems:
-                raise TopicMismatchError(
-                    "existing topics disagree with topics.yaml: " + "; ".join(problems)
-                    + ". Partition counts cannot shrink; recreate the topic or change topics.yaml."
-                )
+                raise TopicMismatchError("existing topics disagree with topics.yaml: " + "; ".join(problems))
         return created
     finally:
         await admin.close()

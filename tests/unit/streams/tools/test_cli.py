@@ -483,6 +483,15 @@ def test_topics_check_reports_missing_and_mismatched_topics_together(fresh_setti
     assert f"topics missing from the cluster: {missing.name} " in line
     assert f"{wrong.name} has {wrong.partitions + 1} partitions, topics.yaml says {wrong.partitions}" in line
 
+    assert "cannot shrink; set" in line
+
+    # Fewer partitions than topics.yaml: raising them is possible (no "recreate the topic", which loses data)
+    monkeypatch.setattr(FakeAdmin, "topics", {wrong.name: wrong.partitions - 1,
+                                              **{t.name: t.partitions for t in topics if t is not wrong}})
+    line = CliRunner().invoke(cli.cli, ["topics", "check"]).output.strip()
+    assert "raise them with `kafka-topics.sh --bootstrap-server" in line and "recreate" not in line, line
+    assert f"--alter --topic {wrong.name} --partitions {wrong.partitions}`" in line
+
     monkeypatch.setattr(FakeAdmin, "topics", {t.name: t.partitions for t in topics})
     result = CliRunner().invoke(cli.cli, ["topics", "check"])
     assert result.exit_code == 0 and "(created)" not in result.output, result.output
