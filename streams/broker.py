@@ -2,7 +2,9 @@
 
 `ensure_topics` creates missing topics with their partitions, retention and cleanup policy, and refuses
 (TopicMismatchError) when an existing topic's partition count differs: a worker would otherwise start
-and route keys to the wrong partitions, which shows up much later as missing or misordered data.
+and route keys to the wrong partitions, which shows up much later as missing or misordered data. An existing
+topic whose retention, cleanup policy or min.insync.replicas differ from topics.yaml is logged (a worker's start),
+refused (`topics check`) or set (`topics create`).
 Tools, the API and tests use it without building a Faust App (streams/stages/topics.py runs it at start).
 
 `keep_consumers_going` mends the consumer client where it stops for good after a broker restart.
@@ -16,10 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAlreadyExistsError
 
-from streams.catalog import Catalog
+from streams.catalog import Catalog, TopicSpec
 from streams.config import KafkaSettings
 from streams.errors import BrokerUnavailable, ConfigError, TopicMismatchError
 
@@ -27,9 +30,11 @@ logger = logging.getLogger(__name__)
 
 
 async def ensure_topics(catalog: Catalog, bootstrap_servers: str, *, create: bool = True,
-                        kafka: KafkaSettings | None = None) -> list[str]:
+                        kafka: KafkaSettings | None = None, configs: str = "warn") -> list[str]:
     """Create what is missing; raise TopicMismatchError for partition-count drift. Returns created names.
-    `kafka` gives the SSL/SASL settings; None: PLAINTEXT (the local stack)."""
+    `kafka` gives the SSL/SASL settings; None: PLAINTEXT (the local stack). `configs`: what to do about an existing
+    topic whose retention.ms, cleanup.policy or min.insync.replicas differ from topics.yaml: "warn" (log it; a
+    worker's start), "raise" (a TopicMismatchError: `topics check`), "apply" (set them: `topics create`)."""
     security = (kafka or KafkaSettings()).client_kwargs()
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15000, **security)
     try:
@@ -77,9 +82,63 @@ async def ensure_topics(catalog: Catalog, bootstrap_servers: str, *, create: boo
                                     "topics.yaml")
             if problems:
                 raise TopicMismatchError("existing topics disagree with topics.yaml: " + "; ".join(problems))
+            specs = [wanted[name] for name in present]
+            drift = await config_drift(admin, specs)
+            if drift and configs == "apply":
+                await apply_configs(admin, specs, drift)
+                logger.warning("set the topics' configuration to topics.yaml's: %s", "; ".join(drift))
+            elif drift and configs == "raise":
+                raise TopicMismatchError("existing topics' configuration disagrees with topics.yaml: "
+                                         + "; ".join(drift) + " (`tickflow topics create` sets topics.yaml's)")
+            elif drift:
+                logger.warning("existing topics' configuration disagrees with topics.yaml (`tickflow topics create` "
+                               "sets topics.yaml's): %s", "; ".join(drift))
         return created
     finally:
         await admin.close()
+
+
+# DescribeConfigs' config_source of a value set on the topic itself (not the broker's or Kafka's default).
+_TOPIC_CONFIG = 1
+
+
+async def _described_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, list[tuple[Any, ...]]]:
+    """Each topic's config entries as the broker describes them: (name, value, read_only, config_source, ...)."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for resp in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names]):
+        for code, _message, _type, name, entries in resp.resources:
+            if not code:
+                out[name] = list(entries)
+    return out
+
+
+async def config_drift(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
+    """"raw.yahoo retention.ms is 86400000, topics.yaml says 2592000000" for every setting topics.yaml gives
+    that the cluster holds otherwise (a retention raised in topics.yaml after the topic was created)."""
+    described = await _described_configs(admin, [t.name for t in specs])
+    out = []
+    for t in specs:
+        have = {e[0]: e[1] for e in described.get(t.name, ())}
+        if t.name in described:
+            out += [f"{t.name} {key} is {have.get(key)}, topics.yaml says {want}"
+                    for key, want in t.kafka_config().items() if have.get(key) != want]
+    return out
+
+
+async def apply_configs(admin: AIOKafkaAdminClient, specs: list[TopicSpec], drift: list[str]) -> None:
+    """Set topics.yaml's settings on the topics that drifted. AlterConfigs replaces a topic's whole set of its own
+    settings, so the others it has (segment.ms set by an operator, say) are sent along unchanged."""
+    names = {d.split(" ", 1)[0] for d in drift}
+    described = await _described_configs(admin, sorted(names))
+    resources = []
+    for t in specs:
+        if t.name in names:
+            own = {e[0]: e[1] for e in described.get(t.name, ()) if e[3] == _TOPIC_CONFIG and e[1] is not None}
+            resources.append(ConfigResource(ConfigResourceType.TOPIC, t.name, configs={**own, **t.kafka_config()}))
+    for resp in await admin.alter_configs(resources):
+        for code, message, _type, name in getattr(resp, "resources", ()):
+            if code:
+                raise ConfigError(f"cannot set the configuration of topic {name}: error {code} {message}")
 
 
 async def _settled_descriptions(admin: AIOKafkaAdminClient, names: list[str], wait: float = 10.0) -> list[dict]:

@@ -323,7 +323,8 @@ def init(config: str, force: bool) -> int:
 
 async def check_topics(cat: Any, kafka: Any) -> list[str]:
     """Every way the cluster differs from topics.yaml, creating nothing: the topics it lacks, and the partition
-    counts of those it has (ensure_topics stops at the first kind, so it is asked about the present ones only)."""
+    counts and settings of those it has (ensure_topics stops at the first kind, so it is asked about the present
+    ones only)."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
@@ -348,7 +349,8 @@ async def check_topics(cat: Any, kafka: Any) -> list[str]:
     present = tuple(t for t in cat.topics if t.name in existing)
     if present:
         try:
-            await ensure_topics(Catalog(topics=present), kafka.bootstrap_servers, create=False, kafka=kafka)
+            await ensure_topics(Catalog(topics=present), kafka.bootstrap_servers, create=False, kafka=kafka,
+                                configs="raise")
         except TopicMismatchError as exc:
             problems.append(str(exc))
     return problems
@@ -358,7 +360,8 @@ async def check_topics(cat: Any, kafka: Any) -> list[str]:
 @click.argument("action", type=click.Choice(["create", "check"]), default="create", metavar="[create|check]")
 @friendly
 def topics(action: str) -> int:
-    """Make the cluster match topics.yaml (create: add missing topics; check: only report)."""
+    """Make the cluster match topics.yaml (create: add missing topics, set retention and cleanup policy where they
+    differ; check: only report)."""
     from streams.broker import ensure_topics
     from streams.catalog import catalog_of
     from streams.settings import get_settings
@@ -371,7 +374,8 @@ def topics(action: str) -> int:
             raise ConfigError("; ".join(problems))
         created: list[str] = []
     else:
-        created = asyncio.run(ensure_topics(cat, settings.kafka.bootstrap_servers, create=True, kafka=settings.kafka))
+        created = asyncio.run(ensure_topics(cat, settings.kafka.bootstrap_servers, create=True, kafka=settings.kafka,
+                                            configs="apply"))
     for t in cat.topics:
         click.echo(f"{t.name:32} partitions={t.partitions:<3} retention.ms={t.retention_ms:<12} "
                    f"cleanup={t.cleanup_policy}{'  (created)' if t.name in created else ''}")

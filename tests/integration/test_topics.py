@@ -79,6 +79,36 @@ async def test_creates_missing_topics_with_their_settings(iso) -> None:
     assert described[iso.topic("rejected")]["retention.ms"][0] == str(14 * 86_400_000)  # ticks.rejected: 14d
 
 
+async def test_a_retention_changed_in_topics_yaml_is_reported_then_set(iso) -> None:
+    """A topic created with another retention (topics.yaml edited later): a worker's start warns, `topics check`
+    refuses, `topics create` sets topics.yaml's value and keeps the topic's other own settings."""
+    raw = iso.catalog.raw("simulated")
+    admin = AIOKafkaAdminClient(bootstrap_servers=iso.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(raw.name, raw.partitions, 1, topic_configs={
+            "retention.ms": "3600000", "cleanup.policy": "delete", "segment.ms": "7200000"})])
+    finally:
+        await admin.close()
+    only = Catalog(topics=(raw,))
+    assert (await topic_configs(iso.bootstrap, [raw.name]))[raw.name]["retention.ms"][0] == "3600000"  # settled
+    assert await ensure_topics(only, iso.bootstrap) == []  # "warn": logged, nothing changed
+    assert (await topic_configs(iso.bootstrap, [raw.name]))[raw.name]["retention.ms"][0] == "3600000"
+    with pytest.raises(TopicMismatchError, match=rf"{raw.name} retention.ms is 3600000, topics.yaml says "
+                                                 rf"{raw.retention_ms}"):
+        await ensure_topics(only, iso.bootstrap, create=False, configs="raise")
+    await ensure_topics(only, iso.bootstrap, configs="apply")
+    admin = AIOKafkaAdminClient(bootstrap_servers=iso.bootstrap)
+    await admin.start()
+    try:
+        [resp] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, raw.name)])
+        got = {e[0]: e[1] for e in resp.resources[0][4]}
+    finally:
+        await admin.close()
+    assert got["retention.ms"] == str(raw.retention_ms) and got["segment.ms"] == "7200000"
+    await ensure_topics(only, iso.bootstrap, create=False, configs="raise")  # no drift left
+
+
 async def test_min_insync_replicas_and_compaction_reach_the_broker(iso, tmp_path) -> None:
     """min.insync.replicas from the Kafka settings (catalog_of; RF 1 on the local single broker), and a
     cleanup policy other than the broker's default, from a deployment's own topics file."""

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -461,6 +462,56 @@ class FakeAdmin:
 
     async def create_topics(self, *args: Any, **kwargs: Any) -> None:
         raise AssertionError("`topics check` creates nothing")
+
+    # name -> {config: (value, config_source)}; a topic not here has topics.yaml's own settings
+    configs: dict[str, dict[str, tuple[str, int]]] = {}
+    altered: list[Any] = []
+
+    async def describe_configs(self, resources: list[Any]) -> list[Any]:
+        from streams.catalog import catalog_of
+        from streams.settings import get_settings
+
+        specs = {t.name: t for t in catalog_of(get_settings().kafka).topics}
+        entries = []
+        for r in resources:
+            own = self.configs.get(r.name) or {k: (v, 1) for k, v in specs[r.name].kafka_config().items()}
+            entries.append((0, None, 2, r.name, [(k, v, False, src, False, []) for k, (v, src) in own.items()]))
+        return [SimpleNamespace(resources=entries)]
+
+    async def alter_configs(self, resources: list[Any]) -> list[Any]:
+        FakeAdmin.altered += resources
+        return [SimpleNamespace(resources=[(0, None, 2, r.name) for r in resources])]
+
+
+def test_a_topics_retention_that_drifted_from_topics_yaml_is_reported_and_set(
+        fresh_settings: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`topics check` said nothing of a retention raised in topics.yaml after the topic was created (and printed
+    topics.yaml's value as if it were the cluster's); `topics create` did not set it."""
+    import aiokafka.admin
+
+    from streams import broker
+    from streams.catalog import catalog_of
+    from streams.settings import get_settings
+
+    topics = catalog_of(get_settings().kafka).topics
+    raw = topics[0]
+    monkeypatch.setattr(FakeAdmin, "topics", {t.name: t.partitions for t in topics})
+    monkeypatch.setattr(FakeAdmin, "configs", {raw.name: {"retention.ms": ("3600000", 1), "cleanup.policy": (
+        raw.cleanup_policy, 1), "segment.ms": ("3600000", 1), "max.message.bytes": ("1048588", 5)}})
+    monkeypatch.setattr(FakeAdmin, "altered", [])
+    monkeypatch.setattr(aiokafka.admin, "AIOKafkaAdminClient", FakeAdmin)
+    monkeypatch.setattr(broker, "AIOKafkaAdminClient", FakeAdmin)
+    result = CliRunner().invoke(cli.cli, ["topics", "check"])
+    assert result.exit_code == 2, result.output
+    assert f"{raw.name} retention.ms is 3600000, topics.yaml says {raw.retention_ms}" in result.output
+    assert FakeAdmin.altered == []
+    result = CliRunner().invoke(cli.cli, ["topics", "create"])
+    assert result.exit_code == 0, result.output
+    [changed] = FakeAdmin.altered
+    # topics.yaml's settings, and the topic's own others kept (AlterConfigs replaces the whole set); not the
+    # broker's defaults (config source 5)
+    assert changed.name == raw.name and changed.configs == {
+        "retention.ms": str(raw.retention_ms), "cleanup.policy": raw.cleanup_policy, "segment.ms": "3600000"}
 
 
 def test_topics_check_reports_missing_and_mismatched_topics_together(fresh_settings: None,
