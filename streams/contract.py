@@ -149,7 +149,8 @@ _UINT = r"^[0-9]+$"
 class DeadLetterHeaders(BaseModel):
     """The headers of a ticks.rejected record, decoded as UTF-8. Its key, value and timestamp are the original
     record's, untouched; the original record's own headers are kept too (the extra properties), except any
-    tickflow.* ones, which these replace. Built by streams/stages/publish.py Rejection.headers."""
+    tickflow.* ones, which these replace (but tickflow.replayed_from). Built by streams/stages/publish.py
+    Rejection.headers."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, title="ticks.rejected v1 headers")
 
@@ -170,6 +171,10 @@ class DeadLetterHeaders(BaseModel):
     schema_id: str | None = Field(default=None, alias="tickflow.schema",
                                   description="ticks.rejected/v<N>: the version of these headers (absent on dead "
                                               "letters written before it was added)")
+    replayed_from: str | None = Field(
+        default=None, alias="tickflow.replayed_from", pattern=r"^[0-9]+:[0-9]+$",
+        description="present when a record `tickflow replay-dlq` sent back was refused again: the partition and "
+                    "offset (\"3:1042\") in this topic of the dead letter it was replayed from")
     value_truncated_from: str | None = Field(
         default=None, alias="tickflow.value.truncated_from", pattern=_UINT,
         description="present only when the original value exceeded the broker's limit and was cut: its size in "

@@ -34,6 +34,8 @@ from streams.settings import KafkaSettings
 logger = logging.getLogger(__name__)
 
 HEADER_PREFIX = "tickflow."
+# On a record `tickflow replay-dlq` sent back: "<partition>:<offset>" of the dead letter it came from.
+REPLAYED_FROM = HEADER_PREFIX + "replayed_from"
 MAX_ERROR_CHARS = 1000
 TRUNCATE_TO = 64 * 1024
 # Sends still not acknowledged after this long are logged, and again each time as long again: the producer retries
@@ -81,7 +83,9 @@ class Rejection:
             ("time", f"{time.time():.6f}"),
             ("schema", _DEAD_LETTER_SCHEMA),
         ]
-        kept = [(k, v) for k, v in self.original_headers if not k.startswith(HEADER_PREFIX)]
+        # tickflow.replayed_from (set by `tickflow replay-dlq`) stays: the dead letter a refused replay came from,
+        # so the next replay sends that one again, not both
+        kept = [(k, v) for k, v in self.original_headers if not k.startswith(HEADER_PREFIX) or k == REPLAYED_FROM]
         return kept + [(HEADER_PREFIX + k, v.encode()) for k, v in own]
 
 

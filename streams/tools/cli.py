@@ -585,6 +585,16 @@ def backfill(source: str, symbols: str, start: date, end: date, interval: str) -
     return 1 if failed and not total else 0
 
 
+def _copy_of_a_present_dead_letter(origin: str | None, firsts: dict[int, int]) -> bool:
+    """A dead letter that is a replayed record refused again, whose own dead letter ("<partition>:<offset>") the
+    topic still holds: replaying both would send the record twice, and the copies would double at every run.
+    When retention has dropped the dead letter it came from, the copy stands in for it."""
+    part, _, offset = (origin or "").partition(":")
+    if not (part.isdigit() and offset.isdigit()):
+        return False
+    return int(part) in firsts and int(offset) >= firsts[int(part)]
+
+
 async def replay_dead_letters(rule: str | None, source: str | None, rate: float, limit: int | None, dry_run: bool,
                               bar: Bar | None = None, seen: Counter[str] | None = None) -> tuple[int, int, int]:
     """Re-produce matching dead letters to their original topic, keeping key, value and non-tickflow headers.
@@ -641,6 +651,7 @@ async def replay_dead_letters(rule: str | None, source: str | None, rate: float,
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
+        firsts = {tp.partition: o for tp, o in (await consumer.beginning_offsets(tps)).items()}
         total = sum(ends.values())
         if bar:
             bar.set_total(total)
@@ -658,6 +669,8 @@ async def replay_dead_letters(rule: str | None, source: str | None, rate: float,
                     if bar:
                         bar.advance()
                     h = {k: v.decode(errors="replace") for k, v in (m.headers or [])}
+                    if _copy_of_a_present_dead_letter(h.get("tickflow.replayed_from"), firsts):
+                        continue  # a replay refused again: the dead letter it came from is replayed instead
                     target = h.get("tickflow.source.topic", "")
                     if seen is not None and target in raw_names:
                         seen[h.get("tickflow.rule", "?")] += 1

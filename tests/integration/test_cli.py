@@ -49,6 +49,18 @@ async def test_replay_dead_letters_after_a_fix(iso, workers, producer, pg, tmp_p
         return "simulated" in status.stdout and "timestamp.future 25" in status.stdout and status
 
     await wait_until(counted, 30, "`tickflow status` to show the 25 rejects")
+
+    # A replay before the fix is refused again: 25 more dead letters, each naming the one it came from. The next
+    # replay sends each record once (it sent the originals and their copies: 50, then 100, ...).
+    again = tickflow(env, "replay-dlq", "--rule", "timestamp.future")
+    assert again.returncode == 0 and "replayed 25" in again.stdout, again.stdout + again.stderr
+
+    async def refused_twice() -> bool:
+        recs = await read_topic(iso.bootstrap, iso.topic("rejected"))
+        copies = [r for r in recs if b"tickflow.replayed_from" in dict(r.headers)]
+        return len(recs) == 50 and len(copies) == 25
+
+    await wait_until(refused_twice, 60, "25 dead letters of the refused replay, naming their origins")
     w1.stop()
 
     # The fix: a wider tolerance. Then replay only that rule, throttled.
