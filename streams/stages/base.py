@@ -101,11 +101,16 @@ def consumer_group(app_id: str, stage: str) -> str:
 # The stage services of this worker, by stage name (read by /health and /metrics through `status()`). Faust starts
 # its web server before it starts the services, so /health says "starting" until every stage has its consumer.
 stages: dict[str, BatchStage] = {}
+# Every stage of the pipeline, this worker's or not (worker.stages): their groups' lag is the pipeline's, which
+# /pipeline/metrics' queue_size and /metrics report whichever stages a worker runs.
+every_stage: dict[str, BatchStage] = {}
 
 
 def stage_service(app: faust.App, stage: BatchStageT, enabled: bool = True) -> BatchStageT:
     """Run `stage` with the app (an instance, built with its collaborators), recorded so /health waits for it.
-    Not `enabled` (worker.stages does not name it): neither started nor reported by this worker."""
+    Not `enabled` (worker.stages does not name it): neither started nor reported by this worker (its group's lag
+    still is: `every_stage`)."""
+    every_stage[stage.stage] = stage
     if enabled:
         stages[stage.stage] = stage
         app.service(stage)  # type: ignore[arg-type]  # Faust starts an instance as it is

@@ -23,7 +23,7 @@ from faust.web import Request, Response, View
 from streams import exactjson
 from streams.app import app, settings
 from streams.stages import metrics
-from streams.stages.base import BatchStage, stages
+from streams.stages.base import BatchStage, every_stage, stages
 from streams.stages.db import reader
 from streams.stages.produce import supervisor
 from streams.web import auth
@@ -42,7 +42,9 @@ def lag_groups(of: Iterable[BatchStage]) -> Groups:
     return {st.group_id: list(st.topics) for st in of}
 
 
-lag_reader = LagReader(settings.kafka.bootstrap_servers, lambda: lag_groups(stages.values()))
+# Every stage's group, not only this worker's: a worker that runs only `validate` reported none of the write
+# stage's lag on ticks.clean, and one that runs only `write` none of the raw topics' (worker.stages).
+lag_reader = LagReader(settings.kafka.bootstrap_servers, lambda: lag_groups(every_stage.values()))
 
 
 async def queue_size() -> int | None:

@@ -43,6 +43,26 @@ def test_groups_come_from_one_function() -> None:
                       consumer_group("app", "write"): ["ticks.clean"]}
 
 
+def test_the_lag_read_is_every_stages_whichever_this_worker_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A validate-only worker reported none of ticks.clean's lag (`worker.stages`): queue_size said 7 with 4,785
+    clean records not yet written."""
+    from streams.stages import base
+    from streams.web import health
+
+    monkeypatch.setattr(base, "stages", {})
+    monkeypatch.setattr(base, "every_stage", {})
+    monkeypatch.setattr(health, "every_stage", base.every_stage)
+
+    class App:
+        def service(self, stage: object) -> None:
+            raise AssertionError("a stage this worker does not run is not started")
+
+    s = stages([0.0])
+    base.stage_service(App(), s["write"], enabled=False)  # type: ignore[arg-type]
+    assert base.stages == {} and base.every_stage == {"write": s["write"]}
+    assert health.lag_reader.groups() == {consumer_group("app", "write"): ["ticks.clean"]}
+
+
 def test_report_is_built_from_the_stages_status() -> None:
     clock = [0.0]
     s = stages(clock)
