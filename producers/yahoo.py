@@ -263,7 +263,7 @@ def parse_chart(payload: Any, symbol: str, interval: str | None = None, *,
             skipped += 1
             continue
         epoch = int(epoch)
-        meta_row: dict[str, Any] = {}
+        meta_row: dict[str, Any] = {"currency": meta["currency"]} if meta.get("currency") else {}
         adj_close = _num(adj, i)
         if adj_close is not None:
             meta_row["adj_close"] = adj_close
@@ -438,9 +438,10 @@ def parse_stream_message(msg: Mapping[str, Any], *, source: str = SOURCE) -> Mar
 
 
 def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE,
-                  calendar_name: str | None = None) -> list[MarketDataPoint]:
+                  calendar_name: str | None = None, currency: str | None = None) -> list[MarketDataPoint]:
     """A yfinance history DataFrame (auto_adjust=False, actions=True) -> bars, oldest first; intraday bars carry
-    their session on `calendar_name` (default: the symbol's, see exchange_calendar)."""
+    their session on `calendar_name` (default: the symbol's, see exchange_calendar), every bar the chart's
+    `currency` (London's GBp are pence, not pounds)."""
     if df is None or len(df) == 0:
         return []
     missing = {"Open", "High", "Low", "Close"} - set(df.columns)
@@ -473,7 +474,7 @@ def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE,
             start = forming_bar_start(epoch, before, step, cal) if n == last else epoch
             snapped, epoch = start != epoch, start
             ts = datetime.fromtimestamp(epoch, UTC)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"currency": currency} if currency else {}
         if (adj := _num(row.get("Adj Close"))) is not None:
             extra["adj_close"] = adj
         if (div := _num(row.get("Dividends"))):
@@ -684,7 +685,8 @@ class YahooSource(PollingSource):
         """Bars and the chart meta for one history request."""
         df, meta = await self._call("chart", symbol,
                                     lambda: self._history_blocking(symbol, interval=interval, **kwargs))
-        bars = frame_to_bars(df, symbol, interval, calendar_name=exchange_calendar(symbol, meta))
+        bars = frame_to_bars(df, symbol, interval, calendar_name=exchange_calendar(symbol, meta),
+                             currency=meta.get("currency"))
         if not bars:
             logger.info("yahoo: %s: no %s bars in this range", symbol.upper(), interval)
         return bars, meta

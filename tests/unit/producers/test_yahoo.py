@@ -55,9 +55,9 @@ def test_daily_bars_skip_nulls_and_sit_on_the_trading_date() -> None:
     b = bars[0]
     assert (b.symbol, b.source, b.data_type, b.interval, b.item_id) == ("MSFT", "yahoo", "bar", "1d", "1d")
     assert (b.open, b.high, b.low, b.close, b.volume) == (413.11, 418.4, 412.1, 417.79, 18133500.0)
-    assert b.metadata == {"adj_close": 416.97}
-    assert bars[1].metadata == {"adj_close": 412.05, "split": "2:1"}
-    assert bars[2].metadata == {"adj_close": 417.0, "dividend": 0.83}
+    assert b.metadata == {"adj_close": 416.97, "currency": "USD"}  # the chart's (London's GBp are pence)
+    assert bars[1].metadata == {"adj_close": 412.05, "split": "2:1", "currency": "USD"}
+    assert bars[2].metadata == {"adj_close": 417.0, "dividend": 0.83, "currency": "USD"}
 
 
 def test_intraday_forming_bar_is_snapped_to_its_minute() -> None:
@@ -461,8 +461,8 @@ async def test_history_daily_through_yfinance(serve: Serve) -> None:
     assert [b.timestamp for b in daily] == [datetime(2024, 11, d, tzinfo=UTC) for d in (19, 21)]
     assert (daily[0].open, daily[0].high, daily[0].low, daily[0].close, daily[0].volume) == (
         413.11, 418.4, 412.1, 417.79, 18133500.0)
-    assert daily[0].metadata == {"adj_close": 416.97}
-    assert daily[1].metadata == {"adj_close": 412.05, "split": "2:1"}
+    assert daily[0].metadata == {"adj_close": 416.97, "currency": "USD"}
+    assert daily[1].metadata == {"adj_close": 412.05, "split": "2:1", "currency": "USD"}
     history = [q for _, q in fake.charts if "period1" in q]
     assert len(history) == 1 and history[0]["interval"] == "1d"
     assert history[0]["period1"] == str(int(datetime(2024, 11, 19, tzinfo=UTC).timestamp()))
