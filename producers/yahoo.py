@@ -207,20 +207,45 @@ def _stamp(stamps: Sequence[Any], i: int) -> int | None:
     return int(stamps[i]) if i >= 0 and stamps[i] is not None else None
 
 
-def forming_bar_start(epoch: int, prev: int | None, step: int, calendar_name: str | None) -> int:
+def forming_bar_start(epoch: int, prev: int | None, step: int, calendar_name: str | None, *,
+                      prepost: bool = False) -> int:
     """The start of the bar a response's last row belongs to. Yahoo stamps the forming bar with its last trade
-    (14:47 in a 14:30 hourly bar, 09:33:27 in a minute bar): off the grid of the row before it, in the same
-    session and within two steps of it, it is put on that grid; in a session of its own (the day's first bar,
-    the first after a lunch break), on the grid of that session's open; outside any session (pre- and
-    post-market), where stamped. Every other row is a bar start as stamped: the grid moves with sessions, DST
-    and a 09:30 open after on-the-hour pre-market bars, so one anchor for a whole response misplaced whole days of
-    bars."""
+    (14:47 in a 14:30 hourly bar, 09:33:27 in a minute bar, 16:00:00 for the last regular bar after the close):
+    - in the span of the market's hours the row before it is in, within two steps of it: on that row's grid. A
+      stamp at or after the close (or a lunch break) belongs to the span's last bar, unless the chart has
+      extended hours (`prepost`), whose bars start there;
+    - in a span of its own (the day's first bar, the first after a lunch break): on the grid of its open;
+    - in extended hours: on the row before's grid when that one is in them too and within two steps, else on the
+      clock's (04:00, 16:00 and so on: extended-hours bars start there).
+    Every other row is a bar start as stamped: the grid moves with sessions, DST and a 09:30 open after on-the-hour
+    pre-market bars, so one anchor for a whole response misplaced whole days of bars."""
     cal = calendar(calendar_name)
-    always = cal is None or cal.always_open
-    if prev is not None and 0 < epoch - prev < 2 * step and (always or cal.session_of(prev) == cal.session_of(epoch)):
-        return prev + (epoch - prev) // step * step
-    opened = None if always else cal.open_since(epoch)
-    return epoch if opened is None else int(opened) + (epoch - int(opened)) // step * step
+    near = prev is not None and 0 < epoch - prev < 2 * step
+    if cal is None or cal.always_open:
+        return prev + (epoch - prev) // step * step if near else epoch  # type: ignore[operator]
+    if near and not prepost and cal.session_of(epoch) is None and (was := cal.session_of(prev)) is not None:  # type: ignore[arg-type]
+        tail = min(epoch, int(cal.closes[was])) - 1  # after the close: the span's last bar (its closing print)
+        return prev + (tail - prev) // step * step  # type: ignore[operator]
+    span = cal.session_of(epoch)
+    if span is not None:
+        if near and cal.session_of(prev) == span:  # type: ignore[arg-type]
+            return prev + (epoch - prev) // step * step  # type: ignore[operator]
+        opened = int(cal.opens[span])
+        return opened + (epoch - opened) // step * step
+    if near and cal.session_of(prev) is None:  # type: ignore[arg-type]
+        return prev + (epoch - prev) // step * step  # type: ignore[operator]
+    if 3600 % step == 0 or step % 3600 == 0:
+        return epoch - epoch % step
+    return epoch
+
+
+def has_extended_hours(stamps: Sequence[int | None], calendar_name: str | None) -> bool:
+    """Whether a chart holds pre- or post-market bars: a row but the last (which may be a live row after the
+    close) outside the market's hours."""
+    cal = calendar(calendar_name)
+    if cal is None or cal.always_open:
+        return False
+    return any(t is not None and cal.session_of(int(t)) is None for t in stamps[:-1])
 
 
 def _put_bar(by_time: dict[datetime, MarketDataPoint], bar: MarketDataPoint, *, snapped: bool) -> None:
@@ -278,7 +303,8 @@ def parse_chart(payload: Any, symbol: str, interval: str | None = None, *,
                 if _trading_date(when, meta).date() == day:
                     meta_row["split"] = _split_text(ev)
         else:
-            start = forming_bar_start(epoch, _stamp(stamps, i - 1), step, cal) if i == len(stamps) - 1 else epoch
+            start = forming_bar_start(epoch, _stamp(stamps, i - 1), step, cal,
+                                      prepost=has_extended_hours(stamps, cal)) if i == len(stamps) - 1 else epoch
             snapped, epoch = start != epoch, start
             ts = datetime.fromtimestamp(epoch, UTC)
             if (session := session_at(ts, cal)) is not None:
@@ -471,7 +497,8 @@ def frame_to_bars(df: Any, symbol: str, interval: str, *, source: str = SOURCE,
             # yfinance indexes daily+ bars at local midnight of the exchange's trading date.
             ts = datetime(local.year, local.month, local.day, tzinfo=UTC)
         else:
-            start = forming_bar_start(epoch, before, step, cal) if n == last else epoch
+            start = (forming_bar_start(epoch, before, step, cal, prepost=has_extended_hours(
+                [int(t.timestamp()) for t in df.index], cal)) if n == last else epoch)
             snapped, epoch = start != epoch, start
             ts = datetime.fromtimestamp(epoch, UTC)
         extra: dict[str, Any] = {"currency": currency} if currency else {}

@@ -25,6 +25,7 @@ from producers.yahoo import (
     YahooSource,
     encode_pricing,
     exchange_calendar,
+    forming_bar_start,
     frame_to_bars,
     parse_chart,
     parse_quote_response,
@@ -154,6 +155,31 @@ def test_the_forming_row_goes_to_the_start_of_its_bar() -> None:
     assert _clock(bars, ny)[-1] == ("Mon 09:30", 3.0, "regular")
 
 
+@pytest.mark.parametrize(("name", "stamp", "prev", "step", "mic", "prepost", "start"), [
+    ("post bar forming after the last regular one", "2024-03-08 16:20", "2024-03-08 15:30", 3600, "XNYS", True,
+     "16:00"),
+    ("post minute", "2024-03-08 16:00:27", "2024-03-08 15:59", 60, "XNYS", True, "16:00"),
+    ("pre-market's first minute after the night", "2024-03-08 04:00:27", "2024-03-07 19:59", 60, "XNYS", True,
+     "04:00"),
+    ("the close's print on a regular chart", "2024-03-08 16:00:00", "2024-03-08 15:30", 3600, "XNYS", False,
+     "15:30"),
+    ("the closing auction's minute on a regular chart", "2024-03-08 16:00:27", "2024-03-08 15:59", 60, "XNYS",
+     False, "15:59"),
+    ("the day's first hour", "2024-03-11 09:47", "2024-03-08 15:30", 3600, "XNYS", False, "09:30"),
+    ("pre-market hour", "2024-03-08 08:47", "2024-03-08 08:00", 3600, "XNYS", True, "08:00"),
+    ("Hong Kong at the lunch break", "2024-03-08 12:00:00", "2024-03-08 11:55", 300, "XHKG", False, "11:55"),
+])
+def test_the_forming_row_at_the_edges_of_the_market_hours(name: str, stamp: str, prev: str, step: int, mic: str,
+                                                          prepost: bool, start: str) -> None:
+    tz = ZoneInfo("Asia/Hong_Kong" if mic == "XHKG" else "America/New_York")
+
+    def at(text: str) -> int:
+        return int(datetime.fromisoformat(text).replace(tzinfo=tz).timestamp())
+
+    got = datetime.fromtimestamp(forming_bar_start(at(stamp), at(prev), step, mic, prepost=prepost), tz)
+    assert got.strftime("%H:%M") == start, name
+
+
 def test_tick_from_meta() -> None:
     [tick] = parse_tick(load("chart_msft_1m_live.json"), "MSFT")
     assert (tick.data_type, tick.price, tick.item_id, tick.source) == ("tick", 417.25, "quote", "yahoo")
@@ -214,13 +240,15 @@ def test_session_calendar_follows_the_exchange_and_the_symbol() -> None:
 def test_yfinance_frames_carry_the_session_too() -> None:
     import pandas as pd
 
-    index = pd.DatetimeIndex([pd.Timestamp("2024-11-29 12:55", tz="America/New_York"),
+    # a prepost chart (a pre-market bar in it) on an early-close day
+    index = pd.DatetimeIndex([pd.Timestamp("2024-11-29 08:00", tz="America/New_York"),
+                              pd.Timestamp("2024-11-29 12:55", tz="America/New_York"),
                               pd.Timestamp("2024-11-29 13:00", tz="America/New_York")])
-    df = pd.DataFrame({"Open": [1.0, 1.0], "High": [1.0, 1.0], "Low": [1.0, 1.0], "Close": [1.0, 1.0],
-                       "Volume": [5, 5]}, index=index)
+    df = pd.DataFrame({"Open": [1.0] * 3, "High": [1.0] * 3, "Low": [1.0] * 3, "Close": [1.0] * 3,
+                       "Volume": [5] * 3}, index=index)
     bars = frame_to_bars(df, "MSFT", "5m")
-    assert [b.metadata.get("session") for b in bars] == ["regular", "post"]
-    daily = frame_to_bars(df.iloc[:1], "MSFT", "1d")
+    assert [b.metadata.get("session") for b in bars] == ["pre", "regular", "post"]
+    daily = frame_to_bars(df.iloc[1:2], "MSFT", "1d")
     assert "session" not in daily[0].metadata
 
 
