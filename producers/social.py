@@ -183,9 +183,7 @@ class SocialSource(PollingSource):
         since = self.since_id.get(symbol)
         if since and snowflake_time(since) < now - _SEARCH_WINDOW:
             # X refuses a since_id older than its 7 days: what lay between it and the window is out of reach.
-            logger.warning("social: %s: the newest post read (id %s, %s) is older than recent search's 7 days; "
-                           "posts between it and %s cannot be read", symbol, since,
-                           snowflake_time(since).isoformat(), (now - _SEARCH_WINDOW).isoformat())
+            self._out_of_reach(symbol, since, now - _SEARCH_WINDOW)
             del self.since_id[symbol]
             self.start_time[symbol] = now - _SEARCH_WINDOW
             since = None
@@ -197,17 +195,32 @@ class SocialSource(PollingSource):
             params["start_time"] = start.strftime("%Y-%m-%dT%H:%M:%SZ")
         return _Walk(params)
 
-    def _resume(self, walk: _Walk | None, now: datetime) -> _Walk | None:
-        """A result set left unfinished by an earlier poll, unless its bounds have left X's 7 days since (it
-        would be refused at every poll): then a new one is started."""
+    def _resume(self, symbol: str, walk: _Walk | None, now: datetime) -> _Walk | None:
+        """A result set left unfinished by an earlier poll. Once its lower bound (since_id or start_time) has left
+        X's 7 days (it would be refused at every poll), it goes on below the oldest post it read (until_id), or
+        from the window's start when it read none; its page token goes, being bound to the old parameters."""
         if walk is None:
             return None
         since, start = walk.params.get("since_id"), walk.params.get("start_time")
         floor = now - _SEARCH_WINDOW
-        if (since and snowflake_time(since) < floor) or (
-                start and datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) < floor):
-            return None
+        aged = (since is not None and snowflake_time(since) < floor) or (
+            start is not None and datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) < floor)
+        if not aged:
+            return walk
+        if since is not None:
+            self._out_of_reach(symbol, since, floor)
+        params = {k: v for k, v in walk.params.items() if k not in ("since_id", "start_time", "until_id")}
+        if walk.oldest_id:
+            params["until_id"] = walk.oldest_id
+        else:
+            params["start_time"] = floor.strftime("%Y-%m-%dT%H:%M:%SZ")
+        walk.params, walk.next_token = params, None
         return walk
+
+    def _out_of_reach(self, symbol: str, since: str, floor: datetime) -> None:
+        logger.warning("social: %s: the newest post read (id %s, %s) is older than recent search's 7 days; posts "
+                       "between it and %s cannot be read", symbol, since, snowflake_time(since).isoformat(),
+                       floor.isoformat())
 
     async def _page(self, session: aiohttp.ClientSession, params: Mapping[str, str]) -> Any:
         s = self.settings
@@ -225,7 +238,7 @@ class SocialSource(PollingSource):
         poll raises; a later one returns what was read, and the next poll asks for the failed page again."""
         symbol = symbol.upper()
         now = now or datetime.now(UTC)
-        walk = self._resume(self.walks.pop(symbol, None), now) or self._new_walk(symbol, now)
+        walk = self._resume(symbol, self.walks.pop(symbol, None), now) or self._new_walk(symbol, now)
         out: list[MarketDataPoint] = []
         untagged = 0
         for n in range(self.settings.max_pages):

@@ -290,6 +290,24 @@ async def test_a_since_id_older_than_the_search_window_gives_way_to_the_window(
     assert src.since_id["AAPL"] == max(ids, key=int)
 
 
+async def test_an_unfinished_result_set_whose_start_left_the_window_goes_on_below_what_it_read(
+        serve: Serve) -> None:
+    """A busy cashtag read back 7 days (or after a week's downtime): the start_time is X's window's edge, so by
+    the next poll it has left the window; the result set was dropped and begun again at every poll, for good."""
+    fake = FakeX()
+    ids = fake.post(25)
+    base = await serve(fake.app())
+    src = SocialSource(settings(base, max_pages=1, lookback_seconds=7 * 86400), bearer_token=SecretStr(TOKEN))
+    now = datetime.now(UTC)
+    got = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(4):
+            got += await src.poll_once(session, now + timedelta(minutes=10 * i))
+    assert sorted(p.item_id for p in got) == sorted(ids)  # every post once
+    assert "until_id" in fake.seen[1][0] and "start_time" not in fake.seen[1][0]
+    assert src.since_id["AAPL"] == max(ids, key=int)
+
+
 async def test_failing_symbol_is_logged_redacted_and_others_continue(
         serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeX()
