@@ -21,8 +21,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import aclosing, contextmanager
 from datetime import date
 from difflib import get_close_matches
 from functools import wraps
@@ -585,14 +585,31 @@ def backfill(source: str, symbols: str, start: date, end: date, interval: str) -
     return 1 if failed and not total else 0
 
 
-def _copy_of_a_present_dead_letter(origin: str | None, firsts: dict[int, int]) -> bool:
-    """A dead letter that is a replayed record refused again, whose own dead letter ("<partition>:<offset>") the
-    topic still holds: replaying both would send the record twice, and the copies would double at every run.
-    When retention has dropped the dead letter it came from, the copy stands in for it."""
-    part, _, offset = (origin or "").partition(":")
-    if not (part.isdigit() and offset.isdigit()):
-        return False
-    return int(part) in firsts and int(offset) >= firsts[int(part)]
+def replaced_origins(headers: Iterable[dict[str, str]]) -> set[str]:
+    """The dead letters ("<partition>:<offset>") a later one replaces: a record `replay-dlq` sent back and that was
+    refused again names the dead letter it came from (tickflow.replayed_from). Only the newest of such a chain
+    is replayed, judged by its own rule: replaying both sent the record twice, and the copies doubled at every
+    run."""
+    return {o for h in headers if (o := h.get("tickflow.replayed_from"))}
+
+
+async def _dead_letters(consumer: Any, tps: list[Any], ends: dict[Any, int]) -> AsyncIterator[tuple[Any, Any]]:
+    """Every record of the partitions from their beginning to `ends` (their end when the command started)."""
+    await consumer.seek_to_beginning(*tps)
+    remaining = {tp for tp in tps if ends[tp] > 0}
+    while remaining:
+        batch = await consumer.getmany(timeout_ms=1000)
+        for tp, msgs in batch.items():
+            for m in msgs:
+                if m.offset >= ends[tp]:
+                    remaining.discard(tp)
+                    continue
+                yield tp, m
+        # Done with a partition once the consumer stands at its end: whether its last record was yielded or not,
+        # and past transaction markers, which take offsets but are never returned.
+        for tp in list(remaining):
+            if await consumer.position(tp) >= ends[tp]:
+                remaining.discard(tp)
 
 
 async def replay_dead_letters(rule: str | None, source: str | None, rate: float, limit: int | None, dry_run: bool,
@@ -649,57 +666,47 @@ async def replay_dead_letters(rule: str | None, source: str | None, rate: float,
             raise ConfigError(f"topic {dlq} does not exist (run `{PROG} topics create`)")
         tps = [TopicPartition(dlq, p) for p in sorted(parts)]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        firsts = {tp.partition: o for tp, o in (await consumer.beginning_offsets(tps)).items()}
         total = sum(ends.values())
+        replaced: set[str] = set()
+        async with aclosing(_dead_letters(consumer, tps, ends)) as first:  # which dead letters later ones replace
+            async for _, m in first:
+                replaced |= replaced_origins([{k: v.decode(errors="replace") for k, v in (m.headers or [])}])
         if bar:
             bar.set_total(total)
-        remaining = {tp for tp in tps if ends[tp] > 0}
         interval = 1.0 / rate if rate else 0.0
         next_at = time.monotonic()
-        while remaining:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    if m.offset >= ends[tp]:
-                        remaining.discard(tp)
-                        continue
-                    scanned += 1
-                    if bar:
-                        bar.advance()
-                    h = {k: v.decode(errors="replace") for k, v in (m.headers or [])}
-                    if _copy_of_a_present_dead_letter(h.get("tickflow.replayed_from"), firsts):
-                        continue  # a replay refused again: the dead letter it came from is replayed instead
-                    target = h.get("tickflow.source.topic", "")
-                    if seen is not None and target in raw_names:
-                        seen[h.get("tickflow.rule", "?")] += 1
-                    if (target not in raw_names or (rule and not h.get("tickflow.rule", "").startswith(rule))
-                            or (wanted_topic and target != wanted_topic)):
-                        continue
-                    if limit and matched >= limit:
-                        remaining.clear()
-                        break
-                    matched += 1
-                    if producer is not None:
-                        wait = next_at - time.monotonic()
-                        if wait > 0:
-                            await asyncio.sleep(wait)
-                        next_at = max(next_at, time.monotonic()) + interval
-                        kept = [(k, v) for k, v in (m.headers or []) if not k.startswith("tickflow.")]
-                        origin = f"{tp.partition}:{m.offset}".encode()
-                        stamp = None
-                        if target == clean:
-                            kept = [*(kv for kv in kept if kv[0] not in contract_names),
-                                    *contract.headers(contract.CLEAN)]
-                            stamp = clean_timestamp_ms(m.value, m.timestamp)
-                        await producer.send(target, m.value, key=m.key, timestamp_ms=stamp,
-                                            headers=[*kept, ("tickflow.replayed_from", origin)])
-            # Done with a partition once the consumer stands at its end: whether its last record matched the
-            # filters or not, and past transaction markers, which take offsets but are never returned.
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
+        async with aclosing(_dead_letters(consumer, tps, ends)) as letters:
+            async for tp, m in letters:
+                scanned += 1
+                if bar:
+                    bar.advance()
+                if f"{tp.partition}:{m.offset}" in replaced:
+                    continue  # replayed and refused again: the newest of its copies stands for it
+                h = {k: v.decode(errors="replace") for k, v in (m.headers or [])}
+                target = h.get("tickflow.source.topic", "")
+                if seen is not None and target in raw_names:
+                    seen[h.get("tickflow.rule", "?")] += 1
+                if (target not in raw_names or (rule and not h.get("tickflow.rule", "").startswith(rule))
+                        or (wanted_topic and target != wanted_topic)):
+                    continue
+                if limit and matched >= limit:
+                    break
+                matched += 1
+                if producer is not None:
+                    wait = next_at - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    next_at = max(next_at, time.monotonic()) + interval
+                    kept = [(k, v) for k, v in (m.headers or []) if not k.startswith("tickflow.")]
+                    origin = f"{tp.partition}:{m.offset}".encode()
+                    stamp = None
+                    if target == clean:
+                        kept = [*(kv for kv in kept if kv[0] not in contract_names),
+                                *contract.headers(contract.CLEAN)]
+                        stamp = clean_timestamp_ms(m.value, m.timestamp)
+                    await producer.send(target, m.value, key=m.key, timestamp_ms=stamp,
+                                        headers=[*kept, ("tickflow.replayed_from", origin)])
         if producer is not None:
             await producer.flush()
     finally:

@@ -259,10 +259,10 @@ async def test_a_stop_while_sends_wait_for_acks_logs_no_error(caplog: pytest.Log
 
 
 def test_a_replayed_record_refused_again_names_the_dead_letter_it_came_from() -> None:
-    """Its other tickflow.* headers are replaced; tickflow.replayed_from stays, so `replay-dlq` can skip the copy
-    while the dead letter it came from is still in the topic."""
+    """Its other tickflow.* headers are replaced; tickflow.replayed_from stays, so `replay-dlq` replays the newest
+    refusal of a record only."""
     from streams import contract
-    from streams.tools.cli import _copy_of_a_present_dead_letter
+    from streams.tools.cli import replaced_origins
 
     r = publish.Rejection("validate", "timestamp.future", "ahead", "RejectedRecord", "raw.simulated", 2, 7,
                           [("tickflow.rule", b"old"), ("tickflow.replayed_from", b"3:1042"), ("trace", b"x")])
@@ -270,6 +270,6 @@ def test_a_replayed_record_refused_again_names_the_dead_letter_it_came_from() ->
     assert h["tickflow.replayed_from"] == b"3:1042" and h["tickflow.rule"] == b"timestamp.future"
     assert h["trace"] == b"x" and [k for k, _ in r.headers()].count("tickflow.rule") == 1
     assert contract.read_dead_letter(r.headers()).replayed_from == "3:1042"
-    assert _copy_of_a_present_dead_letter("3:1042", {3: 1000}) is True
-    assert _copy_of_a_present_dead_letter("3:1042", {3: 1043}) is False  # retention dropped it: the copy stands in
-    assert not _copy_of_a_present_dead_letter(None, {3: 0}) and not _copy_of_a_present_dead_letter("x", {3: 0})
+    # a chain D -> C1 -> C2: only C2, the newest refusal, is replayed (judged by its own rule)
+    assert replaced_origins([{"tickflow.rule": "a"}, {"tickflow.replayed_from": "3:1042"},
+                             {"tickflow.replayed_from": "0:7"}]) == {"3:1042", "0:7"}
