@@ -211,6 +211,7 @@ _INTRADAY = {"1m", "5m", "15m", "30m", "1h"}
 # history()'s interval -> the series that holds it.
 _HISTORY_PERIODS = {"1d": "daily", "daily": "daily", "1wk": "weekly", "weekly": "weekly", "1mo": "monthly",
                     "monthly": "monthly"}
+_INTERVAL_OF = {"weekly": "1wk", "monthly": "1mo"}
 
 
 def _market_fields(row: dict[str, Any], market: str) -> dict[str, Any]:
@@ -529,7 +530,8 @@ class AlphaVantageSource(PollingSource):
                 bars.extend(await self.intraday(session, symbol, interval=interval, month=f"{year:04d}-{month:02d}",
                                                 outputsize="full"))
                 year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-        by_time = {b.timestamp: b for b in bars if begin <= b.timestamp < stop}
+        first = period_start(begin, interval if interval in ("1wk", "1mo") else _INTERVAL_OF.get(interval, ""))
+        by_time = {b.timestamp: b for b in bars if first <= b.timestamp < stop}  # a week or month begun: in
         return [by_time[t] for t in sorted(by_time)]
 
     async def _poll(self, session: aiohttp.ClientSession, function: Function, symbol: str) -> list[MarketDataPoint]:

@@ -133,7 +133,12 @@ async def apply_configs(admin: AIOKafkaAdminClient, specs: list[TopicSpec], drif
     resources = []
     for t in specs:
         if t.name in names:
-            own = {e[0]: e[1] for e in described.get(t.name, ()) if e[3] == _TOPIC_CONFIG and e[1] is not None}
+            own = {e[0]: e[1] for e in described.get(t.name, ()) if e[3] == _TOPIC_CONFIG}
+            hidden = sorted(k for k, v in own.items() if v is None and k not in t.kafka_config())
+            if hidden:  # a sensitive setting is described without its value: sending the set would reset it
+                raise ConfigError(f"cannot set topic {t.name}'s configuration to topics.yaml's: its own "
+                                  f"{', '.join(hidden)} cannot be read back (sensitive); set retention.ms and "
+                                  "cleanup.policy with kafka-configs.sh --alter --add-config")
             resources.append(ConfigResource(ConfigResourceType.TOPIC, t.name, configs={**own, **t.kafka_config()}))
     for resp in await admin.alter_configs(resources):
         for code, message, _type, name in getattr(resp, "resources", ()):

@@ -427,6 +427,12 @@ async def _flush_on_stop(sender: object = None, **kwargs: object) -> None:
     await flush()
 
 
+def table_values() -> dict[str, dict[str, Any]]:
+    """The table's sources and their values. Not TAG: an older worker owning the table during a rolling upgrade
+    reads a message's tag as a source of that name, and keeps an empty value for it."""
+    return {k: v for k, v in metrics_table.items() if v and k != TAG}
+
+
 def owns_table() -> bool:
     """Whether this worker holds the table's one partition (exactly one worker does, outside a rebalance)."""
     return TP(metrics_table.changelog_topic.get_topic_name(), 0) in app.assignor.assigned_actives()
@@ -441,7 +447,7 @@ async def store_metrics() -> None:
     such rows in one run of test_paused_worker_does_not_lose_or_double_rows). The write is fenced: a
     snapshot behind the newest stored one of this app is not stored (sinks/postgres.py write_metrics)."""
     owner = owns_table() and pause_fence.admits(app.consumer_generation_id)
-    values = {k: v for k, v in metrics_table.items() if v} if owner else {}
+    values = table_values() if owner else {}
     if not values:
         return
     now = time.time()

@@ -97,7 +97,7 @@ class PipelineMetrics(View):
     @app.table_route(table=metrics.metrics_table, exact_key="all")
     async def routed(self, request: Request) -> Response:
         try:
-            values = {k: v for k, v in metrics.metrics_table.items() if v}
+            values = metrics.table_values()
             body = metrics.summary(values, time.time(), await queue_size())
         except (TypeError, KeyError) as exc:  # a bug of ours, not the router's "not yet": a 500, with its traceback
             raise RuntimeError(f"/pipeline/metrics failed: {exc!r}") from exc

@@ -314,8 +314,9 @@ async def test_history_of_weekly_bars_asks_the_weekly_series(serve: Serve) -> No
     fake = FakeAlphaVantage()
     src = AlphaVantageSource(settings(await serve(fake.app())), api_key=SecretStr(KEY))
     async with aiohttp.ClientSession() as session:
-        weeks = await src.history(session, "IBM", date(2024, 11, 11), date(2024, 11, 24), interval="1wk")
-    # the forming week (its Monday, the 25th, is after the end) is left out
+        weeks = await src.history(session, "IBM", date(2024, 11, 20), date(2024, 11, 24), interval="1wk")
+    # the week begun before the start (Monday the 18th) is in; the forming week (its Monday, the 25th, is after
+    # the end) is left out
     assert [(b.timestamp.day, b.interval) for b in weeks] == [(18, "1wk")]
     assert fake.seen == [{"function": "TIME_SERIES_WEEKLY", "symbol": "IBM", "apikey": KEY}]
 

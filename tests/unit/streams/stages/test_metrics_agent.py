@@ -32,3 +32,12 @@ async def test_a_worker_woken_past_the_session_timeout_does_not_write_its_stale_
         monkeypatch.setattr(metrics.app, "consumer_generation_id", metrics.app.consumer_generation_id + 1)
         await agent.put(key=b"batch", value=MetricsDelta({"paused": d}).to_json())  # rejoined
         assert metrics_table["paused"]["processed"] == 10
+
+
+def test_a_tag_an_older_owner_took_for_a_source_is_not_listed(monkeypatch) -> None:
+    """In a rolling upgrade an older worker owning the table reads a message's tag ("@") as a source and keeps an
+    empty value for it: /pipeline/metrics and the stored snapshots leave it out."""
+    table = {metrics.TAG: {**SourceDelta().to_dict(), "samples": []},
+             "listed": {**SourceDelta(processed=3).to_dict(), "samples": []}}
+    monkeypatch.setattr(metrics, "metrics_table", table)
+    assert list(metrics.table_values()) == ["listed"] and metrics.table_values()["listed"]["processed"] == 3

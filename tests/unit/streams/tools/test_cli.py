@@ -512,6 +512,11 @@ def test_a_topics_retention_that_drifted_from_topics_yaml_is_reported_and_set(
     # broker's defaults (config source 5)
     assert changed.name == raw.name and changed.configs == {
         "retention.ms": str(raw.retention_ms), "cleanup.policy": raw.cleanup_policy, "segment.ms": "3600000"}
+    # a sensitive setting of its own is described without its value: sending the set would reset it, so no
+    FakeAdmin.configs[raw.name]["some.password"] = (None, 1)  # type: ignore[assignment]
+    result = CliRunner().invoke(cli.cli, ["topics", "create"])
+    assert result.exit_code == 2 and "some.password cannot be read back" in result.output, result.output
+    assert len(FakeAdmin.altered) == 1
 
 
 def test_topics_check_reports_missing_and_mismatched_topics_together(fresh_settings: None,
