@@ -289,7 +289,11 @@ class FredSource(PollingSource):
                 upper = min(b, datetime.now(UTC).date())
                 if not too_many_vintages(exc) or upper - a < timedelta(days=2):
                     raise
-                mid = a + (upper - a) / 2
+                # Vintages crowd the recent years (a daily series' began in the 2000s): the newest five years
+                # apart, then halves; a midpoint of 1776..today left spans of none, each a call at every poll.
+                mid = upper - timedelta(days=5 * 365)
+                if not a < mid < upper:
+                    mid = a + (upper - a) / 2
                 spans[:0] = [(a, mid), (mid + timedelta(days=1), b)]
                 continue
             points.extend(parse_observations(doc, sid, metadata=metadata))

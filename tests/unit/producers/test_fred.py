@@ -205,6 +205,7 @@ async def test_a_daily_series_with_more_than_2000_vintages_is_asked_in_spans(ser
     assert spans[0][0] == "1776-07-04" and spans[-1][1] == "9999-12-31" and all(  # the whole period, no overlap
         date.fromisoformat(b) + timedelta(days=1) == date.fromisoformat(a2) for (_, b), (a2, _) in pairwise(spans))
     assert [(a, b) for a, b, _ in fake.asked[calls:]] == spans  # the spans remembered: no refused call again
+    assert len(spans) == 3  # five-year steps back from today: no span of the empty centuries before 2010
 
 
 async def test_without_vintages_and_history(serve: Serve) -> None:
