@@ -153,6 +153,20 @@ def _known() -> frozenset[str]:
     return _known_names
 
 
+# exchange_calendars' CMES closes each session at 17:00 Chicago, the next one's open; Globex halts from 16:00 (the
+# daily maintenance hour, and Friday's close): without it a live feed silent in that hour read as stale. A close
+# at that local time moves to the halt; an early close (12:00 on a holiday) stays.
+_HALT_BEFORE_OPEN: dict[str, tuple[str, int, int]] = {"CMES": ("America/Chicago", 17, 3600)}
+
+
+def _halted(closes: list[float], zone: str, hour: int, seconds: int) -> list[float]:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(zone)
+    return [c - seconds if datetime.fromtimestamp(c, tz).hour == hour else c for c in closes]
+
+
 def _seconds(column: Any) -> list[float | None]:
     """A column of exchange_calendars' UTC times as Unix seconds (None where it has none: NaT)."""
     ns = column.dt.as_unit("ns")
@@ -193,6 +207,8 @@ class SessionCalendar:
             else:
                 opens.append(o)
                 closes.append(c)
+        if name in _HALT_BEFORE_OPEN:
+            closes = _halted(closes, *_HALT_BEFORE_OPEN[name])
         return cls(name, days, opens, closes)
 
     def covers(self, day: int) -> bool:

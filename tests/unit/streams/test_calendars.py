@@ -53,6 +53,21 @@ def test_a_lunch_break_is_closed(mic: str, morning_close: str, afternoon_open: s
     assert cal.session_of(closed - 1) != cal.session_of(reopened)  # two spans of one session day
 
 
+def test_globex_halts_for_the_hour_before_its_next_open() -> None:
+    """exchange_calendars' CMES closes at 17:00 Chicago, the next open: the 16:00-17:00 maintenance hour (and
+    Friday after 16:00) read as open, so a live futures feed silent in it was stale every day."""
+    cal = calendar("CMES")
+    assert cal is not None
+
+    def chicago(text: str) -> float:
+        return datetime.fromisoformat(f"{text}-06:00").timestamp()  # CST
+
+    assert cal.is_open(chicago("2024-01-16T15:59:00")) and not cal.is_open(chicago("2024-01-16T16:00:00"))
+    assert not cal.is_open(chicago("2024-01-16T16:59:00")) and cal.is_open(chicago("2024-01-16T17:00:00"))
+    assert not cal.is_open(chicago("2024-01-19T16:30:00"))  # Friday's close
+    assert cal.is_open(chicago("2024-01-15T11:59:00")) and not cal.is_open(chicago("2024-01-15T12:00:00"))  # MLK
+
+
 def test_the_detectors_read_the_same_calendars() -> None:
     assert detector_calendars.calendar("XNYS") is calendar("XNYS")
 
