@@ -646,8 +646,11 @@ async def replay_dead_letters(rule: str | None, source: str | None, rate: float,
         return ms if ms is not None else (fallback if fallback and fallback > 0 else None)
     wanted_topic = cat.raw(source).name if source else None
     # read_committed: the validate stage writes dead letters in transactions; aborted ones are not dead letters.
+    # auto_offset_reset "earliest": the reset an assignment starts by itself then agrees with seek_to_beginning (with
+    # "latest" it could land after the seek, and a pass read nothing).
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False,
-                                isolation_level="read_committed", **settings.kafka.client_kwargs())
+                                isolation_level="read_committed", auto_offset_reset="earliest",
+                                **settings.kafka.client_kwargs())
     try:
         await consumer.start()
     except BaseException:
