@@ -297,16 +297,20 @@ def parse_news_sentiment(doc: Any, symbol: str, now: datetime, *, source: str = 
     )]
 
 
-def parse_trades(doc: Any, *, source: str = SOURCE, skipped: Counter[str] | None = None) -> list[MarketDataPoint]:
+def parse_trades(doc: Any, *, source: str = SOURCE, skipped: Counter[str] | None = None,
+                 seen: Counter[tuple[Any, ...]] | None = None) -> list[MarketDataPoint]:
     """A websocket {"type": "trade", "data": [...]} message -> trade points.
 
-    item_id = "s:t:p:v:n", n counting identical (s, t, p, v) trades within the message, so two equal
-    prints in one millisecond stay two rows while a replayed message maps onto the same keys. A trade with
-    a bad epoch is left out (counted in `skipped`); the others of the message are kept.
+    item_id = "s:t:p:v:n", n counting identical (s, t, p, v) trades, so two equal prints in one millisecond
+    stay two rows (the natural key has no other field to tell them apart). `seen` carries that count from
+    message to message (FinnhubTradeStream passes its own): Finnhub may send the prints of one millisecond in
+    two messages, and a count starting again at 0 would give the second the first one's key, a row lost in
+    the sink's ON CONFLICT DO NOTHING. Without it the count is the message's own. A trade with a bad epoch is
+    left out (counted in `skipped`); the others of the message are kept.
     """
     d = _expect_dict(doc, "trade")
     out = []
-    seen: Counter[tuple[Any, ...]] = Counter()
+    seen = Counter() if seen is None else seen
     for trade in d.get("data") or []:
         if not isinstance(trade, dict) or not trade.get("s") or trade.get("p") is None or trade.get("t") is None:
             continue
@@ -455,6 +459,10 @@ class FinnhubSource(_Counted, PollingSource):
         self._last_bar: dict[tuple[str, str], datetime] = {}
         self._news_window: dict[str, set[str]] = {}
         self.unknown: Counter[str] = Counter()  # per symbol: no_data candles, all-zero quotes
+        # Per endpoint: the symbols Finnhub refused with 403 (a foreign listing on a US-only plan), never asked
+        # again; and the endpoints that answered at least once (a 403 then is about the symbol, not the plan).
+        self.denied: dict[str, set[str]] = {}
+        self._answered: set[str] = set()
         self._init_counted()
 
     def redact(self, text: str) -> str:
@@ -503,6 +511,24 @@ class FinnhubSource(_Counted, PollingSource):
             return [p for p in points if p.item_id not in previous]
         return await self.client.news_sentiment(session, symbol, now=now)
 
+    def _denied(self, endpoint: str, symbol: str, exc: FinnhubAccessDenied) -> None:
+        """A 403 is about one symbol (Finnhub's free plan has /quote for US listings only: "BMW.DE" is refused
+        while "AAPL" is answered), not the endpoint: only that symbol is not asked again. The endpoint is
+        dropped once every one of its symbols was refused and none ever answered (a premium endpoint)."""
+        denied = self.denied.setdefault(endpoint, set())
+        denied.add(symbol)
+        kind = endpoint.removesuffix("_candle")
+        if endpoint in self._answered or not {s for e, s in self._calls() if e == endpoint} <= denied:
+            logger.warning("finnhub: %s for %s is not in this key's plan, not asking again for it: %s",
+                           endpoint, symbol, self.client.redact(str(exc)))
+            return
+        logger.warning("finnhub: %s is not in this key's plan (refused for every symbol), not asking again: %s",
+                       endpoint, self.client.redact(str(exc)))
+        if endpoint in self.endpoints:
+            self.endpoints.remove(endpoint)  # type: ignore[arg-type]
+        if kind in self.candle_kinds:
+            self.candle_kinds.remove(kind)  # type: ignore[arg-type]
+
     def _calls(self) -> list[tuple[str, str]]:
         """(endpoint, symbol) for one round: stock endpoints first, then forex and crypto candles."""
         stocks = list(dict.fromkeys(x.upper() for x in self.settings.symbols))
@@ -518,8 +544,9 @@ class FinnhubSource(_Counted, PollingSource):
         out: list[MarketDataPoint] = []
         for endpoint, symbol in self._calls():
             kind = endpoint.removesuffix("_candle")
-            if endpoint not in self.endpoints and kind not in self.candle_kinds:
-                continue  # dropped earlier in this round (not in the key's plan)
+            if (endpoint not in self.endpoints and kind not in self.candle_kinds) \
+                    or symbol in self.denied.get(endpoint, ()):
+                continue  # dropped earlier (not in the key's plan, or not for this symbol)
             skipped: Counter[str] = Counter()
             try:
                 if kind in ("forex", "crypto"):
@@ -527,13 +554,9 @@ class FinnhubSource(_Counted, PollingSource):
                 else:
                     out.extend(await self._poll(session, endpoint, symbol, now, skipped))  # type: ignore[arg-type]
                 self.call_succeeded()  # an unknown symbol (no_data, an all-zero quote) too: answered, counted
+                self._answered.add(endpoint)
             except FinnhubAccessDenied as exc:  # not in the plan: dropped, neither a failure nor a success
-                logger.warning("finnhub: %s is not in this key's plan, not asking again: %s",
-                               endpoint, self.client.redact(str(exc)))
-                if endpoint in self.endpoints:
-                    self.endpoints.remove(endpoint)  # type: ignore[arg-type]
-                if kind in self.candle_kinds:
-                    self.candle_kinds.remove(kind)  # type: ignore[arg-type]
+                self._denied(endpoint, symbol, exc)
             except FinnhubUnexpected as exc:
                 self.unexpected[endpoint] += 1
                 self._warn_once(f"{endpoint}|{exc.cause}", "finnhub: unexpected %s payload for %s (counted in "
@@ -568,6 +591,8 @@ class FinnhubTradeStream(_Counted, Source):
     """
 
     name = SOURCE
+    PRINTS_WINDOW_MS = 60_000  # trade time a print's count is kept: Finnhub sends a trade within seconds
+    PRINTS_PRUNE_SECONDS = 10.0
 
     def __init__(self, settings: FinnhubSettings, api_key: SecretStr | None = None,
                  env: Mapping[str, str] | None = None, *, rng: random.Random | None = None,
@@ -581,6 +606,9 @@ class FinnhubTradeStream(_Counted, Source):
         self.connects = 0
         self.connections = ConnectionRun("finnhub ws")
         self._init_counted()  # unexpected["trade"]: trades left out of a message (a bad epoch)
+        self.ignored: Counter[str] = Counter()  # per message type nothing here reads ("news", a new one, ...)
+        self._prints: Counter[tuple[Any, ...]] = Counter()  # (s, t, p, v) -> prints so far (parse_trades)
+        self._prints_pruned = time.monotonic()
 
     def url(self) -> URL:
         return URL(self.settings.ws_url).update_query(token=self.api_key.get_secret_value())
@@ -611,16 +639,31 @@ class FinnhubTradeStream(_Counted, Source):
         if kind == "trade":
             skipped: Counter[str] = Counter()
             try:
-                return parse_trades(doc, skipped=skipped)
+                return parse_trades(doc, skipped=skipped, seen=self._prints)
             except (SourceError, ValueError, TypeError, OverflowError) as exc:
                 logger.warning("finnhub ws: bad trade message: %s", self.redact(str(exc)))
             finally:
                 self._count_skips("trade", "the websocket", skipped)
+                self._forget_old_prints()
         elif kind == "error":
             logger.warning("finnhub ws: server error: %s", self.redact(str(doc.get("msg"))[:300]))
         elif kind != "ping":
-            logger.debug("finnhub ws: ignored message type %r", kind)
+            # Not a silent DEBUG line: a message type this stream cannot read may carry data (Finnhub's "news").
+            name = str(kind)[:40]
+            self.ignored[name] += 1
+            self._warn_once(f"ignored|{name}", "finnhub ws: ignored a message of type %r (counted in ignored[%r], "
+                            "not warned again for this type): %s", name, name, self.redact(str(raw)[:200]))
         return []
+
+    def _forget_old_prints(self) -> None:
+        """Bound `_prints`: every PRINTS_PRUNE_SECONDS, the counts of trades over a minute old go."""
+        now = time.monotonic()
+        if now - self._prints_pruned < self.PRINTS_PRUNE_SECONDS:
+            return
+        self._prints_pruned = now
+        cutoff = time.time() * 1000 - self.PRINTS_WINDOW_MS
+        for key in [k for k in self._prints if k[1] < cutoff]:
+            del self._prints[key]
 
     async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
         own = session is None

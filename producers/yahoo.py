@@ -82,6 +82,12 @@ logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"The inplace keyword in DataFrame\.sort_index is deprecated",
                         module=r"yfinance(\.|$)")
 
+# yfinance's default (hide_exceptions=True) turns a failed request into a log line and an empty answer: a 5xx or a
+# dropped connection while it looks up a symbol's timezone became YFTzMissingError ("possibly delisted"), so a
+# backfill failed for good on a blip, and a failed Ticker.info an empty dict ("unexpected payload"). Raised, they
+# reach _classify, which retries what is worth it. This is what yfinance's deprecation of raise_errors asks for.
+yf.config.debug.hide_exceptions = False
+
 SOURCE = "yahoo"
 T = TypeVar("T")
 
@@ -685,7 +691,7 @@ class YahooSource(PollingSource):
             # keepna=True: Yahoo's null bars reach frame_to_bars, which counts and reports them (yfinance's
             # keepna=False would drop them unseen).
             df = t.history(auto_adjust=False, back_adjust=False, repair=False, keepna=True,
-                           raise_errors=True, timeout=self.settings.request_timeout_seconds, **kwargs)
+                           timeout=self.settings.request_timeout_seconds, **kwargs)
         except yf_errors.YFPricesMissingError as exc:
             if exc.yahoo_reason:
                 raise
@@ -857,7 +863,7 @@ class YahooSource(PollingSource):
             try:
                 doc = json.loads(raw)
                 queue.put_nowait(ws._decode_message(doc.get("message", "")))
-            except (ValueError, AttributeError) as exc:
+            except Exception as exc:  # protobuf's DecodeError is no ValueError: one bad frame, not the connection
                 queue.put_nowait({"error": f"{type(exc).__name__}: {exc}"})
 
     async def _drain(self, queue: asyncio.Queue[dict[str, Any]], reader: asyncio.Task[None]) -> list[Record]:

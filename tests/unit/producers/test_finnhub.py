@@ -167,6 +167,36 @@ def test_parse_trades_millis_and_distinct_ids() -> None:
     assert trades[0].metadata == {"conditions": ["1", "12"]} and trades[2].metadata == {}
 
 
+def test_equal_prints_of_one_millisecond_in_two_messages_keep_two_keys() -> None:
+    """Finnhub may send the prints of one millisecond in two messages: each stays a row of its own."""
+    stream = FinnhubTradeStream(FinnhubSettings(symbols=["AAPL"]), api_key=SecretStr(KEY))
+    msg = json.dumps({"type": "trade", "data": [{"s": "AAPL", "p": 189.5, "t": 1717171200123, "v": 1, "c": ["1"]}]})
+    first, second = stream._handle(msg), stream._handle(msg)
+    assert [p.item_id for p in first + second] == ["AAPL:1717171200123:189.5:1:0", "AAPL:1717171200123:189.5:1:1"]
+    assert first[0].natural_key() != second[0].natural_key()
+
+
+def test_ws_zero_volume_crypto_and_fx_trades_are_kept() -> None:
+    """Finnhub sends v=0 for some crypto and FX ticks; they are trades all the same."""
+    stream = FinnhubTradeStream(FinnhubSettings(symbols=["BINANCE:BTCUSDT"]), api_key=SecretStr(KEY))
+    points = stream._handle(json.dumps({"type": "trade", "data": [
+        {"s": "BINANCE:BTCUSDT", "p": 67012.5, "t": 1717171200123, "v": 0},
+        {"s": "OANDA:EUR_USD", "p": 1.0851, "t": 1717171200123, "v": 0, "c": None}]}))
+    assert [(p.symbol, p.price, p.volume, p.metadata) for p in points] == [
+        ("BINANCE:BTCUSDT", 67012.5, 0.0, {}), ("OANDA:EUR_USD", 1.0851, 0.0, {})]
+
+
+def test_ws_unknown_message_type_is_counted_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
+    stream = FinnhubTradeStream(FinnhubSettings(symbols=["AAPL"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    news = json.dumps({"type": "news", "data": [{"headline": "h", "datetime": 1717171200, "related": "AAPL"}]})
+    for raw in (news, news, '{"type": "ping"}', '{"type": "error", "msg": "Subscribing to too many symbols"}'):
+        assert stream._handle(raw) == []
+    assert stream.ignored == {"news": 2}
+    assert caplog.text.count("ignored a message of type 'news'") == 1
+    assert "Subscribing to too many symbols" in caplog.text
+
+
 def test_key_from_environment_only() -> None:
     assert FinnhubSettings().api_key({}) is None
     key = FinnhubSettings().api_key({"FINNHUB_API_KEY": KEY})
@@ -227,6 +257,23 @@ async def test_403_is_not_retried_and_endpoint_is_dropped(serve: Serve, caplog: 
     assert src.endpoints == ["quote"]
     assert fake.calls("/api/v1/stock/candle") == 2  # once by the client above, once by the source
     assert "not in this key's plan" in caplog.text
+
+
+async def test_403_for_one_symbol_drops_that_symbol_not_the_endpoint(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    """Finnhub's free plan answers /quote for US listings only: a foreign symbol's 403 must not stop MSFT."""
+    fake = FakeFinnhub()
+    fake.set("/api/v1/quote", "BMW.DE", status=403, fixture="error_no_access.json")
+    fake.set("/api/v1/quote", "MSFT", fixture="quote_msft.json")
+    src = FinnhubSource(settings(await serve(fake.app()), symbols=["BMW.DE", "MSFT"]), api_key=SecretStr(KEY))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        first = await src.poll_once(session)
+        await src.poll_once(session)
+    assert [(p.symbol, p.data_type) for p in first] == [("MSFT", "tick")]
+    assert src.endpoints == ["quote"] and src.denied == {"quote": {"BMW.DE"}}
+    assert [q["symbol"] for p, q, _ in fake.seen] == ["BMW.DE", "MSFT", "MSFT"]  # BMW.DE asked once
+    assert "quote for BMW.DE is not in this key's plan" in caplog.text and KEY not in caplog.text
 
 
 async def test_200_error_payload_is_an_error_not_data(serve: Serve) -> None:

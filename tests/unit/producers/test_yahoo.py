@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yfinance as yf
+import yfinance.base as yf_base
 from aiohttp import web
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
@@ -723,3 +724,19 @@ async def test_live_tick_prev_close_from_previous_close_and_null_bars_reported(
     assert len(bars) == 3
     assert [r.getMessage() for r in caplog.records if "null" in r.getMessage()] == [
         "yahoo: MSFT: skipped 1 null 1m bars in this response"]
+
+
+async def test_a_failed_timezone_lookup_is_retried_an_unknown_symbol_is_not(
+        serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    """yfinance looks up a backfill symbol's timezone first; a 5xx there is a blip to retry, not "delisted"."""
+    monkeypatch.setattr(yf_base, "_tz_info_fetch_ctr", 2)  # yfinance's Ticker.info fallback, spent per process
+    fake = FakeYahoo({"ZZZQ": [500, 502]})  # yfinance re-asks once itself: the first attempt fails whole
+    src = YahooSource(settings(await serve(fake.app())))
+    bars = await src.history(None, "ZZZQ", date(2024, 11, 19), date(2024, 11, 22))
+    assert len(bars) == 3
+    # Yahoo's answer for an unknown symbol, through the timezone lookup or the chart (yfinance's timezone cache
+    # decides which asks first): a refusal either way, never retried
+    with pytest.raises(SourceError, match=r"no timezone for NOPE|Yahoo refused NOPE") as err:
+        await src.history(None, "NOPE", date(2024, 11, 19), date(2024, 11, 22))
+    assert err.value.retriable is False
+    assert len([s for s, _ in fake.charts if s == "NOPE"]) <= 2  # one attempt (yfinance re-asks a 4xx once)
