@@ -595,6 +595,7 @@ class YahooSource(PollingSource):
         self.pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="yfinance")
         self.websocket_factory = websocket_factory or (lambda url: yf.AsyncWebSocket(url=url, verbose=False))
         self.unexpected: Counter[str] = Counter()  # per endpoint: payloads of a shape nothing could read
+        self.unknown: Counter[str] = Counter()  # per symbol: Yahoo's explained refusals (delisted, no data)
         self._warned: set[str] = set()
         self._tickers: dict[str, Any] = {}
         self._last_tick: dict[tuple[str, str], datetime] = {}
@@ -784,13 +785,19 @@ class YahooSource(PollingSource):
             if isinstance(res, BaseException):
                 if not isinstance(res, Exception):
                     raise res
-                logger.warning("yahoo: %s failed: %s", sym, redact(f"{type(res).__name__}: {res}"))
                 # Yahoo's explained refusal of a symbol (_classify: "Yahoo refused SYM: no data found, symbol may
-                # be delisted") is an answer, the provider works (PollingSource.call_succeeded); anything else,
-                # a missing timezone included (yfinance reports a failed request that way too), a failure.
+                # be delisted") is an answer, the provider works (PollingSource.call_succeeded): counted per
+                # symbol and warned once, not at every round; anything else, a missing timezone included
+                # (yfinance reports a failed request that way too), a failure, warned each time.
                 if isinstance(res, SourceError) and str(res).startswith(f"Yahoo refused {sym}:"):
+                    self.unknown[sym] += 1
+                    if f"unknown|{sym}" not in self._warned:
+                        self._warned.add(f"unknown|{sym}")
+                        logger.warning("yahoo: %s failed: %s (counted in unknown[%r], not warned again)", sym,
+                                       redact(str(res)), sym)
                     self.call_succeeded()
                 else:
+                    logger.warning("yahoo: %s failed: %s", sym, redact(f"{type(res).__name__}: {res}"))
                     self.call_failed(res)
             else:
                 self.call_succeeded()

@@ -529,6 +529,19 @@ async def test_unknown_symbol_and_exhausted_retries_are_logged_others_continue(
     assert "yahoo: AAPL failed" in caplog.text and "gave up after 2 attempts" in caplog.text
 
 
+async def test_an_unknown_symbol_is_counted_each_round_and_warned_once(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    """A delisted symbol in the list is a configuration matter: one warning, a count /health shows, not a line a
+    round for as long as the worker runs."""
+    src = YahooSource(settings(await serve(FakeYahoo().app()), symbols=["NOPE", "MSFT"]))
+    caplog.set_level(logging.WARNING)
+    for _ in range(3):
+        await src.poll_once(None)
+    assert src.unknown == {"NOPE": 3}
+    warned = [r.getMessage() for r in caplog.records if "NOPE" in r.getMessage()]
+    assert len(warned) == 1 and "counted in unknown['NOPE']" in warned[0]
+
+
 async def test_empty_range_is_logged_and_odd_payload_warned_once_and_counted(
         serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
     src = YahooSource(settings(await serve(FakeYahoo().app()), symbols=["EMPTY", "ODD"]))
