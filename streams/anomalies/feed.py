@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from streams.anomalies.calendars import calendar, exchange_for
+from streams.anomalies.calendars import SessionCalendar, calendar, exchange_for
 from streams.anomalies.core import _BAR, _QUOTE, Anomaly, Detector, _Facts, _put_bounded, is_daily
 from streams.anomalies.windows import _median
 from streams.config import AnomalySettings
@@ -171,6 +171,24 @@ def weekdays_between(d0: date, d1: date, holidays: Iterable[date] = ()) -> int:
     return count - sum(1 for h in set(holidays) if d0 < h < d1 and h.weekday() < 5)
 
 
+EDGE_NONE, EDGE_OPEN, EDGE_CLOSE = 0, 1, 2
+
+
+def _edge(cal: SessionCalendar, last: float | None, ts: float, step: int) -> int:
+    """An intraday bar's place in its calendar span (BarGaps docstring): EDGE_OPEN when the bar before it (None:
+    none seen) was before the span's open and the market was closed between the two spans, EDGE_CLOSE when the bar
+    reaches the span's close and the market closes after it, else EDGE_NONE."""
+    i = cal.session_of(ts)
+    if i is None:
+        return EDGE_NONE
+    opens, closes = cal.opens, cal.closes
+    if last is not None and last < opens[i] and (i == 0 or closes[i - 1] < opens[i]):
+        return EDGE_OPEN
+    if ts + step >= closes[i] and (i + 1 == len(opens) or opens[i + 1] > closes[i]):
+        return EDGE_CLOSE
+    return EDGE_NONE
+
+
 class BarGaps(Detector):
     """A missing bar in the expected grid of a bar series (issue 4), one gap event per hole.
 
@@ -181,6 +199,12 @@ class BarGaps(Detector):
     sessions, or without a calendar when the silence is at least session_break_seconds, none (a session
     break). Out-of-order bars are ignored.
     Score: bars missing; threshold: 1.
+
+    `edge` tells the suite where an intraday bar sits in its exchange's sessions (the calendar's spans: a session
+    with a lunch break is two): EDGE_OPEN for the first bar of a span the market reopened for after a closure (the
+    night, a weekend, a lunch break), EDGE_CLOSE for the bar that reaches a span's close before a closure (its
+    closing auction), else EDGE_NONE (also without a calendar, and for a 24/5 market's daily boundary, which closes
+    nothing). VolumeSpike judges those bars against their own kind (intraday volume is U-shaped).
     """
 
     name = "bar_gap"
@@ -191,8 +215,10 @@ class BarGaps(Detector):
         self.last: dict[str, float] = {}  # interval -> timestamp of the latest bar
         self.exchange: str | None = None  # the calendar's name ("" = none), found on the first bar
         self.exchange_restored = False  # from saved state: found again on the next bar (the rules may be newer)
+        self.edge = EDGE_NONE  # the last bar's place in its session (class docstring)
 
     def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
+        self.edge = EDGE_NONE
         if point.data_type != _BAR:
             return []
         step = interval_seconds(point.interval)
@@ -205,13 +231,15 @@ class BarGaps(Detector):
         if last is not None and ts <= last:
             return []
         _put_bounded(self.last, key, ts, self.settings.max_streams)
-        if last is None:
-            return []
         s = self.settings
         if self.exchange is None or self.exchange_restored:
             self.exchange = exchange_for(point.symbol, s.exchanges, point.metadata, s.default_exchange) or ""
             self.exchange_restored = False
         cal = calendar(self.exchange) if self.exchange else None
+        if cal is not None and step < 86400 and not cal.always_open:
+            self.edge = _edge(cal, last, ts, step)
+        if last is None:
+            return []
         d0, d1 = int(last // 86400), int(ts // 86400)
         if step == 86400:
             if cal is not None and cal.covers(d0) and cal.covers(d1):

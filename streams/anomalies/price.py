@@ -442,8 +442,12 @@ class VolumeSpike(Detector):
     dispersed than trade sizes: 10 MAD of them sits ~4x the median, where index rebalances and expiries are),
     `volume_tail_multiple` x the window's 90th percentile, `volume_jump_ratio` x the bar before (news volume
     lasts days) and the median x exp(`volume_log_mad_multiplier` x the log volumes' MAD) (a penny stock's
-    volumes spread over orders of magnitude); an intraday session's first bar (its opening auction) is judged
-    against the stream's other first bars.
+    volumes spread over orders of magnitude). Intraday volume is U-shaped: a session's first bar (its opening
+    auction, after the night or a lunch break) is judged against the stream's other first bars, and the bar that
+    reaches the close before a closure (its closing auction: AZN.L's last 2-minute bar at 14-19x a midday one)
+    against the other closing bars, once there are volume_min_window of them (before that, against the stream's
+    window as any bar). Where a bar sits comes from the exchange calendar (`edge`, BarGaps in the suite); alone,
+    a bar after a silence of session_break_seconds is a first bar.
     MAD is the normal-consistent one (1.4826 x the raw median absolute deviation, R's mad() and Hampel's
     identifier); with the raw MAD, 10 MAD sits ~2.7 sd up on lognormal(0.6) trade sizes, a 0.3% false-flag rate.
 
@@ -462,10 +466,14 @@ class VolumeSpike(Detector):
         s = self.settings
         self._min_window, self._multiplier, self._scale = s.volume_min_window, s.volume_mad_multiplier, \
             s.volume_mad_scale
+        # up to three windows per sub-stream (an intraday bar stream's own, its first bars', its closing bars')
+        self._max_windows = 3 * s.max_streams
 
-    def update(self, point: MarketDataPoint, f: _Facts | None = None, *, judge: bool = True) -> list[Anomaly]:
+    def update(self, point: MarketDataPoint, f: _Facts | None = None, *, judge: bool = True,
+               edge: int = 0) -> list[Anomaly]:
         """`judge=False` (the suite, for a bar whose return is an outlier): the volume enters the window unjudged,
-        so the next bar is judged against it too."""
+        so the next bar is judged against it too. `edge` (the suite, from BarGaps and the exchange calendar): 1 for
+        a session's first bar, 2 for its closing bar, 0 for any other."""
         f = f or _Facts(point)
         v = f.volume
         kind = f.kind
@@ -474,17 +482,26 @@ class VolumeSpike(Detector):
         self.symbol = f.symbol
         s = self.settings
         key = f.stream
+        judged_in = ""  # the window judging this bar when it is not the one it enters (a closing bar's, warming up)
         if kind == _BAR and not is_daily(point.interval):
             # The first bar of a session holds the opening auction (10-50x a midday minute): it is judged against
-            # the stream's other opening bars, not against the minutes before it.
+            # the stream's other opening bars, not against the minutes before it; the closing bar likewise.
             last = self.last_bar.get(key)
             _put_bounded(self.last_bar, key, f.ts, s.max_streams)
-            if last is not None and f.ts - last >= s.session_break_seconds:
+            if edge == 1 or (last is not None and f.ts - last >= s.session_break_seconds):
                 key += "|open"
+            elif edge == 2:
+                cw = self.windows.get(key + "|close")
+                if cw is None or len(cw) < self._min_window:
+                    judged_in = key
+                key += "|close"
         w = self.windows.get(key)
         if w is None:
             w = _Window(s.volume_window)
-            _put_bounded(self.windows, key, w, s.max_streams)
+            _put_bounded(self.windows, key, w, self._max_windows)
+        pushed = w
+        if judged_in and (main := self.windows.get(judged_in)) is not None:
+            w = main
         out: list[Anomaly] = []
         cfg = bar_checks(s, point.interval) if kind == _BAR else None
         min_ratio = cfg.volume_min_ratio if cfg is not None else 1.0
@@ -506,12 +523,12 @@ class VolumeSpike(Detector):
             if v > threshold:
                 out.append(self._flag(point, v, threshold, f"volume {v:.6g} > {threshold:.6g} (median {med:.6g},"
                                       f" MAD {mad:.6g})",
-                                      {"median": med, "mad": mad, "stream": key}))
-        w.push(v)
+                                      {"median": med, "mad": mad, "stream": judged_in or key}))
+        pushed.push(v)
         return out
 
     def rescale_volume(self, stream: str, factor: float) -> None:
-        for key in (stream, stream + "|open"):
+        for key in (stream, stream + "|open", stream + "|close"):
             if key in self.windows:
                 self.windows[key].scale(factor)
 
@@ -520,6 +537,6 @@ class VolumeSpike(Detector):
 
     def _load(self, state: dict[str, Any]) -> None:
         for k, values in state.get("windows", {}).items():
-            _put_bounded(self.windows, k, _Window(self.settings.volume_window, values), self.settings.max_streams)
+            _put_bounded(self.windows, k, _Window(self.settings.volume_window, values), self._max_windows)
         for k, ts in state.get("last_bar", {}).items():
             _put_bounded(self.last_bar, k, float(ts), self.settings.max_streams)

@@ -145,7 +145,8 @@ class DetectorSuite:
                                            *(f"anomaly:{a.detector}" for a in arrival)]
         if f.volume is not None:
             # a big move on big volume is the market (AAPL 2000-09-29): its volume enters the window unjudged
-            out += self.volume.update(point, f, judge=not (moved and not arrival))
+            out += self.volume.update(point, f, judge=not (moved and not arrival),
+                                      edge=self.gaps.edge if f.kind == _BAR else 0)
         out += self.stale.update(point, f)
         if gaps:
             out += gaps

@@ -192,3 +192,77 @@ def test_a_pending_split_survives_a_restart() -> None:
     assert first == {days[60].isoformat(): ["corporate_action.suspect"]}
     restored = DetectorSuite.from_state(suite.to_state(), AnomalySettings())
     assert final_flags(restored, points[61:]) == {days[60].isoformat(): ["anomaly:bar_outlier"]}
+
+
+# ------------------------------------------------------------------ intraday volume at the session's edges
+
+
+def session_minutes(symbol: str, first_day: str, days: int, step: int = 60) -> list[list[datetime]]:
+    """The bar times of `days` sessions' spans (a lunch break makes two) from the symbol's exchange calendar."""
+    from streams.anomalies.calendars import calendar, exchange_for
+
+    cal = calendar(exchange_for(symbol))
+    assert cal is not None
+    t0 = datetime.fromisoformat(first_day).replace(tzinfo=UTC).timestamp()
+    spans = [(o, c) for o, c in zip(cal.opens, cal.closes, strict=True) if o >= t0]
+    out: list[list[datetime]] = []
+    day_count = 0
+    for o, c in spans:
+        if out and datetime.fromtimestamp(o, UTC).date() != out[-1][0].date():
+            day_count += 1
+        if day_count >= days:
+            break
+        out.append([datetime.fromtimestamp(t, UTC) for t in range(int(o), int(c), step)])
+    return out
+
+
+def minute(symbol: str, ts: datetime, volume: float, interval: str = "1m") -> MarketDataPoint:
+    return MarketDataPoint(symbol=symbol, timestamp=ts, source="replay", data_type="bar", interval=interval,
+                           open=10.0, high=10.01, low=9.99, close=10.0, volume=volume)
+
+
+def volume_flags(symbol: str, spans: list[list[datetime]], volume_of, interval: str = "1m") -> list[datetime]:
+    suite = DetectorSuite()
+    flagged = []
+    for k, span in enumerate(spans):
+        for j, ts in enumerate(span):
+            out = suite.update(minute(symbol, ts, volume_of(k, j, len(span)), interval))
+            if any(a.detector == "volume_spike" for a in out):
+                flagged.append(ts)
+    return flagged
+
+
+def test_the_first_minute_after_a_lunch_break_is_judged_against_other_openings() -> None:
+    """Hong Kong minutes (09:30-12:00, 13:00-16:00): both spans open at 40x a midday minute (the auction, the
+    rush after lunch). The hour of lunch is no session break of 4 hours: the afternoon's first minute was judged
+    against the minutes before lunch and flagged every day; the calendar makes it an opening like the morning's.
+    A midday block 60x a minute is still a spike."""
+    rng = random.Random(3)
+
+    def vol(k: int, j: int, n: int) -> float:
+        v = 1e5 * math.exp(rng.gauss(0, 0.3))
+        if j == 0:
+            return 40 * v
+        return 60e5 if (k, j) == (40, 70) else v
+
+    spans = session_minutes("0700.HK", "2024-03-04", 24)
+    assert len(spans) == 48
+    assert volume_flags("0700.HK", spans, vol) == [spans[40][70]]
+
+
+def test_the_closing_minute_is_judged_against_other_closing_minutes() -> None:
+    """London minutes: the last one before the close carries the closing auction, 45x a midday minute. Judged
+    against the stream's own minutes (as before) while fewer than volume_min_window closings are known, then
+    against the closings: no flag; one 40x above the closings is a spike."""
+    rng = random.Random(4)
+
+    def vol(k: int, j: int, n: int) -> float:
+        v = 1e5 * math.exp(rng.gauss(0, 0.3))
+        if j == n - 1:
+            return 45 * v * (40 if k == 28 else 1)
+        return 30 * v if j == 0 else v
+
+    spans = session_minutes("AZN.L", "2024-04-02", 30)
+    flagged = volume_flags("AZN.L", spans, vol)
+    assert all(ts == span[-1] for span in spans for ts in flagged if ts in span)  # closing minutes only
+    assert [k for k, span in enumerate(spans) if span[-1] in flagged if k >= 20] == [28]
