@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,18 +53,62 @@ def fmt(v: float | None, unit: str = "") -> str:
     return "-" if v is None else f"{v:,.1f}{unit}"
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens where the worker's web server would (the worker's own bind would fail)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex((host, port)) == 0
+
+
+def stop_started(started: list[str]) -> None:
+    """Stop the parts of the stack this run started (a stack that was already up is left running)."""
+    for name in started:
+        subprocess.run([STACK, "stop", name], check=False)
+
+
+def start_stack(started: list[str]) -> int | None:
+    """Start the stack, create the topics and migrate the schema. None when all went well; else the exit code,
+    after one line saying what happened and stopping what this run started: Ctrl-C while the broker starts, or a
+    step that failed and said why itself (a port in use, a setting), is no traceback and leaves no broker
+    behind (its JVM ignores the Ctrl-C: a background job of dev/stack.sh)."""
+    py = sys.executable
+    try:
+        subprocess.run([STACK, "start"], check=True)
+        for cmd in (["-m", "streams", "topics", "create"], ["-m", "streams", "db", "migrate"]):
+            subprocess.run([py, *cmd], check=True, cwd=ROOT)
+    except KeyboardInterrupt:
+        print("make run: interrupted while starting" + (f"; stopping what it started ({', '.join(started)})"
+                                                        if started else ""), file=sys.stderr, flush=True)
+        stop_started(started)
+        return 130
+    except subprocess.CalledProcessError as exc:
+        step = " ".join({STACK: "dev/stack.sh", py: "python"}.get(a, a) for a in exc.cmd)
+        print(f"make run: `{step}` failed (exit code {exc.returncode}; its message is above)"
+              + (f"; stopping what it started ({', '.join(started)})" if started else ""), file=sys.stderr,
+              flush=True)
+        stop_started(started)
+        return 1
+    return None
+
+
 def main() -> int:
     run_seconds = float(os.environ.get("RUN_SECONDS", "0") or 0)
     before = stack_status()
     started = [name for name, up in before.items() if not up]
-    subprocess.run([STACK, "start"], check=True)
+    if (failed := start_stack(started)) is not None:
+        return failed
     py = sys.executable
-    for cmd in (["-m", "streams", "topics", "create"], ["-m", "streams", "db", "migrate"]):
-        subprocess.run([py, *cmd], check=True, cwd=ROOT)
 
     from streams.settings import get_settings
 
     port = get_settings().worker.web_port
+    if port_in_use(port):
+        # Else the new worker died on its bind after joining the group, while this loop printed the other
+        # worker's numbers as its own.
+        print(f"make run: 127.0.0.1:{port} is already in use (another `make run` or worker?); stop it, or give this "
+              f"one another port: TICKFLOW_WORKER__WEB_PORT=... make run", file=sys.stderr, flush=True)
+        stop_started(started)
+        return 1
     log_path = ROOT / ".cache" / "stack" / "logs" / "worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     rows_before = asyncio.run(row_count())
@@ -117,8 +162,7 @@ def main() -> int:
                 print("rejected by rule: " + ", ".join(f"{k} {v}" for k, v in sorted(rules.items())))
         print(f"rows in PostgreSQL market_data: {rows:,} ({rows - rows_before:,} written by this run, its stop "
               "included)")
-        for name in started:
-            subprocess.run([STACK, "stop", name], check=False)
+        stop_started(started)
     return 0 if worker.returncode in (0, None, -signal.SIGTERM) else 1
 
 

@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import struct
 import sys
@@ -45,4 +47,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C while `make run` starts the broker: dev/run.py says so, no traceback here.
+        # Die of the signal itself, so the calling shell (dev/stack.sh) stops too instead of reporting a broker
+        # that "did not answer".
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)

@@ -55,7 +55,11 @@ class SourceRunner:
     async def run(self, source: Source, *, seconds: float | None = None, limit: int | None = None) -> int:
         topic = self.catalog.raw(source.name).name
         producer = new_producer(self.settings)
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # a failed start (no broker) leaves its client open: "Unclosed AIOKafkaProducer"
+            raise
         sent = 0
         deadline = time.monotonic() + seconds if seconds else None
         backoff = RETRY_INITIAL_SECONDS

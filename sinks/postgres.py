@@ -97,6 +97,7 @@ def classify(exc: BaseException, where: str) -> SinkError:
     sqlstate = getattr(exc, "sqlstate", None)
     code = f" [{sqlstate}]" if isinstance(sqlstate, str) and sqlstate else ""
     err = cls(f"{where}: {type(exc).__name__}{code}: {exc}")
+    err.sqlstate = sqlstate if code else None
     err.__cause__ = exc
     return err
 

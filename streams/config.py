@@ -1122,6 +1122,10 @@ class AnomalySettings(BaseModel):
     stale_expected_interval_seconds: float | None = Field(default=None, gt=0)
     # Observed intervals kept for that median.
     stale_interval_window: int = Field(default=50, ge=5)
+    # And never a silence shorter than this, in seconds (0: no floor). A tick feed's median interval is the gap
+    # inside its bursts (microseconds), so 3x it called every pause between two bursts stale: the simulated feed of
+    # `make run` raised ~17 stale_feed events a minute. The silence check runs every 5 s anyway.
+    stale_min_silence_seconds: float = Field(default=5.0, ge=0)
     # Bar gaps: extra closures on top of the exchange calendar (or the only ones when there is none).
     gap_holidays: list[date] = Field(default_factory=list)
     # Split-like jumps at the open: new price / old price of real splits (1/2 for 2:1, 2/3 for 3:2, 4/5 for 5:4,

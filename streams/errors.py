@@ -57,7 +57,11 @@ class CircuitOpen(TickflowError):
 
 
 class SinkError(TickflowError):
-    """The sink could not write a batch. Callers decide by `retriable`, never by which subclass they caught."""
+    """The sink could not write a batch. Callers decide by `retriable`, never by which subclass they caught.
+    `sqlstate`: PostgreSQL's error code when the server gave one (28P01 a refused password, 3D000 no such
+    database), so a command can say which setting to fix."""
+
+    sqlstate: str | None = None
 
 
 class SinkRefused(SinkError):

@@ -508,6 +508,7 @@ class Settings(BaseSettings):
             on = section.enabled if section.enabled is not None else not others_on
             if not on or not isinstance(symbols, list):
                 continue
+            sent: dict[str, str] = {}
             for symbol in symbols:
                 # as each source sends it: the simulated one as written, stocktwits stripped, the others upper-cased
                 s = str(symbol) if name == "simulated" else str(symbol).upper()
@@ -516,6 +517,13 @@ class Settings(BaseSettings):
                     raise ValueError(f"sources.{name}.symbols: {str(symbol)[:40]!r} is not a symbol validation "
                                      f"accepts (validation.symbol_pattern {v.symbol_pattern}, at most "
                                      f"{v.max_symbol_length} characters): every record of it would be rejected")
+                # [AAPL, aapl]: the source polls AAPL twice a round, spending its rate limit (Alpha Vantage: 25
+                # calls a day) on the same answer
+                if s in sent:
+                    same = "" if str(symbol) == sent[s] else f" (as {s}, like {sent[s]!r})"
+                    raise ValueError(f"sources.{name}.symbols: {str(symbol)[:40]!r} is listed twice{same}: each "
+                                     "symbol's calls would be made twice; list it once")
+                sent[s] = str(symbol)
         return self
 
 

@@ -123,15 +123,19 @@ class StaleFeed(Detector):
                 return []  # the market is closed: silence is expected
             since = max(since, opened)
         silence = t - since
-        threshold = self.settings.stale_interval_multiplier * interval
+        multiple = self.settings.stale_interval_multiplier * interval
+        floor = self.settings.stale_min_silence_seconds
+        threshold = max(multiple, floor)
         if silence <= threshold:
             return []
         self.silence_reported = True
         last = datetime.fromtimestamp(self.last_ts, UTC).isoformat()
         record = {"symbol": self.symbol, "source": self.last_source, "timestamp": last}
-        return [Anomaly(self.name, self.symbol, silence, threshold, "feed",
-                        f"no update for {silence:.1f} s > {self.settings.stale_interval_multiplier:g} x the expected"
-                        f" interval {interval:.3g} s", record, {"expected_interval": interval})]
+        limit = (f"{self.settings.stale_interval_multiplier:g} x the expected interval {interval:.3g} s"
+                 if multiple >= floor else
+                 f"{floor:g} s (the least silence judged; the expected interval is {interval:.3g} s)")
+        return [Anomaly(self.name, self.symbol, silence, threshold, "feed", f"no update for {silence:.1f} s > {limit}",
+                        record, {"expected_interval": interval})]
 
     def _dump(self) -> dict[str, Any]:
         return {"runs": self.runs, "last_ts": self.last_ts, "last_source": self.last_source,

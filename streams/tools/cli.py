@@ -75,8 +75,26 @@ def package_version() -> str:
         return "unknown (not installed: pip install .)"
 
 
+# PostgreSQL answered, and refused what the settings say: the login (28P01 a wrong password, 28000 no pg_hba.conf
+# entry for this user or host) or the database (3D000 it does not exist). Not an outage: "start it" misleads.
+PG_SETTINGS_ERRORS = {
+    "28P01": "PostgreSQL refused the login: {exc}. Check TICKFLOW_POSTGRES__USER and TICKFLOW_POSTGRES__PASSWORD "
+             "(or POSTGRES_USER / POSTGRES_PASSWORD in .env)",
+    "28000": "PostgreSQL refused the login: {exc}. Check TICKFLOW_POSTGRES__USER and TICKFLOW_POSTGRES__PASSWORD, "
+             "and that the server's pg_hba.conf lets this user in from this host",
+    "3D000": "{exc}. Create that database or set TICKFLOW_POSTGRES__DATABASE to an existing one",
+}
+
+
+def is_settings_failure(exc: BaseException) -> bool:
+    """A failure the settings must fix (exit code 2), not a service that is down (1)."""
+    return isinstance(exc, ConfigError) or (isinstance(exc, SinkUnavailable) and exc.sqlstate in PG_SETTINGS_ERRORS)
+
+
 def explain(exc: BaseException) -> str | None:
     """The one-line message for an expected failure, or None for a bug (which keeps its traceback)."""
+    if isinstance(exc, SinkUnavailable) and exc.sqlstate in PG_SETTINGS_ERRORS:
+        return PG_SETTINGS_ERRORS[exc.sqlstate].format(exc=exc)
     if isinstance(exc, SinkUnavailable):
         return (f"PostgreSQL is unavailable: {exc}. Start it (`make stack-up`) or point TICKFLOW_POSTGRES__HOST, "
                 "TICKFLOW_POSTGRES__PORT and the credentials at a running server")
@@ -124,7 +142,7 @@ def friendly(fn: Callable[..., int | None]) -> Callable[..., None]:
             message = explain(exc)
             if message is None:
                 raise
-            raise Failure(message, 2 if isinstance(exc, ConfigError) else 1) from None
+            raise Failure(message, 2 if is_settings_failure(exc) else 1) from None
         if code:
             sys.exit(code)
 
@@ -524,7 +542,12 @@ async def backfill_history(source_name: str, symbols: list[str], start: date, en
     (source,) = BUILDERS[source_name](cfg, Collaborators(quota_store=quota_store))  # ConfigError: no key
     topic = catalog_of(settings.kafka).raw(source_name).name
     producer = new_producer(settings)
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()  # a failed start (no broker) leaves its client open: "Unclosed AIOKafkaProducer"
+        await quota_store.close()
+        raise
     total = failed = 0
     try:
         async with aiohttp.ClientSession() as session:
@@ -764,6 +787,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"{PROG}: aborted", err=True)
         sys.exit(130)
     except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `tickflow`: its help as click prints it, not one line
+            exc.show()
+            sys.exit(exc.exit_code)
         cmd = exc.ctx.command_path if exc.ctx else PROG
         click.echo(f"{PROG}: {' '.join(exc.format_message().split())} (see `{cmd} --help`)", err=True)
         sys.exit(2)

@@ -14,6 +14,7 @@ supervisor's `status()`, the lag reader; it reads no stage's internals.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -104,7 +105,19 @@ class PipelineMetrics(View):
         return self.json(body)
 
 
-@app.page("/pipeline/data/{symbol}")
+def symbol_problem(symbol: str) -> str | None:
+    """Why `symbol` can have no row (validation refuses it: symbol.pattern), as the 400's message; None when it may.
+    A NUL byte or a space is the client's mistake, not "database unavailable"."""
+    v = settings.validation
+    if len(symbol) <= v.max_symbol_length and re.fullmatch(v.symbol_pattern, symbol):
+        return None
+    return (f"{symbol[:40]!r} is not a symbol (validation.symbol_pattern {v.symbol_pattern}, at most "
+            f"{v.max_symbol_length} characters); e.g. /pipeline/data/AAPL, /pipeline/data/EUR/USD")
+
+
+# `.+`: a symbol may hold a slash (EUR/USD, BTC/USDT: validation's symbol.pattern allows it), written as it is or
+# encoded (EUR%2FUSD); `{symbol}` alone stopped at the slash and answered 404.
+@app.page("/pipeline/data/{symbol:.+}")
 class RecentData(View):
     """Recent clean rows of a symbol, newest first: a JSON array of rows, as the brief's frontend example reads it
     (`Promise<MarketData[]>`); no row is an empty array, not a 404.
@@ -123,6 +136,8 @@ class RecentData(View):
             return self.json({"error": f"limit must be at least 1 (got {limit}); at most {DATA_LIMIT} rows are "
                                        "returned"}, status=400)
         limit = min(limit, DATA_LIMIT)
+        if (problem := symbol_problem(symbol)) is not None:
+            return self.json({"error": problem}, status=400)
         try:
             rows = await reader.recent(symbol, limit)
             if not rows and symbol != symbol.upper():

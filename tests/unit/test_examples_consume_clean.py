@@ -3,7 +3,6 @@ stand-in consumer (the topic and brokers from the settings, --max exact, a missi
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,17 +13,14 @@ from typing import Any
 import pytest
 
 from streams.models import MarketDataPoint
+from tests.unit.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("consume_clean_example", ROOT / "examples" / "consume_clean.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / "consume_clean.py", "consume_clean_example")
 
 
 example = _load()

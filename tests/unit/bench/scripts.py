@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+
+from tests.unit.scripts import load_script
 
 BENCH_DIR = Path(__file__).resolve().parents[3] / "bench"
 
@@ -15,9 +16,5 @@ def load(script: str) -> ModuleType:
     name = f"{script}_bench"
     mod = sys.modules.get(name)
     if mod is None:
-        spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{script}.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
+        mod = load_script(BENCH_DIR / f"{script}.py", name)
     return mod

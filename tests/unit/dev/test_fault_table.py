@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.unit.scripts import load_script
+
 SCRIPT = Path(__file__).resolve().parents[3] / "dev" / "fault_table.py"
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fault_table_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "fault_table_script")
 
 
 ft = _script()

@@ -146,3 +146,12 @@ def test_a_pool_that_cannot_reconnect_logs_one_line_per_retry(caplog: pytest.Log
     assert refused.getMessage().startswith("PostgreSQL unavailable: the pool could not reconnect (ConnectionRefused")
     assert refused.exc_info is None and "Traceback" not in caplog.text.split("\n")[0]
     assert bug.exc_info is not None  # anything else keeps its traceback
+
+
+@pytest.mark.parametrize("cls, state", [(asyncpg.InvalidPasswordError, "28P01"),
+                                        (asyncpg.InvalidCatalogNameError, "3D000")])
+def test_a_classified_error_keeps_the_servers_sqlstate(cls: type[Exception], state: str) -> None:
+    """`raise classify(...) from None` drops the driver's exception: the code a command needs to say which setting
+    to fix (the password, the database's name) travels on the SinkError itself."""
+    assert classify(cls("x"), "connect").sqlstate == state
+    assert classify(OSError("refused"), "connect").sqlstate is None

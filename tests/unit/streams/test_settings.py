@@ -248,3 +248,16 @@ def test_a_short_web_token_says_so_readably(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_symbol_pattern_that_is_no_regular_expression_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"validation.symbol_pattern: is not a regular expression"):
         load_settings(validation={"symbol_pattern": "^[A-Z"})
+
+
+def test_a_symbol_listed_twice_is_an_error_naming_it() -> None:
+    """[AAPL, AAPL, aapl] polled AAPL three times a round: thrice the calls against the provider's limit."""
+    with pytest.raises(ConfigError, match=r"sources.yahoo.symbols: 'aapl' is listed twice \(as AAPL, like 'AAPL'\)"):
+        load_settings(sources={"yahoo": {"enabled": True, "symbols": ["AAPL", "MSFT", "aapl"]}})
+    with pytest.raises(ConfigError, match=r"sources.alpha_vantage.symbols: 'IBM' is listed twice: "):
+        load_settings(sources={"alpha_vantage": {"enabled": True, "symbols": ["IBM", "IBM"]}})
+    with pytest.raises(ConfigError, match=r"sources.stocktwits.symbols: ' TSLA' is listed twice \(as TSLA"):
+        load_settings(sources={"stocktwits": {"enabled": True, "symbols": ["TSLA", " TSLA"]}})
+    # the simulated feed sends its symbols as written: two cases are two symbols
+    load_settings(sources={"simulated": {"symbols": ["custom", "CUSTOM"]}})
+    load_settings(sources={"yahoo": {"enabled": False, "symbols": ["AAPL", "AAPL"]}})  # not enabled: not used

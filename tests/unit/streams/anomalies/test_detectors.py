@@ -533,3 +533,22 @@ def test_volumes_spread_over_orders_of_magnitude_need_a_larger_multiple(spread: 
         vs.update(bar(T0 + timedelta(days=i), 1.0, 1.0, volume=1e6 * math.exp(rng.gauss(0, spread))))
     out = vs.update(bar(T0 + timedelta(days=100), 1.0, 1.0, volume=1e8))
     assert bool(out) is flagged
+
+
+def test_a_pause_between_bursts_of_a_fast_feed_is_not_stale() -> None:
+    """Records in bursts (the simulated feed, a busy exchange): the median interval is the gap inside a burst, 3x it
+    a fraction of a millisecond, and every pause between two bursts was reported stale (~17 events a minute on
+    `make run`). A silence is judged from anomalies.stale_min_silence_seconds (5 s) on."""
+    st = StaleFeed()
+    for burst in range(5):
+        for i in range(20):
+            st.update(trade(100.0 + i / 100, burst * 0.1 + i * 0.00005))  # 20 records 50 µs apart, every 100 ms
+    last = T0 + timedelta(seconds=0.4 + 19 * 0.00005)
+    assert st.check_stale(last + timedelta(seconds=0.1)) == []
+    assert st.check_stale(last + timedelta(seconds=4.9)) == []
+    [a] = st.check_stale(last + timedelta(seconds=5.5))
+    assert a.threshold == pytest.approx(5.0) and "5 s (the least silence judged" in a.message
+    off = StaleFeed(AnomalySettings(stale_min_silence_seconds=0))
+    for i in range(10):
+        off.update(trade(100.0 + i, i * 0.001))
+    assert off.check_stale(T0 + timedelta(seconds=0.009 + 0.004))  # no floor: 3x the interval, as before

@@ -146,6 +146,43 @@ def test_db_migrate_with_postgres_down() -> None:
     assert "PostgreSQL is unavailable" in line and "TICKFLOW_POSTGRES__HOST" in line
 
 
+@pytest.mark.parametrize("state, says, not_says", [
+    ("28P01", "Check TICKFLOW_POSTGRES__USER and TICKFLOW_POSTGRES__PASSWORD", "make stack-up"),
+    ("28000", "pg_hba.conf", "make stack-up"),
+    ("3D000", "TICKFLOW_POSTGRES__DATABASE", "make stack-up"),
+    (None, "make stack-up", "TICKFLOW_POSTGRES__DATABASE"),
+])
+def test_a_refused_login_or_a_missing_database_is_not_called_an_outage(
+        capsys: pytest.CaptureFixture[str], state: str | None, says: str, not_says: str) -> None:
+    """PostgreSQL answered and refused the password or the database name: the fix is a setting (exit 2), not
+    `make stack-up` (a server that is down, exit 1)."""
+    from streams.errors import SinkUnavailable
+
+    err = SinkUnavailable("connect postgresql://u@h:1/db: the server's answer")
+    err.sqlstate = state
+
+    @cli.cli.command("pg-test", hidden=True)
+    @cli.friendly
+    def pg() -> int:
+        raise err
+
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["pg-test"])
+    finally:
+        cli.cli.commands.pop("pg-test")
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and says in line and not_says not in line
+    assert exit_.value.code == (1 if state is None else 2)
+
+
+def test_bare_tickflow_prints_its_help_not_one_long_line() -> None:
+    out = run()
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("Usage: tickflow") and "\nCommands:\n" in out.stderr
+    assert all(len(line) <= 110 for line in out.stderr.splitlines())
+
+
 def test_topics_check_with_kafka_down() -> None:
     out = run("topics", "check")
     assert "cannot reach Kafka" in one_line_error(out)
@@ -324,6 +361,18 @@ def test_producers_missing_key_is_one_line() -> None:
     out = subprocess.run([sys.executable, "-m", "producers", "fred", "--count", "1"], cwd=ROOT, capture_output=True,
                          text=True, env={**env, **NOWHERE}, timeout=120)
     assert out.returncode == 2 and "FRED_API_KEY" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_producers_with_kafka_down_is_one_line_and_closes_its_client() -> None:
+    """The failed start left the producer open: asyncio's "Unclosed AIOKafkaProducer" and its repr followed the
+    one-line error."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKFLOW_")}
+    out = subprocess.run([sys.executable, "-m", "producers", "simulated", "--count", "1"], cwd=ROOT,
+                         capture_output=True, text=True, env={**env, **NOWHERE}, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [line for line in out.stderr.strip().splitlines()
+                                               if line.startswith("python -m producers: cannot reach Kafka")]
+    assert "Unclosed" not in out.stderr
 
 
 def test_worker_quiet_moves_to_fausts_own_option() -> None:

@@ -64,3 +64,29 @@ async def test_a_symbol_stored_in_another_case_is_still_found_as_written(monkeyp
     assert len(body) == 3 and reader.asked == [("AAPL", 5)]
     status, body = await get(monkeypatch, Reader(), "nope")
     assert status == 200 and body == []
+
+
+@pytest.mark.parametrize("symbol", ["AAPL\x00", " AAPL", "A" * 300, "a'b", "AAPL;DROP"])
+async def test_a_symbol_validation_would_refuse_is_a_400_without_a_query(monkeypatch: pytest.MonkeyPatch,
+                                                                        symbol: str) -> None:
+    """It can have no row; a NUL byte (which PostgreSQL refuses in text) was answered 503 "database unavailable"."""
+    reader = Reader("AAPL")
+    status, body = await get(monkeypatch, reader, symbol, limit="5")
+    assert status == 400 and "is not a symbol" in body["error"] and reader.asked == []
+
+
+@pytest.mark.parametrize("symbol", ["EUR/USD", "BRK.B", "BTC-USD", "^GSPC", "EURUSD=X", "OANDA:EUR_USD"])
+async def test_symbols_of_every_documented_form_are_looked_up(monkeypatch: pytest.MonkeyPatch, symbol: str) -> None:
+    reader = Reader(symbol)
+    status, body = await get(monkeypatch, reader, symbol, limit="2")
+    assert status == 200 and len(body) == 2 and reader.asked == [(symbol, 2)]
+
+
+def test_the_route_takes_a_symbol_with_a_slash() -> None:
+    """`/pipeline/data/EUR/USD` as a client writes it unencoded (the brief's frontend: `/pipeline/data/${symbol}`)
+    reaches the handler with the whole symbol, not a 404: the route the worker's web server registered."""
+    (resource,) = [r for r in app.web.web_app.router.resources()  # type: ignore[attr-defined]
+                   if r.canonical == "/pipeline/data/{symbol}"]
+    assert resource._match("/pipeline/data/EUR/USD") == {"symbol": "EUR/USD"}
+    assert resource._match("/pipeline/data/AAPL") == {"symbol": "AAPL"}
+    assert resource._match("/pipeline/data/") is None
