@@ -11,12 +11,12 @@ raw.alpha_vantage with source "alpha_vantage".
 - Free tier: 5 calls/minute and 25/day (the day being the UTC date): a per-minute token bucket, and a daily
   count kept in a QuotaStore passed in as `quota_store` (producers/quota.py; the worker passes the Kafka one),
   so a restart or a new leader continues the day's count instead of spending the quota again.
-- Timestamps: time-series keys are local to the Meta Data "Time Zone" (US/Eastern for equities),
-  converted to UTC with zoneinfo; daily keys (a date) are stored at UTC midnight of that trading date,
-  like every daily bar in tickflow. A weekly or monthly key is the last trading day in its period, which moves
-  every day while the period forms: such a bar sits at its period's start (Monday, the 1st; period_start), as
-  Yahoo's and FRED's do, and keeps the provider's date in metadata["period_end"]. Global quote has only a
-  trading day: stored at its UTC midnight, so a day's quote is one row that re-polls update. News
+- Timestamps: time-series keys are local to the Meta Data "Time Zone" (US/Eastern for equities; an offset such as
+  FX's "GMT+8" is UTC+08:00, see time_zone), converted to UTC with zoneinfo; daily keys (a date) are stored at UTC
+  midnight of that trading date, like every daily bar in tickflow. A weekly or monthly key is the last trading day
+  in its period, which moves every day while the period forms: such a bar sits at its period's start (Monday, the
+  1st; period_start), as Yahoo's and FRED's do, and keeps the provider's date in metadata["period_end"]. Global
+  quote has only a trading day: stored at its UTC midnight, so a day's quote is one row that re-polls update. News
   time_published carries no zone; it is read as UTC (news_time_zone), which fits the recorded responses
   (pre-market "futures" stories at 13:xx).
 - Adjustment: raw prices are stored. Intraday is requested with adjusted=false; DAILY_ADJUSTED's raw OHLC
@@ -47,9 +47,9 @@ import logging
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
 from pydantic import SecretStr
@@ -198,12 +198,32 @@ def _float(value: Any) -> float | None:
     return float(text)
 
 
-def parse_local(text: str, tz: ZoneInfo) -> datetime:
-    """An Alpha Vantage key: a date -> UTC midnight of it; a local date-time -> UTC."""
+_OFFSET_ZONE = re.compile(r"^(?:GMT|UTC)\s*(?P<sign>[+-])\s*(?P<hours>\d{1,2})(?::?(?P<minutes>\d{2}))?$", re.I)
+
+
+def time_zone(name: str) -> tzinfo | None:
+    """A Meta Data "Time Zone": a tz database name ("US/Eastern", "UTC"), or an offset Alpha Vantage writes as
+    "GMT+8" (its FX_DAILY/_WEEKLY/_MONTHLY answers did) read as UTC+08:00, not POSIX's reversed Etc/GMT+8.
+    None for a name neither: ZoneInfo refused "GMT+8" with a KeyError that lost the whole response."""
+    text = name.strip()
+    if m := _OFFSET_ZONE.match(text):
+        offset = timedelta(hours=int(m["hours"]), minutes=int(m["minutes"] or 0))
+        return timezone(-offset if m["sign"] == "-" else offset)
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def parse_local(text: str, tz: tzinfo | None) -> datetime:
+    """An Alpha Vantage key: a date -> UTC midnight of it (no zone needed); a local date-time -> UTC, which needs
+    the response's zone (None: AlphaVantageUnexpected, never a guess)."""
     text = text.strip()
     if len(text) == 10:
         d = date.fromisoformat(text)
         return datetime(d.year, d.month, d.day, tzinfo=UTC)
+    if tz is None:
+        raise AlphaVantageUnexpected(f"Alpha Vantage time {text!r} in a time zone not understood")
     return datetime.fromisoformat(text).replace(tzinfo=tz).astimezone(UTC)
 
 
@@ -243,7 +263,7 @@ def parse_time_series(doc: Any, symbol: str | None = None, *, source: str = SOUR
     if series_key is None:
         raise AlphaVantageUnexpected(f"Alpha Vantage time series for {symbol} has no 'Time Series' object "
                                      f"(keys: {sorted(d)[:6]})")
-    tz = ZoneInfo(str(meta.get("time zone") or "US/Eastern"))
+    tz = time_zone(str(meta.get("time zone") or "US/Eastern"))
     if "(" in series_key:
         label = series_key[series_key.find("(") + 1:series_key.rfind(")")].lower()
     else:
@@ -261,8 +281,10 @@ def parse_time_series(doc: Any, symbol: str | None = None, *, source: str = SOUR
         raise SourceError("Alpha Vantage time series without a symbol")
     out: list[MarketDataPoint] = []
     skipped = 0
+    fields: list[str] = []  # a row's field names, to say what an unreadable layout holds
     for key, raw in (d.get(series_key) or {}).items():
         row = _market_fields(_fields(raw), market) if market else _fields(raw)
+        fields = sorted(row)
         try:
             values = {dst: _float(row.get(src)) for src, dst in _BAR_FIELDS.items()}
             extra = {dst: v for src, dst in _META_FIELDS.items() if (v := _float(row.get(src))) is not None}
@@ -284,6 +306,9 @@ def parse_time_series(doc: Any, symbol: str | None = None, *, source: str = SOUR
             ts = period_start(ts, interval)
         out.append(MarketDataPoint(symbol=sym.upper(), timestamp=ts, source=source, data_type=DataType.BAR,
                                    interval=interval, item_id=interval, metadata=extra, **values))
+    if skipped and not out:  # rows of a layout nothing here reads ("1a. price (CNY)"): seen, not an empty series
+        raise AlphaVantageUnexpected(f"Alpha Vantage time series for {sym}: none of {skipped} rows has a time and "
+                                     f"open/high/low/close (fields: {fields[:6]})")
     if skipped:
         logger.info("alpha_vantage: %s: skipped %d rows without a time or OHLC", sym, skipped)
     out.sort(key=lambda p: p.timestamp)
@@ -332,7 +357,7 @@ def parse_exchange_rate(doc: Any, *, source: str = SOURCE) -> list[MarketDataPoi
     price, when = _float(r.get("exchange rate")), r.get("last refreshed")
     if not base or not quote or price is None or not when:
         raise AlphaVantageUnexpected(f"Alpha Vantage exchange rate without codes, rate or time: {sorted(r)}")
-    ts = parse_local(str(when), ZoneInfo(str(r.get("time zone") or "UTC")))
+    ts = parse_local(str(when), time_zone(str(r.get("time zone") or "UTC")))
     meta = {k: r[src] for k, src in (("from_name", "from_currency name"), ("to_name", "to_currency name"))
             if r.get(src)}
     return [MarketDataPoint(

@@ -625,15 +625,21 @@ class DataConnectorManager:
                 # a finite source (replay) ended
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Per source: running (its task is alive: collecting, or waiting to restart after a failure), points
-        ingested, failures so far and the last error (redacted; None when healthy: never failed, or its last round
-        after a failure went well). A provider whose every call of a round fails is a failure, as in /health."""
+        """Per source: state (`running`; `failing` after a failure, waiting to restart or not yet past a good round;
+        `failed`, it could not start; `stopped`), running (its task is alive), points ingested, failures so far and
+        the last error (redacted; None when healthy: never failed, or its last round after a failure went well). A
+        provider whose every call of a round fails is a failure, as in /health."""
         tasks = {t.get_name().removeprefix("collect-"): t for t in self._tasks}
-        return {**{name: {"running": False, "ingested": 0, "failures": 0, "error": why}
+
+        def state(name: str, running: bool) -> str:  # the words /health uses for a source
+            return ("failing" if name in self.errors else "running") if running else "stopped"
+
+        return {**{name: {"state": "failed", "running": False, "ingested": 0, "failures": 0, "error": why}
                    for name, why in self.not_started.items()},
-                **{s.name: {"running": s.name in tasks and not tasks[s.name].done(),
-                            "ingested": self.ingested[s.name], "failures": self.failures[s.name],
-                            "error": self.errors.get(s.name)} for s in self.sources}}
+                **{s.name: {"state": state(s.name, running), "running": running, "ingested": self.ingested[s.name],
+                            "failures": self.failures[s.name], "error": self.errors.get(s.name)}
+                   for s in self.sources
+                   for running in (s.name in tasks and not tasks[s.name].done(),)}}
 
     def stop(self) -> _Done:
         """Cancel every source (each stops at its next await). Awaiting the result is optional; awaited, it

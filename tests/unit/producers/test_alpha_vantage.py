@@ -406,6 +406,37 @@ def test_fx_daily_and_digital_currency_daily_bars() -> None:
                                                                     9000.5)
 
 
+def _fx(zone: str, series: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """An FX body whose Meta Data names its time zone `zone`, one bar (all prices 1.1) per key."""
+    bar = {"1. open": "1.1", "2. high": "1.1", "3. low": "1.1", "4. close": "1.1"}
+    return {"Meta Data": {"2. From Symbol": "EUR", "3. To Symbol": "USD", "5. Time Zone": zone},
+            series: {k: dict(bar) for k in keys}}
+
+
+def test_a_time_zone_written_as_an_offset_keeps_the_bars() -> None:
+    """Alpha Vantage's FX_DAILY/_WEEKLY/_MONTHLY answers have said "Time Zone": "GMT+8", which ZoneInfo does not
+    know: the KeyError lost every bar of the response. An offset is read as UTC+08:00; a date key needs no zone."""
+    [week] = parse_time_series(_fx("GMT+8", "Time Series FX (Weekly)", ("2019-02-22",)))
+    assert (week.symbol, week.interval, week.timestamp) == ("EURUSD", "1wk", datetime(2019, 2, 18, tzinfo=UTC))
+    assert week.metadata == {"period_end": "2019-02-22"}
+    [minute] = parse_time_series(_fx("GMT+8", "Time Series FX (5min)", ("2019-02-22 02:45:00",)))
+    assert minute.timestamp == datetime(2019, 2, 21, 18, 45, tzinfo=UTC)
+    [day] = parse_time_series(_fx("Mars/Olympus_Mons", "Time Series FX (Daily)", ("2019-02-22",)))
+    assert day.timestamp == datetime(2019, 2, 22, tzinfo=UTC)
+    with pytest.raises(AlphaVantageUnexpected, match="time zone"):  # a clock time in it cannot be placed
+        parse_time_series(_fx("Mars/Olympus_Mons", "Time Series FX (5min)", ("2019-02-22 02:45:00",)))
+
+
+def test_rows_of_a_layout_without_ohlc_are_unexpected_not_an_empty_series() -> None:
+    """Alpha Vantage's crypto intraday rows carry "1a. price (CNY)", no open/high/low/close: every row skipped
+    came back as [], an answered call with no bars and no warning."""
+    doc = {"Meta Data": {"2. Digital Currency Code": "BTC", "4. Market Code": "CNY", "8. Time Zone": "UTC"},
+           "Time Series (Digital Currency Intraday)": {"2017-12-20 19:30:00": {
+               "1a. price (CNY)": "123574.46", "1b. price (USD)": "18780.03", "2. volume": "1.19"}}}
+    with pytest.raises(AlphaVantageUnexpected, match="none of 1 rows"):
+        parse_time_series(doc)
+
+
 def test_intraday_bars_carry_their_us_session() -> None:
     doc = {"Meta Data": {"2. Symbol": "IBM", "4. Interval": "5min", "6. Time Zone": "US/Eastern"},
            "Time Series (5min)": {k: {"1. open": "1", "2. high": "1", "3. low": "1", "4. close": "1", "5. volume": "1"}

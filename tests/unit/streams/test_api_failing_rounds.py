@@ -82,11 +82,13 @@ def test_connector_manager_shows_a_provider_whose_every_call_fails() -> None:
     failing, failing_metrics, recovered, recovered_metrics = asyncio.run(main())
     st = failing["finnhub"]
     assert st["running"] and st["failures"] >= 2 and st["ingested"] == 0  # alive: restarted with back-off
+    assert st["state"] == "failing"  # the word /health and the README use
     assert st["error"].startswith("SourceError: finnhub: the one call of the round failed; the last: SourceError: ")
     assert "HTTP 500" in st["error"] and KEY not in st["error"] and "token=" not in st["error"]
     assert failing_metrics["failed_sources"] == {"finnhub": st["error"]}
     # a good round (nothing new in it) clears the error; the count of past failures stays
     assert recovered["finnhub"]["error"] is None and recovered["finnhub"]["failures"] >= 2
+    assert recovered["finnhub"]["state"] == "running"
     assert recovered_metrics["failed_sources"] == {}
 
 
@@ -101,7 +103,7 @@ async def test_an_enabled_source_without_its_key_is_in_status_and_failed_sources
     try:
         await manager.start_data_collection()
         st = manager.status()["finnhub"]
-        assert st["running"] is False and "FINNHUB_API_KEY" in st["error"]
+        assert st["running"] is False and st["state"] == "failed" and "FINNHUB_API_KEY" in st["error"]
         assert "FINNHUB_API_KEY" in pipeline.get_metrics()["failed_sources"]["finnhub"]
     finally:
         await manager.stop()
