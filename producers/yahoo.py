@@ -637,7 +637,9 @@ class YahooSource(PollingSource):
                                retriable=False)
         response = getattr(exc, "response", None)
         status = getattr(response, "status_code", None)
-        if isinstance(status, int):
+        # curl_cffi gives a request that got no answer (a DNS failure, a refused connection) a response of status 0:
+        # a network failure to retry (below), not "HTTP 0", refused for good.
+        if isinstance(status, int) and status > 0:
             return SourceError(f"HTTP {status} for {symbol}: {text}", retriable=status == 429 or status >= 500)
         if isinstance(exc, ValueError) and ("JSON" in text or "Expecting" in text):
             return SourceError(f"Yahoo answer for {symbol} is not JSON: {text}", retriable=True)

@@ -84,6 +84,10 @@ __all__ = ["ConfigurationManager", "DataConnectorManager", "DataIngestionPipelin
 API_KEY_ENV = {name: names[0] for name, names in key_env_by_source().items()}
 # The brief's service names -> our source names.
 SERVICE_NAMES = {brief: base[-1] for brief, base in BRIEF_SECTIONS.items() if base[0] == "sources"}
+# What a user may call a source that the brief does not name: its provider's other names.
+SERVICE_ALIASES = {"twitter": "social", "x": "social", "quandl": "nasdaq_data_link", "nasdaq": "nasdaq_data_link",
+                   "ndl": "nasdaq_data_link", "yahoo_finance": "yahoo", "alphavantage": "alpha_vantage",
+                   "news_sentiment": "news", "sentiment": "news"}
 
 # The brief's data_type words -> ours. "price": a price (and volume) observation, our tick.
 BRIEF_DATA_TYPES = {"price": DataType.TICK}
@@ -766,7 +770,7 @@ class ConfigurationManager:
         self.update_config("sources", f"{self._source(name)}.enabled", False)
 
     def _source(self, name: str) -> str:
-        source = SERVICE_NAMES.get(name, name)
+        source = SERVICE_NAMES.get(name, SERVICE_ALIASES.get(name.lower(), name))
         if source not in SourcesSettings.model_fields:
             known = [*SERVICE_NAMES, *(n for n in SourcesSettings.model_fields if n not in SERVICE_NAMES.values())]
             raise ConfigError(f"unknown service {name!r} (known: {', '.join(known)})")

@@ -753,3 +753,18 @@ async def test_a_failed_timezone_lookup_is_retried_an_unknown_symbol_is_not(
         await src.history(None, "NOPE", date(2024, 11, 19), date(2024, 11, 22))
     assert err.value.retriable is False
     assert len([s for s, _ in fake.charts if s == "NOPE"]) <= 2  # one attempt (yfinance re-asks a 4xx once)
+
+
+def test_a_request_without_an_answer_is_a_network_failure_to_retry() -> None:
+    """curl_cffi's error for a DNS failure or a refused connection carries a response of status 0: it read as
+    "HTTP 0 for AAPL", not retried, and the symbol's round was lost for good."""
+    from types import SimpleNamespace
+
+    from curl_cffi import requests as curl_requests
+
+    dns = curl_requests.RequestsError("Could not resolve host: query2.finance.yahoo.com", 6,
+                                      SimpleNamespace(status_code=0))
+    err = YahooSource._classify(dns, "AAPL")
+    assert err.retriable is True and "HTTP 0" not in str(err) and "Could not resolve host" in str(err)
+    served = curl_requests.RequestsError("HTTP Error 503", 22, SimpleNamespace(status_code=503))
+    assert str(YahooSource._classify(served, "AAPL")).startswith("HTTP 503 for AAPL")

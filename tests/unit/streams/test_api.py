@@ -235,6 +235,16 @@ def test_brief_service_names_work(tmp_path: Path) -> None:
         cm.enable_service("quandl_typo")
 
 
+def test_a_provider_s_other_names_find_its_source(tmp_path: Path) -> None:
+    """`enable_service("twitter")` answered "unknown service" while the X source is `social`; Quandl is Nasdaq Data
+    Link's former name."""
+    cm = ConfigurationManager(tmp_path / "pipeline_config.yaml")
+    cm.enable_service("twitter")
+    cm.enable_service("Quandl")
+    sources = cm.settings().sources
+    assert sources.social.enabled and sources.nasdaq_data_link.enabled
+
+
 def test_update_config_never_writes_a_setting_twice(tmp_path: Path) -> None:
     path = tmp_path / "pipeline_config.yaml"
     cm = ConfigurationManager(path)
