@@ -749,7 +749,10 @@ class ConfigurationManager:
         for p in where:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
-        self._check(doc)
+        try:
+            self._check(doc)
+        except ConfigError as exc:  # it names the setting as stored (validation.batch_size): say which call it was
+            raise ConfigError(f"update_config({section!r}, {key!r}, {str(value)[:40]!r}): {exc}") from None
         self._doc = doc
         self._write()
 

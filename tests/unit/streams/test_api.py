@@ -489,3 +489,12 @@ async def test_a_source_failing_as_expected_logs_one_line_and_a_bug_its_tracebac
         await manager._run(Scripted())  # type: ignore[arg-type]
     failed = [r for r in caplog.records if "source fake failed" in r.getMessage()]
     assert [r.exc_info is not None for r in failed] == [False, False, True]
+
+
+def test_a_refused_update_names_the_call_that_made_it(tmp_path: Path) -> None:
+    """The error named the setting as stored (validation.batch_size) only: the caller wrote pipeline.batch_size."""
+    cm = ConfigurationManager(tmp_path / "pipeline_config.yaml")
+    with pytest.raises(ConfigError) as err:
+        cm.update_config("pipeline", "batch_size", "lots")
+    assert str(err.value).startswith("update_config('pipeline', 'batch_size', 'lots'): ")
+    assert "validation.batch_size" in str(err.value)

@@ -178,7 +178,9 @@ def test_connector_manager_shows_a_failing_source(caplog: pytest.LogCaptureFixtu
 
     status, metrics, after = asyncio.run(main())
     assert status["broken"]["running"] and "provider said no" in status["broken"]["error"]
-    assert status["custom_feed"] == {"running": True, "ingested": 3, "failures": 0, "error": None}
+    assert status["broken"]["state"] == "failing"
+    assert status["custom_feed"] == {"state": "running", "running": True, "ingested": 3, "failures": 0,
+                                     "error": None}
     assert "provider said no" in metrics["failed_sources"]["broken"]
     assert any("source broken failed" in r.getMessage() for r in caplog.records)
     assert not after["custom_feed"]["running"] and not after["broken"]["running"]
