@@ -345,7 +345,7 @@ class _InProcess:
                 self.sink_error = str(exc)
                 logger.error("in-process sink failed, %d points lost: %s", len(batch), exc)
                 raise
-            written = Counter(result.inserted_by_source)
+            written = Counter(result.written_by_source)  # inserted, or updated by a newer revision (as a worker)
             by_source = Counter(p.source for p, _ in batch)
             for source, n in by_source.items():
                 self.stats.written[source] += written.get(source, 0)

@@ -230,3 +230,26 @@ def test_a_connection_that_delivered_or_stayed_open_is_no_failure(monkeypatch: p
     assert err is not None and err.retriable
     assert str(err) == "feed: 2 connections in a row failed; the last: refused again"
     assert run.failed == 0  # the supervisor restarts the stream: the count starts again
+
+
+async def test_a_round_that_delivered_points_is_not_a_failed_round() -> None:
+    """A round's points go on even when the only call it counted failed: the round was not the provider failing."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from producers.base import PollingSource
+    from streams.models import MarketDataPoint
+
+    point = MarketDataPoint(symbol="AAPL", timestamp=datetime(2024, 5, 1, tzinfo=UTC), source="fake", price=1.0)
+
+    class OneGoodOneBad(PollingSource):
+        name = "fake"
+        settings = SimpleNamespace(interval_seconds=0.0)
+
+        async def poll_once(self, session: Any) -> list[MarketDataPoint]:
+            self.call_failed(SourceError("HTTP 500"))
+            return [point]
+
+    rounds = OneGoodOneBad().fetch(session=object())  # type: ignore[arg-type]
+    assert await rounds.__anext__() == [point]
+    await rounds.aclose()

@@ -155,3 +155,11 @@ def test_a_classified_error_keeps_the_servers_sqlstate(cls: type[Exception], sta
     to fix (the password, the database's name) travels on the SinkError itself."""
     assert classify(cls("x"), "connect").sqlstate == state
     assert classify(OSError("refused"), "connect").sqlstate is None
+
+
+def test_a_server_error_without_a_sqlstate_is_retried_not_dead_lettered() -> None:
+    """Not provably the data's fault: the rows must wait for a retry, never go to the dead-letter topic."""
+    exc = asyncpg.exceptions.UnknownPostgresError("the server answered without a SQLSTATE")
+    assert getattr(exc, "sqlstate", None) is None
+    err = classify(exc, "write market_data")
+    assert isinstance(err, SinkUnavailable) and err.retriable

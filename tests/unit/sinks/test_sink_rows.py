@@ -185,3 +185,25 @@ def test_json_rows_write_each_row_in_column_order_naive_times_as_utc() -> None:
     assert datetime.fromisoformat(doc[1][MARKET_DATA_COLUMNS.index("ts")]) == T0
     with pytest.raises(TypeError):  # a data error, as asyncpg's encoders raise it
         json_rows([(*built[:6], 10**400, *built[7:])])
+
+
+async def test_a_record_that_does_not_decode_is_refused_not_retried() -> None:
+    """write_json's small batch is decoded here: a record that is not JSON is the data's fault (bisected and
+    dead-lettered). Were it retriable, the write stage would retry the same batch forever."""
+    from sinks.postgres import PostgresTickWriter
+    from streams.errors import SinkRefused
+    from streams.settings import PostgresSettings
+
+    writer = PostgresTickWriter(PostgresSettings())
+    with pytest.raises(SinkRefused) as info:
+        await writer.write_json([b'{"symbol": "AAPL", "source": "sim"', b"not json"])
+    assert not info.value.retriable
+    assert writer.pool is None  # refused before any connection was opened
+
+
+def test_only_an_economic_observation_ranks_by_its_closed_vintage() -> None:
+    """The server's revision (upsert_records_sql) adds the closed-vintage rank to economic records only."""
+    at = datetime(2024, 5, 1, tzinfo=UTC)
+    assert revision_of("bar", at, date(2024, 5, 2)) == revision_of("bar", at, None)
+    assert revision_of("quote", at, date(2024, 5, 2)) == revision_of("quote", at, None)
+    assert revision_of("economic", at, date(2024, 5, 2)) == revision_of("economic", at, None) + CLOSED_VINTAGE_RANK

@@ -414,6 +414,25 @@ async def test_the_in_process_sink_waits_out_an_outage_and_gives_up_on_refused_d
     assert waits == [] and sink.sink_error is not None and "numeric field overflow" in sink.sink_error
 
 
+async def test_the_in_process_sink_counts_a_newer_revision_as_written() -> None:
+    """As a worker does: a row a newer revision updated changed the store (it was counted a duplicate)."""
+    from sinks.base import BatchWriter, WriteResult
+    from streams.api import _InProcess, _Stats
+
+    class Writer(BatchWriter):
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+        async def write(self, rows: Any) -> WriteResult:  # one new row, one revised, one re-sent
+            return WriteResult(1, 1, {"fake": 1}, 1, {"fake": 1}, {"fake": 1})
+
+    sink = _InProcess(load_settings(), _Stats())
+    sink.writer = Writer()  # type: ignore[assignment]
+    await sink._write([(_point(1), 0.0), (_point(2), 0.0), (_point(2), 0.0)])
+    assert (sink.stats.written["fake"], sink.stats.duplicates["fake"]) == (2, 1)
+
+
 def test_in_process_percentiles_stay_within_the_latencies_seen() -> None:
     """The in-process mode's latency is mostly its batch_timeout: a trickle of points at 1,057 ms each is a p50
     of 1,057 ms, not 1,500 (the middle of the histogram's 1-2 s bucket)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 import pytest
 
@@ -125,3 +125,33 @@ def test_a_symbols_form_names_crypto_fx_and_index_calendars(symbol: str, name: s
 
     assert exchange_for(symbol) == name
     assert calendar(name) is not None
+
+
+def test_sessions_are_the_exchanges_trading_days() -> None:
+    cal = calendar("XNYS")
+    assert cal is not None
+
+    def day(text: str) -> int:
+        return date.fromisoformat(text).toordinal() - date(1970, 1, 1).toordinal()
+
+    assert cal.is_session(day("2024-11-27"))
+    assert not cal.is_session(day("2024-11-28"))  # Thanksgiving
+    assert not cal.is_session(day("2024-11-30"))  # a Saturday
+
+
+def test_fx_trades_from_sunday_evening_to_friday_evening_utc() -> None:
+    def utc(text: str) -> float:
+        return datetime.fromisoformat(f"{text}+00:00").timestamp()
+
+    assert trading_session(utc("2024-12-01T21:59:00"), "24/5") is None  # Sunday, before the week opens
+    assert trading_session(utc("2024-12-01T22:00:00"), "24/5") == "regular"
+    assert trading_session(utc("2024-12-03T23:30:00"), "24/5") == "regular"  # Tuesday night
+    assert trading_session(utc("2024-12-06T21:59:00"), "24/5") == "regular"
+    assert trading_session(utc("2024-12-06T22:00:00"), "24/5") is None  # Friday's close
+
+
+def test_an_always_open_market_is_open_since_forever() -> None:
+    """The stale-feed check reads None as "closed, silence expected": a 24/7 market must never answer None."""
+    cal = calendar("24/7")
+    assert cal is not None
+    assert cal.open_since(datetime.fromisoformat("2024-11-30T03:00:00+00:00").timestamp()) == float("-inf")

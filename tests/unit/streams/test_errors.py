@@ -76,3 +76,24 @@ async def test_a_cancellation_is_not_retried() -> None:
     with pytest.raises(asyncio.CancelledError):
         await first_then_retrying(attempt, factory([], built))
     assert attempt.calls == 1 and built == []
+
+
+def test_what_each_error_means_for_a_retry() -> None:
+    """Callers decide by `retriable`: an outage is retried, bad data, bad settings and a provider's refusal
+    are not (unless the provider error says so)."""
+    from streams.errors import (
+        BrokerUnavailable,
+        CircuitOpen,
+        ConfigError,
+        RejectedRecord,
+        SinkError,
+        SinkRefused,
+        SourceError,
+        TickflowError,
+    )
+
+    assert BrokerUnavailable("down").retriable and SinkUnavailable("down").retriable
+    for err in (TickflowError("x"), ConfigError("x"), CircuitOpen("x"), SinkError("x"), SinkRefused("x"),
+                RejectedRecord("price.non_positive", "x"), SourceError("x")):
+        assert not err.retriable, type(err).__name__
+    assert SourceError("x", retriable=True).retriable

@@ -222,3 +222,43 @@ def test_a_bar_one_float_ulp_outside_its_range_is_rounding_and_a_real_gap_is_sti
             v.check(raw(**{"data_type": "bar", "open": 0.0553, "high": 0.0556, "low": low, "close": 0.0554,
                            **fields}), source="sim", now=NOW)
         assert info.value.rule == "bar.inconsistent"
+
+
+@pytest.mark.parametrize("fields", [
+    {"volume": 0},
+    {"data_type": "quote", "price": None, "bid": 10.0, "ask": 10.1, "bid_size": 0, "ask_size": 0},
+    {"data_type": "bar", "price": None, "open": 1, "high": 1, "low": 1, "close": 1, "volume": 0},
+])
+def test_a_size_of_zero_is_valid_not_negative(fields: dict[str, object]) -> None:
+    """A bar in which nothing traded and an empty side of the book are real data, not dead letters."""
+    point = Validator(ValidationSettings()).check(raw(**fields), source="sim", now=NOW)
+    assert 0.0 in (point.volume, point.bid_size)
+
+
+@pytest.mark.parametrize("fields", [
+    {"open": 1.0, "high": 2.0, "low": 0.5, "close": 2.5},  # the close above the high
+    {"open": 2.5, "high": 2.0, "low": 0.5, "close": 1.0},  # the open above the high
+    {"open": 1.0, "high": 2.0, "low": 0.5, "close": 0.4},  # the close below the low
+])
+def test_a_bar_whose_open_or_close_is_outside_its_high_and_low_is_inconsistent(fields: dict[str, object]) -> None:
+    assert rule_of(raw(data_type="bar", price=None, **fields)) == "bar.inconsistent"
+
+
+def test_a_social_item_with_empty_text_is_refused() -> None:
+    assert rule_of(raw(data_type="social", price=None, text="")) == "social.missing_text"
+
+
+def test_a_schema_rejection_with_one_error_counts_no_more() -> None:
+    with pytest.raises(RejectedRecord) as info:
+        Validator(ValidationSettings()).check(raw(price="ten"), source="sim", now=NOW)
+    assert info.value.rule == "schema.float_type" and info.value.reason.startswith("price: ")
+    assert "more)" not in info.value.reason
+    with pytest.raises(RejectedRecord) as two:
+        Validator(ValidationSettings()).check(raw(price="ten", volume="x"), source="sim", now=NOW)
+    assert two.value.reason.endswith("(+1 more)")
+
+
+def test_a_record_of_exactly_the_size_limit_passes() -> None:
+    data = raw()
+    Validator(ValidationSettings(max_message_bytes=len(data))).check(data, source="sim", now=NOW)
+    assert rule_of(data, max_message_bytes=len(data) - 1) == "size.too_large"

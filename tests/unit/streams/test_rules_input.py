@@ -58,3 +58,8 @@ def test_ingested_at_far_in_the_future_is_refused() -> None:
 def test_ingested_at_within_the_tolerance_is_kept() -> None:
     point = check(raw(ingested_at="2024-06-03T15:00:02Z"))
     assert point.ingested_at == datetime(2024, 6, 3, 15, 0, 2, tzinfo=UTC)  # type: ignore[attr-defined]
+
+
+def test_ingested_at_just_past_the_tolerance_is_refused() -> None:
+    # the default tolerance is 5 s (timestamp.future's); 6 s ahead is past it, not twice it
+    assert rule_of(raw(ingested_at="2024-06-03T15:00:06Z")) == "ingested_at.future"

@@ -273,6 +273,16 @@ def test_gaps_in_1m_bars_but_not_across_a_session_break() -> None:
     assert g.update(bar(t, 1, 1, "1m")) == []  # out of order: ignored
 
 
+def test_without_a_calendar_consecutive_bars_miss_none() -> None:
+    """No exchange (default_exchange None): the grid alone counts the bars missing between two; consecutive bars
+    are none (a count off by one reported a gap between every two bars)."""
+    g = BarGaps(AnomalySettings(default_exchange=None))
+    t = datetime(2024, 5, 6, 14, 0, tzinfo=UTC)
+    assert [g.update(bar(t + timedelta(minutes=5 * i), 1, 1, "5m")) for i in range(4)] == [[], [], [], []]
+    [a] = g.update(bar(t + timedelta(minutes=30), 1, 1, "5m"))  # 14:20 and 14:25 missing
+    assert a.score == 2
+
+
 def test_a_lunch_break_is_no_gap_and_no_silence() -> None:
     """Hong Kong closes 12:00-13:00: every day's 5-minute bars reported 12 missing bars after 11:55, and a feed
     silent over lunch was stale. A gap inside a half-day is still one."""
@@ -552,3 +562,31 @@ def test_a_pause_between_bursts_of_a_fast_feed_is_not_stale() -> None:
     for i in range(10):
         off.update(trade(100.0 + i, i * 0.001))
     assert off.check_stale(T0 + timedelta(seconds=0.009 + 0.004))  # no floor: 3x the interval, as before
+
+
+def test_spread_too_wide_judges_nothing_while_the_days_median_is_zero() -> None:
+    sp = SpreadTooWide(AnomalySettings(spread_min_observations=20))
+    for i in range(30):
+        assert sp.update(quote(100.0, 100.0, i)) == []  # locked quotes: spread 0
+    assert sp.zeros == 30 and sp.median() == 0.0
+    assert sp.update(quote(100.0, 100.05, 31)) == []
+
+
+def test_trade_outside_quote_allows_one_spread_below_the_bid_and_no_band_for_a_locked_quote() -> None:
+    t4 = TradeOutsideQuote()
+    t4.update(quote(100.00, 100.25, 1))
+    assert t4.update(trade(99.80, 2)) == []  # under the bid, within one spread
+    assert t4.update(trade(99.75, 3)) == []  # exactly bid - spread is not below it
+    t4.update(quote(100.0, 100.0, 4))  # locked: no band
+    assert t4.update(trade(100.01, 5)) == [] and t4.update(trade(99.99, 6)) == []
+
+
+def test_a_suspect_trade_is_judged_but_never_kept() -> None:
+    """The suite passes suspect=True for a trade another detector flagged: it must not become a reference."""
+    ce = ClearlyErroneous()
+    ce.update(trade(100.0, 0))
+    assert ce.update(trade(101.0, 1), suspect=True) == []
+    assert ce.reference == 100.0
+    bg = BrownleesGallo()
+    bg.update(trade(100.0, 0), suspect=True)  # warming up
+    assert len(bg.window) == 0

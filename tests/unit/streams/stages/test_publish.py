@@ -273,3 +273,9 @@ def test_a_replayed_record_refused_again_names_the_dead_letter_it_came_from() ->
     # a chain D -> C1 -> C2: only C2, the newest refusal, is replayed (judged by its own rule)
     assert replaced_origins([{"tickflow.rule": "a"}, {"tickflow.replayed_from": "3:1042"},
                              {"tickflow.replayed_from": "0:7"}]) == {"3:1042", "0:7"}
+
+
+def test_a_dead_letters_error_header_is_capped() -> None:
+    why = publish.Rejection("validate", "schema.missing", "x" * 5000, "RejectedRecord", "raw.sim", 0, 7)
+    error = dict(why.headers())["tickflow.error"]
+    assert error == b"x" * publish.MAX_ERROR_CHARS

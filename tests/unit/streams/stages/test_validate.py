@@ -494,3 +494,22 @@ def test_a_run_of_records_is_routed_as_each_record_on_its_own() -> None:
     for c in counts:
         c["recent"] = [{k: v for k, v in r.items() if k != "detected_at"} for r in c["recent"]]
     assert counts[0] == counts[1] and counts[0]["processed"] == len(recs)
+
+
+def test_a_dead_letter_keeps_the_records_key_and_value() -> None:
+    rec = bad(3)
+    [m] = Router(Validator(ValidationSettings()), catalog).route(rec, MetricsDelta())
+    assert (m.topic, m.key, m.value) == (rejected_topic_name, rec.key, rec.value)
+
+
+def test_a_bug_in_a_rule_dead_letters_the_record_instead_of_stopping_the_stage() -> None:
+    class Broken(Validator):
+        def check(self, raw: bytes | None, **kw: Any) -> Any:  # type: ignore[override]
+            raise RuntimeError("a rule's bug")
+
+    delta = MetricsDelta()
+    [m] = Router(Broken(ValidationSettings()), catalog).route(good(1), delta)
+    headers = dict(m.headers or [])
+    assert m.topic == rejected_topic_name and m.key == b"AAPL"
+    assert headers["tickflow.rule"] == b"internal.error" and headers["tickflow.exception.class"] == b"RuntimeError"
+    assert delta.of("simulated").rejected == 1

@@ -284,3 +284,12 @@ async def test_the_workers_shared_writer_passes_the_records_json_on() -> None:
     assert shared.takes_json and not SharedWriter(FakeWriter()).takes_json  # type: ignore[arg-type]
     await make_stage(shared, out).process([Rec(make_point(1.0, 0).to_json(), 0)])
     assert fake.json_calls == 1 and len(fake.stored) == 1 and out.deltas[0].of("s").latency_n == 1
+
+
+def test_a_newer_revision_counts_as_written_a_stale_one_as_a_duplicate() -> None:
+    """`written` is what changed the store: an update by a newer revision (a FRED vintage, a forming bar) is one;
+    counting inserts only showed revisions as never written."""
+    delta = MetricsDelta()
+    WriteTicks._count(delta, WriteResult(inserted=2, duplicates=1, inserted_by_source={"fred": 2}, updated=3,
+                                         updated_by_source={"fred": 3}, duplicates_by_source={"fred": 1}))
+    assert (delta.of("fred").written, delta.of("fred").duplicates) == (5, 1)
