@@ -32,6 +32,7 @@ the websocket (FinnhubTradeStream). Both write raw.finnhub with source "finnhub"
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -593,6 +594,7 @@ class FinnhubTradeStream(_Counted, Source):
     name = SOURCE
     PRINTS_WINDOW_MS = 60_000  # trade time a print's count is kept: Finnhub sends a trade within seconds
     PRINTS_PRUNE_SECONDS = 10.0
+    RESENT_WINDOW = 256  # trade messages remembered to tell a message sent again from new prints
 
     def __init__(self, settings: FinnhubSettings, api_key: SecretStr | None = None,
                  env: Mapping[str, str] | None = None, *, rng: random.Random | None = None,
@@ -609,6 +611,11 @@ class FinnhubTradeStream(_Counted, Source):
         self.ignored: Counter[str] = Counter()  # per message type nothing here reads ("news", a new one, ...)
         self._prints: Counter[tuple[Any, ...]] = Counter()  # (s, t, p, v) -> prints so far (parse_trades)
         self._prints_pruned = time.monotonic()
+        # Digests of the latest trade messages: Finnhub has sent every message two or three times in a row
+        # (finnhubio/Finnhub-API#143, #158); counted across messages, a copy's prints got new keys, rows of their
+        # own. A message identical to a recent one is that copy, left out (counted in resent).
+        self._recent = SeenIds(self.RESENT_WINDOW)
+        self.resent = 0
 
     def url(self) -> URL:
         return URL(self.settings.ws_url).update_query(token=self.api_key.get_secret_value())
@@ -637,6 +644,11 @@ class FinnhubTradeStream(_Counted, Source):
         if kind != "error":  # an error message is no sign that the connection works
             self.connections.delivered()
         if kind == "trade":
+            if self._seen_message(raw):
+                self.resent += 1
+                self._warn_once("resent", "finnhub ws: a trade message identical to a recent one, left out as sent "
+                                "again (counted in resent, not warned again)")
+                return []
             skipped: Counter[str] = Counter()
             try:
                 return parse_trades(doc, skipped=skipped, seen=self._prints)
@@ -655,14 +667,24 @@ class FinnhubTradeStream(_Counted, Source):
                             "not warned again for this type): %s", name, name, self.redact(str(raw)[:200]))
         return []
 
+    def _seen_message(self, raw: str | bytes) -> bool:
+        """Whether this trade message is byte-identical to one of the last RESENT_WINDOW (and remember it)."""
+        return not self._recent.add(hashlib.blake2b(raw.encode() if isinstance(raw, str) else raw,
+                                                    digest_size=16).hexdigest())
+
     def _forget_old_prints(self) -> None:
-        """Bound `_prints`: every PRINTS_PRUNE_SECONDS, the counts of trades over a minute old go."""
+        """Bound `_prints`: every PRINTS_PRUNE_SECONDS, the counts of a symbol's trades over a minute older than its
+        newest trade go. Trade time, not the wall clock: a delayed feed's trades (or a clock ahead) would have
+        every count forgotten at each prune, and a millisecond's prints split around it would share a key."""
         now = time.monotonic()
         if now - self._prints_pruned < self.PRINTS_PRUNE_SECONDS:
             return
         self._prints_pruned = now
-        cutoff = time.time() * 1000 - self.PRINTS_WINDOW_MS
-        for key in [k for k in self._prints if k[1] < cutoff]:
+        newest: dict[Any, int] = {}
+        for k in self._prints:
+            if k[1] > newest.get(k[0], k[1] - 1):
+                newest[k[0]] = k[1]
+        for key in [k for k in self._prints if k[1] < newest[k[0]] - self.PRINTS_WINDOW_MS]:
             del self._prints[key]
 
     async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:

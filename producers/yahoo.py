@@ -706,10 +706,27 @@ class YahooSource(PollingSource):
 
     # -------------------------------------------------------------------------------- endpoints
 
+    def _info_blocking(self, symbol: str) -> dict[str, Any]:
+        """Ticker.info; when its first request, quoteSummary (fundamentals), is refused, the v7 quote alone, which
+        holds every field parse_quote reads. Yahoo answers quoteSummary 404 for a symbol without those modules
+        and in its outages of that service (download working, info not: yfinance #1732, #1753); with
+        hide_exceptions off (module top) yfinance raises there instead of going on to the v7 quote."""
+        t = self.ticker(symbol)
+        try:
+            return dict(t.info or {})
+        except curl_requests.exceptions.HTTPError:  # yfinance's HTTPError (yfinance._http)
+            self._tickers.pop(symbol.upper(), None)  # its info is marked fetched: the next poll asks again
+            doc = t._data.get_raw_json("https://query1.finance.yahoo.com/v7/finance/quote",
+                                       params={"symbols": symbol.upper(), "formatted": "false"})
+            result = ((doc or {}).get("quoteResponse") or {}).get("result") or []
+            if not result:
+                raise
+            return dict(result[0])
+
     async def quote(self, symbol: str) -> list[MarketDataPoint]:
         """Ticker.info (yfinance's quoteSummary + v7 quote) -> ticks. Ticker.info takes no timeout (yfinance asks
         with its own 30 s per request): each attempt is bounded by request_timeout_seconds here instead."""
-        info = await self._call("quote", symbol, lambda: dict(self.ticker(symbol).info or {}),
+        info = await self._call("quote", symbol, lambda: self._info_blocking(symbol),
                                 timeout=self.settings.request_timeout_seconds)
         try:
             return parse_quote(info, symbol)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -103,6 +104,8 @@ BRIEF_SECTIONS: dict[str, tuple[str, ...]] = {
     "kafka": ("kafka",),
     "postgresql": ("postgres",),
 }
+
+logger = logging.getLogger(__name__)
 
 
 def _key_env_note(section: type[SourceSection]) -> str:
@@ -508,7 +511,8 @@ class Settings(BaseSettings):
             on = section.enabled if section.enabled is not None else not others_on
             if not on or not isinstance(symbols, list):
                 continue
-            sent: dict[str, str] = {}
+            sent: dict[str, str] = {}  # as sent -> as written, first spelling
+            twice: list[str] = []
             for symbol in symbols:
                 # as each source sends it: the simulated one as written, stocktwits stripped, the others upper-cased
                 s = str(symbol) if name == "simulated" else str(symbol).upper()
@@ -517,13 +521,16 @@ class Settings(BaseSettings):
                     raise ValueError(f"sources.{name}.symbols: {str(symbol)[:40]!r} is not a symbol validation "
                                      f"accepts (validation.symbol_pattern {v.symbol_pattern}, at most "
                                      f"{v.max_symbol_length} characters): every record of it would be rejected")
-                # [AAPL, aapl]: the source polls AAPL twice a round, spending its rate limit (Alpha Vantage: 25
-                # calls a day) on the same answer
+                # [AAPL, aapl]: a source that does not drop repeats itself (news, social, stocktwits) made each
+                # call twice a round, spending its rate limit on the same answer: kept once, said once
                 if s in sent:
-                    same = "" if str(symbol) == sent[s] else f" (as {s}, like {sent[s]!r})"
-                    raise ValueError(f"sources.{name}.symbols: {str(symbol)[:40]!r} is listed twice{same}: each "
-                                     "symbol's calls would be made twice; list it once")
-                sent[s] = str(symbol)
+                    twice.append(str(symbol)[:40])
+                else:
+                    sent[s] = str(symbol)
+            if twice:
+                logger.warning("sources.%s.symbols: %s listed more than once; each symbol is asked for once",
+                               name, ", ".join(repr(t) for t in twice))
+                section.symbols = list(sent.values())
         return self
 
 

@@ -220,6 +220,9 @@ class BarGaps(Detector):
         self.exchange: str | None = None  # the calendar's name ("" = none), found on the first bar
         self.exchange_restored = False  # from saved state: found again on the next bar (the rules may be newer)
         self.edge = EDGE_NONE  # the last bar's place in its session (class docstring)
+        # interval -> the latest bar's edge: a revision of that bar (a poller re-sends the forming bar, then its
+        # final version with the closing auction's volume) keeps its place, else it was judged as a midday bar
+        self.edges: dict[str, int] = {}
 
     def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
         self.edge = EDGE_NONE
@@ -233,6 +236,8 @@ class BarGaps(Detector):
         ts = (f or _Facts(point)).ts
         last = self.last.get(key)
         if last is not None and ts <= last:
+            if ts == last:
+                self.edge = self.edges.get(key, EDGE_NONE)
             return []
         _put_bounded(self.last, key, ts, self.settings.max_streams)
         s = self.settings
@@ -242,6 +247,7 @@ class BarGaps(Detector):
         cal = calendar(self.exchange) if self.exchange else None
         if cal is not None and step < 86400 and not cal.always_open:
             self.edge = _edge(cal, last, ts, step)
+        _put_bounded(self.edges, key, self.edge, self.settings.max_streams)
         if last is None:
             return []
         d0, d1 = int(last // 86400), int(ts // 86400)
@@ -269,10 +275,12 @@ class BarGaps(Detector):
                            {"after": since, "interval": key})]
 
     def _dump(self) -> dict[str, Any]:
-        return {"last": self.last, "exchange": self.exchange}
+        return {"last": self.last, "exchange": self.exchange, "edges": self.edges}
 
     def _load(self, state: dict[str, Any]) -> None:
         self.exchange = state.get("exchange")
         self.exchange_restored = True
         for k, ts in state.get("last", {}).items():
             _put_bounded(self.last, k, float(ts), self.settings.max_streams)
+        for k, e in state.get("edges", {}).items():
+            _put_bounded(self.edges, k, int(e), self.settings.max_streams)

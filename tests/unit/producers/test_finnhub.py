@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
@@ -170,10 +171,36 @@ def test_parse_trades_millis_and_distinct_ids() -> None:
 def test_equal_prints_of_one_millisecond_in_two_messages_keep_two_keys() -> None:
     """Finnhub may send the prints of one millisecond in two messages: each stays a row of its own."""
     stream = FinnhubTradeStream(FinnhubSettings(symbols=["AAPL"]), api_key=SecretStr(KEY))
-    msg = json.dumps({"type": "trade", "data": [{"s": "AAPL", "p": 189.5, "t": 1717171200123, "v": 1, "c": ["1"]}]})
-    first, second = stream._handle(msg), stream._handle(msg)
-    assert [p.item_id for p in first + second] == ["AAPL:1717171200123:189.5:1:0", "AAPL:1717171200123:189.5:1:1"]
+    print_ = {"s": "AAPL", "p": 189.5, "t": 1717171200123, "v": 1, "c": ["1"]}
+    first = stream._handle(json.dumps({"type": "trade", "data": [print_]}))
+    second = stream._handle(json.dumps({"type": "trade", "data": [print_, {**print_, "t": 1717171200124}]}))
+    assert [p.item_id for p in first + second[:1]] == ["AAPL:1717171200123:189.5:1:0",
+                                                       "AAPL:1717171200123:189.5:1:1"]
     assert first[0].natural_key() != second[0].natural_key()
+
+
+def test_a_trade_message_sent_again_is_left_out_not_new_rows() -> None:
+    """Finnhub has sent every trade message two or three times in a row (finnhubio/Finnhub-API#143, #158). With
+    the count carried across messages, each copy's prints got new keys (":1", ":2"): rows of their own, the volume
+    counted thrice. A byte-identical copy of a recent message is left out and counted."""
+    stream = FinnhubTradeStream(FinnhubSettings(symbols=["AAPL"]), api_key=SecretStr(KEY))
+    msg = json.dumps({"type": "trade", "data": [{"s": "AAPL", "p": 284.45, "t": 1586876152227, "v": 300}]})
+    points = [p for _ in range(3) for p in stream._handle(msg)]
+    assert [p.item_id for p in points] == ["AAPL:1586876152227:284.45:300:0"] and stream.resent == 2
+
+
+def test_counts_of_a_delayed_feed_are_kept_by_trade_time_not_the_wall_clock() -> None:
+    """Trades two minutes old when they arrive (a delayed listing, a clock ahead): pruned against the wall clock,
+    every count went at each prune, and a millisecond's second print, in the next message, took the first's key."""
+    stream = FinnhubTradeStream(FinnhubSettings(symbols=["AAPL"]), api_key=SecretStr(KEY))
+    stream.PRINTS_PRUNE_SECONDS = 0.0
+    t = int(time.time() * 1000) - 120_000
+    trade = {"s": "AAPL", "p": 10.0, "t": t, "v": 100}
+    first = stream._handle(json.dumps({"type": "trade", "data": [trade]}))
+    second = stream._handle(json.dumps({"type": "trade", "data": [trade, {**trade, "p": 10.01}]}))
+    assert [p.item_id[-2:] for p in first + second] == [":0", ":1", ":0"]
+    stream._handle(json.dumps({"type": "trade", "data": [{**trade, "t": t + 61_000}]}))
+    assert all(k[1] > t for k in stream._prints)  # a minute older than the symbol's newest trade: forgotten
 
 
 def test_ws_zero_volume_crypto_and_fx_trades_are_kept() -> None:

@@ -559,6 +559,8 @@ async def test_tick_from_the_v7_quote(serve: Serve) -> None:
     src = YahooSource(settings(await serve(fake.app()), symbols=["MSFT"], tick_from="quote", bars=False))
     ticks = await src.poll_once(None)
     assert [(t.price, t.metadata["session"]) for t in ticks] == [(417.0, "regular"), (417.35, "post")]
+    src._last_tick.clear()
+    assert len(await src.poll_once(None)) == 2 and not src.unexpected  # and the next poll too
     assert (ticks[0].bid, ticks[1].bid, ticks[1].ask) == (None, 416.9, 417.2)  # marketState POST
     assert fake.quotes and fake.quotes[0]["symbols"] == "MSFT"
     assert await src.poll_once(None) == []  # nothing moved
@@ -768,3 +770,22 @@ def test_a_request_without_an_answer_is_a_network_failure_to_retry() -> None:
     assert err.retriable is True and "HTTP 0" not in str(err) and "Could not resolve host" in str(err)
     served = curl_requests.RequestsError("HTTP Error 503", 22, SimpleNamespace(status_code=503))
     assert str(YahooSource._classify(served, "AAPL")).startswith("HTTP 503 for AAPL")
+
+
+async def test_tick_from_the_v7_quote_when_quote_summary_is_refused(serve: Serve) -> None:
+    """Ticker.info asks quoteSummary first; Yahoo answers it 404 for a symbol without fundamentals and in outages of
+    that service. With yfinance's hide_exceptions off that 404 failed the whole call, though the v7 quote has the
+    price (with it on, yfinance went on to the v7 quote)."""
+
+    class NoSummary(FakeYahoo):
+        async def summary(self, request: web.Request) -> web.Response:
+            return web.json_response({"quoteSummary": {"result": None, "error": {
+                "code": "Not Found", "description": "No fundamentals data found for any of the summaryTypes"}}},
+                status=404)
+
+    fake = NoSummary()
+    src = YahooSource(settings(await serve(fake.app()), symbols=["MSFT"], tick_from="quote", bars=False))
+    ticks = await src.poll_once(None)
+    assert [(t.price, t.metadata["session"]) for t in ticks] == [(417.0, "regular"), (417.35, "post")]
+    src._last_tick.clear()
+    assert len(await src.poll_once(None)) == 2 and not src.unexpected  # and the next poll too

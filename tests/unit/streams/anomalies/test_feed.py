@@ -54,3 +54,16 @@ def test_fx_sessions_have_edges_only_around_the_weekend(stamps: list[datetime], 
 def test_no_edge_for_daily_bars_or_a_market_always_open() -> None:
     assert edges("MSFT", [datetime(2024, 3, 4, tzinfo=UTC), datetime(2024, 3, 5, tzinfo=UTC)], "1d") == [0, 0]
     assert edges("BTC-USD", [datetime(2024, 3, 5, 23, 59, tzinfo=UTC), datetime(2024, 3, 6, tzinfo=UTC)]) == [0, 0]
+
+
+def test_a_revision_of_the_latest_bar_keeps_its_place_also_after_a_restart() -> None:
+    """A live poller sends the forming minute, then the same minute again (final): the revision is still the closing
+    (or opening) bar, not a midday one."""
+    d = datetime(2024, 3, 5, tzinfo=UTC)
+    close, open_ = d.replace(hour=20, minute=59), d.replace(day=6, hour=14, minute=30)
+    assert edges("MSFT", [close, close, open_, open_]) == [EDGE_CLOSE, EDGE_CLOSE, EDGE_OPEN, EDGE_OPEN]
+    gaps = BarGaps()
+    gaps.update(minute_bar("MSFT", close))
+    restored = BarGaps.from_state(gaps.to_state())
+    restored.update(minute_bar("MSFT", close))
+    assert restored.edge == EDGE_CLOSE

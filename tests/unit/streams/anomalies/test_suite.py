@@ -266,3 +266,24 @@ def test_the_closing_minute_is_judged_against_other_closing_minutes() -> None:
     flagged = volume_flags("AZN.L", spans, vol)
     assert all(ts == span[-1] for span in spans for ts in flagged if ts in span)  # closing minutes only
     assert [k for k, span in enumerate(spans) if span[-1] in flagged if k >= 20] == [28]
+
+
+def test_a_revised_closing_minute_is_judged_against_other_closing_minutes() -> None:
+    """A live poller (Yahoo's, Finnhub's: bars from the last one sent) sends the forming closing minute, then the
+    same minute final, its closing auction included: that revision was judged against midday minutes (BarGaps gave
+    a revision no edge) and flagged every day."""
+    rng = random.Random(4)
+    spans = session_minutes("AZN.L", "2024-04-02", 30)
+    suite = DetectorSuite()
+    flagged = []
+    for k, span in enumerate(spans):
+        for j, ts in enumerate(span):
+            v = 1e5 * math.exp(rng.gauss(0, 0.3))
+            if j == len(span) - 1:
+                suite.update(minute("AZN.L", ts, v))  # the forming minute
+                out = suite.update(minute("AZN.L", ts, 45 * v))  # final
+            else:
+                out = suite.update(minute("AZN.L", ts, 30 * v if j == 0 else v))
+            if k >= 20 and any(a.detector == "volume_spike" for a in out):
+                flagged.append(k)
+    assert flagged == []
