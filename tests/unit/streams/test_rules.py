@@ -262,3 +262,24 @@ def test_a_record_of_exactly_the_size_limit_passes() -> None:
     data = raw()
     Validator(ValidationSettings(max_message_bytes=len(data))).check(data, source="sim", now=NOW)
     assert rule_of(data, max_message_bytes=len(data) - 1) == "size.too_large"
+
+
+def test_a_symbol_or_text_of_exactly_its_limit_passes_one_more_character_does_not() -> None:
+    v = Validator(ValidationSettings(max_symbol_length=6, max_text_length=20))
+    v.check(raw(symbol="ABCDEF"), source="sim", now=NOW)
+    assert rule_of(raw(symbol="ABCDEFG"), max_symbol_length=6) == "symbol.pattern"
+    news = {"data_type": "news", "price": None, "headline": "h" * 20, "url": "https://example.org/a"}
+    v.check(raw(**news), source="sim", now=NOW)
+    assert rule_of(raw(**{**news, "headline": "h" * 21}), max_text_length=20) == "text.too_long"
+
+
+def test_a_breaker_reopens_when_its_cool_down_has_passed_exactly() -> None:
+    from streams.rules import SourceBreakers
+
+    clock = FakeClock()
+    b = SourceBreakers(ratio=0.5, window=2, cooldown=60.0, clock=clock)
+    b.record("bad", True)
+    b.record("bad", True)
+    b.trip("bad")
+    clock.now += 60.0
+    assert b.due() == ["bad"]
