@@ -462,6 +462,9 @@ class VolumeSpike(Detector):
         super().__init__(settings)
         self.windows: dict[str, _Window] = {}
         self.last_bar: dict[str, float] = {}  # intraday bar stream -> its last bar's time
+        # bar stream -> (time, window) of the bar whose volume entered a window last: its revision (a poller sends
+        # the forming bar, then the final one) replaces that volume instead of adding a second, partial one
+        self.last_push: dict[str, tuple[float, str]] = {}
         # read at every volume: kept here, a settings model's attribute costs a __getattr__ hook (core._Facts)
         s = self.settings
         self._min_window, self._multiplier, self._scale = s.volume_min_window, s.volume_mad_multiplier, \
@@ -500,6 +503,10 @@ class VolumeSpike(Detector):
             w = _Window(s.volume_window)
             _put_bounded(self.windows, key, w, self._max_windows)
         pushed = w
+        if kind == _BAR:
+            if (prev := self.last_push.get(f.stream)) is not None and prev[0] == f.ts and prev[1] == key and len(w):
+                w.pop()  # this bar's earlier version: judged against the other bars, not against itself
+            _put_bounded(self.last_push, f.stream, (f.ts, key), s.max_streams)
         if judged_in and (main := self.windows.get(judged_in)) is not None:
             w = main
         out: list[Anomaly] = []

@@ -98,6 +98,13 @@ class _Window:
         values.append(v)
         bisect.insort(self.sorted, v)
 
+    def pop(self) -> float:
+        """Take the newest value back out (a bar's earlier version, which its revision replaces)."""
+        v = self.values.pop()
+        srt = self.sorted
+        del srt[bisect.bisect_left(srt, v)]
+        return v
+
     def scale(self, factor: float) -> None:
         values = [v * factor for v in self.values]
         self.values.clear()

@@ -522,6 +522,25 @@ def test_the_opening_minute_is_judged_against_other_openings_not_the_minutes_bef
     assert a.details["stream"] == "bar:1m|open"
 
 
+@pytest.mark.parametrize("interval", ["1d", "1m"])
+def test_a_revised_bar_replaces_its_earlier_volume_in_the_window(interval: str) -> None:
+    """A poller sends the forming bar, then the final one (the same time, more volume): the window held both, its
+    median dragged down by partial volumes, and a final bar was judged against its own earlier version too."""
+    step = timedelta(days=1) if interval == "1d" else timedelta(minutes=1)
+    once, twice = VolumeSpike(), VolumeSpike()
+    rng = random.Random(3)
+    for i in range(40):
+        v = 1e6 * math.exp(rng.gauss(0, 0.2))
+        b = bar(T0 + i * step, 1.0, 1.0, interval, volume=v)
+        once.update(b)
+        twice.update(b.model_copy(update={"volume": v * 0.3}))  # forming
+        twice.update(b)  # final
+    assert [list(w.values) for w in twice.windows.values()] == [list(w.values) for w in once.windows.values()]
+    spike = bar(T0 + 40 * step, 1.0, 1.0, interval, volume=3.5e7)
+    assert bool(twice.update(spike.model_copy(update={"volume": 1e6}))) is False
+    assert bool(twice.update(spike)) is bool(once.update(spike)) is True
+
+
 def test_a_stream_whose_volumes_spread_widely_needs_a_larger_multiple() -> None:
     """Daily volumes of an illiquid stock: a tenth of its days trade 15x its median. 25x the median is above 20
     (volume_min_ratio) but not above 5x its 90th percentile."""
