@@ -175,16 +175,17 @@ def weekdays_between(d0: date, d1: date, holidays: Iterable[date] = ()) -> int:
     return count - sum(1 for h in set(holidays) if d0 < h < d1 and h.weekday() < 5)
 
 
-EDGE_NONE, EDGE_OPEN, EDGE_CLOSE = 0, 1, 2
+EDGE_NONE, EDGE_OPEN, EDGE_CLOSE, EDGE_OUTSIDE = 0, 1, 2, 3
 
 
 def _edge(cal: SessionCalendar, last: float | None, ts: float, step: int) -> int:
     """An intraday bar's place in its calendar span (BarGaps docstring): EDGE_OPEN when the bar before it (None:
     none seen) was before the span's open and the market was closed between the two spans, EDGE_CLOSE when the bar
-    reaches the span's close and the market closes after it, else EDGE_NONE."""
+    reaches the span's close and the market closes after it, EDGE_OUTSIDE for a bar outside every span on a day
+    the calendar covers (pre- and post-market), else EDGE_NONE."""
     i = cal.session_of(ts)
     if i is None:
-        return EDGE_NONE
+        return EDGE_OUTSIDE if cal.covers(int(ts // 86400)) else EDGE_NONE
     opens, closes = cal.opens, cal.closes
     if last is not None and last < opens[i] and (i == 0 or closes[i - 1] < opens[i]):
         return EDGE_OPEN
@@ -207,8 +208,9 @@ class BarGaps(Detector):
     `edge` tells the suite where an intraday bar sits in its exchange's sessions (the calendar's spans: a session
     with a lunch break is two): EDGE_OPEN for the first bar of a span the market reopened for after a closure (the
     night, a weekend, a lunch break), EDGE_CLOSE for the bar that reaches a span's close before a closure (its
-    closing auction), else EDGE_NONE (also without a calendar, and for a 24/5 market's daily boundary, which closes
-    nothing). VolumeSpike judges those bars against their own kind (intraday volume is U-shaped).
+    closing auction), EDGE_OUTSIDE for a bar outside the sessions (extended hours), else EDGE_NONE (also without a
+    calendar, and for a 24/5 market's daily boundary, which closes nothing). VolumeSpike judges those bars against
+    their own kind (intraday volume is U-shaped; pre- and post-market trade a fraction of it).
     """
 
     name = "bar_gap"

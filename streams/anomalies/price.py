@@ -446,8 +446,9 @@ class VolumeSpike(Detector):
     auction, after the night or a lunch break) is judged against the stream's other first bars, and the bar that
     reaches the close before a closure (its closing auction: AZN.L's last 2-minute bar at 14-19x a midday one)
     against the other closing bars, once there are volume_min_window of them (before that, against the stream's
-    window as any bar). Where a bar sits comes from the exchange calendar (`edge`, BarGaps in the suite); alone,
-    a bar after a silence of session_break_seconds is a first bar.
+    window as any bar); a pre- or post-market bar against the other bars outside the sessions. Where a bar sits
+    comes from the exchange calendar (`edge`, BarGaps in the suite); alone, a bar after a silence of
+    session_break_seconds is a first bar.
     MAD is the normal-consistent one (1.4826 x the raw median absolute deviation, R's mad() and Hampel's
     identifier); with the raw MAD, 10 MAD sits ~2.7 sd up on lognormal(0.6) trade sizes, a 0.3% false-flag rate.
 
@@ -469,14 +470,15 @@ class VolumeSpike(Detector):
         s = self.settings
         self._min_window, self._multiplier, self._scale = s.volume_min_window, s.volume_mad_multiplier, \
             s.volume_mad_scale
-        # up to three windows per sub-stream (an intraday bar stream's own, its first bars', its closing bars')
-        self._max_windows = 3 * s.max_streams
+        # up to four windows per sub-stream (an intraday bar stream's own, its first bars', its closing bars', its
+        # extended hours')
+        self._max_windows = 4 * s.max_streams
 
     def update(self, point: MarketDataPoint, f: _Facts | None = None, *, judge: bool = True,
                edge: int = 0) -> list[Anomaly]:
         """`judge=False` (the suite, for a bar whose return is an outlier): the volume enters the window unjudged,
         so the next bar is judged against it too. `edge` (the suite, from BarGaps and the exchange calendar): 1 for
-        a session's first bar, 2 for its closing bar, 0 for any other."""
+        a session's first bar, 2 for its closing bar, 3 for a bar outside the sessions, 0 for any other."""
         f = f or _Facts(point)
         v = f.volume
         kind = f.kind
@@ -491,7 +493,9 @@ class VolumeSpike(Detector):
             # the stream's other opening bars, not against the minutes before it; the closing bar likewise.
             last = self.last_bar.get(key)
             _put_bounded(self.last_bar, key, f.ts, s.max_streams)
-            if edge == 1 or (last is not None and f.ts - last >= s.session_break_seconds):
+            if edge == 3:  # pre- or post-market: a fraction of a regular bar's volume
+                key += "|outside"
+            elif edge == 1 or (last is not None and f.ts - last >= s.session_break_seconds):
                 key += "|open"
             elif edge == 2:
                 cw = self.windows.get(key + "|close")
@@ -535,7 +539,7 @@ class VolumeSpike(Detector):
         return out
 
     def rescale_volume(self, stream: str, factor: float) -> None:
-        for key in (stream, stream + "|open", stream + "|close"):
+        for key in (stream, stream + "|open", stream + "|close", stream + "|outside"):
             if key in self.windows:
                 self.windows[key].scale(factor)
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streams.anomalies.feed import EDGE_CLOSE, EDGE_NONE, EDGE_OPEN, BarGaps
+from streams.anomalies.feed import EDGE_CLOSE, EDGE_NONE, EDGE_OPEN, EDGE_OUTSIDE, BarGaps
 from streams.models import MarketDataPoint
 
 
@@ -34,11 +34,11 @@ def test_hong_kong_minutes_open_after_the_night_and_after_the_lunch_break() -> N
 
 def test_the_first_regular_bar_after_pre_market_bars_opens_the_session() -> None:
     """XNYS 2024-03-05 (EST): a pre-market minute before the 14:30 UTC open; the 20:59 minute reaches the close; a
-    post-market minute is in no session."""
+    post-market minute is outside the sessions."""
     d = datetime(2024, 3, 5, tzinfo=UTC)
     stamps = [d.replace(hour=14, minute=29), d.replace(hour=14, minute=30), d.replace(hour=20, minute=59),
               d.replace(hour=21, minute=5)]
-    assert edges("MSFT", stamps) == [EDGE_NONE, EDGE_OPEN, EDGE_CLOSE, EDGE_NONE]
+    assert edges("MSFT", stamps) == [EDGE_OUTSIDE, EDGE_OPEN, EDGE_CLOSE, EDGE_OUTSIDE]
 
 
 @pytest.mark.parametrize(("stamps", "expected"), [

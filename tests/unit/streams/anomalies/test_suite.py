@@ -287,3 +287,23 @@ def test_a_revised_closing_minute_is_judged_against_other_closing_minutes() -> N
             if k >= 20 and any(a.detector == "volume_spike" for a in out):
                 flagged.append(k)
     assert flagged == []
+
+
+def test_extended_hours_bars_are_judged_against_their_own_kind() -> None:
+    """A `prepost` stream: pre- and post-market 5-minute bars trade a twentieth of a regular one. The regular
+    session's bars were judged against a window of mostly extended-hours bars (and its first pre-market bar
+    against the 09:30 auctions): a busy regular morning read as a spike. A midday block 60x is still one."""
+    rng = random.Random(6)
+    suite = DetectorSuite()
+    flagged: list[tuple[int, str]] = []
+    for k, span in enumerate(session_minutes("MSFT", "2024-04-01", 30, step=300)):
+        pre = [span[0] - timedelta(minutes=5 * i) for i in range(66, 0, -1)]  # 04:00-09:25 New York
+        post = [span[-1] + timedelta(minutes=5 * i) for i in range(1, 49)]  # 16:00-19:55
+        for part, times in (("pre", pre), ("regular", span), ("post", post)):
+            for j, ts in enumerate(times):
+                v = 1e5 * math.exp(rng.gauss(0, 0.3)) * (1 / 20 if part != "regular" else 30 if j == 0 else 1)
+                if k == 25 and part == "regular" and j == 40:
+                    v *= 60
+                if any(a.detector == "volume_spike" for a in suite.update(minute("MSFT", ts, v, "5m"))):
+                    flagged.append((k, part))
+    assert [f for f in flagged if f[0] >= 10] == [(25, "regular")]
