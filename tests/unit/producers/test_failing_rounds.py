@@ -253,3 +253,37 @@ async def test_a_round_that_delivered_points_is_not_a_failed_round() -> None:
     rounds = OneGoodOneBad().fetch(session=object())  # type: ignore[arg-type]
     assert await rounds.__anext__() == [point]
     await rounds.aclose()
+
+
+async def test_rounds_start_every_interval_however_long_a_round_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """interval_seconds is from one round's start to the next: a round that took 4 s of a 10 s interval waits 6 s
+    (waiting 10 s after it drifted the schedule by every round's own length)."""
+    from types import SimpleNamespace
+
+    from producers import base
+    from producers.base import PollingSource
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(base.time, "monotonic", lambda: clock["now"])
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock["now"] += seconds
+
+    monkeypatch.setattr(base.asyncio, "sleep", sleep)
+
+    class Slow(PollingSource):
+        name = "fake"
+        settings = SimpleNamespace(interval_seconds=10.0)
+
+        async def poll_once(self, session: Any) -> list[Any]:
+            self.call_succeeded()
+            clock["now"] += 4.0
+            return []
+
+    rounds = Slow().fetch(session=object())  # type: ignore[arg-type]
+    for _ in range(3):
+        assert await rounds.__anext__() == []
+    await rounds.aclose()
+    assert waits == [6.0, 6.0]

@@ -57,6 +57,17 @@ def test_seen_ids_is_bounded_and_forgets_the_oldest() -> None:
     assert seen.add("a") and not seen.add("c")
 
 
+def test_seen_ids_tell_items_apart_by_symbol_kind_and_id() -> None:
+    """A news article and a social post may share an id (both providers' own numbering), and one article is news
+    of several symbols: each is an item of its own, none left out as a repeat."""
+    seen = SeenIds()
+    news = _item("Microsoft and Apple sign a deal").model_copy(update={"item_id": "7"})
+    post = news.model_copy(update={"data_type": DataType.SOCIAL, "text": "$MSFT", "headline": None})
+    other = news.model_copy(update={"symbol": "AAPL"})
+    assert seen.new([news, post, other]) == [news, post, other]
+    assert seen.new([news, post, other]) == []
+
+
 def _item(headline: str, sentiment: float | None = None) -> MarketDataPoint:
     return MarketDataPoint(symbol="MSFT", timestamp=NOW, source="news", data_type=DataType.NEWS,
                            headline=headline, sentiment=sentiment, item_id=headline)
