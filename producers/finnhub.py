@@ -1,5 +1,7 @@
 """Finnhub: quotes, candles, company news and news sentiment over REST (FinnhubSource), and trades over
-the websocket (FinnhubTradeStream). Both write raw.finnhub with source "finnhub".
+the websocket (FinnhubTradeStream). Both write raw.finnhub with source "finnhub". The `news` source
+(NewsSentimentSource: Finnhub's company news scored with the lexicon, and its per-symbol news sentiment) is
+Finnhub too and lives here, but writes raw.news with source "news".
 
 - REST: GET /api/v1/quote, /api/v1/stock/candle, /api/v1/forex/candle, /api/v1/crypto/candle,
   /api/v1/company-news, /api/v1/news-sentiment. The token goes in the X-Finnhub-Token header by default

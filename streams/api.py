@@ -69,6 +69,15 @@ def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, TickflowError) and exc.retriable
 
 
+def _restartable(exc: BaseException) -> bool:
+    """Whether a source's failure is worth a restart, as the worker's supervisor decides it
+    (streams/stages/produce.py `restartable`): our errors by `retriable` (a missing setting, a refused request
+    stays failed), any other Exception (the network, a parser bug) yes; a cancellation is not an Exception."""
+    if isinstance(exc, TickflowError):
+        return exc.retriable
+    return isinstance(exc, Exception)
+
+
 def _log_sink_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome is not None else None
     wait = state.next_action.sleep if state.next_action is not None else 0.0
@@ -564,6 +573,7 @@ class DataConnectorManager:
         self.sources: list[Source] = []
         self.errors: dict[str, str] = {}
         self.not_started: dict[str, str] = {}  # enabled sources that could not be built, and why
+        self.failed: set[str] = set()  # sources stopped by an error that is not retriable (not restarted)
         self.failures: Counter[str] = Counter()
         self.ingested: Counter[str] = Counter()
         self.backoff_initial = 1.0
@@ -610,33 +620,44 @@ class DataConnectorManager:
             logger.error("source %s failed (%d times; retrying in %.0fs): %s", source.name,
                          self.failures[source.name], wait, why, exc_info=None if expected else exc)
 
-        # Every Exception restarts the source; a CancelledError (stop()) is not one, and ends the loop.
+        # What a failure means is its `retriable` (_restartable, as in the worker): a restart after a back-off, or
+        # the source stays `failed`; a CancelledError (stop()) is not an Exception, and ends the loop.
         retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda exc: isinstance(exc, Exception)), stop=stop_never, reraise=True,
+            retry=retry_if_exception(_restartable), stop=stop_never, reraise=True,
             wait=wait_exponential(multiplier=self.backoff_initial, max=self.backoff_max), sleep=self.sleep,
             before_sleep=failed)
-        async for attempt in retrying:
-            with attempt:
-                async with aiohttp.ClientSession() as session:
-                    async for batch in source.fetch(session):
-                        for record in batch:
-                            if isinstance(record, _CanonicalPoint):
-                                if await self.pipeline.ingest_data_point(record):
-                                    self.ingested[source.name] += 1
-                        attempt.retry_state.attempt_number = 1  # delivering: the next failure waits the least
-                        self.errors.pop(source.name, None)
-                        self.pipeline.source_errors.pop(source.name, None)
-                # a finite source (replay) ended
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with aiohttp.ClientSession() as session:
+                        async for batch in source.fetch(session):
+                            for record in batch:
+                                if isinstance(record, _CanonicalPoint):
+                                    if await self.pipeline.ingest_data_point(record):
+                                        self.ingested[source.name] += 1
+                            attempt.retry_state.attempt_number = 1  # delivering: the next failure waits the least
+                            self.errors.pop(source.name, None)
+                            self.pipeline.source_errors.pop(source.name, None)
+                    # a finite source (replay) ended
+        except Exception as exc:  # not retriable: restarting cannot help (a missing setting, a refused request)
+            why = redact.redact(f"{type(exc).__name__}: {exc}")
+            self.failures[source.name] += 1
+            self.failed.add(source.name)
+            self.errors[source.name] = self.pipeline.source_errors[source.name] = why
+            logger.error("source %s failed and will not be restarted: %s", source.name, why)
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per source: state (`running`; `failing` after a failure, waiting to restart or not yet past a good round;
-        `failed`, it could not start; `stopped`), running (its task is alive), points ingested, failures so far and
-        the last error (redacted; None when healthy: never failed, or its last round after a failure went well). A
-        provider whose every call of a round fails is a failure, as in /health."""
+        `failed`, it could not start or stopped on an error that is not retriable; `stopped`), running (its task is
+        alive), points ingested, failures so far and the last error (redacted; None when healthy: never failed, or its
+        last round after a failure went well). A provider whose every call of a round fails is a failure, as in
+        /health."""
         tasks = {t.get_name().removeprefix("collect-"): t for t in self._tasks}
 
         def state(name: str, running: bool) -> str:  # the words /health uses for a source
-            return ("failing" if name in self.errors else "running") if running else "stopped"
+            if running:
+                return "failing" if name in self.errors else "running"
+            return "failed" if name in self.failed else "stopped"
 
         return {**{name: {"state": "failed", "running": False, "ingested": 0, "failures": 0, "error": why}
                    for name, why in self.not_started.items()},

@@ -1,4 +1,4 @@
-"""The base of the two data-plane stages (validate, write): a mode Service run by the Faust worker that owns
+"""The base of the data-plane stages (validate, write, archive): a mode Service run by the Faust worker that owns
 its consumer group and commits a batch's offsets only after the batch is fully done.
 
 Why not a Faust agent: on a rebalance, Faust's stream machinery can ack events that were never

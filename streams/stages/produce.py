@@ -6,9 +6,11 @@ A timer checks leadership every second: the leader runs one task per enabled sou
 runs none, so two or more workers never produce the same data twice; when the leader changes, the new
 one takes over. What a source's failure means is its error's `retriable` (streams/errors.py): a retriable one
 (or an unexpected exception, a network error) restarts the source with capped exponential backoff (tenacity),
-counted from its last good batch; one that says it is not retriable (a rejected key, a bad configuration) marks
-the source `failed` in /health and it is not restarted. Either way it never stops the others, and the error
-shown in /health is redacted (streams/redact.py).
+counted from its last good batch; one that says it is not retriable (a bad configuration: a replay without files)
+marks the source `failed` in /health and it is not restarted. A refused key is retried: a polling round in which
+every call failed, and a stream whose connections keep failing, raise a retriable SourceError naming the last
+cause (producers/base.py), so the source shows `failing` with it. Either way it never stops the others, and the
+error shown in /health is redacted (streams/redact.py).
 """
 
 from __future__ import annotations

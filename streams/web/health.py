@@ -45,7 +45,8 @@ def lag_groups(of: Iterable[BatchStage]) -> Groups:
 
 # Every stage's group, not only this worker's: a worker that runs only `validate` reported none of the write
 # stage's lag on ticks.clean, and one that runs only `write` none of the raw topics' (worker.stages).
-lag_reader = LagReader(settings.kafka.bootstrap_servers, lambda: lag_groups(every_stage.values()))
+lag_reader = LagReader(settings.kafka.bootstrap_servers, lambda: lag_groups(every_stage.values()),
+                       kafka=settings.kafka)
 
 
 async def queue_size() -> int | None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.settings import KafkaSettings, get_settings
+from streams.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ class LagReader:
         self.bootstrap_servers = bootstrap_servers
         self._groups = groups
         self.cache_seconds = cache_seconds
-        # SSL/SASL for the two clients; None: the process's settings (the worker's own).
+        # SSL/SASL for the two clients, passed in (the worker's settings.kafka); None: PLAINTEXT, as
+        # streams/broker.py ensure_topics.
         self.kafka = kafka
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -40,7 +41,7 @@ class LagReader:
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
-            security = (self.kafka or get_settings().kafka).client_kwargs()
+            security = (self.kafka or KafkaSettings()).client_kwargs()
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, **security)
             consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
                                         **security)

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from producers.registry import BUILDERS, enabled_sources
@@ -46,3 +48,17 @@ def test_a_missing_key_names_every_variable_the_section_reads(name: str, monkeyp
 def test_stocktwits_key_is_optional(monkeypatch) -> None:
     monkeypatch.delenv("STOCKTWITS_ACCESS_TOKEN", raising=False)
     assert [s.name for s in BUILDERS["stocktwits"](SourcesSettings().stocktwits)] == ["stocktwits"]
+
+
+def test_each_providers_module_docstring_names_the_raw_topic_its_sources_write(monkeypatch) -> None:
+    """A provider module's docstring says which topic it writes (DESIGN.md): the news source, which lives in
+    producers/finnhub.py, writes raw.news, not raw.finnhub."""
+    sections = SourcesSettings()
+    for names in key_env_by_source().values():
+        for var in names:
+            monkeypatch.setenv(var, "k-123")
+    sections.finnhub.websocket = True
+    for name, build in BUILDERS.items():
+        for source in build(getattr(sections, name)):
+            doc = sys.modules[type(source).__module__].__doc__ or ""
+            assert f"raw.{source.name}" in doc, (type(source).__name__, source.name)

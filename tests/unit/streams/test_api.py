@@ -510,6 +510,40 @@ async def test_a_source_failing_as_expected_logs_one_line_and_a_bug_its_tracebac
     assert [r.exc_info is not None for r in failed] == [False, False, True]
 
 
+async def test_a_source_failing_with_an_error_that_is_not_retriable_is_not_restarted() -> None:
+    """`retriable` decides, as in the worker's supervisor (streams/stages/produce.py): a replay with no files (a
+    ConfigError) or a refused request stays `failed` with its error, instead of being restarted every minute."""
+    from streams import DataConnectorManager
+    from streams.errors import ConfigError
+
+    calls: list[int] = []
+
+    class Misconfigured:
+        name = "fake"
+
+        async def fetch(self, session: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                raise ConfigError("replay: no files to replay")
+            yield []
+
+    pipeline = _FakePipeline()
+    manager = DataConnectorManager(pipeline, {})  # type: ignore[arg-type]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    manager.sleep = sleep
+    source = Misconfigured()
+    manager.sources = [source]  # type: ignore[list-item]
+    await manager._run(source)  # type: ignore[arg-type]
+    assert calls == [1] and waits == []
+    assert manager.failures["fake"] == 1
+    assert pipeline.source_errors["fake"] == "ConfigError: replay: no files to replay"
+    assert manager.status()["fake"]["state"] == "failed"
+
+
 def test_a_refused_update_names_the_call_that_made_it(tmp_path: Path) -> None:
     """The error named the setting as stored (validation.batch_size) only: the caller wrote pipeline.batch_size."""
     cm = ConfigurationManager(tmp_path / "pipeline_config.yaml")

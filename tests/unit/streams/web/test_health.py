@@ -63,6 +63,16 @@ def test_the_lag_read_is_every_stages_whichever_this_worker_runs(monkeypatch: py
     assert health.lag_reader.groups() == {consumer_group("app", "write"): ["ticks.clean"]}
 
 
+def test_the_lag_reader_is_given_the_workers_kafka_settings() -> None:
+    """Collaborators passed in: the lag reader's SSL/SASL come from the settings the App was built with, not from
+    a look-up of the process-wide settings inside streams/web/lag.py."""
+    from streams.app import settings
+    from streams.web import health, lag
+
+    assert health.lag_reader.kafka is settings.kafka
+    assert not hasattr(lag, "get_settings")
+
+
 def test_report_is_built_from_the_stages_status() -> None:
     clock = [0.0]
     s = stages(clock)
