@@ -14,10 +14,15 @@ so a replay or a reordering never lets an older revision overwrite a newer one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
+
+from streams.errors import SinkError
+
+R = TypeVar("R")
+T = TypeVar("T")
 
 # The kinds whose stored row follows the newest revision; every other kind is immutable (first write wins).
 REVISABLE_KINDS: frozenset[str] = frozenset({"bar", "quote", "economic"})
@@ -85,6 +90,25 @@ class WriteResult:
             {src: self.ingested_by_source.get(src, []) + other.ingested_by_source.get(src, [])
              for src in self.ingested_by_source.keys() | other.ingested_by_source.keys()},
         )
+
+
+async def write_bisecting(write: Callable[[list[R]], Awaitable[T]], rows: list[R], join: Callable[[T, T], T],
+                          nothing: T, *, first: int = 0) -> tuple[T, list[tuple[int, SinkError]]]:
+    """Write `rows` with `write`; when the database refuses the batch for its data (a SinkError that is not
+    retriable), bisect it: every other row is written and the refused ones come back, by their index in `rows`,
+    with the error (the caller dead-letters or counts them). `join` adds two halves' results. A retriable error
+    (the store, not the data) is raised: `write` is expected to have waited it out already."""
+    try:
+        return await write(rows), []
+    except SinkError as exc:
+        if exc.retriable:
+            raise
+        if len(rows) <= 1:
+            return nothing, [(first, exc)] if rows else []
+    mid = len(rows) // 2
+    left, bad_left = await write_bisecting(write, rows[:mid], join, nothing, first=first)
+    right, bad_right = await write_bisecting(write, rows[mid:], join, nothing, first=first + mid)
+    return join(left, right), bad_left + bad_right
 
 
 class BatchWriter(ABC):

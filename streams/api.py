@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import operator
 import os
 import re
 import socket
@@ -338,24 +339,41 @@ class _InProcess:
                 await self.write_metrics()
 
     async def _write(self, batch: list[tuple[Any, float]]) -> None:
+        from sinks.base import WriteResult, write_bisecting
         from sinks.postgres import row_from_json
 
         if self.writer is not None:
             rows = [row_from_json(p.to_json()) for p, _ in batch]
             sink = self.settings.sink
-            retrying = AsyncRetrying(  # an outage (retriable) is waited out; anything else comes out
-                retry=retry_if_exception(_retriable), stop=stop_never, reraise=True, before_sleep=_log_sink_retry,
-                wait=wait_exponential(multiplier=sink.retry_initial_seconds, max=sink.retry_max_seconds))
-            try:
+            writer = self.writer
+
+            async def write(part: list[Any]) -> WriteResult:
+                retrying = AsyncRetrying(  # an outage (retriable) is waited out; anything else comes out
+                    retry=retry_if_exception(_retriable), stop=stop_never, reraise=True,
+                    before_sleep=_log_sink_retry,
+                    wait=wait_exponential(multiplier=sink.retry_initial_seconds, max=sink.retry_max_seconds))
                 async for attempt in retrying:
                     with attempt:
-                        result = await self.writer.write(rows)
+                        return await writer.write(part)
+                raise AssertionError("unreachable: stop_never")
+
+            try:
+                # rows the database refuses for their data are bisected out, as a worker's write stage does: one
+                # bad row no longer costs its batch and stops the sink
+                result, bad = await write_bisecting(write, rows, operator.add, WriteResult(0, 0))
             except Exception as exc:
                 self.sink_error = str(exc)
                 logger.error("in-process sink failed, %d points lost: %s", len(batch), exc)
                 raise
+            refused = {i for i, _ in bad}
+            for i, exc in bad:
+                p = batch[i][0]
+                self.stats.rejected[p.source] += 1
+                self.stats.by_rule.setdefault(p.source, Counter())["write.refused"] += 1
+                logger.error("in-process sink: PostgreSQL refused %s %s at %s, not stored: %s", p.source, p.symbol,
+                             p.timestamp.isoformat(), redact.redact(str(exc)))
             written = Counter(result.written_by_source)  # inserted, or updated by a newer revision (as a worker)
-            by_source = Counter(p.source for p, _ in batch)
+            by_source = Counter(p.source for i, (p, _) in enumerate(batch) if i not in refused)
             for source, n in by_source.items():
                 self.stats.written[source] += written.get(source, 0)
                 self.stats.duplicates[source] += n - written.get(source, 0)

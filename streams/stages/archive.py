@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from tenacity import AsyncRetrying, retry_if_exception, stop_never, wait_exponential, wait_random
 
+from sinks.base import write_bisecting
 from sinks.postgres import anomaly_row, dead_letter_row
 from streams import exactjson
 from streams.app import app, settings
-from streams.errors import SinkError, TickflowError
+from streams.errors import TickflowError
 from streams.settings import SinkSettings
 from streams.stages.base import BatchStage, stage_service
 from streams.stages.db import writer as shared_writer
@@ -110,17 +112,11 @@ class ArchiveEvents(BatchStage):
         """Write rows; when the database refuses the batch for its data, bisect and skip the refused rows."""
         if not rows:
             return 0
-        try:
-            return await self._with_retry(write, rows)
-        except SinkError as exc:
-            if exc.retriable:  # not reached: _with_retry retries those until they succeed
-                raise
-            if len(rows) == 1:
-                self.skipped += 1
-                logger.error("%s: the database refused a row (%s); skipped (still on its topic)", self.stage, exc)
-                return 0
-        mid = len(rows) // 2
-        return await self.write_isolating(write, rows[:mid]) + await self.write_isolating(write, rows[mid:])
+        n, bad = await write_bisecting(lambda part: self._with_retry(write, part), list(rows), operator.add, 0)
+        for _, exc in bad:
+            self.skipped += 1
+            logger.error("%s: the database refused a row (%s); skipped (still on its topic)", self.stage, exc)
+        return n
 
     async def process(self, records: list[Any]) -> set[TopicPartition] | None:
         anomalies, dead = self.rows_of(records)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_exponential, wait_random
 
-from sinks.base import BatchWriter, WriteResult
+from sinks.base import BatchWriter, WriteResult, write_bisecting
 from sinks.postgres import row_from_json, row_origin
 from streams.app import app, settings
 from streams.errors import SinkError, TickflowError, first_then_retrying
@@ -95,18 +96,10 @@ class WriteTicks(BatchStage):
 
     async def write_isolating(self, rows: list[Any], events: list[Any]
                               ) -> tuple[WriteResult, list[tuple[Any, SinkError]]]:
-        """Write rows; when the database refuses the batch for its data, bisect to find the bad rows."""
-        try:
-            return await self.write_with_retry(rows), []
-        except SinkError as exc:
-            if exc.retriable:  # not reached: write_with_retry retries those until they succeed
-                raise
-            if len(rows) == 1:
-                return WriteResult(0, 0), [(events[0], exc)]
-        mid = len(rows) // 2
-        left, bad_left = await self.write_isolating(rows[:mid], events[:mid])
-        right, bad_right = await self.write_isolating(rows[mid:], events[mid:])
-        return left + right, bad_left + bad_right
+        """Write rows; when the database refuses the batch for its data, bisect to find the bad rows (the events
+        they came from, with the error)."""
+        result, bad = await write_bisecting(self.write_with_retry, rows, operator.add, WriteResult(0, 0))
+        return result, [(events[i], exc) for i, exc in bad]
 
     def _rejection(self, rec: Any, rule: str, exc: BaseException) -> Outgoing:
         why = Rejection(STAGE, rule, str(exc), type(exc).__name__, rec.topic, rec.partition, rec.offset,

@@ -372,9 +372,10 @@ async def test_a_cancelled_source_is_not_restarted() -> None:
     assert waits == [] and manager.failures["fake"] == 0
 
 
-async def test_the_in_process_sink_waits_out_an_outage_and_gives_up_on_refused_data(
+async def test_the_in_process_sink_waits_out_an_outage_and_leaves_refused_rows_out(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from sinks.base import BatchWriter, WriteResult
+    from sinks.schema import MARKET_DATA_COLUMNS
     from streams.api import _InProcess, _Stats
     from streams.errors import SinkRefused, SinkUnavailable
 
@@ -407,11 +408,21 @@ async def test_the_in_process_sink_waits_out_an_outage_and_gives_up_on_refused_d
     assert sink.writer.calls == 5 and waits == [0.5, 1.0, 2.0, 2.0]  # type: ignore[attr-defined]
     assert sink.stats.written["fake"] == 2 and sink.sink_error is None
 
+    # Refused data is bisected out, as a worker's write stage does: the other rows are written, the sink goes on
+    # (one bad row cost its batch and stopped the in-process sink for good).
+    class Refusing(Writer):
+        async def write(self, rows: Any) -> WriteResult:
+            self.calls += 1
+            if any(r[MARKET_DATA_COLUMNS.index("item_id")] == "4" for r in rows):
+                raise SinkRefused("numeric field overflow")
+            return WriteResult(len(rows), 0, {"fake": len(rows)})
+
     waits.clear()
-    sink.writer = Writer([SinkRefused("numeric field overflow")])  # type: ignore[assignment]
-    with pytest.raises(SinkRefused):
-        await sink._write([(_point(3), 0.0)])
-    assert waits == [] and sink.sink_error is not None and "numeric field overflow" in sink.sink_error
+    sink.writer = Refusing([])  # type: ignore[assignment]
+    await sink._write([(_point(i), 0.0) for i in range(3, 7)])
+    assert waits == [] and sink.sink_error is None
+    assert sink.stats.written["fake"] == 2 + 3 and sink.stats.rejected["fake"] == 1
+    assert sink.stats.by_rule["fake"] == {"write.refused": 1}
 
 
 async def test_the_in_process_sink_counts_a_newer_revision_as_written() -> None:
