@@ -8,6 +8,14 @@ Formats (detected from the header):
   several tickers in one file are several symbols.
 - Alpha Vantage datatype=csv: timestamp,open,high,low,close[,adjusted_close],volume[,dividend_amount,
   split_coefficient], newest first; its intraday times are naive US/Eastern (`time_zone`).
+- Other bar files by their column names: a symbol column (symbol, ticker, or name as in the Kaggle S&P 500 file)
+  gives each row its symbol (several symbols in one file stay apart: read as one series they were mixed and
+  collided on the natural key); "Close/Last" (Nasdaq's downloads) or "Last" is the close; prices may carry "$"
+  and thousands separators; a separate Time column (Date,Time,...: MetaTrader, Kibot) is joined to the date;
+  times may be epoch seconds or milliseconds (exchange kline dumps), YYYYMMDD, or D/M/Y or M/D/Y (which one the
+  file's own dates tell: a first part above 12 is a day; never told, month first, with a warning); columns may be
+  separated by ";" (then "," is the decimal mark) or a tab.
+A file none of whose rows can be read is an error naming its header, not an empty replay.
 Timestamps become UTC. Rows whose times are all local midnights (daily and longer) are stored at UTC
 midnight of their date, as every daily bar in tickflow. Close is the file's Close; "Adj Close" and
 adjusted_close go to metadata["adj_close"], never into the bar (a yfinance >= 0.2.51 file with
@@ -29,6 +37,7 @@ import glob
 import io
 import itertools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -47,8 +56,11 @@ logger = logging.getLogger(__name__)
 
 SOURCE = "replay"
 
-_DATE_NAMES = ("date", "datetime", "timestamp", "time")
+_DATE_NAMES = ("date", "datetime", "timestamp", "time", "open time", "date time", "time key")
+_SYMBOL_NAMES = ("symbol", "ticker", "name")
 _BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume"}
+_CLOSE_ALIASES = ("close/last", "last", "close price")  # a close under another name, when there is no "close"
+_SLASH_DATE = re.compile(r"^(\d{1,4})/(\d{1,2})/(\d{1,4})(?:[ T](.+))?$")
 _META_FIELDS = {
     "adj close": "adj_close", "adjusted close": "adj_close", "dividends": "dividend", "dividend amount": "dividend",
     "stock splits": "split", "split coefficient": "split_coefficient",
@@ -63,22 +75,50 @@ class NoSymbol(ValueError):
 
 
 def _norm(name: str) -> str:
-    return " ".join(name.strip().lower().replace("_", " ").split())
+    return " ".join(name.strip().strip("<>").lower().replace("_", " ").split())
 
 
-def _float(text: str) -> float | None:
-    s = text.strip()
+def _float(text: str, decimal_comma: bool = False) -> float | None:
+    s = text.strip().lstrip("$").replace("\u00a0", "").replace(" ", "")
     if not s or s.lower() in ("nan", "null", "none", "-"):
         return None
+    # "1,234.5" (thousands) in a comma-separated file (the field was quoted); "1.234,5" where ";" separates
+    s = s.replace(".", "").replace(",", ".") if decimal_comma else s.replace(",", "")
     return float(s)
 
 
-def _parse_time(text: str, tz: ZoneInfo) -> tuple[datetime, bool]:
+def _day_first(values: Sequence[str]) -> bool:
+    """Whether a file's D/M/Y-or-M/D/Y dates put the day first: a first part above 12 says so, a second part above
+    12 says the month is first; a file that never says is read month first (US), with a warning."""
+    firsts, seconds = [], []
+    for v in values:
+        m = _SLASH_DATE.match(v.strip())
+        if m and len(m[1]) <= 2:
+            firsts.append(int(m[1]))
+            seconds.append(int(m[2]))
+    if any(f > 12 for f in firsts):
+        return True
+    if firsts and not any(x > 12 for x in seconds):
+        logger.warning("replay: dates such as %r could be day or month first; read month first (M/D/Y)",
+                       values[0])
+    return False
+
+
+def _parse_time(text: str, tz: ZoneInfo, day_first: bool = False) -> tuple[datetime, bool]:
     """(aware datetime, whether it is a plain date or a local midnight)."""
     s = text.strip()
+    if s.isdigit() and len(s) in (10, 13):  # epoch seconds or milliseconds: UTC
+        dt = datetime.fromtimestamp(int(s) / (1000 if len(s) == 13 else 1), UTC)
+        return dt, (dt.hour, dt.minute, dt.second, dt.microsecond) == (0, 0, 0, 0)
+    if s.isdigit() and len(s) == 8:  # YYYYMMDD
+        s = f"{s[:4]}-{s[4:6]}-{s[6:]}"
+    elif m := _SLASH_DATE.match(s):
+        a, b, c, rest = m[1], m[2], m[3], m[4]
+        y, mo, d = (a, b, c) if len(a) == 4 else (c, a, b) if not day_first else (c, b, a)
+        s = f"{int(y):04d}-{int(mo):02d}-{int(d):02d}" + (f" {rest.strip()}" if rest else "")
     if len(s) == 10:
-        d = datetime.fromisoformat(s)
-        return d.replace(tzinfo=UTC), True
+        d0 = datetime.fromisoformat(s)
+        return d0.replace(tzinfo=UTC), True
     dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=tz)
@@ -100,11 +140,19 @@ def infer_interval(stamps: Sequence[datetime], daily: bool) -> str:
 
 def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America/New_York",
               interval: str | None = None, source: str = SOURCE, origin: str | None = None) -> list[MarketDataPoint]:
-    """A yfinance or Alpha Vantage CSV -> bars sorted by time (then symbol); rows without OHLC skipped."""
-    rows = [r for r in csv.reader(io.StringIO(text.lstrip("\ufeff"))) if r and any(c.strip() for c in r)]
+    """A bar CSV (the formats in the module docstring) -> bars sorted by time (then symbol); rows without a time or
+    OHLC skipped (counted); a file none of whose rows can be read, a ValueError."""
+    text = text.lstrip("\ufeff")
+    first_line = text.split("\n", 1)[0]
+    delimiter = max((",", ";", "\t", "|"), key=first_line.count) if first_line else ","
+    rows = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r and any(c.strip() for c in r)]
     if not rows:
         return []
     names = [_norm(c) for c in rows[0]]
+    if "close" not in names:  # Nasdaq's "Close/Last", a "Last"
+        names = [("close" if n == next((a for a in _CLOSE_ALIASES if a in names), None) else n) for n in names]
+    time_col = -1
+    symbol_col = -1
     if names[0] == "price" and len(rows) > 1 and _norm(rows[1][0]) == "ticker":
         tickers: list[str | None] = [None, *(t.strip().upper() or None for t in rows[1][1:])]
         body = rows[2:]
@@ -115,35 +163,54 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
         date_col = next((names.index(n) for n in _DATE_NAMES if n in names), -1)
         if date_col < 0:
             raise ValueError(f"no date column in header {rows[0]!r}")
-        tickers = [None] * len(names)
+        if names[date_col] == "date" and "time" in names:  # Date,Time,...: one instant in two columns
+            time_col = names.index("time")
         body = rows[1:]
+        symbol_col = next((names.index(n) for n in _SYMBOL_NAMES if n in names), -1)
+        column = [r[symbol_col].strip() for r in body if len(r) > symbol_col] if symbol_col >= 0 else []
+        if symbol_col >= 0 and not (column and all(0 < len(v) <= 24 and " " not in v for v in column)):
+            symbol_col = -1  # a "name" column of company names, not tickers
+        in_column = {v.upper() for v in column} if symbol_col >= 0 else set()
+        if symbol_col >= 0 and symbol and len(in_column) <= 1:
+            symbol_col = -1  # one ticker in the file: the given symbol names it (a mapping renames it)
+        tickers = [None] * len(names)
+    skip = {date_col, time_col, symbol_col}
     distinct = {t for i, t in enumerate(tickers) if i != date_col and t}
-    if symbol and len(distinct) <= 1:
-        tickers = [None if i == date_col else symbol.upper() for i in range(len(names))]
+    if symbol_col >= 0:
+        tickers = [None if i in skip else "" for i in range(len(names))]  # "": the row's own symbol
+    elif symbol and len(distinct) <= 1:
+        tickers = [None if i in skip else symbol.upper() for i in range(len(names))]
     elif not distinct:
         raise NoSymbol("no symbol: give one, or a file with a Ticker row")
     tz = ZoneInfo(time_zone)
+    decimal_comma = delimiter == ";"
+    day_first = _day_first([r[date_col] for r in body[:500] if len(r) > date_col])
     parsed: list[tuple[datetime, bool, str, dict[str, Any]]] = []
     skipped = 0
     for row in body:
         try:
-            ts, midnight = _parse_time(row[date_col], tz)
+            when = row[date_col] + (f" {row[time_col].strip()}" if time_col >= 0 else "")
+            ts, midnight = _parse_time(when, tz, day_first)
+            own = row[symbol_col].strip().upper() if symbol_col >= 0 else ""
             groups: dict[str, dict[str, Any]] = {}
             for i, cell in enumerate(row):
-                if i == date_col or i >= len(names) or tickers[i] is None:
+                if i in skip or i >= len(names) or tickers[i] is None:
                     continue
                 name = names[i]
                 key = _BAR_FIELDS.get(name) or _META_FIELDS.get(name)
                 if key is not None:
-                    groups.setdefault(str(tickers[i]), {})[key] = _float(cell)
-        except (ValueError, IndexError):
+                    groups.setdefault(str(tickers[i]) or own, {})[key] = _float(cell, decimal_comma)
+        except (ValueError, IndexError, OverflowError, OSError):
             skipped += 1
             continue
         for sym, values in groups.items():
-            if any(values.get(k) is None for k in ("open", "high", "low", "close")):
+            if not sym or any(values.get(k) is None for k in ("open", "high", "low", "close")):
                 skipped += 1
                 continue
             parsed.append((ts, midnight, sym, values))
+    if body and not parsed:
+        raise ValueError(f"none of its {len(body)} rows has a time and open, high, low and close that could be read "
+                         f"(header {rows[0][:8]!r}, first row {body[0][:8]!r})")
     daily = bool(parsed) and all(m for _, m, _, _ in parsed)
     stamps = [datetime(t.year, t.month, t.day, tzinfo=UTC) if daily else t.astimezone(UTC) for t, _, _, _ in parsed]
     label = interval or infer_interval(stamps, daily)

@@ -85,6 +85,60 @@ def test_missing_symbol_and_bad_header() -> None:
     assert [b.timestamp.day for b in parse_csv(bad, "X")] == [2]
 
 
+def test_a_symbol_column_keeps_each_rows_symbol() -> None:
+    """The Kaggle S&P 500 file's layout (date,open,high,low,close,volume,Name): every stock in one file. Read as
+    one series, its rows were all the file's symbol and collided on the natural key."""
+    text = ("date,open,high,low,close,volume,Name\n"
+            "2013-02-07,15.07,15.12,14.63,14.75,8407500,AAL\n2013-02-07,67.71,68.4,66.89,67.87,158168416,AAPL\n"
+            "2013-02-08,14.89,15.01,14.26,14.46,8882000,AAL\n2013-02-08,68.07,69.28,67.61,68.56,129029425,AAPL\n")
+    bars = parse_csv(text, None)
+    assert [(b.symbol, b.timestamp.day, b.close) for b in bars] == [
+        ("AAL", 7, 14.75), ("AAPL", 7, 67.87), ("AAL", 8, 14.46), ("AAPL", 8, 68.56)]
+    assert {b.interval for b in bars} == {"1d"}
+    # one ticker in the column: a given symbol names it (a mapping's rename)
+    assert {b.symbol for b in parse_csv(text.replace("AAPL", "AAL"), "AAL.X")} == {"AAL.X"}
+    # company names are no symbols: the file's symbol
+    named = "Date,Open,High,Low,Close,Volume,Name\n2024-01-02,1,2,0.5,1.5,10,Apple Inc.\n"
+    assert [b.symbol for b in parse_csv(named, "AAPL")] == ["AAPL"]
+
+
+def test_nasdaq_download_close_last_dollars_and_month_first_dates() -> None:
+    text = ("Date,Close/Last,Volume,Open,High,Low\n"
+            "12/01/2025,$283.10,46587700,$278.01,$283.42,$276.14\n11/28/2025,$278.85,20135600,$277.26,$279,$275.99\n")
+    bars = parse_csv(text, "AAPL")
+    assert [(b.timestamp.date().isoformat(), b.open, b.close, b.volume) for b in bars] == [
+        ("2025-11-28", 277.26, 278.85, 20135600.0), ("2025-12-01", 278.01, 283.10, 46587700.0)]
+
+
+def test_semicolons_decimal_commas_and_day_first_dates() -> None:
+    text = "Date;Open;High;Low;Close;Volume\n28/11/2025;1,5;2,0;1,0;1,8;1.000\n01/12/2025;1,8;2,1;1,7;2,05;2.500\n"
+    bars = parse_csv(text, "SAP.DE")
+    assert [(b.timestamp.date().isoformat(), b.close, b.volume) for b in bars] == [
+        ("2025-11-28", 1.8, 1000.0), ("2025-12-01", 2.05, 2500.0)]
+
+
+def test_epoch_times_and_a_separate_time_column(caplog: pytest.LogCaptureFixture) -> None:
+    kline = "open_time,open,high,low,close,volume\n1700000000000,36500,36600,36400,36550,12.5\n" \
+            "1700000060000,36550,36700,36500,36690,9.1\n"
+    bars = parse_csv(kline, "BTC-USD")
+    assert [b.timestamp for b in bars] == [datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC),
+                                           datetime(2023, 11, 14, 22, 14, 20, tzinfo=UTC)]
+    assert bars[0].interval == "1m"
+    caplog.set_level(logging.WARNING)
+    minutes = "Date,Time,Open,High,Low,Close,Volume\n01/02/2020,09:30,74.06,74.2,73.9,74.1,1000\n" \
+              "01/02/2020,09:31,74.1,74.3,74.0,74.25,800\n"
+    bars = parse_csv(minutes, "AAPL")  # naive times in the configured zone (New York)
+    assert [b.timestamp for b in bars] == [datetime(2020, 1, 2, 14, 30, tzinfo=UTC),
+                                           datetime(2020, 1, 2, 14, 31, tzinfo=UTC)]
+    assert "could be day or month first" in caplog.text
+
+
+def test_a_file_none_of_whose_rows_can_be_read_is_an_error() -> None:
+    """It was an empty replay with an INFO line: a whole file of real data left out unnoticed."""
+    with pytest.raises(ValueError, match=r"none of its 2 rows has a time and open, high, low and close"):
+        parse_csv("Date,Open,High,Low,Close\nyesterday,1,2,0.5,1.5\ntoday,1,2,0.5,1.5\n", "X")
+
+
 def test_infer_interval() -> None:
     t = [datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 8, tzinfo=UTC), datetime(2024, 1, 15, tzinfo=UTC)]
     assert infer_interval(t, daily=True) == "1wk"
