@@ -15,6 +15,7 @@ Formats (detected from the header):
   times may be epoch seconds or milliseconds (exchange kline dumps), YYYYMMDD, or D/M/Y or M/D/Y (which one the
   file's own dates tell: a first part above 12 is a day; never told, month first, with a warning); columns may be
   separated by ";" (then "," is the decimal mark) or a tab.
+A file with a price column and no open is a tick file: each row a trade (DateTime,Price,Volume).
 A file none of whose rows can be read is an error naming its header, not an empty replay.
 Timestamps become UTC. Rows whose times are all local midnights (daily and longer) are stored at UTC
 midnight of their date, as every daily bar in tickflow. Close is the file's Close; "Adj Close" and
@@ -59,6 +60,8 @@ SOURCE = "replay"
 _DATE_NAMES = ("date", "datetime", "timestamp", "time", "open time", "date time", "time key")
 _SYMBOL_NAMES = ("symbol", "ticker", "name")
 _BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume"}
+# A file with a price and no open: trades (a tick file: DateTime,Price,Volume)
+_TRADE_FIELDS = {"price": "price", "volume": "volume", "size": "volume", "qty": "volume", "quantity": "volume"}
 _CLOSE_ALIASES = ("close/last", "last", "close price")  # a close under another name, when there is no "close"
 _SLASH_DATE = re.compile(r"^(\d{1,4})/(\d{1,2})/(\d{1,4})(?:[ T](.+))?$")
 _META_FIELDS = {
@@ -182,6 +185,8 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
         tickers = [None if i in skip else symbol.upper() for i in range(len(names))]
     elif not distinct:
         raise NoSymbol("no symbol: give one, or a file with a Ticker row")
+    trades = "open" not in names and "price" in names
+    fields, needed = (_TRADE_FIELDS, ("price",)) if trades else (_BAR_FIELDS, ("open", "high", "low", "close"))
     tz = ZoneInfo(time_zone)
     decimal_comma = delimiter == ";"
     day_first = _day_first([r[date_col] for r in body[:500] if len(r) > date_col])
@@ -197,20 +202,22 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
                 if i in skip or i >= len(names) or tickers[i] is None:
                     continue
                 name = names[i]
-                key = _BAR_FIELDS.get(name) or _META_FIELDS.get(name)
+                key = fields.get(name) or _META_FIELDS.get(name)
                 if key is not None:
                     groups.setdefault(str(tickers[i]) or own, {})[key] = _float(cell, decimal_comma)
         except (ValueError, IndexError, OverflowError, OSError):
             skipped += 1
             continue
         for sym, values in groups.items():
-            if not sym or any(values.get(k) is None for k in ("open", "high", "low", "close")):
+            if not sym or any(values.get(k) is None for k in needed):
                 skipped += 1
                 continue
             parsed.append((ts, midnight, sym, values))
     if body and not parsed:
-        raise ValueError(f"none of its {len(body)} rows has a time and open, high, low and close that could be read "
+        raise ValueError(f"none of its {len(body)} rows has a time and {', '.join(needed)} that could be read "
                          f"(header {rows[0][:8]!r}, first row {body[0][:8]!r})")
+    if trades:
+        return _trade_points(parsed, skipped, source=source, origin=origin)
     daily = bool(parsed) and all(m for _, m, _, _ in parsed)
     stamps = [datetime(t.year, t.month, t.day, tzinfo=UTC) if daily else t.astimezone(UTC) for t, _, _, _ in parsed]
     label = interval or infer_interval(stamps, daily)
@@ -225,6 +232,25 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
                                    interval=label or None, item_id=label, metadata=meta, **bar))
     if skipped:
         logger.info("replay: %s: skipped %d rows without a time or OHLC", origin or "csv", skipped)
+    out.sort(key=lambda p: (p.timestamp, p.symbol))
+    return out
+
+
+def _trade_points(parsed: Sequence[tuple[datetime, bool, str, dict[str, Any]]], skipped: int, *, source: str,
+                  origin: str | None) -> list[MarketDataPoint]:
+    """A tick file's rows -> trades. item_id "n": the row's place among the file's rows of its symbol and instant
+    (equal prints of one millisecond are two trades, and a replay of the file maps onto the same keys)."""
+    seen: dict[tuple[str, datetime], int] = {}
+    out: list[MarketDataPoint] = []
+    for ts, _, sym, values in parsed:
+        at = ts.astimezone(UTC)
+        n = seen[sym, at] = seen.get((sym, at), -1) + 1
+        meta: dict[str, Any] = {"file": origin} if origin else {}
+        out.append(MarketDataPoint(symbol=sym, timestamp=at, source=source, data_type=DataType.TRADE,
+                                   price=values["price"], volume=values.get("volume"), item_id=str(n),
+                                   metadata=meta))
+    if skipped:
+        logger.info("replay: %s: skipped %d rows without a time or price", origin or "csv", skipped)
     out.sort(key=lambda p: (p.timestamp, p.symbol))
     return out
 

@@ -135,8 +135,20 @@ def test_epoch_times_and_a_separate_time_column(caplog: pytest.LogCaptureFixture
 
 def test_a_file_none_of_whose_rows_can_be_read_is_an_error() -> None:
     """It was an empty replay with an INFO line: a whole file of real data left out unnoticed."""
-    with pytest.raises(ValueError, match=r"none of its 2 rows has a time and open, high, low and close"):
+    with pytest.raises(ValueError, match=r"none of its 2 rows has a time and open, high, low, close"):
         parse_csv("Date,Open,High,Low,Close\nyesterday,1,2,0.5,1.5\ntoday,1,2,0.5,1.5\n", "X")
+
+
+def test_a_tick_file_is_trades_and_equal_prints_stay_two() -> None:
+    """DateTime,Price,Volume (E-mini ticks): two equal prints of one millisecond are two trades, keyed by their
+    place among the instant's rows, so a replay of the file lands on the same keys."""
+    text = ("DateTime,Price,Volume\n2013-09-01 17:00:00.083,1640.25,8\n2013-09-01 17:00:00.083,1640.25,8\n"
+            "2013-09-01 17:00:00.097,1640.5,1\n")
+    trades = parse_csv(text, "ES=F", time_zone="America/Chicago")
+    assert [(t.data_type, t.timestamp.isoformat(), t.price, t.volume, t.item_id) for t in trades] == [
+        ("trade", "2013-09-01T22:00:00.083000+00:00", 1640.25, 8.0, "0"),
+        ("trade", "2013-09-01T22:00:00.083000+00:00", 1640.25, 8.0, "1"),
+        ("trade", "2013-09-01T22:00:00.097000+00:00", 1640.5, 1.0, "0")]
 
 
 def test_infer_interval() -> None:
