@@ -1112,6 +1112,11 @@ class AnomalySettings(BaseModel):
     volume_mad_scale: float = Field(default=1.4826, gt=0)
     # Volumes a sub-stream's window needs before any is judged (warm-up).
     volume_min_window: int = Field(default=20, ge=2)
+    # A trade's size is a spike only above this x the window's 90th percentile too (0: off). Real trade sizes are
+    # discrete and heavy-tailed: E-mini S&P futures' median trade is 1 lot, so the median and its MAD are 1 and 0,
+    # and "median + 10 MAD" flagged every trade of 2 lots and more, a quarter of 500,000 real ticks (0.84% with
+    # this; bar volumes have bar_daily/bar_intraday.volume_tail_multiple).
+    volume_trade_tail_multiple: float = Field(default=5.0, ge=0)
     # Stale feeds.
     stale_run: int = Field(default=20, ge=2)
     # A live feed is stale after a silence longer than this x its expected interval (judged only while its market is

@@ -22,9 +22,10 @@ _arrival: tuple[datetime | None, float] = (None, 0.0)
 
 
 class StaleFeed(Detector):
-    """A feed that stopped moving: `stale_run` identical values in a row (trade price, quote, bar close) per
-    sub-stream, or (`check_stale`) no update for more than 3x the expected interval. Feed-level events, not
-    bad ticks; reported once per run / per silence. Score: run length or silence (s); threshold: the limit.
+    """A feed that stopped moving: `stale_run` identical values at as many instants in a row (trade price and
+    size, quote, bar close) per sub-stream, or (`check_stale`) no update for more than 3x the expected interval.
+    Feed-level events, not bad ticks; reported once per run / per silence. Score: run length or silence (s);
+    threshold: the limit.
 
     Event time: a silence is judged only for a LIVE feed, one whose last record arrived (`ingested_at`)
     within `stale_live_lag_seconds` (plus one bar interval for bars) of its own timestamp: a replay or a
@@ -82,20 +83,23 @@ class StaleFeed(Detector):
         if (q := f.quote) is not None and f.kind == _QUOTE:
             value = [q[0], q[1], point.bid_size, point.ask_size]  # a live book changes sizes
         elif (p := f.trade) is not None:
-            value = p
+            value = [p, point.volume]  # a market trading at one price for a while still changes sizes
         elif point.data_type == _BAR and point.close is not None:
             value = point.close
         else:
             return []
         key = f.stream
         runs = self.runs
-        run = runs.get(key)
+        run = runs.get(key)  # [value, length, reported, time of its latest point]
         if run is None:
-            _put_bounded(runs, key, [value, 1, False], s.max_streams)
+            _put_bounded(runs, key, [value, 1, False, ts], s.max_streams)
             return []
         if run[0] != value:  # the usual point: a new run of a stream already held (no eviction to consider)
-            runs[key] = [value, 1, False]
+            runs[key] = [value, 1, False, ts]
             return []
+        if run[3] == ts:  # the same instant: one order's fills at one price, a bar re-sent; no repetition in time
+            return []
+        run[3] = ts
         run[1] += 1
         if run[1] >= self.settings.stale_run and not run[2]:
             run[2] = True
@@ -144,7 +148,7 @@ class StaleFeed(Detector):
 
     def _load(self, state: dict[str, Any]) -> None:
         for k, run in state.get("runs", {}).items():
-            _put_bounded(self.runs, k, list(run), self.settings.max_streams)
+            _put_bounded(self.runs, k, [*run, None][:4], self.settings.max_streams)  # older state: no time
         self.last_ts = state.get("last_ts")
         self.last_source = state.get("last_source", "")
         self.intervals.extend(state.get("intervals", ()))

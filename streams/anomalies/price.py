@@ -438,7 +438,9 @@ class ClearlyErroneous(Detector):
 class VolumeSpike(Detector):
     """Volume (trade size, bar volume) above the rolling median + 10 median absolute deviations (issue 4).
 
-    Bars also need `volume_min_ratio` x the median of their interval's family (daily volumes are far less
+    A trade size also needs `volume_trade_tail_multiple` x the window's 90th percentile (real sizes are discrete
+    and heavy-tailed: a futures market's median trade of 1 lot has a MAD of 0). Bars also need
+    `volume_min_ratio` x the median of their interval's family (daily volumes are far less
     dispersed than trade sizes: 10 MAD of them sits ~4x the median, where index rebalances and expiries are),
     `volume_tail_multiple` x the window's 90th percentile, `volume_jump_ratio` x the bar before (news volume
     lasts days) and the median x exp(`volume_log_mad_multiplier` x the log volumes' MAD) (a penny stock's
@@ -470,6 +472,7 @@ class VolumeSpike(Detector):
         s = self.settings
         self._min_window, self._multiplier, self._scale = s.volume_min_window, s.volume_mad_multiplier, \
             s.volume_mad_scale
+        self._trade_tail = s.volume_trade_tail_multiple
         # up to four windows per sub-stream (an intraday bar stream's own, its first bars', its closing bars', its
         # extended hours')
         self._max_windows = 4 * s.max_streams
@@ -520,9 +523,10 @@ class VolumeSpike(Detector):
                 self._multiplier * self._scale * _mad_lower_bound(w.sorted, med)):  # threshold >= both
             mad = self.settings.volume_mad_scale * _median_abs_dev(w.sorted, med)
             threshold = max(med + s.volume_mad_multiplier * mad, med * min_ratio)
-            if cfg is not None and cfg.volume_tail_multiple > 0:
+            tail = cfg.volume_tail_multiple if cfg is not None else self._trade_tail
+            if tail > 0:
                 srt = w.sorted
-                threshold = max(threshold, cfg.volume_tail_multiple * srt[(len(srt) * 9) // 10])
+                threshold = max(threshold, tail * srt[(len(srt) * 9) // 10])
             if cfg is not None and cfg.volume_jump_ratio > 0:
                 # news volume lasts days (or the minutes after an open); a wrong volume is one bar
                 threshold = max(threshold, cfg.volume_jump_ratio * w.values[-1])

@@ -241,6 +241,16 @@ def test_stale_feed_reports_once_at_k_identical_prices() -> None:
     assert st.update(trade(100.01, 41)) == []
 
 
+def test_a_market_trading_at_one_price_is_not_stale() -> None:
+    """E-mini ticks: hundreds of trades at one price level (its queue), of changing sizes, and one order's fills
+    printed at one instant: 5,880 stale_feed events in 500,000 real trades when only the price was compared."""
+    st = StaleFeed(AnomalySettings(stale_run=20))
+    assert not any(feed(st, [trade(1640.25, i, volume=float(1 + i % 7)) for i in range(100)]))
+    assert not any(feed(st, [trade(1640.5, 200, volume=1.0) for _ in range(40)]))  # 40 fills of one instant
+    frozen = feed(st, [trade(1640.75, 300 + i, volume=3.0) for i in range(25)])  # a feed repeating its last print
+    assert [i for i, a in enumerate(frozen) if a] == [19]
+
+
 def test_quotes_with_moving_sizes_are_not_stale() -> None:
     st = StaleFeed()
     assert not any(feed(st, [quote(100.0, 100.02, i) for i in range(50)]))
@@ -520,6 +530,19 @@ def test_the_opening_minute_is_judged_against_other_openings_not_the_minutes_bef
     # An opening at 40x the openings before it is one.
     [a] = vs.update(bar(T0 + timedelta(days=26), 1.0, 1.0, "1m", volume=1.2e8))
     assert a.details["stream"] == "bar:1m|open"
+
+
+def test_discrete_heavy_tailed_trade_sizes_are_judged_by_their_tail() -> None:
+    """Futures trade sizes (E-mini S&P: median 1 lot, a 90th percentile of about 8, blocks of hundreds): the
+    median and its MAD are 1 and 0, and median + 10 MAD flagged every trade of 2 lots, a quarter of them. A
+    size 5x the window's 90th percentile is still a spike (a fat finger)."""
+    vs = VolumeSpike()
+    rng = random.Random(9)
+    sizes = [1] * 55 + [2] * 15 + [3] * 8 + [5] * 7 + [8] * 6 + [10] * 4 + [20] * 3 + [40] * 2
+    flagged = sum(bool(vs.update(trade(100.0, i, volume=float(rng.choice(sizes))))) for i in range(5000))
+    assert flagged < 25  # 0.5%: sizes beyond 5x the 90th percentile do come (40 lots against ~8)
+    [a] = vs.update(trade(100.0, 5001, volume=5000.0))
+    assert a.score == 5000.0
 
 
 @pytest.mark.parametrize("interval", ["1d", "1m"])
