@@ -59,11 +59,18 @@ SOURCE = "replay"
 
 _DATE_NAMES = ("date", "datetime", "timestamp", "time", "open time", "date time", "time key")
 _SYMBOL_NAMES = ("symbol", "ticker", "name")
-_BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume"}
+_BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume", "vol": "volume"}
 # A file with a price and no open: trades (a tick file: DateTime,Price,Volume)
-_TRADE_FIELDS = {"price": "price", "volume": "volume", "size": "volume", "qty": "volume", "quantity": "volume"}
+_TRADE_FIELDS = {"price": "price", "volume": "volume", "vol": "volume", "size": "volume", "qty": "volume",
+                 "quantity": "volume"}
 _CLOSE_ALIASES = ("close/last", "last", "close price")  # a close under another name, when there is no "close"
-_SLASH_DATE = re.compile(r"^(\d{1,4})/(\d{1,2})/(\d{1,4})(?:[ T](.+))?$")
+# D/M/Y or M/D/Y with "/"; "." (MetaTrader's 2024.01.02, Europe's 02.01.2024: day first unless told otherwise)
+_SLASH_DATE = re.compile(r"^(\d{1,4})([/.])(\d{1,2})\2(\d{1,4})(?:[ T](.+))?$")
+# A number that can only be read with "," as its decimal mark ("185,50", "1.234,5", "0,1234") or only with "."
+# ("272.5000000", "1,234.5"); three digits after the one mark ("1,234", "1.234") could be thousands, and say nothing.
+_COMPACT_TIME = re.compile(r"^(19\d\d|20\d\d)(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])([01]\d|2[0-3])([0-5]\d)([0-5]\d)?$")
+_DECIMAL_COMMA = re.compile(r"\d,(?:\d{1,2}|\d{4,})$|\.\d{3},\d+$")
+_DECIMAL_POINT = re.compile(r"\d\.(?:\d{1,2}|\d{4,})$|,\d{3}\.\d+$")
 _META_FIELDS = {
     "adj close": "adj_close", "adjusted close": "adj_close", "dividends": "dividend", "dividend amount": "dividend",
     "stock splits": "split", "split coefficient": "split_coefficient",
@@ -92,31 +99,56 @@ def _float(text: str, decimal_comma: bool = False) -> float | None:
 
 def _day_first(values: Sequence[str]) -> bool:
     """Whether a file's D/M/Y-or-M/D/Y dates put the day first: a first part above 12 says so, a second part above
-    12 says the month is first; a file that never says is read month first (US), with a warning."""
+    12 says the month is first; a file that never says is read month first (US), with a warning, unless its dates
+    are dotted (02.01.2024: day first wherever dots are written). Every row is looked at: an intraday file's first
+    hundreds of rows are one day, which may well be the 1st to the 12th."""
     firsts, seconds = [], []
+    dotted = False
     for v in values:
         m = _SLASH_DATE.match(v.strip())
         if m and len(m[1]) <= 2:
             firsts.append(int(m[1]))
-            seconds.append(int(m[2]))
+            seconds.append(int(m[3]))
+            dotted = dotted or m[2] == "."
     if any(f > 12 for f in firsts):
         return True
-    if firsts and not any(x > 12 for x in seconds):
+    if any(x > 12 for x in seconds):
+        return False
+    if dotted:
+        return True
+    if firsts:
         logger.warning("replay: dates such as %r could be day or month first; read month first (M/D/Y)",
                        values[0])
     return False
 
 
+def _decimal_comma(body: Sequence[Sequence[str]], columns: Sequence[int], delimiter: str) -> bool:
+    """Whether a file's numbers are written with a decimal comma, told by its prices: some that only read so and
+    none that only read with a decimal point (a ";" file of Finam's 272.5000000 has points, a tab file may have
+    commas); a file whose prices never tell, by its separator (";": a comma)."""
+    comma = point = False
+    for r in body:
+        for i in columns:
+            if i < len(r) and (cell := r[i].strip()):
+                comma = comma or _DECIMAL_COMMA.search(cell) is not None
+                point = point or _DECIMAL_POINT.search(cell) is not None
+        if comma and point:
+            break
+    return comma if comma != point else delimiter == ";"
+
+
 def _parse_time(text: str, tz: ZoneInfo, day_first: bool = False) -> tuple[datetime, bool]:
     """(aware datetime, whether it is a plain date or a local midnight)."""
     s = text.strip()
-    if s.isdigit() and len(s) in (10, 13):  # epoch seconds or milliseconds: UTC
-        dt = datetime.fromtimestamp(int(s) / (1000 if len(s) == 13 else 1), UTC)
+    if s.isdigit() and len(s) in (12, 14) and (m := _COMPACT_TIME.match(s)):  # YYYYMMDDHHMM[SS], not epoch ms
+        s = f"{m[1]}-{m[2]}-{m[3]} {m[4]}:{m[5]}:{m[6] or '00'}"
+    elif s.isdigit() and len(s) in (9, 10, 12, 13, 16):  # epoch s, ms or us (9 and 12 digits: before 2001-09-09)
+        dt = datetime.fromtimestamp(int(s) / (1 if len(s) <= 10 else 1000 if len(s) <= 13 else 1_000_000), UTC)
         return dt, (dt.hour, dt.minute, dt.second, dt.microsecond) == (0, 0, 0, 0)
-    if s.isdigit() and len(s) == 8:  # YYYYMMDD
+    elif s.isdigit() and len(s) == 8:  # YYYYMMDD
         s = f"{s[:4]}-{s[4:6]}-{s[6:]}"
     elif m := _SLASH_DATE.match(s):
-        a, b, c, rest = m[1], m[2], m[3], m[4]
+        a, b, c, rest = m[1], m[3], m[4], m[5]
         y, mo, d = (a, b, c) if len(a) == 4 else (c, a, b) if not day_first else (c, b, a)
         s = f"{int(y):04d}-{int(mo):02d}-{int(d):02d}" + (f" {rest.strip()}" if rest else "")
     if len(s) == 10:
@@ -188,11 +220,15 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
     trades = "open" not in names and "price" in names
     fields, needed = (_TRADE_FIELDS, ("price",)) if trades else (_BAR_FIELDS, ("open", "high", "low", "close"))
     tz = ZoneInfo(time_zone)
-    decimal_comma = delimiter == ";"
-    day_first = _day_first([r[date_col] for r in body[:500] if len(r) > date_col])
+    price_cols = [i for i, n in enumerate(names) if i not in skip and n in needed]
+    decimal_comma = delimiter != "," and _decimal_comma(body, price_cols, delimiter)
+    day_first = _day_first([r[date_col] for r in body if len(r) > date_col])
     parsed: list[tuple[datetime, bool, str, dict[str, Any]]] = []
     skipped = 0
     for row in body:
+        if any(c.strip() for c in row[len(names):]):  # more cells than the header: "1,234.5" unquoted, say
+            skipped += 1
+            continue
         try:
             when = row[date_col] + (f" {row[time_col].strip()}" if time_col >= 0 else "")
             ts, midnight = _parse_time(when, tz, day_first)

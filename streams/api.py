@@ -342,6 +342,7 @@ class _InProcess:
         from sinks.base import WriteResult, write_bisecting
         from sinks.postgres import row_from_json
 
+        refused: set[int] = set()
         if self.writer is not None:
             rows = [row_from_json(p.to_json()) for p, _ in batch]
             sink = self.settings.sink
@@ -379,8 +380,9 @@ class _InProcess:
                 self.stats.duplicates[source] += n - written.get(source, 0)
         done = time.monotonic()
         per_source: dict[str, list[float]] = {}
-        for p, t0 in batch:
-            per_source.setdefault(p.source, []).append((done - t0) * 1000.0)
+        for i, (p, t0) in enumerate(batch):
+            if i not in refused:  # a refused row was never stored: no latency to it (as in a worker's write stage)
+                per_source.setdefault(p.source, []).append((done - t0) * 1000.0)
         for source, values in per_source.items():
             self.stats.observe(source, values)
 
@@ -625,6 +627,8 @@ class DataConnectorManager:
         raises after a round in which every call failed (producers/base.py PollingSource), and yields a batch,
         empty when nothing was new, after every good round, which clears its error here."""
         import aiohttp
+
+        self.failed.discard(source.name)  # started again (stop, then start_data_collection): not failed yet
 
         def failed(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None

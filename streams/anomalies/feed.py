@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import deque
 from collections.abc import Iterable
@@ -187,11 +188,14 @@ def _edge(cal: SessionCalendar, last: float | None, ts: float, step: int) -> int
     none seen) was before the span's open and the market was closed between the two spans, EDGE_CLOSE when the bar
     reaches the span's close and the market closes after it, EDGE_OUTSIDE for a bar outside every span on a day
     the calendar covers (pre- and post-market), else EDGE_NONE."""
+    opens, closes = cal.opens, cal.closes
     i = cal.session_of(ts)
     if i is None:
-        return EDGE_OUTSIDE if cal.covers(int(ts // 86400)) else EDGE_NONE
-    opens, closes = cal.opens, cal.closes
-    if last is not None and last < opens[i] and (i == 0 or closes[i - 1] < opens[i]):
+        j = bisect.bisect_right(opens, ts)  # the next span to open
+        if not (j < len(opens) and opens[j] < ts + step):  # a bar stamped before an open reaching into it (clock
+            return EDGE_OUTSIDE if cal.covers(int(ts // 86400)) else EDGE_NONE  # hours: 09:00 holds 09:30's auction)
+        i = j
+    if last is not None and last + step <= opens[i] and (i == 0 or closes[i - 1] < opens[i]):
         return EDGE_OPEN
     if ts + step >= closes[i] and (i + 1 == len(opens) or opens[i + 1] > closes[i]):
         return EDGE_CLOSE

@@ -496,9 +496,13 @@ class VolumeSpike(Detector):
             # the stream's other opening bars, not against the minutes before it; the closing bar likewise.
             last = self.last_bar.get(key)
             _put_bounded(self.last_bar, key, f.ts, s.max_streams)
+            # a revision of the latest bar keeps the window its earlier version entered: without a calendar, the
+            # first bar after a silence is a first bar by that silence, which its revision (0 s later) no longer sees
+            prev = self.last_push.get(key) if last == f.ts else None
             if edge == 3:  # pre- or post-market: a fraction of a regular bar's volume
                 key += "|outside"
-            elif edge == 1 or (last is not None and f.ts - last >= s.session_break_seconds):
+            elif edge == 1 or (last is not None and f.ts - last >= s.session_break_seconds) or (
+                    edge == 0 and prev is not None and prev[0] == f.ts and prev[1] == key + "|open"):
                 key += "|open"
             elif edge == 2:
                 cw = self.windows.get(key + "|close")

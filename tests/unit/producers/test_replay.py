@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -115,6 +115,47 @@ def test_semicolons_decimal_commas_and_day_first_dates() -> None:
     bars = parse_csv(text, "SAP.DE")
     assert [(b.timestamp.date().isoformat(), b.close, b.volume) for b in bars] == [
         ("2025-11-28", 1.8, 1000.0), ("2025-12-01", 2.05, 2500.0)]
+
+
+def test_a_semicolon_file_with_decimal_points_keeps_its_prices() -> None:
+    """Finam's export (<TICKER>;<PER>;<DATE>;<TIME>;...) with ";" between columns and "." as the decimal mark: every
+    "." was taken for a thousands separator, 272.5000000 read as 2,725,000,000. The prices tell the mark."""
+    text = ("<TICKER>;<PER>;<DATE>;<TIME>;<OPEN>;<HIGH>;<LOW>;<CLOSE>;<VOL>\n"
+            "SBER;D;20240102;000000;272.5000000;274.7000000;271.0000000;273.9000000;12345\n"
+            "SBER;D;20240103;000000;273.0;275.0;272.0;274.0;1000\n")
+    bars = parse_csv(text)
+    assert [(b.symbol, b.open, b.close, b.volume) for b in bars] == [
+        ("SBER", 272.5, 273.9, 12345.0), ("SBER", 273.0, 274.0, 1000.0)]
+    tabbed = "Date\tOpen\tHigh\tLow\tClose\tVolume\n02.01.2024\t185,50\t186,00\t184,00\t185,75\t1000\n"
+    [bar] = parse_csv(tabbed, "SAP.DE")  # a tab between columns, a decimal comma, a dotted day-first date
+    assert (bar.timestamp.date().isoformat(), bar.open, bar.close) == ("2024-01-02", 185.5, 185.75)
+
+
+def test_day_or_month_first_is_told_by_every_row_not_the_first_hundreds() -> None:
+    """A D/M/Y minute file: its first 500 rows are 2 January, which reads either way; read month first, the other
+    days of 1-12 January became February to December and 13-15 January were skipped."""
+    lines = ["Date,Time,Open,High,Low,Close,Volume"]
+    for day in (2, 3, 4, 5, 8, 9, 10, 11, 12, 15):
+        t = datetime(2024, 1, day, 9, 30)
+        lines += [f"{t + timedelta(minutes=m):%d/%m/%Y,%H:%M},1,2,0.5,1.5,100" for m in range(390)]
+    bars = parse_csv("\n".join(lines) + "\n", "X", time_zone="UTC")
+    assert len(bars) == 3900
+    assert {b.timestamp.date().isoformat() for b in bars} == {f"2024-01-{d:02d}" for d in (2, 3, 4, 5, 8, 9, 10,
+                                                                                           11, 12, 15)}
+
+
+def test_metatrader_dotted_dates_and_rows_longer_than_the_header() -> None:
+    mt5 = ("<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>\n"
+           "2024.01.02\t09:30:00\t1.1034\t1.1040\t1.1030\t1.1035\t100\t0\t2\n")
+    [bar] = parse_csv(mt5, "EURUSD", time_zone="UTC")
+    assert (bar.timestamp, bar.close) == (datetime(2024, 1, 2, 9, 30, tzinfo=UTC), 1.1035)
+    # An unquoted thousands separator splits a price in two: the row's cells no longer match the header (it was
+    # read as open 1, high 234.5, low 1, close 240), so the row is skipped, not misread.
+    text = "Date,Open,High,Low,Close,Volume\n2024-01-02,1,234.5,1,240.0,1,230.0,1,238.0,100\n" \
+           "2024-01-03,1234.5,1240,1230,1238,100\n"
+    assert [(b.timestamp.day, b.open) for b in parse_csv(text, "X")] == [(3, 1234.5)]
+    old = "time,open,high,low,close,volume\n999999000,1,2,0.5,1.5,10\n1000000000,1,2,0.5,1.5,10\n"
+    assert [b.timestamp.year for b in parse_csv(old, "X")] == [2001, 2001]  # epoch seconds before 2001-09-09
 
 
 def test_epoch_times_and_a_separate_time_column(caplog: pytest.LogCaptureFixture) -> None:
@@ -266,3 +307,12 @@ async def test_no_files_to_replay_is_a_configuration_error_not_an_empty_replay()
 
     with pytest.raises(ConfigError, match=r"set sources\.replay\.files"):
         await anext(ReplaySource(ReplaySettings()).fetch())
+
+
+def test_compact_date_times_are_not_read_as_epoch_milliseconds() -> None:
+    """YYYYMMDDHHMM has 12 digits, as epoch milliseconds before 2001 do: a valid date and time is read as one."""
+    text = "time,open,high,low,close,volume\n202401021530,1,2,0.5,1.5,10\n202401021531,1,2,0.5,1.6,10\n"
+    assert [b.timestamp for b in parse_csv(text, "X", time_zone="UTC")] == [
+        datetime(2024, 1, 2, 15, 30, tzinfo=UTC), datetime(2024, 1, 2, 15, 31, tzinfo=UTC)]
+    old = "time,open,high,low,close\n946684800000,1,2,0.5,1.5\n"  # epoch ms, 2000-01-01
+    assert [b.timestamp for b in parse_csv(old, "X")] == [datetime(2000, 1, 1, tzinfo=UTC)]

@@ -423,6 +423,7 @@ async def test_the_in_process_sink_waits_out_an_outage_and_leaves_refused_rows_o
     assert waits == [] and sink.sink_error is None
     assert sink.stats.written["fake"] == 2 + 3 and sink.stats.rejected["fake"] == 1
     assert sink.stats.by_rule["fake"] == {"write.refused": 1}
+    assert sink.stats.latency_n["fake"] == 2 + 3  # the refused row was never stored: no ingest-to-stored latency
 
 
 async def test_the_in_process_sink_counts_a_newer_revision_as_written() -> None:
@@ -553,6 +554,9 @@ async def test_a_source_failing_with_an_error_that_is_not_retriable_is_not_resta
     assert manager.failures["fake"] == 1
     assert pipeline.source_errors["fake"] == "ConfigError: replay: no files to replay"
     assert manager.status()["fake"]["state"] == "failed"
+    # fixed and started again, a finite source that then ends is `stopped`, not still `failed`
+    await manager._run(source)  # type: ignore[arg-type]
+    assert calls == [1, 1] and manager.status()["fake"]["state"] == "stopped"
 
 
 def test_a_refused_update_names_the_call_that_made_it(tmp_path: Path) -> None:

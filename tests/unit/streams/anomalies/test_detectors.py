@@ -564,6 +564,25 @@ def test_a_revised_bar_replaces_its_earlier_volume_in_the_window(interval: str) 
     assert bool(twice.update(spike)) is bool(once.update(spike)) is True
 
 
+def test_a_revised_first_bar_after_a_silence_stays_with_the_first_bars() -> None:
+    """No calendar: the first minute after a night's silence is a first bar (session_break_seconds); its revision,
+    0 s after the bar it revises, went to the regular minutes' window, judged there (an opening auction 30x a
+    midday minute: flagged most days), while its partial volume stayed among the first bars."""
+    vs = VolumeSpike()
+    rng = random.Random(1)
+    flagged = []
+    for day in range(30):
+        for j in range(60):
+            v = 1e4 * math.exp(rng.gauss(0, 0.2)) * (30 if j == 0 else 1)
+            b = bar(T0 + timedelta(days=day, minutes=j), 1.0, 1.0, "1m", volume=v)
+            if j == 0:
+                vs.update(b.model_copy(update={"volume": v * 0.5}))  # forming
+            if vs.update(b):
+                flagged.append((day, j))
+    assert flagged == []
+    assert len(vs.windows["bar:1m|open"]) == 29  # every first bar but the very first (no silence before it)
+
+
 def test_a_stream_whose_volumes_spread_widely_needs_a_larger_multiple() -> None:
     """Daily volumes of an illiquid stock: a tenth of its days trade 15x its median. 25x the median is above 20
     (volume_min_ratio) but not above 5x its 90th percentile."""

@@ -41,6 +41,16 @@ def test_the_first_regular_bar_after_pre_market_bars_opens_the_session() -> None
     assert edges("MSFT", stamps) == [EDGE_OUTSIDE, EDGE_OPEN, EDGE_CLOSE, EDGE_OUTSIDE]
 
 
+def test_a_clock_hour_bar_that_holds_the_open_is_the_sessions_first_not_outside() -> None:
+    """XNYS 2024-03-05 (EST), hourly bars on clock hours (Finnhub, Alpha Vantage 60min, prepost): the 09:00 bar
+    (14:00 UTC) holds 09:30's opening auction. Read as outside the sessions, it was judged against the pre- and
+    post-market hours (a thirtieth of a regular one) and flagged as a volume spike; the 10:00 bar, whose bar
+    before began before the open, was taken for the first."""
+    d = datetime(2024, 3, 5, tzinfo=UTC)
+    stamps = [d.replace(hour=13), d.replace(hour=14), d.replace(hour=15), d.replace(hour=20), d.replace(hour=21)]
+    assert edges("MSFT", stamps, "1h") == [EDGE_OUTSIDE, EDGE_OPEN, EDGE_NONE, EDGE_CLOSE, EDGE_OUTSIDE]
+
+
 @pytest.mark.parametrize(("stamps", "expected"), [
     # 24/5: the daily 22:00 UTC boundary closes nothing
     ([datetime(2024, 3, 5, 21, tzinfo=UTC), datetime(2024, 3, 5, 22, tzinfo=UTC)], [EDGE_NONE, EDGE_NONE]),
