@@ -369,7 +369,6 @@ class _InProcess:
             refused = {i for i, _ in bad}
             for i, exc in bad:
                 p = batch[i][0]
-                self.stats.rejected[p.source] += 1
                 self.stats.by_rule.setdefault(p.source, Counter())["write.refused"] += 1
                 logger.error("in-process sink: PostgreSQL refused %s %s at %s, not stored: %s", p.source, p.symbol,
                              p.timestamp.isoformat(), redact.redact(str(exc)))
