@@ -27,7 +27,7 @@ Finnhub too and lives here, but writes raw.news with source "news".
   prices are what this source stores.
 - Candles and news-sentiment are premium on the free tier: Finnhub answers 403 {"error": "You don't have
   access to this resource."}; that is a non-retriable FinnhubAccessDenied, and the source stops asking
-  for that endpoint until restarted.
+  for that endpoint (or, when other symbols are answered, that symbol) for `denied_retry_seconds`.
 - Free tier: 60 calls/minute, the default RateLimiter.
 """
 
@@ -462,9 +462,12 @@ class FinnhubSource(_Counted, PollingSource):
         self._last_bar: dict[tuple[str, str], datetime] = {}
         self._news_window: dict[str, set[str]] = {}
         self.unknown: Counter[str] = Counter()  # per symbol: no_data candles, all-zero quotes
-        # Per endpoint: the symbols Finnhub refused with 403 (a foreign listing on a US-only plan), never asked
-        # again; and the endpoints that answered at least once (a 403 then is about the symbol, not the plan).
-        self.denied: dict[str, set[str]] = {}
+        # Per endpoint: the symbols Finnhub refused with 403 (a foreign listing on a US-only plan) and when (epoch
+        # seconds), not asked again for denied_retry_seconds (a plan upgraded meanwhile is then seen without a
+        # restart); the endpoints every symbol was refused for, and when; and the endpoints that answered at least
+        # once (a 403 then is about the symbol, not the plan).
+        self.denied: dict[str, dict[str, float]] = {}
+        self.dropped: dict[str, float] = {}
         self._answered: set[str] = set()
         self._init_counted()
 
@@ -514,23 +517,38 @@ class FinnhubSource(_Counted, PollingSource):
             return [p for p in points if p.item_id not in previous]
         return await self.client.news_sentiment(session, symbol, now=now)
 
-    def _denied(self, endpoint: str, symbol: str, exc: FinnhubAccessDenied) -> None:
+    def _denied(self, endpoint: str, symbol: str, exc: FinnhubAccessDenied, now: float) -> None:
         """A 403 is about one symbol (Finnhub's free plan has /quote for US listings only: "BMW.DE" is refused
         while "AAPL" is answered), not the endpoint: only that symbol is not asked again. The endpoint is
-        dropped once every one of its symbols was refused and none ever answered (a premium endpoint)."""
-        denied = self.denied.setdefault(endpoint, set())
-        denied.add(symbol)
-        kind = endpoint.removesuffix("_candle")
-        if endpoint in self._answered or not {s for e, s in self._calls() if e == endpoint} <= denied:
-            logger.warning("finnhub: %s for %s is not in this key's plan, not asking again for it: %s",
-                           endpoint, symbol, self.client.redact(str(exc)))
+        dropped once every one of its symbols was refused and none ever answered (a premium endpoint). Either
+        is asked again after denied_retry_seconds: a key's plan can change while the worker runs."""
+        denied = self.denied.setdefault(endpoint, {})
+        denied[symbol] = now
+        wait = self.settings.denied_retry_seconds
+        if endpoint in self._answered or not {s for e, s in self._calls() if e == endpoint} <= denied.keys():
+            logger.warning("finnhub: %s for %s is not in this key's plan, not asking again for %gs: %s",
+                           endpoint, symbol, wait, self.client.redact(str(exc)))
             return
-        logger.warning("finnhub: %s is not in this key's plan (refused for every symbol), not asking again: %s",
-                       endpoint, self.client.redact(str(exc)))
-        if endpoint in self.endpoints:
-            self.endpoints.remove(endpoint)  # type: ignore[arg-type]
-        if kind in self.candle_kinds:
-            self.candle_kinds.remove(kind)  # type: ignore[arg-type]
+        logger.warning("finnhub: %s is not in this key's plan (refused for every symbol), not asking again for "
+                       "%gs: %s", endpoint, wait, self.client.redact(str(exc)))
+        self.dropped[endpoint] = now
+
+    def _refused(self, endpoint: str, symbol: str, now: float) -> bool:
+        """Is this call still inside its cool-down after a 403? Once past it, the refusal is forgotten."""
+        wait = self.settings.denied_retry_seconds
+        if (at := self.dropped.get(endpoint)) is not None:
+            if now - at < wait:
+                return True
+            del self.dropped[endpoint]
+            self.denied.pop(endpoint, None)
+            return False
+        denied = self.denied.get(endpoint)
+        if denied is None or (at := denied.get(symbol)) is None:
+            return False
+        if now - at < wait:
+            return True
+        del denied[symbol]
+        return False
 
     def _calls(self) -> list[tuple[str, str]]:
         """(endpoint, symbol) for one round: stock endpoints first, then forex and crypto candles."""
@@ -545,11 +563,11 @@ class FinnhubSource(_Counted, PollingSource):
         """One round over every endpoint and symbol; a failure is logged and skips only that call."""
         now = now or datetime.now(UTC).replace(microsecond=0)
         out: list[MarketDataPoint] = []
+        clock = now.timestamp()
         for endpoint, symbol in self._calls():
             kind = endpoint.removesuffix("_candle")
-            if (endpoint not in self.endpoints and kind not in self.candle_kinds) \
-                    or symbol in self.denied.get(endpoint, ()):
-                continue  # dropped earlier (not in the key's plan, or not for this symbol)
+            if self._refused(endpoint, symbol, clock):
+                continue  # refused lately (not in the key's plan, or not for this symbol)
             skipped: Counter[str] = Counter()
             try:
                 if kind in ("forex", "crypto"):
@@ -559,7 +577,7 @@ class FinnhubSource(_Counted, PollingSource):
                 self.call_succeeded()  # an unknown symbol (no_data, an all-zero quote) too: answered, counted
                 self._answered.add(endpoint)
             except FinnhubAccessDenied as exc:  # not in the plan: dropped, neither a failure nor a success
-                self._denied(endpoint, symbol, exc)
+                self._denied(endpoint, symbol, exc, clock)
             except FinnhubUnexpected as exc:
                 self.unexpected[endpoint] += 1
                 self._warn_once(f"{endpoint}|{exc.cause}", "finnhub: unexpected %s payload for %s (counted in "

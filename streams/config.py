@@ -619,8 +619,11 @@ class FinnhubSettings(SourceSection):
     # either way.
     token_in: Literal["header", "query"] = "header"
     # REST endpoints polled per symbol: quote (a tick), candle (bars), company_news, news_sentiment. candle and
-    # news_sentiment are premium: on a 403 the endpoint is dropped until restart.
+    # news_sentiment are premium: a 403 for every symbol drops the endpoint, for one symbol that symbol.
     endpoints: list[Endpoint] = Field(default_factory=lambda: ["quote"])
+    # A symbol or endpoint refused with 403 (not in the key's plan) is asked again after this many seconds, so a
+    # plan upgraded while the worker runs is seen without a restart (one refused call per symbol per period).
+    denied_retry_seconds: float = Field(default=21600.0, gt=0)
     # Candles of these are polled every round (/forex/candle, /crypto/candle): "OANDA:EUR_USD", "BINANCE:BTCUSDT".
     forex_symbols: list[str] = Field(default_factory=list)
     # Crypto candles, as "EXCHANGE:PAIR" ("BINANCE:BTCUSDT").

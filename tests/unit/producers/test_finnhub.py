@@ -9,7 +9,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -281,7 +281,7 @@ async def test_403_is_not_retried_and_endpoint_is_dropped(serve: Serve, caplog: 
         first = await src.poll_once(session)
         await src.poll_once(session)
     assert [p.data_type for p in first] == ["tick"]
-    assert src.endpoints == ["quote"]
+    assert list(src.dropped) == ["candle"]
     assert fake.calls("/api/v1/stock/candle") == 2  # once by the client above, once by the source
     assert "not in this key's plan" in caplog.text
 
@@ -298,9 +298,38 @@ async def test_403_for_one_symbol_drops_that_symbol_not_the_endpoint(
         first = await src.poll_once(session)
         await src.poll_once(session)
     assert [(p.symbol, p.data_type) for p in first] == [("MSFT", "tick")]
-    assert src.endpoints == ["quote"] and src.denied == {"quote": {"BMW.DE"}}
+    assert src.dropped == {} and list(src.denied["quote"]) == ["BMW.DE"]
     assert [q["symbol"] for p, q, _ in fake.seen] == ["BMW.DE", "MSFT", "MSFT"]  # BMW.DE asked once
     assert "quote for BMW.DE is not in this key's plan" in caplog.text and KEY not in caplog.text
+
+
+async def test_403_is_asked_again_after_the_cool_down(serve: Serve) -> None:
+    """A key's plan can be upgraded while the worker runs: a refused symbol, and an endpoint refused for every
+    symbol, are asked once more after denied_retry_seconds, not only after a restart."""
+    fake = FakeFinnhub()
+    fake.set("/api/v1/quote", "BMW.DE", status=403, fixture="error_no_access.json")
+    fake.set("/api/v1/quote", "MSFT", fixture="quote_msft.json")
+    fake.set("/api/v1/stock/candle", "MSFT", status=403, fixture="error_no_access.json")
+    fake.set("/api/v1/stock/candle", "BMW.DE", status=403, fixture="error_no_access.json")
+    src = FinnhubSource(settings(await serve(fake.app()), symbols=["BMW.DE", "MSFT"], endpoints=["quote", "candle"],
+                                 denied_retry_seconds=3600), api_key=SecretStr(KEY))
+    t0 = datetime(2024, 6, 3, 14, tzinfo=UTC)
+
+    def asked() -> list[tuple[str, str]]:
+        return [(p.rsplit("/", 1)[-1], q["symbol"]) for p, q, _ in fake.seen]
+
+    async with aiohttp.ClientSession() as session:
+        await src.poll_once(session, now=t0)
+        assert asked() == [("quote", "BMW.DE"), ("quote", "MSFT"), ("candle", "BMW.DE"), ("candle", "MSFT")]
+        assert list(src.dropped) == ["candle"]
+        fake.seen.clear()
+        await src.poll_once(session, now=t0 + timedelta(seconds=3599))
+        assert asked() == [("quote", "MSFT")]
+        fake.seen.clear()
+        fake.set("/api/v1/stock/candle", "MSFT", fixture="candle_msft_d.json")  # the plan was upgraded
+        await src.poll_once(session, now=t0 + timedelta(seconds=3600))
+        assert asked() == [("quote", "BMW.DE"), ("quote", "MSFT"), ("candle", "BMW.DE"), ("candle", "MSFT")]
+    assert src.dropped == {} and list(src.denied["candle"]) == ["BMW.DE"]  # MSFT answered: only BMW.DE refused
 
 
 async def test_200_error_payload_is_an_error_not_data(serve: Serve) -> None:
