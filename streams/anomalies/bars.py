@@ -405,7 +405,9 @@ class SplitSuspect(Detector):
     A ratio of 10^k (1:10 reverse, 10:1) is the other way round: on arrival it is taken for the misplaced decimal
     point it far more often is (DecimalShift flags it), and it becomes a split only when the next point confirms
     the new level: update() then returns the split as a follow-up about the jump's record, and `verdict` is
-    ("confirmed", the split) for the caller to re-anchor the state before that point is judged. A new split,
+    ("confirmed", the split) for the caller to re-anchor the state before that point is judged. After a silence
+    of split_halt_seconds (a suspension) a bar's jump within decimal_tolerance of 10^k is taken for that ratio,
+    deferred alike: the price moved while the stock did not trade. A new split,
     flagged or deferred, sets ("opened", the split). `verdict` stays None on every other point (one test).
     Score: the observed ratio; threshold: the nominal ratio (details.tolerance).
     """
@@ -447,6 +449,14 @@ class SplitSuspect(Detector):
             if e <= err:
                 best, err = n, e
         return best
+
+    def _decade(self, ratio: float, tol: float) -> float | None:
+        """The configured 10^k ratio (k != 0) within tol (in log10) of the jump, after a suspension."""
+        x = math.log10(ratio)
+        k = round(x)
+        if k == 0 or abs(x - k) > tol:
+            return None
+        return next((n for n in self._nominals if abs(math.log10(n) - k) < 1e-9), None)
 
     def _near(self, pend: dict[str, Any], level: float, open_: float, close: float, interval: str | None) -> bool:
         """Are this point's open and close near `level`, within revert_fraction x the jump (in log)?"""
@@ -517,6 +527,8 @@ class SplitSuspect(Detector):
             tol = max(tol, s.split_gap_multiplier * srt[len(srt) // 2])
         tol = min(tol, s.split_tolerance_max)
         nominal = self._nearest(ratio, tol)
+        if nominal is None and is_bar and ts - prev[1] >= s.split_halt_seconds:
+            nominal = self._decade(ratio, bar_checks(s, point.interval).decimal_tolerance)
         if is_bar and nominal is not None and close > 0 and (
                 abs(math.log(close / (prev[0] * nominal))) >= abs(math.log(close / prev[0]))):
             # the bar closed nearer the level before the jump than the split's: a gap bought back (a crash open,

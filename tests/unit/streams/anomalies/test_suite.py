@@ -129,6 +129,32 @@ def test_a_split_whose_level_persists_stays_a_split() -> None:
     assert suite.split.pending == {}  # decided by the next bar
 
 
+@pytest.mark.parametrize(("silence_days", "comes_back"), [(60, False), (60, True), (1, False)])
+def test_a_10k_jump_after_a_suspension_is_a_reverse_split_once_the_next_bar_holds(silence_days: int,
+                                                                                   comes_back: bool) -> None:
+    """A penny stock back from two months' suspension at x118 (DITO.PS 2010-09-20: 0.04 -> 4.75, a 1:100 reverse
+    split plus the move while suspended) is one corporate action, not four days of decimal shifts; the same
+    jump that comes back the next bar is still a decimal shift, and without a suspension x118 is no 1:100."""
+    opens, closes = daily(vol=0.02)
+    days = weekdays(80)
+    days = days[:50] + [d + timedelta(days=silence_days - 1) for d in days[50:]]
+    moved = 1.18 * 100.0
+
+    def level(i: int) -> float:
+        return moved if i >= 50 and not (comes_back and i > 50) else 1.0
+
+    points = [bar(d, c * level(i), o * level(i), 1e6 / level(i))
+              for i, (d, o, c) in enumerate(zip(days, opens, closes, strict=True))]
+    got = final_flags(DetectorSuite(), points)
+    jump = days[50].isoformat()
+    if comes_back:
+        assert list(got) == [jump] and "anomaly:decimal_shift" in got[jump]
+    elif silence_days > 10:
+        assert got == {jump: ["corporate_action.suspect"]}
+    else:
+        assert [k for k, v in got.items() if "anomaly:decimal_shift" in v] == [d.isoformat() for d in days[50:54]]
+
+
 def test_a_retraction_keeps_the_other_flags_of_the_record() -> None:
     """A x0.5 bar on 60x volume that comes back: relabelled a price error, and still a volume spike."""
     opens, closes = daily()
