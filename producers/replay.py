@@ -15,10 +15,20 @@ Formats (detected from the header):
   times may be epoch seconds or milliseconds (exchange kline dumps), YYYYMMDD, or D/M/Y or M/D/Y (which one the
   file's own dates tell: a first part above 12 is a day; never told, month first, with a warning); columns may be
   separated by ";" (then "," is the decimal mark) or a tab.
-A file with a price column and no open is a tick file: each row a trade (DateTime,Price,Volume).
+- Investing.com's downloads: "Price" beside an Open is the close, volumes 62.38M/1.2K/3.05B, dates "Jun 03, 2024"
+  (months by name, NSE's 02-Jan-2024 too). A Time column holding the whole instant ("2024-01-02 09:30:00") is it.
+- Dukascopy's "Gmt time" is UTC, its "Local time" carries "GMT+0100"; polygon's flat files (window_start,
+  sip_timestamp: epoch ns); CryptoDataDownload's title line and "unix" column; CoinMarketCap's timeOpen; epoch
+  seconds written as floats (pandas); a zone name after the time (Interactive Brokers).
+- No header: Binance's kline dumps, told by their close time (open + interval - 1); any other header-less file is
+  refused, as its columns cannot be told.
+A file with a price column (or a Close or Last alone) and no open is a tick file: each row a trade
+(DateTime,Price[,Volume]); no size column, trades with volume None. Such a file of dates alone (daily closes) is
+refused: neither bars nor trades. Bid/ask quote files are refused, saying so.
 A file none of whose rows can be read is an error naming its header, not an empty replay.
-Timestamps become UTC. Rows whose times are all local midnights (daily and longer) are stored at UTC
-midnight of their date, as every daily bar in tickflow. Close is the file's Close; "Adj Close" and
+Timestamps become UTC. Rows whose times are all local midnights (daily and longer; midnight as written or in the
+configured zone, as Alpaca's 05:00 UTC daily bars) are stored at UTC midnight of their date, as every daily bar in
+tickflow. Close is the file's Close; "Adj Close" and
 adjusted_close go to metadata["adj_close"], never into the bar (a yfinance >= 0.2.51 file with
 auto_adjust=True has an adjusted Close already: the file does not say so, the user does).
 The interval (item_id) is inferred from the smallest gap between rows unless configured.
@@ -34,14 +44,17 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import glob
 import io
 import itertools
 import logging
 import re
 import time
+import zoneinfo
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -57,12 +70,16 @@ logger = logging.getLogger(__name__)
 
 SOURCE = "replay"
 
-_DATE_NAMES = ("date", "datetime", "timestamp", "time", "open time", "date time", "time key")
+# Preferred in this order: "unix" (CryptoDataDownload's epoch beside its naive UTC "date"), CoinMarketCap's timeOpen
+# before its snapshot "timestamp"; Dukascopy's "Gmt time"/"Local time"; polygon's window_start and sip_timestamp.
+_DATE_NAMES = ("unix", "date", "datetime", "timeopen", "time open", "timestamp", "time", "open time", "date time",
+               "time key", "gmt time", "local time", "window start", "sip timestamp", "participant timestamp")
 _SYMBOL_NAMES = ("symbol", "ticker", "name")
-_BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume", "vol": "volume"}
+_BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume", "vol": "volume",
+               "vol.": "volume"}
 # A file with a price and no open: trades (a tick file: DateTime,Price,Volume)
-_TRADE_FIELDS = {"price": "price", "volume": "volume", "vol": "volume", "size": "volume", "qty": "volume",
-                 "quantity": "volume"}
+_TRADE_FIELDS = {"price": "price", "volume": "volume", "vol": "volume", "vol.": "volume", "size": "volume",
+                 "qty": "volume", "quantity": "volume"}
 _CLOSE_ALIASES = ("close/last", "last", "close price")  # a close under another name, when there is no "close"
 # D/M/Y or M/D/Y with "/"; "." (MetaTrader's 2024.01.02, Europe's 02.01.2024: day first unless told otherwise)
 _SLASH_DATE = re.compile(r"^(\d{1,4})([/.])(\d{1,2})\2(\d{1,4})(?:[ T](.+))?$")
@@ -71,6 +88,23 @@ _SLASH_DATE = re.compile(r"^(\d{1,4})([/.])(\d{1,2})\2(\d{1,4})(?:[ T](.+))?$")
 _COMPACT_TIME = re.compile(r"^(19\d\d|20\d\d)(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])([01]\d|2[0-3])([0-5]\d)([0-5]\d)?$")
 _DECIMAL_COMMA = re.compile(r"\d,(?:\d{1,2}|\d{4,})$|\.\d{3},\d+$")
 _DECIMAL_POINT = re.compile(r"\d\.(?:\d{1,2}|\d{4,})$|,\d{3}\.\d+$")
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+           "november", "december")
+# A month by its name: Investing.com's "Dec 06, 2024", NSE's "02-Jan-2024", "2 Jan 2024"; a time may follow
+_NAMED_DATE = re.compile(r"^(?:([A-Za-z]{3,9})\.?\s+(\d{1,2}),?\s+(\d{4})"
+                         r"|(\d{1,2})[-\s]([A-Za-z]{3,9})\.?[-\s](\d{4}|\d{2}))(?:,?[ T](.+))?$")
+# An explicit offset written as a zone: Dukascopy's "Local time" ends in "GMT+0100"; "UTC" or "GMT" alone is +00:00
+_GMT_SUFFIX = re.compile(r"\s*(?:GMT|UTC)\s*(?:([+-])(\d{1,2}):?(\d{2})?)?$", re.IGNORECASE)
+# A zone's name after the time (Interactive Brokers' "20240102 09:30:00 US/Eastern")
+_ZONE_SUFFIX = re.compile(r"^(.*\d) ([A-Za-z]+(?:/[A-Za-z_+-]+)+)$")
+# A cell holding a date and a time ("2024-01-02 09:30:00"): a Time column that has the date too
+_DATED = re.compile(r"^\d{1,4}([-/.])\d{1,2}\1\d{1,4}[ T]\d")
+_FLOAT_EPOCH = re.compile(r"^\d{9,10}\.\d+$")  # epoch seconds as pandas writes a float column: 1325412060.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SUFFIXES = {"K": 3, "M": 6, "B": 9, "T": 12}  # Investing.com's volumes: 62.38M, 1.2K, 3.05B
+# Binance's kline dumps (data.binance.vision) have no header: these are their documented columns
+_BINANCE_KLINE = ("open time", "open", "high", "low", "close", "volume", "close time", "quote volume", "trades",
+                  "taker buy base volume", "taker buy quote volume", "ignore")
 _META_FIELDS = {
     "adj close": "adj_close", "adjusted close": "adj_close", "dividends": "dividend", "dividend amount": "dividend",
     "stock splits": "split", "split coefficient": "split_coefficient",
@@ -88,13 +122,48 @@ def _norm(name: str) -> str:
     return " ".join(name.strip().strip("<>").lower().replace("_", " ").split())
 
 
-def _float(text: str, decimal_comma: bool = False) -> float | None:
+def _float(text: str, decimal_comma: bool = False, suffix: bool = False) -> float | None:
+    """A cell's number; `suffix`: a volume may be written 62.38M (Investing.com), read exactly (62380000, not
+    62380000.00000001 as 62.38 * 1e6 is)."""
     s = text.strip().lstrip("$").replace("\u00a0", "").replace(" ", "")
     if not s or s.lower() in ("nan", "null", "none", "-"):
         return None
     # "1,234.5" (thousands) in a comma-separated file (the field was quoted); "1.234,5" where ";" separates
     s = s.replace(".", "").replace(",", ".") if decimal_comma else s.replace(",", "")
+    if suffix and len(s) > 1 and (power := _SUFFIXES.get(s[-1].upper())) is not None:
+        float(s[:-1])  # a ValueError for what is no number, as without a suffix
+        return float(Decimal(s[:-1]).scaleb(power))
     return float(s)
+
+
+def _month(name: str) -> int:
+    """A month's number from its English name or abbreviation (Jun, Sept, June)."""
+    low = name.lower()
+    for i, full in enumerate(_MONTHS, 1):
+        if full.startswith(low) and len(low) >= 3:
+            return i
+    raise ValueError(f"no month {name!r}")
+
+
+def _binance_klines(rows: Sequence[Sequence[str]]) -> bool:
+    """Whether header-less rows are Binance klines, told by their signature rather than guessed: 12 columns, open
+    and close time epoch ms or us of one length, every close time a whole number of seconds after its open time,
+    less one unit (open + interval - 1). Another header-less file's columns cannot be told: it is refused."""
+    for r in rows:
+        if len(r) != 12 or not (r[0].isdigit() and r[6].isdigit() and len(r[0]) == len(r[6]) in (13, 16)):
+            return False
+        span = int(r[6]) - int(r[0]) + 1
+        if span <= 0 or span % (1000 if len(r[0]) == 13 else 1_000_000):
+            return False
+    return bool(rows)
+
+
+def _is_data(row: Sequence[str]) -> bool:
+    """Whether a first row is data rather than a header: no cell with a word in it, and a number (MetaTrader 4's,
+    Kraken's, FirstRate's, histdata's exports have no header)."""
+    cells = [c.strip() for c in row if c.strip()]
+    return bool(cells) and not any(re.search(r"[A-Za-z]{2}", c) for c in cells) and any(
+        c[:1].isdigit() for c in cells)
 
 
 def _day_first(values: Sequence[str]) -> bool:
@@ -137,27 +206,54 @@ def _decimal_comma(body: Sequence[Sequence[str]], columns: Sequence[int], delimi
     return comma if comma != point else delimiter == ";"
 
 
+def _day_start(dt: datetime, tz: ZoneInfo) -> tuple[datetime, bool]:
+    """(dt, whether it starts a day): a midnight as written, or in the file's zone, returned in that zone so its
+    date is the day's (Alpaca's and polygon's daily bars are stamped 05:00 UTC, New York's midnight)."""
+    if (dt.hour, dt.minute, dt.second, dt.microsecond) == (0, 0, 0, 0):
+        return dt, True
+    local = dt.astimezone(tz)
+    if (local.hour, local.minute, local.second, local.microsecond) == (0, 0, 0, 0):
+        return local, True
+    return dt, False
+
+
 def _parse_time(text: str, tz: ZoneInfo, day_first: bool = False) -> tuple[datetime, bool]:
     """(aware datetime, whether it is a plain date or a local midnight)."""
-    s = text.strip()
+    s = " ".join(text.split())  # Interactive Brokers writes two spaces between date and time
+    if (g := _GMT_SUFFIX.search(s)) and g.start() > 0:
+        s = s[:g.start()] + (f"{g[1]}{int(g[2]):02d}:{g[3] or '00'}" if g[1] else "+00:00")
+    elif (z := _ZONE_SUFFIX.match(s)) and z[2] in _zone_names():
+        s, tz = z[1], ZoneInfo(z[2])
     if s.isdigit() and len(s) in (12, 14) and (m := _COMPACT_TIME.match(s)):  # YYYYMMDDHHMM[SS], not epoch ms
         s = f"{m[1]}-{m[2]}-{m[3]} {m[4]}:{m[5]}:{m[6] or '00'}"
-    elif s.isdigit() and len(s) in (9, 10, 12, 13, 16):  # epoch s, ms or us (9 and 12 digits: before 2001-09-09)
-        dt = datetime.fromtimestamp(int(s) / (1 if len(s) <= 10 else 1000 if len(s) <= 13 else 1_000_000), UTC)
-        return dt, (dt.hour, dt.minute, dt.second, dt.microsecond) == (0, 0, 0, 0)
+    elif s.isdigit() and len(s) in (9, 10, 12, 13, 16, 19):
+        # epoch s, ms, us or ns (polygon's flat files; 9 and 12 digits: before 2001-09-09), in whole microseconds
+        unit = 10 ** {9: 0, 10: 0, 12: 3, 13: 3, 16: 6, 19: 9}[len(s)]
+        return _day_start(_EPOCH + timedelta(microseconds=int(s) * 1_000_000 // unit), tz)
+    elif _FLOAT_EPOCH.match(s):
+        return _day_start(_EPOCH + timedelta(microseconds=int(Decimal(s).scaleb(6).to_integral_value())), tz)
     elif s.isdigit() and len(s) == 8:  # YYYYMMDD
         s = f"{s[:4]}-{s[4:6]}-{s[6:]}"
     elif m := _SLASH_DATE.match(s):
         a, b, c, rest = m[1], m[3], m[4], m[5]
         y, mo, d = (a, b, c) if len(a) == 4 else (c, a, b) if not day_first else (c, b, a)
         s = f"{int(y):04d}-{int(mo):02d}-{int(d):02d}" + (f" {rest.strip()}" if rest else "")
+    elif m := _NAMED_DATE.match(s):
+        mon, d, y = (m[1], m[2], m[3]) if m[1] else (m[5], m[4], m[6])
+        year = int(y) if len(y) == 4 else int(y) + (2000 if int(y) < 69 else 1900)  # two digits: as strptime's %y
+        s = f"{year:04d}-{_month(mon):02d}-{int(d):02d}" + (f" {m[7].strip()}" if m[7] else "")
     if len(s) == 10:
         d0 = datetime.fromisoformat(s)
         return d0.replace(tzinfo=UTC), True
     dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=tz)
-    return dt, (dt.hour, dt.minute, dt.second, dt.microsecond) == (0, 0, 0, 0)
+    return _day_start(dt, tz)
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
 
 
 def infer_interval(stamps: Sequence[datetime], daily: bool) -> str:
@@ -178,14 +274,26 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
     """A bar CSV (the formats in the module docstring) -> bars sorted by time (then symbol); rows without a time or
     OHLC skipped (counted); a file none of whose rows can be read, a ValueError."""
     text = text.lstrip("\ufeff")
+    lines = text.split("\n", 2)
+    if len(lines) > 1 and not any(c in lines[0] for c in ",;\t|") and any(c in lines[1] for c in ",;\t|"):
+        text = text.split("\n", 1)[1]  # a title above the header (CryptoDataDownload's address), not the header
     first_line = text.split("\n", 1)[0]
     delimiter = max((",", ";", "\t", "|"), key=first_line.count) if first_line else ","
     rows = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r and any(c.strip() for c in r)]
     if not rows:
         return []
+    if _is_data(rows[0]):
+        if not _binance_klines(rows):
+            raise ValueError(f"no header: the first row {rows[0][:8]!r} is data, and which column is which cannot "
+                             f"be told without names: add a header row such as Date,Time,Open,High,Low,Close,Volume")
+        rows = [list(_BINANCE_KLINE), *rows]
     names = [_norm(c) for c in rows[0]]
-    if "close" not in names:  # Nasdaq's "Close/Last", a "Last"
-        names = [("close" if n == next((a for a in _CLOSE_ALIASES if a in names), None) else n) for n in names]
+    if "close" not in names:  # Nasdaq's "Close/Last", a "Last"; Investing.com's "Price" beside its Open
+        aliases = _CLOSE_ALIASES + (("price",) if "open" in names else ())
+        names = [("close" if n == next((a for a in aliases if a in names), None) else n) for n in names]
+    if "volume" not in names and "vol" not in names and "vol." not in names:
+        # the base currency's volume first: "Volume BTC,Volume USDT" (CryptoDataDownload), "Volume_(BTC)" (Kaggle)
+        names = [("volume" if n == next((v for v in names if v.startswith("volume ")), None) else n) for n in names]
     time_col = -1
     symbol_col = -1
     if names[0] == "price" and len(rows) > 1 and _norm(rows[1][0]) == "ticker":
@@ -217,9 +325,17 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
         tickers = [None if i in skip else symbol.upper() for i in range(len(names))]
     elif not distinct:
         raise NoSymbol("no symbol: give one, or a file with a Ticker row")
-    trades = "open" not in names and "price" in names
+    # A price and no open: trades. A Close (or Last) alone is one too, with or without sizes: the record model
+    # takes a trade without a size (volume None), which the volume checks leave out rather than judge as zero.
+    trades = "open" not in names and ("price" in names or ("close" in names and not {"high", "low"} & set(names)))
+    if trades and "price" not in names:
+        names = ["price" if n == "close" else n for n in names]
     fields, needed = (_TRADE_FIELDS, ("price",)) if trades else (_BAR_FIELDS, ("open", "high", "low", "close"))
-    tz = ZoneInfo(time_zone)
+    quotes = " (bid/ask quotes are not replayed)" if {"bid", "ask"} & set(names) else ""
+    if missing := [n for n in needed if n not in names]:
+        raise ValueError(f"no {', '.join(missing)} column in header {rows[0][:8]!r}{quotes}")
+    # Dukascopy's "Gmt time": naive times that say they are UTC
+    tz = ZoneInfo("UTC") if re.search(r"\b(?:gmt|utc)\b", names[date_col]) else ZoneInfo(time_zone)
     price_cols = [i for i, n in enumerate(names) if i not in skip and n in needed]
     decimal_comma = delimiter != "," and _decimal_comma(body, price_cols, delimiter)
     day_first = _day_first([r[date_col] for r in body if len(r) > date_col])
@@ -230,7 +346,12 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
             skipped += 1
             continue
         try:
-            when = row[date_col] + (f" {row[time_col].strip()}" if time_col >= 0 else "")
+            when = row[date_col].strip()
+            if time_col >= 0:
+                clock = row[time_col].strip()
+                # a Time that holds the date too is the instant; a Date that holds a time (00:00:00) gives its date
+                when = clock if _DATED.match(clock) else f"{re.split(r'[ T]', when, maxsplit=1)[0]} {clock}" \
+                    if _DATED.match(when) else f"{when} {clock}"
             ts, midnight = _parse_time(when, tz, day_first)
             own = row[symbol_col].strip().upper() if symbol_col >= 0 else ""
             groups: dict[str, dict[str, Any]] = {}
@@ -240,7 +361,8 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
                 name = names[i]
                 key = fields.get(name) or _META_FIELDS.get(name)
                 if key is not None:
-                    groups.setdefault(str(tickers[i]) or own, {})[key] = _float(cell, decimal_comma)
+                    groups.setdefault(str(tickers[i]) or own, {})[key] = _float(cell, decimal_comma,
+                                                                                 key == "volume")
         except (ValueError, IndexError, OverflowError, OSError):
             skipped += 1
             continue
@@ -251,7 +373,13 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
             parsed.append((ts, midnight, sym, values))
     if body and not parsed:
         raise ValueError(f"none of its {len(body)} rows has a time and {', '.join(needed)} that could be read "
-                         f"(header {rows[0][:8]!r}, first row {body[0][:8]!r})")
+                         f"(header {rows[0][:8]!r}, first row {body[0][:8]!r}){quotes}")
+    if trades and parsed and all(m for _, m, _, _ in parsed):
+        # Date,Close: one price a day. A trade is an instant, and a date is none (a midnight trade is made up); a
+        # bar needs the day's open, high and low, which the file does not have. Neither is made up.
+        raise ValueError(f"its rows are dates with a price and no open, high or low (header {rows[0][:8]!r}): daily "
+                         f"closes are neither bars (they need open, high, low and close) nor trades (a trade has a "
+                         f"time of day); give the file Open, High and Low columns, or times of day for trades")
     if trades:
         return _trade_points(parsed, skipped, source=source, origin=origin)
     daily = bool(parsed) and all(m for _, m, _, _ in parsed)

@@ -316,3 +316,168 @@ def test_compact_date_times_are_not_read_as_epoch_milliseconds() -> None:
         datetime(2024, 1, 2, 15, 30, tzinfo=UTC), datetime(2024, 1, 2, 15, 31, tzinfo=UTC)]
     old = "time,open,high,low,close\n946684800000,1,2,0.5,1.5\n"  # epoch ms, 2000-01-01
     assert [b.timestamp for b in parse_csv(old, "X")] == [datetime(2000, 1, 1, tzinfo=UTC)]
+
+
+# ------------------------------------------------------------------------------------ more export formats
+
+
+def test_investing_com_price_is_the_close_volumes_have_suffixes_and_months_have_names() -> None:
+    """Investing.com's downloads: "Price" is the close, every cell quoted, thousands commas, volumes as 62.38M, "-" or
+    empty for none, newest first, dates M/D/Y or "Jun 03, 2024". The header was refused: no close."""
+    text = ('\ufeff"Date","Price","Open","High","Low","Vol.","Change %"\r\n'
+            '"12/06/2024","6,090.27","6,081.38","6,099.97","6,079.98","3.05B","0.25%"\r\n'
+            '"12/05/2024","6,075.11","6,089.84","6,092.57","6,070.41","-","-0.19%"\r\n'
+            '"12/04/2024","6,086.49","6,069.39","6,089.84","6,061.06","","0.61%"\r\n')
+    bars = parse_csv(text, "SPX")
+    assert [(b.timestamp.day, b.open, b.close, b.volume) for b in bars] == [
+        (4, 6069.39, 6086.49, None), (5, 6089.84, 6075.11, None), (6, 6081.38, 6090.27, 3_050_000_000.0)]
+    assert {b.interval for b in bars} == {"1d"}
+    named = ('"Date","Price","Open","High","Low","Vol.","Change %"\n'
+             '"Jun 04, 2024","194.35","194.64","195.32","193.03","62.38M","0.17%"\n'
+             '"Jun 03, 2024","194.03","192.90","194.99","192.52","1.2K","0.46%"\n')
+    assert [(b.timestamp, b.close, b.volume) for b in parse_csv(named, "AAPL")] == [
+        (datetime(2024, 6, 3, tzinfo=UTC), 194.03, 1200.0), (datetime(2024, 6, 4, tzinfo=UTC), 194.35, 62_380_000.0)]
+    nse = '"Date ","OPEN ","HIGH ","LOW ","PREV. CLOSE ","close ","VOLUME "\n"02-Jan-2024","1,500.00","1,520.00",' \
+          '"1,495.00","1,498.00","1,512.00","1,234,567"\n'  # NSE India: 02-Jan-2024
+    [bar] = parse_csv(nse, "INFY.NS")
+    assert (bar.timestamp, bar.close, bar.volume) == (datetime(2024, 1, 2, tzinfo=UTC), 1512.0, 1234567.0)
+
+
+def test_a_time_column_that_holds_the_date_too_is_the_instant() -> None:
+    """Date,Time with Time "2024-01-02 09:30:00": joined it read "2024-01-02 2024-01-02 09:30:00", and every row
+    was skipped. A Date written with a midnight ("2024-01-02 00:00:00", pandas) beside a Time gives its date."""
+    text = ("Date,Time,Open,High,Low,Close,Volume\n2024-01-02,2024-01-02 09:30:00,1,2,0.5,1.5,10\n"
+            "2024-01-02,2024-01-02 09:31:00,1,2,0.5,1.6,10\n")
+    bars = parse_csv(text, "X")
+    assert [b.timestamp for b in bars] == [datetime(2024, 1, 2, 14, 30, tzinfo=UTC),
+                                           datetime(2024, 1, 2, 14, 31, tzinfo=UTC)]
+    assert bars[0].interval == "1m"
+    stamped = "Date,Time,Open,High,Low,Close\n2024-01-02 00:00:00,09:30,1,2,0.5,1.5\n"
+    assert [b.timestamp for b in parse_csv(stamped, "X")] == [datetime(2024, 1, 2, 14, 30, tzinfo=UTC)]
+
+
+def test_a_close_or_last_alone_is_a_tick_file_of_trades_without_sizes() -> None:
+    """Time,Close (or Last) with no open and no volume was refused. Its rows are trades; with no size column a
+    trade's volume is None, as the record model allows, and the volume checks skip it rather than judge a zero."""
+    trades = parse_csv("Time,Close\n2024-01-02 09:30:00.123,100.5\n2024-01-02 09:30:00.456,100.6\n", "X")
+    assert [(t.data_type, t.timestamp.isoformat(), t.price, t.volume, t.item_id) for t in trades] == [
+        ("trade", "2024-01-02T14:30:00.123000+00:00", 100.5, None, "0"),
+        ("trade", "2024-01-02T14:30:00.456000+00:00", 100.6, None, "0")]
+    last = parse_csv("Date,Time,Last,Volume\n2024-01-02,09:30:00,100.5,3\n", "X", time_zone="UTC")
+    assert [(t.data_type, t.price, t.volume) for t in last] == [("trade", 100.5, 3.0)]
+    # One price a day is neither: a trade is an instant, a bar needs open, high and low. Refused, saying why.
+    for text in ("Date,Close\n2024-01-02,100.5\n2024-01-03,101\n", "Date,Price\n2024-01-02,100.5\n"):
+        with pytest.raises(ValueError, match=r"daily closes are neither bars .* nor trades"):
+            parse_csv(text, "X")
+    assert parse_csv("DateTime,Price\n", "X") == []  # a header alone is an empty file, as before
+
+
+def test_dukascopy_gmt_time_is_utc_and_local_time_keeps_its_offset() -> None:
+    """Dukascopy's "Gmt time" (02.01.2024 09:30:00.000) was no date column; its naive times are UTC, whatever
+    zone is configured. Its "Local time" says its offset: "GMT+0100"."""
+    gmt = ("Gmt time,Open,High,Low,Close,Volume\n02.01.2024 09:30:00.000,1.1034,1.104,1.103,1.1035,1234.5\n"
+           "02.01.2024 09:31:00.000,1.1035,1.104,1.103,1.1036,99.25\n")
+    bars = parse_csv(gmt, "EURUSD", time_zone="America/New_York")
+    assert [(b.timestamp, b.close) for b in bars] == [(datetime(2024, 1, 2, 9, 30, tzinfo=UTC), 1.1035),
+                                                      (datetime(2024, 1, 2, 9, 31, tzinfo=UTC), 1.1036)]
+    local = gmt.replace("Gmt time", "Local time").replace(" 09:3", " 10:3").replace(".000,", ".000 GMT+0100,")
+    assert [b.timestamp for b in parse_csv(local, "EURUSD")] == [b.timestamp for b in bars]
+    ticks = "Gmt time,Ask,Bid,AskVolume,BidVolume\n02.01.2024 09:30:00.123,1.1035,1.1034,1.5,2.25\n"
+    with pytest.raises(ValueError, match=r"no open, high, low, close column .*quotes are not replayed"):
+        parse_csv(ticks, "EURUSD")
+
+
+def test_polygon_flat_files_nanosecond_epochs() -> None:
+    """polygon's minute aggregates (ticker,volume,open,close,high,low,window_start,transactions; ns epoch) and
+    trades (sip_timestamp, size): no date column was found, and 19 digits were no epoch."""
+    aggs = ("ticker,volume,open,close,high,low,window_start,transactions\n"
+            "AAPL,4930,187.15,185.64,188.44,183.89,1704205800000000000,45\n"
+            "MSFT,100,371.2,372,372.5,371,1704205800000000000,5\n"
+            "AAPL,310,185.64,185.7,185.9,185.5,1704205860000000000,12\n")
+    bars = parse_csv(aggs)
+    assert [(b.symbol, b.timestamp, b.close, b.volume) for b in bars] == [
+        ("AAPL", datetime(2024, 1, 2, 14, 30, tzinfo=UTC), 185.64, 4930.0),
+        ("MSFT", datetime(2024, 1, 2, 14, 30, tzinfo=UTC), 372.0, 100.0),
+        ("AAPL", datetime(2024, 1, 2, 14, 31, tzinfo=UTC), 185.7, 310.0)]
+    assert {b.interval for b in bars} == {"1m"}
+    trades = ("ticker,conditions,correction,exchange,id,participant_timestamp,price,sequence_number,sip_timestamp,"
+              "size,tape,trf_id,trf_timestamp\nAAPL,\"12,37\",0,11,1,1704205800123456789,187.15,100,"
+              "1704205800123456999,10,3,,\n")
+    [t] = parse_csv(trades)
+    assert (t.data_type, t.timestamp, t.price, t.volume) == (
+        "trade", datetime(2024, 1, 2, 14, 30, 0, 123456, tzinfo=UTC), 187.15, 10.0)
+
+
+def test_daily_bars_stamped_at_the_zones_midnight_in_utc_are_daily() -> None:
+    """Alpaca's and polygon's daily bars are stamped 05:00 UTC (New York's midnight): they were intraday bars
+    86400s apart at 05:00. They are days, stored at UTC midnight of their date as every daily bar."""
+    alpaca = ("symbol,timestamp,open,high,low,close,volume,trade_count,vwap\n"
+              "AAPL,2024-01-02 05:00:00+00:00,187.15,188.44,183.89,185.64,82488700,1009074,185.9\n"
+              "AAPL,2024-01-03 05:00:00+00:00,184.22,185.88,183.43,184.25,58414460,656852,184.3\n")
+    assert [(b.timestamp, b.interval) for b in parse_csv(alpaca)] == [(datetime(2024, 1, 2, tzinfo=UTC), "1d"),
+                                                                      (datetime(2024, 1, 3, tzinfo=UTC), "1d")]
+    summer = alpaca.replace("01-02 05:", "07-01 04:").replace("01-03 05:", "07-02 04:")  # EDT: 04:00 UTC
+    assert [b.timestamp.date().isoformat() for b in parse_csv(summer)] == ["2024-07-01", "2024-07-02"]
+    days = "ticker,volume,open,close,high,low,window_start,transactions\n" \
+           "AAPL,82488700,187.15,185.64,188.44,183.89,1704171600000000000,1009074\n" \
+           "AAPL,58414460,184.22,184.25,185.88,183.43,1704258000000000000,656852\n"
+    assert [(b.timestamp, b.interval) for b in parse_csv(days)] == [(datetime(2024, 1, 2, tzinfo=UTC), "1d"),
+                                                                    (datetime(2024, 1, 3, tzinfo=UTC), "1d")]
+    tokyo = "time,open,high,low,close\n1704121200,1,2,0.5,1.5\n"  # 2024-01-01 15:00 UTC: Tokyo's 2 January
+    assert [b.timestamp for b in parse_csv(tokyo, "7203.T", time_zone="Asia/Tokyo")] == [
+        datetime(2024, 1, 2, tzinfo=UTC)]
+
+
+def test_binance_klines_are_told_by_their_signature_other_headerless_files_are_refused() -> None:
+    """data.binance.vision's kline CSVs have no header; open time + interval - 1 = close time tells them. Other
+    header-less exports (Kraken's OHLCVT, MetaTrader 4's, FirstRate's) cannot be told: refused, saying so."""
+    klines = ("1704067200000,42283.58,42554.57,42283.58,42475.23,1271.68108,1704070799999,53957248.99,47134,"
+              "682.57,28957416.82,0\n1704070800000,42475.23,42775.00,42431.65,42613.56,1196.37856,1704074399999,"
+              "50984826.76,44634,594.50,25339218.32,0\n")
+    bars = parse_csv(klines, "BTCUSDT")
+    assert [(b.timestamp, b.open, b.close, b.volume) for b in bars] == [
+        (datetime(2024, 1, 1, 0, tzinfo=UTC), 42283.58, 42475.23, 1271.68108),
+        (datetime(2024, 1, 1, 1, tzinfo=UTC), 42475.23, 42613.56, 1196.37856)]
+    assert bars[0].interval == "1h"
+    micro = klines.replace("000,4", "000000,4").replace("999,5", "999999,5")  # spot files since 2025: microseconds
+    assert [b.timestamp for b in parse_csv(micro, "BTCUSDT")] == [b.timestamp for b in bars]
+    for text in ("1704067200,42283.5,42554.5,42283.5,42475.2,12.5,100\n",  # Kraken OHLCVT
+                 "2024.01.02,09:30,1.1034,1.1040,1.1030,1.1035,100\n",  # MetaTrader 4
+                 "2024-01-02 09:30:00,187.15,188.44,183.89,185.64,1000\n"):  # FirstRate Data
+        with pytest.raises(ValueError, match=r"no header: the first row .* is data"):
+            parse_csv(text, "X")
+
+
+def test_crypto_and_kaggle_exports_title_line_unix_time_base_volume_and_float_epochs() -> None:
+    """CryptoDataDownload: its address on the first line, then unix (ms, UTC) beside a naive "date", and volumes
+    per currency ("Volume BTC" is the base's). Kaggle's bitcoin minutes: epoch seconds written as floats."""
+    cdd = ("https://www.CryptoDataDownload.com\nunix,date,symbol,open,high,low,close,Volume BTC,Volume USDT,"
+           "tradecount\n1704070800000,2024-01-01 01:00:00,BTC/USDT,42475.23,42775.0,42431.65,42613.56,1196.37,"
+           "50984826.76,44634\n1704067200000,2024-01-01 00:00:00,BTC/USDT,42283.58,42554.57,42283.58,42475.23,"
+           "1271.68,53957248.99,47134\n")
+    bars = parse_csv(cdd, "BTCUSDT")
+    assert [(b.timestamp, b.close, b.volume) for b in bars] == [
+        (datetime(2024, 1, 1, 0, tzinfo=UTC), 42475.23, 1271.68), (datetime(2024, 1, 1, 1, tzinfo=UTC), 42613.56,
+                                                                  1196.37)]
+    kaggle = "Timestamp,Open,High,Low,Close,Volume\n1325412060.0,4.58,4.58,4.58,4.58,0.0\n" \
+             "1325412120.0,4.58,4.59,4.58,4.59,1.5\n"
+    assert [b.timestamp for b in parse_csv(kaggle, "BTCUSD")] == [datetime(2012, 1, 1, 10, 1, tzinfo=UTC),
+                                                                  datetime(2012, 1, 1, 10, 2, tzinfo=UTC)]
+    old = "Timestamp,Open,High,Low,Close,Volume_(BTC),Volume_(Currency),Weighted_Price\n" \
+          "1325317920,4.39,4.39,4.39,4.39,0.455,2.0,4.39\n"
+    assert [b.volume for b in parse_csv(old, "BTCUSD")] == [0.455]
+
+
+def test_coinmarketcap_open_time_and_interactive_brokers_dates() -> None:
+    """CoinMarketCap's export: timeOpen is the bar's time, not the snapshot "timestamp" (23:59:59.999). Interactive
+    Brokers writes "20240102  09:30:00" (two spaces), or a zone's name after the time."""
+    cmc = ('"timeOpen";"timeClose";"timeHigh";"timeLow";"name";"open";"high";"low";"close";"volume";"marketCap";'
+           '"timestamp"\n"2024-01-02T00:00:00.000Z";"2024-01-02T23:59:59.999Z";"2024-01-02T12:00:00.000Z";'
+           '"2024-01-02T01:00:00.000Z";"2781";44187.14;45899.71;44176.95;44957.97;39800000000.5;880000000000.1;'
+           '"2024-01-02T23:59:59.999Z"\n')
+    [bar] = parse_csv(cmc, "BTC-USD")
+    assert (bar.timestamp, bar.interval, bar.close) == (datetime(2024, 1, 2, tzinfo=UTC), "1d", 44957.97)
+    ib = "date,open,high,low,close,volume,average,barCount\n20240102  09:30:00,187.15,188.44,183.89,185.64,1000," \
+         "186,50\n20240102 09:31:00 US/Eastern,187.15,188.44,183.89,185.64,1000,186,50\n"
+    assert [b.timestamp for b in parse_csv(ib, "AAPL", time_zone="UTC")] == [
+        datetime(2024, 1, 2, 9, 30, tzinfo=UTC), datetime(2024, 1, 2, 14, 31, tzinfo=UTC)]
