@@ -531,7 +531,20 @@ class Settings(BaseSettings):
                 logger.warning("sources.%s.symbols: %s listed more than once; each symbol is asked for once",
                                name, ", ".join(repr(t) for t in twice))
                 section.symbols = list(sent.values())
+        self._warn_news_twice()
         return self
+
+    def _warn_news_twice(self) -> None:
+        """Finnhub's company news read by both the finnhub source and the news source is stored twice (the source
+        is part of the natural key): legal, but rarely meant, and it spends the shared 60 calls a minute twice."""
+        fh, news = self.sources.finnhub, self.sources.news
+        if not (fh.enabled and news.enabled and "company_news" in fh.endpoints):
+            return
+        both = sorted({s.upper() for s in fh.symbols} & {s.upper() for s in news.symbols})
+        if both:
+            logger.warning("sources.finnhub.endpoints has company_news and sources.news reads Finnhub's company news "
+                           "too, for %s: each article is stored twice (source finnhub and source news); drop one",
+                           ", ".join(both))
 
 
 def _problems(exc: ValidationError) -> str:

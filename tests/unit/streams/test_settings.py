@@ -251,6 +251,19 @@ def test_a_symbol_pattern_that_is_no_regular_expression_is_a_config_error() -> N
         load_settings(validation={"symbol_pattern": "^[A-Z"})
 
 
+def test_finnhub_company_news_beside_the_news_source_is_warned(caplog: pytest.LogCaptureFixture) -> None:
+    """Both read Finnhub's company news: each article would land twice (source is in the natural key)."""
+    caplog.set_level(logging.WARNING, logger="streams.settings")
+    load_settings(sources={"finnhub": {"enabled": True, "symbols": ["AAPL", "MSFT"], "endpoints": ["quote"]},
+                           "news": {"enabled": True, "symbols": ["AAPL"]}})
+    assert "stored twice" not in caplog.text  # no company_news on the finnhub source
+    load_settings(sources={"finnhub": {"enabled": True, "symbols": ["AAPL", "MSFT"],
+                                       "endpoints": ["quote", "company_news"]},
+                           "news": {"enabled": True, "symbols": ["aapl", "TSLA"]}})
+    assert "company_news and sources.news reads Finnhub's company news too, for AAPL: each article is stored twice" \
+        in caplog.text
+
+
 def test_a_symbol_listed_twice_is_asked_for_once(caplog: pytest.LogCaptureFixture) -> None:
     """[TSLA, " tsla"] made a source that does not drop repeats itself (news, social, stocktwits) ask twice a
     round, against its provider's limit: kept once, with a warning, not a start-up failure."""
