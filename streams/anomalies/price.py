@@ -90,7 +90,9 @@ class BrownleesGallo(Detector):
         mean, sd = w.trimmed_mean_sd(self._trim)
         threshold = self._sd_multiplier * sd + self._gamma * mean
         dev = abs(p - mean)
-        if dev < threshold or (self._require_jump and previous is not None and abs(p - previous) < threshold):
+        # dev == 0: a trade at the mean is no outlier, even where gamma 0 on a flat window makes the threshold 0
+        if dev < threshold or dev == 0.0 or (
+                self._require_jump and previous is not None and abs(p - previous) < threshold):
             if not suspect:
                 w.push(p)
                 self.pending.clear()
@@ -376,7 +378,7 @@ class ClearlyErroneous(Detector):
     """FINRA Rule 11892 (clearly erroneous executions), numerical guidelines against the last clean price.
 
     Reference price up to $25: a move of 10% or more; $25-$50: 5%; above $50: 3% (bands configurable). A
-    flagged price does not become the reference. Score: |p / reference - 1|; threshold: the band.
+    flagged price does not become the reference. Score: |p - reference| / reference; threshold: the band.
     """
 
     name = "clearly_erroneous"
@@ -408,8 +410,11 @@ class ClearlyErroneous(Detector):
                 self.reference = p
             return []
         band = self.band(ref)
-        move = abs(p / ref - 1.0)
-        if move < band:
+        # |p - ref| / ref, not |p / ref - 1|: 18 / 20 - 1 is -0.09999999999999998, so a drop of exactly the band
+        # (FINRA's "10% or more") was clean while the same rise was flagged; the margin absorbs the division's
+        # own rounding (a move within 1e-9 of the band is the band: prices are quoted to far fewer digits).
+        move = abs(p - ref) / ref
+        if move < band * (1.0 - 1e-9):
             if not suspect:
                 self.reference = p
                 self.pending.clear()

@@ -1,6 +1,7 @@
 """Retention against the real PostgreSQL (streams/stages/retention.py, sinks/postgres.py delete_older_than):
 rows older than sink.data_retention_days go from every table it names (market_data, data_quality_metrics,
-anomaly_events, dead_letters) in bounded batches, newer rows stay; and a real worker's leader timer does it."""
+anomaly_events, dead_letters) in bounded batches, newer rows stay; a pass's DELETEs stop at the first short batch;
+and a real worker's leader timer does it."""
 
 from __future__ import annotations
 
@@ -131,3 +132,77 @@ async def test_worker_leader_applies_retention(iso, pg, filled, workers) -> None
     assert counts["data_quality_metrics"][1] >= NEW
     assert "retention: deleted" in w.log_text()
     assert w.alive()
+
+
+# The statements of one pass (delete_older_than): per table, DELETEs of at most BATCH rows each, repeated until one
+# deletes fewer (a full batch may hide more), and not one more.
+CUTOFF = NOW - timedelta(days=DAYS)
+BATCH = 100
+OLD_TICKS = 250  # two full batches and a short one
+OLD_EVENTS = 200  # exactly two batches: the third DELETE, of 0 rows, is how the loop knows it is done
+NEW_ROWS = 20
+
+
+def _stamps(old: int) -> list[datetime]:
+    return ([CUTOFF - timedelta(days=1, seconds=i) for i in range(old)]
+            + [CUTOFF + timedelta(days=1, seconds=i) for i in range(NEW_ROWS)])
+
+
+@pytest.fixture
+async def writer(iso: Isolation, pg: asyncpg.Connection) -> AsyncIterator[PostgresTickWriter]:
+    """The test's schema with OLD_TICKS old ticks (in DEFAULT: no partition for their month, so they go by the
+    batched DELETE), OLD_EVENTS old anomaly events, NEW newer rows of each, and no metrics nor dead letters."""
+    w = PostgresTickWriter(PostgresSettings(host=iso.pg["host"], port=iso.pg["port"], user=iso.pg["user"],
+                                            database=iso.pg["database"], db_schema=iso.schema))
+    await w.start()
+    ticks, events = _stamps(OLD_TICKS), _stamps(OLD_EVENTS)
+    assert (await w.write([_tick(i, ts) for i, ts in enumerate(ticks)])).inserted == len(ticks)
+    assert await w.write_anomalies([_event(i, ts) for i, ts in enumerate(events)]) == len(events)
+    yield w
+    await w.stop()
+
+
+def recording(w: PostgresTickWriter) -> list[tuple[str, int, int]]:
+    """Each DELETE the writer runs, as (table, LIMIT bound, rows deleted), the statement itself still run."""
+    statements: list[tuple[str, int, int]] = []
+    execute = w._execute_planned
+
+    async def counting(sql: str, *args: Any) -> str:
+        status = await execute(sql, *args)
+        if sql.startswith("DELETE"):
+            table = sql.split(" ", 3)[2].rsplit(".", 1)[-1]
+            statements.append((table, args[-1], int(status.rsplit(" ", 1)[-1])))
+        return status
+
+    w._execute_planned = counting  # type: ignore[method-assign]
+    return statements
+
+
+async def test_a_pass_deletes_in_bounded_batches_until_a_short_one_and_stops_there(iso, pg, writer) -> None:
+    """Per table: DELETEs of at most BATCH, until one deletes fewer (0 after an exact multiple), and no more."""
+    statements = recording(writer)
+    assert await writer.delete_older_than(CUTOFF, BATCH) == OLD_TICKS + OLD_EVENTS
+    assert statements == [
+        ("market_data", BATCH, 100), ("market_data", BATCH, 100), ("market_data", BATCH, 50),
+        ("data_quality_metrics", BATCH, 0),
+        ("anomaly_events", BATCH, 100), ("anomaly_events", BATCH, 100), ("anomaly_events", BATCH, 0),
+        ("dead_letters", BATCH, 0),
+    ]
+    for table in ("market_data", "anomaly_events"):
+        assert await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.{table} WHERE ts < $1", CUTOFF) == 0
+        assert await pg.fetchval(f"SELECT count(*) FROM {iso.schema}.{table} WHERE ts >= $1", CUTOFF) == NEW_ROWS
+
+
+async def test_a_pass_with_nothing_old_runs_one_empty_delete_per_table(iso, pg, writer) -> None:
+    """Nothing older than the cutoff: one empty DELETE per table, and the pass ends (no loop on nothing)."""
+    statements = recording(writer)
+    assert await writer.delete_older_than(CUTOFF - timedelta(days=365), BATCH) == 0
+    assert statements == [(table, BATCH, 0) for table in TABLES]
+
+
+async def test_one_batch_never_deletes_more_than_its_bound(iso, pg, writer) -> None:
+    """The LIMIT is the caller's batch_rows: with 1000, the 250 old ticks go in one statement."""
+    statements = recording(writer)
+    assert await writer.delete_older_than(CUTOFF, 1000) == OLD_TICKS + OLD_EVENTS
+    assert [(t, n) for t, _, n in statements] == [("market_data", 250), ("data_quality_metrics", 0),
+                                                  ("anomaly_events", 200), ("dead_letters", 0)]
