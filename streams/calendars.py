@@ -192,8 +192,11 @@ class SessionCalendar:
 
         try:
             cal = xc.get_calendar(name, start=f"{_FIRST_YEAR}-01-01")
-        except Exception:  # its history starts later: the package's own default range
-            cal = xc.get_calendar(name)
+        except Exception:  # its history starts later: from its first evaluable day (Tokyo 1997, Shanghai 1990)
+            cal = xc.get_calendar(name)  # the package's own default range: its last 20 years only
+            first = type(cal).bound_min()
+            if first is not None and first < cal.first_session:
+                cal = xc.get_calendar(name, start=first)
         days = [int(x // 86_400_000_000_000) for x in cal.sessions.as_unit("ns").asi8]
         # A session with a lunch break (Hong Kong, Tokyo, Shanghai) is open as two spans: the break is closed, so
         # its hour is no gap in a day's bars and no silence of a feed.

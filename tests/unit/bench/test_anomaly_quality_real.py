@@ -89,7 +89,7 @@ def test_series_sets() -> None:
     assert b.series_sets("all") == {"classic", "more"}
     assert b.series_sets("more,illiquid") == {"more", "illiquid"}
     assert b.parse_args([]).series == {"classic"}
-    assert {g for g, _ in b.EXTRA.values()} == {"more", "illiquid", "crypto"}
+    assert {g for g, _ in b.EXTRA.values()} == {"more", "illiquid", "crypto", "asia", "closeonly"}
     try:
         b.series_sets("more,dito")
     except Exception as exc:

@@ -139,6 +139,20 @@ def test_sessions_are_the_exchanges_trading_days() -> None:
     assert not cal.is_session(day("2024-11-30"))  # a Saturday
 
 
+def test_a_calendar_whose_history_starts_after_1960_goes_back_as_far_as_it_can() -> None:
+    """Tokyo's calendar cannot start in 1960; it was built for the package's last 20 years only, so a Nikkei series
+    of 1990-2001 (nolds' ^N225) was judged on weekdays: 125 false gaps on Japanese holidays."""
+    cal = calendar("XTKS")
+    assert cal is not None
+
+    def day(text: str) -> int:
+        return date.fromisoformat(text).toordinal() - date(1970, 1, 1).toordinal()
+
+    assert cal.covers(day("1999-01-04")) and cal.is_session(day("1999-01-04"))
+    assert not cal.is_session(day("1999-01-15"))  # Coming of Age Day, a Friday
+    assert not cal.is_session(day("2000-05-03"))  # Constitution Day, a Wednesday
+
+
 def test_fx_trades_from_sunday_evening_to_friday_evening_utc() -> None:
     def utc(text: str) -> float:
         return datetime.fromisoformat(f"{text}+00:00").timestamp()

@@ -364,6 +364,35 @@ def test_a_crash_open_bought_back_is_no_split(close: float, flagged: bool) -> No
     assert bool(out) is flagged
 
 
+def _flat(ts: datetime, c: float) -> MarketDataPoint:
+    """A close-only feed's bar: open = high = low = close, no volume."""
+    return MarketDataPoint(symbol="AAPL", timestamp=ts, source="sim", data_type="bar", open=c, high=c, low=c, close=c,
+                           volume=0.0, interval="1d")
+
+
+@pytest.mark.parametrize(("ratio", "flagged"), [(0.8, False), (0.667, False), (0.5, True), (1 / 3, True), (2.0, True)])
+def test_a_close_only_series_matches_only_splits_of_two_for_one_or_more(ratio: float, flagged: bool) -> None:
+    """skfolio's adjusted closes (AMD 1997-10-01 x0.829, BBY 1991-12-19 x0.659): a close-only bar's jump is the whole
+    day's move, as likely a crash or an earnings day as a 5:4 or 3:2 split; a 2:1 split is no day's move."""
+    sp = SplitSuspect()
+    days = [datetime(2024, 5, 6, 20, tzinfo=UTC) + timedelta(days=i) for i in range(3)]
+    sp.update(_flat(days[0], 100.0))
+    sp.update(_flat(days[1], 100.0))
+    assert bool(sp.update(_flat(days[2], 100.0 * ratio))) is flagged
+
+
+def test_a_stream_with_ranges_keeps_its_5_for_4_split_on_a_flat_bar() -> None:
+    """A bar stream that had an open, high or low of its own is no close-only series: a flat split day (no trade at
+    the new level but the close) is matched as before, also after a restart."""
+    sp = SplitSuspect()
+    days = [datetime(2024, 5, 6, 20, tzinfo=UTC) + timedelta(days=i) for i in range(3)]
+    sp.update(bar(days[0], 100.0, 100.0))
+    sp = SplitSuspect.from_state(sp.to_state())
+    sp.update(_flat(days[1], 100.0))
+    [a] = sp.update(_flat(days[2], 80.0))
+    assert a.kind == "corporate_action" and a.threshold == 0.8
+
+
 def test_suite_split_is_a_corporate_action_not_an_error_and_the_next_day_is_clean() -> None:
     suite = DetectorSuite()
     prices = walk(200, seed=4)
