@@ -403,10 +403,13 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
 def _trade_points(parsed: Sequence[tuple[datetime, bool, str, dict[str, Any]]], skipped: int, *, source: str,
                   origin: str | None) -> list[MarketDataPoint]:
     """A tick file's rows -> trades. item_id "n": the row's place among the file's rows of its symbol and instant
-    (equal prints of one millisecond are two trades, and a replay of the file maps onto the same keys)."""
+    (equal prints of one millisecond are two trades, and a replay of the file maps onto the same keys), counted
+    from the oldest row: a newest-first copy of the same ticks (as Nasdaq's and Investing.com's downloads are
+    written) gives each print the key the oldest-first file gives it."""
     seen: dict[tuple[str, datetime], int] = {}
     out: list[MarketDataPoint] = []
-    for ts, _, sym, values in parsed:
+    newest_first = len(parsed) > 1 and parsed[0][0] > parsed[-1][0]
+    for ts, _, sym, values in (reversed(parsed) if newest_first else parsed):
         at = ts.astimezone(UTC)
         n = seen[sym, at] = seen.get((sym, at), -1) + 1
         meta: dict[str, Any] = {"file": origin} if origin else {}

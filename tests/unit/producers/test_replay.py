@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from producers.replay import ReplaySettings, ReplaySource, infer_interval, parse_csv
+from streams.models import MarketDataPoint
 
 FIX = Path(__file__).parent / "fixtures" / "replay"
 
@@ -190,6 +191,21 @@ def test_a_tick_file_is_trades_and_equal_prints_stay_two() -> None:
         ("trade", "2013-09-01T22:00:00.083000+00:00", 1640.25, 8.0, "0"),
         ("trade", "2013-09-01T22:00:00.083000+00:00", 1640.25, 8.0, "1"),
         ("trade", "2013-09-01T22:00:00.097000+00:00", 1640.5, 1.0, "0")]
+
+
+def test_a_newest_first_tick_file_gives_each_print_the_same_key() -> None:
+    """Two prints of one instant at different prices: a newest-first copy of the file (as Nasdaq's downloads are
+    written) keyed them the other way round, so replaying both stored each key's other price as a revision."""
+    rows = ["2024-01-02 09:30:00.120,100.5,3", "2024-01-02 09:30:00.120,100.25,7", "2024-01-02 09:30:01.000,100.75,1"]
+    oldest_first = parse_csv("Time,Price,Size\n" + "\n".join(rows) + "\n", "XYZ")
+    newest_first = parse_csv("Time,Price,Size\n" + "\n".join(reversed(rows)) + "\n", "XYZ")
+
+    def keys(trades: list[MarketDataPoint]) -> set[tuple[str, str, float | None]]:
+        return {(t.timestamp.isoformat(), t.item_id, t.price) for t in trades}
+
+    assert keys(oldest_first) == keys(newest_first) == {
+        ("2024-01-02T14:30:00.120000+00:00", "0", 100.5), ("2024-01-02T14:30:00.120000+00:00", "1", 100.25),
+        ("2024-01-02T14:30:01+00:00", "0", 100.75)}
 
 
 def test_infer_interval() -> None:
