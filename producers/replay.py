@@ -136,6 +136,13 @@ def _float(text: str, decimal_comma: bool = False, suffix: bool = False) -> floa
     return float(s)
 
 
+def _year(text: str) -> int:
+    """A year of four digits, or of two as strptime's %y reads them (69-99: 1900s; 00-68: 2000s): the Wall Street
+    Journal's 01/02/24 is 2024, not the year 24."""
+    y = int(text)
+    return y if len(text) != 2 else y + (2000 if y < 69 else 1900)
+
+
 def _month(name: str) -> int:
     """A month's number from its English name or abbreviation (Jun, Sept, June)."""
     low = name.lower()
@@ -237,11 +244,10 @@ def _parse_time(text: str, tz: ZoneInfo, day_first: bool = False) -> tuple[datet
     elif m := _SLASH_DATE.match(s):
         a, b, c, rest = m[1], m[3], m[4], m[5]
         y, mo, d = (a, b, c) if len(a) == 4 else (c, a, b) if not day_first else (c, b, a)
-        s = f"{int(y):04d}-{int(mo):02d}-{int(d):02d}" + (f" {rest.strip()}" if rest else "")
+        s = f"{_year(y):04d}-{int(mo):02d}-{int(d):02d}" + (f" {rest.strip()}" if rest else "")
     elif m := _NAMED_DATE.match(s):
         mon, d, y = (m[1], m[2], m[3]) if m[1] else (m[5], m[4], m[6])
-        year = int(y) if len(y) == 4 else int(y) + (2000 if int(y) < 69 else 1900)  # two digits: as strptime's %y
-        s = f"{year:04d}-{_month(mon):02d}-{int(d):02d}" + (f" {m[7].strip()}" if m[7] else "")
+        s = f"{_year(y):04d}-{_month(mon):02d}-{int(d):02d}" + (f" {m[7].strip()}" if m[7] else "")
     if len(s) == 10:
         d0 = datetime.fromisoformat(s)
         return d0.replace(tzinfo=UTC), True
@@ -311,8 +317,9 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
         body = rows[1:]
         symbol_col = next((names.index(n) for n in _SYMBOL_NAMES if n in names), -1)
         column = [r[symbol_col].strip() for r in body if len(r) > symbol_col] if symbol_col >= 0 else []
-        if symbol_col >= 0 and not (column and all(0 < len(v) <= 24 and " " not in v for v in column)):
-            symbol_col = -1  # a "name" column of company names, not tickers
+        if symbol_col >= 0 and not (column and all(0 < len(v) <= 24 and " " not in v and not v.isdigit()
+                                                   for v in column)):
+            symbol_col = -1  # a "name" column of company names (or CoinMarketCap's numeric id 2781), not tickers
         in_column = {v.upper() for v in column} if symbol_col >= 0 else set()
         if symbol_col >= 0 and symbol and len(in_column) <= 1:
             symbol_col = -1  # one ticker in the file: the given symbol names it (a mapping renames it)
@@ -331,7 +338,8 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
     if trades and "price" not in names:
         names = ["price" if n == "close" else n for n in names]
     fields, needed = (_TRADE_FIELDS, ("price",)) if trades else (_BAR_FIELDS, ("open", "high", "low", "close"))
-    quotes = " (bid/ask quotes are not replayed)" if {"bid", "ask"} & set(names) else ""
+    # bid, ask; polygon's bid_price, ask_price; Dukascopy's Bid, Ask
+    quotes = " (bid/ask quotes are not replayed)" if any(n.split(" ")[0] in ("bid", "ask") for n in names) else ""
     if missing := [n for n in needed if n not in names]:
         raise ValueError(f"no {', '.join(missing)} column in header {rows[0][:8]!r}{quotes}")
     # Dukascopy's "Gmt time": naive times that say they are UTC
@@ -408,8 +416,13 @@ def _trade_points(parsed: Sequence[tuple[datetime, bool, str, dict[str, Any]]], 
     written) gives each print the key the oldest-first file gives it."""
     seen: dict[tuple[str, datetime], int] = {}
     out: list[MarketDataPoint] = []
-    newest_first = len(parsed) > 1 and parsed[0][0] > parsed[-1][0]
-    for ts, _, sym, values in (reversed(parsed) if newest_first else parsed):
+    # per symbol: a file of several symbols' blocks (AAPL's day, then MSFT's earlier day) is not newest first
+    ends: dict[str, tuple[datetime, datetime]] = {}
+    for ts, _, sym, _ in parsed:
+        ends[sym] = (ends[sym][0], ts) if sym in ends else (ts, ts)
+    newest_first = {sym for sym, (first, last) in ends.items() if first > last}
+    rows = [r for r in parsed if r[2] not in newest_first] + [r for r in reversed(parsed) if r[2] in newest_first]
+    for ts, _, sym, values in rows:
         at = ts.astimezone(UTC)
         n = seen[sym, at] = seen.get((sym, at), -1) + 1
         meta: dict[str, Any] = {"file": origin} if origin else {}

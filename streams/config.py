@@ -1148,11 +1148,12 @@ class AnomalySettings(BaseModel):
     split_gap_multiplier: float = Field(default=5.0, ge=0)
     # Upper bound of that widened tolerance.
     split_tolerance_max: float = Field(default=0.04, gt=0, lt=0.2)
-    # After a silence this long (a trading suspension; no holiday lasts 10 days), a bar's jump near a 10^k ratio
-    # (1:10, 1:100 reverse, 10:1) is matched within decimal_tolerance: the price moved while the stock was
-    # suspended (a penny stock back from two months' suspension x119: a 1:100 reverse split). The next bar still
-    # decides, as for any 10^k jump: back at the old level, a decimal shift; at the new one, a split.
-    split_halt_seconds: float = Field(default=10 * 86400.0, gt=0)
+    # After a silence this long (a trading suspension: longer than the longest holiday closures, Shanghai's, Taipei's
+    # and Jakarta's 10-12 days between sessions), a bar's jump up near a 10^k ratio (1:10, 1:100 reverse) is
+    # matched within decimal_tolerance: the price moved while the stock was suspended (a penny stock back from two
+    # months' suspension x119: a 1:100 reverse split). The next bar still decides, as for any 10^k jump: back at
+    # the old level, a decimal shift; at the new one, a split.
+    split_halt_seconds: float = Field(default=20 * 86400.0, gt=0)
     # A daily bar's split-like jump of 2:1 to 1:2 on a volume over this multiple of the stream's median volume (of its
     # last 20 bars) times the split's own share factor is news, not a split: a split multiplies the day's share
     # count by the factor (x1.25 for 5:4), an earnings gap by 4-15 (META 2018-07-26 x0.80 and NFLX 2022-01-21

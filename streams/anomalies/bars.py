@@ -395,10 +395,10 @@ class SplitSuspect(Detector):
     A jump of 2:1 to 1:2 on a daily bar whose volume exceeds split_news_volume x the median of the stream's last
     20 bar volumes x the split's share factor is news (an earnings gap), not a split. Not on intraday bars, whose
     volume follows the hour of the day (the first minute trades 10-50 times the median).
-    A close-only bar stream (no bar of it ever had an open, high or low of its own) has no open: its "jump" is the
-    whole day's close-to-close move, and a crash or an earnings day of -20% or -33% is then as likely as a 5:4 or
-    3:2 split (skfolio's adjusted closes of 20 S&P 500 stocks, 1990-2022: 40 of their 53 flags were such days,
-    taken for a split, or relabelled an error when the next close came back; adjusted closes hold no split).
+    A close-only bar stream (none of its bars had an open other than open = high = low = close) has no open: its
+    "jump" is the whole day's close-to-close move, and a crash or an earnings day of -20% or -33% is then as likely
+    as a 5:4 or 3:2 split (skfolio's adjusted closes of 20 S&P 500 stocks, 1990-2022: 40 of their 53 flags were such
+    days, taken for a split, or relabelled an error when the next close came back; adjusted closes hold no split).
     There only ratios of 2:1 and 1:2 or more are matched (`_CLOSE_ONLY_MIN`): a smaller split goes unlabelled, and
     BarOutlier takes its level as a move that persisted.
 
@@ -412,8 +412,8 @@ class SplitSuspect(Detector):
     point it far more often is (DecimalShift flags it), and it becomes a split only when the next point confirms
     the new level: update() then returns the split as a follow-up about the jump's record, and `verdict` is
     ("confirmed", the split) for the caller to re-anchor the state before that point is judged. After a silence
-    of split_halt_seconds (a suspension) a bar's jump within decimal_tolerance of 10^k is taken for that ratio,
-    deferred alike: the price moved while the stock did not trade. A new split,
+    of split_halt_seconds (a suspension) a bar's jump up within decimal_tolerance of 10^k is taken for that reverse
+    split, deferred alike: the price moved while the stock did not trade. A new split,
     flagged or deferred, sets ("opened", the split). `verdict` stays None on every other point (one test).
     Score: the observed ratio; threshold: the nominal ratio (details.tolerance).
     """
@@ -460,10 +460,11 @@ class SplitSuspect(Detector):
         return best
 
     def _decade(self, ratio: float, tol: float) -> float | None:
-        """The configured 10^k ratio (k != 0) within tol (in log10) of the jump, after a suspension."""
+        """The configured 10^k reverse-split ratio (k > 0) within tol (in log10) of the jump, after a suspension.
+        Not a forward one: a stock back from a long closure at a tenth of its price is likelier a crash."""
         x = math.log10(ratio)
         k = round(x)
-        if k == 0 or abs(x - k) > tol:
+        if k <= 0 or abs(x - k) > tol:
             return None
         return next((n for n in self._nominals if abs(math.log10(n) - k) < 1e-9), None)
 
@@ -497,8 +498,8 @@ class SplitSuspect(Detector):
         if is_bar:
             close = point.close
             open_ = point.open if point.open is not None else close
-            if point.open is not None and not (open_ == close == point.high == point.low) and (
-                    f.stream not in self.ranged):
+            if f.stream not in self.ranged and point.open is not None and not (
+                    open_ == close == point.high == point.low):
                 _put_bounded(self.ranged, f.stream, True, self._max_streams)
         else:
             q = f.quote

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from producers.replay import ReplaySettings, ReplaySource, infer_interval, parse_csv
+from producers.replay import NoSymbol, ReplaySettings, ReplaySource, infer_interval, parse_csv
 from streams.models import MarketDataPoint
 
 FIX = Path(__file__).parent / "fixtures" / "replay"
@@ -206,6 +206,21 @@ def test_a_newest_first_tick_file_gives_each_print_the_same_key() -> None:
     assert keys(oldest_first) == keys(newest_first) == {
         ("2024-01-02T14:30:00.120000+00:00", "0", 100.5), ("2024-01-02T14:30:00.120000+00:00", "1", 100.25),
         ("2024-01-02T14:30:01+00:00", "0", 100.75)}
+    # the direction is each symbol's own: a file of blocks (XYZ's day, then an earlier day of ABC) is not newest first
+    blocks = parse_csv("Time,Symbol,Price,Size\n" + "\n".join(f"{r.split(',')[0]},XYZ,{r.split(',', 1)[1]}"
+                                                              for r in rows)
+                       + "\n2024-01-01 10:00:00,ABC,5,1\n", None)
+    assert keys([t for t in blocks if t.symbol == "XYZ"]) == keys(oldest_first)
+
+
+def test_two_digit_years_are_read_as_strptime_reads_them() -> None:
+    """The Wall Street Journal's downloads write 01/02/24: that was the year 24 (0024-01-02), every bar 2,000 years
+    off; 69-99 are the 1900s, as %y."""
+    text = "Date,Open,High,Low,Close,Volume\n01/03/24,2,3,1,2.5,10\n01/02/24,2,3,1,2.5,10\n12/31/99,2,3,1,2.5,10\n"
+    assert [b.timestamp.date().isoformat() for b in parse_csv(text, "DJIA")] == ["1999-12-31", "2024-01-02",
+                                                                                  "2024-01-03"]
+    assert parse_csv("Date;Open;High;Low;Close\n13.01.24;2;3;1;2,5\n", "X")[0].timestamp.date().isoformat() \
+        == "2024-01-13"
 
 
 def test_infer_interval() -> None:
@@ -493,6 +508,10 @@ def test_coinmarketcap_open_time_and_interactive_brokers_dates() -> None:
            '"2024-01-02T23:59:59.999Z"\n')
     [bar] = parse_csv(cmc, "BTC-USD")
     assert (bar.timestamp, bar.interval, bar.close) == (datetime(2024, 1, 2, tzinfo=UTC), "1d", 44957.97)
+    # its "name" is CoinMarketCap's id of the quote currency (2781: USD), the same in every file: no ticker, so a
+    # folder of BTC.csv and ETH.csv is named by its files, not all "2781" (one coin's bars overwriting the other's)
+    with pytest.raises(NoSymbol):
+        parse_csv(cmc, None)
     ib = "date,open,high,low,close,volume,average,barCount\n20240102  09:30:00,187.15,188.44,183.89,185.64,1000," \
          "186,50\n20240102 09:31:00 US/Eastern,187.15,188.44,183.89,185.64,1000,186,50\n"
     assert [b.timestamp for b in parse_csv(ib, "AAPL", time_zone="UTC")] == [

@@ -155,6 +155,20 @@ def test_a_10k_jump_after_a_suspension_is_a_reverse_split_once_the_next_bar_hold
         assert [k for k, v in got.items() if "anomaly:decimal_shift" in v] == [d.isoformat() for d in days[50:54]]
 
 
+def test_a_crash_to_a_tenth_after_a_long_closure_is_no_10_for_1_split() -> None:
+    """Back after 30 days at x0.138 and staying there: a crash (a forward split is no suspension's business), never
+    a "10:1 split" that would re-anchor the detectors' state by 0.1; Shanghai's 10-12 day holidays are no suspension
+    either (split_halt_seconds is 20 days)."""
+    opens, closes = daily(vol=0.02)
+    days = weekdays(80)
+    days = days[:50] + [d + timedelta(days=29) for d in days[50:]]
+    points = [bar(d, c * (0.138 if i >= 50 else 1.0), o * (0.138 if i >= 50 else 1.0))
+              for i, (d, o, c) in enumerate(zip(days, opens, closes, strict=True))]
+    got = final_flags(DetectorSuite(), points)
+    assert not any("corporate_action.suspect" in v for v in got.values())
+    assert AnomalySettings().split_halt_seconds > 12 * 86400
+
+
 def test_a_retraction_keeps_the_other_flags_of_the_record() -> None:
     """A x0.5 bar on 60x volume that comes back: relabelled a price error, and still a volume spike."""
     opens, closes = daily()

@@ -1,7 +1,7 @@
 """What one run of retention (streams/stages/retention.py apply_retention) asks of the writer, with a fake writer
 in the style of test_write.py's FakeWriter: the calls are recorded, no database is needed. The batching itself
 (a DELETE of at most retention_batch_rows per statement, until one comes back short) is sinks/postgres.py
-delete_older_than, pinned against the real server in tests/integration/test_retention_batches.py."""
+delete_older_than, pinned against the real server in tests/integration/test_retention.py."""
 
 from __future__ import annotations
 
