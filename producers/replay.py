@@ -23,8 +23,9 @@ Formats (detected from the header):
 - No header: Binance's kline dumps, told by their close time (open + interval - 1); any other header-less file is
   refused, as its columns cannot be told.
 A file with a price column (or a Close or Last alone) and no open is a tick file: each row a trade
-(DateTime,Price[,Volume]); no size column, trades with volume None. Such a file of dates alone (daily closes) is
-refused: neither bars nor trades. Bid/ask quote files are refused, saying so.
+(DateTime,Price[,Volume]); no size column, trades with volume None. Such a file of dates alone (Date,Close: daily
+closes) is close-only daily bars (open = high = low = close, metadata close_only). Bid/ask quote files are
+refused, saying so.
 A file none of whose rows can be read is an error naming its header, not an empty replay.
 Timestamps become UTC. Rows whose times are all local midnights (daily and longer; midnight as written or in the
 configured zone, as Alpaca's 05:00 UTC daily bars) are stored at UTC midnight of their date, as every daily bar in
@@ -383,11 +384,13 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
         raise ValueError(f"none of its {len(body)} rows has a time and {', '.join(needed)} that could be read "
                          f"(header {rows[0][:8]!r}, first row {body[0][:8]!r}){quotes}")
     if trades and parsed and all(m for _, m, _, _ in parsed):
-        # Date,Close: one price a day. A trade is an instant, and a date is none (a midnight trade is made up); a
-        # bar needs the day's open, high and low, which the file does not have. Neither is made up.
-        raise ValueError(f"its rows are dates with a price and no open, high or low (header {rows[0][:8]!r}): daily "
-                         f"closes are neither bars (they need open, high, low and close) nor trades (a trade has a "
-                         f"time of day); give the file Open, High and Low columns, or times of day for trades")
+        # Date,Close: one price a day (an index's or a fund's close, FRED's SP500). A trade is an instant, and a date
+        # is none; it is the day's close-only bar, open = high = low = close, as Yahoo sends a fund's NAV (the
+        # detectors know such streams: no open to judge a jump by). metadata.close_only says the range is not known.
+        parsed = [(ts, m, sym, {**{k: v for k, v in values.items() if k != "price"},
+                                **dict.fromkeys(("open", "high", "low", "close"), values["price"]), "close_only": True})
+                  for ts, m, sym, values in parsed]
+        trades = False
     if trades:
         return _trade_points(parsed, skipped, source=source, origin=origin)
     daily = bool(parsed) and all(m for _, m, _, _ in parsed)

@@ -389,17 +389,22 @@ def test_a_time_column_that_holds_the_date_too_is_the_instant() -> None:
 
 def test_a_close_or_last_alone_is_a_tick_file_of_trades_without_sizes() -> None:
     """Time,Close (or Last) with no open and no volume was refused. Its rows are trades; with no size column a
-    trade's volume is None, as the record model allows, and the volume checks skip it rather than judge a zero."""
+    trade's volume is None, as the record model allows, and the volume checks skip it rather than judge a zero.
+    Date,Close (daily closes) was refused, and Date,Price read as trades at midnight: close-only daily bars."""
     trades = parse_csv("Time,Close\n2024-01-02 09:30:00.123,100.5\n2024-01-02 09:30:00.456,100.6\n", "X")
     assert [(t.data_type, t.timestamp.isoformat(), t.price, t.volume, t.item_id) for t in trades] == [
         ("trade", "2024-01-02T14:30:00.123000+00:00", 100.5, None, "0"),
         ("trade", "2024-01-02T14:30:00.456000+00:00", 100.6, None, "0")]
     last = parse_csv("Date,Time,Last,Volume\n2024-01-02,09:30:00,100.5,3\n", "X", time_zone="UTC")
     assert [(t.data_type, t.price, t.volume) for t in last] == [("trade", 100.5, 3.0)]
-    # One price a day is neither: a trade is an instant, a bar needs open, high and low. Refused, saying why.
-    for text in ("Date,Close\n2024-01-02,100.5\n2024-01-03,101\n", "Date,Price\n2024-01-02,100.5\n"):
-        with pytest.raises(ValueError, match=r"daily closes are neither bars .* nor trades"):
-            parse_csv(text, "X")
+    # One price a day is no trade (a date is no instant): a close-only daily bar, as Yahoo sends a fund's NAV
+    for text in ("Date,Close\n2024-01-02,100.5\n2024-01-03,101\n", "Date,Price,Volume\n2024-01-03,101,7\n"
+                                                                     "2024-01-02,100.5,3\n"):
+        bars = parse_csv(text, "X")
+        assert [(b.data_type, b.timestamp, b.interval, b.open, b.high, b.low, b.close, b.metadata.get("close_only"))
+                for b in bars] == [("bar", datetime(2024, 1, d, tzinfo=UTC), "1d", c, c, c, c, True)
+                                   for d, c in ((2, 100.5), (3, 101.0))]
+    assert [b.volume for b in bars] == [3.0, 7.0]
     assert parse_csv("DateTime,Price\n", "X") == []  # a header alone is an empty file, as before
 
 
