@@ -790,6 +790,7 @@ class NewsSentimentSource(_Counted, PollingSource):
         )
         self.seen = SeenIds()
         self.sentiment_enabled = settings.sentiment
+        self.sentiment_denied_at: float | None = None  # when Finnhub last refused news-sentiment (403), epoch seconds
         self._init_counted()
         self.errors: Counter[str] = Counter()  # per endpoint: failed calls (HTTP errors, timeouts, odd payloads)
 
@@ -814,6 +815,9 @@ class NewsSentimentSource(_Counted, PollingSource):
     async def poll_once(self, session: aiohttp.ClientSession, now: datetime | None = None) -> list[MarketDataPoint]:
         now = now or datetime.now(UTC).replace(microsecond=0)
         out: list[MarketDataPoint] = []
+        denied = self.sentiment_denied_at
+        if denied is not None and now.timestamp() - denied >= self.settings.denied_retry_seconds:
+            self.sentiment_enabled, self.sentiment_denied_at = True, None  # asked again: the plan may have changed
         for symbol in (s.upper() for s in self.settings.symbols):
             skipped: Counter[str] = Counter()
             try:
@@ -833,8 +837,9 @@ class NewsSentimentSource(_Counted, PollingSource):
                 self.call_succeeded()
             except SourceError as exc:
                 if self.client.is_access_denied(exc):  # not in the plan: neither a failure nor a success
-                    logger.warning("news: Finnhub news-sentiment is not in this plan; writing articles only")
-                    self.sentiment_enabled = False
+                    logger.warning("news: Finnhub news-sentiment is not in this plan; writing articles only, asking "
+                                   "again in %gs", self.settings.denied_retry_seconds)
+                    self.sentiment_enabled, self.sentiment_denied_at = False, now.timestamp()
                 else:
                     self._failed("news_sentiment", symbol, exc)
                     self.call_failed(exc)

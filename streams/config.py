@@ -798,8 +798,10 @@ class NewsSettings(SourceSection):
     base_url: str = "https://finnhub.io"
     # company_news asks for the articles of this many past days; articles already sent are skipped.
     lookback_days: int = Field(default=2, ge=1, le=30)
-    # news-sentiment is a premium Finnhub endpoint (403 on the free tier); then only articles are written.
+    # news-sentiment is a premium Finnhub endpoint (403 on the free tier); then only articles are written, and the
+    # endpoint is asked again after denied_retry_seconds (a plan upgraded while the worker runs).
     sentiment: bool = True
+    denied_retry_seconds: float = Field(default=21600.0, gt=0)
     # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
     request_timeout_seconds: float = Field(default=20.0, gt=0)
     # Attempts per request, the first included (1: no retry); timeouts, connection errors, 429 and 5xx are retried.

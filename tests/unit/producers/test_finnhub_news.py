@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,22 @@ async def test_sentiment_403_keeps_articles_and_stops_asking(serve: Serve, caplo
     assert [p.item_id for p in points] == ["120001", "120002"]
     assert fake.calls("news-sentiment") == 1 and fake.calls("company-news") == 2
     assert "not in this plan" in caplog.text
+
+
+async def test_sentiment_refused_is_asked_again_after_the_cool_down(serve: Serve) -> None:
+    """A key's plan can be upgraded while the worker runs: news-sentiment, refused with 403, is asked once more
+    after denied_retry_seconds, and kept once it answers."""
+    fake = FakeFinnhubNews(sentiment_status=403)
+    src = NewsSentimentSource(settings(await serve(fake.app()), denied_retry_seconds=3600), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        await src.poll_once(session, now=NOW)
+        await src.poll_once(session, now=NOW + timedelta(seconds=3599))
+        assert fake.calls("news-sentiment") == 1
+        fake.sentiment_status = 200  # the plan was upgraded
+        points = await src.poll_once(session, now=NOW + timedelta(seconds=3600))
+        await src.poll_once(session, now=NOW + timedelta(seconds=3601))
+    assert fake.calls("news-sentiment") == 3 and src.sentiment_enabled
+    assert any(p.metadata.get("sentiment_method") != SENTIMENT_METHOD and p.sentiment is not None for p in points)
 
 
 async def test_failing_symbol_is_redacted_and_others_continue(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
