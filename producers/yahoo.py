@@ -68,11 +68,12 @@ from yfinance import exceptions as yf_errors
 from yfinance.data import YfData
 
 from producers.backoff import JitteredExponential
-from producers.base import ConnectionRun, PollingSource, Record
+from producers.base import ConnectionRun, PollingSource, Record, RepeatedFailures
 from producers.http import RateLimiter, redact
 from streams.calendars import calendar, exchange_for, trading_session
 from streams.config import Interval, YahooSettings
 from streams.errors import SourceError
+from streams.logs import quiet_repeats
 from streams.models import DataType, MarketDataPoint
 
 logger = logging.getLogger(__name__)
@@ -588,6 +589,7 @@ class YahooSource(PollingSource):
     def __init__(self, settings: YahooSettings, *, session: Any | None = None,
                  websocket_factory: Callable[[str], Any] | None = None) -> None:
         self.settings = settings
+        quiet_repeats("yfinance")  # an outage: yfinance's own warning at every attempt (60 lines in 75 s)
         if settings.cache_dir:
             yf.set_tz_cache_location(settings.cache_dir)
         self.session = session if session is not None else yfinance_session(settings.base_url)
@@ -597,6 +599,7 @@ class YahooSource(PollingSource):
         self.unexpected: Counter[str] = Counter()  # per endpoint: payloads of a shape nothing could read
         self.unknown: Counter[str] = Counter()  # per symbol: Yahoo's explained refusals (delisted, no data)
         self._warned: set[str] = set()
+        self.failures = RepeatedFailures(logger)  # per symbol: warned per cause, not every round
         self._tickers: dict[str, Any] = {}
         self._last_tick: dict[tuple[str, str], datetime] = {}
         self._last_bar: dict[str, datetime] = {}
@@ -816,10 +819,12 @@ class YahooSource(PollingSource):
                                        redact(str(res)), sym)
                     self.call_succeeded()
                 else:
-                    logger.warning("yahoo: %s failed: %s", sym, redact(f"{type(res).__name__}: {res}"))
+                    cause = redact(f"{type(res).__name__}: {res}")
+                    self.failures.failed(sym, cause, "yahoo: %s failed: %s", sym, cause)
                     self.call_failed(res)
             else:
                 self.call_succeeded()
+                self.failures.succeeded(sym)  # a failure after this one is news again
                 out.extend(res)
         return out
 

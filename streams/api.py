@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -132,16 +132,32 @@ def _as_settings(config: Settings | Mapping[str, Any] | str | Path | None) -> Se
     return load_settings(**dict(config))
 
 
-class _Done:
-    """What stop() returns: the work is done (or scheduled); awaiting it is optional."""
+class _Done(Coroutine[Any, Any, Any]):
+    """What stop() and start_data_collection() return: the work is done (or started); awaiting it is optional.
+    A coroutine, so `asyncio.create_task(connectors.start_data_collection())` takes it as it takes any other."""
 
     def __init__(self, task: asyncio.Future[Any] | None = None) -> None:
         self.task = task
+        self._steps: Generator[Any, Any, Any] | None = None
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, Any, Any]:
         if self.task is None:
             return None
         return (yield from self.task.__await__())
+
+    def _it(self) -> Generator[Any, Any, Any]:
+        if self._steps is None:
+            self._steps = self.__await__()
+        return self._steps
+
+    def send(self, value: Any) -> Any:
+        return self._it().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        return self._it().throw(typ if val is None else val)
+
+    def close(self) -> None:
+        self._it().close()
 
 
 class _Engine:
@@ -515,6 +531,26 @@ class DataIngestionPipeline:
             raise RuntimeError("call `await pipeline.start()` first")
         return await engine.call(self._ingest(point.model_copy(deep=True)))
 
+    async def ingest_raw(self, source: str, value: bytes) -> bool:
+        """A source's record as bytes (what it could not make a point of: a replayed row it could not read, the
+        simulated feed's deliberately bad ones), judged by the validate stage's rules as the worker judges its raw
+        topic: a point that passes is ingested; else False, the rule and reason logged and counted (they were
+        dropped without a word)."""
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError("call `await pipeline.start()` first")
+        try:
+            point = self.validator.check(value, source=source)
+        except RejectedRecord as rej:
+            logger.warning("refused a record of %s: %s", source, rej)
+            await engine.call(self._refused(source, rej.rule))
+            return False
+        return await self.ingest_data_point(point)
+
+    async def _refused(self, source: str, rule: str) -> None:
+        self._stats.reject(source, rule)
+        self.local_counts["refused"] += 1
+
     async def _ingest(self, point: _CanonicalPoint) -> bool:
         if self._local is not None:
             if not self._local.check(point):
@@ -654,8 +690,10 @@ class DataConnectorManager:
                         async for batch in source.fetch(session):
                             for record in batch:
                                 if isinstance(record, _CanonicalPoint):
-                                    if await self.pipeline.ingest_data_point(record):
-                                        self.ingested[source.name] += 1
+                                    ok = await self.pipeline.ingest_data_point(record)
+                                else:  # bytes as they would go on the raw topic (producers.base.RawRecord)
+                                    ok = await self.pipeline.ingest_raw(source.name, record.value)
+                                self.ingested[source.name] += ok
                             attempt.retry_state.attempt_number = 1  # delivering: the next failure waits the least
                             self.errors.pop(source.name, None)
                             self.pipeline.source_errors.pop(source.name, None)

@@ -174,6 +174,28 @@ def _seconds(column: Any) -> list[float | None]:
                                                                 strict=True)]
 
 
+def _holidays_before_rules(cal: Any) -> frozenset[int]:
+    """The regular holidays (UTC day numbers) that exchange_calendars leaves among its sessions before 1970.
+
+    It applies its holiday rules through a pandas CustomBusinessDay, which asks the rules' AbstractHolidayCalendar
+    for its holidays over that class's default range, from 1970-01-01 (`start_date`) on: a calendar built from 1960
+    has every regular holiday of the 1960s as a session (XNYS 1960-07-04, 1966-12-26), though the rules themselves
+    go back further (Independence Day since 1864) and its ad-hoc closures are kept (1963-11-25, 1968's
+    Wednesdays). An S&P 500 series of the 1960s (openintro's sp500_1950_2018) then read each holiday as a missing
+    session: 89 false gaps."""
+    import pandas as pd
+
+    rules = cal.regular_holidays
+    if rules is None or not len(cal.sessions):
+        return frozenset()
+    cut = pd.Timestamp(getattr(rules, "start_date", None) or "1970-01-01")
+    first = cal.sessions[0]
+    if first >= cut:
+        return frozenset()
+    held = rules.holidays(first, cut - pd.Timedelta(days=1))
+    return frozenset(int(x // 86_400_000_000_000) for x in pd.DatetimeIndex(held).as_unit("ns").asi8)
+
+
 class SessionCalendar:
     """One exchange's sessions as sorted arrays: day numbers (UTC date of the session label), and the spans the
     market is open (opens and closes in Unix seconds; a session with a lunch break is two). `None` name: the 24/7
@@ -197,13 +219,18 @@ class SessionCalendar:
             first = type(cal).bound_min()
             if first is not None and first < cal.first_session:
                 cal = xc.get_calendar(name, start=first)
-        days = [int(x // 86_400_000_000_000) for x in cal.sessions.as_unit("ns").asi8]
+        missed = _holidays_before_rules(cal)
+        days: list[int] = []
         # A session with a lunch break (Hong Kong, Tokyo, Shanghai) is open as two spans: the break is closed, so
         # its hour is no gap in a day's bars and no silence of a feed.
         opens: list[float] = []
         closes: list[float] = []
-        for o, c, bs, be in zip(_seconds(cal.opens), _seconds(cal.closes), _seconds(cal.break_starts),
-                                _seconds(cal.break_ends), strict=True):
+        for d, o, c, bs, be in zip((int(x // 86_400_000_000_000) for x in cal.sessions.as_unit("ns").asi8),
+                                   _seconds(cal.opens), _seconds(cal.closes), _seconds(cal.break_starts),
+                                   _seconds(cal.break_ends), strict=True):
+            if d in missed:
+                continue
+            days.append(d)
             if bs is not None and be is not None and o < bs < be < c:
                 opens += (o, be)
                 closes += (bs, c)

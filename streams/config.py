@@ -801,6 +801,7 @@ class NewsSettings(SourceSection):
     # news-sentiment is a premium Finnhub endpoint (403 on the free tier); then only articles are written, and the
     # endpoint is asked again after denied_retry_seconds (a plan upgraded while the worker runs).
     sentiment: bool = True
+    # Seconds before news-sentiment, refused with 403, is asked again.
     denied_retry_seconds: float = Field(default=21600.0, gt=0)
     # Longest one HTTP request may take, in seconds, before it fails (a retriable failure).
     request_timeout_seconds: float = Field(default=20.0, gt=0)

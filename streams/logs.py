@@ -56,6 +56,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class Repeats(logging.Filter):
+    """Lets a warning through once per `window` seconds: the same text again within it is counted, and said with
+    the next one let through ("... (and 11 more in the last 300 s)"). During a provider outage yfinance warned at
+    every attempt and the Yahoo source at every round for each symbol (60 lines in 75 s for two symbols); the
+    source's state in /health says it the whole time. Errors and other levels always pass."""
+
+    def __init__(self, window: float = 300.0, capacity: int = 1000) -> None:
+        super().__init__()
+        self.window, self.capacity = window, capacity
+        self.seen: dict[str, list[float]] = {}  # text -> [when it was last let through, repeats held back since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # arguments that do not fit the message: the handler reports it, as without this filter
+            return True
+        now = record.created
+        entry = self.seen.get(text)
+        if entry is not None and now - entry[0] < self.window:
+            entry[1] += 1
+            return False
+        if entry is not None and entry[1]:
+            record.msg, record.args = f"{text} (and {int(entry[1])} more since {now - entry[0]:.0f} s ago)", None
+        if entry is None and len(self.seen) >= self.capacity:
+            self.seen.pop(next(iter(self.seen)))
+        self.seen[text] = [now, 0]
+        return True
+
+
+def quiet_repeats(*names: str, window: float = 300.0) -> None:
+    """Installs one Repeats filter on each named logger (once: a second call changes nothing)."""
+    for name in names:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, Repeats) for f in log.filters):
+            log.addFilter(Repeats(window))
+
+
 def logging_config(log_format: str) -> dict[str, Any] | None:
     """The App's `logging_config` for a log format: None for "text" (Faust's own), else a merge into mode's
     configuration that makes both of its formatters JSON."""

@@ -215,3 +215,27 @@ def point_from_json(raw: bytes) -> MarketDataPoint:
                 _set_private(p, None)
                 return p
     return _validate_json(raw, strict=True)
+
+
+# What a producer read and could not make a record of (a CSV row dated 2024-13-45): sent on its raw topic as
+# {"source", "symbol", "unreadable": {"where", "content", "error"}}, which no record validates as, so the validate
+# stage dead-letters it under rule source.unreadable with the producer's reason, rather than it being lost in a log.
+UNREADABLE = "unreadable"
+_UNREADABLE_CONTENT = 2000  # characters of what was read
+
+
+def unreadable_json(source: str, symbol: str, *, where: str, content: str, error: str) -> bytes:
+    return orjson.dumps({"source": source, "symbol": symbol, UNREADABLE: {
+        "where": where, "content": content[:_UNREADABLE_CONTENT], "error": error}})
+
+
+def unreadable_reason(raw: bytes) -> str | None:
+    """The producer's reason when `raw` is such a document (only asked of what failed validation), else None."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    what = doc.get(UNREADABLE) if isinstance(doc, dict) else None
+    if not isinstance(what, dict):
+        return None
+    return f"{what.get('where', '?')}: {what.get('error', '?')}: {str(what.get('content', ''))[:200]!r}"

@@ -5,7 +5,8 @@ stable strings (they are the dead-letter header `tickflow.rule` and a metrics la
 
   size.too_large  schema.<pydantic error type>  symbol.pattern  price.missing  price.non_positive
   volume.negative  quote.missing  quote.crossed  bar.missing  bar.inconsistent  timestamp.future
-  timestamp.too_old  ingested_at.future  news.missing_headline  social.missing_text
+  timestamp.too_old  ingested_at.future  news.missing_headline  social.missing_text  source.unreadable (what a
+  producer read and could not make a record of: streams.models.unreadable_json)
 
 The anomaly issue deepens this stage (streams/anomalies/detectors.py); a locked quote (bid == ask) is flagged,
 not rejected (Barndorff-Nielsen, Hansen, Lunde & Shephard 2009, Q2).
@@ -26,7 +27,7 @@ from itertools import islice, repeat
 from pydantic import ValidationError
 
 from streams.errors import RejectedRecord
-from streams.models import DataType, MarketDataPoint, point_from_json
+from streams.models import DataType, MarketDataPoint, point_from_json, unreadable_reason
 from streams.settings import ValidationSettings
 
 # The kinds as plain strings: comparing with a str is ~8x faster than with an enum member (an attribute
@@ -196,6 +197,8 @@ class Validator:
             # strict: `"price": true` or `"price": "1.5"` is a schema error, not 1.0 and 1.5 (ints are numbers).
             point = point_from_json(raw)
         except ValidationError as exc:
+            if (why := unreadable_reason(raw)) is not None:  # a producer's row it could not read (models.py)
+                raise RejectedRecord("source.unreadable", why) from None
             raise _schema_rejection(exc) from None
         d = point.__dict__
         if d["source"] != source:

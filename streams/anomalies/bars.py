@@ -27,6 +27,7 @@ from streams.anomalies.core import (
     Anomaly,
     Detector,
     _Facts,
+    _iso_day,
     _put_bounded,
     _record,
     bar_checks,
@@ -140,12 +141,15 @@ class BarOutlier(Detector):
                 bound = max(bound, _BLIND_SIGMAS * pending["scale"])
             came_back = (abs(back) <= bound and abs(back - med) < cfg.outlier_sigma * scale)
             if (came_back and (blind or max(into, out_) >= share)) or (into >= share and out_ >= share):
-                out.append(Anomaly(self.name, point.symbol, pending["z"], cfg.outlier_sigma, self.kind,
-                                   f"close {pending['close']:.6g} was {pending['z']:.1f} sigma from"
-                                   f" {pending['ref']:.6g}"
-                                   f" and the next bar came back ({c:.6g}): an error, not a move",
-                                   pending["record"], {"follow_up": True, "confirmed_by": point.timestamp.isoformat(),
-                                                       "return": pending["r"], "scale": pending["scale"]}))
+                if pending["z"] >= cfg.outlier_sigma:  # else held only as another check's suspect (a copy of
+                    # the day before: 0 sigma), already flagged by it: out of the state, no outlier to report
+                    out.append(Anomaly(self.name, point.symbol, pending["z"], cfg.outlier_sigma, self.kind,
+                                       f"close {pending['close']:.6g} was {pending['z']:.1f} sigma from"
+                                       f" {pending['ref']:.6g}"
+                                       f" and the next bar came back ({c:.6g}): an error, not a move",
+                                       pending["record"],
+                                       {"follow_up": True, "confirmed_by": point.timestamp.isoformat(),
+                                        "return": pending["r"], "scale": pending["scale"]}))
             else:  # the level persisted: a real move
                 self._enter(st, w, pending["r"])
                 st["ref"] = pending["close"]
@@ -336,7 +340,12 @@ class OhlcConsistency(Detector):
     range_multiplier x the median log range (high/low) of the recent clean bars that traded (a flat bar's range
     of 0 does not count; with fewer than min_returns of them the wick is not judged), floored at range_floor. A real
     crash closes near its low (a long body, not a wick), so it is not a wick outlier. Judged on arrival.
-    Score: the violation (relative, or the wick in log units); threshold: the tolerance or the wick limit.
+    A daily (or longer) bar with a range that copies the bar before it exactly (open, high, low, close and volume)
+    is a row filled forward, not a day of trading: a vendor's rows for Shanghai's Chinese New Year and Jakarta's
+    1999 election day repeat the day before to the last digit (check "repeat"). Without a range (a day without a
+    trade, a close-only stream) equal bars are the market's.
+    Score: the violation (relative, or the wick in log units; a repeat: 1); threshold: the tolerance or the wick
+    limit (a repeat: 1).
     """
 
     name = "ohlc_inconsistent"
@@ -344,6 +353,7 @@ class OhlcConsistency(Detector):
     def __init__(self, settings: AnomalySettings | None = None) -> None:
         super().__init__(settings)
         self.ranges: dict[str, _Window] = {}
+        self.last: dict[str, tuple[float, float, float, float, float | None, int]] = {}  # stream -> bar, its day
 
     def update(self, point: MarketDataPoint, f: _Facts | None = None) -> list[Anomaly]:
         o, h, lo, c = point.open, point.high, point.low, point.close
@@ -361,6 +371,16 @@ class OhlcConsistency(Detector):
             worst = max(lo / h - 1, top / h - 1, 1 - bottom / lo)
             return [self._flag(point, worst, tol, f"OHLC inconsistent: open {o:.6g} high {h:.6g} low {lo:.6g}"
                                                   f" close {c:.6g}", {"check": "bounds"})]
+        if h > lo and is_daily(point.interval):
+            bar = (o, h, lo, c, f.volume, f.day)
+            before = self.last.get(f.stream)
+            if before is None or before[5] <= f.day:  # an older bar, sent late, is no day before the next one
+                _put_bounded(self.last, f.stream, bar, self.settings.max_streams)
+            if before is not None and before[:5] == bar[:5] and before[5] < f.day:
+                since = _iso_day(int(before[5]))
+                return [self._flag(point, 1.0, 1.0, f"a copy of the bar of {since}: open {o:.6g} high {h:.6g} "
+                                                    f"low {lo:.6g} close {c:.6g} volume {f.volume}",
+                                   {"check": "repeat", "copies": since})]
         w = self.ranges.get(f.stream)
         if w is None:
             w = _Window(cfg.range_window)
@@ -383,12 +403,14 @@ class OhlcConsistency(Detector):
         return out
 
     def _dump(self) -> dict[str, Any]:
-        return {"ranges": {k: list(w.values) for k, w in self.ranges.items()}}
+        return {"ranges": {k: list(w.values) for k, w in self.ranges.items()}, "last": self.last}
 
     def _load(self, state: dict[str, Any]) -> None:
         for k, values in state.get("ranges", {}).items():
             w = _Window(bar_checks(self.settings, k.partition(":")[2]).range_window, values)
             _put_bounded(self.ranges, k, w, self.settings.max_streams)
+        for k, bar in state.get("last", {}).items():
+            _put_bounded(self.last, k, tuple(bar), self.settings.max_streams)
 
 
 class SplitSuspect(Detector):
@@ -554,7 +576,10 @@ class SplitSuspect(Detector):
                 and max(nominal, 1.0 / nominal) < self._CLOSE_ONLY_MIN):
             nominal = None  # a close-only stream's day of -20% or -33%: a market move as likely as a 5:4 or 3:2 split
         if nominal is None and is_bar and ts - prev[1] >= s.split_halt_seconds:
-            nominal = self._decade(ratio, bar_checks(s, point.interval).decimal_tolerance)
+            decade_tol = bar_checks(s, point.interval).decimal_tolerance
+            nominal = self._decade(ratio, decade_tol)
+            if nominal is not None:  # matched within decimal_tolerance in log10: that tolerance, as a relative
+                tol = 10.0 ** decade_tol - 1.0  # error of the ratio (|ratio / nominal - 1|) as split_tolerance is
         if is_bar and nominal is not None and close > 0 and (
                 abs(math.log(close / (prev[0] * nominal))) >= abs(math.log(close / prev[0]))):
             # the bar closed nearer the level before the jump than the split's: a gap bought back (a crash open,

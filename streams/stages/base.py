@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import faust
@@ -104,6 +104,11 @@ stages: dict[str, BatchStage] = {}
 # Every stage of the pipeline, this worker's or not (worker.stages): their groups' lag is the pipeline's, which
 # /pipeline/metrics' queue_size and /metrics report whichever stages a worker runs.
 every_stage: dict[str, BatchStage] = {}
+# Run by every stage at the end of its stop, after its last batch is done and committed, while the app's producer
+# still runs: the metrics stage's flush (streams/stages/metrics.py). Faust's on_before_shutdown fires when the App
+# starts stopping, before its child services (these stages) finish their batch in flight, so the counts of that
+# last batch were never sent: /pipeline/metrics lost them at every graceful stop.
+stop_hooks: list[Callable[[], Awaitable[None]]] = []
 
 
 def stage_service(app: faust.App, stage: BatchStageT, enabled: bool = True) -> BatchStageT:
@@ -366,12 +371,24 @@ class BatchStage(Service):
 
     async def on_stop(self) -> None:
         try:
-            await asyncio.wait_for(self.flush_commit(), timeout=10)
+            await asyncio.wait_for(self._finish_and_commit(), timeout=10)
         except Exception as exc:  # the next owner re-reads what was not committed
             logger.warning("%s: last commit not confirmed at stop (%r)", self.stage, exc)
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             await self._stop_consumer(consumer)
+        for hook in stop_hooks:
+            try:
+                await hook()
+            except Exception as exc:  # a hook must not keep the others, or the worker, from stopping
+                logger.warning("%s: a stop hook failed (%r)", self.stage, exc)
+
+    async def _finish_and_commit(self) -> None:
+        """The batch in flight (if any) finishes first, and no new one starts (`_run` checks `should_stop` under
+        the lock): without the lock a batch could send its outputs and count them after this commit, and its
+        offsets were never committed, so the next owner read it again (re-sent, and counted twice)."""
+        async with self.batch_lock:
+            await self.flush_commit()
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.consumer.assignment()) if self.consumer is not None else set()
@@ -412,6 +429,8 @@ class BatchStage(Service):
                         await self._start_commit(consumer)
                 continue
             async with self.batch_lock:
+                if self.should_stop:  # stopping: on_stop committed what was done; these are read again
+                    break
                 if self.floor:
                     batch = self.above_floor(batch)
                     if not batch:

@@ -30,6 +30,7 @@ from faust.types import TP
 
 from streams import histogram
 from streams.app import app, internal_topic_configs, settings
+from streams.stages.base import stop_hooks
 from streams.stages.db import writer as shared_writer
 
 logger = logging.getLogger(__name__)
@@ -425,6 +426,10 @@ async def send_metrics() -> None:
 async def _flush_on_stop(sender: object = None, **kwargs: object) -> None:
     """A graceful stop sends what the last interval counted, rather than losing up to SEND_EVERY_SECONDS of it."""
     await flush()
+
+
+# ... and again when each batch stage has stopped: its last batch finishes after on_before_shutdown.
+stop_hooks.append(flush)
 
 
 def table_values() -> dict[str, dict[str, Any]]:

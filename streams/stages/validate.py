@@ -94,7 +94,8 @@ class Router:
     def route_run(self, recs: Sequence[Any], source: str, delta: MetricsDelta, now: float | None = None
                   ) -> tuple[list[Outgoing], list[int]]:
         """A run of records of one source, in order -> their outputs, in order, and the positions in `recs` of
-        the records dead-lettered (for the source's circuit breaker). `now`: the batch's wall clock (for the
+        the records dead-lettered for the source's circuit breaker (not the rows a producer could not read and sent
+        as such, rule source.unreadable: they are counted, not judged). `now`: the batch's wall clock (for the
         detectors' liveness bookkeeping, and the clean records' future limit). What is the same for the whole
         run (the source's metrics, the counts, the settings) is done once: per record, one Python call fewer and
         no list of its own (bench/README.md, session 34)."""
@@ -105,6 +106,7 @@ class Router:
             self.clean_topic, contract.event_time_ms, contract.outgoing_seconds, contract.headers)
         out: list[Outgoing] = []
         rejected: list[int] = []
+        unreadable: list[int] = []
         for i, rec in enumerate(recs):
             ms_in = rec.timestamp
             events: list[Outgoing] = []
@@ -138,6 +140,8 @@ class Router:
                 logger.exception("validator failed on %s[%d]@%d", rec.topic, rec.partition, rec.offset)
                 rule, error, exc_name = "internal.error", repr(exc), type(exc).__name__
             rejected.append(i)
+            if rule == "source.unreadable":  # the producer's own verdict, not this pipeline refusing good data
+                unreadable.append(i)
             d.count_rule(rule)
             why = Rejection(STAGE, rule, error, exc_name, rec.topic, rec.partition, rec.offset, list(rec.headers or []))
             out += events
@@ -145,6 +149,10 @@ class Router:
                                 ms_in / 1000.0 if ms_in and ms_in > 0 else None, why.headers()))
         d.rejected += len(rejected)
         d.valid += len(recs) - len(rejected)
+        if unreadable:  # not the breaker's: a replayed file's thousands of rows it could not read (sent first) would
+            # trip it at every batch, and the held partition never got past them (the source stayed paused for good)
+            gone = set(unreadable)
+            rejected = [i for i in rejected if i not in gone]
         return out, rejected
 
     def verdicts(self, found: list[Any], point: MarketDataPoint, source: str, d: SourceDelta,

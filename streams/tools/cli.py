@@ -574,6 +574,18 @@ async def backfill_history(source_name: str, symbols: list[str], start: date, en
     return total, len(symbols), failed
 
 
+def backfill_intervals(source: str) -> tuple[str, ...] | None:
+    """The --interval values `source`'s history() takes (None: it takes none, FRED). Checked before any call: a
+    wrong one (Yahoo's "5m" given to Alpha Vantage, whose intraday is "5min") spent a call of the provider's daily
+    quota per symbol and failed with the provider's "Invalid API call", which does not say the interval is wrong."""
+    from typing import get_args
+
+    from streams.config import Interval, IntradayInterval
+
+    daily = ("1d", "1wk", "1mo", "daily", "weekly", "monthly")  # alpha_vantage.py _HISTORY_PERIODS
+    return {"yahoo": get_args(Interval), "alpha_vantage": (*get_args(IntradayInterval), *daily)}.get(source)
+
+
 @cli.command()
 @click.argument("source", type=click.Choice(BACKFILL_SOURCES))
 @click.option("--symbols", required=True, metavar="A,B,...", help="Comma-separated symbols (FRED: series ids).")
@@ -590,6 +602,9 @@ def backfill(source: str, symbols: str, start: date, end: date, interval: str) -
     names = [s.strip() for s in symbols.split(",") if s.strip()]
     if not names:
         raise Failure("--symbols is empty; give at least one, e.g. --symbols AAPL,MSFT")
+    valid = backfill_intervals(source)
+    if valid is not None and interval not in valid:
+        raise Failure(f"--interval {interval!r} is not one {source} takes: {', '.join(valid)}", 2)
     from streams.settings import get_settings
 
     v = get_settings().validation

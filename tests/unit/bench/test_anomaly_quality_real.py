@@ -89,7 +89,7 @@ def test_series_sets() -> None:
     assert b.series_sets("all") == {"classic", "more"}
     assert b.series_sets("more,illiquid") == {"more", "illiquid"}
     assert b.parse_args([]).series == {"classic"}
-    assert {g for g, _ in b.EXTRA.values()} == {"more", "illiquid", "crypto", "asia", "closeonly"}
+    assert {g for g, _ in b.EXTRA.values()} == {"more", "illiquid", "crypto", "asia", "closeonly", "world"}
     try:
         b.series_sets("more,dito")
     except Exception as exc:
@@ -123,3 +123,14 @@ def test_intraday_is_scored_per_date_and_per_bar() -> None:
     assert bar["false_positives"] == ["X 2026-07-29T13:31:00+00:00 ['anomaly:volume_spike']"]
     assert (bar["recall"]["spike"]["caught"], bar["recall"]["decimal"]["caught"]) == (1, 0)
     assert out["per_bar"]["false_positive_rate"] == 1 / 388
+
+
+def test_rows_that_copy_the_day_before_are_known_to_the_scores() -> None:
+    q = _bench()
+    day = {"open": 10.0, "high": 10.5, "low": 9.8, "close": 10.2, "volume": 1000.0}
+    flat = {"open": 10.0, "high": 10.0, "low": 10.0, "close": 10.0, "volume": 0.0}
+    series = {"X.SS": ("1d", [{"date": "2010-02-12", **day}, {"date": "2010-02-15", **day},
+                              {"date": "2010-02-16", **day, "volume": 999.0}]),
+              "Y": ("1d", [{"date": "2010-02-12", **flat}, {"date": "2010-02-15", **flat}]),
+              "Z": ("1h", [{"date": "2010-02-12T10:00", **day}, {"date": "2010-02-12T11:00", **day}])}
+    assert q.repeated_rows(series) == {("X.SS", "2010-02-15")}

@@ -332,6 +332,59 @@ async def test_403_is_asked_again_after_the_cool_down(serve: Serve) -> None:
     assert src.dropped == {} and list(src.denied["candle"]) == ["BMW.DE"]  # MSFT answered: only BMW.DE refused
 
 
+def hourly_rounds(src: FinnhubSource, fake: FakeFinnhub,
+                  session: aiohttp.ClientSession) -> Callable[[int], Awaitable[list[str]]]:
+    """A poll round `hours` after a fixed start, returning the symbols asked in it."""
+    t0 = datetime(2024, 6, 3, 14, tzinfo=UTC)
+
+    async def round_at(hours: int) -> list[str]:
+        fake.seen.clear()
+        await src.poll_once(session, now=t0 + timedelta(hours=hours))
+        return [q["symbol"] for _, q, _ in fake.seen]
+
+    return round_at
+
+
+async def test_403s_for_every_symbol_of_an_endpoint_that_answered_keep_their_own_cool_downs(serve: Serve) -> None:
+    """An endpoint that answered once is in the plan: symbols refused later are refused one by one (a listing the
+    plan lost), each asked again denied_retry_seconds after its own 403, even once every symbol was refused."""
+    fake = FakeFinnhub()
+    for sym in ("AAPL", "MSFT"):
+        fake.set("/api/v1/quote", sym, fixture="quote_msft.json")
+    src = FinnhubSource(settings(await serve(fake.app()), symbols=["AAPL", "MSFT"], denied_retry_seconds=3 * 3600),
+                        api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        round_at = hourly_rounds(src, fake, session)
+        assert await round_at(0) == ["AAPL", "MSFT"]  # both answered
+        fake.set("/api/v1/quote", "AAPL", status=403, fixture="error_no_access.json")
+        assert await round_at(1) == ["AAPL", "MSFT"]  # AAPL refused at 1h
+        fake.set("/api/v1/quote", "MSFT", status=403, fixture="error_no_access.json")
+        assert await round_at(2) == ["MSFT"]  # MSFT refused at 2h: now every symbol was refused
+        assert src.dropped == {}
+        assert await round_at(4) == ["AAPL"]  # 3h after AAPL's 403, 2h after MSFT's
+
+
+@pytest.mark.parametrize("symbols", [["MSFT", "AAPL"], ["AAPL", "MSFT"]])
+async def test_a_403_past_its_cool_down_no_longer_counts_toward_dropping_the_endpoint(serve: Serve,
+                                                                                      symbols: list[str]) -> None:
+    """Once past its cool-down a refusal is forgotten: MSFT, refused 3h ago, is not "refused" when AAPL's 403 comes,
+    whether MSFT was asked before it in that round (and failed, 500) or is asked after it. So the endpoint is not
+    dropped: MSFT is asked in that round and the next. (Asked after AAPL, MSFT's stale 403 dropped the endpoint
+    for another denied_retry_seconds.)"""
+    fake = FakeFinnhub()
+    fake.set("/api/v1/stock/candle", "MSFT", status=403, fixture="error_no_access.json")
+    fake.set("/api/v1/stock/candle", "AAPL", status=500, body='{"error": "busy"}')
+    src = FinnhubSource(settings(await serve(fake.app()), symbols=symbols, endpoints=["candle"],
+                                 denied_retry_seconds=3 * 3600, retry_attempts=1), api_key=SecretStr(KEY))
+    async with aiohttp.ClientSession() as session:
+        round_at = hourly_rounds(src, fake, session)
+        assert await round_at(0) == symbols  # MSFT refused, AAPL failed: not every symbol refused
+        fake.set("/api/v1/stock/candle", "MSFT", status=500, body='{"error": "busy"}')
+        fake.set("/api/v1/stock/candle", "AAPL", status=403, fixture="error_no_access.json")
+        assert await round_at(3) == symbols  # MSFT's cool-down over: asked, fails; AAPL refused
+        assert src.dropped == {}
+        assert await round_at(4) == ["MSFT"]
+
 async def test_200_error_payload_is_an_error_not_data(serve: Serve) -> None:
     fake = FakeFinnhub()
     fake.set("/api/v1/quote", "MSFT", body='{"error": "Invalid API key."}')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,7 +12,10 @@ from typing import Any
 import pytest
 
 from producers.replay import NoSymbol, ReplaySettings, ReplaySource, infer_interval, parse_csv
+from streams.errors import RejectedRecord
 from streams.models import MarketDataPoint
+from streams.rules import Validator
+from streams.settings import ValidationSettings
 
 FIX = Path(__file__).parent / "fixtures" / "replay"
 
@@ -130,6 +134,62 @@ def test_a_semicolon_file_with_decimal_points_keeps_its_prices() -> None:
     tabbed = "Date\tOpen\tHigh\tLow\tClose\tVolume\n02.01.2024\t185,50\t186,00\t184,00\t185,75\t1000\n"
     [bar] = parse_csv(tabbed, "SAP.DE")  # a tab between columns, a decimal comma, a dotted day-first date
     assert (bar.timestamp.date().isoformat(), bar.open, bar.close) == ("2024-01-02", 185.5, 185.75)
+
+
+def test_prices_whose_mark_is_ambiguous_are_told_by_the_files_other_numbers() -> None:
+    """Three decimals everywhere (1.234: 1234 grouped, or 1.234) never tell the mark by themselves. A ";" file of
+    yen prices was read with decimal commas, 151.234 as 151234; a volume 1.234.567 says points group thousands,
+    a 12345 written without a group says commas are decimal."""
+    yen = "Date;Open;High;Low;Close;Volume\n2024-01-02;141.012;141.875;140.803;141.605;12345\n"
+    [bar] = parse_csv(yen, "USDJPY=X")
+    assert (bar.open, bar.high, bar.low, bar.close, bar.volume) == (141.012, 141.875, 140.803, 141.605, 12345.0)
+    [bar] = parse_csv(yen.replace("12345", ""), "USDJPY=X")  # no volume: the points alone
+    assert bar.close == 141.605
+    grouped = "Date;Open;High;Low;Close;Volume\n2024-01-02;15.234;15.301;15.102;15.288;1.234.567\n"
+    [bar] = parse_csv(grouped, "^GDAXI")
+    assert (bar.open, bar.close, bar.volume) == (15234.0, 15288.0, 1234567.0)
+    # a European file (";" and 02.01.2024): a decimal would be written with a comma, so 16.754 is 16754 points
+    european = "Datum;Eröffnung;Hoch;Tief;Schluss\n02.01.2024;16.754;16.800;16.700;16.769\n"
+    [bar] = parse_csv(european, "^GDAXI")
+    assert (bar.open, bar.close) == (16754.0, 16769.0)
+    commas = "Date\tOpen\tHigh\tLow\tClose\tVolume\n02.01.2024\t1,234\t1,250\t1,201\t1,245\t12345\n"
+    [bar] = parse_csv(commas, "X")  # a tab file: 1,234 beside an ungrouped 12345 is 1.234
+    assert (bar.open, bar.close, bar.volume) == (1.234, 1.245, 12345.0)
+    us = "Date,Open,High,Low,Close,Volume\n2024-01-02,\"1,234.5\",\"1,250\",\"1,201\",\"1,245\",\"1,234,567\"\n"
+    [bar] = parse_csv(us, "X")  # a comma-separated file is never read with decimal commas
+    assert (bar.open, bar.high, bar.volume) == (1234.5, 1250.0, 1234567.0)
+
+
+def test_investing_downloads_in_other_languages_and_german_brokers_files() -> None:
+    """Investing.com's German, French and Spanish sites write their headers in their language, quote decimal
+    commas in a comma-separated file ("184,25") and date day first (the French 03/01/2024 is the 3rd of January);
+    none of it was read (no date column). onvista's and comdirect's files: Datum;Eröffnung;Hoch;Tief;Schluss."""
+    row = '"{d}","184,25","187,15","187,40","183,95","58,41M","-0,75%"\n'
+    german = '"Datum","Zuletzt","Eröffn.","Hoch","Tief","Vol.","+/- %"\n' + row.format(d="03.01.2024") + \
+        row.format(d="02.01.2024")
+    french = '"Date","Dernier","Ouv.","Plus Haut","Plus Bas","Vol.","Variation %"\n' + row.format(d="03/01/2024")
+    spanish = '"Fecha","Último","Apertura","Máximo","Mínimo","Vol.","% var."\n' + row.format(d="03.01.2024")
+    for text in (german, french, spanish):
+        bar = parse_csv(text, "AAPL")[-1]
+        assert (bar.timestamp.date().isoformat(), bar.open, bar.high, bar.low, bar.close, bar.volume) == (
+            "2024-01-03", 187.15, 187.4, 183.95, 184.25, 58410000.0)
+    onvista = "Datum;Eröffnung;Hoch;Tief;Schluss;Volumen\n03.01.2024;184,25;187,40;183,95;185,00;1.234.567\n"
+    [bar] = parse_csv(onvista, "SAP.DE")
+    assert (bar.open, bar.high, bar.low, bar.close, bar.volume) == (184.25, 187.4, 183.95, 185.0, 1234567.0)
+    ticks = "Datum;Zeit;Kurs;Volumen\n03.01.2024;09:00:01;184,25;100\n"
+    [trade] = parse_csv(ticks, "SAP.DE", time_zone="Europe/Berlin")
+    assert (trade.timestamp.isoformat(), trade.price, trade.volume) == ("2024-01-03T08:00:01+00:00", 184.25, 100.0)
+
+
+def test_pandas_unnamed_time_index_and_bloombergs_px_columns() -> None:
+    """`df.to_csv()` of a frame whose time index has no name writes ",Open,High,..." (refused: no date column);
+    Bloomberg's history export names its columns PX_OPEN ... PX_LAST (the close), PX_VOLUME."""
+    bars = parse_csv(",Open,High,Low,Close,Volume\n2024-01-02,1,2,0.5,1.5,10\n2024-01-03,1,2,0.5,1.6,10\n", "AAPL")
+    assert [(b.timestamp.date().isoformat(), b.close) for b in bars] == [("2024-01-02", 1.5), ("2024-01-03", 1.6)]
+    with pytest.raises(ValueError, match="none of its 2 rows"):  # a row number, not a time: still refused
+        parse_csv(",Open,High,Low,Close,Volume\n0,1,2,0.5,1.5,10\n1,1,2,0.5,1.6,10\n", "AAPL")
+    [bar] = parse_csv("Date,PX_OPEN,PX_HIGH,PX_LOW,PX_LAST,PX_VOLUME\n2024-01-02,1,2,0.5,1.5,10\n", "IBM")
+    assert (bar.open, bar.high, bar.low, bar.close, bar.volume) == (1.0, 2.0, 0.5, 1.5, 10.0)
 
 
 def test_day_or_month_first_is_told_by_every_row_not_the_first_hundreds() -> None:
@@ -267,7 +327,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
     fake = FakeClock()
     monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=fake.monotonic))
-    monkeypatch.setattr(module, "asyncio", SimpleNamespace(sleep=fake.sleep))
+    monkeypatch.setattr(module, "asyncio", SimpleNamespace(sleep=fake.sleep, to_thread=asyncio.to_thread))
     return fake
 
 
@@ -311,6 +371,110 @@ async def test_unreadable_file_is_skipped(tmp_path: Path, caplog: pytest.LogCapt
     _, batches = await replay(clock, files=files, symbol_arg="IBM")
     assert [p.symbol for b in batches for p in b] == ["IBM"] * 4
     assert "missing.csv skipped" in caplog.text
+
+
+def test_a_file_with_a_stray_quote_is_skipped_not_the_replay(tmp_path: Path) -> None:
+    """A quote opened and never closed (a company name) makes one field of the rest of the file, which the csv
+    module refuses (csv.Error, no ValueError): it ended the whole replay, the other files' rows with it."""
+    rows = "\n".join(f"2024-01-{2 + i % 20:02d},1,2,0.5,1.5,10,Foo" for i in range(20000))
+    (tmp_path / "A.csv").write_text(f'Date,Open,High,Low,Close,Volume,Name\n2024-01-02,1,2,0.5,1.5,10,"Foo\n{rows}\n')
+    (tmp_path / "B.csv").write_text("Date,Open,High,Low,Close,Volume\n2024-01-02,1,2,0.5,1.5,10\n")
+    skipped: list[str] = []
+    rows_read = ReplaySource(ReplaySettings(files=[str(tmp_path)], speed=0)).load_rows(skipped=skipped)
+    assert [r["symbol"] for r in rows_read] == ["B"]
+    assert len(skipped) == 1 and "A.csv" in skipped[0] and "Error" in skipped[0]
+
+
+async def test_files_are_read_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A million ticks take ~12 s to read: on the worker's event loop its heartbeats, commits and web server waited
+    for them. Read in a thread, the loop goes on; the points are built as each batch goes out."""
+    import time as real_time
+
+    import producers.replay as module
+
+    (tmp_path / "t.csv").write_text("Datetime,Price,Volume\n2024-01-02 10:00:00,1.5,10\n2024-01-02 10:00:01,1.6,5\n")
+    parse = module.parse_rows
+
+    during: list[int] = []
+
+    def slow(*args: Any, **kw: Any) -> list[dict[str, Any]]:
+        before = ticks
+        real_time.sleep(0.3)
+        during.append(ticks - before)  # the loop's ticks while the file was read: none if it was read on it
+        return parse(*args, **kw)
+
+    monkeypatch.setattr(module, "parse_rows", slow)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    src = ReplaySource(ReplaySettings(files=[str(tmp_path / "t.csv")], speed=0), symbol="X")
+    batches = [b async for b in src.fetch(None)]
+    task.cancel()
+    assert during and during[0] >= 1  # the loop ran while the file was read
+    assert [(p.price, p.volume, p.item_id, p.metadata) for b in batches for p in b] == [
+        (1.5, 10.0, "0", {"file": "t.csv"}), (1.6, 5.0, "0", {"file": "t.csv"})]
+    assert all(isinstance(p, MarketDataPoint) for b in batches for p in b)
+
+
+async def test_rows_that_cannot_be_read_go_to_the_dead_letter_topic_with_why(tmp_path: Path) -> None:
+    """A row dated 2024-13-45, a price "n/a" or "inf", a row with more cells than the header were counted in an
+    info log and lost. They go to the dead-letter topic now (rule source.unreadable, the row and why); Yahoo's
+    `null` rows (a holiday: no data, not bad data) are still only counted."""
+    (tmp_path / "AAPL.csv").write_text(
+        "Date,Open,High,Low,Close,Volume\n2024-01-02,1,2,0.5,1.5,10\n2024-13-45,1,2,0.5,1.5,10\n"
+        "2024-01-03,n/a,2,0.5,1.5,10\n2024-01-04,1,2,0.5,inf,10\n2024-01-05,null,null,null,null,null\n"
+        "2024-01-08,1,2,0.5,1,234.5,10\n2024-01-09,1,2,0.5,1.5,10\n")
+    src = ReplaySource(ReplaySettings(files=[str(tmp_path)], speed=0))
+    out = [r for b in [b async for b in src.fetch(None)] for r in b]
+    bars = [r for r in out if isinstance(r, MarketDataPoint)]
+    assert [b.timestamp.date().isoformat() for b in bars] == ["2024-01-02", "2024-01-09"]
+    dead = [r for r in out if not isinstance(r, MarketDataPoint)]
+    validator = Validator(ValidationSettings())
+    reasons = []
+    for r in dead:
+        with pytest.raises(RejectedRecord) as exc:
+            validator.check(r.value, source="replay")
+        assert exc.value.rule == "source.unreadable" and r.key == b"AAPL"
+        reasons.append(exc.value.reason)
+    assert [x.split(":")[0] for x in reasons] == ["AAPL.csv row 2", "AAPL.csv row 3", "AAPL.csv row 4",
+                                                  "AAPL.csv row 6"]
+    assert "month must be in 1..12" in reasons[0] and "'2024-13-45,1,2,0.5,1.5,10'" in reasons[0]
+    assert "n/a" in reasons[1] and "'inf' is no price or size" in reasons[2] and "7 cells" in reasons[3]
+
+
+async def test_a_symbol_the_record_model_refuses_refuses_its_file(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Records are built as their batch goes out: a symbol of 65 characters is still refused with its file, when
+    it is read (logged, the other files replayed), not halfway through the replay."""
+    (tmp_path / "a.csv").write_text("Datetime,Price\n2024-01-02 10:00:00,1.5\n")
+    (tmp_path / ("X" * 65 + ".csv")).write_text("Datetime,Price\n2024-01-02 10:00:00,1.5\n")
+    src = ReplaySource(ReplaySettings(files=[str(tmp_path)], speed=0))
+    assert [p.symbol for b in [b async for b in src.fetch(None)] for p in b] == ["A"]
+    assert "at most 64 characters" in caplog.text
+    with pytest.raises(ValueError, match="at most 64 characters"):
+        parse_csv("Datetime,Price\n2024-01-02 10:00:00,1.5\n", "X" * 65)
+
+
+async def test_a_replay_of_no_file_that_can_be_read_fails_saying_why(tmp_path: Path) -> None:
+    """Every file missing or unreadable ended as a replay that finished, `python -m producers replay` printing
+    "sent 0" and exiting 0: a cron job saw success. It is a ConfigError now (exit 2; /health: failed)."""
+    from streams.errors import ConfigError
+
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    for files, said in (([str(tmp_path / "missing*.csv")], "match no file"),
+                        ([str(tmp_path / "bad.csv"), str(tmp_path / "gone.csv")], "no file could be read: ")):
+        with pytest.raises(ConfigError, match=said) as exc:
+            [b async for b in ReplaySource(ReplaySettings(files=files), symbol="X").fetch(None)]
+        assert "(and 1 more)" in str(exc.value) or "match no file" in said
+    (tmp_path / "header.csv").write_text("Date,Open,High,Low,Close,Volume\n")  # read: nothing in it, no failure
+    assert [b async for b in ReplaySource(ReplaySettings(files=[str(tmp_path / "header.csv")]),
+                                          symbol="X").fetch(None)] == []
 
 
 def test_a_folder_replays_every_file_with_its_symbol_from_mapping_ticker_row_or_file_name(tmp_path: Path) -> None:
@@ -418,9 +582,6 @@ def test_dukascopy_gmt_time_is_utc_and_local_time_keeps_its_offset() -> None:
                                                       (datetime(2024, 1, 2, 9, 31, tzinfo=UTC), 1.1036)]
     local = gmt.replace("Gmt time", "Local time").replace(" 09:3", " 10:3").replace(".000,", ".000 GMT+0100,")
     assert [b.timestamp for b in parse_csv(local, "EURUSD")] == [b.timestamp for b in bars]
-    ticks = "Gmt time,Ask,Bid,AskVolume,BidVolume\n02.01.2024 09:30:00.123,1.1035,1.1034,1.5,2.25\n"
-    with pytest.raises(ValueError, match=r"no open, high, low, close column .*quotes are not replayed"):
-        parse_csv(ticks, "EURUSD")
 
 
 def test_polygon_flat_files_nanosecond_epochs() -> None:
@@ -464,9 +625,11 @@ def test_daily_bars_stamped_at_the_zones_midnight_in_utc_are_daily() -> None:
         datetime(2024, 1, 2, tzinfo=UTC)]
 
 
-def test_binance_klines_are_told_by_their_signature_other_headerless_files_are_refused() -> None:
+def test_binance_klines_are_told_by_their_signature_other_headerless_files_by_their_highs_and_lows() -> None:
     """data.binance.vision's kline CSVs have no header; open time + interval - 1 = close time tells them. Other
-    header-less exports (Kraken's OHLCVT, MetaTrader 4's, FirstRate's) cannot be told: refused, saying so."""
+    header-less exports (Kraken's OHLCVT, MetaTrader 4's, Kibot's, FirstRate's, histdata.com's) write a time, then
+    Open,High,Low,Close[,Volume]: they were refused; the second price being every row's highest and the third its
+    lowest tells them now. Rows whose prices are in another order are still refused, saying so."""
     klines = ("1704067200000,42283.58,42554.57,42283.58,42475.23,1271.68108,1704070799999,53957248.99,47134,"
               "682.57,28957416.82,0\n1704070800000,42475.23,42775.00,42431.65,42613.56,1196.37856,1704074399999,"
               "50984826.76,44634,594.50,25339218.32,0\n")
@@ -477,9 +640,23 @@ def test_binance_klines_are_told_by_their_signature_other_headerless_files_are_r
     assert bars[0].interval == "1h"
     micro = klines.replace("000,4", "000000,4").replace("999,5", "999999,5")  # spot files since 2025: microseconds
     assert [b.timestamp for b in parse_csv(micro, "BTCUSDT")] == [b.timestamp for b in bars]
-    for text in ("1704067200,42283.5,42554.5,42283.5,42475.2,12.5,100\n",  # Kraken OHLCVT
-                 "2024.01.02,09:30,1.1034,1.1040,1.1030,1.1035,100\n",  # MetaTrader 4
-                 "2024-01-02 09:30:00,187.15,188.44,183.89,185.64,1000\n"):  # FirstRate Data
+    files = {  # the second row of each is a minute later: a 1m file
+        "1704067200,42283.5,42554.5,42283.5,42475.2,12.5,100\n1704067260,42475.2,42480.0,42400.0,42410.0,3.5,40\n":
+            (datetime(2024, 1, 1, 0, 1, tzinfo=UTC), 42475.2, 42480.0, 42400.0, 42410.0, 3.5),  # Kraken OHLCVT
+        "2024.01.02,09:30,1.1034,1.1040,1.1030,1.1035,100\n2024.01.02,09:31,1.1035,1.1041,1.1033,1.1038,90\n":
+            (datetime(2024, 1, 2, 14, 31, tzinfo=UTC), 1.1035, 1.1041, 1.1033, 1.1038, 90.0),  # MetaTrader 4
+        "01/02/2024,09:30,187.15,188.44,183.89,185.64,1000\n01/02/2024,09:31,185.64,186.0,185.5,185.9,800\n":
+            (datetime(2024, 1, 2, 14, 31, tzinfo=UTC), 185.64, 186.0, 185.5, 185.9, 800.0),  # Kibot
+        "2024-01-02 09:30:00,187.15,188.44,183.89,185.64,1000\n2024-01-02 09:31:00,185.64,186.0,185.5,185.9,800\n":
+            (datetime(2024, 1, 2, 14, 31, tzinfo=UTC), 185.64, 186.0, 185.5, 185.9, 800.0),  # FirstRate Data
+        "20240102 093000;1.103400;1.104000;1.103000;1.103500;0\n20240102 093100;1.1035;1.1041;1.1033;1.1038;0\n":
+            (datetime(2024, 1, 2, 14, 31, tzinfo=UTC), 1.1035, 1.1041, 1.1033, 1.1038, 0.0),  # histdata.com M1
+    }
+    for text, last in files.items():
+        b = parse_csv(text, "X")[-1]
+        assert (b.timestamp, b.open, b.high, b.low, b.close, b.volume, b.interval) == (*last, "1m"), text
+    for text in ("2024-01-02,185.5,185.2,186.0,185.8,1\n2024-01-03,185.5,185.1,186.2,185.8,1\n",  # O,L,H,C
+                 "2024-01-02 09:30:00,185.5,100\n"):  # a price and a size: which is which is not told
         with pytest.raises(ValueError, match=r"no header: the first row .* is data"):
             parse_csv(text, "X")
 
@@ -521,3 +698,308 @@ def test_coinmarketcap_open_time_and_interactive_brokers_dates() -> None:
          "186,50\n20240102 09:31:00 US/Eastern,187.15,188.44,183.89,185.64,1000,186,50\n"
     assert [b.timestamp for b in parse_csv(ib, "AAPL", time_zone="UTC")] == [
         datetime(2024, 1, 2, 9, 30, tzinfo=UTC), datetime(2024, 1, 2, 14, 31, tzinfo=UTC)]
+
+
+# ---------------------------------------------------------------------------------------------- quotes
+
+LATER = datetime(2025, 1, 1, tzinfo=UTC)  # "now" for validation: every replayed quote below is history
+
+
+def verdicts(points: list[MarketDataPoint]) -> list[str]:
+    """Each point through the validate stage's rules as the raw record it is published as: "ok", a flag, or the
+    rule that refused it."""
+    validator = Validator(ValidationSettings())
+    out = []
+    for p in points:
+        try:
+            clean = validator.check(p.to_json(), source="replay", now=LATER)
+        except RejectedRecord as exc:
+            out.append(exc.rule)
+        else:
+            out.append(",".join(clean.flags) or "ok")
+    return out
+
+
+def test_dukascopy_tick_exports_are_quotes_with_their_volumes_as_sizes() -> None:
+    """Dukascopy's tick export (Gmt time,Ask,Bid,AskVolume,BidVolume) was refused ("bid/ask quotes are not
+    replayed"). Each row is a quote: bid and ask by name (Ask comes first), the volumes (millions of units) as the
+    sizes as written, no price; two quotes of one millisecond are two keys, not one revising the other."""
+    gmt = ("Gmt time,Ask,Bid,AskVolume,BidVolume\n"
+           "02.01.2024 00:00:00.123,1.10419,1.10412,1.5,2.25\n"
+           "02.01.2024 00:00:00.123,1.10420,1.10412,0.75,2.25\n"
+           "02.01.2024 00:00:01.004,1.10421,1.10413,0.75,1.2\n")
+    quotes = parse_csv(gmt, "EURUSD", time_zone="America/New_York", origin="EURUSD_Ticks.csv")
+    t0 = datetime(2024, 1, 2, 0, 0, 0, 123000, tzinfo=UTC)
+    assert [(q.data_type, q.symbol, q.timestamp, q.bid, q.ask, q.bid_size, q.ask_size, q.price, q.volume, q.item_id)
+            for q in quotes] == [
+        ("quote", "EURUSD", t0, 1.10412, 1.10419, 2.25, 1.5, None, None, "0"),
+        ("quote", "EURUSD", t0, 1.10412, 1.1042, 2.25, 0.75, None, None, "1"),
+        ("quote", "EURUSD", datetime(2024, 1, 2, 0, 0, 1, 4000, tzinfo=UTC), 1.10413, 1.10421, 1.2, 0.75, None,
+         None, "0")]
+    assert quotes[0].metadata == {"file": "EURUSD_Ticks.csv"}
+    local = ("Local time,Ask,Bid,AskVolume,BidVolume\n"
+             "02.01.2024 01:00:00.123 GMT+0100,1.10419,1.10412,1.5,2.25\n")
+    assert [(q.timestamp, q.bid, q.ask) for q in parse_csv(local, "EURUSD")] == [(t0, 1.10412, 1.10419)]
+    assert verdicts(quotes) == ["ok", "ok", "ok"]
+
+
+def test_a_crossed_or_locked_quote_is_validations_to_judge_not_the_parsers() -> None:
+    """The parser keeps every quote the file holds; the validate stage refuses the crossed one (quote.crossed) and
+    flags the locked one (quote.locked), as it does a live quote. A zero bid is refused there too."""
+    text = ("timestamp,bid,ask\n2024-01-02T14:30:00Z,100.1,100.2\n2024-01-02T14:30:01Z,100.3,100.2\n"
+            "2024-01-02T14:30:02Z,100.2,100.2\n2024-01-02T14:30:03Z,0,100.2\n")
+    quotes = parse_csv(text, "XYZ")
+    assert [(q.bid, q.ask) for q in quotes] == [(100.1, 100.2), (100.3, 100.2), (100.2, 100.2), (0.0, 100.2)]
+    assert verdicts(quotes) == ["ok", "quote.crossed", "quote.locked", "price.non_positive"]
+
+
+def test_metatrader5_tick_export_empty_cells_are_the_previous_values(caplog: pytest.LogCaptureFixture) -> None:
+    """MetaTrader 5's tick export writes only what changed (FLAGS 2: bid, 4: ask, 8/16: last/volume): an empty ASK
+    is the ask before. The first rows may hold one side only: no quote until both are known (skipped and counted
+    with a warning, not sent as half quotes validation refuses). A LAST/VOLUME row is a trade (an exchange
+    instrument's), its empty cells carried alike; a row changing both the quote and the last is both."""
+    mt5 = ("<DATE>\t<TIME>\t<BID>\t<ASK>\t<LAST>\t<VOLUME>\t<FLAGS>\n"
+           "2024.01.02\t00:00:00.100\t1.10412\t\t\t\t2\n"  # bid only: the ask is not known yet
+           "2024.01.02\t00:00:00.250\t\t1.10419\t\t\t4\n"  # now both: a quote
+           "2024.01.02\t00:00:00.250\t1.10413\t\t\t\t2\n"  # the same millisecond, the bid moves: a second quote
+           "2024.01.02\t00:00:01.000\t\t1.10421\t\t\t4\n"
+           "2024.01.02\t00:00:01.500\t\t\t1.10415\t2\t88\n"  # a trade, no quote change
+           "2024.01.02\t00:00:02.000\t\t\t\t3\t80\n"  # a trade at the same price: LAST empty, only VOLUME
+           "2024.01.02\t00:00:02.500\t1.10414\t\t1.10416\t\t30\n")  # bid and last: a quote and a trade
+    caplog.set_level(logging.WARNING)
+    points = parse_csv(mt5, "EURUSD", time_zone="UTC", origin="EURUSD.tsv")
+    assert "EURUSD.tsv: skipped 1 ticks before both bid and ask" in caplog.text
+    ms = [(p.data_type, p.timestamp.strftime("%S.%f")[:6], p.bid, p.ask, p.price, p.volume, p.item_id)
+          for p in points]
+    assert ms == [("quote", "00.250", 1.10412, 1.10419, None, None, "0"),
+                  ("quote", "00.250", 1.10413, 1.10419, None, None, "1"),
+                  ("quote", "01.000", 1.10413, 1.10421, None, None, "0"),
+                  ("trade", "01.500", None, None, 1.10415, 2.0, "0"),
+                  ("trade", "02.000", None, None, 1.10415, 3.0, "0"),
+                  ("quote", "02.500", 1.10414, 1.10421, None, None, "0"),
+                  ("trade", "02.500", None, None, 1.10416, 3.0, "0")]
+    assert set(verdicts(points)) == {"ok"}
+    # a forex symbol's export: LAST and VOLUME always empty, quotes only
+    fx = "<DATE>\t<TIME>\t<BID>\t<ASK>\t<LAST>\t<VOLUME>\t<FLAGS>\n2024.01.02\t09:30:00.000\t1.1\t1.2\t\t\t6\n"
+    assert [(p.data_type, p.timestamp, p.bid, p.ask) for p in parse_csv(fx, "EURUSD", time_zone="UTC")] == [
+        ("quote", datetime(2024, 1, 2, 9, 30, tzinfo=UTC), 1.1, 1.2)]
+    # the values carried are each symbol's own
+    two = ("<SYMBOL>\t<DATE>\t<TIME>\t<BID>\t<ASK>\t<LAST>\t<VOLUME>\t<FLAGS>\n"
+           "AAA\t2024.01.02\t09:30:00\t10\t11\t\t\t6\nBBB\t2024.01.02\t09:30:01\t20\t21\t\t\t6\n"
+           "AAA\t2024.01.02\t09:30:02\t\t12\t\t\t4\nBBB\t2024.01.02\t09:30:03\t19\t\t\t\t2\n")
+    assert [(p.symbol, p.bid, p.ask) for p in parse_csv(two, None, time_zone="UTC")] == [
+        ("AAA", 10.0, 11.0), ("BBB", 20.0, 21.0), ("AAA", 10.0, 12.0), ("BBB", 19.0, 21.0)]
+    with pytest.raises(ValueError, match=r"none of its 1 rows has a time and bid, ask"):
+        parse_csv("<DATE>\t<TIME>\t<BID>\t<ASK>\t<LAST>\t<VOLUME>\t<FLAGS>\nnever\t09:30\t1.1\t1.2\t\t\t6\n", "X")
+
+
+def test_polygon_quotes_flat_files_and_quotes_of_one_instant_keyed_as_trades_are() -> None:
+    """polygon's quotes flat files (ticker, bid_price, ask_price, bid_size, ask_size, sip_timestamp in ns) were
+    refused. Quotes of one instant (ns truncated to the record's microseconds) are apart by their place counted from
+    the oldest row per symbol, so a newest-first copy of the file lands on the same keys, as a tick file's trades."""
+    header = ("ticker,ask_exchange,ask_price,ask_size,bid_exchange,bid_price,bid_size,conditions,indicators,"
+              "participant_timestamp,sequence_number,sip_timestamp,tape,trf_timestamp\n")
+    rows = ['AAPL,12,185.65,200,11,185.64,100,"1,2",,1704205800123456000,1,1704205800123456789,3,',
+            "AAPL,12,185.66,300,11,185.64,100,1,,1704205800123456100,2,1704205800123456900,3,",
+            "MSFT,12,372.1,100,11,372.0,300,1,,1704205800123456000,3,1704205800123456789,3,",
+            "AAPL,12,185.67,100,11,185.65,400,1,,1704205801000000000,4,1704205801000000001,3,"]
+    quotes = parse_csv(header + "\n".join(rows) + "\n")
+    t0 = datetime(2024, 1, 2, 14, 30, 0, 123456, tzinfo=UTC)
+    assert [(q.symbol, q.timestamp, q.bid, q.ask, q.bid_size, q.ask_size, q.item_id) for q in quotes] == [
+        ("AAPL", t0, 185.64, 185.65, 100.0, 200.0, "0"), ("AAPL", t0, 185.64, 185.66, 100.0, 300.0, "1"),
+        ("MSFT", t0, 372.0, 372.1, 300.0, 100.0, "0"),
+        ("AAPL", datetime(2024, 1, 2, 14, 30, 1, tzinfo=UTC), 185.65, 185.67, 400.0, 100.0, "0")]
+    newest_first = parse_csv(header + "\n".join(reversed(rows)) + "\n")
+
+    def keys(points: list[MarketDataPoint]) -> set[tuple[str, datetime, str, float | None]]:
+        return {(p.symbol, p.timestamp, p.item_id, p.ask) for p in points}
+
+    assert keys(newest_first) == keys(quotes)
+    assert set(verdicts(quotes)) == {"ok"}
+
+
+def test_named_bid_ask_columns_are_quotes_beside_a_price_they_stay_trades() -> None:
+    """Any Time,Bid,Ask[,BidSize,AskSize] file (TrueFX-like columns, a symbol column with pairs) is quotes; a file
+    with a price (or last) beside its bid and ask is the trades it was read as before."""
+    truefx = ("Symbol,Timestamp,Bid,Ask\nEUR/USD,20240102 00:00:00.123,1.10412,1.10419\n"
+              "EUR/USD,20240102 00:00:00.123,1.10411,1.10419\nUSD/JPY,20240102 00:00:00.200,141.012,141.018\n")
+    quotes = parse_csv(truefx, None, time_zone="UTC")
+    assert [(q.data_type, q.symbol, q.bid, q.ask, q.item_id) for q in quotes] == [
+        ("quote", "EUR/USD", 1.10412, 1.10419, "0"), ("quote", "EUR/USD", 1.10411, 1.10419, "1"),
+        ("quote", "USD/JPY", 141.012, 141.018, "0")]
+    assert set(verdicts(quotes)) == {"ok"}
+    sized = "time,bid,ask,bid_size,ask_size\n1704205800123,10.1,10.2,300,500\n"
+    assert [(q.timestamp, q.bid_size, q.ask_size) for q in parse_csv(sized, "X")] == [
+        (datetime(2024, 1, 2, 14, 30, 0, 123000, tzinfo=UTC), 300.0, 500.0)]
+    taq = "time,price,size,bid,ask\n2024-01-02 09:30:00,10.15,100,10.1,10.2\n"
+    assert [(t.data_type, t.price, t.volume, t.bid, t.ask) for t in parse_csv(taq, "X")] == [
+        ("trade", 10.15, 100.0, None, None)]
+    with pytest.raises(ValueError, match=r"quotes are read from a bid and an ask column"):
+        parse_csv("Time,Bid\n2024-01-02 09:30:00,10.1\n", "X")
+
+
+def test_histdata_ticks_without_a_header_stay_refused_and_with_one_are_quotes() -> None:
+    """HistData.com's ticks (DateTime Stamp,Bid Quote,Ask Quote,Volume; EST all year round) have no header: nothing
+    in them tells the bid from the ask, so they are refused as before, saying which header to add. With it they are
+    quotes; their volume (always 0) is no size."""
+    rows = "20240102 000000123,1.10412,1.10419,0\n20240102 000000456,1.10413,1.10419,0\n"
+    with pytest.raises(ValueError, match=r"no header: .*DateTime,Bid,Ask,Volume for bid/ask ticks"):
+        parse_csv(rows, "EURUSD")
+    quotes = parse_csv("DateTime,Bid,Ask,Volume\n" + rows, "EURUSD", time_zone="Etc/GMT+5")
+    assert [(q.data_type, q.timestamp, q.bid, q.ask, q.bid_size, q.ask_size) for q in quotes] == [
+        ("quote", datetime(2024, 1, 2, 5, 0, 0, 123000, tzinfo=UTC), 1.10412, 1.10419, None, None),
+        ("quote", datetime(2024, 1, 2, 5, 0, 0, 456000, tzinfo=UTC), 1.10413, 1.10419, None, None)]
+
+
+# ---------------------------------------------------------------- boundaries of the export formats (mutation audit)
+
+
+def test_volume_suffixes_are_read_exactly_in_either_case_and_a_bad_one_skips_its_row() -> None:
+    """62.38M-style volumes: 2.01M is 2,010,000 (2.01 * 1e6 is 2009999.9999999998), T is trillions (a meme coin's
+    daily volume), a lower-case suffix reads alike; a cell that is no number before its suffix skips the row, as
+    any unreadable cell does, rather than stopping the replay."""
+    text = ('"Date","Price","Open","High","Low","Vol."\n"Jan 05, 2024","1.5","1.4","1.6","1.3","?M"\n'
+            '"Jan 04, 2024","1.5","1.4","1.6","1.3","3.2k"\n"Jan 03, 2024","1.5","1.4","1.6","1.3","1.5T"\n'
+            '"Jan 02, 2024","1.5","1.4","1.6","1.3","2.01M"\n')
+    assert [(b.timestamp.day, b.volume) for b in parse_csv(text, "SHIB-USD")] == [
+        (2, 2_010_000.0), (3, 1_500_000_000_000.0), (4, 3200.0)]
+
+
+def test_two_digit_years_pivot_where_strptime_does() -> None:
+    """"As strptime's %y reads them": every two-digit year, 00 to 99, on both sides of the 68/69 pivot."""
+    from producers.replay import _year
+
+    assert [_year(f"{y:02d}") for y in range(100)] == [datetime.strptime(f"{y:02d}", "%y").year for y in range(100)]
+    assert _year("1968") == 1968
+
+
+def test_named_month_dates_with_two_digit_years_early_years_and_a_time() -> None:
+    """NSE's 02-Jan-24 (a two-digit year, as strptime reads it), a 1950 date in the same form (its four digits kept,
+    not cut to 50), and a time after the date (an intraday file)."""
+    daily = "Date,Open,High,Low,Close\n02-Jan-24,2,3,1,2.5\n03-Jan-1950,2,3,1,2.5\n"
+    assert [b.timestamp.date().isoformat() for b in parse_csv(daily, "X")] == ["1950-01-03", "2024-01-02"]
+    minutes = "Date,Open,High,Low,Close\n02-Jan-2024 09:30:00,2,3,1,2.5\n02-Jan-2024 09:31:00,2,3,1,2.6\n"
+    bars = parse_csv(minutes, "X", time_zone="UTC")
+    assert [b.timestamp for b in bars] == [datetime(2024, 1, 2, 9, 30, tzinfo=UTC),
+                                           datetime(2024, 1, 2, 9, 31, tzinfo=UTC)]
+    assert bars[0].interval == "1m"
+
+
+def test_a_gmt_offset_keeps_its_sign_and_its_minutes() -> None:
+    """Dukascopy's "Local time" of a zone west of UTC (GMT-0500) or half an hour off it (GMT+0530): the same
+    instants as 09:30 and 09:31 UTC."""
+    text = ("Local time,Open,High,Low,Close,Volume\n02.01.2024 15:00:00.000 GMT+0530,1.1,1.2,1.0,1.15,5\n"
+            "02.01.2024 04:31:00.000 GMT-0500,1.1,1.2,1.0,1.15,5\n")
+    assert [b.timestamp for b in parse_csv(text, "EURUSD")] == [datetime(2024, 1, 2, 9, 30, tzinfo=UTC),
+                                                                datetime(2024, 1, 2, 9, 31, tzinfo=UTC)]
+
+
+def test_a_time_that_only_looks_like_a_zone_name_skips_its_row() -> None:
+    """A Time of "N/A" reads as a zone's name after the date ("2024-01-02 N/A"); there is no such zone, so the row
+    has no time and is skipped, as any unreadable time, instead of ending the replay with a KeyError."""
+    text = "Date,Time,Open,High,Low,Close\n2024-01-02,N/A,1,2,0.5,1.5\n2024-01-02,09:30,1,2,0.5,1.5\n"
+    assert [b.timestamp for b in parse_csv(text, "X", time_zone="UTC")] == [datetime(2024, 1, 2, 9, 30,
+                                                                                     tzinfo=UTC)]
+
+
+def test_float_epochs_keep_their_fraction_and_nine_digit_ones_are_read() -> None:
+    """Epoch seconds written as floats: the fraction is the instant's (a tick's microseconds), and nine digits
+    before the point are seconds before 2001-09-09, as for integer epochs."""
+    text = "Timestamp,Open,High,Low,Close\n1704205800.123456,1,2,0.5,1.5\n999999999.5,1,2,0.5,1.5\n"
+    assert [b.timestamp for b in parse_csv(text, "X")] == [datetime(2001, 9, 9, 1, 46, 39, 500000, tzinfo=UTC),
+                                                           datetime(2024, 1, 2, 14, 30, 0, 123456, tzinfo=UTC)]
+
+
+def test_a_time_half_a_minute_after_the_zones_midnight_is_no_date() -> None:
+    """Only a midnight to the microsecond starts a day: bars at 05:00:30 UTC (00:00:30 in New York) stay at their
+    instant, not moved to the UTC midnight of their date as daily bars are."""
+    text = ("timestamp,open,high,low,close\n2024-01-02 05:00:30+00:00,1,2,0.5,1.5\n"
+            "2024-01-03 05:00:30+00:00,1,2,0.5,1.5\n")
+    assert [b.timestamp for b in parse_csv(text, "X")] == [datetime(2024, 1, 2, 5, 0, 30, tzinfo=UTC),
+                                                           datetime(2024, 1, 3, 5, 0, 30, tzinfo=UTC)]
+
+
+_KLINE = ["1704067200000", "42283.58", "42554.57", "42283.58", "42475.23", "1271.68108", "1704070799999",
+          "53957248.99", "47134", "682.57", "28957416.82", "0"]
+
+
+@pytest.mark.parametrize("row", [
+    [*_KLINE, "0"],  # 13 columns
+    [*_KLINE[:6], str(int(_KLINE[0]) - 1001), *_KLINE[7:]],  # closed before it opened (a whole second before)
+    ["1704067200000000", *_KLINE[1:6], str(1704067200000000 + 1_499_999), *_KLINE[7:]],  # us, 1.5 s: no interval
+    [*_KLINE[:6], "1704067200000999", *_KLINE[7:]],  # ms open, us close
+])
+def test_headerless_rows_that_break_the_kline_signature_are_read_by_their_prices_alone(row: list[str]) -> None:
+    """Binance's klines are told by their signature, all of it: 12 columns, open and close times in one unit, the
+    close a whole number of seconds after the open, less one unit. A file that only looks like them is no kline:
+    it is read as any header-less Time,Open,High,Low,Close,Volume file, the columns after the volume left out."""
+    [kline] = parse_csv(",".join(_KLINE) + "\n", "BTCUSDT")  # the premise: the unmodified row is a kline
+    [bar] = parse_csv(",".join(row) + "\n", "BTCUSDT")
+    assert (bar.timestamp, bar.open, bar.high, bar.low, bar.close, bar.volume) == (
+        kline.timestamp, kline.open, kline.high, kline.low, kline.close, kline.volume)
+
+
+def test_headerless_iso_times_with_t_and_z_are_data_not_a_header() -> None:
+    """A first row of ISO-8601 times (2024-01-02T09:30:00Z) has letters, single ones: data, not read as a header
+    naming no date column; its highs and lows tell its columns."""
+    bars = parse_csv("2024-01-02T09:30:00Z,187.15,188.44,183.89,185.64,1000\n"
+                     "2024-01-02T09:31:00Z,185.64,186.0,185.5,185.9,800\n", "AAPL")
+    assert [(b.timestamp, b.close, b.volume) for b in bars] == [
+        (datetime(2024, 1, 2, 9, 30, tzinfo=UTC), 185.64, 1000.0), (datetime(2024, 1, 2, 9, 31, tzinfo=UTC), 185.9,
+                                                                    800.0)]
+
+
+def test_the_files_own_volume_column_is_kept_beside_a_per_currency_one() -> None:
+    """The base currency's "Volume BTC" stands in for a volume only when the file has none: a Vol column is it."""
+    text = "Date,Open,High,Low,Close,Vol,Volume USD\n2024-01-02,1,2,0.5,1.5,10,15\n"
+    assert [b.volume for b in parse_csv(text, "X")] == [10.0]
+
+
+def test_a_close_with_a_high_and_low_but_no_open_is_refused_not_read_as_trades() -> None:
+    """A Close alone is a tick file; beside a High and a Low it is a bar file without its open: refused, naming it."""
+    with pytest.raises(ValueError, match=r"no open column"):
+        parse_csv("Date,High,Low,Close\n2024-01-02,2,0.5,1.5\n", "X")
+
+
+def test_a_tick_file_with_a_print_at_midnight_stays_trades() -> None:
+    """Only a file of dates alone is close-only daily bars: a 24/7 market's prints, one of them at 00:00:00.000
+    UTC, are trades."""
+    text = "Time,Price,Size\n2024-01-02 00:00:00,42283.5,0.1\n2024-01-02 00:00:01.250,42284.0,0.2\n"
+    trades = parse_csv(text, "BTCUSDT", time_zone="UTC")
+    assert [(t.data_type, t.price) for t in trades] == [("trade", 42283.5), ("trade", 42284.0)]
+
+
+def test_prints_of_one_instant_are_keyed_in_file_order_and_each_symbol_by_its_own_direction() -> None:
+    """A file whose rows are all one instant tells no direction: its prints are keyed in the file's order. In a
+    file where one symbol is newest first and another oldest first, the second keeps its file order too."""
+    one = parse_csv("Time,Price,Size\n2024-01-02 09:30:00.120,100.5,3\n2024-01-02 09:30:00.120,100.25,7\n", "XYZ")
+    assert [(t.item_id, t.price) for t in one] == [("0", 100.5), ("1", 100.25)]
+    text = ("Time,Symbol,Price,Size\n2024-01-02 09:30:01,XYZ,10.5,1\n2024-01-02 09:30:00,XYZ,10.25,1\n"
+            "2024-01-02 09:30:00,ABC,5.5,1\n2024-01-02 09:30:00,ABC,5.25,1\n2024-01-02 09:30:02,ABC,5.75,1\n")
+    abc = [(t.timestamp.second, t.item_id, t.price) for t in parse_csv(text, None) if t.symbol == "ABC"]
+    assert abc == [(0, "0", 5.5), (0, "1", 5.25), (2, "0", 5.75)]
+
+
+def test_a_ticker_column_of_numeric_exchange_codes_keeps_each_rows_symbol() -> None:
+    """Shanghai's, Tokyo's, Seoul's and Hong Kong's listings are numbers (600519, 7203, 005930, 0700): a Ticker
+    column of them names each row's stock. Rejected as CoinMarketCap's numeric "name" is, a file of two stocks
+    read without a symbol had none, and with one became one stock, both rows on the same key (one lost)."""
+    text = ("date,open,high,low,close,volume,ticker\n2024-01-02,1700,1720,1690,1710,100,600519\n"
+            "2024-01-02,10.1,10.3,10.0,10.2,5000,000001\n")
+    for given in (None, "X"):
+        assert [(b.symbol, b.close) for b in parse_csv(text, given)] == [("000001", 10.2), ("600519", 1710.0)]
+
+
+def test_a_header_less_files_adjusted_close_is_not_read_as_its_volume() -> None:
+    """yfinance's frame written without its header (Date,Open,High,Low,Close,Adj Close,Volume): the number after the
+    close is a price beside the row's own, not a volume; it was stored as the bar's volume (184.94 shares). It is
+    the adjusted close (metadata), and the number after it the volume."""
+    text = ("2024-01-02,187.15,188.44,183.89,185.64,184.94,82488700\n"
+            "2024-01-03,184.22,185.88,183.43,184.25,183.55,58414500\n")
+    bars = parse_csv(text, "AAPL")
+    assert [(b.close, b.metadata.get("adj_close"), b.volume) for b in bars] == [
+        (185.64, 184.94, 82488700.0), (184.25, 183.55, 58414500.0)]
+    no_volume = "\n".join(",".join(line.split(",")[:6]) for line in text.splitlines()) + "\n"
+    assert [(b.close, b.volume) for b in parse_csv(no_volume, "AAPL")] == [(185.64, None), (184.25, None)]
+    kraken = "1381095255,122.0,122.0,122.0,122.0,0.1,1\n1381179030,123.61,123.61,123.61,123.61,150.5,1\n"
+    assert [b.volume for b in parse_csv(kraken, "XBTUSD")] == [0.1, 150.5]  # a volume, though one is price-sized

@@ -529,6 +529,21 @@ async def test_unknown_symbol_and_exhausted_retries_are_logged_others_continue(
     assert "yahoo: AAPL failed" in caplog.text and "gave up after 2 attempts" in caplog.text
 
 
+async def test_a_symbol_failing_round_after_round_is_warned_once_per_cause_not_each_round(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    """An outage of two symbols polled every 10 s was 12 warnings a minute (/health says the source is failing all
+    along): a failure is warned when its cause changes, every 5 minutes while it lasts, and again after a success."""
+    fake = FakeYahoo({"AAPL": [500] * 40})
+    src = YahooSource(settings(await serve(fake.app()), symbols=["AAPL"], retry_attempts=1))
+    caplog.set_level(logging.WARNING)
+    for _ in range(3):
+        await src.poll_once(None)
+    assert len([r for r in caplog.records if "yahoo: AAPL failed" in r.getMessage()]) == 1
+    src.failures.last["AAPL"] = (src.failures.last["AAPL"][0], -1e9)  # five minutes on
+    await src.poll_once(None)
+    assert len([r for r in caplog.records if "yahoo: AAPL failed" in r.getMessage()]) == 2
+
+
 async def test_an_unknown_symbol_is_counted_each_round_and_warned_once(
         serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
     """A delisted symbol in the list is a configuration matter: one warning, a count /health shows, not a line a

@@ -108,3 +108,42 @@ async def test_an_enabled_source_without_its_key_is_in_status_and_failed_sources
     finally:
         await manager.stop()
         await pipeline.stop()
+
+
+async def test_start_data_collection_and_stop_are_coroutines_create_task_takes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`asyncio.create_task(connectors.start_data_collection())` raised "a coroutine was expected": what it returns
+    was awaitable, not a coroutine. The sources are started when it is called, awaited or not."""
+    monkeypatch.delenv("FINNHUB_API_KEY", raising=False)
+    pipeline = DataIngestionPipeline({**NO_STACK, "finnhub": {"enabled": True}})
+    await pipeline.start()
+    manager = DataConnectorManager(pipeline)
+    try:
+        assert await asyncio.create_task(manager.start_data_collection()) is None
+        assert manager.status()["finnhub"]["state"] == "failed"  # started: without its key, failed at once
+    finally:
+        await asyncio.create_task(manager.stop())
+        await asyncio.create_task(pipeline.stop())
+
+
+async def test_a_sources_raw_records_are_judged_by_the_rules_not_dropped(tmp_path: Path) -> None:
+    """The replay's rows it could not read (and the simulated feed's deliberately bad records) are bytes, not
+    points: the Python API dropped them without a word while the replay said they went to the dead-letter topic.
+    They are judged by the validate stage's rules now, counted and logged by rule."""
+    from producers.replay import ReplaySource
+    from streams.config import ReplaySettings
+
+    (tmp_path / "AAPL.csv").write_text("Date,Open,High,Low,Close,Volume\n2024-01-02,1,2,0.5,1.5,10\n"
+                                       "2024-13-45,1,2,0.5,1.5,10\n2024-01-03,1,2,0.5,1.6,10\n")
+    pipeline = DataIngestionPipeline(NO_STACK)
+    await pipeline.start()
+    manager = DataConnectorManager(pipeline, sources=[ReplaySource(ReplaySettings(files=[str(tmp_path)]))])
+    try:
+        await manager.start_data_collection()
+        await eventually(lambda: manager.ingested["replay"] + pipeline.local_counts["refused"] >= 3)
+        m = pipeline.get_metrics()
+        assert manager.ingested["replay"] == 2 and pipeline.local_counts["refused"] == 1
+        assert m["rejected_by_rule"] == {"source.unreadable": 1} and m["rejected_points"] == 1
+    finally:
+        await manager.stop()
+        pipeline.stop()

@@ -153,6 +153,41 @@ def test_a_calendar_whose_history_starts_after_1960_goes_back_as_far_as_it_can()
     assert not cal.is_session(day("2000-05-03"))  # Constitution Day, a Wednesday
 
 
+def test_regular_holidays_before_1970_are_no_sessions() -> None:
+    """exchange_calendars applies its holiday rules from pandas' default 1970-01-01 only: built from 1960, New York's
+    calendar had every holiday of the 1960s as a session, and an S&P 500 series of 1960-1969 (openintro's
+    sp500_1950_2018) got a false gap event at each (89)."""
+    cal = calendar("XNYS")
+    assert cal is not None
+
+    def day(text: str) -> int:
+        return date.fromisoformat(text).toordinal() - date(1970, 1, 1).toordinal()
+
+    assert cal.covers(day("1960-07-05"))
+    for holiday in ("1960-07-04", "1961-05-30", "1965-11-25", "1966-12-26", "1969-02-21", "1969-04-04"):
+        assert not cal.is_session(day(holiday)), holiday
+    assert not cal.is_session(day("1963-11-25"))  # an ad-hoc closure (Kennedy's funeral), kept as it was
+    assert not cal.is_session(day("1968-06-12"))  # a Wednesday of 1968's paperwork crisis
+    for session in ("1960-07-05", "1966-12-27", "1969-07-03", "1970-07-02"):
+        assert cal.is_session(day(session)), session
+    assert not cal.is_session(day("1970-07-03"))  # from 1970 on exchange_calendars had them already
+    assert cal.sessions_between(day("1966-12-23"), day("1966-12-27")) == 0  # Friday, Christmas observed, Tuesday
+    assert len(cal.opens) == len(cal.closes) == len(cal.days)  # no lunch break: one span a session
+
+
+@pytest.mark.parametrize("name", ["XTKS", "XSHG", "XBOM"])
+def test_a_calendar_whose_history_starts_after_1960_starts_at_its_first_evaluable_day(name: str) -> None:
+    """Not merely earlier than the package's last 20 years: from exchange_calendars' own first evaluable day
+    (bound_min: Tokyo and Mumbai 1997, Shanghai 1990-12), its first session within the week after it."""
+    import exchange_calendars as xc
+
+    cal = calendar(name)
+    assert cal is not None
+    first = type(xc.get_calendar(name)).bound_min()
+    assert first is not None and first.year < 2000  # the premise: a history the default 20 years leave out
+    start = first.date().toordinal() - date(1970, 1, 1).toordinal()
+    assert start <= cal.days[0] < start + 7
+
 def test_fx_trades_from_sunday_evening_to_friday_evening_utc() -> None:
     def utc(text: str) -> float:
         return datetime.fromisoformat(f"{text}+00:00").timestamp()

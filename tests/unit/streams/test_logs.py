@@ -223,3 +223,26 @@ async def test_the_task_dump_names_the_await_a_task_is_parked_in_deep_inside_its
         assert loop.remove_signal_handler(sig.SIGUSR2)  # it was installed
     finally:
         loop.remove_signal_handler(sig.SIGUSR2)
+
+
+def test_a_warning_repeated_within_the_window_is_counted_and_said_with_the_next_one() -> None:
+    """During an outage yfinance warned at every attempt and the Yahoo source at every round (60 lines in 75 s for
+    two symbols); the same text is let through once per window, the repeats said with the next one."""
+    from streams.logs import Repeats
+
+    f = Repeats(window=300.0)
+
+    def record(msg: str, at: float, level: int = logging.WARNING, *args: object) -> logging.LogRecord:
+        r = logging.LogRecord("yfinance", level, __file__, 1, msg, args or None, None)
+        r.created = at
+        return r
+
+    assert f.filter(record("yahoo: %s failed: %s", 0.0, logging.WARNING, "AAPL", "DNS"))
+    assert [f.filter(record("yahoo: %s failed: %s", t, logging.WARNING, "AAPL", "DNS")) for t in (10, 20, 299)] == [
+        False, False, False]
+    assert f.filter(record("yahoo: %s failed: %s", 5.0, logging.WARNING, "MSFT", "DNS"))  # another text passes
+    assert f.filter(record("boom", 11.0, logging.ERROR)) and f.filter(record("boom", 12.0, logging.ERROR))
+    later = record("yahoo: %s failed: %s", 301.0, logging.WARNING, "AAPL", "DNS")
+    assert f.filter(later) and later.getMessage() == "yahoo: AAPL failed: DNS (and 3 more since 301 s ago)"
+    again = record("yahoo: %s failed: %s", 700.0, logging.WARNING, "AAPL", "DNS")
+    assert f.filter(again) and again.getMessage() == "yahoo: AAPL failed: DNS"  # nothing held back since

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.errors import RejectedRecord
-from streams.models import DataType, MarketDataPoint
+from streams.models import DataType, MarketDataPoint, unreadable_json
 from streams.rules import Validator
 from streams.settings import ValidationSettings
 
@@ -54,6 +54,10 @@ def test_valid_record_passes_and_gets_ingested_at() -> None:
         (raw(timestamp="1960-01-01T00:00:00Z"), "timestamp.too_old"),
         (raw(source="other"), "schema.source_mismatch"),
         (None, "schema.empty"),
+        (unreadable_json("sim", "AAPL", where="a.csv row 2", content="2024-13-45,1", error="bad date"),
+         "source.unreadable"),
+        (raw(unreadable="a string, not a producer's document"), "schema.extra_forbidden"),
+        (raw(unreadable={"error": "x"}, timestamp=None), "source.unreadable"),
     ],
 )
 def test_rules(value: bytes | None, rule: str) -> None:
@@ -283,3 +287,10 @@ def test_a_breaker_reopens_when_its_cool_down_has_passed_exactly() -> None:
     b.trip("bad")
     clock.now += 60.0
     assert b.due() == ["bad"]
+
+
+def test_a_producers_unreadable_row_is_dead_lettered_with_its_reason() -> None:
+    doc = unreadable_json("sim", "AAPL", where="a.csv row 2", content="2024-13-45,1,2", error="ValueError: month")
+    with pytest.raises(RejectedRecord) as info:
+        Validator(ValidationSettings()).check(doc, source="sim", now=NOW)
+    assert info.value.reason == "a.csv row 2: ValueError: month: '2024-13-45,1,2'"

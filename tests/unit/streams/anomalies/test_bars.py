@@ -129,6 +129,39 @@ def test_a_close_above_its_high_is_inconsistent() -> None:
     assert [a.detector for a in suite.update(p)] == ["ohlc_inconsistent"]
 
 
+def test_a_daily_bar_that_copies_the_day_before_is_a_row_filled_forward() -> None:
+    """A vendor's Shanghai file (the stockstats sdist's 987654.SS) repeats 2010-02-12's bar to the last digit on
+    2010-02-15..18, Chinese New Year, when the exchange was closed; Yahoo's ^JKSE repeats 1999-0604 on 1999-06-07,
+    Indonesia's election day. Nothing flagged them. A bar without a range repeats as the market does, a revision
+    of the same day is no copy, and an intraday bar may well repeat."""
+    suite = DetectorSuite()
+    days = weekdays(30)
+    rng = random.Random(3)
+    closes = [20.0 * math.exp(rng.gauss(0, 0.01)) for _ in days]
+    flagged = []
+    for i, day in enumerate(days):
+        src = 20 if i in (21, 22) else i  # days 21 and 22 copy day 20
+        p = bar(day, closes[src], volume=1e6 + src)
+        flagged += [(i, a.detector, a.details.get("check")) for a in suite.update(p) if a.kind == "tick"]
+    assert flagged == [(21, "ohlc_inconsistent", "repeat"), (22, "ohlc_inconsistent", "repeat")]
+
+    d = DetectorSuite()
+    flat = [MarketDataPoint(symbol="X", timestamp=t, source="replay", data_type="bar", interval="1d", open=5.0,
+                            high=5.0, low=5.0, close=5.0, volume=0.0) for t in days[:3]]
+    assert not [a for p in flat for a in d.update(p) if a.kind == "tick"]  # no trade: equal bars are the market
+    d = DetectorSuite()
+    first = bar(days[0], 10.0)
+    assert not [a for p in (first, first, first.model_copy(update={"timestamp": days[0]}))
+                for a in d.update(p) if a.kind == "tick"]  # the same day again: a revision or a resend
+    minute = [bar(days[0] + timedelta(minutes=i), 10.0).model_copy(update={"interval": "1m"}) for i in range(3)]
+    assert not [a for p in minute for a in DetectorSuite().update(p) if a.detector == "ohlc_inconsistent"]
+    copy = bar(days[1], 10.0).model_copy(update={"volume": 2e6})
+    assert not [a for a in d.update(copy) if a.kind == "tick"]  # another volume: another day of trading
+    restarted = DetectorSuite.from_state(json.loads(json.dumps(d.to_state())))  # a restart keeps the last bar
+    assert [a.detector for a in restarted.update(copy.model_copy(update={"timestamp": days[2]}))] == [
+        "ohlc_inconsistent"]
+
+
 def test_a_price_of_1e154_is_kept_out_and_the_detectors_go_on_normally() -> None:
     suite = DetectorSuite()
     t0 = datetime(2024, 5, 6, 14, 0, tzinfo=UTC)
@@ -462,3 +495,136 @@ def test_a_calendar_restored_from_state_is_found_again_by_todays_rules() -> None
     found = gaps.update(monday)
     assert gaps.exchange == "24/7"
     assert [a.message for a in found] == ["2 missing 1d bar(s) after 2024-01-05T00:00:00+00:00"]
+
+
+# ---------------------------------------------------------------- BarOutlier's held bar, judged by the next one
+
+
+class _Bars:
+    """A BarOutlier fed one daily bar at a time, each as a log return from the previous close: close-only (open =
+    high = low = close) unless an open is given, then with a range of its own (the stream has opens)."""
+
+    CALM = (0.01, 0.0, -0.01)  # the window's median is 0 and its MAD 0.01: a scale of 1.4826%
+
+    def __init__(self, settings: AnomalySettings | None = None, *, calm: int = 45, step: float = 1.0) -> None:
+        from streams.anomalies.bars import BarOutlier
+
+        self.bo = BarOutlier(settings or AnomalySettings())
+        self.days = iter(weekdays(400))
+        self.close = 100.0
+        for i in range(calm):
+            assert self.add(step * self.CALM[i % 3]) == []
+
+    def add(self, r: float, *, gap: float | None = None, spans: int = 1, suspect: bool = False) -> list[str]:
+        """The next bar, `r` from the last close; `gap`: the share of `r` made before its open (None: close-only).
+        Returns the dates of the bars this one's verdicts name (on arrival or as a follow-up)."""
+        prev, self.close = self.close, self.close * math.exp(r)
+        c = self.close
+        if gap is None:
+            point = MarketDataPoint(symbol="SPY", timestamp=next(self.days), source="replay", data_type="bar",
+                                    interval="1d", item_id="1d", open=c, high=c, low=c, close=c, volume=1e6)
+        else:
+            point = bar(next(self.days), c, open=prev * math.exp(gap * r) if r else prev)
+        return [a.record["timestamp"][:10] for a in self.bo.update(point, suspect=suspect, spans=spans)]
+
+    def back(self, level: float, b: float, *, gap: float | None = None) -> list[str]:
+        """The next bar closing at `b` (log) from `level`."""
+        return self.add(math.log(level / self.close) + b, gap=gap)
+
+    def scales(self) -> tuple[float, float]:
+        """(the window's scale, the recent returns' own: the square root of their EWMA variance)."""
+        (key, st), = self.bo.streams.items()
+        floor = self.bo.settings.bar_daily.scale_floor
+        return self.bo._scale(self.bo._windows[key], floor)[1], math.sqrt(st["ewma"])
+
+
+def test_a_close_only_spike_whose_next_close_is_within_a_fifth_of_its_move_is_a_bad_print() -> None:
+    """Without opens the way back must be within 0.4 x revert_fraction of the move OR 3 sigma, whichever is wider:
+    a 30-sigma spike whose next close lands 4.5 sigma from the level (15% of the move) came back."""
+    feed = _Bars()
+    s, _ = feed.scales()
+    level = feed.close
+    assert feed.add(30 * s) == []
+    day = feed.bo.streams["bar:1d"]["pending"]["record"]["timestamp"][:10]
+    assert feed.back(level, 4.5 * s) == [day]
+
+
+def test_a_close_only_spike_in_a_volatile_stretch_may_come_back_by_the_stretchs_own_sigmas() -> None:
+    """The 3 sigma of the way back are the spike's own scale (the recent returns', wider than the window's in a
+    volatile stretch), not the window's calmer one: the next bar moves as the stretch does."""
+    feed = _Bars()
+    for i in range(10):
+        feed.add(0.04 if i % 2 else -0.04)
+    window, recent = feed.scales()
+    assert recent > 1.3 * window  # the premise: a volatile stretch the window has not caught up with
+    level = feed.close
+    assert feed.add(8 * recent) == []
+    day = feed.bo.streams["bar:1d"]["pending"]["record"]["timestamp"][:10]
+    b = (max(1.6 * recent, 3 * window) + 3 * recent) / 2  # beyond 3 window sigmas, within 3 of the spike's own
+    assert feed.back(level, b) == [day]
+
+
+def test_the_recent_returns_never_narrow_a_close_only_scale_below_its_floor() -> None:
+    """scale_floor: "the log-return scale is never below this". A close-only stream of 0.1% days judged with a 2%
+    floor: a 5% day (2.5 floor sigmas) and back is no outlier, though 50 of its recent sigmas."""
+    feed = _Bars(AnomalySettings(bar_daily={"scale_floor": 0.02}), step=0.1)
+    window, recent = feed.scales()
+    assert window == 0.02 and recent < 0.002
+    level = feed.close
+    assert feed.add(0.05) == []
+    assert feed.back(level, 0.0) == []
+
+
+def test_a_close_only_days_recent_scale_counts_the_clean_day_before_it() -> None:
+    """The recent returns' scale on arrival takes in every clean return before the bar, the day before it too: a
+    7.5-sigma day after a clean 5.9-sigma one is judged against the scale that day raised, and is a market move."""
+    feed = _Bars()
+    window, _ = feed.scales()
+    assert feed.add(5.9 * window) == []  # clean: under outlier_sigma of the window's scale
+    window, recent = feed.scales()
+    assert recent > 7.5 / 6 * window  # the premise: that day alone raised the recent scale above 7.5 / 6 sigma
+    level = feed.close
+    assert feed.add(7.5 * window) == []
+    assert feed.back(level, 2.25 * window) == []  # a market move: no verdict on arrival nor by its way back
+
+
+def test_a_close_only_return_over_a_closure_scales_the_recent_sigma_by_the_sessions_it_spans() -> None:
+    """A return over n sessions has sqrt(n) times one session's scale: the recent returns' scale too, not only the
+    window's (a stretch's 2.2% a day is 4.4% over four)."""
+    feed = _Bars()
+    for i in range(10):
+        feed.add(0.04 if i % 2 else -0.04)
+    window, recent = feed.scales()
+    assert 2 * window > recent > 1.2 * window  # the premise
+    level = feed.close
+    r = 6 * (recent + window)  # under 6 x sqrt(4) x the recent scale, over 6 x sqrt(4) x the window's
+    assert feed.add(r, spans=4) == []
+    b = (0.2 * r + min(6 * window, 3 * 2 * window)) / 2  # beyond a fifth of the move, within 3 sigma of 2 x window
+    assert feed.back(level, b) == []
+
+
+def test_a_bar_printed_apart_on_one_side_only_that_came_back_is_an_error() -> None:
+    """detach_share: the move made in the gap before the bar's open OR undone in the gap before the next open. A
+    bar that opened 10 sigma up (all of it in the gap) and whose next bar opened there and traded back down is an
+    error: one detached side and the way back within revert_fraction."""
+    feed = _Bars(calm=0)
+    for i in range(45):
+        assert feed.add(_Bars.CALM[i % 3], gap=0.0) == []
+    s, _ = feed.scales()
+    level = feed.close
+    assert feed.add(10 * s, gap=1.0) == []
+    day = feed.bo.streams["bar:1d"]["pending"]["record"]["timestamp"][:10]
+    assert feed.back(level, s, gap=0.0) == [day]  # opened at the bar's close: nothing undone in that gap
+
+
+def test_a_held_bar_with_opens_did_not_come_back_when_its_next_close_kept_most_of_its_move() -> None:
+    """The sigma allowance of the way back is for bars without opens: a bar with opens held as a suspect (flagged
+    on arrival by the OHLC check) whose next close keeps 80% of its 2-sigma move did not come back (revert_fraction
+    x |r|), however few sigmas that is."""
+    feed = _Bars(calm=0)
+    for i in range(45):
+        assert feed.add(_Bars.CALM[i % 3], gap=0.0) == []
+    s, _ = feed.scales()
+    level = feed.close
+    assert feed.add(2 * s, gap=1.0, suspect=True) == []
+    assert feed.back(level, 0.8 * 2 * s, gap=0.0) == []

@@ -393,6 +393,74 @@ def test_a_stream_with_ranges_keeps_its_5_for_4_split_on_a_flat_bar() -> None:
     assert a.kind == "corporate_action" and a.threshold == 0.8
 
 
+def _after_silence(silence: timedelta, ratio: float, settings: AnomalySettings | None = None,
+                   kind: str = "bar") -> tuple[SplitSuspect, list[Any]]:
+    """Two points at 1.0 a day apart, then one at `ratio` after `silence` (bars, or trades)."""
+    sp = SplitSuspect(settings)
+    t0 = datetime(2024, 5, 6, 20, tzinfo=UTC)
+
+    def point(ts: datetime, p: float) -> MarketDataPoint:
+        return bar(ts, p, p) if kind == "bar" else trade(p).model_copy(update={"timestamp": ts})
+
+    sp.update(point(t0, 1.0))
+    sp.update(point(t0 + timedelta(days=1), 1.0))
+    out = sp.update(point(t0 + timedelta(days=1) + silence, ratio))
+    return sp, out
+
+
+def _deferred(sp: SplitSuspect) -> float | None:
+    """The nominal ratio of the 10^k split deferred to the next point, None when none was opened."""
+    if sp.verdict is None:
+        return None
+    what, pend = sp.verdict
+    assert what == "opened" and pend.get("deferred")
+    return pend["nominal"]
+
+
+@pytest.mark.parametrize(("silence", "nominal"), [(timedelta(days=20), 100.0),
+                                                  (timedelta(days=20) - timedelta(seconds=1), None)])
+def test_a_silence_of_exactly_split_halt_seconds_is_a_suspension(silence: timedelta, nominal: float | None) -> None:
+    """"After a silence of split_halt_seconds": 20 days to the second is one, a second less is none (x118 is then
+    no 1:100, 18% off it)."""
+    assert AnomalySettings().split_halt_seconds == 20 * 86400
+    sp, out = _after_silence(silence, 118.0)
+    assert out == [] and _deferred(sp) == nominal
+
+
+def test_a_split_after_a_suspension_is_still_matched_by_its_own_ratio() -> None:
+    """The 10^k rule after a suspension is for a jump no ratio matched: a 2:1 split on the first bar after 30 days
+    is flagged as a 2:1 split, not lost to the 10^k rule (whose nearest power of ten is 1)."""
+    [a] = _after_silence(timedelta(days=30), 0.5)[1]
+    assert a.kind == "corporate_action" and a.threshold == 0.5
+
+
+@pytest.mark.parametrize(("ratio", "nominal"), [(85.0, 100.0), (118.0, 100.0), (6.5, None), (300.0, None),
+                                                (1000.0, None)])
+def test_after_a_suspension_a_jump_up_is_matched_to_the_nearest_configured_power_of_ten(
+        ratio: float, nominal: float | None) -> None:
+    """Within decimal_tolerance (0.15 in log10) of the nearest 10^k, either side of it (x85 and x118: 1:100); x6.5
+    and x300 are 0.19 and 0.48 from theirs; x1000 is 1:1000, no configured ratio."""
+    assert 1000.0 not in AnomalySettings().split_ratios
+    sp, out = _after_silence(timedelta(days=30), ratio)
+    assert out == [] and _deferred(sp) == nominal
+
+
+def test_a_split_matched_after_a_suspension_reports_the_tolerance_it_was_matched_by() -> None:
+    """x118 is 1:100 within decimal_tolerance (0.15 in log10), not within split_tolerance (0.02-0.04 in log): the
+    event said the latter, 18% off the nominal ratio with a tolerance of 2%."""
+    sp, _ = _after_silence(timedelta(days=30), 118.0)
+    assert sp.verdict is not None
+    tol = sp.verdict[1]["tolerance"]
+    decimal = AnomalySettings().bar_daily.decimal_tolerance
+    assert tol == pytest.approx(10.0 ** decimal - 1.0) and abs(118.0 / 100.0 - 1.0) <= tol
+
+
+def test_a_trade_after_a_long_silence_gets_no_10k_rule() -> None:
+    """The suspension rule is a bar stream's: a trade feed's x118 after 30 days is matched as before, to no ratio."""
+    sp, out = _after_silence(timedelta(days=30), 118.0, kind="trade")
+    assert out == [] and sp.verdict is None and sp.pending == {}
+
+
 def test_suite_split_is_a_corporate_action_not_an_error_and_the_next_day_is_clean() -> None:
     suite = DetectorSuite()
     prices = walk(200, seed=4)

@@ -237,3 +237,35 @@ def test_spread_too_wide_needs_a_spread_above_the_threshold_not_at_it() -> None:
     assert sp.update(quote(t, 2.0 * t, 30)) == []  # ask - bid = t exactly (2t is exact)
     [a] = spreads(20, AnomalySettings(spread_min_observations=20)).update(quote(t, math.nextafter(2.0 * t, 4 * t), 30))
     assert a.score > a.threshold == t
+
+
+@pytest.mark.parametrize(("reference", "price"), [(0.30, 0.27), (10.70, 9.63), (10.30, 11.33), (25.20, 23.94),
+                                                  (25.60, 26.88), (54.00, 55.62), (54.00, 52.38)])
+def test_clearly_erroneous_flags_a_cent_move_of_exactly_the_band_whatever_the_rounding(reference: float,
+                                                                                       price: float) -> None:
+    """Cent prices whose exact-band move |p - ref| / ref rounds a hair under the band in binary floating point
+    (0.30 -> 0.27 is 0.09999999999999991): still "10% or more", flagged, up or down, in each default band."""
+    ce = ClearlyErroneous()
+    ce.update(trade(reference, 0))
+    assert abs(price - reference) / reference < ce.band(reference)  # the premise: the division rounds under
+    [a] = ce.update(trade(price, 1))
+    assert a.threshold == ce.band(reference)
+
+
+@pytest.mark.parametrize(("reference", "price"), [(1000.0, 1029.99), (1000.0, 970.01), (600.0, 617.99)])
+def test_clearly_erroneous_passes_a_move_one_cent_inside_the_band(reference: float, price: float) -> None:
+    """The margin absorbs rounding only: a move one cent short of 3% of $1000 (2.999%) is clean and the reference."""
+    ce = ClearlyErroneous()
+    ce.update(trade(reference, 0))
+    assert ce.update(trade(price, 1)) == []
+    assert ce.reference == price
+
+
+def test_bg_with_no_gamma_flags_a_one_tick_move_from_a_flat_window_at_any_price_scale() -> None:
+    """Only a trade exactly at the mean is exempt when gamma 0 makes the threshold 0; a one-tick move of a coin
+    quoted at $0.00001 (SHIB) is |p - mean| > 0 = 3 sd + gamma, an outlier as at $100."""
+    for level, tick in ((100.0, 0.01), (0.00001, 0.00000001)):
+        bg = warmed(AnomalySettings(bg_gamma_bps=0.0), [level] * 20)
+        assert bg.update(trade(level, 20)) == []
+        [a] = bg.update(trade(level + tick, 21))
+        assert a.threshold == 0.0

@@ -478,3 +478,45 @@ async def test_offsets_a_failed_confirmation_left_waiting_are_dropped_for_partit
     assert stage._uncommitted == {TP: 5}  # TP1's next owner reads its records again
     await stage.flush_commit()
     assert consumer.calls == [{TP: 5}]
+
+
+class Gated(Stage):
+    """A stage whose batch waits on `gate` while it is processed: a stop arrives in the middle of it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = asyncio.Event()
+        self.processed: list[int] = []
+
+    async def process(self, records: list[Any]) -> None:
+        await self.gate.wait()
+        self.processed.extend(r.offset for r in records)
+
+
+async def test_a_stop_during_a_batch_lets_it_finish_commits_it_and_then_runs_the_stop_hooks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch in flight when a stop begins is committed by the stop (it was sent and counted: left
+    uncommitted, the next owner read it again and /pipeline/metrics counted it twice); a batch fetched after the
+    stop began is not processed; the stop hooks (the metrics flush) run after the commit, so the last batch's
+    counts are sent (Faust's on_before_shutdown fires before the stages stop: they were lost)."""
+    stage = Gated(kafka=KafkaSettings(), app_id="unit", topics=["t"])
+    consumer = LoopConsumer([{TP: [Rec(0), Rec(1)]}, {TP: [Rec(2)]}])
+    stage.consumer = consumer  # type: ignore[assignment]
+    committed_when_hooked: list[dict[TopicPartition, int]] = []
+
+    async def hook() -> None:
+        committed_when_hooked.append(dict(consumer.committed))
+
+    monkeypatch.setattr(base, "stop_hooks", [hook], raising=False)
+    run = asyncio.ensure_future(stage._run())
+    await _ticks()  # batch 0 is being processed, waiting on the gate
+    stage._stopped.set()  # what mode's Service.stop does before it calls on_stop
+    stopping = asyncio.ensure_future(stage.on_stop())
+    await _ticks()
+    assert not stopping.done()  # the stop waits for the batch in flight
+    stage.gate.set()
+    await asyncio.wait_for(stopping, 2)
+    await asyncio.wait_for(run, 2)
+    assert stage.processed == [0, 1]  # batch 1 is left to the partitions' next owner
+    assert consumer.committed == {TP: 2}
+    assert committed_when_hooked == [{TP: 2}]

@@ -513,3 +513,27 @@ def test_a_bug_in_a_rule_dead_letters_the_record_instead_of_stopping_the_stage()
     assert m.topic == rejected_topic_name and m.key == b"AAPL"
     assert headers["tickflow.rule"] == b"internal.error" and headers["tickflow.exception.class"] == b"RuntimeError"
     assert delta.of("simulated").rejected == 1
+
+
+async def test_rows_a_producer_could_not_read_do_not_trip_the_breaker() -> None:
+    """A replayed file's unreadable rows (rule source.unreadable) are sent first, in a run: an S&P 500 file with
+    unquoted thousands separators has thousands of them. Counted by the breaker, each batch read from the
+    partition's committed offset tripped it, was held, and was read again after the cool-down: the replay never
+    got past them. They are dead-lettered and counted, and the readable rows behind them are validated."""
+    from producers.base import unreadable_record
+
+    clock, out = Clock(), Collected()
+    stage = make_stage(clock, out)  # a window of 10, ratio 0.5
+    rows = [Rec(BAD, i, unreadable_record("replay", "SPX", where=f"SPX.csv row {i}", content="1990-01-02,1,234.5",
+                                          error="7 cells, the header has 6").value, key=b"SPX") for i in range(15)]
+    rows += [Rec(BAD, 15 + i, good(i).value.replace(b"simulated", b"replay"), key=b"SPX") for i in range(4)]
+    assert await processed(stage, rows) is None
+    assert stage.status()["paused_sources"] == []
+    letters = [m for m in out.sent if m.topic == rejected_topic_name]
+    assert len(letters) == 15 and {dict(m.headers)["tickflow.rule"] for m in letters} == {b"source.unreadable"}
+    assert sum(m.topic == clean_topic_name for m in out.sent) == 4
+    (delta,) = out.deltas
+    assert (delta.of("replay").rejected, delta.of("replay").valid) == (15, 4)
+    # anything else a source sends that the rules refuse still trips it
+    more = [bad(100 + i) for i in range(20)]
+    assert await processed(stage, more) == {TopicPartition(BAD, 0)}

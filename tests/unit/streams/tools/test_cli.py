@@ -212,6 +212,34 @@ def test_backfill_refuses_a_symbol_validation_would_refuse_before_any_call() -> 
     assert "--symbols: 'AA PL', '$$$' is not a symbol validation accepts" in line and out.returncode == 2
 
 
+@pytest.mark.parametrize(("source", "wrong", "hint"), [("alpha_vantage", "5m", "5min"), ("yahoo", "5min", "5m"),
+                                                      ("yahoo", "7m", "1m")])
+def test_backfill_refuses_an_interval_the_source_does_not_take_before_any_call(
+        monkeypatch: pytest.MonkeyPatch, source: str, wrong: str, hint: str) -> None:
+    """Alpha Vantage's "Invalid API call" for "5m" does not say the interval is wrong, and costs a call of its
+    25 a day per symbol: refused here, with the intervals the source takes."""
+    async def no_call(*args: Any) -> tuple[int, int, int]:
+        raise AssertionError("a provider was called")
+
+    monkeypatch.setattr(cli, "backfill_history", no_call)
+    result = CliRunner().invoke(cli.cli, ["backfill", source, "--symbols", "IBM", "--start", "2024-01-02", "--end",
+                                          "2024-01-31", "--interval", wrong], env=NOWHERE)
+    assert result.exit_code == 2, result.output
+    assert f"--interval '{wrong}' is not one {source} takes" in result.output and hint in result.output
+
+
+def test_backfill_takes_each_interval_of_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def loaded(*args: Any) -> tuple[int, int, int]:
+        return 1, 1, 0
+
+    monkeypatch.setattr(cli, "backfill_history", loaded)
+    for source in ("yahoo", "alpha_vantage", "fred"):
+        for interval in cli.backfill_intervals(source) or ("1d", "anything"):  # fred ignores it
+            result = CliRunner().invoke(cli.cli, ["backfill", source, "--symbols", "IBM", "--start", "2024-01-02",
+                                                  "--end", "2024-01-31", "--interval", interval], env=NOWHERE)
+            assert result.exit_code == 0, (source, interval, result.output)
+
+
 def test_backfill_end_before_start() -> None:
     result = CliRunner().invoke(cli.cli, ["backfill", "fred", "--symbols", "GDP", "--start",
                                                         "2024-02-01", "--end", "2024-01-01"], env=NOWHERE)
