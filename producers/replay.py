@@ -53,9 +53,13 @@ The interval (item_id) is inferred from the smallest gap between rows unless con
 
 Speed: 1 = the gaps between rows in real time, 10 = ten times faster, 0 = as fast as possible.
 Files: each entry of `files` is a file, a folder (its *.csv files) or a glob pattern; one source replays
-them all, merged into one timeline. A file's symbol: the mapping (`symbols`: file name or stem -> symbol),
-else the configured `symbol` (for one-ticker files), else the file's Ticker row, else the file's name
-(AAPL.csv -> AAPL, SAP.DE.csv -> SAP.DE): leave `symbol` unset to replay a folder of per-symbol files.
+them all, merged into one timeline. Memory: the files are read once to learn their symbols and time spans, and
+their rows are then held a group at a time (replay_groups): files that do not overlap in time are not held
+together, nor, at speed 0, files that share no symbol (each symbol's rows still go out in time order); rows
+beyond `held_rows` are not kept from the first reading, their files are read again.
+A file's symbol: the mapping (`symbols`: file name or stem -> symbol), else the configured `symbol` (for
+one-ticker files), else the file's Ticker row, else the file's name (AAPL.csv -> AAPL, SAP.DE.csv -> SAP.DE):
+leave `symbol` unset to replay a folder of per-symbol files.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ import re
 import time
 import zoneinfo
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -676,6 +681,57 @@ def _tick_rows(parsed: Sequence[tuple[datetime, bool, str, dict[str, Any]]], ski
     return out
 
 
+@dataclass(eq=False)
+class ReplayFile:
+    """A file as its first reading found it: its symbols, its first and last time, its row count, and its rows while
+    they are held."""
+
+    path: Path
+    symbols: frozenset[str]
+    first: datetime
+    last: datetime
+    count: int
+    rows: list[Row] | None
+
+
+def replay_groups(files: Sequence[ReplayFile], *, by_symbol: bool) -> list[list[ReplayFile]]:
+    """The files in the groups their rows are replayed in, one group's rows in memory at a time. Groups never overlap
+    in time, so each group's rows, sorted, then the next group's, are the one timeline of every file's rows. With
+    `by_symbol` (a replay at full speed, whose order matters within a symbol only, as Kafka keeps no order across
+    partitions either) files that share no symbol are never in one group: a folder of per-symbol files is replayed
+    a file at a time, not held whole (bench/replay_memory.py)."""
+    if by_symbol:  # components of files linked by a shared symbol
+        parent = list(range(len(files)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        owner: dict[str, int] = {}
+        for i, f in enumerate(files):
+            for sym in f.symbols:
+                parent[root(i)] = root(owner.setdefault(sym, i))
+        parts: dict[int, list[ReplayFile]] = {}
+        for i, f in enumerate(files):
+            parts.setdefault(root(i), []).append(f)
+        components = list(parts.values())
+    else:
+        components = [list(files)]
+    groups: list[list[ReplayFile]] = []
+    for component in components:
+        end: datetime | None = None
+        for f in sorted(component, key=lambda f: f.first):  # stable: files of one instant keep their order
+            if end is None or f.first > end:
+                groups.append([])
+            groups[-1].append(f)
+            end = f.last if end is None or f.last > end else end
+    if by_symbol:
+        groups.sort(key=lambda g: g[0].first)
+    return groups
+
+
 class ReplaySource(Source):
     """Replays the configured files, merged into one timeline, at the configured speed; then stops."""
 
@@ -714,35 +770,72 @@ class ReplaySource(Source):
         return [MarketDataPoint(**r) for r in self.load_rows()]
 
     def load_rows(self, unreadable: list[RawRecord] | None = None, skipped: list[str] | None = None) -> list[Row]:
-        """load()'s records as their fields (parse_rows): what fetch holds while it replays. `unreadable` collects
-        the rows that could not be read, as dead letters (producers.base.unreadable); `skipped`, why each file
-        that could not be read was skipped."""
-        s = self.settings
+        """load()'s records as their fields (parse_rows), every file's at once. `unreadable` collects the rows that
+        could not be read, as dead letters (producers.base.unreadable); `skipped`, why each file that could not be
+        read was skipped."""
         rows: list[Row] = []
         for path in self.paths():
-            bad: list[tuple[int, str, str]] = []
-            symbol = self.symbol_for(path) or path.stem.upper()
+            rows.extend(self.read(path, unreadable, skipped) or ())
+        rows.sort(key=_time_symbol)
+        return rows
+
+    def read(self, path: Path, unreadable: list[RawRecord] | None = None,
+             skipped: list[str] | None = None) -> list[Row] | None:
+        """One file's rows, oldest first; None: the file could not be read (logged, and its reason added to
+        `skipped`)."""
+        s = self.settings
+        bad: list[tuple[int, str, str]] = []
+        symbol = self.symbol_for(path) or path.stem.upper()
+        try:
+            text = path.read_text(encoding="utf-8")
+            kw: dict[str, Any] = {"time_zone": s.time_zone, "interval": s.interval, "origin": path.name,
+                                  "unreadable": bad}
             try:
-                text = path.read_text(encoding="utf-8")
-                kw: dict[str, Any] = {"time_zone": s.time_zone, "interval": s.interval, "origin": path.name,
-                                      "unreadable": bad}
-                try:
-                    rows.extend(parse_rows(text, self.symbol_for(path), **kw))
-                except NoSymbol:  # no Ticker row either: the file's name is the symbol
-                    bad.clear()
-                    rows.extend(parse_rows(text, path.stem.upper(), **kw))
-                del text
-            except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:  # csv.Error: a stray quote
-                logger.error("replay: %s skipped: %s: %s", path, type(exc).__name__, exc)
-                if skipped is not None:
-                    skipped.append(f"{path}: {type(exc).__name__}: {exc}")
+                rows = parse_rows(text, self.symbol_for(path), **kw)
+            except NoSymbol:  # no Ticker row either: the file's name is the symbol
+                bad.clear()
+                rows = parse_rows(text, path.stem.upper(), **kw)
+            del text
+        except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:  # csv.Error: a stray quote
+            logger.error("replay: %s skipped: %s: %s", path, type(exc).__name__, exc)
+            if skipped is not None:
+                skipped.append(f"{path}: {type(exc).__name__}: {exc}")
+            return None
+        if bad:
+            logger.warning("replay: %s: %d rows could not be read (the first, row %d: %s): sent to the "
+                           "dead-letter topic (rule source.unreadable)", path.name, len(bad), bad[0][0], bad[0][2])
+            if unreadable is not None:
+                unreadable += [unreadable_record(SOURCE, symbol, where=f"{path.name} row {n}", content=row,
+                                                 error=why) for n, row, why in bad]
+        rows.sort(key=_time_symbol)
+        return rows
+
+    def survey(self, unreadable: list[RawRecord] | None = None,
+               skipped: list[str] | None = None) -> list[ReplayFile]:
+        """Every file read once: its symbols and time span, and its rows while the files read so far hold no more
+        than `held_rows` (the others are read again when their turn comes)."""
+        room = self.settings.held_rows
+        out: list[ReplayFile] = []
+        for path in self.paths():
+            rows = self.read(path, unreadable, skipped)
+            if not rows:
                 continue
-            if bad:
-                logger.warning("replay: %s: %d rows could not be read (the first, row %d: %s): sent to the "
-                               "dead-letter topic (rule source.unreadable)", path.name, len(bad), bad[0][0], bad[0][2])
-                if unreadable is not None:
-                    unreadable += [unreadable_record(SOURCE, symbol, where=f"{path.name} row {n}", content=row,
-                                                     error=why) for n, row, why in bad]
+            held = len(rows) <= room
+            room -= len(rows) if held else 0
+            out.append(ReplayFile(path, frozenset(r["symbol"] for r in rows), rows[0]["timestamp"],
+                                  rows[-1]["timestamp"], len(rows), rows if held else None))
+        return out
+
+    def group_rows(self, group: Sequence[ReplayFile]) -> list[Row]:
+        """A group's rows in time order; each file's held rows are let go, a file not held is read again."""
+        rows: list[Row] = []
+        for f in group:
+            got = f.rows if f.rows is not None else self.read(f.path) or []
+            f.rows = None
+            if len(got) != f.count:
+                logger.warning("replay: %s changed while it was replayed: %d rows now, %d when first read",
+                               f.path, len(got), f.count)
+            rows.extend(got)
         rows.sort(key=_time_symbol)
         return rows
 
@@ -755,47 +848,63 @@ class ReplaySource(Source):
         # server would otherwise wait for.
         unreadable: list[RawRecord] = []
         skipped: list[str] = []
-        rows = await asyncio.to_thread(self.load_rows, unreadable, skipped)
+        files = await asyncio.to_thread(self.survey, unreadable, skipped)
         paths = self.paths()
-        if not paths or (not rows and not unreadable and len(skipped) == len(paths)):
+        if not paths or (not files and not unreadable and len(skipped) == len(paths)):
             # a replay of nothing is no replay that finished: `python -m producers replay` exits 2, /health says
             # failed, rather than "sent 0" and success
             more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
             raise ConfigError(f"replay: {', '.join(s.files)} match no file" if not paths else
                               f"replay: no file could be read: {skipped[0]}{more}")
-        logger.info("replay: %d records from %d files at speed %s", len(rows), len(paths), s.speed or "max")
+        groups = replay_groups(files, by_symbol=s.speed <= 0)
+        logger.info("replay: %d records from %d files (%d groups) at speed %s", sum(f.count for f in files),
+                    len(paths), len(groups), s.speed or "max")
         for i in range(0, len(unreadable), s.batch_size):  # first: what was read wrong is known from the start
             yield list(unreadable[i:i + s.batch_size])
-        if not rows:
+        if not files:
             logger.warning("replay: nothing to replay in %s", ", ".join(s.files))
             return
+        batch: list[Record] = []
         if s.speed <= 0:
-            for i in range(0, len(rows), s.batch_size):
-                yield [MarketDataPoint(**r) for r in rows[i:i + s.batch_size]]
-                await asyncio.sleep(0)
+            for group in groups:
+                rows = await asyncio.to_thread(self.group_rows, group)
+                i = 0
+                while i < len(rows):  # a batch may span groups: a folder of small files is not sent file by file
+                    take = s.batch_size - len(batch)
+                    batch += [MarketDataPoint(**r) for r in rows[i:i + take]]
+                    i += take
+                    if len(batch) >= s.batch_size:
+                        yield batch
+                        batch = []
+                        await asyncio.sleep(0)
+                del rows
+            if batch:
+                yield batch
             return
         # Each row is due at start + (its time since the first row) / speed, with every wait capped; rows
         # already due go out together, so a slow consumer does not stretch the replay.
         start = time.monotonic()
         offset = 0.0
-        previous = rows[0]["timestamp"]
-        batch: list[Record] = []
-        for r in rows:
-            at = r["timestamp"]
-            gap = (at - previous).total_seconds() / s.speed
-            previous = at
-            offset += min(gap, s.max_wait_seconds) if s.max_wait_seconds else gap
-            wait = start + offset - time.monotonic()
-            if wait > 0:
-                if batch:
+        previous: datetime | None = None
+        for group in groups:
+            rows = await asyncio.to_thread(self.group_rows, group)
+            for r in rows:
+                at = r["timestamp"]
+                gap = (at - previous).total_seconds() / s.speed if previous is not None else 0.0
+                previous = at
+                offset += min(gap, s.max_wait_seconds) if s.max_wait_seconds else gap
+                wait = start + offset - time.monotonic()
+                if wait > 0:
+                    if batch:
+                        yield batch
+                        batch = []
+                        wait = start + offset - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                batch.append(MarketDataPoint(**r))
+                if len(batch) >= s.batch_size:
                     yield batch
                     batch = []
-                    wait = start + offset - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            batch.append(MarketDataPoint(**r))
-            if len(batch) >= s.batch_size:
-                yield batch
-                batch = []
+            del rows
         if batch:
             yield batch

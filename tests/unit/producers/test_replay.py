@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from producers.replay import NoSymbol, ReplaySettings, ReplaySource, infer_interval, parse_csv
+from producers.replay import (
+    NoSymbol,
+    ReplayFile,
+    ReplaySettings,
+    ReplaySource,
+    infer_interval,
+    parse_csv,
+    replay_groups,
+)
 from streams.errors import RejectedRecord
 from streams.models import MarketDataPoint
 from streams.rules import Validator
@@ -420,6 +428,85 @@ async def test_files_are_read_off_the_event_loop(tmp_path: Path, monkeypatch: py
     assert [(p.price, p.volume, p.item_id, p.metadata) for b in batches for p in b] == [
         (1.5, 10.0, "0", {"file": "t.csv"}), (1.6, 5.0, "0", {"file": "t.csv"})]
     assert all(isinstance(p, MarketDataPoint) for b in batches for p in b)
+
+
+def replay_file(name: str, symbols: str, first: int, last: int) -> ReplayFile:
+    """A surveyed file of `symbols` (space-separated) from day `first` to day `last` of January 2024."""
+    day = datetime(2024, 1, 1, tzinfo=UTC)
+    return ReplayFile(Path(name), frozenset(symbols.split()), day + timedelta(days=first),
+                      day + timedelta(days=last), last - first + 1, None)
+
+
+@pytest.mark.parametrize("by_symbol,expected", [
+    (True, [["A_1"], ["B"], ["C", "BC"], ["D_x", "D_y"], ["A_2"], ["E"]]),
+    (False, [["A_1", "B", "C", "D_x", "BC", "D_y"], ["A_2"], ["E"]])])
+def test_replay_groups_hold_only_the_files_that_overlap_in_time_and_at_full_speed_in_symbol(
+        by_symbol: bool, expected: list[list[str]]) -> None:
+    """One group's rows are in memory at a time. Files that do not overlap in time are never held together; at
+    speed 0, files that share no symbol are not either (per-symbol order is all Kafka keeps): C and BC are linked
+    by their C, and B and BC by their B, but B is over before C begins. A file starting the day another ends
+    overlaps it (an equal instant may be a revision: the two files' rows are sorted together). Groups go out in
+    time order, A's second half after the others' first."""
+    files = [replay_file("A_2", "A", 11, 20), replay_file("A_1", "A", 1, 10), replay_file("B", "B", 1, 1),
+             replay_file("C", "C", 2, 6), replay_file("BC", "B C", 6, 9), replay_file("D_x", "D", 3, 8),
+             replay_file("D_y", "D", 8, 9), replay_file("E", "E", 21, 25)]
+    groups = replay_groups(files, by_symbol=by_symbol)
+    assert [[f.path.name for f in g] for g in groups] == expected
+
+
+def write_days(path: Path, start: date, days: int, base: float = 10.0) -> None:
+    rows = [f"{start + timedelta(days=i)},{base + i},{base + i + 1},{base + i - 1},{base + i + 0.5},100"
+            for i in range(days)]
+    path.write_text("Date,Open,High,Low,Close,Volume\n" + "\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("speed", [0.0, 1e9])
+@pytest.mark.parametrize("held_rows", [0, 25, 10_000])
+async def test_a_replay_holds_one_group_of_files_at_a_time_and_sends_every_row_once_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, speed: float, held_rows: int) -> None:
+    """A folder of per-symbol files was held whole (~830 bytes a row: a few million rows of history took gigabytes).
+    At speed 0 each symbol's files are replayed alone; paced, files that do not overlap in time are; files not
+    held from the first reading (held_rows) are read again. Every row goes out once, each symbol's in time
+    order, and paced in the one timeline load_rows sorts."""
+    write_days(tmp_path / "AAA.csv", date(2024, 1, 1), 30)
+    write_days(tmp_path / "BBB.csv", date(2024, 1, 1), 20, base=50.0)
+    write_days(tmp_path / "CCC_2.csv", date(2024, 3, 1), 10)  # named after its later piece: read first
+    write_days(tmp_path / "CCC_1.csv", date(2024, 2, 1), 10)
+    src = ReplaySource(ReplaySettings(files=[str(tmp_path)], speed=speed, held_rows=held_rows, batch_size=7),
+                       symbols={"CCC_1": "CCC", "CCC_2": "CCC"})
+    held: list[int] = []
+    group_rows = ReplaySource.group_rows
+
+    def counted(self: ReplaySource, group: list[ReplayFile]) -> list[dict[str, Any]]:
+        rows = group_rows(self, group)
+        held.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(ReplaySource, "group_rows", counted)
+    batches = [b async for b in src.fetch(None)]
+    sent = [(p.symbol, p.timestamp) for b in batches for p in b]
+    expected = [(r["symbol"], r["timestamp"]) for r in src.load_rows()]
+    assert sorted(sent) == sorted(expected) and len(sent) == 70
+    for sym in ("AAA", "BBB", "CCC"):
+        stamps = [t for s, t in sent if s == sym]
+        assert stamps == sorted(stamps)
+    if speed:
+        assert sent == expected
+        assert held == [50, 10, 10]  # AAA and BBB overlap; CCC's two months do not, nor does February March
+    else:
+        assert sorted(held) == [10, 10, 20, 30]
+        assert all(len(b) == 7 for b in batches[:-1])  # batches span files
+
+
+def test_a_file_changed_between_its_readings_is_replayed_as_it_is_now_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_days(tmp_path / "AAA.csv", date(2024, 1, 1), 5)
+    src = ReplaySource(ReplaySettings(files=[str(tmp_path)], held_rows=0))
+    files = src.survey()
+    assert [(f.count, f.rows) for f in files] == [(5, None)]
+    write_days(tmp_path / "AAA.csv", date(2024, 1, 1), 6)
+    assert len(src.group_rows(files)) == 6
+    assert "changed while it was replayed: 6 rows now, 5 when first read" in caplog.text
 
 
 async def test_rows_that_cannot_be_read_go_to_the_dead_letter_topic_with_why(tmp_path: Path) -> None:
