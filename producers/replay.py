@@ -694,12 +694,15 @@ class ReplayFile:
     rows: list[Row] | None
 
 
-def replay_groups(files: Sequence[ReplayFile], *, by_symbol: bool) -> list[list[ReplayFile]]:
+def replay_groups(files: Sequence[ReplayFile], *, by_symbol: bool, held_rows: int = 0) -> list[list[ReplayFile]]:
     """The files in the groups their rows are replayed in, one group's rows in memory at a time. Groups never overlap
     in time, so each group's rows, sorted, then the next group's, are the one timeline of every file's rows. With
     `by_symbol` (a replay at full speed, whose order matters within a symbol only, as Kafka keeps no order across
     partitions either) files that share no symbol are never in one group: a folder of per-symbol files is replayed
-    a file at a time, not held whole (bench/replay_memory.py)."""
+    a file at a time, not held whole (bench/replay_memory.py). Consecutive groups are then joined while they hold
+    no more than `held_rows` rows together: a replay that fits is one timeline of every symbol, as before, and a
+    larger one still sends many symbols at once (a symbol after another would keep one partition busy at a
+    time, the other workers idle)."""
     if by_symbol:  # components of files linked by a shared symbol
         parent = list(range(len(files)))
 
@@ -729,7 +732,17 @@ def replay_groups(files: Sequence[ReplayFile], *, by_symbol: bool) -> list[list[
             end = f.last if end is None or f.last > end else end
     if by_symbol:
         groups.sort(key=lambda g: g[0].first)
-    return groups
+    joined: list[list[ReplayFile]] = []
+    size = 0
+    for group in groups:
+        rows = sum(f.count for f in group)
+        if joined and size + rows <= held_rows:
+            joined[-1] += group
+            size += rows
+        else:
+            joined.append(list(group))
+            size = rows
+    return joined
 
 
 class ReplaySource(Source):
@@ -856,7 +869,7 @@ class ReplaySource(Source):
             more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
             raise ConfigError(f"replay: {', '.join(s.files)} match no file" if not paths else
                               f"replay: no file could be read: {skipped[0]}{more}")
-        groups = replay_groups(files, by_symbol=s.speed <= 0)
+        groups = replay_groups(files, by_symbol=s.speed <= 0, held_rows=s.held_rows)
         logger.info("replay: %d records from %d files (%d groups) at speed %s", sum(f.count for f in files),
                     len(paths), len(groups), s.speed or "max")
         for i in range(0, len(unreadable), s.batch_size):  # first: what was read wrong is known from the start

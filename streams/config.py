@@ -973,9 +973,9 @@ class ReplaySettings(SourceSection):
     batch_size: int = Field(default=500, ge=1)
     # Caps one wait between rows, in seconds (nights and weekends at speed 1); None: no cap.
     max_wait_seconds: float | None = Field(default=None, gt=0)
-    # Rows kept in memory from the first reading of the files (about 850 bytes a bar); the files beyond are read
-    # again when their turn comes. At speed 0 files that share no symbol are replayed one after the other, and
-    # at any speed files that do not overlap in time: only the files that overlap are held together.
+    # Rows held at once (about 850 bytes a bar): files are replayed in groups of up to this many rows (at speed 0
+    # files that share no symbol may go in different groups; paced, files that do not overlap in time), and rows
+    # beyond it are not kept from the first reading of the files (their files are read again in their turn).
     held_rows: int = Field(default=200_000, ge=0)
 
 

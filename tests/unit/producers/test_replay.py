@@ -454,6 +454,19 @@ def test_replay_groups_hold_only_the_files_that_overlap_in_time_and_at_full_spee
     assert [[f.path.name for f in g] for g in groups] == expected
 
 
+def test_replay_groups_are_joined_while_they_fit_in_held_rows() -> None:
+    """A replay that fits in held_rows is one timeline of every file, as before groups; a larger one is joined
+    into groups of up to held_rows, in order, so many symbols' partitions are busy at once, not one at a time."""
+    files = [replay_file(f"S{i}", f"S{i}", 1 + i, 10 + i) for i in range(6)]  # 10 rows each
+    names = [[f.path.name for f in g] for g in replay_groups(files, by_symbol=True, held_rows=60)]
+    assert names == [["S0", "S1", "S2", "S3", "S4", "S5"]]
+    names = [[f.path.name for f in g] for g in replay_groups(files, by_symbol=True, held_rows=25)]
+    assert names == [["S0", "S1"], ["S2", "S3"], ["S4", "S5"]]
+    big = [replay_file("A", "A", 1, 40), *files[:2]]  # a group larger than held_rows stays whole, alone
+    names = [[f.path.name for f in g] for g in replay_groups(big, by_symbol=True, held_rows=25)]
+    assert names == [["A"], ["S0", "S1"]]
+
+
 def write_days(path: Path, start: date, days: int, base: float = 10.0) -> None:
     rows = [f"{start + timedelta(days=i)},{base + i},{base + i + 1},{base + i - 1},{base + i + 0.5},100"
             for i in range(days)]
@@ -490,12 +503,14 @@ async def test_a_replay_holds_one_group_of_files_at_a_time_and_sends_every_row_o
     for sym in ("AAA", "BBB", "CCC"):
         stamps = [t for s, t in sent if s == sym]
         assert stamps == sorted(stamps)
-    if speed:
-        assert sent == expected
-        assert held == [50, 10, 10]  # AAA and BBB overlap; CCC's two months do not, nor does February March
-    else:
-        assert sorted(held) == [10, 10, 20, 30]
+    if not speed:
         assert all(len(b) == 7 for b in batches[:-1])  # batches span files
+    if speed or held_rows == 10_000:
+        assert sent == expected  # one timeline: paced, or at speed 0 when every row fits in held_rows
+    # Paced: AAA and BBB overlap in time, CCC's two months do not; at speed 0 no two symbols need to be together.
+    # Groups are joined while they fit in held_rows.
+    assert held == {(1e9, 0): [50, 10, 10], (1e9, 25): [50, 20], (1e9, 10_000): [70],
+                    (0.0, 0): [30, 20, 10, 10], (0.0, 25): [30, 20, 20], (0.0, 10_000): [70]}[speed, held_rows]
 
 
 def test_a_file_changed_between_its_readings_is_replayed_as_it_is_now_with_a_warning(
