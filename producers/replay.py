@@ -49,6 +49,8 @@ configured zone, as Alpaca's 05:00 UTC daily bars) are stored at UTC midnight of
 tickflow. Close is the file's Close; "Adj Close" and
 adjusted_close go to metadata["adj_close"], never into the bar (a yfinance >= 0.2.51 file with
 auto_adjust=True has an adjusted Close already: the file does not say so, the user does).
+Extras kept in a bar's metadata: MetaTrader 5's tick volume and spread, trade counts (Binance's trades, polygon's
+transactions, Alpaca's trade_count), a VWAP.
 The interval (item_id) is inferred from the smallest gap between rows unless configured.
 
 Speed: 1 = the gaps between rows in real time, 10 = ten times faster, 0 = as fast as possible.
@@ -163,7 +165,13 @@ _BINANCE_KLINE = ("open time", "open", "high", "low", "close", "volume", "close 
 _META_FIELDS = {
     "adj close": "adj_close", "adjusted close": "adj_close", "dividends": "dividend", "dividend amount": "dividend",
     "stock splits": "split", "split coefficient": "split_coefficient",
+    # MetaTrader 5's bars (an FX pair's <VOL> is 0: its <TICKVOL>, the ticks in the bar, is the activity it has),
+    # trade counts (Binance, polygon's transactions, Alpaca's trade_count) and a VWAP: kept in metadata; a cell
+    # that is no number is left out, not the row (these columns are extras, the bar is whole without them)
+    "tickvol": "tick_volume", "tick volume": "tick_volume", "spread": "spread", "trades": "trades",
+    "transactions": "trades", "trade count": "trades", "number of trades": "trades", "vwap": "vwap",
 }
+_EXTRA_META = frozenset(("tick_volume", "spread", "trades", "vwap"))
 _NO_EVENT = {"dividend": 0.0, "split": 0.0, "split_coefficient": 1.0}
 _INTRADAY = {60: "1m", 120: "2m", 300: "5m", 900: "15m", 1800: "30m", 3600: "1h", 5400: "90m"}
 _DAILY = {1: "1d", 7: "1wk", 28: "1mo", 29: "1mo", 30: "1mo", 31: "1mo", 90: "3mo", 91: "3mo", 92: "3mo"}
@@ -540,8 +548,13 @@ def parse_rows(text: str, symbol: str | None = None, *, time_zone: str = "Americ
                 name = names[i]
                 key = fields.get(name) or _META_FIELDS.get(name)
                 if key is not None:
-                    groups.setdefault(str(tickers[i]) or own, {})[key] = _float(cell, decimal_comma,
-                                                                                 key == "volume")
+                    try:
+                        value = _float(cell, decimal_comma, key == "volume")
+                    except ValueError:
+                        if key not in _EXTRA_META:
+                            raise
+                        value = None
+                    groups.setdefault(str(tickers[i]) or own, {})[key] = value
         except (ValueError, IndexError, OverflowError, OSError) as exc:
             skipped += 1
             if unreadable is not None:

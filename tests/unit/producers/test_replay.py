@@ -18,6 +18,7 @@ from producers.replay import (
     ReplaySource,
     infer_interval,
     parse_csv,
+    parse_rows,
     replay_groups,
 )
 from streams.errors import RejectedRecord
@@ -218,6 +219,8 @@ def test_metatrader_dotted_dates_and_rows_longer_than_the_header() -> None:
            "2024.01.02\t09:30:00\t1.1034\t1.1040\t1.1030\t1.1035\t100\t0\t2\n")
     [bar] = parse_csv(mt5, "EURUSD", time_zone="UTC")
     assert (bar.timestamp, bar.close) == (datetime(2024, 1, 2, 9, 30, tzinfo=UTC), 1.1035)
+    # An FX pair's <VOL> is 0: its tick volume, the activity MetaTrader has, and the spread were dropped
+    assert (bar.volume, bar.metadata) == (0.0, {"tick_volume": 100.0, "spread": 2.0})
     # An unquoted thousands separator splits a price in two: the row's cells no longer match the header (it was
     # read as open 1, high 234.5, low 1, close 240), so the row is skipped, not misread.
     text = "Date,Open,High,Low,Close,Volume\n2024-01-02,1,234.5,1,240.0,1,230.0,1,238.0,100\n" \
@@ -225,6 +228,21 @@ def test_metatrader_dotted_dates_and_rows_longer_than_the_header() -> None:
     assert [(b.timestamp.day, b.open) for b in parse_csv(text, "X")] == [(3, 1234.5)]
     old = "time,open,high,low,close,volume\n999999000,1,2,0.5,1.5,10\n1000000000,1,2,0.5,1.5,10\n"
     assert [b.timestamp.year for b in parse_csv(old, "X")] == [2001, 2001]  # epoch seconds before 2001-09-09
+
+
+def test_trade_counts_and_vwap_go_to_metadata_and_a_bad_one_leaves_the_bar_whole() -> None:
+    """Alpaca's trade_count and vwap, polygon's transactions, Binance's trades were read and dropped. They are
+    extras: a cell that is no number leaves that key out of the bar's metadata, not the bar out of the replay."""
+    alpaca = ("symbol,timestamp,open,high,low,close,volume,trade_count,vwap\n"
+              "AAPL,2024-01-02 14:30:00+00:00,187.15,188.44,183.89,185.64,82488,1009,185.9\n"
+              "AAPL,2024-01-02 14:31:00+00:00,184.22,185.88,183.43,184.25,58414,n/a,\n")
+    assert [b.metadata for b in parse_csv(alpaca)] == [{"trades": 1009.0, "vwap": 185.9}, {}]
+    aggs = "ticker,volume,open,close,high,low,window_start,transactions\n" \
+           "AAPL,4930,187.15,185.64,188.44,183.89,1704205800000000000,45\n"
+    assert [b.metadata for b in parse_csv(aggs)] == [{"trades": 45.0}]
+    bad_close = alpaca.replace("184.25,58414", "oops,58414")  # a price that is no number still makes it unreadable
+    unreadable: list[tuple[int, str, str]] = []
+    assert len(parse_rows(bad_close, unreadable=unreadable)) == 1 and unreadable[0][0] == 2
 
 
 def test_epoch_times_and_a_separate_time_column(caplog: pytest.LogCaptureFixture) -> None:
