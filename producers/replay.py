@@ -705,6 +705,7 @@ class ReplayFile:
     last: datetime
     count: int
     rows: list[Row] | None
+    order: int = 0  # its place among the files: rows of one instant and symbol go out in this order, as before
 
 
 def replay_groups(files: Sequence[ReplayFile], *, by_symbol: bool, held_rows: int = 0) -> list[list[ReplayFile]]:
@@ -849,13 +850,13 @@ class ReplaySource(Source):
             held = len(rows) <= room
             room -= len(rows) if held else 0
             out.append(ReplayFile(path, frozenset(r["symbol"] for r in rows), rows[0]["timestamp"],
-                                  rows[-1]["timestamp"], len(rows), rows if held else None))
+                                  rows[-1]["timestamp"], len(rows), rows if held else None, len(out)))
         return out
 
     def group_rows(self, group: Sequence[ReplayFile]) -> list[Row]:
         """A group's rows in time order; each file's held rows are let go, a file not held is read again."""
         rows: list[Row] = []
-        for f in group:
+        for f in sorted(group, key=lambda f: f.order):  # the files' order: a later file's revision comes later
             got = f.rows if f.rows is not None else self.read(f.path) or []
             f.rows = None
             if len(got) != f.count:

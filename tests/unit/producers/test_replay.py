@@ -531,6 +531,20 @@ async def test_a_replay_holds_one_group_of_files_at_a_time_and_sends_every_row_o
                     (0.0, 0): [30, 20, 10, 10], (0.0, 25): [30, 20, 20], (0.0, 10_000): [70]}[speed, held_rows]
 
 
+@pytest.mark.parametrize("speed", [0.0, 1e9])
+@pytest.mark.parametrize("held_rows", [0, 10_000])
+async def test_a_bar_in_two_files_goes_out_in_the_files_order_as_before_groups(tmp_path: Path, speed: float,
+                                                                            held_rows: int) -> None:
+    """A correction file (AAPL_fix.csv) beside the full history (AAPL_full.csv, which starts earlier): the two
+    bars of 2024-01-10 went out in the files' order (the fix first, the full file's after it, which then wins).
+    Grouped, files were joined in the order of their first bar: the full file first, so the other bar won."""
+    write_days(tmp_path / "AAPL_full.csv", date(2024, 1, 1), 20)
+    (tmp_path / "AAPL_fix.csv").write_text("Date,Open,High,Low,Close,Volume\n2024-01-10,19,99,18,99,100\n")
+    src = ReplaySource(ReplaySettings(files=[str(tmp_path)], speed=speed, held_rows=held_rows), symbol="AAPL")
+    sent = [p.close for b in [b async for b in src.fetch(None)] for p in b if p.timestamp.day == 10]
+    assert sent == [r["close"] for r in src.load_rows() if r["timestamp"].day == 10] == [99, 19.5]
+
+
 def test_a_file_changed_between_its_readings_is_replayed_as_it_is_now_with_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_days(tmp_path / "AAA.csv", date(2024, 1, 1), 5)
