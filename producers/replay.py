@@ -89,7 +89,7 @@ import aiohttp
 
 from producers.base import RawRecord, Record, Source, unreadable_record
 from streams.config import ReplaySettings
-from streams.errors import ConfigError
+from streams.errors import ConfigError, SourceError
 from streams.models import DataType, MarketDataPoint
 
 logger = logging.getLogger(__name__)
@@ -706,6 +706,12 @@ class ReplayFile:
     count: int
     rows: list[Row] | None
     order: int = 0  # its place among the files: rows of one instant and symbol go out in this order, as before
+    stamp: tuple[int, int] = (0, 0)  # its modification time (ns) and size when first read
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
 
 
 def replay_groups(files: Sequence[ReplayFile], *, by_symbol: bool, held_rows: int = 0) -> list[list[ReplayFile]]:
@@ -844,26 +850,47 @@ class ReplaySource(Source):
         room = self.settings.held_rows
         out: list[ReplayFile] = []
         for path in self.paths():
+            try:
+                stamp = _stamp(path)
+            except OSError:
+                stamp = (0, 0)  # read() says why it cannot be read
             rows = self.read(path, unreadable, skipped)
             if not rows:
                 continue
             held = len(rows) <= room
             room -= len(rows) if held else 0
             out.append(ReplayFile(path, frozenset(r["symbol"] for r in rows), rows[0]["timestamp"],
-                                  rows[-1]["timestamp"], len(rows), rows if held else None, len(out)))
+                                  rows[-1]["timestamp"], len(rows), rows if held else None, len(out), stamp))
         return out
 
     def group_rows(self, group: Sequence[ReplayFile]) -> list[Row]:
         """A group's rows in time order; each file's held rows are let go, a file not held is read again."""
         rows: list[Row] = []
         for f in sorted(group, key=lambda f: f.order):  # the files' order: a later file's revision comes later
-            got = f.rows if f.rows is not None else self.read(f.path) or []
-            f.rows = None
-            if len(got) != f.count:
-                logger.warning("replay: %s changed while it was replayed: %d rows now, %d when first read",
-                               f.path, len(got), f.count)
+            if f.rows is not None:
+                got, f.rows = f.rows, None
+            else:
+                got = self._read_again(f)
             rows.extend(got)
         rows.sort(key=_time_symbol)
+        return rows
+
+    def _read_again(self, f: ReplayFile) -> list[Row]:
+        """A file not held, read a second time. Changed or gone since its first reading, it fails the replay: its
+        groups were planned from that reading, and its rows now are not the ones counted (nor, maybe, in order)."""
+        try:
+            same = _stamp(f.path) == f.stamp
+        except OSError as exc:
+            same, why = False, f"{type(exc).__name__}: {exc}"
+        else:
+            why = "its size or modification time differs"
+        rows = self.read(f.path) if same else None
+        if rows is not None and len(rows) != f.count:
+            same, why = False, f"{len(rows)} rows now, {f.count} then"
+        if not same or rows is None:
+            raise SourceError(f"replay: {f.path} changed while it was replayed ({why if not same else 'unreadable'});"
+                              f" its rows were not sent. Replay it again (rows dedupe by key), or raise "
+                              f"sources.replay.held_rows above the files' rows to read each file once")
         return rows
 
     async def fetch(self, session: aiohttp.ClientSession | None = None) -> AsyncIterator[list[Record]]:
@@ -910,14 +937,20 @@ class ReplaySource(Source):
             return
         # Each row is due at start + (its time since the first row) / speed, with every wait capped; rows
         # already due go out together, so a slow consumer does not stretch the replay.
-        start = time.monotonic()
-        offset = 0.0
+        # The clock starts at the first row, once its group is read (a file read again can take seconds).
+        start = offset = 0.0
         previous: datetime | None = None
         for group in groups:
+            if batch:  # rows already due go out before the next group is read, not after
+                yield batch
+                batch = []
             rows = await asyncio.to_thread(self.group_rows, group)
             for r in rows:
                 at = r["timestamp"]
-                gap = (at - previous).total_seconds() / s.speed if previous is not None else 0.0
+                if previous is None:
+                    start, gap = time.monotonic(), 0.0
+                else:
+                    gap = (at - previous).total_seconds() / s.speed
                 previous = at
                 offset += min(gap, s.max_wait_seconds) if s.max_wait_seconds else gap
                 wait = start + offset - time.monotonic()

@@ -21,7 +21,7 @@ from producers.replay import (
     parse_rows,
     replay_groups,
 )
-from streams.errors import RejectedRecord
+from streams.errors import RejectedRecord, SourceError
 from streams.models import MarketDataPoint
 from streams.rules import Validator
 from streams.settings import ValidationSettings
@@ -545,15 +545,46 @@ async def test_a_bar_in_two_files_goes_out_in_the_files_order_as_before_groups(t
     assert sent == [r["close"] for r in src.load_rows() if r["timestamp"].day == 10] == [99, 19.5]
 
 
-def test_a_file_changed_between_its_readings_is_replayed_as_it_is_now_with_a_warning(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("change", ["rewritten", "deleted"])
+async def test_a_file_changed_or_gone_before_its_second_reading_fails_the_replay_saying_so(
+        tmp_path: Path, change: str) -> None:
+    """A file not held is read again in its turn: rewritten or deleted since its first reading, its rows were sent
+    as they were then planned for (or not at all, with a log line), and the replay ended as a success."""
     write_days(tmp_path / "AAA.csv", date(2024, 1, 1), 5)
-    src = ReplaySource(ReplaySettings(files=[str(tmp_path)], held_rows=0))
-    files = src.survey()
-    assert [(f.count, f.rows) for f in files] == [(5, None)]
-    write_days(tmp_path / "AAA.csv", date(2024, 1, 1), 6)
-    assert len(src.group_rows(files)) == 6
-    assert "changed while it was replayed: 6 rows now, 5 when first read" in caplog.text
+    write_days(tmp_path / "BBB.csv", date(2024, 1, 1), 5)
+    src = ReplaySource(ReplaySettings(files=[str(tmp_path)], held_rows=5, batch_size=5))
+    sent: list[str] = []
+    with pytest.raises(SourceError, match=r"BBB\.csv changed while it was replayed.*held_rows") as failed:
+        async for batch in src.fetch(None):
+            sent += [p.symbol for p in batch]
+            if change == "deleted":
+                (tmp_path / "BBB.csv").unlink(missing_ok=True)
+            else:
+                write_days(tmp_path / "BBB.csv", date(2024, 1, 1), 6)
+    assert failed.value.retriable is False and sent == ["AAA"] * 5  # the file held went out; BBB never did
+
+
+async def test_a_paced_replay_starts_its_clock_at_its_first_row_and_sends_what_is_due_before_reading_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
+    """Files not held are read again when their turn comes, which takes time (two seconds here). The clock had
+    started before the first group was read (its first rows went out in a burst), and the rows due before the
+    next group's reading waited for it."""
+    import producers.replay as module
+
+    async def slow_to_thread(fn: Any, *args: Any) -> Any:
+        clock.now += 2.0
+        return fn(*args)
+
+    monkeypatch.setattr(module, "asyncio", SimpleNamespace(sleep=clock.sleep, to_thread=slow_to_thread))
+    head = "Datetime,Open,High,Low,Close,Volume\n"
+    (tmp_path / "X1.csv").write_text(head + "".join(f"2024-01-02 14:30:0{s}+00:00,10,11,9,10.5,100\n"
+                                                   for s in (0, 1, 2)))
+    (tmp_path / "X2.csv").write_text(head + "".join(f"2024-01-02 14:30:0{s}+00:00,10,11,9,10.5,100\n"
+                                                   for s in (3, 4)))
+    src = ReplaySource(ReplaySettings(files=[str(tmp_path)], speed=1, held_rows=0, batch_size=10), symbol="X")
+    sent = [(clock.now, [p.timestamp.second for p in b]) async for b in src.fetch(None)]
+    first = sent[0][0]
+    assert [(t - first, secs) for t, secs in sent] == [(0, [0]), (1, [1]), (2, [2]), (4, [3, 4])]
 
 
 async def test_rows_that_cannot_be_read_go_to_the_dead_letter_topic_with_why(tmp_path: Path) -> None:
