@@ -157,9 +157,9 @@ def main() -> int:
                   "(the worker's counts at the last poll, earlier runs included)")
             print(f"latency avg {fmt(last['avg_latency_ms'], ' ms')}  p50 {fmt(last['p50_latency_ms'], ' ms')}  "
                   f"p95 {fmt(last['p95_latency_ms'], ' ms')}  p99 {fmt(last['p99_latency_ms'], ' ms')}")
-            rules = last["sources"].get("simulated", {}).get("rejected_by_rule", {})
-            if rules:
-                print("rejected by rule: " + ", ".join(f"{k} {v}" for k, v in sorted(rules.items())))
+            for name, entry in sorted(last["sources"].items()):  # every source's (make run with a replay too)
+                if rules := entry.get("rejected_by_rule"):
+                    print(f"rejected by rule ({name}): " + ", ".join(f"{k} {v}" for k, v in sorted(rules.items())))
         print(f"rows in PostgreSQL market_data: {rows:,} ({rows - rows_before:,} written by this run, its stop "
               "included)")
         stop_started(started)

@@ -60,7 +60,8 @@ their rows are then held a group at a time (replay_groups): files that do not ov
 together, nor, at speed 0, files that share no symbol (each symbol's rows still go out in time order); rows
 beyond `held_rows` are not kept from the first reading, their files are read again.
 A file's symbol: the mapping (`symbols`: file name or stem -> symbol), else the configured `symbol` (for
-one-ticker files), else the file's Ticker row, else the file's name (AAPL.csv -> AAPL, SAP.DE.csv -> SAP.DE):
+one-ticker files), else the file's Ticker row, else the file's name (AAPL.csv -> AAPL, SAP.DE.csv -> SAP.DE;
+stem_symbol drops what downloads add: "TSLA Historical Data", MetaTrader 5's _H1_<first>_<last>):
 leave `symbol` unset to replay a folder of per-symbol files.
 """
 
@@ -563,6 +564,12 @@ def parse_rows(text: str, symbol: str | None = None, *, time_zone: str = "Americ
         for sym, values in groups.items():
             if not sym or (not carry and any(values.get(k) is None for k in needed)):
                 skipped += 1
+                if unreadable is not None and sym and any(values.get(k) is not None for k in needed):
+                    # a row cut short (some of its prices read, the others missing): a dead letter, as any row
+                    # that cannot be read; a row with none of them (a ticker not yet listed in a multi-ticker
+                    # file) is skipped as before
+                    missing = ", ".join(k for k in needed if values.get(k) is None)
+                    unreadable.append((number, delimiter.join(row), f"no {missing}"))
                 continue
             parsed.append((ts, midnight, sym, values))
     ticks: list[tuple[datetime, bool, str, dict[str, Any]]] = []  # MetaTrader's trades, beside its quotes
@@ -709,6 +716,23 @@ class ReplayFile:
     stamp: tuple[int, int] = (0, 0)  # its modification time (ns) and size when first read
 
 
+# What a download's name adds to its symbol: Investing.com's " Historical Data" (in its languages; a browser's
+# " (1)" after a second download), MetaTrader 5's exports' timeframe and first and last bar (EURUSD_H1_202401020000_
+# 202403291600; its tick exports have no timeframe)
+_DOWNLOAD_NAME = re.compile(r"\s+(?:historical data|historische daten|donn[ée]es historiques|datos hist[óo]ricos|"
+                            r"dati storici|dados hist[óo]ricos)(?:\s*\(\d+\))?$", re.IGNORECASE)
+_METATRADER_NAME = re.compile(r"^(.+?)(?:_(?:M|H)\d{1,2}|_D1|_W1|_MN1)?_\d{12}_\d{12}$")
+
+
+def stem_symbol(path: Path) -> str:
+    """A file's symbol from its name: AAPL.csv -> AAPL, "TSLA Historical Data.csv" -> TSLA,
+    EURUSD_H1_202401020000_202403291600.csv -> EURUSD (their rows were all refused: symbol.pattern)."""
+    stem = _DOWNLOAD_NAME.sub("", path.stem.strip())
+    if m := _METATRADER_NAME.match(stem):
+        stem = m.group(1)
+    return stem.upper()
+
+
 def _stamp(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_mtime_ns, st.st_size
@@ -818,16 +842,19 @@ class ReplaySource(Source):
         `skipped`)."""
         s = self.settings
         bad: list[tuple[int, str, str]] = []
-        symbol = self.symbol_for(path) or path.stem.upper()
+        symbol = self.symbol_for(path) or stem_symbol(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
+            # UTF-16 with its byte-order mark: what Windows tools and MetaTrader's Unicode files write
+            text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8")
+            del data
             kw: dict[str, Any] = {"time_zone": s.time_zone, "interval": s.interval, "origin": path.name,
                                   "unreadable": bad}
             try:
                 rows = parse_rows(text, self.symbol_for(path), **kw)
             except NoSymbol:  # no Ticker row either: the file's name is the symbol
                 bad.clear()
-                rows = parse_rows(text, path.stem.upper(), **kw)
+                rows = parse_rows(text, stem_symbol(path), **kw)
             del text
         except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:  # csv.Error: a stray quote
             logger.error("replay: %s skipped: %s: %s", path, type(exc).__name__, exc)

@@ -661,6 +661,29 @@ def test_a_folder_replays_every_file_with_its_symbol_from_mapping_ticker_row_or_
     assert sorted(p.symbol for p in configured.load()) == ["IBM", "MSFT", "SAP.DE"]
 
 
+def test_a_downloads_name_gives_its_symbol_and_utf16_files_are_read(tmp_path: Path) -> None:
+    """Investing.com names its downloads "TSLA Historical Data.csv", MetaTrader 5 its exports
+    EURUSD_H1_202401020000_202403291600.csv: those names were the symbols, and every row was refused
+    (symbol.pattern). A UTF-16 file (Windows tools, MetaTrader's Unicode files) was a UnicodeDecodeError."""
+    flat = "Date,Open,High,Low,Close,Volume\n2024-05-06,1,2,0.5,1.5,10\n"
+    for name in ("TSLA Historical Data.csv", "BMW Historische Daten (1).csv", "EURUSD_H1_202401020000_202403291600.csv",
+                 "XAUUSD_202401020000_202401031000.csv", "SAP.DE.csv"):
+        (tmp_path / name).write_text(flat)
+    (tmp_path / "GBPUSD.csv").write_bytes(flat.encode("utf-16"))
+    assert sorted(p.symbol for p in ReplaySource(ReplaySettings(files=[str(tmp_path)])).load()) == [
+        "BMW", "EURUSD", "GBPUSD", "SAP.DE", "TSLA", "XAUUSD"]
+
+
+def test_a_row_cut_short_is_a_dead_letter_not_skipped_silently() -> None:
+    """`2024-02-18,100.0` (an open, then nothing) was counted among the skipped rows and lost; Yahoo's null rows
+    (no price at all) are still only counted."""
+    text = ("Date,Open,High,Low,Close,Volume\n2024-02-15,1,2,0.5,1.5,10\n2024-02-16,null,null,null,null,null\n"
+            "2024-02-18,100.0\n")
+    unreadable: list[tuple[int, str, str]] = []
+    assert len(parse_rows(text, "X", unreadable=unreadable)) == 1
+    assert unreadable == [(3, "2024-02-18,100.0", "no high, low, close")]
+
+
 async def test_no_files_to_replay_is_a_configuration_error_not_an_empty_replay() -> None:
     """`python -m producers replay` without files said "sent 0" and exited 0."""
     from streams.errors import ConfigError
