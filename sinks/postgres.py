@@ -266,6 +266,16 @@ def _records_sql() -> str:
             f"WITH ORDINALITY AS r({names}, seq)")
 
 
+# A newer revision whose values are the stored row's and whose flags leave out some of the stored row's is not
+# applied: a bar replayed after its stream moved on (a worker's restart replays its files) is not judged again
+# (streams/anomalies/suite.py: late bars), and would have dropped the flags it was stored with. A follow-up's
+# flagged copy only adds flags, and a revision with other values replaces the row, flags and all.
+_VALUE_COLUMNS = tuple(c for c in MARKET_DATA_COLUMNS
+                       if c not in MARKET_DATA_KEY and c not in ("flags", "metadata", "revision", "ingested_at"))
+_KEEPS_FLAGS = "(s.flags @> t.flags OR ({}) IS DISTINCT FROM ({}))".format(
+    ", ".join(f't."{c}"' for c in _VALUE_COLUMNS), ", ".join(f's."{c}"' for c in _VALUE_COLUMNS))
+
+
 def upsert_records_sql(schema: str) -> tuple[str, str]:
     """upsert_sql's two statements over the clean records of $1 (a JSON array of them: write_json), deduped as
     upsert_sql says (highest revision, then first in the batch). The INSERT answers per source: the records
@@ -293,7 +303,8 @@ def upsert_records_sql(schema: str) -> tuple[str, str]:
     update = (
         f"WITH {records}, {deduped}, "
         f"up AS (UPDATE {schema}.market_data AS t SET {sets}, written_at = clock_timestamp() "
-        f"FROM s WHERE {match} AND s.revision > 0 AND s.revision > t.revision RETURNING t.source) "
+        f"FROM s WHERE {match} AND s.revision > 0 AND s.revision > t.revision AND {_KEEPS_FLAGS} "
+        "RETURNING t.source) "
         "SELECT source, count(*)::int AS n FROM up GROUP BY source"
     )
     return insert, update
@@ -450,6 +461,7 @@ def upsert_sql(schema: str, *, dedupe: bool = True, json: bool = False) -> tuple
        kinds all have revision 0, so their first write stays (any re-send is a no-op), and a stale revision
        of a revisable kind is ignored the same way; the caller skips this statement for a batch with no
        revision above 0, and for one whose every key the INSERT inserted (then no stored row can be older).
+       Nor with a revision of the same values that would drop a stored flag (_KEEPS_FLAGS).
     Two statements, not one ON CONFLICT DO UPDATE: market_data is partitioned (migration 6), and PostgreSQL
     15 returns no system column (the `xmax = 0` that told an insert from an update) from a partitioned
     table. In READ COMMITTED the UPDATE takes a new snapshot, so a key another writer inserted while the
@@ -478,7 +490,8 @@ def upsert_sql(schema: str, *, dedupe: bool = True, json: bool = False) -> tuple
     )
     update = (
         f"WITH up AS (UPDATE {schema}.market_data AS t SET {sets}, written_at = clock_timestamp() "
-        f"FROM {rows} WHERE {match} AND s.revision > 0 AND s.revision > t.revision RETURNING t.source) "
+        f"FROM {rows} WHERE {match} AND s.revision > 0 AND s.revision > t.revision AND {_KEEPS_FLAGS} "
+        "RETURNING t.source) "
         "SELECT source, count(*)::int AS n FROM up GROUP BY source"
     )
     return insert, update

@@ -311,3 +311,31 @@ async def test_an_immutable_key_twice_in_a_batch_keeps_its_first_version_whateve
     got = dict(await pg.fetch(f"SELECT item_id, price FROM {iso.schema}.market_data WHERE data_type = 'tick' "
                               "AND item_id = ANY($1::text[])", list(first)))
     assert got == first, {k: (got.get(k), v) for k, v in first.items() if got.get(k) != v}
+
+
+async def test_a_resent_bar_with_the_same_values_keeps_its_stored_flags_unless_it_adds_some(writer, pg, iso) -> None:
+    """A worker's restart replays its files: the bars come again, newer revisions of the same values, and the
+    detectors, already past them, judge them no more (streams/anomalies/suite.py). Such a revision replaced the
+    stored row, and a fat finger's anomaly:bar_outlier was gone. A re-send with the same values and fewer flags
+    is ignored now; a follow-up's flagged copy (flags added) and a revision with other values still apply."""
+    def bar(close: float, ing_s: int, flags: list[str]) -> Row:
+        return row(symbol="X", timestamp=T0, source="replay", data_type="bar", open=1, high=max(2, close), low=0.5,
+                   close=close, volume=100, interval="1d", item_id="1d", flags=flags,
+                   ingested_at=T0 + timedelta(seconds=ing_s), metadata={"file": f"run{ing_s}"})
+
+    async def stored() -> tuple[float, list[str], str]:
+        r = await pg.fetchrow(f"SELECT close, flags, metadata FROM {iso.schema}.market_data")
+        return r["close"], r["flags"], orjson.loads(r["metadata"])["file"]
+
+    fat = ["anomaly:decimal_shift", "anomaly:bar_outlier"]
+    assert (await writer.write([bar(1.5, 10, fat[:1])])).inserted == 1
+    assert (await writer.write([bar(1.5, 11, fat)])).updated == 1  # a follow-up's copy adds a flag
+    assert await stored() == (1.5, fat, "run11")
+    resent = await writer.write([bar(1.5, 20, fat[:1])])  # replayed: judged without the bars before it
+    assert (resent.updated, resent.duplicates) == (0, 1)
+    assert await stored() == (1.5, fat, "run11")
+    assert (await writer.write([bar(1.5, 30, [])])).updated == 0
+    assert (await writer.write([bar(1.5, 40, fat)])).updated == 1  # the same flags: applied (newer metadata)
+    assert await stored() == (1.5, fat, "run40")
+    assert (await writer.write([bar(1.75, 50, [])])).updated == 1  # other values: the provider's revision
+    assert await stored() == (1.75, [], "run50")

@@ -347,3 +347,23 @@ def test_extended_hours_bars_are_judged_against_their_own_kind() -> None:
                 if any(a.detector == "volume_spike" for a in suite.update(minute("MSFT", ts, v, "5m"))):
                     flagged.append((k, part))
     assert [f for f in flagged if f[0] >= 10] == [(25, "regular")]
+
+
+# ------------------------------------------------------------------------------------------ bars out of order
+
+
+def test_older_history_after_newer_bars_is_no_decimal_shift() -> None:
+    """History replayed after newer bars of the same stream (a file of 2016 after one of 2024, or a worker's
+    restart replaying its files again): 2016's bars at 1/100 of 2024's level were judged against that level, and
+    their first four stored as decimal shifts; their volumes, 100x 2024's, against 2024's volumes."""
+    opens, closes = daily(120, seed=3)
+    suite = DetectorSuite()
+    newer = [bar(d, c * 100, o * 100, volume=1e4)
+             for d, o, c in zip(weekdays(120, datetime(2024, 1, 2, 21, tzinfo=UTC)), opens, closes, strict=True)]
+    assert final_flags(suite, newer) == {}
+    older = [bar(d, c, o) for d, o, c in zip(weekdays(120, datetime(2016, 1, 4, 21, tzinfo=UTC)), opens, closes,
+                                             strict=True)]
+    assert final_flags(suite, older) == {}
+    # the same bar on its own, newer than the stream's last: judged, 10^-2 of the level
+    late = suite.update(bar(datetime(2024, 9, 2, 21, tzinfo=UTC), closes[-1], opens[-1]))
+    assert "decimal_shift" in {a.detector for a in late}
