@@ -870,13 +870,13 @@ class ReplaySource(Source):
         rows.sort(key=_time_symbol)
         return rows
 
-    def survey(self, unreadable: list[RawRecord] | None = None,
-               skipped: list[str] | None = None) -> list[ReplayFile]:
-        """Every file read once: its symbols and time span, and its rows while the files read so far hold no more
-        than `held_rows` (the others are read again when their turn comes)."""
+    def survey(self, unreadable: list[RawRecord] | None = None, skipped: list[str] | None = None,
+               paths: Sequence[Path] | None = None) -> list[ReplayFile]:
+        """Every file (of `paths`, else of the settings) read once: its symbols and time span, and its rows while
+        the files read so far hold no more than `held_rows` (the others are read again when their turn comes)."""
         room = self.settings.held_rows
         out: list[ReplayFile] = []
-        for path in self.paths():
+        for path in self.paths() if paths is None else paths:
             try:
                 stamp = _stamp(path)
             except OSError:
@@ -929,8 +929,8 @@ class ReplaySource(Source):
         # server would otherwise wait for.
         unreadable: list[RawRecord] = []
         skipped: list[str] = []
-        files = await asyncio.to_thread(self.survey, unreadable, skipped)
         paths = self.paths()
+        files = await asyncio.to_thread(self.survey, unreadable, skipped, paths)
         if not paths or (not files and not unreadable and len(skipped) == len(paths)):
             # a replay of nothing is no replay that finished: `python -m producers replay` exits 2, /health says
             # failed, rather than "sent 0" and success

@@ -975,7 +975,8 @@ class ReplaySettings(SourceSection):
     max_wait_seconds: float | None = Field(default=None, gt=0)
     # Rows held at once (about 850 bytes a bar): files are replayed in groups of up to this many rows (at speed 0
     # files that share no symbol may go in different groups; paced, files that do not overlap in time), and rows
-    # beyond it are not kept from the first reading of the files (their files are read again in their turn).
+    # beyond it are not kept from the first reading of the files (their files are read again in their turn); 0:
+    # only the files that must be together are held together, and every file is read twice.
     held_rows: int = Field(default=200_000, ge=0)
 
 

@@ -626,9 +626,11 @@ async def test_a_symbol_the_record_model_refuses_refuses_its_file(tmp_path: Path
         parse_csv("Datetime,Price\n2024-01-02 10:00:00,1.5\n", "X" * 65)
 
 
-async def test_a_replay_of_no_file_that_can_be_read_fails_saying_why(tmp_path: Path) -> None:
+async def test_a_replay_of_no_file_that_can_be_read_fails_saying_why(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """Every file missing or unreadable ended as a replay that finished, `python -m producers replay` printing
-    "sent 0" and exiting 0: a cron job saw success. It is a ConfigError now (exit 2; /health: failed)."""
+    "sent 0" and exiting 0: a cron job saw success. It is a ConfigError now (exit 2; /health: failed). A glob that
+    matches nothing is said once (the files were listed twice)."""
     from streams.errors import ConfigError
 
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
@@ -637,6 +639,7 @@ async def test_a_replay_of_no_file_that_can_be_read_fails_saying_why(tmp_path: P
         with pytest.raises(ConfigError, match=said) as exc:
             [b async for b in ReplaySource(ReplaySettings(files=files), symbol="X").fetch(None)]
         assert "(and 1 more)" in str(exc.value) or "match no file" in said
+    assert caplog.text.count("matches no file") == 1
     (tmp_path / "header.csv").write_text("Date,Open,High,Low,Close,Volume\n")  # read: nothing in it, no failure
     assert [b async for b in ReplaySource(ReplaySettings(files=[str(tmp_path / "header.csv")]),
                                           symbol="X").fetch(None)] == []
